@@ -1,0 +1,147 @@
+from chorus.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_INGEST: _ClassVar[Role]
+    ROLE_ANALYST: _ClassVar[Role]
+    ROLE_AUDITOR: _ClassVar[Role]
+    ROLE_ADMIN: _ClassVar[Role]
+ROLE_UNSPECIFIED: Role
+ROLE_INGEST: Role
+ROLE_ANALYST: Role
+ROLE_AUDITOR: Role
+ROLE_ADMIN: Role
+
+class RosterEntry(_message.Message):
+    __slots__ = ("user", "team")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    team: str
+    def __init__(self, user: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
+
+class ImportRosterRequest(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[RosterEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ...) -> None: ...
+
+class TeamSize(_message.Message):
+    __slots__ = ("team", "size")
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    size: int
+    def __init__(self, team: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ImportRosterResponse(_message.Message):
+    __slots__ = ("people", "teams", "roster_hash")
+    PEOPLE_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_HASH_FIELD_NUMBER: _ClassVar[int]
+    people: int
+    teams: _containers.RepeatedCompositeFieldContainer[TeamSize]
+    roster_hash: str
+    def __init__(self, people: _Optional[int] = ..., teams: _Optional[_Iterable[_Union[TeamSize, _Mapping]]] = ..., roster_hash: _Optional[str] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("role", "name")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    role: Role
+    name: str
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "info")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: TokenInfo
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("name", "role", "created", "revoked")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: Role
+    created: str
+    revoked: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., created: _Optional[str] = ..., revoked: _Optional[str] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: TokenInfo
+    def __init__(self, info: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class CloseWindowRequest(_message.Message):
+    __slots__ = ("window",)
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    def __init__(self, window: _Optional[str] = ...) -> None: ...
+
+class CloseWindowResponse(_message.Message):
+    __slots__ = ("window", "rows_folded")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FOLDED_FIELD_NUMBER: _ClassVar[int]
+    window: _common_pb2.Window
+    rows_folded: int
+    def __init__(self, window: _Optional[_Union[_common_pb2.Window, _Mapping]] = ..., rows_folded: _Optional[int] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("batches", "duplicate_batches", "contributions_accepted", "rejected", "contributions_clamped", "client_dropped", "invalid_batches")
+    class RejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_CLAMPED_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    INVALID_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: int
+    duplicate_batches: int
+    contributions_accepted: int
+    rejected: _containers.ScalarMap[str, int]
+    contributions_clamped: int
+    client_dropped: int
+    invalid_batches: int
+    def __init__(self, batches: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., contributions_accepted: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., contributions_clamped: _Optional[int] = ..., client_dropped: _Optional[int] = ..., invalid_batches: _Optional[int] = ...) -> None: ...

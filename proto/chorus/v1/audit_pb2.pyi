@@ -1,0 +1,90 @@
+from chorus.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListPoliciesRequest(_message.Message):
+    __slots__ = ("window",)
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    def __init__(self, window: _Optional[str] = ...) -> None: ...
+
+class WindowPolicy(_message.Message):
+    __slots__ = ("window", "policy_json")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    window: _common_pb2.Window
+    policy_json: str
+    def __init__(self, window: _Optional[_Union[_common_pb2.Window, _Mapping]] = ..., policy_json: _Optional[str] = ...) -> None: ...
+
+class ListPoliciesResponse(_message.Message):
+    __slots__ = ("policies",)
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[WindowPolicy]
+    def __init__(self, policies: _Optional[_Iterable[_Union[WindowPolicy, _Mapping]]] = ...) -> None: ...
+
+class GetBudgetRequest(_message.Message):
+    __slots__ = ("window",)
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    def __init__(self, window: _Optional[str] = ...) -> None: ...
+
+class TeamWindowBudget(_message.Message):
+    __slots__ = ("window", "team", "cap", "spent", "remaining", "releases")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    RELEASES_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    team: str
+    cap: str
+    spent: str
+    remaining: str
+    releases: int
+    def __init__(self, window: _Optional[str] = ..., team: _Optional[str] = ..., cap: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., releases: _Optional[int] = ...) -> None: ...
+
+class GetBudgetResponse(_message.Message):
+    __slots__ = ("budgets",)
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    budgets: _containers.RepeatedCompositeFieldContainer[TeamWindowBudget]
+    def __init__(self, budgets: _Optional[_Iterable[_Union[TeamWindowBudget, _Mapping]]] = ...) -> None: ...
+
+class StreamLedgerRequest(_message.Message):
+    __slots__ = ("from_seq",)
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    from_seq: int
+    def __init__(self, from_seq: _Optional[int] = ...) -> None: ...
+
+class LedgerEntry(_message.Message):
+    __slots__ = ("seq", "time", "kind", "payload", "prev_hash", "hash", "signature")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: str
+    kind: str
+    payload: str
+    prev_hash: str
+    hash: str
+    signature: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class GetPublicKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetPublicKeyResponse(_message.Message):
+    __slots__ = ("public_key_pem",)
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    public_key_pem: str
+    def __init__(self, public_key_pem: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,161 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from chorus.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TeamOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEAM_OUTCOME_UNSPECIFIED: _ClassVar[TeamOutcome]
+    TEAM_OUTCOME_RELEASED: _ClassVar[TeamOutcome]
+    TEAM_OUTCOME_SUPPRESSED: _ClassVar[TeamOutcome]
+TEAM_OUTCOME_UNSPECIFIED: TeamOutcome
+TEAM_OUTCOME_RELEASED: TeamOutcome
+TEAM_OUTCOME_SUPPRESSED: TeamOutcome
+
+class ListWindowsRequest(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListWindowsResponse(_message.Message):
+    __slots__ = ("windows",)
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[_common_pb2.Window]
+    def __init__(self, windows: _Optional[_Iterable[_Union[_common_pb2.Window, _Mapping]]] = ...) -> None: ...
+
+class Metric(_message.Message):
+    __slots__ = ("name", "description", "max_per_user", "histogram_edges")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_USER_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_EDGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    max_per_user: int
+    histogram_edges: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_per_user: _Optional[int] = ..., histogram_edges: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ListMetricsRequest(_message.Message):
+    __slots__ = ("window",)
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    def __init__(self, window: _Optional[str] = ...) -> None: ...
+
+class ListMetricsResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[Metric]
+    def __init__(self, metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
+
+class Team(_message.Message):
+    __slots__ = ("name", "roster_size", "eligible", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    roster_size: int
+    eligible: bool
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., roster_size: _Optional[int] = ..., eligible: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListTeamsRequest(_message.Message):
+    __slots__ = ("window",)
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    def __init__(self, window: _Optional[str] = ...) -> None: ...
+
+class ListTeamsResponse(_message.Message):
+    __slots__ = ("teams", "min_team_size")
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    MIN_TEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    teams: _containers.RepeatedCompositeFieldContainer[Team]
+    min_team_size: int
+    def __init__(self, teams: _Optional[_Iterable[_Union[Team, _Mapping]]] = ..., min_team_size: _Optional[int] = ...) -> None: ...
+
+class StatisticRequest(_message.Message):
+    __slots__ = ("statistic", "epsilon")
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    statistic: _common_pb2.Statistic
+    epsilon: str
+    def __init__(self, statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., epsilon: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("window", "teams", "metrics", "statistics")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    teams: _containers.RepeatedScalarFieldContainer[str]
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    statistics: _containers.RepeatedCompositeFieldContainer[StatisticRequest]
+    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., statistics: _Optional[_Iterable[_Union[StatisticRequest, _Mapping]]] = ...) -> None: ...
+
+class Estimate(_message.Message):
+    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CI95_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_EDGES_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    statistic: _common_pb2.Statistic
+    value: float
+    ci95: float
+    bucket_counts: _containers.RepeatedScalarFieldContainer[int]
+    histogram_edges: _containers.RepeatedScalarFieldContainer[int]
+    epsilon_charged: str
+    epsilon: str
+    mechanism: str
+    sensitivity: int
+    scale: float
+    cached: bool
+    release_id: str
+    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ...) -> None: ...
+
+class TeamRelease(_message.Message):
+    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size")
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_CAP_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    outcome: TeamOutcome
+    message: str
+    estimates: _containers.RepeatedCompositeFieldContainer[Estimate]
+    budget_cap: str
+    budget_remaining: str
+    roster_size: int
+    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("window", "teams")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    teams: _containers.RepeatedCompositeFieldContainer[TeamRelease]
+    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[_Union[TeamRelease, _Mapping]]] = ...) -> None: ...

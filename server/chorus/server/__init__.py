@@ -1,0 +1,1 @@
+"""The Chorus server: bounded, pseudonymous ingest and differentially private team releases."""

@@ -1,0 +1,85 @@
+"""gRPC wiring: services, auth interceptor, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chorus.server.app_context import Chorus
+from chorus.server.auth import AuthInterceptor
+from chorus.server.services.admin import AdminServicer
+from chorus.server.services.ingest import IngestServicer
+from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None  # set: clients must present a certificate signed by it
+
+
+class Server:
+    """A started gRPC server around a Chorus instance."""
+
+    def __init__(self, chorus: Chorus, listen: str, *, tls: TlsConfig | None = None,
+                 max_workers: int = 16) -> None:
+        self.chorus = chorus
+        limits = chorus.config.limits
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
+            interceptors=[AuthInterceptor(chorus.tokens.authenticate)],
+            options=[("grpc.max_receive_message_length", limits.max_message_bytes),
+                     ("grpc.max_send_message_length", 64 * 1024 * 1024)],
+            maximum_concurrent_rpcs=max_workers * 8,
+        )
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestServicer(chorus.ingestor, limits), self._grpc)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(chorus), self._grpc)
+        names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name]
+
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        for name in ("", *names):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self._grpc)
+        if tls is None:
+            self.port = self._grpc.add_insecure_port(listen)
+        else:
+            creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)],
+                                                root_certificates=tls.client_ca,
+                                                require_client_auth=tls.client_ca is not None)
+            self.port = self._grpc.add_secure_port(listen, creds)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        self.address = f"{listen.rpartition(':')[0]}:{self.port}"
+
+    def start(self) -> None:
+        self._grpc.start()
+        self.chorus.closer.start(self.chorus.config.close_interval_seconds)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop taking RPCs, let in-flight ones finish within `grace`, then close the store."""
+        self._health.enter_graceful_shutdown()
+        self._grpc.stop(grace).wait()
+        self.chorus.close()
+
+    def wait_for_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then shut down gracefully."""
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        _log.info("shutting down")
+        self.stop()

@@ -1,0 +1,21 @@
+"""The `chorus` command: one entry point, one sub-module per area."""
+
+from __future__ import annotations
+
+import typer
+
+from chorus.server.cli import admin, demo, serve
+
+app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
+                       "differential privacy. Nobody can be ranked.",
+                  no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+app.command("serve")(serve.serve)
+app.command("demo")(demo.demo)
+app.add_typer(admin.roster_app, name="roster")
+app.add_typer(admin.token_app, name="token")
+app.add_typer(admin.window_app, name="window")
+app.command("stats")(admin.stats)
+
+
+def main() -> None:
+    app()

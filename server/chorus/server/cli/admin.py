@@ -1,0 +1,116 @@
+"""Operator commands over gRPC: roster import, tokens, forced window close, counters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from chorus.server import roster
+from chorus.server.cli._common import CaOpt, CertOpt, KeyOpt, ServerOpt, TokenFileOpt, TokenOpt, connect, console, fail
+from chorus.v1 import admin_pb2, admin_pb2_grpc
+
+roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)
+token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
+window_app = typer.Typer(help="Window lifecycle.", no_args_is_help=True)
+ROLES = {"ingest": admin_pb2.ROLE_INGEST, "analyst": admin_pb2.ROLE_ANALYST,
+         "auditor": admin_pb2.ROLE_AUDITOR, "admin": admin_pb2.ROLE_ADMIN}
+ROLE_NAMES = {v: k for k, v in ROLES.items()}
+
+
+@roster_app.command("import")
+def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with header user,team.")],
+                  server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None,
+                  token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
+                  client_key: KeyOpt = None) -> None:
+    """Replace the roster from a CSV file (columns user,team)."""
+    try:
+        rows = roster.parse_csv(csv_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise fail(f"cannot read {csv_file}: {exc.strerror}") from None
+    except roster.RosterError as exc:
+        raise fail(f"{csv_file}: {exc}") from None
+    request = admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in rows])
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ImportRoster, request)
+    table = Table("team", "people", title=f"Roster imported: {reply.people} people")
+    for team in reply.teams:
+        table.add_row(team.team, str(team.size))
+    console.print(table)
+    console.print(f"roster sha256 {reply.roster_hash} (recorded in the ledger)")
+
+
+@token_app.command("create")
+def token_create(role: Annotated[str, typer.Option("--role", help="ingest, analyst, auditor or admin.")],
+                 name: Annotated[str, typer.Option("--name", help="Unique label, e.g. cursor-prod.")],
+                 out: Annotated[Path | None, typer.Option("--out", help="Write the token to this file "
+                                                          "(mode 0600) instead of printing it.")] = None,
+                 server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None,
+                 token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
+                 client_key: KeyOpt = None) -> None:
+    """Create a token; it is shown once and only its SHA-256 is stored."""
+    if role not in ROLES:
+        raise fail(f"--role {role!r}: must be one of {', '.join(ROLES)}", 2)
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).CreateToken,
+                          admin_pb2.CreateTokenRequest(role=ROLES[role], name=name))
+    if out is not None:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(reply.token + "\n")
+        console.print(f"token {name!r} ({role}) written to {out}")
+    else:
+        console.print(f"token {name!r} ({role}); store it now, it is not shown again:")
+        print(reply.token)
+
+
+@token_app.command("list")
+def token_list(server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+               ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
+    """List tokens (names and roles; secrets are never stored)."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListTokens, admin_pb2.ListTokensRequest())
+    table = Table("name", "role", "created", "revoked")
+    for t in reply.tokens:
+        table.add_row(t.name, ROLE_NAMES.get(t.role, "?"), t.created, t.revoked or "-")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
+                 server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+                 ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
+    """Revoke a token by name; it stops working immediately."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).RevokeToken,
+                          admin_pb2.RevokeTokenRequest(name=name))
+    console.print(f"token {reply.info.name!r} revoked at {reply.info.revoked}")
+
+
+@window_app.command("close")
+def window_close(window: Annotated[str, typer.Argument(help="Window id, e.g. 2026-11-25 or 2026-W48.")],
+                 server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+                 ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
+    """Close a window now: fold per-person rows into team statistics and destroy them. Irreversible."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).CloseWindow,
+                          admin_pb2.CloseWindowRequest(window=window))
+    console.print(f"window {reply.window.id} closed: {reply.rows_folded} per-person rows folded "
+                  "into team statistics and deleted, window key destroyed")
+
+
+def stats(server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+          ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
+    """Operational ingest counters since the server started (nothing per person)."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).GetStats, admin_pb2.GetStatsRequest())
+    table = Table("counter", "value")
+    for field in ("batches", "duplicate_batches", "invalid_batches", "contributions_accepted",
+                  "contributions_clamped", "client_dropped"):
+        table.add_row(field, str(getattr(reply, field)))
+    for reason, n in sorted(reply.rejected.items()):
+        table.add_row(f"rejected: {reason}", str(n))
+    console.print(table)

@@ -1,0 +1,68 @@
+"""The periodic window task: open the current window, close the ones past end plus grace."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from chorus.server import lifecycle
+from chorus.server.clock import Clock
+from chorus.server.config import Policy
+from chorus.server.ledger import Ledger
+from chorus.server.store._db import Database, Tx
+
+_log = logging.getLogger(__name__)
+ACTOR = "closer"
+
+
+class WindowCloser:
+    """Runs `tick` every interval on a daemon thread; at most one replica closes at a time."""
+
+    def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock) -> None:
+        self._db = db
+        self._policy = policy
+        self._ledger = ledger
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[lifecycle.CloseResult]:
+        """One pass; returns the windows this replica closed."""
+        now = self._clock.now()
+        self._db.run(lambda tx: lifecycle.ensure_current(tx, self._policy, self._ledger, now),
+                     name="open_current")
+        closed = []
+        for window_id in self._db.run(lambda tx: lifecycle.due(tx, now), name="due_windows"):
+            result = self._db.run(lambda tx, w=window_id: self._close(tx, w, now), name="close_window")
+            if result is not None and result.closed_now:
+                _log.info("closed window %s: folded %d per-person rows, key destroyed",
+                          window_id, result.rows_folded)
+                closed.append(result)
+        if closed:
+            self._db.checkpoint()
+        return closed
+
+    def _close(self, tx: Tx, window_id: str, now: datetime) -> lifecycle.CloseResult | None:
+        if not tx.lock_closer():
+            return None  # another replica is closing right now
+        return lifecycle.close(tx, window_id, self._ledger, now, ACTOR)
+
+    def start(self, interval: float) -> None:
+        self._thread = threading.Thread(target=self._run, args=(interval,), name="chorus-closer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                _log.exception("window closer pass failed; retrying in %.0f s", interval)
+            if self._stop.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

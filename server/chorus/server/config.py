@@ -1,0 +1,293 @@
+"""Server configuration from a TOML file, validated up front with errors that name the value.
+
+The privacy-relevant part (`Policy`) is frozen into each window when it opens, so a change
+here takes effect from the next window only.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.windows import WindowLength
+
+#: Statistics that have their own noisy release; mean and adoption are post-processing.
+NOISY_STATISTICS = ("sum", "count", "histogram", "active")
+STATISTICS = ("sum", "count", "mean", "histogram", "adoption")
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key, the value and the rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPolicy:
+    name: str
+    description: str
+    max_per_user: int
+    histogram_edges: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "max_per_user": self.max_per_user,
+            "histogram_edges": list(self.histogram_edges),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Everything a window freezes at open: bounds, buckets, budget, k, default epsilons."""
+
+    window_length: WindowLength
+    grace_seconds: int
+    metrics: tuple[MetricPolicy, ...]
+    epsilon_per_window: Epsilon
+    default_epsilon: dict[str, Epsilon]
+    min_team_size: int
+    retention_windows: int
+
+    def metric(self, name: str) -> MetricPolicy | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window_length": self.window_length.value,
+            "grace_seconds": self.grace_seconds,
+            "metrics": [m.to_json() for m in self.metrics],
+            "epsilon_per_window": str(self.epsilon_per_window),
+            "default_epsilon": {k: str(v) for k, v in sorted(self.default_epsilon.items())},
+            "min_team_size": self.min_team_size,
+            "retention_windows": self.retention_windows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Policy:
+        return cls(
+            window_length=WindowLength(data["window_length"]),
+            grace_seconds=int(data["grace_seconds"]),
+            metrics=tuple(
+                MetricPolicy(m["name"], m["description"], int(m["max_per_user"]),
+                             tuple(int(e) for e in m["histogram_edges"]))
+                for m in data["metrics"]
+            ),
+            epsilon_per_window=Epsilon.parse(data["epsilon_per_window"]),
+            default_epsilon={k: Epsilon.parse(v) for k, v in data["default_epsilon"].items()},
+            min_team_size=int(data["min_team_size"]),
+            retention_windows=int(data["retention_windows"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Hostile-input bounds, enforced before anything touches the store."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_batch_contributions: int = 10_000
+    max_string_length: int = 256
+    ingest_rate_per_token: float = 2_000_000.0  # contributions per second, token bucket
+    ingest_burst_per_token: int = 4_000_000
+    rpc_deadline_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    policy: Policy
+    limits: Limits = field(default_factory=Limits)
+    listen: str = "127.0.0.1:7355"
+    database: str = ""  # empty: SQLite file in the data directory
+    sqlite_synchronous: str = "FULL"
+    close_interval_seconds: float = 30.0
+
+
+DEFAULT_TOML = """\
+# Chorus server configuration. Privacy settings are frozen into each window when it
+# opens; changes apply from the next window.
+
+[server]
+listen = "127.0.0.1:7355"
+# database = "postgresql://user@host/chorus"   # default: SQLite in the data directory
+
+[windows]
+length = "day"        # "day" (UTC) or "week" (ISO week, UTC)
+grace = "2h"          # contributions may arrive this long after a window ends
+
+[privacy]
+epsilon_per_window = "1"   # budget per team-window
+min_team_size = 5          # k: smaller teams are never released on their own
+retention_windows = 52     # windows older than this can no longer be released
+
+[privacy.default_epsilon]  # per statistic; mean and adoption are post-processing
+sum = "0.05"
+count = "0.05"
+histogram = "0.05"
+active = "0.05"
+
+[[metrics]]
+name = "ai.tokens"
+description = "Tokens consumed by AI assistants"
+max_per_user = 200000
+histogram_edges = [10000, 50000, 100000, 150000]
+
+[[metrics]]
+name = "ai.requests"
+description = "Requests sent to AI assistants"
+max_per_user = 2000
+histogram_edges = [50, 200, 500, 1000]
+
+[[metrics]]
+name = "ai.suggestions_accepted"
+description = "AI suggestions accepted into code or documents"
+max_per_user = 1000
+histogram_edges = [10, 50, 200, 500]
+
+[[metrics]]
+name = "ai.tasks_completed"
+description = "Tasks completed with AI assistance"
+max_per_user = 100
+histogram_edges = [3, 10, 30, 60]
+"""
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a config file; None means the built-in defaults."""
+    text = DEFAULT_TOML if path is None else _read(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+
+
+def parse(raw: dict[str, Any]) -> Config:
+    """Validate a decoded TOML document."""
+    server = _table(raw, "server")
+    windows = _table(raw, "windows")
+    privacy = _table(raw, "privacy")
+    limits_raw = _table(raw, "limits")
+    store = _table(raw, "store")
+
+    length_text = windows.get("length", "day")
+    try:
+        length = WindowLength(length_text)
+    except ValueError:
+        raise ConfigError(f"windows.length = {length_text!r}: must be 'day' or 'week'") from None
+    grace = parse_duration(windows.get("grace", "2h"), "windows.grace")
+
+    metrics = tuple(_metric(m, i) for i, m in enumerate(raw.get("metrics", [])))
+    if not metrics:
+        raise ConfigError("no [[metrics]] defined: at least one metric is required")
+    names = [m.name for m in metrics]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"metric names must be unique, got {names}")
+
+    defaults_raw = _table(privacy, "default_epsilon", "privacy.default_epsilon")
+    unknown = set(defaults_raw) - set(NOISY_STATISTICS)
+    if unknown:
+        raise ConfigError(f"privacy.default_epsilon: unknown statistic(s) {sorted(unknown)}; "
+                          f"allowed: {list(NOISY_STATISTICS)}")
+    defaults = {s: _epsilon(defaults_raw.get(s, "0.05"), f"privacy.default_epsilon.{s}", positive=True)
+                for s in NOISY_STATISTICS}
+    budget = _epsilon(privacy.get("epsilon_per_window", "1"), "privacy.epsilon_per_window", positive=True)
+    for stat, eps in defaults.items():
+        if eps > budget:
+            raise ConfigError(f"privacy.default_epsilon.{stat} = {eps} exceeds "
+                              f"privacy.epsilon_per_window = {budget}")
+    k = _int(privacy.get("min_team_size", 5), "privacy.min_team_size", 1, 1_000_000)
+    retention = _int(privacy.get("retention_windows", 52), "privacy.retention_windows", 1, 100_000)
+
+    policy = Policy(length, grace, metrics, budget, defaults, k, retention)
+    limit_defaults = Limits()
+    limits = Limits(
+        max_message_bytes=_int(limits_raw.get("max_message_bytes", limit_defaults.max_message_bytes),
+                               "limits.max_message_bytes", 1024, 64 * 1024 * 1024),
+        max_batch_contributions=_int(
+            limits_raw.get("max_batch_contributions", limit_defaults.max_batch_contributions),
+            "limits.max_batch_contributions", 1, 1_000_000),
+        max_string_length=_int(limits_raw.get("max_string_length", limit_defaults.max_string_length),
+                               "limits.max_string_length", 8, 4096),
+        ingest_rate_per_token=float(limits_raw.get("ingest_rate_per_token",
+                                                   limit_defaults.ingest_rate_per_token)),
+        ingest_burst_per_token=_int(limits_raw.get("ingest_burst_per_token",
+                                                   limit_defaults.ingest_burst_per_token),
+                                    "limits.ingest_burst_per_token", 1, 10**12),
+        rpc_deadline_seconds=float(limits_raw.get("rpc_deadline_seconds",
+                                                  limit_defaults.rpc_deadline_seconds)),
+    )
+    synchronous = str(store.get("sqlite_synchronous", "FULL")).upper()
+    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigError(f"store.sqlite_synchronous = {synchronous!r}: must be FULL, NORMAL or EXTRA")
+    return Config(
+        policy=policy,
+        limits=limits,
+        listen=str(server.get("listen", "127.0.0.1:7355")),
+        database=str(server.get("database", "")),
+        sqlite_synchronous=synchronous,
+        close_interval_seconds=float(server.get("close_interval_seconds", 30.0)),
+    )
+
+
+def parse_duration(value: object, key: str) -> int:
+    """Seconds from an int or a string like "90s", "30m", "2h", "1d"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        return int(m[1]) * _UNIT_SECONDS[m[2]]
+    raise ConfigError(f"{key} = {value!r}: expected seconds or a duration like '30m', '2h', '1d'")
+
+
+def _table(raw: dict[str, Any], name: str, key: str | None = None) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key or name}] must be a table")
+    return value
+
+
+def _int(value: object, key: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key} = {value!r}: must be an integer in [{low}, {high}]")
+    return value
+
+
+def _epsilon(value: object, key: str, *, positive: bool) -> Epsilon:
+    try:
+        eps = Epsilon.parse(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if positive and eps.micros == 0:
+        raise ConfigError(f"{key} = {value!r}: must be greater than 0")
+    return eps
+
+
+def _metric(raw: object, index: int) -> MetricPolicy:
+    where = f"metrics[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _METRIC_NAME.match(name) or len(name) > 64:
+        raise ConfigError(f"{where}.name = {name!r}: lowercase dotted name like 'ai.tokens', "
+                          "at most 64 characters")
+    bound = _int(raw.get("max_per_user"), f"{where}.max_per_user ({name})", 1, 10**12)
+    edges_raw = raw.get("histogram_edges", [])
+    if not isinstance(edges_raw, list) or not all(isinstance(e, int) for e in edges_raw):
+        raise ConfigError(f"{where}.histogram_edges ({name}) must be a list of integers")
+    edges = tuple(edges_raw)
+    if list(edges) != sorted(set(edges)) or any(e < 0 or e > bound for e in edges) or len(edges) > 64:
+        raise ConfigError(f"{where}.histogram_edges ({name}) = {list(edges)}: must be strictly "
+                          f"increasing, within [0, max_per_user={bound}], at most 64 edges")
+    return MetricPolicy(name, str(raw.get("description", "")), bound, edges)

@@ -1,0 +1,218 @@
+"""Ingest rules: validate a batch, then apply it exactly once in one transaction.
+
+Per contribution, in order: value non-negative, not more than five minutes in the future,
+window not past end plus grace (nor closed), metric in the window's frozen policy, user on
+the roster. Accepted values are clamped to the metric's bound, summed per person, and the
+person's running total is clamped to [0, max_per_user] in the same upsert. The raw user id
+is only ever an HMAC input; it is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from chorus.server import lifecycle
+from chorus.server.clock import Clock
+from chorus.server.config import Limits, Policy
+from chorus.server.ledger import Ledger
+from chorus.server.roster import RosterCache
+from chorus.server.store._db import Database, Tx
+from chorus.server.windows import window_of
+
+FUTURE_TOLERANCE = lifecycle.FUTURE_TOLERANCE
+
+
+class Reason(enum.Enum):
+    UNKNOWN_USER = 1
+    UNKNOWN_METRIC = 2
+    NEGATIVE_VALUE = 3
+    LATE = 4
+    FUTURE = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    user: str
+    metric: str
+    value: int
+    event_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: str
+    source: str
+    source_version: str
+    dropped: int
+    contributions: list[Contribution]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    accepted: int
+    duplicate: bool
+    rejections: list[Rejection] = field(default_factory=list)
+    clamped: int = 0
+
+
+class InvalidBatch(ValueError):
+    """The batch as a whole is malformed; nothing of it is stored."""
+
+
+def validate(batch: Batch, limits: Limits) -> None:
+    """Reject malformed batches; messages name the field and the limit, never the value."""
+    if not batch.batch_id:
+        raise InvalidBatch("batch_id is required (a unique id reused on every retry)")
+    _check_length("batch_id", batch.batch_id, limits.max_string_length)
+    _check_length("source", batch.source, limits.max_string_length, required=False)
+    _check_length("source_version", batch.source_version, limits.max_string_length, required=False)
+    if not batch.contributions:
+        raise InvalidBatch("contributions is empty: a batch needs at least one contribution")
+    if len(batch.contributions) > limits.max_batch_contributions:
+        raise InvalidBatch(f"batch has {len(batch.contributions)} contributions; the limit is "
+                           f"{limits.max_batch_contributions}")
+    for i, c in enumerate(batch.contributions):
+        _check_length(f"contributions[{i}].user", c.user, limits.max_string_length)
+        _check_length(f"contributions[{i}].metric", c.metric, limits.max_string_length)
+
+
+def _check_length(name: str, value: str, limit: int, *, required: bool = True) -> None:
+    if required and not value:
+        raise InvalidBatch(f"{name} is empty")
+    if len(value) > limit:
+        raise InvalidBatch(f"{name} is {len(value)} characters; the limit is {limit}")
+
+
+class IngestStats:
+    """Operational counters since start; aggregate only, nothing per person."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+
+    def record(self, outcome: Outcome, dropped: int) -> None:
+        with self._lock:
+            self.counts["batches"] += 1
+            self.counts["duplicate_batches"] += outcome.duplicate
+            self.counts["contributions_accepted"] += outcome.accepted
+            self.counts["contributions_clamped"] += outcome.clamped
+            if not outcome.duplicate:
+                self.counts["client_dropped"] += dropped
+            self.rejected.update(r.reason.name for r in outcome.rejections)
+
+    def record_invalid(self) -> None:
+        with self._lock:
+            self.counts["invalid_batches"] += 1
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self._lock:
+            return dict(self.counts), dict(self.rejected)
+
+
+_UPSERT_USAGE = (
+    "INSERT INTO usage (window_id, pseudonym, metric, total) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (window_id, pseudonym, metric) DO UPDATE SET total = "
+    "CASE WHEN usage.total + excluded.total > ? THEN ? ELSE usage.total + excluded.total END")
+_INSERT_MEMBER = ("INSERT INTO members (window_id, pseudonym, team) VALUES (?, ?, ?) "
+                  "ON CONFLICT (window_id, pseudonym) DO NOTHING")
+
+
+def pseudonym(key: bytes, user: str) -> bytes:
+    """HMAC-SHA256(window key, user id): stable within a window, unlinkable once the key is gone."""
+    return hmac.new(key, user.encode(), hashlib.sha256).digest()
+
+
+class Ingestor:
+    """Applies validated batches to the store."""
+
+    def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock,
+                 roster: RosterCache | None = None, stats: IngestStats | None = None) -> None:
+        self._db = db
+        self._policy = policy
+        self._ledger = ledger
+        self._clock = clock
+        self._roster = roster or RosterCache()
+        self.stats = stats or IngestStats()
+
+    def report(self, batch: Batch) -> Outcome:
+        now = self._clock.now()
+        outcome = self._db.run(lambda tx: self._apply(tx, batch, now), name="ingest")
+        self.stats.record(outcome, batch.dropped)
+        return outcome
+
+    def _apply(self, tx: Tx, batch: Batch, now: datetime) -> Outcome:
+        if not tx.execute("INSERT INTO batches (batch_id, received_at) VALUES (?, ?) "
+                          "ON CONFLICT (batch_id) DO NOTHING", (batch.batch_id, int(now.timestamp()))):
+            return Outcome(accepted=0, duplicate=True)
+        roster = self._roster.current(tx)
+        windows: dict[str, lifecycle.OpenWindow | lifecycle.WindowRecord | None] = {}
+        pseudonyms: dict[tuple[str, str], bytes] = {}
+        totals: dict[tuple[str, bytes, str], int] = {}
+        bounds: dict[tuple[str, bytes, str], int] = {}
+        members: dict[tuple[str, bytes], str] = {}
+        rejections: list[Rejection] = []
+        clamped = 0
+        latest = now + FUTURE_TOLERANCE
+        grace = timedelta(seconds=self._policy.grace_seconds)
+
+        for index, c in enumerate(batch.contributions):
+            if c.value < 0:
+                rejections.append(Rejection(index, Reason.NEGATIVE_VALUE,
+                                            f"value {c.value} is negative; counts must be >= 0"))
+                continue
+            if c.event_time > latest:
+                rejections.append(Rejection(index, Reason.FUTURE,
+                                            f"event_time {c.event_time.isoformat()} is more than 5 minutes "
+                                            f"ahead of the server clock {now.isoformat()}"))
+                continue
+            span = window_of(c.event_time, self._policy.window_length)
+            if span.id not in windows:
+                windows[span.id] = (None if span.end + grace <= now else
+                                    lifecycle.open_for_ingest(tx, span, self._policy, self._ledger, now))
+            window = windows[span.id]
+            if not isinstance(window, lifecycle.OpenWindow) or window.record.closes_at <= now:
+                rejections.append(Rejection(index, Reason.LATE,
+                                            f"window {span.id} closed for contributions (end plus grace has "
+                                            "passed)"))
+                continue
+            metric = window.record.policy.metric(c.metric)
+            if metric is None:
+                rejections.append(Rejection(index, Reason.UNKNOWN_METRIC,
+                                            f"metric {c.metric!r} is not in the policy of window {span.id}"))
+                continue
+            team = roster.get(c.user)
+            if team is None:
+                rejections.append(Rejection(index, Reason.UNKNOWN_USER, "user is not on the roster"))
+                continue
+            pkey = (span.id, c.user)
+            pseud = pseudonyms.get(pkey)
+            if pseud is None:
+                pseud = pseudonyms[pkey] = pseudonym(window.key, c.user)
+                members[(span.id, pseud)] = team
+            ukey = (span.id, pseud, c.metric)
+            bound = metric.max_per_user
+            if c.value > bound:
+                clamped += 1
+            totals[ukey] = min(bound, totals.get(ukey, 0) + c.value)
+            bounds[ukey] = bound
+
+        if members:
+            tx.executemany(_INSERT_MEMBER, [(w, p, t) for (w, p), t in members.items()])
+            tx.executemany(_UPSERT_USAGE, [(w, p, m, v, bounds[(w, p, m)], bounds[(w, p, m)])
+                                           for (w, p, m), v in totals.items()])
+        accepted = len(batch.contributions) - len(rejections)
+        return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)

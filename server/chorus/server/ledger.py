@@ -1,0 +1,120 @@
+"""The signed, hash-chained ledger: what was released, opened, closed, imported and changed.
+
+Each entry's hash is SHA-256 over the previous hash and the entry's canonical JSON
+(seq, time, kind, payload), and the hash is signed with the server's Ed25519 key. An
+entry is appended inside the same transaction as the change it records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from chorus.server.store._db import Tx
+
+GENESIS_HASH = "0" * 64
+KEY_FILE = "ledger-signing-key.pem"
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 kept: one byte string per value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    at: str
+    kind: str
+    payload: str  # canonical JSON
+    prev_hash: str
+    hash: str
+    signature: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.at, "kind": self.kind,
+                "payload": json.loads(self.payload), "prev_hash": self.prev_hash,
+                "hash": self.hash, "signature": self.signature}
+
+
+def entry_hash(prev_hash: str, seq: int, at: str, kind: str, payload: str) -> str:
+    """The chained hash of one entry; `payload` is its canonical JSON text."""
+    body = canonical_json({"seq": seq, "time": at, "kind": kind, "payload": json.loads(payload)})
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+def format_time(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Signer:
+    """The server's Ed25519 ledger key, kept in the data directory with mode 0600."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> Signer:
+        path = data_dir / KEY_FILE
+        if path.exists():
+            if path.stat().st_mode & 0o077:
+                raise PermissionError(f"{path} must not be readable by group or others (chmod 600)")
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError(f"{path} does not hold an Ed25519 private key")
+            return cls(key)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        return cls(key)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def public_key_pem(self) -> str:
+        return self.public_key.public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def sign(self, hash_hex: str) -> str:
+        return self._key.sign(bytes.fromhex(hash_hex)).hex()
+
+
+class Ledger:
+    """Appends entries within a caller's transaction."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+
+    def append(self, tx: Tx, kind: str, payload: dict[str, Any], at: datetime) -> Entry:
+        # The conditional UPDATE takes the head's row lock: appends are linear across replicas.
+        (seq, prev_hash), = tx.query(
+            "UPDATE ledger_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        stamp = format_time(at)
+        body = canonical_json(payload)
+        digest = entry_hash(prev_hash, seq, stamp, kind, body)
+        entry = Entry(seq, stamp, kind, body, prev_hash, digest, self.signer.sign(digest))
+        tx.execute("INSERT INTO ledger (seq, at, kind, payload, prev_hash, hash, signature) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (entry.seq, entry.at, entry.kind, entry.payload, entry.prev_hash, entry.hash,
+                    entry.signature))
+        tx.execute("UPDATE ledger_head SET hash = ? WHERE id = 1", (digest,))
+        return entry
+
+
+def read_entries(tx: Tx, from_seq: int, limit: int) -> list[Entry]:
+    rows = tx.query("SELECT seq, at, kind, payload, prev_hash, hash, signature FROM ledger "
+                    "WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit))
+    return [Entry(*row) for row in rows]

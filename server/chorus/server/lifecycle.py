@@ -1,0 +1,191 @@
+"""Window lifecycle: open with a frozen policy and a fresh key; close by folding and shredding.
+
+Closing folds the per-person rows of a window into per-team sufficient statistics and,
+in the same transaction, deletes those rows and the window's HMAC key. After that nobody,
+the operator included, can tell individuals apart for that window.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from chorus.server.config import Policy
+from chorus.server.ledger import Ledger, canonical_json
+from chorus.server.roster import team_sizes
+from chorus.server.store._db import Tx
+from chorus.server.windows import WindowSpan, window_of
+
+OPEN = "open"
+CLOSED = "closed"
+# Events may be at most this far ahead of the server clock. So a batch received before
+# (oldest open window's start - tolerance) holds only events of closed windows: a retry of
+# it would be rejected as late, and its id can be pruned.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRecord:
+    id: str
+    start: datetime
+    end: datetime
+    closes_at: datetime
+    state: str
+    policy: Policy
+    policy_json: str
+    rows_folded: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenWindow:
+    record: WindowRecord
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    window: WindowRecord
+    rows_folded: int
+    closed_now: bool
+
+
+class WindowNotFound(LookupError):
+    pass
+
+
+_COLUMNS = "id, start_at, end_at, closes_at, state, policy, rows_folded"
+_policy_cache: dict[str, Policy] = {}
+
+
+def _record(row: tuple) -> WindowRecord:
+    ident, start, end, closes, state, policy_json, folded = row
+    policy = _policy_cache.get(policy_json)
+    if policy is None:
+        policy = _policy_cache.setdefault(policy_json, Policy.from_json(json.loads(policy_json)))
+    return WindowRecord(ident, _at(start), _at(end), _at(closes), state, policy, policy_json, folded)
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _seconds(when: datetime) -> int:
+    return int(when.timestamp())
+
+
+def get(tx: Tx, window_id: str) -> WindowRecord:
+    rows = tx.query(f"SELECT {_COLUMNS} FROM windows WHERE id = ?", (window_id,))
+    if not rows:
+        raise WindowNotFound(f"window {window_id!r} not found")
+    return _record(rows[0])
+
+
+def list_windows(tx: Tx, start: datetime | None = None, end: datetime | None = None) -> list[WindowRecord]:
+    """Windows overlapping [start, end), newest first."""
+    rows = tx.query(f"SELECT {_COLUMNS} FROM windows WHERE end_at > ? AND start_at < ? "
+                    "ORDER BY start_at DESC",
+                    (_seconds(start) if start else -(2**62), _seconds(end) if end else 2**62))
+    return [_record(r) for r in rows]
+
+
+def open_for_ingest(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger,
+                    now: datetime) -> OpenWindow | WindowRecord:
+    """The open window with its key, creating it with `policy` frozen; a closed record if closed."""
+    rows = tx.query(f"SELECT {', '.join('w.' + c for c in _COLUMNS.split(', '))}, k.hmac_key "
+                    "FROM windows w LEFT JOIN window_keys k ON k.window_id = w.id WHERE w.id = ?",
+                    (span.id,))
+    if rows:
+        record = _record(rows[0][:-1])
+        return OpenWindow(record, bytes(rows[0][-1])) if record.state == OPEN else record
+    return _create(tx, span, policy, ledger, now)
+
+
+def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datetime) -> OpenWindow:
+    policy_json = canonical_json(policy.to_json())
+    closes_at = span.end + timedelta(seconds=policy.grace_seconds)
+    inserted = tx.execute(
+        "INSERT INTO windows (id, start_at, end_at, closes_at, state, policy, opened_at) "
+        "VALUES (?, ?, ?, ?, 'open', ?, ?) ON CONFLICT (id) DO NOTHING",
+        (span.id, _seconds(span.start), _seconds(span.end), _seconds(closes_at), policy_json,
+         _seconds(now)))
+    if not inserted:  # another replica created it since our read; use theirs
+        opened = open_for_ingest(tx, span, policy, ledger, now)
+        assert isinstance(opened, OpenWindow)
+        return opened
+    key = secrets.token_bytes(32)
+    tx.execute("INSERT INTO window_keys (window_id, hmac_key) VALUES (?, ?)", (span.id, key))
+    ledger.append(tx, "window_open", {
+        "window": span.id, "start": span.start.isoformat(), "end": span.end.isoformat(),
+        "closes_at": closes_at.isoformat(), "policy": policy.to_json()}, now)
+    record = WindowRecord(span.id, span.start, span.end, closes_at, OPEN, policy, policy_json, None)
+    return OpenWindow(record, key)
+
+
+def ensure_current(tx: Tx, policy: Policy, ledger: Ledger, now: datetime) -> None:
+    """Open the window containing `now` so its policy is frozen before data arrives."""
+    open_for_ingest(tx, window_of(now, policy.window_length), policy, ledger, now)
+
+
+def due(tx: Tx, now: datetime) -> list[str]:
+    """Open windows whose end plus grace has passed, oldest first."""
+    return [r[0] for r in tx.query(
+        "SELECT id FROM windows WHERE state = 'open' AND closes_at <= ? ORDER BY start_at",
+        (_seconds(now),))]
+
+
+def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> CloseResult:
+    """Fold, shred and mark closed; a no-op returning the record when already closed."""
+    record = get(tx, window_id)
+    # The conditional update takes the row lock: two closers cannot both fold.
+    if not tx.execute("UPDATE windows SET state = 'closed', closed_at = ? WHERE id = ? AND state = 'open'",
+                      (_seconds(now), window_id)):
+        return CloseResult(get(tx, window_id), get(tx, window_id).rows_folded or 0, closed_now=False)
+
+    policy = record.policy
+    edges = {m.name: m.histogram_edges for m in policy.metrics}
+    sums: dict[tuple[str, str], int] = defaultdict(int)
+    people: dict[tuple[str, str], int] = defaultdict(int)
+    buckets: dict[tuple[str, str], list[int]] = {}
+    active: dict[str, set[bytes]] = defaultdict(set)
+    rows = 0
+    for team, pseudonym, metric, total in tx.query(
+            "SELECT m.team, u.pseudonym, u.metric, u.total FROM usage u JOIN members m "
+            "ON m.window_id = u.window_id AND m.pseudonym = u.pseudonym WHERE u.window_id = ?",
+            (window_id,)):
+        rows += 1
+        if total <= 0 or metric not in edges:
+            continue
+        key = (team, metric)
+        sums[key] += total
+        people[key] += 1
+        hist = buckets.setdefault(key, [0] * (len(edges[metric]) + 1))
+        hist[bisect.bisect_right(edges[metric], total)] += 1
+        active[team].add(bytes(pseudonym))
+
+    sizes = team_sizes(tx)
+    teams = sorted(set(sizes) | {team for team, _ in sums})
+    tx.executemany("INSERT INTO team_windows (window_id, team, roster_size, active) VALUES (?, ?, ?, ?)",
+                   [(window_id, t, sizes.get(t, 0), len(active.get(t, ()))) for t in teams])
+    tx.executemany(
+        "INSERT INTO team_metrics (window_id, team, metric, total, people, histogram) VALUES (?, ?, ?, ?, ?, ?)",
+        [(window_id, t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
+          json.dumps(buckets.get((t, m.name), [0] * (len(m.histogram_edges) + 1))))
+         for t in teams for m in policy.metrics])
+    tx.executemany("INSERT INTO budgets (window_id, team, cap_micros) VALUES (?, ?, ?)",
+                   [(window_id, t, policy.epsilon_per_window.micros) for t in teams])
+    tx.execute("DELETE FROM usage WHERE window_id = ?", (window_id,))
+    tx.execute("DELETE FROM members WHERE window_id = ?", (window_id,))
+    tx.execute("DELETE FROM window_keys WHERE window_id = ?", (window_id,))
+    (oldest_open,), = tx.query("SELECT MIN(start_at) FROM windows WHERE state = 'open'")
+    horizon = min(_at(oldest_open), now) if oldest_open is not None else now
+    tx.execute("DELETE FROM batches WHERE received_at < ?",
+               (_seconds(horizon - FUTURE_TOLERANCE - timedelta(minutes=1)),))
+    tx.execute("UPDATE windows SET rows_folded = ? WHERE id = ?", (rows, window_id))
+    ledger.append(tx, "window_close", {
+        "window": window_id, "rows_folded": rows, "key_destroyed": True, "by": actor,
+        "team_sizes": {t: sizes.get(t, 0) for t in teams}}, now)
+    return CloseResult(get(tx, window_id), rows, closed_now=True)

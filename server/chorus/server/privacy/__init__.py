@@ -1,0 +1,1 @@
+"""Privacy accounting and mechanisms: exact epsilon, budgets, OpenDP noise."""

@@ -1,0 +1,49 @@
+"""IngestService: decode, validate, apply."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import grpc
+
+from chorus.server import ingest
+from chorus.server.config import Limits
+from chorus.server.services._errors import invalid_argument
+from chorus.v1 import ingest_pb2, ingest_pb2_grpc
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, ingestor: ingest.Ingestor, limits: Limits) -> None:
+        self._ingestor = ingestor
+        self._limits = limits
+
+    def Report(self, request: ingest_pb2.ReportRequest,
+               context: grpc.ServicerContext) -> ingest_pb2.ReportResponse:
+        try:
+            batch = ingest.Batch(
+                batch_id=request.batch_id,
+                source=request.source,
+                source_version=request.source_version,
+                dropped=request.dropped,
+                contributions=[_contribution(i, c) for i, c in enumerate(request.contributions)],
+            )
+            ingest.validate(batch, self._limits)
+        except ingest.InvalidBatch as exc:
+            self._ingestor.stats.record_invalid()
+            invalid_argument(context, str(exc))
+        outcome = self._ingestor.report(batch)
+        return ingest_pb2.ReportResponse(
+            accepted=outcome.accepted,
+            duplicate=outcome.duplicate,
+            rejections=[ingest_pb2.Rejection(index=r.index, reason=r.reason.value, message=r.message)
+                        for r in outcome.rejections],
+        )
+
+
+def _contribution(index: int, c: ingest_pb2.Contribution) -> ingest.Contribution:
+    try:
+        when = c.event_time.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ingest.InvalidBatch(f"contributions[{index}].event_time is outside the valid timestamp "
+                                  "range (years 1..9999)") from None
+    return ingest.Contribution(c.user, c.metric, c.value, when)

@@ -1,0 +1,36 @@
+"""Storage engines behind one `Database` seam, and the versioned schema.
+
+SQLite (the embedded default, a file in the data directory) and PostgreSQL (for several
+replicas sharing one database) run the same SQL from the domain modules; see
+docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chorus.server.store._db import Database, StoreUnavailable, Tx
+from chorus.server.store._schema import migrate
+
+__all__ = ["Database", "StoreUnavailable", "Tx", "migrate", "open_database"]
+
+SQLITE_FILE = "chorus.db"
+
+
+def open_database(url: str, data_dir: Path, *, sqlite_synchronous: str = "FULL") -> Database:
+    """Open (and migrate) the database: a postgresql:// URL, else SQLite in data_dir."""
+    db: Database
+    if url.startswith(("postgresql://", "postgres://")):
+        from chorus.server.store.postgres import PostgresDatabase
+
+        db = PostgresDatabase(url)
+    elif url in ("", "sqlite"):
+        from chorus.server.store.sqlite import SqliteDatabase
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db = SqliteDatabase(data_dir / SQLITE_FILE, synchronous=sqlite_synchronous)
+    else:
+        raise ValueError(f"database {url!r}: expected empty (SQLite in the data directory) "
+                         "or a postgresql:// URL")
+    migrate(db)
+    return db

@@ -1,0 +1,50 @@
+"""The seam between store logic and a SQL engine.
+
+Store code writes SQL once, with `?` placeholders and portable syntax (ON CONFLICT,
+RETURNING, CASE), against `Tx`. Each engine supplies a `Database` that runs a function
+in one transaction and retries it on a transient conflict, so every transaction
+function must be safe to run twice (janus-style).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    #: "sqlite" or "postgresql", for the few statements that cannot be portable.
+    dialect: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; return the affected row count."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a statement that returns rows."""
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for many parameter rows (the engine's fastest bulk path)."""
+
+    def lock_closer(self) -> bool:
+        """Take the cluster-wide window-closer lock for this transaction; False if held elsewhere."""
+
+
+class Database(Protocol):
+    dialect: str
+
+    def run(self, fn: Callable[[Tx], T], *, name: str) -> T:
+        """Run fn in one transaction, committing on return; retried on transient conflicts."""
+
+    def checkpoint(self) -> None:
+        """Make deletions final on disk where the engine keeps old pages (SQLite's WAL)."""
+
+    def close(self) -> None: ...
+
+
+class StoreUnavailable(RuntimeError):
+    """The database could not be reached or stayed busy past the retry budget."""

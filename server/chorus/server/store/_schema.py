@@ -1,0 +1,141 @@
+"""Versioned schema migrations, applied on start; safe when several replicas start at once."""
+
+from __future__ import annotations
+
+import logging
+
+from chorus.server.store._db import Database, Tx
+
+_log = logging.getLogger(__name__)
+
+# Arbitrary constant key for PostgreSQL advisory locks taken by migrations.
+_MIGRATION_LOCK = 0x63686F72  # "chor"
+
+# Each migration is a list of statements; `{blob}` becomes the engine's byte-string type.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "initial schema", [
+        # Roster: the company directory (user -> team). Not usage data.
+        """CREATE TABLE roster (
+            user_id TEXT PRIMARY KEY,
+            team TEXT NOT NULL)""",
+        """CREATE TABLE roster_version (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version BIGINT NOT NULL,
+            roster_hash TEXT NOT NULL)""",
+        # Windows with their frozen policy (canonical JSON).
+        """CREATE TABLE windows (
+            id TEXT PRIMARY KEY,
+            start_at BIGINT NOT NULL,
+            end_at BIGINT NOT NULL,
+            closes_at BIGINT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('open', 'closed')),
+            policy TEXT NOT NULL,
+            opened_at BIGINT NOT NULL,
+            closed_at BIGINT,
+            rows_folded BIGINT)""",
+        # Random per-window HMAC key; deleted at close (crypto-shredding).
+        """CREATE TABLE window_keys (
+            window_id TEXT PRIMARY KEY REFERENCES windows(id),
+            hmac_key {blob} NOT NULL)""",
+        # Per-person rows, keyed by pseudonym, only while the window is open.
+        """CREATE TABLE members (
+            window_id TEXT NOT NULL,
+            pseudonym {blob} NOT NULL,
+            team TEXT NOT NULL,
+            PRIMARY KEY (window_id, pseudonym))""",
+        """CREATE TABLE usage (
+            window_id TEXT NOT NULL,
+            pseudonym {blob} NOT NULL,
+            metric TEXT NOT NULL,
+            total BIGINT NOT NULL CHECK (total >= 0),
+            PRIMARY KEY (window_id, pseudonym, metric))""",
+        # Batch ids seen, for exactly-once ingest.
+        """CREATE TABLE batches (
+            batch_id TEXT PRIMARY KEY,
+            received_at BIGINT NOT NULL)""",
+        "CREATE INDEX batches_received ON batches (received_at)",
+        # Per-team sufficient statistics, written at close.
+        """CREATE TABLE team_windows (
+            window_id TEXT NOT NULL REFERENCES windows(id),
+            team TEXT NOT NULL,
+            roster_size BIGINT NOT NULL,
+            active BIGINT NOT NULL,
+            PRIMARY KEY (window_id, team))""",
+        """CREATE TABLE team_metrics (
+            window_id TEXT NOT NULL,
+            team TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            total BIGINT NOT NULL,
+            people BIGINT NOT NULL,
+            histogram TEXT NOT NULL,
+            PRIMARY KEY (window_id, team, metric))""",
+        # Privacy budget per team-window, in micro-epsilon.
+        """CREATE TABLE budgets (
+            window_id TEXT NOT NULL,
+            team TEXT NOT NULL,
+            cap_micros BIGINT NOT NULL,
+            spent_micros BIGINT NOT NULL DEFAULT 0 CHECK (spent_micros <= cap_micros),
+            releases BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (window_id, team))""",
+        # Each (window, team, metric, statistic) is released at most once.
+        """CREATE TABLE releases (
+            release_id TEXT PRIMARY KEY,
+            window_id TEXT NOT NULL,
+            team TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            statistic TEXT NOT NULL,
+            result TEXT NOT NULL,
+            epsilon_micros BIGINT NOT NULL,
+            released_at BIGINT NOT NULL,
+            ledger_seq BIGINT NOT NULL,
+            UNIQUE (window_id, team, metric, statistic))""",
+        # The append-only, hash-chained, signed ledger and its head (serialises appends).
+        """CREATE TABLE ledger (
+            seq BIGINT PRIMARY KEY,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            signature TEXT NOT NULL)""",
+        """CREATE TABLE ledger_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL)""",
+        # Bearer tokens: only the SHA-256 of the secret is stored.
+        """CREATE TABLE tokens (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL,
+            revoked_at BIGINT)""",
+        "INSERT INTO roster_version (id, version, roster_hash) VALUES (1, 0, '')",
+        f"INSERT INTO ledger_head (id, seq, hash) VALUES (1, 0, '{'0' * 64}')",
+    ]),
+]
+
+_BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
+
+
+def migrate(db: Database) -> int:
+    """Apply pending migrations in one transaction; return the schema version."""
+
+    def apply(tx: Tx) -> int:
+        if tx.dialect == "postgresql":
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        tx.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+                          version INTEGER PRIMARY KEY, description TEXT NOT NULL)""")
+        applied = {row[0] for row in tx.query("SELECT version FROM schema_migrations")}
+        version = max(applied, default=0)
+        for number, description, statements in MIGRATIONS:
+            if number in applied:
+                continue
+            for statement in statements:
+                tx.execute(statement.replace("{blob}", _BLOB[tx.dialect]))
+            tx.execute("INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
+                       (number, description))
+            _log.info("applied schema migration %d (%s)", number, description)
+            version = number
+        return version
+
+    return db.run(apply, name="migrate")

@@ -1,0 +1,92 @@
+"""SQLite engine: the embedded default. One file in the data directory, WAL, secure_delete.
+
+All transactions of a process go through one connection under a lock: SQLite allows one
+writer anyway, and this keeps `BEGIN IMMEDIATE` waits inside the process cheap. Other
+processes on the same file are serialised by SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chorus.server.store._db import Row, StoreUnavailable
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+_MAX_ATTEMPTS = 50
+
+
+class _SqliteTx:
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+    def lock_closer(self) -> bool:
+        return True  # BEGIN IMMEDIATE already excludes every other writer
+
+
+class SqliteDatabase:
+    """A SQLite file opened for durable, serialised transactions."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                     timeout=busy_timeout_ms / 1000)
+        for pragma in ("journal_mode=WAL", f"synchronous={synchronous}", "secure_delete=ON",
+                       "foreign_keys=ON", f"busy_timeout={busy_timeout_ms}"):
+            self._conn.execute(f"PRAGMA {pragma}")
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[_SqliteTx], T], *, name: str) -> T:
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            with self._lock:
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                else:
+                    try:
+                        result = fn(_SqliteTx(self._conn))
+                        self._conn.execute("COMMIT")
+                        return result
+                    except BaseException as exc:
+                        self._conn.execute("ROLLBACK")
+                        if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
+                            raise
+            _log.debug("transaction %s busy, attempt %d", name, attempt)
+            time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
+        raise StoreUnavailable(f"SQLite database {self.path} stayed locked through "
+                               f"{_MAX_ATTEMPTS} attempts of {name}")
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the main file and truncate it (used after crypto-shredding)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)

@@ -1,0 +1,65 @@
+"""Window arithmetic: which UTC day or ISO week a moment belongs to, and back."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+
+class WindowLength(enum.StrEnum):
+    DAY = "day"
+    WEEK = "week"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpan:
+    """A window's public identity: id like "2026-11-25" or "2026-W48", and [start, end)."""
+
+    id: str
+    start: datetime
+    end: datetime
+
+    def contains(self, when: datetime) -> bool:
+        return self.start <= when < self.end
+
+
+_DAY_ID = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_WEEK_ID = re.compile(r"^(\d{4})-W(\d{2})$")
+
+
+def window_of(when: datetime, length: WindowLength) -> WindowSpan:
+    """The window of `length` containing the aware datetime `when`."""
+    day = when.astimezone(UTC).date()
+    if length is WindowLength.DAY:
+        start = day
+        end = day + timedelta(days=1)
+        ident = day.isoformat()
+    else:
+        iso = day.isocalendar()
+        start = day - timedelta(days=iso.weekday - 1)
+        end = start + timedelta(days=7)
+        ident = f"{iso.year}-W{iso.week:02d}"
+    return WindowSpan(ident, _midnight(start), _midnight(end))
+
+
+def parse_window_id(ident: str) -> WindowSpan:
+    """Inverse of `window_of(...).id`; raises ValueError naming the bad id."""
+    if m := _DAY_ID.match(ident):
+        try:
+            day = date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError as exc:
+            raise ValueError(f"window id {ident!r} is not a valid date: {exc}") from None
+        return window_of(_midnight(day), WindowLength.DAY)
+    if m := _WEEK_ID.match(ident):
+        try:
+            monday = date.fromisocalendar(int(m[1]), int(m[2]), 1)
+        except ValueError as exc:
+            raise ValueError(f"window id {ident!r} is not a valid ISO week: {exc}") from None
+        return window_of(_midnight(monday), WindowLength.WEEK)
+    raise ValueError(f"window id {ident!r} is neither a day (YYYY-MM-DD) nor an ISO week (YYYY-Www)")
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
