@@ -211,8 +211,9 @@ class Ingestor:
             bounds[ukey] = bound
 
         if members:
-            tx.executemany(_INSERT_MEMBER, [(w, p, t) for (w, p), t in members.items()])
+            # Sorted keys give every concurrent batch the same row-lock order: no deadlocks.
+            tx.executemany(_INSERT_MEMBER, [(w, p, t) for (w, p), t in sorted(members.items())])
             tx.executemany(_UPSERT_USAGE, [(w, p, m, v, bounds[(w, p, m)], bounds[(w, p, m)])
-                                           for (w, p, m), v in totals.items()])
+                                           for (w, p, m), v in sorted(totals.items())])
         accepted = len(batch.contributions) - len(rejections)
         return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
