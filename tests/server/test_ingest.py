@@ -1,0 +1,138 @@
+"""Ingest rules against a real SQLite store: bounds, pseudonyms, exactly-once, rejections."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from chorus.server import config, ingest
+from chorus.server.app_context import Chorus
+from chorus.server.clock import FakeClock
+from chorus.server.ingest import Reason, pseudonym
+
+from .conftest import NOON, batch
+
+TOKENS_BOUND = 200_000
+
+
+def stored_total(chorus: Chorus, window: str, user: str, metric: str) -> int | None:
+    def read(tx):
+        (key,), = tx.query("SELECT hmac_key FROM window_keys WHERE window_id = ?", (window,))
+        rows = tx.query("SELECT total FROM usage WHERE window_id = ? AND pseudonym = ? AND metric = ?",
+                        (window, pseudonym(bytes(key), user), metric))
+        return rows[0][0] if rows else None
+    return chorus.db.run(read, name="test")
+
+
+def table_rows(chorus: Chorus, table: str) -> int:
+    return chorus.db.run(lambda tx: tx.query(f"SELECT COUNT(*) FROM {table}")[0][0], name="test")
+
+
+def test_accepted_contributions_add_up(chorus: Chorus) -> None:
+    out = chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 100), ("user-team-red-0", "ai.tokens", 50),
+                                       ("user-team-red-1", "ai.requests", 3)))
+    assert (out.accepted, out.duplicate, out.rejections) == (3, False, [])
+    chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 25)))
+    assert stored_total(chorus, "2026-11-25", "user-team-red-0", "ai.tokens") == 175
+    assert stored_total(chorus, "2026-11-25", "user-team-red-1", "ai.requests") == 3
+
+
+def test_retried_batch_counts_exactly_once(chorus: Chorus) -> None:
+    first = chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 100), batch_id="b-1"))
+    again = chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 100), batch_id="b-1"))
+    assert first.accepted == 1 and not first.duplicate
+    assert again.accepted == 0 and again.duplicate
+    assert stored_total(chorus, "2026-11-25", "user-team-red-0", "ai.tokens") == 100
+
+
+def test_running_total_is_clamped_to_the_bound(chorus: Chorus) -> None:
+    for _ in range(5):
+        chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 90_000)))
+    out = chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10**15)))
+    assert out.clamped == 1
+    assert stored_total(chorus, "2026-11-25", "user-team-red-0", "ai.tokens") == TOKENS_BOUND
+
+
+def test_bad_contributions_are_rejected_and_the_rest_applied(chorus: Chorus, clock: FakeClock) -> None:
+    out = chorus.ingestor.report(batch(
+        ("user-team-red-0", "ai.tokens", 10),
+        ("user-nobody", "ai.tokens", 10),
+        ("user-team-red-0", "ai.unknown", 10),
+        ("user-team-red-0", "ai.tokens", -1),
+        ("user-team-red-0", "ai.tokens", 10, NOON + timedelta(minutes=6)),
+        ("user-team-red-0", "ai.tokens", 10, NOON - timedelta(days=2)),
+        ("user-team-red-0", "ai.tokens", 5, NOON + timedelta(minutes=4)),
+    ))
+    assert out.accepted == 2
+    assert [(r.index, r.reason) for r in out.rejections] == [
+        (1, Reason.UNKNOWN_USER), (2, Reason.UNKNOWN_METRIC), (3, Reason.NEGATIVE_VALUE),
+        (4, Reason.FUTURE), (5, Reason.LATE)]
+    assert all("user-" not in r.message for r in out.rejections)
+    assert stored_total(chorus, "2026-11-25", "user-team-red-0", "ai.tokens") == 15
+
+
+def test_grace_period_admits_yesterday_until_it_passes(chorus: Chorus, clock: FakeClock) -> None:
+    yesterday = NOON - timedelta(days=1)
+    clock.set(NOON.replace(hour=1))  # 1h after midnight, inside the default 2h grace
+    assert chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 7, yesterday))).accepted == 1
+    clock.set(NOON.replace(hour=2))  # end + grace reached
+    out = chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 7, yesterday)))
+    assert [r.reason for r in out.rejections] == [Reason.LATE]
+
+
+def test_no_usage_table_holds_a_raw_user_id(chorus: Chorus) -> None:
+    chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10), ("user-team-blue-1", "ai.requests", 2)))
+    dump = chorus.db.run(lambda tx: repr(tx.query("SELECT * FROM usage") + tx.query("SELECT * FROM members")
+                                         + tx.query("SELECT * FROM batches")), name="test")
+    assert "user-team" not in dump
+    assert table_rows(chorus, "usage") == 2
+
+
+def test_team_is_fixed_at_first_contribution_in_the_window(chorus: Chorus) -> None:
+    chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10)))
+    moved = [(u, "team-blue" if u == "user-team-red-0" else t) for u, t in
+             chorus.db.run(lambda tx: tx.query("SELECT user_id, team FROM roster"), name="test")]
+    chorus.import_roster(moved, actor="test")
+    chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10)))
+    teams = chorus.db.run(lambda tx: tx.query("SELECT team FROM members"), name="test")
+    assert teams == [("team-red",)]
+
+
+def test_policy_is_frozen_when_the_window_opens(tmp_path, clock: FakeClock) -> None:
+    data = tmp_path / "data"
+    first = Chorus(config.load(None), data, clock=clock)
+    first.import_roster([("user-a", "t")], actor="test")
+    first.ingestor.report(batch(("user-a", "ai.requests", 1)))
+    first.close()
+    text = config.DEFAULT_TOML.replace(
+        "max_per_user = 2000\nhistogram_edges = [50, 200, 500, 1000]", "max_per_user = 5\nhistogram_edges = [1, 2]")
+    changed = config.parse(__import__("tomllib").loads(text))
+    second = Chorus(changed, data, clock=clock)
+    try:
+        second.ingestor.report(batch(("user-a", "ai.requests", 100)))
+        assert stored_total(second, "2026-11-25", "user-a", "ai.requests") == 101  # old bound 2000 applies
+        clock.advance(timedelta(days=1))
+        second.ingestor.report(batch(("user-a", "ai.requests", 100), at=clock.now()))
+        assert stored_total(second, "2026-11-26", "user-a", "ai.requests") == 5  # new window, new bound
+    finally:
+        second.close()
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda b: replace(b, **{"batch_id": ""}), "batch_id is required"),
+    (lambda b: replace(b, **{"batch_id": "x" * 300}), "batch_id is 300 characters; the limit is 256"),
+    (lambda b: replace(b, **{"contributions": []}), "contributions is empty"),
+    (lambda b: replace(b, **{"contributions": b.contributions * 10_001}),
+     "batch has 10001 contributions; the limit is 10000"),
+    (lambda b: replace(b, **{"contributions": [
+        ingest.Contribution("", "ai.tokens", 1, NOON)]}), "contributions[0].user is empty"),
+    (lambda b: replace(b, **{"contributions": [
+        ingest.Contribution("u", "m" * 257, 1, NOON)]}), "contributions[0].metric is 257 characters"),
+])
+def test_malformed_batches_are_refused_whole(mutate, message) -> None:
+    good = batch(("user-a", "ai.tokens", 1))
+    with pytest.raises(ingest.InvalidBatch, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ingest.validate(mutate(good), config.Limits())
+
