@@ -35,7 +35,7 @@ class AdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.ImportRoster = channel.unary_unary(
+        self.ImportRoster = channel.stream_unary(
                 '/chorus.v1.AdminService/ImportRoster',
                 request_serializer=chorus_dot_v1_dot_admin__pb2.ImportRosterRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_admin__pb2.ImportRosterResponse.FromString,
@@ -71,9 +71,10 @@ class AdminServiceServicer:
     """AdminService is for operators (role admin).
     """
 
-    def ImportRoster(self, request, context):
-        """Replace the roster. Takes effect for windows opened afterwards and for
-        people not yet seen in an open window.
+    def ImportRoster(self, request_iterator, context):
+        """Replace the roster, streamed in chunks (a roster can exceed one message).
+        Applied atomically once the stream ends. A person already seen in an open
+        window keeps the team they had at their first contribution there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +115,7 @@ class AdminServiceServicer:
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'ImportRoster': grpc.unary_unary_rpc_method_handler(
+            'ImportRoster': grpc.stream_unary_rpc_method_handler(
                     servicer.ImportRoster,
                     request_deserializer=chorus_dot_v1_dot_admin__pb2.ImportRosterRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_admin__pb2.ImportRosterResponse.SerializeToString,
@@ -157,7 +158,7 @@ class AdminService:
     """
 
     @staticmethod
-    def ImportRoster(request,
+    def ImportRoster(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -167,8 +168,8 @@ class AdminService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/chorus.v1.AdminService/ImportRoster',
             chorus_dot_v1_dot_admin__pb2.ImportRosterRequest.SerializeToString,

@@ -19,6 +19,7 @@ window_app = typer.Typer(help="Window lifecycle.", no_args_is_help=True)
 ROLES = {"ingest": admin_pb2.ROLE_INGEST, "analyst": admin_pb2.ROLE_ANALYST,
          "auditor": admin_pb2.ROLE_AUDITOR, "admin": admin_pb2.ROLE_ADMIN}
 ROLE_NAMES = {v: k for k, v in ROLES.items()}
+ROSTER_CHUNK = 10_000  # entries per streamed message, well under the message size limit
 
 
 @roster_app.command("import")
@@ -33,9 +34,11 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with header
         raise fail(f"cannot read {csv_file}: {exc.strerror}") from None
     except roster.RosterError as exc:
         raise fail(f"{csv_file}: {exc}") from None
-    request = admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in rows])
+    chunks = [admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t)
+                                                     for u, t in rows[i:i + ROSTER_CHUNK]])
+              for i in range(0, len(rows), ROSTER_CHUNK)]
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ImportRoster, request)
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ImportRoster, iter(chunks))
     table = Table("team", "people", title=f"Roster imported: {reply.people} people")
     for team in reply.teams:
         table.add_row(team.team, str(team.size))

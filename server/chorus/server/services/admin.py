@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from chorus.server import auth, lifecycle, roster
@@ -25,10 +27,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, chorus: Chorus) -> None:
         self._chorus = chorus
 
-    def ImportRoster(self, request: admin_pb2.ImportRosterRequest,
+    def ImportRoster(self, requests: Iterator[admin_pb2.ImportRosterRequest],
                      context: grpc.ServicerContext) -> admin_pb2.ImportRosterResponse:
         try:
-            rows = roster.validate((e.user, e.team) for e in request.entries)
+            rows = roster.validate((e.user, e.team) for chunk in requests for e in chunk.entries)
         except roster.RosterError as exc:
             invalid_argument(context, str(exc), "entries")
         result = self._chorus.import_roster(rows, auth.principal().name)
