@@ -15,8 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from chorus.server.app_context import Chorus
 from chorus.server.auth import AuthInterceptor
 from chorus.server.services.admin import AdminServicer
+from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
-from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from chorus.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class Server:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(chorus.ingestor, limits), self._grpc)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(chorus), self._grpc)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(chorus), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
-                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name]
+                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                 audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
 
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from chorus.server import lifecycle, roster
+from chorus.server import audit, lifecycle, roster
 from chorus.server.auth import Role, TokenError, Tokens
 from chorus.server.clock import Clock, SystemClock
 from chorus.server.closer import WindowCloser
@@ -38,6 +38,7 @@ class Chorus:
         self.ingestor = Ingestor(self.db, config.policy, self.ledger, self.clock, self.roster)
         self.tokens = Tokens(self.db, self.ledger)
         self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock)
+        audit.record_config(self.db, self.ledger, config.policy, self.clock.now())
 
     def import_roster(self, rows: list[tuple[str, str]], actor: str) -> roster.ImportResult:
         now = self.clock.now()

@@ -1,0 +1,434 @@
+"""The offline ledger verifier: trusts nothing the server says, only the file and the public key.
+
+Input is an export in JSON Lines (one entry per line: seq, time, kind, payload as an object,
+prev_hash, hash, signature) and the officer's copy of the server's Ed25519 public key.
+The verifier recomputes everything it can:
+
+* the chain: sequence numbers contiguous from 1, each prev_hash equal to the previous
+  entry's hash, each hash recomputed, each signature checked;
+* each release: its epsilon recomputed with OpenDP from mechanism, sensitivity and scale
+  (a stated charge below that is a violation), its sensitivity against the bound frozen in
+  its window's window_open entry, its window opened and closed before it, its statistic not
+  released before;
+* each team-window: the sum of charges against the frozen cap and against the server's
+  stated running total;
+* optionally a head pinned from an earlier verification, which catches a truncated tail or
+  a rewritten history even when everything was re-signed consistently.
+
+Pure functions: no server, no database, no clock.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import opendp.prelude as dp
+from chorus.server.audit import policy_sha256
+from chorus.server.config import NOISY_STATISTICS, Policy
+from chorus.server.ledger import GENESIS_HASH, canonical_json, entry_hash
+from chorus.server.privacy.epsilon import ZERO, Epsilon
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+dp.enable_features("contrib")
+
+MECHANISM = "discrete_laplace"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+_HEAD = re.compile(r"^(\d+):([0-9a-f]{64})$")
+_ENTRY_FIELDS = {"seq": int, "time": str, "kind": str, "payload": dict, "prev_hash": str, "hash": str,
+                 "signature": str}
+_RELEASE_FIELDS = {"release_id": str, "window": str, "team": str, "metric": str, "statistic": str,
+                   "mechanism": str, "sensitivity": int, "scale": (int, float), "epsilon": str,
+                   "value": (int, list), "budget_cap": str, "budget_spent_after": str, "by": str}
+
+
+class VerifyError(ValueError):
+    """The verifier cannot start: unreadable key or malformed pinned head (not a ledger violation)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A ledger position an officer pins: the entry with this seq must have this hash."""
+
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule, naming the entry (seq as stated in the file) and its line.
+
+    `line` is None for a finding about the file as a whole (a missing pinned head).
+    """
+
+    line: int | None
+    seq: int | None
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"entry {self.seq}" if self.seq is not None else "entry ?"
+        line = f"line {self.line}" if self.line is not None else "end of file"
+        return f"{where} ({line}) [{self.rule}] {self.message}"
+
+
+@dataclass(slots=True)
+class TeamWindowTotal:
+    """Budget of one team-window as recomputed from the ledger alone."""
+
+    window: str
+    team: str
+    cap: Epsilon
+    spent: Epsilon = ZERO
+    releases: int = 0
+
+    @property
+    def remaining(self) -> Epsilon:
+        return Epsilon(max(self.cap.micros - self.spent.micros, 0))
+
+
+@dataclass(slots=True)
+class Report:
+    """The verifier's findings; `ok` only when there is no violation at all."""
+
+    entries: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    totals: dict[tuple[str, str], TeamWindowTotal] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+    head: Head | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def parse_head(text: str) -> Head:
+    """"SEQ:HASH" as printed by a previous verification."""
+    match = _HEAD.match(text.strip())
+    if not match or int(match[1]) < 1:
+        raise VerifyError(f"expected head {text!r}: must be SEQ:HASH with SEQ >= 1 and a 64-digit "
+                          "lowercase hex SHA-256")
+    return Head(int(match[1]), match[2])
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as exc:
+        raise VerifyError(f"public key is not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise VerifyError(f"public key is {type(key).__name__}, expected an Ed25519 public key")
+    return key
+
+
+@functools.lru_cache(maxsize=4096)
+def implied_epsilon(mechanism: str, vector: bool, scale: float, sensitivity: int) -> Epsilon:
+    """Epsilon OpenDP's privacy map gives at d_in = sensitivity, rounded up to a micro-epsilon.
+
+    Cached: a ledger repeats a few (scale, sensitivity) pairs many times, and building an
+    OpenDP measurement costs far more than checking a signature.
+    """
+    if mechanism != MECHANISM:
+        raise ValueError(f"mechanism {mechanism!r} is not {MECHANISM!r}")
+    atom = dp.atom_domain(T="i64")
+    try:
+        if vector:
+            measurement = dp.m.make_laplace(dp.vector_domain(atom), dp.l1_distance(T="i64"), scale)
+        else:
+            measurement = dp.m.make_laplace(atom, dp.absolute_distance(T="i64"), scale)
+        return Epsilon.ceil(measurement.map(sensitivity))
+    except dp.OpenDPException as exc:
+        raise ValueError(f"OpenDP rejects scale {scale} at sensitivity {sensitivity}: "
+                         f"{exc.message}") from None
+
+
+@dataclass(slots=True)
+class _Window:
+    policy: Policy
+    opened: int
+    closed: int | None = None
+
+
+class _Verifier:
+    def __init__(self, key: Ed25519PublicKey, expect: Head | None) -> None:
+        self.key = key
+        self.expect = expect
+        self.report = Report()
+        self.prev_seq = 0
+        self.prev_hash = GENESIS_HASH
+        self.pinned: tuple[int, str] | None = None  # (line, hash) of the entry at the pinned seq
+        self.windows: dict[str, _Window] = {}
+        self.released: dict[tuple[str, str, str, str], int] = {}
+        self.line = 0
+        self.seq: int | None = None
+
+    def flag(self, rule: str, message: str) -> None:
+        self.report.violations.append(Violation(self.line, self.seq, rule, message))
+
+    def feed(self, text: str) -> None:
+        self.line += 1
+        self.seq = None
+        if not text.strip():
+            return
+        entry = self.parse(text)
+        if entry is None:
+            return
+        self.seq = seq = entry["seq"]
+        self.report.entries += 1
+        self.report.kinds[entry["kind"]] += 1
+        self.check_chain(entry)
+        self.prev_seq, self.prev_hash = seq, entry["hash"]
+        self.report.head = Head(seq, entry["hash"])
+        if self.expect is not None and seq == self.expect.seq and self.pinned is None:
+            self.pinned = (self.line, entry["hash"])
+        check = _KIND_CHECKS.get(entry["kind"])
+        if check is not None:
+            check(self, entry["payload"])
+
+    def parse(self, text: str) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as exc:
+            self.flag("format", f"not a JSON object: {exc}")
+            return None
+        if not isinstance(entry, dict):
+            self.flag("format", "not a JSON object")
+            return None
+        if isinstance(entry.get("seq"), int) and not isinstance(entry["seq"], bool):
+            self.seq = entry["seq"]
+        problem = _field_problem(entry, _ENTRY_FIELDS)
+        if problem is None and not (_HEX64.match(entry["prev_hash"]) and _HEX64.match(entry["hash"])):
+            problem = "prev_hash and hash must be 64 lowercase hex digits"
+        if problem is None and not _HEX128.match(entry["signature"]):
+            problem = "signature must be 128 lowercase hex digits"
+        if problem is not None:
+            self.flag("format", problem)
+            return None
+        return entry
+
+    def check_chain(self, entry: dict[str, Any]) -> None:
+        seq = entry["seq"]
+        if seq != self.prev_seq + 1:
+            what = "the ledger starts at 1" if self.prev_seq == 0 else f"previous entry is {self.prev_seq}"
+            self.flag("seq", f"sequence number {seq} out of order: expected {self.prev_seq + 1} "
+                             f"({what}); an entry was deleted, inserted or moved")
+        if entry["prev_hash"] != self.prev_hash:
+            self.flag("chain", f"prev_hash {entry['prev_hash'][:16]}... does not match the previous "
+                               f"entry's hash {self.prev_hash[:16]}...")
+        recomputed = entry_hash(entry["prev_hash"], seq, entry["time"], entry["kind"],
+                                canonical_json(entry["payload"]))
+        if recomputed != entry["hash"]:
+            self.flag("hash", f"stated hash {entry['hash'][:16]}... differs from the recomputed "
+                              f"{recomputed[:16]}...: the entry was altered")
+        try:
+            self.key.verify(bytes.fromhex(entry["signature"]), bytes.fromhex(entry["hash"]))
+        except InvalidSignature:
+            self.flag("signature", "Ed25519 signature does not verify with the given public key")
+
+    def config(self, payload: dict[str, Any]) -> None:
+        policy = payload.get("policy")
+        if not isinstance(policy, dict) or _policy(policy) is None:
+            self.flag("config", "payload.policy is not a valid policy")
+        elif payload.get("policy_sha256") != policy_sha256(policy):
+            self.flag("config", "policy_sha256 does not match the SHA-256 of the recorded policy")
+
+    def window_open(self, payload: dict[str, Any]) -> None:
+        window, raw = payload.get("window"), payload.get("policy")
+        policy = _policy(raw) if isinstance(raw, dict) else None
+        if not isinstance(window, str) or policy is None:
+            self.flag("window", "window_open without a window id and a valid frozen policy")
+            return
+        if window in self.windows:
+            self.flag("window", f"window {window} opened again (first opened at entry "
+                                f"{self.windows[window].opened}); its frozen policy cannot change")
+            return
+        assert self.seq is not None
+        self.windows[window] = _Window(policy, self.seq)
+
+    def window_close(self, payload: dict[str, Any]) -> None:
+        window, sizes = payload.get("window"), payload.get("team_sizes")
+        if not isinstance(window, str) or not isinstance(sizes, dict):
+            self.flag("window", "window_close without a window id and team_sizes")
+            return
+        state = self.windows.get(window)
+        if state is None:
+            self.flag("window", f"window {window} closed without an earlier window_open entry")
+            return
+        if state.closed is not None:
+            self.flag("window", f"window {window} closed again (first closed at entry {state.closed})")
+            return
+        assert self.seq is not None
+        state.closed = self.seq
+        cap = state.policy.epsilon_per_window
+        for team in sorted(sizes):
+            self.report.totals[(window, team)] = TeamWindowTotal(window, team, cap)
+
+    def release(self, payload: dict[str, Any]) -> None:
+        amounts = _release_amounts(payload)
+        if isinstance(amounts, str):
+            self.flag("release", f"malformed release payload: {amounts}")
+            return
+        charged, stated_cap, stated_after = amounts
+        window, team, metric, statistic = (payload[k] for k in ("window", "team", "metric", "statistic"))
+        subject = f"{statistic} of {metric or 'activity'} for {team} in {window}"
+        self.check_mechanism(payload, charged, subject)
+        key = (team, window, metric, statistic)
+        if key in self.released:
+            self.flag("double_release", f"{subject} was already released at entry {self.released[key]}")
+        else:
+            assert self.seq is not None
+            self.released[key] = self.seq
+        state = self.windows.get(window)
+        if state is None:
+            self.flag("window", f"release of {subject} before any window_open entry for {window}")
+            return
+        if state.closed is None:
+            self.flag("window", f"release of {subject} while {window} was still open (no earlier "
+                                "window_close entry)")
+            return
+        self.check_statistic(payload, state.policy, subject)
+        total = self.report.totals.get((window, team))
+        if total is None:
+            self.flag("team", f"release of {subject}: team {team} was not in the window_close entry "
+                              f"of {window} (entry {state.closed})")
+            return
+        total.spent += charged
+        total.releases += 1
+        if stated_cap != total.cap:
+            self.flag("budget_cap", f"stated budget_cap {stated_cap} differs from the frozen "
+                                    f"epsilon_per_window {total.cap} of {window}")
+        if total.spent > total.cap:
+            self.flag("budget_cap", f"{team} in {window} has spent {total.spent} after this release, "
+                                    f"over its cap {total.cap}")
+        if stated_after != total.spent:
+            self.flag("budget_spent", f"stated budget_spent_after {stated_after} differs from the sum "
+                                      f"of this team-window's charges, {total.spent}")
+
+    def check_mechanism(self, payload: dict[str, Any], charged: Epsilon, subject: str) -> None:
+        scale, sensitivity = payload["scale"], payload["sensitivity"]
+        if payload["mechanism"] != MECHANISM:
+            self.flag("mechanism", f"{subject}: mechanism {payload['mechanism']!r} is not {MECHANISM!r}")
+        elif not (math.isfinite(scale) and scale > 0) or sensitivity < 0:
+            self.flag("mechanism", f"{subject}: scale {scale} must be > 0 and sensitivity "
+                                   f"{sensitivity} >= 0")
+        else:
+            try:
+                implied = implied_epsilon(MECHANISM, payload["statistic"] == "histogram", float(scale),
+                                          sensitivity)
+            except ValueError as exc:
+                self.flag("mechanism", f"{subject}: {exc}")
+                return
+            if charged < implied:
+                self.flag("epsilon", f"{subject}: charged epsilon {charged} is below the {implied} that "
+                                     f"{MECHANISM} with scale {scale} at sensitivity {sensitivity} implies")
+
+    def check_statistic(self, payload: dict[str, Any], policy: Policy, subject: str) -> None:
+        statistic, metric, value = payload["statistic"], payload["metric"], payload["value"]
+        if statistic not in NOISY_STATISTICS:
+            self.flag("statistic", f"{subject}: statistic must be one of {', '.join(NOISY_STATISTICS)}")
+            return
+        if statistic == "active":
+            if metric:
+                self.flag("statistic", f"{subject}: the team-level statistic active has metric \"\"")
+            required, buckets = 1, 0
+        else:
+            bound = policy.metric(metric)
+            if bound is None:
+                self.flag("statistic", f"{subject}: metric {metric!r} is not in the window's frozen policy")
+                return
+            required = bound.max_per_user if statistic == "sum" else 1
+            buckets = len(bound.histogram_edges) + 1 if statistic == "histogram" else 0
+        if payload["sensitivity"] < required:
+            self.flag("sensitivity", f"{subject}: sensitivity {payload['sensitivity']} is below the "
+                                     f"frozen bound {required}")
+        if buckets:
+            if not (isinstance(value, list) and len(value) == buckets and all(_is_int(v) for v in value)):
+                self.flag("value", f"{subject}: a histogram value must be a list of {buckets} integers")
+        elif not _is_int(value):
+            self.flag("value", f"{subject}: value must be an integer")
+
+    def finish(self) -> Report:
+        expect = self.expect
+        if expect is None:
+            return self.report
+        if self.pinned is None:
+            last = self.report.head.seq if self.report.head else 0
+            self.report.violations.append(Violation(
+                None, expect.seq, "expect_head", f"pinned head {expect.seq} is missing: the file ends at "
+                                                 f"entry {last}, so the ledger's tail was truncated"))
+        elif self.pinned[1] != expect.hash:
+            self.report.violations.append(Violation(
+                self.pinned[0], expect.seq, "expect_head",
+                f"hash {self.pinned[1][:16]}... is not the pinned {expect.hash[:16]}...: "
+                "history was rewritten since the head was pinned"))
+        return self.report
+
+
+_KIND_CHECKS = {"config": _Verifier.config, "window_open": _Verifier.window_open,
+                "window_close": _Verifier.window_close, "release": _Verifier.release}
+
+
+def _policy(raw: dict[str, Any]) -> Policy | None:
+    try:
+        return Policy.from_json(raw)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _release_amounts(payload: dict[str, Any]) -> tuple[Epsilon, Epsilon, Epsilon] | str:
+    """(charged epsilon, stated cap, stated spent after) or what is wrong with the payload."""
+    problem = _field_problem(payload, _RELEASE_FIELDS)
+    if problem is not None:
+        return problem
+    try:
+        return (Epsilon.parse(payload["epsilon"]), Epsilon.parse(payload["budget_cap"]),
+                Epsilon.parse(payload["budget_spent_after"]))
+    except ValueError as exc:
+        return str(exc)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_problem(obj: dict[str, Any], fields: dict[str, Any]) -> str | None:
+    for name, kind in fields.items():
+        if name not in obj:
+            return f"missing field {name!r}"
+        value = obj[name]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"field {name!r} has the wrong type"
+    return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in the ledger")
+
+
+def verify_lines(lines: Iterable[str], public_key: Ed25519PublicKey, *,
+                 expect_head: Head | None = None) -> Report:
+    """Verify an exported ledger given as JSON lines; see the module docstring for the rules."""
+    verifier = _Verifier(public_key, expect_head)
+    for text in lines:
+        verifier.feed(text)
+    return verifier.finish()
+
+
+def verify_file(path: Path, public_key_pem: bytes, *, expect_head: Head | None = None) -> Report:
+    """Verify the JSON Lines file at `path` with a PEM public key, streaming it line by line."""
+    key = load_public_key(public_key_pem)
+    with path.open(encoding="utf-8") as lines:
+        return verify_lines(lines, key, expect_head=expect_head)
