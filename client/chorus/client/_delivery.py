@@ -1,0 +1,277 @@
+"""Batches awaiting delivery: building them, sending in order, retrying, spooling.
+
+Modelled on the OpenTelemetry OTLP gRPC exporter: only retryable status codes are
+retried, with exponential backoff and full jitter unless the server's RetryInfo says
+how long to wait. A failed batch keeps its batch_id and contents, so the server's
+de-duplication makes every resend safe. Batches are sent oldest first; the first
+retryable failure ends the attempt, since the rest would fail the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from chorus.client._spool import Spool
+from chorus.client._transport import Transport, TransportError
+from chorus.v1 import ingest_pb2
+
+logger = logging.getLogger("chorus.client")
+
+#: A pre-aggregation key: (user, metric, minute bucket = unix seconds // 60).
+Key = tuple[str, str, float]
+
+#: The server refuses more than 10_000 contributions per batch; stay well below.
+MAX_BATCH_CONTRIBUTIONS = 5000
+#: Keeps a batch far below gRPC's default 4 MiB message limit whatever the name lengths.
+MAX_BATCH_BYTES = 1024 * 1024
+#: Estimated encoding overhead of one Contribution besides its two strings.
+_CONTRIBUTION_OVERHEAD = 32
+_INT64_MAX = 2**63 - 1
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+#: Ceiling on a server-requested RetryInfo delay, against a misconfigured server.
+MAX_SERVER_DELAY = 600.0
+
+
+@dataclass(eq=False)
+class _Batch:
+    request: ingest_pb2.ReportRequest
+    #: Contributions held, at least 1 so that empty drop-report batches are bounded too.
+    size: int
+    #: The spool file holding this batch, deleted once the batch is settled.
+    spool_path: Path | None = None
+
+
+class Delivery:
+    """The queue of batches awaiting acknowledgement and the counters about them.
+
+    `add` and `send` are called by one thread at a time (the client's send lock); the
+    internal lock only guards the queue and counters against `spool_unsent`, `pending`
+    and `counters`, which other threads may call meanwhile.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        source: str,
+        source_version: str,
+        max_pending: int,
+        timeout: float,
+        spool: Spool | None,
+        rng: random.Random,
+    ) -> None:
+        self._transport = transport
+        self._source = source
+        self._source_version = source_version
+        self._max_pending = max_pending
+        self._timeout = timeout
+        self._spool = spool
+        self._rng = rng
+        self._lock = threading.Lock()
+        self._queue: deque[_Batch] = deque()
+        self._held = 0
+        self._unreported_drops = 0
+        self._attempt = 0
+        self._warned: set[str] = set()
+        self.sent_batches = 0
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected: Counter[str] = Counter()
+        self.dropped = 0
+        self.failed_batches = 0
+        self.retries = 0
+        self.spooled = 0
+        self.spool_corrupt = 0
+
+    @property
+    def pending(self) -> int:
+        """Contributions held in batches awaiting acknowledgement."""
+        return self._held
+
+    def add(self, counts: Mapping[Key, int], dropped: int) -> None:
+        """Turn drained counts into batches behind those already queued.
+
+        `dropped` (memory-bound drops since the last drain) rides on the first new batch.
+        With nothing else to send it gets a batch of its own, but only when the queue is
+        empty, so that an outage cannot pile up empty batches.
+        """
+        with self._lock:
+            if not self._queue and self._spool is not None:
+                self._load_spool()
+            dropped += self._unreported_drops
+            self._unreported_drops = 0
+            if not counts and (not dropped or self._queue):
+                self._unreported_drops = dropped
+                return
+            batches = self._build(counts)
+            batches[0].request.dropped = dropped
+            self._queue.extend(batches)
+            self._held += sum(batch.size for batch in batches)
+
+    def send(self, timeout: float | None = None, interrupt: threading.Event | None = None) -> float | None:
+        """Send queued batches in order until done, a retryable failure, or the deadline.
+
+        Returns None when the queue is empty, else the delay before the next attempt
+        (0.0 when stopped by the deadline or `interrupt`).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._queue:
+                    return None
+                batch = self._queue[0]
+            rpc_timeout = self._timeout
+            if deadline is not None:
+                rpc_timeout = min(rpc_timeout, deadline - time.monotonic())
+            if rpc_timeout <= 0 or (interrupt is not None and interrupt.is_set()):
+                return 0.0
+            try:
+                response = self._transport.send(batch.request, rpc_timeout)
+            except TransportError as exc:
+                if exc.retryable:
+                    return self._backoff(exc)
+                self._give_up(batch, exc.code.name)
+            except Exception as exc:
+                # A transport bug must not kill the flush thread nor block the queue forever.
+                logger.debug("transport raised", exc_info=True)
+                self._give_up(batch, type(exc).__name__)
+            else:
+                self._settle(batch, response)
+
+    def spool_unsent(self) -> None:
+        """Write every queued batch not yet on disk to the spool (or count it dropped)."""
+        with self._lock:
+            unsent = [batch for batch in self._queue if batch.spool_path is None]
+            if self._spool is not None and self._unreported_drops:
+                # A batch of its own: one already tried must keep its exact contents.
+                carrier = self._build({})[0]
+                carrier.request.dropped = self._unreported_drops
+                self._unreported_drops = 0
+                self._queue.append(carrier)
+                self._held += carrier.size
+                unsent.append(carrier)
+            for batch in unsent:
+                path = self._spool.write(batch.request) if self._spool is not None else None
+                if path is None:
+                    self.dropped += len(batch.request.contributions)
+                else:
+                    batch.spool_path = path
+                    self.spooled += 1
+        lost = sum(len(batch.request.contributions) for batch in unsent if batch.spool_path is None)
+        if lost:
+            logger.warning("%d contributions could not be delivered before close and were lost", lost)
+
+    def counters(self) -> dict[str, object]:
+        """A consistent copy of the counters, for Stats."""
+        with self._lock:
+            return {
+                "sent_batches": self.sent_batches,
+                "accepted": self.accepted,
+                "duplicates": self.duplicates,
+                "rejected": dict(self.rejected),
+                "dropped": self.dropped,
+                "failed_batches": self.failed_batches,
+                "retries": self.retries,
+                "spooled": self.spooled,
+                "spool_corrupt": self.spool_corrupt,
+            }
+
+    def _build(self, counts: Mapping[Key, int]) -> list[_Batch]:
+        batches: list[_Batch] = []
+        request = self._new_request()
+        n = size = 0
+        for (user, metric, bucket), value in counts.items():
+            cost = len(user.encode()) + len(metric.encode()) + _CONTRIBUTION_OVERHEAD
+            if n == MAX_BATCH_CONTRIBUTIONS or size + cost > MAX_BATCH_BYTES:
+                batches.append(_Batch(request, n))
+                request = self._new_request()
+                n = size = 0
+            contribution = request.contributions.add(user=user, metric=metric, value=min(value, _INT64_MAX))
+            contribution.event_time.seconds = int(bucket) * 60
+            n += 1
+            size += cost
+        batches.append(_Batch(request, max(1, n)))
+        return batches
+
+    def _new_request(self) -> ingest_pb2.ReportRequest:
+        return ingest_pb2.ReportRequest(
+            batch_id=uuid.uuid4().hex, source=self._source, source_version=self._source_version
+        )
+
+    def _load_spool(self) -> None:
+        assert self._spool is not None
+        loaded, corrupt = self._spool.load(self._max_pending - self._held)
+        self.spool_corrupt += corrupt
+        for path, request in loaded:
+            batch = _Batch(request, max(1, len(request.contributions)), path)
+            self._queue.append(batch)
+            self._held += batch.size
+
+    def _backoff(self, exc: TransportError) -> float:
+        with self._lock:
+            self._attempt += 1
+            self.retries += 1
+            attempt = self._attempt
+        self._warn_once(f"retry:{exc.code.name}", "send failed with %s; will retry", exc.code.name)
+        if exc.retry_delay is not None:
+            return min(exc.retry_delay, MAX_SERVER_DELAY)
+        # Full jitter: spreads the retries of many clients after a shared outage.
+        return self._rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt - 1, 32)))
+
+    def _give_up(self, batch: _Batch, reason: str) -> None:
+        with self._lock:
+            self._unqueue(batch)
+            self.failed_batches += 1
+            # The drop report in it never reached the server; carry it to the next batch.
+            self._unreported_drops += batch.request.dropped
+        self._warn_once(
+            f"fail:{reason}",
+            "batch of %d contributions dropped: send failed with %s (not retryable)",
+            len(batch.request.contributions),
+            reason,
+        )
+
+    def _settle(self, batch: _Batch, response: ingest_pb2.ReportResponse) -> None:
+        with self._lock:
+            self._unqueue(batch)
+            self._attempt = 0
+            self.sent_batches += 1
+            self.accepted += response.accepted
+            self.duplicates += response.duplicate
+            reasons = Counter(_reason_name(rejection.reason) for rejection in response.rejections)
+            self.rejected.update(reasons)
+        for reason, n in reasons.items():
+            self._warn_once(f"reject:{reason}", "server rejected %d contributions: %s", n, reason)
+
+    def _unqueue(self, batch: _Batch) -> None:
+        # By identity, not position: close() may append to the queue from another thread.
+        try:
+            self._queue.remove(batch)
+        except ValueError:
+            return
+        self._held -= batch.size
+        if batch.spool_path is not None and self._spool is not None:
+            self._spool.remove(batch.spool_path)
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        # Once per kind of problem: a bad token or a down server must not flood the host's log.
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        self._warned.add(key)
+        logger.log(level, message, *args)
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return ingest_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_")  # type: ignore[arg-type]
+    except ValueError:
+        return str(reason)

@@ -1,0 +1,128 @@
+"""How a batch reaches the server: the Transport protocol and its gRPC implementation."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Protocol
+
+import grpc
+from chorus.client._status import retry_delay_from_metadata
+from chorus.v1 import ingest_pb2, ingest_pb2_grpc
+
+#: Status codes after which the same batch is sent again. Every code here is either
+#: transient by definition or produced by our own channel shutting down; resending is
+#: safe because the server de-duplicates by batch_id. INTERNAL and UNKNOWN are *not*
+#: retried: they mean a server bug that would fail the same batch forever and block
+#: everything queued behind it. The server reports transient failures (database
+#: unavailable, overload, rate limit) as UNAVAILABLE, ABORTED or RESOURCE_EXHAUSTED.
+RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+})
+
+# Channels inherited from a parent process. The child must neither use nor close them
+# (closing would act on gRPC state that belongs to the parent), and letting them be
+# garbage-collected closes them, so they are parked here for the child's lifetime.
+_INHERITED_CHANNELS: list[grpc.Channel] = []
+
+
+class TransportError(Exception):
+    """A failed send: the gRPC status code and the server's RetryInfo delay, if it sent one."""
+
+    def __init__(self, code: grpc.StatusCode, details: str = "", retry_delay: float | None = None) -> None:
+        super().__init__(f"{code.name}: {details}" if details else code.name)
+        self.code = code
+        self.details = details
+        self.retry_delay = retry_delay
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same batch should be sent again later."""
+        return self.code in RETRYABLE_CODES
+
+
+class Transport(Protocol):
+    """Sends one ReportRequest. Implementations raise TransportError on failure."""
+
+    def send(self, request: ingest_pb2.ReportRequest, timeout: float) -> ingest_pb2.ReportResponse:
+        """Deliver the batch within `timeout` seconds and return the server's answer."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; later sends may fail."""
+        ...
+
+
+class GrpcTransport:
+    """IngestService.Report over a lazily created gRPC channel, re-created after fork."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._target = target
+        self._credentials = credentials
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub: ingest_pb2_grpc.IngestServiceStub | None = None
+        self._pid = os.getpid()
+        self._closed = False
+
+    def send(self, request: ingest_pb2.ReportRequest, timeout: float) -> ingest_pb2.ReportResponse:
+        stub = self._current_stub()
+        try:
+            response: ingest_pb2.ReportResponse = stub.Report(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _transport_error(exc) from None
+        except ValueError:
+            # grpc raises ValueError for an RPC on a channel closed concurrently by close().
+            raise TransportError(grpc.StatusCode.CANCELLED, "channel closed") from None
+        return response
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._channel is not None and self._pid == os.getpid():
+                self._channel.close()
+            self._channel = self._stub = None
+
+    def _current_stub(self) -> ingest_pb2_grpc.IngestServiceStub:
+        with self._lock:
+            if self._closed:
+                raise TransportError(grpc.StatusCode.CANCELLED, "transport closed")
+            if self._pid != os.getpid():
+                if self._channel is not None:
+                    _INHERITED_CHANNELS.append(self._channel)
+                self._channel = self._stub = None
+                self._pid = os.getpid()
+            if self._stub is None:
+                if self._credentials is None:
+                    self._channel = grpc.insecure_channel(self._target)
+                else:
+                    self._channel = grpc.secure_channel(self._target, self._credentials)
+                self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
+            return self._stub
+
+
+def _transport_error(exc: grpc.RpcError) -> TransportError:
+    # A failed unary call's RpcError is also a grpc.Call; be defensive for other sources.
+    code_of = getattr(exc, "code", None)
+    code = code_of() if callable(code_of) else None
+    details_of = getattr(exc, "details", None)
+    details = details_of() if callable(details_of) else ""
+    trailing_of = getattr(exc, "trailing_metadata", None)
+    trailing = trailing_of() if callable(trailing_of) else None
+    return TransportError(
+        code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
+        details or "",
+        retry_delay_from_metadata(trailing),
+    )
