@@ -33,7 +33,7 @@ from typing import Any
 import opendp.prelude as dp
 from chorus.server.audit import policy_sha256
 from chorus.server.config import NOISY_STATISTICS, Policy
-from chorus.server.ledger import GENESIS_HASH, canonical_json, entry_hash
+from chorus.server.ledger import GENESIS_HASH, Entry, canonical_json, entry_hash
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -416,6 +416,11 @@ def _field_problem(obj: dict[str, Any], fields: dict[str, Any]) -> str | None:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in the ledger")
+
+
+def export_line(entry: Entry) -> str:
+    """One entry as a line of the export format (without the newline)."""
+    return json.dumps(entry.to_json(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def verify_lines(lines: Iterable[str], public_key: Ed25519PublicKey, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from chorus.server.cli import admin, demo, serve
+from chorus.server.cli import admin, audit, demo, serve
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
@@ -15,6 +15,9 @@ app.add_typer(admin.roster_app, name="roster")
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.window_app, name="window")
 app.command("stats")(admin.stats)
+app.add_typer(audit.audit_app, name="audit")
+app.command("budget")(audit.budget)
+app.command("privacy-statement")(audit.privacy_statement)
 
 
 def main() -> None:

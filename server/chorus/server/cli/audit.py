@@ -1,0 +1,289 @@
+"""Privacy-officer commands: export and verify the ledger, budgets, the privacy statement."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import typer
+from chorus.server import verify
+from chorus.server.cli._common import (
+    CaOpt,
+    CertOpt,
+    KeyOpt,
+    ServerOpt,
+    TokenFileOpt,
+    TokenOpt,
+    connect,
+    console,
+    err_console,
+    fail,
+    rpc_errors,
+)
+from chorus.server.config import Policy
+from chorus.server.ledger import Entry
+from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.windows import WindowLength
+from chorus.v1 import audit_pb2, audit_pb2_grpc
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+audit_app = typer.Typer(help="Export and verify the signed ledger (privacy officers).", no_args_is_help=True)
+
+#: Violations and team-windows printed in full by `verify`; the rest are counted.
+SHOWN_VIOLATIONS = 50
+SHOWN_TOTALS = 40
+WINDOWS_PER_YEAR = {WindowLength.DAY: 365, WindowLength.WEEK: 52}
+WindowOpt = Annotated[str, typer.Option("--window", "-w", help="Window id, e.g. 2026-11-25 or "
+                                        "2026-W48; default: every window.")]
+
+
+@audit_app.command("export")
+def export(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON Lines file to write; default: "
+                                             "standard output.")] = None,
+    from_seq: Annotated[int, typer.Option("--from-seq", min=1, help="First entry to export (verifying "
+                                          "needs the whole ledger, from 1).")] = 1,
+    public_key_out: Annotated[Path | None, typer.Option("--public-key-out", help="Also write the "
+                                                        "server's ledger public key (PEM) here.")] = None,
+    server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
+) -> None:
+    """Download the signed ledger as JSON Lines, one entry per line, for offline verification."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        stub = audit_pb2_grpc.AuditServiceStub(conn.channel)
+        if public_key_out is not None:
+            reply = conn.call(stub.GetPublicKey, audit_pb2.GetPublicKeyRequest())
+            _write_atomically(public_key_out, lambda f: f.write(reply.public_key_pem))
+        stream = stub.StreamLedger(audit_pb2.StreamLedgerRequest(from_seq=from_seq),
+                                   metadata=conn.metadata)
+        last: Entry | None = None
+        count = 0
+
+        def write(f: TextIO) -> None:
+            nonlocal last, count
+            with rpc_errors(conn.server):
+                for message in stream:
+                    last = Entry(message.seq, message.time, message.kind, message.payload,
+                                 message.prev_hash, message.hash, message.signature)
+                    f.write(verify.export_line(last) + "\n")
+                    count += 1
+
+        if out is None:
+            write(sys.stdout)
+            sys.stdout.flush()
+        else:
+            _write_atomically(out, write)
+    where = str(out) if out is not None else "standard output"
+    if last is None:
+        err_console.print(f"no ledger entries from {from_seq} on; nothing written to {where}")
+        return
+    err_console.print(f"exported {count} entries ({from_seq}..{last.seq}) to {where}; "
+                      f"head {last.seq}:{last.hash}", highlight=False, soft_wrap=True)
+    if public_key_out is not None:
+        err_console.print(f"public key written to {public_key_out}: compare it with your trusted copy "
+                          "before relying on it", highlight=False)
+
+
+def _write_atomically(path: Path, write: Callable[[TextIO], object]) -> None:
+    """Write through a temporary file and rename, so a failed export leaves no partial file."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as f:
+            write(f)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror}", 2) from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@audit_app.command("verify")
+def verify_ledger(
+    ledger: Annotated[Path, typer.Argument(help="Exported ledger (JSON Lines).")],
+    public_key: Annotated[Path, typer.Option("--public-key", "-k", help="Your trusted copy of the "
+                                             "server's ledger public key (PEM).")],
+    expect_head: Annotated[str | None, typer.Option("--expect-head", help="SEQ:HASH pinned from an "
+                                                    "earlier verification.")] = None,
+) -> None:
+    """Verify an exported ledger offline: chain, signatures, epsilon, sensitivity, budgets."""
+    try:
+        pem = public_key.read_bytes()
+        head = verify.parse_head(expect_head) if expect_head else None
+        report = verify.verify_file(ledger, pem, expect_head=head)
+    except OSError as exc:
+        raise fail(f"cannot read {exc.filename}: {exc.strerror}", 2) from None
+    except UnicodeDecodeError:
+        raise fail(f"{ledger} is not UTF-8 text", 2) from None
+    except verify.VerifyError as exc:
+        raise fail(str(exc), 2) from None
+    _print_report(ledger, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_report(ledger: Path, report: verify.Report) -> None:
+    kinds = Table("kind", "entries", title=f"{ledger}: {report.entries} entries")
+    for kind, n in sorted(report.kinds.items()):
+        kinds.add_row(kind, str(n))
+    console.print(kinds)
+    totals = sorted(report.totals.values(), key=lambda t: (t.window, t.team))
+    table = Table("window", "team", "releases", "spent", "cap", "remaining",
+                  title="Budget per team-window, recomputed from the ledger alone")
+    for t in totals[:SHOWN_TOTALS]:
+        table.add_row(t.window, t.team, str(t.releases), str(t.spent), str(t.cap), str(t.remaining))
+    if totals:
+        console.print(table)
+    if len(totals) > SHOWN_TOTALS:
+        console.print(f"... and {len(totals) - SHOWN_TOTALS} more team-windows")
+    if report.ok:
+        console.print(f"[bold green]OK[/]: {report.entries} entries verified, no violation.")
+        if report.head is not None:
+            console.print(f"Pin this head for the next verification: --expect-head {report.head}",
+                          highlight=False, soft_wrap=True)
+        return
+    console.print(f"[bold red]FAILED[/]: {len(report.violations)} violation(s)")
+    for violation in report.violations[:SHOWN_VIOLATIONS]:
+        console.print(f"  {violation}", highlight=False, markup=False, soft_wrap=True)
+    if len(report.violations) > SHOWN_VIOLATIONS:
+        console.print(f"  ... and {len(report.violations) - SHOWN_VIOLATIONS} more")
+    console.print("Do not pin this head: the ledger did not verify.")
+
+
+def budget(window: WindowOpt = "", server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None,
+           token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
+           client_key: KeyOpt = None) -> None:
+    """Privacy budget spent and remaining per team-window (auditor token)."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(audit_pb2_grpc.AuditServiceStub(conn.channel).GetBudget,
+                          audit_pb2.GetBudgetRequest(window=window))
+    if not reply.budgets:
+        scope = f"window {window}" if window else "any window"
+        console.print(f"No budgets for {scope} yet: a team-window's budget starts when its window closes.")
+        return
+    table = Table("window", "team", "spent", "", "remaining", "cap", "releases",
+                  title="Privacy budget (epsilon) per team-window")
+    for b in reply.budgets:
+        cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)
+        table.add_row(b.window, b.team, b.spent, ProgressBar(total=max(cap.micros, 1), completed=spent.micros,
+                                                             width=20),
+                      b.remaining, b.cap, str(b.releases))
+    console.print(table)
+
+
+class StatementFormat(enum.StrEnum):
+    TEXT = "text"
+    MARKDOWN = "markdown"
+
+
+def privacy_statement(
+    window: WindowOpt = "",
+    fmt: Annotated[StatementFormat, typer.Option("--format", "-f", help="text or markdown.")] =
+    StatementFormat.TEXT,
+    server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
+) -> None:
+    """A plain-language privacy statement from the live policy (default: the newest window's)."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(audit_pb2_grpc.AuditServiceStub(conn.channel).ListPolicies,
+                          audit_pb2.ListPoliciesRequest(window=window))
+    if not reply.policies:
+        raise fail("the server has not opened any window yet, so no policy is in force")
+    newest = reply.policies[0]
+    policy = Policy.from_json(json.loads(newest.policy_json))
+    print(render_statement(newest.window.id, policy, fmt), end="")
+
+
+Section = tuple[str, list[str], list[str]]  # heading, paragraphs, bullets
+
+
+def statement_sections(window_id: str, policy: Policy) -> list[Section]:
+    """The privacy statement's content, independent of its format."""
+    unit = "day" if policy.window_length is WindowLength.DAY else "week"
+    per_year = WINDOWS_PER_YEAR[policy.window_length]
+    eps = policy.epsilon_per_window
+    yearly = Epsilon(eps.micros * per_year)
+    k = policy.min_team_size
+    defaults = ", ".join(f"{s} {e}" for s, e in sorted(policy.default_epsilon.items()))
+    window_text = ("a UTC day" if unit == "day" else "an ISO week, Monday to Sunday, UTC")
+    return [
+        ("What is collected", [
+            f"AI tools report how much you use them, as counts per {unit} ({window_text}). "
+            f"This statement describes the policy frozen for window {window_id}; a policy change "
+            "takes effect from the next window only. The metrics, each with the most one person "
+            f"can add to any total in one {unit}:",
+        ], [f"{m.name}: {m.description or 'no description'} (at most {m.max_per_user:,} per person "
+            f"per {unit})" for m in policy.metrics]),
+        ("How it is stored and for how long", [
+            "Your usage is stored only under a pseudonym, a keyed hash made with a random key that "
+            f"exists for one {unit} only. Your team comes from the company roster, as it was at your "
+            f"first contribution in the {unit}.",
+            f"When the {unit} ends, plus {_duration(policy.grace_seconds)} for late reports, the "
+            "per-person totals are added into team totals and deleted, and the key is destroyed. "
+            f"Team totals can be released for {policy.retention_windows} {unit}s; no statistic about "
+            "an older window can be released.",
+        ], []),
+        ("What is released", [
+            f"Only statistics of whole teams, only for {unit}s that have ended, only for teams of at "
+            f"least {k} people, and always with random noise (OpenDP's discrete Laplace mechanism): "
+            "sums, counts of people using a metric, histograms over fixed buckets, and the number "
+            "of active people. Averages and adoption rates are computed from those.",
+        ], []),
+        ("How much privacy each release spends", [
+            f"Every team has a differential-privacy budget of epsilon = {eps} per {unit}; each "
+            f"release spends part of it (by default: {defaults}) and nothing more is released once "
+            f"it is spent. You count for one team per {unit}, so everything released about one "
+            f"{unit} reveals at most epsilon = {eps} about you. Over a year of {per_year} {unit}s "
+            f"that adds up to at most epsilon = {yearly} ({per_year} x {eps}), the worst case "
+            "where every budget is spent in full.",
+            "Every release, with its noise scale, epsilon and the budget left, is recorded in a "
+            "signed, hash-chained ledger that the privacy officer verifies independently.",
+        ], []),
+        ("What nobody can see", [], [
+            "Any individual's usage: only noisy team statistics are ever released, to anyone.",
+            "Rankings: nothing names or orders people; there is no per-person query.",
+            f"Teams smaller than {k}: they are never released on their own.",
+            f"Not even the operator, once a {unit} has closed: the per-person rows are deleted and the "
+            "key that linked pseudonyms to people is destroyed. While a window is open, its per-person "
+            "totals exist on the server under pseudonyms, protected like any other server data.",
+        ]),
+    ]
+
+
+def render_statement(window_id: str, policy: Policy, fmt: StatementFormat) -> str:
+    """The privacy statement as plain text (wrapped at 88 columns) or Markdown."""
+    title = "Chorus privacy statement"
+    sections = statement_sections(window_id, policy)
+    if fmt is StatementFormat.MARKDOWN:
+        lines = [f"# {title}", ""]
+        for heading, paragraphs, bullets in sections:
+            lines += [f"## {heading}", ""]
+            for p in paragraphs:
+                lines += [p, ""]
+            if bullets:
+                lines += [*(f"- {b}" for b in bullets), ""]
+        return "\n".join(lines)
+    lines = [title, "=" * len(title), ""]
+    for heading, paragraphs, bullets in sections:
+        lines += [heading, "-" * len(heading)]
+        for p in paragraphs:
+            lines += [*textwrap.wrap(p, 88), ""]
+        for b in bullets:
+            lines += textwrap.wrap(b, 88, initial_indent="  * ", subsequent_indent="    ")
+        if bullets:
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _duration(seconds: int) -> str:
+    for size, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {name}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
