@@ -105,7 +105,7 @@ class ReleaseRequest(_message.Message):
     def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., statistics: _Optional[_Iterable[_Union[StatisticRequest, _Mapping]]] = ...) -> None: ...
 
 class Estimate(_message.Message):
-    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id")
+    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class Estimate(_message.Message):
     SCALE_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     metric: str
     statistic: _common_pb2.Statistic
     value: float
@@ -132,7 +133,8 @@ class Estimate(_message.Message):
     scale: float
     cached: bool
     release_id: str
-    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ...) -> None: ...
+    note: str
+    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class TeamRelease(_message.Message):
     __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size")
