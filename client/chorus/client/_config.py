@@ -22,9 +22,9 @@ ENV_USER = "CHORUS_USER"
 ENV_SPOOL_DIR = "CHORUS_SPOOL_DIR"
 ENV_CA_FILE = "CHORUS_CA_FILE"
 
-#: User ids and metric names longer than this are refused, so that no batch can grow
-#: past the server's message size limit.
-MAX_NAME_CHARS = 1024
+#: The server's default limits.max_string_length. A longer user id or metric name would
+#: make the server refuse the whole batch (INVALID_ARGUMENT), so count() refuses it alone.
+MAX_NAME_CHARS = 256
 
 PemSource = bytes | str | os.PathLike[str]
 
@@ -62,8 +62,8 @@ def resolve_settings(
     spool_dir: object,
 ) -> Settings:
     """Validate the non-transport options, filling user and spool_dir from the environment."""
-    if not valid_name(source) or not isinstance(source_version, str):
-        raise ConfigError("source must be a non-empty string and source_version a string")
+    if not valid_name(source) or not (valid_name(source_version) or source_version == ""):
+        raise ConfigError(f"source and source_version must be strings of at most {MAX_NAME_CHARS} characters")
     user = user if user is not None else os.environ.get(ENV_USER) or None
     if user is not None and not valid_name(user):
         raise ConfigError(f"user must be a non-empty string of at most {MAX_NAME_CHARS} characters")

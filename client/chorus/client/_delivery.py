@@ -45,7 +45,7 @@ MAX_SERVER_DELAY = 600.0
 @dataclass(eq=False)
 class _Batch:
     request: ingest_pb2.ReportRequest
-    #: Contributions held, at least 1 so that empty drop-report batches are bounded too.
+    #: Contributions held, counted against max_pending.
     size: int
     #: The spool file holding this batch, deleted once the batch is settled.
     spool_path: Path | None = None
@@ -102,17 +102,17 @@ class Delivery:
         """Turn drained counts into batches behind those already queued.
 
         `dropped` (memory-bound drops since the last drain) rides on the first new batch.
-        With nothing else to send it gets a batch of its own, but only when the queue is
-        empty, so that an outage cannot pile up empty batches.
+        The server refuses batches without contributions, so with no counts the drop
+        report waits for the next batch that has some.
         """
         with self._lock:
             if not self._queue and self._spool is not None:
                 self._load_spool()
             dropped += self._unreported_drops
-            self._unreported_drops = 0
-            if not counts and (not dropped or self._queue):
+            if not counts:
                 self._unreported_drops = dropped
                 return
+            self._unreported_drops = 0
             batches = self._build(counts)
             batches[0].request.dropped = dropped
             self._queue.extend(batches)
@@ -152,14 +152,6 @@ class Delivery:
         """Write every queued batch not yet on disk to the spool (or count it dropped)."""
         with self._lock:
             unsent = [batch for batch in self._queue if batch.spool_path is None]
-            if self._spool is not None and self._unreported_drops:
-                # A batch of its own: one already tried must keep its exact contents.
-                carrier = self._build({})[0]
-                carrier.request.dropped = self._unreported_drops
-                self._unreported_drops = 0
-                self._queue.append(carrier)
-                self._held += carrier.size
-                unsent.append(carrier)
             for batch in unsent:
                 path = self._spool.write(batch.request) if self._spool is not None else None
                 if path is None:
@@ -200,7 +192,7 @@ class Delivery:
             contribution.event_time.seconds = int(bucket) * 60
             n += 1
             size += cost
-        batches.append(_Batch(request, max(1, n)))
+        batches.append(_Batch(request, n))
         return batches
 
     def _new_request(self) -> ingest_pb2.ReportRequest:
@@ -213,7 +205,7 @@ class Delivery:
         loaded, corrupt = self._spool.load(self._max_pending - self._held)
         self.spool_corrupt += corrupt
         for path, request in loaded:
-            batch = _Batch(request, max(1, len(request.contributions)), path)
+            batch = _Batch(request, len(request.contributions), path)
             self._queue.append(batch)
             self._held += batch.size
 

@@ -76,7 +76,7 @@ class Spool:
                 corrupt += 1
                 _move_aside(path)
                 continue
-            size = max(1, len(request.contributions))
+            size = len(request.contributions)
             if batches and size > budget:
                 break
             budget -= size

@@ -1,0 +1,203 @@
+"""Retries, backoff, RetryInfo, non-retryable failures and rejections."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from chorus.client import RETRYABLE_CODES, Client, TransportError
+from chorus.client._delivery import BACKOFF_CAP, MAX_SERVER_DELAY, Delivery
+from chorus.v1 import ingest_pb2
+
+from .conftest import T0, FakeTransport, unavailable
+
+MakeClient = Callable[..., Client]
+
+
+def _delivery(transport: FakeTransport, rng: random.Random) -> Delivery:
+    return Delivery(
+        transport, source="t", source_version="", max_pending=1000, timeout=10.0, spool=None, rng=rng
+    )
+
+
+class _MaxRandom(random.Random):
+    """uniform() returns its upper bound: exposes the backoff ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_failed_batch_is_resent_with_the_same_id_and_contents(make_client: MakeClient) -> None:
+    transport = FakeTransport(unavailable(), TransportError(grpc.StatusCode.DEADLINE_EXCEEDED), None)
+    client = make_client(transport=transport)
+    client.count("ai.tokens", 5)
+    assert client._step() is not None
+    client.count("ai.tokens", 7)  # arrives between retries: goes into a later batch
+    assert client._step() is not None
+    assert client._step() is None
+
+    first, second, third, later = transport.requests
+    assert first.batch_id == second.batch_id == third.batch_id != later.batch_id
+    assert first.SerializeToString() == second.SerializeToString() == third.SerializeToString()
+    assert [c.value for c in first.contributions] == [5]
+    assert [c.value for c in later.contributions] == [7]
+    stats = client.stats()
+    assert (stats.retries, stats.sent_batches, stats.accepted, stats.pending) == (2, 2, 2, 0)
+
+
+def test_backoff_ceiling_doubles_up_to_the_cap() -> None:
+    transport = FakeTransport(default=unavailable())
+    delivery = _delivery(transport, _MaxRandom())
+    delivery.add({("alice", "ai.tokens", T0 // 60): 1}, 0)
+    ceilings = [delivery.send() for _ in range(9)]
+    assert ceilings == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, BACKOFF_CAP, BACKOFF_CAP, BACKOFF_CAP]
+
+
+def test_backoff_is_jittered_within_its_ceiling() -> None:
+    transport = FakeTransport(default=unavailable())
+    delivery = _delivery(transport, random.Random(42))
+    delivery.add({("alice", "ai.tokens", T0 // 60): 1}, 0)
+    delays = [delivery.send() for _ in range(40)]
+    ceilings = [min(BACKOFF_CAP, 2.0**i) for i in range(40)]
+    assert all(d is not None and 0.0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert len(set(delays)) == len(delays)  # full jitter: no two waits alike
+    assert sum(d for d in delays[10:] if d is not None) / 30 < BACKOFF_CAP * 0.8
+
+
+def test_backoff_resets_after_a_success(make_client: MakeClient) -> None:
+    transport = FakeTransport(unavailable(), unavailable(), None, unavailable())
+    client = make_client(transport=transport)
+    client._delivery._rng = _MaxRandom()  # type: ignore[union-attr]
+    client.count("ai.tokens")
+    assert [client._step(), client._step(), client._step()] == [1.0, 2.0, None]
+    client.count("ai.tokens")
+    assert client._step() == 1.0
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE])
+def test_retry_info_delay_is_honoured(make_client: MakeClient, code: grpc.StatusCode) -> None:
+    transport = FakeTransport(TransportError(code, "slow down", retry_delay=7.25), None)
+    client = make_client(transport=transport)
+    client.count("ai.tokens")
+    assert client._step() == 7.25
+    assert client._step() is None
+    assert transport.requests[0] == transport.requests[1]
+
+
+def test_an_absurd_retry_info_delay_is_capped(make_client: MakeClient) -> None:
+    transport = FakeTransport(TransportError(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=86400.0))
+    client = make_client(transport=transport)
+    client.count("ai.tokens")
+    assert client._step() == MAX_SERVER_DELAY
+
+
+def test_the_retryable_codes_are_the_documented_ones() -> None:
+    assert {code.name for code in RETRYABLE_CODES} == {
+        "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED",
+    }
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNIMPLEMENTED,
+    ],
+)
+def test_non_retryable_codes_drop_the_batch_with_one_warning(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, code: grpc.StatusCode
+) -> None:
+    transport = FakeTransport(default=TransportError(code, "no"))
+    client = make_client(transport=transport)
+    with caplog.at_level(logging.DEBUG, logger="chorus.client"):
+        client.count("ai.tokens", user="alice@example.com")
+        assert client._step() is None
+        client.count("ai.tokens", user="alice@example.com")
+        assert client._step() is None
+        assert client._step() is None
+
+    assert len(transport.requests) == 2  # each batch tried once, never again
+    assert transport.requests[0].batch_id != transport.requests[1].batch_id
+    stats = client.stats()
+    assert (stats.failed_batches, stats.retries, stats.pending) == (2, 0, 0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and code.name in warnings[0].getMessage()
+    assert "alice" not in caplog.text
+
+
+def test_a_transport_bug_drops_the_batch_instead_of_killing_the_loop(make_client: MakeClient) -> None:
+    transport = FakeTransport(RuntimeError("bug"), None)
+    client = make_client(transport=transport)
+    client.count("ai.tokens", 1)
+    assert client._step() is None
+    client.count("ai.tokens", 2)
+    assert client._step() is None
+    assert client.stats().failed_batches == 1 and client.stats().sent_batches == 1
+
+
+def test_the_drop_report_of_a_failed_batch_is_carried_to_the_next(make_client: MakeClient) -> None:
+    transport = FakeTransport(TransportError(grpc.StatusCode.INVALID_ARGUMENT), None)
+    client = make_client(transport=transport, max_pending=1)
+    client.count("ai.tokens", user="u1")
+    client.count("ai.tokens", user="u2")  # dropped
+    client._step()
+    client.count("ai.tokens", user="u3")
+    client._step()
+    assert [r.dropped for r in transport.requests] == [1, 1]
+
+
+def test_rejections_are_final_and_counted_by_reason(make_client: MakeClient, caplog: pytest.LogCaptureFixture) -> None:
+    response = ingest_pb2.ReportResponse(
+        accepted=1,
+        rejections=[
+            ingest_pb2.Rejection(index=1, reason=ingest_pb2.REJECT_REASON_UNKNOWN_USER, message="not on roster"),
+            ingest_pb2.Rejection(index=2, reason=ingest_pb2.REJECT_REASON_LATE, message="window closed"),
+            ingest_pb2.Rejection(index=3, reason=ingest_pb2.REJECT_REASON_LATE, message="window closed"),
+        ],
+    )
+    transport = FakeTransport(response)
+    client = make_client(transport=transport)
+    for user in ("u0", "mallory", "u2", "u3"):
+        client.count("ai.tokens", user=user)
+    with caplog.at_level(logging.WARNING, logger="chorus.client"):
+        assert client._step() is None
+    assert client._step() is None
+    assert len(transport.requests) == 1
+    stats = client.stats()
+    assert stats.rejected == {"UNKNOWN_USER": 1, "LATE": 2}
+    assert (stats.accepted, stats.sent_batches, stats.retries) == (1, 1, 0)
+    assert "mallory" not in caplog.text
+
+
+def test_duplicates_are_counted(make_client: MakeClient) -> None:
+    transport = FakeTransport(ingest_pb2.ReportResponse(duplicate=True))
+    client = make_client(transport=transport)
+    client.count("ai.tokens")
+    client._step()
+    assert client.stats().duplicates == 1
+
+
+def test_sends_stop_at_the_first_retryable_failure(make_client: MakeClient) -> None:
+    transport = FakeTransport(unavailable())
+    client = make_client(transport=transport, max_pending=20_000)
+    for i in range(6000):  # two batches
+        client.count("ai.tokens", user=f"u{i}")
+    assert client._step() is not None
+    assert len(transport.requests) == 1
+    assert client._step() is None
+    assert [len(r.contributions) for r in transport.requests] == [5000, 5000, 1000]
+
+
+def test_each_send_gets_the_configured_timeout(make_client: MakeClient, transport: FakeTransport) -> None:
+    client = make_client(timeout=2.5)
+    client.count("ai.tokens")
+    client._step()
+    assert transport.timeouts == [2.5]
