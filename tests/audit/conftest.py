@@ -1,0 +1,170 @@
+"""Audit fixtures: a real Chorus on SQLite with a FakeClock, a closed window with releases,
+its export, and helpers that forge entries the way a malicious operator holding the key could."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chorus.server import audit, config, lifecycle, verify
+from chorus.server.app import Server
+from chorus.server.app_context import Chorus
+from chorus.server.auth import Role
+from chorus.server.clock import FakeClock
+from chorus.server.ledger import GENESIS_HASH, Signer, canonical_json, entry_hash
+from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.store._db import Tx
+
+NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+WINDOW = "2026-11-25"
+TEAMS = {"team-red": 6, "team-blue": 5}
+#: The releases of the standard scenario: (team, metric, statistic).
+RELEASES = [("team-red", "ai.tokens", "sum"), ("team-red", "ai.tokens", "count"),
+            ("team-red", "ai.tokens", "histogram"), ("team-red", "", "active"),
+            ("team-blue", "ai.requests", "sum")]
+
+
+def roster_rows() -> list[tuple[str, str]]:
+    return [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
+
+
+def release_payload(policy: config.Policy, release_id: str, window: str, team: str, metric: str,
+                    statistic: str, epsilon: Epsilon, spent_after: Epsilon, by: str = "analyst-1",
+                    value: int | list[int] | None = None) -> dict[str, Any]:
+    """A release entry's payload in the exact shape the release service writes."""
+    bound = policy.metric(metric)
+    sensitivity = bound.max_per_user if statistic == "sum" and bound else 1
+    scale = sensitivity / epsilon.as_float
+    charged = verify.implied_epsilon(verify.MECHANISM, statistic == "histogram", scale, sensitivity)
+    if value is None:
+        value = [3, 1, 0, 0, 1] if statistic == "histogram" else 42
+    return {"release_id": release_id, "window": window, "team": team, "metric": metric,
+            "statistic": statistic, "mechanism": verify.MECHANISM, "sensitivity": sensitivity,
+            "scale": scale, "epsilon": str(charged), "value": value, "ci95": 3.0 * scale,
+            "budget_cap": str(policy.epsilon_per_window), "budget_spent_after": str(spent_after + charged),
+            "by": by}
+
+
+def record_release(chorus: Chorus, window: str, team: str, metric: str, statistic: str,
+                   epsilon: Epsilon = Epsilon.parse("0.05")) -> dict[str, Any]:
+    """Charge the budget, append the ledger entry and store the release, in one transaction.
+
+    A stand-in for the release service with the same tables and payload: the budget UPDATE
+    first (so a failing append after it must roll the charge back), then the ledger, then
+    the release row that points at the entry.
+    """
+    now = chorus.clock.now()
+
+    def release(tx: Tx) -> dict[str, Any]:
+        (spent,), = tx.query("SELECT spent_micros FROM budgets WHERE window_id = ? AND team = ?",
+                             (window, team))
+        payload = release_payload(lifecycle.get(tx, window).policy, f"r-{window}-{team}-{metric}-{statistic}", window, team,
+                                  metric, statistic, epsilon, Epsilon(spent))
+        charge = Epsilon.parse(payload["epsilon"]).micros
+        assert tx.execute("UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
+                          "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros",
+                          (charge, window, team, charge)) == 1
+        entry = chorus.ledger.append(tx, "release", payload, now)
+        tx.execute("INSERT INTO releases (release_id, window_id, team, metric, statistic, result, "
+                   "epsilon_micros, released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (payload["release_id"], window, team, metric, statistic, json.dumps(payload["value"]),
+                    charge, int(now.timestamp()), entry.seq))
+        return payload
+
+    return chorus.db.run(release, name="test_release")
+
+
+def open_and_close(chorus: Chorus, window: str = WINDOW) -> None:
+    """Open the window of the clock's day (freezing the policy) and force-close it."""
+    chorus.closer.tick()
+    chorus.close_window(window, actor="test-admin")
+
+
+def export_entries(chorus: Chorus) -> list[dict[str, Any]]:
+    """The ledger as the export file holds it: one JSON object per entry."""
+    return [json.loads(verify.export_line(e)) for e in audit.iter_ledger(chorus.db)]
+
+
+def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    return path
+
+
+def resign(entries: list[dict[str, Any]], signer: Signer, start: int = 0) -> list[dict[str, Any]]:
+    """Recompute prev_hash, hash and signature from index `start` on: a consistent forgery."""
+    out = [dict(e) for e in entries]
+    prev = out[start - 1]["hash"] if start > 0 else GENESIS_HASH
+    for e in out[start:]:
+        e["prev_hash"] = prev
+        e["hash"] = entry_hash(prev, e["seq"], e["time"], e["kind"], canonical_json(e["payload"]))
+        e["signature"] = signer.sign(e["hash"])
+        prev = e["hash"]
+    return out
+
+
+def forge(entries: list[dict[str, Any]], signer: Signer, kind: str, payload: dict[str, Any]) -> None:
+    """Append a correctly chained and signed entry, as an operator holding the key could."""
+    last = entries[-1]
+    entry = {"seq": last["seq"] + 1, "time": last["time"], "kind": kind, "payload": payload,
+             "prev_hash": last["hash"], "hash": "", "signature": ""}
+    entries.append(entry)
+    entries[-1:] = resign(entries, signer, len(entries) - 1)[-1:]
+
+
+def seq_of(entries: list[dict[str, Any]], kind: str, **fields: Any) -> int:
+    """The seq of the first entry of `kind` whose payload has these field values."""
+    return next(e["seq"] for e in entries
+                if e["kind"] == kind and all(e["payload"].get(k) == v for k, v in fields.items()))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOON)
+
+
+@pytest.fixture
+def chorus(tmp_path: Path, clock: FakeClock) -> Iterator[Chorus]:
+    instance = Chorus(config.load(None), tmp_path / "data", clock=clock)
+    instance.import_roster(roster_rows(), actor="test-admin")
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def released(chorus: Chorus, clock: FakeClock) -> Chorus:
+    """The standard scenario: one closed window with RELEASES made, then the next day open."""
+    open_and_close(chorus)
+    for team, metric, statistic in RELEASES:
+        record_release(chorus, WINDOW, team, metric, statistic)
+    clock.advance(timedelta(days=1))
+    chorus.closer.tick()
+    return chorus
+
+
+@pytest.fixture
+def entries(released: Chorus) -> list[dict[str, Any]]:
+    return export_entries(released)
+
+
+@pytest.fixture
+def public_key(released: Chorus) -> bytes:
+    return released.ledger.signer.public_key_pem().encode()
+
+
+@pytest.fixture
+def server(chorus: Chorus) -> Iterator[Server]:
+    running = Server(chorus, "127.0.0.1:0")
+    running.start()
+    yield running
+    running.stop(grace=1)
+
+
+@pytest.fixture
+def auditor_token(chorus: Chorus) -> str:
+    secret, _ = chorus.tokens.create(Role.AUDITOR, "officer", chorus.clock.now(), actor="test-admin")
+    return secret
