@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from chorus.server import audit, config, lifecycle, verify
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
@@ -50,8 +49,11 @@ def release_payload(policy: config.Policy, release_id: str, window: str, team: s
             "by": by}
 
 
+DEFAULT_EPSILON = Epsilon.parse("0.05")
+
+
 def record_release(chorus: Chorus, window: str, team: str, metric: str, statistic: str,
-                   epsilon: Epsilon = Epsilon.parse("0.05")) -> dict[str, Any]:
+                   epsilon: Epsilon = DEFAULT_EPSILON) -> dict[str, Any]:
     """Charge the budget, append the ledger entry and store the release, in one transaction.
 
     A stand-in for the release service with the same tables and payload: the budget UPDATE
@@ -63,8 +65,8 @@ def record_release(chorus: Chorus, window: str, team: str, metric: str, statisti
     def release(tx: Tx) -> dict[str, Any]:
         (spent,), = tx.query("SELECT spent_micros FROM budgets WHERE window_id = ? AND team = ?",
                              (window, team))
-        payload = release_payload(lifecycle.get(tx, window).policy, f"r-{window}-{team}-{metric}-{statistic}", window, team,
-                                  metric, statistic, epsilon, Epsilon(spent))
+        payload = release_payload(lifecycle.get(tx, window).policy, f"r-{window}-{team}-{metric}-{statistic}",
+                                  window, team, metric, statistic, epsilon, Epsilon(spent))
         charge = Epsilon.parse(payload["epsilon"]).micros
         assert tx.execute("UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
                           "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros",

@@ -10,15 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from chorus.server import lifecycle, verify
 from chorus.server.app_context import Chorus
 from chorus.server.config import Policy
 from chorus.server.ledger import Signer
 from chorus.server.privacy.epsilon import Epsilon
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .conftest import RELEASES, TEAMS, WINDOW, forge, release_payload, resign, seq_of, write_jsonl
+from .conftest import (
+    DEFAULT_EPSILON,
+    RELEASES,
+    TEAMS,
+    WINDOW,
+    forge,
+    release_payload,
+    resign,
+    seq_of,
+    write_jsonl,
+)
 
 Entries = list[dict[str, Any]]
 
@@ -120,7 +129,7 @@ def test_a_deleted_entry_is_named_by_the_entry_after_the_gap(entries: Entries, p
 
 def test_two_reordered_entries_are_both_named(entries: Entries, public_key: bytes) -> None:
     a = seq_of(entries, "release", statistic="sum", team="team-red")
-    swapped = entries[:a - 1] + [entries[a], entries[a - 1]] + entries[a + 1:]
+    swapped = [*entries[:a - 1], entries[a], entries[a - 1], *entries[a + 1:]]
     report = run(swapped, public_key)
     named = {v.seq for v in report.violations if v.rule == "seq"}
     assert {a, a + 1} <= named
@@ -131,7 +140,7 @@ def test_an_inserted_forged_entry_is_named(chorus: Chorus, entries: Entries, pub
     at = seq_of(entries, "release", statistic="active")
     fake = {**entries[at - 1], "seq": at + 1, "kind": "token_create",
             "payload": {"name": "backdoor", "role": "analyst", "by": "admin"}}
-    tampered = entries[:at] + [fake] + entries[at:]
+    tampered = [*entries[:at], fake, *entries[at:]]
     tampered[at] = resign(tampered, forger, at)[at]  # correct chain and hash, the forger's signature
     report = run(tampered, public_key)
     assert rules_at(report, at + 1) == {"signature"}
@@ -201,7 +210,7 @@ def test_a_double_release_of_the_same_statistic_is_named(released: Chorus, entri
     spent = Epsilon.parse(entries[first - 1]["payload"]["budget_spent_after"])
     forged = copy.deepcopy(entries)
     forge(forged, released.ledger.signer, "release",
-          release_payload(policy, "again", WINDOW, "team-blue", "ai.requests", "sum", Epsilon.parse("0.05"),
+          release_payload(policy, "again", WINDOW, "team-blue", "ai.requests", "sum", DEFAULT_EPSILON,
                           spent))
     report = run(forged, public_key)
     assert [(v.seq, v.rule) for v in report.violations] == [(forged[-1]["seq"], "double_release")]
@@ -237,7 +246,7 @@ def test_a_release_while_its_window_is_open_is_named(released: Chorus, entries: 
     policy = policy_of(released)
     forged = copy.deepcopy(entries)
     forge(forged, released.ledger.signer, "release",
-          release_payload(policy, "early", "2026-11-26", "team-red", "ai.tokens", "sum", Epsilon.parse("0.05"),
+          release_payload(policy, "early", "2026-11-26", "team-red", "ai.tokens", "sum", DEFAULT_EPSILON,
                           Epsilon(0)))
     report = run(forged, public_key)
     assert [(v.seq, v.rule) for v in report.violations] == [(forged[-1]["seq"], "window")]
@@ -250,7 +259,7 @@ def test_a_release_before_its_window_open_is_named(released: Chorus, entries: En
     opened = seq_of(entries, "window_open", window=WINDOW)
     forged = copy.deepcopy(entries[:opened - 1])
     forge(forged, released.ledger.signer, "release",
-          release_payload(policy, "before", WINDOW, "team-red", "ai.tokens", "sum", Epsilon.parse("0.05"),
+          release_payload(policy, "before", WINDOW, "team-red", "ai.tokens", "sum", DEFAULT_EPSILON,
                           Epsilon(0)))
     report = run(forged, public_key)
     assert [(v.seq, v.rule) for v in report.violations] == [(opened, "window")]
@@ -276,7 +285,8 @@ def test_epsilon_is_recomputed_with_opendp_and_rounded_up() -> None:
     # float's exact value rounded up, so 1 / 20.0 (the float 0.05000000000000000277) costs 0.050001
     # and the next float scale up costs 0.05.
     assert verify.implied_epsilon(verify.MECHANISM, False, 20.0, 1) == Epsilon.parse("0.050001")
-    assert verify.implied_epsilon(verify.MECHANISM, False, math.nextafter(20.0, 21), 1) == Epsilon.parse("0.05")
+    above = math.nextafter(20.0, 21)
+    assert verify.implied_epsilon(verify.MECHANISM, False, above, 1) == Epsilon.parse("0.05")
     assert verify.implied_epsilon(verify.MECHANISM, True, 3.0, 1) == Epsilon.parse("0.333334")
     assert verify.implied_epsilon(verify.MECHANISM, False, 40000.0, 2000) == Epsilon.parse("0.050001")
     with pytest.raises(ValueError, match="gaussian"):
