@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chorus.server.app_context import Chorus
 from chorus.server.auth import AuthInterceptor
+from chorus.server.ratelimit import RateLimiter
 from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
@@ -38,13 +39,15 @@ class Server:
         limits = chorus.config.limits
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
-            interceptors=[AuthInterceptor(chorus.tokens.authenticate)],
+            interceptors=[AuthInterceptor(chorus.tokens.authenticate,
+                                          max_rpc_seconds=limits.rpc_deadline_seconds)],
             options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)],
             maximum_concurrent_rpcs=max_workers * 8,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(chorus.ingestor, limits), self._grpc)
+            IngestServicer(chorus.ingestor, limits, RateLimiter(
+                limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)), self._grpc)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(chorus), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from chorus.server.cli import admin, audit, demo, serve
+from chorus.server.cli import admin, audit, certs, demo, serve
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
@@ -14,6 +14,7 @@ app.command("demo")(demo.demo)
 app.add_typer(admin.roster_app, name="roster")
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.window_app, name="window")
+app.add_typer(certs.certs_app, name="certs")
 app.command("stats")(admin.stats)
 app.add_typer(audit.audit_app, name="audit")
 app.command("budget")(audit.budget)

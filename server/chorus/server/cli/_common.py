@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +26,10 @@ TokenOpt = Annotated[str | None, typer.Option(
     help="Bearer token (better: set CHORUS_TOKEN or use --token-file; never echoed).")]
 TokenFileOpt = Annotated[Path | None, typer.Option(
     "--token-file", envvar="CHORUS_TOKEN_FILE", help="File holding the bearer token.")]
-CaOpt = Annotated[Path | None, typer.Option("--ca", envvar="CHORUS_CA_FILE",
-                                            help="CA bundle (PEM) to verify the server: enables TLS.")]
+CaOpt = Annotated[Path | None, typer.Option(
+    "--ca", envvar="CHORUS_CA_FILE",
+    help="CA bundle (PEM) to verify the server. Default: plaintext to a loopback address, TLS "
+         "with the system's trusted CAs to any other.")]
 CertOpt = Annotated[Path | None, typer.Option("--client-cert", envvar="CHORUS_CLIENT_CERT",
                                               help="Client certificate (PEM) for mTLS.")]
 KeyOpt = Annotated[Path | None, typer.Option("--client-key", envvar="CHORUS_CLIENT_KEY",
@@ -42,11 +46,62 @@ def read_token(token: str | None, token_file: Path | None) -> str:
         return token.strip()
     if token_file:
         try:
-            return token_file.read_text().strip()
+            secret = token_file.read_text().strip()
         except OSError as exc:
             raise fail(f"cannot read token file {token_file}: {exc.strerror}") from None
+        if not secret:
+            raise fail(f"token file {token_file} is empty")
+        return secret
     raise fail("no token: pass --token-file, or set CHORUS_TOKEN (the first start of a server "
                "writes an admin token to DATA_DIR/admin.token)")
+
+
+def create_private_file(path: Path, *, overwrite: bool = False) -> int:
+    """Open `path` for writing with mode 0600 (also when replacing a file); a file descriptor.
+
+    Without `overwrite` an existing file is an error, so a secret is never silently replaced.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise fail(f"{path} already exists; remove it or choose another path") from None
+    except OSError as exc:
+        raise fail(f"cannot create {path}: {exc.strerror}") from None
+    os.fchmod(fd, 0o600)  # os.open's mode applies only to a file it creates
+    return fd
+
+
+def is_loopback(address: str) -> bool:
+    """Whether host:port (or [v6]:port) names this machine, where plaintext never leaves it."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def channel_credentials(server: str, ca: Path | None, client_cert: Path | None,
+                        client_key: Path | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials for `server`, or None for plaintext, which only a loopback address gets:
+    a bearer token is never sent in the clear across a network."""
+    if (client_cert is None) != (client_key is None):
+        raise fail("--client-cert and --client-key go together", 2)
+    if ca is None and client_cert is None and is_loopback(server):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(ca, "CA bundle") if ca else None,  # None: the system's CAs
+        private_key=_read_pem(client_key, "client key") if client_key else None,
+        certificate_chain=_read_pem(client_cert, "client certificate") if client_cert else None)
 
 
 class Connection:
@@ -54,14 +109,8 @@ class Connection:
 
     def __init__(self, server: str, token: str, ca: Path | None = None, client_cert: Path | None = None,
                  client_key: Path | None = None) -> None:
-        if ca is not None:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=ca.read_bytes(),
-                private_key=client_key.read_bytes() if client_key else None,
-                certificate_chain=client_cert.read_bytes() if client_cert else None)
-            self.channel = grpc.secure_channel(server, creds)
-        else:
-            self.channel = grpc.insecure_channel(server)
+        creds = channel_credentials(server, ca, client_cert, client_key)
+        self.channel = grpc.secure_channel(server, creds) if creds else grpc.insecure_channel(server)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.server = server
 
@@ -82,7 +131,9 @@ def rpc_errors(server: str) -> Iterator[None]:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            raise fail(f"cannot reach Chorus at {server}: {details}") from None
+            hint = ("" if is_loopback(server) else " (beyond loopback the CLI always uses TLS; give --ca "
+                    "unless a system-trusted CA signed the server's certificate)")
+            raise fail(f"cannot reach Chorus at {server}: {details}{hint}") from None
         raise fail(f"{code.name if code else 'error'}: {details}") from None
 
 

@@ -10,7 +10,19 @@ import typer
 from rich.table import Table
 
 from chorus.server import roster
-from chorus.server.cli._common import CaOpt, CertOpt, KeyOpt, ServerOpt, TokenFileOpt, TokenOpt, connect, console, fail
+from chorus.server.cli._common import (
+    DEFAULT_SERVER,
+    CaOpt,
+    CertOpt,
+    KeyOpt,
+    ServerOpt,
+    TokenFileOpt,
+    TokenOpt,
+    connect,
+    console,
+    create_private_file,
+    fail,
+)
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)
@@ -24,7 +36,7 @@ ROSTER_CHUNK = 10_000  # entries per streamed message, well under the message si
 
 @roster_app.command("import")
 def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with header user,team.")],
-                  server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None,
+                  server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
                   token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
                   client_key: KeyOpt = None) -> None:
     """Replace the roster from a CSV file (columns user,team)."""
@@ -51,17 +63,24 @@ def token_create(role: Annotated[str, typer.Option("--role", help="ingest, analy
                  name: Annotated[str, typer.Option("--name", help="Unique label, e.g. cursor-prod.")],
                  out: Annotated[Path | None, typer.Option("--out", help="Write the token to this file "
                                                           "(mode 0600) instead of printing it.")] = None,
-                 server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None,
+                 server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
                  token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
                  client_key: KeyOpt = None) -> None:
     """Create a token; it is shown once and only its SHA-256 is stored."""
     if role not in ROLES:
         raise fail(f"--role {role!r}: must be one of {', '.join(ROLES)}", 2)
-    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).CreateToken,
-                          admin_pb2.CreateTokenRequest(role=ROLES[role], name=name))
-    if out is not None:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Claim the file first: a token whose secret cannot be stored would be lost for good.
+    fd = create_private_file(out) if out is not None else None
+    try:
+        with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+            reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).CreateToken,
+                              admin_pb2.CreateTokenRequest(role=ROLES[role], name=name))
+    except BaseException:
+        if fd is not None and out is not None:
+            os.close(fd)
+            out.unlink(missing_ok=True)
+        raise
+    if fd is not None:
         with os.fdopen(fd, "w") as f:
             f.write(reply.token + "\n")
         console.print(f"token {name!r} ({role}) written to {out}")
@@ -71,11 +90,12 @@ def token_create(role: Annotated[str, typer.Option("--role", help="ingest, analy
 
 
 @token_app.command("list")
-def token_list(server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+def token_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
                ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
     """List tokens (names and roles; secrets are never stored)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListTokens, admin_pb2.ListTokensRequest())
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListTokens,
+                          admin_pb2.ListTokensRequest())
     table = Table("name", "role", "created", "revoked")
     for t in reply.tokens:
         table.add_row(t.name, ROLE_NAMES.get(t.role, "?"), t.created, t.revoked or "-")
@@ -84,9 +104,10 @@ def token_list(server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, tok
 
 @token_app.command("revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
-                 server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+                 server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+                 token_file: TokenFileOpt = None,
                  ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
-    """Revoke a token by name; it stops working immediately."""
+    """Revoke a token by name; it stops working at once (within a second on other replicas)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).RevokeToken,
                           admin_pb2.RevokeTokenRequest(name=name))
@@ -95,7 +116,8 @@ def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
 
 @window_app.command("close")
 def window_close(window: Annotated[str, typer.Argument(help="Window id, e.g. 2026-11-25 or 2026-W48.")],
-                 server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+                 server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+                 token_file: TokenFileOpt = None,
                  ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
     """Close a window now: fold per-person rows into team statistics and destroy them. Irreversible."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
@@ -105,11 +127,12 @@ def window_close(window: Annotated[str, typer.Argument(help="Window id, e.g. 202
                   "into team statistics and deleted, window key destroyed")
 
 
-def stats(server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+def stats(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
           ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
     """Operational ingest counters since the server started (nothing per person)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).GetStats, admin_pb2.GetStatsRequest())
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).GetStats,
+                          admin_pb2.GetStatsRequest())
     table = Table("counter", "value")
     for field in ("batches", "duplicate_batches", "invalid_batches", "contributions_accepted",
                   "contributions_clamped", "client_dropped"):

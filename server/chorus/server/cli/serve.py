@@ -2,49 +2,77 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from chorus.server import config as config_module
 from chorus.server.app import Server, TlsConfig
 from chorus.server.app_context import Chorus
-from chorus.server.cli._common import console, fail
+from chorus.server.cli._common import console, err_console, fail, is_loopback
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", envvar="CHORUS_DATA_DIR",
                                           help="Directory for the SQLite database, ledger key, admin token.")]
 
 
-def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
+def _read(path: Path, what: str) -> bytes:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return path.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {what} {path}: {exc.strerror}", 2) from None
+
+
+def load_tls(cert: Path, key: Path, client_ca: Path | None) -> TlsConfig:
+    """Read and check the TLS files up front: gRPC would only fail at the first handshake."""
+    chain_pem, key_pem = _read(cert, "--tls-cert"), _read(key, "--tls-key")
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
     except ValueError:
-        return False
+        raise fail(f"--tls-cert {cert}: not a PEM certificate chain", 2) from None
+    try:
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise fail(f"--tls-key {key}: not an unencrypted PEM private key", 2) from None
+    if private_key.public_key() != chain[0].public_key():
+        raise fail(f"--tls-key {key} does not belong to the first certificate in --tls-cert {cert}", 2)
+    if key.stat().st_mode & 0o077:
+        err_console.print(f"[yellow]warning:[/] {key} is readable by group or others; chmod 600 it")
+    ca_pem = None
+    if client_ca is not None:
+        ca_pem = _read(client_ca, "--client-ca")
+        try:
+            x509.load_pem_x509_certificates(ca_pem)
+        except ValueError:
+            raise fail(f"--client-ca {client_ca}: not a PEM certificate bundle", 2) from None
+    return TlsConfig(chain_pem, key_pem, ca_pem)
 
 
 def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", envvar="CHORUS_CONFIG",
                                                 help="TOML config; default: built-in policy.")] = None,
     data_dir: DataDirOpt = Path("chorus-data"),
-    listen: Annotated[str | None, typer.Option("--listen", "-l", help="host:port (port 0: any free port).")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", "-l",
+                                               help="host:port (port 0: any free port).")] = None,
     database: Annotated[str | None, typer.Option(
         "--database", envvar="CHORUS_DATABASE",
         help="postgresql://... to share one PostgreSQL between replicas; default SQLite.")] = None,
-    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Server certificate chain (PEM).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert",
+                                                  help="Server certificate chain (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Server private key (PEM).")] = None,
     client_ca: Annotated[Path | None, typer.Option("--client-ca", help="Require client certificates "
                                                    "signed by this CA (mTLS).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow plaintext on a non-loopback "
                                            "address.")] = False,
-    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR. No level "
+                                           "logs user ids, tokens or per-person values.")] = "INFO",
 ) -> None:
     """Run the Chorus server."""
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise fail(f"--log-level {log_level!r}: must be DEBUG, INFO, WARNING or ERROR", 2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_module.load(config)
@@ -58,13 +86,14 @@ def serve(
     if tls_cert is None and not insecure and not is_loopback(address):
         raise fail(f"refusing plaintext on non-loopback address {address}: give --tls-cert/--tls-key, "
                    "or --insecure if a trusted proxy terminates TLS", 2)
-    tls = None
-    if tls_cert and tls_key:
-        tls = TlsConfig(tls_cert.read_bytes(), tls_key.read_bytes(),
-                        client_ca.read_bytes() if client_ca else None)
+    tls = load_tls(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
     chorus = Chorus(cfg, data_dir, database=database)
     token_path = chorus.bootstrap_admin_token()
-    server = Server(chorus, address, tls=tls)
+    try:
+        server = Server(chorus, address, tls=tls)
+    except OSError as exc:
+        chorus.close()
+        raise fail(str(exc)) from None
     server.start()
     if token_path:
         console.print(f"First start: an admin token was written to {token_path} (mode 0600).")

@@ -6,19 +6,26 @@ from datetime import UTC
 
 import grpc
 
-from chorus.server import ingest
+from chorus.server import auth, ingest
 from chorus.server.config import Limits
-from chorus.server.services._errors import invalid_argument
+from chorus.server.ratelimit import RateLimited, RateLimiter
+from chorus.server.services._errors import invalid_argument, retry_later
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, ingestor: ingest.Ingestor, limits: Limits) -> None:
+    def __init__(self, ingestor: ingest.Ingestor, limits: Limits, limiter: RateLimiter) -> None:
         self._ingestor = ingestor
         self._limits = limits
+        self._limiter = limiter
 
     def Report(self, request: ingest_pb2.ReportRequest,
                context: grpc.ServicerContext) -> ingest_pb2.ReportResponse:
+        try:
+            # Before any other work: a flood is cut at the cheapest point. An empty batch costs 1.
+            self._limiter.take(auth.principal().name, max(1, len(request.contributions)))
+        except RateLimited as exc:
+            retry_later(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after)
         try:
             batch = ingest.Batch(
                 batch_id=request.batch_id,
