@@ -1,0 +1,203 @@
+"""PostgreSQL engine: several stateless replicas share one database.
+
+Isolation level: READ COMMITTED, chosen deliberately. The domain SQL never reads a value
+and writes back a decision taken on it without a row lock; every read-modify-write is a
+single statement that locks the row it changes (`INSERT ... ON CONFLICT`, `UPDATE ...
+SET x = x + 1 ... RETURNING`, `UPDATE ... WHERE spent + ? <= cap`). Under READ COMMITTED
+such a statement that finds the row locked waits for the other transaction, then
+re-evaluates its WHERE clause against the newly committed row version, so the check and
+the write see the same state: exactly-once batch ids, clamped running totals, linear
+ledger sequence numbers and budget caps hold without SERIALIZABLE's false-positive aborts.
+Each statement also takes a fresh snapshot, which is what lets a statement after such a
+lock (e.g. the re-read after `ON CONFLICT DO NOTHING` lost a race) see the winner's row.
+Serialization failures and deadlocks can still happen (a deadlock between two
+transactions locking rows in different orders) and are retried like lost connections.
+
+Retries: `run` retries the whole transaction function with jittered exponential backoff
+on serialization failures, deadlocks, an exhausted or unreachable pool and lost
+connections. A connection lost mid-transaction means the server rolled it back, so
+running the function again is safe; this is the same contract as SQLite's busy retries
+(the function must be safe to run twice). A connection lost during COMMIT itself leaves
+the outcome unknown: the retry is then a second attempt of a transaction that may have
+committed, which the domain absorbs (a repeated ingest batch id is acknowledged as a
+duplicate).
+
+Stuck transactions: every connection sets `statement_timeout` and
+`idle_in_transaction_session_timeout`, so neither a runaway statement nor a replica that
+hangs (or is paused) inside a transaction holds row locks for longer than those bounds.
+
+Deletion and MVCC: `checkpoint()` is a no-op. Rows deleted at window close stay on disk
+as dead tuples until (auto)vacuum reclaims them, and in WAL and backups until those
+expire; there is no per-transaction equivalent of SQLite's WAL truncation. See
+docs/deployment.md for what an operator configures instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
+
+from chorus.server.store._db import Row, StoreUnavailable, Tx
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+# Arbitrary constant key for the window-closer advisory lock ("clos"); the migration lock
+# in _schema.py uses another key.
+_CLOSER_LOCK = 0x636C6F73
+
+# SQLSTATEs after which the transaction is known to be rolled back and may be run again:
+# connection exceptions (class 08), the server shutting down or restarting (57P0x), our
+# own session killed by idle_in_transaction_session_timeout (25P03).
+_RETRY_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "25P03")
+
+
+class _PostgresTx:
+    """One open transaction on a pooled connection; `?` placeholders become `%s`."""
+
+    dialect = "postgresql"
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cur = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._cur.execute(placeholders(sql), params)
+        return self._cur.rowcount
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._cur.execute(placeholders(sql), params)
+        return self._cur.fetchall()
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        # psycopg sends all rows in one pipeline (libpq >= 14): one round trip, not one per row.
+        self._cur.executemany(placeholders(sql), rows)
+
+    def lock_closer(self) -> bool:
+        (locked,), = self.query("SELECT pg_try_advisory_xact_lock(?)", (_CLOSER_LOCK,))
+        return bool(locked)
+
+
+@functools.lru_cache(maxsize=1024)
+def placeholders(sql: str) -> str:
+    """Rewrite `?` placeholders to psycopg's `%s` and escape literal `%`, outside quotes.
+
+    The domain SQL is a small fixed set of strings, so each is converted once.
+    """
+    out: list[str] = []
+    quote = ""
+    for char in sql:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "?":
+            out.append("%s")
+            continue
+        out.append("%%" if char == "%" else char)
+    return "".join(out)
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    if isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected | psycopg_pool.PoolTimeout):
+        return True
+    if exc.sqlstate is None:
+        # Raised by the client without a server error: the connection broke (server crash,
+        # network failure, killed backend). A client-side usage error would be a bug, not
+        # an OperationalError.
+        return isinstance(exc, psycopg.OperationalError)
+    return exc.sqlstate.startswith(_RETRY_SQLSTATE_PREFIXES)
+
+
+def _primary(exc: psycopg.Error) -> str:
+    """The error's primary message only: DETAIL and CONTEXT may quote row values."""
+    return exc.diag.message_primary or next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+
+
+def describe(url: str) -> str:
+    """host:port/dbname of a connection URL, for messages: never the user or password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "PostgreSQL (unparseable URL)"
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+
+class PostgresDatabase:
+    """A pool of connections to one PostgreSQL database, running retried transactions."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16,
+                 statement_timeout_ms: int = 60_000, idle_in_transaction_timeout_ms: int = 60_000,
+                 connect_timeout_s: float = 10.0, pool_timeout_s: float = 10.0,
+                 retry_budget_s: float = 20.0) -> None:
+        """Connect (failing fast with StoreUnavailable if unreachable) and open the pool.
+
+        max_size: concurrent transactions of this replica; the gRPC server runs 16 workers.
+        statement_timeout_ms / idle_in_transaction_timeout_ms: upper bounds on how long a
+        slow statement or a hung replica holds locks; the window close of a very large
+        window must fit in statement_timeout_ms.
+        retry_budget_s: how long `run` keeps retrying transient failures before giving up.
+        """
+        self._where = describe(url)
+        self._settings = {"statement_timeout": str(statement_timeout_ms),
+                          "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms)}
+        self._retry_budget_s = retry_budget_s
+        try:
+            # Probe once so a wrong URL or a down server fails now with libpq's own reason.
+            psycopg.connect(url, connect_timeout=max(1, round(connect_timeout_s))).close()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self._where}: "
+                                   f"{_primary(exc)}") from None
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=min_size, max_size=max_size, timeout=pool_timeout_s,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s))},
+            configure=self._configure, name="chorus", open=True)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        # Autocommit so that only `conn.transaction()` in run() opens transactions, with the
+        # isolation level spelled out rather than inherited from the server's default.
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        for name, value in self._settings.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+    def run(self, fn: Callable[[Tx], T], *, name: str) -> T:
+        deadline = time.monotonic() + self._retry_budget_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                    return fn(_PostgresTx(cur))
+            except psycopg.Error as exc:
+                if not _retryable(exc):
+                    raise
+                if not isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected |
+                                  psycopg_pool.PoolTimeout):
+                    # A lost connection: drop every idle one that broke with it (server restart).
+                    self._pool.check()
+                delay = random.uniform(0, min(1.0, 0.01 * 2 ** min(attempt, 7)))
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(
+                        f"PostgreSQL at {self._where}: transaction {name} failed {attempt} times "
+                        f"within {self._retry_budget_s:.0f} s; last error "
+                        f"{exc.sqlstate or type(exc).__name__}: {_primary(exc)}") from exc
+                _log.debug("transaction %s: transient %s (attempt %d), retrying in %.3f s",
+                           name, exc.sqlstate or type(exc).__name__, attempt, delay)
+                time.sleep(delay)
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL reclaims deleted rows by (auto)vacuum (see module doc)."""
+
+    def close(self) -> None:
+        self._pool.close()
