@@ -95,8 +95,12 @@ def list_windows(tx: Tx, start: datetime | None = None, end: datetime | None = N
 def open_for_ingest(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger,
                     now: datetime) -> OpenWindow | WindowRecord:
     """The open window with its key, creating it with `policy` frozen; a closed record if closed."""
+    # PostgreSQL: the share lock holds a concurrent close (UPDATE windows) until this ingest
+    # commits, so the close folds our rows; an ingest arriving after the close's UPDATE waits,
+    # then reads 'closed'. SQLite's BEGIN IMMEDIATE already serialises the two.
+    lock = " FOR SHARE OF w" if tx.dialect == "postgresql" else ""
     rows = tx.query(f"SELECT {', '.join('w.' + c for c in _COLUMNS.split(', '))}, k.hmac_key "
-                    "FROM windows w LEFT JOIN window_keys k ON k.window_id = w.id WHERE w.id = ?",
+                    f"FROM windows w LEFT JOIN window_keys k ON k.window_id = w.id WHERE w.id = ?{lock}",
                     (span.id,))
     if rows:
         record = _record(rows[0][:-1])

@@ -75,10 +75,12 @@ def replace(tx: Tx, rows: list[tuple[str, str]], ledger: Ledger, now: datetime,
     """Replace the whole roster and record its hash and team sizes in the ledger."""
     sizes = dict(sorted(Counter(team for _, team in rows).items()))
     digest = roster_hash(rows)
-    tx.execute("DELETE FROM roster")
-    tx.executemany("INSERT INTO roster (user_id, team) VALUES (?, ?)", rows)
+    # Lock the version row first: a concurrent import waits here until we commit, so its
+    # DELETE (a fresh snapshot under READ COMMITTED) sees and removes our rows.
     tx.execute("UPDATE roster_version SET version = version + 1, roster_hash = ? WHERE id = 1",
                (digest,))
+    tx.execute("DELETE FROM roster")
+    tx.executemany("INSERT INTO roster (user_id, team) VALUES (?, ?)", rows)
     ledger.append(tx, "roster_import", {"roster_sha256": digest, "people": len(rows),
                                         "team_sizes": sizes, "by": actor}, now)
     return ImportResult(len(rows), sizes, digest)
