@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-
 from chorus.client import Client, TransportError
 from chorus.v1 import ingest_pb2
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from chorus.client import Client
 
 from .conftest import T0, FakeClock, FakeTransport, contributions, unavailable
@@ -181,7 +180,9 @@ def test_a_drop_report_waits_for_a_batch_with_contributions(make_client: MakeCli
     assert fresh.dropped == 1 and [c[0] for c in contributions(fresh)] == ["u4"]
 
 
-def test_large_drains_are_split_into_bounded_batches(make_client: MakeClient, transport: FakeTransport) -> None:
+def test_large_drains_are_split_into_bounded_batches(
+    make_client: MakeClient, transport: FakeTransport
+) -> None:
     client = make_client(max_pending=20_000)
     for i in range(12_000):
         client.count("ai.tokens", user=f"user-{i}")
@@ -190,7 +191,9 @@ def test_large_drains_are_split_into_bounded_batches(make_client: MakeClient, tr
     assert len({r.batch_id for r in transport.requests}) == 3
 
 
-def test_batches_stay_under_a_megabyte_with_long_names(make_client: MakeClient, transport: FakeTransport) -> None:
+def test_batches_stay_under_a_megabyte_with_long_names(
+    make_client: MakeClient, transport: FakeTransport
+) -> None:
     client = make_client()
     for i in range(4000):
         client.count("m" * 256, user=f"{i:0>256}")

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-
 from chorus.client import RETRYABLE_CODES, Client, TransportError
 from chorus.client._delivery import BACKOFF_CAP, MAX_SERVER_DELAY, Delivery
 from chorus.v1 import ingest_pb2
@@ -154,11 +153,13 @@ def test_the_drop_report_of_a_failed_batch_is_carried_to_the_next(make_client: M
     assert [r.dropped for r in transport.requests] == [1, 1]
 
 
-def test_rejections_are_final_and_counted_by_reason(make_client: MakeClient, caplog: pytest.LogCaptureFixture) -> None:
+def test_rejections_are_final_and_counted_by_reason(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
     response = ingest_pb2.ReportResponse(
         accepted=1,
         rejections=[
-            ingest_pb2.Rejection(index=1, reason=ingest_pb2.REJECT_REASON_UNKNOWN_USER, message="not on roster"),
+            ingest_pb2.Rejection(index=1, reason=ingest_pb2.REJECT_REASON_UNKNOWN_USER, message="roster"),
             ingest_pb2.Rejection(index=2, reason=ingest_pb2.REJECT_REASON_LATE, message="window closed"),
             ingest_pb2.Rejection(index=3, reason=ingest_pb2.REJECT_REASON_LATE, message="window closed"),
         ],

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-
 from chorus.client import Client, TransportError
 from chorus.client import _client as client_module
 from chorus.v1 import ingest_pb2
@@ -20,7 +19,9 @@ from .conftest import FakeClock, FakeTransport, unavailable
 MakeClient = Callable[..., Client]
 
 
-def test_flush_sends_everything_and_reports_success(make_client: MakeClient, transport: FakeTransport) -> None:
+def test_flush_sends_everything_and_reports_success(
+    make_client: MakeClient, transport: FakeTransport
+) -> None:
     client = make_client()
     client.count("ai.tokens", 3)
     assert client.flush(timeout=5)
@@ -71,7 +72,9 @@ def test_close_interrupts_a_long_backoff_promptly(clock: FakeClock) -> None:
     assert transport.closed
 
 
-def test_close_sends_what_is_pending_then_drops_later_counts(make_client: MakeClient, transport: FakeTransport) -> None:
+def test_close_sends_what_is_pending_then_drops_later_counts(
+    make_client: MakeClient, transport: FakeTransport
+) -> None:
     client = make_client()
     client.count("ai.tokens", 4)
     client.close()
@@ -120,7 +123,9 @@ def test_context_manager_closes(make_client: MakeClient, transport: FakeTranspor
     assert transport.closed and len(transport.requests) == 1
 
 
-def test_atexit_closes_unclosed_clients_once(monkeypatch: pytest.MonkeyPatch, transport: FakeTransport) -> None:
+def test_atexit_closes_unclosed_clients_once(
+    monkeypatch: pytest.MonkeyPatch, transport: FakeTransport
+) -> None:
     registered: list[Callable[[], None]] = []
     monkeypatch.setattr(client_module.atexit, "register", registered.append)
     monkeypatch.setattr(client_module.atexit, "unregister", registered.remove)
