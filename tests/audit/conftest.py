@@ -10,22 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chorus.server import audit, config, lifecycle, verify
+from chorus.server import audit, config, verify
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
-from chorus.server.ledger import GENESIS_HASH, Signer, canonical_json, entry_hash
+from chorus.server.ledger import GENESIS_HASH, Signer, canonical_json, entry_hash, format_time
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.store._db import Tx
+from chorus.server.release import Releases, StatisticRequest
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WINDOW = "2026-11-25"
-TEAMS = {"team-red": 6, "team-blue": 5}
-#: The releases of the standard scenario: (team, metric, statistic).
-RELEASES = [("team-red", "ai.tokens", "sum"), ("team-red", "ai.tokens", "count"),
-            ("team-red", "ai.tokens", "histogram"), ("team-red", "", "active"),
-            ("team-blue", "ai.requests", "sum")]
+TEAMS = {"team-red": 6, "team-blue": 5, "team-tiny": 2}  # k = 5: team-tiny is never released
+#: Noisy releases in the standard scenario: team-red's sum, count, histogram of ai.tokens and
+#: its active count (behind adoption); team-blue's sum of ai.requests.
+RELEASES = 5
 
 
 def roster_rows() -> list[tuple[str, str]]:
@@ -52,33 +51,14 @@ def release_payload(policy: config.Policy, release_id: str, window: str, team: s
 DEFAULT_EPSILON = Epsilon.parse("0.05")
 
 
-def record_release(chorus: Chorus, window: str, team: str, metric: str, statistic: str,
-                   epsilon: Epsilon = DEFAULT_EPSILON) -> dict[str, Any]:
-    """Charge the budget, append the ledger entry and store the release, in one transaction.
+def releases(chorus: Chorus) -> Releases:
+    return Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy)
 
-    A stand-in for the release service with the same tables and payload: the budget UPDATE
-    first (so a failing append after it must roll the charge back), then the ledger, then
-    the release row that points at the entry.
-    """
-    now = chorus.clock.now()
 
-    def release(tx: Tx) -> dict[str, Any]:
-        (spent,), = tx.query("SELECT spent_micros FROM budgets WHERE window_id = ? AND team = ?",
-                             (window, team))
-        payload = release_payload(lifecycle.get(tx, window).policy, f"r-{window}-{team}-{metric}-{statistic}",
-                                  window, team, metric, statistic, epsilon, Epsilon(spent))
-        charge = Epsilon.parse(payload["epsilon"]).micros
-        assert tx.execute("UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
-                          "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros",
-                          (charge, window, team, charge)) == 1
-        entry = chorus.ledger.append(tx, "release", payload, now)
-        tx.execute("INSERT INTO releases (release_id, window_id, team, metric, statistic, result, "
-                   "epsilon_micros, released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (payload["release_id"], window, team, metric, statistic, json.dumps(payload["value"]),
-                    charge, int(now.timestamp()), entry.seq))
-        return payload
-
-    return chorus.db.run(release, name="test_release")
+def release(chorus: Chorus, team: str, metric: str, *statistics: str, window: str = WINDOW) -> None:
+    """Release statistics of one team and metric through the real release code."""
+    releases(chorus).release(window, [team], [metric], [StatisticRequest(s) for s in statistics],
+                             requester="analyst-1")
 
 
 def open_and_close(chorus: Chorus, window: str = WINDOW) -> None:
@@ -109,10 +89,12 @@ def resign(entries: list[dict[str, Any]], signer: Signer, start: int = 0) -> lis
     return out
 
 
-def forge(entries: list[dict[str, Any]], signer: Signer, kind: str, payload: dict[str, Any]) -> None:
+def forge(entries: list[dict[str, Any]], signer: Signer, kind: str, payload: dict[str, Any],
+          at: datetime | None = None) -> None:
     """Append a correctly chained and signed entry, as an operator holding the key could."""
     last = entries[-1]
-    entry = {"seq": last["seq"] + 1, "time": last["time"], "kind": kind, "payload": payload,
+    stamp = format_time(at) if at else last["time"]
+    entry = {"seq": last["seq"] + 1, "time": stamp, "kind": kind, "payload": payload,
              "prev_hash": last["hash"], "hash": "", "signature": ""}
     entries.append(entry)
     entries[-1:] = resign(entries, signer, len(entries) - 1)[-1:]
@@ -141,8 +123,8 @@ def chorus(tmp_path: Path, clock: FakeClock) -> Iterator[Chorus]:
 def released(chorus: Chorus, clock: FakeClock) -> Chorus:
     """The standard scenario: one closed window with RELEASES made, then the next day open."""
     open_and_close(chorus)
-    for team, metric, statistic in RELEASES:
-        record_release(chorus, WINDOW, team, metric, statistic)
+    release(chorus, "team-red", "ai.tokens", "sum", "count", "histogram", "adoption")
+    release(chorus, "team-blue", "ai.requests", "sum")
     clock.advance(timedelta(days=1))
     chorus.closer.tick()
     return chorus

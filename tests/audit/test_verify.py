@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def test_a_clean_export_verifies_with_totals_per_team_window(entries: Entries, p
     report = verify.verify_file(write_jsonl(tmp_path / "ledger.jsonl", entries), public_key)
     assert report.ok, report.violations
     assert report.entries == len(entries)
-    assert report.kinds["release"] == len(RELEASES)
+    assert report.kinds["release"] == RELEASES
     assert report.kinds["window_open"] == 2 and report.kinds["window_close"] == 1
     assert report.kinds["config"] == 1 and report.kinds["roster_import"] == 1
     assert report.head == verify.Head(entries[-1]["seq"], entries[-1]["hash"])
@@ -196,7 +197,7 @@ def test_a_sensitivity_below_the_frozen_bound_is_named(released: Chorus, entries
     tampered = copy.deepcopy(entries)
     payload = tampered[target - 1]["payload"]
     payload["sensitivity"] = 1  # a sum's sensitivity is the metric's max_per_user (2000 here)
-    payload["scale"] = 1 / 0.05
+    payload["scale"] = math.nextafter(20.0, 21)  # consistent with the 0.05 charged at sensitivity 1
     tampered = resign(tampered, released.ledger.signer, target - 1)
     report = run(tampered, public_key)
     assert [(v.seq, v.rule) for v in report.violations] == [(target, "sensitivity")]
@@ -264,6 +265,31 @@ def test_a_release_before_its_window_open_is_named(released: Chorus, entries: En
     report = run(forged, public_key)
     assert [(v.seq, v.rule) for v in report.violations] == [(opened, "window")]
     assert "before any window_open" in report.violations[0].message
+
+
+def test_a_release_for_a_team_below_k_is_named(released: Chorus, entries: Entries,
+                                               public_key: bytes) -> None:
+    forged = copy.deepcopy(entries)
+    forge(forged, released.ledger.signer, "release",
+          release_payload(policy_of(released), "tiny", WINDOW, "team-tiny", "ai.tokens", "count",
+                          DEFAULT_EPSILON, Epsilon(0)))
+    report = run(forged, public_key)
+    assert [(v.seq, v.rule) for v in report.violations] == [(forged[-1]["seq"], "min_team_size")]
+    assert "2 people" in report.violations[0].message and "k = 5" in report.violations[0].message
+
+
+def test_a_release_past_the_frozen_retention_is_named(released: Chorus, entries: Entries,
+                                                      public_key: bytes) -> None:
+    policy = policy_of(released)
+    window_end = datetime(2026, 11, 26, tzinfo=UTC)
+    forged = copy.deepcopy(entries)
+    forge(forged, released.ledger.signer, "release",
+          release_payload(policy, "late", WINDOW, "team-blue", "ai.requests", "count", DEFAULT_EPSILON,
+                          Epsilon.parse(entries[seq_of(entries, "release", team="team-blue") - 1]
+                                        ["payload"]["budget_spent_after"])),
+          at=window_end + timedelta(days=policy.retention_windows))
+    report = run(forged, public_key)
+    assert [(v.seq, v.rule) for v in report.violations] == [(forged[-1]["seq"], "retention")]
 
 
 def test_a_malformed_line_is_named_by_line_number(entries: Entries, public_key: bytes) -> None:

@@ -27,14 +27,16 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import opendp.prelude as dp
 from chorus.server.audit import policy_sha256
 from chorus.server.config import NOISY_STATISTICS, Policy
-from chorus.server.ledger import GENESIS_HASH, Entry, canonical_json, entry_hash
+from chorus.server.ledger import GENESIS_HASH, Entry, canonical_json, entry_hash, format_time
 from chorus.server.privacy.epsilon import ZERO, Epsilon
+from chorus.server.windows import parse_window_id
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -159,7 +161,10 @@ def implied_epsilon(mechanism: str, vector: bool, scale: float, sensitivity: int
 class _Window:
     policy: Policy
     opened: int
+    #: Releases at or after this moment are past the frozen retention.
+    releasable_until: datetime
     closed: int | None = None
+    team_sizes: dict[str, int] = field(default_factory=dict)
 
 
 class _Verifier:
@@ -174,6 +179,7 @@ class _Verifier:
         self.released: dict[tuple[str, str, str, str], int] = {}
         self.line = 0
         self.seq: int | None = None
+        self.time = datetime.min.replace(tzinfo=UTC)
 
     def flag(self, rule: str, message: str) -> None:
         self.report.violations.append(Violation(self.line, self.seq, rule, message))
@@ -187,6 +193,7 @@ class _Verifier:
         if entry is None:
             return
         self.seq = seq = entry["seq"]
+        self.time = datetime.fromisoformat(entry["time"])
         self.report.entries += 1
         self.report.kinds[entry["kind"]] += 1
         self.check_chain(entry)
@@ -214,6 +221,8 @@ class _Verifier:
             problem = "prev_hash and hash must be 64 lowercase hex digits"
         if problem is None and not _HEX128.match(entry["signature"]):
             problem = "signature must be 128 lowercase hex digits"
+        if problem is None and not _is_time(entry["time"]):
+            problem = f"time {entry['time']!r} is not an RFC 3339 UTC timestamp"
         if problem is not None:
             self.flag("format", problem)
             return None
@@ -248,19 +257,25 @@ class _Verifier:
     def window_open(self, payload: dict[str, Any]) -> None:
         window, raw = payload.get("window"), payload.get("policy")
         policy = _policy(raw) if isinstance(raw, dict) else None
-        if not isinstance(window, str) or policy is None:
-            self.flag("window", "window_open without a window id and a valid frozen policy")
+        try:
+            span = parse_window_id(window if isinstance(window, str) else "")
+        except ValueError:
+            span = None
+        if not isinstance(window, str) or span is None or policy is None:
+            self.flag("window", "window_open without a valid window id and frozen policy")
             return
         if window in self.windows:
             self.flag("window", f"window {window} opened again (first opened at entry "
                                 f"{self.windows[window].opened}); its frozen policy cannot change")
             return
         assert self.seq is not None
-        self.windows[window] = _Window(policy, self.seq)
+        until = span.end + policy.retention_windows * (span.end - span.start)
+        self.windows[window] = _Window(policy, self.seq, until)
 
     def window_close(self, payload: dict[str, Any]) -> None:
         window, sizes = payload.get("window"), payload.get("team_sizes")
-        if not isinstance(window, str) or not isinstance(sizes, dict):
+        if not isinstance(window, str) or not isinstance(sizes, dict) or not all(
+                _is_int(n) for n in sizes.values()):
             self.flag("window", "window_close without a window id and team_sizes")
             return
         state = self.windows.get(window)
@@ -272,6 +287,7 @@ class _Verifier:
             return
         assert self.seq is not None
         state.closed = self.seq
+        state.team_sizes = sizes
         cap = state.policy.epsilon_per_window
         for team in sorted(sizes):
             self.report.totals[(window, team)] = TeamWindowTotal(window, team, cap)
@@ -299,12 +315,19 @@ class _Verifier:
             self.flag("window", f"release of {subject} while {window} was still open (no earlier "
                                 "window_close entry)")
             return
+        if self.time >= state.releasable_until:
+            self.flag("retention", f"release of {subject} at {format_time(self.time)} is past the "
+                                   f"window's retention, which ended {format_time(state.releasable_until)}")
         self.check_statistic(payload, state.policy, subject)
         total = self.report.totals.get((window, team))
         if total is None:
             self.flag("team", f"release of {subject}: team {team} was not in the window_close entry "
                               f"of {window} (entry {state.closed})")
             return
+        k = state.policy.min_team_size
+        if state.team_sizes[team] < k:
+            self.flag("min_team_size", f"release of {subject}: the team had {state.team_sizes[team]} "
+                                       f"people on the roster at close, below the frozen k = {k}")
         total.spent += charged
         total.releases += 1
         if stated_cap != total.cap:
@@ -398,6 +421,14 @@ def _release_amounts(payload: dict[str, Any]) -> tuple[Epsilon, Epsilon, Epsilon
                 Epsilon.parse(payload["budget_spent_after"]))
     except ValueError as exc:
         return str(exc)
+
+
+def _is_time(text: str) -> bool:
+    """Exactly the ledger's own format (UTC, microseconds, "Z"), so the hash input is unambiguous."""
+    try:
+        return format_time(datetime.fromisoformat(text)) == text
+    except ValueError:
+        return False
 
 
 def _is_int(value: object) -> bool:
