@@ -12,8 +12,14 @@ thread sends pre-aggregated batches over gRPC, retrying safely (the server de-du
 by batch id). See docs/sdk.md.
 """
 
+import logging
+
 from chorus.client._client import Client, Clock
 from chorus.client._stats import Stats
 from chorus.client._transport import RETRYABLE_CODES, Transport, TransportError
+
+# A library must not print through logging's last-resort handler: the host decides
+# whether and where the SDK's warnings appear.
+logging.getLogger("chorus.client").addHandler(logging.NullHandler())
 
 __all__ = ["RETRYABLE_CODES", "Client", "Clock", "Stats", "Transport", "TransportError"]
