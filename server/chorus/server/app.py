@@ -18,7 +18,9 @@ from chorus.server.ratelimit import RateLimiter
 from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
-from chorus.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from chorus.server.services.release import ReleaseServicer
+from chorus.v1 import (admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc,
+                       release_pb2, release_pb2_grpc)
 
 _log = logging.getLogger(__name__)
 
@@ -50,9 +52,11 @@ class Server:
                 limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)), self._grpc)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(chorus), self._grpc)
+        release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-                 audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
+                 audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+                 release_pb2.DESCRIPTOR.services_by_name["ReleaseService"].full_name]
 
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

@@ -93,8 +93,14 @@ def calibrate(sensitivity: int, epsilon: Epsilon, vector: bool = False) -> Calib
 
 @functools.lru_cache(maxsize=4096)
 def accuracy(scale: float, alpha: float) -> float:
-    """Half-width a with P(|noise| >= a) = alpha for discrete Laplace(scale), per OpenDP."""
-    return float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha=alpha))
+    """Half-width a with P(|noise| >= a) = alpha for discrete Laplace(scale), per OpenDP.
+
+    At tiny scales (huge epsilons) OpenDP's formula degenerates to -inf; then the bound
+    scale * ln(2 / alpha) is used, which is never smaller: P(|noise| >= a) <= 2 exp(-a / scale)
+    / (1 + exp(-1 / scale)) <= alpha.
+    """
+    value = float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha=alpha))
+    return value if math.isfinite(value) and value >= 0 else scale * math.log(2 / alpha)
 
 
 def mean_interval(noisy_sum: int, sum_scale: float, noisy_count: int, count_scale: float,

@@ -1,0 +1,537 @@
+"""Team releases: differentially private statistics of closed windows, against an exact budget.
+
+What can be released: per team and closed window, the noisy `sum`, `count` and `histogram`
+of each metric and the noisy number of `active` people, each at most once (UNIQUE in
+`releases`); `mean` (sum / count) and `adoption` (active / public roster size) are
+post-processing of those and cost nothing beyond them. A repeated request returns the
+stored release, identical, without a new charge.
+
+One request is one transaction: for each noisy statistic not yet released it draws the
+noise, claims the release row, charges the team-window budget with a conditional UPDATE
+(never past the cap, even across replicas) and appends a signed ledger entry. If any team
+would overspend, the transaction raises and nothing is charged or stored. A retried
+transaction starts over from a rolled-back state, so it cannot charge twice.
+
+Rules a request meets before anything is drawn: the window exists, is closed and within
+retention (`retention_windows` window lengths after its end); every named team and metric
+exists in it; teams with fewer than k people on the frozen roster are suppressed, charged
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from chorus.server import lifecycle, roster
+from chorus.server.clock import Clock
+from chorus.server.config import STATISTICS, MetricPolicy, Policy
+from chorus.server.ledger import Ledger
+from chorus.server.privacy import mechanisms
+from chorus.server.privacy.epsilon import ZERO, Epsilon
+from chorus.server.store._db import Database, Tx
+from chorus.server.windows import WindowLength, parse_window_id
+
+_log = logging.getLogger(__name__)
+
+#: The team-level statistic behind adoption: people active in any metric.
+ACTIVE = "active"
+#: The `metric` of team-level statistics (active, adoption).
+TEAM_LEVEL = ""
+_LENGTHS = {WindowLength.DAY: timedelta(days=1), WindowLength.WEEK: timedelta(days=7)}
+# Noisy statistics each requested statistic needs, per metric ("" = team level).
+_NEEDS = {"sum": ("sum",), "count": ("count",), "histogram": ("histogram",), "mean": ("sum", "count"),
+          "adoption": (ACTIVE,)}
+
+# (team, metric, noisy statistic)
+Key = tuple[str, str, str]
+
+
+class ReleaseError(Exception):
+    """A request that cannot be answered; the message names the value and the rule."""
+
+
+class InvalidRequest(ReleaseError):
+    """Malformed: an unknown statistic, a bad epsilon."""
+
+
+class NotFound(ReleaseError):
+    """An unknown window, team or metric."""
+
+
+class Refused(ReleaseError):
+    """Well-formed but not releasable now: the window is open or past retention."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overspend:
+    team: str
+    window: str
+    requested: Epsilon
+    remaining: Epsilon
+    cap: Epsilon
+
+
+class BudgetExceeded(ReleaseError):
+    """At least one team-window would go over its cap; nothing was charged or stored."""
+
+    def __init__(self, window: str, overspends: list[Overspend]) -> None:
+        self.overspends = overspends
+        parts = "; ".join(f"team {o.team} requested epsilon {o.requested} but has {o.remaining} "
+                          f"left of {o.cap}" for o in overspends)
+        super().__init__(f"privacy budget of window {window} exhausted: {parts}. Nothing was "
+                         "released or charged; request fewer statistics or a smaller epsilon")
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticRequest:
+    statistic: str
+    #: None: the window's default epsilon for each noisy statistic it needs.
+    epsilon: Epsilon | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """One answer: a released value (or histogram) with its interval and cost."""
+
+    metric: str
+    statistic: str
+    value: float
+    ci95: float
+    bucket_counts: tuple[int, ...]
+    histogram_edges: tuple[int, ...]
+    epsilon_charged: Epsilon
+    epsilon: Epsilon
+    mechanism: str
+    sensitivity: int
+    scale: float
+    cached: bool
+    release_id: str
+    #: Post-processing applied to the value, in words; empty when none.
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class TeamResult:
+    team: str
+    released: bool
+    #: Why nothing was released for a suppressed team; empty otherwise.
+    message: str
+    estimates: tuple[Estimate, ...]
+    budget_cap: Epsilon
+    budget_remaining: Epsilon
+    roster_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    window: str
+    teams: tuple[TeamResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TeamInfo:
+    name: str
+    roster_size: int
+    eligible: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TeamList:
+    teams: tuple[TeamInfo, ...]
+    min_team_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A noisy release as stored (and as first answered)."""
+
+    release_id: str
+    value: int | list[int]
+    ci95: float
+    scale: float
+    sensitivity: int
+    epsilon: Epsilon
+    #: What this request charged for it: ZERO when it was released before.
+    charged: Epsilon
+
+
+def suppression_reason(team: str, roster_size: int, k: int) -> str:
+    """Why a team below k is not released, or "" when it is eligible."""
+    if roster_size >= k:
+        return ""
+    people = "person" if roster_size == 1 else "people"
+    return f"team {team} has {roster_size} {people} on the roster; releases need at least {k}"
+
+
+def releasable_until(record: lifecycle.WindowRecord) -> datetime:
+    """End of retention: `retention_windows` window lengths after the window's end."""
+    return record.end + record.policy.retention_windows * _LENGTHS[record.policy.window_length]
+
+
+class Releases:
+    """Lists what can be released and releases it; all SQL on `releases` and `budgets` lives here."""
+
+    def __init__(self, db: Database, ledger: Ledger, clock: Clock, policy: Policy) -> None:
+        self._db = db
+        self._ledger = ledger
+        self._clock = clock
+        self._policy = policy  # the policy the next window will freeze
+
+    def list_windows(self, start: datetime | None = None,
+                     end: datetime | None = None) -> list[lifecycle.WindowRecord]:
+        """Windows overlapping [start, end), newest first."""
+        return self._db.run(lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows")
+
+    def list_metrics(self, window: str = "") -> tuple[MetricPolicy, ...]:
+        """The metrics frozen in `window`, or of the next window when empty."""
+        if not window:
+            return self._policy.metrics
+        return self._db.run(lambda tx: _window(tx, window), name="list_metrics").policy.metrics
+
+    def list_teams(self, window: str = "") -> TeamList:
+        """Teams with roster sizes: frozen at close for a closed window, else the current roster."""
+
+        def read(tx: Tx) -> TeamList:
+            record = _window(tx, window) if window else None
+            if record is not None and record.state == lifecycle.CLOSED:
+                sizes = {t: n for t, n, _ in _team_windows(tx, record.id)}
+            else:
+                sizes = roster.team_sizes(tx)
+            k = (record.policy if record is not None else self._policy).min_team_size
+            return TeamList(tuple(TeamInfo(t, n, n >= k, suppression_reason(t, n, k))
+                                  for t, n in sorted(sizes.items())), k)
+
+        return self._db.run(read, name="list_teams")
+
+    def release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
+                statistics: Sequence[StatisticRequest], requester: str) -> ReleaseResult:
+        """Answer a release request in one transaction; see the module docstring for the rules.
+
+        Empty `teams`, `metrics` or `statistics` mean all of them (statistics at their
+        default epsilon). Raises InvalidRequest, NotFound, Refused or BudgetExceeded, in
+        which case nothing was stored.
+        """
+        if not window:
+            raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48")
+        requested = _statistics(statistics)
+        now = self._clock.now()
+        result = self._db.run(
+            lambda tx: _Release(tx, self._ledger, now, window, requester).run(teams, metrics, requested),
+            name="release")
+        fresh = sum(1 for t in result.teams for e in t.estimates
+                    if not e.cached and e.mechanism == mechanisms.MECHANISM)
+        _log.info("release for window %s: %d team(s), %d new noisy release(s)", window,
+                  len(result.teams), fresh)
+        return result
+
+
+def _statistics(requests: Sequence[StatisticRequest]) -> dict[str, Epsilon | None]:
+    """Requested statistics in order, validated; empty means all at their defaults."""
+    if not requests:
+        return dict.fromkeys(STATISTICS)
+    out: dict[str, Epsilon | None] = {}
+    for r in requests:
+        if r.statistic not in STATISTICS:
+            raise InvalidRequest(f"statistic {r.statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
+        if r.statistic in out:
+            raise InvalidRequest(f"statistic {r.statistic} is requested more than once")
+        if r.epsilon is not None and r.epsilon.micros == 0:
+            raise InvalidRequest(f"epsilon for {r.statistic} must be greater than 0")
+        out[r.statistic] = r.epsilon
+    return out
+
+
+def _window(tx: Tx, window: str) -> lifecycle.WindowRecord:
+    try:
+        parse_window_id(window)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    try:
+        return lifecycle.get(tx, window)
+    except lifecycle.WindowNotFound:
+        raise NotFound(f"window {window!r} not found") from None
+
+
+def _team_windows(tx: Tx, window: str) -> list[tuple[str, int, int]]:
+    return [(t, int(n), int(a)) for t, n, a in tx.query(
+        "SELECT team, roster_size, active FROM team_windows WHERE window_id = ? ORDER BY team", (window,))]
+
+
+class _Release:
+    """One release request inside its transaction."""
+
+    def __init__(self, tx: Tx, ledger: Ledger, now: datetime, window: str, requester: str) -> None:
+        self.tx = tx
+        self.ledger = ledger
+        self.now = now
+        self.requester = requester
+        self.record = _window(tx, window)
+        self.window = window
+        self.policy = self.record.policy
+
+    def run(self, teams: Sequence[str], metrics: Sequence[str],
+            statistics: dict[str, Epsilon | None]) -> ReleaseResult:
+        self.check_releasable()
+        chosen_metrics = self.metrics(metrics)
+        wanted = self.wanted(chosen_metrics, statistics)
+        sizes = {t: n for t, n, _ in _team_windows(self.tx, self.window)}
+        chosen_teams = self.teams(teams, sizes)
+        k = self.policy.min_team_size
+        eligible = [t for t in chosen_teams if sizes[t] >= k]
+        stored = self.stored(eligible)
+        missing = {t: [key for key in wanted if (t, *key) not in stored] for t in eligible}
+        budgets = self.budgets()
+        self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
+        if any(missing.values()):
+            stored.update(self.release_missing(missing, wanted))
+            budgets = self.budgets()
+        results = []
+        for team in chosen_teams:
+            cap, spent = budgets.get(team, (ZERO, ZERO))
+            if team in missing:
+                estimates = tuple(self.answers(team, chosen_metrics, statistics, stored, sizes[team]))
+                message = ""
+            else:
+                estimates, message = (), suppression_reason(team, sizes[team], k)
+            results.append(TeamResult(team, team in missing, message, estimates, cap, cap - spent,
+                                      sizes[team]))
+        return ReleaseResult(self.window, tuple(results))
+
+    def check_releasable(self) -> None:
+        record = self.record
+        if record.state != lifecycle.CLOSED:
+            raise Refused(f"window {record.id} is still open; it closes at {_when(record.closes_at)}. "
+                          "Only closed windows are released")
+        until = releasable_until(record)
+        if self.now >= until:
+            raise Refused(f"window {record.id} is past retention: windows are released for "
+                          f"{record.policy.retention_windows} {record.policy.window_length.value}(s) "
+                          f"after they end, until {_when(until)} for this one")
+
+    def metrics(self, names: Sequence[str]) -> list[MetricPolicy]:
+        if not names:
+            return list(self.policy.metrics)
+        out = []
+        for name in dict.fromkeys(names):
+            metric = self.policy.metric(name)
+            if metric is None:
+                known = ", ".join(m.name for m in self.policy.metrics)
+                raise NotFound(f"metric {name!r} is not in the policy of window {self.window}; "
+                               f"its metrics are {known}")
+            out.append(metric)
+        return out
+
+    def wanted(self, metrics: list[MetricPolicy],
+               statistics: dict[str, Epsilon | None]) -> dict[tuple[str, str], Epsilon]:
+        """(metric, noisy statistic) -> epsilon for everything the answer needs.
+
+        An epsilon given for a statistic itself wins over one given for mean or adoption
+        (which applies to each noisy statistic they need), which wins over the default.
+        """
+        cap = self.policy.epsilon_per_window
+        for stat, eps in statistics.items():
+            if eps is not None and eps > cap:
+                raise InvalidRequest(f"epsilon {eps} for {stat} exceeds the budget of a team-window in "
+                                     f"{self.window}, {cap}")
+        wanted: dict[tuple[str, str], Epsilon] = {}
+        explicit: set[tuple[str, str]] = set()
+        for stat, eps in statistics.items():
+            for noisy in _NEEDS[stat]:
+                for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else (m.name for m in metrics)):
+                    key = (metric, noisy)
+                    if key in explicit:
+                        continue
+                    if eps is not None and noisy == stat:
+                        explicit.add(key)
+                    if eps is not None or key not in wanted:
+                        wanted[key] = eps if eps is not None else self.policy.default_epsilon[noisy]
+        return wanted
+
+    def teams(self, names: Sequence[str], sizes: dict[str, int]) -> list[str]:
+        if not names:
+            return sorted(sizes)
+        unknown = [t for t in dict.fromkeys(names) if t not in sizes]
+        if unknown:
+            raise NotFound(f"team {unknown[0]!r} has no statistics in window {self.window} (it was not "
+                           "on the roster when the window closed)")
+        return list(dict.fromkeys(names))
+
+    def stored(self, teams: list[str]) -> dict[Key, _Stored]:
+        wanted_teams = set(teams)
+        out = {}
+        for rid, team, metric, stat, result, micros in self.tx.query(
+                "SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
+                "WHERE window_id = ?", (self.window,)):
+            if team in wanted_teams:
+                out[(team, metric, stat)] = _parse(rid, result, micros)
+        return out
+
+    def budgets(self) -> dict[str, tuple[Epsilon, Epsilon]]:
+        """team -> (cap, spent) for this window."""
+        return {t: (Epsilon(cap), Epsilon(spent)) for t, cap, spent in self.tx.query(
+            "SELECT team, cap_micros, spent_micros FROM budgets WHERE window_id = ?", (self.window,))}
+
+    def check_budgets(self, missing: dict[str, list[tuple[str, str]]],
+                      wanted: dict[tuple[str, str], Epsilon],
+                      budgets: dict[str, tuple[Epsilon, Epsilon]]) -> None:
+        """Raise BudgetExceeded naming every team that would overspend."""
+        over = []
+        for team, keys in missing.items():
+            need = sum((wanted[key] for key in keys), ZERO)
+            cap, spent = budgets.get(team, (ZERO, ZERO))
+            if spent + need > cap:
+                over.append(Overspend(team, self.window, need, cap - spent, cap))
+        if over:
+            raise BudgetExceeded(self.window, over)
+
+    def release_missing(self, missing: dict[str, list[tuple[str, str]]],
+                        wanted: dict[tuple[str, str], Epsilon]) -> dict[Key, _Stored]:
+        """Draw, claim, charge and record every missing release; returns what is now stored."""
+        inputs = self.inputs()
+        bounds = {m.name: m.max_per_user for m in self.policy.metrics}
+        fresh: list[tuple[Key, _Stored]] = []
+        taken: list[Key] = []
+        at = int(self.now.timestamp())
+        for team, keys in missing.items():
+            for metric, stat in keys:
+                sensitivity = bounds[metric] if stat == "sum" else 1
+                mech = mechanisms.calibrate(sensitivity, wanted[(metric, stat)], stat == "histogram")
+                raw = inputs[(team, metric, stat)]
+                value: int | list[int] = (mech.release_vector(raw) if isinstance(raw, list)
+                                          else mech.release(raw))
+                item = _Stored(uuid.uuid4().hex, value, mech.ci95, mech.scale, sensitivity, mech.epsilon,
+                               mech.epsilon)
+                # Claim first: if a concurrent request (another replica) released it since our
+                # read, its row wins and this draw is discarded uncharged.
+                if self.tx.query(
+                        "INSERT INTO releases (release_id, window_id, team, metric, statistic, result, "
+                        "epsilon_micros, released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
+                        "ON CONFLICT (window_id, team, metric, statistic) DO NOTHING RETURNING release_id",
+                        (item.release_id, self.window, team, metric, stat, _result_json(item),
+                         item.epsilon.micros, at)):
+                    fresh.append(((team, metric, stat), item))
+                else:
+                    taken.append((team, metric, stat))
+        seqs = [(self.charge_and_record(key, item), item.release_id) for key, item in fresh]
+        self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?", seqs)
+        out = dict(fresh)
+        if taken:
+            theirs = self.stored(sorted({team for team, _, _ in taken}))
+            out.update({key: theirs[key] for key in taken})
+        return out
+
+    def charge_and_record(self, key: Key, item: _Stored) -> int:
+        """Charge one release against its team-window (never past the cap); ledger it; return seq."""
+        team, metric, stat = key
+        rows = self.tx.query(
+            "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
+            "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros "
+            "RETURNING spent_micros, cap_micros",
+            (item.epsilon.micros, self.window, team, item.epsilon.micros))
+        if not rows:  # spent concurrently since our check (another replica): refuse it all
+            cap, spent = self.budgets().get(team, (ZERO, ZERO))
+            raise BudgetExceeded(self.window, [Overspend(team, self.window, item.epsilon, cap - spent, cap)])
+        (spent_after, cap_micros), = rows
+        entry = self.ledger.append(self.tx, "release", {
+            "release_id": item.release_id, "window": self.window, "team": team, "metric": metric,
+            "statistic": stat, "mechanism": mechanisms.MECHANISM, "sensitivity": item.sensitivity,
+            "scale": item.scale, "epsilon": str(item.epsilon), "value": item.value, "ci95": item.ci95,
+            "budget_cap": str(Epsilon(cap_micros)), "budget_spent_after": str(Epsilon(spent_after)),
+            "by": self.requester}, self.now)
+        return entry.seq
+
+    def inputs(self) -> dict[Key, int | list[int]]:
+        """The folded team statistics of this window, as mechanism inputs."""
+        out: dict[Key, int | list[int]] = {}
+        for team, metric, total, people, histogram in self.tx.query(
+                "SELECT team, metric, total, people, histogram FROM team_metrics WHERE window_id = ?",
+                (self.window,)):
+            out[(team, metric, "sum")] = int(total)
+            out[(team, metric, "count")] = int(people)
+            out[(team, metric, "histogram")] = [int(v) for v in json.loads(histogram)]
+        for team, _, active in _team_windows(self.tx, self.window):
+            out[(team, TEAM_LEVEL, ACTIVE)] = active
+        return out
+
+    def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Epsilon | None],
+                stored: dict[Key, _Stored], roster_size: int) -> list[Estimate]:
+        out = []
+        for metric in metrics:
+            for stat in statistics:
+                if stat == "mean":
+                    out.append(_mean(metric, stored[(team, metric.name, "sum")],
+                                     stored[(team, metric.name, "count")]))
+                elif stat != "adoption":
+                    out.append(_noisy(metric, stat, stored[(team, metric.name, stat)]))
+        if "adoption" in statistics:
+            out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
+        return out
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _result_json(item: _Stored) -> str:
+    return json.dumps({"value": item.value, "ci95": item.ci95, "scale": item.scale,
+                       "sensitivity": item.sensitivity}, separators=(",", ":"))
+
+
+def _parse(release_id: str, result: str, micros: int) -> _Stored:
+    data: dict[str, Any] = json.loads(result)
+    return _Stored(release_id, data["value"], data["ci95"], data["scale"], data["sensitivity"],
+                   Epsilon(micros), ZERO)
+
+
+def _noisy(metric: MetricPolicy, stat: str, item: _Stored) -> Estimate:
+    """A sum, count or histogram; negative noisy values are shown as 0 and the answer says so."""
+    if isinstance(item.value, list):
+        buckets = tuple(max(0, v) for v in item.value)
+        negative = [i for i, v in enumerate(item.value) if v < 0]
+        note = (f"negative noisy counts in bucket(s) {', '.join(map(str, negative))} shown as 0 "
+                f"(noisy values {item.value})" if negative else "")
+        value = 0.0
+        edges = metric.histogram_edges
+    else:
+        buckets, edges = (), ()
+        value = float(max(0, item.value))
+        note = f"noisy {stat} {item.value} was negative; shown as 0" if item.value < 0 else ""
+    return Estimate(metric.name, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
+                    mechanisms.MECHANISM, item.sensitivity, item.scale, item.charged == ZERO,
+                    item.release_id, note)
+
+
+def _mean(metric: MetricPolicy, total: _Stored, count: _Stored) -> Estimate:
+    assert isinstance(total.value, int) and isinstance(count.value, int)
+    value, ci95 = mechanisms.mean_interval(total.value, total.scale, count.value, count.scale,
+                                           metric.max_per_user)
+    raw = total.value / max(count.value, 1)
+    note = ""
+    if count.value < 1 or not 0 <= raw <= metric.max_per_user:
+        note = (f"noisy sum {total.value} over noisy count {count.value} (at least 1) is clamped to "
+                f"[0, {metric.max_per_user}]")
+    return _post_processed(metric.name, "mean", value, ci95, (total, count), note)
+
+
+def _adoption(active: _Stored, roster_size: int) -> Estimate:
+    assert isinstance(active.value, int)
+    value, ci95 = mechanisms.adoption_interval(active.value, active.scale, roster_size)
+    note = (f"noisy active people {active.value} over roster size {roster_size} is outside [0, 1]; "
+            "clamped" if not 0 <= active.value <= roster_size else "")
+    return _post_processed(TEAM_LEVEL, "adoption", value, ci95, (active,), note)
+
+
+def _post_processed(metric: str, stat: str, value: float, ci95: float, parts: tuple[_Stored, ...],
+                    note: str) -> Estimate:
+    """An answer computed from stored releases: it costs what they cost, nothing more."""
+    return Estimate(metric, stat, value, ci95, (), (), sum((p.charged for p in parts), ZERO),
+                    sum((p.epsilon for p in parts), ZERO), mechanisms.POST_PROCESSING, 0, 0.0,
+                    all(p.charged == ZERO for p in parts), "+".join(p.release_id for p in parts), note)
+

@@ -1,0 +1,104 @@
+"""ReleaseService: team-level noisy statistics for analysts, over `chorus.server.release`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC
+
+import grpc
+from chorus.server import auth, release
+from chorus.server.app_context import Chorus
+from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.services._convert import window_message
+from chorus.server.services._errors import abort, invalid_argument, quota_failure
+from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
+
+STATISTIC_NAMES = {common_pb2.STATISTIC_SUM: "sum", common_pb2.STATISTIC_COUNT: "count",
+                   common_pb2.STATISTIC_MEAN: "mean", common_pb2.STATISTIC_HISTOGRAM: "histogram",
+                   common_pb2.STATISTIC_ADOPTION: "adoption"}
+_STATISTIC_ENUMS = {name: value for value, name in STATISTIC_NAMES.items()}
+
+
+class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
+    def __init__(self, chorus: Chorus) -> None:
+        self._releases = release.Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy)
+
+    def ListWindows(self, request: release_pb2.ListWindowsRequest,
+                    context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
+        start = request.start.ToDatetime(tzinfo=UTC) if request.HasField("start") else None
+        end = request.end.ToDatetime(tzinfo=UTC) if request.HasField("end") else None
+        return release_pb2.ListWindowsResponse(
+            windows=[window_message(w) for w in self._releases.list_windows(start, end)])
+
+    def ListMetrics(self, request: release_pb2.ListMetricsRequest,
+                    context: grpc.ServicerContext) -> release_pb2.ListMetricsResponse:
+        with _domain_errors(context):
+            metrics = self._releases.list_metrics(request.window)
+        return release_pb2.ListMetricsResponse(metrics=[
+            release_pb2.Metric(name=m.name, description=m.description, max_per_user=m.max_per_user,
+                               histogram_edges=m.histogram_edges) for m in metrics])
+
+    def ListTeams(self, request: release_pb2.ListTeamsRequest,
+                  context: grpc.ServicerContext) -> release_pb2.ListTeamsResponse:
+        with _domain_errors(context):
+            teams = self._releases.list_teams(request.window)
+        return release_pb2.ListTeamsResponse(
+            min_team_size=teams.min_team_size,
+            teams=[release_pb2.Team(name=t.name, roster_size=t.roster_size, eligible=t.eligible,
+                                    reason=t.reason) for t in teams.teams])
+
+    def Release(self, request: release_pb2.ReleaseRequest,
+                context: grpc.ServicerContext) -> release_pb2.ReleaseResponse:
+        statistics = [_statistic(i, s, context) for i, s in enumerate(request.statistics)]
+        with _domain_errors(context):
+            result = self._releases.release(request.window, list(request.teams), list(request.metrics),
+                                             statistics, auth.principal().name)
+        return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams])
+
+
+def _statistic(index: int, s: release_pb2.StatisticRequest,
+               context: grpc.ServicerContext) -> release.StatisticRequest:
+    name = STATISTIC_NAMES.get(s.statistic)
+    if name is None:
+        invalid_argument(context, f"statistics[{index}].statistic must be one of "
+                                  f"{', '.join(STATISTIC_NAMES.values())}", f"statistics[{index}].statistic")
+    if not s.epsilon:
+        return release.StatisticRequest(name)
+    try:
+        return release.StatisticRequest(name, Epsilon.parse(s.epsilon))
+    except ValueError as exc:
+        invalid_argument(context, f"statistics[{index}].epsilon: {exc}", f"statistics[{index}].epsilon")
+
+
+def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
+    outcome = release_pb2.TEAM_OUTCOME_RELEASED if t.released else release_pb2.TEAM_OUTCOME_SUPPRESSED
+    return release_pb2.TeamRelease(
+        team=t.team, outcome=outcome, message=t.message, estimates=[_estimate(e) for e in t.estimates],
+        budget_cap=str(t.budget_cap), budget_remaining=str(t.budget_remaining), roster_size=t.roster_size)
+
+
+def _estimate(e: release.Estimate) -> release_pb2.Estimate:
+    return release_pb2.Estimate(
+        metric=e.metric, statistic=_STATISTIC_ENUMS[e.statistic], value=e.value, ci95=e.ci95,
+        bucket_counts=e.bucket_counts, histogram_edges=e.histogram_edges,
+        epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
+        sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note)
+
+
+@contextmanager
+def _domain_errors(context: grpc.ServicerContext) -> Iterator[None]:
+    """Domain refusals -> status codes; the request changed nothing in each case."""
+    try:
+        yield
+    except release.InvalidRequest as exc:
+        invalid_argument(context, str(exc))
+    except release.NotFound as exc:
+        abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+    except release.Refused as exc:
+        abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except release.BudgetExceeded as exc:
+        quota_failure(context, str(exc), [
+            (f"team-window {o.team}/{o.window}",
+             f"requested epsilon {o.requested}, remaining {o.remaining} of {o.cap}")
+            for o in exc.overspends])
