@@ -6,6 +6,8 @@ real google.rpc.Status bytes for the SDK's own dependency-free decoder to read.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import grpc
@@ -104,21 +106,35 @@ def test_the_transport_raises_transport_error_for_a_failed_call(monkeypatch: pyt
     transport.close()
 
 
-def test_the_channel_is_lazy_and_replaced_after_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_channel_is_lazy() -> None:
     transport = GrpcTransport("127.0.0.1:1", "token")
     assert transport._channel is None
     stub = transport._current_stub()
-    assert transport._current_stub() is stub
-    parent_channel = transport._channel
-
-    monkeypatch.setattr(transport_module.os, "getpid", lambda: -1)  # as seen from a forked child
-    assert transport._current_stub() is not stub
-    assert transport._channel is not parent_channel
-    assert parent_channel in transport_module._INHERITED_CHANNELS  # parked, never closed by the child
+    assert transport._current_stub() is stub and transport._channel is not None
     transport.close()
-    transport_module._INHERITED_CHANNELS.remove(parent_channel)
-    assert parent_channel is not None
-    parent_channel.close()
+    assert transport._channel is None
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_opens_its_own_channel_and_never_touches_the_parents() -> None:
+    transport = GrpcTransport("127.0.0.1:1", "token")
+    parent_stub = transport._current_stub()
+    parent_channel = transport._channel
+    with transport._lock:  # as if another parent thread were inside the transport at fork
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                child_stub = transport._current_stub()  # would deadlock on an inherited lock
+                fresh = child_stub is not parent_stub and transport._channel is not parent_channel
+                parked = parent_channel in transport_module._INHERITED_CHANNELS
+                status = 0 if fresh and parked else 2
+            finally:
+                os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert transport._current_stub() is parent_stub
+    transport.close()
 
 
 def test_a_closed_transport_fails_retryably_so_the_batch_can_be_spooled() -> None:

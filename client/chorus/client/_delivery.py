@@ -264,6 +264,6 @@ class Delivery:
 
 def _reason_name(reason: int) -> str:
     try:
-        return ingest_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_")  # type: ignore[arg-type]
+        return ingest_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_")
     except ValueError:
         return str(reason)

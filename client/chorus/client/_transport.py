@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Protocol
 
 import grpc
@@ -58,7 +59,11 @@ class Transport(Protocol):
 
 
 class GrpcTransport:
-    """IngestService.Report over a lazily created gRPC channel, re-created after fork."""
+    """IngestService.Report over a lazily created gRPC channel, re-created after fork.
+
+    A forked child never touches the parent's channel: the fork hook forgets it, and the
+    child's first send opens a channel of its own.
+    """
 
     def __init__(
         self,
@@ -72,8 +77,8 @@ class GrpcTransport:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub: ingest_pb2_grpc.IngestServiceStub | None = None
-        self._pid = os.getpid()
         self._closed = False
+        _TRANSPORTS.add(self)
 
     def send(self, request: ingest_pb2.ReportRequest, timeout: float) -> ingest_pb2.ReportResponse:
         stub = self._current_stub()
@@ -91,19 +96,21 @@ class GrpcTransport:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._channel is not None and self._pid == os.getpid():
+            if self._channel is not None:
                 self._channel.close()
             self._channel = self._stub = None
+
+    def _forget_parent_channel(self) -> None:
+        """In a forked child. The lock is replaced: a parent thread may have held it at fork."""
+        self._lock = threading.Lock()
+        if self._channel is not None:
+            _INHERITED_CHANNELS.append(self._channel)
+        self._channel = self._stub = None
 
     def _current_stub(self) -> ingest_pb2_grpc.IngestServiceStub:
         with self._lock:
             if self._closed:
                 raise TransportError(grpc.StatusCode.CANCELLED, "transport closed")
-            if self._pid != os.getpid():
-                if self._channel is not None:
-                    _INHERITED_CHANNELS.append(self._channel)
-                self._channel = self._stub = None
-                self._pid = os.getpid()
             if self._stub is None:
                 if self._credentials is None:
                     self._channel = grpc.insecure_channel(self._target)
@@ -126,3 +133,15 @@ def _transport_error(exc: grpc.RpcError) -> TransportError:
         details or "",
         retry_delay_from_metadata(trailing),
     )
+
+
+_TRANSPORTS: weakref.WeakSet[GrpcTransport] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_TRANSPORTS):
+        transport._forget_parent_channel()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
