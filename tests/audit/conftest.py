@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chorus.server import audit, config, verify
+from chorus.server import audit, config, lifecycle, verify
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
@@ -25,6 +25,20 @@ TEAMS = {"team-red": 6, "team-blue": 5, "team-tiny": 2}  # k = 5: team-tiny is n
 #: Noisy releases in the standard scenario: team-red's sum, count, histogram of ai.tokens and
 #: its active count (behind adoption); team-blue's sum of ai.requests.
 RELEASES = 5
+
+
+Entries = list[dict[str, Any]]
+
+
+def run(entries: Entries, public_key: bytes, expect: str | None = None) -> verify.Report:
+    """Verify entries as the export file would hold them."""
+    lines = [json.dumps(e) for e in entries]
+    head = verify.parse_head(expect) if expect else None
+    return verify.verify_lines(lines, verify.load_public_key(public_key), expect_head=head)
+
+
+def policy_of(chorus: Chorus, window: str = WINDOW) -> config.Policy:
+    return chorus.db.run(lambda tx: lifecycle.get(tx, window).policy, name="policy")
 
 
 def roster_rows() -> list[tuple[str, str]]:
@@ -136,8 +150,8 @@ def entries(released: Chorus) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def public_key(released: Chorus) -> bytes:
-    return released.ledger.signer.public_key_pem().encode()
+def public_key(chorus: Chorus) -> bytes:
+    return chorus.ledger.signer.public_key_pem().encode()
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chorus.server import lifecycle, verify
+from chorus.server import verify
 from chorus.server.app_context import Chorus
-from chorus.server.config import Policy
 from chorus.server.ledger import Signer
 from chorus.server.privacy.epsilon import Epsilon
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,28 +22,19 @@ from .conftest import (
     RELEASES,
     TEAMS,
     WINDOW,
+    Entries,
     forge,
+    policy_of,
     release_payload,
     resign,
+    run,
     seq_of,
     write_jsonl,
 )
 
-Entries = list[dict[str, Any]]
-
-
-def run(entries: Entries, public_key: bytes, expect: str | None = None) -> verify.Report:
-    lines = [json.dumps(e) for e in entries]
-    head = verify.parse_head(expect) if expect else None
-    return verify.verify_lines(lines, verify.load_public_key(public_key), expect_head=head)
-
 
 def rules_at(report: verify.Report, line: int) -> set[str]:
     return {v.rule for v in report.violations if v.line == line}
-
-
-def policy_of(chorus: Chorus) -> Policy:
-    return chorus.db.run(lambda tx: lifecycle.get(tx, WINDOW).policy, name="policy")
 
 
 def test_a_clean_export_verifies_with_totals_per_team_window(entries: Entries, public_key: bytes,
@@ -171,7 +161,7 @@ def test_history_rewritten_and_resigned_with_the_real_key_fails_against_the_pinn
     pinned = f"{entries[-1]['seq']}:{entries[-1]['hash']}"
     target = seq_of(entries, "release", statistic="count")
     rewritten = copy.deepcopy(entries)
-    rewritten[target - 1]["payload"]["value"] = 7
+    rewritten[target - 1]["payload"]["value"] += 1
     rewritten = resign(rewritten, released.ledger.signer, target - 1)
     assert run(rewritten, public_key).ok  # the operator holds the key: only the pin catches this
     report = run(rewritten, public_key, expect=pinned)
