@@ -202,3 +202,19 @@ def test_each_send_gets_the_configured_timeout(make_client: MakeClient, transpor
     client.count("ai.tokens")
     client._step()
     assert transport.timeouts == [2.5]
+
+
+def test_a_malformed_answer_neither_raises_nor_counts_as_success(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    class GarbageTransport(FakeTransport):
+        def send(self, request: ingest_pb2.ReportRequest, timeout: float) -> ingest_pb2.ReportResponse:
+            super().send(request, timeout)
+            return "not a response"  # type: ignore[return-value]
+
+    client = make_client(transport=GarbageTransport())
+    client.count("ai.tokens")
+    assert client._step() == 3600.0  # the batch stays; the thread waits an interval
+    assert not client.flush(timeout=1)
+    assert client.stats().pending == 1
+    assert "flush step failed" in caplog.text

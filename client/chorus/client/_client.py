@@ -118,14 +118,16 @@ class Client:
                 timeout=timeout,
                 spool_dir=spool_dir,
             )
-            self._transport = transport or grpc_transport(
-                endpoint=endpoint,
-                token=token,
-                root_certificates=root_certificates,
-                client_certificate=client_certificate,
-                client_key=client_key,
-                secure=secure,
-            )
+            if transport is None:
+                transport = grpc_transport(
+                    endpoint=endpoint,
+                    token=token,
+                    root_certificates=root_certificates,
+                    client_certificate=client_certificate,
+                    client_key=client_key,
+                    secure=secure,
+                )
+            self._transport = transport
             if clock is not None:
                 self._time = clock.time
         except ConfigError as exc:
@@ -278,8 +280,9 @@ class Client:
             remaining = None if deadline is None else deadline - time.monotonic()
             return delivery.send(remaining, interrupt)
         except Exception:
+            # A bug must neither kill the flush thread nor make flush() report success.
             logger.warning("chorus client flush step failed", exc_info=True)
-            return None
+            return self._settings.flush_interval if delivery.pending else None
         finally:
             with self._lock:
                 self._held = delivery.pending

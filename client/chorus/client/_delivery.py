@@ -234,13 +234,15 @@ class Delivery:
         )
 
     def _settle(self, batch: _Batch, response: ingest_pb2.ReportResponse) -> None:
+        # Read the answer before touching the queue: a malformed one leaves the batch queued.
+        accepted, duplicate = response.accepted, response.duplicate
+        reasons = Counter(_reason_name(rejection.reason) for rejection in response.rejections)
         with self._lock:
             self._unqueue(batch)
             self._attempt = 0
             self.sent_batches += 1
-            self.accepted += response.accepted
-            self.duplicates += response.duplicate
-            reasons = Counter(_reason_name(rejection.reason) for rejection in response.rejections)
+            self.accepted += accepted
+            self.duplicates += duplicate
             self.rejected.update(reasons)
         for reason, n in reasons.items():
             self._warn_once(f"reject:{reason}", "server rejected %d contributions: %s", n, reason)
