@@ -7,10 +7,11 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, TextIO
 
+import grpc
 import typer
 from chorus.server import verify
 from chorus.server.cli._common import (
@@ -61,17 +62,13 @@ def export(
         if public_key_out is not None:
             reply = conn.call(stub.GetPublicKey, audit_pb2.GetPublicKeyRequest())
             _write_atomically(public_key_out, lambda f: f.write(reply.public_key_pem))
-        stream = stub.StreamLedger(audit_pb2.StreamLedgerRequest(from_seq=from_seq),
-                                   metadata=conn.metadata)
         last: Entry | None = None
         count = 0
 
         def write(f: TextIO) -> None:
             nonlocal last, count
             with rpc_errors(conn.server):
-                for message in stream:
-                    last = Entry(message.seq, message.time, message.kind, message.payload,
-                                 message.prev_hash, message.hash, message.signature)
+                for last in _stream_ledger(stub, conn.metadata, from_seq):
                     f.write(verify.export_line(last) + "\n")
                     count += 1
 
@@ -89,6 +86,24 @@ def export(
     if public_key_out is not None:
         err_console.print(f"public key written to {public_key_out}: compare it with your trusted copy "
                           "before relying on it", highlight=False)
+
+
+def _stream_ledger(stub: audit_pb2_grpc.AuditServiceStub, metadata: tuple[tuple[str, str], ...],
+                   from_seq: int) -> Iterator[Entry]:
+    """Entries from `from_seq` to the server's head, resuming after the last one received when
+    the server ends a long stream at its time limit (it cancels streams after a bound)."""
+    resume: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+    next_seq = from_seq
+    while True:
+        start = next_seq
+        try:
+            for m in stub.StreamLedger(audit_pb2.StreamLedgerRequest(from_seq=next_seq), metadata=metadata):
+                yield Entry(m.seq, m.time, m.kind, m.payload, m.prev_hash, m.hash, m.signature)
+                next_seq = m.seq + 1
+            return
+        except grpc.RpcError as exc:
+            if exc.code() not in resume or next_seq == start:  # no progress: resuming would loop
+                raise
 
 
 def _write_atomically(path: Path, write: Callable[[TextIO], object]) -> None:

@@ -1,0 +1,175 @@
+"""The officer's CLI against a real server on port 0: export -> verify round trip, pinning,
+budgets and the privacy statement."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from chorus.server import config
+from chorus.server.app import Server
+from chorus.server.app_context import Chorus
+from chorus.server.cli import app
+from chorus.server.cli.audit import StatementFormat, render_statement
+from chorus.server.services.audit import AuditServicer
+from chorus.server.windows import WindowLength
+from typer.testing import CliRunner
+
+from .conftest import WINDOW, release
+
+runner = CliRunner()
+HEAD = re.compile(r"--expect-head (\d+:[0-9a-f]{64})")
+
+
+@pytest.fixture
+def env(released: Chorus, server: Server, auditor_token: str) -> dict[str, str]:
+    return {"CHORUS_SERVER": server.address, "CHORUS_TOKEN": auditor_token}
+
+
+def chorus_cli(env: dict[str, str], *args: str) -> Any:
+    return runner.invoke(app, list(args), env=env)
+
+
+def export(env: dict[str, str], tmp_path: Path, name: str = "ledger.jsonl") -> tuple[Path, Path]:
+    out, key = tmp_path / name, tmp_path / "ledger.pub.pem"
+    result = chorus_cli(env, "audit", "export", "--out", str(out), "--public-key-out", str(key))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"exported \d+ entries \(1\.\.\d+\)", result.stderr)
+    return out, key
+
+
+def test_export_then_verify_round_trip_and_pin_the_head(env: dict[str, str], released: Chorus,
+                                                        tmp_path: Path) -> None:
+    ledger, key = export(env, tmp_path)
+    lines = ledger.read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(1, len(lines) + 1))
+    assert key.read_text() == released.ledger.signer.public_key_pem()
+
+    verified = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
+    assert verified.exit_code == 0, verified.output
+    assert f"OK: {len(lines)} entries verified" in verified.stdout
+    pin = HEAD.search(verified.stdout)
+    assert pin is not None and pin[1] == f"{len(lines)}:{json.loads(lines[-1])['hash']}"
+
+    # The ledger grows; the pinned head still holds in the longer export.
+    release(released, "team-blue", "ai.requests", "count")
+    longer, _ = export(env, tmp_path, "later.jsonl")
+    again = chorus_cli({}, "audit", "verify", str(longer), "--public-key", str(key), "--expect-head", pin[1])
+    assert again.exit_code == 0, again.output
+
+
+def test_verify_exits_non_zero_and_names_the_tampered_entry(env: dict[str, str], tmp_path: Path) -> None:
+    ledger, key = export(env, tmp_path)
+    lines = ledger.read_text().splitlines()
+    entry = json.loads(lines[5])
+    entry["payload"]["by"] = "nobody"
+    lines[5] = json.dumps(entry)
+    ledger.write_text("\n".join(lines) + "\n")
+    result = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
+    assert result.exit_code == 1
+    assert "FAILED: 1 violation(s)" in result.stdout
+    assert f"entry {entry['seq']} (line 6) [hash]" in result.stdout
+    assert "Do not pin" in result.stdout and "--expect-head" not in result.stdout
+
+
+def test_verify_catches_a_truncated_tail_with_the_pinned_head(env: dict[str, str], tmp_path: Path) -> None:
+    ledger, key = export(env, tmp_path)
+    lines = ledger.read_text().splitlines()
+    pin = f"{len(lines)}:{json.loads(lines[-1])['hash']}"
+    ledger.write_text("\n".join(lines[:-1]) + "\n")
+    result = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key), "--expect-head", pin)
+    assert result.exit_code == 1
+    assert f"entry {len(lines)} (end of file) [expect_head]" in result.stdout
+
+
+def test_verify_usage_errors_exit_2_without_a_report(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("")
+    missing = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(tmp_path / "nope.pem"))
+    assert missing.exit_code == 2 and "nope.pem" in missing.stderr
+    key = tmp_path / "key.pem"
+    key.write_text("not a key")
+    bad_key = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
+    assert bad_key.exit_code == 2 and "PEM" in bad_key.stderr
+
+
+def test_export_to_standard_output_from_a_sequence_number(env: dict[str, str]) -> None:
+    result = chorus_cli(env, "audit", "export", "--from-seq", "3")
+    assert result.exit_code == 0, result.output
+    seqs = [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+    assert seqs[0] == 3 and seqs == list(range(3, 3 + len(seqs)))
+
+
+def test_export_resumes_when_the_server_cuts_a_long_stream(released: Chorus, auditor_token: str,
+                                                           tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    real = AuditServicer.StreamLedger
+    calls: list[int] = []
+
+    def cut_after_three(self: AuditServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        calls.append(request.from_seq)
+        for n, entry in enumerate(real(self, request, context)):
+            if n == 3:
+                context.cancel()  # what the server does at its stream time limit
+                return
+            yield entry
+
+    monkeypatch.setattr(AuditServicer, "StreamLedger", cut_after_three)
+    server = Server(released, "127.0.0.1:0")
+    server.start()
+    try:
+        env = {"CHORUS_SERVER": server.address, "CHORUS_TOKEN": auditor_token}
+        ledger, key = export(env, tmp_path)
+    finally:
+        server.stop(grace=1)
+    lines = ledger.read_text().splitlines()
+    assert calls == list(range(1, len(lines) + 1, 3))
+    verified = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
+    assert verified.exit_code == 0, verified.output
+
+
+def test_budget_shows_spent_and_remaining_per_team_window(env: dict[str, str]) -> None:
+    result = chorus_cli(env, "budget", "--window", WINDOW)
+    assert result.exit_code == 0, result.output
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines()
+             if line.startswith("│") and "team-" in line]
+    # window, team, spent, bar, remaining, cap, releases
+    rows = {row[1]: (row[2], row[4], row[5], row[6]) for row in cells}
+    assert rows == {"team-blue": ("0.05", "0.95", "1", "1"), "team-red": ("0.2", "0.8", "1", "4"),
+                    "team-tiny": ("0", "1", "1", "0")}
+    open_window = chorus_cli(env, "budget", "--window", "2026-11-26")
+    assert open_window.exit_code == 0
+    assert "budget starts when its window closes" in " ".join(open_window.stdout.split())
+
+
+def test_budget_refuses_an_unknown_window_by_name(env: dict[str, str]) -> None:
+    result = chorus_cli(env, "budget", "--window", "2020-01-01")
+    assert result.exit_code == 1 and "NOT_FOUND" in result.stderr and "2020-01-01" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown"])
+def test_the_privacy_statement_renders_the_live_policy(env: dict[str, str], fmt: str) -> None:
+    result = chorus_cli(env, "privacy-statement", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())  # undo wrapping
+    assert "window 2026-11-26" in text  # the newest window's frozen policy
+    assert "at most 200,000 per person per day" in text and "ai.tokens" in text
+    assert "epsilon = 1 per day" in text
+    assert "at most epsilon = 365 (365 x 1)" in text
+    assert "at least 5 people" in text and "for 52 days" in text
+    assert "Not even the operator" in text and "Rankings" in text
+    assert ("## What nobody can see" in result.stdout) == (fmt == "markdown")
+
+
+def test_the_statement_counts_52_windows_a_year_for_weeks() -> None:
+    toml = config.DEFAULT_TOML.replace('length = "day"', 'length = "week"').replace(
+        'epsilon_per_window = "1"', 'epsilon_per_window = "0.5"')
+    policy = config.parse(tomllib.loads(toml)).policy
+    assert policy.window_length is WindowLength.WEEK
+    text = " ".join(render_statement("2026-W48", policy, StatementFormat.TEXT).split())
+    assert "at most epsilon = 26 (52 x 0.5)" in text and "per week" in text
