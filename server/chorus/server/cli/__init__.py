@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from chorus.server.cli import admin, audit, certs, demo, serve
+from chorus.server.cli import admin, audit, certs, dashboard, demo, serve
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
@@ -19,6 +19,7 @@ app.command("stats")(admin.stats)
 app.add_typer(audit.audit_app, name="audit")
 app.command("budget")(audit.budget)
 app.command("privacy-statement")(audit.privacy_statement)
+app.command("dashboard")(dashboard.dashboard)
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""`chorus dashboard`: the web dashboard, a separate process that reads the gRPC API."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from datetime import timedelta
+from typing import Annotated, NoReturn
+
+import typer
+from chorus.server.cli._common import (
+    DEFAULT_SERVER,
+    CaOpt,
+    CertOpt,
+    KeyOpt,
+    ServerOpt,
+    console,
+    fail,
+    is_loopback,
+)
+from chorus.server.config import ConfigError, parse_duration
+
+
+def dashboard(
+    server: ServerOpt = DEFAULT_SERVER,
+    listen: Annotated[str, typer.Option("--listen", "-l", envvar="CHORUS_DASHBOARD_LISTEN",
+                                        help="host:port to serve HTTP on (port 0: any free port).")]
+    = "127.0.0.1:8080",
+    ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
+    trusted_proxy: Annotated[str | None, typer.Option(
+        "--trusted-proxy", help="Address of the reverse proxy that terminates HTTPS in front of the "
+        "dashboard; its X-Forwarded-Proto is believed, so session cookies are marked Secure.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain HTTP on a non-loopback address "
+                                           "without --trusted-proxy (tokens would cross the network in "
+                                           "the clear).")] = False,
+    session_idle: Annotated[str, typer.Option("--session-idle", help="Sign a browser out after this long "
+                                              "without a request, e.g. 30m or 2h.")] = "30m",
+    threads: Annotated[int, typer.Option("--threads", min=1, max=256, help="Worker threads.")] = 8,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Serve the web dashboard for leadership (analyst tokens) and privacy officers (auditor tokens)."""
+    # Imported here so that other commands do not pay for Flask and waitress.
+    from chorus.server.dashboard import Gateway, create_app
+    from chorus.server.dashboard.server import DashboardServer
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not is_loopback(listen) and not trusted_proxy and not insecure:
+        raise fail(f"refusing plain HTTP on non-loopback address {listen}: people type tokens into this "
+                   "page. Put an HTTPS proxy in front (--trusted-proxy) or pass --insecure", 2)
+    try:
+        idle = timedelta(seconds=parse_duration(session_idle, "--session-idle"))
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    gateway = Gateway(server, ca=ca, client_cert=client_cert, client_key=client_key)
+    try:
+        web = DashboardServer(create_app(gateway, idle_timeout=idle), listen, threads=threads,
+                              trusted_proxy=trusted_proxy)
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot listen on {listen}: {exc}", 2) from None
+
+    def stop(*_: object) -> NoReturn:
+        raise SystemExit(0)  # waitress's loop turns this into a clean shutdown
+
+    signal.signal(signal.SIGTERM, stop)
+    # The ready line: scripts and tests read the bound address from it.
+    console.print(f"chorus dashboard on {web.url} reading Chorus at {server} "
+                  f"({'TLS' if gateway.tls else 'plaintext'})", highlight=False, soft_wrap=True)
+    try:
+        web.serve_forever()
+    finally:
+        gateway.close()

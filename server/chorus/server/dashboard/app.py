@@ -1,0 +1,226 @@
+"""The dashboard's Flask application: sign-in, sessions, CSRF, role-separated pages, CSV downloads.
+
+Security model: the browser holds only a random session id (HttpOnly, SameSite=Strict, Secure over
+HTTPS); the person's token stays in this process and goes only to the Chorus server. Every POST
+carries a CSRF token. Pages are server-rendered with no JavaScript, and a strict
+Content-Security-Policy keeps every request on the dashboard's own origin.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from chorus.server.auth import Role
+from chorus.server.clock import Clock, SystemClock
+from chorus.server.dashboard import pages
+from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
+from chorus.server.dashboard.sessions import Session, SessionStore
+from chorus.v1 import common_pb2
+from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+_log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "chorus_session"
+LOGIN_CSRF_COOKIE = "chorus_login_csrf"
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'")
+ROLE_TITLES = {Role.ANALYST: "leadership (analyst)", Role.AUDITOR: "privacy officer (auditor)"}
+
+
+@dataclass(frozen=True, slots=True)
+class PageSpec:
+    """A page of the dashboard: its URL name, who may open it, and how its data is built."""
+
+    endpoint: str
+    label: str
+    role: Role
+    builder: pages.Builder
+
+
+PAGES = (
+    PageSpec("overview", "Team overview", Role.ANALYST, pages.overview),
+    PageSpec("trends", "Trends", Role.ANALYST, pages.trends),
+    PageSpec("histogram", "Distribution", Role.ANALYST, pages.histogram),
+    PageSpec("budget", "Budget", Role.AUDITOR, pages.budget),
+    PageSpec("ledger", "Ledger", Role.AUDITOR, pages.ledger),
+    PageSpec("policies", "Policies", Role.AUDITOR, pages.policies),
+    PageSpec("statement", "Privacy statement", Role.AUDITOR, pages.statement),
+)
+_BY_ENDPOINT = {name: p for p in PAGES for name in (p.endpoint, f"{p.endpoint}_csv")}
+_BY_ENDPOINT["statement_md"] = _BY_ENDPOINT["statement"]
+
+
+def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: SessionStore | None = None,
+               idle_timeout: timedelta = timedelta(minutes=30)) -> Flask:
+    """A dashboard that reads from the Chorus server behind `gateway`."""
+    app = Flask(__name__)
+    # Only the sign-in and sign-out forms post, and both are tiny.
+    app.config.update(MAX_CONTENT_LENGTH=8 * 1024, MAX_FORM_MEMORY_SIZE=8 * 1024)
+    store = sessions or SessionStore(clock or SystemClock(), idle=idle_timeout)
+    app.jinja_env.globals.update(utc=pages.utc, role_titles=ROLE_TITLES,
+                                 window_closed=common_pb2.WINDOW_STATE_CLOSED)
+
+    def home_for(role: Role) -> str:
+        return url_for(next(p.endpoint for p in PAGES if p.role == role))
+
+    def set_cookie(response: BaseResponse, name: str, value: str, max_age: int | None = None) -> None:
+        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="Strict",
+                            secure=request.is_secure, path="/")
+
+    @app.before_request
+    def load_session() -> BaseResponse | None:
+        g.session = store.get(request.cookies.get(SESSION_COOKIE))
+        if request.method == "POST" and request.endpoint != "login":
+            if g.session is None:
+                return redirect(url_for("login"), 303)
+            if not g.session.csrf_ok(request.form.get("csrf")):
+                abort(400, "this form has expired or did not come from this dashboard: reload the page "
+                           "and try again")
+        spec = _BY_ENDPOINT.get(request.endpoint or "")
+        if spec is None:
+            return None
+        if g.session is None:
+            return redirect(url_for("login", next=request.full_path.rstrip("?")))
+        if g.session.role != spec.role:
+            abort(403, f"this page is for {ROLE_TITLES[spec.role]}; you are signed in as "
+                       f"{ROLE_TITLES[g.session.role]}")
+        return None
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if request.endpoint != "static":
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.context_processor
+    def layout() -> dict[str, Any]:
+        session: Session | None = g.get("session")
+        return {"session": session, "server": gateway.server, "server_tls": gateway.tls,
+                "nav": [p for p in PAGES if session and p.role == session.role]}
+
+    @app.errorhandler(GatewayError)
+    def gateway_error(exc: GatewayError) -> BaseResponse | tuple[str, int]:
+        if exc.code.name == "UNAUTHENTICATED" and g.get("session") is not None:
+            # The token was revoked since sign-in: the session is worthless now.
+            store.delete(g.session.id)
+            response = redirect(url_for("login", reason="revoked"))
+            response.delete_cookie(SESSION_COOKIE, path="/")
+            return response
+        return render_template("error.html", status=exc.http_status, message=exc.message,
+                               quota=exc.quota), exc.http_status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[str, int]:
+        status = exc.code or 500
+        return render_template("error.html", status=status, message=exc.description, quota=()), status
+
+    @app.get("/")
+    def index() -> BaseResponse:
+        return redirect(home_for(g.session.role) if g.session else url_for("login"))
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login() -> BaseResponse | tuple[str, int]:
+        if g.session is not None and request.method == "GET":
+            return redirect(home_for(g.session.role))
+        # Login CSRF: a double-submit token, since there is no session to bind it to yet.
+        csrf = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
+        error, status = None, 200
+        if request.method == "POST":
+            posted = request.form.get("csrf", "")
+            if not (request.cookies.get(LOGIN_CSRF_COOKIE) and hmac.compare_digest(posted, csrf)):
+                error, status = "This form has expired: please sign in again.", 400
+            else:
+                error, status, response = sign_in(request.form.get("token", "").strip())
+                if response is not None:
+                    return response
+        elif request.args.get("reason") == "revoked":
+            error = "Your token is no longer valid (revoked or expired): sign in with a current token."
+        body = render_template("login.html", csrf=csrf, error=error, next=safe_next())
+        response = app.make_response((body, status))
+        set_cookie(response, LOGIN_CSRF_COOKIE, csrf)
+        return response
+
+    def sign_in(token: str) -> tuple[str | None, int, BaseResponse | None]:
+        try:
+            role = gateway.identify(token)
+        except LoginRejected as exc:
+            _log.info("sign-in refused: %s", exc)
+            return f"Sign-in refused: {exc}.", 401, None
+        except GatewayError as exc:
+            return exc.message, exc.http_status, None
+        if g.session is not None:
+            store.delete(g.session.id)
+        session = store.create(token, role)
+        _log.info("sign-in as %s", role.value)
+        response = redirect(safe_next() or home_for(role))
+        set_cookie(response, SESSION_COOKIE, session.id)
+        response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+        return None, 303, response
+
+    def safe_next() -> str | None:
+        """A local path to return to after sign-in; anything else (other hosts) is dropped."""
+        target = request.values.get("next", "")
+        if target.startswith("/") and not target.startswith(("//", "/\\")) and target.isprintable():
+            return target
+        return None
+
+    @app.post("/logout")
+    def logout() -> BaseResponse:
+        store.delete(g.session.id)
+        response = redirect(url_for("login"), 303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @app.get("/statement.md")
+    def statement_md() -> Response:
+        found = pages.statement_markdown(gateway.as_user(g.session.token), request.args)
+        if found is None:
+            abort(404, "no window has opened yet, so no policy is in force")
+        window, markdown = found
+        return Response(markdown, mimetype="text/markdown", headers={
+            "Content-Disposition": f'attachment; filename="privacy-statement-{_filename(window)}.md"'})
+
+    for spec in PAGES:
+        _register(app, spec, gateway)
+    return app
+
+
+def _register(app: Flask, spec: PageSpec, gateway: Gateway) -> None:
+    """The HTML view of a page and its CSV download (one chart's table, picked by ?chart=)."""
+
+    def build() -> pages.Page:
+        return spec.builder(gateway.as_user(g.session.token), request.args)
+
+    def html() -> str:
+        page = build()
+        csv_args = {k: v for k, v in request.args.items() if k != "chart"}
+        return render_template(page.template, page=page, csv_args=csv_args,
+                               csv_endpoint=f"{spec.endpoint}_csv", **page.context)
+
+    def csv() -> Response:
+        slug = request.args.get("chart", "")
+        chart = build().chart(slug)
+        if chart is None:
+            abort(404, f"chart={slug[:40]!r} is not on this page")
+        name = "-".join(part for part in (spec.endpoint, request.args.get("window", ""), slug) if part)
+        return Response(chart.table.to_csv(), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{_filename(name)}.csv"'})
+
+    app.add_url_rule(f"/{spec.endpoint}", spec.endpoint, html)
+    app.add_url_rule(f"/{spec.endpoint}.csv", f"{spec.endpoint}_csv", csv)
+
+
+def _filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
+

@@ -1,0 +1,190 @@
+"""The dashboard's only way to data: the Chorus gRPC API, called with the signed-in person's token.
+
+The dashboard holds no database access and no secrets of its own, so every number it shows has
+passed the same role checks, budget accounting and release-once caching as any other client.
+gRPC failures become `GatewayError`, which carries an HTTP status and a message a person can act
+on; the token never appears in either.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from chorus.server.auth import Role
+from chorus.server.cli._common import channel_credentials
+from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+T = TypeVar("T")
+
+#: Longest token the login form accepts; real tokens are about 50 characters.
+MAX_TOKEN_LENGTH = 512
+
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 409,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+class GatewayError(Exception):
+    """A failed call, translated for a web page."""
+
+    def __init__(self, code: grpc.StatusCode, message: str,
+                 quota: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        #: Budget violations from a google.rpc.QuotaFailure: (subject, description).
+        self.quota = tuple(quota)
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS.get(self.code, 502)
+
+
+class LoginRejected(ValueError):
+    """The token cannot sign in to the dashboard; the message says why, without the token."""
+
+
+def _translate(exc: grpc.RpcError, server: str) -> GatewayError:
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if isinstance(exc, grpc.Call) else "") or code.name
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return GatewayError(code, f"the Chorus server at {server} did not answer ({details}); "
+                                  "try again shortly")
+    quota: list[tuple[str, str]] = []
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            quota.extend((v.subject, v.description) for v in failure.violations)
+    return GatewayError(code, details, tuple(quota))
+
+
+class Gateway:
+    """One shared gRPC channel to a Chorus server; `as_user` binds a person's token to it."""
+
+    def __init__(self, server: str, *, ca: Path | None = None, client_cert: Path | None = None,
+                 client_key: Path | None = None, timeout: float = 30.0) -> None:
+        # The same TLS rules as the CLI: plaintext only to a loopback address. The channel carries
+        # no token of its own; each call carries the token of whoever is signed in.
+        credentials = channel_credentials(server, ca, client_cert, client_key)
+        self._channel = (grpc.secure_channel(server, credentials) if credentials
+                         else grpc.insecure_channel(server))
+        self.server = server
+        self.tls = credentials is not None
+        self.timeout = timeout
+
+    def as_user(self, token: str) -> Api:
+        return Api(self._channel, token, self.server, self.timeout)
+
+    def identify(self, token: str) -> Role:
+        """The dashboard role of `token`: analyst or auditor, verified by calling each service.
+
+        An admin token passes both checks and is refused: the dashboard is for reading, and a
+        browser session should never hold operator powers.
+        """
+        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii() or not token.isprintable():
+            raise LoginRejected("that is not a Chorus token: paste the token exactly as it was issued")
+        api = self.as_user(token)
+        release_ok = api.can_call(api.list_windows)
+        audit_ok = api.can_call(api.public_key)
+        if release_ok and audit_ok:
+            raise LoginRejected("admin tokens cannot sign in to the dashboard; use an analyst or "
+                                "auditor token")
+        if release_ok:
+            return Role.ANALYST
+        if audit_ok:
+            return Role.AUDITOR
+        raise LoginRejected("this token may not read releases or the audit trail: sign in with an "
+                            "analyst or auditor token")
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class Api:
+    """The RPCs the dashboard uses, on behalf of one token."""
+
+    def __init__(self, channel: grpc.Channel, token: str, server: str, timeout: float) -> None:
+        self._release = release_pb2_grpc.ReleaseServiceStub(channel)
+        self._audit = audit_pb2_grpc.AuditServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._server = server
+        self._timeout = timeout
+
+    def _call(self, method: Callable[..., T], request: object) -> T:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self._server) from None
+
+    def can_call(self, probe: Callable[[], object]) -> bool:
+        """Whether the token's role may call `probe`'s service; an unknown token raises LoginRejected."""
+        try:
+            probe()
+        except GatewayError as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                raise LoginRejected("unknown or revoked token") from None
+            if exc.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED):
+                return False
+            raise
+        return True
+
+    # ReleaseService (analyst)
+
+    def list_windows(self) -> list[common_pb2.Window]:
+        """Every window, newest first."""
+        return list(self._call(self._release.ListWindows, release_pb2.ListWindowsRequest()).windows)
+
+    def list_metrics(self, window: str) -> list[release_pb2.Metric]:
+        request = release_pb2.ListMetricsRequest(window=window)
+        return list(self._call(self._release.ListMetrics, request).metrics)
+
+    def list_teams(self, window: str) -> release_pb2.ListTeamsResponse:
+        return self._call(self._release.ListTeams, release_pb2.ListTeamsRequest(window=window))
+
+    def release(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
+                metrics: Sequence[str] = ()) -> release_pb2.ReleaseResponse:
+        """Release (or fetch the stored release of) `statistics` at their default epsilon."""
+        request = release_pb2.ReleaseRequest(
+            window=window, teams=list(teams), metrics=list(metrics),
+            statistics=[release_pb2.StatisticRequest(statistic=s) for s in statistics])  # type: ignore[arg-type]
+        return self._call(self._release.Release, request)
+
+    # AuditService (auditor)
+
+    def list_policies(self, window: str = "") -> list[audit_pb2.WindowPolicy]:
+        request = audit_pb2.ListPoliciesRequest(window=window)
+        return list(self._call(self._audit.ListPolicies, request).policies)
+
+    def get_budget(self, window: str = "") -> list[audit_pb2.TeamWindowBudget]:
+        return list(self._call(self._audit.GetBudget, audit_pb2.GetBudgetRequest(window=window)).budgets)
+
+    def public_key(self) -> str:
+        return self._call(self._audit.GetPublicKey, audit_pb2.GetPublicKeyRequest()).public_key_pem
+
+    def ledger(self, from_seq: int = 1, limit: int | None = None) -> Iterator[audit_pb2.LedgerEntry]:
+        """Ledger entries from `from_seq` on, at most `limit`; the stream is cancelled when done."""
+        request = audit_pb2.StreamLedgerRequest(from_seq=max(1, from_seq))
+        stream = self._call(self._audit.StreamLedger, request)
+        try:
+            yield from itertools.islice(stream, limit)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self._server) from None
+        finally:
+            stream.cancel()

@@ -1,0 +1,67 @@
+"""Ledger chain status for the privacy officer, from the offline verifier `chorus.server.verify`.
+
+This adapter is the one place that knows the verifier's API: the ledger page hands it the
+streamed entries and the server's public key and shows the `ChainStatus` it returns. The
+entries are turned into the verifier's export format (the same lines `chorus audit export`
+writes), so the dashboard's verdict is the offline verifier's, not a second implementation.
+
+The public key comes from the same server as the ledger, so this check catches a damaged or
+altered chain but not a server that re-signed a rewritten history with a new key: for that the
+officer verifies an export against their own trusted copy of the key (`chorus audit verify`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from chorus.server import verify
+from chorus.server.ledger import Entry
+from chorus.v1 import audit_pb2
+
+VERIFIED = "verified"
+FAILED = "failed"
+#: Violations listed on the page; the rest are counted.
+SHOWN_VIOLATIONS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStatus:
+    """What the verifier concluded about the whole chain, and where it ends."""
+
+    state: str
+    entries: int
+    head_seq: int
+    head_hash: str
+    message: str
+    violations: tuple[str, ...] = ()
+
+
+def _lines(entries: Iterable[audit_pb2.LedgerEntry]) -> Iterator[str]:
+    for e in entries:
+        yield verify.export_line(Entry(e.seq, e.time, e.kind, e.payload, e.prev_hash, e.hash, e.signature))
+
+
+def check_chain(entries: Iterable[audit_pb2.LedgerEntry], public_key_pem: str) -> ChainStatus:
+    """Verify the whole ledger (`entries` from seq 1) with the offline verifier's rules."""
+    try:
+        key = verify.load_public_key(public_key_pem.encode())
+    except verify.VerifyError as exc:
+        return ChainStatus(FAILED, 0, 0, "", f"The server's public key cannot be used: {exc}")
+    try:
+        report = verify.verify_lines(_lines(entries), key)
+    except ValueError as exc:  # a payload that is not JSON cannot even be put in export form
+        return ChainStatus(FAILED, 0, 0, "", f"The ledger cannot be read as entries: {exc}")
+    head_seq, head_hash = (report.head.seq, report.head.hash) if report.head else (0, "")
+    if report.ok:
+        return ChainStatus(VERIFIED, report.entries, head_seq, head_hash,
+                           f"All {report.entries} entries verified: the hash chain is unbroken, every "
+                           "signature matches the server's public key, and every release respects its "
+                           "window's policy and budget.")
+    shown = tuple(str(v) for v in report.violations[:SHOWN_VIOLATIONS])
+    more = len(report.violations) - len(shown)
+    return ChainStatus(FAILED, report.entries, head_seq, head_hash,
+                       f"{len(report.violations)} violation(s) found"
+                       + (f"; the first {len(shown)} are listed" if more else "")
+                       + ". Export the ledger and run `chorus audit verify` with your trusted key.",
+                       shown)
