@@ -40,12 +40,16 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
+def url_with(url: str, **params: str) -> str:
+    """The URL with these libpq parameters set in its query string."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query=urlencode({**dict(parse_qsl(parts.query)), **params})))
+
+
 def with_search_path(url: str, schema: str) -> str:
     """The URL with `-csearch_path=schema` added to its libpq `options` parameter."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query["options"] = f"{query.get('options', '')} -csearch_path={schema}".strip()
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    options = dict(parse_qsl(urlsplit(url).query)).get("options", "")
+    return url_with(url, options=f"{options} -csearch_path={schema}".strip())
 
 
 @contextmanager
