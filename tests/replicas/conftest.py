@@ -75,7 +75,8 @@ class Replica:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError(f"replica {self.name} did not become ready:\n{self.log.read_text(errors='replace')}")
+        log = self.log.read_text(errors="replace")
+        raise RuntimeError(f"replica {self.name} did not become ready:\n{log}")
 
     def start(self) -> str:
         self.launch()
