@@ -97,7 +97,9 @@ class Client:
         self._lock = threading.Lock()  # guards the counts and the counters next to them
         self._send_lock = threading.Lock()  # one sender at a time: flush thread, flush(), close()
         self._stop = threading.Event()
-        self._counts: dict[Key, int] = {}
+        # One-element lists, not ints: count() then hashes the key once (get, then add
+        # in place) instead of twice (get, then set), ~60 ns of its ~450.
+        self._counts: dict[Key, list[int]] = {}
         self._unreported_drops = 0  # memory-bound drops not yet handed to a batch
         self._dropped = 0
         self._invalid = 0
@@ -161,10 +163,9 @@ class Client:
                 # acquire/release rather than `with`: ~90 ns cheaper per call on CPython 3.11.
                 lock.acquire()
                 try:
-                    counts = self._counts
-                    known = counts.get(key)
-                    if known is not None:
-                        counts[key] = known + value
+                    cell = self._counts.get(key)
+                    if cell is not None:
+                        cell[0] += value
                         return
                 finally:
                     lock.release()
@@ -232,10 +233,11 @@ class Client:
                         return
                     self._start_locked()
                 counts = self._counts
-                if key in counts:
-                    counts[key] += value
+                cell = counts.get(key)
+                if cell is not None:
+                    cell[0] += value
                 elif len(counts) + self._held < self._max_pending:
-                    counts[key] = value
+                    counts[key] = [value]
                 else:
                     self._dropped += 1
                     self._unreported_drops += 1
@@ -276,7 +278,7 @@ class Client:
                 drops, self._unreported_drops = self._unreported_drops, 0
                 # Drained counts still count against max_pending until acknowledged.
                 self._held = delivery.pending + len(counts)
-            delivery.add(counts, drops)
+            delivery.add({key: cell[0] for key, cell in counts.items()}, drops)
             remaining = None if deadline is None else deadline - time.monotonic()
             return delivery.send(remaining, interrupt)
         except Exception:
@@ -320,7 +322,7 @@ class Client:
             with self._lock:
                 counts, self._counts = self._counts, {}
                 drops, self._unreported_drops = self._unreported_drops, 0
-            delivery.add(counts, drops)
+            delivery.add({key: cell[0] for key, cell in counts.items()}, drops)
             delivery.spool_unsent()
         self._transport.close()
 
