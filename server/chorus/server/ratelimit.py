@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 
 from chorus.server.clock import Clock
 
@@ -22,10 +23,14 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+#: Float slack when comparing levels, so 0.1 s at 10/s refills exactly one unit.
+_SLACK = 1e-9
+
+
 @dataclass(slots=True)
 class _Bucket:
     level: float
-    updated: float  # clock seconds of the last refill
+    updated: datetime  # when it was last refilled
 
 
 class RateLimiter:
@@ -42,16 +47,17 @@ class RateLimiter:
 
     def take(self, key: str, units: int) -> None:
         """Admit `units` for `key` or raise RateLimited; a refused request takes nothing."""
-        now = self._clock.now().timestamp()
+        now = self._clock.now()
         need = min(units, self.burst)
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
                 bucket = self._buckets[key] = _Bucket(float(self.burst), now)
-            # max(): a clock stepped backwards must not drain the bucket.
-            bucket.level = min(float(self.burst), bucket.level + max(0.0, now - bucket.updated) * self.rate)
+            # A clock stepped backwards refills nothing until it passes the last refill again.
+            elapsed = max(0.0, (now - bucket.updated).total_seconds())
+            bucket.level = min(float(self.burst), bucket.level + elapsed * self.rate)
             bucket.updated = max(bucket.updated, now)
-            if bucket.level < need:
+            if bucket.level + _SLACK < need:
                 wait = (need - bucket.level) / self.rate
                 raise RateLimited(f"ingest rate limit for token {key!r}: {self.rate:g} contributions per "
                                   f"second, burst {self.burst}; this batch of {units} fits in "

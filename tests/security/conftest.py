@@ -1,0 +1,127 @@
+"""Fixtures for the security suite: a real server on 127.0.0.1:0 with one token per role,
+revoked tokens, a roster of recognisable user ids, a FakeClock, and a store digest."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, settings
+from typer.testing import CliRunner
+
+from chorus.server import config
+from chorus.server.app import Server, TlsConfig
+from chorus.server.app_context import Chorus
+from chorus.server.auth import Role
+from chorus.server.cli import app
+from chorus.server.clock import FakeClock
+from chorus.server.store import SQLITE_FILE
+from tests._secrets import register, user_id
+
+from ._digest import store_digest
+
+NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+TEAMS = {"team-sec-a": 5, "team-sec-b": 5}
+ROSTER = [(user_id(f"sec-{team}-{i}"), team) for team, size in TEAMS.items() for i in range(size)]
+ROLES = tuple(Role)
+
+# Fuzzing profiles: CI runs a fixed, derandomized sequence; locally each run explores anew.
+_FUZZ = settings(deadline=None, print_blob=True,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                        HealthCheck.function_scoped_fixture])
+settings.register_profile("chorus-security", _FUZZ)
+settings.register_profile("chorus-security-ci", _FUZZ, derandomize=True, database=None)
+FUZZ = settings.get_profile("chorus-security-ci" if os.environ.get("CI") else "chorus-security")
+
+
+class SecureServer:
+    """A started server plus everything a security test needs to call it."""
+
+    def __init__(self, data_dir: Path, *, limits: dict[str, Any] | None = None,
+                 tls: TlsConfig | None = None, max_workers: int = 16) -> None:
+        cfg = config.load(None)
+        if limits:
+            cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, **limits))
+        self.clock = FakeClock(NOON)
+        self.chorus = Chorus(cfg, data_dir, clock=self.clock)
+        self.db_file = data_dir / SQLITE_FILE
+        self.chorus.import_roster(ROSTER, actor="test")
+        now = self.clock.now()
+        #: One active token per role, and one revoked token per role.
+        self.tokens = {role: self.chorus.tokens.create(role, f"sec-{role.value}", now, "test")[0]
+                       for role in ROLES}
+        self.revoked = {}
+        for role in ROLES:
+            self.revoked[role] = self.chorus.tokens.create(role, f"sec-revoked-{role.value}", now, "test")[0]
+            self.chorus.tokens.revoke(f"sec-revoked-{role.value}", now, "test")
+        register(*self.tokens.values(), *self.revoked.values())
+        self.server = Server(self.chorus, "127.0.0.1:0", tls=tls, max_workers=max_workers)
+        self.server.start()
+        # The closer's first pass opens the current window; run it here so the store is
+        # quiet (no background write) by the time a test takes a digest.
+        self.chorus.closer.tick()
+        self.address = self.server.address
+        self.channel = grpc.insecure_channel(self.address) if tls is None else None
+
+    def metadata(self, role: Role) -> tuple[tuple[str, str], ...]:
+        return bearer(self.tokens[role])
+
+    def digest(self) -> dict[str, str]:
+        return store_digest(self.db_file)
+
+    def healthy(self) -> bool:
+        assert self.channel is not None
+        reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        self.server.stop(grace=1)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def make_certs(directory: Path) -> Path:
+    """Run `chorus certs dev --out DIRECTORY` through the CLI."""
+    result = CliRunner().invoke(app, ["certs", "dev", "--out", str(directory)])
+    assert result.exit_code == 0, result.output
+    return directory
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., SecureServer]]:
+    """Start servers with per-test limits (and TLS); all are stopped after the test."""
+    started: list[SecureServer] = []
+
+    def make(**kwargs: Any) -> SecureServer:
+        server = SecureServer(tmp_path / f"data{len(started)}", **kwargs)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def secure_server(make_server: Callable[..., SecureServer]) -> SecureServer:
+    return make_server()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
+    """One server for a whole module (the matrix, the fuzz suites), with small hostile-input limits."""
+    server = SecureServer(tmp_path_factory.mktemp("shared") / "data", limits=dict(
+        max_message_bytes=64 * 1024, max_batch_contributions=50, max_string_length=64))
+    yield server
+    server.stop()

@@ -1,0 +1,186 @@
+"""The role matrix: every RPC of every chorus.v1 service, called as every kind of caller.
+
+RPCs are enumerated from the generated descriptors, so a new RPC is covered the moment it
+is added to a .proto; a new *service* fails `test_every_service_has_an_expected_role` until
+this file says which role may call it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import chorus.v1
+from chorus.server import auth
+from chorus.server.auth import Role
+
+from .conftest import SecureServer, bearer
+
+#: The specification, written independently of auth.SERVICE_ROLES: one role per job.
+EXPECTED_ROLES: dict[str, frozenset[Role]] = {
+    "chorus.v1.IngestService": frozenset({Role.INGEST}),
+    "chorus.v1.ReleaseService": frozenset({Role.ANALYST}),
+    "chorus.v1.AuditService": frozenset({Role.AUDITOR}),
+    "chorus.v1.AdminService": frozenset({Role.ADMIN}),
+}
+AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+def proto_methods() -> list[descriptor.MethodDescriptor]:
+    methods = []
+    for module in pkgutil.iter_modules(chorus.v1.__path__):
+        if module.name.endswith("_pb2"):
+            file = importlib.import_module(f"chorus.v1.{module.name}").DESCRIPTOR
+            for service in file.services_by_name.values():
+                methods.extend(service.methods)
+    return sorted(methods, key=lambda m: m.full_name)
+
+
+METHODS = proto_methods()
+# Callers that are nobody: no token, a value that is not a token, a well-formed unknown token.
+ANONYMOUS = {"no token": None, "not a token": "not-a-token", "unknown token": "chorus_" + "A" * 43}
+
+
+def path(method: descriptor.MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def call(server: SecureServer, method: descriptor.MethodDescriptor, payload: bytes,
+         token: str | None) -> grpc.StatusCode:
+    """Invoke any RPC with raw request bytes through a generic stub; the final status code."""
+    assert server.channel is not None
+    metadata = bearer(token) if token is not None else None
+    kind = {(False, False): server.channel.unary_unary, (False, True): server.channel.unary_stream,
+            (True, False): server.channel.stream_unary, (True, True): server.channel.stream_stream}
+    stub: Any = kind[(method.client_streaming, method.server_streaming)](path(method))
+    request = iter([payload]) if method.client_streaming else payload
+    try:
+        reply = stub(request, metadata=metadata, timeout=30)
+        if method.server_streaming:
+            for _ in reply:
+                pass
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_methods_are_enumerated() -> None:
+    names = {m.full_name for m in METHODS}
+    assert "chorus.v1.IngestService.Report" in names
+    assert "chorus.v1.AuditService.StreamLedger" in names
+    assert len(METHODS) >= 15
+
+
+def test_every_service_has_an_expected_role() -> None:
+    services = {m.containing_service.full_name for m in METHODS}
+    assert services == set(EXPECTED_ROLES)
+    assert auth.SERVICE_ROLES == EXPECTED_ROLES
+
+
+def test_every_service_is_served(shared_server: SecureServer) -> None:
+    """Reflection (open, no token) lists every chorus.v1 service."""
+    assert shared_server.channel is not None
+    stub = reflection_pb2_grpc.ServerReflectionStub(shared_server.channel)
+    replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                             timeout=10))
+    listed = {s.name for s in replies[0].list_services_response.service}
+    assert set(EXPECTED_ROLES) <= listed
+
+
+@pytest.mark.parametrize("method", METHODS, ids=path)
+@pytest.mark.parametrize("caller", list(ANONYMOUS))
+def test_anonymous_callers_are_unauthenticated(shared_server: SecureServer,
+                                               method: descriptor.MethodDescriptor, caller: str) -> None:
+    empty = method.input_type._concrete_class().SerializeToString()
+    assert call(shared_server, method, empty, ANONYMOUS[caller]) == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("method", METHODS, ids=path)
+@pytest.mark.parametrize("role", list(Role), ids=str)
+def test_revoked_tokens_are_unauthenticated(shared_server: SecureServer, method: descriptor.MethodDescriptor,
+                                            role: Role) -> None:
+    empty = method.input_type._concrete_class().SerializeToString()
+    assert call(shared_server, method, empty, shared_server.revoked[role]) == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("method", METHODS, ids=path)
+@pytest.mark.parametrize("role", list(Role), ids=str)
+def test_role_matrix(shared_server: SecureServer, method: descriptor.MethodDescriptor, role: Role) -> None:
+    """Allowed: any answer but an auth error (and the RPC exists); denied: PERMISSION_DENIED exactly.
+
+    Garbage bytes reach the parser only once the caller is admitted, so an allowed caller
+    gets INVALID_ARGUMENT for them and a denied caller PERMISSION_DENIED.
+    """
+    empty = method.input_type._concrete_class().SerializeToString()
+    garbage = b"\xff\xff\xff\xff"
+    token = shared_server.tokens[role]
+    if role in EXPECTED_ROLES[method.containing_service.full_name]:
+        code = call(shared_server, method, empty, token)
+        assert code not in AUTH_CODES | {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN,
+                                         grpc.StatusCode.INTERNAL}, code
+        assert call(shared_server, method, garbage, token) == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        assert call(shared_server, method, empty, token) == grpc.StatusCode.PERMISSION_DENIED
+        assert call(shared_server, method, garbage, token) == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("role", list(Role), ids=str)
+def test_unknown_method_needs_a_token(shared_server: SecureServer, role: Role) -> None:
+    """Without a token nobody learns which methods exist; with one, a missing method is UNIMPLEMENTED."""
+    assert shared_server.channel is not None
+    for service in EXPECTED_ROLES:
+        stub = shared_server.channel.unary_unary(f"/{service}/NoSuchMethod")
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub(b"", timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as known:
+            stub(b"", metadata=shared_server.metadata(role), timeout=10)
+        expected = (grpc.StatusCode.UNIMPLEMENTED if role in EXPECTED_ROLES[service]
+                    else grpc.StatusCode.PERMISSION_DENIED)
+        assert known.value.code() == expected
+    # A service no role is mapped to is closed to every token.
+    with pytest.raises(grpc.RpcError) as closed:
+        shared_server.channel.unary_unary("/chorus.v1.NoSuchService/Call")(
+            b"", metadata=shared_server.metadata(role), timeout=10)
+    assert closed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_health_is_open(shared_server: SecureServer) -> None:
+    assert shared_server.healthy()
+
+
+@pytest.mark.parametrize("metadata", [
+    (("authorization", "Basic dXNlcjpwYXNz"),),
+    (("authorization", "Bearer"),),
+    (("authorization", "Bearer    "),),
+], ids=["basic scheme", "bearer without token", "bearer with blanks"])
+def test_malformed_authorization_is_unauthenticated(shared_server: SecureServer,
+                                                    metadata: tuple[tuple[str, str], ...]) -> None:
+    assert shared_server.channel is not None
+    with pytest.raises(grpc.RpcError) as err:
+        shared_server.channel.unary_unary("/chorus.v1.AdminService/ListTokens")(b"", metadata=metadata,
+                                                                                 timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_two_authorization_headers_are_refused(shared_server: SecureServer) -> None:
+    """Ambiguous credentials are refused even when one of them is valid."""
+    assert shared_server.channel is not None
+    metadata = (*shared_server.metadata(Role.ADMIN), ("authorization", "Bearer chorus_other"))
+    with pytest.raises(grpc.RpcError) as err:
+        shared_server.channel.unary_unary("/chorus.v1.AdminService/ListTokens")(b"", metadata=metadata,
+                                                                                 timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_scheme_is_case_insensitive(shared_server: SecureServer) -> None:
+    assert shared_server.channel is not None
+    metadata = (("authorization", f"bearer {shared_server.tokens[Role.ADMIN]}"),)
+    list_tokens = shared_server.channel.unary_unary("/chorus.v1.AdminService/ListTokens")
+    list_tokens(b"", metadata=metadata, timeout=10)
