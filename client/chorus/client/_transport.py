@@ -25,6 +25,11 @@ RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset({
     grpc.StatusCode.CANCELLED,
 })
 
+# While a channel waits to reconnect, gRPC fails calls at once without trying, so a
+# reconnect backoff longer than ours would delay recovery after an outage (gRPC's
+# default ceiling is 120 s; our retry backoff's is 60 s).
+_CHANNEL_OPTIONS = (("grpc.max_reconnect_backoff_ms", 30_000),)
+
 # Channels inherited from a parent process. The child must neither use nor close them
 # (closing would act on gRPC state that belongs to the parent), and letting them be
 # garbage-collected closes them, so they are parked here for the child's lifetime.
@@ -113,9 +118,9 @@ class GrpcTransport:
                 raise TransportError(grpc.StatusCode.CANCELLED, "transport closed")
             if self._stub is None:
                 if self._credentials is None:
-                    self._channel = grpc.insecure_channel(self._target)
+                    self._channel = grpc.insecure_channel(self._target, _CHANNEL_OPTIONS)
                 else:
-                    self._channel = grpc.secure_channel(self._target, self._credentials)
+                    self._channel = grpc.secure_channel(self._target, self._credentials, _CHANNEL_OPTIONS)
                 self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
             return self._stub
 
