@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from chorus.server import lifecycle, roster
 from chorus.server.clock import Clock
@@ -95,9 +95,11 @@ class StatisticRequest:
     epsilon: Epsilon | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """One answer: a released value (or histogram) with its interval and cost."""
+class Estimate(NamedTuple):
+    """One answer: a released value (or histogram) with its interval and cost.
+
+    A NamedTuple rather than a dataclass: a full report builds ten thousand of them.
+    """
 
     metric: str
     statistic: str
@@ -148,8 +150,7 @@ class TeamList:
     min_team_size: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
+class _Stored(NamedTuple):
     """A noisy release as stored (and as first answered)."""
 
     release_id: str
@@ -364,14 +365,16 @@ class _Release:
         return list(dict.fromkeys(names))
 
     def stored(self, teams: list[str]) -> dict[Key, _Stored]:
+        """The releases already made for these teams in this window."""
         wanted_teams = set(teams)
-        out = {}
-        for rid, team, metric, stat, result, micros in self.tx.query(
-                "SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
-                "WHERE window_id = ?", (self.window,)):
-            if team in wanted_teams:
-                out[(team, metric, stat)] = _parse(rid, result, micros)
-        return out
+        rows = [row for row in self.tx.query(
+            "SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
+            "WHERE window_id = ?", (self.window,)) if row[1] in wanted_teams]
+        # One JSON document for all results: a full report replays thousands of them.
+        results: list[dict[str, Any]] = json.loads(f"[{','.join(row[4] for row in rows)}]")
+        return {(team, metric, stat): _Stored(rid, r["value"], r["ci95"], r["scale"], r["sensitivity"],
+                                              Epsilon(micros), ZERO)
+                for (rid, team, metric, stat, _, micros), r in zip(rows, results, strict=True)}
 
     def budgets(self) -> dict[str, tuple[Epsilon, Epsilon]]:
         """team -> (cap, spent) for this window."""
@@ -394,38 +397,50 @@ class _Release:
     def release_missing(self, missing: dict[str, list[tuple[str, str]]],
                         wanted: dict[tuple[str, str], Epsilon]) -> dict[Key, _Stored]:
         """Draw, claim, charge and record every missing release; returns what is now stored."""
-        inputs = self.inputs()
-        bounds = {m.name: m.max_per_user for m in self.policy.metrics}
-        fresh: list[tuple[Key, _Stored]] = []
-        taken: list[Key] = []
+        drawn = self.draw(missing, wanted)
         at = int(self.now.timestamp())
-        for team, keys in missing.items():
-            for metric, stat in keys:
-                sensitivity = bounds[metric] if stat == "sum" else 1
-                mech = mechanisms.calibrate(sensitivity, wanted[(metric, stat)], stat == "histogram")
-                raw = inputs[(team, metric, stat)]
-                value: int | list[int] = (mech.release_vector(raw) if isinstance(raw, list)
-                                          else mech.release(raw))
-                item = _Stored(uuid.uuid4().hex, value, mech.ci95, mech.scale, sensitivity, mech.epsilon,
-                               mech.epsilon)
-                # Claim first: if a concurrent request (another replica) released it since our
-                # read, its row wins and this draw is discarded uncharged.
-                if self.tx.query(
-                        "INSERT INTO releases (release_id, window_id, team, metric, statistic, result, "
-                        "epsilon_micros, released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
-                        "ON CONFLICT (window_id, team, metric, statistic) DO NOTHING RETURNING release_id",
-                        (item.release_id, self.window, team, metric, stat, _result_json(item),
-                         item.epsilon.micros, at)):
-                    fresh.append(((team, metric, stat), item))
-                else:
-                    taken.append((team, metric, stat))
-        seqs = [(self.charge_and_record(key, item), item.release_id) for key, item in fresh]
-        self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?", seqs)
-        out = dict(fresh)
+        # Claim first: a row that a concurrent request (another replica) inserted since our
+        # read wins, and our draw for it is discarded uncharged.
+        self.tx.executemany(
+            "INSERT INTO releases (release_id, window_id, team, metric, statistic, result, epsilon_micros, "
+            "released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
+            "ON CONFLICT (window_id, team, metric, statistic) DO NOTHING",
+            [(item.release_id, self.window, *key, _result_json(item), item.epsilon.micros, at)
+             for key, item in drawn.items()])
+        claimed = {rid for (rid,) in self.tx.query("SELECT release_id FROM releases WHERE window_id = ?",
+                                                   (self.window,))}
+        fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
+        self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?",
+                            [(self.charge_and_record(key, item), item.release_id)
+                             for key, item in fresh.items()])
+        taken = [key for key in drawn if key not in fresh]
         if taken:
             theirs = self.stored(sorted({team for team, _, _ in taken}))
-            out.update({key: theirs[key] for key in taken})
-        return out
+            fresh.update({key: theirs[key] for key in taken})
+        return fresh
+
+    def draw(self, missing: dict[str, list[tuple[str, str]]],
+             wanted: dict[tuple[str, str], Epsilon]) -> dict[Key, _Stored]:
+        """Noise for every missing release: one OpenDP call per (metric, statistic), all teams."""
+        scalars, histograms = self.inputs()
+        bounds = {m.name: m.max_per_user for m in self.policy.metrics}
+        teams_for: dict[tuple[str, str], list[str]] = {}
+        for team, keys in missing.items():
+            for key in keys:
+                teams_for.setdefault(key, []).append(team)
+        drawn: dict[Key, _Stored] = {}
+        for (metric, stat), teams in teams_for.items():
+            sensitivity = bounds[metric] if stat == "sum" else 1
+            mech = mechanisms.calibrate(sensitivity, wanted[(metric, stat)], stat == "histogram")
+            subjects = [(team, metric, stat) for team in teams]
+            values: Sequence[int | list[int]] = (
+                mech.release_histograms([histograms[k] for k in subjects]) if mech.vector
+                else mech.release([scalars[k] for k in subjects]))
+            for subject, value in zip(subjects, values, strict=True):
+                drawn[subject] = _Stored(uuid.uuid4().hex, value, mech.ci95, mech.scale, sensitivity,
+                                     mech.epsilon, mech.epsilon)
+        # Ledger order: team by team, as requested.
+        return {(team, *key): drawn[(team, *key)] for team, keys in missing.items() for key in keys}
 
     def charge_and_record(self, key: Key, item: _Stored) -> int:
         """Charge one release against its team-window (never past the cap); ledger it; return seq."""
@@ -447,18 +462,19 @@ class _Release:
             "by": self.requester}, self.now)
         return entry.seq
 
-    def inputs(self) -> dict[Key, int | list[int]]:
-        """The folded team statistics of this window, as mechanism inputs."""
-        out: dict[Key, int | list[int]] = {}
+    def inputs(self) -> tuple[dict[Key, int], dict[Key, list[int]]]:
+        """The folded team statistics of this window as mechanism inputs: values, histograms."""
+        scalars: dict[Key, int] = {}
+        histograms: dict[Key, list[int]] = {}
         for team, metric, total, people, histogram in self.tx.query(
                 "SELECT team, metric, total, people, histogram FROM team_metrics WHERE window_id = ?",
                 (self.window,)):
-            out[(team, metric, "sum")] = int(total)
-            out[(team, metric, "count")] = int(people)
-            out[(team, metric, "histogram")] = [int(v) for v in json.loads(histogram)]
+            scalars[(team, metric, "sum")] = int(total)
+            scalars[(team, metric, "count")] = int(people)
+            histograms[(team, metric, "histogram")] = [int(v) for v in json.loads(histogram)]
         for team, _, active in _team_windows(self.tx, self.window):
-            out[(team, TEAM_LEVEL, ACTIVE)] = active
-        return out
+            scalars[(team, TEAM_LEVEL, ACTIVE)] = active
+        return scalars, histograms
 
     def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Epsilon | None],
                 stored: dict[Key, _Stored], roster_size: int) -> list[Estimate]:
@@ -482,12 +498,6 @@ def _when(moment: datetime) -> str:
 def _result_json(item: _Stored) -> str:
     return json.dumps({"value": item.value, "ci95": item.ci95, "scale": item.scale,
                        "sensitivity": item.sensitivity}, separators=(",", ":"))
-
-
-def _parse(release_id: str, result: str, micros: int) -> _Stored:
-    data: dict[str, Any] = json.loads(result)
-    return _Stored(release_id, data["value"], data["ci95"], data["scale"], data["sensitivity"],
-                   Epsilon(micros), ZERO)
 
 
 def _noisy(metric: MetricPolicy, stat: str, item: _Stored) -> Estimate:
@@ -531,7 +541,8 @@ def _adoption(active: _Stored, roster_size: int) -> Estimate:
 def _post_processed(metric: str, stat: str, value: float, ci95: float, parts: tuple[_Stored, ...],
                     note: str) -> Estimate:
     """An answer computed from stored releases: it costs what they cost, nothing more."""
-    return Estimate(metric, stat, value, ci95, (), (), sum((p.charged for p in parts), ZERO),
-                    sum((p.epsilon for p in parts), ZERO), mechanisms.POST_PROCESSING, 0, 0.0,
-                    all(p.charged == ZERO for p in parts), "+".join(p.release_id for p in parts), note)
+    charged = sum(p.charged.micros for p in parts)
+    return Estimate(metric, stat, value, ci95, (), (), Epsilon(charged),
+                    Epsilon(sum(p.epsilon.micros for p in parts)), mechanisms.POST_PROCESSING, 0, 0.0,
+                    charged == 0, "+".join(p.release_id for p in parts), note)
 

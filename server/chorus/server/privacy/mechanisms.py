@@ -42,33 +42,52 @@ def clamp(value: int, lower: int, upper: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Calibrated:
-    """A discrete-Laplace measurement for one (sensitivity, epsilon), with its charge and interval."""
+    """Discrete-Laplace noise at one scale for releases of one sensitivity, with charge and interval.
+
+    `measurement` releases one value (atom domain, absolute distance) or one histogram
+    (vector domain, L1 distance). `batch` is the vector measurement at the same scale: it
+    draws the noise of many releases of this calibration in one OpenDP call, each coordinate
+    with independent noise of exactly the same distribution. The charge is the larger of the
+    two privacy maps at the sensitivity (they agree), so it covers the mechanism that ran.
+
+    A batch holds one value (or one histogram) per team, and a person counts for exactly one
+    team in a window, so one person moves a batch by at most `sensitivity` in L1: each team
+    in it pays the charge, and no team pays for another (parallel composition).
+    """
 
     sensitivity: int
     scale: float
     #: The charge: OpenDP's privacy map at `sensitivity`, rounded up to micro-epsilon.
     epsilon: Epsilon
-    #: Half-width of the 95% interval around a released value (each bucket for a vector).
+    #: Half-width of the 95% interval around a released value (each bucket of a histogram).
     ci95: float
     vector: bool
     measurement: dp.Measurement = field(repr=False, compare=False)
+    batch: dp.Measurement = field(repr=False, compare=False)
 
-    def release(self, value: int) -> int:
-        """The value plus discrete-Laplace noise; the input is clamped to [0, I64_SAFE] first."""
+    def release(self, values: Sequence[int]) -> list[int]:
+        """One independent release per value, each input clamped to [0, I64_SAFE] first."""
         if self.vector:
-            raise TypeError("a vector mechanism releases lists; use release_vector")
-        return int(self.measurement(clamp(value, 0, I64_SAFE)))
+            raise TypeError("this calibration is for histograms; use release_histograms")
+        return self._draw(values)
 
-    def release_vector(self, values: Sequence[int]) -> list[int]:
-        """Each value plus independent noise (a histogram); inputs clamped to [0, I64_SAFE]."""
+    def release_histograms(self, histograms: Sequence[Sequence[int]]) -> list[list[int]]:
+        """One independent release per histogram (noise on every bucket), inputs clamped."""
         if not self.vector:
-            raise TypeError("a scalar mechanism releases one value; use release")
-        return [int(v) for v in self.measurement([clamp(v, 0, I64_SAFE) for v in values])]
+            raise TypeError("this calibration is for single values; use release")
+        noisy = iter(self._draw([count for h in histograms for count in h]))
+        return [[next(noisy) for _ in h] for h in histograms]
+
+    def _draw(self, values: Sequence[int]) -> list[int]:
+        # OpenDP does not check the domain when invoked: clamp here, explicitly.
+        if not values:
+            return []
+        return [int(v) for v in self.batch([clamp(v, 0, I64_SAFE) for v in values])]
 
 
 @functools.lru_cache(maxsize=512)
 def calibrate(sensitivity: int, epsilon: Epsilon, vector: bool = False) -> Calibrated:
-    """The discrete-Laplace measurement for `sensitivity` (L1 for a vector) charging <= epsilon.
+    """Discrete Laplace for `sensitivity` (L1 for a histogram) charging at most `epsilon`.
 
     Cached: measurements are immutable, and a full report needs only a few distinct ones.
     """
@@ -76,16 +95,15 @@ def calibrate(sensitivity: int, epsilon: Epsilon, vector: bool = False) -> Calib
         raise ValueError(f"sensitivity must be >= 1, got {sensitivity}")
     if epsilon.micros == 0:
         raise ValueError("epsilon must be greater than 0")
-    if vector:
-        space = (dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"))
-    else:
-        space = (dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"))
+    vectors = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
+    single = vectors if vector else (dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"))
     scale = sensitivity / epsilon.as_float
     for _ in range(_MAX_NUDGES):
-        measurement = dp.m.make_laplace(*space, scale)
-        charge = Epsilon.ceil(measurement.map(sensitivity))
+        measurement = dp.m.make_laplace(single[0], single[1], scale)
+        batch = measurement if vector else dp.m.make_laplace(vectors[0], vectors[1], scale)
+        charge = Epsilon.ceil(max(measurement.map(sensitivity), batch.map(sensitivity)))
         if charge <= epsilon:
-            return Calibrated(sensitivity, scale, charge, accuracy(scale, ALPHA), vector, measurement)
+            return Calibrated(sensitivity, scale, charge, accuracy(scale, ALPHA), vector, measurement, batch)
         scale = math.nextafter(scale, math.inf)
     raise RuntimeError(f"could not calibrate discrete Laplace for sensitivity {sensitivity} "
                        f"within epsilon {epsilon}")
