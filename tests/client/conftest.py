@@ -91,7 +91,7 @@ def make_client(clock: FakeClock, transport: FakeTransport) -> Iterator[Callable
 
     def make(**kwargs: Any) -> Client:
         options: dict[str, Any] = {
-            "transport": transport, "clock": clock, "user": "alice", "flush_interval": 3600.0,
+            "transport": transport, "clock": clock, "user": "user-alice", "flush_interval": 3600.0,
         }
         options.update(kwargs)
         client = Client(**options)

@@ -11,9 +11,12 @@ from chorus.client import Client
 from chorus.client._config import is_loopback
 from chorus.client._transport import GrpcTransport
 
+from tests._secrets import register
+
 from .conftest import FakeTransport
 
 TOKEN = "tok-3f9a-secret"
+register(TOKEN, "arg-token", "env-token")  # the session's log guard must never find them
 
 
 @pytest.fixture(autouse=True)
@@ -54,13 +57,13 @@ def test_bad_config_gives_a_no_op_client_and_one_warning(
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="chorus.client"):
         client = Client(**kwargs)
-        client.count("ai.tokens", 1, user="alice")
-        client.count("ai.tokens", -1, user="alice")
+        client.count("ai.tokens", 1, user="user-alice")
+        client.count("ai.tokens", -1, user="user-alice")
         assert client.flush(timeout=1)
         client.close()
     (warning,) = _warnings(caplog)
     assert "disabled" in warning.getMessage()
-    assert TOKEN not in caplog.text and "alice" not in caplog.text
+    assert TOKEN not in caplog.text and "user-alice" not in caplog.text
     assert client._thread is None
     stats = client.stats()
     assert (stats.dropped, stats.invalid, stats.sent_batches) == (1, 1, 0)
@@ -71,14 +74,14 @@ def test_environment_configures_the_grpc_transport(
 ) -> None:
     monkeypatch.setenv("CHORUS_ENDPOINT", "127.0.0.1:50051")
     monkeypatch.setenv("CHORUS_TOKEN", TOKEN)
-    monkeypatch.setenv("CHORUS_USER", "alice")
+    monkeypatch.setenv("CHORUS_USER", "user-alice")
     client = Client()
     transport = client._transport
     assert isinstance(transport, GrpcTransport)
     assert transport._target == "127.0.0.1:50051"
     assert transport._credentials is None  # loopback: plaintext
     assert transport._metadata == (("authorization", f"Bearer {TOKEN}"),)
-    assert client._user == "alice"
+    assert client._user == "user-alice"
     assert _warnings(caplog) == []
     client.close(timeout=0)
 
@@ -125,7 +128,7 @@ def test_secure_false_allows_plaintext_to_a_remote_host() -> None:
 
 def test_a_transport_needs_no_endpoint_nor_token(caplog: pytest.LogCaptureFixture) -> None:
     transport = FakeTransport()
-    client = Client(transport=transport, user="alice")
+    client = Client(transport=transport, user="user-alice")
     client.count("ai.tokens")
     assert client.flush(timeout=5)
     assert _warnings(caplog) == [] and len(transport.requests) == 1

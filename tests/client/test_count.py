@@ -20,16 +20,16 @@ def test_counts_are_pre_aggregated_per_user_metric_and_minute(
         client.count("ai.requests")
     client.count("ai.tokens", 1200)
     client.count("ai.tokens", 34)
-    client.count("ai.tokens", 7, user="bob")
+    client.count("ai.tokens", 7, user="user-bob")
     clock.advance(59)  # same minute
     client.count("ai.requests", 2)
 
     assert client._step() is None
     (request,) = transport.requests
     assert sorted(contributions(request)) == [
-        ("alice", "ai.requests", 1002, T0),
-        ("alice", "ai.tokens", 1234, T0),
-        ("bob", "ai.tokens", 7, T0),
+        ("user-alice", "ai.requests", 1002, T0),
+        ("user-alice", "ai.tokens", 1234, T0),
+        ("user-bob", "ai.tokens", 7, T0),
     ]
     assert request.source == "unknown" and len(request.batch_id) == 32
 
@@ -47,9 +47,9 @@ def test_minute_boundaries_give_separate_contributions_stamped_at_the_minute_sta
 
     client._step()
     assert contributions(transport.requests[0]) == [
-        ("alice", "ai.requests", 1, T0),
-        ("alice", "ai.requests", 2, T0 + 60),
-        ("alice", "ai.requests", 3, T0 + 3660),
+        ("user-alice", "ai.requests", 1, T0),
+        ("user-alice", "ai.requests", 2, T0 + 60),
+        ("user-alice", "ai.requests", 3, T0 + 3660),
     ]
 
 
@@ -76,8 +76,8 @@ def test_source_and_version_are_sent(make_client: MakeClient, transport: FakeTra
         ("m" * 257, 1, None),
         ("ai.tokens", 1, 5),
         ("ai.tokens", 1, ""),
-        ("ai.tokens", 1, ["alice"]),
-        ("ai.tokens", 1, "u" * 257),
+        ("ai.tokens", 1, ["user-alice"]),
+        ("ai.tokens", 1, "user-" + "x" * 252),
     ],
 )
 def test_count_never_raises_on_garbage_and_counts_it_invalid(
@@ -95,7 +95,7 @@ def test_count_never_raises_even_with_a_broken_clock(transport: FakeTransport) -
         def time(self) -> float:
             raise OSError("clock gone")
 
-    client = Client(transport=transport, clock=BrokenClock(), user="alice")
+    client = Client(transport=transport, clock=BrokenClock(), user="user-alice")
     client.count("ai.tokens")
     client.close(timeout=0)
 
@@ -110,20 +110,20 @@ def test_zero_is_ignored_without_being_invalid(make_client: MakeClient, transpor
 def test_without_a_default_user_count_needs_one(make_client: MakeClient, transport: FakeTransport) -> None:
     client = make_client(user=None)
     client.count("ai.tokens", 5)
-    client.count("ai.tokens", 6, user="bob")
+    client.count("ai.tokens", 6, user="user-bob")
     client._step()
     assert client.stats().invalid == 1
-    assert [c[:3] for c in contributions(transport.requests[0])] == [("bob", "ai.tokens", 6)]
+    assert [c[:3] for c in contributions(transport.requests[0])] == [("user-bob", "ai.tokens", 6)]
 
 
 def test_default_user_comes_from_the_environment(
     make_client: MakeClient, transport: FakeTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CHORUS_USER", "carol")
+    monkeypatch.setenv("CHORUS_USER", "user-carol")
     client = make_client(user=None)
     client.count("ai.tokens")
     client._step()
-    assert transport.requests[0].contributions[0].user == "carol"
+    assert transport.requests[0].contributions[0].user == "user-carol"
 
 
 def test_sums_saturate_at_int64(make_client: MakeClient, transport: FakeTransport) -> None:
@@ -138,17 +138,17 @@ def test_memory_bound_drops_and_reports_the_drop_count_exactly_once(
     make_client: MakeClient, transport: FakeTransport
 ) -> None:
     client = make_client(max_pending=3)
-    for user in ("u1", "u2", "u3", "u4", "u5"):
+    for user in ("user-1", "user-2", "user-3", "user-4", "user-5"):
         client.count("ai.tokens", user=user)
-    client.count("ai.tokens", 10, user="u1")  # an existing key still aggregates
+    client.count("ai.tokens", 10, user="user-1")  # an existing key still aggregates
     assert client.stats().dropped == 2
 
     client._step()
-    client.count("ai.tokens", user="u6")
+    client.count("ai.tokens", user="user-6")
     client._step()
     first, second = transport.requests
     assert first.dropped == 2 and len(first.contributions) == 3
-    assert ("u1", "ai.tokens", 11, T0) in contributions(first)
+    assert ("user-1", "ai.tokens", 11, T0) in contributions(first)
     assert second.dropped == 0 and len(second.contributions) == 1
     assert client.stats().dropped == 2
 
@@ -156,10 +156,10 @@ def test_memory_bound_drops_and_reports_the_drop_count_exactly_once(
 def test_batches_awaiting_retry_count_against_the_memory_bound(make_client: MakeClient) -> None:
     transport = FakeTransport(unavailable(), unavailable())
     client = make_client(transport=transport, max_pending=2)
-    client.count("ai.tokens", user="u1")
-    client.count("ai.tokens", user="u2")
+    client.count("ai.tokens", user="user-1")
+    client.count("ai.tokens", user="user-2")
     assert client._step() is not None  # both now wait in a batch for retry
-    client.count("ai.tokens", user="u3")
+    client.count("ai.tokens", user="user-3")
     assert client.stats().dropped == 1
     assert client.stats().pending == 2
 
@@ -167,17 +167,17 @@ def test_batches_awaiting_retry_count_against_the_memory_bound(make_client: Make
 def test_a_drop_report_waits_for_a_batch_with_contributions(make_client: MakeClient) -> None:
     transport = FakeTransport(unavailable())
     client = make_client(transport=transport, max_pending=2)
-    client.count("ai.tokens", user="u1")
-    client.count("ai.tokens", user="u2")
+    client.count("ai.tokens", user="user-1")
+    client.count("ai.tokens", user="user-2")
     client._step()  # fails: the batch holds the whole bound
-    client.count("ai.tokens", user="u3")  # dropped
+    client.count("ai.tokens", user="user-3")  # dropped
     client._step()  # the retry succeeds; nothing new to carry the drop report yet
-    client.count("ai.tokens", user="u4")
+    client.count("ai.tokens", user="user-4")
     client._step()
 
     retry_1, retry_2, fresh = transport.requests
     assert retry_1 == retry_2 and retry_2.dropped == 0
-    assert fresh.dropped == 1 and [c[0] for c in contributions(fresh)] == ["u4"]
+    assert fresh.dropped == 1 and [c[0] for c in contributions(fresh)] == ["user-4"]
 
 
 def test_large_drains_are_split_into_bounded_batches(
@@ -196,7 +196,7 @@ def test_batches_stay_under_a_megabyte_with_long_names(
 ) -> None:
     client = make_client()
     for i in range(4000):
-        client.count("m" * 256, user=f"{i:0>256}")
+        client.count("m" * 256, user=f"user-{i:0>251}")
     client._step()
     assert len(transport.requests) > 1
     assert all(r.ByteSize() <= 1024 * 1024 for r in transport.requests)

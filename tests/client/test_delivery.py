@@ -51,7 +51,7 @@ def test_a_failed_batch_is_resent_with_the_same_id_and_contents(make_client: Mak
 def test_backoff_ceiling_doubles_up_to_the_cap() -> None:
     transport = FakeTransport(default=unavailable())
     delivery = _delivery(transport, _MaxRandom())
-    delivery.add({("alice", "ai.tokens", T0 // 60): 1}, 0)
+    delivery.add({("user-alice", "ai.tokens", T0 // 60): 1}, 0)
     ceilings = [delivery.send() for _ in range(9)]
     assert ceilings == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, BACKOFF_CAP, BACKOFF_CAP, BACKOFF_CAP]
 
@@ -59,7 +59,7 @@ def test_backoff_ceiling_doubles_up_to_the_cap() -> None:
 def test_backoff_is_jittered_within_its_ceiling() -> None:
     transport = FakeTransport(default=unavailable())
     delivery = _delivery(transport, random.Random(42))
-    delivery.add({("alice", "ai.tokens", T0 // 60): 1}, 0)
+    delivery.add({("user-alice", "ai.tokens", T0 // 60): 1}, 0)
     delays = [delivery.send() for _ in range(40)]
     ceilings = [min(BACKOFF_CAP, 2.0**i) for i in range(40)]
     assert all(d is not None and 0.0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
@@ -117,9 +117,9 @@ def test_non_retryable_codes_drop_the_batch_with_one_warning(
     transport = FakeTransport(default=TransportError(code, "no"))
     client = make_client(transport=transport)
     with caplog.at_level(logging.DEBUG, logger="chorus.client"):
-        client.count("ai.tokens", user="alice@example.com")
+        client.count("ai.tokens", user="user-alice")
         assert client._step() is None
-        client.count("ai.tokens", user="alice@example.com")
+        client.count("ai.tokens", user="user-alice")
         assert client._step() is None
         assert client._step() is None
 
@@ -129,7 +129,7 @@ def test_non_retryable_codes_drop_the_batch_with_one_warning(
     assert (stats.failed_batches, stats.retries, stats.pending) == (2, 0, 0)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and code.name in warnings[0].getMessage()
-    assert "alice" not in caplog.text
+    assert "user-alice" not in caplog.text
 
 
 def test_a_transport_bug_drops_the_batch_instead_of_killing_the_loop(make_client: MakeClient) -> None:
@@ -145,10 +145,10 @@ def test_a_transport_bug_drops_the_batch_instead_of_killing_the_loop(make_client
 def test_the_drop_report_of_a_failed_batch_is_carried_to_the_next(make_client: MakeClient) -> None:
     transport = FakeTransport(TransportError(grpc.StatusCode.INVALID_ARGUMENT), None)
     client = make_client(transport=transport, max_pending=1)
-    client.count("ai.tokens", user="u1")
-    client.count("ai.tokens", user="u2")  # dropped
+    client.count("ai.tokens", user="user-1")
+    client.count("ai.tokens", user="user-2")  # dropped
     client._step()
-    client.count("ai.tokens", user="u3")
+    client.count("ai.tokens", user="user-3")
     client._step()
     assert [r.dropped for r in transport.requests] == [1, 1]
 
@@ -166,7 +166,7 @@ def test_rejections_are_final_and_counted_by_reason(
     )
     transport = FakeTransport(response)
     client = make_client(transport=transport)
-    for user in ("u0", "mallory", "u2", "u3"):
+    for user in ("user-0", "user-mallory", "user-2", "user-3"):
         client.count("ai.tokens", user=user)
     with caplog.at_level(logging.WARNING, logger="chorus.client"):
         assert client._step() is None
@@ -175,7 +175,7 @@ def test_rejections_are_final_and_counted_by_reason(
     stats = client.stats()
     assert stats.rejected == {"UNKNOWN_USER": 1, "LATE": 2}
     assert (stats.accepted, stats.sent_batches, stats.retries) == (1, 1, 0)
-    assert "mallory" not in caplog.text
+    assert "user-mallory" not in caplog.text
 
 
 def test_duplicates_are_counted(make_client: MakeClient) -> None:
@@ -190,7 +190,7 @@ def test_sends_stop_at_the_first_retryable_failure(make_client: MakeClient) -> N
     transport = FakeTransport(unavailable())
     client = make_client(transport=transport, max_pending=20_000)
     for i in range(6000):  # two batches
-        client.count("ai.tokens", user=f"u{i}")
+        client.count("ai.tokens", user=f"user-{i}")
     assert client._step() is not None
     assert len(transport.requests) == 1
     assert client._step() is None

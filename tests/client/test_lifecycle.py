@@ -50,7 +50,7 @@ def test_flush_gives_up_at_once_when_the_wait_exceeds_its_timeout(make_client: M
 
 def test_the_flush_thread_sends_on_its_own(clock: FakeClock) -> None:
     transport = FakeTransport()
-    client = Client(transport=transport, clock=clock, user="alice", flush_interval=0.01)
+    client = Client(transport=transport, clock=clock, user="user-alice", flush_interval=0.01)
     client.count("ai.tokens")
     assert transport.sent.wait(timeout=10)
     client.close(timeout=5)
@@ -59,7 +59,7 @@ def test_the_flush_thread_sends_on_its_own(clock: FakeClock) -> None:
 
 def test_close_interrupts_a_long_backoff_promptly(clock: FakeClock) -> None:
     transport = FakeTransport(default=unavailable(retry_delay=3600.0))
-    client = Client(transport=transport, clock=clock, user="alice", flush_interval=0.01)
+    client = Client(transport=transport, clock=clock, user="user-alice", flush_interval=0.01)
     client.count("ai.tokens")
     assert transport.sent.wait(timeout=10)  # the thread failed once and now waits an hour
     thread = client._thread
@@ -91,8 +91,8 @@ def test_close_without_a_spool_counts_the_unsent_as_dropped(
 ) -> None:
     transport = FakeTransport(default=unavailable(retry_delay=3600.0))
     client = make_client(transport=transport)
-    client.count("ai.tokens", user="u1")
-    client.count("ai.tokens", user="u2")
+    client.count("ai.tokens", user="user-1")
+    client.count("ai.tokens", user="user-2")
     client.close(timeout=1)
     assert client.stats().dropped == 2
     assert "2 contributions could not be delivered" in caplog.text
@@ -108,7 +108,7 @@ def test_close_when_a_send_hangs_returns_within_its_timeout(clock: FakeClock) ->
             raise TransportError(grpc.StatusCode.DEADLINE_EXCEEDED)
 
     transport = HangingTransport()
-    client = Client(transport=transport, clock=clock, user="alice", flush_interval=0.01, timeout=30)
+    client = Client(transport=transport, clock=clock, user="user-alice", flush_interval=0.01, timeout=30)
     client.count("ai.tokens")
     assert transport.sent.wait(timeout=10)
     started = time.monotonic()
@@ -129,7 +129,7 @@ def test_atexit_closes_unclosed_clients_once(
     registered: list[Callable[[], None]] = []
     monkeypatch.setattr(client_module.atexit, "register", registered.append)
     monkeypatch.setattr(client_module.atexit, "unregister", registered.remove)
-    client = Client(transport=transport, user="alice")
+    client = Client(transport=transport, user="user-alice")
     client.count("ai.tokens")
     (at_exit,) = registered
     at_exit()

@@ -106,7 +106,7 @@ def test_corrupt_spool_files_are_moved_aside_and_counted(
 
 
 def test_a_batch_refused_for_good_is_deleted_from_the_spool(make_client: MakeClient, tmp_path: Path) -> None:
-    contribution = ingest_pb2.Contribution(user="u", metric="m")
+    contribution = ingest_pb2.Contribution(user="user-x", metric="m")
     Spool(tmp_path).write(ingest_pb2.ReportRequest(batch_id="c" * 32, contributions=[contribution]))
     transport = FakeTransport(TransportError(grpc.StatusCode.PERMISSION_DENIED))
     client = make_client(transport=transport, spool_dir=tmp_path)
@@ -117,7 +117,7 @@ def test_a_batch_refused_for_good_is_deleted_from_the_spool(make_client: MakeCli
 def test_spool_size_is_bounded(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1000)
     big = ingest_pb2.ReportRequest(
-        batch_id="d" * 32, contributions=[ingest_pb2.Contribution(user="u" * 100, metric="m")] * 5
+        batch_id="d" * 32, contributions=[ingest_pb2.Contribution(user="user-" + "x" * 95, metric="m")] * 5
     )
     assert spool.write(big) is not None
     big.batch_id = "e" * 32
@@ -147,7 +147,7 @@ def test_an_unusable_spool_dir_never_raises(make_client: MakeClient, tmp_path: P
 def test_loading_respects_the_memory_bound(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     for i in range(3):
-        contribution = ingest_pb2.Contribution(user=f"u{i}", metric="m", value=1)
+        contribution = ingest_pb2.Contribution(user=f"user-{i}", metric="m", value=1)
         spool.write(ingest_pb2.ReportRequest(batch_id=f"{i}" * 32, contributions=[contribution] * 4))
     loaded, corrupt = spool.load(budget=9)
     assert len(loaded) == 2 and corrupt == 0
