@@ -131,11 +131,17 @@ def test_adoption_interval_is_the_active_interval_over_the_roster() -> None:
     hits = 0
     for noisy in mech.release([active] * DRAWS):
         value, ci95 = mechanisms.adoption_interval(noisy, mech.scale, roster)
-        assert ci95 == pytest.approx(mech.ci95 / roster)
+        assert ci95 == pytest.approx(min(mech.ci95 / roster, max(value, 1 - value)))
         assert 0.0 <= value <= 1.0
         hits += abs(value - active / roster) <= ci95
     # Discrete noise at scale 2 and clamping into [0, 1] make it a little conservative.
     assert 0.935 <= hits / DRAWS <= 0.99
+
+
+def test_adoption_half_width_stops_at_the_far_end_of_0_to_1() -> None:
+    wide = mechanisms.calibrate(1, Epsilon.parse("0.05"))  # +-60 people
+    assert mechanisms.adoption_interval(4, wide.scale, 10) == (0.4, 0.6)
+    assert mechanisms.adoption_interval(-3, wide.scale, 10) == (0.0, 1.0)
 
 
 def test_calibration_rejects_zero_epsilon_and_sensitivity() -> None:

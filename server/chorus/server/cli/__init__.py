@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from chorus.server.cli import admin, audit, certs, dashboard, demo, serve
+from chorus.server.cli import admin, audit, certs, dashboard, demo, report, serve
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
@@ -20,6 +20,7 @@ app.add_typer(audit.audit_app, name="audit")
 app.command("budget")(audit.budget)
 app.command("privacy-statement")(audit.privacy_statement)
 app.command("dashboard")(dashboard.dashboard)
+app.command("report")(report.report)
 
 
 def main() -> None:

@@ -145,7 +145,8 @@ def adoption_interval(noisy_active: int, active_scale: float, roster_size: int) 
     """Adoption = released active people / public roster size, clamped to [0, 1]; 95% half-width.
 
     The roster size is public and exact, so the interval is the active count's, divided by it.
-    Clamping towards [0, 1], which holds the true value, can only bring the value closer.
+    Clamping towards [0, 1], which holds the true value, can only bring the value closer; and
+    a half-width past the far end of [0, 1] is cut there, as it covers nothing more.
     """
     value = min(1.0, max(0.0, noisy_active / roster_size))
-    return value, accuracy(active_scale, ALPHA) / roster_size
+    return value, min(accuracy(active_scale, ALPHA) / roster_size, max(value, 1.0 - value))
