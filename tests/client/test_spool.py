@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from chorus.client import Client, TransportError
+from chorus.client._delivery import Delivery
 from chorus.client._spool import Spool
 from chorus.v1 import ingest_pb2
 
@@ -164,3 +166,23 @@ def test_stale_temporary_files_are_cleaned_up(tmp_path: Path) -> None:
     os.utime(stale, (old, old))
     assert Spool(tmp_path).load(budget=10) == ([], 0)
     assert not stale.exists() and fresh.exists()
+
+
+def test_batches_are_on_disk_before_their_first_send(tmp_path) -> None:
+    """Write-ahead: a process killed while a send is in flight still has the batch spooled."""
+    seen_on_disk: list[list[str]] = []
+
+    class Recording:
+        def send(self, request, timeout):
+            seen_on_disk.append(sorted(p.name for p in tmp_path.glob("*.pb")))
+            return ingest_pb2.ReportResponse(accepted=len(request.contributions))
+
+        def close(self) -> None:
+            pass
+
+    delivery = Delivery(Recording(), source="t", source_version="", max_pending=100, timeout=1.0,
+                        spool=Spool(tmp_path), rng=random.Random(0))
+    delivery.add({("user-a", "ai.tokens", 1.0): 5}, dropped=0)
+    assert delivery.send() is None
+    assert len(seen_on_disk) == 1 and len(seen_on_disk[0]) == 1  # present while sending
+    assert list(tmp_path.glob("*.pb")) == []  # removed once acknowledged

@@ -16,10 +16,10 @@ import logging
 
 from chorus.client._client import Client, Clock
 from chorus.client._stats import Stats
-from chorus.client._transport import RETRYABLE_CODES, Transport, TransportError
+from chorus.client._transport import RETRYABLE_CODES, GrpcTransport, Transport, TransportError
 
 # A library must not print through logging's last-resort handler: the host decides
 # whether and where the SDK's warnings appear.
 logging.getLogger("chorus.client").addHandler(logging.NullHandler())
 
-__all__ = ["RETRYABLE_CODES", "Client", "Clock", "Stats", "Transport", "TransportError"]
+__all__ = ["RETRYABLE_CODES", "Client", "Clock", "GrpcTransport", "Stats", "Transport", "TransportError"]

@@ -115,6 +115,12 @@ class Delivery:
             self._unreported_drops = 0
             batches = self._build(counts)
             batches[0].request.dropped = dropped
+            if self._spool is not None:
+                # Write-ahead: a batch is on disk before its first send, so a process killed
+                # mid-flush resends it (same batch_id) on its next start instead of losing it.
+                for batch in batches:
+                    batch.spool_path = self._spool.write(batch.request)
+                    self.spooled += batch.spool_path is not None
             self._queue.extend(batches)
             self._held += sum(batch.size for batch in batches)
 
@@ -149,7 +155,7 @@ class Delivery:
                 self._settle(batch, response)
 
     def spool_unsent(self) -> None:
-        """Write every queued batch not yet on disk to the spool (or count it dropped)."""
+        """Write every queued batch not yet on disk (its write-ahead failed) to the spool, or count it dropped."""
         with self._lock:
             unsent = [batch for batch in self._queue if batch.spool_path is None]
             for batch in unsent:

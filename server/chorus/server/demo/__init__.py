@@ -1,0 +1,152 @@
+"""`chorus demo`: a real server in a temporary directory, a simulated company, the real SDK.
+
+Everything goes over real gRPC on 127.0.0.1 with the same tokens and roles a deployment uses.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from chorus.client import Client
+from chorus.server import config
+from chorus.server.app import Server
+from chorus.server.app_context import Chorus
+from chorus.server.demo import _killed_tool
+from chorus.server.demo._world import BURNER, BURNER_TOKENS, TOOLS, World, build
+from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+
+
+class _Demo:
+    def __init__(self, console: Console, data_dir: Path, seed: int) -> None:
+        self.console = console
+        self.data_dir = data_dir
+        self.world: World = build(seed)
+        self.chorus = Chorus(config.load(None), data_dir)
+        self.policy = self.chorus.config.policy
+        admin_token_file = self.chorus.bootstrap_admin_token()
+        assert admin_token_file is not None
+        self.server = Server(self.chorus, "127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.insecure_channel(self.server.address)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.admin_auth = (("authorization", f"Bearer {admin_token_file.read_text().strip()}"),)
+        self.window = datetime.now(UTC).date().isoformat()
+
+    def token(self, role: str, name: str) -> str:
+        reply = self.admin.CreateToken(admin_pb2.CreateTokenRequest(
+            role=getattr(admin_pb2, f"ROLE_{role.upper()}"), name=name), metadata=self.admin_auth)
+        return reply.token
+
+    def run(self) -> None:
+        c = self.console
+        c.rule("[bold]1. A Chorus server")
+        c.print(f"Serving on {self.server.address} with its SQLite store in {self.data_dir}.\n"
+                f"Windows are UTC days; today's window is [bold]{self.window}[/]. "
+                f"Minimum team size k = {self.policy.min_team_size}.")
+        self.import_roster()
+        self.run_tools()
+        self.raw_batches()
+        self.summary()
+
+    def import_roster(self) -> None:
+        self.console.rule("[bold]2. The roster")
+        reply = self.admin.ImportRoster(iter([admin_pb2.ImportRosterRequest(
+            entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in self.world.roster])]),
+            metadata=self.admin_auth)
+        table = Table("team", "people on the roster", "released on its own?")
+        for team in reply.teams:
+            ok = team.size >= self.policy.min_team_size
+            table.add_row(team.team, str(team.size), "yes" if ok else f"[yellow]no: below k={self.policy.min_team_size}")
+        self.console.print(table)
+
+    def run_tools(self) -> None:
+        self.console.rule("[bold]3. AI tools report usage through the SDK")
+        clients = {tool: Client(self.server.address, self.token("ingest", tool), source=tool,
+                                source_version="1.0", flush_interval=0.2) for tool in TOOLS}
+        events = self.world.events
+        with Progress(console=self.console, transient=False) as progress:
+            task = progress.add_task("count() calls", total=len(events))
+            for i, event in enumerate(events, start=1):
+                clients[event.tool].count(event.metric, event.value, user=event.user)
+                if i % 200 == 0:
+                    progress.update(task, completed=i)
+            progress.update(task, completed=len(events))
+            flushing = progress.add_task("flush to server", total=len(clients))
+            for client in clients.values():
+                client.close(timeout=30)
+                progress.advance(flushing)
+        self.tool_stats = {tool: client.stats() for tool, client in clients.items()}
+        table = Table("tool", "count() calls", "contributions sent", "accepted", "rejected", "dropped")
+        calls = Counter(e.tool for e in events)
+        for tool, stats in self.tool_stats.items():
+            table.add_row(tool, str(calls[tool]), str(stats.accepted + sum(stats.rejected.values())),
+                          str(stats.accepted), ", ".join(f"{v} {k.lower()}" for k, v in stats.rejected.items()) or "0",
+                          str(stats.dropped))
+        self.console.print(table)
+        self.console.print("The SDK pre-aggregates count() calls per (user, metric, minute) in memory, "
+                           "so thousands of calls become a few contributions per batch.")
+        _killed_tool.run(self)
+
+    def raw_batches(self) -> None:
+        self.console.rule("[bold]5. The server checks every contribution")
+        stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
+        auth = (("authorization", f"Bearer {self.token('ingest', 'handwritten-client')}"),)
+        now, yesterday = Timestamp(), Timestamp()
+        now.FromDatetime(datetime.now(UTC))
+        yesterday.FromDatetime(datetime.now(UTC) - timedelta(days=2))
+        request = ingest_pb2.ReportRequest(batch_id=uuid.uuid4().hex, source="handwritten", contributions=[
+            ingest_pb2.Contribution(user="user-mobile-01", metric="ai.requests", value=2, event_time=now),
+            ingest_pb2.Contribution(user="user-mobile-01", metric="ai.requests", value=-5, event_time=now),
+            ingest_pb2.Contribution(user="user-mobile-01", metric="ai.requests", value=1, event_time=yesterday),
+        ])
+        first = stub.Report(request, metadata=auth)
+        again = stub.Report(request, metadata=auth)
+        self.world.truth[("user-mobile-01", "ai.requests")] += 2
+        table = Table("contribution", "answer")
+        table.add_row("#0 value 2, now", "accepted")
+        for r in first.rejections:
+            reason = ingest_pb2.RejectReason.Name(r.reason).removeprefix("REJECT_REASON_")
+            table.add_row(f"#{r.index}", f"[yellow]{reason}[/]: {r.message}")
+        table.add_row("same batch_id sent again", f"duplicate={again.duplicate}, accepted={again.accepted}")
+        self.console.print(table)
+
+    def summary(self) -> None:
+        self.console.rule("[bold]6. What the server stored")
+        stats = self.admin.GetStats(admin_pb2.GetStatsRequest(), metadata=self.admin_auth)
+        table = Table("counter (whole server, nothing per person)", "value")
+        table.add_row("batches received", str(stats.batches))
+        table.add_row("duplicate batches (counted once)", str(stats.duplicate_batches))
+        table.add_row("contributions accepted", str(stats.contributions_accepted))
+        for reason, n in sorted(stats.rejected.items()):
+            table.add_row(f"contributions rejected: {reason}", str(n))
+        table.add_row("contributions above the bound on arrival", str(stats.contributions_clamped))
+        self.console.print(table)
+        bound = self.policy.metric("ai.tokens").max_per_user  # type: ignore[union-attr]
+        self.console.print(f"{BURNER} sent {BURNER_TOKENS:,} tokens; their stored total is capped at "
+                           f"max_per_user = {bound:,}, so burning tokens buys nothing.")
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(grace=1)
+
+
+def run(console: Console | None = None, seed: int = 7, keep: Path | None = None) -> None:
+    """Run the demo; keep the data directory at `keep` if given, else a temporary one."""
+    console = console or Console()
+    with tempfile.TemporaryDirectory(prefix="chorus-demo-") as tmp:
+        data_dir = keep or Path(tmp) / "data"
+        demo = _Demo(console, data_dir, seed)
+        try:
+            demo.run()
+        finally:
+            demo.close()

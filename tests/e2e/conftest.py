@@ -1,0 +1,65 @@
+"""End-to-end fixtures: real gRPC servers on 127.0.0.1:0, tokens, roster, the real SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chorus.server import config
+from chorus.server.app import Server
+from chorus.server.app_context import Chorus
+from chorus.server.auth import Role
+from chorus.v1 import admin_pb2, admin_pb2_grpc
+
+from ._servers import ServerProcess
+
+TEAMS = {"team-red": 6, "team-blue": 5}
+ROSTER = [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
+
+
+def import_roster(address: str, admin_token: str, rows: list[tuple[str, str]] = ROSTER) -> None:
+    with grpc.insecure_channel(address) as channel:
+        admin_pb2_grpc.AdminServiceStub(channel).ImportRoster(
+            iter([admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in rows])]),
+            metadata=(("authorization", f"Bearer {admin_token}"),), timeout=30)
+
+
+def create_token(address: str, admin_token: str, role: str, name: str) -> str:
+    with grpc.insecure_channel(address) as channel:
+        reply = admin_pb2_grpc.AdminServiceStub(channel).CreateToken(
+            admin_pb2.CreateTokenRequest(role=getattr(admin_pb2, f"ROLE_{role.upper()}"), name=name),
+            metadata=(("authorization", f"Bearer {admin_token}"),), timeout=30)
+    return reply.token
+
+
+class Running:
+    """An in-process server with an ingest token and the roster imported."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.chorus = Chorus(config.load(None), data_dir)
+        admin_secret, _ = self.chorus.tokens.create(Role.ADMIN, "test-admin", self.chorus.clock.now(), "test")
+        self.ingest_token, _ = self.chorus.tokens.create(Role.INGEST, "test-ingest", self.chorus.clock.now(), "test")
+        self.admin_token = admin_secret
+        self.server = Server(self.chorus, "127.0.0.1:0")
+        self.server.start()
+        self.address = self.server.address
+        import_roster(self.address, admin_secret)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    instance = Running(tmp_path / "data")
+    yield instance
+    instance.server.stop(grace=1)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data")
+    proc.start()
+    import_roster(proc.address, proc.admin_token)
+    yield proc
+    proc.kill()
