@@ -163,7 +163,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
             store.delete(g.session.id)
         session = store.create(token, role)
         _log.info("sign-in as %s", role.value)
-        response = redirect(safe_next() or home_for(role))
+        response = redirect(safe_next() or home_for(role), 303)
         set_cookie(response, SESSION_COOKIE, session.id)
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
         return None, 303, response

@@ -16,28 +16,36 @@ from markupsafe import Markup, escape
 
 Formatter = Callable[[float], str]
 
-WIDTH = 640
-_LABEL_RIGHT = 150  # team or bucket labels end here
-_PLOT_LEFT = 160
+# A narrow canvas keeps text legible when a phone shrinks the chart; CSS caps its width on big screens.
+WIDTH = 440
+_LABEL_RIGHT = 112  # team or bucket labels end here
+_PLOT_LEFT = 120
 _ROW = 30
 _AXIS = 28
-_MAX_LABEL = 22
+_MAX_LABEL = 15
+_MAX_NOTE = 42
 
 
 @dataclass(frozen=True, slots=True)
 class Interval:
-    """A released value and the half-width of its 95% interval."""
+    """A released value and its 95% interval, cut to the range [0, ceiling] the value can take.
+
+    Every statistic here is at least 0 (and adoption at most 1, a mean at most the metric's
+    bound), so cutting the interval there still covers the true value whenever the uncut one
+    does: it is post-processing, and it keeps a wide interval from dwarfing the chart.
+    """
 
     value: float
     ci95: float
+    ceiling: float = math.inf
 
     @property
     def low(self) -> float:
-        return self.value - self.ci95
+        return max(self.value - self.ci95, 0.0)
 
     @property
     def high(self) -> float:
-        return self.value + self.ci95
+        return min(self.value + self.ci95, self.ceiling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,16 @@ def format_number(value: float) -> str:
         return f"{value:,.1f}"
     if abs(value) >= 1:
         return f"{value:,.2f}"
+    return f"{value:.3g}"
+
+
+def format_compact(value: float) -> str:
+    """Three significant digits with k, M or G, for labels inside a chart: 1866 -> "1.87k"."""
+    if not math.isfinite(value):
+        return "n/a"
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
     return f"{value:.3g}"
 
 
@@ -100,13 +118,9 @@ class _Scale:
         return [self.low + i * self.step for i in range(count + 1)]
 
 
-def _short(label: str) -> str:
-    return label if len(label) <= _MAX_LABEL else label[: _MAX_LABEL - 1] + "…"
-
-
-def _label(x: float, y: float, text: str, cls: str, anchor: str = "start") -> str:
+def _label(x: float, y: float, text: str, cls: str, anchor: str = "start", limit: int = _MAX_LABEL) -> str:
     """A text element; a shortened label keeps the full text as its tooltip title."""
-    shown = _short(text)
+    shown = text if len(text) <= limit else text[: limit - 1] + "…"
     tip = f"<title>{escape(text)}</title>" if shown != text else ""
     return (f'<text x="{x:.1f}" y="{y:.1f}" class="{cls}" text-anchor="{anchor}">'
             f"{tip}{escape(shown)}</text>")
@@ -139,10 +153,10 @@ def _x_axis(scale: _Scale, top: float, bottom: float, fmt: Formatter) -> list[st
 
 
 def interval_bars(chart_id: str, title: str, desc: str, rows: Sequence[Bar], *,
-                  fmt: Formatter = format_number, include: Sequence[float] = (0.0,)) -> Markup:
+                  fmt: Formatter = format_compact, include: Sequence[float] = (0.0,)) -> Markup:
     """Horizontal bars, one per row, each with its 95% interval as a whisker and its value."""
     intervals = [r.interval for r in rows if r.interval is not None]
-    plot_right = WIDTH - 100
+    plot_right = WIDTH - 72
     scale = _Scale([v for i in intervals for v in (i.low, i.high)], _PLOT_LEFT, plot_right, include)
     top = 8.0
     bottom = top + _ROW * max(len(rows), 1)
@@ -151,7 +165,7 @@ def interval_bars(chart_id: str, title: str, desc: str, rows: Sequence[Bar], *,
         mid = top + _ROW * index + _ROW / 2
         body.append(_label(_LABEL_RIGHT, mid + 4, row.label, "label", "end"))
         if row.interval is None:
-            body.append(_label(_PLOT_LEFT + 6, mid + 4, row.note or "no value", "note"))
+            body.append(_label(_PLOT_LEFT + 6, mid + 4, row.note or "no value", "note", limit=_MAX_NOTE))
             continue
         zero, end = scale(0.0), scale(row.interval.value)
         body.append(f'<rect class="bar" x="{min(zero, end):.1f}" y="{mid - 8:.1f}" '
@@ -161,19 +175,27 @@ def interval_bars(chart_id: str, title: str, desc: str, rows: Sequence[Bar], *,
     return _svg(chart_id, title, desc, bottom + _AXIS, body)
 
 
-def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[tuple[str, Interval]], *,
-                   fmt: Formatter = format_number) -> Markup:
-    """Vertical bars per bucket (people per usage range) with 95% interval whiskers."""
-    top, bottom, left, right = 12.0, 220.0, 60.0, WIDTH - 10.0
-    scale = _Scale([v for _, i in buckets for v in (i.low, i.high)], bottom, top)
+def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[Interval], edges: Sequence[int], *,
+                   fmt: Formatter = format_compact) -> Markup:
+    """Vertical bars per bucket (people per usage range) with 95% interval whiskers.
+
+    Buckets are (-inf, e0), [e0, e1), ..., [en, +inf): the edges are labelled where two bars meet.
+    """
+    top, bottom, left, right = 12.0, 180.0, 52.0, WIDTH - 10.0
+    scale = _Scale([v for i in buckets for v in (i.low, i.high)], bottom, top)
     body = []
     for tick in scale.ticks():
         y = scale(tick)
         body.append(f'<line class="grid" x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}"/>')
         body.append(_label(left - 6, y + 4, fmt(tick), "tick", "end"))
     slot = (right - left) / max(len(buckets), 1)
+    every = max(1, math.ceil(48 / slot))  # an edge label needs about 48 units of width
+    for index, edge in enumerate(edges):
+        if index % every == 0:
+            x = left + slot * (index + 1)
+            body.append(_label(x, bottom + 18, format_compact(edge), "tick", "middle"))
     zero = scale(0.0)
-    for index, (label, interval) in enumerate(buckets):
+    for index, interval in enumerate(buckets):
         cx = left + slot * (index + 0.5)
         y = scale(interval.value)
         body.append(f'<rect class="bar" x="{cx - slot * 0.3:.1f}" y="{min(y, zero):.1f}" '
@@ -181,19 +203,18 @@ def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[tuple
         y0, y1 = scale(interval.low), scale(interval.high)
         body.append(f'<path class="ci" d="M{cx:.1f},{y0:.1f}V{y1:.1f}M{cx - 6:.1f},{y0:.1f}h12'
                     f'M{cx - 6:.1f},{y1:.1f}h12"/>')
-        body.append(_label(cx, bottom + 18, label, "tick", "middle"))
     body.append(f'<line class="zero" x1="{left:.1f}" y1="{zero:.1f}" x2="{right:.1f}" y2="{zero:.1f}"/>')
     return _svg(chart_id, title, desc, bottom + _AXIS + 6, body)
 
 
 def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
                 points: Sequence[Interval | None], domain: Sequence[float], *,
-                fmt: Formatter = format_number) -> Markup:
+                fmt: Formatter = format_compact) -> Markup:
     """Value per window as a line inside its 95% interval band; a gap where nothing was released.
 
     `domain` holds values the y-axis must cover, so small multiples can share one scale.
     """
-    top, bottom, left, right = 10.0, 150.0, 70.0, WIDTH - 20.0
+    top, bottom, left, right = 10.0, 140.0, 60.0, WIDTH - 36.0
     scale = _Scale(list(domain), bottom, top)
     step = (right - left) / max(len(windows) - 1, 1)
 
@@ -205,7 +226,7 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
         y = scale(tick)
         body.append(f'<line class="grid" x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}"/>')
         body.append(_label(left - 6, y + 4, fmt(tick), "tick", "end"))
-    every = max(1, math.ceil(len(windows) / 6))  # at most about six x labels fit a phone
+    every = max(1, math.ceil(len(windows) / 3))  # about three window ids fit across
     for index, window in enumerate(windows):
         if index % every == 0 or index == len(windows) - 1:
             body.append(_label(x(index), bottom + 18, window, "tick", "middle"))
@@ -217,6 +238,9 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
         body.append(f'<polyline class="line" points="{line}"/>')
         body.extend(f'<circle class="point" cx="{x(i):.1f}" cy="{scale(p.value):.1f}" r="3.5"/>'
                     for i, p in run)
+    if all(p is None for p in points):
+        body.append(_label((left + right) / 2, (top + bottom) / 2, "nothing released in these windows",
+                           "note", "middle", limit=_MAX_NOTE))
     return _svg(chart_id, title, desc, bottom + _AXIS + 4, body)
 
 
@@ -233,7 +257,7 @@ def _runs(points: Sequence[Interval | None]) -> list[list[tuple[int, Interval]]]
 
 def budget_bars(chart_id: str, title: str, desc: str, rows: Sequence[BudgetBar]) -> Markup:
     """Per row, the spent part of the cap filled and the remainder outlined."""
-    plot_right = WIDTH - 170
+    plot_right = WIDTH - 130
     top = 8.0
     body = []
     for index, row in enumerate(rows):

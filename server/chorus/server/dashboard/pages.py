@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -19,7 +20,15 @@ import grpc
 from chorus.server.cli import audit as audit_cli
 from chorus.server.config import Policy
 from chorus.server.dashboard import charts
-from chorus.server.dashboard.charts import Bar, BudgetBar, Formatter, Interval, format_number, format_percent
+from chorus.server.dashboard.charts import (
+    Bar,
+    BudgetBar,
+    Formatter,
+    Interval,
+    format_compact,
+    format_number,
+    format_percent,
+)
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import check_chain
@@ -32,7 +41,8 @@ Args = Mapping[str, str]
 
 NOISE_NOTE = ("Values are noisy: differential-privacy noise was added before release, so small "
               "differences between teams or windows may mean nothing. Whiskers and bands show the 95% "
-              "interval: the value before noise lies inside it with 95% probability.")
+              "interval: the value before noise lies inside it with 95% probability. Intervals are cut "
+              "at the range a value can take (never below 0; adoption at most 100%).")
 EXACT_NOTE = "Exact accounting, no noise: the privacy budget (epsilon) is tracked in whole micro-epsilon."
 LEDGER_PAGE = 50
 MAX_TREND_WINDOWS = 52
@@ -142,20 +152,29 @@ def _estimate_columns(fmt: Formatter) -> list[Column]:
             text("epsilon", "Epsilon"), text("release", "Release"), text("note", "Note")]
 
 
-def _estimate_cells(estimate: release_pb2.Estimate | None) -> tuple[Cell, ...]:
-    if estimate is None:
+def _estimate_cells(estimate: release_pb2.Estimate | None, interval: Interval | None) -> tuple[Cell, ...]:
+    if estimate is None or interval is None:
         return (None,) * 7
-    return (estimate.value, estimate.ci95, estimate.value - estimate.ci95, estimate.value + estimate.ci95,
-            estimate.epsilon, release_state(estimate), estimate.note)
+    return (interval.value, interval.ci95, interval.low, interval.high, estimate.epsilon,
+            release_state(estimate), estimate.note)
 
 
-def _interval(estimate: release_pb2.Estimate | None) -> Interval | None:
-    return Interval(estimate.value, estimate.ci95) if estimate is not None else None
+def _ceiling(statistic: int, metric: release_pb2.Metric | None) -> float:
+    """The most a statistic can be: adoption is a share, a mean is capped by the metric's bound."""
+    if statistic == common_pb2.STATISTIC_ADOPTION:
+        return 1.0
+    if statistic == common_pb2.STATISTIC_MEAN and metric is not None:
+        return float(metric.max_per_user)
+    return math.inf
 
 
-def _bar(team: release_pb2.TeamRelease, estimate: release_pb2.Estimate | None) -> Bar:
+def _interval(estimate: release_pb2.Estimate | None, ceiling: float) -> Interval | None:
+    return Interval(estimate.value, estimate.ci95, ceiling) if estimate is not None else None
+
+
+def _bar(team: release_pb2.TeamRelease, interval: Interval | None) -> Bar:
     note = _outcome(team) if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED else "not released"
-    return Bar(team.team, _interval(estimate), note)
+    return Bar(team.team, interval, note)
 
 
 def _slug(text_: str) -> str:
@@ -186,8 +205,9 @@ def overview(api: Api, args: Args) -> Page:
         bars = []
         for team in reply.teams:
             estimate = _find(team, code, metric.name)
-            table.add(team.team, _outcome(team), *_estimate_cells(estimate))
-            bars.append(_bar(team, estimate))
+            interval = _interval(estimate, _ceiling(code, metric))
+            table.add(team.team, _outcome(team), *_estimate_cells(estimate, interval))
+            bars.append(_bar(team, interval))
         title = f"{label} of {metric.name} per team"
         description = (f"{metric.description}. Each person's total is capped at {metric.max_per_user:,} "
                        f"before it counts. Window {window}.")
@@ -204,9 +224,10 @@ def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> Ch
     bars = []
     for team in teams:
         estimate = _find(team, code)
-        table.add(team.team, team.roster_size, _outcome(team), *_estimate_cells(estimate),
+        interval = _interval(estimate, _ceiling(code, None))
+        table.add(team.team, team.roster_size, _outcome(team), *_estimate_cells(estimate, interval),
                   team.budget_remaining)
-        bars.append(_bar(team, estimate))
+        bars.append(_bar(team, interval))
     title = "Adoption per team"
     description = (f"Share of each team's roster active with AI tools in window {window}: people with any "
                    "usage divided by the roster size.")
@@ -222,7 +243,8 @@ def trends(api: Api, args: Args) -> Page:
     recent = list(reversed(windows[:count]))
     statistic = _choice(args, "statistic", TREND_STATISTICS, "adoption")
     assert statistic is not None
-    names = [m.name for m in api.list_metrics(recent[-1].id)] if recent else []
+    metrics = {m.name: m for m in api.list_metrics(recent[-1].id)} if recent else {}
+    names = list(metrics)
     metric = _choice(args, "metric", names, names[0] if names else None)
     page = Page("trends.html", "Trends", context={
         "n": count, "statistic": statistic, "metric": metric, "metrics": names, "problems": [], "tally": None,
@@ -231,7 +253,7 @@ def trends(api: Api, args: Args) -> Page:
         return page
     code, label = STATISTICS[statistic]
     adoption = statistic == "adoption"
-    fmt = format_percent if adoption else format_number
+    fmt, chart_fmt = (format_percent, format_percent) if adoption else (format_number, format_compact)
     subject = label if adoption else f"{label} of {metric}"
     table = DataTable(f"{subject} per team over the last {len(recent)} closed windows",
                       [_WINDOW, _TEAM, _OUTCOME, *_estimate_columns(fmt)])
@@ -247,8 +269,9 @@ def trends(api: Api, args: Args) -> Page:
         page.context["tally"] = _tally(reply.teams, page.context["tally"])
         for team in reply.teams:
             estimate = _find(team, code, "" if adoption else metric or "")
-            table.add(window.id, team.team, _outcome(team), *_estimate_cells(estimate))
-            series.setdefault(team.team, [None] * len(recent))[index] = _interval(estimate)
+            interval = _interval(estimate, _ceiling(code, metrics.get(metric or "")))
+            table.add(window.id, team.team, _outcome(team), *_estimate_cells(estimate, interval))
+            series.setdefault(team.team, [None] * len(recent))[index] = interval
     domain = [v for points in series.values() for p in points if p for v in (p.low, p.high)]
     ids = [w.id for w in recent]
     panels = []
@@ -257,7 +280,7 @@ def trends(api: Api, args: Args) -> Page:
         description = (f"{subject} of team {team} in windows {ids[0]} to {ids[-1]}, with the 95% interval "
                        "as a band; gaps are windows with nothing released for this team.")
         panels.append((team, charts.trend_panel(f"chart-trend-{number}", title, description, ids,
-                                                series[team], domain or [0.0], fmt=fmt)))
+                                                series[team], domain or [0.0], fmt=chart_fmt)))
     title = f"{subject} per team over time"
     description = f"One panel per team, all on the same scale, windows {ids[0]} to {ids[-1]}."
     page.charts.append(Chart("trend", title, description, panels, table))
@@ -308,18 +331,22 @@ def histogram(api: Api, args: Args) -> Page:
     buckets = []
     for label, people in zip(_bucket_labels(estimate.histogram_edges), estimate.bucket_counts, strict=False):
         interval = Interval(float(people), estimate.ci95)
-        buckets.append((label, interval))
-        table.add(label, people, estimate.ci95, interval.low, interval.high, estimate.epsilon,
-                  release_state(estimate), estimate.note)
+        buckets.append(interval)
+        table.add(label, *_estimate_cells(estimate, interval))
     title = f"Distribution of {metric} in team {team}"
-    description = (f"People in team {team} per range of their {metric} total in window {window}; only people "
-                   "with some usage are counted.")
-    svg = charts.histogram_bars("chart-histogram", title, description, buckets)
+    description = (f"People in team {team} per range of their {metric} total in window {window}, lowest "
+                   "range first, with the range edges marked between the bars; only people with some usage "
+                   "count.")
+    svg = charts.histogram_bars("chart-histogram", title, description, buckets, estimate.histogram_edges)
     page.charts.append(Chart("histogram", title, description, [("", svg)], table))
     return page
 
 
 # Privacy officer (auditor)
+
+# Exact decimal strings from the server, shown and exported as they are.
+_BUDGET_FIELDS = ("cap", "spent", "remaining")
+
 
 def budget(api: Api, args: Args) -> Page:
     """Cap, spent and remaining epsilon per team for one window."""
@@ -330,8 +357,8 @@ def budget(api: Api, args: Args) -> Page:
     if window is None:
         return page
     table = DataTable(f"Privacy budget per team, window {window}",
-                      [_WINDOW, _TEAM, text("cap", "Cap"), text("spent", "Spent"),
-                       text("remaining", "Remaining"), Column("releases", label="Releases")])
+                      [_WINDOW, _TEAM, *(Column(name, None, label=name.title()) for name in _BUDGET_FIELDS),
+                       Column("releases", label="Releases")])
     bars = []
     for row in (b for b in budgets if b.window == window):
         table.add(row.window, row.team, row.cap, row.spent, row.remaining, row.releases)
