@@ -6,8 +6,10 @@ window, first release and cached replay, against the bare OpenDP calls measured 
 The window is filled through the real ingest rules and closed by the real fold. Every round
 uses a fresh copy of the closed database, so each "first" release really draws and charges
 all 7,500 noisy statistics (500 teams x 5 metrics x sum, count, histogram; the means are
-post-processing). The anchor is what any implementation must pay: one OpenDP discrete-Laplace
-call per noisy statistic with prebuilt measurements. Targets: first < 2 s, cached < 100 ms.
+post-processing). Two anchors, both with prebuilt measurements: one OpenDP discrete-Laplace
+call per noisy statistic (what calling OpenDP per release costs), and the 15 batched calls
+this implementation makes (one per metric and statistic, all teams at once). Targets: first
+< 2 s, cached < 100 ms.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.release import Releases, StatisticRequest
+from chorus.server.release import ReleaseResult, Releases, StatisticRequest
 
 NOON = datetime(2026, 11, 25, 12, tzinfo=UTC)
 WINDOW = "2026-11-25"
@@ -57,25 +58,32 @@ def build(data: Path, teams: int, people: int) -> None:
     chorus.close()
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
+def timed_report(releases: Releases) -> tuple[float, ReleaseResult]:
+    """Seconds for the full report (every team, metric and REPORT statistic), and its result."""
     started = time.perf_counter()
-    result = fn()
+    result = releases.release(WINDOW, [], [], REPORT, "bench")
     return time.perf_counter() - started, result
 
 
-def bare_opendp(teams: int) -> float:
-    """One OpenDP call per noisy statistic of the report, measurements prebuilt."""
+def bare_opendp(teams: int) -> tuple[float, float]:
+    """Seconds for the report's noise: one OpenDP call per noisy statistic, and batched."""
     eps = Epsilon.parse("0.05")
-    scalars = [mechanisms.calibrate(1000 * (i + 1), eps) for i in range(METRICS)]
+    sums = [mechanisms.calibrate(1000 * (i + 1), eps) for i in range(METRICS)]
     count = mechanisms.calibrate(1, eps)
     hist = mechanisms.calibrate(1, eps, vector=True)
     started = time.perf_counter()
     for _ in range(teams):
         for m in range(METRICS):
-            scalars[m].measurement(5000)
+            sums[m].measurement(5000)
             count.measurement(10)
             hist.measurement([1, 2, 3, 4])
-    return time.perf_counter() - started
+    per_release = time.perf_counter() - started
+    started = time.perf_counter()
+    for m in range(METRICS):
+        sums[m].batch([5000] * teams)
+        count.batch([10] * teams)
+        hist.batch([1, 2, 3, 4] * teams)
+    return per_release, time.perf_counter() - started
 
 
 def main() -> None:
@@ -88,33 +96,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "template"
         template.mkdir()
-        setup, _ = timed(lambda: build(template, args.teams, args.people))
+        started = time.perf_counter()
+        build(template, args.teams, args.people)
+        setup = time.perf_counter() - started
         print(f"setup: {args.teams} teams x {args.people} people x {METRICS} metrics ingested and "
               f"closed in {setup:.1f} s")
-        firsts, cached, anchors = [], [], []
+        firsts, cached, anchors, batched = [], [], [], []
         for r in range(args.rounds):
-            anchors.append(bare_opendp(args.teams))
+            per_release, batch = bare_opendp(args.teams)
+            anchors.append(per_release)
+            batched.append(batch)
             data = Path(tmp) / f"round-{r}"
             shutil.copytree(template, data)
             chorus = Chorus(config.load(data / "chorus.toml"), data / "data", clock=FakeClock(NOON))
             releases = Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy)
-            seconds, first = timed(lambda: releases.release(WINDOW, [], [], REPORT, "bench"))
+            seconds, first = timed_report(releases)
             firsts.append(seconds)
-            seconds, again = timed(lambda: releases.release(WINDOW, [], [], REPORT, "bench"))
+            seconds, again = timed_report(releases)
             cached.append(seconds)
-            estimates = sum(len(t.estimates) for t in first.teams)  # type: ignore[attr-defined]
-            assert estimates == args.teams * METRICS * 4
-            assert all(e.cached for t in again.teams for e in t.estimates)  # type: ignore[attr-defined]
+            assert sum(len(t.estimates) for t in first.teams) == args.teams * METRICS * 4
+            assert all(e.cached for t in again.teams for e in t.estimates)
             chorus.close()
 
     noisy = args.teams * METRICS * 3
-    anchor, first_s, cached_s = (statistics.median(x) for x in (anchors, firsts, cached))
+    anchor, batch, first_s, cached_s = (statistics.median(x) for x in (anchors, batched, firsts, cached))
     print(f"report: {args.teams * METRICS * 4} estimates from {noisy} noisy releases (median of "
           f"{args.rounds} rounds)")
-    print(f"  bare OpenDP calls (anchor): {anchor * 1000:8.1f} ms")
-    print(f"  first release:              {first_s * 1000:8.1f} ms  = {first_s / anchor:5.2f} x anchor  "
+    print(f"  anchor: {noisy} bare OpenDP calls, one per release: {anchor * 1000:8.1f} ms")
+    print(f"          {METRICS * 3} bare batched OpenDP calls:          {batch * 1000:8.1f} ms")
+    print(f"  first release:  {first_s * 1000:8.1f} ms = {first_s / anchor:5.2f} x anchor "
           f"(target < 2000 ms)")
-    print(f"  cached replay:              {cached_s * 1000:8.1f} ms  = {cached_s / anchor:5.2f} x anchor  "
+    print(f"  cached replay:  {cached_s * 1000:8.1f} ms = {cached_s / anchor:5.2f} x anchor "
           f"(target < 100 ms)")
 
 
