@@ -42,7 +42,7 @@ def test_close_folds_team_statistics_and_shreds_per_person_rows(chorus: Chorus) 
     caps = q(chorus, "SELECT team, cap_micros, spent_micros FROM budgets ORDER BY team")
     assert caps == [("team-blue", 1_000_000, 0), ("team-red", 1_000_000, 0), ("team-tiny", 1_000_000, 0)]
     kinds = [k for (k,) in q(chorus, "SELECT kind FROM ledger ORDER BY seq")]
-    assert kinds == ["roster_import", "window_open", "window_close"]
+    assert kinds == ["config", "roster_import", "window_open", "window_close"]
 
 
 def test_closing_twice_folds_once(chorus: Chorus) -> None:

@@ -55,8 +55,13 @@ class Policy:
     min_team_size: int
     retention_windows: int
 
+    _by_name: dict[str, MetricPolicy] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {m.name: m for m in self.metrics})
+
     def metric(self, name: str) -> MetricPolicy | None:
-        return next((m for m in self.metrics if m.name == name), None)
+        return self._by_name.get(name)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ from chorus.server.config import Limits, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
-from chorus.server.windows import window_of
+from chorus.server.windows import WindowSpan, window_of
 
 FUTURE_TOLERANCE = lifecycle.FUTURE_TOLERANCE
 
@@ -133,7 +133,7 @@ _INSERT_MEMBER = ("INSERT INTO members (window_id, pseudonym, team) VALUES (?, ?
 
 def pseudonym(key: bytes, user: str) -> bytes:
     """HMAC-SHA256(window key, user id): stable within a window, unlinkable once the key is gone."""
-    return hmac.new(key, user.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, user.encode(), hashlib.sha256)
 
 
 class Ingestor:
@@ -160,6 +160,7 @@ class Ingestor:
             return Outcome(accepted=0, duplicate=True)
         roster = self._roster.current(tx)
         windows: dict[str, lifecycle.OpenWindow | lifecycle.WindowRecord | None] = {}
+        spans: dict[datetime, WindowSpan] = {}  # batches carry few distinct event times
         pseudonyms: dict[tuple[str, str], bytes] = {}
         totals: dict[tuple[str, bytes, str], int] = {}
         bounds: dict[tuple[str, bytes, str], int] = {}
@@ -179,7 +180,9 @@ class Ingestor:
                                             f"event_time {c.event_time.isoformat()} is more than 5 minutes "
                                             f"ahead of the server clock {now.isoformat()}"))
                 continue
-            span = window_of(c.event_time, self._policy.window_length)
+            span = spans.get(c.event_time)
+            if span is None:
+                span = spans[c.event_time] = window_of(c.event_time, self._policy.window_length)
             if span.id not in windows:
                 windows[span.id] = (None if span.end + grace <= now else
                                     lifecycle.open_for_ingest(tx, span, self._policy, self._ledger, now))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 import grpc
 
@@ -32,7 +32,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 source=request.source,
                 source_version=request.source_version,
                 dropped=request.dropped,
-                contributions=[_contribution(i, c) for i, c in enumerate(request.contributions)],
+                contributions=_contributions(request),
             )
             ingest.validate(batch, self._limits)
         except ingest.InvalidBatch as exc:
@@ -47,10 +47,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
 
-def _contribution(index: int, c: ingest_pb2.Contribution) -> ingest.Contribution:
-    try:
-        when = c.event_time.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise ingest.InvalidBatch(f"contributions[{index}].event_time is outside the valid timestamp "
-                                  "range (years 1..9999)") from None
-    return ingest.Contribution(c.user, c.metric, c.value, when)
+def _contributions(request: ingest_pb2.ReportRequest) -> list[ingest.Contribution]:
+    # SDK batches carry a handful of distinct minute timestamps: convert each once.
+    times: dict[tuple[int, int], datetime] = {}
+    out = []
+    for index, c in enumerate(request.contributions):
+        stamp = c.event_time
+        key = (stamp.seconds, stamp.nanos)
+        when = times.get(key)
+        if when is None:
+            try:
+                when = times[key] = stamp.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError):
+                raise ingest.InvalidBatch(f"contributions[{index}].event_time is outside the valid "
+                                          "timestamp range (years 1..9999)") from None
+        out.append(ingest.Contribution(c.user, c.metric, c.value, when))
+    return out
