@@ -4,7 +4,9 @@ revoked tokens, a roster of recognisable user ids, a FakeClock, and a store dige
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import pkgutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,10 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
+import chorus.v1
 from chorus.server import config
 from chorus.server.app import Server, TlsConfig
 from chorus.server.app_context import Chorus
@@ -89,6 +93,46 @@ class SecureServer:
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    code: grpc.StatusCode
+    details: str
+    #: Serialized response message(s), or the status details (google.rpc.Status) of an error.
+    payloads: tuple[bytes, ...]
+
+
+def proto_methods() -> list[descriptor.MethodDescriptor]:
+    """Every RPC of every chorus.v1 service, from the generated descriptors."""
+    methods = []
+    for module in pkgutil.iter_modules(chorus.v1.__path__):
+        if module.name.endswith("_pb2"):
+            file = importlib.import_module(f"chorus.v1.{module.name}").DESCRIPTOR
+            for service in file.services_by_name.values():
+                methods.extend(service.methods)
+    return sorted(methods, key=lambda m: m.full_name)
+
+
+def rpc_path(method: descriptor.MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def call_raw(channel: grpc.Channel, method: descriptor.MethodDescriptor, payload: bytes,
+             metadata: tuple[tuple[str, str], ...] | None, timeout: float = 30) -> Answer:
+    """Invoke any RPC with raw request bytes through a generic stub (identity serializers)."""
+    kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+            (True, False): channel.stream_unary, (True, True): channel.stream_stream}
+    stub: Any = kind[(method.client_streaming, method.server_streaming)](rpc_path(method))
+    request = iter([payload]) if method.client_streaming else payload
+    try:
+        reply = stub(request, metadata=metadata, timeout=timeout)
+        replies = tuple(reply) if method.server_streaming else (reply,)
+    except grpc.RpcError as exc:
+        trailing = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+        status = trailing.get("grpc-status-details-bin", b"")
+        return Answer(exc.code(), exc.details() or "", (status,) if status else ())  # type: ignore[attr-defined]
+    return Answer(grpc.StatusCode.OK, "", replies)
 
 
 def make_certs(directory: Path) -> Path:

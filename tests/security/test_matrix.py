@@ -7,20 +7,15 @@ this file says which role may call it.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import Any
-
 import grpc
 import pytest
 from google.protobuf import descriptor
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import chorus.v1
 from chorus.server import auth
 from chorus.server.auth import Role
 
-from .conftest import SecureServer, bearer
+from .conftest import SecureServer, bearer, call_raw, proto_methods, rpc_path
 
 #: The specification, written independently of auth.SERVICE_ROLES: one role per job.
 EXPECTED_ROLES: dict[str, frozenset[Role]] = {
@@ -32,42 +27,15 @@ EXPECTED_ROLES: dict[str, frozenset[Role]] = {
 AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
-def proto_methods() -> list[descriptor.MethodDescriptor]:
-    methods = []
-    for module in pkgutil.iter_modules(chorus.v1.__path__):
-        if module.name.endswith("_pb2"):
-            file = importlib.import_module(f"chorus.v1.{module.name}").DESCRIPTOR
-            for service in file.services_by_name.values():
-                methods.extend(service.methods)
-    return sorted(methods, key=lambda m: m.full_name)
-
-
 METHODS = proto_methods()
 # Callers that are nobody: no token, a value that is not a token, a well-formed unknown token.
 ANONYMOUS = {"no token": None, "not a token": "not-a-token", "unknown token": "chorus_" + "A" * 43}
 
 
-def path(method: descriptor.MethodDescriptor) -> str:
-    return f"/{method.containing_service.full_name}/{method.name}"
-
-
 def call(server: SecureServer, method: descriptor.MethodDescriptor, payload: bytes,
          token: str | None) -> grpc.StatusCode:
-    """Invoke any RPC with raw request bytes through a generic stub; the final status code."""
     assert server.channel is not None
-    metadata = bearer(token) if token is not None else None
-    kind = {(False, False): server.channel.unary_unary, (False, True): server.channel.unary_stream,
-            (True, False): server.channel.stream_unary, (True, True): server.channel.stream_stream}
-    stub: Any = kind[(method.client_streaming, method.server_streaming)](path(method))
-    request = iter([payload]) if method.client_streaming else payload
-    try:
-        reply = stub(request, metadata=metadata, timeout=30)
-        if method.server_streaming:
-            for _ in reply:
-                pass
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
+    return call_raw(server.channel, method, payload, bearer(token) if token is not None else None).code
 
 
 def test_methods_are_enumerated() -> None:
@@ -93,7 +61,7 @@ def test_every_service_is_served(shared_server: SecureServer) -> None:
     assert set(EXPECTED_ROLES) <= listed
 
 
-@pytest.mark.parametrize("method", METHODS, ids=path)
+@pytest.mark.parametrize("method", METHODS, ids=rpc_path)
 @pytest.mark.parametrize("caller", list(ANONYMOUS))
 def test_anonymous_callers_are_unauthenticated(shared_server: SecureServer,
                                                method: descriptor.MethodDescriptor, caller: str) -> None:
@@ -101,7 +69,7 @@ def test_anonymous_callers_are_unauthenticated(shared_server: SecureServer,
     assert call(shared_server, method, empty, ANONYMOUS[caller]) == grpc.StatusCode.UNAUTHENTICATED
 
 
-@pytest.mark.parametrize("method", METHODS, ids=path)
+@pytest.mark.parametrize("method", METHODS, ids=rpc_path)
 @pytest.mark.parametrize("role", list(Role), ids=str)
 def test_revoked_tokens_are_unauthenticated(shared_server: SecureServer, method: descriptor.MethodDescriptor,
                                             role: Role) -> None:
@@ -109,7 +77,7 @@ def test_revoked_tokens_are_unauthenticated(shared_server: SecureServer, method:
     assert call(shared_server, method, empty, shared_server.revoked[role]) == grpc.StatusCode.UNAUTHENTICATED
 
 
-@pytest.mark.parametrize("method", METHODS, ids=path)
+@pytest.mark.parametrize("method", METHODS, ids=rpc_path)
 @pytest.mark.parametrize("role", list(Role), ids=str)
 def test_role_matrix(shared_server: SecureServer, method: descriptor.MethodDescriptor, role: Role) -> None:
     """Allowed: any answer but an auth error (and the RPC exists); denied: PERMISSION_DENIED exactly.

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -220,7 +221,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return self._admit(details.method, service, bearer, arrived, context)
 
         ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
-        return _guard(continuation(details), admit, ends)
+        return _guard(continuation(details), details.method, admit, ends)
 
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
                context: grpc.ServicerContext) -> Principal:
@@ -260,7 +261,21 @@ def _bearer(metadata: Any) -> str | None:
     return token.strip() or None
 
 
-def _guard(handler: grpc.RpcMethodHandler | None, admit: Admit,
+@contextmanager
+def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """An unexpected exception becomes INTERNAL with a fixed message: gRPC would otherwise send
+    its text (which might hold a value from the request) to the caller as UNKNOWN."""
+    try:
+        yield
+    except Exception:
+        if context.code() is not None:  # the servicer aborted: its status stands
+            raise
+        _log.exception("%s failed", method)
+        abort(context, grpc.StatusCode.INTERNAL, f"{method} failed on the server; the server log has "
+              "the details")
+
+
+def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
            ends: float | None) -> grpc.RpcMethodHandler:
     """A handler of the same kind that admits the caller, then parses and runs the original.
 
@@ -305,7 +320,8 @@ def _guard(handler: grpc.RpcMethodHandler | None, admit: Admit,
                 timer.daemon = True
                 timer.start()
             try:
-                yield from _stream_as(who, behavior, request, context)
+                with _contained(method, context):
+                    yield from _stream_as(who, behavior, request, context)
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -319,7 +335,8 @@ def _guard(handler: grpc.RpcMethodHandler | None, admit: Admit,
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
         who = admit(context)
         request = request_of(raw, context)
-        return contextvars.copy_context().run(_call_as, who, behavior, request, context)
+        with _contained(method, context):
+            return contextvars.copy_context().run(_call_as, who, behavior, request, context)
 
     factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
                else grpc.unary_unary_rpc_method_handler)
