@@ -1,0 +1,107 @@
+"""No user id, token or per-person value in any log record, error message or operational metric.
+
+The session-wide guard in tests/conftest.py checks every record of the whole run; the tests
+here prove the guard is wired and its detector works, and drive the server through the
+paths that handle user ids, with the server logging at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from chorus.server.auth import Role
+from chorus.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from tests._secrets import SECRET_MARKERS, leaks, register, user_id
+from tests.conftest import CapturingHandler
+
+from .conftest import NOON, ROSTER, SecureServer
+
+#: A per-person total distinctive enough to search for.
+PERSONAL_VALUE = 1_234_567
+
+
+def test_detector_finds_user_ids_tokens_and_registered_markers() -> None:
+    lines = ["INFO x: rejected user-alice from team red",
+             "DEBUG y: header chorus_" + "Q" * 43,
+             "WARNING z: person alice@example.com did something",
+             "INFO ok: 12 contributions from 3 tools, 2 rejected (UNKNOWN_USER)"]
+    assert leaks(lines, markers=["alice@example.com"]) == lines[:3]
+    assert leaks(lines[3:], markers=["alice@example.com"]) == []
+
+
+def test_guard_captures_server_logs(secure_server: SecureServer, log_guard: CapturingHandler) -> None:
+    """The session handler sees records from the server's threads, at DEBUG."""
+    assert logging.getLogger().isEnabledFor(logging.DEBUG)
+    assert secure_server.channel is not None
+    with pytest.raises(grpc.RpcError):
+        admin_pb2_grpc.AdminServiceStub(secure_server.channel).ListTokens(
+            admin_pb2.ListTokensRequest(), metadata=secure_server.metadata(Role.INGEST), timeout=10)
+    assert any("chorus.server.auth: denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'" in line
+               for line in log_guard.snapshot())
+
+
+def contribution(request: ingest_pb2.ReportRequest, user: str, value: int, metric: str = "ai.tokens") -> None:
+    request.contributions.add(user=user, metric=metric, value=value).event_time.FromDatetime(NOON)
+
+
+def test_user_ids_and_values_stay_out_of_answers_logs_and_metrics(secure_server: SecureServer,
+                                                                   log_guard: CapturingHandler) -> None:
+    assert secure_server.channel is not None
+    first_line = len(log_guard.snapshot())
+    stranger, known = user_id("stranger-7f3a"), ROSTER[0][0]
+    register(str(PERSONAL_VALUE))
+    ingest = ingest_pb2_grpc.IngestServiceStub(secure_server.channel)
+    admin = admin_pb2_grpc.AdminServiceStub(secure_server.channel)
+    audit = audit_pb2_grpc.AuditServiceStub(secure_server.channel)
+    as_ingest, as_admin = secure_server.metadata(Role.INGEST), secure_server.metadata(Role.ADMIN)
+    answers: list[str] = []
+
+    # Partial success: a known user with a distinctive value, a stranger, a bad metric, a negative
+    # value and a late event, all in one batch.
+    request = ingest_pb2.ReportRequest(batch_id="mixed", source="tool")
+    contribution(request, known, PERSONAL_VALUE)
+    contribution(request, stranger, 5)
+    contribution(request, known, 5, metric="ai.unknown_metric")
+    contribution(request, known, -5)
+    late = request.contributions.add(user=known, metric="ai.tokens", value=1)
+    late.event_time.FromDatetime(NOON - timedelta(days=30))
+    reply = ingest.Report(request, metadata=as_ingest, timeout=10)
+    assert reply.accepted == 1 and len(reply.rejections) == 4
+    answers += [r.message for r in reply.rejections]
+
+    # Whole-batch refusals that concern a user field.
+    for bad in (user_id("x" * 300), ""):
+        refused = ingest_pb2.ReportRequest(batch_id=f"bad-{len(bad)}")
+        contribution(refused, bad, 1)
+        with pytest.raises(grpc.RpcError) as err:
+            ingest.Report(refused, metadata=as_ingest, timeout=10)
+        answers.append(err.value.details() or "")
+
+    # A roster with a duplicate user and one with an unprintable user.
+    for entries in ([(known, "t"), (known, "t")], [(user_id("tab\there"), "t")]):
+        with pytest.raises(grpc.RpcError) as err:
+            admin.ImportRoster(iter([admin_pb2.ImportRosterRequest(
+                entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in entries])]),
+                metadata=as_admin, timeout=10)
+        answers.append(err.value.details() or "")
+
+    # Operational metrics, the token list, and (after closing the window) the whole ledger.
+    stats = admin.GetStats(admin_pb2.GetStatsRequest(), metadata=as_admin, timeout=10)
+    assert stats.contributions_accepted == 1 and stats.rejected["UNKNOWN_USER"] == 1
+    answers.append(str(stats))
+    answers.append(str(admin.ListTokens(admin_pb2.ListTokensRequest(), metadata=as_admin, timeout=10)))
+    secure_server.clock.advance(timedelta(days=1, hours=3))
+    closed = admin.CloseWindow(admin_pb2.CloseWindowRequest(window="2026-11-25"), metadata=as_admin,
+                               timeout=10)
+    assert closed.rows_folded == 1
+    answers += [str(e) for e in audit.StreamLedger(audit_pb2.StreamLedgerRequest(from_seq=1),
+                                                   metadata=secure_server.metadata(Role.AUDITOR), timeout=10)]
+
+    assert leaks(answers) == []
+    assert all(str(PERSONAL_VALUE) not in a for a in answers)
+    assert leaks(log_guard.snapshot()[first_line:]) == []
+    assert str(PERSONAL_VALUE) in SECRET_MARKERS  # and so checked again over the whole session
