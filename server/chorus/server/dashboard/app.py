@@ -63,7 +63,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
     app = Flask(__name__)
     # Only the sign-in and sign-out forms post, and both are tiny.
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024, MAX_FORM_MEMORY_SIZE=8 * 1024)
-    store = sessions or SessionStore(clock or SystemClock(), idle=idle_timeout)
+    store = sessions if sessions is not None else SessionStore(clock or SystemClock(), idle=idle_timeout)
     app.jinja_env.globals.update(utc=pages.utc, role_titles=ROLE_TITLES,
                                  window_closed=common_pb2.WINDOW_STATE_CLOSED)
 

@@ -95,17 +95,18 @@ class Gateway:
     def identify(self, token: str) -> Role:
         """The dashboard role of `token`: analyst or auditor, verified by calling each service.
 
-        An admin token passes both checks and is refused: the dashboard is for reading, and a
-        browser session should never hold operator powers.
+        A token that may call both is refused whatever the server's role matrix: a browser
+        session must never hold more than one role's powers.
         """
-        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii() or not token.isprintable():
+        if (not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii() or not token.isprintable()
+                or any(c.isspace() for c in token)):
             raise LoginRejected("that is not a Chorus token: paste the token exactly as it was issued")
         api = self.as_user(token)
         release_ok = api.can_call(api.list_windows)
         audit_ok = api.can_call(api.public_key)
         if release_ok and audit_ok:
-            raise LoginRejected("admin tokens cannot sign in to the dashboard; use an analyst or "
-                                "auditor token")
+            raise LoginRejected("this token may read both releases and the audit trail; the dashboard "
+                                "takes single-purpose analyst or auditor tokens only")
         if release_ok:
             return Role.ANALYST
         if audit_ok:

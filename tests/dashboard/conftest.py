@@ -1,0 +1,168 @@
+"""Dashboard fixtures: a real Chorus with three closed windows behind a real gRPC server, and the
+dashboard talking to it through the gateway exactly as in production."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from chorus.server import config, ingest
+from chorus.server.app import Server
+from chorus.server.app_context import Chorus
+from chorus.server.auth import Role
+from chorus.server.clock import FakeClock
+from chorus.server.dashboard import Gateway, create_app
+from chorus.server.dashboard.sessions import SessionStore
+from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+DAYS = ("2026-11-23", "2026-11-24", "2026-11-25")
+LATEST = DAYS[-1]
+#: k is 5 by default, so team-tiny is always suppressed.
+TEAMS = {"team-red": 6, "team-blue": 5, "team-tiny": 3}
+#: Who is active, per team: index -> multiplier of the base usage.
+ACTIVE = {"team-red": 5, "team-blue": 3, "team-tiny": 3}
+METRICS = ("ai.tokens", "ai.requests", "ai.suggestions_accepted", "ai.tasks_completed")
+
+
+def noon(day: str) -> datetime:
+    return datetime.fromisoformat(day).replace(hour=12, tzinfo=UTC)
+
+
+def roster_rows() -> list[tuple[str, str]]:
+    return [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
+
+
+def usage(day_index: int) -> list[ingest.Contribution]:
+    """A deterministic day of usage: the first ACTIVE[team] people of each team use every metric."""
+    at = noon(DAYS[day_index])
+    rows = []
+    for team, active in ACTIVE.items():
+        for i in range(active):
+            scale = (i + 1) * (day_index + 1)
+            rows += [ingest.Contribution(f"user-{team}-{i}", "ai.tokens", 9_000 * scale, at),
+                     ingest.Contribution(f"user-{team}-{i}", "ai.requests", 40 * scale, at),
+                     ingest.Contribution(f"user-{team}-{i}", "ai.suggestions_accepted", 12 * scale, at),
+                     ingest.Contribution(f"user-{team}-{i}", "ai.tasks_completed", 2 * scale, at)]
+    return rows
+
+
+@dataclass
+class Stack:
+    """A running Chorus gRPC server with data in three closed windows, and one token per role."""
+
+    chorus: Chorus
+    server: Server
+    clock: FakeClock
+    tokens: dict[Role, str]
+    channel: grpc.Channel
+    gateways: list[Gateway] = field(default_factory=list)
+
+    def gateway(self) -> Gateway:
+        gw = Gateway(self.server.address)
+        self.gateways.append(gw)
+        return gw
+
+    def metadata(self, role: Role) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.tokens[role]}"),)
+
+    def release(self, window: str, statistics: list[int], teams: tuple[str, ...] = (),
+                metrics: tuple[str, ...] = ()) -> release_pb2.ReleaseResponse:
+        """What the gRPC API answers an analyst directly (cached once the dashboard released it)."""
+        request = release_pb2.ReleaseRequest(
+            window=window, teams=teams, metrics=metrics,
+            statistics=[release_pb2.StatisticRequest(statistic=s) for s in statistics])  # type: ignore[arg-type]
+        return release_pb2_grpc.ReleaseServiceStub(self.channel).Release(
+            request, metadata=self.metadata(Role.ANALYST), timeout=30)
+
+    def budgets(self, window: str = "") -> list[audit_pb2.TeamWindowBudget]:
+        request = audit_pb2.GetBudgetRequest(window=window)
+        return list(audit_pb2_grpc.AuditServiceStub(self.channel).GetBudget(
+            request, metadata=self.metadata(Role.AUDITOR), timeout=30).budgets)
+
+    def ledger_size(self) -> int:
+        stream = audit_pb2_grpc.AuditServiceStub(self.channel).StreamLedger(
+            audit_pb2.StreamLedgerRequest(from_seq=1), metadata=self.metadata(Role.AUDITOR), timeout=30)
+        return sum(1 for _ in stream)
+
+    def close(self) -> None:
+        for gw in self.gateways:
+            gw.close()
+        self.channel.close()
+        self.server.stop(grace=0)
+
+
+def build_stack(data_dir: Path, toml: str | None = None) -> Stack:
+    clock = FakeClock(noon(DAYS[0]))
+    path = None
+    if toml is not None:
+        path = data_dir.parent / f"{data_dir.name}.toml"
+        path.write_text(toml)
+    chorus = Chorus(config.load(path), data_dir, clock=clock)
+    chorus.import_roster(roster_rows(), actor="test")
+    for index, day in enumerate(DAYS):
+        clock.set(noon(day))
+        outcome = chorus.ingestor.report(ingest.Batch(uuid.uuid4().hex, "test-tool", "1.0", 0, usage(index)))
+        assert not outcome.rejections
+        chorus.close_window(day, actor="test")
+    clock.set(noon(DAYS[-1]) + timedelta(days=1))
+    tokens = {role: chorus.tokens.create(role, f"{role.value}-dashboard-test", clock.now(), actor="test")[0]
+              for role in Role}
+    server = Server(chorus, "127.0.0.1:0")
+    server.start()
+    return Stack(chorus, server, clock, tokens, grpc.insecure_channel(server.address))
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    built = build_stack(tmp_path / "data")
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def sessions(stack: Stack) -> SessionStore:
+    return SessionStore(stack.clock)
+
+
+@pytest.fixture
+def app(stack: Stack, sessions: SessionStore) -> Flask:
+    application = create_app(stack.gateway(), sessions=sessions)
+    application.testing = True
+    return application
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(response: TestResponse) -> str:
+    match = _CSRF.search(response.get_data(as_text=True))
+    assert match, "page has no CSRF field"
+    return match[1]
+
+
+def login(client: FlaskClient, token: str, next_path: str | None = None) -> TestResponse:
+    """Sign in through the real form (GET for its CSRF token, then POST)."""
+    form = client.get("/login")
+    data = {"csrf": csrf_of(form), "token": token}
+    if next_path is not None:
+        data["next"] = next_path
+    return client.post("/login", data=data)
+
+
+ANALYST_PAGES = ("/overview", "/trends", "/histogram")
+AUDITOR_PAGES = ("/budget", "/ledger", "/policies", "/statement")
+CLOSED = common_pb2.WINDOW_STATE_CLOSED

@@ -1,0 +1,351 @@
+"""The dashboard through Flask's test client against a real gRPC server: sign-in, sessions, CSRF,
+role separation, CSV downloads, release-once caching and the security headers."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from chorus.server.auth import Role
+from chorus.server.dashboard import Gateway, create_app
+from chorus.server.dashboard.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from chorus.server.dashboard.sessions import SessionStore
+from chorus.v1 import common_pb2
+from flask import Flask
+from flask.testing import FlaskClient
+
+from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack, csrf_of, login
+
+ADOPTION, SUM = common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM
+
+
+def cookie_header(response, name: str) -> str:  # type: ignore[no-untyped-def]
+    return next(h for h in response.headers.getlist("Set-Cookie") if h.startswith(f"{name}="))
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+# Sign-in and sessions
+
+def test_sign_in_with_an_analyst_token_starts_a_session_with_a_strict_http_only_cookie(
+        client: FlaskClient, stack: Stack, sessions: SessionStore) -> None:
+    response = login(client, stack.tokens[Role.ANALYST])
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/overview"
+    cookie = cookie_header(response, SESSION_COOKIE)
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain http on loopback
+    assert len(sessions) == 1
+    # The session id is random, and the token itself never reaches the browser.
+    assert stack.tokens[Role.ANALYST] not in cookie
+    page = client.get("/overview")
+    assert page.status_code == 200
+    assert stack.tokens[Role.ANALYST] not in page.get_data(as_text=True)
+
+
+def test_cookies_are_secure_when_served_over_https(app: Flask, stack: Stack) -> None:
+    client = app.test_client()
+    form = client.get("/login", base_url="https://dashboard.example")
+    assert "Secure" in cookie_header(form, LOGIN_CSRF_COOKIE)
+    response = client.post("/login", base_url="https://dashboard.example",
+                           data={"csrf": csrf_of(form), "token": stack.tokens[Role.AUDITOR]})
+    assert response.status_code == 303
+    assert "Secure" in cookie_header(response, SESSION_COOKIE)
+
+
+def test_auditor_lands_on_the_budget_page(client: FlaskClient, stack: Stack) -> None:
+    assert login(client, stack.tokens[Role.AUDITOR]).headers["Location"] == "/budget"
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    ("chorus_" + "x" * 43, "unknown or revoked token"),
+    ("not a token", "not a Chorus token"),
+    ("", "not a Chorus token"),
+])
+def test_bad_tokens_are_refused_without_a_session(client: FlaskClient, sessions: SessionStore, token: str,
+                                                  message: str) -> None:
+    response = login(client, token)
+    assert response.status_code == 401
+    assert message in response.get_data(as_text=True)
+    assert not any(h.startswith(f"{SESSION_COOKIE}=") for h in response.headers.getlist("Set-Cookie"))
+    assert len(sessions) == 0
+
+
+@pytest.mark.parametrize("role", [Role.ADMIN, Role.INGEST])
+def test_admin_and_ingest_tokens_cannot_sign_in(client: FlaskClient, stack: Stack, sessions: SessionStore,
+                                                role: Role) -> None:
+    response = login(client, stack.tokens[role])
+    assert response.status_code == 401
+    assert len(sessions) == 0
+    assert "sign in with an analyst or auditor token" in response.get_data(as_text=True)
+
+
+def test_sign_in_without_the_login_csrf_token_is_refused(client: FlaskClient, stack: Stack,
+                                                         sessions: SessionStore) -> None:
+    client.get("/login")
+    response = client.post("/login", data={"csrf": "forged", "token": stack.tokens[Role.ANALYST]})
+    assert response.status_code == 400
+    fresh = FlaskClient(client.application)  # no login-CSRF cookie at all
+    response = fresh.post("/login", data={"csrf": "", "token": stack.tokens[Role.ANALYST]})
+    assert response.status_code == 400
+    assert len(sessions) == 0
+
+
+def test_sign_in_issues_a_new_session_id_rather_than_a_planted_one(client: FlaskClient, stack: Stack) -> None:
+    client.set_cookie(SESSION_COOKIE, "planted-by-an-attacker")
+    response = login(client, stack.tokens[Role.ANALYST])
+    assert "planted-by-an-attacker" not in cookie_header(response, SESSION_COOKIE)
+
+
+def test_pages_need_a_session_and_remember_where_you_were_going(client: FlaskClient, stack: Stack) -> None:
+    for path in (*ANALYST_PAGES, *AUDITOR_PAGES, "/overview.csv?chart=adoption", "/statement.md"):
+        response = client.get(path)
+        assert response.status_code == 302, path
+        assert response.headers["Location"].startswith("/login?next=")
+    response = login(client, stack.tokens[Role.ANALYST], next_path="/trends?n=4")
+    assert response.headers["Location"] == "/trends?n=4"
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil.example"])
+def test_sign_in_never_redirects_to_another_site(client: FlaskClient, stack: Stack, target: str) -> None:
+    assert login(client, stack.tokens[Role.ANALYST], next_path=target).headers["Location"] == "/overview"
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(client: FlaskClient, stack: Stack,
+                                                            sessions: SessionStore) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    page = client.get("/overview")
+    assert client.post("/logout", data={"csrf": "forged"}).status_code == 400
+    assert client.get("/overview").status_code == 200  # still signed in
+    response = client.post("/logout", data={"csrf": csrf_of(page)})
+    assert response.status_code == 303
+    assert len(sessions) == 0
+    assert client.get("/overview").status_code == 302
+
+
+def test_a_session_expires_after_the_idle_timeout(app: Flask, stack: Stack) -> None:
+    client = app.test_client()
+    login(client, stack.tokens[Role.ANALYST])
+    stack.clock.advance(timedelta(minutes=29))
+    assert client.get("/overview").status_code == 200
+    stack.clock.advance(timedelta(minutes=31))
+    assert client.get("/overview").status_code == 302
+
+
+def test_a_token_revoked_after_sign_in_ends_the_session(client: FlaskClient, stack: Stack,
+                                                        sessions: SessionStore) -> None:
+    login(client, stack.tokens[Role.AUDITOR])
+    stack.chorus.tokens.revoke(f"{Role.AUDITOR.value}-dashboard-test", stack.clock.now(), actor="test")
+    response = client.get("/budget")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?reason=revoked"
+    assert len(sessions) == 0
+    assert "no longer valid" in client.get("/login?reason=revoked").get_data(as_text=True)
+
+
+# Roles
+
+@pytest.mark.parametrize(("role", "own", "foreign"), [
+    (Role.ANALYST, ANALYST_PAGES, (*AUDITOR_PAGES, "/budget.csv?chart=budget", "/statement.md")),
+    (Role.AUDITOR, AUDITOR_PAGES, (*ANALYST_PAGES, "/overview.csv?chart=adoption")),
+])
+def test_each_role_sees_only_its_own_pages(client: FlaskClient, stack: Stack, role: Role,
+                                           own: tuple[str, ...], foreign: tuple[str, ...]) -> None:
+    login(client, stack.tokens[role])
+    for path in own:
+        page = client.get(path)
+        assert page.status_code == 200, path
+        body = page.get_data(as_text=True)
+        nav = body[body.index("<nav"):body.index("</nav>")]
+        for other in foreign:
+            assert f'href="{other}"' not in nav
+        for mine in own:
+            assert f'href="{mine}"' in nav
+    for path in foreign:
+        denied = client.get(path)
+        assert denied.status_code == 403, path
+        assert "Not your page" in denied.get_data(as_text=True)
+
+
+def test_an_auditor_opening_an_analyst_page_releases_nothing(client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.AUDITOR])
+    before = stack.ledger_size()
+    assert client.get("/overview").status_code == 403
+    assert stack.ledger_size() == before
+
+
+# Numbers, caching and CSV
+
+def test_overview_shows_the_released_numbers_and_opening_it_twice_spends_budget_once(
+        client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    first = client.get("/overview").get_data(as_text=True)
+    assert "tag-new" in first and "tag-cached" not in first
+    assert "This page shows 10 newly released numbers" in first  # adoption + 4 sums, for 2 teams
+    spent = {(b.window, b.team): b.spent for b in stack.budgets()}
+    ledger = stack.ledger_size()
+    second = client.get("/overview").get_data(as_text=True)
+    assert "tag-new" not in second and "tag-cached" in second
+    assert "This page shows 0 newly released numbers (privacy budget spent now) and 10 cached" in second
+    assert {(b.window, b.team): b.spent for b in stack.budgets()} == spent
+    assert stack.ledger_size() == ledger
+    assert spent[(LATEST, "team-red")] != "0"  # something was charged, once
+    assert spent[(LATEST, "team-tiny")] == "0"  # suppressed teams are never charged
+    assert "suppressed: team team-tiny has 3 people on the roster" in second
+
+
+def test_csv_downloads_hold_the_numbers_of_the_grpc_release_at_full_precision(
+        client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    response = client.get(f"/overview.csv?window={LATEST}&chart=ai-tokens")
+    assert response.status_code == 200
+    assert response.mimetype == "text/csv"
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename="overview-{LATEST}-ai-tokens.csv"')
+    rows = {r["team"]: r for r in csv_rows(response.get_data(as_text=True))}
+    api = {t.team: t for t in stack.release(LATEST, [ADOPTION, SUM]).teams}
+    assert set(rows) == set(api) == {"team-red", "team-blue", "team-tiny"}
+    for team in ("team-red", "team-blue"):
+        estimate = next(e for e in api[team].estimates if e.metric == "ai.tokens" and e.statistic == SUM)
+        assert float(rows[team]["value"]) == estimate.value
+        assert float(rows[team]["ci95"]) == estimate.ci95
+        assert float(rows[team]["low"]) == max(0.0, estimate.value - estimate.ci95)
+        assert float(rows[team]["high"]) == estimate.value + estimate.ci95
+        assert rows[team]["epsilon"] == estimate.epsilon
+        assert rows[team]["release"] == "newly released"  # the download was the first release
+    assert rows["team-tiny"]["outcome"].startswith("suppressed")
+    assert rows["team-tiny"]["value"] == ""
+
+
+def test_every_chart_on_every_analyst_page_has_a_table_and_a_working_csv_link(
+        client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    for path in ANALYST_PAGES:
+        body = client.get(path).get_data(as_text=True)
+        figures = body.count("<figure>")
+        assert figures >= 1, path
+        assert body.count("<table>") == figures, path
+        links = [html.unescape(part.split('"', 1)[0])
+                 for part in body.split('href="')[1:] if ".csv?" in part.split('"', 1)[0]]
+        assert len(links) == figures, path
+        for link in links:
+            download = client.get(link)
+            assert download.status_code == 200, link
+            assert len(csv_rows(download.get_data(as_text=True))) >= 1, link
+
+
+def test_trends_cover_the_last_windows_and_histogram_buckets_match_the_release(
+        client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    rows = csv_rows(client.get("/trends.csv?chart=trend&statistic=count&metric=ai.requests&n=2")
+                    .get_data(as_text=True))
+    assert sorted({r["window"] for r in rows}) == list(DAYS[-2:])
+    histogram = csv_rows(client.get(f"/histogram.csv?chart=histogram&window={DAYS[0]}&team=team-red"
+                                    "&metric=ai.tokens").get_data(as_text=True))
+    released = stack.release(DAYS[0], [common_pb2.STATISTIC_HISTOGRAM], teams=("team-red",),
+                             metrics=("ai.tokens",)).teams[0].estimates[0]
+    assert [int(r["value"]) for r in histogram] == list(released.bucket_counts)
+    dash = "\u2013"
+    assert [r["bucket"] for r in histogram] == ["< 10,000", f"10,000{dash}49,999", f"50,000{dash}99,999",
+                                                f"100,000{dash}149,999", "≥ 150,000"]
+
+
+def test_auditor_pages_show_budgets_policies_the_verified_ledger_and_the_statement(
+        client: FlaskClient, stack: Stack) -> None:
+    # An analyst's release first, so there is a budget spent and a release in the ledger.
+    stack.release(LATEST, [SUM], teams=("team-red",), metrics=("ai.tokens",))
+    login(client, stack.tokens[Role.AUDITOR])
+    budget = {r["team"]: r for r in csv_rows(client.get(f"/budget.csv?chart=budget&window={LATEST}")
+                                             .get_data(as_text=True))}
+    api = {b.team: b for b in stack.budgets(LATEST)}
+    assert {t: (r["cap"], r["spent"], r["remaining"], r["releases"]) for t, r in budget.items()} == {
+        t: (b.cap, b.spent, b.remaining, str(b.releases)) for t, b in api.items()}
+    assert budget["team-red"]["spent"] == "0.05"
+    ledger = client.get("/ledger").get_data(as_text=True)
+    assert "Chain verification: verified" in ledger
+    assert f"All {stack.ledger_size()} entries verified" in ledger
+    assert "<code>release</code>" in ledger
+    policies = client.get(f"/policies?window={DAYS[0]}").get_data(as_text=True)
+    assert f"Policy of window {DAYS[0]}" in policies and "ai.tasks_completed" in policies
+    statement = client.get("/statement").get_data(as_text=True)
+    assert "What nobody can see" in statement and "teams of at least 5 people" in statement
+    markdown = client.get(f"/statement.md?window={DAYS[0]}")
+    assert markdown.mimetype == "text/markdown"
+    assert markdown.get_data(as_text=True).startswith("# Chorus privacy statement")
+
+
+def test_ledger_pages_through_the_entries(client: FlaskClient, stack: Stack) -> None:
+    for day in DAYS:  # 18 release entries per day: enough for two pages
+        stack.release(day, [SUM, common_pb2.STATISTIC_COUNT, common_pb2.STATISTIC_HISTOGRAM],
+                      metrics=("ai.tokens", "ai.requests", "ai.tasks_completed"))
+    total = stack.ledger_size()
+    assert total > 50
+    login(client, stack.tokens[Role.AUDITOR])
+    latest = client.get("/ledger").get_data(as_text=True)
+    assert f"Ledger entries {total - 49} to {total}" in latest
+    first = client.get("/ledger?from=1").get_data(as_text=True)
+    assert "Ledger entries 1 to 50" in first and 'href="/ledger?from=51"' in first
+    assert client.get(f"/ledger?from={total + 1}").status_code == 400
+
+
+def test_bad_query_arguments_are_a_400_naming_the_value(client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    response = client.get("/overview?statistic=median")
+    assert response.status_code == 400
+    text = html.unescape(response.get_data(as_text=True))
+    assert "statistic='median' is not one of: sum, count, mean" in text
+    assert client.get("/overview?window=2026-01-01").status_code == 400
+    assert client.get("/trends?n=500").status_code == 400
+    assert client.get("/overview.csv?chart=nope").status_code == 404
+
+
+def test_security_headers_keep_every_request_on_the_dashboard(client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    response = client.get("/overview")
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "style-src 'self'" in csp and "form-action 'self'" in csp
+    assert "script-src" not in csp  # no script is allowed at all (default-src 'none')
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "<script" not in response.get_data(as_text=True)
+
+
+def test_a_release_refused_for_budget_shows_the_quota_and_changes_nothing(tmp_path: Path) -> None:
+    from chorus.server import config
+
+    # A budget of 0.1 cannot pay for adoption plus four sums at 0.05 each.
+    stack = build_stack(tmp_path / "data", config.DEFAULT_TOML.replace('epsilon_per_window = "1"',
+                                                                       'epsilon_per_window = "0.1"'))
+    try:
+        client = create_app(stack.gateway()).test_client()
+        login(client, stack.tokens[Role.ANALYST])
+        before = (stack.budgets(), stack.ledger_size())
+        response = client.get("/overview")
+        assert response.status_code == 409
+        body = response.get_data(as_text=True)
+        assert "team-window team-red/" in body and "remaining 0.1 of 0.1" in body
+        assert (stack.budgets(), stack.ledger_size()) == before
+    finally:
+        stack.close()
+
+
+def test_the_server_being_down_is_a_503_that_names_it(tmp_path: Path) -> None:
+    stack = build_stack(tmp_path / "data")
+    gateway = Gateway(stack.server.address)
+    try:
+        client = create_app(gateway).test_client()
+        login(client, stack.tokens[Role.ANALYST])
+        stack.close()
+        response = client.get("/overview")
+        assert response.status_code == 503
+        text = response.get_data(as_text=True)
+        assert f"the Chorus server at {stack.server.address} did not answer" in text
+    finally:
+        gateway.close()
