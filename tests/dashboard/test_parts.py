@@ -1,0 +1,135 @@
+"""The dashboard's parts on their own: SVG charts, the table model and CSV, the session store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from chorus.server.auth import Role
+from chorus.server.clock import FakeClock
+from chorus.server.dashboard import charts
+from chorus.server.dashboard.charts import Bar, BudgetBar, Interval
+from chorus.server.dashboard.sessions import SessionStore
+from chorus.server.dashboard.tables import Column, DataTable, text
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def parse(markup: str) -> ET.Element:
+    return ET.fromstring(str(markup))
+
+
+def accessible(svg: ET.Element, chart_id: str, title: str) -> None:
+    assert svg.get("role") == "img"
+    assert svg.get("aria-labelledby") == f"{chart_id}-title {chart_id}-desc"
+    assert svg.find(f"{SVG}title").text == title  # type: ignore[union-attr]
+    assert svg.find(f"{SVG}title").get("id") == f"{chart_id}-title"  # type: ignore[union-attr]
+    assert svg.find(f"{SVG}desc").get("id") == f"{chart_id}-desc"  # type: ignore[union-attr]
+
+
+def test_interval_bars_draw_one_bar_and_whisker_per_released_row_and_a_note_otherwise() -> None:
+    rows = [Bar("team-a", Interval(40.0, 10.0)), Bar("team-b", Interval(5.0, 20.0)),
+            Bar("team-<tiny>", None, "suppressed: too small")]
+    svg = parse(charts.interval_bars("c1", "Total & more", "desc <here>", rows))
+    accessible(svg, "c1", "Total & more")
+    assert len(svg.findall(f"{SVG}rect[@class='bar']")) == 2
+    whiskers = svg.findall(f"{SVG}path[@class='ci']")
+    assert len(whiskers) == 2
+    texts = [t.text for t in svg.iter(f"{SVG}text")]
+    assert "team-<tiny>" in texts and "suppressed: too small" in texts  # escaped, then parsed back
+    # The whisker of team-b is cut at 0: it starts where the zero line is.
+    zero = float(svg.find(f"{SVG}line[@class='zero']").get("x1"))  # type: ignore[union-attr, arg-type]
+    assert whiskers[1].get("d", "").startswith(f"M{zero:.1f},")
+
+
+def test_a_long_label_is_shortened_but_keeps_its_full_text_as_a_tooltip() -> None:
+    name = "platform-infrastructure-reliability"
+    svg = parse(charts.interval_bars("c2", "t", "d", [Bar(name, Interval(1.0, 0.5))]))
+    label = next(t for t in svg.iter(f"{SVG}text") if t.find(f"{SVG}title") is not None)
+    assert label.find(f"{SVG}title").text == name  # type: ignore[union-attr]
+    assert label.find(f"{SVG}title").tail.endswith("…")  # type: ignore[union-attr]
+
+
+def test_trend_panel_breaks_the_band_where_a_window_has_no_value() -> None:
+    points = [Interval(1, 1), Interval(2, 1), None, Interval(3, 1)]
+    svg = parse(charts.trend_panel("c3", "t", "d", ["w1", "w2", "w3", "w4"], points, [0.0, 4.0]))
+    accessible(svg, "c3", "t")
+    assert len(svg.findall(f"{SVG}polygon[@class='band']")) == 2
+    assert len(svg.findall(f"{SVG}circle[@class='point']")) == 3
+    empty = parse(charts.trend_panel("c4", "t", "d", ["w1", "w2"], [None, None], [0.0]))
+    assert "nothing released in these windows" in [t.text for t in empty.iter(f"{SVG}text")]
+
+
+def test_histogram_labels_the_edges_between_the_bars() -> None:
+    buckets = [Interval(3, 2), Interval(8, 2), Interval(1, 2)]
+    svg = parse(charts.histogram_bars("c5", "t", "d", buckets, [10_000, 50_000]))
+    assert len(svg.findall(f"{SVG}rect[@class='bar']")) == 3
+    assert {"10k", "50k"} <= {t.text for t in svg.iter(f"{SVG}text")}
+
+
+def test_budget_bars_fill_the_spent_share_of_the_cap() -> None:
+    svg = parse(charts.budget_bars("c6", "t", "d", [BudgetBar("a", 1.0, 0.25, "0.25 of 1 spent"),
+                                                    BudgetBar("b", 1.0, 1.5, "1.5 of 1 spent")]))
+    caps = svg.findall(f"{SVG}rect[@class='cap']")
+    spent = svg.findall(f"{SVG}rect[@class='spent']")
+    width = float(caps[0].get("width"))  # type: ignore[arg-type]
+    assert float(spent[0].get("width")) == pytest.approx(width / 4, abs=0.1)  # type: ignore[arg-type]
+    # Overspent (impossible, but drawn safely): never past the cap.
+    assert float(spent[1].get("width")) == pytest.approx(width, abs=0.1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("value", "ceiling", "low", "high"), [
+    (10.0, math.inf, 7.0, 13.0), (1.0, math.inf, 0.0, 4.0), (0.9, 1.0, 0.0, 1.0)])
+def test_intervals_are_cut_at_the_range_a_value_can_take(value: float, ceiling: float, low: float,
+                                                          high: float) -> None:
+    interval = Interval(value, 3.0 if value > 1 else (3.0 if ceiling == math.inf else 2.0), ceiling)
+    assert (interval.low, interval.high) == (low, high)
+
+
+@pytest.mark.parametrize(("value", "number", "compact", "percent"), [
+    (0.0, "0", "0", "0.0%"), (12345.0, "12,345", "12.3k", "1234500.0%"), (0.4231, "0.423", "0.423", "42.3%"),
+    (1866.5, "1,866.5", "1.87k", "186650.0%"), (2_500_000.0, "2,500,000", "2.5M", "250000000.0%")])
+def test_number_formats(value: float, number: str, compact: str, percent: str) -> None:
+    assert charts.format_number(value) == number
+    assert charts.format_compact(value) == compact
+    assert charts.format_percent(value) == percent
+
+
+def test_csv_keeps_full_precision_and_defuses_spreadsheet_formulas() -> None:
+    table = DataTable("t", [text("team"), Column("value"), text("note")])
+    table.add("=HYPERLINK(\"http://x\")", 0.1 + 0.2, None)
+    table.add("@team", 12.0, "-negative noisy value shown as 0")
+    table.add("team-b", -3.5, "+1")
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    assert rows[0] == ["team", "value", "note"]
+    assert rows[1] == ["'=HYPERLINK(\"http://x\")", repr(0.1 + 0.2), ""]
+    assert rows[2] == ["'@team", "12", "'-negative noisy value shown as 0"]
+    assert rows[3] == ["team-b", "-3.5", "'+1"]  # numbers stay numbers, even negative ones
+    assert table.display_rows()[1] == ["@team", "12", "-negative noisy value shown as 0"]
+    with pytest.raises(ValueError, match="row has 2 cells"):
+        table.add("x", 1)
+
+
+def test_sessions_expire_when_idle_or_too_old_and_the_store_is_bounded() -> None:
+    clock = FakeClock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
+    store = SessionStore(clock, idle=timedelta(minutes=30), lifetime=timedelta(hours=2), capacity=3)
+    first = store.create("secret-token-1", Role.ANALYST)
+    assert "secret-token-1" not in repr(first)
+    assert store.get(first.id) is first and first.csrf_ok(first.csrf) and not first.csrf_ok("nope")
+    for _ in range(4):  # requests every 25 minutes keep it from going idle...
+        clock.advance(timedelta(minutes=25))
+        assert store.get(first.id) is not None
+    clock.advance(timedelta(minutes=25))  # ...but not past its lifetime: 2 h 05 min after sign-in
+    assert store.get(first.id) is None
+    idle = store.create("t2", Role.AUDITOR)
+    clock.advance(timedelta(minutes=31))
+    assert store.get(idle.id) is None
+    ids = [store.create(f"t{i}", Role.ANALYST).id for i in range(4)]
+    assert len(store) == 3 and store.get(ids[0]) is None and store.get(ids[-1]) is not None
+    assert store.get(None) is None and store.get("unknown") is None
+    store.delete(ids[-1])
+    assert store.get(ids[-1]) is None
