@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,23 +47,35 @@ def start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"server did not start: {args}")
 
 
-def send_rounds(address: str, token: str, users: list[str], rounds: int) -> tuple[int, float]:
-    """Count one unit per key per round through the SDK and wait for every acknowledgement."""
-    keys = len(users) * len(METRICS)
-    with Client(address, token, source="bench", flush_interval=3600, max_pending=keys * 2,
-                timeout=120) as client:
-        started = time.perf_counter()
+def send_rounds(address: str, token: str, users: list[str], rounds: int, clients: int) -> tuple[int, float]:
+    """Count one unit per key per round through `clients` SDK clients (one thread each, like
+    several tools reporting at once) and wait for every acknowledgement."""
+    shards = [users[i::clients] for i in range(clients)]
+    sdks = [Client(address, token, source=f"bench-{i}", flush_interval=3600,
+                   max_pending=len(shard) * len(METRICS) * 2, timeout=120) for i, shard in enumerate(shards)]
+    errors: list[str] = []
+
+    def feed(client: Client, shard: list[str]) -> None:
         for _ in range(rounds):
-            for user in users:
+            for user in shard:
                 for metric in METRICS:
                     client.count(metric, 1, user=user)
             if not client.flush(timeout=600):
-                raise RuntimeError("flush timed out")
-        elapsed = time.perf_counter() - started
-        stats = client.stats()
-    if stats.dropped or stats.rejected or stats.failed_batches:
-        raise RuntimeError(f"lost contributions: {stats}")
-    return stats.accepted, elapsed
+                errors.append("flush timed out")
+
+    threads = [threading.Thread(target=feed, args=(c, shard)) for c, shard in zip(sdks, shards, strict=True)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    for client in sdks:
+        client.close()
+    stats = [c.stats() for c in sdks]
+    if errors or any(s.dropped or s.rejected or s.failed_batches for s in stats):
+        raise RuntimeError(f"lost contributions: {errors} {stats}")
+    return sum(s.accepted for s in stats), elapsed
 
 
 def bare_store_rate(users: list[str], rounds: int, batch: int = 5000) -> float:
@@ -82,7 +95,7 @@ def bare_store_rate(users: list[str], rounds: int, batch: int = 5000) -> float:
     return len(rows) * rounds / elapsed
 
 
-def chorus_rate(users: list[str], rounds: int) -> float:
+def chorus_rate(users: list[str], rounds: int, clients: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         proc, address = start([sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(data),
@@ -97,17 +110,17 @@ def chorus_rate(users: list[str], rounds: int) -> float:
                 stub.ImportRoster(iter(chunks), metadata=admin, timeout=300)
                 token = stub.CreateToken(admin_pb2.CreateTokenRequest(role=admin_pb2.ROLE_INGEST, name="bench"),
                                          metadata=admin).token
-            accepted, elapsed = send_rounds(address, token, users, rounds)
+            accepted, elapsed = send_rounds(address, token, users, rounds, clients)
             return accepted / elapsed
         finally:
             proc.terminate()
             proc.wait(30)
 
 
-def noop_rate(users: list[str], rounds: int) -> float:
+def noop_rate(users: list[str], rounds: int, clients: int) -> float:
     proc, address = start([sys.executable, str(ROOT / "bench" / "_noop_server.py")])
     try:
-        accepted, elapsed = send_rounds(address, "unused", users, rounds)
+        accepted, elapsed = send_rounds(address, "unused", users, rounds, clients)
         return accepted / elapsed
     finally:
         proc.terminate()
@@ -118,16 +131,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--rounds", type=int, default=0, help="default: 50 for 10k keys, 2 for 1M")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent SDK clients")
     args = parser.parse_args()
     for keys in args.keys:
         users = users_for(keys)
         rounds = args.rounds or max(2, 500_000 // keys)
         total = len(users) * len(METRICS) * rounds
         print(f"\n{len(users) * len(METRICS):,} distinct (user, metric) keys, {rounds} rounds, "
-              f"{total:,} contributions per measurement")
+              f"{total:,} contributions per measurement, {args.clients} SDK clients")
         bare = bare_store_rate(users, rounds)
-        noop = noop_rate(users, rounds)
-        full = chorus_rate(users, rounds)
+        noop = noop_rate(users, rounds, args.clients)
+        full = chorus_rate(users, rounds, args.clients)
         print(f"  bare SQLite upsert (synchronous=FULL) : {bare:12,.0f} contributions/s")
         print(f"  SDK -> gRPC -> no-op server           : {noop:12,.0f} contributions/s")
         print(f"  SDK -> gRPC -> Chorus -> SQLite       : {full:12,.0f} contributions/s (durable)")

@@ -15,6 +15,7 @@ import hmac
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import UTC, datetime, timedelta
 
 from chorus.server import lifecycle
@@ -23,7 +24,7 @@ from chorus.server.config import Limits, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
-from chorus.server.windows import WindowSpan, window_of
+from chorus.server.windows import window_of
 
 FUTURE_TOLERANCE = lifecycle.FUTURE_TOLERANCE
 
@@ -36,8 +37,7 @@ class Reason(enum.Enum):
     FUTURE = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
+class Contribution(NamedTuple):  # a tuple: cheap to build by the thousand per batch
     user: str
     metric: str
     value: int
@@ -158,59 +158,48 @@ class Ingestor:
         if not tx.execute("INSERT INTO batches (batch_id, received_at) VALUES (?, ?) "
                           "ON CONFLICT (batch_id) DO NOTHING", (batch.batch_id, int(now.timestamp()))):
             return Outcome(accepted=0, duplicate=True)
-        roster = self._roster.current(tx)
-        windows: dict[str, lifecycle.OpenWindow | lifecycle.WindowRecord | None] = {}
-        spans: dict[datetime, WindowSpan] = {}  # batches carry few distinct event times
+        team_of = self._roster.current(tx).get
+        windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
+        by_time: dict[datetime, lifecycle.OpenWindow | Rejection] = {}  # batches carry few distinct times
         pseudonyms: dict[tuple[str, str], bytes] = {}
         totals: dict[tuple[str, bytes, str], int] = {}
         bounds: dict[tuple[str, bytes, str], int] = {}
         members: dict[tuple[str, bytes], str] = {}
         rejections: list[Rejection] = []
         clamped = 0
-        latest = now + FUTURE_TOLERANCE
-        grace = timedelta(seconds=self._policy.grace_seconds)
 
         for index, c in enumerate(batch.contributions):
-            if c.value < 0:
+            value = c.value
+            if value < 0:
                 rejections.append(Rejection(index, Reason.NEGATIVE_VALUE,
-                                            f"value {c.value} is negative; counts must be >= 0"))
+                                            f"value {value} is negative; counts must be >= 0"))
                 continue
-            if c.event_time > latest:
-                rejections.append(Rejection(index, Reason.FUTURE,
-                                            f"event_time {c.event_time.isoformat()} is more than 5 minutes "
-                                            f"ahead of the server clock {now.isoformat()}"))
-                continue
-            span = spans.get(c.event_time)
-            if span is None:
-                span = spans[c.event_time] = window_of(c.event_time, self._policy.window_length)
-            if span.id not in windows:
-                windows[span.id] = (None if span.end + grace <= now else
-                                    lifecycle.open_for_ingest(tx, span, self._policy, self._ledger, now))
-            window = windows[span.id]
-            if not isinstance(window, lifecycle.OpenWindow) or window.record.closes_at <= now:
-                rejections.append(Rejection(index, Reason.LATE,
-                                            f"window {span.id} closed for contributions (end plus grace has "
-                                            "passed)"))
+            window = by_time.get(c.event_time)
+            if window is None:
+                window = by_time[c.event_time] = self._window_for(tx, c.event_time, now, windows)
+            if isinstance(window, Rejection):
+                rejections.append(Rejection(index, window.reason, window.message))
                 continue
             metric = window.record.policy.metric(c.metric)
             if metric is None:
-                rejections.append(Rejection(index, Reason.UNKNOWN_METRIC,
-                                            f"metric {c.metric!r} is not in the policy of window {span.id}"))
+                rejections.append(Rejection(index, Reason.UNKNOWN_METRIC, f"metric {c.metric!r} is not in "
+                                            f"the policy of window {window.record.id}"))
                 continue
-            team = roster.get(c.user)
+            team = team_of(c.user)
             if team is None:
                 rejections.append(Rejection(index, Reason.UNKNOWN_USER, "user is not on the roster"))
                 continue
-            pkey = (span.id, c.user)
+            window_id = window.record.id
+            pkey = (window_id, c.user)
             pseud = pseudonyms.get(pkey)
             if pseud is None:
                 pseud = pseudonyms[pkey] = pseudonym(window.key, c.user)
-                members[(span.id, pseud)] = team
-            ukey = (span.id, pseud, c.metric)
+                members[(window_id, pseud)] = team
+            ukey = (window_id, pseud, c.metric)
             bound = metric.max_per_user
-            if c.value > bound:
+            if value > bound:
                 clamped += 1
-            totals[ukey] = min(bound, totals.get(ukey, 0) + c.value)
+            totals[ukey] = min(bound, totals.get(ukey, 0) + value)
             bounds[ukey] = bound
 
         if members:
@@ -220,3 +209,21 @@ class Ingestor:
                                            for (w, p, m), v in sorted(totals.items())])
         accepted = len(batch.contributions) - len(rejections)
         return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
+
+    def _window_for(self, tx: Tx, when: datetime, now: datetime,
+                    windows: dict[str, lifecycle.OpenWindow | Rejection]) -> lifecycle.OpenWindow | Rejection:
+        """The open window taking events at `when`, or why none does (index filled in by the caller)."""
+        if when > now + FUTURE_TOLERANCE:
+            return Rejection(-1, Reason.FUTURE, f"event_time {when.isoformat()} is more than 5 minutes ahead "
+                                                f"of the server clock {now.isoformat()}")
+        span = window_of(when, self._policy.window_length)
+        if span.id not in windows:
+            late = Rejection(-1, Reason.LATE, f"window {span.id} closed for contributions (end plus grace "
+                                              "has passed)")
+            if span.end + timedelta(seconds=self._policy.grace_seconds) <= now:
+                windows[span.id] = late
+            else:
+                opened = lifecycle.open_for_ingest(tx, span, self._policy, self._ledger, now)
+                open_now = isinstance(opened, lifecycle.OpenWindow) and opened.record.closes_at > now
+                windows[span.id] = opened if open_now else late  # type: ignore[assignment]
+        return windows[span.id]
