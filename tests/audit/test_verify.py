@@ -16,6 +16,8 @@ from chorus.server.app_context import Chorus
 from chorus.server.ledger import Signer
 from chorus.server.privacy.epsilon import Epsilon
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from .conftest import (
     DEFAULT_EPSILON,
@@ -307,3 +309,25 @@ def test_epsilon_is_recomputed_with_opendp_and_rounded_up() -> None:
     assert verify.implied_epsilon(verify.MECHANISM, False, 40000.0, 2000) == Epsilon.parse("0.050001")
     with pytest.raises(ValueError, match="gaussian"):
         verify.implied_epsilon("gaussian", False, 1.0, 1)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                           | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                                         inner, max_size=4),
+                           max_leaves=10)
+
+
+@given(data=st.data())
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_hostile_content_is_reported_never_crashes(entries: Entries, public_key: bytes,
+                                                   data: st.DataObject) -> None:
+    tampered = copy.deepcopy(entries)
+    target = data.draw(st.sampled_from(tampered), label="entry")
+    where = data.draw(st.sampled_from(["entry", "payload"]), label="where")
+    obj = target if where == "entry" else target["payload"]
+    obj[data.draw(st.sampled_from(sorted(obj)), label="field")] = data.draw(JSON_VALUES, label="value")
+    lines = [json.dumps(e) for e in tampered]
+    lines.insert(data.draw(st.integers(0, len(lines)), label="at"), data.draw(st.text(max_size=40)))
+    report = verify.verify_lines(lines, verify.load_public_key(public_key))
+    assert not report.ok or all(json.loads(line) in entries for line in lines if line.strip())

@@ -8,8 +8,9 @@ The verifier recomputes everything it can:
   entry's hash, each hash recomputed, each signature checked;
 * each release: its epsilon recomputed with OpenDP from mechanism, sensitivity and scale
   (a stated charge below that is a violation), its sensitivity against the bound frozen in
-  its window's window_open entry, its window opened and closed before it, its statistic not
-  released before;
+  its window's window_open entry, its window opened and closed before it, its team in that
+  close with at least the frozen k people, its time within the frozen retention, its
+  statistic not released before;
 * each team-window: the sum of charges against the frozen cap and against the server's
   stated running total;
 * optionally a head pinned from an earlier verification, which catches a truncated tail or
@@ -141,7 +142,7 @@ def implied_epsilon(mechanism: str, vector: bool, scale: float, sensitivity: int
     """Epsilon OpenDP's privacy map gives at d_in = sensitivity, rounded up to a micro-epsilon.
 
     Cached: a ledger repeats a few (scale, sensitivity) pairs many times, and building an
-    OpenDP measurement costs far more than checking a signature.
+    OpenDP measurement costs more than checking a signature (about 0.2 ms against 0.1 ms).
     """
     if mechanism != MECHANISM:
         raise ValueError(f"mechanism {mechanism!r} is not {MECHANISM!r}")
@@ -208,7 +209,7 @@ class _Verifier:
     def parse(self, text: str) -> dict[str, Any] | None:
         try:
             entry = json.loads(text, parse_constant=_reject_constant)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             self.flag("format", f"not a JSON object: {exc}")
             return None
         if not isinstance(entry, dict):
@@ -407,7 +408,7 @@ _KIND_CHECKS = {"config": _Verifier.config, "window_open": _Verifier.window_open
 def _policy(raw: dict[str, Any]) -> Policy | None:
     try:
         return Policy.from_json(raw)
-    except (KeyError, TypeError, ValueError):
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
