@@ -32,6 +32,7 @@ from chorus.server.ledger import Entry
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength
 from chorus.v1 import audit_pb2, audit_pb2_grpc
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -144,15 +145,18 @@ def verify_ledger(
 
 
 def _print_report(ledger: Path, report: verify.Report) -> None:
-    kinds = Table("kind", "entries", title=f"{ledger}: {report.entries} entries")
+    # Everything taken from the file is escaped: a crafted kind or team name must not be able
+    # to restyle (or hide) the rest of the report.
+    kinds = Table("kind", "entries", title=escape(f"{ledger}: {report.entries} entries"))
     for kind, n in sorted(report.kinds.items()):
-        kinds.add_row(kind, str(n))
+        kinds.add_row(escape(kind), str(n))
     console.print(kinds)
     totals = sorted(report.totals.values(), key=lambda t: (t.window, t.team))
     table = Table("window", "team", "releases", "spent", "cap", "remaining",
                   title="Budget per team-window, recomputed from the ledger alone")
     for t in totals[:SHOWN_TOTALS]:
-        table.add_row(t.window, t.team, str(t.releases), str(t.spent), str(t.cap), str(t.remaining))
+        table.add_row(escape(t.window), escape(t.team), str(t.releases), str(t.spent), str(t.cap),
+                      str(t.remaining))
     if totals:
         console.print(table)
     if len(totals) > SHOWN_TOTALS:
@@ -186,9 +190,8 @@ def budget(window: WindowOpt = "", server: ServerOpt = "127.0.0.1:7355", token: 
                   title="Privacy budget (epsilon) per team-window")
     for b in reply.budgets:
         cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)
-        table.add_row(b.window, b.team, b.spent, ProgressBar(total=max(cap.micros, 1), completed=spent.micros,
-                                                             width=20),
-                      b.remaining, b.cap, str(b.releases))
+        bar = ProgressBar(total=max(cap.micros, 1), completed=spent.micros, width=20)
+        table.add_row(escape(b.window), escape(b.team), b.spent, bar, b.remaining, b.cap, str(b.releases))
     console.print(table)
 
 
