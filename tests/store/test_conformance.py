@@ -4,6 +4,8 @@ including when several replicas (separate `Chorus` instances on one database) ra
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 from threading import Event
@@ -16,6 +18,7 @@ from chorus.server.auth import Role, TokenError
 from chorus.server.ingest import Reason
 from chorus.server.ledger import entry_hash, read_entries
 from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
 from chorus.server.store import migrate
 from chorus.server.store._schema import MIGRATIONS
 
@@ -84,6 +87,20 @@ def test_concurrent_batches_add_up_then_clamp_at_the_bound(store: Store, chorus:
     assert store.query("SELECT total FROM usage WHERE metric = 'ai.requests'") == [(840,), (840,)]
     race([lambda r=r: feed(r, 30) for r in replicas for _ in range(2)])  # 840 + 2400 > bound 2000
     assert store.query("SELECT total FROM usage WHERE metric = 'ai.requests'") == [(2000,), (2000,)]
+
+
+def test_large_batches_add_up_and_clamp_like_small_ones(store: Store, chorus: Chorus) -> None:
+    # Big enough for PostgreSQL's COPY bulk path (store/postgres.py), twice, then over the bound.
+    people = [(f"user-bulk-{i:03d}", f"team-{i % 3}") for i in range(120)]
+    chorus.import_roster(people, actor="test")
+    for value in (700, 700, 700):
+        out = store.chorus().ingestor.report(batch(*((u, m, value) for u, _ in people
+                                                     for m in ("ai.requests", "ai.tasks_completed"))))
+        assert out.accepted == 240
+    totals = Counter(total for total, in store.query("SELECT total FROM usage"))
+    assert totals == {2000: 120, 100: 120}  # 2100 clamped to 2000; tasks bound 100 on every write
+    chorus.close_window(WINDOW, actor="test")
+    assert team_metrics(store)[("team-0", "ai.requests")][:2] == (40 * 2000, 40)
 
 
 def test_a_person_counts_for_the_team_of_their_first_contribution(store: Store, chorus: Chorus) -> None:
@@ -169,6 +186,7 @@ def test_contributions_racing_a_close_are_folded_or_rejected_never_lost(store: S
                 midway.set()
             if late >= 5:
                 break
+            time.sleep(0.002)  # room for the closer: SQLite's busy wait would starve it otherwise
         return late
 
     def close_midway() -> int:
@@ -247,22 +265,32 @@ def test_concurrent_roster_imports_each_apply_whole(store: Store, chorus: Chorus
     assert {r.people for r in results} == {len(rows) for rows in rosters}
 
 
-def test_budget_charges_never_exceed_the_cap(store: Store, chorus: Chorus) -> None:
-    chorus.ingestor.report(batch((RED0, "ai.tokens", 10)))
+def test_concurrent_releases_never_exceed_the_budget_and_charge_each_statistic_once(
+        store: Store, chorus: Chorus) -> None:
+    chorus.ingestor.report(batch(*((f"user-team-red-{i}", m.name, 10 + i)
+                                   for i in range(6) for m in chorus.config.policy.metrics)))
     chorus.close_window(WINDOW, actor="test")
-    charge = Epsilon.parse("0.07").micros
     replicas = [chorus, store.chorus(), store.chorus()]
+    # 4 metrics x 3 statistics = 12 distinct releases at 0.1 each, each asked for twice;
+    # the cap of 1 pays for exactly 10 of them.
+    stats = ("sum", "count", "histogram")
+    asks = [(m.name, stat) for m in chorus.config.policy.metrics for stat in stats] * 2
 
-    def charge_until_refused(replica: Chorus) -> int:
-        granted = 0
-        while replica.db.run(lambda tx: tx.execute(
-                "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
-                "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros",
-                (charge, WINDOW, "team-red", charge)), name="test_charge"):
-            granted += 1
-        return granted
+    def ask(replica: Chorus, metric: str, stat: str) -> dict[tuple[str, str], str] | None:
+        releases = Releases(replica.db, replica.ledger, replica.clock, replica.config.policy)
+        try:
+            result = releases.release(WINDOW, ["team-red"], [metric],
+                                      [StatisticRequest(stat, Epsilon.parse("0.1"))], requester="test")
+        except BudgetExceeded:
+            return None
+        return {(e.metric, e.statistic): e.release_id for e in result.teams[0].estimates}
 
-    granted = sum(race([lambda r=r: charge_until_refused(r) for r in replicas * 2]))
-    assert granted == 1_000_000 // charge == 14
-    assert store.query("SELECT spent_micros, releases FROM budgets WHERE team = 'team-red'") == [
-        (14 * charge, 14)]
+    answers = race([lambda i=i, a=a: ask(replicas[i % 3], *a) for i, a in enumerate(asks)])
+    stored = {(m, s): rid for rid, m, s in store.query(
+        "SELECT release_id, metric, statistic FROM releases WHERE team = 'team-red'")}
+    assert len(stored) == 10
+    for answer in answers:  # every answer is the one stored release of its statistic
+        assert answer is None or all(stored[key] == rid for key, rid in answer.items())
+    assert store.query("SELECT spent_micros, cap_micros, releases FROM budgets WHERE team = 'team-red'") == [
+        (1_000_000, 1_000_000, 10)]
+    assert store.query("SELECT COUNT(*) FROM ledger WHERE kind = 'release'") == [(10,)]

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from chorus.server.store import StoreUnavailable, Tx
-from chorus.server.store.postgres import PostgresDatabase, placeholders
+from chorus.server.store.postgres import BULK_MIN_ROWS, PostgresDatabase, _bulk_plan, placeholders
 
 from .postgres_schema import fresh_schema
 
@@ -160,3 +160,44 @@ def test_an_unreachable_server_fails_fast_without_revealing_the_password() -> No
         PostgresDatabase("postgresql://chorus:s3cret-pw@127.0.0.1:1/chorus", connect_timeout_s=2)
     assert time.monotonic() - started < 5
     assert "s3cret" not in str(info.value)
+
+
+CLAMPED_UPSERT = ("INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET "
+                  "v = CASE WHEN t.v + excluded.v > ? THEN ? ELSE t.v + excluded.v END")
+
+
+def clamped_rows(n: int, value: int) -> list[tuple[str, int, int, int]]:
+    """Rows for CLAMPED_UPSERT: even keys bounded at 50, odd ones at 1000 (two bound groups)."""
+    return [(f"k{i:04d}", value, b, b) for i in range(n) for b in [50 if i % 2 == 0 else 1000]]
+
+
+@pytest.mark.postgres
+def test_bulk_executemany_matches_row_by_row_semantics(pg: PostgresDatabase) -> None:
+    n = BULK_MIN_ROWS * 2
+    assert _bulk_plan(CLAMPED_UPSERT) is not None
+    with pytest.raises(RuntimeError):  # a rolled-back first use (the staging table with it)
+        pg.run(lambda tx: (tx.executemany(CLAMPED_UPSERT, clamped_rows(n, 30)), _raise()), name="fail")
+
+    def twice(tx: Tx) -> None:  # the same statement twice in one transaction: staging is reused
+        tx.executemany(CLAMPED_UPSERT, clamped_rows(n, 30))
+        tx.executemany(CLAMPED_UPSERT, clamped_rows(n, 30))
+
+    pg.run(twice, name="twice")
+    totals = dict(pg.run(lambda tx: tx.query("SELECT k, v FROM t"), name="read"))
+    assert totals == {f"k{i:04d}": 50 if i % 2 == 0 else 60 for i in range(n)}
+
+
+@pytest.mark.postgres
+def test_bulk_executemany_falls_back_when_a_key_repeats(pg: PostgresDatabase) -> None:
+    rows = clamped_rows(BULK_MIN_ROWS, 7) * 2  # every key twice: DO UPDATE must see its own write
+    pg.run(lambda tx: tx.executemany(CLAMPED_UPSERT, rows), name="dups")
+    totals = dict(pg.run(lambda tx: tx.query("SELECT k, v FROM t"), name="read"))
+    assert set(totals.values()) == {14}
+    pg.run(lambda tx: tx.executemany("INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING",
+                                     [(f"n{i % 70}", i) for i in range(140)]), name="nothing")
+    assert pg.run(lambda tx: tx.query("SELECT COUNT(*), SUM(v) FROM t WHERE k LIKE 'n%'"),
+                  name="read") == [(70, sum(range(70)))]  # the first of each key wins, as row by row
+
+
+def _raise() -> None:
+    raise RuntimeError("abort the transaction")
