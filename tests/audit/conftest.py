@@ -25,6 +25,8 @@ TEAMS = {"team-red": 6, "team-blue": 5, "team-tiny": 2}  # k = 5: team-tiny is n
 #: Noisy releases in the standard scenario: team-red's sum, count, histogram of ai.tokens and
 #: its active count (behind adoption); team-blue's sum of ai.requests.
 RELEASES = 5
+#: The default policy's epsilon for each noisy statistic.
+DEFAULT_EPSILON = Epsilon.parse("0.05")
 
 
 Entries = list[dict[str, Any]]
@@ -60,9 +62,6 @@ def release_payload(policy: config.Policy, release_id: str, window: str, team: s
             "scale": scale, "epsilon": str(charged), "value": value, "ci95": 3.0 * scale,
             "budget_cap": str(policy.epsilon_per_window), "budget_spent_after": str(spent_after + charged),
             "by": by}
-
-
-DEFAULT_EPSILON = Epsilon.parse("0.05")
 
 
 def releases(chorus: Chorus) -> Releases:
