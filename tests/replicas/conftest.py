@@ -32,7 +32,7 @@ TEAMS = {"team-red": 40, "team-blue": 40, "team-green": 35}
 
 
 def roster_rows() -> list[tuple[str, str]]:
-    return [(f"{team}-person-{i}", team) for team, size in TEAMS.items() for i in range(size)]
+    return [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
 
 
 @dataclass
