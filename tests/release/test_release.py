@@ -307,6 +307,16 @@ def test_list_windows_metrics_and_teams(api: Api, clock: FakeClock) -> None:
     metrics = api.stub.ListMetrics(release_pb2.ListMetricsRequest(window=WINDOW), metadata=md).metrics
     assert [(m.name, m.max_per_user) for m in metrics][:2] == [("ai.tokens", 200_000), ("ai.requests", 2000)]
     assert list(metrics[0].histogram_edges) == [10_000, 50_000, 100_000, 150_000]
+    upcoming = api.stub.ListMetrics(release_pb2.ListMetricsRequest(), metadata=md).metrics
+    assert [m.name for m in upcoming] == [m.name for m in api.chorus.config.policy.metrics]
+    later = release_pb2.ListWindowsRequest()
+    later.start.FromDatetime(NOON + timedelta(days=1))
+    assert api.stub.ListWindows(later, metadata=md).windows == []
+    broken = release_pb2.ListWindowsRequest()
+    broken.end.nanos = -1
+    with pytest.raises(grpc.RpcError) as bad:
+        api.stub.ListWindows(broken, metadata=md)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "end is not a valid" in bad.value.details()
     teams = api.stub.ListTeams(release_pb2.ListTeamsRequest(window=WINDOW), metadata=md)
     assert teams.min_team_size == 5
     assert [(t.name, t.roster_size, t.eligible, t.reason) for t in teams.teams] == [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC
+from datetime import UTC, datetime
 
 import grpc
 from chorus.server import auth, release
@@ -26,8 +26,8 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        start = request.start.ToDatetime(tzinfo=UTC) if request.HasField("start") else None
-        end = request.end.ToDatetime(tzinfo=UTC) if request.HasField("end") else None
+        start = _moment(request, "start", context)
+        end = _moment(request, "end", context)
         return release_pb2.ListWindowsResponse(
             windows=[window_message(w) for w in self._releases.list_windows(start, end)])
 
@@ -55,6 +55,18 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
                                              statistics, auth.principal().name)
         return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams])
+
+
+def _moment(request: release_pb2.ListWindowsRequest, name: str,
+            context: grpc.ServicerContext) -> datetime | None:
+    """An optional timestamp field as an aware datetime; INVALID_ARGUMENT when out of range."""
+    if not request.HasField(name):
+        return None
+    try:
+        return getattr(request, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        invalid_argument(context, f"{name} is not a valid timestamp (years 1..9999, nanos in "
+                                  "[0, 999999999])", name)
 
 
 def _statistic(index: int, s: release_pb2.StatisticRequest,
