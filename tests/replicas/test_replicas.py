@@ -6,15 +6,20 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 
 from chorus.client import Client
 from chorus.server import config
+from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
+from chorus.server.ingest import Batch, Contribution
 from chorus.server.ledger import Signer
 from chorus.server.store._schema import MIGRATIONS
-from chorus.v1 import admin_pb2, admin_pb2_grpc
+from chorus.server.windows import window_of
+from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
 from .conftest import Cluster, roster_rows
 
@@ -140,3 +145,56 @@ def test_sdk_traffic_through_replica_kills_is_counted_exactly_once(cluster: Clus
     assert cluster.sql("SELECT (SELECT COUNT(*) FROM usage) + (SELECT COUNT(*) FROM members) + "
                        "(SELECT COUNT(*) FROM window_keys)") == [(0,)]
     assert replicas[0].starts == replicas[1].starts == 2
+
+
+def test_concurrent_releases_on_different_replicas_charge_each_statistic_once(cluster: Cluster) -> None:
+    cluster.provision()
+    chorus = Chorus(config.load(None), cluster.data_dir, database=cluster.database)
+    try:
+        now = chorus.clock.now()
+        chorus.ingestor.report(Batch("setup", "test", "1", 0, [
+            Contribution(user, metric, 10 + i, now) for i, (user, team) in enumerate(roster_rows())
+            if team == "team-red" for metric in BOUNDS]))
+        span = window_of(now, chorus.config.policy.window_length)
+        window = chorus.close_window(span.id, "operator").window.id
+    finally:
+        chorus.close()
+    replicas = cluster.start(3)
+    # 4 metrics x 3 statistics = 12 distinct releases at 0.1, each asked for on two replicas;
+    # the team-window's cap of 1 pays for exactly 10 of them.
+    statistics = (common_pb2.STATISTIC_SUM, common_pb2.STATISTIC_COUNT, common_pb2.STATISTIC_HISTOGRAM)
+    asks = [(metric, stat) for metric in BOUNDS for stat in statistics] * 2
+    channels = [cluster.channel(r) for r in replicas]
+    gate = threading.Barrier(len(asks))
+
+    def ask(i: int) -> release_pb2.ReleaseResponse | grpc.RpcError:
+        metric, stat = asks[i]
+        request = release_pb2.ReleaseRequest(
+            window=window, teams=["team-red"], metrics=[metric],
+            statistics=[release_pb2.StatisticRequest(statistic=stat, epsilon="0.1")])
+        stub = release_pb2_grpc.ReleaseServiceStub(channels[i % len(channels)])
+        gate.wait()
+        try:
+            return stub.Release(request, metadata=cluster.metadata(Role.ANALYST), timeout=60)
+        except grpc.RpcError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answers = list(pool.map(ask, range(len(asks))))
+    for channel in channels:
+        channel.close()
+
+    stored = {(m, s): rid for rid, m, s in cluster.sql(
+        "SELECT release_id, metric, statistic FROM releases WHERE window_id = %s AND team = 'team-red'",
+        (window,))}
+    assert len(stored) == 10
+    assert cluster.sql("SELECT spent_micros, cap_micros, releases FROM budgets WHERE window_id = %s "
+                       "AND team = 'team-red'", (window,)) == [(1_000_000, 1_000_000, 10)]
+    assert cluster.sql("SELECT COUNT(*) FROM ledger WHERE kind = 'release'") == [(10,)]
+    refused = [a for a in answers if isinstance(a, grpc.RpcError)]
+    assert {a.code() for a in refused} <= {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    for answer in answers:
+        if isinstance(answer, release_pb2.ReleaseResponse):
+            (estimate,) = answer.teams[0].estimates
+            name = common_pb2.Statistic.Name(estimate.statistic).removeprefix("STATISTIC_").lower()
+            assert stored[(estimate.metric, name)] == estimate.release_id  # the one stored release
