@@ -357,11 +357,11 @@ def budget(api: Api, args: Args) -> Page:
     if window is None:
         return page
     table = DataTable(f"Privacy budget per team, window {window}",
-                      [_WINDOW, _TEAM, *(Column(name, None, label=name.title()) for name in _BUDGET_FIELDS),
+                      [_TEAM, _WINDOW, *(Column(name, None, label=name.title()) for name in _BUDGET_FIELDS),
                        Column("releases", label="Releases")])
     bars = []
     for row in (b for b in budgets if b.window == window):
-        table.add(row.window, row.team, row.cap, row.spent, row.remaining, row.releases)
+        table.add(row.team, row.window, row.cap, row.spent, row.remaining, row.releases)
         bars.append(BudgetBar(row.team, float(Decimal(row.cap)), float(Decimal(row.spent)),
                               f"{row.spent} of {row.cap} spent"))
     title = f"Budget spent per team, window {window}"

@@ -1,0 +1,285 @@
+"""The dashboard in headless Chromium (Playwright): real sign-in, every page for each role, the
+numbers on screen against the gRPC API, role separation, keyboard use, phone width, and no request
+to any host but the dashboard. Screenshots go to test-artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from chorus.server.auth import Role
+from chorus.server.dashboard import create_app
+from chorus.server.dashboard.server import DashboardServer
+from chorus.v1 import common_pb2
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing: CI must install chromium (apt-get install chromium)",
+                    pytrace=False)
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    built = build_stack(tmp_path_factory.mktemp("browser") / "data")
+    yield built
+    built.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(stack: Stack) -> Iterator[str]:
+    server = DashboardServer(create_app(stack.gateway()), "127.0.0.1:0")
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Visit:
+    """A browser context that records every request it makes."""
+
+    def __init__(self, browser: Browser, base: str, viewport: dict[str, int]) -> None:
+        self.base = base
+        self.context = browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+        self.requests: list[str] = []
+        self.context.on("request", lambda request: self.requests.append(request.url))
+        self.page = self.context.new_page()
+
+    def open(self, path: str) -> Page:
+        self.page.goto(self.base + path)
+        return self.page
+
+    def sign_in(self, token: str) -> None:
+        page = self.open("/login")
+        page.get_by_label("Token").fill(token)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_load_state()
+
+    def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def foreign_requests(self) -> list[str]:
+        own = urlsplit(self.base).netloc
+        return [url for url in self.requests if urlsplit(url).netloc != own]
+
+
+@pytest.fixture
+def visits(browser: Browser, dashboard: str) -> Iterator[list[Visit]]:
+    """Browser contexts for one test; afterwards, none of them may have left the dashboard."""
+    opened: list[Visit] = []
+    yield opened
+    for visit in opened:
+        assert visit.requests, "the test made no request at all"
+        assert visit.foreign_requests() == []
+        visit.context.close()
+
+
+def visit(visits: list[Visit], browser: Browser, dashboard: str,
+          viewport: dict[str, int] = LAPTOP) -> Visit:
+    opened = Visit(browser, dashboard, viewport)
+    visits.append(opened)
+    return opened
+
+
+def table_rows(page: Page, caption: str) -> dict[str, dict[str, str]]:
+    """A table's body, keyed by its row header, each row as {column name: text shown}."""
+    table = page.locator("table", has=page.locator("caption", has_text=caption))
+    rows: dict[str, dict[str, str]] = {}
+    for row in table.locator("tbody tr").all():
+        cells = {cell.get_attribute("data-column") or "": cell.inner_text().strip()
+                 for cell in row.locator("td").all()}
+        rows[row.locator("th").inner_text().strip()] = cells
+    return rows
+
+
+def overflowing(page: Page) -> list[str]:
+    """Elements reaching past the right edge of the screen, other than inside a scrollable table."""
+    return page.evaluate("""() => {
+        const edge = document.documentElement.clientWidth + 1;
+        return [...document.querySelectorAll("body *")]
+            .filter(e => e.getBoundingClientRect().right > edge && !e.parentElement.closest(".table-wrap"))
+            .map(e => `${e.tagName}.${e.className}: ${Math.round(e.getBoundingClientRect().right)}`);
+    }""")
+
+
+def shows(text: str, value: float) -> bool:
+    """Whether `text` (as the page formats numbers) is `value` rounded to the digits shown."""
+    percent = text.endswith("%")
+    digits = text.rstrip("%").replace(",", "")
+    decimals = len(digits.partition(".")[2])
+    number = float(digits) / (100 if percent else 1)
+    tolerance = 0.5 * 10 ** -decimals / (100 if percent else 1) + 1e-12
+    return abs(number - value) <= tolerance
+
+
+def test_leadership_sees_the_released_numbers_on_every_page(browser: Browser, dashboard: str,
+                                                            stack: Stack, visits: list[Visit]) -> None:
+    laptop = visit(visits, browser, dashboard)
+    laptop.sign_in(stack.tokens[Role.ANALYST])
+    page = laptop.page
+    assert page.url == f"{dashboard}/overview"
+    assert page.get_by_role("heading", level=1).inner_text() == f"Team overview: window {LATEST}"
+    assert page.locator(".tag-new").count() == 10 and page.locator(".tag-cached").count() == 0
+    laptop.shot("analyst-overview-laptop")
+    nav = page.get_by_role("navigation", name="Dashboard pages")
+    assert nav.get_by_role("link").all_inner_texts() == ["Team overview", "Trends", "Distribution"]
+
+    released = {t.team: t for t in stack.release(LATEST, [common_pb2.STATISTIC_ADOPTION,
+                                                          common_pb2.STATISTIC_SUM]).teams}
+    adoption = table_rows(page, "Adoption per team")
+    tokens = table_rows(page, "Total of ai.tokens per team")
+    for team in ("team-red", "team-blue"):
+        estimates = {(e.metric, e.statistic): e for e in released[team].estimates}
+        assert all(e.cached for e in estimates.values())  # the page released them, the API repeats them
+        share = estimates[("", common_pb2.STATISTIC_ADOPTION)]
+        assert shows(adoption[team]["value"], share.value), (adoption[team], share)
+        assert shows(adoption[team]["ci95"], share.ci95)
+        total = estimates[("ai.tokens", common_pb2.STATISTIC_SUM)]
+        assert shows(tokens[team]["value"], total.value) and shows(tokens[team]["ci95"], total.ci95)
+        assert tokens[team]["release"] == "newly released"
+    assert adoption["team-tiny"]["outcome"].startswith("suppressed: team team-tiny has 3 people")
+    assert "suppressed" in page.locator("#adoption svg").inner_html()
+    assert page.locator("figure svg[role=img]").count() == 5
+    note = page.locator("figcaption .note").first.inner_text()
+    assert note.startswith("How to read this: Values are noisy") and "95% interval" in note
+
+    page.get_by_label("Statistic for each metric").select_option("mean")
+    page.get_by_role("button", name="Show").click()
+    assert "statistic=mean" in page.url
+    assert page.get_by_role("heading", name="Mean per person using it of ai.requests per team").is_visible()
+
+    laptop.open("/trends?statistic=sum&metric=ai.tasks_completed")
+    laptop.shot("analyst-trends-laptop")
+    trend = page.locator("table", has=page.locator("caption", has_text="per team over the last 3 closed"))
+    assert trend.locator("tbody tr").count() == 3 * len(DAYS)
+    assert page.locator("#trend svg[role=img]").count() == 3  # one panel per team
+
+    laptop.open(f"/histogram?window={DAYS[0]}&team=team-red&metric=ai.requests")
+    laptop.shot("analyst-histogram-laptop")
+    buckets = table_rows(page, "People per ai.requests range in team team-red")
+    histogram = stack.release(DAYS[0], [common_pb2.STATISTIC_HISTOGRAM], teams=("team-red",),
+                              metrics=("ai.requests",)).teams[0].estimates[0]
+    assert [int(row["value"].replace(",", "")) for row in buckets.values()] == list(histogram.bucket_counts)
+
+    for path in AUDITOR_PAGES:
+        laptop.open(path)
+        assert page.get_by_role("heading", level=1).inner_text().startswith("Not your page"), path
+    laptop.shot("analyst-denied-budget-laptop")
+
+    phone = visit(visits, browser, dashboard, PHONE)
+    phone.sign_in(stack.tokens[Role.ANALYST])
+    for path in ANALYST_PAGES:
+        phone.open(path)
+        assert overflowing(phone.page) == [], path
+        assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path
+        phone.shot(f"analyst-{path.strip('/')}-phone")
+
+
+def test_privacy_officer_sees_budgets_ledger_policies_and_statement(
+        browser: Browser, dashboard: str, stack: Stack, visits: list[Visit]) -> None:
+    stack.release(DAYS[1], [common_pb2.STATISTIC_COUNT], metrics=("ai.tokens",))
+    laptop = visit(visits, browser, dashboard)
+    laptop.sign_in(stack.tokens[Role.AUDITOR])
+    page = laptop.page
+    assert page.url == f"{dashboard}/budget"
+    nav = page.get_by_role("navigation", name="Dashboard pages")
+    assert nav.get_by_role("link").all_inner_texts() == ["Budget", "Ledger", "Policies", "Privacy statement"]
+
+    laptop.open(f"/budget?window={DAYS[1]}")
+    laptop.shot("auditor-budget-laptop")
+    shown = table_rows(page, f"Privacy budget per team, window {DAYS[1]}")
+    on_screen = {team: (row["window"], row["cap"], row["spent"], row["remaining"], row["releases"])
+                 for team, row in shown.items()}
+    assert on_screen == {b.team: (b.window, b.cap, b.spent, b.remaining, str(b.releases))
+                         for b in stack.budgets(DAYS[1])}
+    assert shown["team-red"]["spent"] != "0" and shown["team-tiny"]["spent"] == "0"
+
+    laptop.open("/ledger")
+    laptop.shot("auditor-ledger-laptop")
+    assert page.get_by_role("heading", name="Chain verification: verified").is_visible()
+    kinds = page.locator("table.ledger tbody td code").all_inner_texts()
+    assert "release" in kinds and "window_close" in kinds
+    payload = page.locator("table.ledger pre").first
+    assert not payload.is_visible()
+    page.get_by_text("Show payload").first.click()  # <details> opens without JavaScript
+    assert payload.is_visible() and payload.inner_text().startswith("{")
+
+    laptop.open("/policies")
+    laptop.shot("auditor-policies-laptop")
+    page.get_by_role("link", name=DAYS[0]).click()
+    assert page.get_by_role("heading", name=f"Policy of window {DAYS[0]}").is_visible()
+
+    laptop.open("/statement")
+    laptop.shot("auditor-statement-laptop")
+    assert page.get_by_role("heading", name="What nobody can see").is_visible()
+
+    for path in ANALYST_PAGES:
+        laptop.open(path)
+        assert page.get_by_role("heading", level=1).inner_text().startswith("Not your page"), path
+
+    phone = visit(visits, browser, dashboard, PHONE)
+    phone.sign_in(stack.tokens[Role.AUDITOR])
+    for path in AUDITOR_PAGES:
+        phone.open(path)
+        assert overflowing(phone.page) == [], path
+        assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path
+        phone.shot(f"auditor-{path.strip('/')}-phone")
+
+
+def test_keyboard_only_use_sign_in_skip_link_and_sign_out(browser: Browser, dashboard: str,
+                                                         stack: Stack, visits: list[Visit]) -> None:
+    laptop = visit(visits, browser, dashboard)
+    page = laptop.open("/login")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to main content"
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"  # the focused element shows where it is
+    page.keyboard.press("Enter")
+    assert page.url.endswith("/login#main")
+    page.get_by_label("Token").focus()
+    page.keyboard.type(stack.tokens[Role.ANALYST])
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{dashboard}/overview")
+    laptop.shot("keyboard-signed-in")
+
+    # Tab order reaches the navigation and the sign-out button, which works from the keyboard.
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Sign out":
+            break
+    else:
+        pytest.fail("Tab never reached the Sign out button")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/login$"))
+    laptop.open("/overview")
+    assert urlsplit(page.url).path == "/login"
+
+
+def test_a_wrong_token_shows_an_alert_and_no_session(browser: Browser, dashboard: str,
+                                                     visits: list[Visit]) -> None:
+    laptop = visit(visits, browser, dashboard)
+    laptop.sign_in("chorus_" + "0" * 43)
+    alert = laptop.page.get_by_role("alert")
+    assert "unknown or revoked token" in alert.inner_text()
+    assert all(c["name"] != "chorus_session" for c in laptop.context.cookies())
