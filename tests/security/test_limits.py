@@ -90,6 +90,20 @@ def test_string_lengths_name_the_field_and_limit_not_the_value(make_server: Call
     assert hostile[:20] not in message
 
 
+def test_hostile_drop_counts_cannot_break_the_stats(secure_server: SecureServer) -> None:
+    """`dropped` is a client-reported uint64: two maximal reports must not overflow the
+    operational counters and take GetStats down for the operator."""
+    assert secure_server.channel is not None
+    for batch_id in ("drop-1", "drop-2"):
+        request = valid_batch(batch_id)
+        request.dropped = 2**64 - 1
+        outcome = report(secure_server, request)
+        assert not isinstance(outcome, grpc.RpcError) or outcome.code() == grpc.StatusCode.INVALID_ARGUMENT
+    stats = admin_pb2_grpc.AdminServiceStub(secure_server.channel).GetStats(
+        admin_pb2.GetStatsRequest(), metadata=secure_server.metadata(Role.ADMIN), timeout=10)
+    assert stats.batches + stats.invalid_batches == 2
+
+
 @pytest.mark.parametrize(("seconds", "nanos"), [(-(2**62), 0), (2**62, 0), (253402300800, 0)])
 def test_timestamps_out_of_range(make_server: Callable[..., SecureServer], seconds: int, nanos: int) -> None:
     server = make_server(limits=LIMITS)
