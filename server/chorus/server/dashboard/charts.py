@@ -227,9 +227,12 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
         body.append(f'<line class="grid" x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}"/>')
         body.append(_label(left - 6, y + 4, fmt(tick), "tick", "end"))
     every = max(1, math.ceil(len(windows) / 3))  # about three window ids fit across
+    last = len(windows) - 1
     for index, window in enumerate(windows):
-        if index % every == 0 or index == len(windows) - 1:
-            body.append(_label(x(index), bottom + 18, window, "tick", "middle"))
+        if index % every == 0 or index == last:
+            # The outermost labels align inward so that they stay inside the canvas.
+            anchor = "start" if index == 0 and last else "end" if index == last and last else "middle"
+            body.append(_label(x(index), bottom + 18, window, "tick", anchor))
     for run in _runs(points):
         upper = " ".join(f"{x(i):.1f},{scale(p.high):.1f}" for i, p in run)
         lower = " ".join(f"{x(i):.1f},{scale(p.low):.1f}" for i, p in reversed(run))
