@@ -63,6 +63,7 @@ class Chorus:
             return None  # another replica bootstrapped first
         path = self.data_dir / ADMIN_TOKEN_FILE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a pre-existing file keeps its mode through O_CREAT: tighten it
         with os.fdopen(fd, "w") as f:
             f.write(secret + "\n")
         return path

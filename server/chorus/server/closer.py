@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from datetime import datetime
 
 from chorus.server import lifecycle
@@ -34,7 +35,7 @@ class WindowCloser:
                      name="open_current")
         closed = []
         for window_id in self._db.run(lambda tx: lifecycle.due(tx, now), name="due_windows"):
-            result = self._db.run(lambda tx, w=window_id: self._close(tx, w, now), name="close_window")
+            result = self._db.run(partial(self._close, window_id=window_id, now=now), name="close_window")
             if result is not None and result.closed_now:
                 _log.info("closed window %s: folded %d per-person rows, key destroyed",
                           window_id, result.rows_folded)
@@ -43,7 +44,7 @@ class WindowCloser:
             self._db.checkpoint()
         return closed
 
-    def _close(self, tx: Tx, window_id: str, now: datetime) -> lifecycle.CloseResult | None:
+    def _close(self, tx: Tx, *, window_id: str, now: datetime) -> lifecycle.CloseResult | None:
         if not tx.lock_closer():
             return None  # another replica is closing right now
         return lifecycle.close(tx, window_id, self._ledger, now, ACTOR)

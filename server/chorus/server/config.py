@@ -226,13 +226,15 @@ def parse(raw: dict[str, Any]) -> Config:
             "limits.max_batch_contributions", 1, 1_000_000),
         max_string_length=_int(limits_raw.get("max_string_length", limit_defaults.max_string_length),
                                "limits.max_string_length", 8, 4096),
-        ingest_rate_per_token=float(limits_raw.get("ingest_rate_per_token",
-                                                   limit_defaults.ingest_rate_per_token)),
+        ingest_rate_per_token=_positive(limits_raw.get("ingest_rate_per_token",
+                                                       limit_defaults.ingest_rate_per_token),
+                                        "limits.ingest_rate_per_token"),
         ingest_burst_per_token=_int(limits_raw.get("ingest_burst_per_token",
                                                    limit_defaults.ingest_burst_per_token),
                                     "limits.ingest_burst_per_token", 1, 10**12),
-        rpc_deadline_seconds=float(limits_raw.get("rpc_deadline_seconds",
-                                                  limit_defaults.rpc_deadline_seconds)),
+        rpc_deadline_seconds=_positive(limits_raw.get("rpc_deadline_seconds",
+                                                      limit_defaults.rpc_deadline_seconds),
+                                       "limits.rpc_deadline_seconds"),
     )
     synchronous = str(store.get("sqlite_synchronous", "FULL")).upper()
     if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -243,7 +245,8 @@ def parse(raw: dict[str, Any]) -> Config:
         listen=str(server.get("listen", "127.0.0.1:7355")),
         database=str(server.get("database", "")),
         sqlite_synchronous=synchronous,
-        close_interval_seconds=float(server.get("close_interval_seconds", 30.0)),
+        close_interval_seconds=_positive(server.get("close_interval_seconds", 30.0),
+                                         "server.close_interval_seconds"),
     )
 
 
@@ -267,6 +270,12 @@ def _int(value: object, key: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{key} = {value!r}: must be an integer in [{low}, {high}]")
     return value
+
+
+def _positive(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ConfigError(f"{key} = {value!r}: must be a number greater than 0")
+    return float(value)
 
 
 def _epsilon(value: object, key: str, *, positive: bool) -> Epsilon:

@@ -27,6 +27,9 @@ from chorus.server.store._db import Database, Tx
 from chorus.server.windows import window_of
 
 FUTURE_TOLERANCE = lifecycle.FUTURE_TOLERANCE
+#: A client reports drops since its previous batch; more than this is not a real count, and
+#: summing unbounded client values would overflow the uint64 counters of GetStats.
+MAX_REPORTED_DROPS = 2**40
 
 
 class Reason(enum.Enum):
@@ -79,6 +82,8 @@ def validate(batch: Batch, limits: Limits) -> None:
     _check_length("batch_id", batch.batch_id, limits.max_string_length)
     _check_length("source", batch.source, limits.max_string_length, required=False)
     _check_length("source_version", batch.source_version, limits.max_string_length, required=False)
+    if batch.dropped > MAX_REPORTED_DROPS:
+        raise InvalidBatch(f"dropped is {batch.dropped}; the limit per batch is {MAX_REPORTED_DROPS}")
     if not batch.contributions:
         raise InvalidBatch("contributions is empty: a batch needs at least one contribution")
     if len(batch.contributions) > limits.max_batch_contributions:

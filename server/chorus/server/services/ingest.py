@@ -42,7 +42,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.ReportResponse(
             accepted=outcome.accepted,
             duplicate=outcome.duplicate,
-            rejections=[ingest_pb2.Rejection(index=r.index, reason=r.reason.value, message=r.message)
+            rejections=[ingest_pb2.Rejection(index=r.index, reason=f"REJECT_REASON_{r.reason.name}",
+                                                message=r.message)
                         for r in outcome.rejections],
         )
 
