@@ -42,6 +42,8 @@ class PageSpec:
     label: str
     role: Role
     builder: pages.Builder
+    #: Whether the page has charts, and so a CSV download per chart.
+    charts: bool = True
 
 
 PAGES = (
@@ -49,11 +51,11 @@ PAGES = (
     PageSpec("trends", "Trends", Role.ANALYST, pages.trends),
     PageSpec("histogram", "Distribution", Role.ANALYST, pages.histogram),
     PageSpec("budget", "Budget", Role.AUDITOR, pages.budget),
-    PageSpec("ledger", "Ledger", Role.AUDITOR, pages.ledger),
-    PageSpec("policies", "Policies", Role.AUDITOR, pages.policies),
-    PageSpec("statement", "Privacy statement", Role.AUDITOR, pages.statement),
+    PageSpec("ledger", "Ledger", Role.AUDITOR, pages.ledger, charts=False),
+    PageSpec("policies", "Policies", Role.AUDITOR, pages.policies, charts=False),
+    PageSpec("statement", "Privacy statement", Role.AUDITOR, pages.statement, charts=False),
 )
-_BY_ENDPOINT = {name: p for p in PAGES for name in (p.endpoint, f"{p.endpoint}_csv")}
+_BY_ENDPOINT = {p.endpoint: p for p in PAGES} | {f"{p.endpoint}_csv": p for p in PAGES if p.charts}
 _BY_ENDPOINT["statement_md"] = _BY_ENDPOINT["statement"]
 
 
@@ -218,7 +220,8 @@ def _register(app: Flask, spec: PageSpec, gateway: Gateway) -> None:
                         headers={"Content-Disposition": f'attachment; filename="{_filename(name)}.csv"'})
 
     app.add_url_rule(f"/{spec.endpoint}", spec.endpoint, html)
-    app.add_url_rule(f"/{spec.endpoint}.csv", f"{spec.endpoint}_csv", csv)
+    if spec.charts:
+        app.add_url_rule(f"/{spec.endpoint}.csv", f"{spec.endpoint}_csv", csv)
 
 
 def _filename(name: str) -> str:

@@ -9,13 +9,15 @@ on; the token never appears in either.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 from chorus.server.auth import Role
+from chorus.server.cli import audit as audit_cli
 from chorus.server.cli._common import channel_credentials
+from chorus.server.ledger import Entry
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -179,13 +181,18 @@ class Api:
     def public_key(self) -> str:
         return self._call(self._audit.GetPublicKey, audit_pb2.GetPublicKeyRequest()).public_key_pem
 
-    def ledger(self, from_seq: int = 1, limit: int | None = None) -> Iterator[audit_pb2.LedgerEntry]:
-        """Ledger entries from `from_seq` on, at most `limit`; the stream is cancelled when done."""
-        request = audit_pb2.StreamLedgerRequest(from_seq=max(1, from_seq))
-        stream = self._call(self._audit.StreamLedger, request)
+    def ledger(self, from_seq: int = 1, limit: int | None = None) -> Iterator[Entry]:
+        """Ledger entries from `from_seq` on, at most `limit`.
+
+        Read as `chorus audit export` reads them, resuming where the server ended a long stream
+        at its time limit; stopping early closes the stream, which cancels the call.
+        """
+        # The officer CLI's reader, so the dashboard and `chorus audit export` read the ledger alike.
+        entries = cast(Generator[Entry, None, None],
+                       audit_cli._stream_ledger(self._audit, self._metadata, max(1, from_seq)))
         try:
-            yield from itertools.islice(stream, limit)
+            yield from itertools.islice(entries, limit)
         except grpc.RpcError as exc:
             raise _translate(exc, self._server) from None
         finally:
-            stream.cancel()
+            entries.close()

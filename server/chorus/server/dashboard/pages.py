@@ -395,7 +395,7 @@ def ledger(api: Api, args: Args) -> Page:
     status = check_chain(api.ledger(1), api.public_key())
     last_page = max(1, status.head_seq - LEDGER_PAGE + 1)
     start = _int(args, "from", last_page, 1, max(status.head_seq, 1))
-    rows = [LedgerRow(e.seq, e.time, e.kind, _readable(e.payload), e.prev_hash, e.hash, e.signature)
+    rows = [LedgerRow(e.seq, e.at, e.kind, _readable(e.payload), e.prev_hash, e.hash, e.signature)
             for e in api.ledger(start, LEDGER_PAGE)]
     return Page("ledger.html", "Ledger", context={
         "status": status, "rows": rows, "start": start, "first": 1, "last": last_page,

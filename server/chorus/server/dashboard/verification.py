@@ -12,12 +12,11 @@ officer verifies an export against their own trusted copy of the key (`chorus au
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from chorus.server import verify
 from chorus.server.ledger import Entry
-from chorus.v1 import audit_pb2
 
 VERIFIED = "verified"
 FAILED = "failed"
@@ -37,19 +36,14 @@ class ChainStatus:
     violations: tuple[str, ...] = ()
 
 
-def _lines(entries: Iterable[audit_pb2.LedgerEntry]) -> Iterator[str]:
-    for e in entries:
-        yield verify.export_line(Entry(e.seq, e.time, e.kind, e.payload, e.prev_hash, e.hash, e.signature))
-
-
-def check_chain(entries: Iterable[audit_pb2.LedgerEntry], public_key_pem: str) -> ChainStatus:
+def check_chain(entries: Iterable[Entry], public_key_pem: str) -> ChainStatus:
     """Verify the whole ledger (`entries` from seq 1) with the offline verifier's rules."""
     try:
         key = verify.load_public_key(public_key_pem.encode())
     except verify.VerifyError as exc:
         return ChainStatus(FAILED, 0, 0, "", f"The server's public key cannot be used: {exc}")
     try:
-        report = verify.verify_lines(_lines(entries), key)
+        report = verify.verify_lines((verify.export_line(e) for e in entries), key)
     except ValueError as exc:  # a payload that is not JSON cannot even be put in export form
         return ChainStatus(FAILED, 0, 0, "", f"The ledger cannot be read as entries: {exc}")
     head_seq, head_hash = (report.head.seq, report.head.hash) if report.head else (0, "")
