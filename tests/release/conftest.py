@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from chorus.server import config, ingest
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus

@@ -6,6 +6,7 @@ import random
 
 import opendp.prelude as dp
 import pytest
+
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
 
@@ -82,7 +83,7 @@ def test_batched_draws_are_independent_per_release() -> None:
     mech = mechanisms.calibrate(1, Epsilon.parse("0.05"))
     noisy = mech.release([100] * 200)
     assert len(set(noisy)) > 50
-    assert sum(noisy) / len(noisy) == pytest.approx(100, abs=6)  # mean noise 0; sd 28 / sqrt(200)
+    assert sum(noisy) / len(noisy) == pytest.approx(100, abs=10)  # mean noise 0, sd 28 / sqrt(200)
     hists = mechanisms.calibrate(1, Epsilon.parse("0.05"), vector=True).release_histograms(
         [[1, 2], [3], [], [4, 5, 6]])
     assert [len(h) for h in hists] == [2, 1, 0, 3]
@@ -123,6 +124,25 @@ def test_mean_interval_is_honest(total: int, people: int) -> None:
         assert 0 <= value <= bound
         hits += abs(value - truth) <= ci95
     assert hits / DRAWS >= 0.95
+
+
+def test_mean_interval_stays_wide_when_the_noisy_sum_is_far_below_zero() -> None:
+    s = mechanisms.calibrate(200_000, Epsilon.parse("0.05"))  # scale 4e6: a is about 14.8 million
+    c = mechanisms.calibrate(1, Epsilon.parse("0.05"))
+    # The count could be as low as 1 (46 - 74), so the mean could be anything in [0, U].
+    assert mechanisms.mean_interval(-16_863_823, s.scale, 46, c.scale, 200_000) == (0.0, 200_000.0)
+    # With a precise count the upper end is a / count: still honest, no longer the whole range.
+    precise = mechanisms.calibrate(1, Epsilon.parse("1000"))
+    value, ci95 = mechanisms.mean_interval(-16_863_823, s.scale, 460, precise.scale, 200_000)
+    a, b = mechanisms.accuracy(s.scale, 0.025), mechanisms.accuracy(precise.scale, 0.025)
+    assert value == 0.0 and ci95 == pytest.approx(a / (460 - b))
+
+
+def test_mean_interval_never_collapses_when_the_noisy_sum_is_far_above_the_bound() -> None:
+    s = mechanisms.calibrate(200_000, Epsilon.parse("0.05"))
+    c = mechanisms.calibrate(1, Epsilon.parse("0.05"))
+    # 40 million over a count of 1: the mean is clamped to U, and the interval is all of [0, U].
+    assert mechanisms.mean_interval(40_000_000, s.scale, 1, c.scale, 200_000) == (200_000.0, 200_000.0)
 
 
 def test_adoption_interval_is_the_active_interval_over_the_roster() -> None:

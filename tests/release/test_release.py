@@ -10,6 +10,9 @@ from typing import Any
 import grpc
 import opendp.prelude as dp
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from chorus.server import ingest, verify
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
@@ -17,8 +20,6 @@ from chorus.server.clock import FakeClock
 from chorus.server.ledger import read_entries
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import common_pb2, release_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from .conftest import NOON, WINDOW, Api, contribute, toml_with
 
@@ -74,7 +75,7 @@ def test_default_request_releases_every_statistic_for_eligible_teams(api: Api) -
     kinds = [(e.metric, e.statistic) for e in red.estimates]
     assert kinds == [(m, s) for m in metrics for s in (SUM, COUNT, MEAN, HIST)] + [("", ADOPTION)]
     # 4 metrics x (sum, count, histogram) + active, 0.05 each.
-    assert red.budget_cap == "1" and red.budget_remaining == "0.35"
+    assert red.budget_cap == "1" and red.budget_remaining == "0.35" and red.epsilon_charged == "0.65"
     for e in red.estimates:
         assert not e.cached and e.release_id and e.ci95 > 0
         if e.statistic in (MEAN, ADOPTION):
@@ -98,6 +99,7 @@ def test_k_suppression_charges_nothing(api: Api) -> None:
     assert tiny.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED
     assert tiny.message == "team team-tiny has 3 people on the roster; releases need at least 5"
     assert not tiny.estimates and tiny.budget_remaining == "1" and tiny.roster_size == 3
+    assert tiny.epsilon_charged == "0"
     assert q(api.chorus, "SELECT spent_micros, releases FROM budgets WHERE team = 'team-tiny'") == [(0, 0)]
     assert q(api.chorus, "SELECT COUNT(*) FROM releases WHERE team = 'team-tiny'") == [(0,)]
     assert all(p["team"] != "team-tiny" for p in release_payloads(api.chorus))
@@ -165,6 +167,7 @@ def test_cached_answer_is_identical_and_free(api: Api) -> None:
     assert state(api.chorus) == before
     for a, b in zip(first.teams, second.teams, strict=True):
         assert a.budget_remaining == b.budget_remaining
+        assert a.epsilon_charged != "0" and b.epsilon_charged == "0"
         for x, y in zip(a.estimates, b.estimates, strict=True):
             assert not x.cached and y.cached and y.epsilon_charged == "0" and x.epsilon_charged != "0"
             x.ClearField("cached"), y.ClearField("cached")
@@ -274,8 +277,8 @@ def test_windows_past_retention_are_refused(make_chorus: Callable[..., Chorus], 
 
 def test_a_person_past_the_bound_contributes_exactly_the_bound(make_chorus: Callable[..., Chorus],
                                                                make_api: Callable[[Chorus], Api]) -> None:
-    # A huge epsilon makes the noise vanish (scale 0.1), so the released sum shows its input.
-    chorus = make_chorus(toml_with(epsilon_per_window="3000"))
+    # A huge epsilon makes the noise vanish (scale 0.02 for the sum), so the release shows its input.
+    chorus = make_chorus(toml_with(epsilon_per_window="10000"))
     out = contribute(chorus, ("user-team-red-0", "ai.tasks_completed", 10**15),
                      ("user-team-red-0", "ai.tasks_completed", 10**15),
                      ("user-team-red-1", "ai.tasks_completed", 7))
@@ -285,7 +288,7 @@ def test_a_person_past_the_bound_contributes_exactly_the_bound(make_chorus: Call
                      "AND metric = 'ai.tasks_completed'") == [(107, 2)]
     api = make_api(chorus)
     reply = api.release(teams=("team-red",), metrics=("ai.tasks_completed",),
-                        statistics=((SUM, "1000"), (COUNT, "1000"), (HIST, "1000")))
+                        statistics=((SUM, "5000"), (COUNT, "1000"), (HIST, "1000")))
     total, count, hist = reply.teams[0].estimates
     assert (total.value, total.sensitivity) == (107, 100)
     assert count.value == 2

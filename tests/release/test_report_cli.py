@@ -9,11 +9,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from typer.testing import CliRunner
+
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.cli import app
 from chorus.server.clock import FakeClock
-from typer.testing import CliRunner
 
 from .conftest import WINDOW, Api, contribute
 
@@ -45,11 +46,12 @@ def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
     out = run(["report", *base, "--metric", "ai.requests"])
     assert f"Window {NEXT}: sum per team" in out
     assert "team-red" in out and "team-blue" in out and "adoption" in out and "budget left" in out
-    assert "0.9 of 1" in out  # sum of ai.requests + active, 0.05 each
+    assert "0.9 of 1 (-0.1 now)" in out  # sum of ai.requests + active, 0.05 each
     assert "suppressed: team team-tiny has 3 people on the roster; releases need at least 5" in out
-    assert "charged epsilon 0.1 in total over 2 new noisy release(s)" in out
+    assert "Charged now: epsilon 0.1 to each of 2 team-window budget(s)" in out
     again = run(["report", *base, "--metric", "ai.requests"])
-    assert "charged epsilon 0 in total over 0 new noisy release(s)" in again
+    assert "0.9 of 1" in again and "now)" not in again
+    assert "Nothing was charged: every answer was released before" in again
 
 
 def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[Api, list[str]]) -> None:
@@ -65,7 +67,8 @@ def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[A
     assert mean["epsilon_charged"] == "0.2" and hist["epsilon_charged"] == "0.1"
     assert hist["histogram_edges"] == [50, 200, 500, 1000] and len(hist["bucket_counts"]) == 5
     assert tiny["message"].startswith("team team-tiny has 3 people")
-    assert mean["budget_remaining"] == "0.7"
+    assert mean["budget_remaining"] == "0.7" and mean["team_epsilon_charged"] == "0.3"
+    assert tiny["team_epsilon_charged"] == "0"
     second = json.loads(run(args))
     for a, b in zip(first, second, strict=True):
         if a["outcome"] == "released":

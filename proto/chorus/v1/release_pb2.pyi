@@ -137,7 +137,7 @@ class Estimate(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class TeamRelease(_message.Message):
-    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size")
+    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged")
     TEAM_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class TeamRelease(_message.Message):
     BUDGET_CAP_FIELD_NUMBER: _ClassVar[int]
     BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
     ROSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_CHARGED_FIELD_NUMBER: _ClassVar[int]
     team: str
     outcome: TeamOutcome
     message: str
@@ -152,7 +153,8 @@ class TeamRelease(_message.Message):
     budget_cap: str
     budget_remaining: str
     roster_size: int
-    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ...) -> None: ...
+    epsilon_charged: str
+    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ..., epsilon_charged: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("window", "teams")

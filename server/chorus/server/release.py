@@ -128,6 +128,8 @@ class TeamResult:
     budget_cap: Epsilon
     budget_remaining: Epsilon
     roster_size: int
+    #: What this request charged the team-window in total.
+    epsilon_charged: Epsilon
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,7 @@ class _Release:
         eligible = [t for t in chosen_teams if sizes[t] >= k]
         stored = self.stored(eligible)
         missing = {t: [key for key in wanted if (t, *key) not in stored] for t in eligible}
-        budgets = self.budgets()
+        before = budgets = self.budgets()
         self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
         if any(missing.values()):
             stored.update(self.release_missing(missing, wanted))
@@ -296,13 +298,14 @@ class _Release:
         results = []
         for team in chosen_teams:
             cap, spent = budgets.get(team, (ZERO, ZERO))
+            charged = spent - before.get(team, (ZERO, ZERO))[1]
             if team in missing:
                 estimates = tuple(self.answers(team, chosen_metrics, statistics, stored, sizes[team]))
                 message = ""
             else:
                 estimates, message = (), suppression_reason(team, sizes[team], k)
             results.append(TeamResult(team, team in missing, message, estimates, cap, cap - spent,
-                                      sizes[team]))
+                                      sizes[team], charged))
         return ReleaseResult(self.window, tuple(results))
 
     def check_releasable(self) -> None:

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import grpc
 import typer
+from rich.table import Table
+
 from chorus.server.cli._common import (
     CaOpt,
     CertOpt,
@@ -31,7 +33,6 @@ from chorus.server.cli._common import (
 )
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
-from rich.table import Table
 
 
 class Statistic(enum.StrEnum):
@@ -60,7 +61,7 @@ class Format(enum.StrEnum):
 #: The flat record written by --format csv and json, one per team and estimate.
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
-          "release_id", "budget_cap", "budget_remaining")
+          "release_id", "budget_cap", "budget_remaining", "team_epsilon_charged")
 
 
 def report(
@@ -161,7 +162,8 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
         for t in reply.teams:
             base = {"window": reply.window, "team": t.team, "roster_size": t.roster_size,
                     "outcome": "released" if t.outcome == release_pb2.TEAM_OUTCOME_RELEASED else "suppressed",
-                    "message": t.message, "budget_cap": t.budget_cap, "budget_remaining": t.budget_remaining}
+                    "message": t.message, "budget_cap": t.budget_cap, "budget_remaining": t.budget_remaining,
+                    "team_epsilon_charged": t.epsilon_charged}
             if not t.estimates:
                 yield {f: base.get(f, "") for f in FIELDS}
             for e in t.estimates:
@@ -194,21 +196,17 @@ def _cell(e: release_pb2.Estimate) -> str:
     return f"{e.value:,.0f} ± {e.ci95:,.0f}{mark}"
 
 
-def _charged(replies: list[release_pb2.ReleaseResponse]) -> tuple[Epsilon, int]:
-    """Epsilon this command charged over every team, and how many answers were new."""
-    noisy = [e for r in replies for t in r.teams for e in t.estimates if e.mechanism != "post_processing"]
-    new = [e for e in noisy if not e.cached]
-    return sum((Epsilon.parse(e.epsilon_charged) for e in new), Epsilon(0)), len(new)
-
-
 def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
-    marked = any(e.note for r in replies for t in r.teams for e in t.estimates)
-    if marked:
+    if any(e.note for r in replies for t in r.teams for e in t.estimates):
         console.print("* post-processed: a negative noisy value is shown as 0 (or a ratio clamped to its "
                       "range); the noisy values are in --format json")
-    charged, new = _charged(replies)
-    console.print(f"This report charged epsilon {charged} in total over {new} new noisy release(s); "
-                  "repeats are free and identical. Intervals are 95%.")
+    charges = sorted(c for r in replies for t in r.teams if (c := Epsilon.parse(t.epsilon_charged)).micros)
+    if not charges:
+        console.print("Nothing was charged: every answer was released before, and repeats are identical.")
+        return
+    each = str(charges[0]) if charges[0] == charges[-1] else f"{charges[0]} to {charges[-1]}"
+    console.print(f"Charged now: epsilon {each} to each of {len(charges)} team-window budget(s); asking "
+                  "again is free and returns the same numbers.")
 
 
 def _print_report(reply: release_pb2.ReleaseResponse, statistics: list[Statistic]) -> None:
@@ -230,7 +228,8 @@ def _print_report(reply: release_pb2.ReleaseResponse, statistics: list[Statistic
         row = [t.team, str(t.roster_size), *(cells.get(c, "") for c in columns)]
         if Statistic.ADOPTION in statistics:
             row.append(cells.get(("", Statistic.ADOPTION), ""))
-        table.add_row(*row, f"{t.budget_remaining} of {t.budget_cap}")
+        now = f" (-{t.epsilon_charged} now)" if t.epsilon_charged != "0" else ""
+        table.add_row(*row, f"{t.budget_remaining} of {t.budget_cap}{now}")
     console.print(table)
     for t in reply.teams:
         if t.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import opendp.prelude as dp
+
 from chorus.server.privacy.epsilon import Epsilon
 
 dp.enable_features("contrib")
@@ -130,14 +131,19 @@ def mean_interval(noisy_sum: int, sum_scale: float, noisy_count: int, count_scal
     a and b, and then the true mean lies in [(S - a) / (C + b), (S + a) / (C - b)]
     intersected with [0, upper] (every person's total is within [0, upper]). The half-width
     returned is the larger distance from the reported mean to either end.
+
+    The true sum is never negative, so the upper end uses max(S, 0) + a: a superset of the
+    union-bound interval that stays wide when the noise pushed S far below zero (instead of
+    collapsing to a confident-looking 0 ± 0 for an observation the bound cannot explain).
     """
     a = accuracy(sum_scale, ALPHA / 2)
     b = accuracy(count_scale, ALPHA / 2)
     value = min(float(upper), max(0.0, noisy_sum / max(noisy_count, 1)))
     # The true count is a whole number of people, at least 1 when a mean exists.
+    high = min((max(noisy_sum, 0) + a) / max(1.0, noisy_count - b), float(upper))
     low = max(0.0, noisy_sum - a) / (noisy_count + b) if noisy_count + b > 0 else 0.0
-    high = (noisy_sum + a) / max(1.0, noisy_count - b)
-    low, high = min(low, float(upper)), min(max(high, 0.0), float(upper))
+    if low >= high:  # noise the bound cannot explain: claim nothing beyond [0, upper]
+        low, high = 0.0, float(upper)
     return value, max(value - low, high - value)
 
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import grpc
+
 from chorus.server import auth, release
 from chorus.server.app_context import Chorus
 from chorus.server.privacy.epsilon import Epsilon
@@ -87,7 +88,8 @@ def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
     outcome = release_pb2.TEAM_OUTCOME_RELEASED if t.released else release_pb2.TEAM_OUTCOME_SUPPRESSED
     return release_pb2.TeamRelease(
         team=t.team, outcome=outcome, message=t.message, estimates=[_estimate(e) for e in t.estimates],
-        budget_cap=str(t.budget_cap), budget_remaining=str(t.budget_remaining), roster_size=t.roster_size)
+        budget_cap=str(t.budget_cap), budget_remaining=str(t.budget_remaining), roster_size=t.roster_size,
+        epsilon_charged=str(t.epsilon_charged))
 
 
 def _estimate(e: release.Estimate) -> release_pb2.Estimate:
