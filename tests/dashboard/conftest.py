@@ -12,6 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
 from chorus.server import config, ingest
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
@@ -20,9 +24,6 @@ from chorus.server.clock import FakeClock
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
-from flask import Flask
-from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 
 DAYS = ("2026-11-23", "2026-11-24", "2026-11-25")
 LATEST = DAYS[-1]

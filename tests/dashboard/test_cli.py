@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+
 from chorus.server.auth import Role
 
 from .conftest import Stack

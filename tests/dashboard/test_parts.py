@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
 from chorus.server.dashboard import charts

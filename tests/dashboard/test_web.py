@@ -10,13 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
 from chorus.server.auth import Role
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.v1 import common_pb2
-from flask import Flask
-from flask.testing import FlaskClient
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack, csrf_of, login
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Annotated, NoReturn
 
 import typer
+
 from chorus.server.cli._common import (
     DEFAULT_SERVER,
     CaOpt,

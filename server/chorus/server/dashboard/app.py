@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
 from chorus.server.auth import Role
 from chorus.server.clock import Clock, SystemClock
 from chorus.server.dashboard import pages
 from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
 from chorus.server.dashboard.sessions import Session, SessionStore
 from chorus.v1 import common_pb2
-from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
-from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Response as BaseResponse
 
 _log = logging.getLogger(__name__)
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from chorus.server.auth import Role
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli._common import channel_credentials
 from chorus.server.ledger import Entry
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 T = TypeVar("T")
 

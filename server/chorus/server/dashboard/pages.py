@@ -17,6 +17,10 @@ from decimal import Decimal
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from markupsafe import Markup
+from werkzeug.exceptions import BadRequest
+
 from chorus.server.cli import audit as audit_cli
 from chorus.server.config import Policy
 from chorus.server.dashboard import charts
@@ -33,9 +37,6 @@ from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import check_chain
 from chorus.v1 import common_pb2, release_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
-from markupsafe import Markup
-from werkzeug.exceptions import BadRequest
 
 Args = Mapping[str, str]
 
