@@ -21,9 +21,12 @@ from chorus.client import Client
 from chorus.server import config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
+from chorus.server.cli import audit as audit_cli
+from chorus.server.cli import report as report_cli
 from chorus.server.demo import _killed_tool
 from chorus.server.demo._world import BURNER, BURNER_TOKENS, TOOLS, World, build
-from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from chorus.v1 import (admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2,
+                       release_pb2_grpc)
 
 
 class _Demo:
@@ -57,6 +60,9 @@ class _Demo:
         self.run_tools()
         self.raw_batches()
         self.summary()
+        self.close_window()
+        self.leadership_report()
+        self.audit()
 
     def import_roster(self) -> None:
         self.console.rule("[bold]2. The roster")
@@ -134,6 +140,45 @@ class _Demo:
         bound = self.policy.metric("ai.tokens").max_per_user  # type: ignore[union-attr]
         self.console.print(f"{BURNER} sent {BURNER_TOKENS:,} tokens; their stored total is capped at "
                            f"max_per_user = {bound:,}, so burning tokens buys nothing.")
+
+    def close_window(self) -> None:
+        self.console.rule("[bold]7. The window closes")
+        reply = self.admin.CloseWindow(admin_pb2.CloseWindowRequest(window=self.window), metadata=self.admin_auth)
+        self.console.print(
+            f"Window {reply.window.id} closed (forced now; normally at its end plus {self.policy.grace_seconds // 3600} h "
+            f"grace): {reply.rows_folded} per-person rows were folded into team statistics, then deleted "
+            "together with the window's pseudonym key. From here on nobody, the operator included, can "
+            "tell individuals apart in this window.")
+
+    def leadership_report(self) -> None:
+        c = self.console
+        c.rule("[bold]8. Leadership's report (role analyst)")
+        analyst = self.token("analyst", "vp-engineering")
+        ask = {"window": self.window, "statistic": [report_cli.Statistic.SUM, report_cli.Statistic.MEAN],
+               "metric": ["ai.tokens", "ai.requests"], "server": self.server.address, "token": analyst}
+        report_cli.report(**ask)
+        stub = release_pb2_grpc.ReleaseServiceStub(self.channel)
+        reply = stub.Release(release_pb2.ReleaseRequest(
+            window=self.window, teams=["payments"], metrics=["ai.tokens"],
+            statistics=[release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_SUM)]),
+            metadata=(("authorization", f"Bearer {analyst}"),))
+        released = reply.teams[0].estimates[0]
+        truth = self.world.clamped_team_sum("payments", "ai.tokens", self.policy)
+        c.print(f"\n[bold]The token burner changed nothing that matters:[/] {BURNER} sent {BURNER_TOKENS:,} tokens, "
+                f"but payments' released ai.tokens sum is {released.value:,.0f} ± {released.ci95:,.0f} "
+                f"(the simulation knows the clamped truth: {truth:,}; without the bound it would be "
+                f"{truth - 200_000 + BURNER_TOKENS:,}).")
+        c.rule("[bold]9. Asking again costs nothing and changes nothing")
+        report_cli.report(**ask)
+
+    def audit(self) -> None:
+        c = self.console
+        c.rule("[bold]10. The privacy officer verifies the ledger offline (role auditor)")
+        auditor = self.token("auditor", "privacy-officer")
+        ledger = self.data_dir.parent / "ledger.jsonl"
+        key = self.data_dir.parent / "ledger-public-key.pem"
+        audit_cli.export(out=ledger, public_key_out=key, server=self.server.address, token=auditor)
+        audit_cli.verify_ledger(ledger, key)
 
     def close(self) -> None:
         self.channel.close()
