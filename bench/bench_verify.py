@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from chorus.server import audit, config, verify
 from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, Signer
@@ -31,7 +33,6 @@ from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store import open_database
 from chorus.server.store._db import Tx
 from chorus.server.windows import WindowLength, WindowSpan, window_of
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 TEAMS = [f"team-{i:03d}" for i in range(100)]
 TEAM_SIZE = 10

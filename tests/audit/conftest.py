@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from chorus.server import audit, config, lifecycle, verify
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+
 from chorus.server.app_context import Chorus
 from chorus.server.ledger import Entry, Ledger
 from chorus.server.store._db import Tx

@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from typer.testing import CliRunner
+
 from chorus.server import config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
@@ -18,7 +20,6 @@ from chorus.server.cli import app
 from chorus.server.cli.audit import StatementFormat, render_statement
 from chorus.server.services.audit import AuditServicer
 from chorus.server.windows import WindowLength
-from typer.testing import CliRunner
 
 from .conftest import WINDOW, release
 

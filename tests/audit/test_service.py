@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from chorus.server import audit, ledger, verify
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from chorus.server import verify
 from chorus.server.app_context import Chorus
 from chorus.server.ledger import Signer
 from chorus.server.privacy.epsilon import Epsilon
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from .conftest import (
     DEFAULT_EPSILON,

@@ -33,14 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import opendp.prelude as dp
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from chorus.server.audit import policy_sha256
 from chorus.server.config import NOISY_STATISTICS, Policy
 from chorus.server.ledger import GENESIS_HASH, Entry, canonical_json, entry_hash, format_time
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.windows import parse_window_id
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 dp.enable_features("contrib")
 

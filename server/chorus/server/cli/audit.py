@@ -13,6 +13,10 @@ from typing import Annotated, TextIO
 
 import grpc
 import typer
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
 from chorus.server import verify
 from chorus.server.cli._common import (
     CaOpt,
@@ -32,9 +36,6 @@ from chorus.server.ledger import Entry
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength
 from chorus.v1 import audit_pb2, audit_pb2_grpc
-from rich.markup import escape
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 
 audit_app = typer.Typer(help="Export and verify the signed ledger (privacy officers).", no_args_is_help=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+
 from chorus.server import audit, lifecycle
 from chorus.server.app_context import Chorus
 from chorus.server.services._convert import window_message
