@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import grpc
 from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
@@ -62,7 +63,10 @@ _BY_ENDPOINT["statement_md"] = _BY_ENDPOINT["statement"]
 
 def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: SessionStore | None = None,
                idle_timeout: timedelta = timedelta(minutes=30)) -> Flask:
-    """A dashboard that reads from the Chorus server behind `gateway`."""
+    """A dashboard that reads from the Chorus server behind `gateway`.
+
+    Sessions expire after `idle_timeout` by `clock` unless a ready `sessions` store is given.
+    """
     app = Flask(__name__)
     # Only the sign-in and sign-out forms post, and both are tiny.
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024, MAX_FORM_MEMORY_SIZE=8 * 1024)
@@ -73,9 +77,9 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
     def home_for(role: Role) -> str:
         return url_for(next(p.endpoint for p in PAGES if p.role == role))
 
-    def set_cookie(response: BaseResponse, name: str, value: str, max_age: int | None = None) -> None:
-        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="Strict",
-                            secure=request.is_secure, path="/")
+    def set_cookie(response: BaseResponse, name: str, value: str) -> None:
+        # A browser-session cookie: the server decides when the session ends.
+        response.set_cookie(name, value, httponly=True, samesite="Strict", secure=request.is_secure, path="/")
 
     @app.before_request
     def load_session() -> BaseResponse | None:
@@ -114,7 +118,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
 
     @app.errorhandler(GatewayError)
     def gateway_error(exc: GatewayError) -> BaseResponse | tuple[str, int]:
-        if exc.code.name == "UNAUTHENTICATED" and g.get("session") is not None:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED and g.get("session") is not None:
             # The token was revoked since sign-in: the session is worthless now.
             store.delete(g.session.id)
             response = redirect(url_for("login", reason="revoked"))
