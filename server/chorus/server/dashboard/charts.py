@@ -59,6 +59,8 @@ class Bar:
 
 @dataclass(frozen=True, slots=True)
 class BudgetBar:
+    """One team-window's budget: the cap, what is spent, and the caption shown beside the bar."""
+
     label: str
     cap: float
     spent: float

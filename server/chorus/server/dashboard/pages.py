@@ -75,6 +75,8 @@ class Chart:
 
 @dataclass(slots=True)
 class Page:
+    """What a view renders: a template, its charts (each downloadable as CSV) and other context."""
+
     template: str
     title: str
     charts: list[Chart] = field(default_factory=list)
@@ -123,6 +125,7 @@ def closed_windows(api: Api) -> list[common_pb2.Window]:
 
 
 def utc(ts: Timestamp) -> str:
+    """A protobuf timestamp as "2026-11-25 00:00 UTC"."""
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -133,6 +136,7 @@ def _find(team: release_pb2.TeamRelease, statistic: int, metric: str = "") -> re
 
 
 def release_state(estimate: release_pb2.Estimate) -> str:
+    """Whether this answer spent budget now or came from an earlier release."""
     return "cached" if estimate.cached else "newly released"
 
 
@@ -375,6 +379,8 @@ def budget(api: Api, args: Args) -> Page:
 
 @dataclass(frozen=True, slots=True)
 class LedgerRow:
+    """One ledger entry as the ledger page shows it."""
+
     seq: int
     time: str
     kind: str
@@ -406,6 +412,8 @@ def ledger(api: Api, args: Args) -> Page:
 
 @dataclass(frozen=True, slots=True)
 class PolicyRow:
+    """A window with its frozen policy, parsed and as the canonical JSON the ledger holds."""
+
     window: common_pb2.Window
     policy: dict[str, Any]
     policy_json: str

@@ -31,11 +31,14 @@ class Column:
 
 
 def text(name: str, label: str = "") -> Column:
+    """A column of text (team names, outcomes, exact decimals), shown as it is."""
     return Column(name, None, numeric=False, label=label)
 
 
 @dataclass(slots=True)
 class DataTable:
+    """Rows of cells under named columns; `caption` names the table on the page."""
+
     caption: str
     columns: Sequence[Column]
     rows: list[tuple[Cell, ...]] = field(default_factory=list)
