@@ -9,6 +9,7 @@ import tempfile
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -154,9 +155,10 @@ class _Demo:
         c = self.console
         c.rule("[bold]8. Leadership's report (role analyst)")
         analyst = self.token("analyst", "vp-engineering")
-        ask = {"window": self.window, "statistic": [report_cli.Statistic.SUM, report_cli.Statistic.MEAN],
-               "metric": ["ai.tokens", "ai.requests"], "server": self.server.address, "token": analyst}
-        report_cli.report(**ask)
+        ask = partial(report_cli.report, window=self.window, server=self.server.address, token=analyst,
+                      statistic=[report_cli.Statistic.SUM, report_cli.Statistic.MEAN],
+                      metric=["ai.tokens", "ai.requests"])
+        ask()
         stub = release_pb2_grpc.ReleaseServiceStub(self.channel)
         reply = stub.Release(release_pb2.ReleaseRequest(
             window=self.window, teams=["payments"], metrics=["ai.tokens"],
@@ -169,7 +171,7 @@ class _Demo:
                 f"(the simulation knows the clamped truth: {truth:,}; without the bound it would be "
                 f"{truth - 200_000 + BURNER_TOKENS:,}).")
         c.rule("[bold]9. Asking again costs nothing and changes nothing")
-        report_cli.report(**ask)
+        ask()
 
     def audit(self) -> None:
         c = self.console

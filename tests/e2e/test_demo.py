@@ -1,0 +1,26 @@
+"""`chorus demo`, the README's first command, runs end to end and shows what it promises."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+
+def test_demo_runs_and_tells_the_story(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "demo", "--keep", str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "SIGKILL" in out and "1 duplicate (counted once)" in out  # the killed tool counted once
+    for reason in ("UNKNOWN_USER", "UNKNOWN_METRIC", "NEGATIVE_VALUE", "LATE"):
+        assert reason in out
+    assert "team design has 3 people on the roster; releases need at least 5" in out
+    assert "Nothing was charged: every answer was released before, and repeats are identical." in out
+    assert "no violation" in out
+    # The kept data directory holds no per-person rows and no window key after the demo closed the window.
+    conn = sqlite3.connect(tmp_path / "data" / "chorus.db")
+    assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM window_keys").fetchone() == (0,)
