@@ -95,11 +95,12 @@ class _PostgresTx:
         return bool(locked)
 
 
-# The bulk path (measured in bench/bench_ingest_pg.py): an `INSERT INTO t (cols) VALUES
-# (?, ...) [ON CONFLICT ...]` run for many rows costs ~10 us of Python per row through
-# psycopg's executemany, but ~1.5 us through COPY into a staging table followed by one
-# INSERT ... SELECT per distinct value of the parameters in the ON CONFLICT clause (the
-# ingest upsert has one per metric bound). PostgreSQL's own work per row drops too.
+# The bulk path, measured in bench/bench_ingest_pg.py: an `INSERT INTO t (cols) VALUES
+# (?, ...) [ON CONFLICT ...]` run for many rows through psycopg's executemany costs ingest
+# ~17 us of Python per contribution; COPY into a staging table followed by one INSERT ...
+# SELECT per distinct value of the ON CONFLICT clause's parameters (the ingest upsert has
+# one per metric bound) costs ~5 us, and less PostgreSQL CPU, for 1.5-2.5x the rate. Below
+# BULK_MIN_ROWS the extra statements cost more than they save.
 BULK_MIN_ROWS = 64
 _INSERT = re.compile(r"\s*INSERT\s+INTO\s+(\w+)\s*\(([^)]*)\)\s*VALUES\s*\(([?,\s]*)\)(.*)", re.S | re.I)
 _CONFLICT_UPDATE = re.compile(r"ON\s+CONFLICT\s*\(([^)]*)\)\s*DO\s+UPDATE", re.I)
