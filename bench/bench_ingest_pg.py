@@ -6,7 +6,7 @@ PostgreSQL upsert rate measured in the same run.
 Anchors: the ingest transaction's SQL alone (batch id, members, usage upsert), without
 gRPC or domain logic, pseudonyms precomputed, through the engine's `Tx`:
   * pipelined executemany: psycopg's executemany, one pipelined statement per row;
-  * engine bulk path: what `Tx.executemany` does for 64 rows or more, COPY into a
+  * engine bulk path: what `Tx.executemany` does for 128 rows or more, COPY into a
     temporary staging table, then one INSERT ... SELECT ... ON CONFLICT per group.
 The replicas' rate is reported as a ratio to the bulk-path anchor.
 Replicas: `chorus serve --database URL` child processes fed pre-built ReportRequests over
