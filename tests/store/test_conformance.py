@@ -90,17 +90,19 @@ def test_concurrent_batches_add_up_then_clamp_at_the_bound(store: Store, chorus:
 
 
 def test_large_batches_add_up_and_clamp_like_small_ones(store: Store, chorus: Chorus) -> None:
-    # Big enough for PostgreSQL's COPY bulk path (store/postgres.py), twice, then over the bound.
-    people = [(f"user-bulk-{i:03d}", f"team-{i % 3}") for i in range(120)]
+    # Big enough for PostgreSQL's COPY bulk path (store/postgres.py) in the roster import, the
+    # members insert and the usage upsert; twice, then over the bound.
+    people = [(f"user-bulk-{i:03d}", f"team-{i % 3}") for i in range(150)]
     chorus.import_roster(people, actor="test")
     for value in (700, 700, 700):
         out = store.chorus().ingestor.report(batch(*((u, m, value) for u, _ in people
                                                      for m in ("ai.requests", "ai.tasks_completed"))))
-        assert out.accepted == 240
+        assert out.accepted == 300
     totals = Counter(total for total, in store.query("SELECT total FROM usage"))
-    assert totals == {2000: 120, 100: 120}  # 2100 clamped to 2000; tasks bound 100 on every write
+    assert totals == {2000: 150, 100: 150}  # 2100 clamped to 2000; tasks bound 100 on every write
     chorus.close_window(WINDOW, actor="test")
-    assert team_metrics(store)[("team-0", "ai.requests")][:2] == (40 * 2000, 40)
+    assert team_metrics(store)[("team-0", "ai.requests")][:2] == (50 * 2000, 50)
+    assert store.query("SELECT COUNT(*) FROM roster") == [(150,)]
 
 
 def test_a_person_counts_for_the_team_of_their_first_contribution(store: Store, chorus: Chorus) -> None:
