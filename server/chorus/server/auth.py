@@ -139,8 +139,9 @@ class Tokens:
             rows = tx.query("SELECT name, role, created_at, revoked_at FROM tokens WHERE name = ?", (name,))
             if not rows:
                 raise LookupError(f"no token named {name!r}")
-            if rows[0][3] is None:
-                tx.execute("UPDATE tokens SET revoked_at = ? WHERE name = ?", (_stamp(now), name))
+            # Conditional: of two concurrent revocations only one changes the row and records it.
+            if tx.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                          (_stamp(now), name)):
                 self._ledger.append(tx, "token_revoke", {"name": name, "by": actor}, now)
             return _info(tx.query("SELECT name, role, created_at, revoked_at FROM tokens WHERE name = ?",
                                   (name,))[0])

@@ -7,9 +7,11 @@ entry is appended inside the same transaction as the change it records.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,20 +66,29 @@ class Signer:
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> Signer:
+        """Load the key, creating it on first start; replicas starting together agree on one key."""
         path = data_dir / KEY_FILE
-        if path.exists():
-            if path.stat().st_mode & 0o077:
-                raise PermissionError(f"{path} must not be readable by group or others (chmod 600)")
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError(f"{path} does not hold an Ed25519 private key")
-            return cls(key)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        if not path.exists():
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            # Write a private temporary file, then link it into place: the key file appears
+            # complete or not at all, and a replica that loses the race loads the winner's key.
+            fd, tmp = tempfile.mkstemp(prefix=".ledger-key-", dir=data_dir)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(pem)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        if path.stat().st_mode & 0o077:
+            raise PermissionError(f"{path} must not be readable by group or others (chmod 600)")
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
         return cls(key)
 
     @property

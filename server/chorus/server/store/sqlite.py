@@ -51,10 +51,22 @@ class SqliteDatabase:
         self.path = path
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_ms / 1000)
-        for pragma in ("journal_mode=WAL", f"synchronous={synchronous}", "secure_delete=ON",
-                       "foreign_keys=ON", f"busy_timeout={busy_timeout_ms}"):
-            self._conn.execute(f"PRAGMA {pragma}")
+        for pragma in (f"busy_timeout={busy_timeout_ms}", "journal_mode=WAL", f"synchronous={synchronous}",
+                       "secure_delete=ON", "foreign_keys=ON"):
+            self._pragma(pragma)
         self._lock = threading.Lock()
+
+    def _pragma(self, pragma: str) -> None:
+        # Switching a new file to WAL takes a lock the busy handler does not wait for, so two
+        # processes opening a fresh database at once retry here instead of failing.
+        for attempt in range(_MAX_ATTEMPTS):
+            try:
+                self._conn.execute(f"PRAGMA {pragma}")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or attempt == _MAX_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
 
     def run(self, fn: Callable[[_SqliteTx], T], *, name: str) -> T:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
