@@ -23,6 +23,8 @@ from chorus.v1 import (admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ing
                        release_pb2, release_pb2_grpc)
 
 _log = logging.getLogger(__name__)
+#: How often the store is probed for the health service.
+HEALTH_PROBE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +62,9 @@ class Server:
 
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        for name in ("", *names):
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._service_names = ("", *names)
+        self._set_health(serving=True)
+        self._stop_probe = threading.Event()
         reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self._grpc)
         if tls is None:
@@ -78,9 +81,32 @@ class Server:
     def start(self) -> None:
         self._grpc.start()
         self.chorus.closer.start(self.chorus.config.close_interval_seconds)
+        threading.Thread(target=self._probe_store, name="chorus-health", daemon=True).start()
+
+    def _set_health(self, *, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in self._service_names:
+            self._health.set(name, status)
+
+    def _probe_store(self) -> None:
+        """Report NOT_SERVING while the store does not answer, so a load balancer routes around us."""
+        serving = True
+        while not self._stop_probe.wait(HEALTH_PROBE_SECONDS):
+            try:
+                self.chorus.db.run(lambda tx: tx.query("SELECT 1"), name="health_probe")
+                ok = True
+            except Exception:
+                ok = False
+            if ok != serving and not self._stop_probe.is_set():
+                _log.warning("store %s: health %s", "answers again" if ok else "does not answer",
+                             "SERVING" if ok else "NOT_SERVING")
+                self._set_health(serving=ok)
+                serving = ok
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking RPCs, let in-flight ones finish within `grace`, then close the store."""
+        self._stop_probe.set()
         self._health.enter_graceful_shutdown()
         self._grpc.stop(grace).wait()
         self.chorus.close()
