@@ -10,6 +10,8 @@ server runs as a child process (its own GIL), with SQLite synchronous=FULL (dura
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import os
 import re
 import subprocess
@@ -83,7 +85,8 @@ def bare_store_rate(users: list[str], rounds: int, batch: int = 5000) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         db = SqliteDatabase(Path(tmp) / "bare.db", synchronous="FULL")
         migrate(db)
-        rows = [("2026-01-01", user.encode().ljust(32, b"\0"), metric, 1, 10**9, 10**9)
+        # Pseudonyms as the server makes them: HMAC output, i.e. random order in the B-tree.
+        rows = [("2026-01-01", hmac.digest(b"k" * 32, user.encode(), hashlib.sha256), metric, 1, 10**9, 10**9)
                 for user in users for metric in METRICS]
         started = time.perf_counter()
         for _ in range(rounds):
