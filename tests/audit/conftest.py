@@ -19,6 +19,7 @@ from chorus.server.clock import FakeClock
 from chorus.server.ledger import GENESIS_HASH, Signer, canonical_json, entry_hash, format_time
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import Releases, StatisticRequest
+from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WINDOW = "2026-11-25"
@@ -127,7 +128,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def chorus(tmp_path: Path, clock: FakeClock) -> Iterator[Chorus]:
-    instance = Chorus(config.load(None), tmp_path / "data", clock=clock)
+    instance = Chorus(suite_config(), tmp_path / "data", clock=clock)
     instance.import_roster(roster_rows(), actor="test-admin")
     yield instance
     instance.close()

@@ -20,6 +20,7 @@ from chorus.server.cli import app
 from chorus.server.cli.audit import StatementFormat, render_statement
 from chorus.server.services.audit import AuditServicer
 from chorus.server.windows import WindowLength
+from tests._policy import SUITE_TOML
 
 from .conftest import WINDOW, release
 
@@ -168,7 +169,7 @@ def test_the_privacy_statement_renders_the_live_policy(env: dict[str, str], fmt:
 
 
 def test_the_statement_counts_52_windows_a_year_for_weeks() -> None:
-    toml = config.DEFAULT_TOML.replace('length = "day"', 'length = "week"').replace(
+    toml = SUITE_TOML.replace('length = "day"', 'length = "week"').replace(
         'epsilon_per_window = "1"', 'epsilon_per_window = "0.5"')
     policy = config.parse(tomllib.loads(toml)).policy
     assert policy.window_length is WindowLength.WEEK

@@ -11,13 +11,14 @@ from typing import Any
 from chorus.server import audit, config
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
+from tests._policy import SUITE_TOML
 
 from .conftest import Entries, resign, run, seq_of
 
-CHANGED = config.DEFAULT_TOML.replace('epsilon_per_window = "1"', 'epsilon_per_window = "2"')
+CHANGED = SUITE_TOML.replace('epsilon_per_window = "1"', 'epsilon_per_window = "2"')
 
 
-def start(data_dir: Path, clock: FakeClock, toml: str = config.DEFAULT_TOML) -> list[dict[str, Any]]:
+def start(data_dir: Path, clock: FakeClock, toml: str = SUITE_TOML) -> list[dict[str, Any]]:
     """Start (and stop) a server on `data_dir`; return the payloads of its config entries."""
     instance = Chorus(config.parse(tomllib.loads(toml)), data_dir, clock=clock)
     try:

@@ -15,10 +15,11 @@ from chorus.server import audit, config, verify
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from tests.store.postgres_schema import fresh_schema
+from tests._policy import SUITE_TOML, suite_config
 
 from .conftest import NOON, WINDOW, open_and_close, release, roster_rows
 
-CHANGED = config.parse(tomllib.loads(config.DEFAULT_TOML.replace('min_team_size = 5', 'min_team_size = 4')))
+CHANGED = config.parse(tomllib.loads(SUITE_TOML.replace('min_team_size = 5', 'min_team_size = 4')))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -34,7 +35,7 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 def test_replicas_starting_together_record_a_new_policy_once(database: str, tmp_path: Path) -> None:
     clock = FakeClock(NOON)
     with ExitStack() as stack:
-        first = Chorus(config.load(None), tmp_path, clock=clock, database=database)
+        first = Chorus(suite_config(), tmp_path, clock=clock, database=database)
         stack.callback(first.close)
         gate = Barrier(3)
         started: list[Chorus] = []
@@ -57,7 +58,7 @@ def test_replicas_starting_together_record_a_new_policy_once(database: str, tmp_
 
 
 def test_audit_reads_match_the_verifier_on_each_engine(database: str, tmp_path: Path) -> None:
-    chorus = Chorus(config.load(None), tmp_path, clock=FakeClock(NOON), database=database)
+    chorus = Chorus(suite_config(), tmp_path, clock=FakeClock(NOON), database=database)
     try:
         chorus.import_roster(roster_rows(), actor="test-admin")
         open_and_close(chorus)

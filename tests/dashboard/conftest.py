@@ -24,6 +24,7 @@ from chorus.server.clock import FakeClock
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
+from tests._policy import SUITE_TOML
 
 DAYS = ("2026-11-23", "2026-11-24", "2026-11-25")
 LATEST = DAYS[-1]
@@ -103,10 +104,8 @@ class Stack:
 
 def build_stack(data_dir: Path, toml: str | None = None) -> Stack:
     clock = FakeClock(noon(DAYS[0]))
-    path = None
-    if toml is not None:
-        path = data_dir.parent / f"{data_dir.name}.toml"
-        path.write_text(toml)
+    path = data_dir.parent / f"{data_dir.name}.toml"
+    path.write_text(SUITE_TOML if toml is None else toml)
     chorus = Chorus(config.load(path), data_dir, clock=clock)
     chorus.import_roster(roster_rows(), actor="test")
     for index, day in enumerate(DAYS):

@@ -18,6 +18,7 @@ from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.v1 import common_pb2
+from tests._policy import SUITE_TOML
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack, csrf_of, login
 
@@ -322,7 +323,7 @@ def test_a_release_refused_for_budget_shows_the_quota_and_changes_nothing(tmp_pa
     from chorus.server import config
 
     # A budget of 0.1 cannot pay for adoption plus four sums at 0.05 each.
-    stack = build_stack(tmp_path / "data", config.DEFAULT_TOML.replace('epsilon_per_window = "1"',
+    stack = build_stack(tmp_path / "data", SUITE_TOML.replace('epsilon_per_window = "1"',
                                                                        'epsilon_per_window = "0.1"'))
     try:
         client = create_app(stack.gateway()).test_client()

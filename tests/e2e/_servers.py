@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests._policy import suite_config_file
+
 READY = re.compile(r"chorus serving on (\S+)")
 
 
@@ -27,7 +29,7 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> str:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(self.data_dir),
-             "--listen", "127.0.0.1:0", *self.args],
+             "--config", str(suite_config_file(self.data_dir.parent)), "--listen", "127.0.0.1:0", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "COLUMNS": "200"})
         deadline = time.monotonic() + timeout

@@ -13,6 +13,7 @@ from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.v1 import admin_pb2, admin_pb2_grpc
+from tests._policy import suite_config
 
 from ._servers import ServerProcess
 
@@ -39,7 +40,7 @@ class Running:
     """An in-process server with an ingest token and the roster imported."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.chorus = Chorus(config.load(None), data_dir)
+        self.chorus = Chorus(suite_config(), data_dir)
         admin_secret, _ = self.chorus.tokens.create(Role.ADMIN, "test-admin", self.chorus.clock.now(), "test")
         self.ingest_token, _ = self.chorus.tokens.create(Role.INGEST, "test-ingest", self.chorus.clock.now(), "test")
         self.admin_token = admin_secret

@@ -18,6 +18,7 @@ from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
 from chorus.v1 import release_pb2, release_pb2_grpc
+from tests._policy import SUITE_TOML
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WINDOW = "2026-11-25"
@@ -31,7 +32,7 @@ def roster_rows(teams: dict[str, int] = TEAMS) -> list[tuple[str, str]]:
 
 def toml_with(metrics: int | None = None, **privacy: Any) -> str:
     """The default config with [privacy] overrides and optionally `metrics` generated metrics."""
-    text = config.DEFAULT_TOML
+    text = SUITE_TOML
     for key, value in privacy.items():
         line = next(x for x in text.splitlines() if x.startswith(f"{key} ="))
         text = text.replace(line, f"{key} = {value!r}".replace("'", '"'))
@@ -56,14 +57,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def make_chorus(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Chorus]]:
-    """Build a Chorus from TOML text (default config when None) with the standard roster."""
+    """Build a Chorus from TOML text (the suite policy when None) with the standard roster."""
     made: list[Chorus] = []
 
     def make(toml: str | None = None, teams: dict[str, int] = TEAMS) -> Chorus:
-        path = None
-        if toml is not None:
-            path = tmp_path / f"chorus-{len(made)}.toml"
-            path.write_text(toml)
+        path = tmp_path / f"chorus-{len(made)}.toml"
+        path.write_text(SUITE_TOML if toml is None else toml)
         instance = Chorus(config.load(path), tmp_path / f"data-{len(made)}", clock=clock)
         instance.import_roster(roster_rows(teams), actor="test")
         made.append(instance)

@@ -26,6 +26,7 @@ from chorus.server import config
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from tests.store.postgres_schema import fresh_schema, url_with
+from tests._policy import suite_config, suite_config_file
 
 READY = re.compile(r"chorus serving on (\S+)")
 TEAMS = {"team-red": 40, "team-blue": 40, "team-green": 35}
@@ -59,6 +60,7 @@ class Replica:
             log.flush()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(self.data_dir),
+                 "--config", str(suite_config_file(self.data_dir.parent)),
                  "--listen", self.address or "127.0.0.1:0", "--database", self.database,
                  "--log-level", "WARNING"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "400"})
@@ -117,7 +119,7 @@ class Cluster:
 
     def provision(self) -> None:
         """What an operator does once: schema, signing key, roster, tokens (in-process, then closed)."""
-        chorus = Chorus(config.load(None), self.data_dir, database=self.database)
+        chorus = Chorus(suite_config(), self.data_dir, database=self.database)
         try:
             chorus.import_roster(roster_rows(), actor="operator")
             for role in (Role.ADMIN, Role.INGEST, Role.ANALYST):

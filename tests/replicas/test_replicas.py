@@ -20,6 +20,7 @@ from chorus.server.ledger import Signer
 from chorus.server.store._schema import MIGRATIONS
 from chorus.server.windows import window_of
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
+from tests._policy import suite_config
 
 from .conftest import Cluster, roster_rows
 
@@ -55,7 +56,7 @@ class _FixedClock:
         return self._now
 
 
-BOUNDS = {m.name: m.max_per_user for m in config.load(None).policy.metrics}
+BOUNDS = {m.name: m.max_per_user for m in suite_config().policy.metrics}
 CLIENTS = 4
 MIN_ROUNDS, MAX_ROUNDS = 100, 400
 
@@ -149,7 +150,7 @@ def test_sdk_traffic_through_replica_kills_is_counted_exactly_once(cluster: Clus
 
 def test_concurrent_releases_on_different_replicas_charge_each_statistic_once(cluster: Cluster) -> None:
     cluster.provision()
-    chorus = Chorus(config.load(None), cluster.data_dir, database=cluster.database)
+    chorus = Chorus(suite_config(), cluster.data_dir, database=cluster.database)
     try:
         now = chorus.clock.now()
         chorus.ingestor.report(Batch("setup", "test", "1", 0, [

@@ -28,6 +28,7 @@ from chorus.server.cli import app
 from chorus.server.clock import FakeClock
 from chorus.server.store import SQLITE_FILE
 from tests._secrets import register, user_id
+from tests._policy import suite_config
 
 from ._digest import store_digest
 
@@ -50,7 +51,7 @@ class SecureServer:
 
     def __init__(self, data_dir: Path, *, limits: dict[str, Any] | None = None,
                  tls: TlsConfig | None = None, max_workers: int = 16) -> None:
-        cfg = config.load(None)
+        cfg = suite_config()
         if limits:
             cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, **limits))
         self.clock = FakeClock(NOON)

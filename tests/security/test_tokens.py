@@ -17,6 +17,7 @@ from chorus.server.auth import TOKEN_CACHE_SECONDS, Principal, Role, Tokens
 from chorus.server.store import Database, Tx
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 from tests._secrets import register
+from tests._policy import suite_config
 
 from .conftest import NOON, SecureServer, bearer
 
@@ -58,8 +59,8 @@ class FakeMonotonic:
 @pytest.fixture
 def replicas(tmp_path: Path) -> Iterator[tuple[Chorus, Chorus]]:
     """Two instances over one SQLite file: two replicas, each with its own token cache."""
-    first = Chorus(config.load(None), tmp_path / "data")
-    second = Chorus(config.load(None), tmp_path / "data")
+    first = Chorus(suite_config(), tmp_path / "data")
+    second = Chorus(suite_config(), tmp_path / "data")
     yield first, second
     second.close()
     first.close()
@@ -161,7 +162,7 @@ def test_revoke_over_grpc_takes_effect_at_once(secure_server: SecureServer) -> N
 
 
 def test_first_start_admin_token(tmp_path: Path) -> None:
-    chorus = Chorus(config.load(None), tmp_path / "data")
+    chorus = Chorus(suite_config(), tmp_path / "data")
     try:
         path = chorus.bootstrap_admin_token()
         assert path == tmp_path / "data" / ADMIN_TOKEN_FILE

@@ -12,6 +12,7 @@ import pytest
 from chorus.server import config, ingest
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
+from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 TEAMS = {"team-red": 6, "team-blue": 5, "team-tiny": 2}
@@ -28,7 +29,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def chorus(tmp_path: Path, clock: FakeClock) -> Iterator[Chorus]:
-    instance = Chorus(config.load(None), tmp_path / "data", clock=clock)
+    instance = Chorus(suite_config(), tmp_path / "data", clock=clock)
     instance.import_roster(roster_rows(), actor="test")
     yield instance
     instance.close()

@@ -10,13 +10,24 @@ import pytest
 from chorus.server import config
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength, parse_window_id, window_of
+from tests._policy import SUITE_TOML
 
 
-def test_default_config_is_valid() -> None:
-    cfg = config.load(None)
-    assert [m.name for m in cfg.policy.metrics] == ["ai.tokens", "ai.requests", "ai.suggestions_accepted",
-                                                     "ai.tasks_completed"]
-    assert cfg.policy.epsilon_per_window == Epsilon.parse("1")
+def test_default_config_is_valid_and_fits_a_leadership_report() -> None:
+    policy = config.load(None).policy
+    assert [m.name for m in policy.metrics] == ["ai.tokens", "ai.requests", "ai.suggestions_accepted",
+                                                "ai.tasks_completed"]
+    assert policy.window_length is WindowLength.WEEK
+    # adoption plus sum and mean (sum + count) of two metrics fits one team-week's budget
+    report = policy.default_epsilon["active"] + policy.default_epsilon["sum"] + policy.default_epsilon["sum"] \
+        + policy.default_epsilon["count"] + policy.default_epsilon["count"]
+    assert report <= policy.epsilon_per_window
+
+
+def test_keys_left_out_take_the_built_in_values() -> None:
+    partial = config.parse(tomllib.loads('[[metrics]]\nname = "ai.x"\nmax_per_user = 10\n'))
+    assert partial.policy.window_length == config.load(None).policy.window_length
+    assert partial.policy.default_epsilon == config.load(None).policy.default_epsilon
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
@@ -29,10 +40,10 @@ def test_default_config_is_valid() -> None:
     ("min_team_size = 5", "min_team_size = 0", "privacy.min_team_size = 0"),
 ])
 def test_invalid_config_names_key_and_value(old: str, new: str, message: str) -> None:
-    assert old in config.DEFAULT_TOML
+    assert old in SUITE_TOML
     with pytest.raises(config.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[")):
-        config.parse(tomllib.loads(config.DEFAULT_TOML.replace(old, new, 1)))
+        config.parse(tomllib.loads(SUITE_TOML.replace(old, new, 1)))
 
 
 def test_policy_json_round_trips() -> None:

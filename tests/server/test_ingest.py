@@ -11,6 +11,7 @@ from chorus.server import config, ingest
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from chorus.server.ingest import Reason, pseudonym
+from tests._policy import SUITE_TOML, suite_config
 
 from .conftest import NOON, batch
 
@@ -102,11 +103,11 @@ def test_team_is_fixed_at_first_contribution_in_the_window(chorus: Chorus) -> No
 
 def test_policy_is_frozen_when_the_window_opens(tmp_path, clock: FakeClock) -> None:
     data = tmp_path / "data"
-    first = Chorus(config.load(None), data, clock=clock)
+    first = Chorus(suite_config(), data, clock=clock)
     first.import_roster([("user-a", "t")], actor="test")
     first.ingestor.report(batch(("user-a", "ai.requests", 1)))
     first.close()
-    text = config.DEFAULT_TOML.replace(
+    text = SUITE_TOML.replace(
         "max_per_user = 2000\nhistogram_edges = [50, 200, 500, 1000]", "max_per_user = 5\nhistogram_edges = [1, 2]")
     changed = config.parse(__import__("tomllib").loads(text))
     second = Chorus(changed, data, clock=clock)

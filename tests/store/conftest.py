@@ -23,6 +23,7 @@ from chorus.server.config import Config
 from chorus.server.store import SQLITE_FILE, Database
 from chorus.server.store.postgres import PostgresDatabase
 from chorus.server.store.sqlite import SqliteDatabase
+from tests._policy import suite_config
 
 from .postgres_schema import fresh_schema
 
@@ -55,7 +56,7 @@ class Store:
     opened: list[Chorus] = field(default_factory=list)
 
     def chorus(self, cfg: Config | None = None) -> Chorus:
-        instance = Chorus(cfg or config.load(None), self.data_dir, clock=self.clock, database=self.database)
+        instance = Chorus(cfg or suite_config(), self.data_dir, clock=self.clock, database=self.database)
         self.opened.append(instance)
         return instance
 

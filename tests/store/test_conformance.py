@@ -21,6 +21,7 @@ from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
 from chorus.server.store import migrate
 from chorus.server.store._schema import MIGRATIONS
+from tests._policy import suite_config
 
 from .conftest import WINDOW, Store, batch, race, roster_rows
 
@@ -119,7 +120,7 @@ def test_a_person_counts_for_the_team_of_their_first_contribution(store: Store, 
 
 def test_window_policy_is_frozen_by_the_replica_that_opens_it(store: Store, chorus: Chorus) -> None:
     chorus.ingestor.report(batch((RED0, "ai.requests", 1500)))
-    base = config.load(None)
+    base = suite_config()
     tighter = replace(base, policy=replace(base.policy, metrics=tuple(
         replace(m, max_per_user=10) for m in base.policy.metrics)))
     out = store.chorus(tighter).ingestor.report(batch((RED0, "ai.requests", 400)))

@@ -122,44 +122,54 @@ listen = "127.0.0.1:7355"
 # database = "postgresql://user@host/chorus"   # default: SQLite in the data directory
 
 [windows]
-length = "day"        # "day" (UTC) or "week" (ISO week, UTC)
-grace = "2h"          # contributions may arrive this long after a window ends
+# The privacy unit is one person's usage in one window. Weekly windows bound a person's
+# privacy loss over a year to 52 x epsilon_per_window (daily windows: 365 x).
+length = "week"       # "week" (ISO week, UTC) or "day" (UTC)
+grace = "6h"          # contributions may arrive this long after a window ends
 
 [privacy]
-epsilon_per_window = "1"   # budget per team-window
+# Budget per team-window. At 0.5 per statistic a team's count of active people has a 95%
+# interval of about +-6 people: enough signal for teams of a few dozen. Four to six noisy
+# statistics fit per team and week; repeats of a released statistic are free.
+epsilon_per_window = "3"
 min_team_size = 5          # k: smaller teams are never released on their own
 retention_windows = 52     # windows older than this can no longer be released
 
 [privacy.default_epsilon]  # per statistic; mean and adoption are post-processing
-sum = "0.05"
-count = "0.05"
-histogram = "0.05"
-active = "0.05"
+sum = "0.5"
+count = "0.5"
+histogram = "0.5"
+active = "0.5"
 
+# Bounds are per person and week. A sum's noise grows with its bound (95% interval about
+# +-6 x max_per_user at epsilon 0.5), so pick a bound near heavy-but-real weekly usage:
+# anything above it is clamped and buys nothing.
 [[metrics]]
 name = "ai.tokens"
 description = "Tokens consumed by AI assistants"
-max_per_user = 200000
-histogram_edges = [10000, 50000, 100000, 150000]
+max_per_user = 500000
+histogram_edges = [25000, 100000, 250000, 400000]
 
 [[metrics]]
 name = "ai.requests"
 description = "Requests sent to AI assistants"
-max_per_user = 2000
-histogram_edges = [50, 200, 500, 1000]
+max_per_user = 500
+histogram_edges = [25, 100, 250, 400]
 
 [[metrics]]
 name = "ai.suggestions_accepted"
 description = "AI suggestions accepted into code or documents"
-max_per_user = 1000
-histogram_edges = [10, 50, 200, 500]
+max_per_user = 500
+histogram_edges = [10, 50, 150, 300]
 
 [[metrics]]
 name = "ai.tasks_completed"
 description = "Tasks completed with AI assistance"
-max_per_user = 100
-histogram_edges = [3, 10, 30, 60]
+max_per_user = 50
+histogram_edges = [2, 5, 15, 30]
 """
+#: Values for keys a config file leaves out: the built-in file above is the one source.
+_DEFAULTS = tomllib.loads(DEFAULT_TOML)
 
 
 def load(path: Path | None) -> Config:
@@ -187,12 +197,12 @@ def parse(raw: dict[str, Any]) -> Config:
     limits_raw = _table(raw, "limits")
     store = _table(raw, "store")
 
-    length_text = windows.get("length", "day")
+    length_text = windows.get("length", _DEFAULTS["windows"]["length"])
     try:
         length = WindowLength(length_text)
     except ValueError:
         raise ConfigError(f"windows.length = {length_text!r}: must be 'day' or 'week'") from None
-    grace = parse_duration(windows.get("grace", "2h"), "windows.grace")
+    grace = parse_duration(windows.get("grace", _DEFAULTS["windows"]["grace"]), "windows.grace")
 
     metrics = tuple(_metric(m, i) for i, m in enumerate(raw.get("metrics", [])))
     if not metrics:
@@ -206,15 +216,19 @@ def parse(raw: dict[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"privacy.default_epsilon: unknown statistic(s) {sorted(unknown)}; "
                           f"allowed: {list(NOISY_STATISTICS)}")
-    defaults = {s: _epsilon(defaults_raw.get(s, "0.05"), f"privacy.default_epsilon.{s}", positive=True)
+    defaults = {s: _epsilon(defaults_raw.get(s, _DEFAULTS["privacy"]["default_epsilon"][s]),
+                            f"privacy.default_epsilon.{s}", positive=True)
                 for s in NOISY_STATISTICS}
-    budget = _epsilon(privacy.get("epsilon_per_window", "1"), "privacy.epsilon_per_window", positive=True)
+    budget = _epsilon(privacy.get("epsilon_per_window", _DEFAULTS["privacy"]["epsilon_per_window"]),
+                      "privacy.epsilon_per_window", positive=True)
     for stat, eps in defaults.items():
         if eps > budget:
             raise ConfigError(f"privacy.default_epsilon.{stat} = {eps} exceeds "
                               f"privacy.epsilon_per_window = {budget}")
-    k = _int(privacy.get("min_team_size", 5), "privacy.min_team_size", 1, 1_000_000)
-    retention = _int(privacy.get("retention_windows", 52), "privacy.retention_windows", 1, 100_000)
+    k = _int(privacy.get("min_team_size", _DEFAULTS["privacy"]["min_team_size"]), "privacy.min_team_size",
+             1, 1_000_000)
+    retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
+                     "privacy.retention_windows", 1, 100_000)
 
     policy = Policy(length, grace, metrics, budget, defaults, k, retention)
     limit_defaults = Limits()

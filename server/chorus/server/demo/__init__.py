@@ -22,6 +22,7 @@ from chorus.client import Client
 from chorus.server import config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
+from chorus.server.windows import WindowLength, window_of
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli import report as report_cli
 from chorus.server.demo import _killed_tool
@@ -44,7 +45,8 @@ class _Demo:
         self.channel = grpc.insecure_channel(self.server.address)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.admin_auth = (("authorization", f"Bearer {admin_token_file.read_text().strip()}"),)
-        self.window = datetime.now(UTC).date().isoformat()
+        self.span = window_of(datetime.now(UTC), self.policy.window_length)
+        self.window = self.span.id
 
     def token(self, role: str, name: str) -> str:
         reply = self.admin.CreateToken(admin_pb2.CreateTokenRequest(
@@ -54,9 +56,11 @@ class _Demo:
     def run(self) -> None:
         c = self.console
         c.rule("[bold]1. A Chorus server")
+        unit = "ISO weeks" if self.policy.window_length is WindowLength.WEEK else "UTC days"
         c.print(f"Serving on {self.server.address} with its SQLite store in {self.data_dir}.\n"
-                f"Windows are UTC days; today's window is [bold]{self.window}[/]. "
-                f"Minimum team size k = {self.policy.min_team_size}.")
+                f"Windows are {unit}; the current window is [bold]{self.window}[/]. Minimum team size "
+                f"k = {self.policy.min_team_size}; privacy budget {self.policy.epsilon_per_window} per team and "
+                "window.")
         self.import_roster()
         self.run_tools()
         self.raw_batches()
@@ -108,13 +112,13 @@ class _Demo:
         self.console.rule("[bold]5. The server checks every contribution")
         stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
         auth = (("authorization", f"Bearer {self.token('ingest', 'handwritten-client')}"),)
-        now, yesterday = Timestamp(), Timestamp()
+        now, previous = Timestamp(), Timestamp()
         now.FromDatetime(datetime.now(UTC))
-        yesterday.FromDatetime(datetime.now(UTC) - timedelta(days=2))
+        previous.FromDatetime(self.span.start - timedelta(seconds=self.policy.grace_seconds + 3600))
         request = ingest_pb2.ReportRequest(batch_id=uuid.uuid4().hex, source="handwritten", contributions=[
             ingest_pb2.Contribution(user="user-mobile-01", metric="ai.requests", value=2, event_time=now),
             ingest_pb2.Contribution(user="user-mobile-01", metric="ai.requests", value=-5, event_time=now),
-            ingest_pb2.Contribution(user="user-mobile-01", metric="ai.requests", value=1, event_time=yesterday),
+            ingest_pb2.Contribution(user="user-mobile-01", metric="ai.requests", value=1, event_time=previous),
         ])
         first = stub.Report(request, metadata=auth)
         again = stub.Report(request, metadata=auth)
@@ -166,10 +170,11 @@ class _Demo:
             metadata=(("authorization", f"Bearer {analyst}"),))
         released = reply.teams[0].estimates[0]
         truth = self.world.clamped_team_sum("payments", "ai.tokens", self.policy)
+        bound = self.policy.metric("ai.tokens").max_per_user  # type: ignore[union-attr]
         c.print(f"\n[bold]The token burner changed nothing that matters:[/] {BURNER} sent {BURNER_TOKENS:,} tokens, "
                 f"but payments' released ai.tokens sum is {released.value:,.0f} ± {released.ci95:,.0f} "
                 f"(the simulation knows the clamped truth: {truth:,}; without the bound it would be "
-                f"{truth - 200_000 + BURNER_TOKENS:,}).")
+                f"{truth - bound + BURNER_TOKENS:,}).")
         c.rule("[bold]9. Asking again costs nothing and changes nothing")
         ask()
 

@@ -1,4 +1,4 @@
-"""The simulated company of the demo: teams, people, and a day of AI-tool usage.
+"""The simulated company of the demo: teams, people, and a week of AI-tool usage.
 
 The ground truth lives only here, in the simulation; the server never sees more than
 pseudonymous, clamped totals and releases only noisy team statistics.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from chorus.server.config import Policy
 
-TEAMS = {"platform": 12, "payments": 9, "mobile": 8, "data": 7, "design": 3}
+TEAMS = {"platform": 60, "payments": 45, "mobile": 35, "data": 25, "design": 3}
 TOOLS = ("code-assistant", "chat-assistant", "review-bot")
 BURNER = "user-payments-02"
 BURNER_TOKENS = 50_000_000
@@ -46,21 +46,21 @@ class World:
 
 
 def build(seed: int) -> World:
-    """A roster of five teams (one below k) and a day of usage from three tools."""
+    """A roster of five teams (one below k) and a week of usage from three tools."""
     rng = random.Random(seed)
     roster = [(f"user-{team}-{i:02d}", team) for team, size in TEAMS.items() for i in range(size)]
     events: list[Event] = []
     for user, _team in roster:
-        if rng.random() < 0.2:  # some people do not use AI tools at all today
+        if rng.random() < 0.2:  # some people do not use AI tools at all this week
             continue
-        for _ in range(rng.randint(5, 40)):
+        for _ in range(rng.randint(10, 250)):
             tool = rng.choice(TOOLS)
             events.append(Event(tool, user, "ai.requests", 1))
             events.append(Event(tool, user, "ai.tokens", rng.randint(200, 4000)))
             if rng.random() < 0.4:
                 events.append(Event(tool, user, "ai.suggestions_accepted", rng.randint(1, 3)))
         if rng.random() < 0.7:
-            events.append(Event("chat-assistant", user, "ai.tasks_completed", rng.randint(1, 6)))
+            events.append(Event("chat-assistant", user, "ai.tasks_completed", rng.randint(1, 12)))
     # One person burns tokens to climb a leaderboard that does not exist.
     events += [Event("code-assistant", BURNER, "ai.tokens", BURNER_TOKENS // 500)] * 500
     # Usage the server must refuse: someone not on the roster, a metric not in the policy.
