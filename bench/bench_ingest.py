@@ -26,8 +26,8 @@ import grpc
 from chorus.client import Client
 from chorus.server import config
 from chorus.server.ingest import _UPSERT_USAGE
-from chorus.server.store.sqlite import SqliteDatabase
 from chorus.server.store._schema import migrate
+from chorus.server.store.sqlite import SqliteDatabase
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ import pytest
 from chorus.server import audit, config, verify
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
-from tests.store.postgres_schema import fresh_schema
 from tests._policy import SUITE_TOML, suite_config
+from tests.store.postgres_schema import fresh_schema
 
 from .conftest import NOON, WINDOW, open_and_close, release, roster_rows
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from chorus.client import Client, TransportError
 from chorus.v1 import ingest_pb2
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from chorus.client import Client
 from chorus.client._config import is_loopback
 from chorus.client._transport import GrpcTransport
-
 from tests._secrets import register
 
 from .conftest import FakeTransport

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from chorus.client import Client
 
 from .conftest import T0, FakeClock, FakeTransport, contributions, unavailable

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+
 from chorus.client import RETRYABLE_CODES, Client, TransportError
 from chorus.client._delivery import BACKOFF_CAP, MAX_SERVER_DELAY, Delivery
 from chorus.v1 import ingest_pb2

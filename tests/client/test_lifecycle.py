@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+
 from chorus.client import Client, TransportError
 from chorus.client import _client as client_module
 from chorus.v1 import ingest_pb2

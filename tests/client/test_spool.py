@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from chorus.client import Client, TransportError
 from chorus.client._delivery import Delivery
 from chorus.client._spool import Spool

@@ -12,13 +12,14 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
 from chorus.client import TransportError
 from chorus.client import _transport as transport_module
 from chorus.client._status import retry_delay_from_metadata, retry_delay_from_status
 from chorus.client._transport import GrpcTransport, _transport_error
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 
 def _status(*details: Any, code: int = code_pb2.RESOURCE_EXHAUSTED) -> status_pb2.Status:

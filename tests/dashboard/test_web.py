@@ -320,7 +320,6 @@ def test_security_headers_keep_every_request_on_the_dashboard(client: FlaskClien
 
 
 def test_a_release_refused_for_budget_shows_the_quota_and_changes_nothing(tmp_path: Path) -> None:
-    from chorus.server import config
 
     # A budget of 0.1 cannot pay for adoption plus four sums at 0.05 each.
     stack = build_stack(tmp_path / "data", SUITE_TOML.replace('epsilon_per_window = "1"',

@@ -8,7 +8,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from chorus.server import config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role

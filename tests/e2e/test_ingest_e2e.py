@@ -129,10 +129,9 @@ def _request(**fields) -> ingest_pb2.ReportRequest:
 def test_malformed_batch_is_invalid_argument_and_stores_nothing(running: Running, tmp_path, fields,
                                                                  message) -> None:
     before = sqlite_rows(tmp_path / "data", "SELECT COUNT(*) FROM batches")
-    with grpc.insecure_channel(running.address) as channel:
-        with pytest.raises(grpc.RpcError) as err:
-            ingest_pb2_grpc.IngestServiceStub(channel).Report(
-                _request(**fields), metadata=(("authorization", f"Bearer {running.ingest_token}"),), timeout=10)
+    with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as err:
+        ingest_pb2_grpc.IngestServiceStub(channel).Report(
+            _request(**fields), metadata=(("authorization", f"Bearer {running.ingest_token}"),), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.details()
     assert sqlite_rows(tmp_path / "data", "SELECT COUNT(*) FROM batches") == before

@@ -22,11 +22,10 @@ import grpc
 import psycopg
 import pytest
 
-from chorus.server import config
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
-from tests.store.postgres_schema import fresh_schema, url_with
 from tests._policy import suite_config, suite_config_file
+from tests.store.postgres_schema import fresh_schema, url_with
 
 READY = re.compile(r"chorus serving on (\S+)")
 TEAMS = {"team-red": 40, "team-blue": 40, "team-green": 35}

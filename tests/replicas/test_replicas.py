@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from chorus.client import Client
-from chorus.server import config
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.ingest import Batch, Contribution

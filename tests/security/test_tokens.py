@@ -11,13 +11,12 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from chorus.server import config
 from chorus.server.app_context import ADMIN_TOKEN_FILE, Chorus
 from chorus.server.auth import TOKEN_CACHE_SECONDS, Principal, Role, Tokens
 from chorus.server.store import Database, Tx
 from chorus.v1 import admin_pb2, admin_pb2_grpc
-from tests._secrets import register
 from tests._policy import suite_config
+from tests._secrets import register
 
 from .conftest import NOON, SecureServer, bearer
 

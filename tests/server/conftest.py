@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chorus.server import config, ingest
+from chorus.server import ingest
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from tests._policy import suite_config

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from chorus.server import config, ingest
+from chorus.server import ingest
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from chorus.server.config import Config

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 import grpc
+
 from chorus.client._transport import GrpcTransport
 
 ENV_ENDPOINT = "CHORUS_ENDPOINT"

@@ -14,8 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from chorus.v1 import ingest_pb2
 from google.protobuf.message import DecodeError
+
+from chorus.v1 import ingest_pb2
 
 logger = logging.getLogger("chorus.client")
 

@@ -8,6 +8,7 @@ import weakref
 from typing import Protocol
 
 import grpc
+
 from chorus.client._status import retry_delay_from_metadata
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 

@@ -19,8 +19,16 @@ from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
 from chorus.server.services.release import ReleaseServicer
-from chorus.v1 import (admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc,
-                       release_pb2, release_pb2_grpc)
+from chorus.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    release_pb2,
+    release_pb2_grpc,
+)
 
 _log = logging.getLogger(__name__)
 #: How often the store is probed for the health service.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import partial
 from datetime import datetime
+from functools import partial
 
 from chorus.server import lifecycle
 from chorus.server.clock import Clock

@@ -15,8 +15,8 @@ import hmac
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import NamedTuple
-from datetime import UTC, datetime, timedelta
 
 from chorus.server import lifecycle
 from chorus.server.clock import Clock

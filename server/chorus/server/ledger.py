@@ -69,9 +69,8 @@ class Signer:
         """Load the key, creating it on first start; replicas starting together agree on one key."""
         path = data_dir / KEY_FILE
         if not path.exists():
-            key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
             # Write a private temporary file, then link it into place: the key file appears
             # complete or not at all, and a replica that loses the race loads the winner's key.
             fd, tmp = tempfile.mkstemp(prefix=".ledger-key-", dir=data_dir)
@@ -86,10 +85,10 @@ class Signer:
                 os.unlink(tmp)
         if path.stat().st_mode & 0o077:
             raise PermissionError(f"{path} must not be readable by group or others (chmod 600)")
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(loaded, Ed25519PrivateKey):
             raise ValueError(f"{path} does not hold an Ed25519 private key")
-        return cls(key)
+        return cls(loaded)
 
     @property
     def public_key(self) -> Ed25519PublicKey:

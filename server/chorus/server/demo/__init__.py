@@ -22,13 +22,20 @@ from chorus.client import Client
 from chorus.server import config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
-from chorus.server.windows import WindowLength, window_of
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli import report as report_cli
 from chorus.server.demo import _killed_tool
 from chorus.server.demo._world import BURNER, BURNER_TOKENS, TOOLS, World, build
-from chorus.v1 import (admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2,
-                       release_pb2_grpc)
+from chorus.server.windows import WindowLength, window_of
+from chorus.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    release_pb2,
+    release_pb2_grpc,
+)
 
 
 class _Demo:
@@ -77,7 +84,8 @@ class _Demo:
         table = Table("team", "people on the roster", "released on its own?")
         for team in reply.teams:
             ok = team.size >= self.policy.min_team_size
-            table.add_row(team.team, str(team.size), "yes" if ok else f"[yellow]no: below k={self.policy.min_team_size}")
+            verdict = "yes" if ok else f"[yellow]no: below k={self.policy.min_team_size}"
+            table.add_row(team.team, str(team.size), verdict)
         self.console.print(table)
 
     def run_tools(self) -> None:
@@ -150,10 +158,10 @@ class _Demo:
         self.console.rule("[bold]7. The window closes")
         reply = self.admin.CloseWindow(admin_pb2.CloseWindowRequest(window=self.window), metadata=self.admin_auth)
         self.console.print(
-            f"Window {reply.window.id} closed (forced now; normally at its end plus {self.policy.grace_seconds // 3600} h "
-            f"grace): {reply.rows_folded} per-person rows were folded into team statistics, then deleted "
-            "together with the window's pseudonym key. From here on nobody, the operator included, can "
-            "tell individuals apart in this window.")
+            f"Window {reply.window.id} closed (forced now; normally at its end plus "
+            f"{self.policy.grace_seconds // 3600} h grace): {reply.rows_folded} per-person rows were folded into "
+            "team statistics, then deleted together with the window's pseudonym key. From here on nobody, "
+            "the operator included, can tell individuals apart in this window.")
 
     def leadership_report(self) -> None:
         c = self.console

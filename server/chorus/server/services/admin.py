@@ -8,8 +8,8 @@ import grpc
 
 from chorus.server import auth, lifecycle, roster
 from chorus.server.app_context import Chorus
-from chorus.server.services._errors import abort, invalid_argument
 from chorus.server.services._convert import window_message
+from chorus.server.services._errors import abort, invalid_argument
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 _ROLE_TO_PROTO = {auth.Role.INGEST: admin_pb2.ROLE_INGEST, auth.Role.ANALYST: admin_pb2.ROLE_ANALYST,
