@@ -137,3 +137,20 @@ def test_malformed_batches_are_refused_whole(mutate, message) -> None:
     with pytest.raises(ingest.InvalidBatch, match=message.replace("[", r"\[").replace("]", r"\]")):
         ingest.validate(mutate(good), config.Limits())
 
+
+
+def test_a_roster_import_between_batches_applies_to_the_next_batch(chorus: Chorus) -> None:
+    """Batches are planned from the roster last seen; a newer roster in the store wins."""
+    assert chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 1))).accepted == 1
+    rows = chorus.db.run(lambda tx: tx.query("SELECT user_id, team FROM roster"), name="test")
+    chorus.import_roster([*rows, ("user-newcomer", "team-red")], actor="test")
+    out = chorus.ingestor.report(batch(("user-newcomer", "ai.tokens", 5)))
+    assert (out.accepted, out.rejections) == (1, [])
+
+
+def test_a_window_closed_between_batches_rejects_the_next_one_as_late(chorus: Chorus) -> None:
+    assert chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 1))).accepted == 1
+    chorus.close_window("2026-11-25", actor="test")  # the ingestor still remembers it open
+    out = chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 1)))
+    assert [r.reason for r in out.rejections] == [Reason.LATE]
+    assert table_rows(chorus, "usage") == 0
