@@ -9,7 +9,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chorus.server import app as app_module
+from chorus.server.app import Server
+from chorus.server.app_context import Chorus
 from chorus.server.store import StoreUnavailable
+from tests._policy import suite_config
 
 from .conftest import Running
 
@@ -50,3 +53,15 @@ def test_health_follows_the_store(fast_probe: None, tmp_path, monkeypatch: pytes
         assert _wait_for(running.address, serving) == serving
     finally:
         running.server.stop(grace=1)
+
+
+
+def test_a_second_server_on_a_busy_address_fails_instead_of_sharing_it(tmp_path) -> None:
+    first = Running(tmp_path / "first")
+    other = Chorus(suite_config(), tmp_path / "second")
+    try:
+        with pytest.raises(OSError, match="address in use"):
+            Server(other, first.address)
+    finally:
+        other.close()
+        first.server.stop(grace=1)

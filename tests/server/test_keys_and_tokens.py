@@ -9,6 +9,8 @@ from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.ledger import KEY_FILE, Signer
 
+from .conftest import batch
+
 
 def test_replicas_starting_together_share_one_signing_key(tmp_path) -> None:
     with ThreadPoolExecutor(8) as pool:
@@ -26,3 +28,9 @@ def test_concurrent_revocations_record_one_ledger_entry(chorus: Chorus) -> None:
     assert all(i.revoked is not None for i in infos)
     kinds = chorus.db.run(lambda tx: tx.query("SELECT kind FROM ledger WHERE kind = 'token_revoke'"), name="t")
     assert len(kinds) == 1
+
+
+def test_the_database_files_are_owner_only(chorus: Chorus) -> None:
+    chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 1)))
+    for name in ("chorus.db", "chorus.db-wal", "chorus.db-shm"):
+        assert stat.S_IMODE((chorus.data_dir / name).stat().st_mode) == 0o600, name

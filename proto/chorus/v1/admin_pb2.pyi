@@ -1,4 +1,5 @@
 from chorus.v1 import common_pb2 as _common_pb2
+from chorus.v1 import release_pb2 as _release_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -44,14 +45,16 @@ class TeamSize(_message.Message):
     def __init__(self, team: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ImportRosterResponse(_message.Message):
-    __slots__ = ("people", "teams", "roster_hash")
+    __slots__ = ("people", "teams", "roster_hash", "min_team_size")
     PEOPLE_FIELD_NUMBER: _ClassVar[int]
     TEAMS_FIELD_NUMBER: _ClassVar[int]
     ROSTER_HASH_FIELD_NUMBER: _ClassVar[int]
+    MIN_TEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     people: int
     teams: _containers.RepeatedCompositeFieldContainer[TeamSize]
     roster_hash: str
-    def __init__(self, people: _Optional[int] = ..., teams: _Optional[_Iterable[_Union[TeamSize, _Mapping]]] = ..., roster_hash: _Optional[str] = ...) -> None: ...
+    min_team_size: int
+    def __init__(self, people: _Optional[int] = ..., teams: _Optional[_Iterable[_Union[TeamSize, _Mapping]]] = ..., roster_hash: _Optional[str] = ..., min_team_size: _Optional[int] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("role", "name")
@@ -110,12 +113,14 @@ class CloseWindowRequest(_message.Message):
     def __init__(self, window: _Optional[str] = ...) -> None: ...
 
 class CloseWindowResponse(_message.Message):
-    __slots__ = ("window", "rows_folded")
+    __slots__ = ("window", "rows_folded", "already_closed")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     ROWS_FOLDED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_CLOSED_FIELD_NUMBER: _ClassVar[int]
     window: _common_pb2.Window
     rows_folded: int
-    def __init__(self, window: _Optional[_Union[_common_pb2.Window, _Mapping]] = ..., rows_folded: _Optional[int] = ...) -> None: ...
+    already_closed: bool
+    def __init__(self, window: _Optional[_Union[_common_pb2.Window, _Mapping]] = ..., rows_folded: _Optional[int] = ..., already_closed: _Optional[bool] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

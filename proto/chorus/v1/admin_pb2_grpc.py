@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from chorus.v1 import admin_pb2 as chorus_dot_v1_dot_admin__pb2
+from chorus.v1 import release_pb2 as chorus_dot_v1_dot_release__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -55,6 +56,11 @@ class AdminServiceStub:
                 request_serializer=chorus_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.ListWindows = channel.unary_unary(
+                '/chorus.v1.AdminService/ListWindows',
+                request_serializer=chorus_dot_v1_dot_release__pb2.ListWindowsRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_release__pb2.ListWindowsResponse.FromString,
+                _registered_method=True)
         self.CloseWindow = channel.unary_unary(
                 '/chorus.v1.AdminService/CloseWindow',
                 request_serializer=chorus_dot_v1_dot_admin__pb2.CloseWindowRequest.SerializeToString,
@@ -98,8 +104,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWindows(self, request, context):
+        """Windows, open and closed, newest first (the same answer analysts get).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseWindow(self, request, context):
-        """Close a window now, before end plus grace. Irreversible.
+        """Close a window now, before end plus grace. Irreversible: contributions for it
+        are rejected as late from then on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +148,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=chorus_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_admin__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ListWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWindows,
+                    request_deserializer=chorus_dot_v1_dot_release__pb2.ListWindowsRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_release__pb2.ListWindowsResponse.SerializeToString,
             ),
             'CloseWindow': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseWindow,
@@ -255,6 +274,33 @@ class AdminService:
             '/chorus.v1.AdminService/RevokeToken',
             chorus_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
             chorus_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.AdminService/ListWindows',
+            chorus_dot_v1_dot_release__pb2.ListWindowsRequest.SerializeToString,
+            chorus_dot_v1_dot_release__pb2.ListWindowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,7 +53,10 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
             interceptors=[AuthInterceptor(chorus.tokens.authenticate,
                                           max_rpc_seconds=limits.rpc_deadline_seconds)],
-            options=[("grpc.max_receive_message_length", limits.max_message_bytes),
+            # No SO_REUSEPORT: a second server on a busy address must fail, not share the port
+            # and split traffic between two stores.
+            options=[("grpc.so_reuseport", 0),
+                     ("grpc.max_receive_message_length", limits.max_message_bytes),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)],
             maximum_concurrent_rpcs=max_workers * 8,
         )
@@ -75,16 +78,21 @@ class Server:
         self._stop_probe = threading.Event()
         reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self._grpc)
-        if tls is None:
-            self.port = self._grpc.add_insecure_port(listen)
-        else:
-            creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)],
-                                                root_certificates=tls.client_ca,
-                                                require_client_auth=tls.client_ca is not None)
-            self.port = self._grpc.add_secure_port(listen, creds)
+        try:
+            self.port = self._bind(listen, tls)
+        except RuntimeError:  # grpc's way of saying the bind failed
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {listen}")
+            raise OSError(f"cannot listen on {listen}: address in use or not available")
         self.address = f"{listen.rpartition(':')[0]}:{self.port}"
+
+    def _bind(self, listen: str, tls: TlsConfig | None) -> int:
+        if tls is None:
+            return self._grpc.add_insecure_port(listen)
+        creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)],
+                                            root_certificates=tls.client_ca,
+                                            require_client_auth=tls.client_ca is not None)
+        return self._grpc.add_secure_port(listen, creds)
 
     def start(self) -> None:
         self._grpc.start()

@@ -127,7 +127,8 @@ class Tokens:
             if not tx.execute("INSERT INTO tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT (name) DO NOTHING",
                               (name, role.value, hash_token(secret), _stamp(now))):
-                raise TokenError(f"a token named {name!r} already exists; revoke it or pick another name")
+                raise TokenError(f"a token named {name!r} already exists (names are never reused, even after "
+                                 "revocation, so the ledger stays unambiguous); pick another name")
             self._ledger.append(tx, "token_create", {"name": name, "role": role.value, "by": actor}, now)
             return TokenInfo(name, role, now.replace(microsecond=0), None)
 

@@ -52,8 +52,8 @@ def read_token(token: str | None, token_file: Path | None) -> str:
         if not secret:
             raise fail(f"token file {token_file} is empty")
         return secret
-    raise fail("no token: pass --token-file, or set CHORUS_TOKEN (the first start of a server "
-               "writes an admin token to DATA_DIR/admin.token)")
+    raise fail("no token: pass --token-file or set CHORUS_TOKEN_FILE (or CHORUS_TOKEN); the first start "
+               "of a server writes an admin token to DATA_DIR/admin.token")
 
 
 def create_private_file(path: Path, *, overwrite: bool = False) -> int:
@@ -131,10 +131,22 @@ def rpc_errors(server: str) -> Iterator[None]:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            hint = ("" if is_loopback(server) else " (beyond loopback the CLI always uses TLS; give --ca "
-                    "unless a system-trusted CA signed the server's certificate)")
-            raise fail(f"cannot reach Chorus at {server}: {details}{hint}") from None
+            raise fail(f"cannot reach Chorus at {server}: {details}{_unavailable_hint(server, details)}") from None
         raise fail(f"{code.name if code else 'error'}: {details}") from None
+
+
+def _unavailable_hint(server: str, details: str) -> str:
+    """What a person can try, from the shape of gRPC's connection error."""
+    lowered = details.lower()
+    if "connection refused" in lowered:
+        return f". Is `chorus serve` running and listening on {server}? (--server / CHORUS_SERVER)"
+    if not is_loopback(server):
+        return (". Beyond loopback the CLI always uses TLS: give --ca unless a system-trusted CA signed the "
+                "server's certificate, and --client-cert/--client-key if the server requires them (mTLS)")
+    if "socket closed" in lowered or "ssl" in lowered or "handshake" in lowered:
+        return (". The server may require TLS: give --ca (and --client-cert/--client-key if it requires "
+                "client certificates)")
+    return ""
 
 
 @contextmanager

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 
 from chorus.server import roster
@@ -23,7 +25,8 @@ from chorus.server.cli._common import (
     create_private_file,
     fail,
 )
-from chorus.v1 import admin_pb2, admin_pb2_grpc
+from chorus.server.windows import parse_window_id
+from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2
 
 roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
@@ -39,9 +42,12 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with header
                   server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
                   token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
                   client_key: KeyOpt = None) -> None:
-    """Replace the roster from a CSV file (columns user,team)."""
+    """Replace the whole roster with a CSV file (header user,team; one row per person).
+
+    People not in the file are no longer on the roster: their contributions are rejected from
+    now on. A person already counted in an open window keeps that window's team."""
     try:
-        rows = roster.parse_csv(csv_file.read_text(encoding="utf-8"))
+        rows = roster.parse_csv(csv_file.read_text(encoding="utf-8-sig"))  # -sig: spreadsheets add a BOM
     except OSError as exc:
         raise fail(f"cannot read {csv_file}: {exc.strerror}") from None
     except roster.RosterError as exc:
@@ -51,9 +57,11 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with header
               for i in range(0, len(rows), ROSTER_CHUNK)]
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ImportRoster, iter(chunks))
-    table = Table("team", "people", title=f"Roster imported: {reply.people} people")
+    table = Table("team", "people", "released on its own?",
+                  title=f"Roster replaced: {reply.people} people in {len(reply.teams)} teams")
     for team in reply.teams:
-        table.add_row(team.team, str(team.size))
+        alone = "yes" if team.size >= reply.min_team_size else f"no: below k = {reply.min_team_size}"
+        table.add_row(team.team, str(team.size), alone)
     console.print(table)
     console.print(f"roster sha256 {reply.roster_hash} (recorded in the ledger)")
 
@@ -111,20 +119,53 @@ def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).RevokeToken,
                           admin_pb2.RevokeTokenRequest(name=name))
-    console.print(f"token {reply.info.name!r} revoked at {reply.info.revoked}")
+    console.print(f"token {reply.info.name!r} is revoked (since {reply.info.revoked})")
+
+
+@window_app.command("list")
+def window_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
+                ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
+    """List windows, newest first, with their state and when they close."""
+    with connect(server, token, token_file, ca, client_cert, client_key) as conn:
+        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListWindows,
+                          release_pb2.ListWindowsRequest())
+    table = Table("window", "state", "from (UTC)", "until (UTC)", "closes at (UTC)")
+    for w in reply.windows:
+        state = "open" if w.state == common_pb2.WINDOW_STATE_OPEN else "closed"
+        table.add_row(w.id, state, *(_utc(t) for t in (w.start, w.end, w.closes_at)))
+    console.print(table if reply.windows else "no window yet: the first contribution or the server's "
+                  "window task opens the current one")
 
 
 @window_app.command("close")
-def window_close(window: Annotated[str, typer.Argument(help="Window id, e.g. 2026-11-25 or 2026-W48.")],
+def window_close(window: Annotated[str, typer.Argument(help="Window id, e.g. 2026-W48 or 2026-11-25 "
+                                                       "(see `chorus window list`).")],
+                 yes: Annotated[bool, typer.Option("--yes", help="Close even a window that has not "
+                                                   "ended yet.")] = False,
                  server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
                  token_file: TokenFileOpt = None,
                  ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
-    """Close a window now: fold per-person rows into team statistics and destroy them. Irreversible."""
+    """Close a window now: fold per-person rows into team statistics and destroy them. Irreversible:
+    contributions for the window are rejected as late from then on."""
+    try:
+        span = parse_window_id(window)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    if span.end > datetime.now(UTC) and not yes:
+        raise fail(f"window {window} runs until {span.end:%Y-%m-%d %H:%M} UTC: closing it now rejects "
+                   "every later contribution for it as late. Pass --yes to close it anyway.", 2)
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).CloseWindow,
                           admin_pb2.CloseWindowRequest(window=window))
-    console.print(f"window {reply.window.id} closed: {reply.rows_folded} per-person rows folded "
-                  "into team statistics and deleted, window key destroyed")
+    if reply.already_closed:
+        console.print(f"window {reply.window.id} was already closed; nothing changed")
+    else:
+        console.print(f"window {reply.window.id} closed: {reply.rows_folded} per-person rows folded "
+                      "into team statistics and deleted, window key destroyed")
+
+
+def _utc(ts: Timestamp) -> str:
+    return f"{ts.ToDatetime():%Y-%m-%d %H:%M}"
 
 
 def stats(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.server import lifecycle
+from chorus.server.services._errors import invalid_argument
 from chorus.v1 import common_pb2
 
 
@@ -19,3 +24,15 @@ def window_message(record: lifecycle.WindowRecord) -> common_pb2.Window:
         id=record.id, start=timestamp(record.start), end=timestamp(record.end),
         state=common_pb2.WINDOW_STATE_OPEN if record.state == lifecycle.OPEN else common_pb2.WINDOW_STATE_CLOSED,
         closes_at=timestamp(record.closes_at))
+
+
+def optional_moment(request: Message, name: str,
+                    context: grpc.ServicerContext) -> datetime | None:
+    """An optional timestamp field as an aware datetime; INVALID_ARGUMENT when out of range."""
+    if not request.HasField(name):
+        return None
+    try:
+        return getattr(request, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        invalid_argument(context, f"{name} is not a valid timestamp (years 1..9999, nanos in "
+                                  "[0, 999999999])", name)

@@ -8,9 +8,10 @@ import grpc
 
 from chorus.server import auth, lifecycle, roster
 from chorus.server.app_context import Chorus
-from chorus.server.services._convert import window_message
+from chorus.server.services._convert import optional_moment, window_message
 from chorus.server.services._errors import abort, invalid_argument
-from chorus.v1 import admin_pb2, admin_pb2_grpc
+from chorus.server.windows import parse_window_id
+from chorus.v1 import admin_pb2, admin_pb2_grpc, release_pb2
 
 _ROLE_TO_PROTO = {auth.Role.INGEST: admin_pb2.ROLE_INGEST, auth.Role.ANALYST: admin_pb2.ROLE_ANALYST,
                   auth.Role.AUDITOR: admin_pb2.ROLE_AUDITOR, auth.Role.ADMIN: admin_pb2.ROLE_ADMIN}
@@ -36,6 +37,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         result = self._chorus.import_roster(rows, auth.principal().name)
         return admin_pb2.ImportRosterResponse(
             people=result.people, roster_hash=result.roster_hash,
+            min_team_size=self._chorus.config.policy.min_team_size,
             teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.team_sizes.items()])
 
     def CreateToken(self, request: admin_pb2.CreateTokenRequest,
@@ -63,14 +65,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         return admin_pb2.RevokeTokenResponse(info=_token_info(info))
 
+    def ListWindows(self, request: release_pb2.ListWindowsRequest,
+                    context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
+        start = optional_moment(request, "start", context)
+        end = optional_moment(request, "end", context)
+        records = self._chorus.db.run(lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows")
+        return release_pb2.ListWindowsResponse(windows=[window_message(w) for w in records])
+
     def CloseWindow(self, request: admin_pb2.CloseWindowRequest,
                     context: grpc.ServicerContext) -> admin_pb2.CloseWindowResponse:
         try:
+            parse_window_id(request.window)
+        except ValueError as exc:
+            invalid_argument(context, str(exc), "window")
+        try:
             result = self._chorus.close_window(request.window, auth.principal().name)
         except lifecycle.WindowNotFound as exc:
-            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
-        return admin_pb2.CloseWindowResponse(window=window_message(result.window),
-                                             rows_folded=result.rows_folded)
+            abort(context, grpc.StatusCode.NOT_FOUND, f"{exc.args[0]}: no contribution has opened it yet")
+        return admin_pb2.CloseWindowResponse(window=window_message(result.window), rows_folded=result.rows_folded,
+                                             already_closed=not result.closed_now)
 
     def GetStats(self, request: admin_pb2.GetStatsRequest,
                  context: grpc.ServicerContext) -> admin_pb2.GetStatsResponse:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
 import grpc
 
 from chorus.server import auth, release
 from chorus.server.app_context import Chorus
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.services._convert import window_message
+from chorus.server.services._convert import optional_moment, window_message
 from chorus.server.services._errors import abort, invalid_argument, quota_failure
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
@@ -27,8 +26,8 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        start = _moment(request, "start", context)
-        end = _moment(request, "end", context)
+        start = optional_moment(request, "start", context)
+        end = optional_moment(request, "end", context)
         return release_pb2.ListWindowsResponse(
             windows=[window_message(w) for w in self._releases.list_windows(start, end)])
 
@@ -56,18 +55,6 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
                                              statistics, auth.principal().name)
         return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams])
-
-
-def _moment(request: release_pb2.ListWindowsRequest, name: str,
-            context: grpc.ServicerContext) -> datetime | None:
-    """An optional timestamp field as an aware datetime; INVALID_ARGUMENT when out of range."""
-    if not request.HasField(name):
-        return None
-    try:
-        return getattr(request, name).ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        invalid_argument(context, f"{name} is not a valid timestamp (years 1..9999, nanos in "
-                                  "[0, 999999999])", name)
 
 
 def _statistic(index: int, s: release_pb2.StatisticRequest,

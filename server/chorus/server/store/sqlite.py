@@ -8,6 +8,7 @@ processes on the same file are serialised by SQLite's busy timeout.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -49,6 +50,9 @@ class SqliteDatabase:
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> None:
         self.path = path
+        if not path.exists():
+            # Owner-only from the start: SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_ms / 1000)
         # A batch of random pseudonyms dirties thousands of B-tree pages; checkpointing every

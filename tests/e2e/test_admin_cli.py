@@ -1,0 +1,69 @@
+"""The operator's commands against a real server: windows, roster, tokens, connection errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from typer.testing import CliRunner
+
+from chorus.server.cli import app
+from chorus.server.windows import window_of
+from tests._policy import suite_config
+
+from .conftest import Running
+
+runner = CliRunner()
+
+
+def chorus(running: Running, *args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, [*args, "--server", running.address], env={"CHORUS_TOKEN": running.admin_token,
+                                                                         "COLUMNS": "200"})
+
+
+def test_window_list_and_close_guard_the_current_window(running: Running) -> None:
+    current = window_of(datetime.now(UTC), suite_config().policy.window_length).id
+    running.chorus.closer.tick()  # opens the current window
+    listed = chorus(running, "window", "list")
+    assert listed.exit_code == 0 and current in listed.stdout and "open" in listed.stdout
+
+    refused = chorus(running, "window", "close", current)
+    assert refused.exit_code == 2
+    assert "closing it now rejects every later contribution for it as late. Pass --yes" in " ".join(
+        refused.output.split())
+
+    closed = chorus(running, "window", "close", current, "--yes")
+    assert closed.exit_code == 0 and f"window {current} closed:" in closed.stdout
+    again = chorus(running, "window", "close", current, "--yes")
+    assert again.exit_code == 0 and "was already closed; nothing changed" in again.stdout
+
+
+def test_window_close_names_a_malformed_or_unknown_window(running: Running) -> None:
+    bad = chorus(running, "window", "close", "bogus")
+    assert bad.exit_code == 2 and "neither a day (YYYY-MM-DD) nor an ISO week" in " ".join(bad.output.split())
+    unknown = chorus(running, "window", "close", "2020-W01")
+    assert unknown.exit_code == 1 and "NOT_FOUND" in unknown.output and "2020-W01" in unknown.output
+
+
+def test_roster_import_accepts_a_spreadsheet_bom_and_marks_small_teams(running: Running, tmp_path) -> None:
+    csv = tmp_path / "roster.csv"
+    csv.write_text("\ufeffuser,team\n" + "".join(f"user-big-{i},big\n" for i in range(6)) + "user-solo-0,solo\n",
+                   encoding="utf-8")
+    result = chorus(running, "roster", "import", str(csv))
+    out = " ".join(result.stdout.split())
+    assert result.exit_code == 0, result.output
+    assert "Roster replaced: 7 people in 2 teams" in out
+    assert "no: below k = 5" in out
+
+
+def test_token_names_are_never_reused(running: Running, tmp_path) -> None:
+    assert chorus(running, "token", "create", "--role", "ingest", "--name", "tool",
+                  "--out", str(tmp_path / "t1")).exit_code == 0
+    assert chorus(running, "token", "revoke", "tool").exit_code == 0
+    again = chorus(running, "token", "create", "--role", "ingest", "--name", "tool", "--out", str(tmp_path / "t2"))
+    assert again.exit_code == 1 and "names are never reused" in " ".join(again.output.split())
+
+
+def test_a_server_that_is_not_running_gets_a_hint(tmp_path) -> None:
+    result = runner.invoke(app, ["stats", "--server", "127.0.0.1:1"], env={"CHORUS_TOKEN": "chorus_x"})
+    assert result.exit_code == 1
+    assert "Is `chorus serve` running and listening on 127.0.0.1:1?" in " ".join(result.output.split())
