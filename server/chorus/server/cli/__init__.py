@@ -8,8 +8,10 @@ from chorus.server.cli import admin, audit, certs, dashboard, demo, report, serv
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
-                  no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+                  no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+                  add_completion=False)
 app.command("serve")(serve.serve)
+app.command("default-config")(serve.default_config)
 app.command("demo")(demo.demo)
 app.add_typer(admin.roster_app, name="roster")
 app.add_typer(admin.token_app, name="token")

@@ -101,3 +101,8 @@ def serve(
     console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
                   f"data in {data_dir}", highlight=False, soft_wrap=True)
     server.wait_for_signal()
+
+
+def default_config() -> None:
+    """Print the built-in configuration (a starting point for --config)."""
+    print(config_module.DEFAULT_TOML, end="")
