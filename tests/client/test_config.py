@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from chorus.client import Client
+from chorus.client import Client, TransportError
 from chorus.client._config import is_loopback
 from chorus.client._transport import GrpcTransport
 from tests._secrets import register
@@ -157,3 +158,61 @@ def test_a_transport_needs_no_endpoint_nor_token(caplog: pytest.LogCaptureFixtur
 )
 def test_loopback_detection(target: str, loopback: bool) -> None:
     assert is_loopback(target) is loopback
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A fake home directory, and a separate working directory where no `~` may appear."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))  # Path.expanduser on Windows
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return home
+
+
+@pytest.mark.parametrize("spool_dir", ["~/.cache/my-ai-tool/chorus", Path("~/.cache/my-ai-tool/chorus")])
+def test_a_spool_dir_under_home_is_expanded(home: Path, spool_dir: str | Path) -> None:
+    transport = FakeTransport(default=TransportError(grpc.StatusCode.UNAVAILABLE))
+    client = Client(transport=transport, user="user-alice", spool_dir=spool_dir)
+    client.count("ai.tokens")
+    client.close(timeout=0)
+    assert len(list((home / ".cache" / "my-ai-tool" / "chorus").glob("*.pb"))) == 1
+    assert not (Path.cwd() / "~").exists()
+
+
+def test_the_spool_dir_environment_value_is_expanded(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setenv("CHORUS_SPOOL_DIR", "~/spool")
+    client = Client(transport=FakeTransport(), user="user-alice")
+    assert client._settings.spool_dir == home / "spool"
+    client.close(timeout=0)
+    assert not (Path.cwd() / "~").exists()
+
+
+def test_certificate_paths_under_home_are_expanded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, home: Path
+) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (home / name).write_bytes(b"-----BEGIN X-----\n-----END X-----\n")
+    client = Client(
+        "localhost:1", TOKEN, root_certificates="~/ca.pem",
+        client_certificate=Path("~/client.pem"), client_key="~/client.key",
+    )
+    assert isinstance(client._transport, GrpcTransport) and client._transport._credentials is not None
+    client.close(timeout=0)
+    monkeypatch.setenv("CHORUS_CA_FILE", "~/ca.pem")
+    client = Client("localhost:1", TOKEN)
+    assert isinstance(client._transport, GrpcTransport) and client._transport._credentials is not None
+    client.close(timeout=0)
+    assert _warnings(caplog) == []
+
+
+def test_an_unreadable_certificate_under_home_still_disables_the_client(
+    caplog: pytest.LogCaptureFixture, home: Path
+) -> None:
+    client = Client("localhost:1", TOKEN, root_certificates="~/missing.pem")
+    (warning,) = _warnings(caplog)
+    assert "disabled" in warning.getMessage() and "root_certificates" in warning.getMessage()
+    client.close(timeout=0)

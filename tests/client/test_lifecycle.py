@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from chorus.client import Client, TransportError
 from chorus.client import _client as client_module
+from chorus.client._delivery import Delivery
 from chorus.v1 import ingest_pb2
 
 from .conftest import FakeClock, FakeTransport, unavailable
@@ -47,6 +49,119 @@ def test_flush_gives_up_at_once_when_the_wait_exceeds_its_timeout(make_client: M
     assert not client.flush(timeout=30)
     assert time.monotonic() - started < 5
     assert client.stats().pending == 1
+
+
+def test_flush_is_false_when_a_batch_is_dropped_for_a_revoked_token(make_client: MakeClient) -> None:
+    transport = FakeTransport(TransportError(grpc.StatusCode.UNAUTHENTICATED, "token revoked"))
+    client = make_client(transport=transport)
+    client.count("ai.tokens", 3)
+    assert not client.flush(timeout=5)
+    stats = client.stats()
+    assert (stats.failed_batches, stats.pending, stats.accepted) == (1, 0, 0)
+    # The drop is reported by the flush that covered it, not by every later one.
+    client.count("ai.tokens", 4)
+    assert client.flush(timeout=5)
+    assert client.flush(timeout=5)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL])
+def test_flush_is_false_when_any_of_several_batches_is_dropped(
+    make_client: MakeClient, code: grpc.StatusCode
+) -> None:
+    transport = FakeTransport(None, TransportError(code), None)
+    client = make_client(transport=transport, max_pending=20_000)
+    for i in range(12_000):  # three batches of at most 5,000
+        client.count("ai.tokens", user=f"user-{i}")
+    assert not client.flush(timeout=5)
+    assert len(transport.requests) == 3 and client.stats().failed_batches == 1
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        ingest_pb2.ReportResponse(duplicate=True),
+        ingest_pb2.ReportResponse(
+            accepted=0,
+            rejections=[ingest_pb2.Rejection(index=0, reason=ingest_pb2.REJECT_REASON_UNKNOWN_USER)],
+        ),
+    ],
+    ids=["duplicate", "rejected"],
+)
+def test_flush_counts_duplicates_and_rejections_as_acknowledged(
+    make_client: MakeClient, response: ingest_pb2.ReportResponse
+) -> None:
+    client = make_client(transport=FakeTransport(response))
+    client.count("ai.tokens")
+    assert client.flush(timeout=5)
+    assert client.stats().sent_batches == 1 and client.stats().failed_batches == 0
+
+
+def test_flush_reports_a_drop_by_the_flush_thread_during_the_call(make_client: MakeClient) -> None:
+    """A batch pending when flush() is called, dropped by the flush thread's send in progress."""
+    watching = threading.Event()
+
+    class BlockedTransport(FakeTransport):
+        def send(self, request: ingest_pb2.ReportRequest, timeout: float) -> ingest_pb2.ReportResponse:
+            assert watching.wait(timeout=10)  # answer only once flush() has taken its snapshot
+            return super().send(request, timeout)
+
+    transport = BlockedTransport(TransportError(grpc.StatusCode.UNAUTHENTICATED))
+    client = make_client(transport=transport)
+    delivery = client._delivery
+    assert delivery is not None
+    watch = delivery.watch
+
+    def watch_and_signal(generation: int) -> object:
+        try:
+            return watch(generation)
+        finally:
+            watching.set()
+
+    delivery.watch = watch_and_signal  # type: ignore[method-assign]
+    client.count("ai.tokens")
+    in_progress = threading.Thread(target=client._step)  # the flush thread's step, mid-send
+    in_progress.start()
+    try:
+        assert not client.flush(timeout=5)
+    finally:
+        watching.set()
+        in_progress.join(timeout=10)
+    assert client.stats().failed_batches == 1 and client.stats().pending == 0
+
+
+def test_flush_ignores_the_loss_of_a_batch_drained_after_the_call() -> None:
+    transport = FakeTransport(TransportError(grpc.StatusCode.UNAUTHENTICATED), None)
+    delivery = Delivery(
+        transport, source="t", source_version="", max_pending=100, timeout=1.0, spool=None, rng=random.Random(0)
+    )
+    watch = delivery.watch(1)
+    delivery.add({("user-alice", "ai.tokens", 1.0): 1}, 0, generation=2)  # counted after the call
+    assert delivery.send() is None
+    assert not watch.lost
+    delivery.add({("user-alice", "ai.tokens", 2.0): 1}, 0, generation=1)
+    delivery.unwatch(watch)
+    assert delivery.send() is None and not watch.lost  # no longer watched
+    assert delivery.failed_batches == 1
+
+
+def test_flush_is_false_when_counts_are_lost_to_an_unexpected_error(make_client: MakeClient) -> None:
+    client = make_client()
+    delivery = client._delivery
+    assert delivery is not None
+
+    def broken_add(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug")
+
+    delivery.add = broken_add  # type: ignore[method-assign]
+    client.count("ai.tokens")
+    assert not client.flush(timeout=5)
+
+
+def test_flush_never_raises(make_client: MakeClient) -> None:
+    client = make_client()
+    client._flush_watched = None  # type: ignore[assignment, method-assign]
+    client.count("ai.tokens")
+    assert client.flush(timeout=1) is False
 
 
 def test_the_flush_thread_sends_on_its_own(clock: FakeClock) -> None:

@@ -113,7 +113,7 @@ def test_a_batch_refused_for_good_is_deleted_from_the_spool(make_client: MakeCli
     Spool(tmp_path).write(ingest_pb2.ReportRequest(batch_id="c" * 32, contributions=[contribution]))
     transport = FakeTransport(TransportError(grpc.StatusCode.PERMISSION_DENIED))
     client = make_client(transport=transport, spool_dir=tmp_path)
-    assert client.flush(timeout=5)
+    assert not client.flush(timeout=5)  # the spooled batch was dropped, not acknowledged
     assert client.stats().failed_batches == 1 and _spooled(tmp_path) == []
 
 

@@ -67,6 +67,7 @@ class Client:
         spool_dir: where batches unsent at close() are kept for the next start.
         root_certificates: CA bundle (PEM bytes or a path) to verify the server.
         client_certificate, client_key: PEM bytes or paths, for mutual TLS.
+            Paths, here and in the environment, may start with `~` (expanded).
         secure: TLS on or off; by default on unless the endpoint is loopback and no
             certificate is given.
         timeout: seconds allowed for one send.
@@ -104,6 +105,7 @@ class Client:
         self._dropped = 0
         self._invalid = 0
         self._held = 0  # contributions outside _counts that still count against max_pending
+        self._generation = 0  # number of the latest drain of _counts into batches, for flush()
         self._thread: threading.Thread | None = None
         self._state = _State.DISABLED
         self._time = time.time
@@ -176,12 +178,20 @@ class Client:
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything counted so far, waiting at most `timeout` seconds (None: no limit).
 
-        Retries with backoff within the timeout. Returns True when nothing is left to
-        send (always, for a disabled client); False on timeout or when close() interrupts.
+        Retries with backoff within the timeout. Returns True only when the server
+        acknowledged everything pending at the call (accepted, duplicate, or answered
+        with per-contribution rejections, see stats().rejected) and nothing is left to
+        send; always True for a disabled client, which holds nothing. Returns False when
+        a batch was given up (a non-retryable status such as UNAUTHENTICATED, counted in
+        stats().failed_batches), on timeout, or when close() interrupts. Never raises.
         """
         if self._state in (_State.DISABLED, _State.CLOSED):
             return self._pending() == 0
-        return self._flush(timeout, self._stop)
+        try:
+            return self._flush_watched(timeout)
+        except Exception:
+            logger.warning("chorus client flush failed", exc_info=True)
+            return False
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the flush thread and send what is left within `timeout` seconds.
@@ -272,25 +282,47 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._send_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             return 0.0
+        in_hand = False  # counts drained but not yet queued in delivery
         try:
             with self._lock:
                 counts, self._counts = self._counts, {}
                 drops, self._unreported_drops = self._unreported_drops, 0
                 # Drained counts still count against max_pending until acknowledged.
                 self._held = delivery.pending + len(counts)
-            delivery.add({key: cell[0] for key, cell in counts.items()}, drops)
+                self._generation += 1
+                generation = self._generation
+                in_hand = bool(counts)
+            delivery.add({key: cell[0] for key, cell in counts.items()}, drops, generation)
+            in_hand = False
             remaining = None if deadline is None else deadline - time.monotonic()
             return delivery.send(remaining, interrupt)
         except Exception:
             # A bug must neither kill the flush thread nor make flush() report success.
             logger.warning("chorus client flush step failed", exc_info=True)
+            if in_hand:
+                delivery.lose_watched()  # drained but never queued: those counts are lost
             return self._settings.flush_interval if delivery.pending else None
         finally:
             with self._lock:
                 self._held = delivery.pending
             self._send_lock.release()
 
+    def _flush_watched(self, timeout: float | None) -> bool:
+        delivery = self._delivery
+        assert delivery is not None
+        with self._lock:
+            # What is pending now is in batches of drains up to the next one: those already
+            # drained carry lower numbers, and the counts held now go into the next drain.
+            # Registered under the lock so that no drain can slip between the two.
+            watch = delivery.watch(self._generation + 1)
+        try:
+            sent = self._flush(timeout, self._stop)
+        finally:
+            delivery.unwatch(watch)
+        return sent and not watch.lost
+
     def _flush(self, timeout: float | None, interrupt: threading.Event) -> bool:
+        """Step until nothing is left to send (True), or the timeout or `interrupt` (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -322,7 +354,9 @@ class Client:
             with self._lock:
                 counts, self._counts = self._counts, {}
                 drops, self._unreported_drops = self._unreported_drops, 0
-            delivery.add({key: cell[0] for key, cell in counts.items()}, drops)
+                self._generation += 1
+                generation = self._generation
+            delivery.add({key: cell[0] for key, cell in counts.items()}, drops, generation)
             delivery.spool_unsent()
         self._transport.close()
 
@@ -355,7 +389,7 @@ class Client:
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._counts = {}
-        self._unreported_drops = self._dropped = self._invalid = self._held = 0
+        self._unreported_drops = self._dropped = self._invalid = self._held = self._generation = 0
         self._thread = None
         if self._state is _State.RUNNING:
             self._state = _State.IDLE  # the next count() starts the child's own thread

@@ -78,7 +78,7 @@ def resolve_settings(
         flush_interval=_positive_seconds("flush_interval", flush_interval),
         max_pending=_positive_int("max_pending", max_pending),
         timeout=_positive_seconds("timeout", timeout),
-        spool_dir=Path(spool) if spool is not None else None,
+        spool_dir=_path(spool) if spool is not None else None,
     )
 
 
@@ -145,9 +145,23 @@ def _pem(name: str, source: PemSource | None) -> bytes | None:
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(f"{name} must be PEM bytes or a path to a PEM file")
     try:
-        return Path(source).read_bytes()
+        return _path(source).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {name} file: {exc.strerror}") from None
+
+
+def _path(value: str | os.PathLike[str]) -> Path:
+    """A path given by the host or the environment, with a leading `~` or `~user` expanded.
+
+    Without the expansion, `spool_dir="~/.cache/tool"` would create a directory literally
+    named `~` in the working directory. A `~` that cannot be expanded (no home directory
+    known) is left as is, like the shell does.
+    """
+    path = Path(value)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
 
 
 def _positive_seconds(name: str, value: object) -> float:

@@ -49,14 +49,27 @@ class _Batch:
     size: int
     #: The spool file holding this batch, deleted once the batch is settled.
     spool_path: Path | None = None
+    #: The client's drain that produced the batch (or during which it was read from the spool).
+    generation: int = 0
+
+
+@dataclass(eq=False)
+class Watch:
+    """One flush() call's interest in the batches of drains up to `generation`.
+
+    `lost` turns True when such a batch is given up instead of acknowledged.
+    """
+
+    generation: int
+    lost: bool = False
 
 
 class Delivery:
     """The queue of batches awaiting acknowledgement and the counters about them.
 
     `add` and `send` are called by one thread at a time (the client's send lock); the
-    internal lock only guards the queue and counters against `spool_unsent`, `pending`
-    and `counters`, which other threads may call meanwhile.
+    internal lock only guards the queue, counters and watches against `spool_unsent`, `pending`,
+    `counters` and `watch`/`unwatch`, which other threads may call meanwhile.
     """
 
     def __init__(
@@ -83,6 +96,7 @@ class Delivery:
         self._unreported_drops = 0
         self._attempt = 0
         self._warned: set[str] = set()
+        self._watches: list[Watch] = []
         self.sent_batches = 0
         self.accepted = 0
         self.duplicates = 0
@@ -98,16 +112,18 @@ class Delivery:
         """Contributions held in batches awaiting acknowledgement."""
         return self._held
 
-    def add(self, counts: Mapping[Key, int], dropped: int) -> None:
+    def add(self, counts: Mapping[Key, int], dropped: int, generation: int = 0) -> None:
         """Turn drained counts into batches behind those already queued.
 
         `dropped` (memory-bound drops since the last drain) rides on the first new batch.
         The server refuses batches without contributions, so with no counts the drop
-        report waits for the next batch that has some.
+        report waits for the next batch that has some. `generation` numbers the client's
+        drain that produced `counts`; the new batches, and any read from the spool now,
+        carry it for `watch`.
         """
         with self._lock:
             if not self._queue and self._spool is not None:
-                self._load_spool()
+                self._load_spool(generation)
             dropped += self._unreported_drops
             if not counts:
                 self._unreported_drops = dropped
@@ -115,6 +131,8 @@ class Delivery:
             self._unreported_drops = 0
             batches = self._build(counts)
             batches[0].request.dropped = dropped
+            for batch in batches:
+                batch.generation = generation
             if self._spool is not None:
                 # Write-ahead: a batch is on disk before its first send, so a process killed
                 # mid-flush resends it (same batch_id) on its next start instead of losing it.
@@ -154,6 +172,25 @@ class Delivery:
             else:
                 self._settle(batch, response)
 
+    def watch(self, generation: int) -> Watch:
+        """Start noting whether a batch of a drain up to `generation` is given up."""
+        watch = Watch(generation)
+        with self._lock:
+            self._watches.append(watch)
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        """Stop updating `watch`."""
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def lose_watched(self) -> None:
+        """Mark every current watch lost: a step failed unexpectedly and cannot vouch for its data."""
+        with self._lock:
+            for watch in self._watches:
+                watch.lost = True
+
     def spool_unsent(self) -> None:
         """Write every queued batch not yet on disk (its write-ahead failed) to the spool, or count it dropped."""
         with self._lock:
@@ -162,6 +199,7 @@ class Delivery:
                 path = self._spool.write(batch.request) if self._spool is not None else None
                 if path is None:
                     self.dropped += len(batch.request.contributions)
+                    self._lose_locked(batch)
                 else:
                     batch.spool_path = path
                     self.spooled += 1
@@ -206,12 +244,12 @@ class Delivery:
             batch_id=uuid.uuid4().hex, source=self._source, source_version=self._source_version
         )
 
-    def _load_spool(self) -> None:
+    def _load_spool(self, generation: int) -> None:
         assert self._spool is not None
         loaded, corrupt = self._spool.load(self._max_pending - self._held)
         self.spool_corrupt += corrupt
         for path, request in loaded:
-            batch = _Batch(request, len(request.contributions), path)
+            batch = _Batch(request, len(request.contributions), path, generation)
             self._queue.append(batch)
             self._held += batch.size
 
@@ -228,7 +266,8 @@ class Delivery:
 
     def _give_up(self, batch: _Batch, reason: str) -> None:
         with self._lock:
-            self._unqueue(batch)
+            if self._unqueue(batch):
+                self._lose_locked(batch)
             self.failed_batches += 1
             # The drop report in it never reached the server; carry it to the next batch.
             self._unreported_drops += batch.request.dropped
@@ -253,15 +292,22 @@ class Delivery:
         for reason, n in reasons.items():
             self._warn_once(f"reject:{reason}", "server rejected %d contributions: %s", n, reason)
 
-    def _unqueue(self, batch: _Batch) -> None:
+    def _unqueue(self, batch: _Batch) -> bool:
+        """Remove a settled batch; False if it was no longer queued."""
         # By identity, not position: close() may append to the queue from another thread.
         try:
             self._queue.remove(batch)
         except ValueError:
-            return
+            return False
         self._held -= batch.size
         if batch.spool_path is not None and self._spool is not None:
             self._spool.remove(batch.spool_path)
+        return True
+
+    def _lose_locked(self, batch: _Batch) -> None:
+        for watch in self._watches:
+            if batch.generation <= watch.generation:
+                watch.lost = True
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         # Once per kind of problem: a bad token or a down server must not flood the host's log.
