@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.cli import app
+from chorus.server.cli.report import _number
 from chorus.server.clock import FakeClock
 
 from .conftest import WINDOW, Api, contribute
@@ -34,10 +36,38 @@ def two_days(chorus: Chorus, clock: FakeClock, make_api: Callable[[Chorus], Api]
     return api, ["--server", api.server.address, "--token", secret]
 
 
-def run(args: list[str], expect: int = 0) -> str:
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+def run(args: list[str], expect: int = 0, columns: int = 250) -> str:
+    result = CliRunner().invoke(app, args, env={"COLUMNS": str(columns)})
     assert result.exit_code == expect, result.output
     return result.output
+
+
+def grid(out: str) -> list[list[str]]:
+    """The body rows of every table printed, spaces collapsed; a blank first cell repeats the one above."""
+    rows: list[list[str]] = []
+    for line in out.splitlines():
+        if line.startswith("│"):
+            row = [" ".join(c.split()) for c in line.strip("│").split("│")]
+            rows.append([row[0] or rows[-1][0], *row[1:]])
+    return rows
+
+
+def cells(out: str, *first: str) -> list[str]:
+    """The cells of the table row that starts with `first` (e.g. metric and team, or team)."""
+    return next(r for r in grid(out) if tuple(r[:len(first)]) == first)
+
+
+def shown(r: dict[str, Any], compact: bool = False) -> str:
+    """How the table shows a sum or count record."""
+    mark = "*" if r["note"] else ""
+    return f"{_number(r['value'], 0, compact)} ± {_number(r['ci95'], 0, compact)}{mark}"
+
+
+def assert_whole(out: str, columns: int, fits: bool = True) -> None:
+    """Nothing cut with an ellipsis, and (when it fits) no line wider than the terminal."""
+    assert "…" not in out
+    if fits:
+        assert max(map(len, out.splitlines())) <= columns, out
 
 
 def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
@@ -46,12 +76,61 @@ def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
     out = run(["report", *base, "--metric", "ai.requests"])
     assert f"Window {NEXT}: sum per team" in out
     assert "team-red" in out and "team-blue" in out and "adoption" in out and "budget left" in out
-    assert "0.9 of 1 (-0.1 now)" in out  # sum of ai.requests + active, 0.05 each
+    assert cells(out, "ai.requests")[1] == "team-blue"  # one row per metric and team
+    red = cells(out, "team-red")  # team, people, adoption, budget left, charged now
+    assert red[1] == "6" and "% ± " in red[2] and red[3:] == ["0.9 of 1", "0.1"]  # sum + active, 0.05 each
+    assert "charged now" in out
     assert "suppressed: team team-tiny has 3 people on the roster; releases need at least 5" in out
     assert "Charged now: epsilon 0.1 to each of 2 team-window budget(s)" in out
     again = run(["report", *base, "--metric", "ai.requests"])
-    assert "0.9 of 1" in again and "now)" not in again
+    assert cells(again, "team-red")[3:] == ["0.9 of 1"] and "charged now" not in again
     assert "Nothing was charged: every answer was released before" in again
+
+
+def test_table_at_80_columns_cuts_no_number(two_days: tuple[Api, list[str]]) -> None:
+    """Every metric's sum with adoption and budget fits 80 columns (also the width of a pipe) whole."""
+    _, base = two_days
+    out = run(["report", *base], columns=80)
+    assert_whole(out, 80)
+    records = json.loads(run(["report", *base, "--format", "json"]))  # cached: the same numbers
+    sums = [r for r in records if r["statistic"] == "sum"]
+    assert len(sums) == 8  # 4 metrics x 2 released teams
+    for r in sums:
+        assert cells(out, r["metric"], r["team"])[2] == shown(r)
+    assert cells(out, "team-red")[3:] == ["0.75 of 1", "0.25"]  # 4 sums + active
+    assert "Charged now: epsilon 0.25 to each of 2 team-window budget(s)" in out
+
+
+def test_table_rounds_large_numbers_only_when_they_do_not_fit(two_days: tuple[Api, list[str]]) -> None:
+    _, base = two_days
+    args = ["report", *base, "--statistic", "sum", "--statistic", "mean"]
+    narrow, wide = run(args, columns=80), run(args, columns=250)
+    assert_whole(narrow, 80)
+    tokens = next(r for r in json.loads(run([*args, "--format", "json"]))
+                  if r["team"] == "team-blue" and r["metric"] == "ai.tokens" and r["statistic"] == "sum")
+    assert abs(tokens["ci95"]) >= 100_000
+    assert cells(narrow, "ai.tokens", "team-blue")[2] == shown(tokens, compact=True)
+    assert cells(wide, "ai.tokens", "team-blue")[2] == shown(tokens)
+    assert "M" in shown(tokens, compact=True) and "M" not in shown(tokens)
+    # Too many columns even rounded: the table grows past the terminal rather than cut a number.
+    last_resort = run([*args, "--statistic", "histogram"], columns=80)
+    assert_whole(last_resort, 80, fits=False)
+    assert "histogram" in last_resort and "·" in cells(last_resort, "ai.tokens")[4]
+
+
+def test_compact_numbers() -> None:
+    assert _number(99_999, 0, True) == "99,999" and _number(99_999.25, 1, True) == "99,999.2"
+    assert _number(7_932_123, 0, True) == "7.93M" and _number(7_932_123, 0, False) == "7,932,123"
+    assert _number(999_950, 0, True) == "1.00M" and _number(123_456.7, 1, True) == "123K"
+    assert _number(-2_500_000, 0, True) == "-2.50M" and _number(12_345_678_901, 0, True) == "12.3B"
+
+
+def test_help_paragraphs_are_left_to_rich_to_wrap() -> None:
+    out = run(["report", "--help"])
+    assert "The first release of a statistic charges the team-window's privacy budget; repeats are free and " \
+           "identical." in out
+    assert "Adoption (the share of each team's roster active in the window) is always added, in every format" \
+           in out
 
 
 def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[Api, list[str]]) -> None:
@@ -62,12 +141,13 @@ def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[A
     first = json.loads(run(args))
     assert [(r["team"], r["statistic"], r["outcome"]) for r in first] == [
         ("team-red", "mean", "released"), ("team-red", "histogram", "released"),
-        ("team-tiny", "", "suppressed")]
-    mean, hist, tiny = first
+        ("team-red", "adoption", "released"), ("team-tiny", "", "suppressed")]  # adoption as in the table
+    mean, hist, adoption, tiny = first
     assert mean["epsilon_charged"] == "0.2" and hist["epsilon_charged"] == "0.1"
+    assert adoption["epsilon_charged"] == "0.1" and adoption["metric"] == "" and 0 <= adoption["value"] <= 1
     assert hist["histogram_edges"] == [50, 200, 500, 1000] and len(hist["bucket_counts"]) == 5
     assert tiny["message"].startswith("team team-tiny has 3 people")
-    assert mean["budget_remaining"] == "0.7" and mean["team_epsilon_charged"] == "0.3"
+    assert mean["budget_remaining"] == "0.6" and mean["team_epsilon_charged"] == "0.4"
     assert tiny["team_epsilon_charged"] == "0"
     second = json.loads(run(args))
     for a, b in zip(first, second, strict=True):
@@ -82,8 +162,10 @@ def test_csv_has_a_header_and_one_row_per_team_and_estimate(two_days: tuple[Api,
     rows = list(csv.DictReader(io.StringIO(run(["report", *base, "--statistic", "count", "--metric",
                                                 "ai.requests", "--format", "csv"]))))
     assert [(r["window"], r["team"], r["statistic"]) for r in rows] == [
-        (NEXT, "team-blue", "count"), (NEXT, "team-red", "count"), (NEXT, "team-tiny", "")]
-    assert float(rows[1]["ci95"]) == pytest.approx(60.408, abs=0.01)
+        (NEXT, "team-blue", "count"), (NEXT, "team-blue", "adoption"), (NEXT, "team-red", "count"),
+        (NEXT, "team-red", "adoption"), (NEXT, "team-tiny", "")]  # adoption as in the table
+    assert float(rows[2]["ci95"]) == pytest.approx(60.408, abs=0.01)
+    assert rows[3]["epsilon_charged"] == "0.05" and rows[3]["team_epsilon_charged"] == "0.1"
 
 
 def test_trend_shows_one_metric_per_team_over_the_last_windows(two_days: tuple[Api, list[str]]) -> None:

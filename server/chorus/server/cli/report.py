@@ -10,12 +10,14 @@ import csv
 import enum
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import grpc
 import typer
+from rich.cells import cell_len
 from rich.table import Table
+from rich.text import Text
 
 from chorus.server.cli._common import (
     CaOpt,
@@ -68,8 +70,9 @@ def report(
     window: Annotated[str | None, typer.Option("--window", "-w", help="Window id, e.g. 2026-11-25 or "
                                                "2026-W48; default: the latest closed window.")] = None,
     statistic: Annotated[list[Statistic] | None, typer.Option(
-        "--statistic", help="Statistic per metric; repeat for several. Default: sum. The table always "
-        "adds adoption.")] = None,
+        "--statistic", help="Statistic per metric; repeat for several. Default: sum. Adoption (the share of "
+        "each team's roster active in the window) is always added, in every format; --trend shows only the "
+        "one statistic given.")] = None,
     metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="Metric name; repeat for "
                                                      "several. Default: every metric.")] = None,
     team: Annotated[list[str] | None, typer.Option("--team", "-t", help="Team name; repeat for several. "
@@ -85,9 +88,11 @@ def report(
 ) -> None:
     """Team statistics with 95% intervals for a closed window, or a trend over closed windows.
 
-    Teams below the minimum size are listed as suppressed, with the reason. The first
-    release of a statistic charges the team-window's privacy budget; repeats are free and
-    return the same numbers.
+    Teams below the minimum size are listed as suppressed, with the reason.
+
+    The first release of a statistic charges the team-window's privacy budget; repeats are free and identical.
+
+    The table shows large numbers rounded (7.93M ± 3.00M) when the full ones do not fit; csv and json keep them.
     """
     statistics = list(dict.fromkeys(statistic or [Statistic.SUM]))
     if epsilon is not None:
@@ -111,7 +116,7 @@ def report(
                     raise fail("no closed window yet: a window is released only after it closes "
                                "(its end plus the grace period)")
                 window = closed[0]
-            if Statistic.ADOPTION not in statistics and fmt is Format.TABLE:
+            if Statistic.ADOPTION not in statistics:  # every format: csv and json hold all that was paid for
                 statistics.append(Statistic.ADOPTION)
             replies = [conn.call(stub.Release, _request(window, team or [], metric or [], statistics,
                                                         epsilon))]
@@ -122,7 +127,7 @@ def report(
     elif trend is not None:
         _print_trend(replies, statistics[0])
     else:
-        _print_report(replies[0], statistics)
+        _print_report(replies[0])
 
 
 def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub) -> list[str]:
@@ -183,17 +188,67 @@ def _csv(records: Iterator[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _cell(e: release_pb2.Estimate) -> str:
-    """value ± 95% half-width, in the statistic's natural unit; * when post-processed."""
+#: A cell's parts: the value, the 95% half-width, and "*" when post-processed (or "" each).
+Parts = tuple[str, str, str]
+
+
+def _number(x: float, decimals: int, compact: bool) -> str:
+    """x with thousands separators; when compact, from 100,000 up: 3 significant digits and K, M, B or T."""
+    if compact and abs(x) >= 100_000:
+        rounded = float(f"{x:.3g}")  # 999,950 becomes 1.00M, not 1000K
+        scale, suffix = next(s for s in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")) if abs(rounded) >= s[0])
+        scaled = rounded / scale
+        digits = 2 if abs(scaled) < 10 else 1 if abs(scaled) < 100 else 0
+        return f"{scaled:.{digits}f}{suffix}"
+    return f"{x:,.{decimals}f}"
+
+
+def _parts(e: release_pb2.Estimate, compact: bool) -> Parts:
+    """value and 95% half-width in the statistic's natural unit; csv and json keep full precision."""
     mark = "*" if e.note else ""
     stat = Statistic.of(e.statistic)
     if stat is Statistic.HISTOGRAM:
-        return f"{'·'.join(map(str, e.bucket_counts))} ±{e.ci95:,.0f}{mark}"
+        return "·".join(_number(c, 0, compact) for c in e.bucket_counts), _number(e.ci95, 0, compact), mark
     if stat is Statistic.ADOPTION:
-        return f"{e.value:.0%} ± {e.ci95:.0%}{mark}"
-    if stat is Statistic.MEAN:
-        return f"{e.value:,.1f} ± {e.ci95:,.1f}{mark}"
-    return f"{e.value:,.0f} ± {e.ci95:,.0f}{mark}"
+        return f"{e.value:.0%}", f"{e.ci95:.0%}", mark
+    decimals = 1 if stat is Statistic.MEAN else 0
+    return _number(e.value, decimals, compact), _number(e.ci95, decimals, compact), mark
+
+
+def _number_column(table: Table, header: str, column: list[Parts | str]) -> list[str]:
+    """Add a column of "value ± ci" cells, never wrapped, padded so that the ± signs line up; its cells.
+
+    Every cell is padded to the column's width (trailing space included, where another cell has
+    a * mark), so the column is left-justified: a right-justified one would strip that space.
+    """
+    parts = [c for c in column if not isinstance(c, str)]
+    value_width = max((len(v) for v, _, _ in parts), default=0)
+    ci_width = max((len(ci) for _, ci, _ in parts), default=0)
+    mark_width = max((len(m) for _, _, m in parts), default=0)
+    cells = [c if isinstance(c, str) else f"{c[0]:>{value_width}} ± {c[1]:>{ci_width}}{c[2]:<{mark_width}}"
+             for c in column]
+    width = max(len(header), *map(len, cells))
+    table.add_column(Text(header, justify="right"), justify="left", no_wrap=True)
+    return [c.rjust(width) for c in cells]
+
+
+def _print_fitted(build: Callable[[bool], Table]) -> None:
+    """Print the table with full numbers if it fits the terminal, else with compact numbers.
+
+    Every column is no_wrap, so no cell is ever wrapped or cut; if even the compact table is
+    wider than the terminal, it is printed wider (a pipe keeps its lines whole).
+    """
+    for compact in (False, True):
+        table = build(compact)
+        natural = console.measure(table, options=console.options.update_width(1_000_000)).maximum
+        if natural <= console.width:
+            break
+    else:
+        table.width = natural
+    if isinstance(table.title, str) and cell_len(table.title) > natural:  # above the table, not wrapped in it
+        console.print(Text(table.title, style="table.title"))
+        table.title = None
+    console.print(table, crop=False)
 
 
 def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
@@ -209,28 +264,52 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
                   "again is free and returns the same numbers.")
 
 
-def _print_report(reply: release_pb2.ReleaseResponse, statistics: list[Statistic]) -> None:
-    per_metric = [s for s in statistics if s is not Statistic.ADOPTION]
+def _print_report(reply: release_pb2.ReleaseResponse) -> None:
     released = [t for t in reply.teams if t.outcome == release_pb2.TEAM_OUTCOME_RELEASED]
-    columns = list(dict.fromkeys((e.metric, Statistic.of(e.statistic)) for t in released for e in t.estimates
-                                 if Statistic.of(e.statistic) is not Statistic.ADOPTION))
-    what = ", ".join(s.value for s in per_metric) or "adoption"
-    table = Table(title=f"Window {reply.window}: {what} per team (value ± 95% interval)")
-    table.add_column("team")
-    table.add_column("people", justify="right")
-    for metric, stat in columns:
-        table.add_column(metric if len(per_metric) == 1 else f"{metric} {stat.value}", justify="right")
-    if Statistic.ADOPTION in statistics:
-        table.add_column("adoption", justify="right")
-    table.add_column("budget left", justify="right")
-    for t in released:
-        cells = {(e.metric, Statistic.of(e.statistic)): _cell(e) for e in t.estimates}
-        row = [t.team, str(t.roster_size), *(cells.get(c, "") for c in columns)]
-        if Statistic.ADOPTION in statistics:
-            row.append(cells.get(("", Statistic.ADOPTION), ""))
-        now = f" (-{t.epsilon_charged} now)" if t.epsilon_charged != "0" else ""
-        table.add_row(*row, f"{t.budget_remaining} of {t.budget_cap}{now}")
-    console.print(table)
+    estimates = {(t.team, e.metric, Statistic.of(e.statistic)): e for t in released for e in t.estimates}
+    stats = list(dict.fromkeys(s for _, _, s in estimates if s is not Statistic.ADOPTION))
+    metrics = list(dict.fromkeys(m for _, m, s in estimates if s is not Statistic.ADOPTION))
+
+    def per_metric(compact: bool) -> Table:
+        what = ", ".join(s.value for s in stats)
+        table = Table(title=f"Window {reply.window}: {what} per team (value ± 95% interval)")
+        table.add_column("metric", no_wrap=True)
+        table.add_column("team", no_wrap=True)
+        keys = [(t.team, m) for m in metrics for t in released]
+        columns = []
+        for stat in stats:
+            columns.append(_number_column(table, stat.value, [_parts(e, compact) if (e := estimates.get((*k, stat)))
+                                                              else "" for k in keys]))
+        for i, (team, metric) in enumerate(keys):
+            first, last = i % len(released) == 0, i % len(released) == len(released) - 1
+            table.add_row(metric if first else "", team, *(c[i] for c in columns), end_section=last)
+        return table
+
+    def per_team(compact: bool) -> Table:
+        adoption = any(s is Statistic.ADOPTION for _, _, s in estimates)
+        charged = any(t.epsilon_charged != "0" for t in released)
+        what = f"{'Adoption and privacy' if adoption else 'Privacy'} budget per team"
+        table = Table(title=what if stats else f"Window {reply.window}: {what[0].lower()}{what[1:]}")
+        table.add_column("team", no_wrap=True)
+        table.add_column("people", justify="right", no_wrap=True)
+        if adoption:
+            shares = _number_column(table, "adoption", [
+                _parts(e, compact) if (e := estimates.get((t.team, "", Statistic.ADOPTION))) else "" for t in released])
+        table.add_column("budget left", justify="right", no_wrap=True)
+        if charged:
+            table.add_column("charged now", justify="right", no_wrap=True)
+        for i, t in enumerate(released):
+            table.add_row(t.team, str(t.roster_size), *([shares[i]] if adoption else []),
+                          f"{t.budget_remaining} of {t.budget_cap}",
+                          *([t.epsilon_charged if t.epsilon_charged != "0" else "-"] if charged else []))
+        return table
+
+    if not released:
+        console.print(f"Window {reply.window}: no team could be released.")
+    else:
+        if stats:
+            _print_fitted(per_metric)
+        _print_fitted(per_team)
     for t in reply.teams:
         if t.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
             console.print(f"suppressed: {t.message}")
@@ -238,20 +317,28 @@ def _print_report(reply: release_pb2.ReleaseResponse, statistics: list[Statistic
 
 
 def _print_trend(replies: list[release_pb2.ReleaseResponse], statistic: Statistic) -> None:
+    """One row per team and window, oldest window first within each team."""
     estimates = [e for r in replies for t in r.teams for e in t.estimates]
     metric = estimates[0].metric if estimates else ""
-    table = Table(title=f"{statistic.value} of {metric or 'activity'} per team, last {len(replies)} closed "
-                        "window(s) (value ± 95% interval)")
-    table.add_column("team")
-    for r in replies:
-        table.add_column(r.window, justify="right")
-    cells: dict[str, dict[str, str]] = {}
-    for r in replies:
-        for t in r.teams:
-            row = cells.setdefault(t.team, {})
-            row[r.window] = (_cell(t.estimates[0]) if t.estimates
-                             else f"suppressed ({t.roster_size} people)")
-    for name in sorted(cells):
-        table.add_row(name, *(cells[name].get(r.window, "-") for r in replies))
-    console.print(table)
+    teams = sorted({t.team for r in replies for t in r.teams})
+    found = {(t.team, r.window): t for r in replies for t in r.teams}
+
+    def cell(t: release_pb2.TeamRelease | None, compact: bool) -> Parts | str:
+        if t is None:
+            return "-"  # the window could not be released (past retention)
+        return _parts(t.estimates[0], compact) if t.estimates else f"suppressed ({t.roster_size} people)"
+
+    def build(compact: bool) -> Table:
+        table = Table(title=f"{statistic.value} of {metric or 'activity'} per team, last {len(replies)} closed "
+                            "window(s) (value ± 95% interval)")
+        table.add_column("team", no_wrap=True)
+        table.add_column("window", no_wrap=True)
+        keys = [(name, r.window) for name in teams for r in replies]
+        cells = _number_column(table, statistic.value, [cell(found.get(k), compact) for k in keys])
+        for i, (name, window) in enumerate(keys):
+            first, last = i % len(replies) == 0, i % len(replies) == len(replies) - 1
+            table.add_row(name if first else "", window, cells[i], end_section=last and len(replies) > 1)
+        return table
+
+    _print_fitted(build)
     _footer(replies)
