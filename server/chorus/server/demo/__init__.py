@@ -109,7 +109,7 @@ class _Demo:
         calls = Counter(e.tool for e in events)
         for tool, stats in self.tool_stats.items():
             table.add_row(tool, str(calls[tool]), str(stats.accepted + sum(stats.rejected.values())),
-                          str(stats.accepted), ", ".join(f"{v} {k.lower()}" for k, v in stats.rejected.items()) or "0",
+                          str(stats.accepted), ", ".join(f"{v} {k}" for k, v in stats.rejected.items()) or "0",
                           str(stats.dropped))
         self.console.print(table)
         self.console.print("The SDK pre-aggregates count() calls per (user, metric, minute) in memory, "
@@ -131,11 +131,12 @@ class _Demo:
         first = stub.Report(request, metadata=auth)
         again = stub.Report(request, metadata=auth)
         self.world.truth[("user-mobile-01", "ai.requests")] += 2
+        described = ["#0: 2 requests, now", "#1: -5 requests, now", "#2: 1 request, in the previous window"]
         table = Table("contribution", "answer")
-        table.add_row("#0 value 2, now", "accepted")
+        table.add_row(described[0], "accepted")
         for r in first.rejections:
             reason = ingest_pb2.RejectReason.Name(r.reason).removeprefix("REJECT_REASON_")
-            table.add_row(f"#{r.index}", f"[yellow]{reason}[/]: {r.message}")
+            table.add_row(described[r.index], f"[yellow]{reason}[/]: {r.message}")
         table.add_row("same batch_id sent again", f"duplicate={again.duplicate}, accepted={again.accepted}")
         self.console.print(table)
 
@@ -183,6 +184,9 @@ class _Demo:
                 f"but payments' released ai.tokens sum is {released.value:,.0f} ± {released.ci95:,.0f} "
                 f"(the simulation knows the clamped truth: {truth:,}; without the bound it would be "
                 f"{truth - bound + BURNER_TOKENS:,}).")
+        c.print("Each number is a value ± the half-width of its 95% interval. The noise is what hides any one "
+                "person: its size depends on epsilon and the metric's bound, not on the team, so larger teams get "
+                "relatively sharper numbers, and an interval wider than its value is expected for small ones.")
         c.rule("[bold]9. Asking again costs nothing and changes nothing")
         ask()
 
