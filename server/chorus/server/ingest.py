@@ -89,9 +89,11 @@ def validate(batch: Batch, limits: Limits) -> None:
     if len(batch.contributions) > limits.max_batch_contributions:
         raise InvalidBatch(f"batch has {len(batch.contributions)} contributions; the limit is "
                            f"{limits.max_batch_contributions}")
+    limit = limits.max_string_length
     for i, c in enumerate(batch.contributions):
-        _check_length(f"contributions[{i}].user", c.user, limits.max_string_length)
-        _check_length(f"contributions[{i}].metric", c.metric, limits.max_string_length)
+        if not (0 < len(c.user) <= limit and 0 < len(c.metric) <= limit):  # the message only when needed
+            _check_length(f"contributions[{i}].user", c.user, limit)
+            _check_length(f"contributions[{i}].metric", c.metric, limit)
 
 
 def _check_length(name: str, value: str, limit: int, *, required: bool = True) -> None:
