@@ -15,6 +15,7 @@ this implementation makes (one per metric and statistic, all teams at once). Tar
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import tempfile
@@ -27,17 +28,18 @@ from chorus.server import config, ingest
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from chorus.server.privacy import mechanisms
-from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import ReleaseResult, Releases, StatisticRequest
+from chorus.server.windows import window_of
 
 NOON = datetime(2026, 11, 25, 12, tzinfo=UTC)
-WINDOW = "2026-11-25"
+WINDOW = window_of(NOON, config.load(None).policy.window_length).id
 METRICS = 5
 REPORT = [StatisticRequest(s) for s in ("sum", "count", "mean", "histogram")]
 
 
 def bench_config() -> str:
-    text = config.DEFAULT_TOML.replace('epsilon_per_window = "1"', 'epsilon_per_window = "10"')
+    # A budget that fits the whole report: 5 metrics x 3 noisy statistics at the default epsilon.
+    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "10"', config.DEFAULT_TOML)
     text = text[:text.index("[[metrics]]")]
     return text + "".join(f'[[metrics]]\nname = "ai.metric{i}"\nmax_per_user = {1000 * (i + 1)}\n'
                           f"histogram_edges = [{10 * (i + 1)}, {100 * (i + 1)}, {500 * (i + 1)}]\n\n"
@@ -67,7 +69,7 @@ def timed_report(releases: Releases) -> tuple[float, ReleaseResult]:
 
 def bare_opendp(teams: int) -> tuple[float, float]:
     """Seconds for the report's noise: one OpenDP call per noisy statistic, and batched."""
-    eps = Epsilon.parse("0.05")
+    eps = config.load(None).policy.default_epsilon["sum"]
     sums = [mechanisms.calibrate(1000 * (i + 1), eps) for i in range(METRICS)]
     count = mechanisms.calibrate(1, eps)
     hist = mechanisms.calibrate(1, eps, vector=True)

@@ -17,9 +17,11 @@ import argparse
 import functools
 import platform
 import random
+import re
 import sys
 import tempfile
 import time
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,17 +34,23 @@ from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store import open_database
 from chorus.server.store._db import Tx
-from chorus.server.windows import WindowLength, WindowSpan, window_of
+from chorus.server.windows import WindowSpan, window_of
 
 TEAMS = [f"team-{i:03d}" for i in range(100)]
 TEAM_SIZE = 10
 FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def bench_policy() -> Policy:
+    """Daily windows with a budget that covers every statistic of every metric for every team."""
+    text = re.sub(r'(?m)^length = .*$', 'length = "day"', config.DEFAULT_TOML)
+    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "10"', text)
+    return config.parse(tomllib.loads(text)).policy
+
+
 def build(path: Path, entries: int) -> Signer:
     """A ledger of `entries` entries: per day, window_open, window_close, then releases."""
-    policy = config.load(None).policy
-    assert policy.window_length is WindowLength.DAY
+    policy = bench_policy()
     signer = Signer(Ed25519PrivateKey.generate())
     ledger = Ledger(signer)
     db = open_database("", path)
