@@ -77,6 +77,10 @@ def _change_payload(field: str, value: Any) -> Any:
     return change
 
 
+def _bump_value(e: dict[str, Any]) -> None:
+    e["payload"]["value"] += 1  # a fixed value would equal the noisy one now and then
+
+
 def _flip_hex(field: str) -> Any:
     def change(e: dict[str, Any]) -> None:
         text = e[field]
@@ -88,7 +92,7 @@ FIELD_CHANGES = {
     "seq": (_bump_seq, {"seq", "hash"}),
     "time": (_change_time, {"hash"}),
     "kind": (_change_kind, {"hash"}),
-    "payload.value": (_change_payload("value", 41), {"hash"}),
+    "payload.value": (_bump_value, {"hash"}),
     "payload.epsilon": (_change_payload("epsilon", "0.000001"), {"hash", "epsilon"}),
     "payload.team": (_change_payload("team", "team-blue"), {"hash"}),
     "payload.by": (_change_payload("by", "someone-else"), {"hash"}),

@@ -95,3 +95,20 @@ def test_window_records_frozen_policy_in_ledger(chorus: Chorus) -> None:
     (payload,), = q(chorus, "SELECT payload FROM ledger WHERE kind = 'window_open'")
     (policy,), = q(chorus, "SELECT policy FROM windows")
     assert json.loads(payload)["policy"] == json.loads(policy)
+
+
+def test_exact_team_statistics_are_purged_after_retention(chorus: Chorus, clock: FakeClock) -> None:
+    chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10)))
+    chorus.close_window("2026-11-25", actor="test")
+    retention = chorus.config.policy.retention_windows  # days, under the suite's daily windows
+    clock.set(NOON.replace(hour=0) + timedelta(days=1 + retention) - timedelta(seconds=1))
+    chorus.closer.tick()
+    assert q(chorus, "SELECT COUNT(*) FROM team_metrics WHERE window_id = '2026-11-25'") != [(0,)]
+    clock.advance(timedelta(seconds=1))
+    chorus.closer.tick()
+    chorus.closer.tick()  # a second pass purges nothing more
+    assert q(chorus, "SELECT COUNT(*) FROM team_metrics WHERE window_id = '2026-11-25'") == [(0,)]
+    assert q(chorus, "SELECT COUNT(*) FROM team_windows WHERE window_id = '2026-11-25'") == [(0,)]
+    assert q(chorus, "SELECT COUNT(*) FROM budgets WHERE window_id = '2026-11-25'") == [(3,)]  # kept for audit
+    purges = [json.loads(p) for (p,) in q(chorus, "SELECT payload FROM ledger WHERE kind = 'window_purge'")]
+    assert [p["window"] for p in purges] == ["2026-11-25"]

@@ -40,7 +40,10 @@ class WindowCloser:
                 _log.info("closed window %s: folded %d per-person rows, key destroyed",
                           window_id, result.rows_folded)
                 closed.append(result)
-        if closed:
+        purged = self._db.run(lambda tx: lifecycle.purge_expired(tx, self._ledger, now, ACTOR), name="purge")
+        if purged:
+            _log.info("purged the exact team statistics of %d window(s) past retention", len(purged))
+        if closed or purged:
             self._db.checkpoint()
         return closed
 

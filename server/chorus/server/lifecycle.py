@@ -18,7 +18,7 @@ from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, canonical_json
 from chorus.server.roster import team_sizes
 from chorus.server.store._db import Tx
-from chorus.server.windows import WindowSpan, window_of
+from chorus.server.windows import WindowLength, WindowSpan, window_of
 
 OPEN = "open"
 CLOSED = "closed"
@@ -51,6 +51,14 @@ class CloseResult:
     window: WindowRecord
     rows_folded: int
     closed_now: bool
+
+
+_LENGTHS = {WindowLength.DAY: timedelta(days=1), WindowLength.WEEK: timedelta(days=7)}
+
+
+def retention_end(record: WindowRecord) -> datetime:
+    """End of retention: `retention_windows` window lengths after the window's end."""
+    return record.end + record.policy.retention_windows * _LENGTHS[record.policy.window_length]
 
 
 class WindowNotFound(LookupError):
@@ -193,3 +201,27 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
         "window": window_id, "rows_folded": rows, "key_destroyed": True, "by": actor,
         "team_sizes": {t: sizes.get(t, 0) for t in teams}}, now)
     return CloseResult(get(tx, window_id), rows, closed_now=True)
+
+
+def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str]:
+    """Delete the exact team statistics of closed windows past retention; return their ids.
+
+    They can no longer be released, and for a small team they are close to its members' own
+    totals, so they are not kept. Releases, budgets and the ledger stay for audit.
+    """
+    rows = tx.query(f"SELECT {_COLUMNS} FROM windows WHERE state = 'closed' AND purged_at IS NULL "
+                    "ORDER BY start_at")
+    purged = []
+    for record in map(_record, rows):
+        if retention_end(record) > now:
+            continue
+        # Conditional, so two closers racing on different replicas purge (and record) once.
+        if not tx.execute("UPDATE windows SET purged_at = ? WHERE id = ? AND purged_at IS NULL",
+                          (_seconds(now), record.id)):
+            continue
+        tx.execute("DELETE FROM team_metrics WHERE window_id = ?", (record.id,))
+        tx.execute("DELETE FROM team_windows WHERE window_id = ?", (record.id,))
+        ledger.append(tx, "window_purge", {"window": record.id, "by": actor,
+                                           "retention_end": retention_end(record).isoformat()}, now)
+        purged.append(record.id)
+    return purged

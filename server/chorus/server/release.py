@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from chorus.server import lifecycle, roster
@@ -35,7 +35,7 @@ from chorus.server.ledger import Ledger
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.store._db import Database, Tx
-from chorus.server.windows import WindowLength, parse_window_id
+from chorus.server.windows import parse_window_id
 
 _log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ _log = logging.getLogger(__name__)
 ACTIVE = "active"
 #: The `metric` of team-level statistics (active, adoption).
 TEAM_LEVEL = ""
-_LENGTHS = {WindowLength.DAY: timedelta(days=1), WindowLength.WEEK: timedelta(days=7)}
 # Noisy statistics each requested statistic needs, per metric ("" = team level).
 _NEEDS = {"sum": ("sum",), "count": ("count",), "histogram": ("histogram",), "mean": ("sum", "count"),
           "adoption": (ACTIVE,)}
@@ -173,9 +172,7 @@ def suppression_reason(team: str, roster_size: int, k: int) -> str:
     return f"team {team} has {roster_size} {people} on the roster; releases need at least {k}"
 
 
-def releasable_until(record: lifecycle.WindowRecord) -> datetime:
-    """End of retention: `retention_windows` window lengths after the window's end."""
-    return record.end + record.policy.retention_windows * _LENGTHS[record.policy.window_length]
+releasable_until = lifecycle.retention_end
 
 
 class Releases:

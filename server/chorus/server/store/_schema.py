@@ -112,6 +112,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "INSERT INTO roster_version (id, version, roster_hash) VALUES (1, 0, '')",
         f"INSERT INTO ledger_head (id, seq, hash) VALUES (1, 0, '{'0' * 64}')",
     ]),
+    (2, "purge exact team statistics after retention", [
+        "ALTER TABLE windows ADD COLUMN purged_at BIGINT",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
