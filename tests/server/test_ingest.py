@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import replace
 from datetime import timedelta
 
@@ -109,7 +110,7 @@ def test_policy_is_frozen_when_the_window_opens(tmp_path, clock: FakeClock) -> N
     first.close()
     text = SUITE_TOML.replace(
         "max_per_user = 2000\nhistogram_edges = [50, 200, 500, 1000]", "max_per_user = 5\nhistogram_edges = [1, 2]")
-    changed = config.parse(__import__("tomllib").loads(text))
+    changed = config.parse(tomllib.loads(text))
     second = Chorus(changed, data, clock=clock)
     try:
         second.ingestor.report(batch(("user-a", "ai.requests", 100)))
@@ -154,3 +155,45 @@ def test_a_window_closed_between_batches_rejects_the_next_one_as_late(chorus: Ch
     out = chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 1)))
     assert [r.reason for r in out.rejections] == [Reason.LATE]
     assert table_rows(chorus, "usage") == 0
+
+
+def _restarted_with(tmp_path, clock: FakeClock, old: str, new: str) -> Chorus:
+    """A server over the same data directory whose config changed `old` into `new`."""
+    changed = config.parse(tomllib.loads(SUITE_TOML.replace(old, new)))
+    assert changed != suite_config()
+    return Chorus(changed, tmp_path / "data", clock=clock)
+
+
+def test_an_open_window_keeps_its_frozen_grace_after_a_config_change(tmp_path, clock: FakeClock) -> None:
+    first = _restarted_with(tmp_path, clock, 'grace = "2h"', 'grace = "24h"')
+    first.import_roster([("user-a", "t")], actor="test")
+    first.ingestor.report(batch(("user-a", "ai.requests", 1)))  # opens 2026-11-25 with 24 h grace
+    first.close()
+    second = Chorus(suite_config(), tmp_path / "data", clock=clock)  # 2 h grace
+    try:
+        clock.set(NOON.replace(hour=5) + timedelta(days=1))  # 5 h after the window's end
+        out = second.ingestor.report(batch(("user-a", "ai.requests", 1, NOON), at=NOON))
+        assert (out.accepted, out.rejections) == (1, [])
+        assert stored_total(second, "2026-11-25", "user-a", "ai.requests") == 2
+    finally:
+        second.close()
+
+
+def test_a_window_length_change_waits_for_a_boundary(tmp_path, clock: FakeClock) -> None:
+    first = Chorus(suite_config(), tmp_path / "data", clock=clock)  # daily windows
+    first.import_roster([("user-a", "t")], actor="test")
+    first.ingestor.report(batch(("user-a", "ai.requests", 1)))  # Wednesday 2026-11-25
+    first.close()
+    weekly = _restarted_with(tmp_path, clock, 'length = "day"', 'length = "week"')
+    try:
+        thursday = NOON + timedelta(days=1)
+        clock.set(thursday)
+        assert weekly.ingestor.report(batch(("user-a", "ai.requests", 1, thursday), at=thursday)).accepted == 1
+        monday = NOON + timedelta(days=5)
+        clock.set(monday)
+        assert weekly.ingestor.report(batch(("user-a", "ai.requests", 1, monday), at=monday)).accepted == 1
+        ids = [w for (w,) in weekly.db.run(lambda tx: tx.query("SELECT id FROM windows ORDER BY start_at"),
+                                           name="t")]
+        assert ids == ["2026-11-25", "2026-11-26", "2026-W49"]  # days until the week boundary, then weeks
+    finally:
+        weekly.close()

@@ -85,6 +85,10 @@ class TokenError(ValueError):
     pass
 
 
+class TokenExists(TokenError):
+    """A token of that name exists (or existed: names are never reused)."""
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -127,7 +131,7 @@ class Tokens:
             if not tx.execute("INSERT INTO tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT (name) DO NOTHING",
                               (name, role.value, hash_token(secret), _stamp(now))):
-                raise TokenError(f"a token named {name!r} already exists (names are never reused, even after "
+                raise TokenExists(f"a token named {name!r} already exists (names are never reused, even after "
                                  "revocation, so the ledger stays unambiguous); pick another name")
             self._ledger.append(tx, "token_create", {"name": name, "role": role.value, "by": actor}, now)
             return TokenInfo(name, role, now.replace(microsecond=0), None)
@@ -241,7 +245,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             _log.debug("rejected %s: no bearer token", method)
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send metadata "
                   "'authorization: Bearer <token>' exactly once")
-        who = self._authenticate(bearer)
+        with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
+            who = self._authenticate(bearer)
         if who is None:
             _log.debug("rejected %s: unknown or revoked token", method)
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")

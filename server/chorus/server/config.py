@@ -233,13 +233,15 @@ def parse(raw: dict[str, Any]) -> Config:
     policy = Policy(length, grace, metrics, budget, defaults, k, retention)
     limit_defaults = Limits()
     limits = Limits(
+        # The floors are what the SDK sends at most (5000 contributions, about 1 MiB, 256-character
+        # names): a lower limit would refuse, forever, batches the SDK cannot make smaller.
         max_message_bytes=_int(limits_raw.get("max_message_bytes", limit_defaults.max_message_bytes),
-                               "limits.max_message_bytes", 1024, 64 * 1024 * 1024),
+                               "limits.max_message_bytes", 2 * 1024 * 1024, 64 * 1024 * 1024),
         max_batch_contributions=_int(
             limits_raw.get("max_batch_contributions", limit_defaults.max_batch_contributions),
-            "limits.max_batch_contributions", 1, 1_000_000),
+            "limits.max_batch_contributions", 5000, 1_000_000),
         max_string_length=_int(limits_raw.get("max_string_length", limit_defaults.max_string_length),
-                               "limits.max_string_length", 8, 4096),
+                               "limits.max_string_length", 256, 4096),
         ingest_rate_per_token=_positive(limits_raw.get("ingest_rate_per_token",
                                                        limit_defaults.ingest_rate_per_token),
                                         "limits.ingest_rate_per_token"),

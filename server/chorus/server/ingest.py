@@ -24,7 +24,6 @@ from chorus.server.config import Limits, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
-from chorus.server.windows import window_of
 
 FUTURE_TOLERANCE = lifecycle.FUTURE_TOLERANCE
 #: A client reports drops since its previous batch; more than this is not a real count, and
@@ -91,7 +90,7 @@ def validate(batch: Batch, limits: Limits) -> None:
                            f"{limits.max_batch_contributions}")
     limit = limits.max_string_length
     for i, c in enumerate(batch.contributions):
-        if not (0 < len(c.user) <= limit and 0 < len(c.metric) <= limit):  # the message only when needed
+        if not (0 < len(c.user) <= limit and 0 < len(c.metric) <= limit and c.metric.isprintable()):
             _check_length(f"contributions[{i}].user", c.user, limit)
             _check_length(f"contributions[{i}].metric", c.metric, limit)
 
@@ -101,6 +100,8 @@ def _check_length(name: str, value: str, limit: int, *, required: bool = True) -
         raise InvalidBatch(f"{name} is empty")
     if len(value) > limit:
         raise InvalidBatch(f"{name} is {len(value)} characters; the limit is {limit}")
+    if not value.isprintable():
+        raise InvalidBatch(f"{name} contains control characters; use printable text")
 
 
 class IngestStats:
@@ -219,18 +220,29 @@ class Ingestor:
 
     def _window_for(self, tx: Tx, when: datetime, now: datetime,
                     windows: dict[str, lifecycle.OpenWindow | Rejection]) -> lifecycle.OpenWindow | Rejection:
-        """The open window taking events at `when`, or why none does (index filled in by the caller)."""
+        """The open window taking events at `when`, or why none does (index filled in by the caller).
+
+        An existing window decides by its own frozen close time; the current grace period only
+        decides whether a missing window may still be opened.
+        """
         if when > now + FUTURE_TOLERANCE:
-            return Rejection(-1, Reason.FUTURE, f"event_time {when.isoformat()} is more than 5 minutes ahead "
-                                                f"of the server clock {now.isoformat()}")
-        span = window_of(when, self._policy.window_length)
+            return Rejection(-1, Reason.FUTURE, f"event_time {when.isoformat()} is more than "
+                                                f"{FUTURE_TOLERANCE.seconds // 60} minutes ahead of the server "
+                                                f"clock {now.isoformat()}")
+        span = lifecycle.span_at(tx, when, self._policy.window_length)
         if span.id not in windows:
-            late = Rejection(-1, Reason.LATE, f"window {span.id} closed for contributions (end plus grace "
-                                              "has passed)")
-            if span.end + timedelta(seconds=self._policy.grace_seconds) <= now:
-                windows[span.id] = late
-            else:
-                opened = lifecycle.open_for_ingest(tx, span, self._policy, self._ledger, now)
-                open_now = isinstance(opened, lifecycle.OpenWindow) and opened.record.closes_at > now
-                windows[span.id] = opened if open_now else late  # type: ignore[assignment]
+            may_open = span.end + timedelta(seconds=self._policy.grace_seconds) > now
+            opened = lifecycle.open_for_ingest(tx, span, self._policy, self._ledger, now, create=may_open)
+            windows[span.id] = opened if isinstance(opened, lifecycle.OpenWindow) and opened.record.closes_at > now \
+                else _late(span.id, opened)
         return windows[span.id]
+
+
+def _late(window_id: str, record: lifecycle.OpenWindow | lifecycle.WindowRecord | None) -> Rejection:
+    if record is None:
+        why = "it ended more than the grace period ago"
+    elif isinstance(record, lifecycle.OpenWindow):
+        why = f"it stopped taking contributions at {record.record.closes_at.isoformat()}"
+    else:
+        why = "it is closed: its usage was folded into team statistics"
+    return Rejection(-1, Reason.LATE, f"window {window_id} takes no more contributions: {why}")

@@ -69,11 +69,16 @@ _COLUMNS = "id, start_at, end_at, closes_at, state, policy, rows_folded"
 _policy_cache: dict[str, Policy] = {}
 
 
-def _record(row: tuple) -> WindowRecord:
-    ident, start, end, closes, state, policy_json, folded = row
+def _record_policy(policy_json: str) -> Policy:
     policy = _policy_cache.get(policy_json)
     if policy is None:
         policy = _policy_cache.setdefault(policy_json, Policy.from_json(json.loads(policy_json)))
+    return policy
+
+
+def _record(row: tuple) -> WindowRecord:
+    ident, start, end, closes, state, policy_json, folded = row
+    policy = _record_policy(policy_json)
     return WindowRecord(ident, _at(start), _at(end), _at(closes), state, policy, policy_json, folded)
 
 
@@ -100,9 +105,31 @@ def list_windows(tx: Tx, start: datetime | None = None, end: datetime | None = N
     return [_record(r) for r in rows]
 
 
+def span_at(tx: Tx, when: datetime, length: WindowLength) -> WindowSpan:
+    """The window an event at `when` belongs to.
+
+    An existing window containing `when` wins, whatever the current policy says (its policy is
+    frozen). Otherwise a window of `length`, unless that would overlap an existing window of a
+    previous length: then windows keep the newest existing window's length until the change
+    can start on a boundary without overlap.
+    """
+    t = _seconds(when)
+    rows = tx.query("SELECT id, start_at, end_at FROM windows WHERE start_at <= ? AND end_at > ?", (t, t))
+    if rows:
+        ident, start, end = rows[0]
+        return WindowSpan(ident, _at(start), _at(end))
+    span = window_of(when, length)
+    overlapping = tx.query("SELECT policy FROM windows WHERE start_at < ? AND end_at > ? "
+                           "ORDER BY start_at DESC LIMIT 1", (_seconds(span.end), _seconds(span.start)))
+    if overlapping:
+        return window_of(when, _record_policy(overlapping[0][0]).window_length)
+    return span
+
+
 def open_for_ingest(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger,
-                    now: datetime) -> OpenWindow | WindowRecord:
-    """The open window with its key, creating it with `policy` frozen; a closed record if closed."""
+                    now: datetime, *, create: bool = True) -> OpenWindow | WindowRecord | None:
+    """The open window with its key; a closed record if closed; if missing, created with `policy`
+    frozen (or None when `create` is false)."""
     # PostgreSQL: the share lock holds a concurrent close (UPDATE windows) until this ingest
     # commits, so the close folds our rows; an ingest arriving after the close's UPDATE waits,
     # then reads 'closed'. SQLite's BEGIN IMMEDIATE already serialises the two.
@@ -113,7 +140,7 @@ def open_for_ingest(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger,
     if rows:
         record = _record(rows[0][:-1])
         return OpenWindow(record, bytes(rows[0][-1])) if record.state == OPEN else record
-    return _create(tx, span, policy, ledger, now)
+    return _create(tx, span, policy, ledger, now) if create else None
 
 
 def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datetime) -> OpenWindow:
@@ -125,7 +152,7 @@ def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datet
         (span.id, _seconds(span.start), _seconds(span.end), _seconds(closes_at), policy_json,
          _seconds(now)))
     if not inserted:  # another replica created it since our read; use theirs
-        opened = open_for_ingest(tx, span, policy, ledger, now)
+        opened = open_for_ingest(tx, span, policy, ledger, now, create=False)
         assert isinstance(opened, OpenWindow)
         return opened
     key = secrets.token_bytes(32)
@@ -139,7 +166,7 @@ def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datet
 
 def ensure_current(tx: Tx, policy: Policy, ledger: Ledger, now: datetime) -> None:
     """Open the window containing `now` so its policy is frozen before data arrives."""
-    open_for_ingest(tx, window_of(now, policy.window_length), policy, ledger, now)
+    open_for_ingest(tx, span_at(tx, now, policy.window_length), policy, ledger, now)
 
 
 def due(tx: Tx, now: datetime) -> list[str]:

@@ -34,7 +34,8 @@ def parse_csv(text: str) -> list[tuple[str, str]]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or [h.strip().lower() for h in header] != ["user", "team"]:
-        raise RosterError(f"roster header must be 'user,team', got {','.join(header or [])!r}")
+        # Never echo the line: without a header it is a person's row.
+        raise RosterError("line 1 must be the header 'user,team' (one row per person follows)")
     rows = []
     for line, row in enumerate(reader, start=2):
         if not row or all(not c.strip() for c in row):

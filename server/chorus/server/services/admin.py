@@ -49,7 +49,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             secret, info = self._chorus.tokens.create(role, request.name, self._chorus.clock.now(),
                                                       auth.principal().name)
         except auth.TokenError as exc:
-            code = grpc.StatusCode.ALREADY_EXISTS if "exists" in str(exc) else grpc.StatusCode.INVALID_ARGUMENT
+            exists = isinstance(exc, auth.TokenExists)
+            code = grpc.StatusCode.ALREADY_EXISTS if exists else grpc.StatusCode.INVALID_ARGUMENT
             abort(context, code, str(exc))
         return admin_pb2.CreateTokenResponse(token=secret, info=_token_info(info))
 
