@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,10 @@ class Policy:
 
     def metric(self, name: str) -> MetricPolicy | None:
         return self._by_name.get(name)
+
+    def retention_end(self, window_end: datetime) -> datetime:
+        """When a window ending at `window_end` stops being releasable: retention_windows lengths later."""
+        return window_end + self.retention_windows * self.window_length.duration
 
     def to_json(self) -> dict[str, Any]:
         return {

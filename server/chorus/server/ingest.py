@@ -211,10 +211,12 @@ class Ingestor:
             bounds[ukey] = bound
 
         if members:
-            # Sorted keys give every concurrent batch the same row-lock order: no deadlocks.
+            # One row-lock order for every concurrent batch, so none deadlock: members by key,
+            # usage by (bound, key), the order PostgreSQL's bulk path groups rows in as well.
             tx.executemany(_INSERT_MEMBER, [(w, p, t) for (w, p), t in sorted(members.items())])
-            tx.executemany(_UPSERT_USAGE, [(w, p, m, v, bounds[(w, p, m)], bounds[(w, p, m)])
-                                           for (w, p, m), v in sorted(totals.items())])
+            tx.executemany(_UPSERT_USAGE, sorted(((w, p, m, v, bounds[(w, p, m)], bounds[(w, p, m)])
+                                                  for (w, p, m), v in totals.items()),
+                                                 key=lambda row: (row[4], row[:3])))
         accepted = len(batch.contributions) - len(rejections)
         return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
 

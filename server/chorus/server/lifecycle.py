@@ -53,14 +53,6 @@ class CloseResult:
     closed_now: bool
 
 
-_LENGTHS = {WindowLength.DAY: timedelta(days=1), WindowLength.WEEK: timedelta(days=7)}
-
-
-def retention_end(record: WindowRecord) -> datetime:
-    """End of retention: `retention_windows` window lengths after the window's end."""
-    return record.end + record.policy.retention_windows * _LENGTHS[record.policy.window_length]
-
-
 class WindowNotFound(LookupError):
     pass
 
@@ -182,7 +174,8 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     # The conditional update takes the row lock: two closers cannot both fold.
     if not tx.execute("UPDATE windows SET state = 'closed', closed_at = ? WHERE id = ? AND state = 'open'",
                       (_seconds(now), window_id)):
-        return CloseResult(get(tx, window_id), get(tx, window_id).rows_folded or 0, closed_now=False)
+        closed = get(tx, window_id)  # re-read: another closer may have finished since our first read
+        return CloseResult(closed, closed.rows_folded or 0, closed_now=False)
 
     policy = record.policy
     edges = {m.name: m.histogram_edges for m in policy.metrics}
@@ -240,7 +233,7 @@ def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str
                     "ORDER BY start_at")
     purged = []
     for record in map(_record, rows):
-        if retention_end(record) > now:
+        if record.policy.retention_end(record.end) > now:
             continue
         # Conditional, so two closers racing on different replicas purge (and record) once.
         if not tx.execute("UPDATE windows SET purged_at = ? WHERE id = ? AND purged_at IS NULL",
@@ -249,6 +242,6 @@ def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str
         tx.execute("DELETE FROM team_metrics WHERE window_id = ?", (record.id,))
         tx.execute("DELETE FROM team_windows WHERE window_id = ?", (record.id,))
         ledger.append(tx, "window_purge", {"window": record.id, "by": actor,
-                                           "retention_end": retention_end(record).isoformat()}, now)
+                                           "retention_end": record.policy.retention_end(record.end).isoformat()}, now)
         purged.append(record.id)
     return purged

@@ -172,7 +172,6 @@ def suppression_reason(team: str, roster_size: int, k: int) -> str:
     return f"team {team} has {roster_size} {people} on the roster; releases need at least {k}"
 
 
-releasable_until = lifecycle.retention_end
 
 
 class Releases:
@@ -287,15 +286,18 @@ class _Release:
         eligible = [t for t in chosen_teams if sizes[t] >= k]
         stored = self.stored(eligible)
         missing = {t: [key for key in wanted if (t, *key) not in stored] for t in eligible}
-        before = budgets = self.budgets()
+        budgets = self.budgets()
         self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
+        charged_to: dict[str, Epsilon] = {}
         if any(missing.values()):
-            stored.update(self.release_missing(missing, wanted))
+            stored.update(self.release_missing(missing, wanted, charged_to))
             budgets = self.budgets()
         results = []
         for team in chosen_teams:
             cap, spent = budgets.get(team, (ZERO, ZERO))
-            charged = spent - before.get(team, (ZERO, ZERO))[1]
+            # What this request charged, not the difference of two reads: another replica may
+            # charge the same team-window in between.
+            charged = charged_to.get(team, ZERO)
             if team in missing:
                 estimates = tuple(self.answers(team, chosen_metrics, statistics, stored, sizes[team]))
                 message = ""
@@ -310,7 +312,7 @@ class _Release:
         if record.state != lifecycle.CLOSED:
             raise Refused(f"window {record.id} is still open; it closes at {_when(record.closes_at)}. "
                           "Only closed windows are released")
-        until = releasable_until(record)
+        until = record.policy.retention_end(record.end)
         if self.now >= until:
             raise Refused(f"window {record.id} is past retention: windows are released for "
                           f"{record.policy.retention_windows} {record.policy.window_length.value}(s) "
@@ -394,9 +396,10 @@ class _Release:
         if over:
             raise BudgetExceeded(self.window, over)
 
-    def release_missing(self, missing: dict[str, list[tuple[str, str]]],
-                        wanted: dict[tuple[str, str], Epsilon]) -> dict[Key, _Stored]:
-        """Draw, claim, charge and record every missing release; returns what is now stored."""
+    def release_missing(self, missing: dict[str, list[tuple[str, str]]], wanted: dict[tuple[str, str], Epsilon],
+                        charged_to: dict[str, Epsilon]) -> dict[Key, _Stored]:
+        """Draw, claim, charge and record every missing release; returns what is now stored and
+        adds what it charged to `charged_to` per team."""
         drawn = self.draw(missing, wanted)
         at = int(self.now.timestamp())
         # Claim first: a row that a concurrent request (another replica) inserted since our
@@ -413,6 +416,8 @@ class _Release:
         self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?",
                             [(self.charge_and_record(key, item), item.release_id)
                              for key, item in fresh.items()])
+        for (team, _, _), item in fresh.items():
+            charged_to[team] = charged_to.get(team, ZERO) + item.epsilon
         taken = [key for key in drawn if key not in fresh]
         if taken:
             theirs = self.stored(sorted({team for team, _, _ in taken}))

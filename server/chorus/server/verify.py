@@ -271,7 +271,7 @@ class _Verifier:
                                 f"{self.windows[window].opened}); its frozen policy cannot change")
             return
         assert self.seq is not None
-        until = span.end + policy.retention_windows * (span.end - span.start)
+        until = policy.retention_end(span.end)
         self.windows[window] = _Window(policy, self.seq, until)
 
     def window_close(self, payload: dict[str, Any]) -> None:

@@ -12,6 +12,10 @@ class WindowLength(enum.StrEnum):
     DAY = "day"
     WEEK = "week"
 
+    @property
+    def duration(self) -> timedelta:
+        return timedelta(days=1 if self is WindowLength.DAY else 7)
+
 
 @dataclass(frozen=True, slots=True)
 class WindowSpan:

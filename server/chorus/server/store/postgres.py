@@ -142,8 +142,9 @@ class _BulkPlan:
         types = {tuple(type(v) for v in group) for group in extras}
         if len(types) != 1 or any(t not in _STAGE_TYPES for t in next(iter(types))):
             return None  # the staging columns take one SQL type each
-        # Sorted for a lock order that does not depend on the order of the caller's rows.
-        return dict.fromkeys(sorted(extras, key=repr))
+        # Sorted by value (the types are one per column, checked above) for a lock order that
+        # matches row-by-row execution of rows the caller sorted by (extras, key).
+        return dict.fromkeys(sorted(extras))
 
     def run(self, cur: psycopg.Cursor[Any], rows: list[Sequence[Any]],
             groups: dict[tuple[Any, ...], None]) -> None:
