@@ -67,3 +67,8 @@ def test_a_server_that_is_not_running_gets_a_hint(tmp_path) -> None:
     result = runner.invoke(app, ["stats", "--server", "127.0.0.1:1"], env={"CHORUS_TOKEN": "chorus_x"})
     assert result.exit_code == 1
     assert "Is `chorus serve` running and listening on 127.0.0.1:1?" in " ".join(result.output.split())
+
+
+def test_revoking_an_unknown_token_is_not_found(running: Running) -> None:
+    result = chorus(running, "token", "revoke", "no-such-token")
+    assert result.exit_code == 1 and "NOT_FOUND" in result.output and "no-such-token" in result.output

@@ -147,3 +147,14 @@ def test_health_and_reflection_answer_without_a_token(running: Running) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {"chorus.v1.IngestService", "chorus.v1.AdminService"} <= services
+
+
+def test_an_event_time_out_of_range_is_invalid_argument(running: Running, tmp_path) -> None:
+    request = _request()
+    request.contributions[0].event_time.seconds = 253402300800  # year 10000
+    with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as err:
+        ingest_pb2_grpc.IngestServiceStub(channel).Report(
+            request, metadata=(("authorization", f"Bearer {running.ingest_token}"),), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "contributions[0].event_time is outside the valid timestamp range" in err.value.details()
+    assert sqlite_rows(tmp_path / "data", "SELECT COUNT(*) FROM batches") == [(0,)]
