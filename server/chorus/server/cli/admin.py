@@ -174,10 +174,14 @@ def stats(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).GetStats,
                           admin_pb2.GetStatsRequest())
-    table = Table("counter", "value")
-    for field in ("batches", "duplicate_batches", "invalid_batches", "contributions_accepted",
-                  "contributions_clamped", "client_dropped"):
-        table.add_row(field, str(getattr(reply, field)))
+    table = Table("counter (since the server started, nothing per person)", "value")
+    for label, value in (("batches received", reply.batches),
+                         ("duplicate batches (counted once)", reply.duplicate_batches),
+                         ("malformed batches refused", reply.invalid_batches),
+                         ("contributions accepted", reply.contributions_accepted),
+                         ("contributions above the bound on arrival", reply.contributions_clamped),
+                         ("dropped by clients (memory bound)", reply.client_dropped)):
+        table.add_row(label, str(value))
     for reason, n in sorted(reply.rejected.items()):
-        table.add_row(f"rejected: {reason}", str(n))
+        table.add_row(f"contributions rejected: {reason}", str(n))
     console.print(table)

@@ -148,7 +148,8 @@ def verify_ledger(
 def _print_report(ledger: Path, report: verify.Report) -> None:
     # Everything taken from the file is escaped: a crafted kind or team name must not be able
     # to restyle (or hide) the rest of the report.
-    kinds = Table("kind", "entries", title=escape(f"{ledger}: {report.entries} entries"))
+    console.print(escape(f"{ledger}: {report.entries} entries"), highlight=False, soft_wrap=True)
+    kinds = Table("kind", "entries")
     for kind, n in sorted(report.kinds.items()):
         kinds.add_row(escape(kind), str(n))
     console.print(kinds)
@@ -187,7 +188,7 @@ def budget(window: WindowOpt = "", server: ServerOpt = "127.0.0.1:7355", token: 
         scope = f"window {window}" if window else "any window"
         console.print(f"No budgets for {scope} yet: a team-window's budget starts when its window closes.")
         return
-    table = Table("window", "team", "spent", "", "remaining", "cap", "releases",
+    table = Table("window", "team", "spent", "of the cap", "remaining", "cap", "releases",
                   title="Privacy budget (epsilon) per team-window")
     for b in reply.budgets:
         cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)

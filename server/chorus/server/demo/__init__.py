@@ -22,6 +22,7 @@ from chorus.client import Client
 from chorus.server import config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
+from chorus.server.cli import admin as admin_cli
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli import report as report_cli
 from chorus.server.demo import _killed_tool
@@ -51,7 +52,8 @@ class _Demo:
         self.server.start()
         self.channel = grpc.insecure_channel(self.server.address)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
-        self.admin_auth = (("authorization", f"Bearer {admin_token_file.read_text().strip()}"),)
+        self.admin_token = admin_token_file.read_text().strip()
+        self.admin_auth = (("authorization", f"Bearer {self.admin_token}"),)
         self.span = window_of(datetime.now(UTC), self.policy.window_length)
         self.window = self.span.id
 
@@ -142,15 +144,7 @@ class _Demo:
 
     def summary(self) -> None:
         self.console.rule("[bold]6. What the server stored")
-        stats = self.admin.GetStats(admin_pb2.GetStatsRequest(), metadata=self.admin_auth)
-        table = Table("counter (whole server, nothing per person)", "value")
-        table.add_row("batches received", str(stats.batches))
-        table.add_row("duplicate batches (counted once)", str(stats.duplicate_batches))
-        table.add_row("contributions accepted", str(stats.contributions_accepted))
-        for reason, n in sorted(stats.rejected.items()):
-            table.add_row(f"contributions rejected: {reason}", str(n))
-        table.add_row("contributions above the bound on arrival", str(stats.contributions_clamped))
-        self.console.print(table)
+        admin_cli.stats(server=self.server.address, token=self.admin_token)  # what `chorus stats` shows
         bound = self.policy.metric("ai.tokens").max_per_user  # type: ignore[union-attr]
         self.console.print(f"{BURNER} sent {BURNER_TOKENS:,} tokens; their stored total is capped at "
                            f"max_per_user = {bound:,}, so burning tokens buys nothing.")
