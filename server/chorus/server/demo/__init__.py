@@ -107,7 +107,9 @@ class _Demo:
                 client.close(timeout=30)
                 progress.advance(flushing)
         self.tool_stats = {tool: client.stats() for tool, client in clients.items()}
-        table = Table("tool", "count() calls", "contributions sent", "accepted", "rejected", "dropped")
+        table = Table("tool", "calls", "sent", "accepted", "rejected", "dropped")
+        for column in table.columns:
+            column.no_wrap = True
         calls = Counter(e.tool for e in events)
         for tool, stats in self.tool_stats.items():
             table.add_row(tool, str(calls[tool]), str(stats.accepted + sum(stats.rejected.values())),
@@ -115,7 +117,8 @@ class _Demo:
                           str(stats.dropped))
         self.console.print(table)
         self.console.print("The SDK pre-aggregates count() calls per (user, metric, minute) in memory, "
-                           "so thousands of calls become a few contributions per batch.")
+                           "so thousands of calls become a few contributions (\"sent\") per batch; "
+                           "\"dropped\" counts what a client had to discard (memory bound).")
         _killed_tool.run(self)
 
     def raw_batches(self) -> None:
