@@ -25,7 +25,7 @@ import grpc
 
 from chorus.client import Client
 from chorus.server import config
-from chorus.server.ingest import _UPSERT_USAGE
+from chorus.server.ingest import _upsert_usage
 from chorus.server.store._schema import migrate
 from chorus.server.store.sqlite import SqliteDatabase
 from chorus.v1 import admin_pb2, admin_pb2_grpc
@@ -85,17 +85,21 @@ def bare_store_rate(users: list[str], rounds: int, batch: int = 5000) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         db = SqliteDatabase(Path(tmp) / "bare.db", synchronous="FULL")
         migrate(db)
-        # Pseudonyms as the server makes them: HMAC output, i.e. random order in the B-tree.
-        rows = [("2026-01-01", hmac.digest(b"k" * 32, user.encode(), hashlib.sha256), metric, 1, 10**9, 10**9)
-                for user in users for metric in METRICS]
+        # One row per person as the server writes them; pseudonyms are HMAC output, i.e. random
+        # order in the B-tree. A batch of `batch` contributions is batch / len(METRICS) rows.
+        bounds = [10**9] * (2 * len(METRICS))
+        rows = sorted(("2026-01-01", hmac.digest(b"k" * 32, user.encode(), hashlib.sha256), "team",
+                       *[1] * len(METRICS), *bounds) for user in users)
+        per_batch = batch // len(METRICS)
+        upsert = _upsert_usage(len(METRICS))
         started = time.perf_counter()
         for _ in range(rounds):
-            for i in range(0, len(rows), batch):
-                chunk = rows[i:i + batch]
-                db.run(lambda tx, c=chunk: tx.executemany(_UPSERT_USAGE, c), name="bench")
+            for i in range(0, len(rows), per_batch):
+                chunk = sorted(rows[i:i + per_batch])
+                db.run(lambda tx, c=chunk: tx.executemany(upsert, c), name="bench")
         elapsed = time.perf_counter() - started
         db.close()
-    return len(rows) * rounds / elapsed
+    return len(rows) * len(METRICS) * rounds / elapsed
 
 
 def chorus_rate(users: list[str], rounds: int, clients: int) -> float:

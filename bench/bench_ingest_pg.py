@@ -3,7 +3,7 @@ PostgreSQL upsert rate measured in the same run.
 
     python bench/bench_ingest_pg.py [--batches 200] [--batch-size 500] [--senders 8]
 
-Anchors: the ingest transaction's SQL alone (batch id, members, usage upsert), without
+Anchors: the ingest transaction's SQL alone (batch id, usage upsert), without
 gRPC or domain logic, pseudonyms precomputed, through the engine's `Tx`:
   * pipelined executemany: psycopg's executemany, one pipelined statement per row;
   * engine bulk path: what `Tx.executemany` does for 128 rows or more, COPY into a
@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))  # for the test helpers' URL handling
 from chorus.server import config  # noqa: E402
 from chorus.server.app_context import Chorus  # noqa: E402
 from chorus.server.auth import Role  # noqa: E402
-from chorus.server.ingest import _INSERT_MEMBER, _UPSERT_USAGE  # noqa: E402
+from chorus.server.ingest import _upsert_usage  # noqa: E402
 from chorus.server.store import Tx  # noqa: E402
 from chorus.server.store.postgres import PostgresDatabase, _PostgresTx, placeholders  # noqa: E402
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc  # noqa: E402
@@ -154,19 +154,22 @@ def make_batches(users: list[str], batches: int, size: int, seed: int) -> list[l
 
 # --- anchors: the bare PostgreSQL side of ingest -------------------------------------------------
 
-def bare_rows(window: str, batch: list[tuple[str, str, int]], key: bytes) -> tuple[list, list]:
-    pseud = {u: hmac.new(key, u.encode(), hashlib.sha256).digest() for u, _, _ in batch}
-    members = sorted({(window, p, "team") for p in pseud.values()})
-    usage = sorted((window, pseud[u], m, v, BOUNDS[m], BOUNDS[m]) for u, m, v in batch)
-    return members, usage
+def bare_rows(window: str, batch: list[tuple[str, str, int]], key: bytes) -> list:
+    """The batch as the server writes it: one usage row per person, a total per metric slot."""
+    slot = {m: i for i, m in enumerate(METRICS)}
+    people: dict[str, list[int]] = {}
+    for u, m, v in batch:
+        people.setdefault(u, [0] * len(METRICS))[slot[m]] += v
+    bounds = [b for m in METRICS for b in (BOUNDS[m], BOUNDS[m])]
+    return sorted((window, hmac.new(key, u.encode(), hashlib.sha256).digest(), "team", *totals, *bounds)
+                  for u, totals in people.items())
 
 
-def anchor_sql(tx: Tx, members: list, usage: list) -> None:
+def anchor_sql(tx: Tx, usage: list) -> None:
     """The ingest transaction's writes, through the engine's Tx."""
     tx.execute("INSERT INTO batches (batch_id, received_at) VALUES (?, ?) ON CONFLICT (batch_id) DO NOTHING",
                (uuid.uuid4().hex, int(time.time())))
-    tx.executemany(_INSERT_MEMBER, members)
-    tx.executemany(_UPSERT_USAGE, usage)
+    tx.executemany(_upsert_usage(len(METRICS)), usage)
 
 
 class RowByRowTx(_PostgresTx):
@@ -210,7 +213,7 @@ def run_anchors(url: str, batches: list[list[tuple[str, str, int]]], workers: in
         prepared = [bare_rows(f"bare-{variant}", b, key) for b in batches]
         with Cpu(lambda n=name: backend_pids(url, n)) as db_cpu, Cpu(lambda: [os.getpid()]) as py_cpu:
             elapsed = concurrently(workers, prepared, lambda job, db=db, tx_class=tx_class: db.run(
-                lambda tx: anchor_sql(tx_class(tx._cur), *job), name="anchor"))
+                lambda tx: anchor_sql(tx_class(tx._cur), job), name="anchor"))
         db.close()
         out[variant] = total / elapsed
         out[f"{variant}_db_us"] = db_cpu.seconds / total * 1e6

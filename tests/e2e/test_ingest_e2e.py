@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from datetime import UTC, datetime
 
@@ -13,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.client import Client
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
+from tests._usage import person_totals
 
 from ._proxy import CuttingProxy
 from ._servers import ServerProcess, sqlite_rows
@@ -23,18 +22,8 @@ TODAY = datetime.now(UTC).date().isoformat()
 
 def stored_totals(data_dir, window: str = TODAY) -> dict[tuple[str, str], int]:
     """Per-person totals by (user, metric), recomputing pseudonyms from the open window's key."""
-    (key,), = sqlite_rows(data_dir, "SELECT hmac_key FROM window_keys WHERE window_id = ?", (window,))
-    by_pseudonym = {bytes(p): (m, t) for p, m, t in
-                    sqlite_rows(data_dir, "SELECT pseudonym, metric, total FROM usage WHERE window_id = ?",
-                                (window,))}
     users = [u for (u,) in sqlite_rows(data_dir, "SELECT user_id FROM roster")]
-    out = {}
-    for user in users:
-        pseud = hmac.new(bytes(key), user.encode(), hashlib.sha256).digest()
-        for p, (metric, total) in by_pseudonym.items():
-            if p == pseud:
-                out[(user, metric)] = total
-    return out
+    return person_totals(lambda sql, params: sqlite_rows(data_dir, sql, tuple(params)), window, users)
 
 
 def test_sdk_counts_arrive_aggregated_and_exact(running: Running, tmp_path) -> None:
@@ -74,7 +63,7 @@ def test_no_usage_table_contains_a_raw_user_id(running: Running, tmp_path) -> No
         for user, _ in [("user-team-red-0", 0), ("user-team-blue-4", 0)]:
             client.count("ai.tokens", 10, user=user)
         assert client.flush(timeout=10)
-    for table in ("usage", "members", "batches", "windows", "window_keys"):
+    for table in ("usage", "batches", "windows", "window_keys"):
         dump = repr(sqlite_rows(tmp_path / "data", f"SELECT * FROM {table}"))
         assert "user-team" not in dump, table
 

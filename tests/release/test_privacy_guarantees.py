@@ -58,7 +58,7 @@ def test_after_close_no_pseudonym_or_window_key_remains_in_the_database_files(
     assert [p for p in pseudonyms if p in after] == []
     assert [p.hex().encode() for p in pseudonyms if p.hex().encode() in after] == []
     count = chorus.db.run(lambda tx: tx.query(
-        "SELECT (SELECT COUNT(*) FROM usage) + (SELECT COUNT(*) FROM members) "
+        "SELECT (SELECT COUNT(*) FROM usage) "
         "+ (SELECT COUNT(*) FROM window_keys)"), name="t")
     assert count == [(0,)]
 

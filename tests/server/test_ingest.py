@@ -11,8 +11,9 @@ import pytest
 from chorus.server import config, ingest
 from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
-from chorus.server.ingest import Reason, pseudonym
+from chorus.server.ingest import Reason
 from tests._policy import SUITE_TOML, suite_config
+from tests._usage import person_team, person_totals
 
 from .conftest import NOON, batch
 
@@ -20,12 +21,8 @@ TOKENS_BOUND = 200_000
 
 
 def stored_total(chorus: Chorus, window: str, user: str, metric: str) -> int | None:
-    def read(tx):
-        (key,), = tx.query("SELECT hmac_key FROM window_keys WHERE window_id = ?", (window,))
-        rows = tx.query("SELECT total FROM usage WHERE window_id = ? AND pseudonym = ? AND metric = ?",
-                        (window, pseudonym(bytes(key), user), metric))
-        return rows[0][0] if rows else None
-    return chorus.db.run(read, name="test")
+    totals = chorus.db.run(lambda tx: person_totals(tx.query, window, [user]), name="test")
+    return totals.get((user, metric))
 
 
 def table_rows(chorus: Chorus, table: str) -> int:
@@ -86,7 +83,7 @@ def test_grace_period_admits_yesterday_until_it_passes(chorus: Chorus, clock: Fa
 
 def test_no_usage_table_holds_a_raw_user_id(chorus: Chorus) -> None:
     chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10), ("user-team-blue-1", "ai.requests", 2)))
-    dump = chorus.db.run(lambda tx: repr(tx.query("SELECT * FROM usage") + tx.query("SELECT * FROM members")
+    dump = chorus.db.run(lambda tx: repr(tx.query("SELECT * FROM usage")
                                          + tx.query("SELECT * FROM batches")), name="test")
     assert "user-team" not in dump
     assert table_rows(chorus, "usage") == 2
@@ -98,8 +95,9 @@ def test_team_is_fixed_at_first_contribution_in_the_window(chorus: Chorus) -> No
              chorus.db.run(lambda tx: tx.query("SELECT user_id, team FROM roster"), name="test")]
     chorus.import_roster(moved, actor="test")
     chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10)))
-    teams = chorus.db.run(lambda tx: tx.query("SELECT team FROM members"), name="test")
-    assert teams == [("team-red",)]
+    team = chorus.db.run(lambda tx: person_team(tx.query, "2026-11-25", "user-team-red-0"), name="test")
+    assert team == "team-red"
+    assert table_rows(chorus, "usage") == 1
 
 
 def test_policy_is_frozen_when_the_window_opens(tmp_path, clock: FakeClock) -> None:

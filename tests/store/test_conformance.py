@@ -36,7 +36,12 @@ def team_metrics(store: Store, window: str = WINDOW) -> dict[tuple[str, str], tu
 
 def per_person_rows(store: Store, window: str = WINDOW) -> int:
     return sum(store.query(f"SELECT COUNT(*) FROM {table} WHERE window_id = ?", (window,))[0][0]
-               for table in ("usage", "members", "window_keys"))
+               for table in ("usage", "window_keys"))
+
+
+def totals_of(store: Store, metric: str) -> list[tuple[int]]:
+    """Every person's running total of `metric` (their usage row's slot for it)."""
+    return store.query(f"SELECT t{suite_config().policy.slot(metric)} FROM usage ORDER BY pseudonym")
 
 
 # --- migrations -------------------------------------------------------------------------
@@ -64,7 +69,7 @@ def test_batch_id_counts_exactly_once(store: Store, chorus: Chorus) -> None:
     again = store.chorus().ingestor.report(batch((RED0, "ai.tokens", 100), batch_id="b-1"))
     assert (first.accepted, first.duplicate) == (1, False)
     assert (again.accepted, again.duplicate) == (0, True)
-    assert store.query("SELECT total FROM usage WHERE metric = 'ai.tokens'") == [(100,)]
+    assert totals_of(store, "ai.tokens") == [(100,)]
 
 
 def test_replicas_racing_one_batch_id_count_it_once(store: Store, chorus: Chorus) -> None:
@@ -74,7 +79,7 @@ def test_replicas_racing_one_batch_id_count_it_once(store: Store, chorus: Chorus
                                                                       batch_id=f"race-{i}"))
                          for r in replicas for _ in range(2)])
         assert sorted(o.duplicate for o in outcomes) == [False] + [True] * 5, f"round {round_}"
-    assert store.query("SELECT total FROM usage WHERE metric = 'ai.requests'") == [(10,)]
+    assert totals_of(store, "ai.requests") == [(10,)]
 
 
 def test_concurrent_batches_add_up_then_clamp_at_the_bound(store: Store, chorus: Chorus) -> None:
@@ -85,21 +90,22 @@ def test_concurrent_batches_add_up_then_clamp_at_the_bound(store: Store, chorus:
             replica.ingestor.report(batch((RED0, "ai.requests", value), (RED1, "ai.requests", value)))
 
     race([lambda r=r: feed(r, 7) for r in replicas for _ in range(3)])
-    assert store.query("SELECT total FROM usage WHERE metric = 'ai.requests'") == [(840,), (840,)]
+    assert totals_of(store, "ai.requests") == [(840,), (840,)]
     race([lambda r=r: feed(r, 30) for r in replicas for _ in range(2)])  # 840 + 2400 > bound 2000
-    assert store.query("SELECT total FROM usage WHERE metric = 'ai.requests'") == [(2000,), (2000,)]
+    assert totals_of(store, "ai.requests") == [(2000,), (2000,)]
 
 
 def test_large_batches_add_up_and_clamp_like_small_ones(store: Store, chorus: Chorus) -> None:
-    # Big enough for PostgreSQL's COPY bulk path (store/postgres.py) in the roster import, the
-    # members insert and the usage upsert; twice, then over the bound.
+    # Big enough for PostgreSQL's COPY bulk path (store/postgres.py) in the roster import and
+    # the usage upsert; twice, then over the bound.
     people = [(f"user-bulk-{i:03d}", f"team-{i % 3}") for i in range(150)]
     chorus.import_roster(people, actor="test")
     for value in (700, 700, 700):
         out = store.chorus().ingestor.report(batch(*((u, m, value) for u, _ in people
                                                      for m in ("ai.requests", "ai.tasks_completed"))))
         assert out.accepted == 300
-    totals = Counter(total for total, in store.query("SELECT total FROM usage"))
+    totals = Counter(t for row in (totals_of(store, "ai.requests"), totals_of(store, "ai.tasks_completed"))
+                     for t, in row)
     assert totals == {2000: 150, 100: 150}  # 2100 clamped to 2000; tasks bound 100 on every write
     chorus.close_window(WINDOW, actor="test")
     assert team_metrics(store)[("team-0", "ai.requests")][:2] == (50 * 2000, 50)
@@ -125,7 +131,7 @@ def test_window_policy_is_frozen_by_the_replica_that_opens_it(store: Store, chor
         replace(m, max_per_user=10) for m in base.policy.metrics)))
     out = store.chorus(tighter).ingestor.report(batch((RED0, "ai.requests", 400)))
     assert out.clamped == 0  # the window's frozen bound (2000) applies, not the new config's 10
-    assert store.query("SELECT total FROM usage WHERE metric = 'ai.requests'") == [(1900,)]
+    assert totals_of(store, "ai.requests") == [(1900,)]
     (policy_json,), = store.query("SELECT policy FROM windows WHERE id = ?", (WINDOW,))[0:1]
     assert config.Policy.from_json(json.loads(policy_json)) == base.policy
 
@@ -141,9 +147,9 @@ def test_unknown_user_changes_no_usage(store: Store, chorus: Chorus) -> None:
 def test_close_folds_into_team_statistics_and_shreds(store: Store, chorus: Chorus) -> None:
     chorus.ingestor.report(batch((RED0, "ai.tokens", 5_000), (RED1, "ai.tokens", 60_000),
                                  (RED1, "ai.requests", 10**9), (BLUE0, "ai.tokens", 200_000)))
-    assert per_person_rows(store) == 3 + 4 + 1  # members + usage rows + key
+    assert per_person_rows(store) == 3 + 1  # one usage row per person + the key
     result = store.chorus().close_window(WINDOW, actor="test")
-    assert (result.closed_now, result.rows_folded, result.window.state) == (True, 4, lifecycle.CLOSED)
+    assert (result.closed_now, result.rows_folded, result.window.state) == (True, 3, lifecycle.CLOSED)
     stats = team_metrics(store)
     assert stats[("team-red", "ai.tokens")] == (65_000, 2, [1, 0, 1, 0, 0])
     assert stats[("team-red", "ai.requests")] == (2_000, 1, [0, 0, 0, 0, 1])

@@ -19,6 +19,8 @@ from chorus.server.windows import WindowLength
 #: Statistics that have their own noisy release; mean and adoption are post-processing.
 NOISY_STATISTICS = ("sum", "count", "histogram", "active")
 STATISTICS = ("sum", "count", "mean", "histogram", "adoption")
+#: Metrics per policy: a person's usage row has one total column per metric slot.
+MAX_METRICS = 32
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,12 +59,18 @@ class Policy:
     retention_windows: int
 
     _by_name: dict[str, MetricPolicy] = field(init=False, repr=False, compare=False)
+    _slots: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {m.name: m for m in self.metrics})
+        object.__setattr__(self, "_slots", {m.name: i for i, m in enumerate(self.metrics)})
 
     def metric(self, name: str) -> MetricPolicy | None:
         return self._by_name.get(name)
+
+    def slot(self, name: str) -> int:
+        """The metric's column in a person's usage row: its position in this policy."""
+        return self._slots[name]
 
     def retention_end(self, window_end: datetime) -> datetime:
         """When a window ending at `window_end` stops being releasable: retention_windows lengths later."""
@@ -212,6 +220,8 @@ def parse(raw: dict[str, Any]) -> Config:
     metrics = tuple(_metric(m, i) for i, m in enumerate(raw.get("metrics", [])))
     if not metrics:
         raise ConfigError("no [[metrics]] defined: at least one metric is required")
+    if len(metrics) > MAX_METRICS:
+        raise ConfigError(f"{len(metrics)} [[metrics]] defined; the limit is {MAX_METRICS}")
     names = [m.name for m in metrics]
     if len(set(names)) != len(names):
         raise ConfigError(f"metric names must be unique, got {names}")

@@ -10,6 +10,7 @@ is only ever an HMAC input; it is never stored or logged.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import threading
@@ -131,12 +132,17 @@ class IngestStats:
             return dict(self.counts), dict(self.rejected)
 
 
-_UPSERT_USAGE = (
-    "INSERT INTO usage (window_id, pseudonym, metric, total) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (window_id, pseudonym, metric) DO UPDATE SET total = "
-    "CASE WHEN usage.total + excluded.total > ? THEN ? ELSE usage.total + excluded.total END")
-_INSERT_MEMBER = ("INSERT INTO members (window_id, pseudonym, team) VALUES (?, ?, ?) "
-                  "ON CONFLICT (window_id, pseudonym) DO NOTHING")
+@functools.cache
+def _upsert_usage(metrics: int) -> str:
+    """Add a batch's per-person sums to the first `metrics` slots, each total clamped to its bound.
+
+    The team is written by the person's first contribution in the window and never updated.
+    """
+    slots = [f"t{i}" for i in range(metrics)]
+    clamp = ", ".join(f"{t} = CASE WHEN usage.{t} + excluded.{t} > ? THEN ? ELSE usage.{t} + excluded.{t} END"
+                      for t in slots)
+    return (f"INSERT INTO usage (window_id, pseudonym, team, {', '.join(slots)}) "
+            f"VALUES (?, ?, ?{', ?' * metrics}) ON CONFLICT (window_id, pseudonym) DO UPDATE SET {clamp}")
 
 
 def pseudonym(key: bytes, user: str) -> bytes:
@@ -169,10 +175,7 @@ class Ingestor:
         team_of = self._roster.current(tx).get
         windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
         by_time: dict[datetime, lifecycle.OpenWindow | Rejection] = {}  # batches carry few distinct times
-        pseudonyms: dict[tuple[str, str], bytes] = {}
-        totals: dict[tuple[str, bytes, str], int] = {}
-        bounds: dict[tuple[str, bytes, str], int] = {}
-        members: dict[tuple[str, bytes], str] = {}
+        people: dict[tuple[str, str], list] = {}  # (window, user) -> [pseudonym, team, policy, totals]
         rejections: list[Rejection] = []
         clamped = 0
 
@@ -188,7 +191,8 @@ class Ingestor:
             if isinstance(window, Rejection):
                 rejections.append(Rejection(index, window.reason, window.message))
                 continue
-            metric = window.record.policy.metric(c.metric)
+            policy = window.record.policy
+            metric = policy.metric(c.metric)
             if metric is None:
                 rejections.append(Rejection(index, Reason.UNKNOWN_METRIC, f"metric {c.metric!r} is not in "
                                             f"the policy of window {window.record.id}"))
@@ -197,28 +201,33 @@ class Ingestor:
             if team is None:
                 rejections.append(Rejection(index, Reason.UNKNOWN_USER, "user is not on the roster"))
                 continue
-            window_id = window.record.id
-            pkey = (window_id, c.user)
-            pseud = pseudonyms.get(pkey)
-            if pseud is None:
-                pseud = pseudonyms[pkey] = pseudonym(window.key, c.user)
-                members[(window_id, pseud)] = team
-            ukey = (window_id, pseud, c.metric)
+            pkey = (window.record.id, c.user)
+            person = people.get(pkey)
+            if person is None:
+                person = people[pkey] = [pseudonym(window.key, c.user), team, policy, [0] * len(policy.metrics)]
             bound = metric.max_per_user
             if value > bound:
                 clamped += 1
-            totals[ukey] = min(bound, totals.get(ukey, 0) + value)
-            bounds[ukey] = bound
+            totals = person[3]
+            slot = policy.slot(c.metric)
+            totals[slot] = min(bound, totals[slot] + value)
 
-        if members:
-            # One row-lock order for every concurrent batch, so none deadlock: members by key,
-            # usage by (bound, key), the order PostgreSQL's bulk path groups rows in as well.
-            tx.executemany(_INSERT_MEMBER, [(w, p, t) for (w, p), t in sorted(members.items())])
-            tx.executemany(_UPSERT_USAGE, sorted(((w, p, m, v, bounds[(w, p, m)], bounds[(w, p, m)])
-                                                  for (w, p, m), v in totals.items()),
-                                                 key=lambda row: (row[4], row[:3])))
+        if people:
+            self._write(tx, people)
         accepted = len(batch.contributions) - len(rejections)
         return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
+
+    @staticmethod
+    def _write(tx: Tx, people: dict[tuple[str, str], list]) -> None:
+        """Upsert one row per person, in (window, pseudonym) order: every concurrent batch takes
+        row locks in the same order, so none deadlock (PostgreSQL)."""
+        by_bounds: dict[tuple[int, ...], list[tuple]] = {}  # windows of one policy share a statement
+        for (window_id, _), (pseud, team, policy, totals) in people.items():
+            bounds = tuple(m.max_per_user for m in policy.metrics)
+            by_bounds.setdefault(bounds, []).append((window_id, pseud, team, *totals))
+        for bounds, group in by_bounds.items():
+            params = [b for bound in bounds for b in (bound, bound)]
+            tx.executemany(_upsert_usage(len(bounds)), [(*row, *params) for row in sorted(group)])
 
     def _window_for(self, tx: Tx, when: datetime, now: datetime,
                     windows: dict[str, lifecycle.OpenWindow | Rejection]) -> lifecycle.OpenWindow | Rejection:

@@ -178,30 +178,29 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
         return CloseResult(closed, closed.rows_folded or 0, closed_now=False)
 
     policy = record.policy
-    edges = {m.name: m.histogram_edges for m in policy.metrics}
+    slots = ", ".join(f"t{i}" for i in range(len(policy.metrics)))
     sums: dict[tuple[str, str], int] = defaultdict(int)
     people: dict[tuple[str, str], int] = defaultdict(int)
     buckets: dict[tuple[str, str], list[int]] = {}
-    active: dict[str, set[bytes]] = defaultdict(set)
+    active: dict[str, int] = defaultdict(int)
     rows = 0
-    for team, pseudonym, metric, total in tx.query(
-            "SELECT m.team, u.pseudonym, u.metric, u.total FROM usage u JOIN members m "
-            "ON m.window_id = u.window_id AND m.pseudonym = u.pseudonym WHERE u.window_id = ?",
-            (window_id,)):
+    for team, *totals in tx.query(f"SELECT team, {slots} FROM usage WHERE window_id = ?", (window_id,)):
         rows += 1
-        if total <= 0 or metric not in edges:
-            continue
-        key = (team, metric)
-        sums[key] += total
-        people[key] += 1
-        hist = buckets.setdefault(key, [0] * (len(edges[metric]) + 1))
-        hist[bisect.bisect_right(edges[metric], total)] += 1
-        active[team].add(bytes(pseudonym))
+        if any(totals):
+            active[team] += 1
+        for metric, total in zip(policy.metrics, totals, strict=True):
+            if total <= 0:
+                continue
+            key = (team, metric.name)
+            sums[key] += total
+            people[key] += 1
+            hist = buckets.setdefault(key, [0] * (len(metric.histogram_edges) + 1))
+            hist[bisect.bisect_right(metric.histogram_edges, total)] += 1
 
     sizes = team_sizes(tx)
     teams = sorted(set(sizes) | {team for team, _ in sums})
     tx.executemany("INSERT INTO team_windows (window_id, team, roster_size, active) VALUES (?, ?, ?, ?)",
-                   [(window_id, t, sizes.get(t, 0), len(active.get(t, ()))) for t in teams])
+                   [(window_id, t, sizes.get(t, 0), active.get(t, 0)) for t in teams])
     tx.executemany(
         "INSERT INTO team_metrics (window_id, team, metric, total, people, histogram) VALUES (?, ?, ?, ?, ?, ?)",
         [(window_id, t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
@@ -210,7 +209,6 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     tx.executemany("INSERT INTO budgets (window_id, team, cap_micros) VALUES (?, ?, ?)",
                    [(window_id, t, policy.epsilon_per_window.micros) for t in teams])
     tx.execute("DELETE FROM usage WHERE window_id = ?", (window_id,))
-    tx.execute("DELETE FROM members WHERE window_id = ?", (window_id,))
     tx.execute("DELETE FROM window_keys WHERE window_id = ?", (window_id,))
     (oldest_open,), = tx.query("SELECT MIN(start_at) FROM windows WHERE state = 'open'")
     horizon = min(_at(oldest_open), now) if oldest_open is not None else now

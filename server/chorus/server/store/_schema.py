@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from chorus.server.config import MAX_METRICS
 from chorus.server.store._db import Database, Tx
 
 _log = logging.getLogger(__name__)
@@ -11,7 +12,8 @@ _log = logging.getLogger(__name__)
 # Arbitrary constant key for PostgreSQL advisory locks taken by migrations.
 _MIGRATION_LOCK = 0x63686F72  # "chor"
 
-# Each migration is a list of statements; `{blob}` becomes the engine's byte-string type.
+# Each migration is a list of statements; `{blob}` becomes the engine's byte-string type and
+# `{slots}` the per-metric total columns t0, t1, ... of a person's usage row.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", [
         # Roster: the company directory (user -> team). Not usage data.
@@ -37,18 +39,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         """CREATE TABLE window_keys (
             window_id TEXT PRIMARY KEY REFERENCES windows(id),
             hmac_key {blob} NOT NULL)""",
-        # Per-person rows, keyed by pseudonym, only while the window is open.
-        """CREATE TABLE members (
-            window_id TEXT NOT NULL,
-            pseudonym {blob} NOT NULL,
-            team TEXT NOT NULL,
-            PRIMARY KEY (window_id, pseudonym))""",
+        # Per-person rows, keyed by pseudonym, only while the window is open: the team the
+        # person counts for (set by their first contribution, never updated) and one running
+        # total per metric slot (the metric's position in the window's frozen policy).
         """CREATE TABLE usage (
             window_id TEXT NOT NULL,
             pseudonym {blob} NOT NULL,
-            metric TEXT NOT NULL,
-            total BIGINT NOT NULL CHECK (total >= 0),
-            PRIMARY KEY (window_id, pseudonym, metric))""",
+            team TEXT NOT NULL,
+            {slots},
+            PRIMARY KEY (window_id, pseudonym))""",
         # Batch ids seen, for exactly-once ingest.
         """CREATE TABLE batches (
             batch_id TEXT PRIMARY KEY,
@@ -118,6 +117,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
+_SLOTS = ",\n            ".join(f"t{i} BIGINT NOT NULL DEFAULT 0 CHECK (t{i} >= 0)" for i in range(MAX_METRICS))
 
 
 def migrate(db: Database) -> int:
@@ -134,7 +134,7 @@ def migrate(db: Database) -> int:
             if number in applied:
                 continue
             for statement in statements:
-                tx.execute(statement.replace("{blob}", _BLOB[tx.dialect]))
+                tx.execute(statement.replace("{blob}", _BLOB[tx.dialect]).replace("{slots}", _SLOTS))
             tx.execute("INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
                        (number, description))
             _log.info("applied schema migration %d (%s)", number, description)
