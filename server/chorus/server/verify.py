@@ -169,8 +169,12 @@ class _Window:
     team_sizes: dict[str, int] = field(default_factory=dict)
 
 
-class _Verifier:
-    def __init__(self, key: Ed25519PublicKey, expect: Head | None) -> None:
+class Verifier:
+    """Checks a ledger one exported line at a time, in order. `finish()` may be called after
+    any line (without an expected head it changes nothing), so a long-running reader can keep
+    one Verifier and feed it only the entries appended since its last look."""
+
+    def __init__(self, key: Ed25519PublicKey, expect: Head | None = None) -> None:
         self.key = key
         self.expect = expect
         self.report = Report()
@@ -402,8 +406,8 @@ class _Verifier:
         return self.report
 
 
-_KIND_CHECKS = {"config": _Verifier.config, "window_open": _Verifier.window_open,
-                "window_close": _Verifier.window_close, "release": _Verifier.release}
+_KIND_CHECKS = {"config": Verifier.config, "window_open": Verifier.window_open,
+                "window_close": Verifier.window_close, "release": Verifier.release}
 
 
 def _policy(raw: dict[str, Any]) -> Policy | None:
@@ -459,7 +463,7 @@ def export_line(entry: Entry) -> str:
 def verify_lines(lines: Iterable[str], public_key: Ed25519PublicKey, *,
                  expect_head: Head | None = None) -> Report:
     """Verify an exported ledger given as JSON lines; see the module docstring for the rules."""
-    verifier = _Verifier(public_key, expect_head)
+    verifier = Verifier(public_key, expect_head)
     for text in lines:
         verifier.feed(text)
     return verifier.finish()

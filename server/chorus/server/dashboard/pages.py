@@ -35,7 +35,7 @@ from chorus.server.dashboard.charts import (
 )
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
-from chorus.server.dashboard.verification import check_chain
+from chorus.server.dashboard.verification import ChainCache
 from chorus.v1 import common_pb2, release_pb2
 
 Args = Mapping[str, str]
@@ -397,9 +397,13 @@ def _readable(payload: str) -> str:
         return payload  # shown as stored; the chain status already reports it
 
 
+#: One per dashboard process: every auditor sees the same ledger, verified once, then incrementally.
+_CHAIN = ChainCache()
+
+
 def ledger(api: Api, args: Args) -> Page:
     """One page of the signed ledger, with the verifier's verdict on the whole chain."""
-    status = check_chain(api.ledger(1), api.public_key())
+    status = _CHAIN.status(api.ledger, api.public_key())
     last_page = max(1, status.head_seq - LEDGER_PAGE + 1)
     start = _int(args, "from", last_page, 1, max(status.head_seq, 1))
     rows = [LedgerRow(e.seq, e.at, e.kind, _readable(e.payload), e.prev_hash, e.hash, e.signature)

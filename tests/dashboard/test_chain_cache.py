@@ -1,0 +1,40 @@
+"""The ledger page's verdict is kept up to date incrementally, and still catches a broken chain."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from chorus.server.app_context import Chorus
+from chorus.server.auth import Role
+from chorus.server.dashboard.verification import FAILED, VERIFIED, ChainCache
+from chorus.server.ledger import Entry, read_entries
+from tests._policy import suite_config
+
+
+def test_only_new_entries_are_fed_and_a_broken_chain_is_caught(tmp_path: Path) -> None:
+    chorus = Chorus(suite_config(), tmp_path / "data")
+    try:
+        chorus.import_roster([("user-a", "team")], actor="test")
+        asked: list[int] = []
+
+        def entries_from(seq: int) -> list[Entry]:
+            asked.append(seq)
+            return chorus.db.run(lambda tx: read_entries(tx, seq, 10_000), name="test")
+
+        cache, key = ChainCache(), chorus.ledger.signer.public_key_pem()
+        first = cache.status(entries_from, key)
+        assert (first.state, first.entries) == (VERIFIED, 2)  # config, roster_import
+
+        chorus.tokens.create(Role.INGEST, "tool", chorus.clock.now(), "test")
+        second = cache.status(entries_from, key)
+        assert (second.state, second.entries, asked) == (VERIFIED, 3, [1, 3])
+
+        # An appended entry that does not chain onto the last verified one (a rewritten history).
+        genuine = chorus.db.run(lambda tx: read_entries(tx, 2, 1), name="test")[0]
+        forged = dataclasses.replace(genuine, seq=4, prev_hash="0" * 64)
+        third = cache.status(lambda seq: [forged] if seq == 4 else [], key)
+        assert third.state == FAILED and third.entries == 4
+    finally:
+        chorus.close()
+
