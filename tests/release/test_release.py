@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from chorus.server import ingest, verify
+from chorus.server import ingest, release, verify
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
@@ -344,3 +344,23 @@ def test_release_needs_the_analyst_role(api: Api) -> None:
                          metadata=(("authorization", f"Bearer {secret}"),))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert q(api.chorus, "SELECT COUNT(*) FROM releases") == [(0,)]
+
+
+def test_a_charge_that_loses_a_race_refuses_the_whole_request(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another replica spends the budget between our check and our charge: nothing is released,
+    and the error names what this request needed."""
+    real_check = release._Release.check_budgets
+
+    def check_then_lose_the_race(self, missing, wanted, budgets):  # type: ignore[no-untyped-def]
+        real_check(self, missing, wanted, budgets)
+        self.tx.execute("UPDATE budgets SET spent_micros = cap_micros - 100000 WHERE window_id = ? AND team = ?",
+                        (WINDOW, "team-red"))
+
+    monkeypatch.setattr(release._Release, "check_budgets", check_then_lose_the_race)
+    before = state(api.chorus)
+    with pytest.raises(grpc.RpcError) as caught:
+        api.release(teams=("team-red",), metrics=("ai.requests",), statistics=((SUM, "0.3"), (COUNT, "0.3")))
+    code, message = error(caught.value)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "team team-red requested epsilon 0.6 but has 0.1 left of 1" in message
+    assert state(api.chorus) == before  # the simulated concurrent spend rolled back with us

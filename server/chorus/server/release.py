@@ -413,8 +413,9 @@ class _Release:
         claimed = {rid for (rid,) in self.tx.query("SELECT release_id FROM releases WHERE window_id = ?",
                                                    (self.window,))}
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
+        needs = {team: sum((wanted[k] for k in keys), ZERO) for team, keys in missing.items()}
         self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?",
-                            [(self.charge_and_record(key, item), item.release_id)
+                            [(self.charge_and_record(key, item, needs[key[0]]), item.release_id)
                              for key, item in fresh.items()])
         for (team, _, _), item in fresh.items():
             charged_to[team] = charged_to.get(team, ZERO) + item.epsilon
@@ -447,8 +448,10 @@ class _Release:
         # Ledger order: team by team, as requested.
         return {(team, *key): drawn[(team, *key)] for team, keys in missing.items() for key in keys}
 
-    def charge_and_record(self, key: Key, item: _Stored) -> int:
-        """Charge one release against its team-window (never past the cap); ledger it; return seq."""
+    def charge_and_record(self, key: Key, item: _Stored, need: Epsilon) -> int:
+        """Charge one release against its team-window (never past the cap); ledger it; return seq.
+
+        `need` is what the whole request needs from this team-window, reported if it is refused."""
         team, metric, stat = key
         rows = self.tx.query(
             "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
@@ -457,7 +460,7 @@ class _Release:
             (item.epsilon.micros, self.window, team, item.epsilon.micros))
         if not rows:  # spent concurrently since our check (another replica): refuse it all
             cap, spent = self.budgets().get(team, (ZERO, ZERO))
-            raise BudgetExceeded(self.window, [Overspend(team, self.window, item.epsilon, cap - spent, cap)])
+            raise BudgetExceeded(self.window, [Overspend(team, self.window, need, cap - spent, cap)])
         (spent_after, cap_micros), = rows
         entry = self.ledger.append(self.tx, "release", {
             "release_id": item.release_id, "window": self.window, "team": team, "metric": metric,
