@@ -33,8 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +53,7 @@ from chorus.server.ingest import _upsert_usage  # noqa: E402
 from chorus.server.store import Tx  # noqa: E402
 from chorus.server.store.postgres import PostgresDatabase, _PostgresTx, placeholders  # noqa: E402
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc  # noqa: E402
-from tests.store.postgres_schema import POSTGRES_URL, url_with, with_search_path  # noqa: E402
+from tests.store.postgres_schema import scratch_schema, url_with  # noqa: E402
 
 READY = re.compile(r"chorus serving on (127\.0\.0\.1:\d+)")
 POLICY = config.load(None).policy
@@ -126,18 +125,6 @@ class WaitSampler:
     def top(self, n: int = 4) -> str:
         total = sum(self.counts.values()) or 1
         return ", ".join(f"{what} {count / total:.0%}" for what, count in self.counts.most_common(n))
-
-
-@contextmanager
-def bench_schema() -> Iterator[str]:
-    schema = f"chorus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield with_search_path(POSTGRES_URL, schema)
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def make_batches(users: list[str], batches: int, size: int, seed: int) -> list[list[tuple[str, str, int]]]:
@@ -302,7 +289,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=8, help="concurrent gRPC senders")
     args = parser.parse_args()
 
-    with bench_schema() as url, tempfile.TemporaryDirectory() as tmp:
+    with scratch_schema("chorus_bench_") as url, tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         runs = ("1 replica", "2 replicas")
         users = {run: [f"bench-{i}-{n:06d}" for n in range(args.users)] for i, run in enumerate(runs)}

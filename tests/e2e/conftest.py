@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
-from chorus.v1 import admin_pb2, admin_pb2_grpc
+from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2
 from tests._policy import suite_config
 
 from ._servers import ServerProcess
@@ -63,3 +66,13 @@ def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
     import_roster(proc.address, proc.admin_token)
     yield proc
     proc.kill()
+
+
+def report_request(**fields: object) -> ingest_pb2.ReportRequest:
+    """A valid one-contribution batch for user-team-red-0, with `fields` overridden."""
+    when = Timestamp()
+    when.FromDatetime(datetime.now(UTC))
+    base = {"batch_id": uuid.uuid4().hex, "source": "raw",
+            "contributions": [ingest_pb2.Contribution(user="user-team-red-0", metric="ai.tokens", value=1,
+                                                      event_time=when)]}
+    return ingest_pb2.ReportRequest(**{**base, **fields})  # type: ignore[arg-type]

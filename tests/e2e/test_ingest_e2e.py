@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.client import Client
-from chorus.v1 import ingest_pb2, ingest_pb2_grpc
+from chorus.v1 import ingest_pb2_grpc
 from tests._usage import person_totals
 
 from ._proxy import CuttingProxy
 from ._servers import ServerProcess, sqlite_rows
-from .conftest import Running, create_token
+from .conftest import Running, create_token, report_request
 
 TODAY = datetime.now(UTC).date().isoformat()
 
@@ -101,15 +99,6 @@ def test_sigterm_shuts_down_gracefully(server_process: ServerProcess) -> None:
     assert server_process.terminate() == 0
 
 
-def _request(**fields) -> ingest_pb2.ReportRequest:
-    when = Timestamp()
-    when.FromDatetime(datetime.now(UTC))
-    base = {"batch_id": uuid.uuid4().hex, "source": "raw",
-            "contributions": [ingest_pb2.Contribution(user="user-team-red-0", metric="ai.tokens", value=1,
-                                                      event_time=when)]}
-    return ingest_pb2.ReportRequest(**{**base, **fields})
-
-
 @pytest.mark.parametrize(("fields", "message"), [
     ({"batch_id": ""}, "batch_id is required"),
     ({"contributions": []}, "contributions is empty"),
@@ -120,7 +109,7 @@ def test_malformed_batch_is_invalid_argument_and_stores_nothing(running: Running
     before = sqlite_rows(tmp_path / "data", "SELECT COUNT(*) FROM batches")
     with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as err:
         ingest_pb2_grpc.IngestServiceStub(channel).Report(
-            _request(**fields), metadata=(("authorization", f"Bearer {running.ingest_token}"),), timeout=10)
+            report_request(**fields), metadata=(("authorization", f"Bearer {running.ingest_token}"),), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.details()
     assert sqlite_rows(tmp_path / "data", "SELECT COUNT(*) FROM batches") == before
@@ -139,7 +128,7 @@ def test_health_and_reflection_answer_without_a_token(running: Running) -> None:
 
 
 def test_an_event_time_out_of_range_is_invalid_argument(running: Running, tmp_path) -> None:
-    request = _request()
+    request = report_request()
     request.contributions[0].event_time.seconds = 253402300800  # year 10000
     with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as err:
         ingest_pb2_grpc.IngestServiceStub(channel).Report(

@@ -9,8 +9,7 @@ from chorus.client import GrpcTransport, TransportError
 from chorus.server.store import StoreUnavailable
 from chorus.v1 import ingest_pb2
 
-from .conftest import Running
-from .test_ingest_e2e import _request
+from .conftest import Running, report_request
 
 
 @pytest.mark.parametrize("failing", ["authenticate", "ingest"])
@@ -28,12 +27,12 @@ def test_a_store_outage_is_retryable_unavailable(running: Running, monkeypatch: 
     transport = GrpcTransport(running.address, running.ingest_token)
     try:
         with pytest.raises(TransportError) as err:
-            transport.send(_request(), timeout=10)
+            transport.send(report_request(), timeout=10)
     finally:
         transport.close()
     assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retryable
     assert err.value.retry_delay is not None and err.value.retry_delay > 0
     assert "/secret/path" not in err.value.details  # the store's details stay in the server log
     monkeypatch.setattr(running.chorus.db, "run", real_run)
-    reply: ingest_pb2.ReportResponse = GrpcTransport(running.address, running.ingest_token).send(_request(), 10)
+    reply: ingest_pb2.ReportResponse = GrpcTransport(running.address, running.ingest_token).send(report_request(), 10)
     assert reply.accepted == 1

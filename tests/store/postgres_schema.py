@@ -54,9 +54,16 @@ def with_search_path(url: str, schema: str) -> str:
 
 @contextmanager
 def fresh_schema() -> Iterator[str]:
-    """Create an empty schema, yield a URL bound to it, drop it (and its objects) afterwards."""
+    """For a test: skip (or fail under CI) without PostgreSQL, else a scratch schema's URL."""
     require_postgres()
-    schema = f"chorus_t_{uuid.uuid4().hex[:12]}"
+    with scratch_schema("chorus_t_") as url:
+        yield url
+
+
+@contextmanager
+def scratch_schema(prefix: str) -> Iterator[str]:
+    """Create an empty schema, yield a URL bound to it, drop it (and its objects) afterwards."""
+    schema = f"{prefix}{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f'CREATE SCHEMA "{schema}"')
     try:

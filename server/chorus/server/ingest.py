@@ -132,6 +132,15 @@ class IngestStats:
             return dict(self.counts), dict(self.rejected)
 
 
+class _Person(NamedTuple):
+    """One person's row in one window, as a batch builds it."""
+
+    pseudonym: bytes
+    team: str
+    policy: Policy
+    totals: list[int]  # per metric slot, each already clamped to its bound
+
+
 @functools.cache
 def _upsert_usage(metrics: int) -> str:
     """Add a batch's per-person sums to the first `metrics` slots, each total clamped to its bound.
@@ -175,7 +184,7 @@ class Ingestor:
         team_of = self._roster.current(tx).get
         windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
         by_time: dict[datetime, lifecycle.OpenWindow | Rejection] = {}  # batches carry few distinct times
-        people: dict[tuple[str, str], list] = {}  # (window, user) -> [pseudonym, team, policy, totals]
+        people: dict[tuple[str, str], _Person] = {}  # by (window, user)
         rejections: list[Rejection] = []
         clamped = 0
 
@@ -204,11 +213,12 @@ class Ingestor:
             pkey = (window.record.id, c.user)
             person = people.get(pkey)
             if person is None:
-                person = people[pkey] = [pseudonym(window.key, c.user), team, policy, [0] * len(policy.metrics)]
+                person = people[pkey] = _Person(pseudonym(window.key, c.user), team, policy,
+                                                [0] * len(policy.metrics))
             bound = metric.max_per_user
             if value > bound:
                 clamped += 1
-            totals = person[3]
+            totals = person.totals
             slot = policy.slot(c.metric)
             totals[slot] = min(bound, totals[slot] + value)
 
@@ -218,7 +228,7 @@ class Ingestor:
         return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
 
     @staticmethod
-    def _write(tx: Tx, people: dict[tuple[str, str], list]) -> None:
+    def _write(tx: Tx, people: dict[tuple[str, str], _Person]) -> None:
         """Upsert one row per person, in (window, pseudonym) order: every concurrent batch takes
         row locks in the same order, so none deadlock (PostgreSQL)."""
         by_bounds: dict[tuple[int, ...], list[tuple]] = {}  # windows of one policy share a statement

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -10,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.server import lifecycle
 from chorus.server.services._errors import invalid_argument
-from chorus.v1 import common_pb2
+from chorus.v1 import common_pb2, release_pb2
 
 
 def timestamp(when: object) -> Timestamp:
@@ -36,3 +37,12 @@ def optional_moment(request: Message, name: str,
     except (ValueError, OverflowError):
         invalid_argument(context, f"{name} is not a valid timestamp (years 1..9999, nanos in "
                                   "[0, 999999999])", name)
+
+
+def windows_response(request: release_pb2.ListWindowsRequest, context: grpc.ServicerContext,
+                     list_windows: Callable[[datetime | None, datetime | None], list[lifecycle.WindowRecord]],
+                     ) -> release_pb2.ListWindowsResponse:
+    """ListWindows for any service that offers it: the optional range checked, newest first."""
+    start = optional_moment(request, "start", context)
+    end = optional_moment(request, "end", context)
+    return release_pb2.ListWindowsResponse(windows=[window_message(w) for w in list_windows(start, end)])

@@ -8,7 +8,7 @@ import grpc
 
 from chorus.server import auth, lifecycle, roster
 from chorus.server.app_context import Chorus
-from chorus.server.services._convert import optional_moment, window_message
+from chorus.server.services._convert import window_message, windows_response
 from chorus.server.services._errors import abort, invalid_argument
 from chorus.server.windows import parse_window_id
 from chorus.v1 import admin_pb2, admin_pb2_grpc, release_pb2
@@ -68,10 +68,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        start = optional_moment(request, "start", context)
-        end = optional_moment(request, "end", context)
-        records = self._chorus.db.run(lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows")
-        return release_pb2.ListWindowsResponse(windows=[window_message(w) for w in records])
+        return windows_response(request, context, lambda start, end: self._chorus.db.run(
+            lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows"))
 
     def CloseWindow(self, request: admin_pb2.CloseWindowRequest,
                     context: grpc.ServicerContext) -> admin_pb2.CloseWindowResponse:

@@ -10,7 +10,7 @@ import grpc
 from chorus.server import auth, release
 from chorus.server.app_context import Chorus
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.services._convert import optional_moment, window_message
+from chorus.server.services._convert import windows_response
 from chorus.server.services._errors import abort, invalid_argument, quota_failure
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
@@ -26,10 +26,7 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        start = optional_moment(request, "start", context)
-        end = optional_moment(request, "end", context)
-        return release_pb2.ListWindowsResponse(
-            windows=[window_message(w) for w in self._releases.list_windows(start, end)])
+        return windows_response(request, context, self._releases.list_windows)
 
     def ListMetrics(self, request: release_pb2.ListMetricsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListMetricsResponse:
