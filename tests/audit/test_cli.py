@@ -28,9 +28,15 @@ runner = CliRunner()
 HEAD = re.compile(r"--expect-head (\d+:[0-9a-f]{64})")
 
 
+def token_env(server_address: str, token: str, tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "auditor.token"
+    path.write_text(token + "\n")
+    return {"CHORUS_SERVER": server_address, "CHORUS_TOKEN_FILE": str(path)}
+
+
 @pytest.fixture
-def env(released: Chorus, server: Server, auditor_token: str) -> dict[str, str]:
-    return {"CHORUS_SERVER": server.address, "CHORUS_TOKEN": auditor_token}
+def env(released: Chorus, server: Server, auditor_token: str, tmp_path: Path) -> dict[str, str]:
+    return token_env(server.address, auditor_token, tmp_path)
 
 
 def chorus_cli(env: dict[str, str], *args: str) -> Any:
@@ -125,7 +131,7 @@ def test_export_resumes_when_the_server_cuts_a_long_stream(released: Chorus, aud
     server = Server(released, "127.0.0.1:0")
     server.start()
     try:
-        env = {"CHORUS_SERVER": server.address, "CHORUS_TOKEN": auditor_token}
+        env = token_env(server.address, auditor_token, tmp_path)
         ledger, key = export(env, tmp_path)
     finally:
         server.stop(grace=1)
@@ -151,7 +157,7 @@ def test_budget_shows_spent_and_remaining_per_team_window(env: dict[str, str]) -
 
 def test_budget_refuses_an_unknown_window_by_name(env: dict[str, str]) -> None:
     result = chorus_cli(env, "budget", "--window", "2020-01-01")
-    assert result.exit_code == 1 and "NOT_FOUND" in result.stderr and "2020-01-01" in result.stderr
+    assert result.exit_code == 5 and "NOT_FOUND" in result.stderr and "2020-01-01" in result.stderr
 
 
 @pytest.mark.parametrize("fmt", ["text", "markdown"])

@@ -16,8 +16,8 @@ runner = CliRunner()
 
 
 def chorus(running: Running, *args: str):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, [*args, "--server", running.address], env={"CHORUS_TOKEN": running.admin_token,
-                                                                         "COLUMNS": "200"})
+    return runner.invoke(app, [*args, "--server", running.address, "--token", running.admin_token],
+                         env={"COLUMNS": "200"})
 
 
 def test_window_list_and_close_guard_the_current_window(running: Running) -> None:
@@ -41,7 +41,7 @@ def test_window_close_names_a_malformed_or_unknown_window(running: Running) -> N
     bad = chorus(running, "window", "close", "bogus")
     assert bad.exit_code == 2 and "neither a day (YYYY-MM-DD) nor an ISO week" in " ".join(bad.output.split())
     unknown = chorus(running, "window", "close", "2020-W01")
-    assert unknown.exit_code == 1 and "NOT_FOUND" in unknown.output and "2020-W01" in unknown.output
+    assert unknown.exit_code == 5 and "NOT_FOUND" in unknown.output and "2020-W01" in unknown.output
 
 
 def test_roster_import_accepts_a_spreadsheet_bom_and_marks_small_teams(running: Running, tmp_path) -> None:
@@ -60,15 +60,15 @@ def test_token_names_are_never_reused(running: Running, tmp_path) -> None:
                   "--out", str(tmp_path / "t1")).exit_code == 0
     assert chorus(running, "token", "revoke", "tool").exit_code == 0
     again = chorus(running, "token", "create", "--role", "ingest", "--name", "tool", "--out", str(tmp_path / "t2"))
-    assert again.exit_code == 1 and "names are never reused" in " ".join(again.output.split())
+    assert again.exit_code == 6 and "names are never reused" in " ".join(again.output.split())
 
 
 def test_a_server_that_is_not_running_gets_a_hint(tmp_path) -> None:
-    result = runner.invoke(app, ["stats", "--server", "127.0.0.1:1"], env={"CHORUS_TOKEN": "chorus_x"})
-    assert result.exit_code == 1
+    result = runner.invoke(app, ["stats", "--server", "127.0.0.1:1", "--token", "chorus_x"])
+    assert result.exit_code == 9
     assert "Is `chorus serve` running and listening on 127.0.0.1:1?" in " ".join(result.output.split())
 
 
 def test_revoking_an_unknown_token_is_not_found(running: Running) -> None:
     result = chorus(running, "token", "revoke", "no-such-token")
-    assert result.exit_code == 1 and "NOT_FOUND" in result.output and "no-such-token" in result.output
+    assert result.exit_code == 5 and "NOT_FOUND" in result.output and "no-such-token" in result.output

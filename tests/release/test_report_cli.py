@@ -141,10 +141,13 @@ def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[A
     first = json.loads(run(args))
     assert [(r["team"], r["statistic"], r["outcome"]) for r in first] == [
         ("team-red", "mean", "released"), ("team-red", "histogram", "released"),
-        ("team-red", "adoption", "released"), ("team-tiny", "", "suppressed")]  # adoption as in the table
+        ("team-red", "adoption", "released"), ("team-tiny", None, "suppressed")]  # adoption as in the table
     mean, hist, adoption, tiny = first
     assert mean["epsilon_charged"] == "0.2" and hist["epsilon_charged"] == "0.1"
-    assert adoption["epsilon_charged"] == "0.1" and adoption["metric"] == "" and 0 <= adoption["value"] <= 1
+    assert adoption["epsilon_charged"] == "0.1" and adoption["metric"] is None and 0 <= adoption["value"] <= 1
+    # jq-friendly: what a suppressed team was not given is null, never "" (jq '.value // "n/a"' works)
+    assert all(tiny[k] is None for k in ("metric", "statistic", "value", "ci95", "cached", "release_id"))
+    assert mean["bucket_counts"] is None and mean["note"] is None and mean["cached"] is False
     assert hist["histogram_edges"] == [50, 200, 500, 1000] and len(hist["bucket_counts"]) == 5
     assert tiny["message"].startswith("team team-tiny has 3 people")
     assert mean["budget_remaining"] == "0.6" and mean["team_epsilon_charged"] == "0.4"
@@ -185,18 +188,18 @@ def test_refusals_are_clear_and_exit_nonzero(two_days: tuple[Api, list[str]]) ->
     api, base = two_days
     assert "--trend shows one statistic of one metric" in run(["report", *base, "--trend", "3"], expect=2)
     assert "--epsilon" in run(["report", *base, "--epsilon", "abc"], expect=2)
-    out = run(["report", *base, "--metric", "ai.nothing"], expect=1)
+    out = run(["report", *base, "--metric", "ai.nothing"], expect=5)
     assert "NOT_FOUND" in out and "metric 'ai.nothing' is not in the policy" in out
-    out = run(["report", *base, "--statistic", "sum", "--epsilon", "0.3"], expect=1)
+    out = run(["report", *base, "--statistic", "sum", "--epsilon", "0.3"], expect=8)
     assert "RESOURCE_EXHAUSTED" in out and "team team-red requested epsilon 1.5" in out
     current = api.chorus.clock.now().date().isoformat()
     contribute(api.chorus, ("user-team-red-0", "ai.requests", 1))
-    out = run(["report", *base, "--window", current], expect=1)
+    out = run(["report", *base, "--window", current], expect=7)
     assert "FAILED_PRECONDITION" in out and f"window {current} is still open" in out
 
 
 def test_no_closed_window_yet(chorus: Chorus, make_api: Callable[[Chorus], Api]) -> None:
     api = make_api(chorus)
     secret, _ = chorus.tokens.create(Role.ANALYST, "leadership", chorus.clock.now(), actor="test")
-    out = run(["report", "--server", api.server.address, "--token", secret], expect=1)
+    out = run(["report", "--server", api.server.address, "--token", secret], expect=7)
     assert "no closed window yet" in out

@@ -85,7 +85,7 @@ def test_token_create_writes_0600_and_never_loses_the_secret(secure_server: Secu
     # secret could not be stored.
     again = CliRunner().invoke(app, ["token", "create", "--role", "ingest", "--name", "cli-tool-2",
                                      "--out", str(out), *common])
-    assert again.exit_code == 1
+    assert again.exit_code == 2  # usage: the --out path
     assert "already exists" in words(again.output)
     assert "cli-tool-2" not in {t.name for t in secure_server.chorus.tokens.list()}
     assert out.read_text().strip() == secret
@@ -94,7 +94,7 @@ def test_token_create_writes_0600_and_never_loses_the_secret(secure_server: Secu
     failed_out = tmp_path / "dup.token"
     dup = CliRunner().invoke(app, ["token", "create", "--role", "ingest", "--name", "cli-tool",
                                    "--out", str(failed_out), *common])
-    assert dup.exit_code == 1
+    assert dup.exit_code == 6
     assert "ALREADY_EXISTS" in words(dup.output)
     assert not failed_out.exists()
 
@@ -103,5 +103,5 @@ def test_empty_token_file_is_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
     result = CliRunner().invoke(app, ["token", "list", "--token-file", str(empty)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "is empty" in words(result.output)

@@ -31,10 +31,12 @@ class RosterEntry(_message.Message):
     def __init__(self, user: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
 
 class ImportRosterRequest(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "dry_run")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[RosterEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class TeamSize(_message.Message):
     __slots__ = ("team", "size")
@@ -45,16 +47,24 @@ class TeamSize(_message.Message):
     def __init__(self, team: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ImportRosterResponse(_message.Message):
-    __slots__ = ("people", "teams", "roster_hash", "min_team_size")
+    __slots__ = ("people", "teams", "roster_hash", "min_team_size", "previous_teams", "people_added", "people_removed", "dry_run")
     PEOPLE_FIELD_NUMBER: _ClassVar[int]
     TEAMS_FIELD_NUMBER: _ClassVar[int]
     ROSTER_HASH_FIELD_NUMBER: _ClassVar[int]
     MIN_TEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TEAMS_FIELD_NUMBER: _ClassVar[int]
+    PEOPLE_ADDED_FIELD_NUMBER: _ClassVar[int]
+    PEOPLE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     people: int
     teams: _containers.RepeatedCompositeFieldContainer[TeamSize]
     roster_hash: str
     min_team_size: int
-    def __init__(self, people: _Optional[int] = ..., teams: _Optional[_Iterable[_Union[TeamSize, _Mapping]]] = ..., roster_hash: _Optional[str] = ..., min_team_size: _Optional[int] = ...) -> None: ...
+    previous_teams: _containers.RepeatedCompositeFieldContainer[TeamSize]
+    people_added: int
+    people_removed: int
+    dry_run: bool
+    def __init__(self, people: _Optional[int] = ..., teams: _Optional[_Iterable[_Union[TeamSize, _Mapping]]] = ..., roster_hash: _Optional[str] = ..., min_team_size: _Optional[int] = ..., previous_teams: _Optional[_Iterable[_Union[TeamSize, _Mapping]]] = ..., people_added: _Optional[int] = ..., people_removed: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("role", "name")

@@ -38,6 +38,7 @@ class WindowRecord:
     policy: Policy
     policy_json: str
     rows_folded: int | None
+    closed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class WindowNotFound(LookupError):
     pass
 
 
-_COLUMNS = "id, start_at, end_at, closes_at, state, policy, rows_folded"
+_COLUMNS = "id, start_at, end_at, closes_at, state, policy, rows_folded, closed_at"
 _policy_cache: dict[str, Policy] = {}
 
 
@@ -69,9 +70,10 @@ def _record_policy(policy_json: str) -> Policy:
 
 
 def _record(row: tuple) -> WindowRecord:
-    ident, start, end, closes, state, policy_json, folded = row
+    ident, start, end, closes, state, policy_json, folded, closed = row
     policy = _record_policy(policy_json)
-    return WindowRecord(ident, _at(start), _at(end), _at(closes), state, policy, policy_json, folded)
+    return WindowRecord(ident, _at(start), _at(end), _at(closes), state, policy, policy_json, folded,
+                        None if closed is None else _at(closed))
 
 
 def _at(seconds: int) -> datetime:

@@ -24,26 +24,54 @@ class RosterError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ImportResult:
+    """A roster import (or its preview), with what it changes against the roster it replaces."""
+
     people: int
     team_sizes: dict[str, int]
     roster_hash: str
+    previous_sizes: dict[str, int]
+    people_added: int
+    people_removed: int
 
 
-def parse_csv(text: str) -> list[tuple[str, str]]:
-    """Rows of a `user,team` CSV (header required), validated; duplicates are an error."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or [h.strip().lower() for h in header] != ["user", "team"]:
+def decode(data: bytes, encoding: str) -> str:
+    """The file's text; a byte the encoding cannot read is named by line and column, never shown
+    with its neighbours (they are a person's row)."""
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise RosterError(f"unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RosterError(f"line {line}, column {column}: byte 0x{data[exc.start]:02x} is not valid {encoding}; "
+                          "give the file's encoding with --encoding (spreadsheets on Windows often write cp1252, "
+                          "older HR systems latin-1)") from None
+
+
+def parse_csv(text: str, user_column: str = "user", team_column: str = "team") -> list[tuple[str, str]]:
+    """Rows of a CSV with a header naming `user_column` and `team_column` (other columns are
+    ignored, so an HR export can be imported as is), validated; duplicates are an error."""
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))  # spreadsheets start UTF-8 with a BOM
+    header = [h.strip().lower() for h in next(reader, [])]
+    wanted = (user_column.strip().lower(), team_column.strip().lower())
+    missing = [name for name in wanted if name not in header]
+    if missing or len(set(header)) != len(header):
         # Never echo the line: without a header it is a person's row.
-        raise RosterError("line 1 must be the header 'user,team' (one row per person follows)")
-    rows = []
+        why = (f"has no column named {', '.join(map(repr, missing))}" if missing
+               else "names a column twice")
+        raise RosterError(f"line 1 must be a header naming the user and team columns, but it {why} (choose "
+                          "them with --user-column and --team-column; one row per person follows)")
+    user_at, team_at = header.index(wanted[0]), header.index(wanted[1])
+    rows, lines = [], []
     for line, row in enumerate(reader, start=2):
         if not row or all(not c.strip() for c in row):
             continue
-        if len(row) != 2:
-            raise RosterError(f"line {line}: expected 2 columns (user,team), got {len(row)}")
-        rows.append((row[0].strip(), row[1].strip()))
-    return validate(rows, where=lambda i: f"line {i + 2}")
+        if len(row) != len(header):
+            raise RosterError(f"line {line}: expected {len(header)} columns as in the header, got {len(row)}")
+        rows.append((row[user_at].strip(), row[team_at].strip()))
+        lines.append(line)
+    return validate(rows, where=lambda i: f"line {lines[i]}")
 
 
 def validate(rows: Iterable[tuple[str, str]], where: Any = lambda i: f"entry {i}") -> list[tuple[str, str]]:
@@ -71,11 +99,19 @@ def roster_hash(rows: Iterable[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
+def preview(tx: Tx, rows: list[tuple[str, str]]) -> ImportResult:
+    """What replacing the roster with `rows` would change; changes nothing."""
+    current = {user for (user,) in tx.query("SELECT user_id FROM roster")}
+    new = {user for user, _ in rows}
+    return ImportResult(len(rows), dict(sorted(Counter(team for _, team in rows).items())), roster_hash(rows),
+                        team_sizes(tx), len(new - current), len(current - new))
+
+
 def replace(tx: Tx, rows: list[tuple[str, str]], ledger: Ledger, now: datetime,
             actor: str) -> ImportResult:
     """Replace the whole roster and record its hash and team sizes in the ledger."""
-    sizes = dict(sorted(Counter(team for _, team in rows).items()))
-    digest = roster_hash(rows)
+    result = preview(tx, rows)
+    sizes, digest = result.team_sizes, result.roster_hash
     # Lock the version row first: a concurrent import waits here until we commit, so its
     # DELETE (a fresh snapshot under READ COMMITTED) sees and removes our rows.
     tx.execute("UPDATE roster_version SET version = version + 1, roster_hash = ? WHERE id = 1",
@@ -84,7 +120,7 @@ def replace(tx: Tx, rows: list[tuple[str, str]], ledger: Ledger, now: datetime,
     tx.executemany("INSERT INTO roster (user_id, team) VALUES (?, ?)", rows)
     ledger.append(tx, "roster_import", {"roster_sha256": digest, "people": len(rows),
                                         "team_sizes": sizes, "by": actor}, now)
-    return ImportResult(len(rows), sizes, digest)
+    return result
 
 
 def team_sizes(tx: Tx) -> dict[str, int]:

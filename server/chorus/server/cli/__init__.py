@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version as package_version
+from typing import Annotated
+
 import typer
 
-from chorus.server.cli import admin, audit, certs, dashboard, demo, report, serve
+from chorus.server.cli import admin, audit, backup, certs, dashboard, demo, report, serve
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
                   no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
                   add_completion=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"chorus {package_version('chorus-telemetry')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = None) -> None:
+    """Chorus: AI-usage telemetry that releases team statistics only, with differential privacy."""
+
+
 app.command("serve")(serve.serve)
+app.command("backup")(backup.backup)
 app.command("default-config")(serve.default_config)
 app.command("demo")(demo.demo)
 app.add_typer(admin.roster_app, name="roster")

@@ -1,11 +1,22 @@
-"""What every client-side command shares: server address, token, TLS, and error display."""
+"""What every client-side command shares: server address, token, TLS, errors and exit codes.
+
+Exit codes are one table (`ExitCode`, `STATUS_EXIT`): a script can tell "fix your token" from
+"retry later" from "the server said no" without parsing messages (docs/cli.md).
+
+The CLI's token comes from `--token-file`, `CHORUS_TOKEN_FILE` or `--token`, never from
+`CHORUS_TOKEN`: that variable is the SDK's (an ingest token in a tool's environment), and
+reading it here sent ingest tokens to admin commands. Errors about a token name its source.
+"""
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -13,19 +24,54 @@ import grpc
 import typer
 from rich.console import Console
 
+from chorus.server.auth import TOKEN_PREFIX
+
 T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_SERVER = "127.0.0.1:7355"
+TOKEN_FILE_ENV = "CHORUS_TOKEN_FILE"
+SDK_TOKEN_ENV = "CHORUS_TOKEN"
+
+
+class ExitCode(enum.IntEnum):
+    """What `chorus` exits with (documented in docs/cli.md)."""
+
+    OK = 0
+    ERROR = 1  # anything not below: an internal server error, a ledger that did not verify
+    USAGE = 2  # bad flags, arguments or input files, or a request the server refused as invalid
+    UNAUTHENTICATED = 3  # no token, a token file without a token, an unknown or revoked token
+    PERMISSION_DENIED = 4  # the token's role may not call this
+    NOT_FOUND = 5  # no such token, window or metric
+    ALREADY_EXISTS = 6  # e.g. a token name used before
+    FAILED_PRECONDITION = 7  # not in this state: a window still open or past retention, none closed yet
+    RESOURCE_EXHAUSTED = 8  # the privacy budget would be overspent, or a rate limit
+    UNAVAILABLE = 9  # the server or its store cannot be reached, or did not answer in time: retry
+
+
+#: gRPC status -> exit code; every status not listed is ExitCode.ERROR.
+STATUS_EXIT: dict[grpc.StatusCode, ExitCode] = {
+    grpc.StatusCode.INVALID_ARGUMENT: ExitCode.USAGE,
+    grpc.StatusCode.OUT_OF_RANGE: ExitCode.USAGE,
+    grpc.StatusCode.UNAUTHENTICATED: ExitCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: ExitCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND: ExitCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: ExitCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION: ExitCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ExitCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ExitCode.UNAVAILABLE,
+}
 
 ServerOpt = Annotated[str, typer.Option("--server", "-s", envvar="CHORUS_SERVER",
                                         help="Chorus gRPC address host:port.")]
 TokenOpt = Annotated[str | None, typer.Option(
-    "--token", envvar="CHORUS_TOKEN", show_default=False,
-    help="Bearer token (better: set CHORUS_TOKEN or use --token-file; never echoed).")]
+    "--token", show_default=False,
+    help="Bearer token (better: --token-file or CHORUS_TOKEN_FILE; a flag shows in shell history and ps).")]
 TokenFileOpt = Annotated[Path | None, typer.Option(
-    "--token-file", envvar="CHORUS_TOKEN_FILE", help="File holding the bearer token.")]
+    "--token-file", show_default=False,
+    help=f"File holding the bearer token. Default: ${TOKEN_FILE_ENV}. The SDK's CHORUS_TOKEN is not read.")]
 CaOpt = Annotated[Path | None, typer.Option(
     "--ca", envvar="CHORUS_CA_FILE",
     help="CA bundle (PEM) to verify the server. Default: plaintext to a loopback address, TLS "
@@ -35,25 +81,52 @@ CertOpt = Annotated[Path | None, typer.Option("--client-cert", envvar="CHORUS_CL
 KeyOpt = Annotated[Path | None, typer.Option("--client-key", envvar="CHORUS_CLIENT_KEY",
                                              help="Client private key (PEM) for mTLS.")]
 
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
+# What gRPC accepts in a header value, and what every token the server issues consists of.
+_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[\x21-\x7e]+")
 
 
-def read_token(token: str | None, token_file: Path | None) -> str:
+def fail(message: str, code: int = ExitCode.ERROR) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(int(code))
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A bearer token and where it came from (named in errors; the secret never is)."""
+
+    secret: str
+    source: str
+
+
+def read_token(token: str | None, token_file: Path | None) -> Credential:
+    """The token from --token, --token-file or $CHORUS_TOKEN_FILE, in that order."""
     if token:
-        return token.strip()
-    if token_file:
-        try:
-            secret = token_file.read_text().strip()
-        except OSError as exc:
-            raise fail(f"cannot read token file {token_file}: {exc.strerror}") from None
-        if not secret:
-            raise fail(f"token file {token_file} is empty")
-        return secret
-    raise fail("no token: pass --token-file or set CHORUS_TOKEN_FILE (or CHORUS_TOKEN); the first start "
-               "of a server writes an admin token to DATA_DIR/admin.token")
+        return _checked(token.strip(), "--token")
+    source = f"--token-file {token_file}"
+    if token_file is None and (env := os.environ.get(TOKEN_FILE_ENV)):
+        token_file, source = Path(env), f"{TOKEN_FILE_ENV}={env}"
+    if token_file is None:
+        hint = (f" ({SDK_TOKEN_ENV} is set, but it is the SDK's variable and the CLI does not read it)"
+                if os.environ.get(SDK_TOKEN_ENV) else "")
+        raise fail(f"no token: pass --token-file FILE or set {TOKEN_FILE_ENV}{hint}; the first start of a "
+                   "server writes an admin token to DATA_DIR/admin.token", ExitCode.UNAUTHENTICATED)
+    try:
+        secret = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise fail(f"cannot read the token file ({source}): {exc.strerror}", ExitCode.UNAUTHENTICATED) from None
+    except UnicodeDecodeError:
+        secret = ""  # binary: certainly not a token
+    return _checked(secret, source)
+
+
+def _checked(secret: str, source: str) -> Credential:
+    """Refuse what is not a token before gRPC sees it: it would fail with "Illegal header value"."""
+    if not _TOKEN_SHAPE.fullmatch(secret):
+        # Never echo the content: it may be a roster row or someone else's secret.
+        what = "is empty" if not secret else f"does not hold a token (one line starting with {TOKEN_PREFIX})"
+        raise fail(f"the token from {source} {what}; `chorus token create` writes one with --out FILE",
+                   ExitCode.UNAUTHENTICATED)
+    return Credential(secret, source)
 
 
 def create_private_file(path: Path, *, overwrite: bool = False) -> int:
@@ -65,9 +138,9 @@ def create_private_file(path: Path, *, overwrite: bool = False) -> int:
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise fail(f"{path} already exists; remove it or choose another path") from None
+        raise fail(f"{path} already exists; remove it or choose another path", ExitCode.USAGE) from None
     except OSError as exc:
-        raise fail(f"cannot create {path}: {exc.strerror}") from None
+        raise fail(f"cannot create {path}: {exc.strerror}", ExitCode.USAGE) from None
     os.fchmod(fd, 0o600)  # os.open's mode applies only to a file it creates
     return fd
 
@@ -87,7 +160,7 @@ def _read_pem(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise fail(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise fail(f"cannot read {what} {path}: {exc.strerror}", ExitCode.USAGE) from None
 
 
 def channel_credentials(server: str, ca: Path | None, client_cert: Path | None,
@@ -95,7 +168,7 @@ def channel_credentials(server: str, ca: Path | None, client_cert: Path | None,
     """TLS credentials for `server`, or None for plaintext, which only a loopback address gets:
     a bearer token is never sent in the clear across a network."""
     if (client_cert is None) != (client_key is None):
-        raise fail("--client-cert and --client-key go together", 2)
+        raise fail("--client-cert and --client-key go together", ExitCode.USAGE)
     if ca is None and client_cert is None and is_loopback(server):
         return None
     return grpc.ssl_channel_credentials(
@@ -107,32 +180,41 @@ def channel_credentials(server: str, ca: Path | None, client_cert: Path | None,
 class Connection:
     """A channel plus the bearer token as call metadata."""
 
-    def __init__(self, server: str, token: str, ca: Path | None = None, client_cert: Path | None = None,
-                 client_key: Path | None = None) -> None:
+    def __init__(self, server: str, credential: Credential, ca: Path | None = None,
+                 client_cert: Path | None = None, client_key: Path | None = None) -> None:
         creds = channel_credentials(server, ca, client_cert, client_key)
         self.channel = grpc.secure_channel(server, creds) if creds else grpc.insecure_channel(server)
-        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.metadata = (("authorization", f"Bearer {credential.secret}"),)
         self.server = server
+        self.token_source = credential.source
 
     def call(self, method: Callable[..., T], request: object, timeout: float = 60.0) -> T:
-        """Invoke a stub method; gRPC errors become a clear message and exit code 1."""
-        with rpc_errors(self.server):
+        """Invoke a stub method; gRPC errors become a clear message and their exit code."""
+        with rpc_errors(self.server, self.token_source):
             return method(request, metadata=self.metadata, timeout=timeout)
 
     def close(self) -> None:
         self.channel.close()
 
 
+def exit_code(status: grpc.StatusCode | None) -> ExitCode:
+    return STATUS_EXIT.get(status, ExitCode.ERROR) if status is not None else ExitCode.ERROR
+
+
 @contextmanager
-def rpc_errors(server: str) -> Iterator[None]:
+def rpc_errors(server: str, token_source: str = "") -> Iterator[None]:
+    """gRPC errors become one line on stderr and the status's exit code."""
     try:
         yield
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            raise fail(f"cannot reach Chorus at {server}: {details}{_unavailable_hint(server, details)}") from None
-        raise fail(f"{code.name if code else 'error'}: {details}") from None
+            raise fail(f"cannot reach Chorus at {server}: {details}{_unavailable_hint(server, details)}",
+                       ExitCode.UNAVAILABLE) from None
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and token_source:
+            details = f"{details} (token from {token_source})"
+        raise fail(f"{code.name if code else 'error'}: {details}", exit_code(code)) from None
 
 
 def _unavailable_hint(server: str, details: str) -> str:

@@ -16,6 +16,7 @@ from chorus.server.cli._common import (
     DEFAULT_SERVER,
     CaOpt,
     CertOpt,
+    ExitCode,
     KeyOpt,
     ServerOpt,
     TokenFileOpt,
@@ -23,8 +24,10 @@ from chorus.server.cli._common import (
     connect,
     console,
     create_private_file,
+    err_console,
     fail,
 )
+from chorus.server.cli._output import Format, FormatOpt, emit, moment
 from chorus.server.windows import parse_window_id
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2
 
@@ -38,32 +41,56 @@ ROSTER_CHUNK = 10_000  # entries per streamed message, well under the message si
 
 
 @roster_app.command("import")
-def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with header user,team.")],
+def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with a header row naming its columns.")],
+                  encoding: Annotated[str, typer.Option("--encoding", help="The file's text encoding, e.g. "
+                                                        "latin-1 or cp1252.")] = "utf-8",
+                  user_column: Annotated[str, typer.Option("--user-column", help="Header of the column holding "
+                                                           "the user id (as the AI tools send it).")] = "user",
+                  team_column: Annotated[str, typer.Option("--team-column",
+                                                           help="Header of the team column.")] = "team",
+                  dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change (teams added, "
+                                                        "removed, resized; people added and removed) and change "
+                                                        "nothing.")] = False,
                   server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
                   token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
                   client_key: KeyOpt = None) -> None:
-    """Replace the whole roster with a CSV file (header user,team; one row per person).
+    """Replace the whole roster with a CSV file (one row per person; other columns are ignored).
 
     People not in the file are no longer on the roster: their contributions are rejected from
     now on. A person already counted in an open window keeps that window's team."""
     try:
-        rows = roster.parse_csv(csv_file.read_text(encoding="utf-8-sig"))  # -sig: spreadsheets add a BOM
+        rows = roster.parse_csv(roster.decode(csv_file.read_bytes(), encoding), user_column, team_column)
     except OSError as exc:
-        raise fail(f"cannot read {csv_file}: {exc.strerror}") from None
+        raise fail(f"cannot read {csv_file}: {exc.strerror}", ExitCode.USAGE) from None
     except roster.RosterError as exc:
-        raise fail(f"{csv_file}: {exc}") from None
+        raise fail(f"{csv_file}: {exc}", ExitCode.USAGE) from None
     chunks = [admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t)
-                                                     for u, t in rows[i:i + ROSTER_CHUNK]])
+                                                     for u, t in rows[i:i + ROSTER_CHUNK]], dry_run=dry_run)
               for i in range(0, len(rows), ROSTER_CHUNK)]
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ImportRoster, iter(chunks))
-    table = Table("team", "people", "released on its own?",
-                  title=f"Roster replaced: {reply.people} people in {len(reply.teams)} teams")
+    before = {t.team: t.size for t in reply.previous_teams}
+    title = (f"Dry run, nothing changed: the roster would have {reply.people} people in {len(reply.teams)} teams"
+             if reply.dry_run else f"Roster replaced: {reply.people} people in {len(reply.teams)} teams")
+    table = Table("team", "people", "change", "released on its own?", title=title)
     for team in reply.teams:
         alone = "yes" if team.size >= reply.min_team_size else f"no: below k = {reply.min_team_size}"
-        table.add_row(team.team, str(team.size), alone)
+        was = before.get(team.team)
+        change = "new team" if was is None else "-" if was == team.size else f"{team.size - was:+d} (was {was})"
+        table.add_row(team.team, str(team.size), change, alone)
+    gone = sorted(set(before) - {t.team for t in reply.teams})
+    for name in gone:
+        table.add_row(name, "0", f"removed (was {before[name]})", "-")
     console.print(table)
-    console.print(f"roster sha256 {reply.roster_hash} (recorded in the ledger)")
+    added = sum(1 for t in reply.teams if t.team not in before)
+    resized = sum(1 for t in reply.teams if t.team in before and before[t.team] != t.size)
+    console.print(f"{'would change' if reply.dry_run else 'changed'}: {added} team(s) added, {len(gone)} removed, "
+                  f"{resized} resized; {reply.people_added} people added, {reply.people_removed} removed",
+                  highlight=False)
+    if reply.dry_run:
+        console.print("run again without --dry-run to replace the roster", highlight=False)
+    else:
+        console.print(f"roster sha256 {reply.roster_hash} (recorded in the ledger)")
 
 
 @token_app.command("create")
@@ -76,7 +103,7 @@ def token_create(role: Annotated[str, typer.Option("--role", help="ingest, analy
                  client_key: KeyOpt = None) -> None:
     """Create a token; it is shown once and only its SHA-256 is stored."""
     if role not in ROLES:
-        raise fail(f"--role {role!r}: must be one of {', '.join(ROLES)}", 2)
+        raise fail(f"--role {role!r}: must be one of {', '.join(ROLES)}", ExitCode.USAGE)
     # Claim the file first: a token whose secret cannot be stored would be lost for good.
     fd = create_private_file(out) if out is not None else None
     try:
@@ -92,22 +119,29 @@ def token_create(role: Annotated[str, typer.Option("--role", help="ingest, analy
         with os.fdopen(fd, "w") as f:
             f.write(reply.token + "\n")
         console.print(f"token {name!r} ({role}) written to {out}")
-    else:
-        console.print(f"token {name!r} ({role}); store it now, it is not shown again:")
-        print(reply.token)
+    else:  # the token alone on stdout, so that $(chorus token create ...) captures just the secret
+        err_console.print(f"token {name!r} ({role}); store it now, it is not shown again:")
+        print(reply.token, flush=True)
 
 
 @token_app.command("list")
-def token_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
-               ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
+def token_list(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+               token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
+               client_key: KeyOpt = None) -> None:
     """List tokens (names and roles; secrets are never stored)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListTokens,
                           admin_pb2.ListTokensRequest())
-    table = Table("name", "role", "created", "revoked")
-    for t in reply.tokens:
-        table.add_row(t.name, ROLE_NAMES.get(t.role, "?"), t.created, t.revoked or "-")
-    console.print(table)
+    records = [{"name": t.name, "role": ROLE_NAMES.get(t.role), "created": moment(t.created),
+                "revoked": moment(t.revoked), "active": not moment(t.revoked)} for t in reply.tokens]
+
+    def table() -> None:
+        out = Table("name", "role", "created", "revoked")
+        for r in records:
+            out.add_row(r["name"], r["role"] or "?", r["created"], r["revoked"] or "-")
+        console.print(out)
+
+    emit(fmt, ("name", "role", "created", "revoked", "active"), records, table)
 
 
 @token_app.command("revoke")
@@ -123,18 +157,31 @@ def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
 
 
 @window_app.command("list")
-def window_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
-                ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
-    """List windows, newest first, with their state and when they close."""
+def window_list(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+                token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
+                client_key: KeyOpt = None) -> None:
+    """List windows, newest first, with their state and when they close (or closed)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListWindows,
                           release_pb2.ListWindowsRequest())
-    table = Table("window", "state", "from (UTC)", "until (UTC)", "closes at (UTC)")
-    for w in reply.windows:
-        state = "open" if w.state == common_pb2.WINDOW_STATE_OPEN else "closed"
-        table.add_row(w.id, state, *(_utc(t) for t in (w.start, w.end, w.closes_at)))
-    console.print(table if reply.windows else "no window yet: the first contribution or the server's "
-                  "window task opens the current one")
+    records = [{"window": w.id, "state": "open" if w.state == common_pb2.WINDOW_STATE_OPEN else "closed",
+                "start": moment(w.start), "end": moment(w.end), "closes_at": moment(w.closes_at),
+                "closed_at": moment(w.closed_at) if w.HasField("closed_at") else None} for w in reply.windows]
+
+    def table() -> None:
+        if not reply.windows:
+            console.print("no window yet: the first contribution or the server's window task opens the "
+                          "current one")
+            return
+        out = Table("window", "state", "from (UTC)", "until (UTC)", "closes at (UTC)")
+        for w in reply.windows:
+            # Once closed, the actual time: earlier than planned after an early close.
+            closes = f"closed {_utc(w.closed_at)}" if w.HasField("closed_at") else _utc(w.closes_at)
+            out.add_row(w.id, "open" if w.state == common_pb2.WINDOW_STATE_OPEN else "closed",
+                        _utc(w.start), _utc(w.end), closes)
+        console.print(out)
+
+    emit(fmt, ("window", "state", "start", "end", "closes_at", "closed_at"), records, table)
 
 
 @window_app.command("close")
@@ -150,10 +197,10 @@ def window_close(window: Annotated[str, typer.Argument(help="Window id, e.g. 202
     try:
         span = parse_window_id(window)
     except ValueError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(str(exc), ExitCode.USAGE) from None
     if span.end > datetime.now(UTC) and not yes:
         raise fail(f"window {window} runs until {span.end:%Y-%m-%d %H:%M} UTC: closing it now rejects "
-                   "every later contribution for it as late. Pass --yes to close it anyway.", 2)
+                   "every later contribution for it as late. Pass --yes to close it anyway.", ExitCode.USAGE)
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).CloseWindow,
                           admin_pb2.CloseWindowRequest(window=window))
@@ -168,20 +215,33 @@ def _utc(ts: Timestamp) -> str:
     return f"{ts.ToDatetime():%Y-%m-%d %H:%M}"
 
 
-def stats(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
-          ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
-    """Operational ingest counters since the server started (nothing per person)."""
+#: `chorus stats` rows: (counter name in json/csv, GetStatsResponse field, label in the table).
+STATS = (("batches", "batches", "batches received"),
+         ("duplicate_batches", "duplicate_batches", "duplicate batches (counted once)"),
+         ("invalid_batches", "invalid_batches", "malformed batches refused"),
+         ("contributions_accepted", "contributions_accepted", "contributions accepted"),
+         ("contributions_clamped", "contributions_clamped", "contributions above the bound on arrival"),
+         ("client_dropped", "client_dropped", "dropped by clients (memory bound)"))
+
+
+def stats(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+          token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
+          client_key: KeyOpt = None) -> None:
+    """Operational ingest counters since the server started (nothing per person).
+
+    json and csv: one record per counter (counter, value); rejections are counters named
+    contributions_rejected:REASON."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).GetStats,
                           admin_pb2.GetStatsRequest())
-    table = Table("counter (since the server started, nothing per person)", "value")
-    for label, value in (("batches received", reply.batches),
-                         ("duplicate batches (counted once)", reply.duplicate_batches),
-                         ("malformed batches refused", reply.invalid_batches),
-                         ("contributions accepted", reply.contributions_accepted),
-                         ("contributions above the bound on arrival", reply.contributions_clamped),
-                         ("dropped by clients (memory bound)", reply.client_dropped)):
-        table.add_row(label, str(value))
-    for reason, n in sorted(reply.rejected.items()):
-        table.add_row(f"contributions rejected: {reason}", str(n))
-    console.print(table)
+    rows = [(name, label, getattr(reply, field)) for name, field, label in STATS]
+    rows += [(f"contributions_rejected:{reason}", f"contributions rejected: {reason}", n)
+             for reason, n in sorted(reply.rejected.items())]
+
+    def table() -> None:
+        out = Table("counter (since the server started, nothing per person)", "value")
+        for _, label, value in rows:
+            out.add_row(label, str(value))
+        console.print(out)
+
+    emit(fmt, ("counter", "value"), [{"counter": name, "value": value} for name, _, value in rows], table)

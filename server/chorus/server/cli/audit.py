@@ -31,6 +31,7 @@ from chorus.server.cli._common import (
     fail,
     rpc_errors,
 )
+from chorus.server.cli._output import Format, FormatOpt, emit
 from chorus.server.config import Policy
 from chorus.server.ledger import Entry
 from chorus.server.privacy.epsilon import Epsilon
@@ -69,7 +70,7 @@ def export(
 
         def write(f: TextIO) -> None:
             nonlocal last, count
-            with rpc_errors(conn.server):
+            with rpc_errors(conn.server, conn.token_source):
                 for last in _stream_ledger(stub, conn.metadata, from_seq):
                     f.write(verify.export_line(last) + "\n")
                     count += 1
@@ -177,24 +178,32 @@ def _print_report(ledger: Path, report: verify.Report) -> None:
     console.print("Do not pin this head: the ledger did not verify.")
 
 
-def budget(window: WindowOpt = "", server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None,
-           token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
-           client_key: KeyOpt = None) -> None:
-    """Privacy budget spent and remaining per team-window (auditor token)."""
+def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: ServerOpt = "127.0.0.1:7355",
+           token: TokenOpt = None, token_file: TokenFileOpt = None, ca: CaOpt = None,
+           client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
+    """Privacy budget spent and remaining per team-window (auditor token).
+
+    json and csv keep epsilon values as exact decimal strings, as the ledger has them."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(audit_pb2_grpc.AuditServiceStub(conn.channel).GetBudget,
                           audit_pb2.GetBudgetRequest(window=window))
-    if not reply.budgets:
-        scope = f"window {window}" if window else "any window"
-        console.print(f"No budgets for {scope} yet: a team-window's budget starts when its window closes.")
-        return
-    table = Table("window", "team", "spent", "of the cap", "remaining", "cap", "releases",
-                  title="Privacy budget (epsilon) per team-window")
-    for b in reply.budgets:
-        cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)
-        bar = ProgressBar(total=max(cap.micros, 1), completed=spent.micros, width=20)
-        table.add_row(escape(b.window), escape(b.team), b.spent, bar, b.remaining, b.cap, str(b.releases))
-    console.print(table)
+
+    def table() -> None:
+        if not reply.budgets:
+            scope = f"window {window}" if window else "any window"
+            console.print(f"No budgets for {scope} yet: a team-window's budget starts when its window closes.")
+            return
+        out = Table("window", "team", "spent", "of the cap", "remaining", "cap", "releases",
+                    title="Privacy budget (epsilon) per team-window")
+        for b in reply.budgets:
+            cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)
+            bar = ProgressBar(total=max(cap.micros, 1), completed=spent.micros, width=20)
+            out.add_row(escape(b.window), escape(b.team), b.spent, bar, b.remaining, b.cap, str(b.releases))
+        console.print(out)
+
+    emit(fmt, ("window", "team", "spent", "remaining", "cap", "releases"),
+         [{"window": b.window, "team": b.team, "spent": b.spent, "remaining": b.remaining, "cap": b.cap,
+           "releases": b.releases} for b in reply.budgets], table)
 
 
 class StatementFormat(enum.StrEnum):

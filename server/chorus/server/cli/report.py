@@ -6,10 +6,7 @@ team-window's privacy budget; asking again returns the same stored answers for f
 
 from __future__ import annotations
 
-import csv
 import enum
-import io
-import json
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -23,6 +20,7 @@ from chorus.server.cli._common import (
     CaOpt,
     CertOpt,
     Connection,
+    ExitCode,
     KeyOpt,
     ServerOpt,
     TokenFileOpt,
@@ -33,6 +31,7 @@ from chorus.server.cli._common import (
     fail,
     rpc_errors,
 )
+from chorus.server.cli._output import Format, FormatOpt, emit, text_or_none
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
@@ -54,13 +53,8 @@ class Statistic(enum.StrEnum):
         return cls[common_pb2.Statistic.Name(proto).removeprefix("STATISTIC_")]
 
 
-class Format(enum.StrEnum):
-    TABLE = "table"
-    CSV = "csv"
-    JSON = "json"
-
-
-#: The flat record written by --format csv and json, one per team and estimate.
+#: The flat record written by --format csv and json, one per team and estimate; fields that do
+#: not apply (the estimate fields of a suppressed team, the metric of adoption) are null.
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
           "release_id", "budget_cap", "budget_remaining", "team_epsilon_charged")
@@ -82,7 +76,7 @@ def report(
     trend: Annotated[int | None, typer.Option("--trend", min=1, max=520, help="Instead: one statistic "
                                               "of one --metric per team over the last N closed "
                                               "windows.")] = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="table, csv or json.")] = Format.TABLE,
+    fmt: FormatOpt = Format.TABLE,
     server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
     ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
 ) -> None:
@@ -99,35 +93,29 @@ def report(
         try:
             Epsilon.parse(epsilon)
         except ValueError as exc:
-            raise fail(f"--epsilon: {exc}", 2) from None
+            raise fail(f"--epsilon: {exc}", ExitCode.USAGE) from None
     if trend is not None and (len(statistics) != 1 or (statistics[0] != Statistic.ADOPTION
                                                        and len(metric or []) != 1)):
         raise fail("--trend shows one statistic of one metric: pass one --statistic and one --metric "
-                   "(or --statistic adoption)", 2)
+                   "(or --statistic adoption)", ExitCode.USAGE)
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         stub = release_pb2_grpc.ReleaseServiceStub(conn.channel)
         closed = _closed_windows(conn, stub)
+        if not closed and (trend is not None or window is None):
+            raise fail("no closed window yet: a window is released only after it closes "
+                       "(its end plus the grace period)", ExitCode.FAILED_PRECONDITION)
         if trend is not None:
             replies = _trend(conn, stub, closed[:trend][::-1], team or [], metric or [], statistics[0],
                              epsilon)
         else:
             if window is None:
-                if not closed:
-                    raise fail("no closed window yet: a window is released only after it closes "
-                               "(its end plus the grace period)")
                 window = closed[0]
             if Statistic.ADOPTION not in statistics:  # every format: csv and json hold all that was paid for
                 statistics.append(Statistic.ADOPTION)
             replies = [conn.call(stub.Release, _request(window, team or [], metric or [], statistics,
                                                         epsilon))]
-    if fmt is Format.JSON:
-        print(json.dumps(list(_records(replies)), indent=2))
-    elif fmt is Format.CSV:
-        print(_csv(_records(replies)), end="")
-    elif trend is not None:
-        _print_trend(replies, statistics[0])
-    else:
-        _print_report(replies[0])
+    emit(fmt, FIELDS, _records(replies),
+         lambda: _print_trend(replies, statistics[0]) if trend is not None else _print_report(replies[0]))
 
 
 def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub) -> list[str]:
@@ -155,7 +143,7 @@ def _trend(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, windows:
                                         metadata=conn.metadata, timeout=60))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                with rpc_errors(conn.server):
+                with rpc_errors(conn.server, conn.token_source):
                     raise
             err_console.print(f"{window}: {exc.details()}")
             replies.append(release_pb2.ReleaseResponse(window=window))
@@ -167,25 +155,20 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
         for t in reply.teams:
             base = {"window": reply.window, "team": t.team, "roster_size": t.roster_size,
                     "outcome": "released" if t.outcome == release_pb2.TEAM_OUTCOME_RELEASED else "suppressed",
-                    "message": t.message, "budget_cap": t.budget_cap, "budget_remaining": t.budget_remaining,
+                    "message": text_or_none(t.message), "budget_cap": text_or_none(t.budget_cap),
+                    "budget_remaining": text_or_none(t.budget_remaining),
                     "team_epsilon_charged": t.epsilon_charged}
             if not t.estimates:
-                yield {f: base.get(f, "") for f in FIELDS}
+                yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
             for e in t.estimates:
-                yield {**base, "metric": e.metric, "statistic": Statistic.of(e.statistic).value,
-                       "value": e.value, "ci95": e.ci95, "bucket_counts": list(e.bucket_counts),
-                       "histogram_edges": list(e.histogram_edges), "epsilon": e.epsilon,
-                       "epsilon_charged": e.epsilon_charged, "cached": e.cached, "mechanism": e.mechanism,
-                       "note": e.note, "release_id": e.release_id}
-
-
-def _csv(records: Iterator[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        writer.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
-    return out.getvalue()
+                stat = Statistic.of(e.statistic)
+                histogram = stat is Statistic.HISTOGRAM
+                yield {**base, "metric": text_or_none(e.metric), "statistic": stat.value, "value": e.value,
+                       "ci95": e.ci95, "bucket_counts": list(e.bucket_counts) if histogram else None,
+                       "histogram_edges": list(e.histogram_edges) if histogram else None,
+                       "epsilon": e.epsilon, "epsilon_charged": e.epsilon_charged, "cached": e.cached,
+                       "mechanism": e.mechanism, "note": text_or_none(e.note),
+                       "release_id": text_or_none(e.release_id)}
 
 
 #: A cell's parts: the value, the 95% half-width, and "*" when post-processed (or "" each).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from chorus.server import config as config_module
 from chorus.server.app import Server, TlsConfig
 from chorus.server.app_context import Chorus
-from chorus.server.cli._common import console, err_console, fail, is_loopback
+from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", envvar="CHORUS_DATA_DIR",
                                           help="Directory for the SQLite database, ledger key, admin token.")]
@@ -87,6 +88,7 @@ def serve(
         raise fail(f"refusing plaintext on non-loopback address {address}: give --tls-cert/--tls-key, "
                    "or --insecure if a trusted proxy terminates TLS", 2)
     tls = load_tls(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
+    _check_port_free(address)
     chorus = Chorus(cfg, data_dir, database=database)
     token_path = chorus.bootstrap_admin_token()
     try:
@@ -101,6 +103,30 @@ def serve(
     console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
                   f"data in {data_dir}", highlight=False, soft_wrap=True)
     server.wait_for_signal()
+
+
+def _check_port_free(address: str) -> None:
+    """Fail with one clear line, before the data directory is touched, if `address` is taken.
+
+    gRPC would find out too, but it first prints a core log line (add_port.cc) to stderr.
+    A name that does not resolve is left to gRPC's own error.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (ValueError, OSError):
+        return
+    if int(port) == 0:
+        return
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is no conflict
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                raise fail(f"cannot listen on {address}: {exc.strerror}. Is another server (or `chorus serve`) "
+                           "using it? Choose another --listen", ExitCode.UNAVAILABLE) from None
 
 
 def default_config() -> None:

@@ -24,7 +24,8 @@ def window_message(record: lifecycle.WindowRecord) -> common_pb2.Window:
     return common_pb2.Window(
         id=record.id, start=timestamp(record.start), end=timestamp(record.end),
         state=common_pb2.WINDOW_STATE_OPEN if record.state == lifecycle.OPEN else common_pb2.WINDOW_STATE_CLOSED,
-        closes_at=timestamp(record.closes_at))
+        closes_at=timestamp(record.closes_at),
+        closed_at=timestamp(record.closed_at) if record.closed_at else None)
 
 
 def optional_moment(request: Message, name: str,

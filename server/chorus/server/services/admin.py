@@ -30,15 +30,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def ImportRoster(self, requests: Iterator[admin_pb2.ImportRosterRequest],
                      context: grpc.ServicerContext) -> admin_pb2.ImportRosterResponse:
+        dry_run = False
+
+        def entries() -> Iterator[tuple[str, str]]:
+            nonlocal dry_run
+            for chunk in requests:
+                dry_run |= chunk.dry_run
+                yield from ((e.user, e.team) for e in chunk.entries)
+
         try:
-            rows = roster.validate((e.user, e.team) for chunk in requests for e in chunk.entries)
+            rows = roster.validate(entries())
         except roster.RosterError as exc:
             invalid_argument(context, str(exc), "entries")
-        result = self._chorus.import_roster(rows, auth.principal().name)
+        if dry_run:
+            result = self._chorus.db.run(lambda tx: roster.preview(tx, rows), name="roster_preview")
+        else:
+            result = self._chorus.import_roster(rows, auth.principal().name)
         return admin_pb2.ImportRosterResponse(
             people=result.people, roster_hash=result.roster_hash,
             min_team_size=self._chorus.config.policy.min_team_size,
-            teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.team_sizes.items()])
+            teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.team_sizes.items()],
+            previous_teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.previous_sizes.items()],
+            people_added=result.people_added, people_removed=result.people_removed, dry_run=dry_run)
 
     def CreateToken(self, request: admin_pb2.CreateTokenRequest,
                     context: grpc.ServicerContext) -> admin_pb2.CreateTokenResponse:
