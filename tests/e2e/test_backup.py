@@ -20,6 +20,7 @@ from chorus.server.cli._common import ExitCode
 from chorus.server.ledger import KEY_FILE
 from chorus.server.store import SQLITE_FILE
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
+from tests._policy import SUITE_TOML
 
 from ._servers import ServerProcess, sqlite_rows
 from .conftest import ROSTER, create_token
@@ -74,7 +75,9 @@ def test_backup_while_ingesting_restores_into_a_consistent_server(server_process
     sender.join(30)
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert "holds the open window(s)" in " ".join(result.stderr.split())
+    (window,) = [w for (w,) in sqlite_rows(server_process.data_dir, "SELECT id FROM windows WHERE state = 'open'")]
+    assert f"holds the open window(s) {window} with their keys" in " ".join(result.stderr.split())
+    assert "ledger head" in result.stdout
     assert f"back up {server_process.data_dir / KEY_FILE} separately" in " ".join(result.stderr.split())
     assert not out.with_name(out.name + ".partial").exists()
 
@@ -120,6 +123,11 @@ def test_backup_while_ingesting_restores_into_a_consistent_server(server_process
 def test_backup_refuses_postgresql_an_existing_file_and_a_missing_database(tmp_path: Path) -> None:
     pg = runner.invoke(app, ["backup", "--out", str(tmp_path / "b.db"), "--database", "postgresql://db/chorus"])
     assert pg.exit_code == ExitCode.USAGE and "pg_dump" in pg.stderr
+    config = tmp_path / "chorus.toml"
+    config.write_text(SUITE_TOML.replace('# database = "postgresql://user@host/chorus"',
+                                         'database = "postgresql://db/chorus"'))
+    by_config = runner.invoke(app, ["backup", "--out", str(tmp_path / "b.db"), "--config", str(config)])
+    assert by_config.exit_code == ExitCode.USAGE and "pg_dump" in by_config.stderr
     missing = runner.invoke(app, ["backup", "--out", str(tmp_path / "b.db"), "--data-dir", str(tmp_path / "none")])
     assert missing.exit_code == ExitCode.NOT_FOUND and "no database at" in missing.stderr
     (tmp_path / "data").mkdir()

@@ -215,8 +215,7 @@ def test_roster_import_of_latin1_names_the_line_and_accepts_encoding(running: Ru
     hr.write_bytes(("user,team\n" + "".join(f"{u},{t}\n" for u, t in ROSTER[:3]) + "jos\u00e9@example.com,team-red\n")
                    .encode("latin-1"))
     refused = cli(running, "roster", "import", str(hr))
-    assert refused.exit_code == ExitCode.USAGE and refused.exception is None or isinstance(refused.exception,
-                                                                                            SystemExit)
+    assert refused.exit_code == ExitCode.USAGE and isinstance(refused.exception, SystemExit)  # no traceback
     message = words(refused.output)
     assert "line 5, column 4: byte 0xe9 is not valid utf-8" in message and "--encoding" in message
     assert "jos" not in message
