@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -113,6 +115,13 @@ def test_a_refused_token_is_named_by_its_source(running: Running, tmp_path: Path
     assert running.ingest_token not in result.output
 
 
+def test_a_binary_token_file_is_named_as_not_a_token(running: Running, tmp_path: Path) -> None:
+    binary = tmp_path / "key.der"
+    binary.write_bytes(b"\x30\x82\xff\xfe")
+    result = cli(running, "stats", env={"CHORUS_TOKEN_FILE": str(binary)})
+    assert result.exit_code == ExitCode.UNAUTHENTICATED and "does not hold a token" in words(result.output)
+
+
 def test_a_csv_given_as_token_file_is_not_sent(running: Running, tmp_path: Path) -> None:
     roster_file = tmp_path / "roster.csv"
     roster_file.write_text("user,team\nalice@example.com,red\n")
@@ -153,6 +162,29 @@ def test_every_listing_command_speaks_json_and_csv(running: Running, tmp_path: P
     assert tokens["vp"]["active"] is True and tokens["vp"]["revoked"] is None
     stats = {r["counter"]: r["value"] for r in json.loads(cli(running, "stats", "--format", "json").stdout)}
     assert stats["batches"] >= 1 and isinstance(stats["contributions_accepted"], int)
+
+
+def jq(program: str, text: str) -> str:
+    if shutil.which("jq") is None:
+        if os.environ.get("CI"):
+            pytest.fail("jq is required in CI")
+        pytest.skip("jq is not installed")
+    return subprocess.run(["jq", "-r", program], input=text, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_documented_jq_filters_work(running: Running) -> None:
+    current = close_current(running)
+    analyst = create_token(running.address, running.admin_token, "analyst", "vp")
+    report = cli(running, "report", "--format", "json", token=analyst).stdout
+    lines = jq('.[] | select(.outcome == "released") | [.team, .statistic, .value] | @tsv', report).splitlines()
+    assert {tuple(line.split("\t")[:2]) for line in lines} >= {("team-red", "sum"), ("team-blue", "adoption")}
+    windows = cli(running, "window", "list", "--format", "json").stdout
+    assert jq('.[] | select(.state == "open") | .window', windows) == ""
+    closed = int(jq(".[0].closed_at | fromdate", windows))
+    assert abs(closed - datetime.now(UTC).timestamp()) < 120
+    assert jq(".[0].window", windows).strip() == current
+    tokens = cli(running, "token", "list", "--format", "json").stdout
+    assert jq('[.[] | select(.revoked == null)] | length', tokens).strip() == "3"
 
 
 def test_report_trend_before_any_window_closed(running: Running) -> None:

@@ -115,7 +115,7 @@ def read_token(token: str | None, token_file: Path | None) -> Credential:
     except OSError as exc:
         raise fail(f"cannot read the token file ({source}): {exc.strerror}", ExitCode.UNAUTHENTICATED) from None
     except UnicodeDecodeError:
-        secret = ""  # binary: certainly not a token
+        secret = "\0"  # binary: not a token (and not empty)
     return _checked(secret, source)
 
 

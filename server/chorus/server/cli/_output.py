@@ -5,7 +5,8 @@ table for people; `emit` prints one or the other. The machine formats follow one
 
 - JSON is one array of objects that jq reads as is: a value that does not apply or was not
   released is `null` (never `""`), booleans are `true`/`false`, numbers are numbers, lists
-  are arrays. Exact decimals the server sends as strings (epsilon) stay strings.
+  are arrays, times are `2026-11-30T12:00:00Z` (what jq's `fromdate` reads). Exact decimals
+  the server sends as strings (epsilon) stay strings.
 - CSV has a header row and the same columns: `null` is an empty cell, booleans are
   `true`/`false` (as in JSON, not Python's True/False), lists are joined with `;`.
 """
@@ -17,7 +18,7 @@ import enum
 import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -67,9 +68,13 @@ def text_or_none(value: str) -> str | None:
 
 
 def moment(value: str | Timestamp) -> str | None:
-    """An RFC 3339 UTC time from a Timestamp or a string field; None when unset (empty or epoch 0)."""
+    """A Timestamp or an RFC 3339 string field as `YYYY-MM-DDTHH:MM:SSZ`; None when unset (empty or epoch 0)."""
     if isinstance(value, Timestamp):
         if not value.seconds and not value.nanos:
             return None
-        return value.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-    return value or None
+        when = value.ToDatetime(tzinfo=UTC)
+    elif value:
+        when = datetime.fromisoformat(value).astimezone(UTC)
+    else:
+        return None
+    return f"{when:%Y-%m-%dT%H:%M:%S}Z"
