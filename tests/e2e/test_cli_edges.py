@@ -259,8 +259,8 @@ def test_roster_import_of_latin1_names_the_line_and_accepts_encoding(running: Ru
 
 def test_roster_import_reads_named_columns_of_an_hr_export(running: Running, tmp_path: Path) -> None:
     hr = tmp_path / "hr.csv"
-    hr.write_text("Employee ID,Email,Department,Cost centre\n" +
-                  "".join(f"{i},{u},{t},cc-{i}\n" for i, (u, t) in enumerate(ROSTER)))
+    hr.write_text("Employee ID,Email,Department,Cost centre,,\n" +  # spreadsheets add unnamed columns
+                  "".join(f"{i},{u},{t},cc-{i},,\n" for i, (u, t) in enumerate(ROSTER)))
     plain = cli(running, "roster", "import", str(hr))
     assert plain.exit_code == ExitCode.USAGE
     assert "has no column named 'user', 'team'" in words(plain.output) and "--user-column" in words(plain.output)
@@ -271,6 +271,7 @@ def test_roster_import_reads_named_columns_of_an_hr_export(running: Running, tmp
 
 def test_roster_dry_run_shows_the_change_and_changes_nothing(running: Running, tmp_path: Path) -> None:
     before = running.chorus.db.run(roster.team_sizes, name="t")
+    head = running.chorus.db.run(lambda tx: tx.query("SELECT seq FROM ledger_head"), name="t")
     new = [(u, t) for u, t in ROSTER if u != "user-team-red-0"]  # red shrinks by one; blue is removed
     new = [(u, t) for u, t in new if t != "team-blue"] + [(f"user-green-{i}", "team-green") for i in range(7)]
     path = tmp_path / "next.csv"
@@ -282,6 +283,7 @@ def test_roster_dry_run_shows_the_change_and_changes_nothing(running: Running, t
     assert "would change: 1 team(s) added, 1 removed, 1 resized; 7 people added, 6 removed" in out
     assert "-1 (was 6)" in out and "removed (was 5)" in out and "new team" in out
     assert running.chorus.db.run(roster.team_sizes, name="t") == before
+    assert running.chorus.db.run(lambda tx: tx.query("SELECT seq FROM ledger_head"), name="t") == head  # no entry
     assert "changed: 1 team(s) added" in words(cli(running, "roster", "import", str(path)).stdout)
     assert running.chorus.db.run(roster.team_sizes, name="t") == {"team-green": 7, "team-red": 5}
 
@@ -308,3 +310,10 @@ def test_a_headerless_or_unnamed_roster_never_echoes_a_row(csv_text: str) -> Non
     with pytest.raises(roster.RosterError) as err:
         roster.parse_csv(csv_text)
     assert "alice" not in str(err.value)
+
+
+def test_roster_errors_name_the_file_line_after_blank_lines() -> None:
+    with pytest.raises(roster.RosterError, match="^line 5: user appears more than once"):
+        roster.parse_csv("user,team\na,red\n\n\na,blue\n")
+    with pytest.raises(roster.RosterError, match="names 'team' more than once"):
+        roster.parse_csv("user,team,team\na,red,blue\n")

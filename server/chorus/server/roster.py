@@ -56,10 +56,11 @@ def parse_csv(text: str, user_column: str = "user", team_column: str = "team") -
     header = [h.strip().lower() for h in next(reader, [])]
     wanted = (user_column.strip().lower(), team_column.strip().lower())
     missing = [name for name in wanted if name not in header]
-    if missing or len(set(header)) != len(header):
+    twice = [name for name in wanted if header.count(name) > 1]
+    if missing or twice or wanted[0] == wanted[1]:
         # Never echo the line: without a header it is a person's row.
         why = (f"has no column named {', '.join(map(repr, missing))}" if missing
-               else "names a column twice")
+               else f"names {', '.join(map(repr, twice or wanted[:1]))} more than once")
         raise RosterError(f"line 1 must be a header naming the user and team columns, but it {why} (choose "
                           "them with --user-column and --team-column; one row per person follows)")
     user_at, team_at = header.index(wanted[0]), header.index(wanted[1])
