@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 from chorus.server import roster
 from chorus.server.cli import app
 from chorus.server.cli._common import STATUS_EXIT, ExitCode
+from chorus.server.cli.report import Statistic, _print_trend
 from chorus.server.windows import window_of
-from chorus.v1 import ingest_pb2_grpc
+from chorus.v1 import ingest_pb2_grpc, release_pb2
 from tests._policy import suite_config
 
 from .conftest import ROSTER, TEAMS, Running, create_token, report_request
@@ -313,7 +314,13 @@ def test_a_headerless_or_unnamed_roster_never_echoes_a_row(csv_text: str) -> Non
 
 
 def test_roster_errors_name_the_file_line_after_blank_lines() -> None:
-    with pytest.raises(roster.RosterError, match="^line 5: user appears more than once"):
+    with pytest.raises(roster.RosterError, match=r"^line 5: user appears more than once"):
         roster.parse_csv("user,team\na,red\n\n\na,blue\n")
     with pytest.raises(roster.RosterError, match="names 'team' more than once"):
         roster.parse_csv("user,team,team\na,red,blue\n")
+
+
+def test_a_trend_whose_windows_are_all_past_retention_prints_an_empty_table(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _print_trend([release_pb2.ReleaseResponse(window="2025-01-01")], Statistic.SUM)  # raised TypeError before
+    assert "sum of activity per team, last 1 closed window(s)" in words(capsys.readouterr().out)

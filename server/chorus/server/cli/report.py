@@ -210,7 +210,7 @@ def _number_column(table: Table, header: str, column: list[Parts | str]) -> list
     mark_width = max((len(m) for _, _, m in parts), default=0)
     cells = [c if isinstance(c, str) else f"{c[0]:>{value_width}} ± {c[1]:>{ci_width}}{c[2]:<{mark_width}}"
              for c in column]
-    width = max(len(header), *map(len, cells))
+    width = max([len(header), *map(len, cells)])  # no cell at all: every window past retention
     table.add_column(Text(header, justify="right"), justify="left", no_wrap=True)
     return [c.rjust(width) for c in cells]
 
