@@ -46,7 +46,7 @@ class ExitCode(enum.IntEnum):
     NOT_FOUND = 5  # no such token, window or metric
     ALREADY_EXISTS = 6  # e.g. a token name used before
     FAILED_PRECONDITION = 7  # not in this state: a window still open or past retention, none closed yet
-    RESOURCE_EXHAUSTED = 8  # the privacy budget would be overspent, or a rate limit
+    RESOURCE_EXHAUSTED = 8  # the privacy budget would be overspent
     UNAVAILABLE = 9  # the server or its store cannot be reached, or did not answer in time: retry
 
 
