@@ -102,21 +102,27 @@ def roster_hash(rows: Iterable[tuple[str, str]]) -> str:
 
 def preview(tx: Tx, rows: list[tuple[str, str]]) -> ImportResult:
     """What replacing the roster with `rows` would change; changes nothing."""
+    return _compared(tx, rows, roster_hash(rows))
+
+
+def _compared(tx: Tx, rows: list[tuple[str, str]], digest: str) -> ImportResult:
     current = {user for (user,) in tx.query("SELECT user_id FROM roster")}
     new = {user for user, _ in rows}
-    return ImportResult(len(rows), dict(sorted(Counter(team for _, team in rows).items())), roster_hash(rows),
+    return ImportResult(len(rows), dict(sorted(Counter(team for _, team in rows).items())), digest,
                         team_sizes(tx), len(new - current), len(current - new))
 
 
 def replace(tx: Tx, rows: list[tuple[str, str]], ledger: Ledger, now: datetime,
             actor: str) -> ImportResult:
     """Replace the whole roster and record its hash and team sizes in the ledger."""
-    result = preview(tx, rows)
-    sizes, digest = result.team_sizes, result.roster_hash
+    digest = roster_hash(rows)
     # Lock the version row first: a concurrent import waits here until we commit, so its
-    # DELETE (a fresh snapshot under READ COMMITTED) sees and removes our rows.
+    # DELETE (a fresh snapshot under READ COMMITTED) sees and removes our rows, and the
+    # comparison below is against the roster this import really replaces.
     tx.execute("UPDATE roster_version SET version = version + 1, roster_hash = ? WHERE id = 1",
                (digest,))
+    result = _compared(tx, rows, digest)
+    sizes = result.team_sizes
     tx.execute("DELETE FROM roster")
     tx.executemany("INSERT INTO roster (user_id, team) VALUES (?, ?)", rows)
     ledger.append(tx, "roster_import", {"roster_sha256": digest, "people": len(rows),
