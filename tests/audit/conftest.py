@@ -16,7 +16,15 @@ from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
-from chorus.server.ledger import GENESIS_HASH, Signer, canonical_json, entry_body, entry_hash, format_time
+from chorus.server.ledger import (
+    GENESIS_HASH,
+    Signer,
+    canonical_json,
+    entry_body,
+    entry_hash,
+    format_time,
+    parse_body,
+)
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import Releases, StatisticRequest
 from tests._policy import suite_config
@@ -39,13 +47,13 @@ Entries = list[dict[str, Any]]
 def line(e: dict[str, Any]) -> str:
     """An export line for a decoded entry, its body the canonical text of its current fields."""
     body = entry_body(e["seq"], e["time"], e["kind"], canonical_json(e["payload"]), e["prev_hash"])
-    return json.dumps({"body": body, "hash": e["hash"], "signature": e["signature"]}, ensure_ascii=False)
+    return json.dumps({"body": body, "hash": e["hash"], "signature": e["signature"]}, separators=(",", ":"))
 
 
 def decode(text: str) -> dict[str, Any]:
     """An export line as an editable entry."""
     exported = json.loads(text)
-    fields = json.loads(exported["body"])
+    fields = parse_body(exported["body"])
     return {**fields, "hash": exported["hash"], "signature": exported["signature"]}
 
 

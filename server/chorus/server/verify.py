@@ -479,9 +479,13 @@ class Signed(Protocol):
 
 def export_line(entry: Signed) -> str:
     """One entry as a line of the export format (without the newline): its body verbatim, as a
-    JSON string, then its hash and signature."""
+    JSON string, then its hash and signature.
+
+    ASCII only (non-ASCII characters as \\u escapes): no reader can mistake a character such as
+    U+2028 for a line break, and the file has no encoding to get wrong. Decoding the string
+    gives back the body exactly."""
     return json.dumps({"body": entry.body, "hash": entry.hash, "signature": entry.signature},
-                      ensure_ascii=False, separators=(",", ":"))
+                      separators=(",", ":"))
 
 
 def verify_lines(lines: Iterable[str], public_key: Ed25519PublicKey, *,
