@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import rfc8785
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chorus.server import audit, config, verify
 from chorus.server.app_context import Chorus
@@ -100,3 +102,48 @@ def test_the_window_policy_text_is_the_ledgered_policy_byte_for_byte(chorus: Cho
     opened = [json.loads(t) for t in export(chorus) if json.loads(json.loads(t)["body"])["kind"] == "window_open"]
     policy = chorus.db.run(lambda tx: audit.list_policies(tx, WINDOW)[0].policy_json, name="t")
     assert f'"policy":{policy},' in opened[0]["body"]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
+
+
+def docs_block(language: str) -> str:
+    """The test vector's fenced block of `language` in docs/audit.md's format section."""
+    section = DOCS.read_text(encoding="utf-8").split("## The ledger format, byte for byte")[1]
+    return section.split(f"```{language}\n")[1].split("```")[0]
+
+
+def test_the_documented_test_vector_verifies_and_follows_every_stated_rule(tmp_path: Path) -> None:
+    pem = docs_block("text")
+    seeded = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
+    assert pem.encode() == seeded.public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = seeded.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert der.hex().startswith("302a300506032b6570032100") and len(der) == 44
+    lines = docs_block("jsonl").splitlines()
+    prev = "0" * 64
+    for seq, text in enumerate(lines, start=1):
+        assert text.isascii()
+        line = json.loads(text)
+        fields = parse_body(line["body"])
+        assert (fields["seq"], fields["prev_hash"]) == (seq, prev)
+        assert hashlib.sha256(line["body"].encode()).hexdigest() == line["hash"]
+        seeded.verify(bytes.fromhex(line["signature"]), bytes.fromhex(line["hash"]))  # raises if not
+        prev = line["hash"]
+    assert '\\"scale\\":4000000,' in lines[1]
+    report = verify.verify_lines(lines, seeded)
+    assert {v.rule for v in report.violations} == {"window"}  # chain and signatures hold; no window_open
+
+
+def test_the_export_file_is_ascii_whatever_the_payload(chorus: Chorus) -> None:
+    chorus.db.run(lambda tx: chorus.ledger.append(tx, "test", AWKWARD, chorus.clock.now()), name="t")
+    lines = export(chorus)
+    assert all(text.isascii() for text in lines)
+    assert "\u2028" in json.loads(lines[-1])["body"]  # decoded, the body holds the character itself
+
+
+def test_page_sizes_follow_aip_158() -> None:
+    assert (audit.page_size(0), audit.page_size(7), audit.page_size(5000)) == (100, 7, 1000)
+    with pytest.raises(ValueError, match="page_size -1"):
+        audit.page_size(-1)
+    assert audit.MAX_PAGE_BYTES == 1 << 20

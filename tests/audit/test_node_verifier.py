@@ -24,7 +24,7 @@ from chorus.server.app_context import Chorus
 from chorus.server.cli import app
 
 from .conftest import decode, line, resign
-from .test_format import AWKWARD
+from .test_format import AWKWARD, docs_block
 
 VERIFIER = Path(__file__).resolve().parents[2] / "examples" / "node" / "verify-ledger.js"
 NODE = shutil.which("node")
@@ -128,3 +128,13 @@ def test_node_refuses_a_wrong_key_and_bad_arguments(exported: tuple[Path, Path],
     assert node_verify(ledger, tmp_path / "missing.pem").returncode == 2
     assert node_verify(ledger, other, "--expect-head", "12:nothex").returncode == 2
 
+
+
+def test_node_verifies_the_documented_test_vector(tmp_path: Path) -> None:
+    ledger, key = tmp_path / "vector.jsonl", tmp_path / "vector.pem"
+    ledger.write_text(docs_block("jsonl"), encoding="ascii")
+    key.write_text(docs_block("text"), encoding="ascii")
+    lines = ledger.read_text().splitlines()
+    result = node_verify(ledger, key, "--expect-head", f"2:{json.loads(lines[1])['hash']}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: 2 entries" in result.stdout
