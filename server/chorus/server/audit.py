@@ -127,8 +127,8 @@ def _decode_token(token: str, scope: str) -> tuple[int, str, str]:
     """(start, window, team) of a budget page token issued for the same window filter."""
     try:
         kind, issued_for, start, window, team = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if (kind != "budget" or not isinstance(start, int) or not isinstance(window, str)
-                or not isinstance(team, str)):
+        if (kind != "budget" or not isinstance(start, int) or not -2**63 <= start < 2**63
+                or not isinstance(window, str) or not isinstance(team, str)):
             raise ValueError
     except (ValueError, TypeError, binascii.Error):
         raise PageTokenError(f"page_token {token[:40]!r} is not a token GetBudget issued") from None

@@ -35,7 +35,7 @@ def _ledger_position(context: grpc.ServicerContext, token: str) -> int:
     """StreamLedger's documented page token: the decimal seq of the first entry; "" is 1."""
     if not token:
         return 1
-    if not (token.isascii() and token.isdigit() and len(token) <= 19 and int(token) >= 1):
+    if not (token.isascii() and token.isdigit() and len(token) <= 19 and 1 <= int(token) < 2**63):
         invalid_argument(context, f"page_token {token[:40]!r} must be the decimal sequence number "
                                   "(>= 1) of the first entry to send, as next_page_token gives it", "page_token")
     return int(token)
