@@ -14,6 +14,7 @@ const fs = require('node:fs');
 const HEX64 = /^[0-9a-f]{64}$/;
 const HEX128 = /^[0-9a-f]{128}$/;
 const BODY_KEYS = 'kind,payload,prev_hash,seq,time';
+const TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
 
 // RFC 8785 (JCS): keys sorted by UTF-16 code units (JavaScript's default sort), no whitespace,
 // numbers and strings exactly as JSON.stringify writes them.
@@ -42,6 +43,11 @@ function parseLine(text) {
   if (canonical(body) !== line.body) return 'body is not in RFC 8785 canonical form';
   if (!Number.isSafeInteger(body.seq) || body.seq < 1) return 'body.seq must be an integer >= 1';
   if (typeof body.prev_hash !== 'string' || !HEX64.test(body.prev_hash)) return 'body.prev_hash must be 64 hex digits';
+  if (typeof body.kind !== 'string' || typeof body.payload !== 'object' || body.payload === null
+      || Array.isArray(body.payload)) {
+    return 'body.kind must be a string and body.payload an object';
+  }
+  if (typeof body.time !== 'string' || !TIME.test(body.time)) return 'body.time must be YYYY-MM-DDTHH:MM:SS.ffffffZ';
   return { ...body, text: line.body, hash: line.hash, signature: line.signature };
 }
 

@@ -73,6 +73,10 @@ TAMPERING = {
     "entries swapped": ("lines", lambda lines, t: lines.insert(t + 1, lines.pop(t)), "chain"),
     "signature forged": ("lines", lambda lines, t: lines.__setitem__(t, lines[t].replace(
         json.loads(lines[t])["signature"], "0" * 128)), "signature"),
+    "time not in the ledger's format, re-signed": (
+        "resigned", lambda entries, t: entries[t].update(time=entries[t]["time"][:19] + "Z"), "format"),
+    "payload not an object, re-signed": (
+        "resigned", lambda entries, t: entries[t].update(payload=None), "format"),
     "body not canonical": ("lines", lambda lines, t: lines.__setitem__(t, json.dumps({
         **json.loads(lines[t]), "body": json.loads(lines[t])["body"].replace(",", ", ", 1)})), "format"),
 }
@@ -80,14 +84,16 @@ TAMPERING = {
 
 @pytest.mark.parametrize("name", TAMPERING, ids=list(TAMPERING))
 def test_node_rejects_a_tampered_export_and_names_the_entry(name: str, exported: tuple[Path, Path],
-                                                            tmp_path: Path) -> None:
+                                                            released: Chorus, tmp_path: Path) -> None:
     ledger, key = exported
     lines = ledger.read_text(encoding="utf-8").splitlines()
     target = 5
     level, change, rule = TAMPERING[name]
-    if level == "entries":
+    if level in ("entries", "resigned"):
         entries = [decode(text) for text in lines]
         change(entries, target)
+        if level == "resigned":  # chain, hash and signature all consistent: only the format is wrong
+            entries = resign(entries, released.ledger.signer, target)
         lines = [line(e) for e in entries]
     else:
         change(lines, target)
