@@ -147,3 +147,13 @@ def test_page_sizes_follow_aip_158() -> None:
     with pytest.raises(ValueError, match="page_size -1"):
         audit.page_size(-1)
     assert audit.MAX_PAGE_BYTES == 1 << 20
+
+
+def test_an_export_in_the_old_format_does_not_verify(chorus: Chorus) -> None:
+    """Development builds exported the payload re-parsed, seven members per line; no release
+    wrote that format, and the verifier names it rather than guessing."""
+    entry = next(audit.iter_ledger(chorus.db))
+    old = json.dumps({"seq": entry.seq, "time": entry.at, "kind": entry.kind, "payload": json.loads(entry.payload),
+                      "prev_hash": entry.prev_hash, "hash": entry.hash, "signature": entry.signature})
+    report = verify.verify_lines([old], chorus.ledger.signer.public_key)
+    assert [(v.rule, v.message) for v in report.violations] == [("format", "missing field 'body'")]
