@@ -7,7 +7,7 @@ team-windows produces) with the real `Ledger.append` and signing key in a SQLite
 exports it to JSON Lines through the same paged reads StreamLedger uses, and verifies the
 file with `chorus.server.verify`. The anchor is one bare `Ed25519PublicKey.verify` per
 entry, measured in the same run: the ratio says how much the verifier's other checks
-(hash recomputation, JSON, OpenDP epsilon, budgets) add on top of the signature each entry
+(canonical-form check, hash recomputation, JSON, OpenDP epsilon, budgets) add on top of the signature each entry
 needs anyway. The target is a total verification time under 30 s.
 """
 
@@ -86,9 +86,9 @@ def _window(tx: Tx, *, ledger: Ledger, policy: Policy, span: WindowSpan, limit: 
             sensitivity = bound.max_per_user if bound and stat == "sum" else 1
             mech = mechanisms.calibrate(sensitivity, policy.default_epsilon[stat], stat == "histogram")
             spent += mech.epsilon
-            value: int | list[int] = rng.randrange(100_000)
+            value: str | list[str] = str(rng.randrange(100_000))
             if bound and stat == "histogram":
-                value = [rng.randrange(12) for _ in range(len(bound.histogram_edges) + 1)]
+                value = [str(rng.randrange(12)) for _ in range(len(bound.histogram_edges) + 1)]
             ledger.append(tx, "release", {
                 "release_id": f"{span.id}/{team}/{metric}/{stat}", "window": span.id, "team": team,
                 "metric": metric, "statistic": stat, "mechanism": mechanisms.MECHANISM,

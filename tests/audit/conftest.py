@@ -16,7 +16,15 @@ from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
-from chorus.server.ledger import GENESIS_HASH, Signer, canonical_json, entry_hash, format_time
+from chorus.server.ledger import (
+    GENESIS_HASH,
+    Signer,
+    canonical_json,
+    entry_body,
+    entry_hash,
+    format_time,
+    parse_body,
+)
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import Releases, StatisticRequest
 from tests._policy import suite_config
@@ -31,12 +39,27 @@ RELEASES = 5
 DEFAULT_EPSILON = Epsilon.parse("0.05")
 
 
+#: Entries decoded for editing: seq, time, kind, payload (an object), prev_hash, hash, signature.
+#: `line` turns one back into an export line, its body rebuilt from the (possibly edited) fields.
 Entries = list[dict[str, Any]]
+
+
+def line(e: dict[str, Any]) -> str:
+    """An export line for a decoded entry, its body the canonical text of its current fields."""
+    body = entry_body(e["seq"], e["time"], e["kind"], canonical_json(e["payload"]), e["prev_hash"])
+    return json.dumps({"body": body, "hash": e["hash"], "signature": e["signature"]}, separators=(",", ":"))
+
+
+def decode(text: str) -> dict[str, Any]:
+    """An export line as an editable entry."""
+    exported = json.loads(text)
+    fields = parse_body(exported["body"])
+    return {**fields, "hash": exported["hash"], "signature": exported["signature"]}
 
 
 def run(entries: Entries, public_key: bytes, expect: str | None = None) -> verify.Report:
     """Verify entries as the export file would hold them."""
-    lines = [json.dumps(e) for e in entries]
+    lines = [line(e) for e in entries]
     head = verify.parse_head(expect) if expect else None
     return verify.verify_lines(lines, verify.load_public_key(public_key), expect_head=head)
 
@@ -51,14 +74,14 @@ def roster_rows() -> list[tuple[str, str]]:
 
 def release_payload(policy: config.Policy, release_id: str, window: str, team: str, metric: str,
                     statistic: str, epsilon: Epsilon, spent_after: Epsilon, by: str = "analyst-1",
-                    value: int | list[int] | None = None) -> dict[str, Any]:
+                    value: str | list[str] | None = None) -> dict[str, Any]:
     """A release entry's payload in the exact shape the release service writes."""
     bound = policy.metric(metric)
     sensitivity = bound.max_per_user if statistic == "sum" and bound else 1
     scale = sensitivity / epsilon.as_float
     charged = verify.implied_epsilon(verify.MECHANISM, statistic == "histogram", scale, sensitivity)
     if value is None:
-        value = [3, 1, 0, 0, 1] if statistic == "histogram" else 42
+        value = ["3", "1", "0", "0", "1"] if statistic == "histogram" else "42"
     return {"release_id": release_id, "window": window, "team": team, "metric": metric,
             "statistic": statistic, "mechanism": verify.MECHANISM, "sensitivity": sensitivity,
             "scale": scale, "epsilon": str(charged), "value": value, "ci95": 3.0 * scale,
@@ -84,11 +107,11 @@ def open_and_close(chorus: Chorus, window: str = WINDOW) -> None:
 
 def export_entries(chorus: Chorus) -> list[dict[str, Any]]:
     """The ledger as the export file holds it: one JSON object per entry."""
-    return [json.loads(verify.export_line(e)) for e in audit.iter_ledger(chorus.db)]
+    return [decode(verify.export_line(e)) for e in audit.iter_ledger(chorus.db)]
 
 
 def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    path.write_text("".join(line(e) + "\n" for e in entries), encoding="utf-8")
     return path
 
 
@@ -98,7 +121,7 @@ def resign(entries: list[dict[str, Any]], signer: Signer, start: int = 0) -> lis
     prev = out[start - 1]["hash"] if start > 0 else GENESIS_HASH
     for e in out[start:]:
         e["prev_hash"] = prev
-        e["hash"] = entry_hash(prev, e["seq"], e["time"], e["kind"], canonical_json(e["payload"]))
+        e["hash"] = entry_hash(entry_body(e["seq"], e["time"], e["kind"], canonical_json(e["payload"]), prev))
         e["signature"] = signer.sign(e["hash"])
         prev = e["hash"]
     return out

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from chorus.server import config
+from chorus.server import audit, config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.cli import app
@@ -22,7 +22,7 @@ from chorus.server.services.audit import AuditServicer
 from chorus.server.windows import WindowLength
 from tests._policy import SUITE_TOML
 
-from .conftest import WINDOW, release
+from .conftest import WINDOW, decode, line, release
 
 runner = CliRunner()
 HEAD = re.compile(r"--expect-head (\d+:[0-9a-f]{64})")
@@ -55,7 +55,7 @@ def test_export_then_verify_round_trip_and_pin_the_head(env: dict[str, str], rel
                                                         tmp_path: Path) -> None:
     ledger, key = export(env, tmp_path)
     lines = ledger.read_text().splitlines()
-    assert [json.loads(line)["seq"] for line in lines] == list(range(1, len(lines) + 1))
+    assert [decode(line)["seq"] for line in lines] == list(range(1, len(lines) + 1))
     assert key.read_text() == released.ledger.signer.public_key_pem()
 
     verified = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
@@ -74,9 +74,9 @@ def test_export_then_verify_round_trip_and_pin_the_head(env: dict[str, str], rel
 def test_verify_exits_non_zero_and_names_the_tampered_entry(env: dict[str, str], tmp_path: Path) -> None:
     ledger, key = export(env, tmp_path)
     lines = ledger.read_text().splitlines()
-    entry = json.loads(lines[5])
+    entry = decode(lines[5])
     entry["payload"]["by"] = "nobody"
-    lines[5] = json.dumps(entry)
+    lines[5] = line(entry)
     ledger.write_text("\n".join(lines) + "\n")
     result = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
     assert result.exit_code == 1
@@ -109,7 +109,7 @@ def test_verify_usage_errors_exit_2_without_a_report(tmp_path: Path) -> None:
 def test_export_to_standard_output_from_a_sequence_number(env: dict[str, str]) -> None:
     result = chorus_cli(env, "audit", "export", "--from-seq", "3")
     assert result.exit_code == 0, result.output
-    seqs = [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+    seqs = [decode(text)["seq"] for text in result.stdout.splitlines()]
     assert seqs[0] == 3 and seqs == list(range(3, 3 + len(seqs)))
 
 
@@ -117,17 +117,18 @@ def test_export_resumes_when_the_server_cuts_a_long_stream(released: Chorus, aud
                                                            tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     real = AuditServicer.StreamLedger
-    calls: list[int] = []
+    calls: list[str] = []
 
     def cut_after_three(self: AuditServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        calls.append(request.from_seq)
-        for n, entry in enumerate(real(self, request, context)):
+        calls.append(request.page_token)
+        for n, page in enumerate(real(self, request, context)):
             if n == 3:
                 context.cancel()  # what the server does at its stream time limit
                 return
-            yield entry
+            yield page
 
     monkeypatch.setattr(AuditServicer, "StreamLedger", cut_after_three)
+    monkeypatch.setattr(audit, "DEFAULT_PAGE_SIZE", 1)  # one entry per message
     server = Server(released, "127.0.0.1:0")
     server.start()
     try:
@@ -136,7 +137,7 @@ def test_export_resumes_when_the_server_cuts_a_long_stream(released: Chorus, aud
     finally:
         server.stop(grace=1)
     lines = ledger.read_text().splitlines()
-    assert calls == list(range(1, len(lines) + 1, 3))
+    assert calls == [str(seq) for seq in range(1, len(lines) + 1, 3)]
     verified = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
     assert verified.exit_code == 0, verified.output
 

@@ -65,7 +65,7 @@ def test_audit_reads_match_the_verifier_on_each_engine(database: str, tmp_path: 
         release(chorus, "team-red", "ai.tokens", "sum", "adoption")
         policies = chorus.db.run(lambda tx: audit.list_policies(tx, WINDOW), name="t")
         assert [p.id for p in policies] == [WINDOW]
-        budgets = chorus.db.run(lambda tx: audit.budgets(tx, WINDOW), name="t")
+        budgets, _ = chorus.db.run(lambda tx: audit.budgets(tx, WINDOW), name="t")
         entries = list(audit.iter_ledger(chorus.db, page=2))
         lines = [verify.export_line(e) for e in entries]
         report = verify.verify_lines(lines, chorus.ledger.signer.public_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -78,9 +79,8 @@ def test_budgets_show_cap_spent_remaining_and_releases(officer: Auditor, release
 
 def test_the_verifier_reproduces_the_server_budgets_exactly(officer: Auditor, released: Chorus) -> None:
     release(released, "team-blue", "ai.tokens", "mean")  # a second window-team charge, post-processed
-    lines = [verify.export_line(ledger.Entry(m.seq, m.time, m.kind, m.payload, m.prev_hash, m.hash,
-                                             m.signature))
-             for m in officer("StreamLedger", audit_pb2.StreamLedgerRequest())]
+    lines = [verify.export_line(m) for page in officer("StreamLedger", audit_pb2.StreamLedgerRequest())
+             for m in page.entries]
     pem = officer("GetPublicKey", audit_pb2.GetPublicKeyRequest()).public_key_pem
     key = verify.load_public_key(pem.encode())
     report = verify.verify_lines(lines, key)
@@ -93,13 +93,67 @@ def test_the_verifier_reproduces_the_server_budgets_exactly(officer: Auditor, re
     assert server[(WINDOW, "team-blue")][3] == 3
 
 
-def test_the_stream_starts_at_from_seq_and_matches_the_store(officer: Auditor, released: Chorus) -> None:
+def test_the_stream_sends_the_stored_bytes_in_pages_from_the_token(officer: Auditor, released: Chorus) -> None:
     stored = list(audit.iter_ledger(released.db))
-    streamed = list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(from_seq=4)))
-    assert [m.seq for m in streamed] == [e.seq for e in stored[3:]]
-    assert [(m.hash, m.signature, m.payload) for m in streamed] == [(e.hash, e.signature, e.payload)
-                                                                     for e in stored[3:]]
-    assert list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(from_seq=10_000))) == []
+    pages = list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(page_token="4", page_size=3)))
+    assert [len(p.entries) for p in pages] == [3] * (len(stored[3:]) // 3) + (
+        [len(stored[3:]) % 3] if len(stored[3:]) % 3 else [])
+    assert [p.next_page_token for p in pages] == [str(4 + 3 * (n + 1)) if 3 * (n + 1) < len(stored[3:])
+                                                  else str(len(stored) + 1) for n in range(len(pages))]
+    streamed = [m for p in pages for m in p.entries]
+    assert [(m.body, m.hash, m.signature) for m in streamed] == [(e.body, e.hash, e.signature)
+                                                                  for e in stored[3:]]
+    assert [json.loads(m.body)["seq"] for m in streamed] == list(range(4, len(stored) + 1))
+    assert list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(page_token="10000"))) == []
+    # The last token continues a later stream exactly where this one ended.
+    released.tokens.create(Role.ANALYST, "late-comer", released.clock.now(), actor="test")
+    later = list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(page_token=pages[-1].next_page_token)))
+    assert [json.loads(m.body)["kind"] for p in later for m in p.entries] == ["token_create"]
+
+
+@pytest.mark.parametrize("request_fields, field", [
+    ({"page_token": "abc"}, "page_token"), ({"page_token": "0"}, "page_token"),
+    ({"page_token": "-1"}, "page_token"), ({"page_token": "9999999999999999999"}, "page_token"),
+    ({"page_token": "99999999999999999999"}, "page_token"), ({"page_token": "\uff11"}, "page_token"),
+    ({"page_size": -1}, "page_size")])
+def test_a_malformed_stream_request_is_refused_by_field(officer: Auditor, request_fields: dict[str, Any],
+                                                        field: str) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(**request_fields)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in refused.value.details()
+
+
+def test_stream_messages_stay_under_the_byte_bound_whatever_the_page_size(released: Chorus) -> None:
+    pages = list(audit.ledger_pages(released.db, 1, 1000, max_bytes=2000))
+    assert len(pages) > 1 and all(pages)
+    assert [e.seq for p in pages for e in p] == list(range(1, sum(map(len, pages)) + 1))
+    for p in pages:
+        assert len(p) == 1 or sum(len(e.payload.encode()) + 400 for e in p) <= 2000
+
+
+def test_budgets_are_paged_by_position_and_a_token_only_continues_its_own_request(
+        officer: Auditor, released: Chorus) -> None:
+    everything = officer("GetBudget", audit_pb2.GetBudgetRequest()).budgets
+    seen, token, pages = [], "", 0
+    while True:
+        reply = officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=2, page_token=token))
+        seen += [(b.window, b.team) for b in reply.budgets]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert seen == [(b.window, b.team) for b in everything] and len(seen) == len(TEAMS)
+    assert pages == 2
+    first = officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=2))
+    for bad in (audit_pb2.GetBudgetRequest(window=WINDOW, page_token=first.next_page_token),
+                audit_pb2.GetBudgetRequest(page_token="not-a-token"),
+                audit_pb2.GetBudgetRequest(page_token=base64.urlsafe_b64encode(
+                    json.dumps(["budget", "", 2**70, WINDOW, "team-red"]).encode()).decode()),
+                audit_pb2.GetBudgetRequest(page_size=-5)):
+        with pytest.raises(grpc.RpcError) as refused:
+            officer("GetBudget", bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_the_ledger_is_read_in_bounded_pages_up_to_the_head_at_the_start(
@@ -141,3 +195,15 @@ def test_auditing_needs_a_token(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as denied:
         list(stub.StreamLedger(audit_pb2.StreamLedgerRequest(), timeout=30))
     assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_window_closing_between_pages_neither_repeats_nor_shifts_them(released: Chorus) -> None:
+    def page(token: str) -> tuple[list[tuple[str, str]], str]:
+        rows, following = released.db.run(lambda tx: audit.budgets(tx, "", 2, token), name="t")
+        return [(b.window, b.team) for b in rows], following
+
+    before = [(b.window, b.team) for b in released.db.run(lambda tx: audit.budgets(tx)[0], name="t")]
+    first, token = page("")
+    released.close_window("2026-11-26", actor="test-admin")  # its budgets sort before every page
+    second, token = page(token)
+    assert first + second == before and token == ""

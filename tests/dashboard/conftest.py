@@ -86,14 +86,14 @@ class Stack:
             request, metadata=self.metadata(Role.ANALYST), timeout=30)
 
     def budgets(self, window: str = "") -> list[audit_pb2.TeamWindowBudget]:
-        request = audit_pb2.GetBudgetRequest(window=window)
+        request = audit_pb2.GetBudgetRequest(window=window, page_size=1000)
         return list(audit_pb2_grpc.AuditServiceStub(self.channel).GetBudget(
             request, metadata=self.metadata(Role.AUDITOR), timeout=30).budgets)
 
     def ledger_size(self) -> int:
         stream = audit_pb2_grpc.AuditServiceStub(self.channel).StreamLedger(
-            audit_pb2.StreamLedgerRequest(from_seq=1), metadata=self.metadata(Role.AUDITOR), timeout=30)
-        return sum(1 for _ in stream)
+            audit_pb2.StreamLedgerRequest(), metadata=self.metadata(Role.AUDITOR), timeout=30)
+        return sum(len(page.entries) for page in stream)
 
     def close(self) -> None:
         for gw in self.gateways:

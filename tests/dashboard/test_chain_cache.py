@@ -35,6 +35,11 @@ def test_only_new_entries_are_fed_and_a_broken_chain_is_caught(tmp_path: Path) -
         forged = dataclasses.replace(genuine, seq=4, prev_hash="0" * 64)
         third = cache.status(lambda seq: [forged] if seq == 4 else [], key)
         assert third.state == FAILED and third.entries == 4
+
+        # A body that is not even JSON is the verifier's format violation, not a crash.
+        garbled = dataclasses.replace(genuine, payload="{not json")
+        fourth = ChainCache().status(lambda seq: [garbled] if seq == 1 else [], key)
+        assert fourth.state == FAILED and "[format]" in fourth.violations[0]
     finally:
         chorus.close()
 

@@ -122,9 +122,9 @@ def test_ledger_entry_has_exactly_the_agreed_keys_and_matches_the_store(api: Api
         assert (e.scale, e.ci95, e.sensitivity, e.epsilon) == (p["scale"], p["ci95"], p["sensitivity"],
                                                                p["epsilon"])
         if p["statistic"] == "histogram":
-            assert list(e.bucket_counts) == [max(0, v) for v in p["value"]]
+            assert list(e.bucket_counts) == [max(0, int(v)) for v in p["value"]]
         else:
-            assert e.value == max(0, p["value"])
+            assert e.value == max(0, int(p["value"]))
     seqs = q(api.chorus, "SELECT ledger_seq FROM releases ORDER BY ledger_seq")
     kinds = {seq: kind for seq, kind in q(api.chorus, "SELECT seq, kind FROM ledger")}
     assert [kinds[s] for (s,) in seqs] == ["release", "release"]
@@ -152,7 +152,7 @@ def test_the_audit_verifier_accepts_the_ledger(api: Api) -> None:
     api.release()
     api.release(teams=("team-red",), statistics=((SUM, "0.2"),))  # cached: no new entry
     entries = api.chorus.db.run(lambda tx: read_entries(tx, 1, 10_000), name="t")
-    report = verify.verify_lines((json.dumps(e.to_json()) for e in entries),
+    report = verify.verify_lines((verify.export_line(e) for e in entries),
                                  api.chorus.ledger.signer.public_key)
     assert report.ok, [str(v) for v in report.violations]
     assert report.kinds["release"] == 26  # 13 noisy statistics for each of two eligible teams

@@ -228,7 +228,7 @@ def test_ledger_stays_one_valid_chain_under_concurrent_appends(store: Store, cho
     prev = "0" * 64
     for e in entries:
         assert e.prev_hash == prev
-        assert e.hash == entry_hash(e.prev_hash, e.seq, e.at, e.kind, e.payload)
+        assert e.hash == entry_hash(e.body)
         chorus.ledger.signer.public_key.verify(bytes.fromhex(e.signature), bytes.fromhex(e.hash))
         prev = e.hash
     assert store.query("SELECT seq, hash FROM ledger_head") == [(entries[-1].seq, entries[-1].hash)]

@@ -28,10 +28,14 @@ class ListPoliciesResponse(_message.Message):
     def __init__(self, policies: _Optional[_Iterable[_Union[WindowPolicy, _Mapping]]] = ...) -> None: ...
 
 class GetBudgetRequest(_message.Message):
-    __slots__ = ("window",)
+    __slots__ = ("window", "page_size", "page_token")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     window: str
-    def __init__(self, window: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, window: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class TeamWindowBudget(_message.Message):
     __slots__ = ("window", "team", "cap", "spent", "remaining", "releases")
@@ -50,34 +54,38 @@ class TeamWindowBudget(_message.Message):
     def __init__(self, window: _Optional[str] = ..., team: _Optional[str] = ..., cap: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., releases: _Optional[int] = ...) -> None: ...
 
 class GetBudgetResponse(_message.Message):
-    __slots__ = ("budgets",)
+    __slots__ = ("budgets", "next_page_token")
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     budgets: _containers.RepeatedCompositeFieldContainer[TeamWindowBudget]
-    def __init__(self, budgets: _Optional[_Iterable[_Union[TeamWindowBudget, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, budgets: _Optional[_Iterable[_Union[TeamWindowBudget, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamLedgerRequest(_message.Message):
-    __slots__ = ("from_seq",)
-    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
-    from_seq: int
-    def __init__(self, from_seq: _Optional[int] = ...) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class StreamLedgerResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("seq", "time", "kind", "payload", "prev_hash", "hash", "signature")
-    SEQ_FIELD_NUMBER: _ClassVar[int]
-    TIME_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
-    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("body", "hash", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    seq: int
-    time: str
-    kind: str
-    payload: str
-    prev_hash: str
+    body: str
     hash: str
     signature: str
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+    def __init__(self, body: _Optional[str] = ..., hash: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
 
 class GetPublicKeyRequest(_message.Message):
     __slots__ = ()

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """AuditService lets privacy officers (role auditor) check what was released and spent.
+    """AuditService lets privacy officers (role auditor) check what was released and spent:
+    the policy frozen into each window, the budget of each team-window, and the signed,
+    hash-chained ledger with the public key that verifies it. docs/audit.md specifies the
+    ledger format byte for byte.
     """
 
     def __init__(self, channel):
@@ -48,7 +51,7 @@ class AuditServiceStub:
         self.StreamLedger = channel.unary_stream(
                 '/chorus.v1.AuditService/StreamLedger',
                 request_serializer=chorus_dot_v1_dot_audit__pb2.StreamLedgerRequest.SerializeToString,
-                response_deserializer=chorus_dot_v1_dot_audit__pb2.LedgerEntry.FromString,
+                response_deserializer=chorus_dot_v1_dot_audit__pb2.StreamLedgerResponse.FromString,
                 _registered_method=True)
         self.GetPublicKey = channel.unary_unary(
                 '/chorus.v1.AuditService/GetPublicKey',
@@ -58,32 +61,39 @@ class AuditServiceStub:
 
 
 class AuditServiceServicer:
-    """AuditService lets privacy officers (role auditor) check what was released and spent.
+    """AuditService lets privacy officers (role auditor) check what was released and spent:
+    the policy frozen into each window, the budget of each team-window, and the signed,
+    hash-chained ledger with the public key that verifies it. docs/audit.md specifies the
+    ledger format byte for byte.
     """
 
     def ListPolicies(self, request, context):
-        """The frozen policy of each window.
+        """Lists the frozen policy of one window or of every window, newest window first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBudget(self, request, context):
-        """Cap, spent and remaining budget per team-window.
+        """Lists cap, spent and remaining budget per team-window, newest window first, then by
+        team; paged per AIP-158. A window's budgets exist from its close on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamLedger(self, request, context):
-        """The signed, hash-chained ledger from a sequence number on.
+        """Streams the ledger from a sequence number up to the head as it was when the stream
+        started, in pages of consecutive entries. A stream the server ends at its time limit is
+        resumed with the last next_page_token received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPublicKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Returns the Ed25519 public key that verifies the ledger's signatures.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -104,7 +114,7 @@ def add_AuditServiceServicer_to_server(servicer, server):
             'StreamLedger': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamLedger,
                     request_deserializer=chorus_dot_v1_dot_audit__pb2.StreamLedgerRequest.FromString,
-                    response_serializer=chorus_dot_v1_dot_audit__pb2.LedgerEntry.SerializeToString,
+                    response_serializer=chorus_dot_v1_dot_audit__pb2.StreamLedgerResponse.SerializeToString,
             ),
             'GetPublicKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPublicKey,
@@ -120,7 +130,10 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """AuditService lets privacy officers (role auditor) check what was released and spent.
+    """AuditService lets privacy officers (role auditor) check what was released and spent:
+    the policy frozen into each window, the budget of each team-window, and the signed,
+    hash-chained ledger with the public key that verifies it. docs/audit.md specifies the
+    ledger format byte for byte.
     """
 
     @staticmethod
@@ -193,7 +206,7 @@ class AuditService:
             target,
             '/chorus.v1.AuditService/StreamLedger',
             chorus_dot_v1_dot_audit__pb2.StreamLedgerRequest.SerializeToString,
-            chorus_dot_v1_dot_audit__pb2.LedgerEntry.FromString,
+            chorus_dot_v1_dot_audit__pb2.StreamLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

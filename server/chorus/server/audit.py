@@ -7,6 +7,8 @@ shows every policy the operator ever ran, not only those frozen into a window.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import json
@@ -23,6 +25,24 @@ from chorus.server.store._db import Database, Tx
 CONFIG_KIND = "config"
 #: Entries per read transaction when streaming: bounds memory and lock time, whatever the ledger size.
 LEDGER_PAGE = 500
+#: Page sizes of the paged audit listings (AIP-158): what 0 means, and the most per page.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: A page of ledger entries stays under this many bytes of entry text, whatever page_size
+#: asked for: far below gRPC's default 4 MiB message limit, even for policy-sized entries.
+MAX_PAGE_BYTES = 1 << 20
+
+
+class PageTokenError(ValueError):
+    """A page token that this listing did not issue for this request."""
+
+
+def page_size(requested: int) -> int:
+    """AIP-158: 0 is the default, above the maximum is the maximum, negative is an error."""
+    if requested < 0:
+        raise ValueError(f"page_size {requested} must be >= 0 (0 means {DEFAULT_PAGE_SIZE}, "
+                         f"at most {MAX_PAGE_SIZE} per page)")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def policy_sha256(policy_json: dict[str, object]) -> str:
@@ -70,20 +90,52 @@ class TeamWindowBudget:
         return self.cap - self.spent
 
 
-def budgets(tx: Tx, window_id: str = "") -> list[TeamWindowBudget]:
-    """Budgets of one window (raises WindowNotFound; empty while it is open) or of all windows.
+def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
+            page_token: str = "") -> tuple[list[TeamWindowBudget], str]:
+    """One page of budgets of one window (raises WindowNotFound; empty while it is open) or of
+    all windows, and the token of the next page ("" on the last).
 
-    Newest window first, teams by name. Budgets exist from a window's close on.
+    Newest window first, teams by name. Budgets exist from a window's close on. The token is
+    the position of the page's last row (keyset paging), so rows added meanwhile (a window
+    closing) neither repeat nor shift a page; it is bound to `window_id` (PageTokenError).
     """
-    sql = ("SELECT b.window_id, b.team, b.cap_micros, b.spent_micros, b.releases FROM budgets b "
-           "JOIN windows w ON w.id = b.window_id")
-    params: tuple[str, ...] = ()
+    sql = ("SELECT w.start_at, b.window_id, b.team, b.cap_micros, b.spent_micros, b.releases "
+           "FROM budgets b JOIN windows w ON w.id = b.window_id WHERE 1 = 1")
+    params: tuple[object, ...] = ()
     if window_id:
         lifecycle.get(tx, window_id)
-        sql += " WHERE b.window_id = ?"
+        sql += " AND b.window_id = ?"
         params = (window_id,)
-    rows = tx.query(sql + " ORDER BY w.start_at DESC, b.team", params)
-    return [TeamWindowBudget(w, t, Epsilon(cap), Epsilon(spent), n) for w, t, cap, spent, n in rows]
+    if page_token:
+        start, window, team = _decode_token(page_token, window_id)
+        sql += (" AND (w.start_at < ? OR (w.start_at = ? AND (b.window_id > ? OR "
+                "(b.window_id = ? AND b.team > ?))))")
+        params += (start, start, window, window, team)
+    rows = tx.query(sql + " ORDER BY w.start_at DESC, b.window_id, b.team LIMIT ?", (*params, limit + 1))
+    page = [TeamWindowBudget(w, t, Epsilon(cap), Epsilon(spent), n) for _, w, t, cap, spent, n in rows[:limit]]
+    more = len(rows) > limit
+    token = _encode_token(window_id, int(rows[limit - 1][0]), page[-1].window, page[-1].team) if more else ""
+    return page, token
+
+
+def _encode_token(scope: str, start: int, window: str, team: str) -> str:
+    text = json.dumps(["budget", scope, start, window, team], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _decode_token(token: str, scope: str) -> tuple[int, str, str]:
+    """(start, window, team) of a budget page token issued for the same window filter."""
+    try:
+        kind, issued_for, start, window, team = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if (kind != "budget" or not isinstance(start, int) or not -2**63 <= start < 2**63
+                or not isinstance(window, str) or not isinstance(team, str)):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):
+        raise PageTokenError(f"page_token {token[:40]!r} is not a token GetBudget issued") from None
+    if issued_for != scope:
+        raise PageTokenError(f"page_token was issued for window {issued_for or '(every window)'!r}, "
+                             f"not {scope or '(every window)'!r}: a token only continues the same request")
+    return start, window, team
 
 
 def ledger_head(tx: Tx) -> tuple[int, str]:
@@ -93,17 +145,35 @@ def ledger_head(tx: Tx) -> tuple[int, str]:
 
 
 def iter_ledger(db: Database, from_seq: int = 1, page: int = LEDGER_PAGE) -> Iterator[Entry]:
-    """Entries from `from_seq` up to the head as of the first read, one short transaction per page.
+    """Entries from `from_seq` up to the head as of the first read, one short transaction per page."""
+    for entries in ledger_pages(db, from_seq, page):
+        yield from entries
 
-    Stopping at that head gives an export a well-defined end even while the server keeps
-    appending; the next export continues from there.
+
+def ledger_pages(db: Database, from_seq: int, size: int,
+                 max_bytes: int = MAX_PAGE_BYTES) -> Iterator[list[Entry]]:
+    """Consecutive entries from `from_seq` up to the head as of the first read, in pages of at
+    most `size` entries and (unless one entry alone is larger) `max_bytes` of entry text.
+
+    One short read transaction per `size` entries. Stopping at the first read's head gives an
+    export a well-defined end even while the server keeps appending; the next export
+    continues from there.
     """
     last, _ = db.run(ledger_head, name="ledger_head")
     seq = max(from_seq, 1)
     while seq <= last:
-        entries = db.run(functools.partial(read_entries, from_seq=seq, limit=min(page, last - seq + 1)),
+        entries = db.run(functools.partial(read_entries, from_seq=seq, limit=min(size, last - seq + 1)),
                          name="read_ledger")
         if not entries:
             return
-        yield from entries
+        page: list[Entry] = []
+        used = 0
+        for entry in entries:
+            cost = len(entry.payload.encode()) + 400  # plus the body's envelope, hash and signature
+            if page and used + cost > max_bytes:
+                yield page
+                page, used = [], 0
+            page.append(entry)
+            used += cost
+        yield page
         seq = entries[-1].seq + 1

@@ -465,7 +465,9 @@ class _Release:
         entry = self.ledger.append(self.tx, "release", {
             "release_id": item.release_id, "window": self.window, "team": team, "metric": metric,
             "statistic": stat, "mechanism": mechanisms.MECHANISM, "sensitivity": item.sensitivity,
-            "scale": item.scale, "epsilon": str(item.epsilon), "value": item.value, "ci95": item.ci95,
+            "scale": item.scale, "epsilon": str(item.epsilon), "ci95": item.ci95,
+            # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
+            "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
             "budget_cap": str(Epsilon(cap_micros)), "budget_spent_after": str(Epsilon(spent_after)),
             "by": self.requester}, self.now)
         return entry.seq

@@ -1,11 +1,11 @@
 """The offline ledger verifier: trusts nothing the server says, only the file and the public key.
 
-Input is an export in JSON Lines (one entry per line: seq, time, kind, payload as an object,
-prev_hash, hash, signature) and the officer's copy of the server's Ed25519 public key.
-The verifier recomputes everything it can:
+Input is an export in JSON Lines (one entry per line: body, hash, signature; the body is the
+exact RFC 8785 text that was hashed, see `chorus.server.ledger` and docs/audit.md) and the
+officer's copy of the server's Ed25519 public key. The verifier recomputes everything it can:
 
-* the chain: sequence numbers contiguous from 1, each prev_hash equal to the previous
-  entry's hash, each hash recomputed, each signature checked;
+* the chain: each body in canonical form, sequence numbers contiguous from 1, each prev_hash
+  equal to the previous entry's hash, each hash recomputed over the body, each signature checked;
 * each release: its epsilon recomputed with OpenDP from mechanism, sensitivity and scale
   (a stated charge below that is a violation), its sensitivity against the bound frozen in
   its window's window_open entry, its window opened and closed before it, its team in that
@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import opendp.prelude as dp
 from cryptography.exceptions import InvalidSignature
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from chorus.server.audit import policy_sha256
 from chorus.server.config import NOISY_STATISTICS, Policy
-from chorus.server.ledger import GENESIS_HASH, Entry, canonical_json, entry_hash, format_time
+from chorus.server.ledger import GENESIS_HASH, entry_hash, format_time, parse_body
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.windows import parse_window_id
 
@@ -48,12 +48,14 @@ dp.enable_features("contrib")
 MECHANISM = "discrete_laplace"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
+#: A released value: a decimal integer without leading zeros or plus sign.
+_DECIMAL = re.compile(r"^(0|-?[1-9][0-9]*)$")
 _HEAD = re.compile(r"^(\d+):([0-9a-f]{64})$")
-_ENTRY_FIELDS = {"seq": int, "time": str, "kind": str, "payload": dict, "prev_hash": str, "hash": str,
-                 "signature": str}
+#: One export line: the entry's body (the exact text hashed), its hash and its signature.
+_LINE_FIELDS = {"body": str, "hash": str, "signature": str}
 _RELEASE_FIELDS = {"release_id": str, "window": str, "team": str, "metric": str, "statistic": str,
                    "mechanism": str, "sensitivity": int, "scale": (int, float), "epsilon": str,
-                   "value": (int, list), "budget_cap": str, "budget_spent_after": str, "by": str}
+                   "value": (str, list), "budget_cap": str, "budget_spent_after": str, "by": str}
 
 
 class VerifyError(ValueError):
@@ -212,27 +214,35 @@ class Verifier:
             check(self, entry["payload"])
 
     def parse(self, text: str) -> dict[str, Any] | None:
+        """The line's body fields plus its body, hash and signature; None (flagged) if malformed."""
         try:
-            entry = json.loads(text, parse_constant=_reject_constant)
+            line = json.loads(text)
         except (ValueError, RecursionError) as exc:
             self.flag("format", f"not a JSON object: {exc}")
             return None
-        if not isinstance(entry, dict):
+        if not isinstance(line, dict):
             self.flag("format", "not a JSON object")
             return None
-        if isinstance(entry.get("seq"), int) and not isinstance(entry["seq"], bool):
-            self.seq = entry["seq"]
-        problem = _field_problem(entry, _ENTRY_FIELDS)
-        if problem is None and not (_HEX64.match(entry["prev_hash"]) and _HEX64.match(entry["hash"])):
-            problem = "prev_hash and hash must be 64 lowercase hex digits"
-        if problem is None and not _HEX128.match(entry["signature"]):
+        problem = _field_problem(line, _LINE_FIELDS)
+        if problem is None and set(line) != set(_LINE_FIELDS):
+            problem = f"unexpected fields {sorted(set(line) - set(_LINE_FIELDS))}"
+        if problem is None and not _HEX64.match(line["hash"]):
+            problem = "hash must be 64 lowercase hex digits"
+        if problem is None and not _HEX128.match(line["signature"]):
             problem = "signature must be 128 lowercase hex digits"
-        if problem is None and not _is_time(entry["time"]):
-            problem = f"time {entry['time']!r} is not an RFC 3339 UTC timestamp"
         if problem is not None:
             self.flag("format", problem)
             return None
-        return entry
+        try:
+            entry = parse_body(line["body"])
+        except ValueError as exc:
+            self.flag("format", str(exc))
+            return None
+        self.seq = entry["seq"]
+        if not _is_time(entry["time"]):
+            self.flag("format", f"time {entry['time']!r} is not a UTC timestamp in the ledger's format")
+            return None
+        return {**entry, **line}
 
     def check_chain(self, entry: dict[str, Any]) -> None:
         seq = entry["seq"]
@@ -243,8 +253,7 @@ class Verifier:
         if entry["prev_hash"] != self.prev_hash:
             self.flag("chain", f"prev_hash {entry['prev_hash'][:16]}... does not match the previous "
                                f"entry's hash {self.prev_hash[:16]}...")
-        recomputed = entry_hash(entry["prev_hash"], seq, entry["time"], entry["kind"],
-                                canonical_json(entry["payload"]))
+        recomputed = entry_hash(entry["body"])
         if recomputed != entry["hash"]:
             self.flag("hash", f"stated hash {entry['hash'][:16]}... differs from the recomputed "
                               f"{recomputed[:16]}...: the entry was altered")
@@ -384,10 +393,12 @@ class Verifier:
             self.flag("sensitivity", f"{subject}: sensitivity {payload['sensitivity']} is below the "
                                      f"frozen bound {required}")
         if buckets:
-            if not (isinstance(value, list) and len(value) == buckets and all(_is_int(v) for v in value)):
-                self.flag("value", f"{subject}: a histogram value must be a list of {buckets} integers")
-        elif not _is_int(value):
-            self.flag("value", f"{subject}: value must be an integer")
+            if not (isinstance(value, list) and len(value) == buckets
+                    and all(isinstance(v, str) and _DECIMAL.match(v) for v in value)):
+                self.flag("value", f"{subject}: a histogram value must be a list of {buckets} decimal "
+                                   "integer strings")
+        elif not (isinstance(value, str) and _DECIMAL.match(value)):
+            self.flag("value", f"{subject}: value must be a decimal integer string")
 
     def finish(self) -> Report:
         expect = self.expect
@@ -451,13 +462,26 @@ def _field_problem(obj: dict[str, Any], fields: dict[str, Any]) -> str | None:
     return None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in the ledger")
+class Signed(Protocol):
+    """An entry as exported: a stored `Entry` or a StreamLedger `LedgerEntry` message alike."""
+
+    @property
+    def body(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def signature(self) -> str: ...
 
 
-def export_line(entry: Entry) -> str:
-    """One entry as a line of the export format (without the newline)."""
-    return json.dumps(entry.to_json(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def export_line(entry: Signed) -> str:
+    """One entry as a line of the export format (without the newline): its body verbatim, as a
+    JSON string, then its hash and signature.
+
+    ASCII only (non-ASCII characters as \\u escapes): no reader can mistake a character such as
+    U+2028 for a line break, and the file has no encoding to get wrong. Decoding the string
+    gives back the body exactly."""
+    return json.dumps({"body": entry.body, "hash": entry.hash, "signature": entry.signature},
+                      separators=(",", ":"))
 
 
 def verify_lines(lines: Iterable[str], public_key: Ed25519PublicKey, *,

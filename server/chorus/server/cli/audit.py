@@ -33,7 +33,6 @@ from chorus.server.cli._common import (
 )
 from chorus.server.cli._output import Format, FormatOpt, emit
 from chorus.server.config import Policy
-from chorus.server.ledger import Entry
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength
 from chorus.v1 import audit_pb2, audit_pb2_grpc
@@ -43,6 +42,8 @@ audit_app = typer.Typer(help="Export and verify the signed ledger (privacy offic
 #: Violations and team-windows printed in full by `verify`; the rest are counted.
 SHOWN_VIOLATIONS = 50
 SHOWN_TOTALS = 40
+#: Team-windows asked for per GetBudget page: the server's maximum, so few round trips.
+BUDGET_PAGE_SIZE = 1000
 WINDOWS_PER_YEAR = {WindowLength.DAY: 365, WindowLength.WEEK: 52}
 WindowOpt = Annotated[str, typer.Option("--window", "-w", help="Window id, e.g. 2026-11-25 or "
                                         "2026-W48; default: every window.")]
@@ -65,12 +66,13 @@ def export(
         if public_key_out is not None:
             reply = conn.call(stub.GetPublicKey, audit_pb2.GetPublicKeyRequest())
             _write_atomically(public_key_out, lambda f: f.write(reply.public_key_pem))
-        last: Entry | None = None
+        last: audit_pb2.LedgerEntry | None = None
         count = 0
 
         def write(f: TextIO) -> None:
             nonlocal last, count
             with rpc_errors(conn.server, conn.token_source):
+                # The bodies are written exactly as received: the verifier judges them, not the export.
                 for last in _stream_ledger(stub, conn.metadata, from_seq):
                     f.write(verify.export_line(last) + "\n")
                     count += 1
@@ -84,28 +86,36 @@ def export(
     if last is None:
         err_console.print(f"no ledger entries from {from_seq} on; nothing written to {where}")
         return
-    err_console.print(f"exported {count} entries ({from_seq}..{last.seq}) to {where}; "
-                      f"head {last.seq}:{last.hash}", highlight=False, soft_wrap=True)
+    seq = _seq_of(last)
+    err_console.print(f"exported {count} entries ({from_seq}..{seq}) to {where}; head {seq}:{last.hash}",
+                      highlight=False, soft_wrap=True)
     if public_key_out is not None:
         err_console.print(f"public key written to {public_key_out}: compare it with your trusted copy "
                           "before relying on it", highlight=False)
 
 
+def _seq_of(entry: audit_pb2.LedgerEntry) -> str:
+    try:
+        return str(json.loads(entry.body)["seq"])
+    except (ValueError, TypeError, KeyError):
+        return "?"
+
+
 def _stream_ledger(stub: audit_pb2_grpc.AuditServiceStub, metadata: tuple[tuple[str, str], ...],
-                   from_seq: int) -> Iterator[Entry]:
-    """Entries from `from_seq` to the server's head, resuming after the last one received when
-    the server ends a long stream at its time limit (it cancels streams after a bound)."""
+                   from_seq: int) -> Iterator[audit_pb2.LedgerEntry]:
+    """Entries from `from_seq` to the server's head, resuming with the last page token received
+    when the server ends a long stream at its time limit (it cancels streams after a bound)."""
     resume: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
-    next_seq = from_seq
+    token = str(from_seq)
     while True:
-        start = next_seq
+        start = token
         try:
-            for m in stub.StreamLedger(audit_pb2.StreamLedgerRequest(from_seq=next_seq), metadata=metadata):
-                yield Entry(m.seq, m.time, m.kind, m.payload, m.prev_hash, m.hash, m.signature)
-                next_seq = m.seq + 1
+            for page in stub.StreamLedger(audit_pb2.StreamLedgerRequest(page_token=token), metadata=metadata):
+                yield from page.entries
+                token = page.next_page_token
             return
         except grpc.RpcError as exc:
-            if exc.code() not in resume or next_seq == start:  # no progress: resuming would loop
+            if exc.code() not in resume or token == start:  # no progress: resuming would loop
                 raise
 
 
@@ -185,17 +195,17 @@ def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: Server
 
     json and csv keep epsilon values as exact decimal strings, as the ledger has them."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(audit_pb2_grpc.AuditServiceStub(conn.channel).GetBudget,
-                          audit_pb2.GetBudgetRequest(window=window))
+        stub = audit_pb2_grpc.AuditServiceStub(conn.channel)
+        budgets = read_budgets(lambda request: conn.call(stub.GetBudget, request), window)
 
     def table() -> None:
-        if not reply.budgets:
+        if not budgets:
             scope = f"window {window}" if window else "any window"
             console.print(f"No budgets for {scope} yet: a team-window's budget starts when its window closes.")
             return
         out = Table("window", "team", "spent", "of the cap", "remaining", "cap", "releases",
                     title="Privacy budget (epsilon) per team-window")
-        for b in reply.budgets:
+        for b in budgets:
             cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)
             bar = ProgressBar(total=max(cap.micros, 1), completed=spent.micros, width=20)
             out.add_row(escape(b.window), escape(b.team), b.spent, bar, b.remaining, b.cap, str(b.releases))
@@ -203,7 +213,21 @@ def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: Server
 
     emit(fmt, ("window", "team", "spent", "remaining", "cap", "releases"),
          [{"window": b.window, "team": b.team, "spent": b.spent, "remaining": b.remaining, "cap": b.cap,
-           "releases": b.releases} for b in reply.budgets], table)
+           "releases": b.releases} for b in budgets], table)
+
+
+def read_budgets(get_budget: Callable[[audit_pb2.GetBudgetRequest], audit_pb2.GetBudgetResponse],
+                 window: str = "") -> list[audit_pb2.TeamWindowBudget]:
+    """Every page of GetBudget for `window` ("" for all), in the server's order."""
+    budgets: list[audit_pb2.TeamWindowBudget] = []
+    token = ""
+    while True:
+        reply = get_budget(audit_pb2.GetBudgetRequest(window=window, page_size=BUDGET_PAGE_SIZE,
+                                                      page_token=token))
+        budgets.extend(reply.budgets)
+        token = reply.next_page_token
+        if not token:
+            return budgets
 
 
 class StatementFormat(enum.StrEnum):

@@ -20,7 +20,6 @@ from grpc_status import rpc_status
 from chorus.server.auth import Role
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli._common import channel_credentials
-from chorus.server.ledger import Entry
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
 T = TypeVar("T")
@@ -177,19 +176,19 @@ class Api:
         return list(self._call(self._audit.ListPolicies, request).policies)
 
     def get_budget(self, window: str = "") -> list[audit_pb2.TeamWindowBudget]:
-        return list(self._call(self._audit.GetBudget, audit_pb2.GetBudgetRequest(window=window)).budgets)
+        return audit_cli.read_budgets(lambda request: self._call(self._audit.GetBudget, request), window)
 
     def public_key(self) -> str:
         return self._call(self._audit.GetPublicKey, audit_pb2.GetPublicKeyRequest()).public_key_pem
 
-    def ledger(self, from_seq: int = 1, limit: int | None = None) -> Iterator[Entry]:
+    def ledger(self, from_seq: int = 1, limit: int | None = None) -> Iterator[audit_pb2.LedgerEntry]:
         """Ledger entries from `from_seq` on, at most `limit`.
 
         Read as `chorus audit export` reads them, resuming where the server ended a long stream
         at its time limit; stopping early closes the stream, which cancels the call.
         """
         # The officer CLI's reader, so the dashboard and `chorus audit export` read the ledger alike.
-        entries = cast(Generator[Entry, None, None],
+        entries = cast(Generator[audit_pb2.LedgerEntry, None, None],
                        audit_cli._stream_ledger(self._audit, self._metadata, max(1, from_seq)))
         try:
             yield from itertools.islice(entries, limit)

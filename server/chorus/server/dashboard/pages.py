@@ -36,7 +36,8 @@ from chorus.server.dashboard.charts import (
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
-from chorus.v1 import common_pb2, release_pb2
+from chorus.server.ledger import Entry
+from chorus.v1 import audit_pb2, common_pb2, release_pb2
 
 Args = Mapping[str, str]
 
@@ -390,11 +391,13 @@ class LedgerRow:
     signature: str
 
 
-def _readable(payload: str) -> str:
+def _row(signed: audit_pb2.LedgerEntry) -> LedgerRow:
     try:
-        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
-    except ValueError:
-        return payload  # shown as stored; the chain status already reports it
+        e = Entry.from_signed(signed.body, signed.hash, signed.signature)
+    except ValueError:  # shown as received; the chain status already reports it
+        return LedgerRow(0, "", "", signed.body, "", signed.hash, signed.signature)
+    return LedgerRow(e.seq, e.at, e.kind, json.dumps(json.loads(e.payload), indent=2, ensure_ascii=False),
+                     e.prev_hash, e.hash, e.signature)
 
 
 #: One per dashboard process: every auditor sees the same ledger, verified once, then incrementally.
@@ -406,8 +409,7 @@ def ledger(api: Api, args: Args) -> Page:
     status = _CHAIN.status(api.ledger, api.public_key())
     last_page = max(1, status.head_seq - LEDGER_PAGE + 1)
     start = _int(args, "from", last_page, 1, max(status.head_seq, 1))
-    rows = [LedgerRow(e.seq, e.at, e.kind, _readable(e.payload), e.prev_hash, e.hash, e.signature)
-            for e in api.ledger(start, LEDGER_PAGE)]
+    rows = [_row(e) for e in api.ledger(start, LEDGER_PAGE)]
     return Page("ledger.html", "Ledger", context={
         "status": status, "rows": rows, "start": start, "first": 1, "last": last_page,
         "previous": max(1, start - LEDGER_PAGE) if start > 1 else None,

@@ -3,7 +3,8 @@
 This adapter is the one place that knows the verifier's API: the ledger page hands it a way to
 stream entries and the server's public key and shows the `ChainStatus` it returns. The
 entries are turned into the verifier's export format (the same lines `chorus audit export`
-writes), so the dashboard's verdict is the offline verifier's, not a second implementation.
+writes, the bodies exactly as received), so the dashboard's verdict is the offline verifier's,
+not a second implementation.
 
 The public key comes from the same server as the ledger, so this check catches a damaged or
 altered chain but not a server that re-signed a rewritten history with a new key: for that the
@@ -17,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from chorus.server import verify
-from chorus.server.ledger import Entry
 
 VERIFIED = "verified"
 FAILED = "failed"
@@ -52,7 +52,7 @@ class ChainCache:
         self._verifier: verify.Verifier | None = None
         self._next_seq = 1
 
-    def status(self, entries_from: Callable[[int], Iterable[Entry]], public_key_pem: str) -> ChainStatus:
+    def status(self, entries_from: Callable[[int], Iterable[verify.Signed]], public_key_pem: str) -> ChainStatus:
         """Feed the entries from the first unseen sequence number on; return the verdict so far."""
         with self._lock:
             if public_key_pem != self._key_pem or self._verifier is None:
@@ -61,13 +61,9 @@ class ChainCache:
                 except verify.VerifyError as exc:
                     return ChainStatus(FAILED, 0, 0, "", f"The server's public key cannot be used: {exc}")
                 self._key_pem, self._verifier, self._next_seq = public_key_pem, verify.Verifier(key), 1
-            try:
-                for entry in entries_from(self._next_seq):
-                    self._verifier.feed(verify.export_line(entry))
-                    self._next_seq = entry.seq + 1
-            except ValueError as exc:  # a payload that is not JSON cannot even be put in export form
-                self._key_pem = None  # start over next time
-                return ChainStatus(FAILED, 0, 0, "", f"The ledger cannot be read as entries: {exc}")
+            for entry in entries_from(self._next_seq):
+                self._verifier.feed(verify.export_line(entry))
+                self._next_seq += 1
             return _status(self._verifier.finish())
 
 

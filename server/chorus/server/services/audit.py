@@ -24,6 +24,23 @@ def _window_filter(context: grpc.ServicerContext, window: str) -> str:
     return window
 
 
+def _page_size(context: grpc.ServicerContext, requested: int) -> int:
+    try:
+        return audit.page_size(requested)
+    except ValueError as exc:
+        invalid_argument(context, str(exc), "page_size")
+
+
+def _ledger_position(context: grpc.ServicerContext, token: str) -> int:
+    """StreamLedger's documented page token: the decimal seq of the first entry; "" is 1."""
+    if not token:
+        return 1
+    if not (token.isascii() and token.isdigit() and len(token) <= 19 and 1 <= int(token) < 2**63):
+        invalid_argument(context, f"page_token {token[:40]!r} must be the decimal sequence number "
+                                  "(>= 1) of the first entry to send, as next_page_token gives it", "page_token")
+    return int(token)
+
+
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def __init__(self, chorus: Chorus, *, ledger_page: int = audit.LEDGER_PAGE) -> None:
         self._chorus = chorus
@@ -42,19 +59,26 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def GetBudget(self, request: audit_pb2.GetBudgetRequest,
                   context: grpc.ServicerContext) -> audit_pb2.GetBudgetResponse:
         window = _window_filter(context, request.window)
+        size = _page_size(context, request.page_size)
         try:
-            rows = self._chorus.db.run(lambda tx: audit.budgets(tx, window), name="get_budget")
+            rows, token = self._chorus.db.run(
+                lambda tx: audit.budgets(tx, window, size, request.page_token), name="get_budget")
         except lifecycle.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
-        return audit_pb2.GetBudgetResponse(budgets=[
+        except audit.PageTokenError as exc:
+            invalid_argument(context, str(exc), "page_token")
+        return audit_pb2.GetBudgetResponse(next_page_token=token, budgets=[
             audit_pb2.TeamWindowBudget(window=b.window, team=b.team, cap=str(b.cap), spent=str(b.spent),
                                        remaining=str(b.remaining), releases=b.releases) for b in rows])
 
     def StreamLedger(self, request: audit_pb2.StreamLedgerRequest,
-                     context: grpc.ServicerContext) -> Iterator[audit_pb2.LedgerEntry]:
-        for e in audit.iter_ledger(self._chorus.db, request.from_seq, self._ledger_page):
-            yield audit_pb2.LedgerEntry(seq=e.seq, time=e.at, kind=e.kind, payload=e.payload,
-                                        prev_hash=e.prev_hash, hash=e.hash, signature=e.signature)
+                     context: grpc.ServicerContext) -> Iterator[audit_pb2.StreamLedgerResponse]:
+        size = _page_size(context, request.page_size)
+        from_seq = _ledger_position(context, request.page_token)
+        for page in audit.ledger_pages(self._chorus.db, from_seq, min(size, self._ledger_page)):
+            yield audit_pb2.StreamLedgerResponse(
+                entries=[audit_pb2.LedgerEntry(body=e.body, hash=e.hash, signature=e.signature) for e in page],
+                next_page_token=str(page[-1].seq + 1))
 
     def GetPublicKey(self, request: audit_pb2.GetPublicKeyRequest,
                      context: grpc.ServicerContext) -> audit_pb2.GetPublicKeyResponse:
