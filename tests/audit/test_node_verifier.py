@@ -47,8 +47,8 @@ def exported(released: Chorus, server: Server, auditor_token: str, tmp_path: Pat
     text), exported by `chorus audit export` over gRPC."""
     released.db.run(lambda tx: released.ledger.append(tx, "test", AWKWARD, released.clock.now()), name="t")
     out, key = tmp_path / "ledger.jsonl", tmp_path / "ledger.pub.pem"
-    result = CliRunner().invoke(app, ["audit", "export", "--out", str(out), "--public-key-out", str(key)],
-                                env={"CHORUS_SERVER": server.address, "CHORUS_TOKEN": auditor_token})
+    result = CliRunner().invoke(app, ["audit", "export", "--out", str(out), "--public-key-out", str(key),
+                                      "--token", auditor_token], env={"CHORUS_SERVER": server.address})
     assert result.exit_code == 0, result.output
     return out, key
 
