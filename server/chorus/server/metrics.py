@@ -129,6 +129,8 @@ class _RpcInterceptor(grpc.ServerInterceptor):
             service, method = self._methods.get(path, (UNKNOWN, UNKNOWN))
             child = self._children[(path, name)] = self._histogram.labels(service, method, name)
         child.observe(seconds)
+        if _log.isEnabledFor(logging.DEBUG):  # the method only if known: a client chooses the path
+            _log.debug("%s %s in %.1f ms", path, name, seconds * 1000)
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:

@@ -108,11 +108,11 @@ def serve(
     server.start()
     if token_path:
         console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
+    if server.metrics_address:
+        console.print(f"metrics on http://{server.metrics_address}/metrics", highlight=False, soft_wrap=True)
     # The ready line: scripts and tests read the bound port from it.
     console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
                   f"data in {data_dir}", highlight=False, soft_wrap=True)
-    if server.metrics_address:
-        console.print(f"metrics on http://{server.metrics_address}/metrics", highlight=False, soft_wrap=True)
     server.wait_for_signal()
 
 
