@@ -36,7 +36,8 @@ def tool(name: str) -> str:
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is required in CI (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed (Debian: apt-get install {'prometheus' if name == 'promtool' else 'systemd'})")
+        package = "prometheus" if name == "promtool" else "systemd"
+        pytest.skip(f"{name} is not installed (Debian: apt-get install {package})")
     return path
 
 

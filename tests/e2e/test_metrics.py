@@ -6,6 +6,9 @@ what the test did, and no label value may name a team or a person.
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -14,10 +17,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from chorus.server import logs
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML
 from tests._secrets import leaks
@@ -176,3 +181,30 @@ def test_unknown_methods_share_one_series(running: Running, log_guard: Capturing
               if s.name == "chorus_rpc_duration_seconds_count" and s.labels["method"] == "unknown"]
     assert sorted((s.labels["service"], s.labels["code"], s.value) for s in counts) == [
         ("unknown", "PERMISSION_DENIED", 1), ("unknown", "UNIMPLEMENTED", 1)]
+
+
+def test_health_checks_are_timed_too(running: Running) -> None:
+    with grpc.insecure_channel(running.address) as channel:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    text = generate_latest(running.server.metrics.registry).decode()
+    assert 'chorus_rpc_duration_seconds_count{code="OK",method="Check",service="grpc.health.v1.Health"} 1.0' in text
+
+
+def test_store_that_does_not_answer_is_down_in_the_scrape_and_logged_with_traceback(tmp_path: Path) -> None:
+    broken = Running(tmp_path / "broken")
+    out = io.StringIO()
+    as_json = logs.handler("json", out)
+    logging.getLogger().addHandler(as_json)
+    try:
+        broken.chorus.db.close()  # every transaction now fails, as with a vanished database
+        text = generate_latest(broken.server.metrics.registry).decode()
+    finally:
+        logging.getLogger().removeHandler(as_json)
+        broken.server.stop(grace=1)
+    names = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert names["chorus_store_up"] == 0
+    assert "chorus_windows" not in names and "chorus_shreds_pending" not in names
+    assert names["chorus_ingest_contributions_accepted_total"] == 0  # process counters still there
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    warning = next(r for r in records if r["logger"] == "chorus.server.metrics")
+    assert warning["level"] == "WARNING" and warning["exception"].startswith("Traceback")
