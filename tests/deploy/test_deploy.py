@@ -47,6 +47,14 @@ def test_rules_pass_promtool() -> None:
     assert "SUCCESS" in result.stdout
 
 
+def test_alerts_fire_on_the_series_they_watch() -> None:
+    """deploy/prometheus-rules.test.yml: shred pending, store unavailable, rejections rising and
+    budget exhausted fire (and shred pending not before its 15 minutes)."""
+    result = subprocess.run([tool("promtool"), "test", "rules", str(DEPLOY / "prometheus-rules.test.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
 def alerting_rules() -> list[dict[str, object]]:
     document = yaml.safe_load(RULES.read_text())
     return [rule for group in document["groups"] for rule in group["rules"]]
