@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import re
+import socket
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,8 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from chorus.server import logs
+from chorus.server.app import Server
+from chorus.server.app_context import Chorus
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
-from tests._policy import SUITE_TOML
+from tests._policy import SUITE_TOML, suite_config
 from tests._secrets import leaks
 from tests.conftest import CapturingHandler
 
@@ -208,3 +211,16 @@ def test_store_that_does_not_answer_is_down_in_the_scrape_and_logged_with_traceb
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     warning = next(r for r in records if r["logger"] == "chorus.server.metrics")
     assert warning["level"] == "WARNING" and warning["exception"].startswith("Traceback")
+
+
+def test_busy_metrics_port_is_refused_by_name(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        chorus = Chorus(suite_config(), tmp_path / "data")
+        try:
+            with pytest.raises(OSError, match=f"cannot serve metrics on {taken}: Address already in use"):
+                Server(chorus, "127.0.0.1:0", metrics_listen=taken)
+        finally:
+            chorus.close()

@@ -90,7 +90,11 @@ class Server:
             raise OSError(f"cannot listen on {listen}: address in use or not available")
         self.address = f"{listen.rpartition(':')[0]}:{self.port}"
         #: host:port of the metrics listener, if any.
-        self.metrics_address = self.metrics.listen(metrics_listen) if metrics_listen else None
+        try:
+            self.metrics_address = self.metrics.listen(metrics_listen) if metrics_listen else None
+        except OSError:
+            self._grpc.stop(None)  # release the gRPC port bound above
+            raise
 
     def _bind(self, listen: str, tls: TlsConfig | None) -> int:
         if tls is None:
