@@ -102,7 +102,7 @@ def serve(
     token_path = chorus.bootstrap_admin_token()
     try:
         server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         chorus.close()
         raise fail(str(exc)) from None
     server.start()
