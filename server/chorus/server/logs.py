@@ -94,8 +94,8 @@ def handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
 def configure(level: str, fmt: str) -> None:
     """Log the root logger's records at `level` and above to stderr in `fmt`.
 
-    Like `logging.basicConfig`, it adds no handler if the root logger has one already (a
-    host process, or a test capturing records, decides where they go).
+    Like `logging.basicConfig`, it changes nothing if the root logger has a handler already
+    (a host process, or a test capturing records, decides where they go and at what level).
     """
     if level.upper() not in LEVELS:
         raise ValueError(f"log level {level!r}: must be one of {', '.join(LEVELS)}")
@@ -103,4 +103,4 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(out)
-    root.setLevel(level.upper())
+        root.setLevel(level.upper())
