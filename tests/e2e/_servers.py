@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests._policy import suite_config_file
@@ -25,6 +25,8 @@ class ServerProcess:
     args: tuple[str, ...] = ()
     proc: subprocess.Popen[str] | None = None
     address: str = ""
+    #: What the server printed up to its ready line.
+    startup: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 30.0) -> str:
         self.proc = subprocess.Popen(
@@ -34,7 +36,7 @@ class ServerProcess:
             env={**os.environ, "COLUMNS": "200"})
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
-        seen = []
+        seen = self.startup
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:

@@ -45,7 +45,10 @@ def test_client_uses_tls_beyond_loopback(tmp_path: Path) -> None:
     ["--listen", "0.0.0.0:0", "--tls-cert", "x.pem"],
     ["--listen", "127.0.0.1:0", "--client-ca", "ca.pem"],
     ["--listen", "127.0.0.1:0", "--log-level", "chatty"],
-], ids=["plaintext on all interfaces", "cert without key", "client CA without TLS", "bad log level"])
+    ["--listen", "127.0.0.1:0", "--log-format", "xml"],
+    ["--listen", "127.0.0.1:0", "--metrics-listen", "9464"],
+], ids=["plaintext on all interfaces", "cert without key", "client CA without TLS", "bad log level",
+        "bad log format", "metrics address without host"])
 def test_serve_refuses_before_starting(tmp_path: Path, args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path / "data"), *args])
     assert result.exit_code == 2, result.output

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chorus.server.app_context import Chorus
 from chorus.server.auth import AuthInterceptor
+from chorus.server.metrics import Metrics
 from chorus.server.ratelimit import RateLimiter
 from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
@@ -46,12 +47,15 @@ class Server:
     """A started gRPC server around a Chorus instance."""
 
     def __init__(self, chorus: Chorus, listen: str, *, tls: TlsConfig | None = None,
-                 max_workers: int = 16) -> None:
+                 max_workers: int = 16, metrics_listen: str | None = None) -> None:
+        """`metrics_listen` (host:port): also serve Prometheus metrics over HTTP there."""
         self.chorus = chorus
         limits = chorus.config.limits
+        limiter = RateLimiter(limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)
+        self.metrics = Metrics(chorus, limiter)
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
-            interceptors=[AuthInterceptor(chorus.tokens.authenticate,
+            interceptors=[self.metrics.interceptor(), AuthInterceptor(chorus.tokens.authenticate,
                                           max_rpc_seconds=limits.rpc_deadline_seconds)],
             # No SO_REUSEPORT: a second server on a busy address must fail, not share the port
             # and split traffic between two stores.
@@ -61,8 +65,7 @@ class Server:
             maximum_concurrent_rpcs=max_workers * 8,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(chorus.ingestor, limits, RateLimiter(
-                limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)), self._grpc)
+            IngestServicer(chorus.ingestor, limits, limiter), self._grpc)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(chorus), self._grpc)
         release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus), self._grpc)
@@ -78,6 +81,7 @@ class Server:
         self._stop_probe = threading.Event()
         reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self._grpc)
+        self.metrics.track_services((*names, health.SERVICE_NAME, reflection.SERVICE_NAME))
         try:
             self.port = self._bind(listen, tls)
         except RuntimeError:  # grpc's way of saying the bind failed
@@ -85,6 +89,12 @@ class Server:
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}: address in use or not available")
         self.address = f"{listen.rpartition(':')[0]}:{self.port}"
+        #: host:port of the metrics listener, if any.
+        try:
+            self.metrics_address = self.metrics.listen(metrics_listen) if metrics_listen else None
+        except OSError:
+            self._grpc.stop(None)  # release the gRPC port bound above
+            raise
 
     def _bind(self, listen: str, tls: TlsConfig | None) -> int:
         if tls is None:
@@ -125,6 +135,7 @@ class Server:
         self._stop_probe.set()
         self._health.enter_graceful_shutdown()
         self._grpc.stop(grace).wait()
+        self.metrics.close()
         self.chorus.close()
 
     def wait_for_signal(self) -> None:

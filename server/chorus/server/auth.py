@@ -234,6 +234,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
                context: grpc.ServicerContext) -> Principal:
+        # The caller chooses the path: log it only if it names one of our services.
+        shown = method if service in SERVICE_ROLES else "a method of an unknown service"
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method} waited in the queue past the server limit of "
@@ -242,17 +244,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method}: the client deadline passed before the call started")
         if not bearer:
-            _log.debug("rejected %s: no bearer token", method)
+            _log.debug("rejected %s: no bearer token", shown)
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send metadata "
                   "'authorization: Bearer <token>' exactly once")
         with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
             who = self._authenticate(bearer)
         if who is None:
-            _log.debug("rejected %s: unknown or revoked token", method)
+            _log.debug("rejected %s: unknown or revoked token", shown)
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
         allowed = SERVICE_ROLES.get(service, frozenset())
         if who.role not in allowed:
-            _log.info("denied %s to token %r with role %s", method, who.name, who.role.value)
+            _log.info("denied %s to token %r with role %s", shown, who.name, who.role.value)
             need = (f"needs role {' or '.join(sorted(r.value for r in allowed))}" if allowed
                     else "is open to no role")
             abort(context, grpc.StatusCode.PERMISSION_DENIED,

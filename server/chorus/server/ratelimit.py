@@ -44,6 +44,8 @@ class RateLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
+        #: Requests refused since start (read by the metrics scrape).
+        self.refusals = 0
 
     def take(self, key: str, units: int) -> None:
         """Admit `units` for `key` or raise RateLimited; a refused request takes nothing."""
@@ -58,6 +60,7 @@ class RateLimiter:
             bucket.level = min(float(self.burst), bucket.level + elapsed * self.rate)
             bucket.updated = max(bucket.updated, now)
             if bucket.level + _SLACK < need:
+                self.refusals += 1
                 wait = (need - bucket.level) / self.rate
                 raise RateLimited(f"ingest rate limit for token {key!r}: {self.rate:g} contributions per "
                                   f"second, burst {self.burst}; this batch of {units} fits in "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from chorus.server import config as config_module
+from chorus.server import logs, metrics
 from chorus.server.app import Server, TlsConfig
 from chorus.server.app_context import Chorus
 from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
@@ -70,16 +70,27 @@ def serve(
                                            "address.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR. No level "
                                            "logs user ids, tokens or per-person values.")] = "INFO",
+    log_format: Annotated[str, typer.Option("--log-format", help="text (one line per record) or json "
+                                            "(one JSON object per line, with a request id per RPC).")] = "text",
+    metrics_listen: Annotated[str | None, typer.Option(
+        "--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics, no "
+        "authentication: keep it on loopback or a monitoring network); default: off.")] = None,
 ) -> None:
     """Run the Chorus server."""
-    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise fail(f"--log-level {log_level!r}: must be DEBUG, INFO, WARNING or ERROR", 2)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure(log_level, log_format)
+    except ValueError as exc:
+        raise fail(f"--log-level/--log-format: {exc}", 2) from None
     try:
         cfg = config_module.load(config)
     except config_module.ConfigError as exc:
         raise fail(str(exc), 2) from None
     address = listen or cfg.listen
+    if metrics_listen is not None:
+        try:
+            metrics.parse_address(metrics_listen)
+        except ValueError as exc:
+            raise fail(str(exc), 2) from None
     if (tls_cert is None) != (tls_key is None):
         raise fail("--tls-cert and --tls-key go together", 2)
     if client_ca is not None and tls_cert is None:
@@ -92,13 +103,15 @@ def serve(
     chorus = Chorus(cfg, data_dir, database=database)
     token_path = chorus.bootstrap_admin_token()
     try:
-        server = Server(chorus, address, tls=tls)
+        server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen)
     except OSError as exc:
         chorus.close()
         raise fail(str(exc)) from None
     server.start()
     if token_path:
         console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
+    if server.metrics_address:
+        console.print(f"metrics on http://{server.metrics_address}/metrics", highlight=False, soft_wrap=True)
     # The ready line: scripts and tests read the bound port from it.
     console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
                   f"data in {data_dir}", highlight=False, soft_wrap=True)

@@ -8,6 +8,8 @@ function must be safe to run twice (janus-style).
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -34,8 +36,34 @@ class Tx(Protocol):
         """Take the cluster-wide window-closer lock for this transaction; False if held elsewhere."""
 
 
+class TxStats:
+    """Retries and failures of transactions since start, by transaction name (for metrics).
+
+    Only the rare paths count (a retry, a give-up), so committing costs nothing extra.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._retries: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()
+
+    def retried(self, name: str) -> None:
+        with self._lock:
+            self._retries[name] += 1
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._failures[name] += 1
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(retries, failures) by transaction name."""
+        with self._lock:
+            return dict(self._retries), dict(self._failures)
+
+
 class Database(Protocol):
     dialect: str
+    stats: TxStats
 
     def run(self, fn: Callable[[Tx], T], *, name: str) -> T:
         """Run fn in one transaction, committing on return; retried on transient conflicts."""

@@ -49,7 +49,7 @@ import psycopg_pool
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
-from chorus.server.store._db import Row, StoreUnavailable, Tx
+from chorus.server.store._db import Row, StoreUnavailable, Tx, TxStats
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -259,6 +259,7 @@ class PostgresDatabase:
         self._settings = {"statement_timeout": str(statement_timeout_ms),
                           "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms)}
         self._retry_budget_s = retry_budget_s
+        self.stats = TxStats()
         try:
             # Probe once so a wrong URL or a down server fails now with libpq's own reason.
             psycopg.connect(url, connect_timeout=max(1, round(connect_timeout_s))).close()
@@ -287,6 +288,7 @@ class PostgresDatabase:
                     return fn(_PostgresTx(cur))
             except psycopg.Error as exc:
                 if not _retryable(exc):
+                    self.stats.failed(name)
                     raise
                 if not isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected |
                                   psycopg_pool.PoolTimeout):
@@ -294,12 +296,14 @@ class PostgresDatabase:
                     self._pool.check()
                 delay = random.uniform(0, min(1.0, 0.01 * 2 ** min(attempt, 7)))
                 if time.monotonic() + delay > deadline:
+                    self.stats.failed(name)
                     raise StoreUnavailable(
                         f"PostgreSQL at {self._where}: transaction {name} failed {attempt} times "
                         f"within {self._retry_budget_s:.0f} s; last error "
                         f"{exc.sqlstate or type(exc).__name__}: {_primary(exc)}") from exc
                 _log.debug("transaction %s: transient %s (attempt %d), retrying in %.3f s",
                            name, exc.sqlstate or type(exc).__name__, attempt, delay)
+                self.stats.retried(name)
                 time.sleep(delay)
 
     def checkpoint(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chorus.server.store._db import Row, StoreUnavailable
+from chorus.server.store._db import Row, StoreUnavailable, TxStats
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class SqliteDatabase:
                        "secure_delete=ON", "foreign_keys=ON", "wal_autocheckpoint=16384"):
             self._pragma(pragma)
         self._lock = threading.Lock()
+        self.stats = TxStats()
 
     def _pragma(self, pragma: str) -> None:
         # Switching a new file to WAL takes a lock the busy handler does not wait for, so two
@@ -91,9 +92,13 @@ class SqliteDatabase:
                     except BaseException as exc:
                         self._conn.execute("ROLLBACK")
                         if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
+                            if isinstance(exc, sqlite3.Error):  # the store failed, not the domain rule
+                                self.stats.failed(name)
                             raise
             _log.debug("transaction %s busy, attempt %d", name, attempt)
+            self.stats.retried(name)
             time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
+        self.stats.failed(name)
         raise StoreUnavailable(f"SQLite database {self.path} stayed locked through "
                                f"{_MAX_ATTEMPTS} attempts of {name}")
 
