@@ -100,7 +100,7 @@ def test_over_the_limit_is_resource_exhausted_with_retry_info(
     status = rpc_status.from_call(err.value)
     assert status is not None
     retry = error_details_pb2.RetryInfo()
-    assert status.details[0].Unpack(retry)
+    assert status.details[1].Unpack(retry)  # after the ErrorInfo
     assert retry.retry_delay.ToTimedelta() == timedelta(seconds=0.5)
     assert server.digest() == before  # refused before anything was applied
 

@@ -28,10 +28,14 @@ class ListPoliciesResponse(_message.Message):
     def __init__(self, policies: _Optional[_Iterable[_Union[WindowPolicy, _Mapping]]] = ...) -> None: ...
 
 class GetBudgetRequest(_message.Message):
-    __slots__ = ("window",)
+    __slots__ = ("window", "page_size", "page_token")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     window: str
-    def __init__(self, window: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, window: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class TeamWindowBudget(_message.Message):
     __slots__ = ("window", "team", "cap", "spent", "remaining", "releases")
@@ -50,10 +54,12 @@ class TeamWindowBudget(_message.Message):
     def __init__(self, window: _Optional[str] = ..., team: _Optional[str] = ..., cap: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., releases: _Optional[int] = ...) -> None: ...
 
 class GetBudgetResponse(_message.Message):
-    __slots__ = ("budgets",)
+    __slots__ = ("budgets", "next_page_token")
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     budgets: _containers.RepeatedCompositeFieldContainer[TeamWindowBudget]
-    def __init__(self, budgets: _Optional[_Iterable[_Union[TeamWindowBudget, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, budgets: _Optional[_Iterable[_Union[TeamWindowBudget, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamLedgerRequest(_message.Message):
     __slots__ = ("from_seq",)

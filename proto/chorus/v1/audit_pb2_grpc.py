@@ -69,7 +69,7 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBudget(self, request, context):
-        """Cap, spent and remaining budget per team-window.
+        """Cap, spent and remaining budget per team-window, paged (AIP-158).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,7 +83,8 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPublicKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The Ed25519 key that signs the ledger.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -63,7 +63,7 @@ class Format(enum.StrEnum):
 #: The flat record written by --format csv and json, one per team and estimate.
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
-          "release_id", "budget_cap", "budget_remaining", "team_epsilon_charged")
+          "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged")
 
 
 def report(
@@ -127,7 +127,7 @@ def report(
     elif trend is not None:
         _print_trend(replies, statistics[0])
     else:
-        _print_report(replies[0])
+        _print_report(replies[0], statistics)
 
 
 def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub) -> list[str]:
@@ -172,11 +172,16 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
             if not t.estimates:
                 yield {f: base.get(f, "") for f in FIELDS}
             for e in t.estimates:
-                yield {**base, "metric": e.metric, "statistic": Statistic.of(e.statistic).value,
+                yield {**base, "metric": e.metric, "statistic": _statistic_name(e.statistic),
                        "value": e.value, "ci95": e.ci95, "bucket_counts": list(e.bucket_counts),
                        "histogram_edges": list(e.histogram_edges), "epsilon": e.epsilon,
                        "epsilon_charged": e.epsilon_charged, "cached": e.cached, "mechanism": e.mechanism,
-                       "note": e.note, "release_id": e.release_id}
+                       "note": e.note, "release_id": e.release_id, "derived_from": list(e.derived_from)}
+
+
+def _statistic_name(proto: int) -> str:
+    """"sum", ..., and "active": the noisy count behind adoption, answered but not requested."""
+    return common_pb2.Statistic.Name(proto).removeprefix("STATISTIC_").lower()
 
 
 def _csv(records: Iterator[dict[str, Any]]) -> str:
@@ -264,10 +269,12 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
                   "again is free and returns the same numbers.")
 
 
-def _print_report(reply: release_pb2.ReleaseResponse) -> None:
+def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]) -> None:
+    """The requested statistics only: the parts a mean or adoption is derived from are in csv and json."""
     released = [t for t in reply.teams if t.outcome == release_pb2.TEAM_OUTCOME_RELEASED]
-    estimates = {(t.team, e.metric, Statistic.of(e.statistic)): e for t in released for e in t.estimates}
-    stats = list(dict.fromkeys(s for _, _, s in estimates if s is not Statistic.ADOPTION))
+    estimates = {(t.team, e.metric, Statistic.of(e.statistic)): e for t in released for e in t.estimates
+                 if e.statistic != common_pb2.STATISTIC_ACTIVE}  # shown through adoption
+    stats = list(dict.fromkeys(s for _, _, s in estimates if s is not Statistic.ADOPTION and s in requested))
     metrics = list(dict.fromkeys(m for _, m, s in estimates if s is not Statistic.ADOPTION))
 
     def per_metric(compact: bool) -> Table:
@@ -318,7 +325,8 @@ def _print_report(reply: release_pb2.ReleaseResponse) -> None:
 
 def _print_trend(replies: list[release_pb2.ReleaseResponse], statistic: Statistic) -> None:
     """One row per team and window, oldest window first within each team."""
-    estimates = [e for r in replies for t in r.teams for e in t.estimates]
+    wanted = common_pb2.Statistic.Value(statistic.proto)
+    estimates = [e for r in replies for t in r.teams for e in t.estimates if e.statistic == wanted]
     metric = estimates[0].metric if estimates else ""
     teams = sorted({t.team for r in replies for t in r.teams})
     found = {(t.team, r.window): t for r in replies for t in r.teams}
@@ -326,7 +334,9 @@ def _print_trend(replies: list[release_pb2.ReleaseResponse], statistic: Statisti
     def cell(t: release_pb2.TeamRelease | None, compact: bool) -> Parts | str:
         if t is None:
             return "-"  # the window could not be released (past retention)
-        return _parts(t.estimates[0], compact) if t.estimates else f"suppressed ({t.roster_size} people)"
+        if not t.estimates:
+            return f"suppressed ({t.roster_size} people)"
+        return _parts(next(e for e in t.estimates if e.statistic == wanted), compact)
 
     def build(compact: bool) -> Table:
         table = Table(title=f"{statistic.value} of {metric or 'activity'} per team, last {len(replies)} closed "

@@ -50,7 +50,7 @@ class GatewayError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        #: Budget violations from a google.rpc.QuotaFailure: (subject, description).
+        #: Budget violations from a google.rpc.QuotaFailure: (team-window in words, description).
         self.quota = tuple(quota)
 
     @property
@@ -74,7 +74,8 @@ def _translate(exc: grpc.RpcError, server: str) -> GatewayError:
         if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
             failure = error_details_pb2.QuotaFailure()
             detail.Unpack(failure)
-            quota.extend((v.subject, v.description) for v in failure.violations)
+            quota.extend((f"team {v.quota_dimensions['team']}, window {v.quota_dimensions['window']}",
+                          v.description) for v in failure.violations)
     return GatewayError(code, details, tuple(quota))
 
 

@@ -8,7 +8,7 @@ import grpc
 
 from chorus.server import audit, lifecycle
 from chorus.server.app_context import Chorus
-from chorus.server.services._convert import window_message
+from chorus.server.services._convert import page, window_message
 from chorus.server.services._errors import abort, invalid_argument
 from chorus.server.windows import parse_window_id
 from chorus.v1 import audit_pb2, audit_pb2_grpc
@@ -35,7 +35,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         try:
             records = self._chorus.db.run(lambda tx: audit.list_policies(tx, window), name="list_policies")
         except lifecycle.WindowNotFound as exc:
-            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         return audit_pb2.ListPoliciesResponse(policies=[
             audit_pb2.WindowPolicy(window=window_message(r), policy_json=r.policy_json) for r in records])
 
@@ -45,8 +45,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         try:
             rows = self._chorus.db.run(lambda tx: audit.budgets(tx, window), name="get_budget")
         except lifecycle.WindowNotFound as exc:
-            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
-        return audit_pb2.GetBudgetResponse(budgets=[
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
+        rows, following = page(rows, request, context)
+        return audit_pb2.GetBudgetResponse(next_page_token=following, budgets=[
             audit_pb2.TeamWindowBudget(window=b.window, team=b.team, cap=str(b.cap), spent=str(b.spent),
                                        remaining=str(b.remaining), releases=b.releases) for b in rows])
 
