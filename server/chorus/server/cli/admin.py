@@ -25,8 +25,9 @@ from chorus.server.cli._common import (
     create_private_file,
     fail,
 )
+from chorus.server.paging import every_page
 from chorus.server.windows import parse_window_id
-from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2
+from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
@@ -102,11 +103,12 @@ def token_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token
                ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
     """List tokens (names and roles; secrets are never stored)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListTokens,
-                          admin_pb2.ListTokensRequest())
-    table = Table("name", "role", "created", "revoked")
-    for t in reply.tokens:
-        table.add_row(t.name, ROLE_NAMES.get(t.role, "?"), t.created, t.revoked or "-")
+        stub = admin_pb2_grpc.AdminServiceStub(conn.channel)
+        tokens = every_page(lambda r: conn.call(stub.ListTokens, r), admin_pb2.ListTokensRequest(), "tokens")
+    table = Table("name", "role", "created (UTC)", "revoked (UTC)")
+    for t in tokens:
+        table.add_row(t.name, ROLE_NAMES.get(t.role, "?"), _utc(t.create_time),
+                      _utc(t.revoke_time) if t.HasField("revoke_time") else "-")
     console.print(table)
 
 
@@ -119,7 +121,7 @@ def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).RevokeToken,
                           admin_pb2.RevokeTokenRequest(name=name))
-    console.print(f"token {reply.info.name!r} is revoked (since {reply.info.revoked})")
+    console.print(f"token {reply.info.name!r} is revoked (since {_utc(reply.info.revoke_time)} UTC)")
 
 
 @window_app.command("list")
@@ -127,13 +129,14 @@ def window_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, toke
                 ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
     """List windows, newest first, with their state and when they close."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListWindows,
-                          release_pb2.ListWindowsRequest())
+        stub = admin_pb2_grpc.AdminServiceStub(conn.channel)
+        windows = every_page(lambda r: conn.call(stub.ListWindows, r),
+                             admin_pb2.AdminServiceListWindowsRequest(), "windows")
     table = Table("window", "state", "from (UTC)", "until (UTC)", "closes at (UTC)")
-    for w in reply.windows:
+    for w in windows:
         state = "open" if w.state == common_pb2.WINDOW_STATE_OPEN else "closed"
         table.add_row(w.id, state, *(_utc(t) for t in (w.start, w.end, w.closes_at)))
-    console.print(table if reply.windows else "no window yet: the first contribution or the server's "
+    console.print(table if windows else "no window yet: the first contribution or the server's "
                   "window task opens the current one")
 
 

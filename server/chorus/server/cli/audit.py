@@ -33,6 +33,7 @@ from chorus.server.cli._common import (
 )
 from chorus.server.config import Policy
 from chorus.server.ledger import Entry
+from chorus.server.paging import every_page
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength
 from chorus.v1 import audit_pb2, audit_pb2_grpc
@@ -182,15 +183,16 @@ def budget(window: WindowOpt = "", server: ServerOpt = "127.0.0.1:7355", token: 
            client_key: KeyOpt = None) -> None:
     """Privacy budget spent and remaining per team-window (auditor token)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(audit_pb2_grpc.AuditServiceStub(conn.channel).GetBudget,
-                          audit_pb2.GetBudgetRequest(window=window))
-    if not reply.budgets:
+        stub = audit_pb2_grpc.AuditServiceStub(conn.channel)
+        budgets = every_page(lambda r: conn.call(stub.GetBudget, r), audit_pb2.GetBudgetRequest(window=window),
+                             "budgets")
+    if not budgets:
         scope = f"window {window}" if window else "any window"
         console.print(f"No budgets for {scope} yet: a team-window's budget starts when its window closes.")
         return
     table = Table("window", "team", "spent", "of the cap", "remaining", "cap", "releases",
                   title="Privacy budget (epsilon) per team-window")
-    for b in reply.budgets:
+    for b in budgets:
         cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)
         bar = ProgressBar(total=max(cap.micros, 1), completed=spent.micros, width=20)
         table.add_row(escape(b.window), escape(b.team), b.spent, bar, b.remaining, b.cap, str(b.releases))

@@ -33,6 +33,7 @@ from chorus.server.cli._common import (
     fail,
     rpc_errors,
 )
+from chorus.server.paging import every_page
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
@@ -132,8 +133,8 @@ def report(
 
 def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub) -> list[str]:
     """Closed window ids, newest first."""
-    reply = conn.call(stub.ListWindows, release_pb2.ListWindowsRequest())
-    return [w.id for w in reply.windows if w.state == common_pb2.WINDOW_STATE_CLOSED]
+    windows = every_page(lambda r: conn.call(stub.ListWindows, r), release_pb2.ListWindowsRequest(), "windows")
+    return [w.id for w in windows if w.state == common_pb2.WINDOW_STATE_CLOSED]
 
 
 def _request(window: str, teams: list[str], metrics: list[str], statistics: list[Statistic],

@@ -21,6 +21,7 @@ from chorus.server.auth import Role
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli._common import channel_credentials
 from chorus.server.ledger import Entry
+from chorus.server.paging import every_page
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
 T = TypeVar("T")
@@ -154,7 +155,8 @@ class Api:
 
     def list_windows(self) -> list[common_pb2.Window]:
         """Every window, newest first."""
-        return list(self._call(self._release.ListWindows, release_pb2.ListWindowsRequest()).windows)
+        return every_page(lambda r: self._call(self._release.ListWindows, r), release_pb2.ListWindowsRequest(),
+                          "windows")
 
     def list_metrics(self, window: str) -> list[release_pb2.Metric]:
         request = release_pb2.ListMetricsRequest(window=window)
@@ -178,7 +180,8 @@ class Api:
         return list(self._call(self._audit.ListPolicies, request).policies)
 
     def get_budget(self, window: str = "") -> list[audit_pb2.TeamWindowBudget]:
-        return list(self._call(self._audit.GetBudget, audit_pb2.GetBudgetRequest(window=window)).budgets)
+        return every_page(lambda r: self._call(self._audit.GetBudget, r), audit_pb2.GetBudgetRequest(window=window),
+                          "budgets")
 
     def public_key(self) -> str:
         return self._call(self._audit.GetPublicKey, audit_pb2.GetPublicKeyRequest()).public_key_pem

@@ -46,10 +46,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             rows = self._chorus.db.run(lambda tx: audit.budgets(tx, window), name="get_budget")
         except lifecycle.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
-        rows, following = page(rows, request, context)
+        shown, following = page(rows, request, context)
         return audit_pb2.GetBudgetResponse(next_page_token=following, budgets=[
             audit_pb2.TeamWindowBudget(window=b.window, team=b.team, cap=str(b.cap), spent=str(b.spent),
-                                       remaining=str(b.remaining), releases=b.releases) for b in rows])
+                                       remaining=str(b.remaining), releases=b.releases) for b in shown])
 
     def StreamLedger(self, request: audit_pb2.StreamLedgerRequest,
                      context: grpc.ServicerContext) -> Iterator[audit_pb2.LedgerEntry]:
