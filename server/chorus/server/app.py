@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from chorus.server.app_context import Chorus
 from chorus.server.auth import AuthInterceptor
 from chorus.server.ratelimit import RateLimiter
+from chorus.server.services import reflection
 from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
@@ -76,8 +76,7 @@ class Server:
         self._service_names = ("", *names)
         self._set_health(serving=True)
         self._stop_probe = threading.Event()
-        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                            self._grpc)
+        reflection.enable(self._grpc, (*names, health.SERVICE_NAME))
         try:
             self.port = self._bind(listen, tls)
         except RuntimeError:  # grpc's way of saying the bind failed
