@@ -8,6 +8,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from chorus.server.auth import Role
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 from .._status import detail, error_info
@@ -95,3 +96,38 @@ def test_permission_denied_carries_error_info(running: Running) -> None:
             timeout=10)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error_info(caught.value).reason == "PERMISSION_DENIED"
+
+
+def test_a_taken_token_name_is_already_exists_with_its_reason(running: Running) -> None:
+    metadata = (("authorization", f"Bearer {running.admin_token}"),)
+    with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        admin_pb2_grpc.AdminServiceStub(channel).CreateToken(
+            admin_pb2.CreateTokenRequest(role=admin_pb2.ROLE_INGEST, name="test-ingest"), metadata=metadata,
+            timeout=10)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    info = error_info(caught.value)
+    assert info.reason == "TOKEN_NAME_TAKEN" and info.metadata["field"] == "name"
+
+
+def test_page_size_zero_is_the_default_and_larger_sizes_are_capped(running: Running) -> None:
+    """ListTokens pages with the same function as every List RPC (services._convert.page)."""
+    clock = running.chorus.clock
+    for i in range(1005):
+        running.chorus.tokens.create(Role.INGEST, f"bulk-{i:04d}", clock.now(), "test")
+    metadata = (("authorization", f"Bearer {running.admin_token}"),)
+    with grpc.insecure_channel(running.address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        for size in (0, 5000):
+            first = stub.ListTokens(admin_pb2.ListTokensRequest(page_size=size), metadata=metadata, timeout=30)
+            assert len(first.tokens) == 1000 and first.next_page_token
+            rest = stub.ListTokens(admin_pb2.ListTokensRequest(page_size=size, page_token=first.next_page_token),
+                                   metadata=metadata, timeout=30)
+            assert len(rest.tokens) == 1005 + 2 - 1000 and not rest.next_page_token
+
+
+def test_every_file_names_its_go_and_java_package() -> None:
+    from chorus.v1 import audit_pb2, common_pb2, ingest_pb2, release_pb2
+    for module in (admin_pb2, audit_pb2, common_pb2, ingest_pb2, release_pb2):
+        options = module.DESCRIPTOR.GetOptions()
+        assert options.go_package == "github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1"
+        assert options.java_package == "dev.chorus.v1" and options.java_multiple_files

@@ -254,7 +254,23 @@ def test_open_window_is_refused_with_when_it_closes(chorus: Chorus,
     assert error(caught.value) == (grpc.StatusCode.FAILED_PRECONDITION,
                                    "window 2026-11-25 is still open; it closes at 2026-11-26 02:00 UTC. "
                                    "Only closed windows are released")
+    assert error_info(caught.value).reason == "WINDOW_NOT_RELEASABLE"
     assert state(chorus) == before
+
+
+def test_a_team_name_with_a_slash_is_escaped_in_the_quota_subject(
+        make_chorus: Callable[..., Chorus], make_api: Callable[[Chorus], Api]) -> None:
+    chorus = make_chorus(teams={"eng/platform": 5, "eng": 5})
+    contribute(chorus, ("user-eng/platform-0", "ai.tokens", 10))
+    chorus.close_window(WINDOW, actor="test")
+    api = make_api(chorus)
+    api.release(teams=("eng/platform",), statistics=((SUM, "0.5"),), metrics=("ai.tokens",))
+    with pytest.raises(grpc.RpcError) as caught:
+        api.release(teams=("eng/platform",), statistics=((COUNT, "0.6"),), metrics=("ai.tokens",))
+    (violation,) = detail(caught.value, error_details_pb2.QuotaFailure).violations
+    assert violation.subject == f"teams/eng%2Fplatform/windows/{WINDOW}"
+    assert violation.quota_dimensions["team"] == "eng/platform"
+    assert (violation.quota_metric, violation.quota_id) == ("chorus.dev/privacy_budget", "EpsilonPerTeamWindow")
 
 
 @pytest.mark.parametrize(("kwargs", "code", "fragment"), [
@@ -283,6 +299,11 @@ def test_bad_requests_are_refused_and_change_nothing(api: Api, kwargs: dict[str,
         api.release(**kwargs)
     assert caught.value.code() == code
     assert fragment in caught.value.details()
+    info = error_info(caught.value)
+    assert info.reason == code.name  # INVALID_ARGUMENT or NOT_FOUND
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        (violation,) = detail(caught.value, error_details_pb2.BadRequest).field_violations
+        assert violation.field.split("[")[0] in kwargs and info.metadata["field"] == violation.field
     assert state(api.chorus) == before
 
 
