@@ -5,6 +5,11 @@ window not past end plus grace (nor closed), metric in the window's frozen polic
 the roster. Accepted values are clamped to the metric's bound, summed per person, and the
 person's running total is clamped to [0, max_per_user] in the same upsert. The raw user id
 is only ever an HMAC input; it is never stored or logged.
+
+Exactly once: the batch_id is stored with a digest of the batch's contents in the batch's own
+transaction. A known id with the same digest is a duplicate (acknowledged, nothing counted); with
+another digest it raises BatchIdReused and the transaction stores nothing, so a client that
+reuses an id for new data is told, never silently acknowledged.
 """
 
 from __future__ import annotations

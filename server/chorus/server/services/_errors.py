@@ -24,30 +24,17 @@ DOMAIN = "chorus.dev"
 BUDGET_METRIC = "chorus.dev/privacy_budget"
 BUDGET_QUOTA_ID = "EpsilonPerTeamWindow"
 
-#: The reason when a call site names none: one per status code, so ErrorInfo is never absent.
-_DEFAULT_REASONS = {
-    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
-    grpc.StatusCode.NOT_FOUND: "NOT_FOUND",
-    grpc.StatusCode.ALREADY_EXISTS: "ALREADY_EXISTS",
-    grpc.StatusCode.FAILED_PRECONDITION: "FAILED_PRECONDITION",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
-    grpc.StatusCode.UNAVAILABLE: "UNAVAILABLE",
-    grpc.StatusCode.UNAUTHENTICATED: "UNAUTHENTICATED",
-    grpc.StatusCode.PERMISSION_DENIED: "PERMISSION_DENIED",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
-    grpc.StatusCode.UNIMPLEMENTED: "UNIMPLEMENTED",
-    grpc.StatusCode.INTERNAL: "INTERNAL",
-}
-
 
 def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
           details: Iterable[Message] = (), *, reason: str | None = None,
           metadata: Mapping[str, str] | None = None) -> NoReturn:
     """Abort the RPC with `message`, an ErrorInfo (`reason`, `metadata`) and `details`.
 
-    An INVALID_ARGUMENT without a BadRequest gets one naming the request as a whole (field "").
+    Without a `reason` the status code's name is the reason (UNAUTHENTICATED, INTERNAL, ...), so
+    no error lacks an ErrorInfo. An INVALID_ARGUMENT without a BadRequest gets one naming the
+    request as a whole (field "").
     """
-    info = error_details_pb2.ErrorInfo(reason=reason or _DEFAULT_REASONS.get(code, code.name),
+    info = error_details_pb2.ErrorInfo(reason=reason or code.name,
                                        domain=DOMAIN, metadata=dict(metadata or {}))
     extra = list(details)
     if code == grpc.StatusCode.INVALID_ARGUMENT and not any(
