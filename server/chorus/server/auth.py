@@ -235,9 +235,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
                context: grpc.ServicerContext) -> Principal:
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
-            abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                  f"{method} waited in the queue past the server limit of "
-                  f"{self._max_rpc_seconds:g} s; retry later")
+            retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"{method} waited in the queue past the server limit of "
+                        f"{self._max_rpc_seconds:g} s; retry later", STORE_RETRY_SECONDS)
         if context.time_remaining() <= 0:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method}: the client deadline passed before the call started")
