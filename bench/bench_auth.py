@@ -8,6 +8,9 @@
    real server against the open health check on the same channel: the ratio is what the
    gate (deadline, token, role, parse) adds to a round trip.
 3. The ingest rate limiter: `RateLimiter.take` per call.
+4. A refused oversize Report (1,000,000 empty contributions, 2 MB: over the 10,000 limit)
+   against an accepted 1,000-contribution batch (the anchor), in server process CPU per
+   request: a refusal must cost no more than a small accepted batch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role, Tokens
 from chorus.server.ratelimit import RateLimiter
-from chorus.v1 import audit_pb2, audit_pb2_grpc
+from chorus.v1 import audit_pb2, audit_pb2_grpc, ingest_pb2
 
 
 def rate(fn: Callable[[], object], calls: int) -> float:
@@ -37,6 +40,51 @@ def rate(fn: Callable[[], object], calls: int) -> float:
     for _ in range(calls):
         fn()
     return calls / (time.perf_counter() - start)
+
+
+def cpu_per_call(fn: Callable[[], object], calls: int) -> float:
+    """Process CPU seconds (every thread: the server's handlers) per call of fn."""
+    fn()
+    start = time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - start) / calls
+
+
+def report_bytes(batch_id: str, contributions: int, user: str = "") -> bytes:
+    request = ingest_pb2.ReportRequest(batch_id=batch_id, source="bench")
+    if user:
+        for i in range(contributions):
+            c = request.contributions.add(user=user, metric="ai.tokens", value=i % 7)
+            c.event_time.GetCurrentTime()
+    else:
+        request.contributions.extend(ingest_pb2.Contribution() for _ in range(contributions))
+    return request.SerializeToString()
+
+
+def oversize_against_normal(chorus: Chorus, address: str, calls: int) -> None:
+    """Section 4: raw bytes on the wire, so the client side costs next to nothing."""
+    secret, _ = chorus.tokens.create(Role.INGEST, "bench-ingest", chorus.clock.now(), "bench")
+    chorus.import_roster([("bench-user", "bench-team")], "bench")
+    metadata = (("authorization", f"Bearer {secret}"),)
+    huge = report_bytes("huge", 1_000_000)
+    normal = iter([report_bytes(f"normal-{i}", 1000, "bench-user") for i in range(calls + 1)])
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        report = channel.unary_unary("/chorus.v1.IngestService/Report")
+
+        def refused() -> None:
+            try:
+                report(huge, metadata=metadata, timeout=60)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+            else:
+                raise AssertionError("the oversize batch was accepted")
+
+        refused_cpu = cpu_per_call(refused, calls)
+        normal_cpu = cpu_per_call(lambda: report(next(normal), metadata=metadata, timeout=60), calls)
+    print(f"refused 1M-contribution Report (2 MB): {refused_cpu * 1e3:8.2f} ms CPU per request")
+    print(f"accepted 1,000-contribution batch (anchor): {normal_cpu * 1e3:5.2f} ms CPU per request   "
+          f"ratio {refused_cpu / normal_cpu:.2f}")
 
 
 def main() -> None:
@@ -63,6 +111,7 @@ def main() -> None:
                 gated = rate(lambda: audit.GetPublicKey(audit_pb2.GetPublicKeyRequest(), metadata=metadata,
                                                         timeout=10), calls)
                 open_ = rate(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10), calls)
+            oversize_against_normal(chorus, server.address, max(5, calls // 300))
         finally:
             server.stop(grace=1)
         print(f"RPC through the gate:        {gated:12,.0f} /s   ({1e6 / gated:,.0f} us per call)")

@@ -331,7 +331,7 @@ def test_a_release_refused_for_budget_shows_the_quota_and_changes_nothing(tmp_pa
         response = client.get("/overview")
         assert response.status_code == 409
         body = response.get_data(as_text=True)
-        assert "team-window team-red/" in body and "remaining 0.1 of 0.1" in body
+        assert "team team-red, window " in body and "remaining 0.1 of 0.1" in body
         assert (stack.budgets(), stack.ledger_size()) == before
     finally:
         stack.close()

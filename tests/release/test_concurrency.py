@@ -59,8 +59,8 @@ def test_50_concurrent_requests_charge_exactly_what_the_cap_allows(
         assert "team team-red requested epsilon 0.1 but has 0 left of 1" in exc.details()
         status = rpc_status.from_call(exc)
         quota = error_details_pb2.QuotaFailure()
-        assert status is not None and status.details[0].Unpack(quota)
-        assert quota.violations[0].subject == f"team-window team-red/{WINDOW}"
+        assert status is not None and status.details[1].Unpack(quota)  # after the ErrorInfo
+        assert quota.violations[0].subject == f"teams/team-red/windows/{WINDOW}"
     for reply in ok:
         (estimate,) = reply.teams[0].estimates
         assert estimate.epsilon_charged == "0.1" and not estimate.cached

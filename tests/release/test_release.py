@@ -11,7 +11,6 @@ import grpc
 import opendp.prelude as dp
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from chorus.server import ingest, release, verify
 from chorus.server.app_context import Chorus
@@ -21,11 +20,13 @@ from chorus.server.ledger import read_entries
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import common_pb2, release_pb2
 
+from .._status import detail, error_info
 from .conftest import NOON, WINDOW, Api, contribute, toml_with
 
 SUM, COUNT, MEAN, HIST, ADOPTION = (common_pb2.STATISTIC_SUM, common_pb2.STATISTIC_COUNT,
                                     common_pb2.STATISTIC_MEAN, common_pb2.STATISTIC_HISTOGRAM,
                                     common_pb2.STATISTIC_ADOPTION)
+ACTIVE = common_pb2.STATISTIC_ACTIVE
 RELEASE_KEYS = {"release_id", "window", "team", "metric", "statistic", "mechanism", "sensitivity", "scale",
                 "epsilon", "value", "ci95", "budget_cap", "budget_spent_after", "by"}
 
@@ -73,14 +74,15 @@ def test_default_request_releases_every_statistic_for_eligible_teams(api: Api) -
     assert red.outcome == release_pb2.TEAM_OUTCOME_RELEASED and red.roster_size == 6
     metrics = [m.name for m in api.chorus.config.policy.metrics]
     kinds = [(e.metric, e.statistic) for e in red.estimates]
-    assert kinds == [(m, s) for m in metrics for s in (SUM, COUNT, MEAN, HIST)] + [("", ADOPTION)]
+    assert kinds == [(m, s) for m in metrics for s in (SUM, COUNT, MEAN, HIST)] + [("", ACTIVE), ("", ADOPTION)]
     # 4 metrics x (sum, count, histogram) + active, 0.05 each.
     assert red.budget_cap == "1" and red.budget_remaining == "0.35" and red.epsilon_charged == "0.65"
     for e in red.estimates:
-        assert not e.cached and e.release_id and e.ci95 > 0
+        assert not e.cached and e.ci95 > 0
+        assert bool(e.release_id) != bool(e.derived_from)  # noisy: its release; derived: its parts
         if e.statistic in (MEAN, ADOPTION):
             assert e.mechanism == "post_processing"
-            assert e.epsilon == e.epsilon_charged == ("0.1" if e.statistic == MEAN else "0.05")
+            assert e.epsilon == e.epsilon_charged == "0"
         else:
             assert e.mechanism == "discrete_laplace" and e.epsilon == e.epsilon_charged == "0.05"
         if e.statistic == HIST:
@@ -91,6 +93,25 @@ def test_default_request_releases_every_statistic_for_eligible_teams(api: Api) -
             assert e.value >= 0
         if e.statistic == ADOPTION:
             assert 0 <= e.value <= 1
+
+
+def test_derived_statistics_charge_nothing_and_name_their_releases(api: Api) -> None:
+    """Estimates' charges add up to the team's, and a derived one joins on release ids that are
+    noisy estimates of the same answer and release entries of the ledger."""
+    reply = api.release(teams=("team-red",), metrics=("ai.tokens",), statistics=((MEAN, "0.2"), (ADOPTION, "0.1")))
+    red = reply.teams[0]
+    by_id = {e.release_id: e for e in red.estimates if e.release_id}
+    assert [(e.statistic, e.epsilon_charged) for e in red.estimates] == [
+        (SUM, "0.2"), (COUNT, "0.2"), (MEAN, "0"), (ACTIVE, "0.1"), (ADOPTION, "0")]
+    assert sum(Epsilon.parse(e.epsilon_charged).micros for e in red.estimates) == \
+        Epsilon.parse(red.epsilon_charged).micros == 500_000
+    mean, adoption = red.estimates[2], red.estimates[4]
+    assert [by_id[i].statistic for i in mean.derived_from] == [SUM, COUNT]
+    assert [by_id[i].statistic for i in adoption.derived_from] == [ACTIVE]
+    assert mean.release_id == adoption.release_id == "" and mean.epsilon == "0"
+    ledger = {json.loads(e.payload)["release_id"] for e in api.chorus.db.run(lambda tx: read_entries(tx, 1, 10_000),
+                                                                        name="t") if e.kind == "release"}
+    assert set(by_id) <= ledger
 
 
 def test_k_suppression_charges_nothing(api: Api) -> None:
@@ -169,7 +190,8 @@ def test_cached_answer_is_identical_and_free(api: Api) -> None:
         assert a.budget_remaining == b.budget_remaining
         assert a.epsilon_charged != "0" and b.epsilon_charged == "0"
         for x, y in zip(a.estimates, b.estimates, strict=True):
-            assert not x.cached and y.cached and y.epsilon_charged == "0" and x.epsilon_charged != "0"
+            assert not x.cached and y.cached and y.epsilon_charged == "0"
+            assert (x.epsilon_charged == "0") == bool(x.derived_from)  # only noisy ones charge
             x.ClearField("cached"), y.ClearField("cached")
             x.ClearField("epsilon_charged"), y.ClearField("epsilon_charged")
             assert x == y
@@ -177,13 +199,14 @@ def test_cached_answer_is_identical_and_free(api: Api) -> None:
 
 def test_mean_releases_sum_and_count_which_are_then_cached(api: Api) -> None:
     mean = api.release(teams=("team-red",), metrics=("ai.tokens",), statistics=((MEAN, "0.2"),))
-    (estimate,) = mean.teams[0].estimates
-    assert estimate.epsilon_charged == "0.4" and mean.teams[0].budget_remaining == "0.6"
+    total, count, estimate = mean.teams[0].estimates
+    assert (total.epsilon_charged, count.epsilon_charged, estimate.epsilon_charged) == ("0.2", "0.2", "0")
+    assert list(estimate.derived_from) == [total.release_id, count.release_id]
+    assert mean.teams[0].epsilon_charged == "0.4" and mean.teams[0].budget_remaining == "0.6"
     parts = api.release(teams=("team-red",), metrics=("ai.tokens",), statistics=((SUM, "0.5"), (COUNT, "")))
     total, count = parts.teams[0].estimates
     assert total.cached and count.cached and parts.teams[0].budget_remaining == "0.6"
     assert total.epsilon == count.epsilon == "0.2"  # the stored release, not the new request
-    assert estimate.release_id == f"{total.release_id}+{count.release_id}"
     expected = min(200_000.0, max(0.0, total.value / max(count.value, 1)))
     if count.value >= 1 and "clamped" not in estimate.note:
         assert estimate.value == pytest.approx(expected)
@@ -200,23 +223,24 @@ def test_overspend_refuses_the_whole_request_and_names_each_team(api: Api) -> No
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "team team-red requested epsilon 0.6 but has 0.1 left of 1" in message
     assert "team-blue" not in message  # it could afford its part; still nothing released for it
-    status = rpc_status.from_call(caught.value)
-    assert status is not None
-    quota = error_details_pb2.QuotaFailure()
-    assert status.details[0].Unpack(quota)
+    quota = detail(caught.value, error_details_pb2.QuotaFailure)
     assert [(v.subject, v.description) for v in quota.violations] == [
-        (f"team-window team-red/{WINDOW}", "requested epsilon 0.6, remaining 0.1 of 1")]
+        (f"teams/team-red/windows/{WINDOW}", "requested epsilon 0.6, remaining 0.1 of 1")]
+    assert dict(quota.violations[0].quota_dimensions) == {
+        "window": WINDOW, "team": "team-red", "requested_epsilon": "0.6", "remaining_epsilon": "0.1",
+        "cap_epsilon": "1"}
+    info = error_info(caught.value)
+    assert info.reason == "PRIVACY_BUDGET_EXCEEDED" and info.metadata["requested_epsilon"] == "0.6"
     assert state(api.chorus) == before
 
 
 def test_every_overspending_team_is_named(api: Api) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         api.release(teams=("team-red", "team-blue"), statistics=((SUM, "0.5"),))  # 4 metrics x 0.5
-    status = rpc_status.from_call(caught.value)
-    quota = error_details_pb2.QuotaFailure()
-    assert status is not None and status.details[0].Unpack(quota)
-    assert sorted(v.subject for v in quota.violations) == [f"team-window team-blue/{WINDOW}",
-                                                           f"team-window team-red/{WINDOW}"]
+    quota = detail(caught.value, error_details_pb2.QuotaFailure)
+    assert sorted(v.subject for v in quota.violations) == [f"teams/team-blue/windows/{WINDOW}",
+                                                           f"teams/team-red/windows/{WINDOW}"]
+    assert error_info(caught.value).metadata["team_windows"] == "2"
     assert q(api.chorus, "SELECT SUM(spent_micros) FROM budgets") == [(0,)]
 
 
@@ -230,7 +254,23 @@ def test_open_window_is_refused_with_when_it_closes(chorus: Chorus,
     assert error(caught.value) == (grpc.StatusCode.FAILED_PRECONDITION,
                                    "window 2026-11-25 is still open; it closes at 2026-11-26 02:00 UTC. "
                                    "Only closed windows are released")
+    assert error_info(caught.value).reason == "WINDOW_NOT_RELEASABLE"
     assert state(chorus) == before
+
+
+def test_a_team_name_with_a_slash_is_escaped_in_the_quota_subject(
+        make_chorus: Callable[..., Chorus], make_api: Callable[[Chorus], Api]) -> None:
+    chorus = make_chorus(teams={"eng/platform": 5, "eng": 5})
+    contribute(chorus, ("user-eng/platform-0", "ai.tokens", 10))
+    chorus.close_window(WINDOW, actor="test")
+    api = make_api(chorus)
+    api.release(teams=("eng/platform",), statistics=((SUM, "0.5"),), metrics=("ai.tokens",))
+    with pytest.raises(grpc.RpcError) as caught:
+        api.release(teams=("eng/platform",), statistics=((COUNT, "0.6"),), metrics=("ai.tokens",))
+    (violation,) = detail(caught.value, error_details_pb2.QuotaFailure).violations
+    assert violation.subject == f"teams/eng%2Fplatform/windows/{WINDOW}"
+    assert violation.quota_dimensions["team"] == "eng/platform"
+    assert (violation.quota_metric, violation.quota_id) == ("chorus.dev/privacy_budget", "EpsilonPerTeamWindow")
 
 
 @pytest.mark.parametrize(("kwargs", "code", "fragment"), [
@@ -242,7 +282,10 @@ def test_open_window_is_refused_with_when_it_closes(chorus: Chorus,
     ({"statistics": ((common_pb2.STATISTIC_UNSPECIFIED, ""),)}, grpc.StatusCode.INVALID_ARGUMENT,
      "statistics[0].statistic must be one of"),
     ({"statistics": ((SUM, "0.1234567"),)}, grpc.StatusCode.INVALID_ARGUMENT, "more than 6 decimal places"),
-    ({"statistics": ((SUM, "lots"),)}, grpc.StatusCode.INVALID_ARGUMENT, "not a decimal number"),
+    ({"statistics": ((SUM, "lots"),)}, grpc.StatusCode.INVALID_ARGUMENT, "not a plain decimal"),
+    ({"statistics": ((SUM, "1e-3"),)}, grpc.StatusCode.INVALID_ARGUMENT, "not a plain decimal"),
+    ({"statistics": ((SUM, " 0.1"),)}, grpc.StatusCode.INVALID_ARGUMENT, "not a plain decimal"),
+    ({"statistics": ((SUM, "+0.1"),)}, grpc.StatusCode.INVALID_ARGUMENT, "not a plain decimal"),
     ({"statistics": ((SUM, "0"),)}, grpc.StatusCode.INVALID_ARGUMENT,
      "epsilon for sum must be greater than 0"),
     ({"statistics": ((SUM, "1.5"),)}, grpc.StatusCode.INVALID_ARGUMENT,
@@ -256,6 +299,11 @@ def test_bad_requests_are_refused_and_change_nothing(api: Api, kwargs: dict[str,
         api.release(**kwargs)
     assert caught.value.code() == code
     assert fragment in caught.value.details()
+    info = error_info(caught.value)
+    assert info.reason == code.name  # INVALID_ARGUMENT or NOT_FOUND
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        (violation,) = detail(caught.value, error_details_pb2.BadRequest).field_violations
+        assert violation.field.split("[")[0] in kwargs and info.metadata["field"] == violation.field
     assert state(api.chorus) == before
 
 

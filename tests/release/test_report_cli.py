@@ -139,12 +139,16 @@ def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[A
             "--metric", "ai.requests", "--team", "team-red", "--team", "team-tiny", "--format", "json",
             "--epsilon", "0.1"]
     first = json.loads(run(args))
+    # Every release paid for, the noisy parts before what is derived from them; adoption as in the table.
     assert [(r["team"], r["statistic"], r["outcome"]) for r in first] == [
-        ("team-red", "mean", "released"), ("team-red", "histogram", "released"),
-        ("team-red", "adoption", "released"), ("team-tiny", None, "suppressed")]  # adoption as in the table
-    mean, hist, adoption, tiny = first
-    assert mean["epsilon_charged"] == "0.2" and hist["epsilon_charged"] == "0.1"
-    assert adoption["epsilon_charged"] == "0.1" and adoption["metric"] is None and 0 <= adoption["value"] <= 1
+        ("team-red", "sum", "released"), ("team-red", "count", "released"), ("team-red", "mean", "released"),
+        ("team-red", "histogram", "released"), ("team-red", "active", "released"),
+        ("team-red", "adoption", "released"), ("team-tiny", None, "suppressed")]
+    total, count, mean, hist, active, adoption, tiny = first
+    assert total["epsilon_charged"] == count["epsilon_charged"] == hist["epsilon_charged"] == "0.1"
+    assert mean["epsilon_charged"] == "0" and mean["derived_from"] == [total["release_id"], count["release_id"]]
+    assert active["epsilon_charged"] == "0.1" and adoption["derived_from"] == [active["release_id"]]
+    assert adoption["epsilon_charged"] == "0" and adoption["metric"] is None and 0 <= adoption["value"] <= 1
     # jq-friendly: what a suppressed team was not given is null, never "" (jq '.value // "n/a"' works)
     assert all(tiny[k] is None for k in ("metric", "statistic", "value", "ci95", "cached", "release_id"))
     assert mean["bucket_counts"] is None and mean["cached"] is False
@@ -165,10 +169,12 @@ def test_csv_has_a_header_and_one_row_per_team_and_estimate(two_days: tuple[Api,
     rows = list(csv.DictReader(io.StringIO(run(["report", *base, "--statistic", "count", "--metric",
                                                 "ai.requests", "--format", "csv"]))))
     assert [(r["window"], r["team"], r["statistic"]) for r in rows] == [
-        (NEXT, "team-blue", "count"), (NEXT, "team-blue", "adoption"), (NEXT, "team-red", "count"),
-        (NEXT, "team-red", "adoption"), (NEXT, "team-tiny", "")]  # adoption as in the table
-    assert float(rows[2]["ci95"]) == pytest.approx(60.408, abs=0.01)
-    assert rows[3]["epsilon_charged"] == "0.05" and rows[3]["team_epsilon_charged"] == "0.1"
+        (NEXT, "team-blue", "count"), (NEXT, "team-blue", "active"), (NEXT, "team-blue", "adoption"),
+        (NEXT, "team-red", "count"), (NEXT, "team-red", "active"), (NEXT, "team-red", "adoption"),
+        (NEXT, "team-tiny", "")]  # adoption (and the active count it is derived from) as in the table
+    assert float(rows[3]["ci95"]) == pytest.approx(60.408, abs=0.01)
+    assert rows[4]["epsilon_charged"] == "0.05" and rows[5]["epsilon_charged"] == "0"
+    assert rows[5]["team_epsilon_charged"] == "0.1"
 
 
 def test_trend_shows_one_metric_per_team_over_the_last_windows(two_days: tuple[Api, list[str]]) -> None:

@@ -11,10 +11,12 @@ from concurrent import futures
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from chorus.server.auth import AuthInterceptor, Principal, Role
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
+from .._status import detail
 from .conftest import NOON, ROSTER, SecureServer, bearer
 
 LIMITS = dict(max_message_bytes=64 * 1024, max_batch_contributions=50, max_string_length=64)
@@ -261,6 +263,7 @@ def test_server_bound_applies_without_a_client_deadline() -> None:
                 queued.result(timeout=10)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert "server limit" in (err.value.details() or "")
+            assert detail(err.value, error_details_pb2.RetryInfo).retry_delay.seconds == 1  # a retry can pass
             assert not ran.is_set()
             first.result(timeout=10)
     finally:

@@ -19,6 +19,7 @@ from chorus.server.ratelimit import RateLimited, RateLimiter
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests._secrets import register
 
+from .._status import error_info
 from .conftest import NOON, ROSTER, SecureServer, bearer
 
 RATE = dict(ingest_rate_per_token=10.0, ingest_burst_per_token=20)
@@ -100,7 +101,8 @@ def test_over_the_limit_is_resource_exhausted_with_retry_info(
     status = rpc_status.from_call(err.value)
     assert status is not None
     retry = error_details_pb2.RetryInfo()
-    assert status.details[0].Unpack(retry)
+    assert status.details[1].Unpack(retry)  # after the ErrorInfo
+    assert error_info(err.value).reason == "RATE_LIMITED"
     assert retry.retry_delay.ToTimedelta() == timedelta(seconds=0.5)
     assert server.digest() == before  # refused before anything was applied
 

@@ -15,7 +15,7 @@ import pytest
 from chorus.server import config, lifecycle
 from chorus.server.app_context import Chorus
 from chorus.server.auth import Role, TokenError
-from chorus.server.ingest import Reason
+from chorus.server.ingest import BatchIdReused, Reason
 from chorus.server.ledger import entry_hash, read_entries
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
@@ -69,6 +69,18 @@ def test_batch_id_counts_exactly_once(store: Store, chorus: Chorus) -> None:
     again = store.chorus().ingestor.report(batch((RED0, "ai.tokens", 100), batch_id="b-1"))
     assert (first.accepted, first.duplicate) == (1, False)
     assert (again.accepted, again.duplicate) == (0, True)
+    assert totals_of(store, "ai.tokens") == [(100,)]
+
+
+def test_a_batch_id_reused_with_other_contents_is_refused(store: Store, chorus: Chorus) -> None:
+    """The digest column round-trips on both engines (BLOB, BYTEA): equal digests are a
+    duplicate, different ones a refusal that stores nothing."""
+    original = replace(batch((RED0, "ai.tokens", 100), batch_id="b-1"), digest=b"\x01" * 32)
+    assert chorus.ingestor.report(original).accepted == 1
+    assert store.chorus().ingestor.report(original).duplicate
+    with pytest.raises(BatchIdReused):
+        store.chorus().ingestor.report(replace(original, digest=b"\x02" * 32,
+                                                           contributions=[original.contributions[0]] * 2))
     assert totals_of(store, "ai.tokens") == [(100,)]
 
 

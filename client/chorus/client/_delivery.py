@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -241,7 +241,7 @@ class Delivery:
 
     def _new_request(self) -> ingest_pb2.ReportRequest:
         return ingest_pb2.ReportRequest(
-            batch_id=uuid.uuid4().hex, source=self._source, source_version=self._source_version
+            batch_id=secrets.token_hex(16), source=self._source, source_version=self._source_version
         )
 
     def _load_spool(self, generation: int) -> None:

@@ -23,52 +23,57 @@ _sym_db = _symbol_database.Default()
 
 
 from chorus.v1 import common_pb2 as chorus_dot_v1_dot_common__pb2
-from chorus.v1 import release_pb2 as chorus_dot_v1_dot_release__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63horus/v1/admin.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\x1a\x17\x63horus/v1/release.proto\")\n\x0bRosterEntry\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\"O\n\x13ImportRosterRequest\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chorus.v1.RosterEntry\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"&\n\x08TeamSize\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"\xe2\x01\n\x14ImportRosterResponse\x12\x0e\n\x06people\x18\x01 \x01(\r\x12\"\n\x05teams\x18\x02 \x03(\x0b\x32\x13.chorus.v1.TeamSize\x12\x13\n\x0broster_hash\x18\x03 \x01(\t\x12\x15\n\rmin_team_size\x18\x04 \x01(\r\x12+\n\x0eprevious_teams\x18\x05 \x03(\x0b\x32\x13.chorus.v1.TeamSize\x12\x14\n\x0cpeople_added\x18\x06 \x01(\r\x12\x16\n\x0epeople_removed\x18\x07 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\"A\n\x12\x43reateTokenRequest\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0c\n\x04name\x18\x02 \x01(\t\"H\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"Z\n\tTokenInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0f\n\x07\x63reated\x18\x03 \x01(\t\x12\x0f\n\x07revoked\x18\x04 \x01(\t\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.chorus.v1.TokenInfo\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13RevokeTokenResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"$\n\x12\x43loseWindowRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"e\n\x13\x43loseWindowResponse\x12!\n\x06window\x18\x01 \x01(\x0b\x32\x11.chorus.v1.Window\x12\x13\n\x0brows_folded\x18\x02 \x01(\x04\x12\x16\n\x0e\x61lready_closed\x18\x03 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\x9c\x02\n\x10GetStatsResponse\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x02 \x01(\x04\x12\x1e\n\x16\x63ontributions_accepted\x18\x03 \x01(\x04\x12;\n\x08rejected\x18\x04 \x03(\x0b\x32).chorus.v1.GetStatsResponse.RejectedEntry\x12\x1d\n\x15\x63ontributions_clamped\x18\x05 \x01(\x04\x12\x16\n\x0e\x63lient_dropped\x18\x06 \x01(\x04\x12\x17\n\x0finvalid_batches\x18\x07 \x01(\x04\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*a\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_INGEST\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x32\xa9\x04\n\x0c\x41\x64minService\x12Q\n\x0cImportRoster\x12\x1e.chorus.v1.ImportRosterRequest\x1a\x1f.chorus.v1.ImportRosterResponse(\x01\x12L\n\x0b\x43reateToken\x12\x1d.chorus.v1.CreateTokenRequest\x1a\x1e.chorus.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.chorus.v1.ListTokensRequest\x1a\x1d.chorus.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.chorus.v1.RevokeTokenRequest\x1a\x1e.chorus.v1.RevokeTokenResponse\x12L\n\x0bListWindows\x12\x1d.chorus.v1.ListWindowsRequest\x1a\x1e.chorus.v1.ListWindowsResponse\x12L\n\x0b\x43loseWindow\x12\x1d.chorus.v1.CloseWindowRequest\x1a\x1e.chorus.v1.CloseWindowResponse\x12\x43\n\x08GetStats\x12\x1a.chorus.v1.GetStatsRequest\x1a\x1b.chorus.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63horus/v1/admin.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x0bRosterEntry\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\"O\n\x13ImportRosterRequest\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chorus.v1.RosterEntry\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"&\n\x08TeamSize\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"\xe2\x01\n\x14ImportRosterResponse\x12\x0e\n\x06people\x18\x01 \x01(\r\x12\"\n\x05teams\x18\x02 \x03(\x0b\x32\x13.chorus.v1.TeamSize\x12\x13\n\x0broster_hash\x18\x03 \x01(\t\x12\x15\n\rmin_team_size\x18\x04 \x01(\r\x12+\n\x0eprevious_teams\x18\x05 \x03(\x0b\x32\x13.chorus.v1.TeamSize\x12\x14\n\x0cpeople_added\x18\x06 \x01(\r\x12\x16\n\x0epeople_removed\x18\x07 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\"A\n\x12\x43reateTokenRequest\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0c\n\x04name\x18\x02 \x01(\t\"H\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"\x9a\x01\n\tTokenInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.chorus.v1.Role\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x11ListTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.chorus.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13RevokeTokenResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"\x9b\x01\n\x1e\x41\x64minServiceListWindowsRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x1f\x41\x64minServiceListWindowsResponse\x12\"\n\x07windows\x18\x01 \x03(\x0b\x32\x11.chorus.v1.Window\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x12\x43loseWindowRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"e\n\x13\x43loseWindowResponse\x12!\n\x06window\x18\x01 \x01(\x0b\x32\x11.chorus.v1.Window\x12\x13\n\x0brows_folded\x18\x02 \x01(\x04\x12\x16\n\x0e\x61lready_closed\x18\x03 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\x9c\x02\n\x10GetStatsResponse\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x02 \x01(\x04\x12\x1e\n\x16\x63ontributions_accepted\x18\x03 \x01(\x04\x12;\n\x08rejected\x18\x04 \x03(\x0b\x32).chorus.v1.GetStatsResponse.RejectedEntry\x12\x1d\n\x15\x63ontributions_clamped\x18\x05 \x01(\x04\x12\x16\n\x0e\x63lient_dropped\x18\x06 \x01(\x04\x12\x17\n\x0finvalid_batches\x18\x07 \x01(\x04\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*a\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_INGEST\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x32\xc1\x04\n\x0c\x41\x64minService\x12Q\n\x0cImportRoster\x12\x1e.chorus.v1.ImportRosterRequest\x1a\x1f.chorus.v1.ImportRosterResponse(\x01\x12L\n\x0b\x43reateToken\x12\x1d.chorus.v1.CreateTokenRequest\x1a\x1e.chorus.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.chorus.v1.ListTokensRequest\x1a\x1d.chorus.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.chorus.v1.RevokeTokenRequest\x1a\x1e.chorus.v1.RevokeTokenResponse\x12\x64\n\x0bListWindows\x12).chorus.v1.AdminServiceListWindowsRequest\x1a*.chorus.v1.AdminServiceListWindowsResponse\x12L\n\x0b\x43loseWindow\x12\x1d.chorus.v1.CloseWindowRequest\x1a\x1e.chorus.v1.CloseWindowResponse\x12\x43\n\x08GetStats\x12\x1a.chorus.v1.GetStatsRequest\x1a\x1b.chorus.v1.GetStatsResponseBU\n\rdev.chorus.v1B\nAdminProtoP\x01Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chorus.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.chorus.v1B\nAdminProtoP\001Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1'
   _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._loaded_options = None
   _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1334
-  _globals['_ROLE']._serialized_end=1431
-  _globals['_ROSTERENTRY']._serialized_start=85
-  _globals['_ROSTERENTRY']._serialized_end=126
-  _globals['_IMPORTROSTERREQUEST']._serialized_start=128
-  _globals['_IMPORTROSTERREQUEST']._serialized_end=207
-  _globals['_TEAMSIZE']._serialized_start=209
-  _globals['_TEAMSIZE']._serialized_end=247
-  _globals['_IMPORTROSTERRESPONSE']._serialized_start=250
-  _globals['_IMPORTROSTERRESPONSE']._serialized_end=476
-  _globals['_CREATETOKENREQUEST']._serialized_start=478
-  _globals['_CREATETOKENREQUEST']._serialized_end=543
-  _globals['_CREATETOKENRESPONSE']._serialized_start=545
-  _globals['_CREATETOKENRESPONSE']._serialized_end=617
-  _globals['_TOKENINFO']._serialized_start=619
-  _globals['_TOKENINFO']._serialized_end=709
-  _globals['_LISTTOKENSREQUEST']._serialized_start=711
-  _globals['_LISTTOKENSREQUEST']._serialized_end=730
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=732
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=790
-  _globals['_REVOKETOKENREQUEST']._serialized_start=792
-  _globals['_REVOKETOKENREQUEST']._serialized_end=826
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=828
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=885
-  _globals['_CLOSEWINDOWREQUEST']._serialized_start=887
-  _globals['_CLOSEWINDOWREQUEST']._serialized_end=923
-  _globals['_CLOSEWINDOWRESPONSE']._serialized_start=925
-  _globals['_CLOSEWINDOWRESPONSE']._serialized_end=1026
-  _globals['_GETSTATSREQUEST']._serialized_start=1028
-  _globals['_GETSTATSREQUEST']._serialized_end=1045
-  _globals['_GETSTATSRESPONSE']._serialized_start=1048
-  _globals['_GETSTATSRESPONSE']._serialized_end=1332
-  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_start=1285
-  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_end=1332
-  _globals['_ADMINSERVICE']._serialized_start=1434
-  _globals['_ADMINSERVICE']._serialized_end=1987
+  _globals['_ROLE']._serialized_start=1725
+  _globals['_ROLE']._serialized_end=1822
+  _globals['_ROSTERENTRY']._serialized_start=93
+  _globals['_ROSTERENTRY']._serialized_end=134
+  _globals['_IMPORTROSTERREQUEST']._serialized_start=136
+  _globals['_IMPORTROSTERREQUEST']._serialized_end=215
+  _globals['_TEAMSIZE']._serialized_start=217
+  _globals['_TEAMSIZE']._serialized_end=255
+  _globals['_IMPORTROSTERRESPONSE']._serialized_start=258
+  _globals['_IMPORTROSTERRESPONSE']._serialized_end=484
+  _globals['_CREATETOKENREQUEST']._serialized_start=486
+  _globals['_CREATETOKENREQUEST']._serialized_end=551
+  _globals['_CREATETOKENRESPONSE']._serialized_start=553
+  _globals['_CREATETOKENRESPONSE']._serialized_end=625
+  _globals['_TOKENINFO']._serialized_start=628
+  _globals['_TOKENINFO']._serialized_end=782
+  _globals['_LISTTOKENSREQUEST']._serialized_start=784
+  _globals['_LISTTOKENSREQUEST']._serialized_end=842
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=844
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=927
+  _globals['_REVOKETOKENREQUEST']._serialized_start=929
+  _globals['_REVOKETOKENREQUEST']._serialized_end=963
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=965
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1022
+  _globals['_ADMINSERVICELISTWINDOWSREQUEST']._serialized_start=1025
+  _globals['_ADMINSERVICELISTWINDOWSREQUEST']._serialized_end=1180
+  _globals['_ADMINSERVICELISTWINDOWSRESPONSE']._serialized_start=1182
+  _globals['_ADMINSERVICELISTWINDOWSRESPONSE']._serialized_end=1276
+  _globals['_CLOSEWINDOWREQUEST']._serialized_start=1278
+  _globals['_CLOSEWINDOWREQUEST']._serialized_end=1314
+  _globals['_CLOSEWINDOWRESPONSE']._serialized_start=1316
+  _globals['_CLOSEWINDOWRESPONSE']._serialized_end=1417
+  _globals['_GETSTATSREQUEST']._serialized_start=1419
+  _globals['_GETSTATSREQUEST']._serialized_end=1436
+  _globals['_GETSTATSRESPONSE']._serialized_start=1439
+  _globals['_GETSTATSRESPONSE']._serialized_end=1723
+  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_start=1676
+  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_end=1723
+  _globals['_ADMINSERVICE']._serialized_start=1825
+  _globals['_ADMINSERVICE']._serialized_end=2402
 # @@protoc_insertion_point(module_scope)

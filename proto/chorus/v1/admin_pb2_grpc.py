@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from chorus.v1 import admin_pb2 as chorus_dot_v1_dot_admin__pb2
-from chorus.v1 import release_pb2 as chorus_dot_v1_dot_release__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -58,8 +57,8 @@ class AdminServiceStub:
                 _registered_method=True)
         self.ListWindows = channel.unary_unary(
                 '/chorus.v1.AdminService/ListWindows',
-                request_serializer=chorus_dot_v1_dot_release__pb2.ListWindowsRequest.SerializeToString,
-                response_deserializer=chorus_dot_v1_dot_release__pb2.ListWindowsResponse.FromString,
+                request_serializer=chorus_dot_v1_dot_admin__pb2.AdminServiceListWindowsRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_admin__pb2.AdminServiceListWindowsResponse.FromString,
                 _registered_method=True)
         self.CloseWindow = channel.unary_unary(
                 '/chorus.v1.AdminService/CloseWindow',
@@ -87,25 +86,29 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a bearer token for a role; the secret is in the response only.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTokens(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tokens by name, paged (AIP-158); never their secrets.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Revoke a token by name; effective within the token cache's lifetime.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWindows(self, request, context):
-        """Windows, open and closed, newest first (the same answer analysts get).
+        """Windows, open and closed, newest first, paged (the same answer analysts get from
+        ReleaseService.ListWindows).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,8 +154,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
             ),
             'ListWindows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWindows,
-                    request_deserializer=chorus_dot_v1_dot_release__pb2.ListWindowsRequest.FromString,
-                    response_serializer=chorus_dot_v1_dot_release__pb2.ListWindowsResponse.SerializeToString,
+                    request_deserializer=chorus_dot_v1_dot_admin__pb2.AdminServiceListWindowsRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_admin__pb2.AdminServiceListWindowsResponse.SerializeToString,
             ),
             'CloseWindow': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseWindow,
@@ -299,8 +302,8 @@ class AdminService:
             request,
             target,
             '/chorus.v1.AdminService/ListWindows',
-            chorus_dot_v1_dot_release__pb2.ListWindowsRequest.SerializeToString,
-            chorus_dot_v1_dot_release__pb2.ListWindowsResponse.FromString,
+            chorus_dot_v1_dot_admin__pb2.AdminServiceListWindowsRequest.SerializeToString,
+            chorus_dot_v1_dot_admin__pb2.AdminServiceListWindowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,9 +48,12 @@ class IngestServiceServicer:
 
     def Report(self, request, context):
         """Report applies one batch of contributions in one transaction. A batch_id seen
-        before is acknowledged as a duplicate and counts nothing. Per-contribution
-        problems are partial success: the rest of the batch is applied and the
-        rejections are listed; the client must not retry them.
+        before with the same contents is acknowledged as a duplicate and counts nothing;
+        seen before with other contents it is refused (ALREADY_EXISTS, reason
+        BATCH_ID_REUSED) and nothing is stored. Per-contribution problems are partial
+        success: the rest of the batch is applied and the rejections are listed; the
+        client must not retry them. A malformed batch is INVALID_ARGUMENT with a
+        BadRequest naming the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -29,6 +29,10 @@ class ReleaseServiceStub:
     """ReleaseService answers leadership (role analyst) with team-level statistics,
     each with differential-privacy noise and a 95% interval. Nothing in it names
     or filters by a person.
+
+    Epsilon amounts are exact decimal strings with one grammar everywhere:
+    `0|[1-9][0-9]*` optionally followed by `.` and 1 to 6 digits ("0.25", "3",
+    "0.000001"); no sign, exponent ("1e-3" is refused) or whitespace.
     """
 
     def __init__(self, channel):
@@ -63,22 +67,29 @@ class ReleaseServiceServicer:
     """ReleaseService answers leadership (role analyst) with team-level statistics,
     each with differential-privacy noise and a 95% interval. Nothing in it names
     or filters by a person.
+
+    Epsilon amounts are exact decimal strings with one grammar everywhere:
+    `0|[1-9][0-9]*` optionally followed by `.` and 1 to 6 digits ("0.25", "3",
+    "0.000001"); no sign, exponent ("1e-3" is refused) or whitespace.
     """
 
     def ListWindows(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Windows, open and closed, newest first, paged (AIP-158).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMetrics(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The metrics of a window's frozen policy.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTeams(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Teams with their public roster sizes and whether they can be released.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -126,6 +137,10 @@ class ReleaseService:
     """ReleaseService answers leadership (role analyst) with team-level statistics,
     each with differential-privacy noise and a 95% interval. Nothing in it names
     or filters by a person.
+
+    Epsilon amounts are exact decimal strings with one grammar everywhere:
+    `0|[1-9][0-9]*` optionally followed by `.` and 1 to 6 digits ("0.25", "3",
+    "0.000001"); no sign, exponent ("1e-3" is refused) or whitespace.
     """
 
     @staticmethod

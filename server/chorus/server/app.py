@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from chorus.server.app_context import Chorus
 from chorus.server.auth import AuthInterceptor
 from chorus.server.metrics import Metrics
 from chorus.server.ratelimit import RateLimiter
+from chorus.server.services import reflection
 from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
@@ -79,9 +79,8 @@ class Server:
         self._service_names = ("", *names)
         self._set_health(serving=True)
         self._stop_probe = threading.Event()
-        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                            self._grpc)
-        self.metrics.track_services((*names, health.SERVICE_NAME, reflection.SERVICE_NAME))
+        reflection.enable(self._grpc, (*names, health.SERVICE_NAME))
+        self.metrics.track_services((*names, health.SERVICE_NAME, reflection.V1, reflection.V1ALPHA))
         try:
             self.port = self._bind(listen, tls)
         except RuntimeError:  # grpc's way of saying the bind failed

@@ -237,9 +237,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         # The caller chooses the path: log it only if it names one of our services.
         shown = method if service in SERVICE_ROLES else "a method of an unknown service"
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
-            abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                  f"{method} waited in the queue past the server limit of "
-                  f"{self._max_rpc_seconds:g} s; retry later")
+            retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"{method} waited in the queue past the server limit of "
+                        f"{self._max_rpc_seconds:g} s; retry later", STORE_RETRY_SECONDS)
         if context.time_remaining() <= 0:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method}: the client deadline passed before the call started")

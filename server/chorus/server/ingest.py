@@ -5,6 +5,11 @@ window not past end plus grace (nor closed), metric in the window's frozen polic
 the roster. Accepted values are clamped to the metric's bound, summed per person, and the
 person's running total is clamped to [0, max_per_user] in the same upsert. The raw user id
 is only ever an HMAC input; it is never stored or logged.
+
+Exactly once: the batch_id is stored with a digest of the batch's contents in the batch's own
+transaction. A known id with the same digest is a duplicate (acknowledged, nothing counted); with
+another digest it raises BatchIdReused and the transaction stores nothing, so a client that
+reuses an id for new data is told, never silently acknowledged.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ class Batch:
     source_version: str
     dropped: int
     contributions: list[Contribution]
+    #: SHA-256 of the batch's contents as sent (services.ingest.content_digest); stored with
+    #: the batch_id so that a reused id with other contents is refused, not acknowledged.
+    #: Empty for in-process callers that never reuse an id.
+    digest: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,37 +81,50 @@ class Outcome:
 
 
 class InvalidBatch(ValueError):
-    """The batch as a whole is malformed; nothing of it is stored."""
+    """The batch as a whole is malformed; nothing of it is stored. `field` is the offending
+    request field as a path, e.g. `contributions[3].user`."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BatchIdReused(Exception):
+    """A batch_id already stored with other contents: refused, nothing stored."""
 
 
 def validate(batch: Batch, limits: Limits) -> None:
     """Reject malformed batches; messages name the field and the limit, never the value."""
     if not batch.batch_id:
-        raise InvalidBatch("batch_id is required (a unique id reused on every retry)")
+        raise InvalidBatch("batch_id is required (a random id of at least 128 bits, reused on every "
+                           "retry)", "batch_id")
     _check_length("batch_id", batch.batch_id, limits.max_string_length)
     _check_length("source", batch.source, limits.max_string_length, required=False)
     _check_length("source_version", batch.source_version, limits.max_string_length, required=False)
     if batch.dropped > MAX_REPORTED_DROPS:
-        raise InvalidBatch(f"dropped is {batch.dropped}; the limit per batch is {MAX_REPORTED_DROPS}")
+        raise InvalidBatch(f"dropped is {batch.dropped}; the limit per batch is {MAX_REPORTED_DROPS}",
+                           "dropped")
     if not batch.contributions:
-        raise InvalidBatch("contributions is empty: a batch needs at least one contribution")
+        raise InvalidBatch("contributions is empty: a batch needs at least one contribution",
+                           "contributions")
     if len(batch.contributions) > limits.max_batch_contributions:
         raise InvalidBatch(f"batch has {len(batch.contributions)} contributions; the limit is "
-                           f"{limits.max_batch_contributions}")
+                           f"{limits.max_batch_contributions}", "contributions")
     limit = limits.max_string_length
     for i, c in enumerate(batch.contributions):
-        if not (0 < len(c.user) <= limit and 0 < len(c.metric) <= limit and c.metric.isprintable()):
+        if not (0 < len(c.user) <= limit and 0 < len(c.metric) <= limit and c.user.isprintable()
+                and c.metric.isprintable()):
             _check_length(f"contributions[{i}].user", c.user, limit)
             _check_length(f"contributions[{i}].metric", c.metric, limit)
 
 
 def _check_length(name: str, value: str, limit: int, *, required: bool = True) -> None:
     if required and not value:
-        raise InvalidBatch(f"{name} is empty")
+        raise InvalidBatch(f"{name} is empty", name)
     if len(value) > limit:
-        raise InvalidBatch(f"{name} is {len(value)} characters; the limit is {limit}")
+        raise InvalidBatch(f"{name} is {len(value)} characters; the limit is {limit}", name)
     if not value.isprintable():
-        raise InvalidBatch(f"{name} contains control characters; use printable text")
+        raise InvalidBatch(f"{name} contains control characters; use printable text", name)
 
 
 class IngestStats:
@@ -178,8 +200,14 @@ class Ingestor:
         return outcome
 
     def _apply(self, tx: Tx, batch: Batch, now: datetime) -> Outcome:
-        if not tx.execute("INSERT INTO batches (batch_id, received_at) VALUES (?, ?) "
-                          "ON CONFLICT (batch_id) DO NOTHING", (batch.batch_id, int(now.timestamp()))):
+        if not tx.execute("INSERT INTO batches (batch_id, received_at, digest) VALUES (?, ?, ?) "
+                          "ON CONFLICT (batch_id) DO NOTHING",
+                          (batch.batch_id, int(now.timestamp()), batch.digest)):
+            (stored,), = tx.query("SELECT digest FROM batches WHERE batch_id = ?", (batch.batch_id,))
+            if stored and batch.digest and bytes(stored) != batch.digest:
+                raise BatchIdReused(f"batch_id {batch.batch_id!r} was used before for a batch with other "
+                                    "contents; nothing was stored. Use a new random id (at least 128 "
+                                    "bits) for every batch, and the same id only to resend it unchanged")
             return Outcome(accepted=0, duplicate=True)
         team_of = self._roster.current(tx).get
         windows: dict[str, lifecycle.OpenWindow | Rejection] = {}

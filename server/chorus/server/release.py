@@ -56,7 +56,11 @@ class ReleaseError(Exception):
 
 
 class InvalidRequest(ReleaseError):
-    """Malformed: an unknown statistic, a bad epsilon."""
+    """Malformed: an unknown statistic, a bad epsilon. `field` names the request field."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(ReleaseError):
@@ -112,9 +116,13 @@ class Estimate(NamedTuple):
     sensitivity: int
     scale: float
     cached: bool
+    #: The stored release behind a noisy statistic; empty for a derived one (mean, adoption).
     release_id: str
     #: Post-processing applied to the value, in words; empty when none.
     note: str
+    #: For a derived statistic, the release ids it is computed from (each also answered in the
+    #: same TeamResult); empty for a noisy one.
+    derived_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +226,7 @@ class Releases:
         which case nothing was stored.
         """
         if not window:
-            raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48")
+            raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
         requested = _statistics(statistics)
         now = self._clock.now()
         result = self._db.run(
@@ -238,11 +246,12 @@ def _statistics(requests: Sequence[StatisticRequest]) -> dict[str, Epsilon | Non
     out: dict[str, Epsilon | None] = {}
     for r in requests:
         if r.statistic not in STATISTICS:
-            raise InvalidRequest(f"statistic {r.statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
+            raise InvalidRequest(f"statistic {r.statistic!r} is unknown; allowed: {', '.join(STATISTICS)}",
+                                 "statistics")
         if r.statistic in out:
-            raise InvalidRequest(f"statistic {r.statistic} is requested more than once")
+            raise InvalidRequest(f"statistic {r.statistic} is requested more than once", "statistics")
         if r.epsilon is not None and r.epsilon.micros == 0:
-            raise InvalidRequest(f"epsilon for {r.statistic} must be greater than 0")
+            raise InvalidRequest(f"epsilon for {r.statistic} must be greater than 0", "statistics")
         out[r.statistic] = r.epsilon
     return out
 
@@ -251,7 +260,7 @@ def _window(tx: Tx, window: str) -> lifecycle.WindowRecord:
     try:
         parse_window_id(window)
     except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
+        raise InvalidRequest(str(exc), "window") from None
     try:
         return lifecycle.get(tx, window)
     except lifecycle.WindowNotFound:
@@ -342,7 +351,7 @@ class _Release:
         for stat, eps in statistics.items():
             if eps is not None and eps > cap:
                 raise InvalidRequest(f"epsilon {eps} for {stat} exceeds the budget of a team-window in "
-                                     f"{self.window}, {cap}")
+                                     f"{self.window}, {cap}", "statistics")
         wanted: dict[tuple[str, str], Epsilon] = {}
         explicit: set[tuple[str, str]] = set()
         for stat, eps in statistics.items():
@@ -488,15 +497,28 @@ class _Release:
 
     def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Epsilon | None],
                 stored: dict[Key, _Stored], roster_size: int) -> list[Estimate]:
-        out = []
+        """The team's estimates: every noisy release the request needs, once each, and after
+        them the derived statistics naming those they are computed from. A derived statistic
+        charges nothing itself, so the estimates' charges add up to the team's."""
+        out: list[Estimate] = []
+        shown: set[Key] = set()
+
+        def noisy(name: str, edges: tuple[int, ...], stat: str) -> None:
+            if (team, name, stat) not in shown:
+                shown.add((team, name, stat))
+                out.append(_noisy(name, edges, stat, stored[(team, name, stat)]))
+
         for metric in metrics:
             for stat in statistics:
+                if stat == "adoption":
+                    continue
+                for need in _NEEDS[stat]:
+                    noisy(metric.name, metric.histogram_edges, need)
                 if stat == "mean":
                     out.append(_mean(metric, stored[(team, metric.name, "sum")],
                                      stored[(team, metric.name, "count")]))
-                elif stat != "adoption":
-                    out.append(_noisy(metric, stat, stored[(team, metric.name, stat)]))
         if "adoption" in statistics:
+            noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
 
@@ -510,20 +532,21 @@ def _result_json(item: _Stored) -> str:
                        "sensitivity": item.sensitivity}, separators=(",", ":"))
 
 
-def _noisy(metric: MetricPolicy, stat: str, item: _Stored) -> Estimate:
-    """A sum, count or histogram; negative noisy values are shown as 0 and the answer says so."""
+def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stored) -> Estimate:
+    """A sum, count, histogram or active; negative noisy values are shown as 0 and the answer
+    says so."""
     if isinstance(item.value, list):
         buckets = tuple(max(0, v) for v in item.value)
         negative = [i for i, v in enumerate(item.value) if v < 0]
         note = (f"negative noisy counts in bucket(s) {', '.join(map(str, negative))} shown as 0 "
                 f"(noisy values {item.value})" if negative else "")
         value = 0.0
-        edges = metric.histogram_edges
+        edges = histogram_edges
     else:
         buckets, edges = (), ()
         value = float(max(0, item.value))
         note = f"noisy {stat} {item.value} was negative; shown as 0" if item.value < 0 else ""
-    return Estimate(metric.name, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
+    return Estimate(metric, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
                     mechanisms.MECHANISM, item.sensitivity, item.scale, item.charged == ZERO,
                     item.release_id, note)
 
@@ -550,9 +573,8 @@ def _adoption(active: _Stored, roster_size: int) -> Estimate:
 
 def _post_processed(metric: str, stat: str, value: float, ci95: float, parts: tuple[_Stored, ...],
                     note: str) -> Estimate:
-    """An answer computed from stored releases: it costs what they cost, nothing more."""
-    charged = sum(p.charged.micros for p in parts)
-    return Estimate(metric, stat, value, ci95, (), (), Epsilon(charged),
-                    Epsilon(sum(p.epsilon.micros for p in parts)), mechanisms.POST_PROCESSING, 0, 0.0,
-                    charged == 0, "+".join(p.release_id for p in parts), note)
+    """An answer computed from stored releases: it charges nothing itself (its parts carry the
+    charges) and names them; cached when every part was."""
+    return Estimate(metric, stat, value, ci95, (), (), ZERO, ZERO, mechanisms.POST_PROCESSING, 0, 0.0,
+                    all(p.charged == ZERO for p in parts), "", note, tuple(p.release_id for p in parts))
 

@@ -28,8 +28,9 @@ from chorus.server.cli._common import (
     fail,
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, moment
+from chorus.server.paging import every_page
 from chorus.server.windows import parse_window_id
-from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2
+from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
@@ -130,13 +131,14 @@ def token_list(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER
                client_key: KeyOpt = None) -> None:
     """List tokens (names and roles; secrets are never stored)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListTokens,
-                          admin_pb2.ListTokensRequest())
-    records = [{"name": t.name, "role": ROLE_NAMES.get(t.role), "created": moment(t.created),
-                "revoked": moment(t.revoked), "active": not moment(t.revoked)} for t in reply.tokens]
+        stub = admin_pb2_grpc.AdminServiceStub(conn.channel)
+        tokens = every_page(lambda r: conn.call(stub.ListTokens, r), admin_pb2.ListTokensRequest(), "tokens")
+    records = [{"name": t.name, "role": ROLE_NAMES.get(t.role), "created": moment(t.create_time),
+                "revoked": moment(t.revoke_time) if t.HasField("revoke_time") else None,
+                "active": not t.HasField("revoke_time")} for t in tokens]
 
     def table() -> None:
-        out = Table("name", "role", "created", "revoked")
+        out = Table("name", "role", "created (UTC)", "revoked (UTC)")
         for r in records:
             out.add_row(r["name"], r["role"] or "?", r["created"], r["revoked"] or "-")
         console.print(out)
@@ -153,7 +155,7 @@ def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).RevokeToken,
                           admin_pb2.RevokeTokenRequest(name=name))
-    console.print(f"token {reply.info.name!r} is revoked (since {reply.info.revoked})")
+    console.print(f"token {reply.info.name!r} is revoked (since {_utc(reply.info.revoke_time)} UTC)")
 
 
 @window_app.command("list")
@@ -162,19 +164,20 @@ def window_list(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVE
                 client_key: KeyOpt = None) -> None:
     """List windows, newest first, with their state and when they close (or closed)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
-        reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).ListWindows,
-                          release_pb2.ListWindowsRequest())
+        stub = admin_pb2_grpc.AdminServiceStub(conn.channel)
+        windows = every_page(lambda r: conn.call(stub.ListWindows, r),
+                             admin_pb2.AdminServiceListWindowsRequest(), "windows")
     records = [{"window": w.id, "state": "open" if w.state == common_pb2.WINDOW_STATE_OPEN else "closed",
                 "start": moment(w.start), "end": moment(w.end), "closes_at": moment(w.closes_at),
-                "closed_at": moment(w.closed_at) if w.HasField("closed_at") else None} for w in reply.windows]
+                "closed_at": moment(w.closed_at) if w.HasField("closed_at") else None} for w in windows]
 
     def table() -> None:
-        if not reply.windows:
+        if not windows:
             console.print("no window yet: the first contribution or the server's window task opens the "
                           "current one")
             return
         out = Table("window", "state", "from (UTC)", "until (UTC)", "closes at (UTC)")
-        for w in reply.windows:
+        for w in windows:
             # Once closed, the actual time: earlier than planned after an early close.
             closes = f"closed {_utc(w.closed_at)}" if w.HasField("closed_at") else _utc(w.closes_at)
             out.add_row(w.id, "open" if w.state == common_pb2.WINDOW_STATE_OPEN else "closed",

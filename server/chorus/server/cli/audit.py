@@ -33,6 +33,7 @@ from chorus.server.cli._common import (
 )
 from chorus.server.cli._output import Format, FormatOpt, emit
 from chorus.server.config import Policy
+from chorus.server.paging import every_page
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength
 from chorus.v1 import audit_pb2, audit_pb2_grpc
@@ -196,7 +197,8 @@ def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: Server
     json and csv keep epsilon values as exact decimal strings, as the ledger has them."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         stub = audit_pb2_grpc.AuditServiceStub(conn.channel)
-        budgets = read_budgets(lambda request: conn.call(stub.GetBudget, request), window)
+        budgets = every_page(lambda r: conn.call(stub.GetBudget, r), audit_pb2.GetBudgetRequest(window=window),
+                             "budgets")
 
     def table() -> None:
         if not budgets:
@@ -215,19 +217,6 @@ def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: Server
          [{"window": b.window, "team": b.team, "spent": b.spent, "remaining": b.remaining, "cap": b.cap,
            "releases": b.releases} for b in budgets], table)
 
-
-def read_budgets(get_budget: Callable[[audit_pb2.GetBudgetRequest], audit_pb2.GetBudgetResponse],
-                 window: str = "") -> list[audit_pb2.TeamWindowBudget]:
-    """Every page of GetBudget for `window` ("" for all), in the server's order."""
-    budgets: list[audit_pb2.TeamWindowBudget] = []
-    token = ""
-    while True:
-        reply = get_budget(audit_pb2.GetBudgetRequest(window=window, page_size=BUDGET_PAGE_SIZE,
-                                                      page_token=token))
-        budgets.extend(reply.budgets)
-        token = reply.next_page_token
-        if not token:
-            return budgets
 
 
 class StatementFormat(enum.StrEnum):

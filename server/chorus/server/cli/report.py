@@ -32,6 +32,7 @@ from chorus.server.cli._common import (
     rpc_errors,
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, text_or_none
+from chorus.server.paging import every_page
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
@@ -57,7 +58,7 @@ class Statistic(enum.StrEnum):
 #: not apply (the estimate fields of a suppressed team, the metric of adoption) are null.
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
-          "release_id", "budget_cap", "budget_remaining", "team_epsilon_charged")
+          "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged")
 
 
 def report(
@@ -115,13 +116,13 @@ def report(
             replies = [conn.call(stub.Release, _request(window, team or [], metric or [], statistics,
                                                         epsilon))]
     emit(fmt, FIELDS, _records(replies),
-         lambda: _print_trend(replies, statistics[0]) if trend is not None else _print_report(replies[0]))
+         lambda: _print_trend(replies, statistics[0]) if trend is not None else _print_report(replies[0], statistics))
 
 
 def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub) -> list[str]:
     """Closed window ids, newest first."""
-    reply = conn.call(stub.ListWindows, release_pb2.ListWindowsRequest())
-    return [w.id for w in reply.windows if w.state == common_pb2.WINDOW_STATE_CLOSED]
+    windows = every_page(lambda r: conn.call(stub.ListWindows, r), release_pb2.ListWindowsRequest(), "windows")
+    return [w.id for w in windows if w.state == common_pb2.WINDOW_STATE_CLOSED]
 
 
 def _request(window: str, teams: list[str], metrics: list[str], statistics: list[Statistic],
@@ -161,14 +162,19 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
             if not t.estimates:
                 yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
             for e in t.estimates:
-                stat = Statistic.of(e.statistic)
-                histogram = stat is Statistic.HISTOGRAM
-                yield {**base, "metric": text_or_none(e.metric), "statistic": stat.value, "value": e.value,
+                name = _statistic_name(e.statistic)
+                histogram = name == Statistic.HISTOGRAM.value
+                yield {**base, "metric": text_or_none(e.metric), "statistic": name, "value": e.value,
                        "ci95": e.ci95, "bucket_counts": list(e.bucket_counts) if histogram else None,
                        "histogram_edges": list(e.histogram_edges) if histogram else None,
                        "epsilon": e.epsilon, "epsilon_charged": e.epsilon_charged, "cached": e.cached,
                        "mechanism": e.mechanism, "note": text_or_none(e.note),
-                       "release_id": text_or_none(e.release_id)}
+                       "release_id": text_or_none(e.release_id), "derived_from": list(e.derived_from)}
+
+
+def _statistic_name(proto: int) -> str:
+    """"sum", ..., and "active": the noisy count behind adoption, answered but not requested."""
+    return common_pb2.Statistic.Name(proto).removeprefix("STATISTIC_").lower()
 
 
 #: A cell's parts: the value, the 95% half-width, and "*" when post-processed (or "" each).
@@ -247,10 +253,12 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
                   "again is free and returns the same numbers.")
 
 
-def _print_report(reply: release_pb2.ReleaseResponse) -> None:
+def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]) -> None:
+    """The requested statistics only: the parts a mean or adoption is derived from are in csv and json."""
     released = [t for t in reply.teams if t.outcome == release_pb2.TEAM_OUTCOME_RELEASED]
-    estimates = {(t.team, e.metric, Statistic.of(e.statistic)): e for t in released for e in t.estimates}
-    stats = list(dict.fromkeys(s for _, _, s in estimates if s is not Statistic.ADOPTION))
+    estimates = {(t.team, e.metric, Statistic.of(e.statistic)): e for t in released for e in t.estimates
+                 if e.statistic != common_pb2.STATISTIC_ACTIVE}  # shown through adoption
+    stats = list(dict.fromkeys(s for _, _, s in estimates if s is not Statistic.ADOPTION and s in requested))
     metrics = list(dict.fromkeys(m for _, m, s in estimates if s is not Statistic.ADOPTION))
 
     def per_metric(compact: bool) -> Table:
@@ -301,7 +309,8 @@ def _print_report(reply: release_pb2.ReleaseResponse) -> None:
 
 def _print_trend(replies: list[release_pb2.ReleaseResponse], statistic: Statistic) -> None:
     """One row per team and window, oldest window first within each team."""
-    estimates = [e for r in replies for t in r.teams for e in t.estimates]
+    wanted = common_pb2.Statistic.Value(statistic.proto)
+    estimates = [e for r in replies for t in r.teams for e in t.estimates if e.statistic == wanted]
     metric = estimates[0].metric if estimates else ""
     teams = sorted({t.team for r in replies for t in r.teams})
     found = {(t.team, r.window): t for r in replies for t in r.teams}
@@ -309,7 +318,9 @@ def _print_trend(replies: list[release_pb2.ReleaseResponse], statistic: Statisti
     def cell(t: release_pb2.TeamRelease | None, compact: bool) -> Parts | str:
         if t is None:
             return "-"  # the window could not be released (past retention)
-        return _parts(t.estimates[0], compact) if t.estimates else f"suppressed ({t.roster_size} people)"
+        if not t.estimates:
+            return f"suppressed ({t.roster_size} people)"
+        return _parts(next(e for e in t.estimates if e.statistic == wanted), compact)
 
     def build(compact: bool) -> Table:
         table = Table(title=f"{statistic.value} of {metric or 'activity'} per team, last {len(replies)} closed "

@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 from chorus.server.auth import Role
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli._common import channel_credentials
+from chorus.server.paging import every_page
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
 T = TypeVar("T")
@@ -49,7 +50,7 @@ class GatewayError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        #: Budget violations from a google.rpc.QuotaFailure: (subject, description).
+        #: Budget violations from a google.rpc.QuotaFailure: (team-window in words, description).
         self.quota = tuple(quota)
 
     @property
@@ -73,7 +74,8 @@ def _translate(exc: grpc.RpcError, server: str) -> GatewayError:
         if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
             failure = error_details_pb2.QuotaFailure()
             detail.Unpack(failure)
-            quota.extend((v.subject, v.description) for v in failure.violations)
+            quota.extend((f"team {v.quota_dimensions['team']}, window {v.quota_dimensions['window']}",
+                          v.description) for v in failure.violations)
     return GatewayError(code, details, tuple(quota))
 
 
@@ -152,7 +154,8 @@ class Api:
 
     def list_windows(self) -> list[common_pb2.Window]:
         """Every window, newest first."""
-        return list(self._call(self._release.ListWindows, release_pb2.ListWindowsRequest()).windows)
+        return every_page(lambda r: self._call(self._release.ListWindows, r), release_pb2.ListWindowsRequest(),
+                          "windows")
 
     def list_metrics(self, window: str) -> list[release_pb2.Metric]:
         request = release_pb2.ListMetricsRequest(window=window)
@@ -176,7 +179,8 @@ class Api:
         return list(self._call(self._audit.ListPolicies, request).policies)
 
     def get_budget(self, window: str = "") -> list[audit_pb2.TeamWindowBudget]:
-        return audit_cli.read_budgets(lambda request: self._call(self._audit.GetBudget, request), window)
+        return every_page(lambda r: self._call(self._audit.GetBudget, r), audit_pb2.GetBudgetRequest(window=window),
+                          "budgets")
 
     def public_key(self) -> str:
         return self._call(self._audit.GetPublicKey, audit_pb2.GetPublicKeyRequest()).public_key_pem

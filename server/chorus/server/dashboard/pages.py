@@ -112,11 +112,13 @@ def _window_choice(args: Args, windows: Sequence[common_pb2.Window]) -> str | No
 
 
 def _tally(teams: Sequence[release_pb2.TeamRelease], tally: dict[str, int] | None = None) -> dict[str, int]:
-    """How many numbers were released by this request and how many came from storage."""
+    """How many noisy releases this request made and how many came from storage (a derived
+    statistic such as adoption is not a release of its own)."""
     tally = tally if tally is not None else {"new": 0, "cached": 0}
     for team in teams:
         for estimate in team.estimates:
-            tally["cached" if estimate.cached else "new"] += 1
+            if estimate.release_id:
+                tally["cached" if estimate.cached else "new"] += 1
     return tally
 
 

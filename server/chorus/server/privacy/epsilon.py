@@ -7,12 +7,18 @@ are parsed exactly from decimal strings, and arithmetic cannot drift.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import total_ordering
 
 MICROS = 1_000_000
+#: The one grammar of an epsilon amount, in config, on the wire and in the ledger: a plain
+#: decimal with at most six places, e.g. "0.25", "3", "0.000001". No sign, exponent
+#: ("1e-3" is refused) or surrounding whitespace.
+#: (`parse` checks the form first, then the number of places, to say which rule failed.)
+DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
 @total_ordering
@@ -28,9 +34,13 @@ class Epsilon:
 
     @classmethod
     def parse(cls, text: str | int | Decimal) -> Epsilon:
-        """Exact decimal such as "0.25"; more than six decimals is an error, not a rounding."""
+        """Exact decimal such as "0.25" (grammar DECIMAL); more than six decimals is an error, not
+        a rounding."""
+        if not DECIMAL.fullmatch(str(text)):
+            raise ValueError(f"epsilon {text!r} is not a plain decimal such as 0.25 (digits, an "
+                             "optional point and up to 6 decimals; no sign, exponent or spaces)")
         try:
-            value = Decimal(str(text).strip())
+            value = Decimal(str(text))
         except InvalidOperation:
             raise ValueError(f"epsilon {text!r} is not a decimal number") from None
         if not value.is_finite() or value < 0:

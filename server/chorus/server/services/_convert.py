@@ -1,9 +1,19 @@
-"""Domain records -> wire messages shared by several services."""
+"""Domain records -> wire messages shared by several services, and AIP-158 paging.
+
+A page token is the opaque, URL-safe base64 of `<offset>:<fingerprint>`, where the
+fingerprint is a hash of the request's other fields: a token only continues the listing it
+came from (anything else is INVALID_ARGUMENT naming page_token). Lists are short (windows,
+tokens, team-windows), so a page is a slice of the full, stably ordered list.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -11,7 +21,46 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.server import lifecycle
 from chorus.server.services._errors import invalid_argument
-from chorus.v1 import common_pb2, release_pb2
+from chorus.v1 import common_pb2
+
+#: AIP-158: page_size 0 means this default; larger sizes are lowered to it.
+MAX_PAGE_SIZE = 1000
+
+T = TypeVar("T")
+
+
+def page(items: Sequence[T], request: Any, context: grpc.ServicerContext) -> tuple[Sequence[T], str]:
+    """The page of `items` that `request` (with page_size, page_token) asks for, and the next token."""
+    size = request.page_size
+    if size < 0:
+        invalid_argument(context, f"page_size is {size}; it must be >= 0 (0: the default, "
+                                  f"{MAX_PAGE_SIZE})", "page_size")
+    size = min(size or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+    fingerprint = _fingerprint(request)
+    token = request.page_token
+    offset = 0
+    if token:
+        try:
+            text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+            number, _, mark = text.partition(":")
+            offset = int(number)
+        except (ValueError, UnicodeError, binascii.Error):
+            offset, mark = -1, ""
+        if offset < 0 or mark != fingerprint:
+            invalid_argument(context, "page_token is not a next_page_token of this request; start "
+                                      "again with an empty page_token", "page_token")
+    end = offset + size
+    following = "" if end >= len(items) else base64.urlsafe_b64encode(
+        f"{end}:{fingerprint}".encode("ascii")).decode("ascii")
+    return items[offset:end], following
+
+
+def _fingerprint(request: Message) -> str:
+    rest = type(request)()
+    rest.CopyFrom(request)
+    rest.ClearField("page_size")
+    rest.ClearField("page_token")
+    return hashlib.sha256(rest.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 def timestamp(when: object) -> Timestamp:
@@ -40,10 +89,12 @@ def optional_moment(request: Message, name: str,
                                   "[0, 999999999])", name)
 
 
-def windows_response(request: release_pb2.ListWindowsRequest, context: grpc.ServicerContext,
-                     list_windows: Callable[[datetime | None, datetime | None], list[lifecycle.WindowRecord]],
-                     ) -> release_pb2.ListWindowsResponse:
-    """ListWindows for any service that offers it: the optional range checked, newest first."""
+def windows_page(request: Message, context: grpc.ServicerContext,
+                 list_windows: Callable[[datetime | None, datetime | None], list[lifecycle.WindowRecord]],
+                 ) -> tuple[list[common_pb2.Window], str]:
+    """ListWindows for any service that offers it: the optional range checked, newest first,
+    one page and the next page's token."""
     start = optional_moment(request, "start", context)
     end = optional_moment(request, "end", context)
-    return release_pb2.ListWindowsResponse(windows=[window_message(w) for w in list_windows(start, end)])
+    windows, following = page(list_windows(start, end), request, context)
+    return [window_message(w) for w in windows], following

@@ -8,10 +8,10 @@ import grpc
 
 from chorus.server import auth, lifecycle, roster
 from chorus.server.app_context import Chorus
-from chorus.server.services._convert import window_message, windows_response
+from chorus.server.services._convert import page, timestamp, window_message, windows_page
 from chorus.server.services._errors import abort, invalid_argument
 from chorus.server.windows import parse_window_id
-from chorus.v1 import admin_pb2, admin_pb2_grpc, release_pb2
+from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 _ROLE_TO_PROTO = {auth.Role.INGEST: admin_pb2.ROLE_INGEST, auth.Role.ANALYST: admin_pb2.ROLE_ANALYST,
                   auth.Role.AUDITOR: admin_pb2.ROLE_AUDITOR, auth.Role.ADMIN: admin_pb2.ROLE_ADMIN}
@@ -19,9 +19,11 @@ _PROTO_TO_ROLE = {v: k for k, v in _ROLE_TO_PROTO.items()}
 
 
 def _token_info(info: auth.TokenInfo) -> admin_pb2.TokenInfo:
-    return admin_pb2.TokenInfo(name=info.name, role=_ROLE_TO_PROTO[info.role],
-                               created=info.created.isoformat(),
-                               revoked=info.revoked.isoformat() if info.revoked else "")
+    message = admin_pb2.TokenInfo(name=info.name, role=_ROLE_TO_PROTO[info.role],
+                                  create_time=timestamp(info.created))
+    if info.revoked:
+        message.revoke_time.CopyFrom(timestamp(info.revoked))
+    return message
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -63,26 +65,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                                                       auth.principal().name)
         except auth.TokenError as exc:
             exists = isinstance(exc, auth.TokenExists)
-            code = grpc.StatusCode.ALREADY_EXISTS if exists else grpc.StatusCode.INVALID_ARGUMENT
-            abort(context, code, str(exc))
+            if exists:
+                abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc), reason="TOKEN_NAME_TAKEN",
+                      metadata={"field": "name"})
+            invalid_argument(context, str(exc), "name")
         return admin_pb2.CreateTokenResponse(token=secret, info=_token_info(info))
 
     def ListTokens(self, request: admin_pb2.ListTokensRequest,
                    context: grpc.ServicerContext) -> admin_pb2.ListTokensResponse:
-        return admin_pb2.ListTokensResponse(tokens=[_token_info(t) for t in self._chorus.tokens.list()])
+        tokens, following = page(self._chorus.tokens.list(), request, context)
+        return admin_pb2.ListTokensResponse(tokens=[_token_info(t) for t in tokens], next_page_token=following)
 
     def RevokeToken(self, request: admin_pb2.RevokeTokenRequest,
                     context: grpc.ServicerContext) -> admin_pb2.RevokeTokenResponse:
         try:
             info = self._chorus.tokens.revoke(request.name, self._chorus.clock.now(), auth.principal().name)
         except LookupError as exc:
-            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         return admin_pb2.RevokeTokenResponse(info=_token_info(info))
 
-    def ListWindows(self, request: release_pb2.ListWindowsRequest,
-                    context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        return windows_response(request, context, lambda start, end: self._chorus.db.run(
+    def ListWindows(self, request: admin_pb2.AdminServiceListWindowsRequest,
+                    context: grpc.ServicerContext) -> admin_pb2.AdminServiceListWindowsResponse:
+        windows, following = windows_page(request, context, lambda start, end: self._chorus.db.run(
             lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows"))
+        return admin_pb2.AdminServiceListWindowsResponse(windows=windows, next_page_token=following)
 
     def CloseWindow(self, request: admin_pb2.CloseWindowRequest,
                     context: grpc.ServicerContext) -> admin_pb2.CloseWindowResponse:
@@ -93,7 +99,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         try:
             result = self._chorus.close_window(request.window, auth.principal().name)
         except lifecycle.WindowNotFound as exc:
-            abort(context, grpc.StatusCode.NOT_FOUND, f"{exc.args[0]}: no contribution has opened it yet")
+            abort(context, grpc.StatusCode.NOT_FOUND, f"{exc.args[0]}: no contribution has opened it yet",
+                  reason="NOT_FOUND")
         return admin_pb2.CloseWindowResponse(window=window_message(result.window), rows_folded=result.rows_folded,
                                              already_closed=not result.closed_now)
 

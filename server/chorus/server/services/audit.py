@@ -52,7 +52,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         try:
             records = self._chorus.db.run(lambda tx: audit.list_policies(tx, window), name="list_policies")
         except lifecycle.WindowNotFound as exc:
-            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         return audit_pb2.ListPoliciesResponse(policies=[
             audit_pb2.WindowPolicy(window=window_message(r), policy_json=r.policy_json) for r in records])
 
@@ -64,7 +64,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             rows, token = self._chorus.db.run(
                 lambda tx: audit.budgets(tx, window, size, request.page_token), name="get_budget")
         except lifecycle.WindowNotFound as exc:
-            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         except audit.PageTokenError as exc:
             invalid_argument(context, str(exc), "page_token")
         return audit_pb2.GetBudgetResponse(next_page_token=token, budgets=[

@@ -1,7 +1,13 @@
-"""IngestService: decode, validate, apply."""
+"""IngestService: decode, validate, apply.
+
+Work on a request grows with what is accepted, never with what is refused: the size of a
+batch is read (O(1)) before anything else, and an oversize batch is refused after charging
+the rate limiter one unit, without converting a single contribution.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import grpc
@@ -9,8 +15,10 @@ import grpc
 from chorus.server import auth, ingest
 from chorus.server.config import Limits
 from chorus.server.ratelimit import RateLimited, RateLimiter
-from chorus.server.services._errors import invalid_argument, retry_later
+from chorus.server.services._errors import abort, invalid_argument, retry_later
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
+
+_MAX_NANOS = 999_999_999
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -21,24 +29,36 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def Report(self, request: ingest_pb2.ReportRequest,
                context: grpc.ServicerContext) -> ingest_pb2.ReportResponse:
+        size = len(request.contributions)
+        oversize = size > self._limits.max_batch_contributions
         try:
-            # Before any other work: a flood is cut at the cheapest point. An empty batch costs 1.
-            self._limiter.take(auth.principal().name, max(1, len(request.contributions)))
+            # Before any other work: a flood is cut at the cheapest point. An empty or oversize
+            # batch costs 1: it is refused below without converting anything.
+            self._limiter.take(auth.principal().name, 1 if oversize else max(1, size))
         except RateLimited as exc:
-            retry_later(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after)
+            retry_later(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after,
+                        reason="RATE_LIMITED", metadata={"retry_after_seconds": f"{exc.retry_after:.3f}"})
         try:
+            if oversize:
+                raise ingest.InvalidBatch(f"batch has {size} contributions; the limit is "
+                                          f"{self._limits.max_batch_contributions}", "contributions")
             batch = ingest.Batch(
                 batch_id=request.batch_id,
                 source=request.source,
                 source_version=request.source_version,
                 dropped=request.dropped,
                 contributions=_contributions(request),
+                digest=content_digest(request),
             )
             ingest.validate(batch, self._limits)
         except ingest.InvalidBatch as exc:
             self._ingestor.stats.record_invalid()
-            invalid_argument(context, str(exc))
-        outcome = self._ingestor.report(batch)
+            invalid_argument(context, str(exc), exc.field)
+        try:
+            outcome = self._ingestor.report(batch)
+        except ingest.BatchIdReused as exc:
+            abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc), reason="BATCH_ID_REUSED",
+                  metadata={"field": "batch_id"})
         return ingest_pb2.ReportResponse(
             accepted=outcome.accepted,
             duplicate=outcome.duplicate,
@@ -48,19 +68,37 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
 
+def content_digest(request: ingest_pb2.ReportRequest) -> bytes:
+    """SHA-256 of everything in the request but its batch_id (deterministic serialization,
+    unknown fields dropped): a resend of the same batch has the same digest in any language."""
+    content = ingest_pb2.ReportRequest()
+    content.CopyFrom(request)
+    content.ClearField("batch_id")
+    content.DiscardUnknownFields()
+    return hashlib.sha256(content.SerializeToString(deterministic=True)).digest()
+
+
 def _contributions(request: ingest_pb2.ReportRequest) -> list[ingest.Contribution]:
     # SDK batches carry a handful of distinct minute timestamps: convert each once.
     times: dict[tuple[int, int], datetime] = {}
     out = []
     for index, c in enumerate(request.contributions):
+        if not c.HasField("event_time"):
+            raise ingest.InvalidBatch(f"contributions[{index}].event_time is required: when the usage "
+                                      "happened", f"contributions[{index}].event_time")
         stamp = c.event_time
         key = (stamp.seconds, stamp.nanos)
         when = times.get(key)
         if when is None:
+            if not 0 <= stamp.nanos <= _MAX_NANOS:
+                raise ingest.InvalidBatch(f"contributions[{index}].event_time.nanos is {stamp.nanos}; it "
+                                          f"must be in [0, {_MAX_NANOS}]",
+                                          f"contributions[{index}].event_time.nanos")
             try:
                 when = times[key] = stamp.ToDatetime(tzinfo=UTC)
             except (ValueError, OverflowError):
                 raise ingest.InvalidBatch(f"contributions[{index}].event_time is outside the valid "
-                                          "timestamp range (years 1..9999)") from None
+                                          "timestamp range (years 1..9999)",
+                                          f"contributions[{index}].event_time.seconds") from None
         out.append(ingest.Contribution(c.user, c.metric, c.value, when))
     return out

@@ -10,14 +10,15 @@ import grpc
 from chorus.server import auth, release
 from chorus.server.app_context import Chorus
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.services._convert import windows_response
-from chorus.server.services._errors import abort, invalid_argument, quota_failure
+from chorus.server.services._convert import windows_page
+from chorus.server.services._errors import abort, budget_exceeded, invalid_argument
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
 STATISTIC_NAMES = {common_pb2.STATISTIC_SUM: "sum", common_pb2.STATISTIC_COUNT: "count",
                    common_pb2.STATISTIC_MEAN: "mean", common_pb2.STATISTIC_HISTOGRAM: "histogram",
                    common_pb2.STATISTIC_ADOPTION: "adoption"}
-_STATISTIC_ENUMS = {name: value for value, name in STATISTIC_NAMES.items()}
+_STATISTIC_ENUMS = {**{name: value for value, name in STATISTIC_NAMES.items()},
+                    release.ACTIVE: common_pb2.STATISTIC_ACTIVE}
 
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
@@ -26,7 +27,8 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        return windows_response(request, context, self._releases.list_windows)
+        windows, following = windows_page(request, context, self._releases.list_windows)
+        return release_pb2.ListWindowsResponse(windows=windows, next_page_token=following)
 
     def ListMetrics(self, request: release_pb2.ListMetricsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListMetricsResponse:
@@ -81,7 +83,8 @@ def _estimate(e: release.Estimate) -> release_pb2.Estimate:
         metric=e.metric, statistic=_STATISTIC_ENUMS[e.statistic], value=e.value, ci95=e.ci95,
         bucket_counts=e.bucket_counts, histogram_edges=e.histogram_edges,
         epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
-        sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note)
+        sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note,
+        derived_from=e.derived_from)
 
 
 @contextmanager
@@ -90,13 +93,11 @@ def _domain_errors(context: grpc.ServicerContext) -> Iterator[None]:
     try:
         yield
     except release.InvalidRequest as exc:
-        invalid_argument(context, str(exc))
+        invalid_argument(context, str(exc), exc.field)
     except release.NotFound as exc:
-        abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        abort(context, grpc.StatusCode.NOT_FOUND, str(exc), reason="NOT_FOUND")
     except release.Refused as exc:
-        abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc), reason="WINDOW_NOT_RELEASABLE")
     except release.BudgetExceeded as exc:
-        quota_failure(context, str(exc), [
-            (f"team-window {o.team}/{o.window}",
-             f"requested epsilon {o.requested}, remaining {o.remaining} of {o.cap}")
-            for o in exc.overspends])
+        budget_exceeded(context, str(exc), [
+            (o.window, o.team, str(o.requested), str(o.remaining), str(o.cap)) for o in exc.overspends])

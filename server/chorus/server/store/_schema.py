@@ -114,6 +114,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "purge exact team statistics after retention", [
         "ALTER TABLE windows ADD COLUMN purged_at BIGINT",
     ]),
+    (3, "batch content digest: a reused batch_id with other contents is refused", [
+        # SHA-256 of the batch's contents; NULL for batches stored before this migration.
+        "ALTER TABLE batches ADD COLUMN digest {blob}",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
