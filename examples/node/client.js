@@ -10,7 +10,7 @@
 //   CHORUS_ANALYST_TOKEN=... CHORUS_AUDITOR_TOKEN=... CHORUS_USER=user-team-red-0 \
 //   CHORUS_METRIC=ai.tokens [CHORUS_VERIFIER=verify-ledger.js] node client.js
 //
-// The verifier is run as `node <CHORUS_VERIFIER> <ledger.jsonl> <public-key.pem>` and must
+// The verifier is run as `node <CHORUS_VERIFIER> <ledger.jsonl> --public-key <key.pem>` and must
 // exit 0; the ledger file holds one LedgerEntry per line as JSON (proto field names).
 // Prints one JSON summary line; exits non-zero on the first expectation that fails.
 'use strict';
@@ -170,11 +170,11 @@ async function main() {
   assert.equal(violation.quota_dimensions.remaining_epsilon, answer.budget_remaining);
   summary.quota_failure = violation.quota_dimensions;
 
-  // The ledger: stream it, hand it to the verifier.
+  // The ledger: stream its pages, hand the entries to the verifier.
   const entries = await new Promise((resolve, reject) => {
     const out = [];
-    const call = audit.StreamLedger({ from_seq: '1' }, bearer(tokens.auditor));
-    call.on('data', (entry) => out.push(entry));
+    const call = audit.StreamLedger({ page_size: 500 }, bearer(tokens.auditor));
+    call.on('data', (page) => out.push(...page.entries));
     call.on('error', reject);
     call.on('end', () => resolve(out));
   });
@@ -182,10 +182,10 @@ async function main() {
   summary.ledger_entries = entries.length;
   if (process.env.CHORUS_VERIFIER) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chorus-ledger-'));
-    fs.writeFileSync(path.join(dir, 'ledger.jsonl'), entries.map((e) => JSON.stringify(e)).join('\n') + '\n');
+    fs.writeFileSync(path.join(dir, 'ledger.jsonl'), entries.map((e) => JSON.stringify({ body: e.body, hash: e.hash, signature: e.signature })).join('\n') + '\n');
     fs.writeFileSync(path.join(dir, 'key.pem'), key.public_key_pem);
     execFileSync(process.execPath, [path.resolve(process.env.CHORUS_VERIFIER), path.join(dir, 'ledger.jsonl'),
-      path.join(dir, 'key.pem')], { stdio: ['ignore', 'ignore', 'inherit'] });
+      '--public-key', path.join(dir, 'key.pem')], { stdio: ['ignore', 'ignore', 'inherit'] });
     summary.verified = true;
   }
   console.log(JSON.stringify(summary));

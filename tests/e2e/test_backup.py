@@ -28,12 +28,18 @@ from .conftest import ROSTER, create_token
 runner = CliRunner()
 
 
+_BATCHES: dict[str, ingest_pb2.ReportRequest] = {}
+
+
 def batch(batch_id: str) -> ingest_pb2.ReportRequest:
-    """One ai.tokens unit for every person on the roster."""
+    """One ai.tokens unit for every person on the roster; the same contents each time an id is resent."""
+    if batch_id in _BATCHES:
+        return _BATCHES[batch_id]
     when = Timestamp()
     when.FromDatetime(datetime.now(UTC))
-    return ingest_pb2.ReportRequest(batch_id=batch_id, source="backup-test", contributions=[
+    request = _BATCHES[batch_id] = ingest_pb2.ReportRequest(batch_id=batch_id, source="backup-test", contributions=[
         ingest_pb2.Contribution(user=u, metric="ai.tokens", value=1, event_time=when) for u, _ in ROSTER])
+    return request
 
 
 class Ingest(threading.Thread):
