@@ -284,9 +284,15 @@ class _Release:
         chosen_teams = self.teams(teams, sizes)
         k = self.policy.min_team_size
         eligible = [t for t in chosen_teams if sizes[t] >= k]
+        # Budgets first, then releases. Each read has its own snapshot on PostgreSQL (READ
+        # COMMITTED), and a concurrent request commits its releases and its charge together:
+        # read in this order, one that commits in between shows its releases (so they are not
+        # missing here) without its charge, never its charge without its releases, which would
+        # refuse the loser of a race for the very statistics it is about to get as cached. The
+        # conditional UPDATE in charge_and_record, not this check, is what enforces the cap.
+        budgets = self.budgets()
         stored = self.stored(eligible)
         missing = {t: [key for key in wanted if (t, *key) not in stored] for t in eligible}
-        budgets = self.budgets()
         self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
         charged_to: dict[str, Epsilon] = {}
         if any(missing.values()):
