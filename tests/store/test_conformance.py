@@ -19,7 +19,7 @@ from chorus.server.ingest import Reason
 from chorus.server.ledger import entry_hash, read_entries
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
-from chorus.server.store import migrate
+from chorus.server.store import _schema, migrate
 from chorus.server.store._schema import MIGRATIONS
 from tests._policy import suite_config
 
@@ -60,6 +60,25 @@ def test_migrations_applied_concurrently_run_once(store: Store) -> None:
     assert versions == [MIGRATIONS[-1][0]] * 4
     assert sorted(v for v, in applied) == [number for number, _, _ in MIGRATIONS]
     assert ledger_heads == [(1,)]  # the seed rows were inserted once, not once per replica
+
+
+def test_upgrading_drops_the_number_of_people_stored_per_window(store: Store,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schema 2 kept `windows.rows_folded`, the exact number of people of each closed window,
+    past retention; the upgrade removes the column and its values."""
+    db = store.unmigrated_database()
+    try:
+        monkeypatch.setattr(_schema, "MIGRATIONS", MIGRATIONS[:2])
+        assert migrate(db) == 2
+        db.run(lambda tx: tx.execute(
+            "INSERT INTO windows (id, start_at, end_at, closes_at, state, policy, opened_at, closed_at, "
+            "rows_folded) VALUES ('2026-11-25', 1, 2, 3, 'closed', '{}', 1, 3, 37)"), name="t")
+        monkeypatch.setattr(_schema, "MIGRATIONS", MIGRATIONS)
+        assert migrate(db) == MIGRATIONS[-1][0]
+        (row,) = db.run(lambda tx: tx.query("SELECT * FROM windows"), name="t")
+    finally:
+        db.close()
+    assert row == ("2026-11-25", 1, 2, 3, "closed", "{}", 1, 3, None)  # ..., closed_at, purged_at
 
 
 # --- ingest -----------------------------------------------------------------------------
@@ -149,7 +168,7 @@ def test_close_folds_into_team_statistics_and_shreds(store: Store, chorus: Choru
                                  (RED1, "ai.requests", 10**9), (BLUE0, "ai.tokens", 200_000)))
     assert per_person_rows(store) == 3 + 1  # one usage row per person + the key
     result = store.chorus().close_window(WINDOW, actor="test")
-    assert (result.closed_now, result.rows_folded, result.window.state) == (True, 3, lifecycle.CLOSED)
+    assert (result.closed_now, result.window.state) == (True, lifecycle.CLOSED)
     stats = team_metrics(store)
     assert stats[("team-red", "ai.tokens")] == (65_000, 2, [1, 0, 1, 0, 0])
     assert stats[("team-red", "ai.requests")] == (2_000, 1, [0, 0, 0, 0, 1])

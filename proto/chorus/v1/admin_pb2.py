@@ -26,7 +26,7 @@ from chorus.v1 import common_pb2 as chorus_dot_v1_dot_common__pb2
 from chorus.v1 import release_pb2 as chorus_dot_v1_dot_release__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63horus/v1/admin.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\x1a\x17\x63horus/v1/release.proto\")\n\x0bRosterEntry\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\">\n\x13ImportRosterRequest\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chorus.v1.RosterEntry\"&\n\x08TeamSize\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"v\n\x14ImportRosterResponse\x12\x0e\n\x06people\x18\x01 \x01(\r\x12\"\n\x05teams\x18\x02 \x03(\x0b\x32\x13.chorus.v1.TeamSize\x12\x13\n\x0broster_hash\x18\x03 \x01(\t\x12\x15\n\rmin_team_size\x18\x04 \x01(\r\"A\n\x12\x43reateTokenRequest\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0c\n\x04name\x18\x02 \x01(\t\"H\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"Z\n\tTokenInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0f\n\x07\x63reated\x18\x03 \x01(\t\x12\x0f\n\x07revoked\x18\x04 \x01(\t\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.chorus.v1.TokenInfo\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13RevokeTokenResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"$\n\x12\x43loseWindowRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"e\n\x13\x43loseWindowResponse\x12!\n\x06window\x18\x01 \x01(\x0b\x32\x11.chorus.v1.Window\x12\x13\n\x0brows_folded\x18\x02 \x01(\x04\x12\x16\n\x0e\x61lready_closed\x18\x03 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\x9c\x02\n\x10GetStatsResponse\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x02 \x01(\x04\x12\x1e\n\x16\x63ontributions_accepted\x18\x03 \x01(\x04\x12;\n\x08rejected\x18\x04 \x03(\x0b\x32).chorus.v1.GetStatsResponse.RejectedEntry\x12\x1d\n\x15\x63ontributions_clamped\x18\x05 \x01(\x04\x12\x16\n\x0e\x63lient_dropped\x18\x06 \x01(\x04\x12\x17\n\x0finvalid_batches\x18\x07 \x01(\x04\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*a\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_INGEST\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x32\xa9\x04\n\x0c\x41\x64minService\x12Q\n\x0cImportRoster\x12\x1e.chorus.v1.ImportRosterRequest\x1a\x1f.chorus.v1.ImportRosterResponse(\x01\x12L\n\x0b\x43reateToken\x12\x1d.chorus.v1.CreateTokenRequest\x1a\x1e.chorus.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.chorus.v1.ListTokensRequest\x1a\x1d.chorus.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.chorus.v1.RevokeTokenRequest\x1a\x1e.chorus.v1.RevokeTokenResponse\x12L\n\x0bListWindows\x12\x1d.chorus.v1.ListWindowsRequest\x1a\x1e.chorus.v1.ListWindowsResponse\x12L\n\x0b\x43loseWindow\x12\x1d.chorus.v1.CloseWindowRequest\x1a\x1e.chorus.v1.CloseWindowResponse\x12\x43\n\x08GetStats\x12\x1a.chorus.v1.GetStatsRequest\x1a\x1b.chorus.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63horus/v1/admin.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\x1a\x17\x63horus/v1/release.proto\")\n\x0bRosterEntry\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\">\n\x13ImportRosterRequest\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chorus.v1.RosterEntry\"&\n\x08TeamSize\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"v\n\x14ImportRosterResponse\x12\x0e\n\x06people\x18\x01 \x01(\r\x12\"\n\x05teams\x18\x02 \x03(\x0b\x32\x13.chorus.v1.TeamSize\x12\x13\n\x0broster_hash\x18\x03 \x01(\t\x12\x15\n\rmin_team_size\x18\x04 \x01(\r\"A\n\x12\x43reateTokenRequest\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0c\n\x04name\x18\x02 \x01(\t\"H\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"Z\n\tTokenInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.chorus.v1.Role\x12\x0f\n\x07\x63reated\x18\x03 \x01(\t\x12\x0f\n\x07revoked\x18\x04 \x01(\t\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.chorus.v1.TokenInfo\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13RevokeTokenResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.chorus.v1.TokenInfo\"$\n\x12\x43loseWindowRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"c\n\x13\x43loseWindowResponse\x12!\n\x06window\x18\x01 \x01(\x0b\x32\x11.chorus.v1.Window\x12\x16\n\x0e\x61lready_closed\x18\x03 \x01(\x08J\x04\x08\x02\x10\x03R\x0brows_folded\"\x11\n\x0fGetStatsRequest\"\x9c\x02\n\x10GetStatsResponse\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x02 \x01(\x04\x12\x1e\n\x16\x63ontributions_accepted\x18\x03 \x01(\x04\x12;\n\x08rejected\x18\x04 \x03(\x0b\x32).chorus.v1.GetStatsResponse.RejectedEntry\x12\x1d\n\x15\x63ontributions_clamped\x18\x05 \x01(\x04\x12\x16\n\x0e\x63lient_dropped\x18\x06 \x01(\x04\x12\x17\n\x0finvalid_batches\x18\x07 \x01(\x04\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*a\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_INGEST\x10\x01\x12\x10\n\x0cROLE_ANALYST\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x32\xa9\x04\n\x0c\x41\x64minService\x12Q\n\x0cImportRoster\x12\x1e.chorus.v1.ImportRosterRequest\x1a\x1f.chorus.v1.ImportRosterResponse(\x01\x12L\n\x0b\x43reateToken\x12\x1d.chorus.v1.CreateTokenRequest\x1a\x1e.chorus.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.chorus.v1.ListTokensRequest\x1a\x1d.chorus.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.chorus.v1.RevokeTokenRequest\x1a\x1e.chorus.v1.RevokeTokenResponse\x12L\n\x0bListWindows\x12\x1d.chorus.v1.ListWindowsRequest\x1a\x1e.chorus.v1.ListWindowsResponse\x12L\n\x0b\x43loseWindow\x12\x1d.chorus.v1.CloseWindowRequest\x1a\x1e.chorus.v1.CloseWindowResponse\x12\x43\n\x08GetStats\x12\x1a.chorus.v1.GetStatsRequest\x1a\x1b.chorus.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._loaded_options = None
   _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1208
-  _globals['_ROLE']._serialized_end=1305
+  _globals['_ROLE']._serialized_start=1206
+  _globals['_ROLE']._serialized_end=1303
   _globals['_ROSTERENTRY']._serialized_start=85
   _globals['_ROSTERENTRY']._serialized_end=126
   _globals['_IMPORTROSTERREQUEST']._serialized_start=128
@@ -62,13 +62,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLOSEWINDOWREQUEST']._serialized_start=761
   _globals['_CLOSEWINDOWREQUEST']._serialized_end=797
   _globals['_CLOSEWINDOWRESPONSE']._serialized_start=799
-  _globals['_CLOSEWINDOWRESPONSE']._serialized_end=900
-  _globals['_GETSTATSREQUEST']._serialized_start=902
-  _globals['_GETSTATSREQUEST']._serialized_end=919
-  _globals['_GETSTATSRESPONSE']._serialized_start=922
-  _globals['_GETSTATSRESPONSE']._serialized_end=1206
-  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_start=1159
-  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_end=1206
-  _globals['_ADMINSERVICE']._serialized_start=1308
-  _globals['_ADMINSERVICE']._serialized_end=1861
+  _globals['_CLOSEWINDOWRESPONSE']._serialized_end=898
+  _globals['_GETSTATSREQUEST']._serialized_start=900
+  _globals['_GETSTATSREQUEST']._serialized_end=917
+  _globals['_GETSTATSRESPONSE']._serialized_start=920
+  _globals['_GETSTATSRESPONSE']._serialized_end=1204
+  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_start=1157
+  _globals['_GETSTATSRESPONSE_REJECTEDENTRY']._serialized_end=1204
+  _globals['_ADMINSERVICE']._serialized_start=1306
+  _globals['_ADMINSERVICE']._serialized_end=1859
 # @@protoc_insertion_point(module_scope)

@@ -114,6 +114,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "purge exact team statistics after retention", [
         "ALTER TABLE windows ADD COLUMN purged_at BIGINT",
     ]),
+    # The exact number of people in each window, kept forever (past retention): not stored.
+    (3, "drop windows.rows_folded", [
+        "ALTER TABLE windows DROP COLUMN rows_folded",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
