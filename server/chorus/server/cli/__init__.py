@@ -12,6 +12,7 @@ app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics
                   add_completion=False)
 app.command("serve")(serve.serve)
 app.command("default-config")(serve.default_config)
+app.add_typer(serve.config_app, name="config")
 app.command("demo")(demo.demo)
 app.add_typer(admin.roster_app, name="roster")
 app.add_typer(admin.token_app, name="token")
