@@ -10,7 +10,10 @@ One request is one transaction: for each noisy statistic not yet released it dra
 noise, claims the release row, charges the team-window budget with a conditional UPDATE
 (never past the cap, even across replicas) and appends a signed ledger entry. If any team
 would overspend, the transaction raises and nothing is charged or stored. A retried
-transaction starts over from a rolled-back state, so it cannot charge twice.
+transaction starts over from a rolled-back state, so it cannot charge twice. The check before
+drawing reads the budgets before the stored releases: on PostgreSQL each read has its own
+snapshot, and the other order refused the loser of a race for the statistics it was about to
+receive as cached answers.
 
 Rules a request meets before anything is drawn: the window exists, is closed and within
 retention (`retention_windows` window lengths after its end); every named team and metric
