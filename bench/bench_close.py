@@ -65,8 +65,9 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         chorus.close()
     print(f"bare read of {rows:,} rows (anchor) : {anchor:8.2f} s")
-    print(f"close: fold + shred + checkpoint   : {elapsed:8.2f} s ({result.rows_folded:,} rows, "
-          f"{elapsed / result.rows_folded * 1e6:.2f} us/row)")
+    assert result.closed_now
+    print(f"close: fold + shred + checkpoint   : {elapsed:8.2f} s ({rows:,} rows, "
+          f"{elapsed / rows * 1e6:.2f} us/row)")
     print(f"ratio close / bare read            : {elapsed / anchor:8.2f}")
 
 

@@ -73,7 +73,7 @@ def _window(tx: Tx, *, ledger: Ledger, policy: Policy, span: WindowSpan, limit: 
         "window": span.id, "start": span.start.isoformat(), "end": span.end.isoformat(),
         "closes_at": closes.isoformat(), "policy": policy.to_json()}, span.start)
     ledger.append(tx, "window_close", {
-        "window": span.id, "rows_folded": len(TEAMS) * TEAM_SIZE, "key_destroyed": True,
+        "window": span.id, "key_destroyed": True,
         "by": "closer", "team_sizes": dict.fromkeys(TEAMS, TEAM_SIZE)}, closes)
     released = [(m, s) for m in policy.metrics for s in ("sum", "count", "histogram")]
     n = 2

@@ -169,16 +169,16 @@ def test_the_privacy_statement_renders_the_live_policy(env: dict[str, str], fmt:
     assert "window 2026-11-26" in text  # the newest window's frozen policy
     assert "at most 200,000 per person per day" in text and "ai.tokens" in text
     assert "epsilon = 1 per day" in text
-    assert "at most epsilon = 365 (365 x 1)" in text
+    assert "at most epsilon = 367 (367 x 1)" in text
     assert "at least 5 people" in text and "for 52 days" in text
     assert "Not even the operator" in text and "Rankings" in text
     assert ("## What nobody can see" in result.stdout) == (fmt == "markdown")
 
 
-def test_the_statement_counts_52_windows_a_year_for_weeks() -> None:
+def test_the_statement_counts_54_windows_a_year_for_weeks() -> None:
     toml = SUITE_TOML.replace('length = "day"', 'length = "week"').replace(
         'epsilon_per_window = "1"', 'epsilon_per_window = "0.5"')
     policy = config.parse(tomllib.loads(toml)).policy
     assert policy.window_length is WindowLength.WEEK
     text = " ".join(render_statement("2026-W48", policy, StatementFormat.TEXT).split())
-    assert "at most epsilon = 26 (52 x 0.5)" in text and "per week" in text
+    assert "at most epsilon = 27 (54 x 0.5)" in text and "per week" in text

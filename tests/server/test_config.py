@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import tomllib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from chorus.server import config
+from chorus.server.cli import app
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength, parse_window_id, window_of
 from tests._policy import SUITE_TOML
@@ -70,3 +73,49 @@ def test_epsilon_is_exact() -> None:
     assert Epsilon.ceil(1e-12).micros == 1
     with pytest.raises(ValueError, match="non-negative"):
         Epsilon.parse("0.1") - Epsilon.parse("0.2")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("min_team_size = 5", "min_team_sise = 10",
+     "unknown key privacy.min_team_sise: did you mean privacy.min_team_size?"),
+    ("[windows]", "[window]", "unknown section [window]: did you mean [windows]?"),
+    ("[privacy.default_epsilon]", "[privacy.default_epsilons]",
+     "unknown section [privacy.default_epsilons]: did you mean [privacy.default_epsilon]?"),
+    ('sum = "0.05"', 'summ = "0.05"', "unknown key privacy.default_epsilon.summ: did you mean "
+     "privacy.default_epsilon.sum?"),
+    ("max_per_user = 2000\n", "max_per_usr = 2000\n",
+     "unknown key metrics[1].max_per_usr: did you mean metrics[1].max_per_user?"),
+    ('grace = "2h"', 'grace = "2h"\nmin_team_size = 3',
+     "unknown key windows.min_team_size: did you mean privacy.min_team_size? It belongs in [privacy]"),
+    ('grace = "2h"', 'grace = "2h"\nfoo = 3', "unknown key windows.foo: [windows] takes grace, length"),
+    ("[server]", 'tls = true\n[server]', "unknown key tls: the top level takes limits, metrics, privacy, "
+     "server, store, windows"),
+])
+def test_an_unknown_key_or_section_is_refused_naming_the_nearest_valid_one(old: str, new: str,
+                                                                           message: str) -> None:
+    """A misspelt privacy setting would otherwise be ignored and its built-in value used."""
+    assert old in SUITE_TOML
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(tomllib.loads(SUITE_TOML.replace(old, new, 1)))
+    assert str(caught.value) == message
+
+
+def test_every_key_of_the_built_in_config_is_known() -> None:
+    config.check_keys(tomllib.loads(config.DEFAULT_TOML))
+    config.check_keys(tomllib.loads(SUITE_TOML))
+
+
+def test_config_check_and_serve_refuse_the_same_file_the_same_way(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(config.DEFAULT_TOML)
+    bad.write_text(config.DEFAULT_TOML.replace("min_team_size = 5", "min_team_sise = 10"))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", str(good)])
+    assert ok.exit_code == 0 and "valid (weekly windows, 6 h grace" in ok.output
+    expected = f"{bad}: unknown key privacy.min_team_sise: did you mean privacy.min_team_size?"
+    checked = runner.invoke(app, ["config", "check", str(bad)])
+    served = runner.invoke(app, ["serve", "--config", str(bad), "--data-dir", str(tmp_path / "data")])
+    for result in (checked, served):
+        assert result.exit_code == 2
+        assert expected in " ".join(result.output.split())
+    assert not (tmp_path / "data").exists()  # refused before anything was created

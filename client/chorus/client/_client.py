@@ -4,6 +4,11 @@ Guarantees to the host tool: count() never raises and never does I/O; memory is 
 by max_pending; nothing here ever raises into the host (bad configuration gives a no-op
 client and one logged warning, not an exception). Warnings go to logging, not to the
 warnings module, because a host running with `-W error` would turn those into raises.
+
+Exit is prompt when a spool is set: every batch is written there before its first send, so
+close() makes one pass over the queue and stops at the first retryable failure instead of
+retrying until its timeout; the next start sends what is left. Without a spool, what close()
+cannot send is lost, so it keeps retrying within its timeout.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from chorus.client._transport import Transport
 
 logger = logging.getLogger("chorus.client")
 
-#: close() timeout when the interpreter exits without the host having closed the client.
+#: close() timeout when the interpreter exits without the host having closed the client:
+#: without a spool (unsent counts are then lost, so it retries this long) ...
 ATEXIT_TIMEOUT = 2.0
+#: ... and with one, where everything is on disk already: one short attempt.
+ATEXIT_SPOOLED_TIMEOUT = 0.5
 
 
 class Clock(Protocol):
@@ -196,9 +204,12 @@ class Client:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the flush thread and send what is left within `timeout` seconds.
 
-        What could not be sent is written to the spool directory when one is set, and is
-        lost (counted in stats().dropped) otherwise. Later count() calls are dropped.
-        Idempotent; also called at interpreter exit with a short timeout.
+        With a spool directory everything is on disk before it is sent, so close() makes one
+        attempt and returns at the first retryable failure (server down, overloaded): what
+        was not acknowledged stays in the spool for the next start. Without one it retries
+        within `timeout`, and what could not be sent is lost (counted in stats().dropped).
+        Later count() calls are dropped. Idempotent; also called at interpreter exit with a
+        short timeout (ATEXIT_SPOOLED_TIMEOUT with a spool, else ATEXIT_TIMEOUT).
         """
         try:
             self._close(timeout)
@@ -346,7 +357,14 @@ class Client:
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
         # A fresh event: close's own attempt must not be cut short by the stop it just set.
-        if not self._flush(max(0.0, deadline - time.monotonic()), threading.Event()):
+        remaining = max(0.0, deadline - time.monotonic())
+        if self._settings.spool_dir is not None:
+            # One pass: the drain is written ahead to the spool, then sent until done or the
+            # first retryable failure. Waiting out a backoff would only delay the host's exit.
+            sent = self._step(remaining, threading.Event()) is None
+        else:
+            sent = self._flush(remaining, threading.Event())
+        if not sent:
             delivery = self._delivery
             assert delivery is not None
             # The flush thread may still be inside a send; Delivery's own lock makes adding
@@ -361,7 +379,7 @@ class Client:
         self._transport.close()
 
     def _close_at_exit(self) -> None:
-        self.close(ATEXIT_TIMEOUT)
+        self.close(ATEXIT_SPOOLED_TIMEOUT if self._settings.spool_dir is not None else ATEXIT_TIMEOUT)
 
     def _pending(self) -> int:
         with self._lock:

@@ -151,14 +151,12 @@ class CloseWindowRequest(_message.Message):
     def __init__(self, window: _Optional[str] = ...) -> None: ...
 
 class CloseWindowResponse(_message.Message):
-    __slots__ = ("window", "rows_folded", "already_closed")
+    __slots__ = ("window", "already_closed")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
-    ROWS_FOLDED_FIELD_NUMBER: _ClassVar[int]
     ALREADY_CLOSED_FIELD_NUMBER: _ClassVar[int]
     window: _common_pb2.Window
-    rows_folded: int
     already_closed: bool
-    def __init__(self, window: _Optional[_Union[_common_pb2.Window, _Mapping]] = ..., rows_folded: _Optional[int] = ..., already_closed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, window: _Optional[_Union[_common_pb2.Window, _Mapping]] = ..., already_closed: _Optional[bool] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

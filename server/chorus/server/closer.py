@@ -37,8 +37,8 @@ class WindowCloser:
         for window_id in self._db.run(lambda tx: lifecycle.due(tx, now), name="due_windows"):
             result = self._db.run(partial(self._close, window_id=window_id, now=now), name="close_window")
             if result is not None and result.closed_now:
-                _log.info("closed window %s: folded %d per-person rows, key destroyed",
-                          window_id, result.rows_folded)
+                # Not how many people it held: that exact count must not leave the server.
+                _log.info("closed window %s: per-person rows folded and deleted, key destroyed", window_id)
                 closed.append(result)
         purged = self._db.run(lambda tx: lifecycle.purge_expired(tx, self._ledger, now, ACTOR), name="purge")
         if purged:

@@ -2,13 +2,18 @@
 
 The privacy-relevant part (`Policy`) is frozen into each window when it opens, so a change
 here takes effect from the next window only.
+
+Every key must be known (`KNOWN_KEYS`): a misspelt privacy setting (`min_team_sise = 10`) or
+section (`[window]`) would otherwise be ignored and its built-in value silently used, so the
+file is refused, naming the key and the nearest valid one.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -126,6 +131,64 @@ class Config:
     close_interval_seconds: float = 30.0
 
 
+#: Every key a config file may hold, by the dotted path of its table ("" is the top level).
+#: A table's own name is a key of its parent; an array of tables ([[metrics]]) is checked entry
+#: by entry against its path. A section is added by listing its keys here and reading them in
+#: `parse`; anything not listed is refused.
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics"}),
+    "server": frozenset({"listen", "database", "close_interval_seconds"}),
+    "windows": frozenset({"length", "grace"}),
+    "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon"}),
+    "privacy.default_epsilon": frozenset(NOISY_STATISTICS),
+    "limits": frozenset(f.name for f in fields(Limits)),
+    "store": frozenset({"sqlite_synchronous"}),
+    "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
+}
+
+
+def check_keys(raw: dict[str, Any], path: str = "", shown: str = "") -> None:
+    """Refuse any key not in KNOWN_KEYS, naming it and the nearest valid key.
+
+    `path` is the table's entry in KNOWN_KEYS, `shown` its name in messages (with indexes
+    into arrays of tables, e.g. metrics[2])."""
+    known = KNOWN_KEYS[path]
+    for key, value in raw.items():
+        child = f"{path}.{key}" if path else key
+        if key not in known:
+            kind = "section" if isinstance(value, dict) else "key"
+            raise ConfigError(f"unknown {kind} {_name(shown, key, isinstance(value, dict))}: "
+                              f"{_nearest(key, path, shown)}")
+        if child not in KNOWN_KEYS:
+            continue
+        where = f"{shown}.{key}" if shown else key
+        if isinstance(value, dict):
+            check_keys(value, child, where)
+        elif isinstance(value, list):
+            for i, entry in enumerate(value):
+                if isinstance(entry, dict):
+                    check_keys(entry, child, f"{where}[{i}]")
+
+
+def _name(table: str, key: str, section: bool) -> str:
+    dotted = f"{table}.{key}" if table else key
+    return f"[{dotted}]" if section else dotted
+
+
+def _nearest(key: str, path: str, shown: str) -> str:
+    """The closest key of the same table, else the table where this key is valid."""
+    close = difflib.get_close_matches(key, KNOWN_KEYS[path], n=1, cutoff=0.6)
+    if close:
+        section = (f"{path}.{close[0]}" if path else close[0]) in KNOWN_KEYS
+        return f"did you mean {_name(shown, close[0], section)}?"
+    elsewhere = sorted(p for p, keys in KNOWN_KEYS.items() if key in keys and p != path)
+    if elsewhere:
+        return f"did you mean {_name(elsewhere[0], key, False)}? It belongs in " + (
+            f"[{elsewhere[0]}]" if elsewhere[0] else "the top level")
+    table = f"[{shown}]" if shown else "the top level"
+    return f"{table} takes {', '.join(sorted(KNOWN_KEYS[path]))}"
+
+
 DEFAULT_TOML = """\
 # Chorus server configuration. Privacy settings are frozen into each window when it
 # opens; changes apply from the next window.
@@ -136,7 +199,7 @@ listen = "127.0.0.1:7355"
 
 [windows]
 # The privacy unit is one person's usage in one window. Weekly windows bound a person's
-# privacy loss over a year to 52 x epsilon_per_window (daily windows: 365 x).
+# privacy loss over any twelve months to 54 x epsilon_per_window (daily windows: 367 x).
 length = "week"       # "week" (ISO week, UTC) or "day" (UTC)
 grace = "6h"          # contributions may arrive this long after a window ends
 
@@ -192,7 +255,10 @@ def load(path: Path | None) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(raw)
+    try:
+        return parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'built-in config'}: {exc}") from None
 
 
 def _read(path: Path) -> str:
@@ -203,7 +269,8 @@ def _read(path: Path) -> str:
 
 
 def parse(raw: dict[str, Any]) -> Config:
-    """Validate a decoded TOML document."""
+    """Validate a decoded TOML document: known keys only, each value within its rule."""
+    check_keys(raw)
     server = _table(raw, "server")
     windows = _table(raw, "windows")
     privacy = _table(raw, "privacy")
@@ -227,10 +294,6 @@ def parse(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"metric names must be unique, got {names}")
 
     defaults_raw = _table(privacy, "default_epsilon", "privacy.default_epsilon")
-    unknown = set(defaults_raw) - set(NOISY_STATISTICS)
-    if unknown:
-        raise ConfigError(f"privacy.default_epsilon: unknown statistic(s) {sorted(unknown)}; "
-                          f"allowed: {list(NOISY_STATISTICS)}")
     defaults = {s: _epsilon(defaults_raw.get(s, _DEFAULTS["privacy"]["default_epsilon"][s]),
                             f"privacy.default_epsilon.{s}", positive=True)
                 for s in NOISY_STATISTICS}

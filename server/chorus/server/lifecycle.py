@@ -3,6 +3,10 @@
 Closing folds the per-person rows of a window into per-team sufficient statistics and,
 in the same transaction, deletes those rows and the window's HMAC key. After that nobody,
 the operator included, can tell individuals apart for that window.
+
+Nothing here reports how many people a window held: not the close result, the
+`window_close` ledger entry (auditors export it) nor the windows table. That number is
+exact and uncharged; it would undo the noise of the released `active` counts.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ class WindowRecord:
     state: str
     policy: Policy
     policy_json: str
-    rows_folded: int | None
     closed_at: datetime | None = None
 
 
@@ -50,7 +53,6 @@ class OpenWindow:
 @dataclass(frozen=True, slots=True)
 class CloseResult:
     window: WindowRecord
-    rows_folded: int
     closed_now: bool
 
 
@@ -58,7 +60,7 @@ class WindowNotFound(LookupError):
     pass
 
 
-_COLUMNS = "id, start_at, end_at, closes_at, state, policy, rows_folded, closed_at"
+_COLUMNS = "id, start_at, end_at, closes_at, state, policy, closed_at"
 _policy_cache: dict[str, Policy] = {}
 
 
@@ -70,9 +72,9 @@ def _record_policy(policy_json: str) -> Policy:
 
 
 def _record(row: tuple) -> WindowRecord:
-    ident, start, end, closes, state, policy_json, folded, closed = row
+    ident, start, end, closes, state, policy_json, closed = row
     policy = _record_policy(policy_json)
-    return WindowRecord(ident, _at(start), _at(end), _at(closes), state, policy, policy_json, folded,
+    return WindowRecord(ident, _at(start), _at(end), _at(closes), state, policy, policy_json,
                         None if closed is None else _at(closed))
 
 
@@ -154,7 +156,7 @@ def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datet
     ledger.append(tx, "window_open", {
         "window": span.id, "start": span.start.isoformat(), "end": span.end.isoformat(),
         "closes_at": closes_at.isoformat(), "policy": policy.to_json()}, now)
-    record = WindowRecord(span.id, span.start, span.end, closes_at, OPEN, policy, policy_json, None)
+    record = WindowRecord(span.id, span.start, span.end, closes_at, OPEN, policy, policy_json)
     return OpenWindow(record, key)
 
 
@@ -177,7 +179,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     if not tx.execute("UPDATE windows SET state = 'closed', closed_at = ? WHERE id = ? AND state = 'open'",
                       (_seconds(now), window_id)):
         closed = get(tx, window_id)  # re-read: another closer may have finished since our first read
-        return CloseResult(closed, closed.rows_folded or 0, closed_now=False)
+        return CloseResult(closed, closed_now=False)
 
     policy = record.policy
     slots = ", ".join(f"t{i}" for i in range(len(policy.metrics)))
@@ -185,9 +187,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     people: dict[tuple[str, str], int] = defaultdict(int)
     buckets: dict[tuple[str, str], list[int]] = {}
     active: dict[str, int] = defaultdict(int)
-    rows = 0
     for team, *totals in tx.query(f"SELECT team, {slots} FROM usage WHERE window_id = ?", (window_id,)):
-        rows += 1
         if any(totals):
             active[team] += 1
         for metric, total in zip(policy.metrics, totals, strict=True):
@@ -216,11 +216,11 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     horizon = min(_at(oldest_open), now) if oldest_open is not None else now
     tx.execute("DELETE FROM batches WHERE received_at < ?",
                (_seconds(horizon - FUTURE_TOLERANCE - timedelta(minutes=1)),))
-    tx.execute("UPDATE windows SET rows_folded = ? WHERE id = ?", (rows, window_id))
+    # team_sizes are roster sizes (public), never how many of those people contributed.
     ledger.append(tx, "window_close", {
-        "window": window_id, "rows_folded": rows, "key_destroyed": True, "by": actor,
+        "window": window_id, "key_destroyed": True, "by": actor,
         "team_sizes": {t: sizes.get(t, 0) for t in teams}}, now)
-    return CloseResult(get(tx, window_id), rows, closed_now=True)
+    return CloseResult(get(tx, window_id), closed_now=True)
 
 
 def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str]:

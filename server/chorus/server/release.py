@@ -10,7 +10,10 @@ One request is one transaction: for each noisy statistic not yet released it dra
 noise, claims the release row, charges the team-window budget with a conditional UPDATE
 (never past the cap, even across replicas) and appends a signed ledger entry. If any team
 would overspend, the transaction raises and nothing is charged or stored. A retried
-transaction starts over from a rolled-back state, so it cannot charge twice.
+transaction starts over from a rolled-back state, so it cannot charge twice. The check before
+drawing reads the budgets before the stored releases: on PostgreSQL each read has its own
+snapshot, and the other order refused the loser of a race for the statistics it was about to
+receive as cached answers.
 
 Rules a request meets before anything is drawn: the window exists, is closed and within
 retention (`retention_windows` window lengths after its end); every named team and metric
@@ -293,9 +296,15 @@ class _Release:
         chosen_teams = self.teams(teams, sizes)
         k = self.policy.min_team_size
         eligible = [t for t in chosen_teams if sizes[t] >= k]
+        # Budgets first, then releases. Each read has its own snapshot on PostgreSQL (READ
+        # COMMITTED), and a concurrent request commits its releases and its charge together:
+        # read in this order, one that commits in between shows its releases (so they are not
+        # missing here) without its charge, never its charge without its releases, which would
+        # refuse the loser of a race for the very statistics it is about to get as cached. The
+        # conditional UPDATE in charge_and_record, not this check, is what enforces the cap.
+        budgets = self.budgets()
         stored = self.stored(eligible)
         missing = {t: [key for key in wanted if (t, *key) not in stored] for t in eligible}
-        budgets = self.budgets()
         self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
         charged_to: dict[str, Epsilon] = {}
         if any(missing.values()):

@@ -17,6 +17,25 @@ class WindowLength(enum.StrEnum):
         return timedelta(days=1 if self is WindowLength.DAY else 7)
 
 
+#: The longest twelve consecutive months: they hold at most one 29 February.
+LONGEST_YEAR = timedelta(days=366)
+
+
+def max_windows_per_year(length: WindowLength) -> int:
+    """The most windows of `length` that any twelve consecutive months touch.
+
+    This is the number the yearly privacy bound multiplies `epsilon_per_window` by: everything
+    released about a window that overlaps a year may reveal something about that year.
+    Twelve months from any moment t last at most 366 days. Windows tile time without gaps, so
+    [t, t + 366 days) touches the window containing t plus every window starting after t and
+    before t + 366 days: at most 1 + ceil((366 days - 1 s) / length), reached when t is the last
+    second of its window. That is 367 UTC days (a leap year from 23:59:59 on the day before),
+    or 54 ISO weeks (from Sunday 2012-01-01 23:59:59: 2011-W52, the 52 weeks of 2012 and 2013-W01).
+    """
+    rest = LONGEST_YEAR - timedelta(seconds=1)
+    return 1 + -(-rest // length.duration)
+
+
 @dataclass(frozen=True, slots=True)
 class WindowSpan:
     """A window's public identity: id like "2026-11-25" or "2026-W48", and [start, end)."""

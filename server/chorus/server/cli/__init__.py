@@ -30,6 +30,7 @@ def _main(version: Annotated[bool | None, typer.Option("--version", callback=_ve
 app.command("serve")(serve.serve)
 app.command("backup")(backup.backup)
 app.command("default-config")(serve.default_config)
+app.add_typer(serve.config_app, name="config")
 app.command("demo")(demo.demo)
 app.add_typer(admin.roster_app, name="roster")
 app.add_typer(admin.token_app, name="token")

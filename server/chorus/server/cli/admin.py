@@ -210,8 +210,8 @@ def window_close(window: Annotated[str, typer.Argument(help="Window id, e.g. 202
     if reply.already_closed:
         console.print(f"window {reply.window.id} was already closed; nothing changed")
     else:
-        console.print(f"window {reply.window.id} closed: {reply.rows_folded} per-person rows folded "
-                      "into team statistics and deleted, window key destroyed")
+        console.print(f"window {reply.window.id} closed: per-person rows folded into team statistics "
+                      "and deleted, window key destroyed")
 
 
 def _utc(ts: Timestamp) -> str:

@@ -35,7 +35,7 @@ from chorus.server.cli._output import Format, FormatOpt, emit
 from chorus.server.config import Policy
 from chorus.server.paging import every_page
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.windows import WindowLength
+from chorus.server.windows import WindowLength, max_windows_per_year
 from chorus.v1 import audit_pb2, audit_pb2_grpc
 
 audit_app = typer.Typer(help="Export and verify the signed ledger (privacy officers).", no_args_is_help=True)
@@ -43,9 +43,6 @@ audit_app = typer.Typer(help="Export and verify the signed ledger (privacy offic
 #: Violations and team-windows printed in full by `verify`; the rest are counted.
 SHOWN_VIOLATIONS = 50
 SHOWN_TOTALS = 40
-#: Team-windows asked for per GetBudget page: the server's maximum, so few round trips.
-BUDGET_PAGE_SIZE = 1000
-WINDOWS_PER_YEAR = {WindowLength.DAY: 365, WindowLength.WEEK: 52}
 WindowOpt = Annotated[str, typer.Option("--window", "-w", help="Window id, e.g. 2026-11-25 or "
                                         "2026-W48; default: every window.")]
 
@@ -248,7 +245,7 @@ Section = tuple[str, list[str], list[str]]  # heading, paragraphs, bullets
 def statement_sections(window_id: str, policy: Policy) -> list[Section]:
     """The privacy statement's content, independent of its format."""
     unit = "day" if policy.window_length is WindowLength.DAY else "week"
-    per_year = WINDOWS_PER_YEAR[policy.window_length]
+    per_year = max_windows_per_year(policy.window_length)
     eps = policy.epsilon_per_window
     yearly = Epsilon(eps.micros * per_year)
     k = policy.min_team_size
@@ -281,9 +278,10 @@ def statement_sections(window_id: str, policy: Policy) -> list[Section]:
             f"Every team has a differential-privacy budget of epsilon = {eps} per {unit}; each "
             f"release spends part of it (by default: {defaults}) and nothing more is released once "
             f"it is spent. You count for one team per {unit}, so everything released about one "
-            f"{unit} reveals at most epsilon = {eps} about you. Over a year of {per_year} {unit}s "
-            f"that adds up to at most epsilon = {yearly} ({per_year} x {eps}), the worst case "
-            "where every budget is spent in full.",
+            f"{unit} reveals at most epsilon = {eps} about you. Any twelve months touch at most "
+            f"{per_year} {unit}s (a year from late in a {unit}, in a leap year), so over a year that "
+            f"adds up to at most epsilon = {yearly} ({per_year} x {eps}), the worst case where "
+            "every budget is spent in full.",
             "Every release, with its noise scale, epsilon and the budget left, is recorded in a "
             "signed, hash-chained ledger that the privacy officer verifies independently.",
         ], []),

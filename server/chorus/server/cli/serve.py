@@ -145,3 +145,22 @@ def _check_port_free(address: str) -> None:
 def default_config() -> None:
     """Print the built-in configuration (a starting point for --config)."""
     print(config_module.DEFAULT_TOML, end="")
+
+
+config_app = typer.Typer(help="Check a configuration file.", no_args_is_help=True)
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="TOML config, as given to serve --config.")]) -> None:
+    """Validate a config file exactly as `chorus serve --config` does, without starting anything:
+    every key known (an unknown one is named with the nearest valid one), every value in range."""
+    try:
+        policy = config_module.load(file).policy
+    except config_module.ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    grace = policy.grace_seconds
+    grace_text = f"{grace // 3600} h" if grace % 3600 == 0 else f"{grace} s"
+    windows = "daily" if policy.window_length.value == "day" else "weekly"
+    console.print(f"{file}: valid ({windows} windows, {grace_text} grace, epsilon "
+                  f"{policy.epsilon_per_window} per team-window, k = {policy.min_team_size}, "
+                  f"{len(policy.metrics)} metrics)", highlight=False, soft_wrap=True)

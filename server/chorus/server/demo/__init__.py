@@ -157,7 +157,7 @@ class _Demo:
         reply = self.admin.CloseWindow(admin_pb2.CloseWindowRequest(window=self.window), metadata=self.admin_auth)
         self.console.print(
             f"Window {reply.window.id} closed (forced now; normally at its end plus "
-            f"{self.policy.grace_seconds // 3600} h grace): {reply.rows_folded} per-person rows were folded into "
+            f"{self.policy.grace_seconds // 3600} h grace): the per-person rows were folded into "
             "team statistics, then deleted together with the window's pseudonym key. From here on nobody, "
             "the operator included, can tell individuals apart in this window.")
 

@@ -101,7 +101,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except lifecycle.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, f"{exc.args[0]}: no contribution has opened it yet",
                   reason="NOT_FOUND")
-        return admin_pb2.CloseWindowResponse(window=window_message(result.window), rows_folded=result.rows_folded,
+        return admin_pb2.CloseWindowResponse(window=window_message(result.window),
                                              already_closed=not result.closed_now)
 
     def GetStats(self, request: admin_pb2.GetStatsRequest,

@@ -118,6 +118,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         # SHA-256 of the batch's contents; NULL for batches stored before this migration.
         "ALTER TABLE batches ADD COLUMN digest {blob}",
     ]),
+    # The exact number of people in each window, kept forever (past retention): not stored.
+    (6, "drop windows.rows_folded", [
+        "ALTER TABLE windows DROP COLUMN rows_folded",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
