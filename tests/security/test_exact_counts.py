@@ -45,7 +45,8 @@ ROSTER = [(f"user-{team}-{i}", team) for team in ("team-a", "team-b") for i in r
 CONTRIBUTORS = {"team-a": 16, "team-b": 21}  # 37 people in all
 DISTINCTIVE = {37, 16, 21}
 #: Integer fields that count something else than people: ledger entries.
-NOT_ABOUT_PEOPLE = {"chorus.v1.LedgerEntry.seq"}
+# Ledger bodies are walked as JSON (their payloads); a page token is a sequence number.
+NOT_ABOUT_PEOPLE = {"chorus.v1.LedgerEntry.body", "chorus.v1.StreamLedgerResponse.next_page_token"}
 NUMBER = re.compile(r"(?<![\w.:-])(\d+)(?![\w.:-]*\d)")
 
 
@@ -92,7 +93,7 @@ def numbers_in_json(value: object) -> set[int]:
 def test_the_detectors_find_the_numbers_they_must() -> None:
     assert numbers_in_text("window 2026-11-25 closed: 37 per-person rows at 12:37, hash ab37") == {37}
     assert numbers_in_message(admin_pb2.GetStatsResponse(batches=37, rejected={"LATE": 16})) == {37, 16}
-    assert numbers_in_message(audit_pb2.LedgerEntry(seq=37)) == set()  # payloads are walked as JSON
+    assert numbers_in_message(audit_pb2.LedgerEntry(body='{"seq":37}')) == set()  # payloads are walked as JSON
     assert numbers_in_json({"window": "2026-11-25", "rows_folded": 37, "team_sizes": {"a": 21}}) == {37, 21}
 
 
@@ -174,12 +175,13 @@ def test_no_answer_ledger_entry_cli_output_or_log_line_tells_how_many_people_con
     assert admin_answers["GetStats"].contributions_accepted == 6 * 37  # operational, since start
     audit = audit_pb2_grpc.AuditServiceStub(served.channel)
     as_auditor = served.auth(Role.AUDITOR)
-    ledger = list(audit.StreamLedger(audit_pb2.StreamLedgerRequest(from_seq=1), metadata=as_auditor))
+    pages = list(audit.StreamLedger(audit_pb2.StreamLedgerRequest(), metadata=as_auditor))
+    ledger = [json.loads(e.body) for page in pages for e in page.entries]
     audit_answers: dict[str, Message] = {
         "ListPolicies": audit.ListPolicies(audit_pb2.ListPoliciesRequest(), metadata=as_auditor),
         "GetBudget": audit.GetBudget(audit_pb2.GetBudgetRequest(), metadata=as_auditor),
         "GetPublicKey": audit.GetPublicKey(audit_pb2.GetPublicKeyRequest(), metadata=as_auditor),
-        **{f"StreamLedger #{e.seq} {e.kind}": e for e in ledger},
+        **{f"StreamLedger page {i}": page for i, page in enumerate(pages)},
     }
     analyst = release_pb2_grpc.ReleaseServiceStub(served.channel)
     as_analyst = served.auth(Role.ANALYST)
@@ -188,10 +190,10 @@ def test_no_answer_ledger_entry_cli_output_or_log_line_tells_how_many_people_con
         for w in (*WINDOWS, "")}
     for name, answer in {**admin_answers, **audit_answers, **analyst_answers}.items():
         seen[name] = numbers_in_message(answer)
-    closes = [json.loads(e.payload) for e in ledger if e.kind == "window_close"]
+    closes = [e["payload"] for e in ledger if e["kind"] == "window_close"]
     assert [c["window"] for c in closes] == list(WINDOWS)
     for entry in ledger:
-        seen[f"ledger payload #{entry.seq} {entry.kind}"] = numbers_in_json(json.loads(entry.payload))
+        seen[f"ledger payload #{entry['seq']} {entry['kind']}"] = numbers_in_json(entry["payload"])
     lines = log_guard.snapshot()[first_line:]
     assert any(f"closed window {WINDOWS[2]}" in line for line in lines)
     for line in lines:
