@@ -19,6 +19,7 @@ from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
 from chorus.server.services.release import ReleaseServicer
+from chorus.server.store import probe_write
 from chorus.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -106,16 +107,26 @@ class Server:
             self._health.set(name, status)
 
     def _probe_store(self) -> None:
-        """Report NOT_SERVING while the store does not answer, so a load balancer routes around us."""
+        """Report NOT_SERVING while the store cannot write, so a load balancer routes around us.
+
+        Unhealthy when the probe's own write fails, or when any transaction met an unavailable
+        store (disk full, I/O error, read-only, unreachable) since the previous probe: a probe
+        can succeed on a full disk by reusing WAL space that a batch's larger write cannot.
+        Healthy again, by itself, after one clean interval.
+        """
+        db = self.chorus.db
         serving = True
+        failures = db.unavailable_count
         while not self._stop_probe.wait(HEALTH_PROBE_SECONDS):
             try:
-                self.chorus.db.run(lambda tx: tx.query("SELECT 1"), name="health_probe")
+                probe_write(db, int(self.chorus.clock.now().timestamp()))
                 ok = True
             except Exception:
                 ok = False
+            ok = ok and db.unavailable_count == failures
+            failures = db.unavailable_count
             if ok != serving and not self._stop_probe.is_set():
-                _log.warning("store %s: health %s", "answers again" if ok else "does not answer",
+                _log.warning("store %s: health %s", "writes again" if ok else "cannot write",
                              "SERVING" if ok else "NOT_SERVING")
                 self._set_health(serving=ok)
                 serving = ok

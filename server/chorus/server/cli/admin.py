@@ -185,3 +185,12 @@ def stats(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file
     for reason, n in sorted(reply.rejected.items()):
         table.add_row(f"contributions rejected: {reason}", str(n))
     console.print(table)
+    if not reply.pending_shreds:
+        console.print("shreds: complete (no deleted secret left in the database files)")
+        return
+    shreds = Table("pending shred (deleted, still in the database files)", "since", "pending")
+    for shred in reply.pending_shreds:
+        shreds.add_row(shred.subject, shred.since, f"{shred.pending_seconds} s")
+    console.print(shreds)
+    console.print("a pending shred completes once no other connection holds a read transaction on the "
+                  "database (a sqlite3 shell, a backup tool); see docs/privacy.md")

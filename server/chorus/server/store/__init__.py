@@ -12,7 +12,7 @@ from pathlib import Path
 from chorus.server.store._db import Database, StoreUnavailable, Tx
 from chorus.server.store._schema import migrate
 
-__all__ = ["Database", "StoreUnavailable", "Tx", "migrate", "open_database"]
+__all__ = ["Database", "StoreUnavailable", "Tx", "migrate", "open_database", "probe_write"]
 
 SQLITE_FILE = "chorus.db"
 
@@ -34,3 +34,11 @@ def open_database(url: str, data_dir: Path, *, sqlite_synchronous: str = "FULL")
                          "or a postgresql:// URL")
     migrate(db)
     return db
+
+
+def probe_write(db: Database, at: int) -> None:
+    """Commit one tiny write: raises (StoreUnavailable for a full disk, a read-only or lost
+    store) when the store cannot write, which a read such as `SELECT 1` would not notice."""
+    db.run(lambda tx: tx.execute("INSERT INTO store_probe (id, at) VALUES (1, ?) "
+                                 "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (at,)),
+           name="health_probe")

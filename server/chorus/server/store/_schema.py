@@ -114,6 +114,19 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "purge exact team statistics after retention", [
         "ALTER TABLE windows ADD COLUMN purged_at BIGINT",
     ]),
+    (5, "pending shreds and the store write probe", [
+        # Deletions of secrets (a window's key and pseudonyms, removed roster ids) committed but
+        # possibly still readable in the engine's files; see chorus.server.shred. `version`
+        # counts re-records of the subject, so clearing one never clears a later one.
+        """CREATE TABLE pending_shreds (
+            subject TEXT PRIMARY KEY,
+            since BIGINT NOT NULL,
+            version BIGINT NOT NULL DEFAULT 1)""",
+        # One row the health probe rewrites: a write that fails while the store cannot write.
+        """CREATE TABLE store_probe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            at BIGINT NOT NULL)""",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
