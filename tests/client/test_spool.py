@@ -111,10 +111,26 @@ def test_corrupt_spool_files_are_moved_aside_and_counted(
 def test_a_batch_refused_for_good_is_deleted_from_the_spool(make_client: MakeClient, tmp_path: Path) -> None:
     contribution = ingest_pb2.Contribution(user="user-x", metric="m")
     Spool(tmp_path).write(ingest_pb2.ReportRequest(batch_id="c" * 32, contributions=[contribution]))
-    transport = FakeTransport(TransportError(grpc.StatusCode.PERMISSION_DENIED))
+    transport = FakeTransport(TransportError(grpc.StatusCode.INVALID_ARGUMENT))
     client = make_client(transport=transport, spool_dir=tmp_path)
     assert not client.flush(timeout=5)  # the spooled batch was dropped, not acknowledged
     assert client.stats().failed_batches == 1 and _spooled(tmp_path) == []
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                                  grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE])
+def test_a_batch_the_server_may_yet_accept_stays_in_the_spool(
+        make_client: MakeClient, tmp_path: Path, code: grpc.StatusCode) -> None:
+    """The audit's full disk: the server answered with an error and the SDK deleted the file."""
+    transport = FakeTransport(default=TransportError(code, "disk full"))
+    client = make_client(transport=transport, spool_dir=tmp_path)
+    client.count("ai.tokens", 5)
+    assert not client.flush(timeout=0.5)
+    client.close(timeout=0)
+    assert len(_spooled(tmp_path)) == 1 and client.stats().failed_batches == 0
+    later = FakeTransport()
+    assert make_client(transport=later, spool_dir=tmp_path).flush(timeout=5)
+    assert [c[2] for r in later.requests for c in contributions(r)] == [5] and _spooled(tmp_path) == []
 
 
 def test_spool_size_is_bounded(tmp_path: Path) -> None:

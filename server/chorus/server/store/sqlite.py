@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from chorus.server.store._db import Row, StoreUnavailable
 
@@ -110,7 +110,7 @@ class SqliteDatabase:
                     self._conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as exc:
                     if not _is_busy(exc):
-                        raise self._classified(exc, name)
+                        self._reraise(exc, name)
                 else:
                     try:
                         result = fn(_SqliteTx(self._conn))
@@ -119,7 +119,7 @@ class SqliteDatabase:
                     except BaseException as exc:
                         self._rollback()
                         if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
-                            raise self._classified(exc, name)
+                            self._reraise(exc, name)
             _log.debug("transaction %s busy, attempt %d", name, attempt)
             time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
         raise StoreUnavailable(f"SQLite database {self.path} stayed locked through "
@@ -133,19 +133,24 @@ class SqliteDatabase:
             except sqlite3.Error as exc:
                 _log.warning("SQLite database %s: rollback failed (%s)", self.path, exc)
 
-    def _classified(self, exc: BaseException, name: str) -> BaseException:
-        """A StoreUnavailable for an operator-fixable SQLite failure; any other exception itself."""
+    def _reraise(self, exc: BaseException, name: str) -> NoReturn:
+        """Raise `exc` again, as StoreUnavailable when it is a failure an operator can fix."""
         code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
         what = _OPERATOR_FIXABLE.get((code or 0) & 0xFF)
         if what is None:
-            return exc
-        unavailable = StoreUnavailable(f"SQLite database {self.path}: {what} during {name} "
-                                       f"({getattr(exc, 'sqlite_errorname', '?')}: {exc})")
-        unavailable.__cause__ = exc
-        return unavailable
+            raise exc
+        raise StoreUnavailable(f"SQLite database {self.path}: {what} during {name} "
+                               f"({getattr(exc, 'sqlite_errorname', '?')}: {exc})") from exc
 
     def checkpoint(self) -> bool:
         """Copy the WAL into the main file and truncate it; False while a reader pins it."""
+        try:
+            return self._checkpoint()
+        except StoreUnavailable:
+            self.unavailable_count += 1
+            raise
+
+    def _checkpoint(self) -> bool:
         wal = self.path.with_name(self.path.name + "-wal")
         with self._lock:
             # TRUNCATE waits for readers through the busy handler: briefly, see CHECKPOINT_BUSY_MS.
@@ -153,9 +158,7 @@ class SqliteDatabase:
             try:
                 busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
-                failure = self._classified(exc, "checkpoint")
-                self.unavailable_count += isinstance(failure, StoreUnavailable)
-                raise failure from None
+                self._reraise(exc, "checkpoint")
             finally:
                 self._conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             try:
@@ -169,5 +172,5 @@ class SqliteDatabase:
             self._conn.close()
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
