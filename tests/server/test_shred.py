@@ -129,3 +129,34 @@ def test_without_a_reader_the_shred_completes_at_close(chorus: Chorus) -> None:
     chorus.close_window(WINDOW, actor="test")
     assert chorus.shredder.pending() == []
     assert sum(_left(chorus, secrets[:1]).values()) == 0
+
+
+def test_a_stopping_server_completes_the_shred_once_the_reader_has_left(chorus: Chorus, clock: FakeClock) -> None:
+    secrets = _close_with_a_reader(chorus)
+    chorus.close()  # no closer tick: the last attempt at shutdown does it
+    assert sum(_left(chorus, secrets).values()) == 0
+    reopened = Chorus(suite_config(), chorus.data_dir, clock=clock)
+    try:
+        assert reopened.shredder.pending() == []
+    finally:
+        reopened.close()
+
+
+def test_retries_back_off_from_30_seconds_doubling_to_5_minutes(chorus: Chorus, clock: FakeClock,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = []
+    checkpoint = chorus.db.checkpoint
+
+    def counted() -> bool:
+        attempts.append(clock.now())
+        return checkpoint()
+
+    monkeypatch.setattr(chorus.db, "checkpoint", counted)
+    with _reader(chorus):
+        chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10)))
+        chorus.close_window(WINDOW, actor="test")
+        for _ in range(60):  # 30 minutes of closer ticks
+            clock.advance(timedelta(seconds=30))
+            chorus.closer.tick()
+    gaps = [int((b - a).total_seconds()) for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps[:6] == [30, 60, 120, 240, 300, 300]
