@@ -4,6 +4,7 @@ reader leaves (docs/privacy.md, "When deleted bytes are gone")."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -158,5 +159,5 @@ def test_retries_back_off_from_30_seconds_doubling_to_5_minutes(chorus: Chorus, 
         for _ in range(60):  # 30 minutes of closer ticks
             clock.advance(timedelta(seconds=30))
             chorus.closer.tick()
-    gaps = [int((b - a).total_seconds()) for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [int((b - a).total_seconds()) for a, b in itertools.pairwise(attempts)]
     assert gaps[:6] == [30, 60, 120, 240, 300, 300]
