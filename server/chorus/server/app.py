@@ -118,13 +118,13 @@ class Server:
         serving = True
         failures = db.unavailable_count
         while not self._stop_probe.wait(HEALTH_PROBE_SECONDS):
+            seen = db.unavailable_count  # read once: a failure after this counts next time
             try:
-                probe_write(db, int(self.chorus.clock.now().timestamp()))
-                ok = True
+                probe_write(db)
+                ok = seen == failures
             except Exception:
                 ok = False
-            ok = ok and db.unavailable_count == failures
-            failures = db.unavailable_count
+            failures = seen
             if ok != serving and not self._stop_probe.is_set():
                 _log.warning("store %s: health %s", "writes again" if ok else "cannot write",
                              "SERVING" if ok else "NOT_SERVING")

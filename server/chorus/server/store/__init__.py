@@ -36,9 +36,12 @@ def open_database(url: str, data_dir: Path, *, sqlite_synchronous: str = "FULL")
     return db
 
 
-def probe_write(db: Database, at: int) -> None:
-    """Commit one tiny write: raises (StoreUnavailable for a full disk, a read-only or lost
-    store) when the store cannot write, which a read such as `SELECT 1` would not notice."""
-    db.run(lambda tx: tx.execute("INSERT INTO store_probe (id, at) VALUES (1, ?) "
-                                 "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (at,)),
-           name="health_probe")
+def probe_write(db: Database) -> None:
+    """Commit a tiny write that leaves no state: raises (StoreUnavailable for a full disk, a
+    read-only or lost store) when the store cannot write, which `SELECT 1` would not notice."""
+
+    def probe(tx: Tx) -> None:
+        tx.execute("INSERT INTO store_probe (id) VALUES (1) ON CONFLICT (id) DO NOTHING")
+        tx.execute("DELETE FROM store_probe WHERE id = 1")
+
+    db.run(probe, name="health_probe")

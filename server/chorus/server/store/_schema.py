@@ -122,10 +122,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             subject TEXT PRIMARY KEY,
             since BIGINT NOT NULL,
             version BIGINT NOT NULL DEFAULT 1)""",
-        # One row the health probe rewrites: a write that fails while the store cannot write.
-        """CREATE TABLE store_probe (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            at BIGINT NOT NULL)""",
+        # Always empty: the health probe inserts and deletes a row in one transaction, a real
+        # write (pages, WAL) that fails while the store cannot write, and leaves no state.
+        "CREATE TABLE store_probe (id INTEGER PRIMARY KEY)",
     ]),
 ]
 
