@@ -19,7 +19,7 @@ from chorus.server.ingest import Reason
 from chorus.server.ledger import entry_hash, read_entries
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
-from chorus.server.store import migrate
+from chorus.server.store import migrate, probe_write
 from chorus.server.store._schema import MIGRATIONS
 from tests._policy import suite_config
 
@@ -303,3 +303,20 @@ def test_concurrent_releases_never_exceed_the_budget_and_charge_each_statistic_o
     assert store.query("SELECT spent_micros, cap_micros, releases FROM budgets WHERE team = 'team-red'") == [
         (1_000_000, 1_000_000, 10)]
     assert store.query("SELECT COUNT(*) FROM ledger WHERE kind = 'release'") == [(10,)]
+
+
+# --- shreds and the health probe ---------------------------------------------------------
+
+def test_a_close_without_readers_leaves_no_pending_shred(store: Store, chorus: Chorus) -> None:
+    """SQLite: the checkpoint succeeds at once. PostgreSQL: nothing Chorus could do would
+    complete it (docs/privacy.md), so it is never reported pending."""
+    chorus.ingestor.report(batch((RED0, "ai.tokens", 10)))
+    chorus.close_window(WINDOW, actor="test")
+    assert chorus.shredder.pending() == []
+    assert store.query("SELECT COUNT(*) FROM pending_shreds") == [(0,)]
+
+
+def test_the_health_probe_writes_and_leaves_no_state(store: Store, chorus: Chorus) -> None:
+    probe_write(chorus.db)
+    probe_write(store.chorus().db)  # replicas probing the same row
+    assert store.query("SELECT COUNT(*) FROM store_probe") == [(0,)]

@@ -62,3 +62,16 @@ def test_the_checkpoint_reports_a_reader_that_pins_the_wal(db: SqliteDatabase) -
     reader.close()
     assert db.checkpoint() is True
     assert db.path.with_name("t.db-wal").stat().st_size == 0
+
+
+def test_the_wal_shrinks_back_after_a_complete_checkpoint(db: SqliteDatabase) -> None:
+    """journal_size_limit = 0: stale frames (old page versions) do not outlive a WAL restart."""
+    wal = db.path.with_name("t.db-wal")
+    for _ in range(10):
+        db.run(_fill, name="fill")
+    grown = wal.stat().st_size
+    other = sqlite3.connect(db.path, isolation_level=None)
+    assert other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0  # complete, no truncation
+    other.close()
+    db.run(lambda tx: tx.execute("DELETE FROM t WHERE k = 1"), name="small")  # the WAL restarts here
+    assert grown > 1_000_000 and wal.stat().st_size < 64 * 1024
