@@ -38,6 +38,20 @@ def retry_later(context: grpc.ServicerContext, code: grpc.StatusCode, message: s
     abort(context, code, message, [error_details_pb2.RetryInfo(retry_delay=delay)])
 
 
+#: RetryInfo delay sent when the store cannot serve (see store_unavailable).
+STORE_RETRY_SECONDS = 1.0
+
+
+def store_unavailable(context: grpc.ServicerContext) -> NoReturn:
+    """UNAVAILABLE with RetryInfo for chorus.server.store.StoreUnavailable: a store that is busy,
+    unreachable, out of space, read-only or failing I/O. An operator can fix each of these, so
+    clients keep the request and retry it (the SDK with the same batch id); never INTERNAL,
+    which reads as a bug. The store's own message (paths, SQL state) stays in the server log."""
+    retry_later(context, grpc.StatusCode.UNAVAILABLE,
+                "the store cannot serve now (busy, unreachable, out of space or read-only); retry later",
+                STORE_RETRY_SECONDS)
+
+
 def quota_failure(context: grpc.ServicerContext, message: str,
                   violations: Iterable[tuple[str, str]]) -> NoReturn:
     """RESOURCE_EXHAUSTED for privacy budget: (subject, description) per team-window."""
