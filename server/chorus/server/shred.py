@@ -78,26 +78,25 @@ class Shredder:
         return self._db.run(_pending, name="pending_shreds")
 
     def attempt(self) -> bool:
-        """Checkpoint now; True when nothing is pending afterwards."""
+        """Checkpoint now; True when nothing is pending afterwards. Never raises for a store
+        failure (it runs after the deleting transaction committed): that is one more retry."""
         with self._lock:
             now = self._clock.now()
+            pending: list[PendingShred] = []
             try:
                 pending = self.pending()
-            except StoreUnavailable:
-                self._retry_later(now)
-                return False
-            if not pending:
-                self._failures, self._next_attempt = 0, None
-                return True
-            try:
+                if not pending:
+                    self._failures, self._next_attempt = 0, None
+                    return True
                 done = self._db.checkpoint()
                 reason = "another connection holds a read transaction on the database"
+                if done:
+                    self._db.run(lambda tx: tx.executemany(
+                        "DELETE FROM pending_shreds WHERE subject = ? AND version = ?",
+                        [(p.subject, p.version) for p in pending]), name="clear_pending_shreds")
             except StoreUnavailable as exc:
                 done, reason = False, str(exc)
             if done:
-                self._db.run(lambda tx: tx.executemany(
-                    "DELETE FROM pending_shreds WHERE subject = ? AND version = ?",
-                    [(p.subject, p.version) for p in pending]), name="clear_pending_shreds")
                 for p in pending:
                     if p.subject in self._warned:
                         _log.info("shred of %s complete after %.0f s pending", p.subject,
