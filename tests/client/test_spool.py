@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from chorus.client import Client, TransportError
-from chorus.client._delivery import Delivery
+from chorus.client._delivery import MAX_BATCH_AGE, Delivery
 from chorus.client._spool import Spool
 from chorus.v1 import ingest_pb2
 
@@ -203,3 +203,22 @@ def test_batches_are_on_disk_before_their_first_send(tmp_path) -> None:
     assert delivery.send() is None
     assert len(seen_on_disk) == 1 and len(seen_on_disk[0]) == 1  # present while sending
     assert list(tmp_path.glob("*.pb")) == []  # removed once acknowledged
+
+
+def test_a_spooled_batch_past_the_age_limit_is_dropped_counted_and_reported(
+        make_client: MakeClient, tmp_path: Path) -> None:
+    contribution = ingest_pb2.Contribution(user="user-x", metric="m")
+    old = ingest_pb2.ReportRequest(batch_id="e" * 32, contributions=[contribution] * 2)
+    path = Spool(tmp_path).write(old)
+    assert path is not None
+    stale = time.time() - MAX_BATCH_AGE - 60
+    os.utime(path, (stale, stale))
+    transport = FakeTransport()
+    client = make_client(transport=transport, spool_dir=tmp_path)
+    client.count("ai.tokens", 4)
+    assert client.flush(timeout=5) is False  # the old batch was given up, not acknowledged
+    assert _spooled(tmp_path) == [] and client.stats().dropped == 2
+    assert [r.batch_id for r in transport.requests] != [old.batch_id]
+    client.count("ai.tokens", 5)
+    assert client.flush(timeout=5)
+    assert sum(r.dropped for r in transport.requests) == 2  # reported to the server once
