@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from chorus.client import RETRYABLE_CODES, Client, TransportError
-from chorus.client._delivery import BACKOFF_CAP, MAX_SERVER_DELAY, Delivery
+from chorus.client._delivery import BACKOFF_CAP, MAX_BATCH_AGE, MAX_SERVER_DELAY, Delivery
 from chorus.v1 import ingest_pb2
 
 from .conftest import T0, FakeTransport, unavailable
@@ -96,23 +96,14 @@ def test_an_absurd_retry_info_delay_is_capped(make_client: MakeClient) -> None:
 
 
 def test_the_retryable_codes_are_the_documented_ones() -> None:
-    assert {code.name for code in RETRYABLE_CODES} == {
-        "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED",
+    # docs/sdk.md: a batch is dropped only when the answer says the batch itself is bad.
+    assert {code.name for code in grpc.StatusCode} - {code.name for code in RETRYABLE_CODES} == {
+        "OK", "INVALID_ARGUMENT", "OUT_OF_RANGE", "ALREADY_EXISTS",
     }
 
 
-@pytest.mark.parametrize(
-    "code",
-    [
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.UNIMPLEMENTED,
-    ],
-)
-def test_non_retryable_codes_drop_the_batch_with_one_warning(
+@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE])
+def test_codes_that_refuse_the_batch_itself_drop_it_with_one_warning(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture, code: grpc.StatusCode
 ) -> None:
     transport = FakeTransport(default=TransportError(code, "no"))
@@ -131,6 +122,59 @@ def test_non_retryable_codes_drop_the_batch_with_one_warning(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and code.name in warnings[0].getMessage()
     assert "user-alice" not in caplog.text
+
+
+@pytest.mark.parametrize("code", sorted(RETRYABLE_CODES, key=lambda c: c.name))
+def test_every_answer_the_server_may_change_keeps_the_batch(make_client: MakeClient, code: grpc.StatusCode) -> None:
+    """A full disk (UNAVAILABLE), a server bug (INTERNAL, UNKNOWN), a revoked token
+    (UNAUTHENTICATED): the batch stays queued, same id, and is delivered once the server heals."""
+    transport = FakeTransport(TransportError(code, "not now"), TransportError(code, "not now"), None)
+    client = make_client(transport=transport)
+    client.count("ai.tokens", 3)
+    assert client._step() is not None
+    assert client._step() is not None
+    assert client.stats().pending == 1
+    assert client._step() is None
+    assert len({r.batch_id for r in transport.requests}) == 1 and len(transport.requests) == 3
+    stats = client.stats()
+    assert (stats.accepted, stats.failed_batches, stats.dropped, stats.retries) == (1, 0, 0, 2)
+
+
+def test_already_exists_settles_the_batch_as_a_duplicate(make_client: MakeClient) -> None:
+    client = make_client(transport=FakeTransport(TransportError(grpc.StatusCode.ALREADY_EXISTS)))
+    client.count("ai.tokens")
+    assert client.flush(timeout=5)
+    stats = client.stats()
+    assert (stats.duplicates, stats.failed_batches, stats.pending) == (1, 0, 0)
+
+
+def test_a_batch_the_server_keeps_refusing_does_not_hold_up_the_others(make_client: MakeClient) -> None:
+    internal = TransportError(grpc.StatusCode.INTERNAL, "bug")
+    transport = FakeTransport(internal, internal, None, None)
+    client = make_client(transport=transport)
+    client.count("ai.tokens", 1)
+    assert client._step() is not None  # the first batch fails
+    client.count("ai.tokens", 2, user="user-bob")
+    assert client._step() is not None  # the first batch, at the head, fails again: to the back
+    assert client._step() is None  # the second batch goes first
+    assert [r.contributions[0].value for r in transport.requests] == [1, 1, 2, 1]
+    assert client.stats().accepted == 2
+
+
+def test_a_batch_older_than_the_age_limit_is_dropped_counted_and_reported() -> None:
+    now = [1_000_000.0]
+    transport = FakeTransport(default=TransportError(grpc.StatusCode.INTERNAL))
+    delivery = Delivery(transport, source="t", source_version="", max_pending=100, timeout=1.0, spool=None,
+                        rng=random.Random(0), wall=lambda: now[0])
+    delivery.add({("user-alice", "ai.tokens", 1.0): 1, ("user-bob", "ai.tokens", 1.0): 1}, 0)
+    assert delivery.send() is not None and delivery.pending == 2
+    now[0] += MAX_BATCH_AGE + 1
+    transport.default = None
+    assert delivery.send() is None
+    assert (delivery.pending, delivery.dropped, delivery.failed_batches, delivery.accepted) == (0, 2, 0, 0)
+    delivery.add({("user-alice", "ai.tokens", 2.0): 1}, 0)
+    assert delivery.send() is None
+    assert transport.requests[-1].dropped == 2  # the server learns of the drop
 
 
 def test_a_transport_bug_drops_the_batch_instead_of_killing_the_loop(make_client: MakeClient) -> None:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from chorus.client import Client, TransportError
-from chorus.client._delivery import Delivery
+from chorus.client._delivery import MAX_BATCH_AGE, Delivery
 from chorus.client._spool import Spool
 from chorus.v1 import ingest_pb2
 
@@ -111,10 +111,26 @@ def test_corrupt_spool_files_are_moved_aside_and_counted(
 def test_a_batch_refused_for_good_is_deleted_from_the_spool(make_client: MakeClient, tmp_path: Path) -> None:
     contribution = ingest_pb2.Contribution(user="user-x", metric="m")
     Spool(tmp_path).write(ingest_pb2.ReportRequest(batch_id="c" * 32, contributions=[contribution]))
-    transport = FakeTransport(TransportError(grpc.StatusCode.PERMISSION_DENIED))
+    transport = FakeTransport(TransportError(grpc.StatusCode.INVALID_ARGUMENT))
     client = make_client(transport=transport, spool_dir=tmp_path)
     assert not client.flush(timeout=5)  # the spooled batch was dropped, not acknowledged
     assert client.stats().failed_batches == 1 and _spooled(tmp_path) == []
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                                  grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE])
+def test_a_batch_the_server_may_yet_accept_stays_in_the_spool(
+        make_client: MakeClient, tmp_path: Path, code: grpc.StatusCode) -> None:
+    """The audit's full disk: the server answered with an error and the SDK deleted the file."""
+    transport = FakeTransport(default=TransportError(code, "disk full"))
+    client = make_client(transport=transport, spool_dir=tmp_path)
+    client.count("ai.tokens", 5)
+    assert not client.flush(timeout=0.5)
+    client.close(timeout=0)
+    assert len(_spooled(tmp_path)) == 1 and client.stats().failed_batches == 0
+    later = FakeTransport()
+    assert make_client(transport=later, spool_dir=tmp_path).flush(timeout=5)
+    assert [c[2] for r in later.requests for c in contributions(r)] == [5] and _spooled(tmp_path) == []
 
 
 def test_spool_size_is_bounded(tmp_path: Path) -> None:
@@ -187,3 +203,22 @@ def test_batches_are_on_disk_before_their_first_send(tmp_path) -> None:
     assert delivery.send() is None
     assert len(seen_on_disk) == 1 and len(seen_on_disk[0]) == 1  # present while sending
     assert list(tmp_path.glob("*.pb")) == []  # removed once acknowledged
+
+
+def test_a_spooled_batch_past_the_age_limit_is_dropped_counted_and_reported(
+        make_client: MakeClient, tmp_path: Path) -> None:
+    contribution = ingest_pb2.Contribution(user="user-x", metric="m")
+    old = ingest_pb2.ReportRequest(batch_id="e" * 32, contributions=[contribution] * 2)
+    path = Spool(tmp_path).write(old)
+    assert path is not None
+    stale = time.time() - MAX_BATCH_AGE - 60
+    os.utime(path, (stale, stale))
+    transport = FakeTransport()
+    client = make_client(transport=transport, spool_dir=tmp_path)
+    client.count("ai.tokens", 4)
+    assert client.flush(timeout=5) is False  # the old batch was given up, not acknowledged
+    assert _spooled(tmp_path) == [] and client.stats().dropped == 2
+    assert [r.batch_id for r in transport.requests] != [old.batch_id]
+    client.count("ai.tokens", 5)
+    assert client.flush(timeout=5)
+    assert sum(r.dropped for r in transport.requests) == 2  # reported to the server once

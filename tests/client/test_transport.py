@@ -89,7 +89,7 @@ def test_rpc_errors_become_transport_errors_with_the_server_delay() -> None:
 
 def test_a_bare_rpc_error_maps_to_unknown() -> None:
     error = _transport_error(grpc.RpcError())
-    assert (error.code, error.retry_delay, error.retryable) == (grpc.StatusCode.UNKNOWN, None, False)
+    assert (error.code, error.retry_delay, error.retryable) == (grpc.StatusCode.UNKNOWN, None, True)
 
 
 def test_the_transport_raises_transport_error_for_a_failed_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +103,7 @@ def test_the_transport_raises_transport_error_for_a_failed_call(monkeypatch: pyt
     monkeypatch.setattr(transport, "_current_stub", Stub)
     with pytest.raises(TransportError) as raised:
         transport.send(None, 1.0)  # type: ignore[arg-type]
-    assert raised.value.code is grpc.StatusCode.UNAUTHENTICATED and not raised.value.retryable
+    assert raised.value.code is grpc.StatusCode.UNAUTHENTICATED and raised.value.retryable
     transport.close()
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 
 from typer.testing import CliRunner
 
 from chorus.server.cli import app
+from chorus.server.store import SQLITE_FILE
 from chorus.server.windows import window_of
 from tests._policy import suite_config
 
@@ -72,3 +74,21 @@ def test_a_server_that_is_not_running_gets_a_hint(tmp_path) -> None:
 def test_revoking_an_unknown_token_is_not_found(running: Running) -> None:
     result = chorus(running, "token", "revoke", "no-such-token")
     assert result.exit_code == 5 and "NOT_FOUND" in result.output and "no-such-token" in result.output
+
+
+def test_stats_shows_a_pending_shred_until_it_completes(running: Running) -> None:
+    current = window_of(datetime.now(UTC), suite_config().policy.window_length).id
+    running.chorus.closer.tick()  # opens the current window
+    assert "shreds: complete" in chorus(running, "stats").stdout
+    reader = sqlite3.connect(running.chorus.data_dir / SQLITE_FILE, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM windows").fetchall()  # e.g. a sqlite3 shell left open
+    try:
+        assert chorus(running, "window", "close", current, "--yes").exit_code == 0
+        shown = chorus(running, "stats")
+        assert shown.exit_code == 0 and "pending shred" in shown.stdout and f"window {current}" in shown.stdout
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    assert running.chorus.shredder.attempt()
+    assert "shreds: complete" in chorus(running, "stats").stdout

@@ -40,8 +40,12 @@ class CountingDatabase:
             hook()
         return result
 
-    def checkpoint(self) -> None:
-        self.inner.checkpoint()
+    @property
+    def unavailable_count(self) -> int:
+        return self.inner.unavailable_count
+
+    def checkpoint(self) -> bool:
+        return self.inner.checkpoint()
 
     def close(self) -> None:
         self.inner.close()

@@ -19,7 +19,7 @@ from chorus.server.ingest import BatchIdReused, Reason
 from chorus.server.ledger import entry_hash, read_entries
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
-from chorus.server.store import _schema, migrate
+from chorus.server.store import _schema, migrate, probe_write
 from chorus.server.store._schema import MIGRATIONS
 from tests._policy import suite_config
 
@@ -415,3 +415,18 @@ def test_20_races_of_50_identical_requests_on_two_replicas_never_refuse(store: S
                    for a in answers if a is not fresh[0])
         assert store.query("SELECT team, spent_micros FROM budgets WHERE window_id = ? ORDER BY team",
                            (window,)) == [("team-blue", 650_000), ("team-red", 650_000)]
+# --- shreds and the health probe ---------------------------------------------------------
+
+def test_a_close_without_readers_leaves_no_pending_shred(store: Store, chorus: Chorus) -> None:
+    """SQLite: the checkpoint succeeds at once. PostgreSQL: nothing Chorus could do would
+    complete it (docs/privacy.md), so it is never reported pending."""
+    chorus.ingestor.report(batch((RED0, "ai.tokens", 10)))
+    chorus.close_window(WINDOW, actor="test")
+    assert chorus.shredder.pending() == []
+    assert store.query("SELECT COUNT(*) FROM pending_shreds") == [(0,)]
+
+
+def test_the_health_probe_writes_and_leaves_no_state(store: Store, chorus: Chorus) -> None:
+    probe_write(chorus.db)
+    probe_write(store.chorus().db)  # replicas probing the same row
+    assert store.query("SELECT COUNT(*) FROM store_probe") == [(0,)]

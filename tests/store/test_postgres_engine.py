@@ -201,3 +201,30 @@ def test_bulk_executemany_falls_back_when_a_key_repeats(pg: PostgresDatabase) ->
 
 def _raise() -> None:
     raise RuntimeError("abort the transaction")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("sqlstate", ["53100", "53200", "58030", "25006"])
+def test_failures_an_operator_must_fix_are_store_unavailable_at_once(pg: PostgresDatabase, sqlstate: str) -> None:
+    """Disk full, out of memory, I/O error, read-only server: UNAVAILABLE for clients (they retry
+    later), not a bare error the servicers would report as INTERNAL; no retry loop meanwhile."""
+    attempts = []
+
+    def work(tx: Tx) -> None:
+        attempts.append(1)
+        raise_sqlstate(tx, sqlstate)
+
+    before = pg.unavailable_count
+    with pytest.raises(StoreUnavailable, match=sqlstate):
+        pg.run(work, name="work")
+    assert len(attempts) == 1 and pg.unavailable_count == before + 1
+
+
+@pytest.mark.postgres
+def test_a_read_only_server_is_store_unavailable(pg: PostgresDatabase) -> None:
+    def write(tx: Tx) -> None:
+        tx.execute("SET TRANSACTION READ ONLY")  # as on a standby after failover
+        tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", ("ro", 1))
+
+    with pytest.raises(StoreUnavailable, match="25006"):
+        pg.run(write, name="write")

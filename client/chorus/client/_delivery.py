@@ -1,10 +1,18 @@
 """Batches awaiting delivery: building them, sending in order, retrying, spooling.
 
-Modelled on the OpenTelemetry OTLP gRPC exporter: only retryable status codes are
-retried, with exponential backoff and full jitter unless the server's RetryInfo says
-how long to wait. A failed batch keeps its batch_id and contents, so the server's
-de-duplication makes every resend safe. Batches are sent oldest first; the first
-retryable failure ends the attempt, since the rest would fail the same way.
+Modelled on the OpenTelemetry OTLP gRPC exporter, with exponential backoff and full jitter
+unless the server's RetryInfo says how long to wait. A failed batch keeps its batch_id and
+contents, so the server's de-duplication makes every resend safe.
+
+Invariant: a batch is dropped (and its spool file deleted) only on an answer that says the
+batch itself is bad (FINAL_CODES), or when a bound forces it: max_pending, the spool's size,
+or MAX_BATCH_AGE; a bound's drop is counted in `dropped` and reported to the server in the
+next batch's `dropped` field. Every other answer (UNAVAILABLE on a full disk, INTERNAL,
+UNAUTHENTICATED, ...) may change, so the batch is kept and sent again. Batches are sent
+oldest first; the first failure ends the attempt, since the rest would most likely fail the
+same way. A failure that may concern that batch alone (not a transient one of the whole
+server) moves it to the back of the queue, so that one batch a server keeps refusing does
+not hold up the others.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from chorus.client._spool import Spool
 from chorus.client._transport import Transport, TransportError
@@ -40,6 +50,16 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
 #: Ceiling on a server-requested RetryInfo delay, against a misconfigured server.
 MAX_SERVER_DELAY = 600.0
+#: A batch not acknowledged this long after it was built is dropped (counted and reported):
+#: by then every window its events belong to has closed (the longest window is a week, plus
+#: its grace), so the server would only reject its contributions as late.
+MAX_BATCH_AGE = 14 * 24 * 3600.0
+#: Failures of the server as a whole (down, overloaded, rate limiting): the failed batch stays
+#: at the head. After any other kept failure (INTERNAL, UNAUTHENTICATED, ...) the server may be
+#: refusing that batch alone, so it goes to the back of the queue.
+_TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+                              grpc.StatusCode.CANCELLED})
 
 
 @dataclass(eq=False)
@@ -51,6 +71,8 @@ class _Batch:
     spool_path: Path | None = None
     #: The client's drain that produced the batch (or during which it was read from the spool).
     generation: int = 0
+    #: When the batch was built (or its spool file written), Unix seconds, for MAX_BATCH_AGE.
+    created: float = 0.0
 
 
 @dataclass(eq=False)
@@ -82,6 +104,7 @@ class Delivery:
         timeout: float,
         spool: Spool | None,
         rng: random.Random,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._transport = transport
         self._source = source
@@ -90,6 +113,7 @@ class Delivery:
         self._timeout = timeout
         self._spool = spool
         self._rng = rng
+        self._wall = wall
         self._lock = threading.Lock()
         self._queue: deque[_Batch] = deque()
         self._held = 0
@@ -131,8 +155,10 @@ class Delivery:
             self._unreported_drops = 0
             batches = self._build(counts)
             batches[0].request.dropped = dropped
+            created = self._wall()
             for batch in batches:
                 batch.generation = generation
+                batch.created = created
             if self._spool is not None:
                 # Write-ahead: a batch is on disk before its first send, so a process killed
                 # mid-flush resends it (same batch_id) on its next start instead of losing it.
@@ -149,6 +175,7 @@ class Delivery:
         (0.0 when stopped by the deadline or `interrupt`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._expire()
         while True:
             with self._lock:
                 if not self._queue:
@@ -162,9 +189,16 @@ class Delivery:
             try:
                 response = self._transport.send(batch.request, rpc_timeout)
             except TransportError as exc:
-                if exc.retryable:
+                if exc.code == grpc.StatusCode.ALREADY_EXISTS:
+                    self._settle(batch, ingest_pb2.ReportResponse(duplicate=True))
+                elif exc.retryable:
+                    if exc.code not in _TRANSIENT_CODES:
+                        with self._lock:
+                            if self._queue and self._queue[0] is batch:
+                                self._queue.rotate(-1)  # to the back: it must not hold up the others
                     return self._backoff(exc)
-                self._give_up(batch, exc.code.name)
+                else:
+                    self._give_up(batch, exc.code.name)
             except Exception as exc:
                 # A transport bug must not kill the flush thread nor block the queue forever.
                 logger.debug("transport raised", exc_info=True)
@@ -249,16 +283,34 @@ class Delivery:
         loaded, corrupt = self._spool.load(self._max_pending - self._held)
         self.spool_corrupt += corrupt
         for path, request in loaded:
-            batch = _Batch(request, len(request.contributions), path, generation)
+            written = self._spool.written_at(path)
+            batch = _Batch(request, len(request.contributions), path, generation,
+                           self._wall() if written is None else written)
             self._queue.append(batch)
             self._held += batch.size
+
+    def _expire(self) -> None:
+        """Drop the batches older than MAX_BATCH_AGE: counted, and reported with the next batch."""
+        oldest = self._wall() - MAX_BATCH_AGE
+        with self._lock:
+            expired = [batch for batch in self._queue if batch.created < oldest]
+            for batch in expired:
+                self._unqueue(batch)
+                self._lose_locked(batch)
+                lost = len(batch.request.contributions)
+                self.dropped += lost
+                # Its own drop report never reached the server either.
+                self._unreported_drops += lost + batch.request.dropped
+        if expired:
+            self._warn_once("expired", "%d batches dropped: not acknowledged within %.0f days",
+                            len(expired), MAX_BATCH_AGE / 86400)
 
     def _backoff(self, exc: TransportError) -> float:
         with self._lock:
             self._attempt += 1
             self.retries += 1
             attempt = self._attempt
-        self._warn_once(f"retry:{exc.code.name}", "send failed with %s; will retry", exc.code.name)
+        self._warn_once(f"retry:{exc.code.name}", "send failed with %s; batch kept, will retry", exc.code.name)
         if exc.retry_delay is not None:
             return min(exc.retry_delay, MAX_SERVER_DELAY)
         # Full jitter: spreads the retries of many clients after a shared outage.
@@ -273,7 +325,7 @@ class Delivery:
             self._unreported_drops += batch.request.dropped
         self._warn_once(
             f"fail:{reason}",
-            "batch of %d contributions dropped: send failed with %s (not retryable)",
+            "batch of %d contributions dropped: send failed with %s (the batch itself is refused)",
             len(batch.request.contributions),
             reason,
         )

@@ -84,6 +84,13 @@ class Spool:
             batches.append((path, request))
         return batches, corrupt
 
+    def written_at(self, path: Path) -> float | None:
+        """When the batch in `path` was written (Unix seconds), for the batch age limit."""
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return None
+
     def remove(self, path: Path) -> None:
         """Delete a batch the server acknowledged (or refused for good)."""
         _unlink(path)

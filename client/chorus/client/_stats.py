@@ -23,11 +23,11 @@ class Stats:
     #: Contributions the server refused for good, by RejectReason name (e.g. "UNKNOWN_USER").
     rejected: Mapping[str, int] = field(default_factory=dict)
     #: count() calls or contributions discarded by the client: memory bound, closed client,
-    #: full spool, unsent at close without a spool.
+    #: full spool, older than the batch age limit, unsent at close without a spool.
     dropped: int = 0
     #: count() calls ignored for bad arguments (negative or non-int value, bad names).
     invalid: int = 0
-    #: Batches given up after a non-retryable error (e.g. UNAUTHENTICATED).
+    #: Batches refused for good: INVALID_ARGUMENT or OUT_OF_RANGE (see docs/sdk.md).
     failed_batches: int = 0
     #: Failed send attempts that were scheduled for retry.
     retries: int = 0

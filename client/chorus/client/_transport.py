@@ -12,19 +12,22 @@ import grpc
 from chorus.client._status import retry_delay_from_metadata
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 
-#: Status codes after which the same batch is sent again. Every code here is either
-#: transient by definition or produced by our own channel shutting down; resending is
-#: safe because the server de-duplicates by batch_id. INTERNAL and UNKNOWN are *not*
-#: retried: they mean a server bug that would fail the same batch forever and block
-#: everything queued behind it. The server reports transient failures (database
-#: unavailable, overload, rate limit) as UNAVAILABLE, ABORTED or RESOURCE_EXHAUSTED.
-RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.CANCELLED,
+#: Status codes that say the batch itself is bad: sending it again can never succeed.
+#: Only these drop a batch (and delete its spool file). ALREADY_EXISTS says the server
+#: holds the batch already and settles it like `duplicate=true`.
+FINAL_CODES: frozenset[grpc.StatusCode] = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.ALREADY_EXISTS,
 })
+
+#: Status codes after which the same batch is kept and sent again later: every code
+#: except OK and FINAL_CODES. Each is an answer the server may change (an outage, a full
+#: disk, a revoked or misconfigured token, a server bug fixed by a deploy, a proxy in the
+#: way), so dropping the batch would lose data the server would later have accepted.
+#: Resending is safe because the server de-duplicates by batch_id; a batch kept this way is
+#: bounded by max_pending, the spool's size and MAX_BATCH_AGE (see docs/sdk.md).
+RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(grpc.StatusCode) - FINAL_CODES - {grpc.StatusCode.OK}
 
 # While a channel waits to reconnect, gRPC fails calls at once without trying, so a
 # reconnect backoff longer than ours would delay recovery after an outage (gRPC's

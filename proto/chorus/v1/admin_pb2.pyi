@@ -163,7 +163,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("batches", "duplicate_batches", "contributions_accepted", "rejected", "contributions_clamped", "client_dropped", "invalid_batches")
+    __slots__ = ("batches", "duplicate_batches", "contributions_accepted", "rejected", "contributions_clamped", "client_dropped", "invalid_batches", "pending_shreds")
     class RejectedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class GetStatsResponse(_message.Message):
     CONTRIBUTIONS_CLAMPED_FIELD_NUMBER: _ClassVar[int]
     CLIENT_DROPPED_FIELD_NUMBER: _ClassVar[int]
     INVALID_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_SHREDS_FIELD_NUMBER: _ClassVar[int]
     batches: int
     duplicate_batches: int
     contributions_accepted: int
@@ -185,4 +186,15 @@ class GetStatsResponse(_message.Message):
     contributions_clamped: int
     client_dropped: int
     invalid_batches: int
-    def __init__(self, batches: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., contributions_accepted: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., contributions_clamped: _Optional[int] = ..., client_dropped: _Optional[int] = ..., invalid_batches: _Optional[int] = ...) -> None: ...
+    pending_shreds: _containers.RepeatedCompositeFieldContainer[PendingShred]
+    def __init__(self, batches: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., contributions_accepted: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., contributions_clamped: _Optional[int] = ..., client_dropped: _Optional[int] = ..., invalid_batches: _Optional[int] = ..., pending_shreds: _Optional[_Iterable[_Union[PendingShred, _Mapping]]] = ...) -> None: ...
+
+class PendingShred(_message.Message):
+    __slots__ = ("subject", "since", "pending_seconds")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    since: _timestamp_pb2.Timestamp
+    pending_seconds: int
+    def __init__(self, subject: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending_seconds: _Optional[int] = ...) -> None: ...

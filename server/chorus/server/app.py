@@ -20,6 +20,7 @@ from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
 from chorus.server.services.ingest import IngestServicer
 from chorus.server.services.release import ReleaseServicer
+from chorus.server.store import probe_write
 from chorus.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -115,16 +116,26 @@ class Server:
             self._health.set(name, status)
 
     def _probe_store(self) -> None:
-        """Report NOT_SERVING while the store does not answer, so a load balancer routes around us."""
+        """Report NOT_SERVING while the store cannot write, so a load balancer routes around us.
+
+        Unhealthy when the probe's own write fails, or when any transaction met an unavailable
+        store (disk full, I/O error, read-only, unreachable) since the previous probe: a probe
+        can succeed on a full disk by reusing WAL space that a batch's larger write cannot.
+        Healthy again, by itself, after one clean interval.
+        """
+        db = self.chorus.db
         serving = True
+        failures = db.unavailable_count
         while not self._stop_probe.wait(HEALTH_PROBE_SECONDS):
+            seen = db.unavailable_count  # read once: a failure after this counts next time
             try:
-                self.chorus.db.run(lambda tx: tx.query("SELECT 1"), name="health_probe")
-                ok = True
+                probe_write(db)
+                ok = seen == failures
             except Exception:
                 ok = False
+            failures = seen
             if ok != serving and not self._stop_probe.is_set():
-                _log.warning("store %s: health %s", "answers again" if ok else "does not answer",
+                _log.warning("store %s: health %s", "writes again" if ok else "cannot write",
                              "SERVING" if ok else "NOT_SERVING")
                 self._set_health(serving=ok)
                 serving = ok

@@ -9,14 +9,14 @@ import logging
 import os
 from pathlib import Path
 
-from chorus.server import audit, lifecycle, roster
+from chorus.server import audit, lifecycle, roster, shred
 from chorus.server.auth import Role, TokenError, Tokens
 from chorus.server.clock import Clock, SystemClock
 from chorus.server.closer import WindowCloser
 from chorus.server.config import Config
 from chorus.server.ingest import Ingestor
 from chorus.server.ledger import Ledger, Signer
-from chorus.server.store import Database, open_database
+from chorus.server.store import Database, Tx, open_database
 
 _log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin.token"
@@ -37,12 +37,20 @@ class Chorus:
         self.roster = roster.RosterCache()
         self.ingestor = Ingestor(self.db, config.policy, self.ledger, self.clock, self.roster)
         self.tokens = Tokens(self.db, self.ledger)
-        self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock)
+        self.shredder = shred.Shredder(self.db, self.clock)
+        self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder)
         audit.record_config(self.db, self.ledger, config.policy, self.clock.now())
 
     def import_roster(self, rows: list[tuple[str, str]], actor: str) -> roster.ImportResult:
         now = self.clock.now()
-        return self.db.run(lambda tx: roster.replace(tx, rows, self.ledger, now, actor), name="roster_import")
+
+        def replace(tx: Tx) -> roster.ImportResult:
+            shred.record(tx, shred.ROSTER, now)  # the raw ids of people it removes
+            return roster.replace(tx, rows, self.ledger, now, actor)
+
+        result = self.db.run(replace, name="roster_import")
+        self.shredder.attempt()
+        return result
 
     def close_window(self, window_id: str, actor: str) -> lifecycle.CloseResult:
         """Force-close a window now (fold and shred), whatever its scheduled close time."""
@@ -50,7 +58,7 @@ class Chorus:
         result = self.db.run(lambda tx: lifecycle.close(tx, window_id, self.ledger, now, actor),
                              name="close_window")
         if result.closed_now:
-            self.db.checkpoint()
+            self.shredder.attempt()
         return result
 
     def bootstrap_admin_token(self) -> Path | None:
@@ -70,4 +78,8 @@ class Chorus:
 
     def close(self) -> None:
         self.closer.stop()
+        try:
+            self.shredder.attempt()  # a last chance before the process goes away
+        except Exception:
+            _log.warning("final checkpoint of pending shreds failed; the next start retries", exc_info=True)
         self.db.close()

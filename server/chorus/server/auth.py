@@ -25,11 +25,8 @@ from typing import Any
 import grpc
 
 from chorus.server.ledger import Ledger
-from chorus.server.services._errors import abort, retry_later
+from chorus.server.services._errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
 from chorus.server.store._db import Database, StoreUnavailable, Tx
-
-#: RetryInfo delay sent when the store is busy or unreachable.
-STORE_RETRY_SECONDS = 1.0
 
 _log = logging.getLogger(__name__)
 
@@ -282,8 +279,7 @@ def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
     except StoreUnavailable:
         # Transient: the SDK retries UNAVAILABLE with the same batch id, so nothing is lost.
         _log.warning("%s: store unavailable", method, exc_info=True)
-        retry_later(context, grpc.StatusCode.UNAVAILABLE, "the store is busy or unreachable; retry later",
-                    STORE_RETRY_SECONDS)
+        store_unavailable(context)
     except Exception:
         if context.code() is not None:  # the servicer aborted: its status stands
             raise

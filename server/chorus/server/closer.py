@@ -1,4 +1,5 @@
-"""The periodic window task: open the current window, close the ones past end plus grace."""
+"""The periodic window task: open the current window, close the ones past end plus grace,
+purge exact statistics past retention, and retry pending shreds (chorus.server.shred)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from chorus.server import lifecycle
 from chorus.server.clock import Clock
 from chorus.server.config import Policy
 from chorus.server.ledger import Ledger
+from chorus.server.shred import Shredder
 from chorus.server.store._db import Database, Tx
 
 _log = logging.getLogger(__name__)
@@ -20,8 +22,10 @@ ACTOR = "closer"
 class WindowCloser:
     """Runs `tick` every interval on a daemon thread; at most one replica closes at a time."""
 
-    def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock) -> None:
+    def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock,
+                 shredder: Shredder) -> None:
         self._db = db
+        self._shredder = shredder
         self._policy = policy
         self._ledger = ledger
         self._clock = clock
@@ -44,7 +48,9 @@ class WindowCloser:
         if purged:
             _log.info("purged the exact team statistics of %d window(s) past retention", len(purged))
         if closed or purged:
-            self._db.checkpoint()
+            self._shredder.attempt()  # at once: these deletions have just been committed
+        else:
+            self._shredder.tick()  # a retry, when one is pending and its backoff has passed
         return closed
 
     def _close(self, tx: Tx, *, window_id: str, now: datetime) -> lifecycle.CloseResult | None:

@@ -1,8 +1,10 @@
 """Window lifecycle: open with a frozen policy and a fresh key; close by folding and shredding.
 
 Closing folds the per-person rows of a window into per-team sufficient statistics and,
-in the same transaction, deletes those rows and the window's HMAC key. After that nobody,
-the operator included, can tell individuals apart for that window.
+in the same transaction, deletes those rows and the window's HMAC key, and records the shred
+as pending (chorus.server.shred): the deleted bytes leave the database files only when the
+checkpoint that follows succeeds. After that nobody, the operator included, can tell
+individuals apart for that window.
 
 Nothing here reports how many people a window held: not the close result, the
 `window_close` ledger entry (auditors export it) nor the windows table. That number is
@@ -18,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from chorus.server import shred
 from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, canonical_json
 from chorus.server.roster import team_sizes
@@ -212,6 +215,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
                    [(window_id, t, policy.epsilon_per_window.micros) for t in teams])
     tx.execute("DELETE FROM usage WHERE window_id = ?", (window_id,))
     tx.execute("DELETE FROM window_keys WHERE window_id = ?", (window_id,))
+    shred.record(tx, shred.window_subject(window_id), now)
     (oldest_open,), = tx.query("SELECT MIN(start_at) FROM windows WHERE state = 'open'")
     horizon = min(_at(oldest_open), now) if oldest_open is not None else now
     tx.execute("DELETE FROM batches WHERE received_at < ?",
@@ -241,6 +245,7 @@ def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str
             continue
         tx.execute("DELETE FROM team_metrics WHERE window_id = ?", (record.id,))
         tx.execute("DELETE FROM team_windows WHERE window_id = ?", (record.id,))
+        shred.record(tx, f"exact team statistics of window {record.id}", now)
         ledger.append(tx, "window_purge", {"window": record.id, "by": actor,
                                            "retention_end": record.policy.retention_end(record.end).isoformat()}, now)
         purged.append(record.id)

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from chorus.server import logs
+from chorus.server import logs, shred
 from chorus.server.ingest import Reason
 from chorus.server.store._db import Tx
 
@@ -175,19 +175,6 @@ class _RpcInterceptor(grpc.ServerInterceptor):
                        response_serializer=handler.response_serializer)
 
 
-def _shreds_pending(tx: Tx) -> int:
-    """HOOK (issue 10, h10a): windows whose crypto-shred is not final yet.
-
-    Until the closer's pending-shred state lands, this counts closed windows that still hold
-    their HMAC key or per-person rows in the store (which a completed close never leaves).
-    At merge, return the pending-shred query's count here instead (or add it to this one).
-    """
-    return int(tx.query(
-        "SELECT COUNT(*) FROM windows w WHERE w.state = 'closed' AND ("
-        "EXISTS (SELECT 1 FROM window_keys k WHERE k.window_id = w.id) OR "
-        "EXISTS (SELECT 1 FROM usage u WHERE u.window_id = w.id))")[0][0])
-
-
 class _StateCollector(Collector):
     """Reads counters the server keeps anyway, and store-wide state, at scrape time."""
 
@@ -258,7 +245,7 @@ class _StateCollector(Collector):
                 "states": states,
                 "overdue": tx.query("SELECT COUNT(*) FROM windows WHERE state = 'open' AND closes_at < ?",
                                     (now,))[0][0],
-                "shreds": _shreds_pending(tx),
+                "shreds": len(shred.pending_in(tx)),
                 "releases": releases, "spent": spent,
                 "exhausted": tx.query("SELECT COUNT(*) FROM budgets WHERE window_id = ? AND "
                                       "cap_micros - spent_micros < ?", (latest[0][0], cheapest))[0][0]
@@ -280,8 +267,9 @@ class _StateCollector(Collector):
         yield windows
         yield GaugeMetricFamily("chorus_windows_overdue", "Open windows past their close time (the closer "
                                 "folds them within close_interval_seconds).", value=state["overdue"])
-        yield GaugeMetricFamily("chorus_shreds_pending", "Closed windows whose per-person data or key is not "
-                                "yet gone for good.", value=state["shreds"])
+        yield GaugeMetricFamily("chorus_shreds_pending", "Deletions of secrets (a closed window's key and "
+                                "per-person rows, removed roster ids) still readable in the database files.",
+                                value=state["shreds"])
         yield GaugeMetricFamily("chorus_releases", "Noisy statistics released so far, all teams and windows "
                                 "(cached answers not included).", value=state["releases"])
         yield GaugeMetricFamily("chorus_epsilon_spent", "Privacy budget spent so far, summed over all "

@@ -247,4 +247,16 @@ def stats(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, tok
             out.add_row(label, str(value))
         console.print(out)
 
+        if not reply.pending_shreds:
+            console.print("shreds: complete (no deleted secret left in the database files)")
+            return
+        shreds = Table("pending shred (deleted, still in the database files)", "since", "pending")
+        for shred in reply.pending_shreds:
+            shreds.add_row(shred.subject, moment(shred.since), f"{shred.pending_seconds} s")
+        console.print(shreds)
+        console.print("a pending shred completes once no other connection holds a read transaction on the "
+                      "database (a sqlite3 shell, a backup tool); see docs/privacy.md")
+
+    rows += [(f"pending_shred:{shred.subject}", f"pending shred: {shred.subject}", shred.pending_seconds)
+             for shred in reply.pending_shreds]
     emit(fmt, ("counter", "value"), [{"counter": name, "value": value} for name, _, value in rows], table)

@@ -73,6 +73,20 @@ def retry_later(context: grpc.ServicerContext, code: grpc.StatusCode, message: s
           reason=reason, metadata=metadata)
 
 
+#: RetryInfo delay sent when the store cannot serve (see store_unavailable).
+STORE_RETRY_SECONDS = 1.0
+
+
+def store_unavailable(context: grpc.ServicerContext) -> NoReturn:
+    """UNAVAILABLE with RetryInfo for chorus.server.store.StoreUnavailable: a store that is busy,
+    unreachable, out of space, read-only or failing I/O. An operator can fix each of these, so
+    clients keep the request and retry it (the SDK with the same batch id); never INTERNAL,
+    which reads as a bug. The store's own message (paths, SQL state) stays in the server log."""
+    retry_later(context, grpc.StatusCode.UNAVAILABLE,
+                "the store cannot serve now (busy, unreachable, out of space or read-only); retry later",
+                STORE_RETRY_SECONDS)
+
+
 def budget_subject(window: str, team: str) -> str:
     """The QuotaFailure subject of a team-window: `teams/<team>/windows/<window>`, the team
     percent-encoded as in a URI path segment (RFC 3986), so a `/` in a team name is `%2F`."""

@@ -107,4 +107,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def GetStats(self, request: admin_pb2.GetStatsRequest,
                  context: grpc.ServicerContext) -> admin_pb2.GetStatsResponse:
         counts, rejected = self._chorus.ingestor.stats.snapshot()
-        return admin_pb2.GetStatsResponse(rejected=rejected, **counts)
+        now = self._chorus.clock.now()
+        pending = [admin_pb2.PendingShred(subject=p.subject, since=timestamp(p.since),
+                                          pending_seconds=max(0, int((now - p.since).total_seconds())))
+                   for p in self._chorus.shredder.pending()]
+        return admin_pb2.GetStatsResponse(rejected=rejected, pending_shreds=pending, **counts)

@@ -12,7 +12,7 @@ from pathlib import Path
 from chorus.server.store._db import Database, StoreUnavailable, Tx
 from chorus.server.store._schema import migrate
 
-__all__ = ["Database", "StoreUnavailable", "Tx", "migrate", "open_database"]
+__all__ = ["Database", "StoreUnavailable", "Tx", "migrate", "open_database", "probe_write"]
 
 SQLITE_FILE = "chorus.db"
 
@@ -34,3 +34,14 @@ def open_database(url: str, data_dir: Path, *, sqlite_synchronous: str = "FULL")
                          "or a postgresql:// URL")
     migrate(db)
     return db
+
+
+def probe_write(db: Database) -> None:
+    """Commit a tiny write that leaves no state: raises (StoreUnavailable for a full disk, a
+    read-only or lost store) when the store cannot write, which `SELECT 1` would not notice."""
+
+    def probe(tx: Tx) -> None:
+        tx.execute("INSERT INTO store_probe (id) VALUES (1) ON CONFLICT (id) DO NOTHING")
+        tx.execute("DELETE FROM store_probe WHERE id = 1")
+
+    db.run(probe, name="health_probe")

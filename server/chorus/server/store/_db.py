@@ -68,11 +68,21 @@ class Database(Protocol):
     def run(self, fn: Callable[[Tx], T], *, name: str) -> T:
         """Run fn in one transaction, committing on return; retried on transient conflicts."""
 
-    def checkpoint(self) -> None:
-        """Make deletions final on disk where the engine keeps old pages (SQLite's WAL)."""
+    #: How many times `run` has raised StoreUnavailable since the engine opened (health reads it).
+    unavailable_count: int
+
+    def checkpoint(self) -> bool:
+        """Make committed deletions final in the engine's files where it can (SQLite's WAL).
+
+        True when no file the engine controls still holds the bytes of a row deleted before
+        the call; False when something (another connection's read transaction) prevented it,
+        so the caller tries again later. Raises StoreUnavailable when the store fails.
+        """
 
     def close(self) -> None: ...
 
 
 class StoreUnavailable(RuntimeError):
-    """The database could not be reached or stayed busy past the retry budget."""
+    """The store cannot serve now for a reason that passes or that an operator can fix: it
+    stayed busy past the retry budget, is unreachable, or cannot write (disk full, I/O
+    error, read-only, cannot open its file). Clients retry; no acknowledged data is lost."""

@@ -118,6 +118,18 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         # SHA-256 of the batch's contents; NULL for batches stored before this migration.
         "ALTER TABLE batches ADD COLUMN digest {blob}",
     ]),
+    (5, "pending shreds and the store write probe", [
+        # Deletions of secrets (a window's key and pseudonyms, removed roster ids) committed but
+        # possibly still readable in the engine's files; see chorus.server.shred. `version`
+        # counts re-records of the subject, so clearing one never clears a later one.
+        """CREATE TABLE pending_shreds (
+            subject TEXT PRIMARY KEY,
+            since BIGINT NOT NULL,
+            version BIGINT NOT NULL DEFAULT 1)""",
+        # Always empty: the health probe inserts and deletes a row in one transaction, a real
+        # write (pages, WAL) that fails while the store cannot write, and leaves no state.
+        "CREATE TABLE store_probe (id INTEGER PRIMARY KEY)",
+    ]),
     # The exact number of people in each window, kept forever (past retention): not stored.
     (6, "drop windows.rows_folded", [
         "ALTER TABLE windows DROP COLUMN rows_folded",

@@ -22,14 +22,21 @@ the outcome unknown: the retry is then a second attempt of a transaction that ma
 committed, which the domain absorbs (a repeated ingest batch id is acknowledged as a
 duplicate).
 
+Failures an operator can fix and that a retry within the budget will not: the server out of
+disk, memory or connections (class 53), an I/O or system error (class 58), a read-only
+server (25006, e.g. a standby after failover). They raise StoreUnavailable at once, which
+clients retry later, rather than a bare psycopg error that would read as a server bug.
+
 Stuck transactions: every connection sets `statement_timeout` and
 `idle_in_transaction_session_timeout`, so neither a runaway statement nor a replica that
 hangs (or is paused) inside a transaction holds row locks for longer than those bounds.
 
-Deletion and MVCC: `checkpoint()` is a no-op. Rows deleted at window close stay on disk
-as dead tuples until (auto)vacuum reclaims them, and in WAL and backups until those
-expire; there is no per-transaction equivalent of SQLite's WAL truncation. See
-docs/deployment.md for what an operator configures instead.
+Deletion and MVCC: `checkpoint()` does nothing and returns True, because nothing a client
+can do makes deleted bytes go away. Rows deleted at window close stay on disk as dead
+tuples until (auto)vacuum reclaims their space and later writes overwrite it, and in WAL
+segments, archives and backups until those expire; there is no per-transaction
+equivalent of SQLite's WAL truncation. See docs/privacy.md and docs/deployment.md for
+what an operator configures instead.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ _CLOSER_LOCK = 0x636C6F73
 # connection exceptions (class 08), the server shutting down or restarting (57P0x), our
 # own session killed by idle_in_transaction_session_timeout (25P03).
 _RETRY_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "25P03")
+# SQLSTATEs of failures an operator must fix (see the module doc): StoreUnavailable at once.
+_OPERATOR_FIXABLE_SQLSTATE_PREFIXES = ("53", "58", "25006")
 
 
 class _PostgresTx:
@@ -256,6 +265,7 @@ class PostgresDatabase:
         retry_budget_s: how long `run` keeps retrying transient failures before giving up.
         """
         self._where = describe(url)
+        self.unavailable_count = 0
         self._settings = {"statement_timeout": str(statement_timeout_ms),
                           "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms)}
         self._retry_budget_s = retry_budget_s
@@ -279,6 +289,13 @@ class PostgresDatabase:
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
     def run(self, fn: Callable[[Tx], T], *, name: str) -> T:
+        try:
+            return self._run(fn, name)
+        except StoreUnavailable:
+            self.unavailable_count += 1
+            raise
+
+    def _run(self, fn: Callable[[Tx], T], name: str) -> T:
         deadline = time.monotonic() + self._retry_budget_s
         attempt = 0
         while True:
@@ -287,6 +304,9 @@ class PostgresDatabase:
                 with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                     return fn(_PostgresTx(cur))
             except psycopg.Error as exc:
+                if (exc.sqlstate or "").startswith(_OPERATOR_FIXABLE_SQLSTATE_PREFIXES):
+                    raise StoreUnavailable(f"PostgreSQL at {self._where}: transaction {name} failed with "
+                                           f"{exc.sqlstate}: {_primary(exc)}") from exc
                 if not _retryable(exc):
                     self.stats.failed(name)
                     raise
@@ -306,8 +326,9 @@ class PostgresDatabase:
                 self.stats.retried(name)
                 time.sleep(delay)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """Nothing to do: PostgreSQL reclaims deleted rows by (auto)vacuum (see module doc)."""
+        return True
 
     def close(self) -> None:
         self._pool.close()

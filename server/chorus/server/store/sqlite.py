@@ -3,6 +3,17 @@
 All transactions of a process go through one connection under a lock: SQLite allows one
 writer anyway, and this keeps `BEGIN IMMEDIATE` waits inside the process cheap. Other
 processes on the same file are serialised by SQLite's busy timeout.
+
+Deleted bytes: secure_delete zeroes deleted cells and freed pages in the new page versions,
+but the WAL still holds the old versions until a checkpoint copies the new ones back and
+truncates it. `checkpoint()` does that and reports whether it worked: another connection's
+read transaction (a `sqlite3` shell, a backup tool) pins the WAL, and then the caller keeps
+the shred pending (chorus.server.shred). journal_size_limit=0 truncates the WAL whenever
+SQLite restarts it after a complete checkpoint, so stale frames never outlive a restart.
+
+Failures an operator can fix (disk full, I/O error, read-only file or directory, file that
+cannot be opened) raise StoreUnavailable, which clients retry, rather than a bare
+sqlite3 error that would read as a server bug.
 """
 
 from __future__ import annotations
@@ -15,13 +26,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from chorus.server.store._db import Row, StoreUnavailable, TxStats
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 _MAX_ATTEMPTS = 50
+#: How long a checkpoint waits for readers to leave before reporting the shred pending. It
+#: holds the connection's lock meanwhile, so it is short: the closer retries later anyway.
+CHECKPOINT_BUSY_MS = 200
+#: Primary result codes of failures that pass once an operator acts (frees space, fixes
+#: permissions or the device), as opposed to bugs: reported as StoreUnavailable.
+_OPERATOR_FIXABLE = {sqlite3.SQLITE_FULL: "disk full", sqlite3.SQLITE_IOERR: "I/O error",
+                     sqlite3.SQLITE_READONLY: "read-only", sqlite3.SQLITE_CANTOPEN: "cannot open the file"}
 
 
 class _SqliteTx:
@@ -50,6 +68,8 @@ class SqliteDatabase:
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> None:
         self.path = path
+        self.unavailable_count = 0
+        self._busy_timeout_ms = busy_timeout_ms
         if not path.exists():
             # Owner-only from the start: SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -59,7 +79,8 @@ class SqliteDatabase:
         # 1000 WAL pages (the default) would copy them back to the main file on almost every
         # commit. 16384 pages (64 MiB at 4 KiB) lets a checkpoint absorb many batches.
         for pragma in (f"busy_timeout={busy_timeout_ms}", "journal_mode=WAL", f"synchronous={synchronous}",
-                       "secure_delete=ON", "foreign_keys=ON", "wal_autocheckpoint=16384"):
+                       "secure_delete=ON", "foreign_keys=ON", "wal_autocheckpoint=16384",
+                       "journal_size_limit=0"):
             self._pragma(pragma)
         self._lock = threading.Lock()
         self.stats = TxStats()
@@ -77,24 +98,31 @@ class SqliteDatabase:
                 time.sleep(0.01 * (attempt + 1))
 
     def run(self, fn: Callable[[_SqliteTx], T], *, name: str) -> T:
+        try:
+            return self._run(fn, name)
+        except StoreUnavailable:
+            self.unavailable_count += 1
+            raise
+
+    def _run(self, fn: Callable[[_SqliteTx], T], name: str) -> T:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             with self._lock:
                 try:
                     self._conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
+                except sqlite3.Error as exc:
                     if not _is_busy(exc):
-                        raise
+                        self._reraise(exc, name)
                 else:
                     try:
                         result = fn(_SqliteTx(self._conn))
                         self._conn.execute("COMMIT")
                         return result
                     except BaseException as exc:
-                        self._conn.execute("ROLLBACK")
+                        self._rollback()
                         if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
                             if isinstance(exc, sqlite3.Error):  # the store failed, not the domain rule
                                 self.stats.failed(name)
-                            raise
+                            self._reraise(exc, name)
             _log.debug("transaction %s busy, attempt %d", name, attempt)
             self.stats.retried(name)
             time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
@@ -102,15 +130,52 @@ class SqliteDatabase:
         raise StoreUnavailable(f"SQLite database {self.path} stayed locked through "
                                f"{_MAX_ATTEMPTS} attempts of {name}")
 
-    def checkpoint(self) -> None:
-        """Fold the WAL into the main file and truncate it (used after crypto-shredding)."""
+    def _rollback(self) -> None:
+        # After FULL or IOERR SQLite may already have rolled the transaction back itself.
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                _log.warning("SQLite database %s: rollback failed (%s)", self.path, exc)
+
+    def _reraise(self, exc: BaseException, name: str) -> NoReturn:
+        """Raise `exc` again, as StoreUnavailable when it is a failure an operator can fix."""
+        code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+        what = _OPERATOR_FIXABLE.get((code or 0) & 0xFF)
+        if what is None:
+            raise exc
+        raise StoreUnavailable(f"SQLite database {self.path}: {what} during {name} "
+                               f"({getattr(exc, 'sqlite_errorname', '?')}: {exc})") from exc
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the main file and truncate it; False while a reader pins it."""
+        try:
+            return self._checkpoint()
+        except StoreUnavailable:
+            self.unavailable_count += 1
+            raise
+
+    def _checkpoint(self) -> bool:
+        wal = self.path.with_name(self.path.name + "-wal")
         with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # TRUNCATE waits for readers through the busy handler: briefly, see CHECKPOINT_BUSY_MS.
+            self._conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            try:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                self._reraise(exc, "checkpoint")
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            try:
+                size = wal.stat().st_size
+            except FileNotFoundError:
+                size = 0
+        return busy == 0 and size == 0
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
