@@ -28,6 +28,7 @@ grace = "2h"          # contributions may arrive this long after a window ends
 epsilon_per_window = "1"   # budget per team-window
 min_team_size = 5          # k: smaller teams are never released on their own
 retention_windows = 52     # windows older than this can no longer be released
+release_plan = []          # no planned releases: tests that need a plan write their own
 
 [privacy.default_epsilon]  # per statistic; mean and adoption are post-processing
 sum = "0.05"

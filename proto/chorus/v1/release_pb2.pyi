@@ -99,16 +99,30 @@ class StatisticRequest(_message.Message):
     def __init__(self, statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., epsilon: _Optional[str] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("window", "teams", "metrics", "statistics")
+    __slots__ = ("window", "teams", "metrics", "statistics", "validate_only")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     TEAMS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     window: str
     teams: _containers.RepeatedScalarFieldContainer[str]
     metrics: _containers.RepeatedScalarFieldContainer[str]
     statistics: _containers.RepeatedCompositeFieldContainer[StatisticRequest]
-    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., statistics: _Optional[_Iterable[_Union[StatisticRequest, _Mapping]]] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., statistics: _Optional[_Iterable[_Union[StatisticRequest, _Mapping]]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+
+class UnreleasedStatistic(_message.Message):
+    __slots__ = ("metric", "statistic", "epsilon", "expected_ci95")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CI95_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    statistic: _common_pb2.Statistic
+    epsilon: str
+    expected_ci95: float
+    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., epsilon: _Optional[str] = ..., expected_ci95: _Optional[float] = ...) -> None: ...
 
 class Estimate(_message.Message):
     __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note", "derived_from")
@@ -145,7 +159,7 @@ class Estimate(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TeamRelease(_message.Message):
-    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged")
+    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged", "unreleased", "epsilon_required")
     TEAM_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +168,8 @@ class TeamRelease(_message.Message):
     BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
     ROSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    UNRELEASED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     team: str
     outcome: TeamOutcome
     message: str
@@ -162,7 +178,9 @@ class TeamRelease(_message.Message):
     budget_remaining: str
     roster_size: int
     epsilon_charged: str
-    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ..., epsilon_charged: _Optional[str] = ...) -> None: ...
+    unreleased: _containers.RepeatedCompositeFieldContainer[UnreleasedStatistic]
+    epsilon_required: str
+    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ..., epsilon_charged: _Optional[str] = ..., unreleased: _Optional[_Iterable[_Union[UnreleasedStatistic, _Mapping]]] = ..., epsilon_required: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("window", "teams")

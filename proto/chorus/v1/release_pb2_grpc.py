@@ -96,7 +96,8 @@ class ReleaseServiceServicer:
 
     def Release(self, request, context):
         """Release noisy statistics for a closed window. Each (team, window, metric,
-        statistic) is released at most once; repeats return the stored answer.
+        statistic) is released at most once; repeats return the stored answer. With
+        validate_only it only reads: what is released, and what the rest would cost.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

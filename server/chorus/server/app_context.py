@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from chorus.server import audit, lifecycle, roster, shred
+from chorus.server import audit, lifecycle, release, roster, shred
 from chorus.server.auth import Role, TokenError, Tokens
 from chorus.server.clock import Clock, SystemClock
 from chorus.server.closer import WindowCloser
@@ -38,7 +38,9 @@ class Chorus:
         self.ingestor = Ingestor(self.db, config.policy, self.ledger, self.clock, self.roster)
         self.tokens = Tokens(self.db, self.ledger)
         self.shredder = shred.Shredder(self.db, self.clock)
-        self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder)
+        self.releases = release.Releases(self.db, self.ledger, self.clock, config.policy)
+        self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder,
+                                   self.releases)
         audit.record_config(self.db, self.ledger, config.policy, self.clock.now())
 
     def import_roster(self, rows: list[tuple[str, str]], actor: str) -> roster.ImportResult:
@@ -53,12 +55,13 @@ class Chorus:
         return result
 
     def close_window(self, window_id: str, actor: str) -> lifecycle.CloseResult:
-        """Force-close a window now (fold and shred), whatever its scheduled close time."""
+        """Force-close a window now (fold, shred, release its plan), whatever its scheduled close time."""
         now = self.clock.now()
         result = self.db.run(lambda tx: lifecycle.close(tx, window_id, self.ledger, now, actor),
                              name="close_window")
         if result.closed_now:
             self.shredder.attempt()
+            self.releases.release_plan(window_id)
         return result
 
     def bootstrap_admin_token(self) -> Path | None:

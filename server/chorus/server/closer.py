@@ -1,5 +1,9 @@
 """The periodic window task: open the current window, close the ones past end plus grace,
-purge exact statistics past retention, and retry pending shreds (chorus.server.shred)."""
+release each closed window's release plan, purge exact statistics past retention, and retry
+pending shreds (chorus.server.shred).
+
+The plan is released after the close has committed, from the windows whose plan is not marked
+complete: a crash between the two is completed by the next tick, on any replica."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from chorus.server import lifecycle
 from chorus.server.clock import Clock
 from chorus.server.config import Policy
 from chorus.server.ledger import Ledger
+from chorus.server.release import Releases
 from chorus.server.shred import Shredder
 from chorus.server.store._db import Database, Tx
 
@@ -23,8 +28,9 @@ class WindowCloser:
     """Runs `tick` every interval on a daemon thread; at most one replica closes at a time."""
 
     def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock,
-                 shredder: Shredder) -> None:
+                 shredder: Shredder, releases: Releases) -> None:
         self._db = db
+        self._releases = releases
         self._shredder = shredder
         self._policy = policy
         self._ledger = ledger
@@ -44,6 +50,8 @@ class WindowCloser:
                 # Not how many people it held: that exact count must not leave the server.
                 _log.info("closed window %s: per-person rows folded and deleted, key destroyed", window_id)
                 closed.append(result)
+        for window_id in self._releases.pending_plans():
+            self._releases.release_plan(window_id)
         purged = self._db.run(lambda tx: lifecycle.purge_expired(tx, self._ledger, now, ACTOR), name="purge")
         if purged:
             _log.info("purged the exact team statistics of %d window(s) past retention", len(purged))

@@ -24,6 +24,9 @@ from chorus.server.windows import WindowLength
 #: Statistics that have their own noisy release; mean and adoption are post-processing.
 NOISY_STATISTICS = ("sum", "count", "histogram", "active")
 STATISTICS = ("sum", "count", "mean", "histogram", "adoption")
+#: The noisy statistics each statistic is computed from; "active" is team-level (metric "").
+NOISY_PARTS: dict[str, tuple[str, ...]] = {"sum": ("sum",), "count": ("count",), "histogram": ("histogram",),
+                                           "mean": ("sum", "count"), "adoption": ("active",)}
 #: Metrics per policy: a person's usage row has one total column per metric slot.
 MAX_METRICS = 32
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
@@ -52,6 +55,27 @@ class MetricPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanEntry:
+    """One statistic the release plan publishes when a window closes, for every team of at least k.
+
+    `metric` is "" for adoption (a team-level statistic); `epsilon` applies to each noisy
+    statistic it needs (sum and count for a mean). A later entry may name the level of an org
+    tree it is released at; today every entry is released per team.
+    """
+
+    statistic: str
+    metric: str
+    epsilon: Epsilon
+
+    def to_json(self) -> dict[str, Any]:
+        return {"statistic": self.statistic, "metric": self.metric, "epsilon": str(self.epsilon)}
+
+    def noisy_parts(self) -> list[tuple[str, str]]:
+        """(metric, noisy statistic) pairs this entry releases; "" is the metric of active."""
+        return [("" if part == "active" else self.metric, part) for part in NOISY_PARTS[self.statistic]]
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """Everything a window freezes at open: bounds, buckets, budget, k, default epsilons."""
 
@@ -62,6 +86,8 @@ class Policy:
     default_epsilon: dict[str, Epsilon]
     min_team_size: int
     retention_windows: int
+    #: Released automatically, once, right after the window closes (chorus.server.release).
+    release_plan: tuple[PlanEntry, ...] = ()
 
     _by_name: dict[str, MetricPolicy] = field(init=False, repr=False, compare=False)
     _slots: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -81,7 +107,13 @@ class Policy:
         """When a window ending at `window_end` stops being releasable: retention_windows lengths later."""
         return window_end + self.retention_windows * self.window_length.duration
 
+    def plan_cost(self) -> Epsilon:
+        """What the release plan charges each released team-window: each noisy part once."""
+        return sum((eps for eps in plan_parts(self.release_plan).values()), Epsilon(0))
+
     def to_json(self) -> dict[str, Any]:
+        # An empty plan is left out, so the policies frozen before plans existed read the same.
+        plan = {"release_plan": [e.to_json() for e in self.release_plan]} if self.release_plan else {}
         return {
             "window_length": self.window_length.value,
             "grace_seconds": self.grace_seconds,
@@ -90,6 +122,7 @@ class Policy:
             "default_epsilon": {k: str(v) for k, v in sorted(self.default_epsilon.items())},
             "min_team_size": self.min_team_size,
             "retention_windows": self.retention_windows,
+            **plan,
         }
 
     @classmethod
@@ -106,7 +139,18 @@ class Policy:
             default_epsilon={k: Epsilon.parse(v) for k, v in data["default_epsilon"].items()},
             min_team_size=int(data["min_team_size"]),
             retention_windows=int(data["retention_windows"]),
+            release_plan=tuple(PlanEntry(str(e["statistic"]), str(e["metric"]), Epsilon.parse(e["epsilon"]))
+                               for e in data.get("release_plan", ())),
         )
+
+
+def plan_parts(plan: tuple[PlanEntry, ...]) -> dict[tuple[str, str], Epsilon]:
+    """(metric, noisy statistic) -> epsilon over the whole plan; each part once."""
+    parts: dict[tuple[str, str], Epsilon] = {}
+    for entry in plan:
+        for part in entry.noisy_parts():
+            parts.setdefault(part, entry.epsilon)
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +183,10 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics"}),
     "server": frozenset({"listen", "database", "close_interval_seconds"}),
     "windows": frozenset({"length", "grace"}),
-    "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon"}),
+    "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon",
+                          "release_plan"}),
     "privacy.default_epsilon": frozenset(NOISY_STATISTICS),
+    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}),
     "limits": frozenset(f.name for f in fields(Limits)),
     "store": frozenset({"sqlite_synchronous"}),
     "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
@@ -216,6 +262,32 @@ sum = "0.5"
 count = "0.5"
 histogram = "0.5"
 active = "0.5"
+
+# The release plan: what is published for every team of at least k people as soon as a window
+# closes, once, so that reading the numbers never spends budget. This one is a weekly
+# leadership review: adoption, and the sum and mean of tokens and requests, 2.5 of each
+# team-window's 3; the other 0.5 stays for one question nobody planned (`chorus report
+# --release`). `chorus default-config` lists the 95% intervals it gives. An entry's epsilon
+# defaults to [privacy.default_epsilon] and applies to each noisy part (a mean is a sum and a
+# count); a metric is required except for adoption.
+[[privacy.release_plan]]
+statistic = "adoption"
+
+[[privacy.release_plan]]
+statistic = "sum"
+metric = "ai.tokens"
+
+[[privacy.release_plan]]
+statistic = "mean"
+metric = "ai.tokens"
+
+[[privacy.release_plan]]
+statistic = "sum"
+metric = "ai.requests"
+
+[[privacy.release_plan]]
+statistic = "mean"
+metric = "ai.requests"
 
 # Bounds are per person and week. A sum's noise grows with its bound (95% interval about
 # +-6 x max_per_user at epsilon 0.5), so pick a bound near heavy-but-real weekly usage:
@@ -308,7 +380,14 @@ def parse(raw: dict[str, Any]) -> Config:
     retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
                      "privacy.retention_windows", 1, 100_000)
 
-    policy = Policy(length, grace, metrics, budget, defaults, k, retention)
+    names = {m.name for m in metrics}
+    # No plan in the file: the built-in one, for those of its metrics the file defines.
+    plan_raw = privacy.get("release_plan", [e for e in _DEFAULTS["privacy"]["release_plan"]
+                                            if e.get("metric", "") in names | {""}])
+    if not isinstance(plan_raw, list):
+        raise ConfigError("privacy.release_plan must be an array of tables ([[privacy.release_plan]])")
+    plan = _plan(plan_raw, metrics, defaults, budget)
+    policy = Policy(length, grace, metrics, budget, defaults, k, retention, plan)
     limit_defaults = Limits()
     limits = Limits(
         # The floors are what the SDK sends at most (5000 contributions, about 1 MiB, 256-character
@@ -399,3 +478,43 @@ def _metric(raw: object, index: int) -> MetricPolicy:
         raise ConfigError(f"{where}.histogram_edges ({name}) = {list(edges)}: must be strictly "
                           f"increasing, within [0, max_per_user={bound}], at most 64 edges")
     return MetricPolicy(name, str(raw.get("description", "")), bound, edges)
+
+
+def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str, Epsilon],
+          budget: Epsilon) -> tuple[PlanEntry, ...]:
+    """The release plan: each entry a known statistic of a known metric; every noisy part at one
+    epsilon however many entries need it; the whole plan within the budget of a team-window."""
+    names = {m.name for m in metrics}
+    entries: list[PlanEntry] = []
+    parts: dict[tuple[str, str], tuple[Epsilon, int]] = {}
+    for i, item in enumerate(raw):
+        where = f"privacy.release_plan[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} must be a table")
+        stat = item.get("statistic")
+        if stat not in STATISTICS:
+            raise ConfigError(f"{where}.statistic = {stat!r}: must be one of {', '.join(STATISTICS)}")
+        metric = item.get("metric", "")
+        if stat == "adoption":
+            if metric:
+                raise ConfigError(f"{where}.metric = {metric!r}: adoption is team-level and takes no metric")
+        elif metric not in names:
+            raise ConfigError(f"{where}.metric = {metric!r}: must be one of the [[metrics]]: "
+                              f"{', '.join(sorted(names))}")
+        default = defaults["active" if stat == "adoption" else NOISY_PARTS[stat][0]]
+        eps = _epsilon(item["epsilon"], f"{where}.epsilon", positive=True) if "epsilon" in item else default
+        entry = PlanEntry(stat, metric, eps)
+        if entry in entries:
+            raise ConfigError(f"{where}: {stat} of {metric or 'activity'} is planned twice")
+        for part in entry.noisy_parts():
+            earlier = parts.setdefault(part, (eps, i))
+            if earlier[0] != eps:
+                raise ConfigError(f"{where}: the {part[1]} of {part[0] or 'activity'} is planned at epsilon "
+                                  f"{eps} here and {earlier[0]} by privacy.release_plan[{earlier[1]}]; a "
+                                  "statistic is released once, at one epsilon")
+        entries.append(entry)
+    cost = sum((eps for eps, _ in parts.values()), Epsilon(0))
+    if cost > budget:
+        raise ConfigError(f"privacy.release_plan charges each team-window {cost}, more than "
+                          f"privacy.epsilon_per_window = {budget}")
+    return tuple(entries)

@@ -19,6 +19,17 @@ Rules a request meets before anything is drawn: the window exists, is closed and
 retention (`retention_windows` window lengths after its end); every named team and metric
 exists in it; teams with fewer than k people on the frozen roster are suppressed, charged
 nothing.
+
+The release plan frozen in a window's policy is released by the closer right after the window
+closes (`release_plan`), through this same path, one request per plan entry, each ledger
+entry marked `"plan": true`. The window's `plan_released_at` is set only once every entry is
+released, so a crash in between is completed by the next tick, and repeats are answered from
+storage: the plan is charged once. Until then only the plan may spend the window's budget,
+so no early request can take what the plan needs.
+
+A `validate_only` request (AIP-163) reads: it runs the same checks and answers with what is
+already released, plus for each statistic not released yet what releasing it would charge and
+its expected interval. It draws, stores and charges nothing, whatever the budget left.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from typing import Any, NamedTuple
 
 from chorus.server import lifecycle, roster
 from chorus.server.clock import Clock
-from chorus.server.config import STATISTICS, MetricPolicy, Policy
+from chorus.server.config import NOISY_PARTS, STATISTICS, MetricPolicy, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import ZERO, Epsilon
@@ -46,9 +57,10 @@ _log = logging.getLogger(__name__)
 ACTIVE = "active"
 #: The `metric` of team-level statistics (active, adoption).
 TEAM_LEVEL = ""
+#: Who releases the plan, as the ledger's `by` names it.
+PLAN_ACTOR = "closer"
 # Noisy statistics each requested statistic needs, per metric ("" = team level).
-_NEEDS = {"sum": ("sum",), "count": ("count",), "histogram": ("histogram",), "mean": ("sum", "count"),
-          "adoption": (ACTIVE,)}
+_NEEDS = NOISY_PARTS
 
 # (team, metric, noisy statistic)
 Key = tuple[str, str, str]
@@ -128,6 +140,19 @@ class Estimate(NamedTuple):
     derived_from: tuple[str, ...] = ()
 
 
+class Unreleased(NamedTuple):
+    """A requested statistic that is not released: what releasing it now would charge."""
+
+    metric: str
+    statistic: str
+    #: The epsilon of its noisy parts not released yet (a part shared with another statistic
+    #: of the same request counts for each of them; TeamResult.epsilon_required counts it once).
+    epsilon: Epsilon
+    #: The half-width of its 95% interval once released; 0.0 for a mean, whose interval depends
+    #: on the count it will be divided by.
+    expected_ci95: float
+
+
 @dataclass(frozen=True, slots=True)
 class TeamResult:
     team: str
@@ -140,6 +165,10 @@ class TeamResult:
     roster_size: int
     #: What this request charged the team-window in total.
     epsilon_charged: Epsilon
+    #: Requested statistics not released (only a validate_only request leaves any).
+    unreleased: tuple[Unreleased, ...] = ()
+    #: What releasing all of `unreleased` would charge, each noisy part once.
+    epsilon_required: Epsilon = ZERO
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,19 +250,51 @@ class Releases:
         return self._db.run(read, name="list_teams")
 
     def release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                statistics: Sequence[StatisticRequest], requester: str) -> ReleaseResult:
+                statistics: Sequence[StatisticRequest], requester: str, *,
+                validate_only: bool = False) -> ReleaseResult:
         """Answer a release request in one transaction; see the module docstring for the rules.
 
         Empty `teams`, `metrics` or `statistics` mean all of them (statistics at their
         default epsilon). Raises InvalidRequest, NotFound, Refused or BudgetExceeded, in
-        which case nothing was stored.
+        which case nothing was stored. `validate_only` reads and never spends.
         """
         if not window:
             raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
-        requested = _statistics(statistics)
+        return self._release(window, teams, metrics, _statistics(statistics), requester,
+                             validate_only=validate_only, plan=False)
+
+    def pending_plans(self) -> list[str]:
+        """Closed windows, oldest first, whose release plan is not yet complete."""
+        return [r[0] for r in self._db.run(lambda tx: tx.query(
+            "SELECT id FROM windows WHERE state = 'closed' AND plan_released_at IS NULL "
+            "AND purged_at IS NULL ORDER BY start_at"), name="pending_plans")]
+
+    def release_plan(self, window: str) -> None:
+        """Release the plan frozen in `window`'s policy, one request per entry, then mark it done.
+
+        Safe to repeat and to run on several replicas at once: entries already released are
+        answered from storage, uncharged. A window the plan can no longer be released for (past
+        retention) is marked done with what was released, and the reason logged.
+        """
+        record = self._db.run(lambda tx: _window(tx, window), name="plan_window")
+        try:
+            for entry in record.policy.release_plan:
+                self._release(window, (), (entry.metric,) if entry.metric else (),
+                              {entry.statistic: entry.epsilon}, PLAN_ACTOR, validate_only=False, plan=True)
+        except (Refused, BudgetExceeded) as exc:
+            _log.error("release plan of window %s stopped: %s", window, exc)
+        at = int(self._clock.now().timestamp())
+        self._db.run(lambda tx: tx.execute(
+            "UPDATE windows SET plan_released_at = ? WHERE id = ? AND plan_released_at IS NULL",
+            (at, window)), name="plan_done")
+
+    def _release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
+                 requested: dict[str, Epsilon | None], requester: str, *, validate_only: bool,
+                 plan: bool) -> ReleaseResult:
         now = self._clock.now()
         result = self._db.run(
-            lambda tx: _Release(tx, self._ledger, now, window, requester).run(teams, metrics, requested),
+            lambda tx: _Release(tx, self._ledger, now, window, requester, plan=plan,
+                                validate_only=validate_only).run(teams, metrics, requested),
             name="release")
         fresh = sum(1 for t in result.teams for e in t.estimates
                     if not e.cached and e.mechanism == mechanisms.MECHANISM)
@@ -278,7 +339,10 @@ def _team_windows(tx: Tx, window: str) -> list[tuple[str, int, int]]:
 class _Release:
     """One release request inside its transaction."""
 
-    def __init__(self, tx: Tx, ledger: Ledger, now: datetime, window: str, requester: str) -> None:
+    def __init__(self, tx: Tx, ledger: Ledger, now: datetime, window: str, requester: str, *,
+                 plan: bool = False, validate_only: bool = False) -> None:
+        self.plan = plan
+        self.validate_only = validate_only
         self.tx = tx
         self.ledger = ledger
         self.now = now
@@ -305,9 +369,12 @@ class _Release:
         budgets = self.budgets()
         stored = self.stored(eligible)
         missing = {t: [key for key in wanted if (t, *key) not in stored] for t in eligible}
-        self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
+        if not self.validate_only:
+            if any(missing.values()):
+                self.check_plan_done()
+            self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
         charged_to: dict[str, Epsilon] = {}
-        if any(missing.values()):
+        if any(missing.values()) and not self.validate_only:
             stored.update(self.release_missing(missing, wanted, charged_to))
             budgets = self.budgets()
         results = []
@@ -316,13 +383,17 @@ class _Release:
             # What this request charged, not the difference of two reads: another replica may
             # charge the same team-window in between.
             charged = charged_to.get(team, ZERO)
+            unreleased: list[Unreleased] = []
+            required = ZERO
             if team in missing:
-                estimates = tuple(self.answers(team, chosen_metrics, statistics, stored, sizes[team]))
+                estimates = tuple(self.answers(team, chosen_metrics, statistics, stored, sizes[team],
+                                               unreleased, wanted))
+                required = sum((wanted[key] for key in missing[team] if (team, *key) not in stored), ZERO)
                 message = ""
             else:
                 estimates, message = (), suppression_reason(team, sizes[team], k)
             results.append(TeamResult(team, team in missing, message, estimates, cap, cap - spent,
-                                      sizes[team], charged))
+                                      sizes[team], charged, tuple(unreleased), required))
         return ReleaseResult(self.window, tuple(results))
 
     def check_releasable(self) -> None:
@@ -335,6 +406,16 @@ class _Release:
             raise Refused(f"window {record.id} is past retention: windows are released for "
                           f"{record.policy.retention_windows} {record.policy.window_length.value}(s) "
                           f"after they end, until {_when(until)} for this one")
+
+    def check_plan_done(self) -> None:
+        """Before a window's plan is complete, only the plan may spend its budget."""
+        if self.plan or not self.policy.release_plan:
+            return
+        (done,), = self.tx.query("SELECT plan_released_at FROM windows WHERE id = ?", (self.window,))
+        if done is None:
+            raise Refused(f"the release plan of window {self.window} is being released (the closer does "
+                          "it right after the window closes); until it is complete nothing else is "
+                          "released. Try again in a minute")
 
     def metrics(self, names: Sequence[str]) -> list[MetricPolicy]:
         if not names:
@@ -487,7 +568,7 @@ class _Release:
             # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
             "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
             "budget_cap": str(Epsilon(cap_micros)), "budget_spent_after": str(Epsilon(spent_after)),
-            "by": self.requester}, self.now)
+            "by": self.requester, **({"plan": True} if self.plan else {})}, self.now)
         return entry.seq
 
     def inputs(self) -> tuple[dict[Key, int], dict[Key, list[int]]]:
@@ -505,10 +586,12 @@ class _Release:
         return scalars, histograms
 
     def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Epsilon | None],
-                stored: dict[Key, _Stored], roster_size: int) -> list[Estimate]:
+                stored: dict[Key, _Stored], roster_size: int, unreleased: list[Unreleased],
+                wanted: dict[tuple[str, str], Epsilon]) -> list[Estimate]:
         """The team's estimates: every noisy release the request needs, once each, and after
         them the derived statistics naming those they are computed from. A derived statistic
-        charges nothing itself, so the estimates' charges add up to the team's."""
+        charges nothing itself, so the estimates' charges add up to the team's. A statistic
+        with a part not stored (only after a validate_only request) goes to `unreleased`."""
         out: list[Estimate] = []
         shown: set[Key] = set()
 
@@ -517,19 +600,41 @@ class _Release:
                 shown.add((team, name, stat))
                 out.append(_noisy(name, edges, stat, stored[(team, name, stat)]))
 
+        def available(metric: MetricPolicy | None, stat: str) -> bool:
+            name = metric.name if metric is not None else TEAM_LEVEL
+            parts = [(TEAM_LEVEL if need == ACTIVE else name, need) for need in _NEEDS[stat]]
+            absent = [part for part in parts if (team, *part) not in stored]
+            if absent:
+                cost = sum((wanted[part] for part in absent), ZERO)
+                unreleased.append(Unreleased(name, stat, cost, self.expected_ci95(metric, stat, roster_size,
+                                                                                   wanted)))
+            return not absent
+
         for metric in metrics:
             for stat in statistics:
-                if stat == "adoption":
+                if stat == "adoption" or not available(metric, stat):
                     continue
                 for need in _NEEDS[stat]:
                     noisy(metric.name, metric.histogram_edges, need)
                 if stat == "mean":
                     out.append(_mean(metric, stored[(team, metric.name, "sum")],
                                      stored[(team, metric.name, "count")]))
-        if "adoption" in statistics:
+        if "adoption" in statistics and available(None, "adoption"):
             noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
+
+    def expected_ci95(self, metric: MetricPolicy | None, stat: str, roster_size: int,
+                      wanted: dict[tuple[str, str], Epsilon]) -> float:
+        """The 95% half-width a statistic will have once released (it depends on no data, except
+        a mean's: 0.0 there)."""
+        if stat == "mean":
+            return 0.0
+        if metric is None:  # adoption: the active count's interval over the public roster size
+            ci = mechanisms.calibrate(1, wanted[(TEAM_LEVEL, ACTIVE)]).ci95
+            return min(ci / max(roster_size, 1), 1.0)
+        sensitivity = metric.max_per_user if stat == "sum" else 1
+        return mechanisms.calibrate(sensitivity, wanted[(metric.name, stat)], stat == "histogram").ci95
 
 
 def _when(moment: datetime) -> str:

@@ -10,7 +10,9 @@ officer's copy of the server's Ed25519 public key. The verifier recomputes every
   (a stated charge below that is a violation), its sensitivity against the bound frozen in
   its window's window_open entry, its window opened and closed before it, its team in that
   close with at least the frozen k people, its time within the frozen retention, its
-  statistic not released before;
+  statistic not released before; a release marked `"plan": true` against the release plan
+  frozen in that window_open entry (a planned statistic and metric, charged at most the
+  planned epsilon);
 * each team-window: the sum of charges against the frozen cap and against the server's
   stated running total;
 * optionally a head pinned from an earlier verification, which catches a truncated tail or
@@ -38,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from chorus.server.audit import policy_sha256
-from chorus.server.config import NOISY_STATISTICS, Policy
+from chorus.server.config import NOISY_STATISTICS, Policy, plan_parts
 from chorus.server.ledger import GENESIS_HASH, entry_hash, format_time, parse_body
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.windows import parse_window_id
@@ -334,6 +336,8 @@ class Verifier:
             self.flag("retention", f"release of {subject} at {format_time(self.time)} is past the "
                                    f"window's retention, which ended {format_time(state.releasable_until)}")
         self.check_statistic(payload, state.policy, subject)
+        if "plan" in payload:
+            self.check_plan(payload, state.policy, charged, subject)
         total = self.report.totals.get((window, team))
         if total is None:
             self.flag("team", f"release of {subject}: team {team} was not in the window_close entry "
@@ -372,6 +376,19 @@ class Verifier:
             if charged < implied:
                 self.flag("epsilon", f"{subject}: charged epsilon {charged} is below the {implied} that "
                                      f"{MECHANISM} with scale {scale} at sensitivity {sensitivity} implies")
+
+    def check_plan(self, payload: dict[str, Any], policy: Policy, charged: Epsilon, subject: str) -> None:
+        """A plan release must be part of the window's frozen plan, at no more than its epsilon."""
+        if payload["plan"] is not True:
+            self.flag("plan", f"{subject}: plan must be true when present, not {payload['plan']!r}")
+            return
+        planned = plan_parts(policy.release_plan).get((payload["metric"], payload["statistic"]))
+        if planned is None:
+            self.flag("plan", f"{subject} is marked as a plan release but is not in the release plan frozen "
+                              "for its window")
+        elif charged > planned:
+            self.flag("plan", f"{subject}: plan release charged epsilon {charged}, more than the {planned} "
+                              "the window's frozen plan allows")
 
     def check_statistic(self, payload: dict[str, Any], policy: Policy, subject: str) -> None:
         statistic, metric, value = payload["statistic"], payload["metric"], payload["value"]

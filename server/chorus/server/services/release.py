@@ -23,7 +23,7 @@ _STATISTIC_ENUMS = {**{name: value for value, name in STATISTIC_NAMES.items()},
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     def __init__(self, chorus: Chorus) -> None:
-        self._releases = release.Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy)
+        self._releases = chorus.releases
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
@@ -52,7 +52,8 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         statistics = [_statistic(i, s, context) for i, s in enumerate(request.statistics)]
         with _domain_errors(context):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
-                                             statistics, auth.principal().name)
+                                             statistics, auth.principal().name,
+                                             validate_only=request.validate_only)
         return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams])
 
 
@@ -75,7 +76,10 @@ def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
     return release_pb2.TeamRelease(
         team=t.team, outcome=outcome, message=t.message, estimates=[_estimate(e) for e in t.estimates],
         budget_cap=str(t.budget_cap), budget_remaining=str(t.budget_remaining), roster_size=t.roster_size,
-        epsilon_charged=str(t.epsilon_charged))
+        epsilon_charged=str(t.epsilon_charged), epsilon_required=str(t.epsilon_required),
+        unreleased=[release_pb2.UnreleasedStatistic(metric=u.metric, statistic=_STATISTIC_ENUMS[u.statistic],
+                                                    epsilon=str(u.epsilon), expected_ci95=u.expected_ci95)
+                    for u in t.unreleased])
 
 
 def _estimate(e: release.Estimate) -> release_pb2.Estimate:

@@ -134,6 +134,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (6, "drop windows.rows_folded", [
         "ALTER TABLE windows DROP COLUMN rows_folded",
     ]),
+    # When the closer finished releasing the window's frozen release plan (chorus.server.release);
+    # NULL while it is pending. Until then only the plan may spend the window's budget.
+    (7, "release plan completion", [
+        "ALTER TABLE windows ADD COLUMN plan_released_at BIGINT",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
