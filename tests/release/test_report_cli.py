@@ -25,7 +25,8 @@ NEXT = "2026-11-26"
 
 @pytest.fixture
 def two_days(chorus: Chorus, clock: FakeClock, make_api: Callable[[Chorus], Api]) -> tuple[Api, list[str]]:
-    """Two closed day windows with usage in team-red and team-blue; the CLI's base arguments."""
+    """Two closed day windows with usage in team-red and team-blue; the CLI's base arguments, which
+    spend (--release): reading without it is tested in test_reading_is_free_and_prices_the_rest."""
     for _ in range(2):
         contribute(chorus, *((f"user-team-red-{i}", "ai.requests", 100 + i) for i in range(6)),
                    ("user-team-blue-0", "ai.requests", 40), ("user-team-tiny-0", "ai.requests", 7))
@@ -33,7 +34,7 @@ def two_days(chorus: Chorus, clock: FakeClock, make_api: Callable[[Chorus], Api]
         clock.advance(timedelta(days=1))
     api = make_api(chorus)
     secret, _ = chorus.tokens.create(Role.ANALYST, "leadership", clock.now(), actor="test")
-    return api, ["--server", api.server.address, "--token", secret]
+    return api, ["--server", api.server.address, "--token", secret, "--release"]
 
 
 def run(args: list[str], expect: int = 0, columns: int = 250) -> str:
@@ -84,7 +85,7 @@ def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
     assert "Charged now: epsilon 0.1 to each of 2 team-window budget(s)" in out
     again = run(["report", *base, "--metric", "ai.requests"])
     assert cells(again, "team-red")[3:] == ["0.9 of 1"] and "charged now" not in again
-    assert "Nothing was charged: every answer was released before" in again
+    assert "Nothing was charged: reading released numbers is free" in again
 
 
 def test_table_at_80_columns_cuts_no_number(two_days: tuple[Api, list[str]]) -> None:
@@ -127,8 +128,9 @@ def test_compact_numbers() -> None:
 
 def test_help_paragraphs_are_left_to_rich_to_wrap() -> None:
     out = run(["report", "--help"])
-    assert "The first release of a statistic charges the team-window's privacy budget; repeats are free and " \
-           "identical." in out
+    assert "Reading is free: without --release it shows what is released and what the rest would cost." in out
+    assert "With --release, the first release of a statistic charges the team-window's privacy budget; " \
+           "repeats are free and identical." in out
     assert "Adoption (the share of each team's roster active in the window) is always added, in every format" \
            in out
 
@@ -196,8 +198,9 @@ def test_refusals_are_clear_and_exit_nonzero(two_days: tuple[Api, list[str]]) ->
     assert "--epsilon" in run(["report", *base, "--epsilon", "abc"], expect=2)
     out = run(["report", *base, "--metric", "ai.nothing"], expect=5)
     assert "NOT_FOUND" in out and "metric 'ai.nothing' is not in the policy" in out
-    out = run(["report", *base, "--statistic", "sum", "--epsilon", "0.3"], expect=8)
-    assert "RESOURCE_EXHAUSTED" in out and "team team-red requested epsilon 1.5" in out
+    out = " ".join(run(["report", *base, "--statistic", "sum", "--epsilon", "0.3"], expect=8).split())
+    assert "RESOURCE_EXHAUSTED, not sent: this release would overspend the privacy budget: team team-blue in" in out
+    assert "needs epsilon 1.5 but has 1 left of 1" in out and "Nothing was released or charged" in out
     current = api.chorus.clock.now().date().isoformat()
     contribute(api.chorus, ("user-team-red-0", "ai.requests", 1))
     out = run(["report", *base, "--window", current], expect=7)
@@ -209,3 +212,26 @@ def test_no_closed_window_yet(chorus: Chorus, make_api: Callable[[Chorus], Api])
     secret, _ = chorus.tokens.create(Role.ANALYST, "leadership", chorus.clock.now(), actor="test")
     out = run(["report", "--server", api.server.address, "--token", secret], expect=7)
     assert "no closed window yet" in out
+
+
+def test_reading_is_free_and_prices_the_rest(two_days: tuple[Api, list[str]]) -> None:
+    """Without --release nothing is spent: released numbers are shown, the rest as not released
+    with its cost; the same request with --release then spends exactly that."""
+    api, base = two_days
+    read = [a for a in base if a != "--release"]
+    budgets = api.chorus.db.run(lambda tx: tx.query("SELECT team, window_id, spent_micros FROM budgets"),
+                                name="test")
+    out = " ".join(run(["report", *read, "--metric", "ai.requests"]).split())
+    assert "not released: sum of ai.requests (epsilon 0.05 per team) for 2 team(s); `--release` spends it" in out
+    assert "not released: adoption (epsilon 0.05 per team)" in out
+    assert "Nothing was charged: reading released numbers is free" in out
+    records = json.loads(run(["report", *read, "--metric", "ai.requests", "--format", "json"]))
+    assert {(r["team"], r["statistic"], r["outcome"], r["epsilon"]) for r in records if r["team"] == "team-red"} == {
+        ("team-red", "sum", "not released", "0.05"), ("team-red", "adoption", "not released", "0.05")}
+    assert api.chorus.db.run(lambda tx: tx.query("SELECT team, window_id, spent_micros FROM budgets"),
+                             name="test") == budgets
+    spent = run(["report", *base, "--metric", "ai.requests"])
+    assert "Charged now: epsilon 0.1 to each of 2 team-window budget(s)" in spent
+    again = run(["report", *read, "--metric", "ai.requests"])
+    assert "not released" not in again and cells(again, "ai.requests", "team-blue")[2] == cells(
+        spent, "ai.requests", "team-blue")[2]

@@ -1,7 +1,10 @@
 """`chorus report`: team statistics of closed windows with 95% intervals, as an analyst sees them.
 
-A client of ReleaseService like any other. The first report of a window charges each
-team-window's privacy budget; asking again returns the same stored answers for free.
+A client of ReleaseService like any other. By default it only reads (validate_only): the
+numbers already released, by the window's release plan or by anyone before, and for each
+statistic never released what it would cost. It spends only with --release, after a read of
+the same request shows that every team's budget covers it; a request that would overspend is
+refused here, before anything is sent.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def report(
                                                    "Default: every team.")] = None,
     epsilon: Annotated[str | None, typer.Option("--epsilon", help="Epsilon per noisy statistic released "
                                                 "now, e.g. 0.1. Default: the window's defaults.")] = None,
+    spend: Annotated[bool, typer.Option("--release", help="Release what is not released yet, spending "
+                                        "privacy budget (checked first: an overspend is refused before "
+                                        "anything is sent). Without it nothing is spent.")] = False,
     trend: Annotated[int | None, typer.Option("--trend", min=1, max=520, help="Instead: one statistic "
                                               "of one --metric per team over the last N closed "
                                               "windows.")] = None,
@@ -85,7 +91,9 @@ def report(
 
     Teams below the minimum size are listed as suppressed, with the reason.
 
-    The first release of a statistic charges the team-window's privacy budget; repeats are free and identical.
+    Reading is free: without --release it shows what is released and what the rest would cost.
+
+    With --release, the first release of a statistic charges the team-window's privacy budget; repeats are free and identical.
 
     The table shows large numbers rounded (7.93M ± 3.00M) when the full ones do not fit; csv and json keep them.
     """
@@ -106,15 +114,22 @@ def report(
             raise fail("no closed window yet: a window is released only after it closes "
                        "(its end plus the grace period)", ExitCode.FAILED_PRECONDITION)
         if trend is not None:
-            replies = _trend(conn, stub, closed[:trend][::-1], team or [], metric or [], statistics[0],
-                             epsilon)
+            windows = closed[:trend][::-1]
+            if spend:
+                _check_budget(_trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, True))
+            replies = _trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, not spend)
         else:
             if window is None:
                 window = closed[0]
             if Statistic.ADOPTION not in statistics:  # every format: csv and json hold all that was paid for
                 statistics.append(Statistic.ADOPTION)
-            replies = [conn.call(stub.Release, _request(window, team or [], metric or [], statistics,
-                                                        epsilon))]
+            request = _request(window, team or [], metric or [], statistics, epsilon)
+            if spend:
+                preview = _request(window, team or [], metric or [], statistics, epsilon, read=True)
+                _check_budget([conn.call(stub.Release, preview)])
+            else:
+                request.validate_only = True
+            replies = [conn.call(stub.Release, request)]
     emit(fmt, FIELDS, _records(replies),
          lambda: _print_trend(replies, statistics[0]) if trend is not None else _print_report(replies[0], statistics))
 
@@ -126,21 +141,21 @@ def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub)
 
 
 def _request(window: str, teams: list[str], metrics: list[str], statistics: list[Statistic],
-             epsilon: str | None) -> release_pb2.ReleaseRequest:
+             epsilon: str | None, *, read: bool = False) -> release_pb2.ReleaseRequest:
     return release_pb2.ReleaseRequest(
-        window=window, teams=teams, metrics=metrics,
+        window=window, teams=teams, metrics=metrics, validate_only=read,
         statistics=[release_pb2.StatisticRequest(statistic=s.proto, epsilon=epsilon or "")
                     for s in statistics])
 
 
 def _trend(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, windows: list[str],
            teams: list[str], metrics: list[str], statistic: Statistic,
-           epsilon: str | None) -> list[release_pb2.ReleaseResponse]:
-    """One release per window, oldest first; a window past retention is shown as unavailable."""
+           epsilon: str | None, read: bool) -> list[release_pb2.ReleaseResponse]:
+    """One release (or read) per window, oldest first; a window past retention is shown as unavailable."""
     replies = []
     for window in windows:
         try:
-            replies.append(stub.Release(_request(window, teams, metrics, [statistic], epsilon),
+            replies.append(stub.Release(_request(window, teams, metrics, [statistic], epsilon, read=read),
                                         metadata=conn.metadata, timeout=60))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
@@ -151,6 +166,17 @@ def _trend(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, windows:
     return replies
 
 
+def _check_budget(previews: list[release_pb2.ReleaseResponse]) -> None:
+    """Refuse, before anything is sent, a release some team's remaining budget cannot pay for."""
+    over = [f"team {t.team} in {r.window} needs epsilon {t.epsilon_required} but has {t.budget_remaining} "
+            f"left of {t.budget_cap}" for r in previews for t in r.teams
+            if t.epsilon_required and Epsilon.parse(t.epsilon_required) > Epsilon.parse(t.budget_remaining)]
+    if over:
+        raise fail("RESOURCE_EXHAUSTED, not sent: this release would overspend the privacy budget: " + "; ".join(over)
+                   + ". Nothing was released or charged; ask for fewer statistics, fewer teams or a smaller "
+                   "--epsilon", ExitCode.RESOURCE_EXHAUSTED)
+
+
 def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, Any]]:
     for reply in replies:
         for t in reply.teams:
@@ -159,8 +185,12 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
                     "message": text_or_none(t.message), "budget_cap": text_or_none(t.budget_cap),
                     "budget_remaining": text_or_none(t.budget_remaining),
                     "team_epsilon_charged": t.epsilon_charged}
-            if not t.estimates:
+            if not t.estimates and not t.unreleased:
                 yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
+            for u in t.unreleased:  # what it would cost: epsilon, and the interval it would have
+                yield {**{f: base.get(f) for f in FIELDS}, "outcome": "not released",
+                       "metric": text_or_none(u.metric), "statistic": _statistic_name(u.statistic),
+                       "ci95": u.expected_ci95 or None, "epsilon": u.epsilon}
             for e in t.estimates:
                 name = _statistic_name(e.statistic)
                 histogram = name == Statistic.HISTOGRAM.value
@@ -244,9 +274,17 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
     if any(e.note for r in replies for t in r.teams for e in t.estimates):
         console.print("* post-processed: a negative noisy value is shown as 0 (or a ratio clamped to its "
                       "range); the noisy values are in --format json")
+    unreleased: dict[str, set[str]] = {}
+    for r in replies:
+        for t in r.teams:
+            for u in t.unreleased:
+                what = f"{_statistic_name(u.statistic)} of {u.metric}" if u.metric else _statistic_name(u.statistic)
+                unreleased.setdefault(f"{what} (epsilon {u.epsilon} per team)", set()).add(t.team)
+    for what, teams in unreleased.items():
+        console.print(f"not released: {what} for {len(teams)} team(s); `--release` spends it", highlight=False)
     charges = sorted(c for r in replies for t in r.teams if (c := Epsilon.parse(t.epsilon_charged)).micros)
     if not charges:
-        console.print("Nothing was charged: every answer was released before, and repeats are identical.")
+        console.print("Nothing was charged: reading released numbers is free, and repeats are identical.")
         return
     each = str(charges[0]) if charges[0] == charges[-1] else f"{charges[0]} to {charges[-1]}"
     console.print(f"Charged now: epsilon {each} to each of {len(charges)} team-window budget(s); asking "

@@ -143,8 +143,13 @@ def _check_port_free(address: str) -> None:
 
 
 def default_config() -> None:
-    """Print the built-in configuration (a starting point for --config)."""
+    """Print the built-in configuration (a starting point for --config), with the intervals its
+    release plan gives teams of 10, 30 and 100 people."""
+    from chorus.server.plan_intervals import explain
+
     print(config_module.DEFAULT_TOML, end="")
+    print()
+    print(explain(config_module.load(None).policy), end="")
 
 
 config_app = typer.Typer(help="Check a configuration file.", no_args_is_help=True)
