@@ -33,6 +33,13 @@ TEAMS = {"team-red": 6, "team-blue": 5, "team-tiny": 3}
 #: Who is active, per team: index -> multiplier of the base usage.
 ACTIVE = {"team-red": 5, "team-blue": 3, "team-tiny": 3}
 METRICS = ("ai.tokens", "ai.requests", "ai.suggestions_accepted", "ai.tasks_completed")
+#: The suite policy with a leadership plan, released as each window closes: adoption, every
+#: metric's sum and the mean of ai.tokens, each part at the suite's 0.05 (0.3 of each team's 1).
+PLAN = (("adoption", ""), *(("sum", m) for m in METRICS), ("mean", "ai.tokens"))
+PLAN_COST = "0.3"
+DASHBOARD_TOML = SUITE_TOML.replace("release_plan = []", "") + "".join(
+    f'\n[[privacy.release_plan]]\nstatistic = "{stat}"\n' + (f'metric = "{metric}"\n' if metric else "")
+    for stat, metric in PLAN)
 
 
 def noon(day: str) -> datetime:
@@ -103,9 +110,10 @@ class Stack:
 
 
 def build_stack(data_dir: Path, toml: str | None = None) -> Stack:
+    """Three closed windows, each with its release plan released (by DASHBOARD_TOML by default)."""
     clock = FakeClock(noon(DAYS[0]))
     path = data_dir.parent / f"{data_dir.name}.toml"
-    path.write_text(SUITE_TOML if toml is None else toml)
+    path.write_text(DASHBOARD_TOML if toml is None else toml)
     chorus = Chorus(config.load(path), data_dir, clock=clock)
     chorus.import_roster(roster_rows(), actor="test")
     for index, day in enumerate(DAYS):
@@ -163,6 +171,6 @@ def login(client: FlaskClient, token: str, next_path: str | None = None) -> Test
     return client.post("/login", data=data)
 
 
-ANALYST_PAGES = ("/overview", "/trends", "/histogram")
+ANALYST_PAGES = ("/overview", "/trends", "/histogram", "/spend")
 AUDITOR_PAGES = ("/budget", "/ledger", "/policies", "/statement")
 CLOSED = common_pb2.WINDOW_STATE_CLOSED

@@ -18,9 +18,18 @@ from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.v1 import common_pb2
-from tests._policy import SUITE_TOML
-
-from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack, csrf_of, login
+from .conftest import (
+    ANALYST_PAGES,
+    AUDITOR_PAGES,
+    DASHBOARD_TOML,
+    DAYS,
+    LATEST,
+    PLAN_COST,
+    Stack,
+    build_stack,
+    csrf_of,
+    login,
+)
 
 ADOPTION, SUM = common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM
 
@@ -184,25 +193,44 @@ def test_an_auditor_opening_an_analyst_page_releases_nothing(client: FlaskClient
 
 # Numbers, caching and CSV
 
-def test_overview_shows_the_released_numbers_and_opening_it_twice_spends_budget_once(
+def test_overview_reads_the_planned_numbers_and_opening_it_spends_nothing(
         client: FlaskClient, stack: Stack) -> None:
+    before = (stack.budgets(), stack.ledger_size())
     login(client, stack.tokens[Role.ANALYST])
     first = client.get("/overview").get_data(as_text=True)
-    assert "tag-new" in first and "tag-cached" not in first
-    assert "This page shows 10 newly released numbers" in first  # adoption + 4 sums, for 2 teams
-    spent = {(b.window, b.team): b.spent for b in stack.budgets()}
-    ledger = stack.ledger_size()
-    second = client.get("/overview").get_data(as_text=True)
-    assert "tag-new" not in second and "tag-cached" in second
-    assert "This page shows 0 newly released numbers (privacy budget spent now) and 10 cached" in second
-    assert {(b.window, b.team): b.spent for b in stack.budgets()} == spent
-    assert stack.ledger_size() == ledger
-    assert spent[(LATEST, "team-red")] != "0"  # something was charged, once
-    assert spent[(LATEST, "team-tiny")] == "0"  # suppressed teams are never charged
-    assert "suppressed: team team-tiny has 3 people on the roster" in second
+    second = client.get("/overview?statistic=count").get_data(as_text=True)
+    for path in ("/trends", "/histogram", f"/overview.csv?window={LATEST}&chart=ai-tokens", "/spend?preview=1"):
+        assert client.get(path).status_code == 200, path
+    assert (stack.budgets(), stack.ledger_size()) == before
+    assert {b.spent for b in stack.budgets() if b.team != "team-tiny"} == {PLAN_COST}
+    assert f"Company, window {LATEST} compared with {DAYS[-2]}" in first
+    assert "Company adoption" in first and "Company total of ai.tokens" in first
+    assert "How to read this:" in first and first.count("How to read this:") == 1
+    assert "Not released" not in first  # every sum is planned
+    assert "suppressed: team team-tiny has 3 people on the roster" in first
+    # Counts are not planned (but ai.tokens's, for its mean): shown as not released, with their cost and a way to release them.
+    assert "Not released" in second and "people using it of ai.requests</strong>, window" in second
+    assert "would cost epsilon 0.05 per team" in second
+    assert f"/spend?window={LATEST}&amp;statistic=count&amp;metric=ai.requests&amp;preview=1" in second
 
 
-def test_csv_downloads_hold_the_numbers_of_the_grpc_release_at_full_precision(
+def test_headline_tiles_state_the_change_and_its_interval(client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    body = " ".join(html.unescape(client.get(f"/overview?window={DAYS[1]}").get_data(as_text=True)).split())
+    assert f"since {DAYS[0]}" in body and "95% interval of the change" in body
+    assert ("a real change at 95%" in body) or ("this could be no change at all" in body)
+    oldest = client.get(f"/overview?window={DAYS[0]}").get_data(as_text=True)
+    assert "No earlier released window to compare with." in oldest
+
+
+def test_team_comparisons_say_when_intervals_do_not_allow_ranking(client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    body = client.get("/overview").get_data(as_text=True)
+    assert body.count('class="ranking"') >= 2
+    assert ("cannot be ranked" in body) or ("can be ranked as shown" in body)
+
+
+def test_csv_downloads_hold_the_released_numbers_at_full_precision(
         client: FlaskClient, stack: Stack) -> None:
     login(client, stack.tokens[Role.ANALYST])
     response = client.get(f"/overview.csv?window={LATEST}&chart=ai-tokens")
@@ -215,24 +243,26 @@ def test_csv_downloads_hold_the_numbers_of_the_grpc_release_at_full_precision(
     assert set(rows) == set(api) == {"team-red", "team-blue", "team-tiny"}
     for team in ("team-red", "team-blue"):
         estimate = next(e for e in api[team].estimates if e.metric == "ai.tokens" and e.statistic == SUM)
+        assert estimate.cached  # released by the plan when the window closed
         assert float(rows[team]["value"]) == estimate.value
         assert float(rows[team]["ci95"]) == estimate.ci95
         assert float(rows[team]["low"]) == max(0.0, estimate.value - estimate.ci95)
         assert float(rows[team]["high"]) == estimate.value + estimate.ci95
         assert rows[team]["epsilon"] == estimate.epsilon
-        assert rows[team]["release"] == "newly released"  # the download was the first release
     assert rows["team-tiny"]["outcome"].startswith("suppressed")
     assert rows["team-tiny"]["value"] == ""
 
 
 def test_every_chart_on_every_analyst_page_has_a_table_and_a_working_csv_link(
         client: FlaskClient, stack: Stack) -> None:
+    stack.release(LATEST, [common_pb2.STATISTIC_HISTOGRAM], metrics=("ai.tokens",))
     login(client, stack.tokens[Role.ANALYST])
-    for path in ANALYST_PAGES:
+    for path in ("/overview", "/trends", "/histogram"):
         body = client.get(path).get_data(as_text=True)
         figures = body.count("<figure>")
         assert figures >= 1, path
         assert body.count("<table>") == figures, path
+        assert body.count("How to read this:") == 1, path
         links = [html.unescape(part.split('"', 1)[0])
                  for part in body.split('href="')[1:] if ".csv?" in part.split('"', 1)[0]]
         assert len(links) == figures, path
@@ -242,20 +272,30 @@ def test_every_chart_on_every_analyst_page_has_a_table_and_a_working_csv_link(
             assert len(csv_rows(download.get_data(as_text=True))) >= 1, link
 
 
-def test_trends_cover_the_last_windows_and_histogram_buckets_match_the_release(
+def test_trends_cover_the_last_windows_and_histogram_buckets_are_ranges(
         client: FlaskClient, stack: Stack) -> None:
     login(client, stack.tokens[Role.ANALYST])
-    rows = csv_rows(client.get("/trends.csv?chart=trend&statistic=count&metric=ai.requests&n=2")
+    rows = csv_rows(client.get("/trends.csv?chart=trend&statistic=sum&metric=ai.requests&n=2")
                     .get_data(as_text=True))
     assert sorted({r["window"] for r in rows}) == list(DAYS[-2:])
-    histogram = csv_rows(client.get(f"/histogram.csv?chart=histogram&window={DAYS[0]}&team=team-red"
-                                    "&metric=ai.tokens").get_data(as_text=True))
+    assert all(r["value"] for r in rows if r["team"] != "team-tiny")
+    page = client.get(f"/histogram?window={DAYS[0]}&team=team-red&metric=ai.tokens").get_data(as_text=True)
+    assert "<figure>" not in page and "Not released" in page  # never released: priced, not spent
     released = stack.release(DAYS[0], [common_pb2.STATISTIC_HISTOGRAM], teams=("team-red",),
                              metrics=("ai.tokens",)).teams[0].estimates[0]
+    histogram = csv_rows(client.get(f"/histogram.csv?chart=histogram&window={DAYS[0]}&team=team-red"
+                                    "&metric=ai.tokens").get_data(as_text=True))
     assert [int(r["value"]) for r in histogram] == list(released.bucket_counts)
-    dash = "\u2013"
-    assert [r["bucket"] for r in histogram] == ["< 10,000", f"10,000{dash}49,999", f"50,000{dash}99,999",
-                                                f"100,000{dash}149,999", "≥ 150,000"]
+    assert [r["bucket"] for r in histogram] == ["under 10k", "10k-50k", "50k-100k", "100k-150k", "150k+"]
+
+
+def test_a_single_window_trend_keeps_its_interval(client: FlaskClient, stack: Stack) -> None:
+    """Only the latest window has a released count: its interval is a whisker, not a zero-width band."""
+    stack.release(LATEST, [common_pb2.STATISTIC_COUNT], metrics=("ai.requests",))
+    login(client, stack.tokens[Role.ANALYST])
+    body = client.get("/trends?statistic=count&metric=ai.requests&n=3").get_data(as_text=True)
+    panel = body[body.index("chart-trend-0"):body.index("</svg>", body.index("chart-trend-0"))]
+    assert '<path class="ci"' in panel and "<polygon" not in panel
 
 
 def test_auditor_pages_show_budgets_policies_the_verified_ledger_and_the_statement(
@@ -268,7 +308,7 @@ def test_auditor_pages_show_budgets_policies_the_verified_ledger_and_the_stateme
     api = {b.team: b for b in stack.budgets(LATEST)}
     assert {t: (r["cap"], r["spent"], r["remaining"], r["releases"]) for t, r in budget.items()} == {
         t: (b.cap, b.spent, b.remaining, str(b.releases)) for t, b in api.items()}
-    assert budget["team-red"]["spent"] == "0.05"
+    assert budget["team-red"]["spent"] == PLAN_COST
     ledger = client.get("/ledger").get_data(as_text=True)
     assert "Chain verification: verified" in ledger
     assert f"All {stack.ledger_size()} entries verified" in ledger
@@ -319,22 +359,52 @@ def test_security_headers_keep_every_request_on_the_dashboard(client: FlaskClien
     assert "<script" not in response.get_data(as_text=True)
 
 
-def test_a_release_refused_for_budget_shows_the_quota_and_changes_nothing(tmp_path: Path) -> None:
-
-    # A budget of 0.1 cannot pay for adoption plus four sums at 0.05 each.
-    stack = build_stack(tmp_path / "data", SUITE_TOML.replace('epsilon_per_window = "1"',
-                                                                       'epsilon_per_window = "0.1"'))
+def test_a_spent_budget_never_breaks_the_landing_page(tmp_path: Path) -> None:
+    """The plan spends every team's whole budget: the pages still show what is released, price the
+    rest, and the release page says the overspend before anything is sent."""
+    stack = build_stack(tmp_path / "data", DASHBOARD_TOML.replace('epsilon_per_window = "1"',
+                                                                  f'epsilon_per_window = "{PLAN_COST}"'))
     try:
         client = create_app(stack.gateway()).test_client()
         login(client, stack.tokens[Role.ANALYST])
         before = (stack.budgets(), stack.ledger_size())
-        response = client.get("/overview")
-        assert response.status_code == 409
-        body = response.get_data(as_text=True)
-        assert "team team-red, window " in body and "remaining 0.1 of 0.1" in body
+        assert {b.remaining for b in before[0] if b.team != "team-tiny"} == {"0"}
+        for path in ("/overview", "/overview?statistic=count", "/trends?statistic=count", "/histogram"):
+            assert client.get(path).status_code == 200, path
+        preview = client.get(f"/spend?window={LATEST}&statistic=count&metric=ai.requests&preview=1")
+        body = " ".join(preview.get_data(as_text=True).split())
+        assert preview.status_code == 200
+        assert "This release would overspend the privacy budget, so it cannot be sent." in body
+        assert "Team team-red needs epsilon 0.05 but has 0 left." in body
+        assert "Release and spend this budget" not in body
         assert (stack.budgets(), stack.ledger_size()) == before
     finally:
         stack.close()
+
+
+def test_spending_needs_a_preview_of_its_cost_and_a_confirmation(client: FlaskClient, stack: Stack) -> None:
+    login(client, stack.tokens[Role.ANALYST])
+    before = {b.team: b.spent for b in stack.budgets(LATEST)}
+    query = f"window={LATEST}&statistic=histogram&metric=ai.requests&epsilon=0.1"
+    preview = client.get(f"/spend?{query}&preview=1")
+    page = preview.get_data(as_text=True)
+    rows = {r.split("</th>")[0]: r for r in page.split('<tr><th scope="row">')[1:]}
+    assert set(rows) == {"team-red", "team-blue"}  # team-tiny is below k: never released, never charged
+    assert '<td class="num" data-column="epsilon">0.1</td>' in rows["team-red"]
+    assert '<td class="num" data-column="remaining">0.7</td>' in rows["team-red"]
+    assert '<td class="num" data-column="remaining_after">0.6</td>' in rows["team-red"]
+    assert 'data-column="interval">' in rows["team-red"] and "Release and spend this budget" in page
+    assert {b.team: b.spent for b in stack.budgets(LATEST)} == before  # a preview spends nothing
+    assert client.post("/spend", data={"window": LATEST, "statistic": "histogram"}).status_code == 400  # no CSRF
+    done = client.post("/spend", data={"csrf": csrf_of(preview), "window": LATEST, "statistic": "histogram",
+                                       "metric": "ai.requests", "epsilon": "0.1"})
+    assert done.status_code == 200 and "Released distribution of ai.requests" in done.get_data(as_text=True)
+    after = {b.team: b.spent for b in stack.budgets(LATEST)}
+    assert after == {**before, "team-red": "0.4", "team-blue": "0.4"}
+    again = client.get(f"/spend?{query}&preview=1").get_data(as_text=True)
+    assert "Everything asked for is already released" in again and "Release and spend" not in again
+    shown = client.get(f"/histogram?window={LATEST}&team=team-red&metric=ai.requests").get_data(as_text=True)
+    assert "<figure>" in shown
 
 
 def test_the_server_being_down_is_a_503_that_names_it(tmp_path: Path) -> None:

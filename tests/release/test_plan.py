@@ -5,7 +5,6 @@ reading (validate_only) never spends."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -129,8 +129,8 @@ def test_compact_numbers() -> None:
 def test_help_paragraphs_are_left_to_rich_to_wrap() -> None:
     out = run(["report", "--help"])
     assert "Reading is free: without --release it shows what is released and what the rest would cost." in out
-    assert "With --release, the first release of a statistic charges the team-window's privacy budget; " \
-           "repeats are free and identical." in out
+    assert "With --release, a first release charges the team-window's privacy budget; repeats are free and " \
+           "identical." in out
     assert "Adoption (the share of each team's roster active in the window) is always added, in every format" \
            in out
 

@@ -13,6 +13,7 @@ from chorus.server.cli._common import (
     DEFAULT_SERVER,
     CaOpt,
     CertOpt,
+    ExitCode,
     KeyOpt,
     ServerOpt,
     console,
@@ -37,6 +38,9 @@ def dashboard(
     session_idle: Annotated[str, typer.Option("--session-idle", help="Sign a browser out after this long "
                                               "without a request, e.g. 30m or 2h.")] = "30m",
     threads: Annotated[int, typer.Option("--threads", min=1, max=256, help="Worker threads.")] = 8,
+    connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=0.1, help="Seconds to wait for "
+                                                   "the Chorus server at start; the dashboard refuses to start "
+                                                   "without it.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Serve the web dashboard for leadership (analyst tokens) and privacy officers (auditor tokens)."""
@@ -53,6 +57,10 @@ def dashboard(
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     gateway = Gateway(server, ca=ca, client_cert=client_cert, client_key=client_key)
+    if not gateway.reachable(timeout=connect_timeout):
+        gateway.close()
+        raise fail(f"the Chorus server at {server} is not reachable (no connection within {connect_timeout:g} s): "
+                   "start `chorus serve` first, or pass the right --server", ExitCode.UNAVAILABLE)
     try:
         web = DashboardServer(create_app(gateway, idle_timeout=idle), listen, threads=threads,
                               trusted_proxy=trusted_proxy)

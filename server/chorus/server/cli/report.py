@@ -93,7 +93,7 @@ def report(
 
     Reading is free: without --release it shows what is released and what the rest would cost.
 
-    With --release, the first release of a statistic charges the team-window's privacy budget; repeats are free and identical.
+    With --release, a first release charges the team-window's privacy budget; repeats are free and identical.
 
     The table shows large numbers rounded (7.93M ± 3.00M) when the full ones do not fit; csv and json keep them.
     """

@@ -49,9 +49,10 @@ class PageSpec:
 
 
 PAGES = (
-    PageSpec("overview", "Team overview", Role.ANALYST, pages.overview),
+    PageSpec("overview", "Overview", Role.ANALYST, pages.overview),
     PageSpec("trends", "Trends", Role.ANALYST, pages.trends),
     PageSpec("histogram", "Distribution", Role.ANALYST, pages.histogram),
+    PageSpec("spend", "Release more", Role.ANALYST, pages.spend, charts=False),
     PageSpec("budget", "Budget", Role.AUDITOR, pages.budget),
     PageSpec("ledger", "Ledger", Role.AUDITOR, pages.ledger, charts=False),
     PageSpec("policies", "Policies", Role.AUDITOR, pages.policies, charts=False),
@@ -59,6 +60,7 @@ PAGES = (
 )
 _BY_ENDPOINT = {p.endpoint: p for p in PAGES} | {f"{p.endpoint}_csv": p for p in PAGES if p.charts}
 _BY_ENDPOINT["statement_md"] = _BY_ENDPOINT["statement"]
+_BY_ENDPOINT["spend_confirm"] = _BY_ENDPOINT["spend"]
 
 
 def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: SessionStore | None = None,
@@ -197,6 +199,20 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
         window, markdown = found
         return Response(markdown, mimetype="text/markdown", headers={
             "Content-Disposition": f'attachment; filename="privacy-statement-{_filename(window)}.md"'})
+
+    @app.post("/spend")
+    def spend_confirm() -> str:
+        """The confirmed release: the only request of the dashboard that spends budget."""
+        reply = pages.release_confirmed(gateway.as_user(g.session.token), request.form)
+        form = request.form
+        statistic = form.get("statistic", "")
+        metric = form.get("metric", "") if statistic != "adoption" else ""
+        subject = f"{pages.STATISTIC_WORDS.get(statistic, statistic)}{f' of {metric}' if metric else ''}"
+        back = (url_for("histogram", window=reply.window, metric=metric) if statistic == "histogram"
+                else url_for("overview", window=reply.window))
+        _log.info("release confirmed in the dashboard: %s, window %s", subject, reply.window)
+        return render_template("spend_done.html", teams=reply.teams, window=reply.window, subject=subject,
+                               back=back, page=None)
 
     for spec in PAGES:
         _register(app, spec, gateway)

@@ -8,6 +8,7 @@ also shows as a table; they never carry information the table lacks.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from markupsafe import Markup, escape
 
 Formatter = Callable[[float], str]
 
-# A narrow canvas keeps text legible when a phone shrinks the chart; CSS caps its width on big screens.
+# A narrow canvas keeps text legible when a phone shrinks the chart; a wide one fills a desktop page.
+# `responsive` draws a chart at both and CSS shows the one that suits the screen.
 WIDTH = 440
+WIDE = 1000
 _LABEL_RIGHT = 112  # team or bucket labels end here
 _PLOT_LEFT = 120
 _ROW = 30
@@ -128,9 +131,10 @@ def _label(x: float, y: float, text: str, cls: str, anchor: str = "start", limit
             f"{tip}{escape(shown)}</text>")
 
 
-def _svg(chart_id: str, title: str, desc: str, height: float, body: list[str]) -> Markup:
+def _svg(chart_id: str, title: str, desc: str, height: float, body: list[str], width: int = WIDTH) -> Markup:
+    size = "chart-wide" if width > WIDTH else "chart-narrow"
     return Markup(
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {height:.0f}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {size}" viewBox="0 0 {width} {height:.0f}" '
         f'role="img" aria-labelledby="{chart_id}-title {chart_id}-desc" focusable="false">'
         f'<title id="{chart_id}-title">{escape(title)}</title>'
         f'<desc id="{chart_id}-desc">{escape(desc)}</desc>' + "".join(body) + "</svg>")
@@ -154,11 +158,16 @@ def _x_axis(scale: _Scale, top: float, bottom: float, fmt: Formatter) -> list[st
     return parts
 
 
+def responsive(draw: Callable[..., Markup], chart_id: str, *args: object, **kwargs: object) -> Markup:
+    """The chart drawn for a phone and for a desktop page; CSS shows one of them."""
+    return Markup(draw(chart_id, *args, **kwargs) + draw(f"{chart_id}-wide", *args, width=WIDE, **kwargs))
+
+
 def interval_bars(chart_id: str, title: str, desc: str, rows: Sequence[Bar], *,
-                  fmt: Formatter = format_compact, include: Sequence[float] = (0.0,)) -> Markup:
+                  fmt: Formatter = format_compact, include: Sequence[float] = (0.0,), width: int = WIDTH) -> Markup:
     """Horizontal bars, one per row, each with its 95% interval as a whisker and its value."""
     intervals = [r.interval for r in rows if r.interval is not None]
-    plot_right = WIDTH - 72
+    plot_right = width - 72
     scale = _Scale([v for i in intervals for v in (i.low, i.high)], _PLOT_LEFT, plot_right, include)
     top = 8.0
     bottom = top + _ROW * max(len(rows), 1)
@@ -174,16 +183,23 @@ def interval_bars(chart_id: str, title: str, desc: str, rows: Sequence[Bar], *,
                     f'width="{abs(end - zero):.1f}" height="16"/>')
         body.append(_whisker_h(scale, row.interval, mid))
         body.append(_label(plot_right + 8, mid + 4, fmt(row.interval.value), "value"))
-    return _svg(chart_id, title, desc, bottom + _AXIS, body)
+    return _svg(chart_id, title, desc, bottom + _AXIS, body, width)
+
+
+def bucket_labels(edges: Sequence[int]) -> list[str]:
+    """Buckets (-inf, e0), [e0, e1), ..., [en, +inf) as ranges: "under 25k", "25k-100k", ..., "400k+"."""
+    if not edges:
+        return ["all"]
+    return ([f"under {format_compact(edges[0])}"]
+            + [f"{format_compact(a)}-{format_compact(b)}" for a, b in itertools.pairwise(edges)]
+            + [f"{format_compact(edges[-1])}+"])
 
 
 def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[Interval], edges: Sequence[int], *,
-                   fmt: Formatter = format_compact) -> Markup:
-    """Vertical bars per bucket (people per usage range) with 95% interval whiskers.
-
-    Buckets are (-inf, e0), [e0, e1), ..., [en, +inf): the edges are labelled where two bars meet.
-    """
-    top, bottom, left, right = 12.0, 180.0, 52.0, WIDTH - 10.0
+                   fmt: Formatter = format_compact, width: int = WIDTH) -> Markup:
+    """Vertical bars per bucket (people per usage range) with 95% interval whiskers, each bar
+    labelled with its range ("25k-100k")."""
+    top, bottom, left, right = 12.0, 180.0, 52.0, width - 10.0
     scale = _Scale([v for i in buckets for v in (i.low, i.high)], bottom, top)
     body = []
     for tick in scale.ticks():
@@ -191,11 +207,11 @@ def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[Inter
         body.append(f'<line class="grid" x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}"/>')
         body.append(_label(left - 6, y + 4, fmt(tick), "tick", "end"))
     slot = (right - left) / max(len(buckets), 1)
-    every = max(1, math.ceil(48 / slot))  # an edge label needs about 48 units of width
-    for index, edge in enumerate(edges):
-        if index % every == 0:
-            x = left + slot * (index + 1)
-            body.append(_label(x, bottom + 18, format_compact(edge), "tick", "middle"))
+    labels = bucket_labels(edges)
+    for index, label in enumerate(labels[:len(buckets)]):
+        # A narrow canvas alternates two rows of labels so that neighbours never collide.
+        row = index % 2 if slot < 80 else 0
+        body.append(_label(left + slot * (index + 0.5), bottom + 18 + 14 * row, label, "tick", "middle"))
     zero = scale(0.0)
     for index, interval in enumerate(buckets):
         cx = left + slot * (index + 0.5)
@@ -206,17 +222,19 @@ def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[Inter
         body.append(f'<path class="ci" d="M{cx:.1f},{y0:.1f}V{y1:.1f}M{cx - 6:.1f},{y0:.1f}h12'
                     f'M{cx - 6:.1f},{y1:.1f}h12"/>')
     body.append(f'<line class="zero" x1="{left:.1f}" y1="{zero:.1f}" x2="{right:.1f}" y2="{zero:.1f}"/>')
-    return _svg(chart_id, title, desc, bottom + _AXIS + 6, body)
+    return _svg(chart_id, title, desc, bottom + _AXIS + 20, body, width)
 
 
 def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
                 points: Sequence[Interval | None], domain: Sequence[float], *,
-                fmt: Formatter = format_compact) -> Markup:
+                fmt: Formatter = format_compact, width: int = WIDTH) -> Markup:
     """Value per window as a line inside its 95% interval band; a gap where nothing was released.
+    A window standing alone (one window, or neighbours without values) has no band to draw: its
+    interval is a whisker, so it never disappears.
 
     `domain` holds values the y-axis must cover, so small multiples can share one scale.
     """
-    top, bottom, left, right = 10.0, 140.0, 60.0, WIDTH - 36.0
+    top, bottom, left, right = 10.0, 140.0, 60.0, width - 36.0
     scale = _Scale(list(domain), bottom, top)
     step = (right - left) / max(len(windows) - 1, 1)
 
@@ -236,6 +254,13 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
             anchor = "start" if index == 0 and last else "end" if index == last and last else "middle"
             body.append(_label(x(index), bottom + 18, window, "tick", anchor))
     for run in _runs(points):
+        if len(run) == 1:
+            (i, p), = run
+            y0, y1 = scale(p.low), scale(p.high)
+            body.append(f'<path class="ci" d="M{x(i):.1f},{y0:.1f}V{y1:.1f}M{x(i) - 6:.1f},{y0:.1f}h12'
+                        f'M{x(i) - 6:.1f},{y1:.1f}h12"/>')
+            body.append(f'<circle class="point" cx="{x(i):.1f}" cy="{scale(p.value):.1f}" r="3.5"/>')
+            continue
         upper = " ".join(f"{x(i):.1f},{scale(p.high):.1f}" for i, p in run)
         lower = " ".join(f"{x(i):.1f},{scale(p.low):.1f}" for i, p in reversed(run))
         body.append(f'<polygon class="band" points="{upper} {lower}"/>')
@@ -246,7 +271,7 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
     if all(p is None for p in points):
         body.append(_label((left + right) / 2, (top + bottom) / 2, "nothing released in these windows",
                            "note", "middle", limit=_MAX_NOTE))
-    return _svg(chart_id, title, desc, bottom + _AXIS + 4, body)
+    return _svg(chart_id, title, desc, bottom + _AXIS + 4, body, width)
 
 
 def _runs(points: Sequence[Interval | None]) -> list[list[tuple[int, Interval]]]:
@@ -260,9 +285,9 @@ def _runs(points: Sequence[Interval | None]) -> list[list[tuple[int, Interval]]]
     return [run for run in runs if run]
 
 
-def budget_bars(chart_id: str, title: str, desc: str, rows: Sequence[BudgetBar]) -> Markup:
+def budget_bars(chart_id: str, title: str, desc: str, rows: Sequence[BudgetBar], *, width: int = WIDTH) -> Markup:
     """Per row, the spent part of the cap filled and the remainder outlined."""
-    plot_right = WIDTH - 130
+    plot_right = width - 130
     top = 8.0
     body = []
     for index, row in enumerate(rows):
@@ -274,4 +299,4 @@ def budget_bars(chart_id: str, title: str, desc: str, rows: Sequence[BudgetBar])
             body.append(f'<rect class="{cls}" x="{_PLOT_LEFT}" y="{mid - 8:.1f}" '
                         f'width="{length:.1f}" height="16"/>')
         body.append(_label(plot_right + 8, mid + 4, row.caption, "value"))
-    return _svg(chart_id, title, desc, top + _ROW * max(len(rows), 1) + 8, body)
+    return _svg(chart_id, title, desc, top + _ROW * max(len(rows), 1) + 8, body, width)

@@ -79,6 +79,14 @@ def _translate(exc: grpc.RpcError, server: str) -> GatewayError:
     return GatewayError(code, details, tuple(quota))
 
 
+def _request(window: str, statistics: Sequence[int], teams: Sequence[str], metrics: Sequence[str],
+             epsilon: str, read: bool) -> release_pb2.ReleaseRequest:
+    return release_pb2.ReleaseRequest(
+        window=window, teams=list(teams), metrics=list(metrics), validate_only=read,
+        statistics=[release_pb2.StatisticRequest(statistic=s, epsilon=epsilon)  # type: ignore[arg-type]
+                    for s in statistics])
+
+
 class Gateway:
     """One shared gRPC channel to a Chorus server; `as_user` binds a person's token to it."""
 
@@ -92,6 +100,14 @@ class Gateway:
         self.server = server
         self.tls = credentials is not None
         self.timeout = timeout
+
+    def reachable(self, timeout: float) -> bool:
+        """Whether the Chorus server accepts a connection within `timeout` seconds."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
 
     def as_user(self, token: str) -> Api:
         return Api(self._channel, token, self.server, self.timeout)
@@ -164,13 +180,16 @@ class Api:
     def list_teams(self, window: str) -> release_pb2.ListTeamsResponse:
         return self._call(self._release.ListTeams, release_pb2.ListTeamsRequest(window=window))
 
+    def read(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
+             metrics: Sequence[str] = (), epsilon: str = "") -> release_pb2.ReleaseResponse:
+        """What is released of `statistics`, and what the rest would cost: never spends (validate_only)."""
+        return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, True))
+
     def release(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
-                metrics: Sequence[str] = ()) -> release_pb2.ReleaseResponse:
-        """Release (or fetch the stored release of) `statistics` at their default epsilon."""
-        request = release_pb2.ReleaseRequest(
-            window=window, teams=list(teams), metrics=list(metrics),
-            statistics=[release_pb2.StatisticRequest(statistic=s) for s in statistics])  # type: ignore[arg-type]
-        return self._call(self._release.Release, request)
+                metrics: Sequence[str] = (), epsilon: str = "") -> release_pb2.ReleaseResponse:
+        """Release `statistics` (at `epsilon`, or the window's default), spending budget: only ever
+        called from the confirmed form of the release page."""
+        return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, False))
 
     # AuditService (auditor)
 

@@ -1,13 +1,16 @@
 """Page builders: from the gRPC API and the query string to charts, tables and template context.
 
 Each builder is a plain function of an `Api` and the request arguments. The HTML view and the
-CSV download of a page call the same builder, so a download always holds the numbers on screen;
-because Release answers repeats from storage, building a page twice never spends budget twice.
+CSV download of a page call the same builder, so a download always holds the numbers on screen.
+
+Reading never spends: every page reads with `Api.read` (validate_only), which shows what the
+release plan and earlier releases published and prices the rest as "not released". The one
+call that spends is `release_confirmed`, reached only by the confirmed form of the release
+page after a preview of its cost.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +26,7 @@ from werkzeug.exceptions import BadRequest
 
 from chorus.server.cli import audit as audit_cli
 from chorus.server.config import Policy
-from chorus.server.dashboard import charts
+from chorus.server.dashboard import charts, headline
 from chorus.server.dashboard.charts import (
     Bar,
     BudgetBar,
@@ -37,6 +40,7 @@ from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
 from chorus.server.ledger import Entry
+from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import audit_pb2, common_pb2, release_pb2
 
 Args = Mapping[str, str]
@@ -54,7 +58,9 @@ STATISTICS = {
     "count": (common_pb2.STATISTIC_COUNT, "People using it"),
     "mean": (common_pb2.STATISTIC_MEAN, "Mean per person using it"),
     "adoption": (common_pb2.STATISTIC_ADOPTION, "Adoption"),
+    "histogram": (common_pb2.STATISTIC_HISTOGRAM, "Distribution"),
 }
+SPEND_STATISTICS = ("sum", "count", "mean", "histogram", "adoption")
 OVERVIEW_STATISTICS = ("sum", "count", "mean")
 TREND_STATISTICS = ("adoption", "sum", "count", "mean")
 # A trend keeps going past a window it cannot show; these failures concern that window only.
@@ -71,7 +77,8 @@ class Chart:
     description: str
     panels: list[tuple[str, Markup]]
     table: DataTable
-    note: str = NOISE_NOTE
+    #: What the intervals allow saying about the order of the rows; empty when nothing.
+    ranking: str = ""
 
 
 @dataclass(slots=True)
@@ -82,6 +89,8 @@ class Page:
     title: str
     charts: list[Chart] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
+    #: How to read the page's numbers, shown once per page.
+    note: str = NOISE_NOTE
 
     def chart(self, slug: str) -> Chart | None:
         return next((c for c in self.charts if c.slug == slug), None)
@@ -111,15 +120,46 @@ def _window_choice(args: Args, windows: Sequence[common_pb2.Window]) -> str | No
     return _choice(args, "window", [w.id for w in windows], windows[0].id if windows else None)
 
 
-def _tally(teams: Sequence[release_pb2.TeamRelease], tally: dict[str, int] | None = None) -> dict[str, int]:
-    """How many noisy releases this request made and how many came from storage (a derived
-    statistic such as adoption is not a release of its own)."""
-    tally = tally if tally is not None else {"new": 0, "cached": 0}
-    for team in teams:
-        for estimate in team.estimates:
-            if estimate.release_id:
-                tally["cached" if estimate.cached else "new"] += 1
-    return tally
+@dataclass(frozen=True, slots=True)
+class NotReleased:
+    """A statistic the page asked for that is not released for some teams, and its price."""
+
+    window: str
+    statistic: str
+    metric: str
+    teams: tuple[str, ...]
+    #: Epsilon per team (the largest, when teams differ).
+    epsilon: str
+
+    @property
+    def subject(self) -> str:
+        return f"{STATISTIC_WORDS[self.statistic]} of {self.metric}" if self.metric else STATISTIC_WORDS[self.statistic]
+
+
+STATISTIC_WORDS = {"sum": "total", "count": "people using it", "mean": "mean per person", "histogram": "distribution",
+                   "adoption": "adoption"}
+
+
+def _not_released(window: str, replies: Sequence[release_pb2.TeamRelease]) -> list[NotReleased]:
+    """What a read left unreleased, grouped by statistic and metric."""
+    found: dict[tuple[str, str], tuple[list[str], Epsilon]] = {}
+    for team in replies:
+        for u in team.unreleased:
+            teams, cost = found.setdefault((_statistic_name(u.statistic), u.metric), ([], Epsilon(0)))
+            teams.append(team.team)
+            found[(_statistic_name(u.statistic), u.metric)] = (teams, max(cost, Epsilon.parse(u.epsilon),
+                                                                          key=lambda e: e.micros))
+    return [NotReleased(window, stat, metric, tuple(teams), str(cost))
+            for (stat, metric), (teams, cost) in found.items()]
+
+
+def _statistic_name(code: int) -> str:
+    return common_pb2.Statistic.Name(code).removeprefix("STATISTIC_").lower()
+
+
+def _unreleased(team: release_pb2.TeamRelease, statistic: int,
+                metric: str = "") -> release_pb2.UnreleasedStatistic | None:
+    return next((u for u in team.unreleased if u.statistic == statistic and u.metric == metric), None)
 
 
 def closed_windows(api: Api) -> list[common_pb2.Window]:
@@ -138,14 +178,12 @@ def _find(team: release_pb2.TeamRelease, statistic: int, metric: str = "") -> re
     return next((e for e in team.estimates if e.statistic == statistic and e.metric == metric), None)
 
 
-def release_state(estimate: release_pb2.Estimate) -> str:
-    """Whether this answer spent budget now or came from an earlier release."""
-    return "cached" if estimate.cached else "newly released"
-
-
-def _outcome(team: release_pb2.TeamRelease) -> str:
+def _outcome(team: release_pb2.TeamRelease, statistic: int | None = None, metric: str = "") -> str:
     if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
         return f"suppressed: {team.message}" if team.message else "suppressed"
+    missing = _unreleased(team, statistic, metric) if statistic is not None else None
+    if missing is not None:
+        return f"not released (would cost epsilon {missing.epsilon})"
     return "released"
 
 
@@ -157,14 +195,13 @@ _OUTCOME = text("outcome", "Outcome")
 def _estimate_columns(fmt: Formatter) -> list[Column]:
     return [Column("value", fmt, label="Value"), Column("ci95", fmt, label="± (95%)"),
             Column("low", fmt, label="95% low"), Column("high", fmt, label="95% high"),
-            text("epsilon", "Epsilon"), text("release", "Release"), text("note", "Note")]
+            text("epsilon", "Epsilon"), text("note", "Note")]
 
 
 def _estimate_cells(estimate: release_pb2.Estimate | None, interval: Interval | None) -> tuple[Cell, ...]:
     if estimate is None or interval is None:
-        return (None,) * 7
-    return (interval.value, interval.ci95, interval.low, interval.high, estimate.epsilon,
-            release_state(estimate), estimate.note)
+        return (None,) * 6
+    return (interval.value, interval.ci95, interval.low, interval.high, estimate.epsilon, estimate.note)
 
 
 def _ceiling(statistic: int, metric: release_pb2.Metric | None) -> float:
@@ -180,9 +217,11 @@ def _interval(estimate: release_pb2.Estimate | None, ceiling: float) -> Interval
     return Interval(estimate.value, estimate.ci95, ceiling) if estimate is not None else None
 
 
-def _bar(team: release_pb2.TeamRelease, interval: Interval | None) -> Bar:
-    note = _outcome(team) if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED else "not released"
-    return Bar(team.team, interval, note)
+def _bar(team: release_pb2.TeamRelease, interval: Interval | None, statistic: int, metric: str = "") -> Bar:
+    if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
+        return Bar(team.team, interval, "suppressed: too few people")
+    missing = _unreleased(team, statistic, metric)
+    return Bar(team.team, interval, f"not released (epsilon {missing.epsilon})" if missing else "not released")
 
 
 def _slug(text_: str) -> str:
@@ -191,21 +230,43 @@ def _slug(text_: str) -> str:
 
 # Leadership (analyst)
 
+def _read_or_none(api: Api, window: str | None, statistics: list[int]) -> release_pb2.ReleaseResponse | None:
+    """A read of `window`, or None when there is none or it cannot be read any more (past retention)."""
+    if window is None:
+        return None
+    try:
+        return api.read(window, statistics)
+    except GatewayError as exc:
+        if exc.code not in _PER_WINDOW_FAILURES:
+            raise
+        return None
+
+
 def overview(api: Api, args: Args) -> Page:
-    """Adoption and one statistic of every metric, per team, for one closed window."""
+    """The landing page: company headline numbers with the change from the previous window, then
+    adoption and one statistic of every metric per team. Reads only: it never spends."""
     windows = closed_windows(api)
     window = _window_choice(args, windows)
     statistic = _choice(args, "statistic", OVERVIEW_STATISTICS, "sum")
     assert statistic is not None
-    page = Page("overview.html", "Team overview", context={
+    page = Page("overview.html", "Overview", context={
         "window_options": [(w.id, w.id) for w in windows], "window": window, "statistic": statistic,
-        "statistics": [(s, STATISTICS[s][1]) for s in OVERVIEW_STATISTICS]})
+        "statistics": [(s, STATISTICS[s][1]) for s in OVERVIEW_STATISTICS], "tiles": [], "not_released": [],
+        "previous": None})
     if window is None:
         return page
+    ids = [w.id for w in windows]
+    previous = ids[ids.index(window) + 1] if ids.index(window) + 1 < len(ids) else None
     code, label = STATISTICS[statistic]
     metrics = api.list_metrics(window)
-    reply = api.release(window, [common_pb2.STATISTIC_ADOPTION, code])
-    page.context["tally"] = _tally(reply.teams)
+    wanted = list(dict.fromkeys([common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM, code]))
+    reply = api.read(window, wanted)
+    before = _read_or_none(api, previous, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
+    page.context["previous"] = previous
+    tiles = [headline.company(reply.teams, before.teams if before else None, previous or "")]
+    tiles += [headline.company(reply.teams, before.teams if before else None, previous or "", m.name) for m in metrics]
+    page.context["tiles"] = [t for t in tiles if t is not None]
+    page.context["not_released"] = _not_released(window, reply.teams)
     page.charts.append(_adoption_chart(window, reply.teams))
     for metric in metrics:
         table = DataTable(f"{label} of {metric.name} per team, window {window}",
@@ -214,13 +275,14 @@ def overview(api: Api, args: Args) -> Page:
         for team in reply.teams:
             estimate = _find(team, code, metric.name)
             interval = _interval(estimate, _ceiling(code, metric))
-            table.add(team.team, _outcome(team), *_estimate_cells(estimate, interval))
-            bars.append(_bar(team, interval))
+            table.add(team.team, _outcome(team, code, metric.name), *_estimate_cells(estimate, interval))
+            bars.append(_bar(team, interval, code, metric.name))
         title = f"{label} of {metric.name} per team"
         description = (f"{metric.description}. Each person's total is capped at {metric.max_per_user:,} "
                        f"before it counts. Window {window}.")
-        svg = charts.interval_bars(f"chart-{_slug(metric.name)}", title, description, bars)
-        page.charts.append(Chart(_slug(metric.name), title, description, [("", svg)], table))
+        svg = charts.responsive(charts.interval_bars, f"chart-{_slug(metric.name)}", title, description, bars)
+        page.charts.append(Chart(_slug(metric.name), title, description, [("", svg)], table,
+                                 headline.ranking([(b.label, b.interval) for b in bars])))
     return page
 
 
@@ -233,19 +295,20 @@ def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> Ch
     for team in teams:
         estimate = _find(team, code)
         interval = _interval(estimate, _ceiling(code, None))
-        table.add(team.team, team.roster_size, _outcome(team), *_estimate_cells(estimate, interval),
+        table.add(team.team, team.roster_size, _outcome(team, code), *_estimate_cells(estimate, interval),
                   team.budget_remaining)
-        bars.append(_bar(team, interval))
+        bars.append(_bar(team, interval, code))
     title = "Adoption per team"
     description = (f"Share of each team's roster active with AI tools in window {window}: people with any "
                    "usage divided by the roster size.")
-    svg = charts.interval_bars("chart-adoption", title, description, bars, fmt=format_percent,
-                               include=(0.0, 1.0))
-    return Chart("adoption", title, description, [("", svg)], table)
+    svg = charts.responsive(charts.interval_bars, "chart-adoption", title, description, bars, fmt=format_percent,
+                            include=(0.0, 1.0))
+    return Chart("adoption", title, description, [("", svg)], table,
+                 headline.ranking([(b.label, b.interval) for b in bars]))
 
 
 def trends(api: Api, args: Args) -> Page:
-    """One statistic over the last N closed windows, one small chart per team on a shared scale."""
+    """One statistic over the last N closed windows, one chart per team on a shared scale. Reads only."""
     windows = closed_windows(api)
     count = _int(args, "n", 8, 2, MAX_TREND_WINDOWS)
     recent = list(reversed(windows[:count]))
@@ -255,8 +318,8 @@ def trends(api: Api, args: Args) -> Page:
     names = list(metrics)
     metric = _choice(args, "metric", names, names[0] if names else None)
     page = Page("trends.html", "Trends", context={
-        "n": count, "statistic": statistic, "metric": metric, "metrics": names, "problems": [], "tally": None,
-        "statistics": [(s, STATISTICS[s][1]) for s in TREND_STATISTICS]})
+        "n": count, "statistic": statistic, "metric": metric, "metrics": names, "problems": [],
+        "not_released": [], "statistics": [(s, STATISTICS[s][1]) for s in TREND_STATISTICS]})
     if not recent:
         return page
     code, label = STATISTICS[statistic]
@@ -268,17 +331,18 @@ def trends(api: Api, args: Args) -> Page:
     series: dict[str, list[Interval | None]] = {}
     for index, window in enumerate(recent):
         try:
-            reply = api.release(window.id, [code], metrics=[] if adoption or metric is None else [metric])
+            reply = api.read(window.id, [code], metrics=[] if adoption or metric is None else [metric])
         except GatewayError as exc:
             if exc.code not in _PER_WINDOW_FAILURES:
                 raise
             page.context["problems"].append((window.id, exc.message))
             continue
-        page.context["tally"] = _tally(reply.teams, page.context["tally"])
+        page.context["not_released"] += _not_released(window.id, reply.teams)
         for team in reply.teams:
-            estimate = _find(team, code, "" if adoption else metric or "")
+            name = "" if adoption else metric or ""
+            estimate = _find(team, code, name)
             interval = _interval(estimate, _ceiling(code, metrics.get(metric or "")))
-            table.add(window.id, team.team, _outcome(team), *_estimate_cells(estimate, interval))
+            table.add(window.id, team.team, _outcome(team, code, name), *_estimate_cells(estimate, interval))
             series.setdefault(team.team, [None] * len(recent))[index] = interval
     domain = [v for points in series.values() for p in points if p for v in (p.low, p.high)]
     ids = [w.id for w in recent]
@@ -286,8 +350,9 @@ def trends(api: Api, args: Args) -> Page:
     for number, team in enumerate(sorted(series)):
         title = f"{team}: {subject}"
         description = (f"{subject} of team {team} in windows {ids[0]} to {ids[-1]}, with the 95% interval "
-                       "as a band; gaps are windows with nothing released for this team.")
-        panels.append((team, charts.trend_panel(f"chart-trend-{number}", title, description, ids,
+                       "as a band (a whisker for a window without released neighbours); gaps are windows "
+                       "with nothing released for this team.")
+        panels.append((team, charts.responsive(charts.trend_panel, f"chart-trend-{number}", title, description, ids,
                                                 series[team], domain or [0.0], fmt=chart_fmt)))
     title = f"{subject} per team over time"
     description = f"One panel per team, all on the same scale, windows {ids[0]} to {ids[-1]}."
@@ -295,24 +360,12 @@ def trends(api: Api, args: Args) -> Page:
     return page
 
 
-def _bucket_labels(edges: Sequence[int]) -> list[str]:
-    """Bucket names for edges e0 < ... < en: "< e0", "e0 to e1-1" with a dash, ..., "≥ en".
-
-    Totals are whole numbers, so the bucket [e0, e1) is written with its last member e1 - 1.
-    """
-    if not edges:
-        return ["all"]
-    labels = [f"< {edges[0]:,}"]
-    labels += [f"{low:,}\u2013{high - 1:,}" for low, high in itertools.pairwise(edges)]
-    return [*labels, f"≥ {edges[-1]:,}"]
-
-
 def histogram(api: Api, args: Args) -> Page:
-    """How one metric's per-person totals spread over fixed buckets inside one team."""
+    """How one metric's per-person totals spread over fixed buckets inside one team. Reads only."""
     windows = closed_windows(api)
     window = _window_choice(args, windows)
     page = Page("histogram.html", "Distribution", context={
-        "window_options": [(w.id, w.id) for w in windows], "window": window})
+        "window_options": [(w.id, w.id) for w in windows], "window": window, "not_released": []})
     if window is None:
         return page
     teams = list(api.list_teams(window).teams)
@@ -324,30 +377,120 @@ def histogram(api: Api, args: Args) -> Page:
     if team is None or metric is None:
         return page
     code = common_pb2.STATISTIC_HISTOGRAM
-    reply = api.release(window, [code], teams=[team], metrics=[metric])
+    reply = api.read(window, [code], teams=[team], metrics=[metric])
     released = reply.teams[0] if reply.teams else None
-    page.context["tally"] = _tally(reply.teams)
     if released is None or released.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
         page.context["suppressed"] = _outcome(released) if released else "nothing released"
         return page
     estimate = _find(released, code, metric)
     if estimate is None:
-        page.context["suppressed"] = "nothing released"
+        page.context["not_released"] = _not_released(window, reply.teams)
         return page
     table = DataTable(f"People per {metric} range in team {team}, window {window}",
                       [text("bucket", "Range"), *_estimate_columns(format_number)])
     buckets = []
-    for label, people in zip(_bucket_labels(estimate.histogram_edges), estimate.bucket_counts, strict=False):
+    for label, people in zip(charts.bucket_labels(estimate.histogram_edges), estimate.bucket_counts, strict=False):
         interval = Interval(float(people), estimate.ci95)
         buckets.append(interval)
         table.add(label, *_estimate_cells(estimate, interval))
     title = f"Distribution of {metric} in team {team}"
     description = (f"People in team {team} per range of their {metric} total in window {window}, lowest "
-                   "range first, with the range edges marked between the bars; only people with some usage "
-                   "count.")
-    svg = charts.histogram_bars("chart-histogram", title, description, buckets, estimate.histogram_edges)
+                   "range first; only people with some usage count.")
+    svg = charts.responsive(charts.histogram_bars, "chart-histogram", title, description, buckets,
+                            estimate.histogram_edges)
     page.charts.append(Chart("histogram", title, description, [("", svg)], table))
     return page
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewRow:
+    """What a release would do to one team: its cost, the budget left after, the interval."""
+
+    team: str
+    epsilon: str
+    remaining: str
+    remaining_after: str
+    interval: str
+    over: bool
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRequest:
+    """The release page's form, validated: what to release, for which teams, at what epsilon."""
+
+    window: str
+    statistic: str
+    metric: str
+    epsilon: str
+
+    def fields(self) -> dict[str, str]:
+        return {"window": self.window, "statistic": self.statistic, "metric": self.metric, "epsilon": self.epsilon}
+
+
+def _spend_request(api: Api, args: Args, windows: Sequence[common_pb2.Window]) -> tuple[SpendRequest | None, list[str]]:
+    window = _window_choice(args, windows)
+    if window is None:
+        return None, []
+    names = [m.name for m in api.list_metrics(window)]
+    statistic = _choice(args, "statistic", SPEND_STATISTICS, "histogram")
+    assert statistic is not None
+    metric = "" if statistic == "adoption" else _choice(args, "metric", names, names[0] if names else "") or ""
+    epsilon = (args.get("epsilon") or "").strip()
+    if epsilon:
+        try:
+            if Epsilon.parse(epsilon).micros == 0:
+                raise ValueError("must be greater than 0")
+        except ValueError as exc:
+            raise BadRequest(f"epsilon={epsilon[:20]!r}: {exc}") from None
+    return SpendRequest(window, statistic, metric, epsilon), names
+
+
+def spend(api: Api, args: Args) -> Page:
+    """The one way to spend budget from the dashboard: pick a statistic, preview its cost per team
+    (epsilon, budget left after, expected interval), then confirm. An overspend is said here and
+    offers no confirmation, so nothing is sent."""
+    windows = closed_windows(api)
+    request, names = _spend_request(api, args, windows)
+    page = Page("spend.html", "Release more", note="", context={
+        "window_options": [(w.id, w.id) for w in windows], "request": request, "metrics": names,
+        "statistics": [(s, STATISTIC_WORDS[s]) for s in SPEND_STATISTICS], "rows": [], "preview": False,
+        "over": [], "nothing": False})
+    if request is None or "preview" not in args:
+        return page
+    code = STATISTICS[request.statistic][0]
+    reply = api.read(request.window, [code], metrics=[request.metric] if request.metric else [],
+                     epsilon=request.epsilon)
+    rows = []
+    for team in reply.teams:
+        if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
+            continue
+        missing = _unreleased(team, code, request.metric)
+        if missing is None:
+            rows.append(PreviewRow(team.team, "0", team.budget_remaining, team.budget_remaining, "", False,
+                                   "already released: free"))
+            continue
+        cost, left = Epsilon.parse(team.epsilon_required), Epsilon.parse(team.budget_remaining)
+        over = cost > left
+        after = "refused: over budget" if over else str(left - cost)
+        width = (format_percent(missing.expected_ci95) if request.statistic == "adoption"
+                 else f"{format_number(missing.expected_ci95)}" if missing.expected_ci95 else "depends on the count")
+        rows.append(PreviewRow(team.team, str(cost), str(left), after, width, over, ""))
+    page.context.update(rows=rows, preview=True, over=[r for r in rows if r.over],
+                        nothing=all(r.epsilon == "0" for r in rows))
+    return page
+
+
+def release_confirmed(api: Api, form: Args) -> release_pb2.ReleaseResponse:
+    """Spend: the confirmed form of the release page. The server re-checks the budget in the
+    releasing transaction, so a team that spent in between is refused with nothing charged."""
+    windows = closed_windows(api)
+    request, _ = _spend_request(api, form, windows)
+    if request is None:
+        raise BadRequest("no closed window to release")
+    code = STATISTICS[request.statistic][0]
+    return api.release(request.window, [code], metrics=[request.metric] if request.metric else [],
+                       epsilon=request.epsilon)
 
 
 # Privacy officer (auditor)
@@ -361,7 +504,7 @@ def budget(api: Api, args: Args) -> Page:
     budgets = api.get_budget()
     windows = sorted({b.window for b in budgets}, reverse=True)
     window = _choice(args, "window", windows, windows[0] if windows else None)
-    page = Page("budget.html", "Privacy budget", context={"windows": windows, "window": window})
+    page = Page("budget.html", "Privacy budget", context={"windows": windows, "window": window}, note=EXACT_NOTE)
     if window is None:
         return page
     table = DataTable(f"Privacy budget per team, window {window}",
@@ -375,8 +518,8 @@ def budget(api: Api, args: Args) -> Page:
     title = f"Budget spent per team, window {window}"
     description = ("For each team, the filled part of the bar is the epsilon spent on releases so far and "
                    "the outline is the team-window's cap; nothing more can be released once it is full.")
-    svg = charts.budget_bars("chart-budget", title, description, bars)
-    page.charts.append(Chart("budget", title, description, [("", svg)], table, note=EXACT_NOTE))
+    svg = charts.responsive(charts.budget_bars, "chart-budget", title, description, bars)
+    page.charts.append(Chart("budget", title, description, [("", svg)], table))
     return page
 
 
