@@ -55,3 +55,16 @@ def test_plain_http_beyond_loopback_is_refused(stack: Stack) -> None:
     assert result.returncode == 2
     assert "refusing plain HTTP on non-loopback address 0.0.0.0:0" in result.stderr
     assert stack.tokens[Role.ANALYST] not in result.stdout + result.stderr
+
+
+def test_the_dashboard_refuses_to_start_without_its_chorus_server() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    result = subprocess.run(command("--server", address, "--listen", "127.0.0.1:0", "--connect-timeout", "1"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 9  # ExitCode.UNAVAILABLE
+    assert f"the Chorus server at {address} is not reachable" in " ".join(result.stderr.split())
+    assert "start `chorus serve` first" in " ".join(result.stderr.split())

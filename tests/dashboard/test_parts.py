@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
@@ -56,20 +57,32 @@ def test_a_long_label_is_shortened_but_keeps_its_full_text_as_a_tooltip() -> Non
 
 
 def test_trend_panel_breaks_the_band_where_a_window_has_no_value() -> None:
-    points = [Interval(1, 1), Interval(2, 1), None, Interval(3, 1)]
-    svg = parse(charts.trend_panel("c3", "t", "d", ["w1", "w2", "w3", "w4"], points, [0.0, 4.0]))
+    points = [Interval(1, 1), Interval(2, 1), None, Interval(3, 1), Interval(2, 1)]
+    svg = parse(charts.trend_panel("c3", "t", "d", ["w1", "w2", "w3", "w4", "w5"], points, [0.0, 4.0]))
     accessible(svg, "c3", "t")
     assert len(svg.findall(f"{SVG}polygon[@class='band']")) == 2
-    assert len(svg.findall(f"{SVG}circle[@class='point']")) == 3
+    assert len(svg.findall(f"{SVG}circle[@class='point']")) == 4
+
+
+@pytest.mark.parametrize("points", [[Interval(5, 2)], [None, Interval(5, 2), None]])
+def test_a_window_standing_alone_keeps_its_interval_as_a_whisker(points: list[Interval | None]) -> None:
+    """A band through one point has zero width: the 95% interval would vanish."""
+    svg = parse(charts.trend_panel("c6", "t", "d", [f"w{i}" for i in range(len(points))], points, [0.0, 8.0]))
+    assert svg.findall(f"{SVG}polygon") == []
+    (whisker,) = svg.findall(f"{SVG}path[@class='ci']")
+    ys = [float(v) for v in re.findall(r"[MV][\d.]+,([\d.]+)|V([\d.]+)", whisker.get("d", "")) for v in v if v]
+    assert max(ys) - min(ys) > 10  # from 3 to 7 on a 0..8 axis: a visible height
     empty = parse(charts.trend_panel("c4", "t", "d", ["w1", "w2"], [None, None], [0.0]))
     assert "nothing released in these windows" in [t.text for t in empty.iter(f"{SVG}text")]
 
 
-def test_histogram_labels_the_edges_between_the_bars() -> None:
+def test_histogram_labels_each_bar_with_its_range() -> None:
     buckets = [Interval(3, 2), Interval(8, 2), Interval(1, 2)]
     svg = parse(charts.histogram_bars("c5", "t", "d", buckets, [10_000, 50_000]))
     assert len(svg.findall(f"{SVG}rect[@class='bar']")) == 3
-    assert {"10k", "50k"} <= {t.text for t in svg.iter(f"{SVG}text")}
+    assert {"under 10k", "10k-50k", "50k+"} <= {t.text for t in svg.iter(f"{SVG}text")}
+    assert charts.bucket_labels([25_000, 100_000, 250_000, 400_000]) == [
+        "under 25k", "25k-100k", "100k-250k", "250k-400k", "400k+"]
 
 
 def test_budget_bars_fill_the_spent_share_of_the_cap() -> None:
@@ -134,3 +147,50 @@ def test_sessions_expire_when_idle_or_too_old_and_the_store_is_bounded() -> None
     assert store.get(None) is None and store.get("unknown") is None
     store.delete(ids[-1])
     assert store.get(ids[-1]) is None
+
+
+def test_the_interval_of_a_total_or_a_change_covers_at_least_95_percent() -> None:
+    """The noise of independent releases adds: drawn with OpenDP itself, the combined interval of
+    a change between two windows (two teams each) holds the sum of four noises at least 95% of
+    the time, and is narrower than adding the four intervals."""
+    from chorus.server.privacy import mechanisms
+    from chorus.server.privacy.epsilon import Epsilon
+
+    mech = mechanisms.calibrate(1, Epsilon.parse("0.5"))
+    terms = [(mech.scale, 1.0), (mech.scale, 1.0), (mech.scale, -1.0), (mech.scale, -1.0)]
+    half = mechanisms.combined_ci95(terms)
+    assert mech.ci95 < half < 4 * mech.ci95
+    noise = [v - 1000 for v in mech.release([1000] * 4 * 4000)]
+    sums = [noise[i] + noise[i + 1] - noise[i + 2] - noise[i + 3] for i in range(0, len(noise), 4)]
+    assert sum(abs(s) < half for s in sums) / len(sums) >= 0.95
+    assert mechanisms.combined_ci95([(mech.scale, 1.0)]) == mech.ci95  # one release: its own interval
+
+
+def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
+    from chorus.server.dashboard import headline
+    from chorus.server.privacy import mechanisms
+    from chorus.v1 import common_pb2, release_pb2
+
+    def team(name: str, total: float, active: float, roster: int) -> release_pb2.TeamRelease:
+        return release_pb2.TeamRelease(team=name, roster_size=roster, estimates=[
+            release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_SUM, value=total, scale=1e5,
+                                 release_id=f"{name}-sum"),
+            release_pb2.Estimate(statistic=common_pb2.STATISTIC_ACTIVE, value=active, scale=2.0,
+                                 release_id=f"{name}-active")])
+
+    now = [team("red", 3e6, 8, 10), team("blue", 1e6, 5, 10), team("new", 5e5, 2, 5)]
+    before = [team("red", 2e6, 6, 10), team("blue", 1e6, 5, 10)]
+    tile = headline.company(now, before, "W1", "ai.tokens")
+    assert tile is not None and tile.value == "4.5M"  # all three teams this window
+    assert tile.change == "+1M since W1"  # red and blue only: the new team is no change
+    assert "the change compares the 2 team(s) released in both" in tile.basis
+    assert "a real change" in tile.verdict  # 1M against a noise of about 0.7M
+    adoption = headline.company(now, before, "W1")
+    assert adoption is not None and adoption.value == "60.0%" and adoption.change == "+10.0 points since W1"
+    half = mechanisms.combined_ci95([(2.0, 1 / 20)] * 2 + [(2.0, -1 / 20)] * 2)
+    assert adoption.change_interval == (f"95% interval of the change {(0.1 - half) * 100:+.1f} points to "
+                                        f"{(0.1 + half) * 100:+.1f} points")
+    assert "could be no change" in adoption.verdict
+    assert headline.ranking([("a", Interval(10, 1)), ("b", Interval(5, 1))]).endswith("ranked as shown.")
+    assert "a and b: these numbers do not say which of them is higher" in headline.ranking(
+        [("a", Interval(10, 4)), ("b", Interval(5, 4))])

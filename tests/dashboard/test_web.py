@@ -18,6 +18,7 @@ from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.v1 import common_pb2
+
 from .conftest import (
     ANALYST_PAGES,
     AUDITOR_PAGES,
@@ -208,7 +209,8 @@ def test_overview_reads_the_planned_numbers_and_opening_it_spends_nothing(
     assert "How to read this:" in first and first.count("How to read this:") == 1
     assert "Not released" not in first  # every sum is planned
     assert "suppressed: team team-tiny has 3 people on the roster" in first
-    # Counts are not planned (but ai.tokens's, for its mean): shown as not released, with their cost and a way to release them.
+    # Counts are not planned (but ai.tokens's, for its mean): shown as not released, with their
+    # cost and a way to release them.
     assert "Not released" in second and "people using it of ai.requests</strong>, window" in second
     assert "would cost epsilon 0.05 per team" in second
     assert f"/spend?window={LATEST}&amp;statistic=count&amp;metric=ai.requests&amp;preview=1" in second
