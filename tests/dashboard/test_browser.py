@@ -134,17 +134,31 @@ def shows(text: str, value: float) -> bool:
     return abs(number - value) <= tolerance
 
 
-def test_leadership_sees_the_released_numbers_on_every_page(browser: Browser, dashboard: str,
-                                                            stack: Stack, visits: list[Visit]) -> None:
+def test_the_vps_journey_from_sign_in_to_the_change_between_two_windows(
+        browser: Browser, dashboard: str, stack: Stack, visits: list[Visit]) -> None:
+    """A VP signs in and lands on the planned numbers of the latest window: headline tiles with the
+    change since the window before and its interval, team comparisons that say whether they rank,
+    then an earlier window. Nothing of it spends budget."""
+    before = (stack.budgets(), stack.ledger_size())
     laptop = visit(visits, browser, dashboard)
     laptop.sign_in(stack.tokens[Role.ANALYST])
     page = laptop.page
     assert page.url == f"{dashboard}/overview"
-    assert page.get_by_role("heading", level=1).inner_text() == f"Team overview: window {LATEST}"
-    assert page.locator(".tag-new").count() == 10 and page.locator(".tag-cached").count() == 0
-    laptop.shot("analyst-overview-laptop")
+    assert page.get_by_role("heading", level=1).inner_text() == f"Overview: window {LATEST}"
     nav = page.get_by_role("navigation", name="Dashboard pages")
-    assert nav.get_by_role("link").all_inner_texts() == ["Team overview", "Trends", "Distribution"]
+    assert nav.get_by_role("link").all_inner_texts() == ["Overview", "Trends", "Distribution", "Release more"]
+    laptop.shot("vp-overview-desktop")
+
+    tiles = page.locator(".tile")
+    adoption_tile = tiles.filter(has=page.get_by_role("heading", name="Company adoption"))
+    assert adoption_tile.locator(".tile-value").inner_text().endswith("%")
+    assert f"since {DAYS[1]}" in adoption_tile.locator(".tile-change").inner_text()
+    assert adoption_tile.locator(".tile-interval").nth(1).inner_text().startswith("95% interval of the change")
+    assert adoption_tile.locator(".tile-verdict").inner_text() in (
+        "up by more than the noise: a real change at 95%", "down by more than the noise: a real change at 95%",
+        "within the noise: this could be no change at all")
+    assert tiles.filter(has=page.get_by_role("heading", name="Company total of ai.tokens")).count() == 1
+    assert page.get_by_text("How to read this:").count() == 1
 
     released = {t.team: t for t in stack.release(LATEST, [common_pb2.STATISTIC_ADOPTION,
                                                           common_pb2.STATISTIC_SUM]).teams}
@@ -152,49 +166,98 @@ def test_leadership_sees_the_released_numbers_on_every_page(browser: Browser, da
     tokens = table_rows(page, "Total of ai.tokens per team")
     for team in ("team-red", "team-blue"):
         estimates = {(e.metric, e.statistic): e for e in released[team].estimates}
-        assert all(e.cached for e in estimates.values())  # the page released them, the API repeats them
+        assert all(e.cached for e in estimates.values())  # released by the plan when the window closed
         share = estimates[("", common_pb2.STATISTIC_ADOPTION)]
         assert shows(adoption[team]["value"], share.value), (adoption[team], share)
         assert shows(adoption[team]["ci95"], share.ci95)
         total = estimates[("ai.tokens", common_pb2.STATISTIC_SUM)]
         assert shows(tokens[team]["value"], total.value) and shows(tokens[team]["ci95"], total.ci95)
-        assert tokens[team]["release"] == "newly released"
     assert adoption["team-tiny"]["outcome"].startswith("suppressed: team team-tiny has 3 people")
-    assert "suppressed" in page.locator("#adoption svg").inner_html()
-    assert page.locator("figure svg[role=img]").count() == 5
-    note = page.locator("figcaption .note").first.inner_text()
-    assert note.startswith("How to read this: Values are noisy") and "95% interval" in note
+    ranking = page.locator("#adoption .ranking").inner_text()
+    assert "ranked" in ranking
+    # Charts use the page width: the wide drawing is the one shown on a laptop.
+    chart = page.locator("#adoption svg.chart-wide")
+    assert chart.is_visible() and not page.locator("#adoption svg.chart-narrow").is_visible()
+    main = page.locator("main").bounding_box()
+    box = chart.bounding_box()
+    assert main is not None and box is not None and box["width"] >= 0.9 * (main["width"] - 32)
 
-    page.get_by_label("Statistic for each metric").select_option("mean")
+    page.get_by_label("Window", exact=True).select_option(DAYS[1])
     page.get_by_role("button", name="Show").click()
-    assert "statistic=mean" in page.url
-    assert page.get_by_role("heading", name="Mean per person using it of ai.requests per team").is_visible()
+    assert f"window={DAYS[1]}" in page.url
+    assert f"since {DAYS[0]}" in page.locator(".tile-change").first.inner_text()
+    laptop.shot("vp-change-between-windows-desktop")
 
     laptop.open("/trends?statistic=sum&metric=ai.tasks_completed")
-    laptop.shot("analyst-trends-laptop")
+    laptop.shot("vp-trends-desktop")
     trend = page.locator("table", has=page.locator("caption", has_text="per team over the last 3 closed"))
     assert trend.locator("tbody tr").count() == 3 * len(DAYS)
-    assert page.locator("#trend svg[role=img]").count() == 3  # one panel per team
-
+    assert page.locator("#trend svg[role=img]:visible").count() == 3  # one panel per team
     laptop.open(f"/histogram?window={DAYS[0]}&team=team-red&metric=ai.requests")
-    laptop.shot("analyst-histogram-laptop")
-    buckets = table_rows(page, "People per ai.requests range in team team-red")
-    histogram = stack.release(DAYS[0], [common_pb2.STATISTIC_HISTOGRAM], teams=("team-red",),
-                              metrics=("ai.requests",)).teams[0].estimates[0]
-    assert [int(row["value"].replace(",", "")) for row in buckets.values()] == list(histogram.bucket_counts)
-
+    assert page.get_by_role("heading", name="Not released").is_visible()
+    laptop.shot("vp-histogram-not-released-desktop")
     for path in AUDITOR_PAGES:
         laptop.open(path)
         assert page.get_by_role("heading", level=1).inner_text().startswith("Not your page"), path
-    laptop.shot("analyst-denied-budget-laptop")
 
     phone = visit(visits, browser, dashboard, PHONE)
     phone.sign_in(stack.tokens[Role.ANALYST])
-    for path in ANALYST_PAGES:
+    for path in (*ANALYST_PAGES, f"/overview?window={DAYS[1]}"):
         phone.open(path)
         assert overflowing(phone.page) == [], path
         assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path
-        phone.shot(f"analyst-{path.strip('/')}-phone")
+    phone.open("/overview")
+    assert phone.page.locator("#adoption svg.chart-narrow").is_visible()
+    phone.shot("vp-overview-phone")
+    phone.open("/trends?statistic=sum&metric=ai.tasks_completed")
+    phone.shot("vp-trends-phone")
+    assert (stack.budgets(), stack.ledger_size()) == before
+
+
+def test_the_explicit_spend_journey_with_preview_and_confirmation(
+        browser: Browser, dashboard: str, stack: Stack, visits: list[Visit]) -> None:
+    laptop = visit(visits, browser, dashboard)
+    laptop.sign_in(stack.tokens[Role.ANALYST])
+    page = laptop.open(f"/overview?window={LATEST}&statistic=count")
+    before = {b.team: b.spent for b in stack.budgets(LATEST)}
+    link = page.locator('.not-released li', has_text="people using it of ai.requests").get_by_role("link")
+    assert link.inner_text().startswith("Preview releasing it")
+    link.click()
+    assert page.get_by_role("heading", name=f"Preview: count of ai.requests, window {LATEST}").is_visible()
+    rows = table_rows(page, "Cost per team")
+    assert set(rows) == {"team-red", "team-blue"}
+    assert rows["team-red"]["epsilon"] == "0.05" and rows["team-red"]["remaining"] == "0.7"
+    assert rows["team-red"]["remaining_after"] == "0.65" and float(rows["team-red"]["interval"]) > 0
+    laptop.shot("spend-preview-desktop")
+    assert {b.team: b.spent for b in stack.budgets(LATEST)} == before  # previews are free
+
+    # Asking for more than is left says so, and offers nothing to confirm.
+    page.get_by_label("Epsilon per team").fill("0.9")
+    page.get_by_role("button", name="Preview the cost").click()
+    assert "would overspend the privacy budget" in page.get_by_role("alert").inner_text()
+    assert page.get_by_role("button", name="Release and spend epsilon").count() == 0
+    laptop.shot("spend-overspend-desktop")
+    phone = visit(visits, browser, dashboard, PHONE)
+    phone.sign_in(stack.tokens[Role.ANALYST])
+    phone.open(page.url.removeprefix(dashboard))
+    assert overflowing(phone.page) == []
+    phone.shot("spend-overspend-phone")
+
+    page.get_by_label("Epsilon per team").fill("")
+    page.get_by_role("button", name="Preview the cost").click()
+    phone.open(page.url.removeprefix(dashboard))
+    phone.shot("spend-preview-phone")
+    page.get_by_role("button", name="Release and spend epsilon 0.05 per team").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Released"
+    laptop.shot("spend-done-desktop")
+    after = {b.team: b.spent for b in stack.budgets(LATEST)}
+    assert after == {**before, "team-red": "0.35", "team-blue": "0.35"}
+    page.get_by_role("link", name="See the numbers").click()
+    page.get_by_label("Statistic for each metric").select_option("count")
+    page.get_by_role("button", name="Show").click()
+    counts = table_rows(page, "People using it of ai.requests per team")
+    assert counts["team-red"]["value"] and counts["team-red"]["outcome"] == "released"
+    assert {b.team: b.spent for b in stack.budgets(LATEST)} == after  # reading it is free
 
 
 def test_privacy_officer_sees_budgets_ledger_policies_and_statement(

@@ -378,7 +378,7 @@ def test_a_spent_budget_never_breaks_the_landing_page(tmp_path: Path) -> None:
         assert preview.status_code == 200
         assert "This release would overspend the privacy budget, so it cannot be sent." in body
         assert "Team team-red needs epsilon 0.05 but has 0 left." in body
-        assert "Release and spend this budget" not in body
+        assert "Release and spend epsilon" not in body
         assert (stack.budgets(), stack.ledger_size()) == before
     finally:
         stack.close()
@@ -395,7 +395,7 @@ def test_spending_needs_a_preview_of_its_cost_and_a_confirmation(client: FlaskCl
     assert '<td class="num" data-column="epsilon">0.1</td>' in rows["team-red"]
     assert '<td class="num" data-column="remaining">0.7</td>' in rows["team-red"]
     assert '<td class="num" data-column="remaining_after">0.6</td>' in rows["team-red"]
-    assert 'data-column="interval">' in rows["team-red"] and "Release and spend this budget" in page
+    assert 'data-column="interval">' in rows["team-red"] and "Release and spend epsilon 0.1 per team" in page
     assert {b.team: b.spent for b in stack.budgets(LATEST)} == before  # a preview spends nothing
     assert client.post("/spend", data={"window": LATEST, "statistic": "histogram"}).status_code == 400  # no CSRF
     done = client.post("/spend", data={"csrf": csrf_of(preview), "window": LATEST, "statistic": "histogram",

@@ -292,10 +292,10 @@ def budget_bars(chart_id: str, title: str, desc: str, rows: Sequence[BudgetBar],
     body = []
     for index, row in enumerate(rows):
         mid = top + _ROW * index + _ROW / 2
-        width = plot_right - _PLOT_LEFT
-        spent = width * min(max(row.spent / row.cap, 0.0), 1.0) if row.cap > 0 else 0.0
+        full = plot_right - _PLOT_LEFT
+        spent = full * min(max(row.spent / row.cap, 0.0), 1.0) if row.cap > 0 else 0.0
         body.append(_label(_LABEL_RIGHT, mid + 4, row.label, "label", "end"))
-        for cls, length in (("cap", width), ("spent", spent)):
+        for cls, length in (("cap", full), ("spent", spent)):
             body.append(f'<rect class="{cls}" x="{_PLOT_LEFT}" y="{mid - 8:.1f}" '
                         f'width="{length:.1f}" height="16"/>')
         body.append(_label(plot_right + 8, mid + 4, row.caption, "value"))

@@ -69,7 +69,9 @@ def company(current: Sequence[release_pb2.TeamRelease], previous: Sequence[relea
     value, terms = _total(now, sorted(now), ratio)
     ci = combined_ci95(terms)
     fmt = format_percent if ratio else format_compact
-    shown = Interval(value, ci, 1.0 if ratio else float("inf"))
+    # Adoption is a share: a noisy total past the roster is shown as 100% (post-processing
+    # towards the range that holds the true value, like each team's own adoption).
+    shown = Interval(min(value, 1.0) if ratio else value, ci, 1.0 if ratio else float("inf"))
     people = sum(p[2] for p in now.values())
     label = "Company adoption" if ratio else f"Company total of {metric}"
     tile = Tile(label, fmt(shown.value), f"95% interval {fmt(shown.low)} to {fmt(shown.high)}",
@@ -80,8 +82,11 @@ def company(current: Sequence[release_pb2.TeamRelease], previous: Sequence[relea
         return tile
     new, new_terms = _total(now, common, ratio)
     old, old_terms = _total(before, common, ratio)
-    change = new - old
     change_ci = combined_ci95(new_terms + [(scale, -w) for scale, w in old_terms])
+    change = new - old
+    low, high = change - change_ci, change + change_ci
+    if ratio:  # a change of a share lies in [-1, 1]: the value and its interval are cut there
+        change, low, high = (max(-1.0, min(1.0, x)) for x in (change, low, high))
     if ratio:
         fmt_change = _points
     else:
@@ -91,7 +96,7 @@ def company(current: Sequence[release_pb2.TeamRelease], previous: Sequence[relea
     verdict = (f"{'up' if change > 0 else 'down'} by more than the noise: a real change at 95%" if distinct
                else "within the noise: this could be no change at all")
     return Tile(tile.label, tile.value, tile.interval, f"{fmt_change(change)} since {previous_window}",
-                f"95% interval of the change {fmt_change(change - change_ci)} to {fmt_change(change + change_ci)}",
+                f"95% interval of the change {fmt_change(low)} to {fmt_change(high)}",
                 verdict, tile.basis + ("" if len(common) == len(now) else
                                        f"; the change compares the {len(common)} team(s) released in both"))
 

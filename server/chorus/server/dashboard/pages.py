@@ -477,7 +477,8 @@ def spend(api: Api, args: Args) -> Page:
                  else f"{format_number(missing.expected_ci95)}" if missing.expected_ci95 else "depends on the count")
         rows.append(PreviewRow(team.team, str(cost), str(left), after, width, over, ""))
     page.context.update(rows=rows, preview=True, over=[r for r in rows if r.over],
-                        nothing=all(r.epsilon == "0" for r in rows))
+                        nothing=all(r.epsilon == "0" for r in rows),
+                        cost=" or ".join(sorted({r.epsilon for r in rows if r.epsilon != "0"})))
     return page
 
 
