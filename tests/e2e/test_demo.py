@@ -18,9 +18,51 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     for reason in ("UNKNOWN_USER", "UNKNOWN_METRIC", "NEGATIVE_VALUE", "LATE"):
         assert reason in out
     assert "team design has 3 people on the roster; releases need at least 5" in out
-    assert "Nothing was charged: every answer was released before, and repeats are identical." in out
+    assert "Right after closing, the server released the window's release plan, once: adoption, sum of" in out
+    assert "Nothing was charged: reading released numbers is free, and repeats are identical." in out
+    assert "Charged now" not in out  # leadership's report reads what the plan released
     assert "no violation" in out
     # The kept data directory holds no per-person rows and no window key after the demo closed the window.
     conn = sqlite3.connect(tmp_path / "data" / "chorus.db")
     assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (0,)
     assert conn.execute("SELECT COUNT(*) FROM window_keys").fetchone() == (0,)
+
+
+def test_after_the_demo_the_dashboard_landing_page_shows_the_plan_and_spends_nothing(tmp_path) -> None:
+    from chorus.server import config
+    from chorus.server.app import Server
+    from chorus.server.app_context import Chorus
+    from chorus.server.auth import Role
+    from chorus.server.dashboard import Gateway, create_app
+    from tests.dashboard.conftest import login
+
+    data = tmp_path / "data"
+    result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "demo", "--keep", str(data)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    chorus = Chorus(config.load(None), data)
+    token, _ = chorus.tokens.create(Role.ANALYST, "vp-after-demo", chorus.clock.now(), actor="test")
+    server = Server(chorus, "127.0.0.1:0")
+    server.start()
+    gateway = Gateway(server.address)
+    try:
+        conn = sqlite3.connect(data / "chorus.db")
+        spent = conn.execute("SELECT window_id, team, spent_micros FROM budgets ORDER BY 1, 2").fetchall()
+        entries = conn.execute("SELECT COUNT(*) FROM ledger WHERE kind = 'release'").fetchone()
+        (window,), = conn.execute("SELECT id FROM windows WHERE state = 'closed'").fetchall()
+        assert {s for _, _, s in spent} == {0, 2_500_000}  # the plan, for every team of at least k
+        client = create_app(gateway).test_client()
+        login(client, token)
+        page = client.get("/overview")
+        body = page.get_data(as_text=True)
+        assert page.status_code == 200
+        assert f"Overview: window {window}" in body and "Company adoption" in body
+        assert "Total of ai.tokens per team" in body and "Total of ai.requests per team" in body
+        assert "Company total of ai.tokens" in body
+        conn = sqlite3.connect(data / "chorus.db")
+        assert conn.execute("SELECT window_id, team, spent_micros FROM budgets ORDER BY 1, 2").fetchall() == spent
+        assert conn.execute("SELECT COUNT(*) FROM ledger WHERE kind = 'release'").fetchone() == entries
+    finally:
+        gateway.close()
+        server.stop(grace=0)

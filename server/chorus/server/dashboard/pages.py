@@ -267,8 +267,11 @@ def overview(api: Api, args: Args) -> Page:
     tiles += [headline.company(reply.teams, before.teams if before else None, previous or "", m.name) for m in metrics]
     page.context["tiles"] = [t for t in tiles if t is not None]
     page.context["not_released"] = _not_released(window, reply.teams)
-    page.charts.append(_adoption_chart(window, reply.teams))
+    if any(_find(team, common_pb2.STATISTIC_ADOPTION) for team in reply.teams):
+        page.charts.append(_adoption_chart(window, reply.teams))
     for metric in metrics:
+        if not any(_find(team, code, metric.name) for team in reply.teams):
+            continue  # nothing released: listed under "Not released" with its cost, not drawn empty
         table = DataTable(f"{label} of {metric.name} per team, window {window}",
                           [_TEAM, _OUTCOME, *_estimate_columns(format_number)])
         bars = []

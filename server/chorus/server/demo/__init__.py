@@ -160,6 +160,12 @@ class _Demo:
             f"{self.policy.grace_seconds // 3600} h grace): the per-person rows were folded into "
             "team statistics, then deleted together with the window's pseudonym key. From here on nobody, "
             "the operator included, can tell individuals apart in this window.")
+        plan = ", ".join(f"{e.statistic} of {e.metric}" if e.metric else e.statistic for e in self.policy.release_plan)
+        self.console.print(
+            f"Right after closing, the server released the window's release plan, once: {plan} for every team "
+            f"of at least k people, spending {self.policy.plan_cost()} of each team's "
+            f"{self.policy.epsilon_per_window}. Everyone reads these numbers from now on without spending "
+            "anything; the rest of the budget waits for a question nobody planned (`chorus report --release`).")
 
     def leadership_report(self) -> None:
         c = self.console
@@ -186,6 +192,8 @@ class _Demo:
                 "relatively sharper numbers, and an interval wider than its value is expected for small ones.")
         c.rule("[bold]9. Asking again costs nothing and changes nothing")
         ask()
+        c.print(f"The dashboard shows the same numbers, free: `chorus serve --data-dir {self.data_dir}` (after "
+                "`chorus demo --keep`), then `chorus dashboard`, signed in with an analyst token.")
 
     def audit(self) -> None:
         c = self.console
