@@ -380,10 +380,9 @@ def parse(raw: dict[str, Any]) -> Config:
     retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
                      "privacy.retention_windows", 1, 100_000)
 
-    names = {m.name for m in metrics}
     # No plan in the file: the built-in one, for those of its metrics the file defines.
     plan_raw = privacy.get("release_plan", [e for e in _DEFAULTS["privacy"]["release_plan"]
-                                            if e.get("metric", "") in names | {""}])
+                                            if e.get("metric", "") in {"", *names}])
     if not isinstance(plan_raw, list):
         raise ConfigError("privacy.release_plan must be an array of tables ([[privacy.release_plan]])")
     plan = _plan(plan_raw, metrics, defaults, budget)
