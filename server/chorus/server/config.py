@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chorus.server.otlp.mapping import OtlpPolicy, parse_otlp
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength
 
@@ -57,6 +58,7 @@ class Policy:
     default_epsilon: dict[str, Epsilon]
     min_team_size: int
     retention_windows: int
+    otlp: OtlpPolicy | None = None  # how OpenTelemetry instruments feed the metrics (otlp/mapping.py)
 
     _by_name: dict[str, MetricPolicy] = field(init=False, repr=False, compare=False)
     _slots: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -85,6 +87,7 @@ class Policy:
             "default_epsilon": {k: str(v) for k, v in sorted(self.default_epsilon.items())},
             "min_team_size": self.min_team_size,
             "retention_windows": self.retention_windows,
+            **({"otlp": self.otlp.to_json()} if self.otlp else {}),
         }
 
     @classmethod
@@ -101,6 +104,7 @@ class Policy:
             default_epsilon={k: Epsilon.parse(v) for k, v in data["default_epsilon"].items()},
             min_team_size=int(data["min_team_size"]),
             retention_windows=int(data["retention_windows"]),
+            otlp=OtlpPolicy.from_json(data["otlp"]) if "otlp" in data else None,
         )
 
 
@@ -245,7 +249,11 @@ def parse(raw: dict[str, Any]) -> Config:
     retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
                      "privacy.retention_windows", 1, 100_000)
 
-    policy = Policy(length, grace, metrics, budget, defaults, k, retention)
+    try:
+        otlp = parse_otlp(_table(raw, "otlp"), names)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    policy = Policy(length, grace, metrics, budget, defaults, k, retention, otlp)
     limit_defaults = Limits()
     limits = Limits(
         # The floors are what the SDK sends at most (5000 contributions, about 1 MiB, 256-character

@@ -114,6 +114,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "purge exact team statistics after retention", [
         "ALTER TABLE windows ADD COLUMN purged_at BIGINT",
     ]),
+    # Per-person OTLP state of open windows, deleted at close with the window key
+    # (chorus.server.otlp.series): exactly-once keys of delta points, and the latest point of
+    # each cumulative series. Keys are HMACs under the window key; no attribute value is stored.
+    (4, "OTLP exactly-once keys and cumulative series state", [
+        """CREATE TABLE otlp_points (
+            window_id TEXT NOT NULL,
+            point_key {blob} NOT NULL,
+            PRIMARY KEY (window_id, point_key))""",
+        """CREATE TABLE otlp_series (
+            window_id TEXT NOT NULL,
+            series_key {blob} NOT NULL,
+            start_ns BIGINT NOT NULL,
+            time_ns BIGINT NOT NULL,
+            value DOUBLE PRECISION NOT NULL,
+            sealed {blob} NOT NULL,
+            PRIMARY KEY (window_id, series_key))""",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
