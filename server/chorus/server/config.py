@@ -184,7 +184,54 @@ name = "ai.tasks_completed"
 description = "Tasks completed with AI assistance"
 max_per_user = 50
 histogram_edges = [2, 5, 15, 30]
+
+# OpenTelemetry (OTLP): uncomment the lines below to take usage from AI tools that export
+# OpenTelemetry metrics (docs/otlp.md). Points of instruments mapped nowhere are ignored;
+# everything but the identity and the mapped values is dropped at the door.
+# [otlp]
+# # Attributes naming the person, first present wins (data point, then resource); the value
+# # must be the roster's user id, usually the work email.
+# identity_attributes = ["user.email", "enduser.id"]
+#
+# # Claude Code (CLAUDE_CODE_ENABLE_TELEMETRY=1). Cache reads and writes are left out: they
+# # dwarf real usage and would hit the ai.tokens bound for everyone.
+# [[otlp.metrics]]
+# name = "claude_code.token.usage"
+# metric = "ai.tokens"
+# attributes = { type = ["input", "output"] }
+#
+# [[otlp.metrics]]
+# name = "claude_code.code_edit_tool.decision"
+# metric = "ai.suggestions_accepted"
+# attributes = { decision = ["accept"] }
+#
+# # Gemini CLI (telemetry.enabled, target "local" with an OTLP endpoint)
+# [[otlp.metrics]]
+# name = "gemini_cli.token.usage"
+# metric = "ai.tokens"
+# attributes = { type = ["input", "output"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.api.request.count"
+# metric = "ai.requests"
+#
+# # Any tool following the OpenTelemetry GenAI semantic conventions (a histogram: its sum counts)
+# [[otlp.metrics]]
+# name = "gen_ai.client.token.usage"
+# metric = "ai.tokens"
+# attributes = { "gen_ai.token.type" = ["input", "output"] }
 """
+#: The first line of the commented `[otlp]` block in DEFAULT_TOML.
+OTLP_BLOCK_START = "# [otlp]\n"
+
+
+def with_otlp_enabled(text: str) -> str:
+    """A config text with its commented `[otlp]` block (from OTLP_BLOCK_START to the end) uncommented."""
+    head, found, block = text.partition(OTLP_BLOCK_START)
+    if not found:
+        raise ConfigError("the config has no commented [otlp] block to enable")
+    lines = (found + block).splitlines(keepends=True)
+    return head + "".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines)
 #: Values for keys a config file leaves out: the built-in file above is the one source.
 _DEFAULTS = tomllib.loads(DEFAULT_TOML)
 

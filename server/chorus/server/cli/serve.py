@@ -113,6 +113,10 @@ def serve(
     server.wait_for_signal()
 
 
-def default_config() -> None:
+def default_config(
+    otlp: Annotated[bool, typer.Option("--otlp", help="With the [otlp] mappings for Claude Code, Gemini CLI "
+                                       "and the GenAI conventions uncommented.")] = False,
+) -> None:
     """Print the built-in configuration (a starting point for --config)."""
-    print(config_module.DEFAULT_TOML, end="")
+    text = config_module.DEFAULT_TOML
+    print(config_module.with_otlp_enabled(text) if otlp else text, end="")
