@@ -67,24 +67,27 @@ def export_grpc(address: str, token: str, req: Request) -> metrics_service_pb2.E
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP POST (no client library between the test and the listener)."""
-    host_port = url.split("//", 1)[1].split("/", 1)[0]
+    host_port, _, path = url.split("//", 1)[1].partition("/")
     host, port = host_port.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         chunked = headers.get("Transfer-Encoding") == "chunked"
-        conn.putrequest("POST", "/v1/metrics")
+        conn.putrequest("POST", "/" + path)
         for name, value in headers.items():
             conn.putheader(name, value)
         if not chunked:
             conn.putheader("Content-Length", str(len(body)))
         conn.endheaders()
-        if chunked:
-            for i in range(0, len(body), 1000):
-                part = body[i:i + 1000]
-                conn.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
-            conn.send(b"0\r\n\r\n")
-        else:
-            conn.send(body)
+        try:
+            if chunked:
+                for i in range(0, len(body), 65536):
+                    part = body[i:i + 65536]
+                    conn.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                conn.send(b"0\r\n\r\n")
+            else:
+                conn.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered (413) and closed before reading it all: read the answer
         reply = conn.getresponse()
         return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
     finally:

@@ -84,6 +84,11 @@ class OtlpServer:
     def rows(self, sql: str) -> list[tuple]:
         return sqlite_rows(self.data_dir, sql)
 
+    def stored_nothing(self) -> bool:
+        """No usage row and no OTLP state in any window."""
+        return all(self.rows(f"SELECT COUNT(*) FROM {table}") == [(0,)]
+                   for table in ("usage", "otlp_points", "otlp_series"))
+
 
 @pytest.fixture
 def otlp_server(tmp_path: Path) -> Iterator[OtlpServer]:
