@@ -96,7 +96,7 @@ def test_gzip_and_chunked_bodies(otlp_server: OtlpServer) -> None:
 def test_bad_bodies_are_refused_and_store_nothing(otlp_server: OtlpServer, payload: bytes, content_type: str,
                                                   encoding: str | None, expected: int, words: str) -> None:
     extra = {"Content-Encoding": encoding} if encoding else {}
-    code, head, raw = post(otlp_server.http_url, payload, headers(otlp_server, content_type, **extra))
+    code, _, raw = post(otlp_server.http_url, payload, headers(otlp_server, content_type, **extra))
     assert code == expected
     kind = "application/json" if "json" in content_type else PROTOBUF
     assert words in status_of(raw, kind).message
