@@ -218,3 +218,16 @@ def test_delta_points_keep_no_state_beyond_their_keys(otlp_server: OtlpServer) -
         [sum_metric("tool.requests", [point(1, t - MIN, t, user__email=RED0)], DELTA)]))
     assert otlp_server.rows("SELECT COUNT(*) FROM otlp_points") == [(1,)]
     assert otlp_server.rows("SELECT COUNT(*) FROM otlp_series") == [(0,)]
+
+
+def test_operators_see_otlp_outcomes_in_get_stats(otlp_server: OtlpServer) -> None:
+    from chorus.v1 import admin_pb2, admin_pb2_grpc
+    t = now_ns() - MIN
+    export_grpc(otlp_server.address, otlp_server.ingest_token, request([
+        sum_metric("tool.requests", [point(1, t - MIN, t, user__email=RED0), point(1, t - MIN, t)]),
+        sum_metric("unmapped.instrument", [point(1, t - MIN, t, user__email=RED0)] * 3)]))
+    with grpc.insecure_channel(otlp_server.address) as channel:
+        reply = admin_pb2_grpc.AdminServiceStub(channel).GetStats(
+            admin_pb2.GetStatsRequest(), metadata=(("authorization", f"Bearer {otlp_server.admin_token}"),))
+    assert dict(reply.otlp_points) == {"counted": 1, "ignored_unmapped": 3,
+                                       "rejected: without an identity attribute (user.email, enduser.id)": 1}

@@ -127,8 +127,15 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("batches", "duplicate_batches", "contributions_accepted", "rejected", "contributions_clamped", "client_dropped", "invalid_batches")
+    __slots__ = ("batches", "duplicate_batches", "contributions_accepted", "rejected", "contributions_clamped", "client_dropped", "invalid_batches", "otlp_points")
     class RejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OtlpPointsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +149,7 @@ class GetStatsResponse(_message.Message):
     CONTRIBUTIONS_CLAMPED_FIELD_NUMBER: _ClassVar[int]
     CLIENT_DROPPED_FIELD_NUMBER: _ClassVar[int]
     INVALID_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    OTLP_POINTS_FIELD_NUMBER: _ClassVar[int]
     batches: int
     duplicate_batches: int
     contributions_accepted: int
@@ -149,4 +157,5 @@ class GetStatsResponse(_message.Message):
     contributions_clamped: int
     client_dropped: int
     invalid_batches: int
-    def __init__(self, batches: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., contributions_accepted: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., contributions_clamped: _Optional[int] = ..., client_dropped: _Optional[int] = ..., invalid_batches: _Optional[int] = ...) -> None: ...
+    otlp_points: _containers.ScalarMap[str, int]
+    def __init__(self, batches: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., contributions_accepted: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., contributions_clamped: _Optional[int] = ..., client_dropped: _Optional[int] = ..., invalid_batches: _Optional[int] = ..., otlp_points: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -184,4 +184,6 @@ def stats(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file
         table.add_row(label, str(value))
     for reason, n in sorted(reply.rejected.items()):
         table.add_row(f"contributions rejected: {reason}", str(n))
+    for outcome, n in sorted(reply.otlp_points.items()):
+        table.add_row(f"OTLP data points {outcome}", str(n))
     console.print(table)

@@ -148,7 +148,8 @@ class OtlpIngestor:
             outcomes["counted"] += 1
         if contributions:
             outcome = self._ingestor.count(tx, contributions, now, windows)
-            outcomes["clamped"] += outcome.clamped
+            if outcome.clamped:
+                outcomes["clamped"] += outcome.clamped
             for r in outcome.rejections:  # the checks above make this unreachable; never silent
                 outcomes[f"rejected: {r.reason.name.lower()}"] += 1
         return outcomes

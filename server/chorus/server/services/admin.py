@@ -87,4 +87,4 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def GetStats(self, request: admin_pb2.GetStatsRequest,
                  context: grpc.ServicerContext) -> admin_pb2.GetStatsResponse:
         counts, rejected = self._chorus.ingestor.stats.snapshot()
-        return admin_pb2.GetStatsResponse(rejected=rejected, **counts)
+        return admin_pb2.GetStatsResponse(rejected=rejected, otlp_points=self._chorus.otlp.stats.snapshot(), **counts)
