@@ -26,6 +26,7 @@ from chorus.server.clock import Clock
 from chorus.server.config import Limits, Policy
 from chorus.server.ingest import Contribution, Ingestor, Rejection
 from chorus.server.otlp import series
+from chorus.server.otlp.mapping import OtlpMapping
 from chorus.server.otlp.points import InvalidExport, Point, count_points, flatten
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
@@ -100,13 +101,18 @@ class OtlpIngestor:
         windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
         open_keys: list[tuple[str, bytes]] | None = None
         contributions: list[Contribution] = []
+        deltas: list[tuple[tuple[str, bytes], Point, list[OtlpMapping], datetime]] = []
+        by_time: dict[int, tuple[datetime, lifecycle.OpenWindow | Rejection]] = {}  # an export's points share times
         for p in points:
-            when = datetime.fromtimestamp(p.time_ns / 1e9, UTC)
-            try:
-                window = self._ingestor.window_for(tx, when, now, windows)
-            except (OverflowError, ValueError, OSError):
-                outcomes["rejected: with a time_unix_nano outside years 1..9999"] += 1
-                continue
+            cached = by_time.get(p.time_ns)
+            if cached is None:
+                try:
+                    when = datetime.fromtimestamp(p.time_ns / 1e9, UTC)
+                    cached = by_time[p.time_ns] = (when, self._ingestor.window_for(tx, when, now, windows))
+                except (OverflowError, ValueError, OSError):
+                    outcomes["rejected: with a time_unix_nano outside years 1..9999"] += 1
+                    continue
+            when, window = cached
             if isinstance(window, Rejection):
                 outcomes[f"rejected: {window.reason.name.lower()} (window not taking contributions)"] += 1
                 continue
@@ -137,14 +143,19 @@ class OtlpIngestor:
                 if increase is None:
                     outcomes["duplicate"] += 1
                     continue
+                contributions.extend(_contributions(p.identity, increase, mappings, when))
+                outcomes["counted"] += 1
             else:
-                if not series.first_sight(tx, window.record.id, window.key, p.identity, p.series,
-                                          p.start_ns, p.time_ns):
-                    outcomes["duplicate"] += 1
-                    continue
-                increase = p.value
-            contributions.extend(Contribution(p.identity, m.metric, value, when) for m in mappings
-                                 if (value := round(increase * m.scale)))
+                deltas.append(((window.record.id, series.point_key(window.key, p.identity, p.series, p.start_ns,
+                                                                   p.time_ns)), p, mappings, when))
+        fresh = series.first_sights(tx, [pair for pair, *_ in deltas])
+        for pair, p, mappings, when in deltas:
+            if pair not in fresh:  # recorded by an earlier export, or earlier in this one
+                outcomes["duplicate"] += 1
+                continue
+            fresh.discard(pair)
+            assert p.identity is not None
+            contributions.extend(_contributions(p.identity, p.value, mappings, when))
             outcomes["counted"] += 1
         if contributions:
             outcome = self._ingestor.count(tx, contributions, now, windows)
@@ -166,3 +177,8 @@ class OtlpIngestor:
         if before is None or before.start_ns != p.start_ns or p.value < before.value:
             return p.value  # first point of a series, or a reset: the increase since its start
         return p.value - before.value
+
+
+def _contributions(person: str, increase: float, mappings: list[OtlpMapping], when: datetime) -> list[Contribution]:
+    """What a point's value (or increase) adds to each metric it feeds, scaled and rounded."""
+    return [Contribution(person, m.metric, value, when) for m in mappings if (value := round(increase * m.scale))]

@@ -86,8 +86,7 @@ def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max
                     continue
                 if resource_digest is None:
                     _check_bomb(resource_attrs, "resource")
-                    resource_digest = _digest(resource_attrs)
-                    resource_strings = _strings(resource_attrs)
+                    resource_strings, resource_digest = _attributes(resource_attrs)
                 assert resource_strings is not None
                 stream = hashlib.sha256(resource_digest)
                 stream.update(b"\0scope\0" + scope_metrics.scope.name.encode() + b"\0metric\0" + metric.name.encode())
@@ -110,9 +109,9 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
             continue  # a staleness marker, not a value
         attrs = point.attributes
         _check_bomb(attrs, "data point")
-        strings = _strings(attrs)
+        strings, digest = _attributes(attrs)
         series = stream.copy()
-        series.update(b"\0point\0" + _digest(attrs))
+        series.update(b"\0point\0" + digest)
         value, why = _value(kind, point)
         yield Point(name, temporality == _CUMULATIVE, value, point.start_time_unix_nano, point.time_unix_nano,
                     strings, _identity(policy.identity_attributes, strings, resource, max_string),
@@ -147,18 +146,19 @@ def _identity(names: Sequence[str], point: dict[str, str], resource: dict[str, s
     return None
 
 
-def _strings(attrs: Sequence[KeyValue]) -> dict[str, str]:
-    return {kv.key: kv.value.string_value for kv in attrs if kv.value.WhichOneof("value") == "string_value"}
-
-
-def _digest(attrs: Sequence[KeyValue]) -> bytes:
-    """SHA-256 of an attribute set, independent of the order the exporter sent it in."""
-    h = hashlib.sha256()
-    for kv in sorted(attrs, key=lambda kv: kv.key):
-        key = kv.key.encode()
-        value = kv.value.SerializeToString(deterministic=True)
-        h.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
-    return h.digest()
+def _attributes(attrs: Sequence[KeyValue]) -> tuple[dict[str, str], bytes]:
+    """The string attributes (for filters and identity), and a SHA-256 of the whole attribute
+    set that does not depend on the order the exporter sent it in."""
+    strings: dict[str, str] = {}
+    others: list[tuple[str, bytes]] = []
+    for kv in attrs:
+        value = kv.value
+        if value.WhichOneof("value") == "string_value":
+            strings[kv.key] = value.string_value
+        else:
+            others.append((kv.key, value.SerializeToString(deterministic=True)))
+    # repr of sorted tuples of str and bytes is unambiguous: quotes and escapes delimit every item.
+    return strings, hashlib.sha256(repr((sorted(strings.items()), sorted(others))).encode()).digest()
 
 
 def _check_bomb(attrs: Sequence[KeyValue], where: str) -> None:

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from chorus.server.store._db import Tx
 
 _NONCE = 12
+#: Rows per multi-row INSERT of point keys (two parameters each; well under either engine's limit).
+_CHUNK = 500
 
 
 class Previous(NamedTuple):
@@ -44,13 +46,30 @@ def _seal_key(window_key: bytes) -> bytes:
     return hmac.digest(window_key, b"chorus otlp seal", hashlib.sha256)
 
 
-def first_sight(tx: Tx, window_id: str, window_key: bytes, person: str, series: bytes,
-                start_ns: int, time_ns: int) -> bool:
-    """Record a delta point; False when the same point (a retry) was recorded before."""
-    key = _mac(window_key, b"otlp-point\0", person, series,
-               start_ns.to_bytes(8, "big", signed=True) + time_ns.to_bytes(8, "big", signed=True))
-    return bool(tx.execute("INSERT INTO otlp_points (window_id, point_key) VALUES (?, ?) "
-                           "ON CONFLICT (window_id, point_key) DO NOTHING", (window_id, key)))
+def point_key(window_key: bytes, person: str, series: bytes, start_ns: int, time_ns: int) -> bytes:
+    """The exactly-once key of a delta point: HMAC(window key, person, series, start, end)."""
+    return _mac(window_key, b"otlp-point\0", person, series,
+                start_ns.to_bytes(8, "big", signed=True) + time_ns.to_bytes(8, "big", signed=True))
+
+
+def first_sights(tx: Tx, keys: list[tuple[str, bytes]]) -> set[tuple[str, bytes]]:
+    """Record (window id, point key) pairs; return those not recorded before (the others are retries).
+
+    One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING per chunk: it reports exactly the
+    rows it inserted, so two concurrent exports of the same point cannot both count it (the
+    second waits on the first's row lock, then finds the conflict). Keys are sent in order so
+    concurrent transactions lock rows in the same order.
+    """
+    fresh: set[tuple[str, bytes]] = set()
+    ordered = sorted(set(keys))
+    for i in range(0, len(ordered), _CHUNK):
+        chunk = ordered[i:i + _CHUNK]
+        rows = tx.query("INSERT INTO otlp_points (window_id, point_key) VALUES "
+                        + ", ".join(["(?, ?)"] * len(chunk))
+                        + " ON CONFLICT (window_id, point_key) DO NOTHING RETURNING window_id, point_key",
+                        [v for pair in chunk for v in pair])
+        fresh.update((w, bytes(k)) for w, k in rows)
+    return fresh
 
 
 def previous(tx: Tx, open_keys: list[tuple[str, bytes]], person: str, series: bytes) -> Previous | None:
