@@ -2,9 +2,10 @@
 
 Only what counting needs survives this module: the instrument name, temporality, the value,
 the two timestamps, the string attributes a mapping filters on, the identity, and a SHA-256
-digest of the series (resource, scope, instrument and every point attribute). The digest is
-never stored as is: `series` keys it with the window's secret. Everything else in the
-export (session ids, models, any other attribute) is dropped here, in memory.
+digest naming the point's series (resource, scope, instrument and every point attribute; for
+a delta point, the point's exact bytes). The digest is never stored as is: `series` keys it
+with the window's secret. Everything else in the export (session ids, models, any other
+attribute) is dropped here, in memory.
 
 Instruments no mapping names are skipped without decoding their points, so a tool that
 exports many instruments costs little beyond the few that count.
@@ -86,7 +87,8 @@ def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max
                     continue
                 if resource_digest is None:
                     _check_bomb(resource_attrs, "resource")
-                    resource_strings, resource_digest = _attributes(resource_attrs)
+                    resource_strings = {kv.key: kv.value.string_value for kv in resource_attrs}
+                    resource_digest = _attribute_digest(resource_attrs)
                 assert resource_strings is not None
                 stream = hashlib.sha256(resource_digest)
                 stream.update(b"\0scope\0" + scope_metrics.scope.name.encode() + b"\0metric\0" + metric.name.encode())
@@ -104,18 +106,26 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
         problem = "a non-monotonic sum cannot be counted (map a monotonic sum)"
     elif temporality not in (_CUMULATIVE, _DELTA):
         problem = "aggregation temporality is unspecified"
+    cumulative = temporality == _CUMULATIVE
+    prefix = stream.digest()
+    sha256 = hashlib.sha256
+    names = policy.identity_attributes
     for point in data.data_points:
         if point.flags & _NO_RECORDED_VALUE:
             continue  # a staleness marker, not a value
         attrs = point.attributes
         _check_bomb(attrs, "data point")
-        strings, digest = _attributes(attrs)
-        series = stream.copy()
-        series.update(b"\0point\0" + digest)
+        # Non-string values read as "": they match no filter and are no identity.
+        strings = {kv.key: kv.value.string_value for kv in attrs}
+        if cumulative:  # the series: its whole attribute set, in any order
+            series = sha256(prefix + _attribute_digest(attrs)).digest()
+        else:
+            # A delta point counts once: its exact bytes (attributes, times and value) name it, and
+            # an exporter's retry resends them unchanged. Cheaper than a canonical attribute digest.
+            series = sha256(prefix + point.SerializeToString(deterministic=True)).digest()
         value, why = _value(kind, point)
-        yield Point(name, temporality == _CUMULATIVE, value, point.start_time_unix_nano, point.time_unix_nano,
-                    strings, _identity(policy.identity_attributes, strings, resource, max_string),
-                    series.digest(), problem or why)
+        yield Point(name, cumulative, value, point.start_time_unix_nano, point.time_unix_nano,
+                    strings, _identity(names, strings, resource, max_string), series, problem or why)
 
 
 def _value(kind: str, point: Any) -> tuple[float, str | None]:
@@ -146,19 +156,11 @@ def _identity(names: Sequence[str], point: dict[str, str], resource: dict[str, s
     return None
 
 
-def _attributes(attrs: Sequence[KeyValue]) -> tuple[dict[str, str], bytes]:
-    """The string attributes (for filters and identity), and a SHA-256 of the whole attribute
-    set that does not depend on the order the exporter sent it in."""
-    strings: dict[str, str] = {}
-    others: list[tuple[str, bytes]] = []
-    for kv in attrs:
-        value = kv.value
-        if value.WhichOneof("value") == "string_value":
-            strings[kv.key] = value.string_value
-        else:
-            others.append((kv.key, value.SerializeToString(deterministic=True)))
-    # repr of sorted tuples of str and bytes is unambiguous: quotes and escapes delimit every item.
-    return strings, hashlib.sha256(repr((sorted(strings.items()), sorted(others))).encode()).digest()
+def _attribute_digest(attrs: Sequence[KeyValue]) -> bytes:
+    """SHA-256 of an attribute set, independent of the order the exporter sent it in."""
+    # repr of sorted (str, bytes) pairs is unambiguous: quotes and escapes delimit every item.
+    return hashlib.sha256(repr(sorted((kv.key, kv.value.SerializeToString(deterministic=True))
+                                      for kv in attrs)).encode()).digest()
 
 
 def _check_bomb(attrs: Sequence[KeyValue], where: str) -> None:

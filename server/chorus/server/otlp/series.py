@@ -47,9 +47,10 @@ def _seal_key(window_key: bytes) -> bytes:
 
 
 def point_key(window_key: bytes, person: str, series: bytes, start_ns: int, time_ns: int) -> bytes:
-    """The exactly-once key of a delta point: HMAC(window key, person, series, start, end)."""
+    """The exactly-once key of a delta point: HMAC(window key, person, series, start, end), cut to
+    128 bits (a false duplicate needs a collision among the window's keys: about 2^-64 at 2^32 keys)."""
     return _mac(window_key, b"otlp-point\0", person, series,
-                start_ns.to_bytes(8, "big", signed=True) + time_ns.to_bytes(8, "big", signed=True))
+                start_ns.to_bytes(8, "big", signed=True) + time_ns.to_bytes(8, "big", signed=True))[:16]
 
 
 def first_sights(tx: Tx, keys: list[tuple[str, bytes]]) -> set[tuple[str, bytes]]:

@@ -12,8 +12,9 @@ _log = logging.getLogger(__name__)
 # Arbitrary constant key for PostgreSQL advisory locks taken by migrations.
 _MIGRATION_LOCK = 0x63686F72  # "chor"
 
-# Each migration is a list of statements; `{blob}` becomes the engine's byte-string type and
-# `{slots}` the per-metric total columns t0, t1, ... of a person's usage row.
+# Each migration is a list of statements; `{blob}` becomes the engine's byte-string type,
+# `{slots}` the per-metric total columns t0, t1, ... of a person's usage row, and
+# `{without_rowid}` SQLite's clustered-primary-key clause (one B-tree per row, not two).
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", [
         # Roster: the company directory (user -> team). Not usage data.
@@ -121,7 +122,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         """CREATE TABLE otlp_points (
             window_id TEXT NOT NULL,
             point_key {blob} NOT NULL,
-            PRIMARY KEY (window_id, point_key))""",
+            PRIMARY KEY (window_id, point_key)){without_rowid}""",
         """CREATE TABLE otlp_series (
             window_id TEXT NOT NULL,
             series_key {blob} NOT NULL,
@@ -129,11 +130,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             time_ns BIGINT NOT NULL,
             value DOUBLE PRECISION NOT NULL,
             sealed {blob} NOT NULL,
-            PRIMARY KEY (window_id, series_key))""",
+            PRIMARY KEY (window_id, series_key)){without_rowid}""",
     ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
+_WITHOUT_ROWID = {"sqlite": " WITHOUT ROWID", "postgresql": ""}
 _SLOTS = ",\n            ".join(f"t{i} BIGINT NOT NULL DEFAULT 0 CHECK (t{i} >= 0)" for i in range(MAX_METRICS))
 
 
@@ -151,7 +153,8 @@ def migrate(db: Database) -> int:
             if number in applied:
                 continue
             for statement in statements:
-                tx.execute(statement.replace("{blob}", _BLOB[tx.dialect]).replace("{slots}", _SLOTS))
+                tx.execute(statement.replace("{blob}", _BLOB[tx.dialect]).replace("{slots}", _SLOTS)
+                           .replace("{without_rowid}", _WITHOUT_ROWID[tx.dialect]))
             tx.execute("INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
                        (number, description))
             _log.info("applied schema migration %d (%s)", number, description)
