@@ -66,7 +66,8 @@ def report_requests(users: Sequence[str], rounds: int, batch: int) -> list[inges
         for _ in range(rounds) for i in range(0, len(users), batch)]
 
 
-def otlp_requests(users: Sequence[str], rounds: int, batch: int) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
+def otlp_requests(users: Sequence[str], rounds: int,
+                  batch: int) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
     now = time.time_ns()
     out = []
     for r in range(rounds):

@@ -146,8 +146,7 @@ class OtlpIngestor:
                 contributions.extend(_contributions(p.identity, increase, mappings, when))
                 outcomes["counted"] += 1
             else:
-                deltas.append(((window.record.id, series.point_key(window.key, p.identity, p.series, p.start_ns,
-                                                                   p.time_ns)), p, mappings, when))
+                deltas.append(((window.record.id, series.point_key(window.key, p.series)), p, mappings, when))
         fresh = series.first_sights(tx, [pair for pair, *_ in deltas])
         for pair, p, mappings, when in deltas:
             if pair not in fresh:  # recorded by an earlier export, or earlier in this one

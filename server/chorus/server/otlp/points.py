@@ -3,8 +3,8 @@
 Only what counting needs survives this module: the instrument name, temporality, the value,
 the two timestamps, the string attributes a mapping filters on, the identity, and a SHA-256
 digest naming the point's series (resource, scope, instrument and every point attribute; for
-a delta point, the point's exact bytes). The digest is never stored as is: `series` keys it
-with the window's secret. Everything else in the export (session ids, models, any other
+a delta point, the point's exact bytes). Neither is stored as is: `series` keys them with
+the window's secret. Everything else in the export (session ids, models, any other
 attribute) is dropped here, in memory.
 
 Instruments no mapping names are skipped without decoding their points, so a tool that
@@ -46,7 +46,7 @@ class Point(NamedTuple):
     time_ns: int
     strings: dict[str, str]  # the point's string attributes, for mapping filters
     identity: str | None
-    series: bytes
+    series: bytes  # cumulative: SHA-256 of the series; delta: the bytes naming the point (see _points)
     problem: str | None
 
 
@@ -121,8 +121,9 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
             series = sha256(prefix + _attribute_digest(attrs)).digest()
         else:
             # A delta point counts once: its exact bytes (attributes, times and value) name it, and
-            # an exporter's retry resends them unchanged. Cheaper than a canonical attribute digest.
-            series = sha256(prefix + point.SerializeToString(deterministic=True)).digest()
+            # an exporter's retry resends them unchanged. They are only ever hashed under the
+            # window key (series.point_key), so they are not digested here.
+            series = prefix + point.SerializeToString(deterministic=True)
         value, why = _value(kind, point)
         yield Point(name, cumulative, value, point.start_time_unix_nano, point.time_unix_nano,
                     strings, _identity(names, strings, resource, max_string), series, problem or why)

@@ -2,9 +2,9 @@
 
 Both tables hold per-person state, so they live and die with the window's secret key:
 
-* `otlp_points (window_id, point_key)`: HMAC(window key, person, series digest, start, end) of
-  every counted delta point. OTLP exporters retry whole requests and carry no batch id; a
-  retried point finds its key and counts nothing.
+* `otlp_points (window_id, point_key)`: a keyed hash (under the window key) of every counted
+  delta point, whose bytes carry the person, the series, its start and end. OTLP exporters
+  retry whole requests and carry no batch id; a retried point finds its key and counts nothing.
 * `otlp_series (window_id, series_key, start_ns, time_ns, value, sealed)`: the last point of a
   cumulative series, keyed by HMAC(window key, person, series digest). `sealed` is the
   (person, digest) pair encrypted under a key derived from the window key: at close it is
@@ -46,11 +46,12 @@ def _seal_key(window_key: bytes) -> bytes:
     return hmac.digest(window_key, b"chorus otlp seal", hashlib.sha256)
 
 
-def point_key(window_key: bytes, person: str, series: bytes, start_ns: int, time_ns: int) -> bytes:
-    """The exactly-once key of a delta point: HMAC(window key, person, series, start, end), cut to
-    128 bits (a false duplicate needs a collision among the window's keys: about 2^-64 at 2^32 keys)."""
-    return _mac(window_key, b"otlp-point\0", person, series,
-                start_ns.to_bytes(8, "big", signed=True) + time_ns.to_bytes(8, "big", signed=True))[:16]
+def point_key(window_key: bytes, point: bytes) -> bytes:
+    """The exactly-once key of a delta point: a 128-bit keyed BLAKE2b of the bytes that name it
+    (resource, scope, instrument and the point itself, which carries the identity, the series'
+    attributes and its start and end). A false duplicate needs a collision among the window's
+    keys: about 2^-64 at 2^32 keys."""
+    return hashlib.blake2b(point, key=window_key, digest_size=16, person=b"chorus otlp pt").digest()
 
 
 def first_sights(tx: Tx, keys: list[tuple[str, bytes]]) -> set[tuple[str, bytes]]:
