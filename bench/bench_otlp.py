@@ -1,10 +1,11 @@
 """OTLP/gRPC ingest throughput against native `Report`, measured on the same server in the same run.
 
-    python bench/bench_otlp.py [--users 10000] [--rounds 10] [--clients 4] [--cumulative]
+    python bench/bench_otlp.py [--users 10000] [--rounds 10] [--clients 4] [--repeats 5]
 
 One `chorus serve` child process (its own GIL, SQLite synchronous=FULL) with the shipped
 default `[otlp]` mappings enabled. Both measurements send pre-built requests of `--batch`
-items from `--clients` threads and wait for every answer:
+items from `--clients` threads and wait for every answer, alternated `--repeats` times (the
+machine is shared; the median ratio is the figure):
 
 * native: `IngestService.Report` batches, one `ai.tokens` contribution per person;
 * OTLP: `MetricsService.Export` requests, one `claude_code.token.usage` delta data point per
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,12 +68,13 @@ def report_requests(users: Sequence[str], rounds: int, batch: int) -> list[inges
         for _ in range(rounds) for i in range(0, len(users), batch)]
 
 
-def otlp_requests(users: Sequence[str], rounds: int,
-                  batch: int) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
-    now = time.time_ns()
+def otlp_requests(users: Sequence[str], rounds: int, batch: int,
+                  offset: int = 0) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
+    """Requests of `rounds` delta intervals per person; `offset` shifts them so repeats never collide."""
+    now = time.time_ns() - 60_000_000_000
     out = []
     for r in range(rounds):
-        end = now - (rounds - r) * 1_000_000_000  # each round a new delta interval
+        end = now + (offset + r) * 1_000_000  # each round a new delta interval
         for i in range(0, len(users), batch):
             points = [metrics_pb2.NumberDataPoint(
                 start_time_unix_nano=end - 1_000_000_000, time_unix_nano=end, as_double=1.0,
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=5_000, help="contributions or data points per request")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5, help="alternated native/OTLP measurements")
     args = parser.parse_args()
     users = [f"bench-user-{i:07d}" for i in range(args.users)]
     total = args.users * args.rounds
@@ -147,19 +151,27 @@ def main() -> None:
             def otlp_ok(reply: Message) -> None:
                 assert not reply.HasField("partial_success"), reply
 
-            native_requests = report_requests(users, args.rounds, args.batch)
-            native = total / send_all(address, token, native_requests,
-                                      lambda ch: ingest_pb2_grpc.IngestServiceStub(ch).Report, args.clients, report_ok)
-            otlp_reqs = otlp_requests(users, args.rounds, args.batch)
-            otlp = total / send_all(address, token, otlp_reqs,
-                                    lambda ch: metrics_service_pb2_grpc.MetricsServiceStub(ch).Export,
-                                    args.clients, otlp_ok)
+            rates: list[tuple[float, float]] = []
+            for repeat in range(args.repeats):  # alternated, so a noisy neighbour hits both alike
+                native_requests = report_requests(users, args.rounds, args.batch)
+                native = total / send_all(address, token, native_requests,
+                                          lambda ch: ingest_pb2_grpc.IngestServiceStub(ch).Report, args.clients,
+                                          report_ok)
+                otlp_reqs = otlp_requests(users, args.rounds, args.batch, offset=repeat * args.rounds)
+                otlp = total / send_all(address, token, otlp_reqs,
+                                        lambda ch: metrics_service_pb2_grpc.MetricsServiceStub(ch).Export,
+                                        args.clients, otlp_ok)
+                rates.append((native, otlp))
+                print(f"  repeat {repeat + 1}: native Report {native:10,.0f} contributions/s, "
+                      f"OTLP/gRPC {otlp:10,.0f} data points/s, ratio {otlp / native:.2f}")
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"  native Report (anchor)     : {native:12,.0f} contributions/s")
-    print(f"  OTLP/gRPC Export           : {otlp:12,.0f} data points/s")
-    print(f"  ratio OTLP / native        : {otlp / native:12.2f}   (target >= 0.5)")
+    native, otlp = (statistics.median(r[i] for r in rates) for i in (0, 1))
+    ratio = statistics.median(o / n for n, o in rates)
+    print(f"  median native Report (anchor): {native:12,.0f} contributions/s")
+    print(f"  median OTLP/gRPC Export      : {otlp:12,.0f} data points/s")
+    print(f"  median ratio OTLP / native   : {ratio:12.2f}   (target >= 0.5)")
 
 
 if __name__ == "__main__":

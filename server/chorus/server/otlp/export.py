@@ -101,7 +101,7 @@ class OtlpIngestor:
         windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
         open_keys: list[tuple[str, bytes]] | None = None
         contributions: list[Contribution] = []
-        deltas: list[tuple[tuple[str, bytes], Point, list[OtlpMapping], datetime]] = []
+        deltas: list[tuple[tuple[str, bytes], Point, tuple[OtlpMapping, ...], datetime]] = []
         by_time: dict[int, tuple[datetime, lifecycle.OpenWindow | Rejection]] = {}  # an export's points share times
         for p in points:
             cached = by_time.get(p.time_ns)
@@ -117,21 +117,21 @@ class OtlpIngestor:
                 outcomes[f"rejected: {window.reason.name.lower()} (window not taking contributions)"] += 1
                 continue
             frozen = window.record.policy.otlp
-            mappings = [m for m in (frozen.mappings(p.instrument) if frozen else ()) if m.admits(p.strings)]
+            mappings = frozen.admitted(p.instrument, p.strings) if frozen else ()
             if not mappings:
                 outcomes["ignored_filtered"] += 1
                 continue
             if p.problem:
                 outcomes[f"rejected: {p.problem}"] += 1
                 continue
+            assert frozen is not None  # it admitted the point
             if p.identity is None:
-                outcomes[f"rejected: without an identity attribute ({', '.join(frozen.identity_attributes)})"
-                         if frozen else "rejected: without an identity"] += 1
+                outcomes[f"rejected: without an identity attribute ({', '.join(frozen.identity_attributes)})"] += 1
                 continue
             if team_of(p.identity) is None:
                 outcomes["rejected: with an identity not on the roster"] += 1
                 continue
-            if p.value * max(m.scale for m in mappings) > MAX_VALUE:
+            if p.value * frozen.max_scale(p.instrument) > MAX_VALUE:
                 outcomes["rejected: a value too large to be a count"] += 1
                 continue
             if p.cumulative:
@@ -146,7 +146,8 @@ class OtlpIngestor:
                 contributions.extend(_contributions(p.identity, increase, mappings, when))
                 outcomes["counted"] += 1
             else:
-                deltas.append(((window.record.id, series.point_key(window.key, p.series)), p, mappings, when))
+                deltas.append(((window.record.id, series.point_key(window.key, p.series, p.time_ns)), p, mappings,
+                               when))
         fresh = series.first_sights(tx, [pair for pair, *_ in deltas])
         for pair, p, mappings, when in deltas:
             if pair not in fresh:  # recorded by an earlier export, or earlier in this one
@@ -178,6 +179,7 @@ class OtlpIngestor:
         return p.value - before.value
 
 
-def _contributions(person: str, increase: float, mappings: list[OtlpMapping], when: datetime) -> list[Contribution]:
+def _contributions(person: str, increase: float, mappings: tuple[OtlpMapping, ...],
+                   when: datetime) -> list[Contribution]:
     """What a point's value (or increase) adds to each metric it feeds, scaled and rounded."""
     return [Contribution(person, m.metric, value, when) for m in mappings if (value := round(increase * m.scale))]

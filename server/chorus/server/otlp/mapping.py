@@ -38,10 +38,6 @@ class OtlpMapping:
     attributes: tuple[tuple[str, frozenset[str]], ...] = ()
     scale: int = 1
 
-    def admits(self, strings: dict[str, str]) -> bool:
-        """True when the point's string attributes pass this mapping's filter."""
-        return all(strings.get(key) in allowed for key, allowed in self.attributes)
-
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "metric": self.metric, "scale": self.scale,
                 "attributes": {key: sorted(values) for key, values in self.attributes}}
@@ -53,16 +49,39 @@ class OtlpPolicy:
     metrics: tuple[OtlpMapping, ...]
 
     _by_name: dict[str, tuple[OtlpMapping, ...]] = field(init=False, repr=False, compare=False)
+    _unfiltered: frozenset[str] = field(init=False, repr=False, compare=False)
+    _max_scale: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_name: dict[str, list[OtlpMapping]] = {}
         for mapping in self.metrics:
             by_name.setdefault(mapping.name, []).append(mapping)
         object.__setattr__(self, "_by_name", {k: tuple(v) for k, v in by_name.items()})
+        object.__setattr__(self, "_unfiltered", frozenset(
+            name for name, ms in by_name.items() if not any(m.attributes for m in ms)))
+        object.__setattr__(self, "_max_scale", {name: max(m.scale for m in ms) for name, ms in by_name.items()})
 
     def mappings(self, instrument: str) -> tuple[OtlpMapping, ...]:
         """The mappings of an instrument; empty when it is not mapped."""
         return self._by_name.get(instrument, ())
+
+    def admitted(self, instrument: str, strings: dict[str, str]) -> tuple[OtlpMapping, ...]:
+        """The mappings a data point of `instrument` with these string attributes feeds (once per point)."""
+        mappings = self._by_name.get(instrument, ())
+        if instrument in self._unfiltered:
+            return mappings
+        admitted = []
+        for mapping in mappings:  # plain loops: this runs once per data point
+            for key, allowed in mapping.attributes:
+                if strings.get(key) not in allowed:
+                    break
+            else:
+                admitted.append(mapping)
+        return tuple(admitted)
+
+    def max_scale(self, instrument: str) -> int:
+        """The largest scale among a mapped instrument's mappings."""
+        return self._max_scale[instrument]
 
     def to_json(self) -> dict[str, Any]:
         return {"identity_attributes": list(self.identity_attributes),

@@ -46,12 +46,18 @@ def _seal_key(window_key: bytes) -> bytes:
     return hmac.digest(window_key, b"chorus otlp seal", hashlib.sha256)
 
 
-def point_key(window_key: bytes, point: bytes) -> bytes:
-    """The exactly-once key of a delta point: a 128-bit keyed BLAKE2b of the bytes that name it
-    (resource, scope, instrument and the point itself, which carries the identity, the series'
-    attributes and its start and end). A false duplicate needs a collision among the window's
-    keys: about 2^-64 at 2^32 keys."""
-    return hashlib.blake2b(point, key=window_key, digest_size=16, person=b"chorus otlp pt").digest()
+def point_key(window_key: bytes, point: bytes, time_ns: int) -> bytes:
+    """The exactly-once key of a delta point: the minute of its end time (4 bytes), then a 96-bit
+    keyed BLAKE2b of the bytes that name it (resource, scope, instrument and the point itself,
+    which carries the identity, the series' attributes, its start and end).
+
+    The minute first keeps an export's keys (its points share an end time) next to each other
+    in the B-tree, so recording them writes a few pages instead of one page per point. It says
+    when some point of the window ended, nothing about whose. A false duplicate needs a
+    collision within one minute: about 2^-48 at 2^24 keys in the same minute.
+    """
+    minute = max(0, min(time_ns // 60_000_000_000, 2**32 - 1)).to_bytes(4, "big")
+    return minute + hashlib.blake2b(point, key=window_key, digest_size=12, person=b"chorus otlp pt").digest()
 
 
 def first_sights(tx: Tx, keys: list[tuple[str, bytes]]) -> set[tuple[str, bytes]]:
