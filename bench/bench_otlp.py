@@ -8,11 +8,14 @@ items from `--clients` threads and wait for every answer, alternated `--repeats`
 machine is shared; the median ratio is the figure):
 
 * native: `IngestService.Report` batches, one `ai.tokens` contribution per person;
-* OTLP: `MetricsService.Export` requests, one `claude_code.token.usage` delta data point per
-  person, shaped like Claude Code's (identity, session id, model and type attributes).
+* OTLP: `MetricsService.Export` requests of `claude_code.token.usage` delta data points shaped
+  like Claude Code's (identity, session id, model and type attributes): by default two per
+  person and export, input and output tokens, as Claude Code sends them (`--points-per-person 1`
+  for one).
 
-Each OTLP point is a distinct series with its own exactly-once key, so this is the cost of
-OTLP's per-point de-duplication over Report's per-batch id. Target: OTLP >= 0.5 of native.
+Every OTLP point is its own series with its own exactly-once key, so this includes the cost of
+OTLP's per-point de-duplication over Report's per-batch id. Target: OTLP data points per second
+>= 0.5 of native contributions per second.
 """
 
 from __future__ import annotations
@@ -68,18 +71,23 @@ def report_requests(users: Sequence[str], rounds: int, batch: int) -> list[inges
         for _ in range(rounds) for i in range(0, len(users), batch)]
 
 
-def otlp_requests(users: Sequence[str], rounds: int, batch: int,
+def otlp_requests(users: Sequence[str], rounds: int, batch: int, types: Sequence[str],
                   offset: int = 0) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
-    """Requests of `rounds` delta intervals per person; `offset` shifts them so repeats never collide."""
-    now = time.time_ns() - 60_000_000_000
+    """Requests of `rounds` one-minute delta intervals per person (an exporter's default period),
+    one point per token type, `batch` points per request; `offset` (in rounds) shifts the
+    intervals so repeats never collide. Intervals end in the past hour: the bench fails in the
+    first hour of an ISO week, when they would fall in the previous, closed window."""
+    minute = 60_000_000_000
+    first = time.time_ns() - 60 * minute
+    per_request = max(1, batch // len(types))
     out = []
     for r in range(rounds):
-        end = now + (offset + r) * 1_000_000  # each round a new delta interval
-        for i in range(0, len(users), batch):
+        end = first + (offset + r) * minute
+        for i in range(0, len(users), per_request):
             points = [metrics_pb2.NumberDataPoint(
-                start_time_unix_nano=end - 1_000_000_000, time_unix_nano=end, as_double=1.0,
+                start_time_unix_nano=end - minute, time_unix_nano=end, as_double=1.0,
                 attributes=[_kv("user.email", u), _kv("session.id", f"session-{u}"), _kv("model", "model-x"),
-                            _kv("type", "input")]) for u in users[i:i + batch]]
+                            _kv("type", kind)]) for u in users[i:i + per_request] for kind in types]
             metric = metrics_pb2.Metric(name="claude_code.token.usage", sum=metrics_pb2.Sum(
                 data_points=points, is_monotonic=True,
                 aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_DELTA))
@@ -120,11 +128,14 @@ def send_all(address: str, token: str, requests: Sequence[Message], stub_of: Cal
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10, help="export intervals (one minute each) per repeat")
     parser.add_argument("--batch", type=int, default=5_000, help="contributions or data points per request")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5, help="alternated native/OTLP measurements")
+    parser.add_argument("--points-per-person", type=int, choices=(1, 2), default=2,
+                        help="2: input and output token points per person and export, as Claude Code sends them")
     args = parser.parse_args()
+    types = ("input", "output")[:args.points_per_person]
     users = [f"bench-user-{i:07d}" for i in range(args.users)]
     total = args.users * args.rounds
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +153,8 @@ def main() -> None:
                     metadata=admin, timeout=300)
                 token = stub.CreateToken(admin_pb2.CreateTokenRequest(role=admin_pb2.ROLE_INGEST, name="bench"),
                                          metadata=admin).token
-            print(f"{args.users:,} people, {args.rounds} rounds, {total:,} items per measurement, "
+            print(f"{args.users:,} people, {args.rounds} rounds, {total:,} contributions and "
+                  f"{total * len(types):,} data points ({len(types)} per person) per measurement, "
                   f"{args.batch:,} per request, {args.clients} client threads")
 
             def report_ok(reply: Message) -> None:
@@ -157,8 +169,8 @@ def main() -> None:
                 native = total / send_all(address, token, native_requests,
                                           lambda ch: ingest_pb2_grpc.IngestServiceStub(ch).Report, args.clients,
                                           report_ok)
-                otlp_reqs = otlp_requests(users, args.rounds, args.batch, offset=repeat * args.rounds)
-                otlp = total / send_all(address, token, otlp_reqs,
+                otlp_reqs = otlp_requests(users, args.rounds, args.batch, types, offset=repeat * args.rounds)
+                otlp = total * len(types) / send_all(address, token, otlp_reqs,
                                         lambda ch: metrics_service_pb2_grpc.MetricsServiceStub(ch).Export,
                                         args.clients, otlp_ok)
                 rates.append((native, otlp))

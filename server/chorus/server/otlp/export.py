@@ -100,7 +100,10 @@ class OtlpIngestor:
         team_of = self._roster.current(tx).get
         windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
         open_keys: list[tuple[str, bytes]] | None = None
-        contributions: list[Contribution] = []
+        # What counts, summed per (person, metric, time) before the ingest rules: an export often
+        # carries several points per person (input and output tokens, several sessions).
+        sums: dict[tuple[str, str, datetime], int] = {}
+        counted = 0
         deltas: list[tuple[tuple[str, bytes], Point, tuple[OtlpMapping, ...], datetime]] = []
         by_time: dict[int, tuple[datetime, lifecycle.OpenWindow | Rejection]] = {}  # an export's points share times
         for p in points:
@@ -143,8 +146,8 @@ class OtlpIngestor:
                 if increase is None:
                     outcomes["duplicate"] += 1
                     continue
-                contributions.extend(_contributions(p.identity, increase, mappings, when))
-                outcomes["counted"] += 1
+                _add(sums, p.identity, increase, mappings, when)
+                counted += 1
             else:
                 deltas.append(((window.record.id, series.point_key(window.key, p.series, p.time_ns)), p, mappings,
                                when))
@@ -155,9 +158,13 @@ class OtlpIngestor:
                 continue
             fresh.discard(pair)
             assert p.identity is not None
-            contributions.extend(_contributions(p.identity, p.value, mappings, when))
-            outcomes["counted"] += 1
-        if contributions:
+            _add(sums, p.identity, p.value, mappings, when)
+            counted += 1
+        if counted:
+            outcomes["counted"] += counted
+        if sums:
+            contributions = [Contribution(user, metric, value, when) for (user, metric, when), value in sums.items()
+                             if value]
             outcome = self._ingestor.count(tx, contributions, now, windows)
             if outcome.clamped:
                 outcomes["clamped"] += outcome.clamped
@@ -179,7 +186,9 @@ class OtlpIngestor:
         return p.value - before.value
 
 
-def _contributions(person: str, increase: float, mappings: tuple[OtlpMapping, ...],
-                   when: datetime) -> list[Contribution]:
-    """What a point's value (or increase) adds to each metric it feeds, scaled and rounded."""
-    return [Contribution(person, m.metric, value, when) for m in mappings if (value := round(increase * m.scale))]
+def _add(sums: dict[tuple[str, str, datetime], int], person: str, increase: float,
+         mappings: tuple[OtlpMapping, ...], when: datetime) -> None:
+    """Add what a point's value (or increase) gives each metric it feeds, scaled and rounded."""
+    for m in mappings:
+        key = (person, m.metric, when)
+        sums[key] = sums.get(key, 0) + round(increase * m.scale)
