@@ -231,3 +231,79 @@ def test_operators_see_otlp_outcomes_in_get_stats(otlp_server: OtlpServer) -> No
             admin_pb2.GetStatsRequest(), metadata=(("authorization", f"Bearer {otlp_server.admin_token}"),))
     assert dict(reply.otlp_points) == {"counted": 1, "ignored_unmapped": 3,
                                        "rejected: without an identity attribute (user.email, enduser.id)": 1}
+
+
+def test_chorus_stats_prints_otlp_outcomes(otlp_server: OtlpServer) -> None:
+    from typer.testing import CliRunner
+
+    from chorus.server.cli import app
+    t = now_ns() - MIN
+    export_grpc(otlp_server.address, otlp_server.ingest_token, request([
+        sum_metric("tool.requests", [point(1, t - MIN, t, user__email=RED0)]),
+        sum_metric("unmapped.instrument", [point(1, t - MIN, t, user__email=RED0)])]))
+    result = CliRunner().invoke(app, ["stats", "--server", otlp_server.address],
+                                env={"CHORUS_TOKEN": otlp_server.admin_token, "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "OTLP data points counted" in result.output and "OTLP data points ignored_unmapped" in result.output
+
+
+def test_a_store_outage_during_a_grpc_export_is_unavailable_with_retry_info(
+        otlp_server: OtlpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chorus.server.store import StoreUnavailable
+    real_run = otlp_server.chorus.db.run
+
+    def flaky(fn, *, name):  # type: ignore[no-untyped-def]
+        if name == "otlp_export":
+            raise StoreUnavailable("database /secret/path is locked")
+        return real_run(fn, name=name)
+
+    monkeypatch.setattr(otlp_server.chorus.db, "run", flaky)
+    t = now_ns() - MIN
+    with pytest.raises(grpc.RpcError) as err:
+        export_grpc(otlp_server.address, otlp_server.ingest_token,
+                    request([sum_metric("tool.requests", [point(1, t - MIN, t, user__email=RED0)])]))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    trailing = dict(err.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+    assert "grpc-status-details-bin" in trailing  # the google.rpc.RetryInfo the exporter honours
+    assert "/secret/path" not in (err.value.details() or "")
+
+
+def test_histograms_exponential_histograms_and_several_mappings_per_instrument(tmp_path: Path) -> None:
+    import tomllib
+
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    from chorus.server import config
+    from tests._policy import SUITE_TOML
+    cfg = config.parse(tomllib.loads(SUITE_TOML + """
+[otlp]
+identity_attributes = ["enduser.id"]
+[[otlp.metrics]]
+name = "tool.usage"
+metric = "ai.tokens"
+[[otlp.metrics]]
+name = "tool.usage"
+metric = "ai.requests"
+attributes = { kind = "request" }
+"""))
+    chorus = Chorus(cfg, tmp_path / "data")
+    chorus.import_roster(ROSTER, "test")
+    t = now_ns() - MIN
+    who = point(0, 0, 0, enduser__id=RED0).attributes
+    histogram = metrics_pb2.Metric(name="tool.usage", histogram=metrics_pb2.Histogram(
+        aggregation_temporality=DELTA, data_points=[
+            metrics_pb2.HistogramDataPoint(start_time_unix_nano=t - MIN, time_unix_nano=t, count=2, sum=30.0,
+                                           attributes=who),
+            metrics_pb2.HistogramDataPoint(start_time_unix_nano=t - MIN, time_unix_nano=t, count=1,
+                                           attributes=point(0, 0, 0, enduser__id=RED0, x="nosum").attributes)]))
+    exponential = metrics_pb2.Metric(name="tool.usage", exponential_histogram=metrics_pb2.ExponentialHistogram(
+        aggregation_temporality=DELTA, data_points=[metrics_pb2.ExponentialHistogramDataPoint(
+            start_time_unix_nano=t - MIN, time_unix_nano=t, count=1, sum=12.0,
+            attributes=point(0, 0, 0, enduser__id=RED0, kind="request").attributes)]))
+    result = chorus.otlp.export(request([histogram, exponential]))
+    assert result.rejected == 1 and "1 a histogram point without a sum" in result.error_message
+    totals = person_totals(lambda sql, p: sqlite_rows(tmp_path / "data", sql, tuple(p)),
+                           datetime.now(UTC).date().isoformat(), [RED0])
+    # 30 + 12 tokens; the exponential histogram point also passes the second mapping's filter.
+    assert totals == {(RED0, "ai.tokens"): 42, (RED0, "ai.requests"): 12}
+    chorus.close()
