@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import pytest
 from google.protobuf import json_format
@@ -181,3 +182,21 @@ def test_cumulative_json_from_a_javascript_sdk_counts_doubles(otlp_server: OtlpS
                           headers(otlp_server, "application/json"))
         assert code == 200
     assert otlp_server.totals() == {(RED0, "ai.tokens"): 2500}
+
+
+def test_a_flood_of_idle_connections_is_refused_not_queued(otlp_server: OtlpServer) -> None:
+    import socket
+
+    from chorus.server.otlp.http import MAX_CONNECTIONS
+    assert otlp_server.server.otlp_http is not None
+    address = ("127.0.0.1", otlp_server.server.otlp_http.port)
+    idle = [socket.create_connection(address) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.5)  # let the server take them all
+        with socket.create_connection(address, timeout=10) as extra:
+            assert extra.recv(100).startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1")
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.5)
+    assert post(otlp_server.http_url, body(), headers(otlp_server))[0] == 200

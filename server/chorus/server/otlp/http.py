@@ -8,8 +8,9 @@ limits; 401 without a valid token, 403 for a token of another role; 413 for a bo
 429 (rate limit) and 503 (store unavailable) with `Retry-After`. The bearer token is checked
 from the headers before the body is read, so a refused request costs no parsing.
 
-Plain stdlib `http.server`, one thread per connection; TLS (and mTLS) as for gRPC, with the
-handshake done on the connection's own thread so a slow client cannot stall the others.
+Plain stdlib `http.server`, one thread per connection and at most `MAX_CONNECTIONS` of them;
+TLS (and mTLS) as for gRPC, with the handshake done on the connection's own thread so a slow
+client cannot stall the others.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ _log = logging.getLogger(__name__)
 PATH = "/v1/metrics"
 #: Seconds a connection may sit idle or take to send its request.
 SOCKET_TIMEOUT = 30.0
+#: Connections served at once (one thread each); more are answered 503 and closed at once, so a
+#: flood of idle connections cannot exhaust the process's threads.
+MAX_CONNECTIONS = 64
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+         b"Connection: close\r\n\r\n")
 STORE_RETRY_SECONDS = 1
 _CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
           404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED, 411: code_pb2.INVALID_ARGUMENT,
@@ -100,7 +106,26 @@ class _Server(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self._tls = tls
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)  # plaintext even on a TLS port: the client sees a closed connection
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT)
