@@ -112,3 +112,30 @@ def test_grpc_and_http_share_the_tokens_rate_limit(otlp_server: OtlpServer) -> N
     code, head, _ = post(otlp_server.http_url, two.SerializeToString(), {
         "Content-Type": "application/x-protobuf", "Authorization": f"Bearer {otlp_server.ingest_token}"})
     assert code == 429 and int(head["retry-after"]) >= 1
+
+
+def test_chorus_serve_prints_and_serves_the_otlp_http_listener(tmp_path: Path) -> None:
+    import os
+    import re
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        assert proc.stdout is not None
+        url = None
+        for line in proc.stdout:
+            if m := re.search(r"OTLP/HTTP on (http://127\.0\.0\.1:\d+/v1/metrics)", line):
+                url = m[1]
+            if "chorus serving on" in line:
+                break
+        assert url is not None
+        code, _, _ = post(url, b"", {"Content-Type": "application/x-protobuf"})
+        assert code == 401  # the listener answers, and wants a token
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
