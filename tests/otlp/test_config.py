@@ -20,7 +20,8 @@ def parse(otlp: str) -> config.Config:
 @pytest.mark.parametrize(("otlp", "words"), [
     ('[otlp]\nidentity_attributes = []', "otlp.identity_attributes = []: must be a list of 1 to 16"),
     ('[otlp]\nidentity_attributes = "user.email"', "otlp.identity_attributes = 'user.email'"),
-    ('[otlp]\nidentity_attributes = ["a"]\nidentity = 1', "unknown key otlp.identity: [otlp] takes identity_attributes, metrics"),
+    ('[otlp]\nidentity_attributes = ["a"]\nidentity = 1',
+     "unknown key otlp.identity: [otlp] takes identity_attributes, metrics"),
     ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.nope"',
      "otlp.metrics[0].metric = 'ai.nope' (x): must be one of the [[metrics]] names"),
     ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = ""\nmetric = "ai.tokens"',

@@ -241,8 +241,8 @@ def test_chorus_stats_prints_otlp_outcomes(otlp_server: OtlpServer) -> None:
     export_grpc(otlp_server.address, otlp_server.ingest_token, request([
         sum_metric("tool.requests", [point(1, t - MIN, t, user__email=RED0)]),
         sum_metric("unmapped.instrument", [point(1, t - MIN, t, user__email=RED0)])]))
-    result = CliRunner().invoke(app, ["stats", "--server", otlp_server.address],
-                                env={"CHORUS_TOKEN": otlp_server.admin_token, "COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["stats", "--server", otlp_server.address, "--token", otlp_server.admin_token],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "OTLP data points counted" in result.output and "OTLP data points ignored_unmapped" in result.output
 
