@@ -27,7 +27,9 @@ def test_default_config_explains_the_plan_with_intervals_for_10_30_and_100_peopl
     result = CliRunner().invoke(app, ["default-config"])
     assert result.exit_code == 0, result.output
     assert config.parse(tomllib.loads(result.output)).policy == config.load(None).policy
-    comment = " ".join(result.output[result.output.index("# Release plan:"):].split())
+    start = result.output.index("# Release plan:")
+    comment = " ".join(result.output[start:result.output.index("\n\n", start)].split())
+    assert start < result.output.index("[[metrics]]")  # next to the plan, before the metrics
     assert "2.5 of each team-window's 3 is spent when the window closes; 0.5 is left" in comment
     assert all(f"{n} people" in comment for n in EXPLAINED_SIZES)
     for name, cells in planned_intervals(config.load(None).policy):

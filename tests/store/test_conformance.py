@@ -78,7 +78,8 @@ def test_upgrading_drops_the_number_of_people_stored_per_window(store: Store,
         (row,) = db.run(lambda tx: tx.query("SELECT * FROM windows"), name="t")
     finally:
         db.close()
-    assert row == ("2026-11-25", 1, 2, 3, "closed", "{}", 1, 3, None)  # ..., closed_at, purged_at
+    # ..., closed_at, purged_at, plan_released_at
+    assert row == ("2026-11-25", 1, 2, 3, "closed", "{}", 1, 3, None, None)
 
 
 # --- ingest -----------------------------------------------------------------------------

@@ -370,6 +370,8 @@ def with_otlp_enabled(text: str) -> str:
         raise ConfigError("the config has no commented [otlp] block to enable")
     lines = (found + block).splitlines(keepends=True)
     return head + "".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines)
+#: Where the [[metrics]] of DEFAULT_TOML begin (`chorus default-config` explains the plan above it).
+METRICS_COMMENT = "# Bounds are per person and week."
 #: Values for keys a config file leaves out: the built-in file above is the one source.
 _DEFAULTS = tomllib.loads(DEFAULT_TOML)
 

@@ -162,9 +162,10 @@ def default_config(
     from chorus.server.plan_intervals import explain
 
     text = config_module.DEFAULT_TOML
+    # The plan's intervals right after the plan, before the metrics it names.
+    at = text.index(config_module.METRICS_COMMENT)
+    text = text[:at] + explain(config_module.load(None).policy) + "\n" + text[at:]
     print(config_module.with_otlp_enabled(text) if otlp else text, end="")
-    print()
-    print(explain(config_module.load(None).policy), end="")
 
 
 config_app = typer.Typer(help="Check a configuration file.", no_args_is_help=True)
