@@ -132,6 +132,8 @@ def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: 
         # Until the plan is complete, nobody else spends this window's budget.
         with pytest.raises(Refused, match="release plan of window 2026-11-25 is being released"):
             chorus.releases.release(WINDOW, [], [], [StatisticRequest("count")], "analyst")
+        read = chorus.releases.release(WINDOW, [], [], [StatisticRequest("count")], "analyst", validate_only=True)
+        assert {u.statistic for t in read.teams for u in t.unreleased} == {"count"}  # reading still works
         chorus.closer.tick()
         chorus.closer.tick()
         assert len(plan_entries(chorus)) == 3 * len(ELIGIBLE)
@@ -201,6 +203,18 @@ def test_the_verifier_checks_plan_releases_against_the_frozen_plan(
     report = verify.verify_lines((line(e) for e in forged), key)
     assert [v.rule for v in report.violations] == ["plan"]
     assert "not in the release plan frozen for its window" in report.violations[0].message
+    # A plan release that charged more than the plan's epsilon (the running totals kept consistent).
+    entries = [decode(line) for line in lines]
+    index = next(i for i, e in enumerate(entries) if e["kind"] == "release" and e["payload"]["team"] == "team-red")
+    payload = entries[index]["payload"]
+    payload["epsilon"] = "0.06"
+    for later in entries[index:]:
+        if later["kind"] == "release" and later["payload"]["team"] == "team-red":
+            later["payload"]["budget_spent_after"] = str(Epsilon.parse(later["payload"]["budget_spent_after"])
+                                                         + Epsilon.parse("0.01"))
+    report = verify.verify_lines((line(e) for e in resign(entries, chorus.ledger.signer, start=index)), key)
+    assert [v.rule for v in report.violations] == ["plan"]
+    assert "charged epsilon 0.06, more than the 0.05 the window's frozen plan allows" in report.violations[0].message
 
 
 def test_a_plan_over_the_budget_or_at_two_epsilons_is_refused() -> None:

@@ -57,3 +57,20 @@ def test_a_bad_plan_entry_is_named(entry: dict, message: str) -> None:
     raw["privacy"]["release_plan"] = [entry]
     with pytest.raises(config.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         config.parse(raw)
+
+
+def test_the_intervals_privacy_md_quotes_are_the_default_plans() -> None:
+    from pathlib import Path
+
+    doc = " ".join((Path(__file__).resolve().parents[2] / "docs/privacy.md").read_text().split())
+    rows = dict(planned_intervals(config.load(None).policy))
+    adoption = [cell.split()[0].removeprefix("±").split(".")[0] for cell in rows["adoption"]]
+    assert f"adoption is known to about ±{adoption[0]}, ±{adoption[1]} and ±{adoption[2]} percentage points" in doc
+    tokens = float(rows["sum of ai.tokens"][0].removeprefix("±").replace(",", ""))
+    assert f"a sum of tokens to ±{tokens / 1e6:.1f} million whatever the team's size" in doc
+    assert rows["sum of ai.tokens"] == [rows["sum of ai.tokens"][0]] * 3
+    assert f"everyone uses it at half the bound: {rows['mean of ai.tokens'][2].replace('±', '± ')} tokens for 100 " \
+           "people" in doc
+    assert rows["mean of ai.tokens"][0] == "250,000 ±250,000"  # the whole range [0, 500,000]
+    assert "the built-in plan is a weekly leadership review: **adoption, and the sum and mean of " \
+           "`ai.tokens` and `ai.requests`**" in doc.replace("The built-in", "the built-in")
