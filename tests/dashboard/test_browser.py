@@ -206,6 +206,7 @@ def test_the_vps_journey_from_sign_in_to_the_change_between_two_windows(
         phone.open(path)
         assert overflowing(phone.page) == [], path
         assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path
+        phone.shot(f"analyst-{path.strip('/').split('?')[0]}{'-previous' if '?' in path else ''}-phone")
     phone.open("/overview")
     assert phone.page.locator("#adoption svg.chart-narrow").is_visible()
     phone.shot("vp-overview-phone")
@@ -216,16 +217,18 @@ def test_the_vps_journey_from_sign_in_to_the_change_between_two_windows(
 
 def test_the_explicit_spend_journey_with_preview_and_confirmation(
         browser: Browser, dashboard: str, stack: Stack, visits: list[Visit]) -> None:
+    """A distribution nobody planned: the page prices it, the preview shows the cost per team, an
+    overspend is refused before sending, and only the confirmation (stating the cost) spends."""
     laptop = visit(visits, browser, dashboard)
     laptop.sign_in(stack.tokens[Role.ANALYST])
-    page = laptop.open(f"/overview?window={LATEST}&statistic=count")
+    page = laptop.open(f"/histogram?window={LATEST}&team=team-red&metric=ai.requests")
     before = {b.team: b.spent for b in stack.budgets(LATEST)}
-    link = page.locator('.not-released li', has_text="people using it of ai.requests").get_by_role("link")
+    link = page.locator(".not-released li", has_text="distribution of ai.requests").get_by_role("link")
     assert link.inner_text().startswith("Preview releasing it")
     link.click()
-    assert page.get_by_role("heading", name=f"Preview: count of ai.requests, window {LATEST}").is_visible()
+    assert page.get_by_role("heading", name=f"Preview: histogram of ai.requests, window {LATEST}").is_visible()
     rows = table_rows(page, "Cost per team")
-    assert set(rows) == {"team-red", "team-blue"}
+    assert set(rows) == {"team-red", "team-blue"}  # team-tiny is below k: never released
     assert rows["team-red"]["epsilon"] == "0.05" and rows["team-red"]["remaining"] == "0.7"
     assert rows["team-red"]["remaining_after"] == "0.65" and float(rows["team-red"]["interval"]) > 0
     laptop.shot("spend-preview-desktop")
@@ -253,10 +256,17 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
     after = {b.team: b.spent for b in stack.budgets(LATEST)}
     assert after == {**before, "team-red": "0.35", "team-blue": "0.35"}
     page.get_by_role("link", name="See the numbers").click()
-    page.get_by_label("Statistic for each metric").select_option("count")
+    page.get_by_label("Team", exact=True).select_option("team-red")
     page.get_by_role("button", name="Show").click()
-    counts = table_rows(page, "People using it of ai.requests per team")
-    assert counts["team-red"]["value"] and counts["team-red"]["outcome"] == "released"
+    buckets = table_rows(page, "People per ai.requests range in team team-red")
+    assert list(buckets) == ["under 50", "50-200", "200-500", "500-1k", "1k+"]
+    histogram = stack.release(LATEST, [common_pb2.STATISTIC_HISTOGRAM], teams=("team-red",),
+                              metrics=("ai.requests",)).teams[0].estimates[0]
+    assert [int(row["value"].replace(",", "")) for row in buckets.values()] == list(histogram.bucket_counts)
+    laptop.shot("distribution-desktop")
+    phone.open(page.url.removeprefix(dashboard))
+    assert overflowing(phone.page) == []
+    phone.shot("distribution-phone")
     assert {b.team: b.spent for b in stack.budgets(LATEST)} == after  # reading it is free
 
 
