@@ -295,11 +295,12 @@ class Releases:
         result = self._db.run(
             lambda tx: _Release(tx, self._ledger, now, window, requester, plan=plan,
                                 validate_only=validate_only).run(teams, metrics, requested),
-            name="release")
-        fresh = sum(1 for t in result.teams for e in t.estimates
-                    if not e.cached and e.mechanism == mechanisms.MECHANISM)
-        _log.info("release for window %s: %d team(s), %d new noisy release(s)", window,
-                  len(result.teams), fresh)
+            name="read_releases" if validate_only else "release")
+        if not validate_only:  # a read changes nothing worth a log line per page view
+            fresh = sum(1 for t in result.teams for e in t.estimates
+                        if not e.cached and e.mechanism == mechanisms.MECHANISM)
+            _log.info("release for window %s%s: %d team(s), %d new noisy release(s)", window,
+                      " (release plan)" if plan else "", len(result.teams), fresh)
         return result
 
 
