@@ -20,6 +20,8 @@ from chorus.v1 import common_pb2
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack
 
+pytestmark = pytest.mark.slow  # a real browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
