@@ -91,12 +91,29 @@ def test_count_never_raises_on_garbage_and_counts_it_invalid(
     assert transport.requests == []
 
 
-def test_count_never_raises_even_with_a_broken_clock(transport: FakeTransport) -> None:
-    class BrokenClock:
-        def time(self) -> float:
-            raise OSError("clock gone")
+class _RaisingClock:
+    def time(self) -> float:
+        raise OSError("clock gone")
 
-    client = Client(transport=transport, clock=BrokenClock(), user="user-alice")
+
+class _GarbageClock:
+    def time(self) -> float:
+        return "noon"  # type: ignore[return-value]
+
+
+class _UnhashableBucketClock:
+    class _Now:
+        def __floordiv__(self, other: object) -> list[int]:
+            return []
+
+    def time(self) -> float:
+        return self._Now()  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("broken", [_RaisingClock(), _GarbageClock(), _UnhashableBucketClock()],
+                         ids=["raises", "not-a-number", "unhashable-bucket"])
+def test_count_never_raises_even_with_a_broken_clock(transport: FakeTransport, broken: object) -> None:
+    client = Client(transport=transport, clock=broken, user="user-alice")  # type: ignore[arg-type]
     client.count("ai.tokens")  # raising here fails the test
     client.count("ai.tokens", 5, user="user-bob")
     client.count("ai.tokens", -1)  # still invalid: validation needs no clock

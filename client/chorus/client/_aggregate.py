@@ -117,15 +117,18 @@ class Aggregate:
                 # flush() and close() still send it.
                 with contextlib.suppress(Exception):
                     start()
-            counts = self._counts
-            cell = counts.get(key)
-            if cell is not None:
-                cell[0] += value
-            elif len(counts) + self._held < self._max_pending:
-                counts[key] = [value]
-            else:
-                self.dropped += 1
-                self._unreported_drops += 1
+            try:
+                counts = self._counts
+                cell = counts.get(key)
+                if cell is not None:
+                    cell[0] += value
+                elif len(counts) + self._held < self._max_pending:
+                    counts[key] = [value]
+                else:
+                    self.dropped += 1
+                    self._unreported_drops += 1
+            except Exception:
+                self.dropped += 1  # e.g. a clock whose time() // 60 is unhashable: never raise
 
     def drain(self, held: int) -> Drain:
         """Take every count out; `held` contributions already await acknowledgement elsewhere.
