@@ -1,0 +1,332 @@
+"""`chorus serve --workers N` on SQLite, as real processes: one port shared by this parent's
+workers only, one closer, SIGTERM stops all, a SIGKILLed worker comes back, and ingest,
+de-duplication, budgets and the ledger stay exact across workers (the replica tests' checks,
+tests/replicas, with workers on one SQLite file)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chorus.client import Client
+from chorus.server import workers
+from chorus.server.app_context import Chorus
+from chorus.server.auth import Role
+from chorus.server.cli._common import ExitCode
+from chorus.server.ingest import Batch, Contribution
+from chorus.server.store import SQLITE_FILE
+from chorus.server.windows import window_of
+from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
+from tests._policy import suite_config, suite_config_file
+from tests.replicas.conftest import roster_rows
+
+READY = re.compile(r"chorus serving on (\S+)")
+CLOSER = "window closer started"
+BOUNDS = {m.name: m.max_per_user for m in suite_config().policy.metrics}
+
+
+@dataclass
+class Served:
+    """A `chorus serve --workers N` parent process and its log."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    data_dir: Path
+    address: str = ""
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 90.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m := pattern.search(self.text()):
+                return m
+            assert self.proc.poll() is None, f"the server exited:\n{self.text()}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern.pattern!r} in:\n{self.text()}")
+
+    def workers(self) -> list[int]:
+        """The worker pids, by worker index."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        index = {int(pid): Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0--worker-index\0")[1].split(b"\0")[0]
+                 for pid in children}
+        return [pid for pid, _ in sorted(index.items(), key=lambda item: int(item[1]))]
+
+    def wait_count(self, text: str, count: int, timeout: float = 60.0) -> None:
+        """Until the log holds `text` `count` times."""
+        deadline = time.monotonic() + timeout
+        while self.text().count(text) < count:
+            assert time.monotonic() < deadline, f"{text!r} not {count} times in:\n{self.text()}"
+            time.sleep(0.05)
+
+    def channel(self) -> grpc.Channel:
+        # Its own TCP connection, so that channels spread over the workers.
+        return grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+    def sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.data_dir / SQLITE_FILE) as conn:
+            return conn.execute(query, params).fetchall()
+
+
+def serve(tmp_path: Path, *extra: str, count: int = 2, log_level: str = "INFO") -> Served:
+    data_dir = tmp_path / "data"
+    log = tmp_path / f"serve-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(data_dir),
+             "--config", str(suite_config_file(tmp_path)), "--listen", "127.0.0.1:0",
+             "--log-level", log_level, "--workers", str(count), *extra],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "400"})
+    served = Served(proc, log, data_dir)
+    served.address = served.wait_for(READY)[1]
+    return served
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[Served]]:
+    running: list[Served] = []
+    yield running
+    for served in running:
+        pids = served.workers() if served.proc.poll() is None else []
+        if served.proc.poll() is None:
+            served.proc.send_signal(signal.SIGKILL)
+            served.proc.wait(10)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        print(served.text())  # shown when the test failed
+
+
+def provision(data_dir: Path) -> dict[str, str]:
+    """What an operator does once (in-process, closed before the server starts): roster, tokens."""
+    chorus = Chorus(suite_config(), data_dir)
+    try:
+        chorus.import_roster(roster_rows(), actor="operator")
+        return {role.value: chorus.tokens.create(role, f"test-{role.value}", chorus.clock.now(),
+                                                 actor="operator")[0]
+                for role in (Role.ADMIN, Role.INGEST, Role.ANALYST)}
+    finally:
+        chorus.close()
+
+
+def metadata(tokens: dict[str, str], role: Role) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {tokens[role.value]}"),)
+
+
+def test_parse_count() -> None:
+    assert workers.parse_count("3") == 3
+    assert 1 <= workers.parse_count("auto") == len(os.sched_getaffinity(0))
+    for bad in ("0", "-1", "two", str(workers.MAX_WORKERS + 1)):
+        with pytest.raises(ValueError, match=f"--workers '{re.escape(bad)}': expected a number from 1 to 64"):
+            workers.parse_count(bad)
+
+
+def test_workers_share_the_port_that_no_independent_server_can_take(tmp_path: Path,
+                                                                    started: list[Served]) -> None:
+    served = serve(tmp_path, count=3)
+    started.append(served)
+    assert len(served.workers()) == 3
+    assert served.text().count(CLOSER) == 1  # exactly one worker runs the window closer
+    assert served.text().count("admin token was written") == 1  # created once, by the parent
+    for extra in ([], ["--workers", "2"]):
+        other = subprocess.run(
+            [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(tmp_path / "other"),
+             "--listen", served.address, *extra], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "COLUMNS": "400"})
+        assert other.returncode == ExitCode.UNAVAILABLE, other.stderr
+        assert f"cannot listen on {served.address}: Address already in use" in other.stderr
+        assert not (tmp_path / "other").exists()
+    # Every worker answers on the one port: fresh connections land on all of them.
+    admin = (("authorization", f"Bearer {(served.data_dir / 'admin.token').read_text().strip()}"),)
+    for _ in range(12):
+        with served.channel() as channel:
+            tokens = admin_pb2_grpc.AdminServiceStub(channel).ListTokens(
+                admin_pb2.ListTokensRequest(), metadata=admin, timeout=10).tokens
+            assert [t.name for t in tokens] == ["admin"]
+
+
+def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path: Path, started: list[Served]) -> None:
+    served = serve(tmp_path, count=2)
+    started.append(served)
+    pids = served.workers()
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(30) == 0
+    assert served.text().count("shutting down") == 2  # each worker's graceful stop
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_each_worker_serves_its_own_metrics_on_port_plus_index(tmp_path: Path, started: list[Served]) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = serve(tmp_path, "--metrics-listen", f"127.0.0.1:{port}", count=2)
+    started.append(served)
+    for i in range(2):
+        assert f"worker {i}: metrics on http://127.0.0.1:{port + i}/metrics" in served.text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=10) as answer:
+            assert answer.status == 200 and b"chorus_rpc_duration_seconds" in answer.read()
+
+
+class _FixedClock:
+    """All counts in one minute bucket, so the whole run lands in one window."""
+
+    def __init__(self) -> None:
+        self._now = time.time()
+
+    def time(self) -> float:
+        return self._now
+
+
+CLIENTS = 4
+MIN_ROUNDS, MAX_ROUNDS = 60, 400
+
+
+def test_sdk_traffic_through_worker_kills_is_counted_exactly_once(tmp_path: Path, started: list[Served]) -> None:
+    tokens = provision(tmp_path / "data")
+    served = serve(tmp_path, count=2)
+    started.append(served)
+    users = [u for u, _ in roster_rows()]
+    team_of = dict(roster_rows())
+    clock = _FixedClock()
+    stop = threading.Event()
+    rounds = [0] * CLIENTS
+    truths: list[Counter[tuple[str, str]]] = [Counter() for _ in range(CLIENTS)]
+    clients = [Client(served.address, tokens["ingest"], source="worker-test", flush_interval=0.05, timeout=5.0,
+                      clock=clock) for _ in range(CLIENTS)]
+
+    def feed(i: int) -> None:
+        rng = random.Random(i)
+        for r in range(MAX_ROUNDS):
+            if stop.is_set():
+                break
+            for n, user in enumerate(users):
+                # Even-numbered people stay under the ai.requests bound (at most 1600 < 2000);
+                # odd-numbered ones pass it after MIN_ROUNDS (at least 4 * 60 * 9 > 2000).
+                for metric, value in (("ai.requests", 1 if n % 2 == 0 else rng.randint(9, 15)),
+                                      ("ai.tokens", rng.randint(1, 400))):
+                    clients[i].count(metric, value, user=user)
+                    truths[i][(user, metric)] += value
+            rounds[i] = r + 1
+            time.sleep(0.02)
+
+    def after_rounds(extra: int) -> None:
+        target = min(rounds) + extra
+        while min(rounds) < target:
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=feed, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    try:
+        for kills, victim in enumerate((0, 1, 0), start=1):  # worker 0 runs the closer: it comes back with it
+            after_rounds(10)
+            os.kill(served.workers()[victim], signal.SIGKILL)
+            served.wait_count("serves again", kills)
+        after_rounds(max(0, MIN_ROUNDS - min(rounds)))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    for client in clients:
+        assert client.flush(timeout=60), "the SDK could not deliver everything within 60 s"
+        stats = client.stats()
+        client.close()
+        assert (stats.dropped, stats.failed_batches, dict(stats.rejected)) == (0, 0, {})
+    assert served.text().count("starting it again") == served.text().count("serves again") == 3
+    assert served.text().count(CLOSER) == 3  # the first, and after each kill of the closer's worker
+
+    window = time.strftime("%Y-%m-%d", time.gmtime(clock.time()))
+    with served.channel() as channel:
+        closed = admin_pb2_grpc.AdminServiceStub(channel).CloseWindow(
+            admin_pb2.CloseWindowRequest(window=window), metadata=metadata(tokens, Role.ADMIN), timeout=30)
+    assert not closed.already_closed
+
+    truth: Counter[tuple[str, str]] = sum(truths, Counter())
+    clamped = {key: min(value, BOUNDS[key[1]]) for key, value in truth.items()}
+    assert {v for (u, m), v in clamped.items() if m == "ai.requests"} >= {2000}
+    assert any(v < 2000 for (u, m), v in clamped.items() if m == "ai.requests")
+    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for (user, metric), value in clamped.items():
+        expected[(team_of[user], metric)][0] += value
+        expected[(team_of[user], metric)][1] += 1
+    folded = {(team, metric): [int(total), int(people)] for team, metric, total, people in served.sql(  # type: ignore[misc]
+        "SELECT team, metric, total, people FROM team_metrics WHERE window_id = ? AND metric IN "
+        "('ai.requests', 'ai.tokens')", (window,))}
+    assert folded == dict(expected)
+    assert served.sql("SELECT (SELECT COUNT(*) FROM usage) + (SELECT COUNT(*) FROM window_keys)") == [(0,)]
+
+
+def test_concurrent_releases_on_different_workers_charge_each_statistic_once(tmp_path: Path,
+                                                                             started: list[Served]) -> None:
+    data_dir = tmp_path / "data"
+    tokens = provision(data_dir)
+    chorus = Chorus(suite_config(), data_dir)
+    try:
+        now = chorus.clock.now()
+        chorus.ingestor.report(Batch("setup", "test", "1", 0, [
+            Contribution(user, metric, 10 + i, now) for i, (user, team) in enumerate(roster_rows())
+            if team == "team-red" for metric in BOUNDS]))
+        span = window_of(now, chorus.config.policy.window_length)
+        window = chorus.close_window(span.id, "operator").window.id
+    finally:
+        chorus.close()
+    served = serve(tmp_path, count=3)
+    started.append(served)
+    # 4 metrics x 3 statistics = 12 distinct releases at 0.1, each asked for twice over separate
+    # connections (spread over the workers); the team-window's cap of 1 pays for exactly 10.
+    statistics = (common_pb2.STATISTIC_SUM, common_pb2.STATISTIC_COUNT, common_pb2.STATISTIC_HISTOGRAM)
+    asks = [(metric, stat) for metric in BOUNDS for stat in statistics] * 2
+    channels = [served.channel() for _ in asks]
+    gate = threading.Barrier(len(asks))
+
+    def ask(i: int) -> release_pb2.ReleaseResponse | grpc.RpcError:
+        metric, stat = asks[i]
+        request = release_pb2.ReleaseRequest(
+            window=window, teams=["team-red"], metrics=[metric],
+            statistics=[release_pb2.StatisticRequest(statistic=stat, epsilon="0.1")])
+        stub = release_pb2_grpc.ReleaseServiceStub(channels[i])
+        gate.wait()
+        try:
+            return stub.Release(request, metadata=metadata(tokens, Role.ANALYST), timeout=60)
+        except grpc.RpcError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answers = list(pool.map(ask, range(len(asks))))
+    for channel in channels:
+        channel.close()
+
+    stored = {(m, s): rid for rid, m, s in served.sql(
+        "SELECT release_id, metric, statistic FROM releases WHERE window_id = ? AND team = 'team-red'", (window,))}
+    assert len(stored) == 10
+    assert served.sql("SELECT spent_micros, cap_micros, releases FROM budgets WHERE window_id = ? "
+                      "AND team = 'team-red'", (window,)) == [(1_000_000, 1_000_000, 10)]
+    assert served.sql("SELECT COUNT(*) FROM ledger WHERE kind = 'release'") == [(10,)]
+    refused = [a for a in answers if isinstance(a, grpc.RpcError)]
+    assert {a.code() for a in refused} <= {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    for answer in answers:
+        if isinstance(answer, release_pb2.ReleaseResponse):
+            (estimate,) = answer.teams[0].estimates
+            name = common_pb2.Statistic.Name(estimate.statistic).removeprefix("STATISTIC_").lower()
+            assert stored[(estimate.metric, name)] == estimate.release_id  # the one stored release
