@@ -268,25 +268,30 @@ class Ingestor:
         clamped = 0
 
         for (when, user), entries in grouped.groups.items():
-            window: lifecycle.OpenWindow | Rejection | None = None
+            window: lifecycle.OpenWindow | None = None
+            refused: Rejection | None = None  # why this group's window takes nothing
+            metric_slots: dict[str, tuple[int, int]] | None = None
             totals: list[int] | None = None
-            metric_slots: dict[str, tuple[int, int]] = {}
             for index, metric, value in entries:
                 if value < 0:
                     rejections.append(Rejection(index, Reason.NEGATIVE_VALUE,
                                                 f"value {value} is negative; counts must be >= 0"))
                     continue
-                if window is None:  # per group, and only once a value is non-negative
-                    window = by_time.get(when)
-                    if window is None:
-                        window = by_time[when] = self._window_for(tx, when, now, windows)
-                    if isinstance(window, lifecycle.OpenWindow):
+                if metric_slots is None:  # per group, and only once a value is non-negative
+                    found = by_time.get(when)
+                    if found is None:
+                        found = by_time[when] = self._window_for(tx, when, now, windows)
+                    if isinstance(found, Rejection):
+                        refused, metric_slots = found, {}
+                    else:
+                        window = found
                         metric_slots = slots.get(window.record.id) or slots.setdefault(
                             window.record.id, {m.name: (i, m.max_per_user)
                                                for i, m in enumerate(window.record.policy.metrics)})
-                if isinstance(window, Rejection):
-                    rejections.append(Rejection(index, window.reason, window.message))
+                if refused is not None:
+                    rejections.append(Rejection(index, refused.reason, refused.message))
                     continue
+                assert window is not None
                 slot_bound = metric_slots.get(metric)
                 if slot_bound is None:
                     rejections.append(Rejection(index, Reason.UNKNOWN_METRIC, f"metric {metric!r} is not in "
@@ -322,9 +327,13 @@ class Ingestor:
         """Upsert one row per person, in (window, pseudonym) order: every concurrent batch takes
         row locks in the same order, so none deadlock (PostgreSQL)."""
         by_bounds: dict[tuple[int, ...], list[tuple]] = {}  # windows of one policy share a statement
+        of_window: dict[str, list[tuple]] = {}
         for (window_id, _), (pseud, team, policy, totals) in people.items():
-            bounds = tuple(m.max_per_user for m in policy.metrics)
-            by_bounds.setdefault(bounds, []).append((window_id, pseud, team, *totals))
+            rows = of_window.get(window_id)
+            if rows is None:
+                bounds = tuple(m.max_per_user for m in policy.metrics)
+                rows = of_window[window_id] = by_bounds.setdefault(bounds, [])
+            rows.append((window_id, pseud, team, *totals))
         for bounds, group in by_bounds.items():
             params = [b for bound in bounds for b in (bound, bound)]
             tx.executemany(_upsert_usage(len(bounds)), [(*row, *params) for row in sorted(group)])

@@ -23,6 +23,7 @@ from chorus.server.services._errors import abort, invalid_argument, retry_later
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 
 _MAX_NANOS = 999_999_999
+_UNSET = (0, 0)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -94,11 +95,11 @@ def _contributions(request: ingest_pb2.ReportRequest) -> ingest.Grouped:
     groups: ingest.Groups = {}
     metrics = set()
     for index, c in enumerate(request.contributions):
-        if not c.HasField("event_time"):
-            raise ingest.InvalidBatch(f"contributions[{index}].event_time is required: when the usage "
-                                      "happened", f"contributions[{index}].event_time")
         stamp = c.event_time
         key = (stamp.seconds, stamp.nanos)
+        if key == _UNSET and not c.HasField("event_time"):  # an absent one reads as (0, 0)
+            raise ingest.InvalidBatch(f"contributions[{index}].event_time is required: when the usage "
+                                      "happened", f"contributions[{index}].event_time")
         when = times.get(key)
         if when is None:
             if not 0 <= stamp.nanos <= _MAX_NANOS:
