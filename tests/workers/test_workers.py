@@ -330,3 +330,33 @@ def test_concurrent_releases_on_different_workers_charge_each_statistic_once(tmp
             (estimate,) = answer.teams[0].estimates
             name = common_pb2.Statistic.Name(estimate.statistic).removeprefix("STATISTIC_").lower()
             assert stored[(estimate.metric, name)] == estimate.release_id  # the one stored release
+
+
+def test_a_worker_whose_parent_is_killed_stops(tmp_path: Path, started: list[Served]) -> None:
+    served = serve(tmp_path, count=2)
+    started.append(served)
+    pids = served.workers()
+    served.proc.send_signal(signal.SIGKILL)
+    served.proc.wait(10)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.1)
+
+
+def test_stats_are_those_of_the_worker_that_answers(tmp_path: Path, started: list[Served]) -> None:
+    """`chorus stats` (GetStats) counts per process: after one batch, fresh connections spread
+    over two workers see 1 batch on one worker and 0 on the other (docs/deployment.md, Workers)."""
+    tokens = provision(tmp_path / "data")
+    served = serve(tmp_path, count=2)
+    started.append(served)
+    client = Client(served.address, tokens["ingest"], source="stats-test", flush_interval=3600)
+    client.count("ai.requests", 1, user=roster_rows()[0][0])
+    assert client.flush(timeout=30)
+    client.close()
+    seen = set()
+    for _ in range(24):  # 2**-23 that all land on one worker
+        with served.channel() as channel:
+            seen.add(admin_pb2_grpc.AdminServiceStub(channel).GetStats(
+                admin_pb2.GetStatsRequest(), metadata=metadata(tokens, Role.ADMIN), timeout=10).batches)
+    assert seen == {0, 1}
