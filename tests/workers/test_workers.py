@@ -162,13 +162,21 @@ def test_workers_share_the_port_that_no_independent_server_can_take(tmp_path: Pa
             assert [t.name for t in tokens] == ["admin"]
 
 
-def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path: Path, started: list[Served]) -> None:
+@pytest.mark.parametrize("everyone", [False, True], ids=["parent", "control-group"])
+def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path: Path, started: list[Served],
+                                                             everyone: bool) -> None:
+    """SIGTERM to the parent alone, or to every process at once (systemd's default
+    KillMode=control-group): all drain, none is started again, the parent exits 0."""
     served = serve(tmp_path, count=2)
     started.append(served)
     pids = served.workers()
     served.proc.send_signal(signal.SIGTERM)
+    if everyone:
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
     assert served.proc.wait(30) == 0
     assert served.text().count("shutting down") == 2  # each worker's graceful stop
+    assert "starting it again" not in served.text()
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
@@ -186,6 +194,10 @@ def test_each_worker_serves_its_own_metrics_on_port_plus_index(tmp_path: Path, s
         assert f"worker {i}: metrics on http://127.0.0.1:{port + i}/metrics" in served.text()
         with urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=10) as answer:
             assert answer.status == 200 and b"chorus_rpc_duration_seconds" in answer.read()
+    anywhere = serve(tmp_path, "--metrics-listen", "127.0.0.1:0", count=2)  # port 0: each picks one
+    started.append(anywhere)
+    ports = {int(p) for p in re.findall(r"worker \d: metrics on http://127.0.0.1:(\d+)/metrics", anywhere.text())}
+    assert len(ports) == 2 and 0 not in ports
 
 
 class _FixedClock:
