@@ -32,8 +32,8 @@ from chorus.server.cli._common import ExitCode
 from chorus.server.ingest import Batch, Contribution
 from chorus.server.store import SQLITE_FILE
 from chorus.server.windows import window_of
-from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
-from tests._policy import suite_config, suite_config_file
+from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
+from tests._policy import SUITE_TOML, suite_config, suite_config_file
 from tests.replicas.conftest import roster_rows
 
 READY = re.compile(r"chorus serving on (\S+)")
@@ -85,13 +85,13 @@ class Served:
             return conn.execute(query, params).fetchall()
 
 
-def serve(tmp_path: Path, *extra: str, count: int = 2, log_level: str = "INFO") -> Served:
+def serve(tmp_path: Path, *extra: str, count: int = 2, log_level: str = "INFO", config: Path | None = None) -> Served:
     data_dir = tmp_path / "data"
     log = tmp_path / f"serve-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(data_dir),
-             "--config", str(suite_config_file(tmp_path)), "--listen", "127.0.0.1:0",
+             "--config", str(config or suite_config_file(tmp_path)), "--listen", "127.0.0.1:0",
              "--log-level", log_level, "--workers", str(count), *extra],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "400"})
     served = Served(proc, log, data_dir)
@@ -372,3 +372,27 @@ def test_stats_are_those_of_the_worker_that_answers(tmp_path: Path, started: lis
             seen.add(admin_pb2_grpc.AdminServiceStub(channel).GetStats(
                 admin_pb2.GetStatsRequest(), metadata=metadata(tokens, Role.ADMIN), timeout=10).batches)
     assert seen == {0, 1}
+
+
+def test_the_ingest_rate_limit_applies_per_worker(tmp_path: Path, started: list[Served]) -> None:
+    """A token's bucket lives in each worker: with a burst of 10 and (almost) no refill, two
+    workers admit one 10-contribution batch each (docs/deployment.md, Workers)."""
+    tokens = provision(tmp_path / "data")
+    config = tmp_path / "limited.toml"
+    config.write_text(SUITE_TOML + "\n[limits]\ningest_rate_per_token = 0.001\ningest_burst_per_token = 10\n")
+    served = serve(tmp_path, count=2, config=config)
+    started.append(served)
+    codes = []
+    for n in range(24):  # fresh connections: 2**-23 that all land on one worker
+        request = ingest_pb2.ReportRequest(batch_id=f"limited-{n:02d}-{'x' * 24}", source="t")
+        for user, _ in roster_rows()[:10]:
+            c = request.contributions.add(user=user, metric="ai.requests", value=1)
+            c.event_time.GetCurrentTime()
+        with served.channel() as channel:
+            try:
+                ingest_pb2_grpc.IngestServiceStub(channel).Report(request, metadata=metadata(tokens, Role.INGEST),
+                                                                 timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+    assert Counter(codes) == {grpc.StatusCode.OK: 2, grpc.StatusCode.RESOURCE_EXHAUSTED: 22}
