@@ -35,6 +35,7 @@ from chorus.server.windows import window_of
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config, suite_config_file
 from tests.replicas.conftest import roster_rows
+from tests.store.postgres_schema import fresh_schema
 
 READY = re.compile(r"chorus serving on (\S+)")
 CLOSER = "window closer started"
@@ -396,3 +397,21 @@ def test_the_ingest_rate_limit_applies_per_worker(tmp_path: Path, started: list[
             except grpc.RpcError as exc:
                 codes.append(exc.code())
     assert Counter(codes) == {grpc.StatusCode.OK: 2, grpc.StatusCode.RESOURCE_EXHAUSTED: 22}
+
+
+def test_workers_on_postgresql_share_one_schema_and_keep_the_url_out_of_ps(tmp_path: Path,
+                                                                          started: list[Served]) -> None:
+    with fresh_schema() as url:
+        served = serve(tmp_path, "--database", url, count=2)
+        started.append(served)
+        assert served.text().count(CLOSER) == 1
+        for pid in served.workers():  # the parent hands the URL over in CHORUS_DATABASE
+            assert url.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        admin = (("authorization", f"Bearer {(served.data_dir / 'admin.token').read_text().strip()}"),)
+        for _ in range(8):
+            with served.channel() as channel:
+                tokens = admin_pb2_grpc.AdminServiceStub(channel).ListTokens(
+                    admin_pb2.ListTokensRequest(), metadata=admin, timeout=10).tokens
+                assert [t.name for t in tokens] == ["admin"]
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(30) == 0
