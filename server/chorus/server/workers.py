@@ -67,24 +67,30 @@ def parse_count(value: str) -> int:
     return int(value)
 
 
-def reserve_port(address: str) -> tuple[socket.socket, str]:
-    """Bind `address` with SO_REUSEPORT (not listening) and return the socket and host:port.
+def reserve_port(address: str) -> tuple[list[socket.socket], str]:
+    """Bind every address `address` resolves to with SO_REUSEPORT (not listening), as gRPC will;
+    return the sockets and host:port (port 0 resolved by the first bind).
 
     Only sockets that also set SO_REUSEPORT (this parent's workers) can bind the port while the
     reservation is held. OSError when the address is taken or cannot be bound.
     """
     host, _, port = address.rpartition(":")
-    family, kind, proto, _, sockaddr = socket.getaddrinfo(host.strip("[]") or None, int(port),
-                                                          type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+    sockets: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(sockaddr)
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+                host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if len(sockets) > 1:  # the others on the port the first one got
+                sockaddr = (sockaddr[0], sockets[0].getsockname()[1], *sockaddr[2:])
+            sock.bind(sockaddr)
     except OSError:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return sock, f"{host}:{sock.getsockname()[1]}"
+    return sockets, f"{host}:{sockets[0].getsockname()[1]}"
 
 
 def signal_ready(fd: int | None) -> None:

@@ -197,7 +197,8 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
         supervisor.run()
         supervisor.stop()
     finally:
-        reservation.close()
+        for sock in reservation:
+            sock.close()
 
 
 def _check_port_free(address: str) -> None:
