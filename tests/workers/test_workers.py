@@ -182,13 +182,25 @@ def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path: Path, sta
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def test_each_worker_serves_its_own_metrics_on_port_plus_index(tmp_path: Path, started: list[Served]) -> None:
+def free_pair() -> int:
+    """A port P with P + 1 free too, at the time of asking."""
     import socket
+
+    while True:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
+def test_each_worker_serves_its_own_metrics_on_port_plus_index(tmp_path: Path, started: list[Served]) -> None:
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_pair()
     served = serve(tmp_path, "--metrics-listen", f"127.0.0.1:{port}", count=2)
     started.append(served)
     for i in range(2):
