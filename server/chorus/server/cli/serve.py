@@ -162,6 +162,7 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
     if server.metrics_address:
         console.print(f"worker {index}: metrics on http://{server.metrics_address}/metrics", highlight=False,
                       soft_wrap=True)
+    sys.stdout.flush()  # the metrics line before the parent's ready line, also into a file
     workers.signal_ready(ready_fd)
     workers.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
     server.wait_for_signal()
