@@ -79,8 +79,13 @@ class SqliteDatabase:
         if not path.exists():
             # Owner-only from the start: SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._writer = os.open(path.parent / f"{path.name}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                               0o600)
+        try:
+            self._writer = os.open(path.parent / f"{path.name}.writer-lock",
+                                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # e.g. a read-only directory: SQLite's busy handler still serialises
+            _log.warning("SQLite database %s: no writer lock file (%s); writers of several processes "
+                         "poll for the lock instead of queueing", path, exc.strerror)
+            self._writer = -1
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_ms / 1000)
         # A batch of random pseudonyms dirties thousands of B-tree pages; checkpointing every
@@ -141,7 +146,7 @@ class SqliteDatabase:
     @contextlib.contextmanager
     def _queued(self) -> Iterator[None]:
         """Hold the cross-process writer lock (see the module docstring)."""
-        if self._writer < 0:  # closed: the closed connection says so
+        if self._writer < 0:  # closed (the closed connection says so), or no lock file
             yield
             return
         fcntl.flock(self._writer, fcntl.LOCK_EX)
