@@ -427,3 +427,22 @@ def test_workers_on_postgresql_share_one_schema_and_keep_the_url_out_of_ps(tmp_p
                 assert [t.name for t in tokens] == ["admin"]
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(30) == 0
+
+
+def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
+    """Worker 1's metrics port is taken: the parent says so, stops worker 0, and exits 1."""
+    import socket
+
+    port = free_pair()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        run = subprocess.run(
+            [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(tmp_path / "data"),
+             "--listen", "127.0.0.1:0", "--workers", "2", "--metrics-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "worker 1: " in run.stderr and "did not become ready (exit code 1)" in run.stderr
+    assert "chorus serving on" not in run.stdout
+    left = subprocess.run(["pgrep", "-f", f"--metrics-listen 127.0.0.1:{port}"], capture_output=True, text=True)
+    assert left.stdout == ""

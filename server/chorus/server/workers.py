@@ -162,16 +162,16 @@ class Supervisor:
 
     def start(self) -> None:
         """Start every worker and wait until all serve; WorkerFailed (all stopped) if one cannot."""
-        pending = [(i, *self._spawn(i)) for i in range(self._count)]
-        try:
-            for index, proc, read_fd in pending:
-                self._workers.append(_Worker(index, proc))
+        pending = [self._spawn(i) for i in range(self._count)]
+        self._workers = [_Worker(i, proc) for i, (proc, _) in enumerate(pending)]
+        for i, (proc, read_fd) in enumerate(pending):
+            try:
                 self._await_ready(proc, read_fd, READY_TIMEOUT)
-        except WorkerFailed:
-            for _, _, read_fd in pending[len(self._workers):]:
-                os.close(read_fd)
-            self.stop()
-            raise
+            except WorkerFailed:
+                for _, later in pending[i + 1:]:
+                    os.close(later)
+                self.stop()
+                raise
 
     def request_stop(self) -> None:
         """Make `run` return (safe in a signal handler)."""
