@@ -77,6 +77,18 @@ class Served:
             assert time.monotonic() < deadline, f"{text!r} not {count} times in:\n{self.text()}"
             time.sleep(0.05)
 
+    def kill_mid_transaction(self, pid: int, timeout: float = 20.0) -> bool:
+        """SIGKILL worker `pid` the moment it holds the SQLite writer lock (inside a transaction,
+        /proc/locks); returns whether it was seen holding it (else it is killed at the timeout)."""
+        inode = (self.data_dir / f"{SQLITE_FILE}.writer-lock").stat().st_ino
+        deadline = time.monotonic() + timeout
+        seen = False
+        while not seen and time.monotonic() < deadline:
+            seen = any(f.split()[4] == str(pid) and f.split()[5].endswith(f":{inode}")
+                       for f in Path("/proc/locks").read_text().splitlines() if "FLOCK" in f)
+        os.kill(pid, signal.SIGKILL)
+        return seen
+
     def channel(self) -> grpc.Channel:
         # Its own TCP connection, so that channels spread over the workers.
         return grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -261,23 +273,28 @@ def test_sdk_traffic_through_worker_kills_is_counted_exactly_once(tmp_path: Path
             time.sleep(0.01)
 
     threads = [threading.Thread(target=feed, args=(i,)) for i in range(CLIENTS)]
+    caught: list[bool] = []
     for t in threads:
         t.start()
     try:
         for kills, victim in enumerate((0, 1, 0), start=1):  # worker 0 runs the closer: it comes back with it
             after_rounds(10)
-            os.kill(served.workers()[victim], signal.SIGKILL)
+            caught.append(served.kill_mid_transaction(served.workers()[victim]))
             served.wait_count("serves again", kills)
         after_rounds(max(0, MIN_ROUNDS - min(rounds)))
     finally:
         stop.set()
         for t in threads:
             t.join()
+    assert caught == [True, True, True], "a worker was killed outside a transaction"
+    retries = 0
     for client in clients:
         assert client.flush(timeout=60), "the SDK could not deliver everything within 60 s"
         stats = client.stats()
         client.close()
         assert (stats.dropped, stats.failed_batches, dict(stats.rejected)) == (0, 0, {})
+        retries += stats.retries
+    assert retries >= 1  # the kills interrupted batches in flight, which the SDK sent again
     assert served.text().count("starting it again") == served.text().count("serves again") == 3
     assert served.text().count(CLOSER) == 3  # the first, and after each kill of the closer's worker
 
