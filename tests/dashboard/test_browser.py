@@ -20,6 +20,8 @@ from chorus.v1 import common_pb2
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack
 
+pytestmark = pytest.mark.slow  # a real browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -143,7 +145,7 @@ def test_the_vps_journey_from_sign_in_to_the_change_between_two_windows(
     laptop = visit(visits, browser, dashboard)
     laptop.sign_in(stack.tokens[Role.ANALYST])
     page = laptop.page
-    assert page.url == f"{dashboard}/overview"
+    page.wait_for_url(f"{dashboard}/overview")
     assert page.get_by_role("heading", level=1).inner_text() == f"Overview: window {LATEST}"
     nav = page.get_by_role("navigation", name="Dashboard pages")
     assert nav.get_by_role("link").all_inner_texts() == ["Overview", "Trends", "Distribution", "Release more"]
@@ -184,7 +186,7 @@ def test_the_vps_journey_from_sign_in_to_the_change_between_two_windows(
 
     page.get_by_label("Window", exact=True).select_option(DAYS[1])
     page.get_by_role("button", name="Show").click()
-    assert f"window={DAYS[1]}" in page.url
+    page.wait_for_url(re.compile(f".*window={DAYS[1]}.*"))  # the form's navigation is asynchronous
     assert f"since {DAYS[0]}" in page.locator(".tile-change").first.inner_text()
     laptop.shot("vp-change-between-windows-desktop")
 
@@ -226,7 +228,7 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
     link = page.locator(".not-released li", has_text="distribution of ai.requests").get_by_role("link")
     assert link.inner_text().startswith("Preview releasing it")
     link.click()
-    assert page.get_by_role("heading", name=f"Preview: histogram of ai.requests, window {LATEST}").is_visible()
+    page.get_by_role("heading", name=f"Preview: histogram of ai.requests, window {LATEST}").wait_for()
     rows = table_rows(page, "Cost per team")
     assert set(rows) == {"team-red", "team-blue"}  # team-tiny is below k: never released
     assert rows["team-red"]["epsilon"] == "0.05" and rows["team-red"]["remaining"] == "0.7"
@@ -237,6 +239,7 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
     # Asking for more than is left says so, and offers nothing to confirm.
     page.get_by_label("Epsilon per team").fill("0.9")
     page.get_by_role("button", name="Preview the cost").click()
+    page.wait_for_url(re.compile(r".*epsilon=0\.9.*"))
     assert "would overspend the privacy budget" in page.get_by_role("alert").inner_text()
     assert page.get_by_role("button", name="Release and spend epsilon").count() == 0
     laptop.shot("spend-overspend-desktop")
@@ -248,16 +251,19 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
 
     page.get_by_label("Epsilon per team").fill("")
     page.get_by_role("button", name="Preview the cost").click()
+    page.wait_for_url(re.compile(r".*epsilon=(&.*)?$"))
     phone.open(page.url.removeprefix(dashboard))
     phone.shot("spend-preview-phone")
     page.get_by_role("button", name="Release and spend epsilon 0.05 per team").click()
-    assert page.get_by_role("heading", level=1).inner_text() == "Released"
+    page.get_by_role("heading", level=1, name="Released").wait_for()
     laptop.shot("spend-done-desktop")
     after = {b.team: b.spent for b in stack.budgets(LATEST)}
     assert after == {**before, "team-red": "0.35", "team-blue": "0.35"}
     page.get_by_role("link", name="See the numbers").click()
+    page.wait_for_url(re.compile(r".*/histogram\?.*"))
     page.get_by_label("Team", exact=True).select_option("team-red")
     page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r".*team=team-red.*"))
     buckets = table_rows(page, "People per ai.requests range in team team-red")
     assert list(buckets) == ["under 50", "50-200", "200-500", "500-1k", "1k+"]
     histogram = stack.release(LATEST, [common_pb2.STATISTIC_HISTOGRAM], teams=("team-red",),
@@ -302,6 +308,7 @@ def test_privacy_officer_sees_budgets_ledger_policies_and_statement(
     laptop.open("/policies")
     laptop.shot("auditor-policies-laptop")
     page.get_by_role("link", name=DAYS[0]).click()
+    page.get_by_role("heading", name=f"Policy of window {DAYS[0]}").wait_for()  # navigation is asynchronous
     assert page.get_by_role("heading", name=f"Policy of window {DAYS[0]}").is_visible()
 
     laptop.open("/statement")
