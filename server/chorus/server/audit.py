@@ -19,7 +19,9 @@ from datetime import datetime
 from chorus.server import lifecycle
 from chorus.server.config import Policy
 from chorus.server.ledger import Entry, Ledger, canonical_json, read_entries
+from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.store import budgets as store_budgets
 from chorus.server.store._db import Database, Tx
 
 CONFIG_KIND = "config"
@@ -87,7 +89,7 @@ class TeamWindowBudget:
 
     @property
     def remaining(self) -> Epsilon:
-        return self.cap - self.spent
+        return Budget(self.cap, self.spent).remaining
 
 
 def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
@@ -99,22 +101,13 @@ def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
     the position of the page's last row (keyset paging), so rows added meanwhile (a window
     closing) neither repeat nor shift a page; it is bound to `window_id` (PageTokenError).
     """
-    sql = ("SELECT w.start_at, b.window_id, b.team, b.cap_micros, b.spent_micros, b.releases "
-           "FROM budgets b JOIN windows w ON w.id = b.window_id WHERE 1 = 1")
-    params: tuple[object, ...] = ()
     if window_id:
         lifecycle.get(tx, window_id)
-        sql += " AND b.window_id = ?"
-        params = (window_id,)
-    if page_token:
-        start, window, team = _decode_token(page_token, window_id)
-        sql += (" AND (w.start_at < ? OR (w.start_at = ? AND (b.window_id > ? OR "
-                "(b.window_id = ? AND b.team > ?))))")
-        params += (start, start, window, window, team)
-    rows = tx.query(sql + " ORDER BY w.start_at DESC, b.window_id, b.team LIMIT ?", (*params, limit + 1))
-    page = [TeamWindowBudget(w, t, Epsilon(cap), Epsilon(spent), n) for _, w, t, cap, spent, n in rows[:limit]]
+    after = _decode_token(page_token, window_id) if page_token else None
+    rows = store_budgets.page(tx, window_id, after, limit + 1)
+    page = [TeamWindowBudget(r.window, r.team, r.budget.cap, r.budget.spent, r.releases) for r in rows[:limit]]
     more = len(rows) > limit
-    token = _encode_token(window_id, int(rows[limit - 1][0]), page[-1].window, page[-1].team) if more else ""
+    token = _encode_token(window_id, rows[limit - 1].start_at, page[-1].window, page[-1].team) if more else ""
     return page, token
 
 

@@ -25,6 +25,7 @@ from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, canonical_json
 from chorus.server.otlp import series as otlp_series
 from chorus.server.roster import team_sizes
+from chorus.server.store import budgets as store_budgets
 from chorus.server.store._db import Tx
 from chorus.server.windows import WindowLength, WindowSpan, window_of
 
@@ -212,8 +213,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
         [(window_id, t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
           json.dumps(buckets.get((t, m.name), [0] * (len(m.histogram_edges) + 1))))
          for t in teams for m in policy.metrics])
-    tx.executemany("INSERT INTO budgets (window_id, team, cap_micros) VALUES (?, ?, ?)",
-                   [(window_id, t, policy.epsilon_per_window.micros) for t in teams])
+    store_budgets.open_window(tx, window_id, teams, policy.epsilon_per_window)
     tx.execute("DELETE FROM usage WHERE window_id = ?", (window_id,))
     otlp_series.close_window(tx, window_id)  # needs the key: carries cumulative state, then shreds
     tx.execute("DELETE FROM window_keys WHERE window_id = ?", (window_id,))

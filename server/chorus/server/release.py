@@ -36,7 +36,9 @@ from chorus.server.clock import Clock
 from chorus.server.config import STATISTICS, MetricPolicy, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.privacy import mechanisms
+from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import ZERO, Epsilon
+from chorus.server.store import budgets as store_budgets
 from chorus.server.store._db import Database, Tx
 from chorus.server.windows import parse_window_id
 
@@ -312,7 +314,7 @@ class _Release:
             budgets = self.budgets()
         results = []
         for team in chosen_teams:
-            cap, spent = budgets.get(team, (ZERO, ZERO))
+            budget = budgets.get(team, _NO_BUDGET)
             # What this request charged, not the difference of two reads: another replica may
             # charge the same team-window in between.
             charged = charged_to.get(team, ZERO)
@@ -321,8 +323,8 @@ class _Release:
                 message = ""
             else:
                 estimates, message = (), suppression_reason(team, sizes[team], k)
-            results.append(TeamResult(team, team in missing, message, estimates, cap, cap - spent,
-                                      sizes[team], charged))
+            results.append(TeamResult(team, team in missing, message, estimates, budget.cap,
+                                      budget.remaining, sizes[team], charged))
         return ReleaseResult(self.window, tuple(results))
 
     def check_releasable(self) -> None:
@@ -396,21 +398,20 @@ class _Release:
                                               Epsilon(micros), ZERO)
                 for (rid, team, metric, stat, _, micros), r in zip(rows, results, strict=True)}
 
-    def budgets(self) -> dict[str, tuple[Epsilon, Epsilon]]:
-        """team -> (cap, spent) for this window."""
-        return {t: (Epsilon(cap), Epsilon(spent)) for t, cap, spent in self.tx.query(
-            "SELECT team, cap_micros, spent_micros FROM budgets WHERE window_id = ?", (self.window,))}
+    def budgets(self) -> dict[str, Budget]:
+        """team -> its budget in this window."""
+        return store_budgets.of_window(self.tx, self.window)
 
     def check_budgets(self, missing: dict[str, list[tuple[str, str]]],
                       wanted: dict[tuple[str, str], Epsilon],
-                      budgets: dict[str, tuple[Epsilon, Epsilon]]) -> None:
+                      budgets: dict[str, Budget]) -> None:
         """Raise BudgetExceeded naming every team that would overspend."""
         over = []
         for team, keys in missing.items():
             need = sum((wanted[key] for key in keys), ZERO)
-            cap, spent = budgets.get(team, (ZERO, ZERO))
-            if spent + need > cap:
-                over.append(Overspend(team, self.window, need, cap - spent, cap))
+            budget = budgets.get(team, _NO_BUDGET)
+            if not budget.allows(need):
+                over.append(_overspend(team, self.window, need, budget))
         if over:
             raise BudgetExceeded(self.window, over)
 
@@ -471,22 +472,17 @@ class _Release:
 
         `need` is what the whole request needs from this team-window, reported if it is refused."""
         team, metric, stat = key
-        rows = self.tx.query(
-            "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
-            "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros "
-            "RETURNING spent_micros, cap_micros",
-            (item.epsilon.micros, self.window, team, item.epsilon.micros))
-        if not rows:  # spent concurrently since our check (another replica): refuse it all
-            cap, spent = self.budgets().get(team, (ZERO, ZERO))
-            raise BudgetExceeded(self.window, [Overspend(team, self.window, need, cap - spent, cap)])
-        (spent_after, cap_micros), = rows
+        after = store_budgets.charge(self.tx, self.window, team, item.epsilon)
+        if after is None:  # spent concurrently since our check (another replica): refuse it all
+            budget = self.budgets().get(team, _NO_BUDGET)
+            raise BudgetExceeded(self.window, [_overspend(team, self.window, need, budget)])
         entry = self.ledger.append(self.tx, "release", {
             "release_id": item.release_id, "window": self.window, "team": team, "metric": metric,
             "statistic": stat, "mechanism": mechanisms.MECHANISM, "sensitivity": item.sensitivity,
             "scale": item.scale, "epsilon": str(item.epsilon), "ci95": item.ci95,
             # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
             "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
-            "budget_cap": str(Epsilon(cap_micros)), "budget_spent_after": str(Epsilon(spent_after)),
+            "budget_cap": str(after.cap), "budget_spent_after": str(after.spent),
             "by": self.requester}, self.now)
         return entry.seq
 
@@ -530,6 +526,15 @@ class _Release:
             noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
+
+
+#: The budget of a team without a row (not on the roster at close): nothing to spend.
+_NO_BUDGET = Budget(ZERO)
+
+
+def _overspend(team: str, window: str, need: Epsilon, budget: Budget) -> Overspend:
+    """The refusal of `need` by `budget`, with the amounts the accountant reports."""
+    return Overspend(team, window, need, budget.remaining, budget.cap)
 
 
 def _when(moment: datetime) -> str:
