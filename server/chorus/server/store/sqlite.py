@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from chorus.server.store import usage
 from chorus.server.store._db import Row, StoreUnavailable, TxStats
 
 T = TypeVar("T")
@@ -56,6 +57,10 @@ class _SqliteTx:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
+
+    def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
+        params = [b for bound in bounds for b in (bound, bound)]
+        self._conn.executemany(usage.upsert_sql(len(bounds)), [(*row, *params) for row in rows])
 
     def lock_closer(self) -> bool:
         return True  # BEGIN IMMEDIATE already excludes every other writer
