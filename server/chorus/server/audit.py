@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from chorus.server import lifecycle
+from chorus.server import lifecycle, store
 from chorus.server.config import Policy
 from chorus.server.ledger import Entry, Ledger, canonical_json, read_entries
 from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.store import budgets as store_budgets
 from chorus.server.store._db import Database, Tx
 
 CONFIG_KIND = "config"
@@ -104,7 +103,7 @@ def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
     if window_id:
         lifecycle.get(tx, window_id)
     after = _decode_token(page_token, window_id) if page_token else None
-    rows = store_budgets.page(tx, window_id, after, limit + 1)
+    rows = store.budgets.page(tx, window_id, after, limit + 1)
     page = [TeamWindowBudget(r.window, r.team, r.budget.cap, r.budget.spent, r.releases) for r in rows[:limit]]
     more = len(rows) > limit
     token = _encode_token(window_id, rows[limit - 1].start_at, page[-1].window, page[-1].team) if more else ""

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from chorus.server import lifecycle
+from chorus.server import lifecycle, store
 from chorus.server.clock import Clock
 from chorus.server.config import Limits, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.roster import RosterCache
-from chorus.server.store import batches, usage
 from chorus.server.store._db import Database, Tx
 
 FUTURE_TOLERANCE = lifecycle.FUTURE_TOLERANCE
@@ -187,7 +186,7 @@ class Ingestor:
         return outcome
 
     def _apply(self, tx: Tx, batch: Batch, now: datetime) -> Outcome:
-        stored = batches.claim(tx, batch.batch_id, int(now.timestamp()), batch.digest)
+        stored = store.batches.claim(tx, batch.batch_id, int(now.timestamp()), batch.digest)
         if stored is not None:
             if stored and batch.digest and stored != batch.digest:
                 raise BatchIdReused(f"batch_id {batch.batch_id!r} was used before for a batch with other "
@@ -254,7 +253,7 @@ class Ingestor:
             bounds = tuple(m.max_per_user for m in policy.metrics)
             by_bounds.setdefault(bounds, []).append((window_id, pseud, team, *totals))
         for bounds, group in by_bounds.items():
-            usage.add(tx, bounds, sorted(group))
+            store.usage.add(tx, bounds, sorted(group))
 
     def window_for(self, tx: Tx, when: datetime, now: datetime,
                     windows: dict[str, lifecycle.OpenWindow | Rejection]) -> lifecycle.OpenWindow | Rejection:
