@@ -59,10 +59,9 @@ def record_config(db: Database, ledger: Ledger, policy: Policy, now: datetime) -
     def record(tx: Tx) -> Entry | None:
         # Take the ledger head's row lock before reading: replicas starting together with the
         # same new policy then record it once, not once each.
-        tx.execute("UPDATE ledger_head SET seq = seq WHERE id = 1")
-        rows = tx.query("SELECT payload FROM ledger WHERE kind = ? ORDER BY seq DESC LIMIT 1",
-                        (CONFIG_KIND,))
-        if rows and json.loads(rows[0][0]).get("policy_sha256") == digest:
+        store.ledger.lock_head(tx)
+        last = store.ledger.last_payload(tx, CONFIG_KIND)
+        if last is not None and json.loads(last).get("policy_sha256") == digest:
             return None
         return ledger.append(tx, CONFIG_KIND, {"policy": policy_json, "policy_sha256": digest}, now)
 
@@ -132,8 +131,7 @@ def _decode_token(token: str, scope: str) -> tuple[int, str, str]:
 
 def ledger_head(tx: Tx) -> tuple[int, str]:
     """(seq, hash) of the newest entry; (0, 64 zeros) for an empty ledger."""
-    (seq, digest), = tx.query("SELECT seq, hash FROM ledger_head WHERE id = 1")
-    return int(seq), str(digest)
+    return store.ledger.head(tx)
 
 
 def iter_ledger(db: Database, from_seq: int = 1, page: int = LEDGER_PAGE) -> Iterator[Entry]:

@@ -7,7 +7,7 @@ store/budgets.py, ...), never calling `execute` or `query` itself. Each engine s
 `Database` that runs a function in one transaction and retries it on a transient conflict,
 so every transaction function must be safe to run twice (janus-style). Where the engines
 need different statements for one operation (the usage upsert's bulk path), the engine's
-`Tx` implements that operation (`add_usage`).
+`Tx` implements that operation (`add_usage`, `insert_rows`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class Tx(Protocol):
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for many parameter rows (the engine's fastest bulk path)."""
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Plain INSERT of many rows into a table (no conflict clause): the engine's bulk path
+        (COPY on PostgreSQL). `table` and `columns` are store constants, never input."""
 
     def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
         """store.usage.add: upsert (window, pseudonym, team, totals...) rows, each total clamped

@@ -10,7 +10,7 @@ accountant's; this module only stores and reads it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chorus.server.privacy.budget import Budget
@@ -31,10 +31,9 @@ class BudgetRow:
     releases: int
 
 
-def open_window(tx: Tx, window: str, teams: Iterable[str], cap: Epsilon) -> None:
+def open_window(tx: Tx, window: str, teams: Sequence[str], cap: Epsilon) -> None:
     """Create the budgets of a window being closed: one per team, nothing spent."""
-    tx.executemany("INSERT INTO budgets (window_id, team, cap_micros) VALUES (?, ?, ?)",
-                   [(window, t, cap.micros) for t in teams])
+    tx.insert_rows("budgets", ("window_id", "team", "cap_micros"), [(window, t, cap.micros) for t in teams])
 
 
 def of_window(tx: Tx, window: str) -> dict[str, Budget]:

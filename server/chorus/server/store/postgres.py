@@ -91,6 +91,15 @@ class _PostgresTx:
         # psycopg sends all rows in one pipeline (libpq >= 14): one round trip, not one per row.
         self._cur.executemany(placeholders(sql), rows)
 
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if len(rows) < BULK_MIN_ROWS:
+            self._cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) "
+                                  f"VALUES ({', '.join(['%s'] * len(columns))})", rows)
+            return
+        with self._cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
         params = [b for bound in bounds for b in (bound, bound)]
         if len(rows) < BULK_MIN_ROWS or len({(r[0], r[1]) for r in rows}) != len(rows):
@@ -104,7 +113,8 @@ class _PostgresTx:
         return bool(locked)
 
 
-# The usage upsert's bulk path, measured in bench/bench_ingest_pg.py: the upsert run for many
+# The bulk paths (the usage upsert's, and `insert_rows` for plain inserts such as a roster),
+# measured in bench/bench_ingest_pg.py: the usage upsert run for many
 # rows through psycopg's executemany costs ingest ~17 us of Python per contribution; COPY
 # into a staging table followed by one INSERT ... SELECT ... ON CONFLICT costs ~5 us, and
 # less PostgreSQL CPU, for 1.5-2.5x the rate. The extra statements cost round trips: on

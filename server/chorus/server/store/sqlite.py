@@ -58,6 +58,10 @@ class _SqliteTx:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
 
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                               rows)
+
     def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
         params = [b for bound in bounds for b in (bound, bound)]
         self._conn.executemany(usage.upsert_sql(len(bounds)), [(*row, *params) for row in rows])

@@ -35,11 +35,10 @@ class TeamMetric:
 
 
 def write(tx: Tx, window: str, teams: Sequence[TeamWindow], metrics: Sequence[TeamMetric]) -> None:
-    tx.executemany("INSERT INTO team_windows (window_id, team, roster_size, active) VALUES (?, ?, ?, ?)",
+    tx.insert_rows("team_windows", ("window_id", "team", "roster_size", "active"),
                    [(window, t.team, t.roster_size, t.active) for t in teams])
-    tx.executemany(
-        "INSERT INTO team_metrics (window_id, team, metric, total, people, histogram) VALUES (?, ?, ?, ?, ?, ?)",
-        [(window, m.team, m.metric, m.total, m.people, m.histogram) for m in metrics])
+    tx.insert_rows("team_metrics", ("window_id", "team", "metric", "total", "people", "histogram"),
+                   [(window, m.team, m.metric, m.total, m.people, m.histogram) for m in metrics])
 
 
 def teams(tx: Tx, window: str) -> list[TeamWindow]:
