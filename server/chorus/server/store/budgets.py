@@ -17,7 +17,7 @@ from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store._db import Tx
 
-__all__ = ["BudgetRow", "charge", "of_window", "open_window", "page"]
+__all__ = ["BudgetRow", "charge", "of_window", "open_window", "page", "totals"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +73,9 @@ def page(tx: Tx, window: str, after: tuple[int, str, str] | None, limit: int) ->
     rows = tx.query(sql + " ORDER BY w.start_at DESC, b.window_id, b.team LIMIT ?", (*params, limit))
     return [BudgetRow(int(s), w, t, Budget(Epsilon(cap), Epsilon(spent)), int(n))
             for s, w, t, cap, spent, n in rows]
+
+
+def totals(tx: Tx) -> tuple[int, Epsilon]:
+    """(releases, epsilon spent) summed over every team-window (for metrics)."""
+    (releases, spent), = tx.query("SELECT COALESCE(SUM(releases), 0), COALESCE(SUM(spent_micros), 0) FROM budgets")
+    return int(releases), Epsilon(int(spent))

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from chorus.server.store._db import Tx
 
-__all__ = ["WindowRow", "closed_unpurged", "containing", "create", "delete_key", "due", "get", "key",
-           "mark_closed", "mark_purged", "newest_policy_overlapping", "next_open_key", "oldest_open_start",
-           "open_keys", "overlapping", "with_key"]
+__all__ = ["WindowRow", "closed_unpurged", "containing", "count_by_state", "count_overdue", "create",
+           "delete_key", "due", "get", "key", "latest_closed", "mark_closed", "mark_purged",
+           "newest_policy_overlapping", "next_open_key", "oldest_open_start", "open_keys", "overlapping",
+           "with_key"]
 
 _COLUMNS = "id, start_at, end_at, closes_at, state, policy, closed_at"
 
@@ -141,3 +142,19 @@ def closed_unpurged(tx: Tx) -> list[WindowRow]:
 def mark_purged(tx: Tx, window: str, at: int) -> bool:
     """Record that a window's exact team statistics were deleted; False when already recorded."""
     return bool(tx.execute("UPDATE windows SET purged_at = ? WHERE id = ? AND purged_at IS NULL", (at, window)))
+
+
+def count_by_state(tx: Tx) -> dict[str, int]:
+    """state -> number of windows (for metrics)."""
+    return {state: int(n) for state, n in tx.query("SELECT state, COUNT(*) FROM windows GROUP BY state")}
+
+
+def count_overdue(tx: Tx, now: int) -> int:
+    """Open windows whose close time is before `now`."""
+    return int(tx.query("SELECT COUNT(*) FROM windows WHERE state = 'open' AND closes_at < ?", (now,))[0][0])
+
+
+def latest_closed(tx: Tx) -> str | None:
+    """The id of the window closed last by close time, if any is closed."""
+    rows = tx.query("SELECT id FROM windows WHERE state = 'closed' ORDER BY closes_at DESC LIMIT 1")
+    return rows[0][0] if rows else None
