@@ -13,12 +13,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chorus.server.store import batches, budgets, ledger, releases, roster, shreds, team_stats, tokens, usage, windows
+from chorus.server.store import (
+    batches,
+    budgets,
+    ledger,
+    otlp,
+    releases,
+    roster,
+    shreds,
+    team_stats,
+    tokens,
+    usage,
+    windows,
+)
 from chorus.server.store._db import Database, StoreUnavailable, Tx
 from chorus.server.store._schema import migrate
 
 __all__ = ["Database", "StoreUnavailable", "Tx", "batches", "budgets", "ledger", "migrate", "open_database",
-           "probe_write", "releases", "roster", "shreds", "team_stats", "tokens", "usage", "windows"]
+           "otlp", "probe_write", "releases", "roster", "shreds", "team_stats", "tokens", "usage", "windows"]
 
 SQLITE_FILE = "chorus.db"
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from chorus.server.store._db import Row, Tx
 
-__all__ = ["add", "columns", "delete_window", "set_clause", "totals", "upsert_sql"]
+__all__ = ["add", "columns", "count", "delete_window", "set_clause", "totals", "upsert_sql"]
 
 
 def columns(metrics: int) -> str:
@@ -57,3 +57,8 @@ def totals(tx: Tx, window: str, metrics: int) -> list[Row]:
 def delete_window(tx: Tx, window: str) -> None:
     """Delete every person's row of `window` (at its close)."""
     tx.execute("DELETE FROM usage WHERE window_id = ?", (window,))
+
+
+def count(tx: Tx) -> int:
+    """Per-person rows of every open window."""
+    return int(tx.query("SELECT COUNT(*) FROM usage")[0][0])

@@ -17,7 +17,7 @@ from chorus.server.store._db import Tx
 
 __all__ = ["WindowRow", "closed_unpurged", "containing", "count_by_state", "count_overdue", "create",
            "delete_key", "due", "get", "key", "latest_closed", "mark_closed", "mark_purged",
-           "newest_policy_overlapping", "next_open_key", "oldest_open_start", "open_keys", "overlapping",
+           "newest_policy_overlapping", "next_open_key", "oldest_open_start", "open_ids", "open_keys", "overlapping",
            "with_key"]
 
 _COLUMNS = "id, start_at, end_at, closes_at, state, policy, closed_at"
@@ -158,3 +158,8 @@ def latest_closed(tx: Tx) -> str | None:
     """The id of the window closed last by close time, if any is closed."""
     rows = tx.query("SELECT id FROM windows WHERE state = 'closed' ORDER BY closes_at DESC LIMIT 1")
     return rows[0][0] if rows else None
+
+
+def open_ids(tx: Tx) -> list[str]:
+    """Ids of the open windows, in id order."""
+    return [w for (w,) in tx.query("SELECT id FROM windows WHERE state = 'open' ORDER BY id")]
