@@ -187,7 +187,8 @@ def suppression_reason(team: str, roster_size: int, k: int) -> str:
 
 
 class Releases:
-    """Lists what can be released and releases it; all SQL on `releases` and `budgets` lives here."""
+    """Lists what can be released and releases it: claims, charges (through the `Budget` accountant and
+    `store.budgets.charge`) and ledgers each new release in one transaction."""
 
     def __init__(self, db: Database, ledger: Ledger, clock: Clock, policy: Policy) -> None:
         self._db = db
