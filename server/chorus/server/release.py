@@ -36,7 +36,7 @@ from chorus.server.clock import Clock
 from chorus.server.config import STATISTICS, MetricPolicy, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.privacy import mechanisms
-from chorus.server.privacy.budget import Budget
+from chorus.server.privacy.budget import Budget, refusal
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.store._db import Database, Tx
 from chorus.server.windows import parse_window_id
@@ -89,8 +89,7 @@ class BudgetExceeded(ReleaseError):
 
     def __init__(self, window: str, overspends: list[Overspend]) -> None:
         self.overspends = overspends
-        parts = "; ".join(f"team {o.team} requested epsilon {o.requested} but has {o.remaining} "
-                          f"left of {o.cap}" for o in overspends)
+        parts = "; ".join(f"team {o.team} {refusal(o.requested, o.remaining, o.cap)}" for o in overspends)
         super().__init__(f"privacy budget of window {window} exhausted: {parts}. Nothing was "
                          "released or charged; request fewer statistics or a smaller epsilon")
 
