@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))  # for the test helpers' URL handling
 
 from chorus.server import config  # noqa: E402
 from chorus.server.app_context import Chorus  # noqa: E402
-from chorus.server.auth import Role  # noqa: E402
 from chorus.server.ingest import _upsert_usage  # noqa: E402
+from chorus.server.roles import Role  # noqa: E402
 from chorus.server.store import Tx  # noqa: E402
 from chorus.server.store.postgres import PostgresDatabase, _PostgresTx, placeholders  # noqa: E402
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc  # noqa: E402

@@ -14,19 +14,12 @@ import pytest
 from chorus.server import audit, config, lifecycle, verify
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
-from chorus.server.ledger import (
-    GENESIS_HASH,
-    Signer,
-    canonical_json,
-    entry_body,
-    entry_hash,
-    format_time,
-    parse_body,
-)
+from chorus.server.ledger import Signer
+from chorus.server.ledger_format import GENESIS_HASH, canonical_json, entry_body, entry_hash, format_time, parse_body
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import Releases, StatisticRequest
+from chorus.server.roles import Role
 from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -17,7 +17,7 @@ from chorus.server import audit, config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
 from chorus.server.cli import app
-from chorus.server.cli.audit import StatementFormat, render_statement
+from chorus.server.presentation.statement import StatementFormat, render_statement
 from chorus.server.services.audit import AuditServicer
 from chorus.server.windows import WindowLength
 from tests._policy import SUITE_TOML

@@ -21,7 +21,7 @@ from chorus.server import app as app_module
 from chorus.server import lifecycle
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server.roles import Role
 from tests._policy import suite_config
 
 from .conftest import Running, import_roster, report_request

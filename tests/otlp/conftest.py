@@ -16,7 +16,7 @@ from opentelemetry.sdk.resources import Resource
 from chorus.server import config
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server.roles import Role
 from tests._policy import SUITE_TOML
 from tests._usage import person_totals
 from tests.e2e._servers import sqlite_rows

@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.export import MetricExportResult
 
 from chorus.server.app import Server, TlsConfig
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server.roles import Role
 from tests.security.conftest import make_certs
 
 from ._requests import export_grpc, now_ns, point, post, request, sum_metric

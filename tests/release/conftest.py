@@ -15,8 +15,8 @@ import pytest
 from chorus.server import config, ingest
 from chorus.server.app import Server
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
+from chorus.server.roles import Role
 from chorus.v1 import release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML
 

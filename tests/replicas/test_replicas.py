@@ -13,9 +13,9 @@ import pytest
 
 from chorus.client import Client
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.ingest import Batch, Contribution
 from chorus.server.ledger import Signer
+from chorus.server.roles import Role
 from chorus.server.store._schema import MIGRATIONS
 from chorus.server.windows import window_of
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc

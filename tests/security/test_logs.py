@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from chorus.server import logs
-from chorus.server.auth import Role
+from chorus.server.roles import Role
 from chorus.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests._policy import suite_config_file
 from tests._secrets import SECRET_MARKERS, leaks, register, user_id

@@ -6,8 +6,8 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.ledger import KEY_FILE, Signer
+from chorus.server.roles import Role
 
 from .conftest import batch
 

@@ -14,11 +14,13 @@ import pytest
 
 from chorus.server import config, lifecycle, release
 from chorus.server.app_context import Chorus
-from chorus.server.auth import Role, TokenError
+from chorus.server.auth import TokenError
 from chorus.server.ingest import BatchIdReused, Reason
-from chorus.server.ledger import entry_hash, read_entries
+from chorus.server.ledger import read_entries
+from chorus.server.ledger_format import entry_hash
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
+from chorus.server.roles import Role
 from chorus.server.store import _schema, migrate, probe_write
 from chorus.server.store._schema import MIGRATIONS
 from tests._policy import suite_config

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from datetime import datetime
 
 from chorus.server import lifecycle
 from chorus.server.config import Policy
-from chorus.server.ledger import Entry, Ledger, canonical_json, read_entries
+from chorus.server.ledger import Ledger, read_entries
+from chorus.server.ledger_format import Entry, policy_sha256
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store._db import Database, Tx
 
@@ -43,11 +43,6 @@ def page_size(requested: int) -> int:
         raise ValueError(f"page_size {requested} must be >= 0 (0 means {DEFAULT_PAGE_SIZE}, "
                          f"at most {MAX_PAGE_SIZE} per page)")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def policy_sha256(policy_json: dict[str, object]) -> str:
-    """SHA-256 of a policy's canonical JSON: the identity a "config" entry records."""
-    return hashlib.sha256(canonical_json(policy_json).encode()).hexdigest()
 
 
 def record_config(db: Database, ledger: Ledger, policy: Policy, now: datetime) -> Entry | None:
@@ -177,3 +172,22 @@ def ledger_pages(db: Database, from_seq: int, size: int,
             used += cost
         yield page
         seq = entries[-1].seq + 1
+
+
+class AuditTrail:
+    """What AuditService serves, each call in its own read transaction(s)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def policies(self, window_id: str = "") -> list[lifecycle.WindowRecord]:
+        """See `list_policies`; raises WindowNotFound."""
+        return self._db.run(lambda tx: list_policies(tx, window_id), name="list_policies")
+
+    def budgets(self, window_id: str, limit: int, page_token: str) -> tuple[list[TeamWindowBudget], str]:
+        """See `budgets`; raises WindowNotFound or PageTokenError."""
+        return self._db.run(lambda tx: budgets(tx, window_id, limit, page_token), name="get_budget")
+
+    def ledger_pages(self, from_seq: int, size: int) -> Iterator[list[Entry]]:
+        """See `ledger_pages`."""
+        return ledger_pages(self._db, from_seq, size)

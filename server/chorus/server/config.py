@@ -21,11 +21,9 @@ from typing import Any
 from chorus.server.otlp import mapping as otlp_mapping
 from chorus.server.otlp.mapping import OtlpPolicy, parse_otlp
 from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.statistics import NOISY as NOISY_STATISTICS
 from chorus.server.windows import WindowLength
 
-#: Statistics that have their own noisy release; mean and adoption are post-processing.
-NOISY_STATISTICS = ("sum", "count", "histogram", "active")
-STATISTICS = ("sum", "count", "mean", "histogram", "adoption")
 #: Metrics per policy: a person's usage row has one total column per metric slot.
 MAX_METRICS = 32
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")

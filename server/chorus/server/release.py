@@ -33,17 +33,17 @@ from typing import Any, NamedTuple
 
 from chorus.server import lifecycle, roster
 from chorus.server.clock import Clock
-from chorus.server.config import STATISTICS, MetricPolicy, Policy
+from chorus.server.config import MetricPolicy, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import ZERO, Epsilon
+from chorus.server.statistics import ACTIVE
+from chorus.server.statistics import REQUESTABLE as STATISTICS
 from chorus.server.store._db import Database, Tx
 from chorus.server.windows import parse_window_id
 
 _log = logging.getLogger(__name__)
 
-#: The team-level statistic behind adoption: people active in any metric.
-ACTIVE = "active"
 #: The `metric` of team-level statistics (active, adoption).
 TEAM_LEVEL = ""
 # Noisy statistics each requested statistic needs, per metric ("" = team level).
@@ -193,11 +193,6 @@ class Releases:
         self._ledger = ledger
         self._clock = clock
         self._policy = policy  # the policy the next window will freeze
-
-    def list_windows(self, start: datetime | None = None,
-                     end: datetime | None = None) -> list[lifecycle.WindowRecord]:
-        """Windows overlapping [start, end), newest first."""
-        return self._db.run(lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows")
 
     def list_metrics(self, window: str = "") -> tuple[MetricPolicy, ...]:
         """The metrics frozen in `window`, or of the next window when empty."""

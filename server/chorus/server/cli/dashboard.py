@@ -19,6 +19,7 @@ from chorus.server.cli._common import (
     fail,
     is_loopback,
 )
+from chorus.server.client_channel import ChannelError
 from chorus.server.config import ConfigError, parse_duration
 
 
@@ -52,7 +53,10 @@ def dashboard(
         idle = timedelta(seconds=parse_duration(session_idle, "--session-idle"))
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
-    gateway = Gateway(server, ca=ca, client_cert=client_cert, client_key=client_key)
+    try:
+        gateway = Gateway(server, ca=ca, client_cert=client_cert, client_key=client_key)
+    except ChannelError as exc:
+        raise fail(str(exc), 2) from None
     try:
         web = DashboardServer(create_app(gateway, idle_timeout=idle), listen, threads=threads,
                               trusted_proxy=trusted_proxy)

@@ -21,7 +21,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from markupsafe import Markup
 from werkzeug.exceptions import BadRequest
 
-from chorus.server.cli import audit as audit_cli
 from chorus.server.config import Policy
 from chorus.server.dashboard import charts
 from chorus.server.dashboard.charts import (
@@ -29,14 +28,16 @@ from chorus.server.dashboard.charts import (
     BudgetBar,
     Formatter,
     Interval,
-    format_compact,
     format_number,
     format_percent,
 )
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
-from chorus.server.ledger import Entry
+from chorus.server.ledger_format import Entry
+from chorus.server.presentation.numbers import format_compact
+from chorus.server.presentation.statement import StatementFormat, render_statement, statement_sections
+from chorus.server.statistics import Statistic
 from chorus.v1 import audit_pb2, common_pb2, release_pb2
 
 Args = Mapping[str, str]
@@ -49,11 +50,11 @@ EXACT_NOTE = "Exact accounting, no noise: the privacy budget (epsilon) is tracke
 LEDGER_PAGE = 50
 MAX_TREND_WINDOWS = 52
 
-STATISTICS = {
-    "sum": (common_pb2.STATISTIC_SUM, "Total"),
-    "count": (common_pb2.STATISTIC_COUNT, "People using it"),
-    "mean": (common_pb2.STATISTIC_MEAN, "Mean per person using it"),
-    "adoption": (common_pb2.STATISTIC_ADOPTION, "Adoption"),
+STATISTICS: dict[str, tuple[common_pb2.Statistic, str]] = {
+    Statistic.SUM: (Statistic.SUM.proto, "Total"),
+    Statistic.COUNT: (Statistic.COUNT.proto, "People using it"),
+    Statistic.MEAN: (Statistic.MEAN.proto, "Mean per person using it"),
+    Statistic.ADOPTION: (Statistic.ADOPTION.proto, "Adoption"),
 }
 OVERVIEW_STATISTICS = ("sum", "count", "mean")
 TREND_STATISTICS = ("adoption", "sum", "count", "mean")
@@ -449,7 +450,7 @@ def statement(api: Api, args: Args) -> Page:
         "window_options": [(r.window.id, r.window.id) for r in rows], "selected": selected,
         "window": selected.window.id if selected else None, "sections": []})
     if selected is not None:
-        page.context["sections"] = audit_cli.statement_sections(selected.window.id,
+        page.context["sections"] = statement_sections(selected.window.id,
                                                                 Policy.from_json(selected.policy))
     return page
 
@@ -460,8 +461,8 @@ def statement_markdown(api: Api, args: Args) -> tuple[str, str] | None:
     if selected is None:
         return None
     policy = Policy.from_json(selected.policy)
-    return selected.window.id, audit_cli.render_statement(selected.window.id, policy,
-                                                          audit_cli.StatementFormat.MARKDOWN)
+    return selected.window.id, render_statement(selected.window.id, policy,
+                                                          StatementFormat.MARKDOWN)
 
 
 Builder = Callable[[Api, Args], Page]
