@@ -28,8 +28,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chorus.server import audit, config, verify
-from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, Signer
+from chorus.server.policy import Policy
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store import open_database

@@ -25,7 +25,7 @@ SERVICES = ("chorus.server.services",)
 WIRING = ("chorus.server.app", "chorus.server.gate", "chorus.server.metrics", "chorus.server.otlp.http")
 #: What the offline verifier may import of the server (directly or not); everything else of
 #: `chorus.server` (store, services, gRPC wiring, domain services, front ends) is out.
-VERIFIER_MAY_IMPORT = ("chorus.server.verify", "chorus.server.config", "chorus.server.ledger_format",
+VERIFIER_MAY_IMPORT = ("chorus.server.verify", "chorus.server.policy", "chorus.server.ledger_format",
                        "chorus.server.statistics", "chorus.server.windows", "chorus.server.privacy",
                        "chorus.server.otlp.mapping")
 #: Packages the verifier loads only for their `__init__` (the policy's [otlp] section).

@@ -31,6 +31,7 @@ import grpc
 
 from chorus.client._spool import Spool
 from chorus.client._transport import Transport, TransportError
+from chorus.client.limits import MAX_BATCH_BYTES, MAX_BATCH_CONTRIBUTIONS
 from chorus.v1 import ingest_pb2
 
 logger = logging.getLogger("chorus.client")
@@ -38,10 +39,6 @@ logger = logging.getLogger("chorus.client")
 #: A pre-aggregation key: (user, metric, minute bucket = unix seconds // 60).
 Key = tuple[str, str, float]
 
-#: The server refuses more than 10_000 contributions per batch; stay well below.
-MAX_BATCH_CONTRIBUTIONS = 5000
-#: Keeps a batch far below gRPC's default 4 MiB message limit whatever the name lengths.
-MAX_BATCH_BYTES = 1024 * 1024
 #: Estimated encoding overhead of one Contribution besides its two strings.
 _CONTRIBUTION_OVERHEAD = 32
 _INT64_MAX = 2**63 - 1

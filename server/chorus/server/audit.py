@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from chorus.server import lifecycle
-from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, read_entries
 from chorus.server.ledger_format import Entry, policy_sha256
+from chorus.server.policy import Policy
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store._db import Database, Tx
 

@@ -10,8 +10,8 @@ from functools import partial
 
 from chorus.server import lifecycle
 from chorus.server.clock import Clock
-from chorus.server.config import Policy
 from chorus.server.ledger import Ledger
+from chorus.server.policy import Policy
 from chorus.server.shred import Shredder
 from chorus.server.store._db import Database, Tx
 

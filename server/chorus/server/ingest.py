@@ -26,8 +26,9 @@ from typing import NamedTuple
 
 from chorus.server import lifecycle
 from chorus.server.clock import Clock
-from chorus.server.config import Limits, Policy
+from chorus.server.config import Limits
 from chorus.server.ledger import Ledger
+from chorus.server.policy import Policy
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
 

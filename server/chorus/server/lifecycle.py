@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 
 from chorus.server import shred
 from chorus.server.clock import Clock
-from chorus.server.config import Policy
 from chorus.server.ledger import Ledger
 from chorus.server.ledger_format import canonical_json
 from chorus.server.otlp import series as otlp_series
+from chorus.server.policy import Policy
 from chorus.server.roster import team_sizes
 from chorus.server.store._db import Database, Tx
 from chorus.server.windows import WindowLength, WindowSpan, window_of

@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 
 from chorus.server import lifecycle, roster
 from chorus.server.clock import Clock
-from chorus.server.config import MetricPolicy, Policy
 from chorus.server.ledger import Ledger
+from chorus.server.policy import MetricPolicy, Policy
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.statistics import ACTIVE

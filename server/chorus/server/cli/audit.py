@@ -29,8 +29,8 @@ from chorus.server.cli._common import (
     rpc_errors,
 )
 from chorus.server.cli._output import Format, FormatOpt, emit
-from chorus.server.config import Policy
 from chorus.server.paging import every_page, stream_ledger
+from chorus.server.policy import Policy
 from chorus.server.presentation.statement import StatementFormat, render_statement
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import audit_pb2, audit_pb2_grpc

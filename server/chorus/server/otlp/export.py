@@ -23,11 +23,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from chorus.server import lifecycle
 from chorus.server.clock import Clock
-from chorus.server.config import Limits, Policy
+from chorus.server.config import Limits
 from chorus.server.ingest import Contribution, Ingestor, Rejection
 from chorus.server.otlp import series
 from chorus.server.otlp.mapping import OtlpMapping
 from chorus.server.otlp.points import InvalidExport, Point, count_points, flatten
+from chorus.server.policy import Policy
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import textwrap
 
-from chorus.server.config import Policy
+from chorus.server.policy import Policy
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength, max_windows_per_year
 
