@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from chorus.server import lifecycle, roster
+from chorus.server import lifecycle, roster, store
 from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
 from chorus.server.policy import MetricPolicy, Policy
 from chorus.server.privacy import mechanisms
+from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.statistics import ACTIVE
 from chorus.server.statistics import REQUESTABLE as STATISTICS
@@ -266,8 +267,7 @@ def _window(tx: Tx, window: str) -> lifecycle.WindowRecord:
 
 
 def _team_windows(tx: Tx, window: str) -> list[tuple[str, int, int]]:
-    return [(t, int(n), int(a)) for t, n, a in tx.query(
-        "SELECT team, roster_size, active FROM team_windows WHERE window_id = ? ORDER BY team", (window,))]
+    return [(t.team, t.roster_size, t.active) for t in store.team_stats.teams(tx, window)]
 
 
 class _Release:
@@ -307,7 +307,7 @@ class _Release:
             budgets = self.budgets()
         results = []
         for team in chosen_teams:
-            cap, spent = budgets.get(team, (ZERO, ZERO))
+            budget = budgets.get(team, _NO_BUDGET)
             # What this request charged, not the difference of two reads: another replica may
             # charge the same team-window in between.
             charged = charged_to.get(team, ZERO)
@@ -316,8 +316,8 @@ class _Release:
                 message = ""
             else:
                 estimates, message = (), suppression_reason(team, sizes[team], k)
-            results.append(TeamResult(team, team in missing, message, estimates, cap, cap - spent,
-                                      sizes[team], charged))
+            results.append(TeamResult(team, team in missing, message, estimates, budget.cap,
+                                      budget.remaining, sizes[team], charged))
         return ReleaseResult(self.window, tuple(results))
 
     def check_releasable(self) -> None:
@@ -382,30 +382,27 @@ class _Release:
     def stored(self, teams: list[str]) -> dict[Key, _Stored]:
         """The releases already made for these teams in this window."""
         wanted_teams = set(teams)
-        rows = [row for row in self.tx.query(
-            "SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
-            "WHERE window_id = ?", (self.window,)) if row[1] in wanted_teams]
+        rows = [row for row in store.releases.of_window(self.tx, self.window) if row.team in wanted_teams]
         # One JSON document for all results: a full report replays thousands of them.
-        results: list[dict[str, Any]] = json.loads(f"[{','.join(row[4] for row in rows)}]")
-        return {(team, metric, stat): _Stored(rid, r["value"], r["ci95"], r["scale"], r["sensitivity"],
-                                              Epsilon(micros), ZERO)
-                for (rid, team, metric, stat, _, micros), r in zip(rows, results, strict=True)}
+        results: list[dict[str, Any]] = json.loads(f"[{','.join(row.result for row in rows)}]")
+        return {(row.team, row.metric, row.statistic): _Stored(row.release_id, r["value"], r["ci95"], r["scale"],
+                                                               r["sensitivity"], Epsilon(row.epsilon_micros), ZERO)
+                for row, r in zip(rows, results, strict=True)}
 
-    def budgets(self) -> dict[str, tuple[Epsilon, Epsilon]]:
-        """team -> (cap, spent) for this window."""
-        return {t: (Epsilon(cap), Epsilon(spent)) for t, cap, spent in self.tx.query(
-            "SELECT team, cap_micros, spent_micros FROM budgets WHERE window_id = ?", (self.window,))}
+    def budgets(self) -> dict[str, Budget]:
+        """team -> its budget in this window."""
+        return store.budgets.of_window(self.tx, self.window)
 
     def check_budgets(self, missing: dict[str, list[tuple[str, str]]],
                       wanted: dict[tuple[str, str], Epsilon],
-                      budgets: dict[str, tuple[Epsilon, Epsilon]]) -> None:
+                      budgets: dict[str, Budget]) -> None:
         """Raise BudgetExceeded naming every team that would overspend."""
         over = []
         for team, keys in missing.items():
             need = sum((wanted[key] for key in keys), ZERO)
-            cap, spent = budgets.get(team, (ZERO, ZERO))
-            if spent + need > cap:
-                over.append(Overspend(team, self.window, need, cap - spent, cap))
+            budget = budgets.get(team, _NO_BUDGET)
+            if not budget.allows(need):
+                over.append(_overspend(team, self.window, need, budget))
         if over:
             raise BudgetExceeded(self.window, over)
 
@@ -417,19 +414,14 @@ class _Release:
         at = int(self.now.timestamp())
         # Claim first: a row that a concurrent request (another replica) inserted since our
         # read wins, and our draw for it is discarded uncharged.
-        self.tx.executemany(
-            "INSERT INTO releases (release_id, window_id, team, metric, statistic, result, epsilon_micros, "
-            "released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
-            "ON CONFLICT (window_id, team, metric, statistic) DO NOTHING",
-            [(item.release_id, self.window, *key, _result_json(item), item.epsilon.micros, at)
-             for key, item in drawn.items()])
-        claimed = {rid for (rid,) in self.tx.query("SELECT release_id FROM releases WHERE window_id = ?",
-                                                   (self.window,))}
+        store.releases.claim(self.tx, self.window, [
+            store.releases.NewRelease(item.release_id, *key, _result_json(item), item.epsilon.micros)
+            for key, item in drawn.items()], at)
+        claimed = store.releases.ids(self.tx, self.window)
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
         needs = {team: sum((wanted[k] for k in keys), ZERO) for team, keys in missing.items()}
-        self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?",
-                            [(self.charge_and_record(key, item, needs[key[0]]), item.release_id)
-                             for key, item in fresh.items()])
+        store.releases.set_ledger_seq(self.tx, [(self.charge_and_record(key, item, needs[key[0]]), item.release_id)
+                                                for key, item in fresh.items()])
         for (team, _, _), item in fresh.items():
             charged_to[team] = charged_to.get(team, ZERO) + item.epsilon
         taken = [key for key in drawn if key not in fresh]
@@ -466,22 +458,17 @@ class _Release:
 
         `need` is what the whole request needs from this team-window, reported if it is refused."""
         team, metric, stat = key
-        rows = self.tx.query(
-            "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
-            "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros "
-            "RETURNING spent_micros, cap_micros",
-            (item.epsilon.micros, self.window, team, item.epsilon.micros))
-        if not rows:  # spent concurrently since our check (another replica): refuse it all
-            cap, spent = self.budgets().get(team, (ZERO, ZERO))
-            raise BudgetExceeded(self.window, [Overspend(team, self.window, need, cap - spent, cap)])
-        (spent_after, cap_micros), = rows
+        after = store.budgets.charge(self.tx, self.window, team, item.epsilon)
+        if after is None:  # spent concurrently since our check (another replica): refuse it all
+            budget = self.budgets().get(team, _NO_BUDGET)
+            raise BudgetExceeded(self.window, [_overspend(team, self.window, need, budget)])
         entry = self.ledger.append(self.tx, "release", {
             "release_id": item.release_id, "window": self.window, "team": team, "metric": metric,
             "statistic": stat, "mechanism": mechanisms.MECHANISM, "sensitivity": item.sensitivity,
             "scale": item.scale, "epsilon": str(item.epsilon), "ci95": item.ci95,
             # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
             "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
-            "budget_cap": str(Epsilon(cap_micros)), "budget_spent_after": str(Epsilon(spent_after)),
+            "budget_cap": str(after.cap), "budget_spent_after": str(after.spent),
             "by": self.requester}, self.now)
         return entry.seq
 
@@ -489,12 +476,10 @@ class _Release:
         """The folded team statistics of this window as mechanism inputs: values, histograms."""
         scalars: dict[Key, int] = {}
         histograms: dict[Key, list[int]] = {}
-        for team, metric, total, people, histogram in self.tx.query(
-                "SELECT team, metric, total, people, histogram FROM team_metrics WHERE window_id = ?",
-                (self.window,)):
-            scalars[(team, metric, "sum")] = int(total)
-            scalars[(team, metric, "count")] = int(people)
-            histograms[(team, metric, "histogram")] = [int(v) for v in json.loads(histogram)]
+        for row in store.team_stats.metrics(self.tx, self.window):
+            scalars[(row.team, row.metric, "sum")] = row.total
+            scalars[(row.team, row.metric, "count")] = row.people
+            histograms[(row.team, row.metric, "histogram")] = [int(v) for v in json.loads(row.histogram)]
         for team, _, active in _team_windows(self.tx, self.window):
             scalars[(team, TEAM_LEVEL, ACTIVE)] = active
         return scalars, histograms
@@ -525,6 +510,15 @@ class _Release:
             noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
+
+
+#: The budget of a team without a row (not on the roster at close): nothing to spend.
+_NO_BUDGET = Budget(ZERO)
+
+
+def _overspend(team: str, window: str, need: Epsilon, budget: Budget) -> Overspend:
+    """The refusal of `need` by `budget`, with the amounts the accountant reports."""
+    return Overspend(team, window, need, budget.remaining, budget.cap)
 
 
 def _when(moment: datetime) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from chorus.server import shred
+from chorus.server import shred, store
 from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
 from chorus.server.store._db import Database, Tx
@@ -108,7 +108,7 @@ def preview(tx: Tx, rows: list[tuple[str, str]]) -> ImportResult:
 
 
 def _compared(tx: Tx, rows: list[tuple[str, str]], digest: str) -> ImportResult:
-    current = {user for (user,) in tx.query("SELECT user_id FROM roster")}
+    current = store.roster.user_ids(tx)
     new = {user for user, _ in rows}
     return ImportResult(len(rows), dict(sorted(Counter(team for _, team in rows).items())), digest,
                         team_sizes(tx), len(new - current), len(current - new))
@@ -121,19 +121,17 @@ def replace(tx: Tx, rows: list[tuple[str, str]], ledger: Ledger, now: datetime,
     # Lock the version row first: a concurrent import waits here until we commit, so its
     # DELETE (a fresh snapshot under READ COMMITTED) sees and removes our rows, and the
     # comparison below is against the roster this import really replaces.
-    tx.execute("UPDATE roster_version SET version = version + 1, roster_hash = ? WHERE id = 1",
-               (digest,))
+    store.roster.bump_version(tx, digest)
     result = _compared(tx, rows, digest)
     sizes = result.team_sizes
-    tx.execute("DELETE FROM roster")
-    tx.executemany("INSERT INTO roster (user_id, team) VALUES (?, ?)", rows)
+    store.roster.replace(tx, rows)
     ledger.append(tx, "roster_import", {"roster_sha256": digest, "people": len(rows),
                                         "team_sizes": sizes, "by": actor}, now)
     return result
 
 
 def team_sizes(tx: Tx) -> dict[str, int]:
-    return dict(tx.query("SELECT team, COUNT(*) FROM roster GROUP BY team ORDER BY team"))
+    return store.roster.team_sizes(tx)
 
 
 class RosterCache:
@@ -145,10 +143,10 @@ class RosterCache:
         self._teams: dict[str, str] = {}
 
     def current(self, tx: Tx) -> dict[str, str]:
-        (version,), = tx.query("SELECT version FROM roster_version WHERE id = 1")
+        version = store.roster.version(tx)
         with self._lock:
             if version != self._version:
-                self._teams = dict(tx.query("SELECT user_id, team FROM roster"))
+                self._teams = store.roster.members(tx)
                 self._version = version
             return self._teams
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from chorus.server.ledger_format import GENESIS_HASH, entry_hash, format_time, parse_body, policy_sha256
 from chorus.server.policy import Policy
+from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.statistics import ACTIVE, Statistic
 from chorus.server.statistics import NOISY as NOISY_STATISTICS
@@ -104,7 +105,7 @@ class TeamWindowTotal:
 
     @property
     def remaining(self) -> Epsilon:
-        return Epsilon(max(self.cap.micros - self.spent.micros, 0))
+        return Budget(self.cap, self.spent).remaining
 
 
 @dataclass(slots=True)
@@ -344,12 +345,13 @@ class Verifier:
         if state.team_sizes[team] < k:
             self.flag("min_team_size", f"release of {subject}: the team had {state.team_sizes[team]} "
                                        f"people on the roster at close, below the frozen k = {k}")
-        total.spent += charged
+        budget = Budget(total.cap, total.spent).record(charged)
+        total.spent = budget.spent
         total.releases += 1
         if stated_cap != total.cap:
             self.flag("budget_cap", f"stated budget_cap {stated_cap} differs from the frozen "
                                     f"epsilon_per_window {total.cap} of {window}")
-        if total.spent > total.cap:
+        if budget.overspent:
             self.flag("budget_cap", f"{team} in {window} has spent {total.spent} after this release, "
                                     f"over its cap {total.cap}")
         if stated_after != total.spent:
