@@ -103,7 +103,7 @@ def list_windows(request: Message, context: grpc.ServicerContext,
 
 
 def parsed_window(context: grpc.ServicerContext, window: str, *, empty_means_all: bool = False) -> str:
-    """The request's window id, checked by the one window-id parser (`windows.parse_window_id`);
+    """The request's window id, checked by the one window-id parser (`chorus.server.windows.parse_window_id`);
     INVALID_ARGUMENT naming `window` otherwise. With `empty_means_all`, "" (every window) passes."""
     if window or not empty_means_all:
         try:

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from chorus.server import auth, lifecycle, roster
+from chorus.server import lifecycle, roster
+from chorus.server.auth import TokenError, TokenExists, TokenInfo, Tokens
 from chorus.server.clock import Clock
 from chorus.server.gate import principal
 from chorus.server.ingest import IngestStats
@@ -18,7 +19,7 @@ from chorus.server.shred import PendingShred
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 
-def _token_info(info: auth.TokenInfo) -> admin_pb2.TokenInfo:
+def _token_info(info: TokenInfo) -> admin_pb2.TokenInfo:
     message = admin_pb2.TokenInfo(name=info.name, role=ROLE_TO_PROTO[info.role],
                                   create_time=timestamp(info.created))
     if info.revoked:
@@ -27,7 +28,7 @@ def _token_info(info: auth.TokenInfo) -> admin_pb2.TokenInfo:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, *, tokens: auth.Tokens, rosters: roster.Rosters, windows: lifecycle.Windows,
+    def __init__(self, *, tokens: Tokens, rosters: roster.Rosters, windows: lifecycle.Windows,
                  min_team_size: int, ingest_stats: IngestStats, otlp_stats: OtlpStats,
                  pending_shreds: Callable[[], list[PendingShred]], clock: Clock) -> None:
         self._tokens = tokens
@@ -68,8 +69,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             invalid_argument(context, "role must be one of ingest, analyst, auditor, admin", "role")
         try:
             secret, info = self._tokens.create(role, request.name, self._clock.now(), principal().name)
-        except auth.TokenError as exc:
-            exists = isinstance(exc, auth.TokenExists)
+        except TokenError as exc:
+            exists = isinstance(exc, TokenExists)
             if exists:
                 abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc), reason="TOKEN_NAME_TAKEN",
                       metadata={"field": "name"})
