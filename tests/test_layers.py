@@ -118,3 +118,13 @@ def test_the_verifier_alone_loads_no_store_grpc_service_cli_or_dashboard_module(
     assert [m for m in loaded if _within(m, banned)] == []
     server = [m for m in loaded if m.startswith(PACKAGE + ".")]
     assert [m for m in server if not _within(m, VERIFIER_MAY_IMPORT) and m not in VERIFIER_MAY_LOAD] == []
+
+
+def test_servicers_never_open_a_transaction() -> None:
+    """Servicers call domain services, whose methods run their own transactions: no servicer
+    imports the store or touches a `db` (Database.run) itself, or receives the root object."""
+    for path in sorted((ROOT / "services").glob("*.py")):
+        imported = _imports(path)
+        assert not [m for m in imported if _within(m, ("chorus.server.store", "chorus.server.app_context"))], path
+        tree = ast.parse(path.read_text(), str(path))
+        assert not [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("db", "_db")], path

@@ -39,6 +39,14 @@ _log = logging.getLogger(__name__)
 HEALTH_PROBE_SECONDS = 5.0
 
 
+def admin_servicer(chorus: Chorus) -> AdminServicer:
+    """AdminService over the root's domain services: tokens, rosters, windows, counters."""
+    return AdminServicer(tokens=chorus.tokens, rosters=chorus.rosters, windows=chorus.windows,
+                         min_team_size=chorus.config.policy.min_team_size,
+                         ingest_stats=chorus.ingestor.stats, otlp_stats=chorus.otlp.stats,
+                         pending_shreds=chorus.shredder.pending, clock=chorus.clock)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
     cert_chain: bytes
@@ -73,11 +81,7 @@ class Server:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(chorus.ingestor, limits, limiter),
                                                             self._grpc)
         otlp_service.add_to_server(otlp_service.MetricsServicer(chorus.otlp, limiter), self._grpc)
-        admin = AdminServicer(tokens=chorus.tokens, rosters=chorus.rosters, windows=chorus.windows,
-                              min_team_size=chorus.config.policy.min_team_size,
-                              ingest_stats=chorus.ingestor.stats, otlp_stats=chorus.otlp.stats,
-                              pending_shreds=chorus.shredder.pending, clock=chorus.clock)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self._grpc)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(chorus.audit_trail, chorus.ledger.signer.public_key_pem), self._grpc)
         release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus.releases, chorus.windows.list),
