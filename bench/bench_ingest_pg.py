@@ -3,11 +3,11 @@ PostgreSQL upsert rate measured in the same run.
 
     python bench/bench_ingest_pg.py [--batches 200] [--batch-size 500] [--senders 8]
 
-Anchors: the ingest transaction's SQL alone (batch id, usage upsert), without
-gRPC or domain logic, pseudonyms precomputed, through the engine's `Tx`:
+Anchors: the ingest transaction's store operations alone (`store.batches.claim`,
+`store.usage.add`), without gRPC or domain logic, pseudonyms precomputed:
   * pipelined executemany: psycopg's executemany, one pipelined statement per row;
-  * engine bulk path: what `Tx.executemany` does for 128 rows or more, COPY into a
-    temporary staging table, then one INSERT ... SELECT ... ON CONFLICT per group.
+  * engine bulk path: what the PostgreSQL `Tx.add_usage` does for 128 rows or more, COPY
+    into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT merge.
 The replicas' rate is reported as a ratio to the bulk-path anchor.
 Replicas: `chorus serve --database URL` child processes fed pre-built ReportRequests over
 gRPC by `--senders` threads. CPU seconds of each server process and of its PostgreSQL

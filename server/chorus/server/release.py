@@ -36,7 +36,7 @@ from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
 from chorus.server.policy import MetricPolicy, Policy
 from chorus.server.privacy import mechanisms
-from chorus.server.privacy.budget import Budget
+from chorus.server.privacy.budget import Budget, refusal
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.statistics import ACTIVE
 from chorus.server.statistics import REQUESTABLE as STATISTICS
@@ -89,8 +89,7 @@ class BudgetExceeded(ReleaseError):
 
     def __init__(self, window: str, overspends: list[Overspend]) -> None:
         self.overspends = overspends
-        parts = "; ".join(f"team {o.team} requested epsilon {o.requested} but has {o.remaining} "
-                          f"left of {o.cap}" for o in overspends)
+        parts = "; ".join(f"team {o.team} {refusal(o.requested, o.remaining, o.cap)}" for o in overspends)
         super().__init__(f"privacy budget of window {window} exhausted: {parts}. Nothing was "
                          "released or charged; request fewer statistics or a smaller epsilon")
 
@@ -187,7 +186,8 @@ def suppression_reason(team: str, roster_size: int, k: int) -> str:
 
 
 class Releases:
-    """Lists what can be released and releases it; all SQL on `releases` and `budgets` lives here."""
+    """Lists what can be released and releases it: claims, charges (through the `Budget` accountant and
+    `store.budgets.charge`) and ledgers each new release in one transaction."""
 
     def __init__(self, db: Database, ledger: Ledger, clock: Clock, policy: Policy) -> None:
         self._db = db

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 
-__all__ = ["Budget", "BudgetRefused"]
+__all__ = ["Budget", "BudgetRefused", "refusal"]
+
+
+def refusal(requested: Epsilon, remaining: Epsilon, cap: Epsilon) -> str:
+    """The words of a refusal, with the amounts: what was asked, what is left, of what cap."""
+    return f"requested epsilon {requested} but has {remaining} left of {cap}"
 
 
 class BudgetRefused(ValueError):
@@ -28,7 +33,7 @@ class BudgetRefused(ValueError):
         self.requested = requested
         self.remaining = budget.remaining
         self.cap = budget.cap
-        super().__init__(f"requested epsilon {requested} but has {self.remaining} left of {self.cap}")
+        super().__init__(refusal(requested, self.remaining, self.cap))
 
 
 @dataclass(frozen=True, slots=True)

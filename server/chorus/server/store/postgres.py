@@ -1,6 +1,6 @@
 """PostgreSQL engine: several stateless replicas share one database.
 
-Isolation level: READ COMMITTED, chosen deliberately. The domain SQL never reads a value
+Isolation level: READ COMMITTED, chosen deliberately. The store's SQL never reads a value
 and writes back a decision taken on it without a row lock; every read-modify-write is a
 single statement that locks the row it changes (`INSERT ... ON CONFLICT`, `UPDATE ...
 SET x = x + 1 ... RETURNING`, `UPDATE ... WHERE spent + ? <= cap`). Under READ COMMITTED
@@ -148,7 +148,7 @@ def _copy_usage(cur: psycopg.Cursor[Any], metrics: int, rows: Sequence[Row], par
 def placeholders(sql: str) -> str:
     """Rewrite `?` placeholders to psycopg's `%s` and escape literal `%`, outside quotes.
 
-    The domain SQL is a small fixed set of strings, so each is converted once.
+    The store's SQL is a small fixed set of strings, so each is converted once.
     """
     out: list[str] = []
     quote = ""
