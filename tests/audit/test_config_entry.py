@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from chorus.server import audit, config
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from chorus.server.ledger_format import policy_sha256
+from chorus.server.root import Chorus
 from tests._policy import SUITE_TOML
 
 from .conftest import Entries, resign, run, seq_of

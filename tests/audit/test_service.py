@@ -11,10 +11,10 @@ import grpc
 import pytest
 
 from chorus.server import audit, ledger, verify
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
+from chorus.server.grpc_server import Server
 from chorus.server.ledger_format import Entry, canonical_json
 from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 
 from .conftest import TEAMS, WINDOW, release

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from chorus.server import ingest, shred
-from chorus.server.app import admin_servicer
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
+from chorus.server.grpc_server import admin_servicer
+from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.v1 import admin_pb2
 from tests._policy import suite_config

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from chorus.server import lifecycle, store
+from chorus.server import store, window_store
 from chorus.server.ledger import Ledger, read_entries
 from chorus.server.ledger_format import Entry, policy_sha256
 from chorus.server.policy import Policy
@@ -63,11 +63,11 @@ def record_config(db: Database, ledger: Ledger, policy: Policy, now: datetime) -
     return db.run(record, name="record_config")
 
 
-def list_policies(tx: Tx, window_id: str = "") -> list[lifecycle.WindowRecord]:
+def list_policies(tx: Tx, window_id: str = "") -> list[window_store.WindowRecord]:
     """One window (raises WindowNotFound) or, for "", every window newest first."""
     if window_id:
-        return [lifecycle.get(tx, window_id)]
-    return lifecycle.list_windows(tx)
+        return [window_store.get(tx, window_id)]
+    return window_store.list_windows(tx)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
     closing) neither repeat nor shift a page; it is bound to `window_id` (PageTokenError).
     """
     if window_id:
-        lifecycle.get(tx, window_id)
+        window_store.get(tx, window_id)
     after = _decode_token(page_token, window_id) if page_token else None
     rows = store.budgets.page(tx, window_id, after, limit + 1)
     page = [TeamWindowBudget(r.window, r.team, r.budget.cap, r.budget.spent, r.releases) for r in rows[:limit]]
@@ -170,7 +170,7 @@ class AuditTrail:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def policies(self, window_id: str = "") -> list[lifecycle.WindowRecord]:
+    def policies(self, window_id: str = "") -> list[window_store.WindowRecord]:
         """See `list_policies`; raises WindowNotFound."""
         return self._db.run(lambda tx: list_policies(tx, window_id), name="list_policies")
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from chorus.client.limits import MAX_BATCH_CONTRIBUTIONS, MAX_NAME_CHARS
+from chorus.server.calendar import WindowLength
 from chorus.server.otlp import mapping as otlp_mapping
 from chorus.server.otlp.mapping import parse_otlp
 from chorus.server.policy import MAX_METRICS, MetricPolicy, Policy
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.statistics import NOISY as NOISY_STATISTICS
-from chorus.server.windows import WindowLength
 
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")

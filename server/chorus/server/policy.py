@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from chorus.server.calendar import WindowLength
 from chorus.server.otlp.mapping import OtlpPolicy
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.windows import WindowLength
 
 #: Metrics per policy: a person's usage row has one total column per metric slot.
 MAX_METRICS = 32

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from chorus.server import lifecycle, roster, store
+from chorus.server import roster, store, window_store
+from chorus.server.calendar import parse_window_id
 from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
 from chorus.server.policy import MetricPolicy, Policy
@@ -41,7 +42,6 @@ from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.statistics import ACTIVE
 from chorus.server.statistics import REQUESTABLE as STATISTICS
 from chorus.server.store._db import Database, Tx
-from chorus.server.windows import parse_window_id
 
 _log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class Releases:
 
         def read(tx: Tx) -> TeamList:
             record = _window(tx, window) if window else None
-            if record is not None and record.state == lifecycle.CLOSED:
+            if record is not None and record.state == window_store.CLOSED:
                 sizes = {t: n for t, n, _ in _team_windows(tx, record.id)}
             else:
                 sizes = roster.team_sizes(tx)
@@ -255,14 +255,14 @@ def _statistics(requests: Sequence[StatisticRequest]) -> dict[str, Epsilon | Non
     return out
 
 
-def _window(tx: Tx, window: str) -> lifecycle.WindowRecord:
+def _window(tx: Tx, window: str) -> window_store.WindowRecord:
     try:
         parse_window_id(window)
     except ValueError as exc:
         raise InvalidRequest(str(exc), "window") from None
     try:
-        return lifecycle.get(tx, window)
-    except lifecycle.WindowNotFound:
+        return window_store.get(tx, window)
+    except window_store.WindowNotFound:
         raise NotFound(f"window {window!r} not found") from None
 
 
@@ -322,7 +322,7 @@ class _Release:
 
     def check_releasable(self) -> None:
         record = self.record
-        if record.state != lifecycle.CLOSED:
+        if record.state != window_store.CLOSED:
             raise Refused(f"window {record.id} is still open; it closes at {_when(record.closes_at)}. "
                           "Only closed windows are released")
         until = record.policy.retention_end(record.end)

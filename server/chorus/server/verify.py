@@ -37,13 +37,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from chorus.server.calendar import parse_window_id
 from chorus.server.ledger_format import GENESIS_HASH, entry_hash, format_time, parse_body, policy_sha256
 from chorus.server.policy import Policy
 from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.statistics import ACTIVE, Statistic
 from chorus.server.statistics import NOISY as NOISY_STATISTICS
-from chorus.server.windows import parse_window_id
 
 dp.enable_features("contrib")
 

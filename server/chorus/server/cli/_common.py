@@ -24,8 +24,8 @@ import typer
 from rich.console import Console
 
 from chorus.server import client_channel
-from chorus.server.auth import TOKEN_PREFIX
 from chorus.server.client_channel import is_loopback
+from chorus.server.tokens import TOKEN_PREFIX
 
 T = TypeVar("T")
 console = Console()

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 
 from chorus.server import roster
+from chorus.server.calendar import parse_window_id
 from chorus.server.cli._common import (
     DEFAULT_SERVER,
     CaOpt,
@@ -30,7 +31,6 @@ from chorus.server.cli._common import (
 from chorus.server.cli._output import Format, FormatOpt, emit, moment
 from chorus.server.paging import every_page
 from chorus.server.roles import ROLE_TO_PROTO, role_from_proto
-from chorus.server.windows import parse_window_id
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)

@@ -43,7 +43,7 @@ def dashboard(
     """Serve the web dashboard for leadership (analyst tokens) and privacy officers (auditor tokens)."""
     # Imported here so that other commands do not pay for Flask and waitress.
     from chorus.server.dashboard import Gateway, create_app
-    from chorus.server.dashboard.server import DashboardServer
+    from chorus.server.dashboard.wsgi_server import DashboardServer
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not is_loopback(listen) and not trusted_proxy and not insecure:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import enum
 import textwrap
 
+from chorus.server.calendar import WindowLength, max_windows_per_year
 from chorus.server.policy import Policy
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.windows import WindowLength, max_windows_per_year
 
 __all__ = ["Section", "StatementFormat", "render_statement", "statement_sections"]
 

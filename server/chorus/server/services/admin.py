@@ -6,8 +6,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from chorus.server import lifecycle, roster
-from chorus.server.auth import TokenError, TokenExists, TokenInfo, Tokens
+from chorus.server import roster, window_store
 from chorus.server.clock import Clock
 from chorus.server.gate import principal
 from chorus.server.ingest import IngestStats
@@ -16,6 +15,7 @@ from chorus.server.roles import ROLE_TO_PROTO, role_from_proto
 from chorus.server.rpc_errors import abort, invalid_argument
 from chorus.server.services._convert import list_windows, page, parsed_window, timestamp, window_message
 from chorus.server.shred import PendingShred
+from chorus.server.tokens import TokenError, TokenExists, TokenInfo, Tokens
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -28,7 +28,7 @@ def _token_info(info: TokenInfo) -> admin_pb2.TokenInfo:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, *, tokens: Tokens, rosters: roster.Rosters, windows: lifecycle.Windows,
+    def __init__(self, *, tokens: Tokens, rosters: roster.Rosters, windows: window_store.Windows,
                  min_team_size: int, ingest_stats: IngestStats, otlp_stats: OtlpStats,
                  pending_shreds: Callable[[], list[PendingShred]], clock: Clock) -> None:
         self._tokens = tokens
@@ -100,7 +100,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         window = parsed_window(context, request.window)
         try:
             result = self._windows.close(window, principal().name)
-        except lifecycle.WindowNotFound as exc:
+        except window_store.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, f"{exc.args[0]}: no contribution has opened it yet",
                   reason="NOT_FOUND")
         return admin_pb2.CloseWindowResponse(window=window_message(result.window),

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from chorus.server import audit, lifecycle
+from chorus.server import audit, window_store
 from chorus.server.rpc_errors import abort, invalid_argument
 from chorus.server.services._convert import parsed_window, window_message
 from chorus.v1 import audit_pb2, audit_pb2_grpc
@@ -41,7 +41,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         window = parsed_window(context, request.window, empty_means_all=True)
         try:
             records = self._trail.policies(window)
-        except lifecycle.WindowNotFound as exc:
+        except window_store.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         return audit_pb2.ListPoliciesResponse(policies=[
             audit_pb2.WindowPolicy(window=window_message(r), policy_json=r.policy_json) for r in records])
@@ -52,7 +52,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         size = _page_size(context, request.page_size)
         try:
             rows, token = self._trail.budgets(window, size, request.page_token)
-        except lifecycle.WindowNotFound as exc:
+        except window_store.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         except audit.PageTokenError as exc:
             invalid_argument(context, str(exc), "page_token")

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import grpc
 
-from chorus.server import lifecycle, release
+from chorus.server import release, window_store
 from chorus.server.gate import principal
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.rpc_errors import abort, budget_exceeded, invalid_argument
@@ -19,7 +19,7 @@ from chorus.v1 import release_pb2, release_pb2_grpc
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     def __init__(self, releases: release.Releases,
-                 windows: Callable[[datetime | None, datetime | None], list[lifecycle.WindowRecord]]) -> None:
+                 windows: Callable[[datetime | None, datetime | None], list[window_store.WindowRecord]]) -> None:
         self._releases = releases
         self._windows = windows
 

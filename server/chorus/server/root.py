@@ -9,10 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from chorus.server import audit, lifecycle, roster, shred
-from chorus.server.auth import TokenError, Tokens
+from chorus.server import audit, roster, shred, window_store
 from chorus.server.clock import Clock, SystemClock
-from chorus.server.closer import WindowCloser
 from chorus.server.config import Config
 from chorus.server.ingest import Ingestor
 from chorus.server.ledger import Ledger, Signer
@@ -20,6 +18,8 @@ from chorus.server.otlp.export import OtlpIngestor
 from chorus.server.release import Releases
 from chorus.server.roles import Role
 from chorus.server.store import Database, open_database
+from chorus.server.tokens import TokenError, Tokens
+from chorus.server.window_closer import WindowCloser
 
 _log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin.token"
@@ -43,7 +43,7 @@ class Chorus:
         self.tokens = Tokens(self.db, self.ledger)
         self.shredder = shred.Shredder(self.db, self.clock)
         self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder)
-        self.windows = lifecycle.Windows(self.db, self.ledger, self.clock, self.shredder)
+        self.windows = window_store.Windows(self.db, self.ledger, self.clock, self.shredder)
         self.rosters = roster.Rosters(self.db, self.ledger, self.clock, self.shredder)
         self.releases = Releases(self.db, self.ledger, self.clock, config.policy)
         self.audit_trail = audit.AuditTrail(self.db)
@@ -53,8 +53,8 @@ class Chorus:
         """Replace the roster (`roster.Rosters.replace`)."""
         return self.rosters.replace(rows, actor)
 
-    def close_window(self, window_id: str, actor: str) -> lifecycle.CloseResult:
-        """Force-close a window now (`lifecycle.Windows.close`)."""
+    def close_window(self, window_id: str, actor: str) -> window_store.CloseResult:
+        """Force-close a window now (`window_store.Windows.close`)."""
         return self.windows.close(window_id, actor)
 
     def bootstrap_admin_token(self) -> Path | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from chorus.server import shred, store
+from chorus.server.calendar import WindowLength, WindowSpan, window_of
 from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
 from chorus.server.ledger_format import canonical_json
@@ -28,7 +29,6 @@ from chorus.server.otlp import series as otlp_series
 from chorus.server.policy import Policy
 from chorus.server.roster import team_sizes
 from chorus.server.store._db import Database, Tx
-from chorus.server.windows import WindowLength, WindowSpan, window_of
 
 OPEN = "open"
 CLOSED = "closed"
@@ -236,7 +236,7 @@ def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str
 
 class Windows:
     """Windows as a service for the front ends: listing and a forced close, each call in its
-    own transaction. (The periodic close is chorus.server.closer's thread.)"""
+    own transaction. (The periodic close is chorus.server.window_closer's thread.)"""
 
     def __init__(self, db: Database, ledger: Ledger, clock: Clock, shredder: shred.Shredder) -> None:
         self._db = db

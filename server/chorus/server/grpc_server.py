@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from chorus.server.app_context import Chorus
 from chorus.server.gate import AuthInterceptor
 from chorus.server.metrics import Metrics
 from chorus.server.otlp.http import OtlpHttpServer, tls_context
 from chorus.server.ratelimit import RateLimiter
+from chorus.server.root import Chorus
 from chorus.server.services import otlp as otlp_service
 from chorus.server.services import reflection
 from chorus.server.services.admin import AdminServicer
