@@ -22,7 +22,8 @@ PACKAGE = "chorus.server"
 FRONT_ENDS = ("chorus.server.cli", "chorus.server.dashboard", "chorus.server.demo", "chorus.server._entry")
 SERVICES = ("chorus.server.services",)
 #: The gRPC server and OTLP/HTTP listener, the gate and the RPC metrics: they wire servicers in.
-WIRING = ("chorus.server.grpc_server", "chorus.server.gate", "chorus.server.metrics", "chorus.server.otlp.http")
+WIRING = ("chorus.server.grpc_server", "chorus.server.workers", "chorus.server.gate", "chorus.server.metrics",
+          "chorus.server.otlp.http")
 #: What the offline verifier may import of the server (directly or not); everything else of
 #: `chorus.server` (store, services, gRPC wiring, domain services, front ends) is out.
 VERIFIER_MAY_IMPORT = ("chorus.server.verify", "chorus.server.policy", "chorus.server.ledger_format",
