@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from chorus.server.auth import Role
 from chorus.server.dashboard import create_app
-from chorus.server.dashboard.server import DashboardServer
+from chorus.server.dashboard.wsgi_server import DashboardServer
+from chorus.server.roles import Role
 from chorus.v1 import common_pb2
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack
@@ -265,7 +265,7 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
     page.get_by_role("button", name="Show").click()
     page.wait_for_url(re.compile(r".*team=team-red.*"))
     buckets = table_rows(page, "People per ai.requests range in team team-red")
-    assert list(buckets) == ["under 50", "50-200", "200-500", "500-1k", "1k+"]
+    assert list(buckets) == ["under 50", "50-200", "200-500", "500-1K", "1K+"]
     histogram = stack.release(LATEST, [common_pb2.STATISTIC_HISTOGRAM], teams=("team-red",),
                               metrics=("ai.requests",)).teams[0].estimates[0]
     assert [int(row["value"].replace(",", "")) for row in buckets.values()] == list(histogram.bucket_counts)

@@ -13,10 +13,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from chorus.server.auth import Role
 from chorus.server.dashboard import Gateway, create_app
-from chorus.server.dashboard.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from chorus.server.dashboard.sessions import SessionStore
+from chorus.server.dashboard.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from chorus.server.roles import Role
 from chorus.v1 import common_pb2
 
 from .conftest import (
@@ -288,7 +288,7 @@ def test_trends_cover_the_last_windows_and_histogram_buckets_are_ranges(
     histogram = csv_rows(client.get(f"/histogram.csv?chart=histogram&window={DAYS[0]}&team=team-red"
                                     "&metric=ai.tokens").get_data(as_text=True))
     assert [int(r["value"]) for r in histogram] == list(released.bucket_counts)
-    assert [r["bucket"] for r in histogram] == ["under 10k", "10k-50k", "50k-100k", "100k-150k", "150k+"]
+    assert [r["bucket"] for r in histogram] == ["under 10K", "10K-50K", "50K-100K", "100K-150K", "150K+"]
 
 
 def test_a_single_window_trend_keeps_its_interval(client: FlaskClient, stack: Stack) -> None:

@@ -16,10 +16,10 @@ import grpc
 import pytest
 
 from chorus.server import audit, config, verify
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import Refused, StatisticRequest
+from chorus.server.root import Chorus
 from chorus.v1 import common_pb2, release_pb2
 from tests._policy import SUITE_TOML
 from tests.audit.conftest import decode, line, resign
@@ -65,7 +65,7 @@ def spent(chorus: Chorus) -> dict[str, Epsilon]:
 def test_the_plan_is_frozen_into_the_window_policy(make_chorus: Callable[..., Chorus]) -> None:
     chorus = make_chorus(PLAN_TOML)
     chorus.closer.tick()
-    frozen = chorus.releases.list_windows()[0].policy
+    frozen = chorus.windows.list()[0].policy
     assert [(e.statistic, e.metric, str(e.epsilon)) for e in frozen.release_plan] == [
         ("adoption", "", "0.05"), ("sum", "ai.tokens", "0.05"), ("mean", "ai.tokens", "0.05")]
     assert frozen.plan_cost() == PLAN_COST
@@ -103,7 +103,7 @@ import os, signal, sys
 from datetime import datetime
 from pathlib import Path
 from chorus.server import config
-from chorus.server.app_context import Chorus
+from chorus.server.root import Chorus
 from chorus.server.clock import FakeClock
 chorus = Chorus(config.load(Path(sys.argv[1])), Path(sys.argv[2]), clock=FakeClock(datetime.fromisoformat(sys.argv[3])))
 # The close commits; the process dies before the first plan request.
@@ -127,7 +127,7 @@ def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: 
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
     chorus = Chorus(config.load(path), data, clock=FakeClock(later))
     try:
-        assert {w.id: w.state for w in chorus.releases.list_windows()}[WINDOW] == "closed"
+        assert {w.id: w.state for w in chorus.windows.list()}[WINDOW] == "closed"
         assert plan_entries(chorus) == [] and chorus.releases.pending_plans() == [WINDOW]
         # Until the plan is complete, nobody else spends this window's budget.
         with pytest.raises(Refused, match="release plan of window 2026-11-25 is being released"):

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from chorus.server import store
+from chorus.server import shred, store
+from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
-from chorus.server.store._db import Tx
+from chorus.server.store._db import Database, Tx
 
 MAX_NAME_LENGTH = 256
 
@@ -148,3 +149,29 @@ class RosterCache:
                 self._teams = store.roster.members(tx)
                 self._version = version
             return self._teams
+
+
+class Rosters:
+    """Roster imports as a service: each call runs its own transaction. Replacing the roster
+    records a pending shred of the raw ids it removes, then tries to complete it at once."""
+
+    def __init__(self, db: Database, ledger: Ledger, clock: Clock, shredder: shred.Shredder) -> None:
+        self._db = db
+        self._ledger = ledger
+        self._clock = clock
+        self._shredder = shredder
+
+    def preview(self, rows: list[tuple[str, str]]) -> ImportResult:
+        """What `replace(rows)` would change; changes nothing."""
+        return self._db.run(lambda tx: preview(tx, rows), name="roster_preview")
+
+    def replace(self, rows: list[tuple[str, str]], actor: str) -> ImportResult:
+        now = self._clock.now()
+
+        def run(tx: Tx) -> ImportResult:
+            shred.record(tx, shred.ROSTER, now)  # the raw ids of people it removes
+            return replace(tx, rows, self._ledger, now, actor)
+
+        result = self._db.run(run, name="roster_import")
+        self._shredder.attempt()
+        return result

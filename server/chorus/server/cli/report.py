@@ -9,7 +9,6 @@ refused here, before anything is sent.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -36,26 +35,10 @@ from chorus.server.cli._common import (
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, text_or_none
 from chorus.server.paging import every_page
+from chorus.server.presentation.numbers import format_compact
 from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.statistics import Statistic, name_of
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
-
-
-class Statistic(enum.StrEnum):
-    SUM = "sum"
-    COUNT = "count"
-    MEAN = "mean"
-    HISTOGRAM = "histogram"
-    ADOPTION = "adoption"
-
-    @property
-    def proto(self) -> str:
-        """The wire enum's value name, e.g. STATISTIC_SUM."""
-        return f"STATISTIC_{self.name}"
-
-    @classmethod
-    def of(cls, proto: int) -> Statistic:
-        return cls[common_pb2.Statistic.Name(proto).removeprefix("STATISTIC_")]
-
 
 #: The flat record written by --format csv and json, one per team and estimate; fields that do
 #: not apply (the estimate fields of a suppressed team, the metric of adoption) are null.
@@ -189,10 +172,10 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
                 yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
             for u in t.unreleased:  # what it would cost: epsilon, and the interval it would have
                 yield {**{f: base.get(f) for f in FIELDS}, "outcome": "not released",
-                       "metric": text_or_none(u.metric), "statistic": _statistic_name(u.statistic),
+                       "metric": text_or_none(u.metric), "statistic": name_of(u.statistic),
                        "ci95": u.expected_ci95 or None, "epsilon": u.epsilon}
             for e in t.estimates:
-                name = _statistic_name(e.statistic)
+                name = name_of(e.statistic)
                 histogram = name == Statistic.HISTOGRAM.value
                 yield {**base, "metric": text_or_none(e.metric), "statistic": name, "value": e.value,
                        "ci95": e.ci95, "bucket_counts": list(e.bucket_counts) if histogram else None,
@@ -202,11 +185,6 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
                        "release_id": text_or_none(e.release_id), "derived_from": list(e.derived_from)}
 
 
-def _statistic_name(proto: int) -> str:
-    """"sum", ..., and "active": the noisy count behind adoption, answered but not requested."""
-    return common_pb2.Statistic.Name(proto).removeprefix("STATISTIC_").lower()
-
-
 #: A cell's parts: the value, the 95% half-width, and "*" when post-processed (or "" each).
 Parts = tuple[str, str, str]
 
@@ -214,11 +192,7 @@ Parts = tuple[str, str, str]
 def _number(x: float, decimals: int, compact: bool) -> str:
     """x with thousands separators; when compact, from 100,000 up: 3 significant digits and K, M, B or T."""
     if compact and abs(x) >= 100_000:
-        rounded = float(f"{x:.3g}")  # 999,950 becomes 1.00M, not 1000K
-        scale, suffix = next(s for s in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")) if abs(rounded) >= s[0])
-        scaled = rounded / scale
-        digits = 2 if abs(scaled) < 10 else 1 if abs(scaled) < 100 else 0
-        return f"{scaled:.{digits}f}{suffix}"
+        return format_compact(x, fixed=True)
     return f"{x:,.{decimals}f}"
 
 
@@ -278,7 +252,7 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
     for r in replies:
         for t in r.teams:
             for u in t.unreleased:
-                what = f"{_statistic_name(u.statistic)} of {u.metric}" if u.metric else _statistic_name(u.statistic)
+                what = f"{name_of(u.statistic)} of {u.metric}" if u.metric else name_of(u.statistic)
                 unreleased.setdefault(f"{what} (epsilon {u.epsilon} per team)", set()).add(t.team)
     for what, teams in unreleased.items():
         console.print(f"not released: {what} for {len(teams)} team(s); `--release` spends it", highlight=False)
@@ -347,7 +321,7 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
 
 def _print_trend(replies: list[release_pb2.ReleaseResponse], statistic: Statistic) -> None:
     """One row per team and window, oldest window first within each team."""
-    wanted = common_pb2.Statistic.Value(statistic.proto)
+    wanted = statistic.proto
     estimates = [e for r in replies for t in r.teams for e in t.estimates if e.statistic == wanted]
     metric = estimates[0].metric if estimates else ""
     teams = sorted({t.team for r in replies for t in r.teams})

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from chorus.server.presentation.numbers import format_compact
+
 Formatter = Callable[[float], str]
 
 # A narrow canvas keeps text legible when a phone shrinks the chart; a wide one fills a desktop page.
@@ -80,16 +82,6 @@ def format_number(value: float) -> str:
         return f"{value:,.1f}"
     if abs(value) >= 1:
         return f"{value:,.2f}"
-    return f"{value:.3g}"
-
-
-def format_compact(value: float) -> str:
-    """Three significant digits with k, M or G, for labels inside a chart: 1866 -> "1.87k"."""
-    if not math.isfinite(value):
-        return "n/a"
-    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= size:
-            return f"{value / size:.3g}{suffix}"
     return f"{value:.3g}"
 
 
@@ -187,7 +179,7 @@ def interval_bars(chart_id: str, title: str, desc: str, rows: Sequence[Bar], *,
 
 
 def bucket_labels(edges: Sequence[int]) -> list[str]:
-    """Buckets (-inf, e0), [e0, e1), ..., [en, +inf) as ranges: "under 25k", "25k-100k", ..., "400k+"."""
+    """Buckets (-inf, e0), [e0, e1), ..., [en, +inf) as ranges: "under 25K", "25K-100K", ..., "400K+"."""
     if not edges:
         return ["all"]
     return ([f"under {format_compact(edges[0])}"]
@@ -198,7 +190,7 @@ def bucket_labels(edges: Sequence[int]) -> list[str]:
 def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[Interval], edges: Sequence[int], *,
                    fmt: Formatter = format_compact, width: int = WIDTH) -> Markup:
     """Vertical bars per bucket (people per usage range) with 95% interval whiskers, each bar
-    labelled with its range ("25k-100k")."""
+    labelled with its range ("25K-100K")."""
     top, bottom, left, right = 12.0, 180.0, 52.0, width - 10.0
     scale = _Scale([v for i in buckets for v in (i.low, i.high)], bottom, top)
     body = []

@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import grpc
 
-from chorus.server import auth, release
-from chorus.server.app_context import Chorus
+from chorus.server import release, window_store
+from chorus.server.gate import principal
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.services._convert import windows_page
-from chorus.server.services._errors import abort, budget_exceeded, invalid_argument
-from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
-
-STATISTIC_NAMES = {common_pb2.STATISTIC_SUM: "sum", common_pb2.STATISTIC_COUNT: "count",
-                   common_pb2.STATISTIC_MEAN: "mean", common_pb2.STATISTIC_HISTOGRAM: "histogram",
-                   common_pb2.STATISTIC_ADOPTION: "adoption"}
-_STATISTIC_ENUMS = {**{name: value for value, name in STATISTIC_NAMES.items()},
-                    release.ACTIVE: common_pb2.STATISTIC_ACTIVE}
+from chorus.server.rpc_errors import abort, budget_exceeded, invalid_argument
+from chorus.server.services._convert import list_windows
+from chorus.server.statistics import REQUESTABLE, requestable_of, to_proto
+from chorus.v1 import release_pb2, release_pb2_grpc
 
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
-    def __init__(self, chorus: Chorus) -> None:
-        self._releases = chorus.releases
+    def __init__(self, releases: release.Releases,
+                 windows: Callable[[datetime | None, datetime | None], list[window_store.WindowRecord]]) -> None:
+        self._releases = releases
+        self._windows = windows
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        windows, following = windows_page(request, context, self._releases.list_windows)
+        windows, following = list_windows(request, context, self._windows)
         return release_pb2.ListWindowsResponse(windows=windows, next_page_token=following)
 
     def ListMetrics(self, request: release_pb2.ListMetricsRequest,
@@ -52,17 +50,17 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         statistics = [_statistic(i, s, context) for i, s in enumerate(request.statistics)]
         with _domain_errors(context):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
-                                             statistics, auth.principal().name,
+                                             statistics, principal().name,
                                              validate_only=request.validate_only)
         return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams])
 
 
 def _statistic(index: int, s: release_pb2.StatisticRequest,
                context: grpc.ServicerContext) -> release.StatisticRequest:
-    name = STATISTIC_NAMES.get(s.statistic)
+    name = requestable_of(s.statistic)
     if name is None:
         invalid_argument(context, f"statistics[{index}].statistic must be one of "
-                                  f"{', '.join(STATISTIC_NAMES.values())}", f"statistics[{index}].statistic")
+                                  f"{', '.join(REQUESTABLE)}", f"statistics[{index}].statistic")
     if not s.epsilon:
         return release.StatisticRequest(name)
     try:
@@ -77,14 +75,14 @@ def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
         team=t.team, outcome=outcome, message=t.message, estimates=[_estimate(e) for e in t.estimates],
         budget_cap=str(t.budget_cap), budget_remaining=str(t.budget_remaining), roster_size=t.roster_size,
         epsilon_charged=str(t.epsilon_charged), epsilon_required=str(t.epsilon_required),
-        unreleased=[release_pb2.UnreleasedStatistic(metric=u.metric, statistic=_STATISTIC_ENUMS[u.statistic],
+        unreleased=[release_pb2.UnreleasedStatistic(metric=u.metric, statistic=to_proto(u.statistic),
                                                     epsilon=str(u.epsilon), expected_ci95=u.expected_ci95)
                     for u in t.unreleased])
 
 
 def _estimate(e: release.Estimate) -> release_pb2.Estimate:
     return release_pb2.Estimate(
-        metric=e.metric, statistic=_STATISTIC_ENUMS[e.statistic], value=e.value, ci95=e.ci95,
+        metric=e.metric, statistic=to_proto(e.statistic), value=e.value, ci95=e.ci95,
         bucket_counts=e.bucket_counts, histogram_edges=e.histogram_edges,
         epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
         sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note,

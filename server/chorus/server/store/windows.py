@@ -7,8 +7,8 @@ as canonical JSON, and its key is stored in the same transaction. `mark_closed` 
 folds and only one purges. `plan_released_at` stays NULL until the closer has released the
 window's whole release plan (`mark_plan_released`, conditional as well). The key row is
 deleted at close (`delete_key`): after that no pseudonym of the window can be recomputed.
-Times are epoch seconds; the domain (lifecycle.py) turns rows into `WindowRecord`s with their
-parsed policy.
+Times are epoch seconds; the domain (window_store.py) turns rows into `WindowRecord`s with
+their parsed policy.
 """
 
 from __future__ import annotations
