@@ -27,7 +27,9 @@ Invariants:
   reported together as that parent's *remainder* (parent minus its estimated children), never
   under a child's name, even when there is one; whether a remainder may be shown (k) is the
   caller's policy. Their estimable descendants keep their estimate from below. A remainder
-  exists only under an estimated parent.
+  exists under every node whose value is estimated: by name, or as the sole member of its
+  parent's remainder (an unreleased org whose small team has no release: the org is its
+  parent's remainder, and its small team the org's).
 * **Linear, public weights.** Every estimate is a fixed linear combination of the independent
   raw noises; the weights depend only on the tree and the scales (`Plan`), never on the values.
   Its variance (float) is at most the raw release's (weighted least squares is the best linear
@@ -178,6 +180,8 @@ class Plan:
             if name in self._remainders:
                 members, row = self._remainders[name]
                 remainders[name] = Remainder(name, members, Estimate(difference, row.variance, row.ci95))
+                if len(members) == 1:
+                    final[members[0]] = difference
                 difference = Fraction(0)
             for child in finite:
                 final[child] = z[child] + self._share[child] * difference
@@ -226,6 +230,7 @@ def plan(nodes: Sequence[Node], alpha: float = ALPHA) -> Plan:
     forms: dict[str, Floats] = {}
     share: dict[str, Fraction] = {}
     remainder_forms: dict[str, tuple[tuple[str, ...], Floats]] = {}
+    hidden: dict[str, Floats] = {}
     for name in order:
         if name in zw and name not in forms:
             forms[name] = zw[name]  # the root, or below a node without an estimate
@@ -234,11 +239,14 @@ def plan(nodes: Sequence[Node], alpha: float = ALPHA) -> Plan:
         total = sum((zvar[c] for c in finite), Fraction(0))
         for c in finite:
             share[c] = Fraction(0) if unknown else zvar[c] / total
-        if name not in forms or not children[name]:
+        form = forms[name] if name in forms else hidden.get(name)
+        if form is None or not children[name]:
             continue
-        difference = forms[name] - sum((zw[c] for c in finite), np.zeros(len(released)))
+        difference = form - sum((zw[c] for c in finite), np.zeros(len(released)))
         if unknown:
             remainder_forms[name] = (unknown, difference)
+            if len(unknown) == 1:  # that child's value is known, though not shown under its name
+                hidden[unknown[0]] = difference
         for c in finite:
             forms[c] = zw[c] + float(share[c]) * difference if not unknown else zw[c]
     rows = {name: _row(w, variances, scales, alpha) for name, w in forms.items()}
@@ -257,11 +265,11 @@ def _tree(nodes: Sequence[Node]) -> tuple[list[str], dict[str, list[str]]]:
         if node.name in children:
             raise ValueError(f"node {node.name!r} appears twice")
         children[node.name] = []
-        if node.scale is not None and not (
-                isinstance(node.scale, int | float) and not isinstance(node.scale, bool) and math.isfinite(node.scale) and node.scale > 0
-                and variance(node.scale) > 0):
+        scale = node.scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)
+                                  or not math.isfinite(scale) or scale <= 0 or variance(scale) == 0):
             raise ValueError(f"scale of {node.name!r} must be a finite number whose noise variance is "
-                             f"positive (at least about 0.0015), got {node.scale!r}")
+                             f"positive (at least about 0.0014), got {node.scale!r}")
     roots = [n.name for n in nodes if n.parent is None]
     if len(roots) != 1:
         raise ValueError(f"the tree needs exactly one root (parent None), got {roots}")
