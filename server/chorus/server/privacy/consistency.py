@@ -358,23 +358,45 @@ def half_width(weights: Sequence[float] | Floats, scales: Sequence[float] | Floa
 
 @functools.lru_cache(maxsize=4096)
 def _quantile(groups: tuple[tuple[float, int, float], ...], residual: float, sd: float, alpha: float) -> float:
-    """Steps 2 and 3 of `half_width` for groups of (mean weight, terms, scale)."""
+    """Steps 2 and 3 of `half_width` for groups of (mean weight, terms, scale).
+
+    Most groups of a large tree are narrow (many tiny weights). Rounding each of G groups to
+    the grid would force a grid of 0.01 sd / G; instead the narrow groups are convolved on a
+    grid K times finer (K of them, each moving at most one fine step) and their sum is rounded
+    once, so the main grid only pays for the few wide groups: at most 0.01 sd in all.
+    """
     reach = _RESIDUAL * sd if residual > 0 else 0.0
     missing = residual / reach**2 if residual > 0 else 0.0
-    h = _GRID * sd / len(groups)
-    cells = [_cell(h, mean, m) for mean, m, _ in groups]
-    moved = sum(abs(mean) * m * (b - 1) / 2 + h / 2 for (mean, m, _), b in zip(groups, cells, strict=True))
-    # The circle must hold |T| <= (Chernoff reach of sum mean * Y) + moved on each side.
+    extents = [abs(mean) * _reach(m, scale) for mean, m, scale in groups]
+    order = sorted(range(len(groups)), key=lambda g: (-extents[g], g))
+    # The fewest wide groups that leave the narrow ones together narrow on their fine grid.
+    wide = next(k for k in range(len(order) + 1)
+                if (len(order) - k) * sum(extents[g] for g in order[k:]) <= sum(extents) / 8)
+    narrow = order[wide:]
+    h = _GRID * sd / (wide + (1.5 if narrow else 0))
+    # The circle must hold |T| <= (Chernoff reach of sum mean * Y) + 0.01 sd on each side.
     largest = max(abs(mean) * scale for mean, _, scale in groups)
     tail = min((sum(m * _log_mgf(c * mean / largest, scale) for mean, m, scale in groups) + _TAIL + math.log(2))
                / (c / largest) for c in _THETAS)
-    n = 1 << math.ceil(math.log2(2 * (tail + moved) / h + 3))
+    n = 1 << math.ceil(math.log2(2 * (tail + _GRID * sd) / h + 3))
     spectrum = np.ones(n // 2 + 1, dtype=np.complex128)
-    for (mean, m, scale), b in zip(groups, cells, strict=True):
-        pmf = _group_pmf(m, scale, b)
-        half = (pmf.size - 1) // 2
-        position = np.rint(mean * b * np.arange(-half, half + 1) / h).astype(np.int64) % n
-        spectrum *= np.fft.rfft(np.bincount(position, weights=pmf, minlength=n))
+    moved = 0.0
+    for g in order[:wide]:
+        low, pmf, shift = _on_grid(*groups[g], h)
+        moved += shift
+        spectrum *= np.fft.rfft(np.bincount(np.arange(low, low + pmf.size) % n, weights=pmf, minlength=n))
+    if narrow:
+        fine = h / len(narrow)
+        placed = [_on_grid(*groups[g], fine) for g in narrow]
+        moved += sum(shift for _, _, shift in placed) + h / 2
+        size = sum(pmf.size for _, pmf, _ in placed) - len(placed) + 1
+        length = 1 << (size - 1).bit_length()
+        together = np.ones(length // 2 + 1, dtype=np.complex128)
+        for _, pmf, _ in placed:
+            together *= np.fft.rfft(pmf, length)
+        low = sum(low for low, _, _ in placed)
+        position = np.rint(np.arange(low, low + size) / len(narrow)).astype(np.int64) % n
+        spectrum *= np.fft.rfft(np.bincount(position, weights=np.fft.irfft(together, length)[:size], minlength=n))
     circle = np.fft.irfft(spectrum, n)
     # P(|T| <= k h) for k = 0 .. n/2 - 1: index 0 is T = 0, index n - k is T = -k h.
     inside = circle[0] + np.concatenate([[0.0], np.cumsum(circle[1:n // 2] + circle[n - 1:n // 2:-1])])
@@ -383,6 +405,27 @@ def _quantile(groups: tuple[tuple[float, int, float], ...], residual: float, sd:
     if enough.size == 0:
         raise ArithmeticError(f"no grid point holds probability {target}; the largest holds {float(inside[-1])}")
     return float(enough[0]) * h + moved + reach
+
+
+def _on_grid(mean: float, m: int, scale: float, h: float) -> tuple[int, Floats, float]:
+    """mean * (sum of m discrete Laplace(scale)) on the grid of spacing h.
+
+    Returns the grid index of the first mass, the masses, and how far rounding moved any
+    value at most (cells, then the grid): at most h.
+    """
+    cell = _cell(h, mean, m)
+    pmf = _group_pmf(m, scale, cell)
+    half = (pmf.size - 1) // 2
+    position = np.rint(mean * cell * np.arange(-half, half + 1) / h).astype(np.int64)
+    low = int(position.min())
+    return low, np.bincount(position - low, weights=pmf), abs(mean) * m * (cell - 1) / 2 + h / 2
+
+
+def _reach(m: int, scale: float) -> float:
+    """x with P(|sum of m discrete Laplace(scale)| > x) below e^-25 (Chernoff, exact mgf)."""
+    if m == 1:
+        return scale * _TAIL
+    return min((m * _log_mgf(c / scale, scale) + _TAIL) / (c / scale) for c in _THETAS)
 
 
 #: Chernoff parameters tried, as fractions of the largest usable theta.
@@ -417,9 +460,7 @@ def _group_pmf(m: int, scale: float, cell: int) -> Floats:
     single = np.concatenate([side[::-1], [centre], side])
     if m == 1:
         return single
-    # The sum's tails by Chernoff: P(sum >= x) <= exp(-theta x + m log M(theta)).
-    reach = min((m * _log_mgf(c / scale, scale) + _TAIL) / (c / scale) for c in _THETAS)
-    half = max(math.ceil(reach / cell) + 1, one)
+    half = max(math.ceil(_reach(m, scale) / cell) + 1, one)
     n = 1 << (2 * half).bit_length()
     full = np.fft.irfft(np.fft.rfft(single, n) ** m, n)
     # `single` starts at -one cells, so the sum starts at -m * one: value v is at (v + m * one) mod n.
