@@ -81,9 +81,13 @@ def main() -> None:
     for shape, build in (("regular", regular), ("irregular", irregular)):
         for statistic, sensitivity in STATISTICS.items():
             nodes = build(args.orgs, args.teams, sensitivity)
-            runs = [(anchor(nodes, sensitivity), *timed(nodes)) for _ in range(args.rounds)]
-            raw, planned, estimated = (statistics.median(r[i] for r in runs) for i in range(3))
-            plan = runs[-1][3]
+            raws, plans, estimates = [], [], []
+            for _ in range(args.rounds):
+                raws.append(anchor(nodes, sensitivity))
+                planned, estimated, plan = timed(nodes)
+                plans.append(planned)
+                estimates.append(estimated)
+            raw, planned, estimated = (statistics.median(x) for x in (raws, plans, estimates))
             print(f"{shape:9} {statistic:5} {len(plan.released)} releases:"
                   f" anchor (raw OpenDP draws) {raw * 1000:7.1f} ms;"
                   f" plan {planned * 1000:7.1f} ms = {planned / raw:6.1f} x anchor;"

@@ -418,7 +418,8 @@ def _on_grid(mean: float, m: int, scale: float, h: float) -> tuple[int, Floats, 
     half = (pmf.size - 1) // 2
     position = np.rint(mean * cell * np.arange(-half, half + 1) / h).astype(np.int64)
     low = int(position.min())
-    return low, np.bincount(position - low, weights=pmf), abs(mean) * m * (cell - 1) / 2 + h / 2
+    masses = np.asarray(np.bincount(position - low, weights=pmf), dtype=np.float64)
+    return low, masses, abs(mean) * m * (cell - 1) / 2 + h / 2
 
 
 def _reach(m: int, scale: float) -> float:
