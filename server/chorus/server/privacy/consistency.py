@@ -35,8 +35,8 @@ Invariants:
   Its variance (float) is at most the raw release's (weighted least squares is the best linear
   unbiased estimate, and the raw release is one such estimate).
 * **Intervals** are deterministic functions of the weights and scales (identical on every call)
-  and conservative: P(|estimate - truth| <= ci95) >= 1 - ALPHA, proved below, and at most about
-  2% of a standard deviation wider than the exact quantile (`half_width`).
+  and conservative: P(|estimate - truth| <= ci95) >= 1 - ALPHA, proved in `half_width`, and at
+  most about 3% of a standard deviation wider than the exact quantile.
 """
 
 from __future__ import annotations
@@ -308,9 +308,9 @@ def half_width(weights: Sequence[float] | Floats, scales: Sequence[float] | Floa
     2. Each group's sum is computed on the integers, or, when its scale is large against the
        grid, on odd-width cells of b integers (moving each term by at most (b - 1) / 2, with b
        chosen so the group moves by at most h / 2): one term's cell masses in closed form,
-       their m-fold convolution by FFT. Each value is then rounded to the grid of spacing
-       h = 0.01 sd / (number of groups), at most h / 2 more. So |S - T| <= 0.01 sd + |R| for the
-       grid variable T.
+       their m-fold convolution by FFT. Each value is then rounded to a grid (at most h / 2
+       more), with h set so that all these roundings together move S by at most 0.01 sd
+       (`_quantile`). So |S - T| <= 0.01 sd + |R| for the grid variable T.
     3. The groups are convolved on a circular grid by FFT, long enough that the mass wrapping
        around (bounded by Chernoff with the exact moment generating functions) is below e^-25.
        q is the smallest grid point t with P(|T| <= t) >= 1 - alpha + Var(R) / (0.01 sd)^2 +
@@ -318,8 +318,9 @@ def half_width(weights: Sequence[float] | Floats, scales: Sequence[float] | Floa
        P(|R| > 0.01 sd) >= 1 - alpha. The 1e-6 covers the cut tails (each below e^-25) and
        float round-off in the FFTs.
 
-    So q is at most about 0.02 sd plus one grid step above the exact quantile at 1 - alpha +
-    5e-5 + 1e-6 (tests/release/test_consistency.py measures it against exact enumeration).
+    So q exceeds the exact quantile at 1 - alpha + 5e-5 + 1e-6 by at most 0.01 sd (residual)
+    + 2 x 0.01 sd (roundings: once inside T, once added) + one grid step: about 0.03 sd
+    (tests/release/test_consistency.py checks this against exact enumeration).
     Results are cached: a tree's teams often share their multiset of weights.
     """
     w = np.asarray(weights, dtype=np.float64)
