@@ -155,11 +155,23 @@ def test_estimates_are_the_published_linear_combination(seed: int) -> None:
     plan = consistency.plan(nodes)
     y = np.array([values[name] for name in plan.released], dtype=float)
     variances = np.array([consistency.variance(s) for s in plan.scales])
+    before = dict(values)
     result = plan.estimate(values)
+    assert values == before  # the raw releases are read, never changed
     for name, estimate in result.estimates.items():
         w = plan.weights(name)
         assert float(estimate.value) == pytest.approx(w @ y, abs=1e-7)
         assert estimate.variance == pytest.approx(float(w**2 @ variances), rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, COUNT, 20.0, 2000.0])
+def test_variance_is_discrete_laplaces_exact_variance(scale: float) -> None:
+    a = math.exp(-1 / scale)
+    k = np.arange(1, int(60 * scale) + 2, dtype=float)
+    direct = 2 * float(np.sum(k * k * (1 - a) / (1 + a) * a**k))
+    assert consistency.variance(scale) == pytest.approx(direct, rel=1e-9)
+    if scale >= 20:  # and close to the continuous Laplace's 2 scale^2 at large scales
+        assert consistency.variance(scale) == pytest.approx(2 * scale**2, rel=0.01)
 
 
 @pytest.mark.parametrize("seed", range(20))
