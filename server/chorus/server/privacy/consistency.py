@@ -127,7 +127,8 @@ class Plan:
 
     Build it with `plan`; `estimate` applies it to released values. `weights(name)` gives the
     coefficients of a node's estimate (or of the remainder under `name` with `remainder=True`)
-    over `released`, the released nodes in tree order: estimate = sum(w * release).
+    over `released`, the released nodes in tree order (breadth first, siblings by name):
+    estimate = sum(w * release).
     """
 
     released: tuple[str, ...]
@@ -159,7 +160,7 @@ class Plan:
             if name not in self._finite:
                 continue
             own = self._own[name]
-            if own == 1:  # a child without an estimate: only the own release informs it
+            if own == 1:  # a leaf, or a child has no estimate from below: only its own release
                 z[name] = Fraction(values[name])
                 continue
             below = sum((z[c] for c in self._children[name]), Fraction(0))
@@ -257,7 +258,7 @@ def plan(nodes: Sequence[Node], alpha: float = ALPHA) -> Plan:
 
 
 def _tree(nodes: Sequence[Node]) -> tuple[list[str], dict[str, list[str]]]:
-    """Breadth-first order from the root and each node's children, in input order; validated."""
+    """Breadth-first order from the root and each node's children, sorted by name; validated."""
     children: dict[str, list[str]] = {}
     for node in nodes:
         if not node.name:
@@ -280,6 +281,7 @@ def _tree(nodes: Sequence[Node]) -> tuple[list[str], dict[str, list[str]]]:
             children[node.parent].append(node.name)
     order = [roots[0]]
     for name in order:
+        children[name].sort()  # by name: the plan, to the last float bit, ignores input order
         order.extend(children[name])
     if len(order) != len(nodes):
         stuck = sorted(set(children) - set(order))
