@@ -41,12 +41,13 @@ class Chorus:
         self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder)
         audit.record_config(self.db, self.ledger, config.policy, self.clock.now())
 
-    def import_roster(self, rows: list[tuple[str, str]], actor: str) -> roster.ImportResult:
+    def import_roster(self, rows: list[tuple[str, str]], actor: str,
+                      orgs: dict[str, str] | None = None) -> roster.ImportResult:
         now = self.clock.now()
 
         def replace(tx: Tx) -> roster.ImportResult:
             shred.record(tx, shred.ROSTER, now)  # the raw ids of people it removes
-            return roster.replace(tx, rows, self.ledger, now, actor)
+            return roster.replace(tx, rows, self.ledger, now, actor, orgs)
 
         result = self.db.run(replace, name="roster_import")
         self.shredder.attempt()

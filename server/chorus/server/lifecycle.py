@@ -19,11 +19,12 @@ import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from chorus.server import shred
 from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, canonical_json
-from chorus.server.roster import team_sizes
+from chorus.server.roster import current_orgs, team_sizes
 from chorus.server.store._db import Tx
 from chorus.server.windows import WindowLength, WindowSpan, window_of
 
@@ -204,8 +205,11 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
 
     sizes = team_sizes(tx)
     teams = sorted(set(sizes) | {team for team, _ in sums})
-    tx.executemany("INSERT INTO team_windows (window_id, team, roster_size, active) VALUES (?, ?, ?, ?)",
-                   [(window_id, t, sizes.get(t, 0), active.get(t, 0)) for t in teams])
+    # The organisation tree is frozen with the sizes; a team no longer on the roster sits
+    # under the company.
+    orgs = {t: o for t, o in current_orgs(tx).items() if t in sizes}
+    tx.executemany("INSERT INTO team_windows (window_id, team, roster_size, active, org) VALUES (?, ?, ?, ?, ?)",
+                   [(window_id, t, sizes.get(t, 0), active.get(t, 0), orgs.get(t, "")) for t in teams])
     tx.executemany(
         "INSERT INTO team_metrics (window_id, team, metric, total, people, histogram) VALUES (?, ?, ?, ?, ?, ?)",
         [(window_id, t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
@@ -221,9 +225,11 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     tx.execute("DELETE FROM batches WHERE received_at < ?",
                (_seconds(horizon - FUTURE_TOLERANCE - timedelta(minutes=1)),))
     # team_sizes are roster sizes (public), never how many of those people contributed.
-    ledger.append(tx, "window_close", {
-        "window": window_id, "key_destroyed": True, "by": actor,
-        "team_sizes": {t: sizes.get(t, 0) for t in teams}}, now)
+    body: dict[str, Any] = {"window": window_id, "key_destroyed": True, "by": actor,
+                            "team_sizes": {t: sizes.get(t, 0) for t in teams}}
+    if orgs:  # a flat roster's entry keeps its earlier form
+        body["team_orgs"] = dict(sorted(orgs.items()))
+    ledger.append(tx, "window_close", body, now)
     return CloseResult(get(tx, window_id), closed_now=True)
 
 

@@ -19,23 +19,35 @@ Rules a request meets before anything is drawn: the window exists, is closed and
 retention (`retention_windows` window lengths after its end); every named team and metric
 exists in it; teams with fewer than k people on the frozen roster are suppressed, charged
 nothing.
+
+Nodes of the organisation tree (`chorus.server.hierarchy`): a request may also name orgs at any
+depth or the company. A node's noisy statistic is computed over every team below it (each
+person counts for one team, so the sensitivities are a team's), and its epsilon is charged to
+*every* team-window below it, in the same transaction, refused whole when any of them lacks
+budget; a person's loss stays bounded by their team's cap. k applies per node (its roster size
+is the sum of its teams'). The ledger entry names the node, its level and the teams charged,
+with each team's spent-after. When a window holds releases of a sum, count or active at
+nested levels, answers also carry the consistent estimates (`privacy.consistency`): a
+deterministic function of the stored releases and the frozen tree, so a repeated request
+gets identical numbers until another level of the same statistic is released.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from chorus.server import lifecycle, roster
+from chorus.server import hierarchy, lifecycle, roster
 from chorus.server.clock import Clock
 from chorus.server.config import STATISTICS, MetricPolicy, Policy
 from chorus.server.ledger import Ledger
-from chorus.server.privacy import mechanisms
+from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.store._db import Database, Tx
 from chorus.server.windows import parse_window_id
@@ -50,8 +62,10 @@ TEAM_LEVEL = ""
 _NEEDS = {"sum": ("sum",), "count": ("count",), "histogram": ("histogram",), "mean": ("sum", "count"),
           "adoption": (ACTIVE,)}
 
-# (team, metric, noisy statistic)
+# (team or node, metric, noisy statistic)
 Key = tuple[str, str, str]
+#: Statistics made consistent across the levels of the tree (scalars; histograms are not).
+CONSISTENT = ("sum", "count", ACTIVE)
 
 
 class ReleaseError(Exception):
@@ -126,6 +140,9 @@ class Estimate(NamedTuple):
     #: For a derived statistic, the release ids it is computed from (each also answered in the
     #: same TeamResult); empty for a noisy one.
     derived_from: tuple[str, ...] = ()
+    #: (value, ci95) consistent across the tree's levels, when the window has nested releases
+    #: of this statistic; None otherwise.
+    consistent: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +155,32 @@ class TeamResult:
     budget_cap: Epsilon
     budget_remaining: Epsilon
     roster_size: int
-    #: What this request charged the team-window in total.
+    #: What this request charged the team-window in total (for a node: each team below it).
     epsilon_charged: Epsilon
+    #: hierarchy.TEAM, ORG or ROOT.
+    level: str = hierarchy.TEAM
+    #: For an org or the company: every team below it, each charged epsilon_charged.
+    teams_charged: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemainderResult:
+    """An org's children not released on their own, estimated together (at least k people)."""
+
+    parent: str
+    members: tuple[str, ...]
+    roster_size: int
+    metric: str
+    statistic: str
+    value: float
+    ci95: float
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseResult:
     window: str
     teams: tuple[TeamResult, ...]
+    remainders: tuple[RemainderResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +189,8 @@ class TeamInfo:
     roster_size: int
     eligible: bool
     reason: str
+    #: The team's org path; "" directly under the company.
+    org: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +212,12 @@ class _Stored(NamedTuple):
     charged: Epsilon
 
 
-def suppression_reason(team: str, roster_size: int, k: int) -> str:
-    """Why a team below k is not released, or "" when it is eligible."""
+def suppression_reason(team: str, roster_size: int, k: int, level: str = hierarchy.TEAM) -> str:
+    """Why a team (or node) below k is not released, or "" when it is eligible."""
     if roster_size >= k:
         return ""
     people = "person" if roster_size == 1 else "people"
-    return f"team {team} has {roster_size} {people} on the roster; releases need at least {k}"
+    return f"{hierarchy.describe(team, level)} has {roster_size} {people} on the roster; releases need at least {k}"
 
 
 
@@ -211,29 +248,32 @@ class Releases:
         def read(tx: Tx) -> TeamList:
             record = _window(tx, window) if window else None
             if record is not None and record.state == lifecycle.CLOSED:
-                sizes = {t: n for t, n, _ in _team_windows(tx, record.id)}
+                tree = _tree(tx, record.id)
+                sizes, orgs = dict(tree.sizes), dict(tree.orgs)
             else:
-                sizes = roster.team_sizes(tx)
+                sizes, orgs = roster.team_sizes(tx), roster.current_orgs(tx)
             k = (record.policy if record is not None else self._policy).min_team_size
-            return TeamList(tuple(TeamInfo(t, n, n >= k, suppression_reason(t, n, k))
+            return TeamList(tuple(TeamInfo(t, n, n >= k, suppression_reason(t, n, k), orgs.get(t, ""))
                                   for t, n in sorted(sizes.items())), k)
 
         return self._db.run(read, name="list_teams")
 
     def release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                statistics: Sequence[StatisticRequest], requester: str) -> ReleaseResult:
+                statistics: Sequence[StatisticRequest], requester: str,
+                nodes: Sequence[str] = ()) -> ReleaseResult:
         """Answer a release request in one transaction; see the module docstring for the rules.
 
         Empty `teams`, `metrics` or `statistics` mean all of them (statistics at their
-        default epsilon). Raises InvalidRequest, NotFound, Refused or BudgetExceeded, in
-        which case nothing was stored.
+        default epsilon), except that with `nodes` (org paths, hierarchy.COMPANY or team
+        names) and no teams only the nodes are released. Raises InvalidRequest, NotFound,
+        Refused or BudgetExceeded, in which case nothing was stored.
         """
         if not window:
             raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
         requested = _statistics(statistics)
         now = self._clock.now()
         result = self._db.run(
-            lambda tx: _Release(tx, self._ledger, now, window, requester).run(teams, metrics, requested),
+            lambda tx: _Release(tx, self._ledger, now, window, requester).run(teams, metrics, requested, nodes),
             name="release")
         fresh = sum(1 for t in result.teams for e in t.estimates
                     if not e.cached and e.mechanism == mechanisms.MECHANISM)
@@ -270,6 +310,19 @@ def _window(tx: Tx, window: str) -> lifecycle.WindowRecord:
         raise NotFound(f"window {window!r} not found") from None
 
 
+def _tree(tx: Tx, window: str) -> hierarchy.Hierarchy:
+    """The organisation tree frozen with the window at close."""
+    return hierarchy.Hierarchy.of((t, o, int(n)) for t, o, n in tx.query(
+        "SELECT team, org, roster_size FROM team_windows WHERE window_id = ?", (window,)))
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(nodes: tuple[consistency.Node, ...]) -> consistency.Plan:
+    """The consistency plan of one tree and set of scales (deterministic; cached: a 500-team
+    company's intervals take a while to compute)."""
+    return consistency.plan(nodes)
+
+
 def _team_windows(tx: Tx, window: str) -> list[tuple[str, int, int]]:
     return [(t, int(n), int(a)) for t, n, a in tx.query(
         "SELECT team, roster_size, active FROM team_windows WHERE window_id = ? ORDER BY team", (window,))]
@@ -288,14 +341,16 @@ class _Release:
         self.policy = self.record.policy
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
-            statistics: dict[str, Epsilon | None]) -> ReleaseResult:
+            statistics: dict[str, Epsilon | None], nodes: Sequence[str] = ()) -> ReleaseResult:
         self.check_releasable()
         chosen_metrics = self.metrics(metrics)
         wanted = self.wanted(chosen_metrics, statistics)
-        sizes = {t: n for t, n, _ in _team_windows(self.tx, self.window)}
-        chosen_teams = self.teams(teams, sizes)
+        self.tree = tree = _tree(self.tx, self.window)
+        chosen = self.teams(teams, tree.sizes) if teams or not nodes else []
+        chosen += [n for n in self.nodes(nodes) if n not in chosen]
+        sizes = {s: tree.size(s) for s in chosen}
         k = self.policy.min_team_size
-        eligible = [t for t in chosen_teams if sizes[t] >= k]
+        eligible = [s for s in chosen if sizes[s] >= k]
         # Budgets first, then releases. Each read has its own snapshot on PostgreSQL (READ
         # COMMITTED), and a concurrent request commits its releases and its charge together:
         # read in this order, one that commits in between shows its releases (so they are not
@@ -310,20 +365,27 @@ class _Release:
         if any(missing.values()):
             stored.update(self.release_missing(missing, wanted, charged_to))
             budgets = self.budgets()
+        consistent, remainders = self.consistent(list(missing))
         results = []
-        for team in chosen_teams:
-            cap, spent = budgets.get(team, (ZERO, ZERO))
+        for subject in chosen:
+            level = tree.level(subject)
+            below = tree.teams_below(subject)
+            cap = budgets[below[0]][0] if below else self.policy.epsilon_per_window
+            # The least any team below has left; for a team, its own.
+            left = min((budgets[t][0] - budgets[t][1] for t in below), default=cap)
             # What this request charged, not the difference of two reads: another replica may
             # charge the same team-window in between.
-            charged = charged_to.get(team, ZERO)
-            if team in missing:
-                estimates = tuple(self.answers(team, chosen_metrics, statistics, stored, sizes[team]))
+            charged = charged_to.get(subject, ZERO)
+            if subject in missing:
+                estimates = tuple(self.answers(subject, chosen_metrics, statistics, stored, sizes[subject],
+                                               consistent))
                 message = ""
             else:
-                estimates, message = (), suppression_reason(team, sizes[team], k)
-            results.append(TeamResult(team, team in missing, message, estimates, cap, cap - spent,
-                                      sizes[team], charged))
-        return ReleaseResult(self.window, tuple(results))
+                estimates, message = (), suppression_reason(subject, sizes[subject], k, level)
+            results.append(TeamResult(subject, subject in missing, message, estimates, cap, left,
+                                      sizes[subject], charged, level,
+                                      () if level == hierarchy.TEAM else below))
+        return ReleaseResult(self.window, tuple(results), tuple(remainders))
 
     def check_releasable(self) -> None:
         record = self.record
@@ -375,7 +437,7 @@ class _Release:
                         wanted[key] = eps if eps is not None else self.policy.default_epsilon[noisy]
         return wanted
 
-    def teams(self, names: Sequence[str], sizes: dict[str, int]) -> list[str]:
+    def teams(self, names: Sequence[str], sizes: Mapping[str, int]) -> list[str]:
         if not names:
             return sorted(sizes)
         unknown = [t for t in dict.fromkeys(names) if t not in sizes]
@@ -384,12 +446,25 @@ class _Release:
                            "on the roster when the window closed)")
         return list(dict.fromkeys(names))
 
-    def stored(self, teams: list[str]) -> dict[Key, _Stored]:
-        """The releases already made for these teams in this window."""
-        wanted_teams = set(teams)
+    def nodes(self, names: Sequence[str]) -> list[str]:
+        """Named nodes of the window's frozen tree, in request order."""
+        out = []
+        for name in dict.fromkeys(names):
+            node = name if name in self.tree or name == hierarchy.COMPANY else _org_or_name(name)
+            if node not in self.tree:
+                orgs = self.tree.org_nodes()
+                known = f"its orgs are {', '.join(orgs[:10])}{', ...' if len(orgs) > 10 else ''}" if orgs \
+                    else "it has no orgs (the roster gave none when it closed)"
+                raise NotFound(f"node {name!r} is not in the organisation tree of window {self.window}: "
+                               f"name an org path, {hierarchy.COMPANY!r} for the company, or a team; {known}")
+            out.append(node)
+        return out
+
+    def stored(self, teams: list[str] | None) -> dict[Key, _Stored]:
+        """The releases already made for these teams (or nodes; None: all) in this window."""
         rows = [row for row in self.tx.query(
             "SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
-            "WHERE window_id = ?", (self.window,)) if row[1] in wanted_teams]
+            "WHERE window_id = ?", (self.window,)) if teams is None or row[1] in set(teams)]
         # One JSON document for all results: a full report replays thousands of them.
         results: list[dict[str, Any]] = json.loads(f"[{','.join(row[4] for row in rows)}]")
         return {(team, metric, stat): _Stored(rid, r["value"], r["ci95"], r["scale"], r["sensitivity"],
@@ -406,13 +481,23 @@ class _Release:
                       budgets: dict[str, tuple[Epsilon, Epsilon]]) -> None:
         """Raise BudgetExceeded naming every team that would overspend."""
         over = []
-        for team, keys in missing.items():
-            need = sum((wanted[key] for key in keys), ZERO)
+        for team, need in sorted(self.needs(missing, wanted).items()):
             cap, spent = budgets.get(team, (ZERO, ZERO))
             if spent + need > cap:
                 over.append(Overspend(team, self.window, need, cap - spent, cap))
         if over:
             raise BudgetExceeded(self.window, over)
+
+    def needs(self, missing: dict[str, list[tuple[str, str]]],
+              wanted: dict[tuple[str, str], Epsilon]) -> dict[str, Epsilon]:
+        """team -> what the request charges its team-window: its own releases plus those of
+        every node above it."""
+        out: dict[str, Epsilon] = {}
+        for subject, keys in missing.items():
+            need = sum((wanted[key] for key in keys), ZERO)
+            for team in self.tree.teams_below(subject):
+                out[team] = out.get(team, ZERO) + need
+        return out
 
     def release_missing(self, missing: dict[str, list[tuple[str, str]]], wanted: dict[tuple[str, str], Epsilon],
                         charged_to: dict[str, Epsilon]) -> dict[Key, _Stored]:
@@ -431,9 +516,9 @@ class _Release:
         claimed = {rid for (rid,) in self.tx.query("SELECT release_id FROM releases WHERE window_id = ?",
                                                    (self.window,))}
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
-        needs = {team: sum((wanted[k] for k in keys), ZERO) for team, keys in missing.items()}
+        needs = self.needs(missing, wanted)
         self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?",
-                            [(self.charge_and_record(key, item, needs[key[0]]), item.release_id)
+                            [(self.charge_and_record(key, item, needs), item.release_id)
                              for key, item in fresh.items()])
         for (team, _, _), item in fresh.items():
             charged_to[team] = charged_to.get(team, ZERO) + item.epsilon
@@ -446,7 +531,7 @@ class _Release:
     def draw(self, missing: dict[str, list[tuple[str, str]]],
              wanted: dict[tuple[str, str], Epsilon]) -> dict[Key, _Stored]:
         """Noise for every missing release: one OpenDP call per (metric, statistic), all teams."""
-        scalars, histograms = self.inputs()
+        scalars, histograms = self.inputs(list(missing))
         bounds = {m.name: m.max_per_user for m in self.policy.metrics}
         teams_for: dict[tuple[str, str], list[str]] = {}
         for team, keys in missing.items():
@@ -466,32 +551,44 @@ class _Release:
         # Ledger order: team by team, as requested.
         return {(team, *key): drawn[(team, *key)] for team, keys in missing.items() for key in keys}
 
-    def charge_and_record(self, key: Key, item: _Stored, need: Epsilon) -> int:
-        """Charge one release against its team-window (never past the cap); ledger it; return seq.
+    def charge_and_record(self, key: Key, item: _Stored, needs: dict[str, Epsilon]) -> int:
+        """Charge one release against its team-window, or a node's against every team-window
+        below it (never past a cap); ledger it; return seq.
 
-        `need` is what the whole request needs from this team-window, reported if it is refused."""
-        team, metric, stat = key
-        rows = self.tx.query(
-            "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
-            "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros "
-            "RETURNING spent_micros, cap_micros",
-            (item.epsilon.micros, self.window, team, item.epsilon.micros))
-        if not rows:  # spent concurrently since our check (another replica): refuse it all
-            cap, spent = self.budgets().get(team, (ZERO, ZERO))
-            raise BudgetExceeded(self.window, [Overspend(team, self.window, need, cap - spent, cap)])
-        (spent_after, cap_micros), = rows
+        `needs` is what the whole request needs from each team-window, reported if refused."""
+        subject, metric, stat = key
+        level = self.tree.level(subject)
+        after: dict[str, str] = {}
+        cap_micros = 0
+        for team in self.tree.teams_below(subject):
+            rows = self.tx.query(
+                "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
+                "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros "
+                "RETURNING spent_micros, cap_micros",
+                (item.epsilon.micros, self.window, team, item.epsilon.micros))
+            if not rows:  # spent concurrently since our check (another replica): refuse it all
+                cap, spent = self.budgets().get(team, (ZERO, ZERO))
+                raise BudgetExceeded(self.window, [Overspend(team, self.window, needs[team], cap - spent,
+                                                             cap)])
+            (spent_after, cap_micros), = rows
+            after[team] = str(Epsilon(spent_after))
+        where: dict[str, Any] = ({"team": subject} if level == hierarchy.TEAM
+                                 else {"node": subject, "level": level, "teams": sorted(after)})
         entry = self.ledger.append(self.tx, "release", {
-            "release_id": item.release_id, "window": self.window, "team": team, "metric": metric,
+            "release_id": item.release_id, "window": self.window, **where, "metric": metric,
             "statistic": stat, "mechanism": mechanisms.MECHANISM, "sensitivity": item.sensitivity,
             "scale": item.scale, "epsilon": str(item.epsilon), "ci95": item.ci95,
             # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
             "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
-            "budget_cap": str(Epsilon(cap_micros)), "budget_spent_after": str(Epsilon(spent_after)),
+            "budget_cap": str(Epsilon(cap_micros)),
+            # A node's entry: each team's spent-after, so the verifier recomputes every team.
+            "budget_spent_after": after[subject] if level == hierarchy.TEAM else dict(sorted(after.items())),
             "by": self.requester}, self.now)
         return entry.seq
 
-    def inputs(self) -> tuple[dict[Key, int], dict[Key, list[int]]]:
-        """The folded team statistics of this window as mechanism inputs: values, histograms."""
+    def inputs(self, subjects: list[str]) -> tuple[dict[Key, int], dict[Key, list[int]]]:
+        """The folded statistics of this window as mechanism inputs (values, histograms): per
+        team, and per node in `subjects` the sums over its teams."""
         scalars: dict[Key, int] = {}
         histograms: dict[Key, list[int]] = {}
         for team, metric, total, people, histogram in self.tx.query(
@@ -502,10 +599,61 @@ class _Release:
             histograms[(team, metric, "histogram")] = [int(v) for v in json.loads(histogram)]
         for team, _, active in _team_windows(self.tx, self.window):
             scalars[(team, TEAM_LEVEL, ACTIVE)] = active
+        for node in subjects:
+            if self.tree.level(node) == hierarchy.TEAM:
+                continue
+            below = self.tree.teams_below(node)
+            for team, metric, stat in list(scalars):
+                if team == below[0]:
+                    scalars[(node, metric, stat)] = sum(scalars[(t, metric, stat)] for t in below)
+            for team, metric, stat in list(histograms):
+                if team == below[0]:
+                    histograms[(node, metric, stat)] = [sum(column) for column in zip(
+                        *(histograms[(t, metric, stat)] for t in below), strict=True)]
         return scalars, histograms
 
+    def consistent(self, released: list[str]) -> tuple[dict[Key, tuple[float, float]], list[RemainderResult]]:
+        """Consistent estimates of the released subjects' sums, counts and active, for every such
+        statistic the window holds at nested levels; and the remainders under released nodes
+        that hold at least k people. Computed from all of the window's stored releases."""
+        everything = self.stored(None)
+        by_statistic: dict[tuple[str, str], dict[str, _Stored]] = {}
+        for (node, metric, stat), item in everything.items():
+            if stat in CONSISTENT and node in self.tree:
+                by_statistic.setdefault((metric, stat), {})[node] = item
+        out: dict[Key, tuple[float, float]] = {}
+        remainders: list[RemainderResult] = []
+        k = self.policy.min_team_size
+        for (metric, stat), items in sorted(by_statistic.items()):
+            if not any(self.released_above(node, items) for node in items):
+                continue  # one level only: the raw releases are already consistent
+            plan = _plan(tuple(consistency.Node(n, p, items[n].scale if n in items else None)
+                               for n, p in self.tree.nodes()))
+            result = plan.estimate({n: int(item.value) for n, item in items.items()  # type: ignore[arg-type]
+                                    if n in plan.released})
+            for subject in released:
+                if subject in result.estimates and subject in items:
+                    e = result.estimates[subject]
+                    out[(subject, metric, stat)] = (float(e.value), e.ci95)
+                rest = result.remainders.get(subject)
+                if rest is not None and subject in items:
+                    size = sum(self.tree.size(m) for m in rest.members)
+                    if size >= k:
+                        remainders.append(RemainderResult(subject, rest.members, size, metric, stat,
+                                                          float(rest.estimate.value), rest.estimate.ci95))
+        return out, remainders
+
+    def released_above(self, node: str, items: Mapping[str, _Stored]) -> bool:
+        parent = self.tree.parent(node)
+        while parent is not None:
+            if parent in items:
+                return True
+            parent = self.tree.parent(parent)
+        return False
+
     def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Epsilon | None],
-                stored: dict[Key, _Stored], roster_size: int) -> list[Estimate]:
+                stored: dict[Key, _Stored], roster_size: int,
+                consistent: dict[Key, tuple[float, float]]) -> list[Estimate]:
         """The team's estimates: every noisy release the request needs, once each, and after
         them the derived statistics naming those they are computed from. A derived statistic
         charges nothing itself, so the estimates' charges add up to the team's."""
@@ -515,7 +663,8 @@ class _Release:
         def noisy(name: str, edges: tuple[int, ...], stat: str) -> None:
             if (team, name, stat) not in shown:
                 shown.add((team, name, stat))
-                out.append(_noisy(name, edges, stat, stored[(team, name, stat)]))
+                out.append(_noisy(name, edges, stat, stored[(team, name, stat)])._replace(
+                    consistent=consistent.get((team, name, stat))))
 
         for metric in metrics:
             for stat in statistics:
@@ -530,6 +679,14 @@ class _Release:
             noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
+
+
+def _org_or_name(name: str) -> str:
+    """An org path written loosely (spaces around segments, a trailing slash) in its form."""
+    try:
+        return hierarchy.org_path(name.strip().rstrip("/")) or name
+    except hierarchy.HierarchyError:
+        return name
 
 
 def _when(moment: datetime) -> str:

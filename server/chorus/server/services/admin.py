@@ -33,25 +33,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ImportRoster(self, requests: Iterator[admin_pb2.ImportRosterRequest],
                      context: grpc.ServicerContext) -> admin_pb2.ImportRosterResponse:
         dry_run = False
+        orgs: list[str] = []
 
         def entries() -> Iterator[tuple[str, str]]:
             nonlocal dry_run
             for chunk in requests:
                 dry_run |= chunk.dry_run
-                yield from ((e.user, e.team) for e in chunk.entries)
+                for e in chunk.entries:
+                    orgs.append(e.org)
+                    yield e.user, e.team
 
         try:
             rows = roster.validate(entries())
+            team_orgs = roster.team_orgs(rows, orgs)
         except roster.RosterError as exc:
             invalid_argument(context, str(exc), "entries")
         if dry_run:
-            result = self._chorus.db.run(lambda tx: roster.preview(tx, rows), name="roster_preview")
+            result = self._chorus.db.run(lambda tx: roster.preview(tx, rows, team_orgs), name="roster_preview")
         else:
-            result = self._chorus.import_roster(rows, auth.principal().name)
+            result = self._chorus.import_roster(rows, auth.principal().name, team_orgs)
         return admin_pb2.ImportRosterResponse(
             people=result.people, roster_hash=result.roster_hash,
             min_team_size=self._chorus.config.policy.min_team_size,
-            teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.team_sizes.items()],
+            teams=[admin_pb2.TeamSize(team=t, size=n, org=result.team_orgs.get(t, ""))
+                   for t, n in result.team_sizes.items()],
             previous_teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.previous_sizes.items()],
             people_added=result.people_added, people_removed=result.people_removed, dry_run=dry_run)
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from chorus.server import auth, release
+from chorus.server import auth, hierarchy, release
 from chorus.server.app_context import Chorus
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.services._convert import windows_page
@@ -19,6 +19,8 @@ STATISTIC_NAMES = {common_pb2.STATISTIC_SUM: "sum", common_pb2.STATISTIC_COUNT: 
                    common_pb2.STATISTIC_ADOPTION: "adoption"}
 _STATISTIC_ENUMS = {**{name: value for value, name in STATISTIC_NAMES.items()},
                     release.ACTIVE: common_pb2.STATISTIC_ACTIVE}
+_LEVELS = {hierarchy.TEAM: release_pb2.NODE_LEVEL_TEAM, hierarchy.ORG: release_pb2.NODE_LEVEL_ORG,
+           hierarchy.ROOT: release_pb2.NODE_LEVEL_COMPANY}
 
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
@@ -45,15 +47,16 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         return release_pb2.ListTeamsResponse(
             min_team_size=teams.min_team_size,
             teams=[release_pb2.Team(name=t.name, roster_size=t.roster_size, eligible=t.eligible,
-                                    reason=t.reason) for t in teams.teams])
+                                    reason=t.reason, org=t.org) for t in teams.teams])
 
     def Release(self, request: release_pb2.ReleaseRequest,
                 context: grpc.ServicerContext) -> release_pb2.ReleaseResponse:
         statistics = [_statistic(i, s, context) for i, s in enumerate(request.statistics)]
         with _domain_errors(context):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
-                                             statistics, auth.principal().name)
-        return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams])
+                                             statistics, auth.principal().name, list(request.nodes))
+        return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams],
+                                           remainders=[_remainder(r) for r in result.remainders])
 
 
 def _statistic(index: int, s: release_pb2.StatisticRequest,
@@ -75,7 +78,13 @@ def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
     return release_pb2.TeamRelease(
         team=t.team, outcome=outcome, message=t.message, estimates=[_estimate(e) for e in t.estimates],
         budget_cap=str(t.budget_cap), budget_remaining=str(t.budget_remaining), roster_size=t.roster_size,
-        epsilon_charged=str(t.epsilon_charged))
+        epsilon_charged=str(t.epsilon_charged), level=_LEVELS[t.level], teams_charged=t.teams_charged)
+
+
+def _remainder(r: release.RemainderResult) -> release_pb2.Remainder:
+    return release_pb2.Remainder(
+        parent=r.parent, children=r.members, roster_size=r.roster_size, metric=r.metric,
+        statistic=_STATISTIC_ENUMS[r.statistic], estimate=release_pb2.ConsistentEstimate(value=r.value, ci95=r.ci95))
 
 
 def _estimate(e: release.Estimate) -> release_pb2.Estimate:
@@ -84,7 +93,9 @@ def _estimate(e: release.Estimate) -> release_pb2.Estimate:
         bucket_counts=e.bucket_counts, histogram_edges=e.histogram_edges,
         epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
         sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note,
-        derived_from=e.derived_from)
+        derived_from=e.derived_from,
+        consistent=None if e.consistent is None else release_pb2.ConsistentEstimate(
+            value=e.consistent[0], ci95=e.consistent[1]))
 
 
 @contextmanager
