@@ -339,13 +339,14 @@ class _Release:
         self.record = _window(tx, window)
         self.window = window
         self.policy = self.record.policy
+        self.tree = _tree(tx, window)
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
             statistics: dict[str, Epsilon | None], nodes: Sequence[str] = ()) -> ReleaseResult:
         self.check_releasable()
         chosen_metrics = self.metrics(metrics)
         wanted = self.wanted(chosen_metrics, statistics)
-        self.tree = tree = _tree(self.tx, self.window)
+        tree = self.tree
         chosen = self.teams(teams, tree.sizes) if teams or not nodes else []
         chosen += [n for n in self.nodes(nodes) if n not in chosen]
         sizes = {s: tree.size(s) for s in chosen}
