@@ -10,9 +10,12 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from typer.testing import CliRunner
 
 from chorus.server import hierarchy, release, roster, verify
 from chorus.server.app_context import Chorus
+from chorus.server.auth import Role
+from chorus.server.cli import app
 from chorus.server.ledger import read_entries
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.v1 import common_pb2, release_pb2
@@ -253,3 +256,40 @@ def test_hierarchy_levels_and_sizes() -> None:
     assert [tree.level(n) for n in ("/", "engineering", "team-a")] == ["company", "org", "team"]
     assert tree.size("engineering") == 14 and tree.size("/") == 38
     assert tree.org_nodes() == ["engineering", "legal", "ops", "sales", "engineering/platform"]
+
+
+# -- chorus report --------------------------------------------------------------------------------
+
+def _cli(api: Api, *args: str) -> str:
+    secret, _ = api.chorus.tokens.create(Role.ANALYST, f"cli-{len(args)}-{args[-1]}", api.chorus.clock.now(),
+                                         actor="test")
+    result = CliRunner().invoke(app, ["report", "--server", api.server.address, "--token", secret,
+                                      "--window", WINDOW, "--metric", "ai.tokens", *args],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_report_level_org_releases_every_org_and_names_the_teams_charged(api: Api) -> None:
+    records = json.loads(_cli(api, "--level", "org", "--statistic", "count", "--format", "json"))
+    nodes = {r["team"]: r for r in records if r["outcome"] == "released" and r["statistic"] == "count"}
+    assert set(nodes) == {"engineering", "ops", "sales", "engineering/platform"}
+    assert {r["team"] for r in records if r["outcome"] == "suppressed"} == {"legal"}
+    assert nodes["ops"]["level"] == "org" and nodes["ops"]["teams_charged"] == ["ops-1", "ops-2"]
+    # engineering and engineering/platform are nested: both consistent, the org the sum of its parts
+    assert nodes["engineering/platform"]["consistent_value"] is not None
+    # nothing released above or below ops: its consistent estimate is its release
+    ops = nodes["ops"]
+    assert max(0.0, ops["consistent_value"]) == ops["value"] and ops["consistent_ci95"] <= ops["ci95"]
+    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0.2")  # count and active, twice (two orgs above)
+
+
+def test_report_node_shows_consistent_estimates_and_the_other_small_teams(api: Api) -> None:
+    _cli(api, "--node", "ops", "--statistic", "count")  # ops alone: no consistency yet
+    out = _cli(api, "--node", "/", "--node", "ops", "--team", "team-flat", "--statistic", "count")
+    assert "count per node" in out and "†" in out
+    assert "Other (small teams) under ops: count of ai.tokens" in out and "(ops-1, ops-2: 6 people)" in out
+    assert "consistent across the levels of the organisation tree" in out
+    records = json.loads(_cli(api, "--node", "ops", "--statistic", "count", "--format", "json"))
+    other, = [r for r in records if r["outcome"] == "remainder" and r["statistic"] == "count"]
+    assert (other["parent"], other["children"], other["roster_size"]) == ("ops", ["ops-1", "ops-2"], 6)
