@@ -299,7 +299,9 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
     if any(e.note for r in replies for t in r.teams for e in t.estimates):
         console.print("* post-processed: a negative noisy value is shown as 0 (or a ratio clamped to its "
                       "range); the noisy values are in --format json")
-    charges = sorted(c for r in replies for t in r.teams if (c := Epsilon.parse(t.epsilon_charged)).micros)
+    # A node's charge goes to every team-window below it.
+    charges = sorted(c for r in replies for t in r.teams if (c := Epsilon.parse(t.epsilon_charged)).micros
+                     for _ in (t.teams_charged or [t.team]))
     if not charges:
         console.print("Nothing was charged: every answer was released before, and repeats are identical.")
         return

@@ -26,7 +26,7 @@ from chorus.server.cli import admin as admin_cli
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli import report as report_cli
 from chorus.server.demo import _killed_tool
-from chorus.server.demo._world import BURNER, BURNER_TOKENS, TOOLS, World, build
+from chorus.server.demo._world import BURNER, BURNER_TOKENS, ORGS, TOOLS, World, build
 from chorus.server.windows import WindowLength, window_of
 from chorus.v1 import (
     admin_pb2,
@@ -81,14 +81,17 @@ class _Demo:
     def import_roster(self) -> None:
         self.console.rule("[bold]2. The roster")
         reply = self.admin.ImportRoster(iter([admin_pb2.ImportRosterRequest(
-            entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in self.world.roster])]),
+            entries=[admin_pb2.RosterEntry(user=u, team=t, org=ORGS[t]) for u, t in self.world.roster])]),
             metadata=self.admin_auth)
-        table = Table("team", "people on the roster", "released on its own?")
+        table = Table("team", "org", "people on the roster", "released on its own?")
         for team in reply.teams:
             ok = team.size >= self.policy.min_team_size
-            verdict = "yes" if ok else f"[yellow]no: below k={self.policy.min_team_size}"
-            table.add_row(team.team, str(team.size), verdict)
+            verdict = "yes" if ok else f"[yellow]no: below k={self.policy.min_team_size}, counted in {team.org}"
+            table.add_row(team.team, team.org, str(team.size), verdict)
         self.console.print(table)
+        self.console.print("The roster's org column places each team in the company's tree (a path such as "
+                           "engineering/apps would nest an org in another); the tree is public, like the team "
+                           "sizes.")
 
     def run_tools(self) -> None:
         self.console.rule("[bold]3. AI tools report usage through the SDK")
@@ -186,10 +189,20 @@ class _Demo:
                 "relatively sharper numbers, and an interval wider than its value is expected for small ones.")
         c.rule("[bold]9. Asking again costs nothing and changes nothing")
         ask()
+        c.rule("[bold]10. The same window by org")
+        # 0.25 per statistic: each org's release is charged to every team-window below it, and the
+        # team report above spent 2.5 of each team's 3.
+        report_cli.report(window=self.window, server=self.server.address, token=analyst,
+                          statistic=[report_cli.Statistic.SUM], metric=["ai.tokens"], epsilon="0.25",
+                          level=report_cli.Level.ORG)
+        c.print("design has 3 people, below k: it is never released on its own, yet its people are inside "
+                "product's numbers (and the company's). Each org's release charged its epsilon to every team "
+                "below it. Teams and orgs now both have ai.tokens sums, so the table shows consistent estimates "
+                "(†): engineering equals platform plus mobile plus data, exactly.")
 
     def audit(self) -> None:
         c = self.console
-        c.rule("[bold]10. The privacy officer verifies the ledger offline (role auditor)")
+        c.rule("[bold]11. The privacy officer verifies the ledger offline (role auditor)")
         auditor = self.token("auditor", "privacy-officer")
         ledger = self.data_dir.parent / "ledger.jsonl"
         key = self.data_dir.parent / "ledger-public-key.pem"
