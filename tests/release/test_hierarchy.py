@@ -293,3 +293,10 @@ def test_report_node_shows_consistent_estimates_and_the_other_small_teams(api: A
     records = json.loads(_cli(api, "--node", "ops", "--statistic", "count", "--format", "json"))
     other, = [r for r in records if r["outcome"] == "remainder" and r["statistic"] == "count"]
     assert (other["parent"], other["children"], other["roster_size"]) == ("ops", ["ops-1", "ops-2"], 6)
+
+
+def test_histograms_are_not_made_consistent(api: Api) -> None:
+    reply = node_release(api, "/", "engineering", statistic=common_pb2.STATISTIC_HISTOGRAM)
+    assert all(t.estimates and not t.estimates[0].HasField("consistent") for t in reply.teams)
+    counts = node_release(api, "/", "engineering")  # the count at both levels: consistent
+    assert all(t.estimates[0].HasField("consistent") for t in counts.teams)
