@@ -461,11 +461,17 @@ class _Release:
             out.append(node)
         return out
 
-    def stored(self, teams: list[str] | None) -> dict[Key, _Stored]:
-        """The releases already made for these teams (or nodes; None: all) in this window."""
-        rows = [row for row in self.tx.query(
-            "SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
-            "WHERE window_id = ?", (self.window,)) if teams is None or row[1] in set(teams)]
+    def stored(self, teams: list[str]) -> dict[Key, _Stored]:
+        """The releases already made for these teams (or nodes) in this window."""
+        wanted = set(teams)
+        return self.parsed([row for row in self.release_rows() if row[1] in wanted])
+
+    def release_rows(self) -> list[tuple[Any, ...]]:
+        return self.tx.query("SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
+                             "WHERE window_id = ?", (self.window,))
+
+    @staticmethod
+    def parsed(rows: list[tuple[Any, ...]]) -> dict[Key, _Stored]:
         # One JSON document for all results: a full report replays thousands of them.
         results: list[dict[str, Any]] = json.loads(f"[{','.join(row[4] for row in rows)}]")
         return {(team, metric, stat): _Stored(rid, r["value"], r["ci95"], r["scale"], r["sensitivity"],
@@ -617,7 +623,10 @@ class _Release:
         """Consistent estimates of the released subjects' sums, counts and active, for every such
         statistic the window holds at nested levels; and the remainders under released nodes
         that hold at least k people. Computed from all of the window's stored releases."""
-        everything = self.stored(None)
+        rows = self.release_rows()
+        if not any(self.tree.level(row[1]) != hierarchy.TEAM for row in rows):
+            return {}, []  # teams only: nothing nested (and a full report's replay stays cheap)
+        everything = self.parsed([row for row in rows if row[3] in CONSISTENT])
         by_statistic: dict[tuple[str, str], dict[str, _Stored]] = {}
         for (node, metric, stat), item in everything.items():
             if stat in CONSISTENT and node in self.tree:
