@@ -144,7 +144,7 @@ def test_leadership_sees_the_released_numbers_on_every_page(browser: Browser, da
     assert page.locator(".tag-new").count() == 10 and page.locator(".tag-cached").count() == 0
     laptop.shot("analyst-overview-laptop")
     nav = page.get_by_role("navigation", name="Dashboard pages")
-    assert nav.get_by_role("link").all_inner_texts() == ["Team overview", "Trends", "Distribution"]
+    assert nav.get_by_role("link").all_inner_texts() == ["Team overview", "Organisation", "Trends", "Distribution"]
 
     released = {t.team: t for t in stack.release(LATEST, [common_pb2.STATISTIC_ADOPTION,
                                                           common_pb2.STATISTIC_SUM]).teams}

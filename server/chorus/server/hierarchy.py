@@ -100,6 +100,11 @@ class Hierarchy:
     def size(self, node: str) -> int:
         return sum(self.sizes[t] for t in self.teams_below(node))
 
+    def children(self, node: str) -> list[str]:
+        """The orgs, then the teams, directly below a node, each by name."""
+        below = [n for n, p in self._parents.items() if p == node]
+        return sorted(below, key=lambda n: (n in self.orgs, n))
+
     def org_nodes(self) -> list[str]:
         """Every org, parents before children."""
         return sorted((n for n in self._teams_below if n != COMPANY), key=lambda n: (n.count("/"), n))

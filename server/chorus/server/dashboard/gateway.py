@@ -165,10 +165,10 @@ class Api:
         return self._call(self._release.ListTeams, release_pb2.ListTeamsRequest(window=window))
 
     def release(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
-                metrics: Sequence[str] = ()) -> release_pb2.ReleaseResponse:
+                metrics: Sequence[str] = (), nodes: Sequence[str] = ()) -> release_pb2.ReleaseResponse:
         """Release (or fetch the stored release of) `statistics` at their default epsilon."""
         request = release_pb2.ReleaseRequest(
-            window=window, teams=list(teams), metrics=list(metrics),
+            window=window, teams=list(teams), metrics=list(metrics), nodes=list(nodes),
             statistics=[release_pb2.StatisticRequest(statistic=s) for s in statistics])  # type: ignore[arg-type]
         return self._call(self._release.Release, request)
 
