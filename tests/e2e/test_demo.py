@@ -15,6 +15,8 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "SIGKILL" in out and "1 duplicate (counted once)" in out  # the killed tool counted once
+    assert "otel-agent uses only the OpenTelemetry SDK" in out  # a tool reporting over OTLP
+    assert "demo-model-large" not in out and "session-" not in out
     for reason in ("UNKNOWN_USER", "UNKNOWN_METRIC", "NEGATIVE_VALUE", "LATE"):
         assert reason in out
     assert "team design has 3 people on the roster; releases need at least 5" in out
@@ -28,3 +30,6 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     conn = sqlite3.connect(tmp_path / "data" / "chorus.db")
     assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (0,)
     assert conn.execute("SELECT COUNT(*) FROM window_keys").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM otlp_points").fetchone() == (0,)
+    for path in (tmp_path / "data").iterdir():  # the OTLP tool's attributes never reached the disk
+        assert b"demo-model-large" not in path.read_bytes() and b"session-3" not in path.read_bytes(), path

@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from typer.testing import CliRunner
 
 import chorus.v1
@@ -104,8 +105,8 @@ class Answer:
 
 
 def proto_methods() -> list[descriptor.MethodDescriptor]:
-    """Every RPC of every chorus.v1 service, from the generated descriptors."""
-    methods = []
+    """Every RPC of every chorus.v1 service, from the generated descriptors, and OTLP's Export."""
+    methods = list(metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].methods)
     for module in pkgutil.iter_modules(chorus.v1.__path__):
         if module.name.endswith("_pb2"):
             file = importlib.import_module(f"chorus.v1.{module.name}").DESCRIPTOR

@@ -23,6 +23,7 @@ EXPECTED_ROLES: dict[str, frozenset[Role]] = {
     "chorus.v1.ReleaseService": frozenset({Role.ANALYST}),
     "chorus.v1.AuditService": frozenset({Role.AUDITOR}),
     "chorus.v1.AdminService": frozenset({Role.ADMIN}),
+    "opentelemetry.proto.collector.metrics.v1.MetricsService": frozenset({Role.INGEST}),  # OTLP usage in
 }
 AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 

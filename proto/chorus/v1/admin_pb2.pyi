@@ -167,8 +167,15 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("batches", "duplicate_batches", "contributions_accepted", "rejected", "contributions_clamped", "client_dropped", "invalid_batches", "pending_shreds")
+    __slots__ = ("batches", "duplicate_batches", "contributions_accepted", "rejected", "contributions_clamped", "client_dropped", "invalid_batches", "pending_shreds", "otlp_points")
     class RejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OtlpPointsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +190,7 @@ class GetStatsResponse(_message.Message):
     CLIENT_DROPPED_FIELD_NUMBER: _ClassVar[int]
     INVALID_BATCHES_FIELD_NUMBER: _ClassVar[int]
     PENDING_SHREDS_FIELD_NUMBER: _ClassVar[int]
+    OTLP_POINTS_FIELD_NUMBER: _ClassVar[int]
     batches: int
     duplicate_batches: int
     contributions_accepted: int
@@ -191,7 +199,8 @@ class GetStatsResponse(_message.Message):
     client_dropped: int
     invalid_batches: int
     pending_shreds: _containers.RepeatedCompositeFieldContainer[PendingShred]
-    def __init__(self, batches: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., contributions_accepted: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., contributions_clamped: _Optional[int] = ..., client_dropped: _Optional[int] = ..., invalid_batches: _Optional[int] = ..., pending_shreds: _Optional[_Iterable[_Union[PendingShred, _Mapping]]] = ...) -> None: ...
+    otlp_points: _containers.ScalarMap[str, int]
+    def __init__(self, batches: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., contributions_accepted: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., contributions_clamped: _Optional[int] = ..., client_dropped: _Optional[int] = ..., invalid_batches: _Optional[int] = ..., pending_shreds: _Optional[_Iterable[_Union[PendingShred, _Mapping]]] = ..., otlp_points: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PendingShred(_message.Message):
     __slots__ = ("subject", "since", "pending_seconds")

@@ -14,7 +14,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from chorus.server.app_context import Chorus
 from chorus.server.auth import AuthInterceptor
 from chorus.server.metrics import Metrics
+from chorus.server.otlp.http import OtlpHttpServer, tls_context
 from chorus.server.ratelimit import RateLimiter
+from chorus.server.services import otlp as otlp_service
 from chorus.server.services import reflection
 from chorus.server.services.admin import AdminServicer
 from chorus.server.services.audit import AuditServicer
@@ -48,8 +50,10 @@ class Server:
     """A started gRPC server around a Chorus instance."""
 
     def __init__(self, chorus: Chorus, listen: str, *, tls: TlsConfig | None = None,
-                 max_workers: int = 16, metrics_listen: str | None = None) -> None:
-        """`metrics_listen` (host:port): also serve Prometheus metrics over HTTP there."""
+                 max_workers: int = 16, metrics_listen: str | None = None,
+                 otlp_http_listen: str | None = None) -> None:
+        """`metrics_listen` (host:port): also serve Prometheus metrics over HTTP there;
+        `otlp_http_listen`: also take OTLP/HTTP there."""
         self.chorus = chorus
         limits = chorus.config.limits
         limiter = RateLimiter(limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)
@@ -65,15 +69,17 @@ class Server:
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)],
             maximum_concurrent_rpcs=max_workers * 8,
         )
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(chorus.ingestor, limits, limiter), self._grpc)
+        # One bucket per token for Report contributions and OTLP data points alike.
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(chorus.ingestor, limits, limiter),
+                                                            self._grpc)
+        otlp_service.add_to_server(otlp_service.MetricsServicer(chorus.otlp, limiter), self._grpc)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(chorus), self._grpc)
         release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-                 release_pb2.DESCRIPTOR.services_by_name["ReleaseService"].full_name]
+                 release_pb2.DESCRIPTOR.services_by_name["ReleaseService"].full_name, otlp_service.SERVICE]
 
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -95,6 +101,11 @@ class Server:
         except OSError:
             self._grpc.stop(None)  # release the gRPC port bound above
             raise
+        self.otlp_http: OtlpHttpServer | None = None
+        if otlp_http_listen is not None:
+            context = tls_context(tls.cert_chain, tls.private_key, tls.client_ca) if tls else None
+            self.otlp_http = OtlpHttpServer(otlp_http_listen, chorus.otlp, chorus.tokens.authenticate, limiter,
+                                            limits.max_message_bytes, context)
 
     def _bind(self, listen: str, tls: TlsConfig | None) -> int:
         if tls is None:
@@ -106,6 +117,8 @@ class Server:
 
     def start(self) -> None:
         self._grpc.start()
+        if self.otlp_http is not None:
+            self.otlp_http.start()
         self.chorus.closer.start(self.chorus.config.close_interval_seconds)
         threading.Thread(target=self._probe_store, name="chorus-health", daemon=True).start()
 
@@ -144,6 +157,8 @@ class Server:
         """Stop taking RPCs, let in-flight ones finish within `grace`, then close the store."""
         self._stop_probe.set()
         self._health.enter_graceful_shutdown()
+        if self.otlp_http is not None:
+            self.otlp_http.stop()
         self._grpc.stop(grace).wait()
         self.metrics.close()
         self.chorus.close()

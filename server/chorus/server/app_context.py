@@ -16,6 +16,7 @@ from chorus.server.closer import WindowCloser
 from chorus.server.config import Config
 from chorus.server.ingest import Ingestor
 from chorus.server.ledger import Ledger, Signer
+from chorus.server.otlp.export import OtlpIngestor
 from chorus.server.store import Database, Tx, open_database
 
 _log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Chorus:
         self.ledger = Ledger(Signer.load_or_create(data_dir))
         self.roster = roster.RosterCache()
         self.ingestor = Ingestor(self.db, config.policy, self.ledger, self.clock, self.roster)
+        self.otlp = OtlpIngestor(self.db, config.policy, config.limits, self.clock, self.roster, self.ingestor)
         self.tokens = Tokens(self.db, self.ledger)
         self.shredder = shred.Shredder(self.db, self.clock)
         self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder)

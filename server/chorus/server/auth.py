@@ -59,6 +59,8 @@ SERVICE_ROLES: dict[str, frozenset[Role]] = {
     "chorus.v1.ReleaseService": frozenset({Role.ANALYST}),
     "chorus.v1.AuditService": frozenset({Role.AUDITOR}),
     "chorus.v1.AdminService": frozenset({Role.ADMIN}),
+    # OTLP metrics (chorus.server.services.otlp): usage from OpenTelemetry exporters.
+    "opentelemetry.proto.collector.metrics.v1.MetricsService": frozenset({Role.INGEST}),
 }
 
 

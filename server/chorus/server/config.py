@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chorus.server.otlp import mapping as otlp_mapping
+from chorus.server.otlp.mapping import OtlpPolicy, parse_otlp
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.windows import WindowLength
 
@@ -62,6 +64,7 @@ class Policy:
     default_epsilon: dict[str, Epsilon]
     min_team_size: int
     retention_windows: int
+    otlp: OtlpPolicy | None = None  # how OpenTelemetry instruments feed the metrics (otlp/mapping.py)
 
     _by_name: dict[str, MetricPolicy] = field(init=False, repr=False, compare=False)
     _slots: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -90,6 +93,7 @@ class Policy:
             "default_epsilon": {k: str(v) for k, v in sorted(self.default_epsilon.items())},
             "min_team_size": self.min_team_size,
             "retention_windows": self.retention_windows,
+            **({"otlp": self.otlp.to_json()} if self.otlp else {}),
         }
 
     @classmethod
@@ -106,6 +110,7 @@ class Policy:
             default_epsilon={k: Epsilon.parse(v) for k, v in data["default_epsilon"].items()},
             min_team_size=int(data["min_team_size"]),
             retention_windows=int(data["retention_windows"]),
+            otlp=OtlpPolicy.from_json(data["otlp"]) if "otlp" in data else None,
         )
 
 
@@ -136,7 +141,7 @@ class Config:
 #: by entry against its path. A section is added by listing its keys here and reading them in
 #: `parse`; anything not listed is refused.
 KNOWN_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics"}),
+    "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics", "otlp"}),
     "server": frozenset({"listen", "database", "close_interval_seconds"}),
     "windows": frozenset({"length", "grace"}),
     "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon"}),
@@ -144,6 +149,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "limits": frozenset(f.name for f in fields(Limits)),
     "store": frozenset({"sqlite_synchronous"}),
     "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
+    "otlp": otlp_mapping.KNOWN_KEYS,
+    "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
 }
 
 
@@ -243,7 +250,54 @@ name = "ai.tasks_completed"
 description = "Tasks completed with AI assistance"
 max_per_user = 50
 histogram_edges = [2, 5, 15, 30]
+
+# OpenTelemetry (OTLP): uncomment the lines below to take usage from AI tools that export
+# OpenTelemetry metrics (docs/otlp.md). Points of instruments mapped nowhere are ignored;
+# everything but the identity and the mapped values is dropped at the door.
+# [otlp]
+# # Attributes naming the person, first present wins (data point, then resource); the value
+# # must be the roster's user id, usually the work email.
+# identity_attributes = ["user.email", "enduser.id"]
+#
+# # Claude Code (CLAUDE_CODE_ENABLE_TELEMETRY=1). Cache reads and writes are left out: they
+# # dwarf real usage and would hit the ai.tokens bound for everyone.
+# [[otlp.metrics]]
+# name = "claude_code.token.usage"
+# metric = "ai.tokens"
+# attributes = { type = ["input", "output"] }
+#
+# [[otlp.metrics]]
+# name = "claude_code.code_edit_tool.decision"
+# metric = "ai.suggestions_accepted"
+# attributes = { decision = ["accept"] }
+#
+# # Gemini CLI (telemetry.enabled, target "local" with an OTLP endpoint)
+# [[otlp.metrics]]
+# name = "gemini_cli.token.usage"
+# metric = "ai.tokens"
+# attributes = { type = ["input", "output"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.api.request.count"
+# metric = "ai.requests"
+#
+# # Any tool following the OpenTelemetry GenAI semantic conventions (a histogram: its sum counts)
+# [[otlp.metrics]]
+# name = "gen_ai.client.token.usage"
+# metric = "ai.tokens"
+# attributes = { "gen_ai.token.type" = ["input", "output"] }
 """
+#: The first line of the commented `[otlp]` block in DEFAULT_TOML.
+OTLP_BLOCK_START = "# [otlp]\n"
+
+
+def with_otlp_enabled(text: str) -> str:
+    """A config text with its commented `[otlp]` block (from OTLP_BLOCK_START to the end) uncommented."""
+    head, found, block = text.partition(OTLP_BLOCK_START)
+    if not found:
+        raise ConfigError("the config has no commented [otlp] block to enable")
+    lines = (found + block).splitlines(keepends=True)
+    return head + "".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines)
 #: Values for keys a config file leaves out: the built-in file above is the one source.
 _DEFAULTS = tomllib.loads(DEFAULT_TOML)
 
@@ -308,7 +362,11 @@ def parse(raw: dict[str, Any]) -> Config:
     retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
                      "privacy.retention_windows", 1, 100_000)
 
-    policy = Policy(length, grace, metrics, budget, defaults, k, retention)
+    try:
+        otlp = parse_otlp(_table(raw, "otlp"), names)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    policy = Policy(length, grace, metrics, budget, defaults, k, retention, otlp)
     limit_defaults = Limits()
     limits = Limits(
         # The floors are what the SDK sends at most (5000 contributions, about 1 MiB, 256-character

@@ -209,14 +209,19 @@ class Ingestor:
                                     "contents; nothing was stored. Use a new random id (at least 128 "
                                     "bits) for every batch, and the same id only to resend it unchanged")
             return Outcome(accepted=0, duplicate=True)
+        return self.count(tx, batch.contributions, now)
+
+    def count(self, tx: Tx, contributions: list[Contribution], now: datetime,
+              windows: dict[str, lifecycle.OpenWindow | Rejection] | None = None) -> Outcome:
+        """Apply the ingest rules to `contributions` in `tx` (a batch, or an OTLP export's points)."""
         team_of = self._roster.current(tx).get
-        windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
+        windows = {} if windows is None else windows
         by_time: dict[datetime, lifecycle.OpenWindow | Rejection] = {}  # batches carry few distinct times
         people: dict[tuple[str, str], _Person] = {}  # by (window, user)
         rejections: list[Rejection] = []
         clamped = 0
 
-        for index, c in enumerate(batch.contributions):
+        for index, c in enumerate(contributions):
             value = c.value
             if value < 0:
                 rejections.append(Rejection(index, Reason.NEGATIVE_VALUE,
@@ -224,7 +229,7 @@ class Ingestor:
                 continue
             window = by_time.get(c.event_time)
             if window is None:
-                window = by_time[c.event_time] = self._window_for(tx, c.event_time, now, windows)
+                window = by_time[c.event_time] = self.window_for(tx, c.event_time, now, windows)
             if isinstance(window, Rejection):
                 rejections.append(Rejection(index, window.reason, window.message))
                 continue
@@ -252,7 +257,7 @@ class Ingestor:
 
         if people:
             self._write(tx, people)
-        accepted = len(batch.contributions) - len(rejections)
+        accepted = len(contributions) - len(rejections)
         return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
 
     @staticmethod
@@ -267,7 +272,7 @@ class Ingestor:
             params = [b for bound in bounds for b in (bound, bound)]
             tx.executemany(_upsert_usage(len(bounds)), [(*row, *params) for row in sorted(group)])
 
-    def _window_for(self, tx: Tx, when: datetime, now: datetime,
+    def window_for(self, tx: Tx, when: datetime, now: datetime,
                     windows: dict[str, lifecycle.OpenWindow | Rejection]) -> lifecycle.OpenWindow | Rejection:
         """The open window taking events at `when`, or why none does (index filled in by the caller).
 

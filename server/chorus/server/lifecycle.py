@@ -24,6 +24,7 @@ from typing import Any
 from chorus.server import shred
 from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, canonical_json
+from chorus.server.otlp import series as otlp_series
 from chorus.server.roster import current_orgs, team_sizes
 from chorus.server.store._db import Tx
 from chorus.server.windows import WindowLength, WindowSpan, window_of
@@ -218,6 +219,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     tx.executemany("INSERT INTO budgets (window_id, team, cap_micros) VALUES (?, ?, ?)",
                    [(window_id, t, policy.epsilon_per_window.micros) for t in teams])
     tx.execute("DELETE FROM usage WHERE window_id = ?", (window_id,))
+    otlp_series.close_window(tx, window_id)  # needs the key: carries cumulative state, then shreds
     tx.execute("DELETE FROM window_keys WHERE window_id = ?", (window_id,))
     shred.record(tx, shred.window_subject(window_id), now)
     (oldest_open,), = tx.query("SELECT MIN(start_at) FROM windows WHERE state = 'open'")

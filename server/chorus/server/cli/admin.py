@@ -250,6 +250,8 @@ def stats(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, tok
     rows = [(name, label, getattr(reply, field)) for name, field, label in STATS]
     rows += [(f"contributions_rejected:{reason}", f"contributions rejected: {reason}", n)
              for reason, n in sorted(reply.rejected.items())]
+    rows += [(f"otlp_points:{outcome}", f"OTLP data points {outcome}", n)
+             for outcome, n in sorted(reply.otlp_points.items())]
 
     def table() -> None:
         out = Table("counter (since the server started, nothing per person)", "value")

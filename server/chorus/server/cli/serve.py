@@ -68,6 +68,9 @@ def serve(
                                                    "signed by this CA (mTLS).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow plaintext on a non-loopback "
                                            "address.")] = False,
+    otlp_http_listen: Annotated[str | None, typer.Option(
+        "--otlp-http-listen", help="host:port for OTLP/HTTP (POST /v1/metrics), off by default; OTLP/gRPC is "
+        "always on --listen. Same TLS options.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR. No level "
                                            "logs user ids, tokens or per-person values.")] = "INFO",
     log_format: Annotated[str, typer.Option("--log-format", help="text (one line per record) or json "
@@ -98,12 +101,17 @@ def serve(
     if tls_cert is None and not insecure and not is_loopback(address):
         raise fail(f"refusing plaintext on non-loopback address {address}: give --tls-cert/--tls-key, "
                    "or --insecure if a trusted proxy terminates TLS", 2)
+    if (otlp_http_listen is not None and tls_cert is None and not insecure
+            and not is_loopback(otlp_http_listen)):
+        raise fail(f"refusing plaintext OTLP/HTTP on non-loopback address {otlp_http_listen}: give "
+                   "--tls-cert/--tls-key, or --insecure if a trusted proxy terminates TLS", 2)
     tls = load_tls(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
     _check_port_free(address)
     chorus = Chorus(cfg, data_dir, database=database)
     token_path = chorus.bootstrap_admin_token()
     try:
-        server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen)
+        server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
+                        otlp_http_listen=otlp_http_listen)
     except OSError as exc:
         chorus.close()
         raise fail(str(exc)) from None
@@ -112,6 +120,9 @@ def serve(
         console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
     if server.metrics_address:
         console.print(f"metrics on http://{server.metrics_address}/metrics", highlight=False, soft_wrap=True)
+    if server.otlp_http is not None:
+        console.print(f"OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}/v1/metrics",
+                      highlight=False, soft_wrap=True)
     # The ready line: scripts and tests read the bound port from it.
     console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
                   f"data in {data_dir}", highlight=False, soft_wrap=True)
@@ -142,9 +153,13 @@ def _check_port_free(address: str) -> None:
                            "using it? Choose another --listen", ExitCode.UNAVAILABLE) from None
 
 
-def default_config() -> None:
+def default_config(
+    otlp: Annotated[bool, typer.Option("--otlp", help="With the [otlp] mappings for Claude Code, Gemini CLI "
+                                       "and the GenAI conventions uncommented.")] = False,
+) -> None:
     """Print the built-in configuration (a starting point for --config)."""
-    print(config_module.DEFAULT_TOML, end="")
+    text = config_module.DEFAULT_TOML
+    print(config_module.with_otlp_enabled(text) if otlp else text, end="")
 
 
 config_app = typer.Typer(help="Check a configuration file.", no_args_is_help=True)

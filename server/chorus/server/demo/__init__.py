@@ -6,6 +6,7 @@ Everything goes over real gRPC on 127.0.0.1 with the same tokens and roles a dep
 from __future__ import annotations
 
 import tempfile
+import tomllib
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -25,8 +26,8 @@ from chorus.server.app_context import Chorus
 from chorus.server.cli import admin as admin_cli
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli import report as report_cli
-from chorus.server.demo import _killed_tool
-from chorus.server.demo._world import BURNER, BURNER_TOKENS, ORGS, TOOLS, World, build
+from chorus.server.demo import _killed_tool, _otel_tool
+from chorus.server.demo._world import BURNER, BURNER_TOKENS, ORGS, OTEL_TOOL, TOOLS, World, build
 from chorus.server.windows import WindowLength, window_of
 from chorus.v1 import (
     admin_pb2,
@@ -44,7 +45,8 @@ class _Demo:
         self.console = console
         self.data_dir = data_dir
         self.world: World = build(seed)
-        self.chorus = Chorus(config.load(None), data_dir)
+        # The built-in configuration with its commented [otlp] mappings enabled (for the OTLP tool).
+        self.chorus = Chorus(config.parse(tomllib.loads(config.with_otlp_enabled(config.DEFAULT_TOML))), data_dir)
         self.policy = self.chorus.config.policy
         admin_token_file = self.chorus.bootstrap_admin_token()
         assert admin_token_file is not None
@@ -97,7 +99,7 @@ class _Demo:
         self.console.rule("[bold]3. AI tools report usage through the SDK")
         clients = {tool: Client(self.server.address, self.token("ingest", tool), source=tool,
                                 source_version="1.0", flush_interval=0.2) for tool in TOOLS}
-        events = self.world.events
+        events = [e for e in self.world.events if e.tool != OTEL_TOOL]
         with Progress(console=self.console, transient=False) as progress:
             task = progress.add_task("count() calls", total=len(events))
             for i, event in enumerate(events, start=1):
@@ -122,6 +124,7 @@ class _Demo:
         self.console.print("The SDK pre-aggregates count() calls per (user, metric, minute) in memory, "
                            "so thousands of calls become a few contributions (\"sent\") per batch; "
                            "\"dropped\" counts what a client had to discard (memory bound).")
+        _otel_tool.run(self, [e for e in self.world.events if e.tool == OTEL_TOOL])
         _killed_tool.run(self)
 
     def raw_batches(self) -> None:

@@ -17,6 +17,7 @@ TEAMS = {"platform": 60, "payments": 45, "mobile": 35, "data": 25, "design": 3}
 ORGS = {"platform": "engineering", "data": "engineering", "mobile": "engineering",
         "payments": "product", "design": "product"}
 TOOLS = ("code-assistant", "chat-assistant", "review-bot")
+OTEL_TOOL = "otel-agent"  # reports through the OpenTelemetry SDK over OTLP, not the Chorus SDK
 BURNER = "user-payments-02"
 BURNER_TOKENS = 50_000_000
 CONTRACTOR = "user-contractor-01"  # uses the tools but is not on the roster
@@ -64,6 +65,9 @@ def build(seed: int) -> World:
                 events.append(Event(tool, user, "ai.suggestions_accepted", rng.randint(1, 3)))
         if rng.random() < 0.7:
             events.append(Event("chat-assistant", user, "ai.tasks_completed", rng.randint(1, 12)))
+    # A tool that only speaks OpenTelemetry, used by part of the platform team.
+    events += [Event(OTEL_TOOL, user, "ai.tokens", rng.randint(500, 5000))
+               for user, team in roster if team == "platform" and rng.random() < 0.5]
     # One person burns tokens to climb a leaderboard that does not exist.
     events += [Event("code-assistant", BURNER, "ai.tokens", BURNER_TOKENS // 500)] * 500
     # Usage the server must refuse: someone not on the roster, a metric not in the policy.

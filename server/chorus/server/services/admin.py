@@ -116,4 +116,5 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         pending = [admin_pb2.PendingShred(subject=p.subject, since=timestamp(p.since),
                                           pending_seconds=max(0, int((now - p.since).total_seconds())))
                    for p in self._chorus.shredder.pending()]
-        return admin_pb2.GetStatsResponse(rejected=rejected, pending_shreds=pending, **counts)
+        return admin_pb2.GetStatsResponse(rejected=rejected, pending_shreds=pending,
+                                          otlp_points=self._chorus.otlp.stats.snapshot(), **counts)

@@ -12,8 +12,9 @@ _log = logging.getLogger(__name__)
 # Arbitrary constant key for PostgreSQL advisory locks taken by migrations.
 _MIGRATION_LOCK = 0x63686F72  # "chor"
 
-# Each migration is a list of statements; `{blob}` becomes the engine's byte-string type and
-# `{slots}` the per-metric total columns t0, t1, ... of a person's usage row.
+# Each migration is a list of statements; `{blob}` becomes the engine's byte-string type,
+# `{slots}` the per-metric total columns t0, t1, ... of a person's usage row, and
+# `{without_rowid}` SQLite's clustered-primary-key clause (one B-tree per row, not two).
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", [
         # Roster: the company directory (user -> team). Not usage data.
@@ -118,6 +119,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         # SHA-256 of the batch's contents; NULL for batches stored before this migration.
         "ALTER TABLE batches ADD COLUMN digest {blob}",
     ]),
+    # Per-person OTLP state of open windows, deleted at close with the window key
+    # (chorus.server.otlp.series): exactly-once keys of delta points, and the latest point of
+    # each cumulative series. Keys are HMACs under the window key; no attribute value is stored.
+    (4, "OTLP exactly-once keys and cumulative series state", [
+        """CREATE TABLE otlp_points (
+            window_id TEXT NOT NULL,
+            point_key {blob} NOT NULL,
+            PRIMARY KEY (window_id, point_key)){without_rowid}""",
+        """CREATE TABLE otlp_series (
+            window_id TEXT NOT NULL,
+            series_key {blob} NOT NULL,
+            start_ns BIGINT NOT NULL,
+            time_ns BIGINT NOT NULL,
+            value DOUBLE PRECISION NOT NULL,
+            sealed {blob} NOT NULL,
+            PRIMARY KEY (window_id, series_key)){without_rowid}""",
+    ]),
     (5, "pending shreds and the store write probe", [
         # Deletions of secrets (a window's key and pseudonyms, removed roster ids) committed but
         # possibly still readable in the engine's files; see chorus.server.shred. `version`
@@ -145,6 +163,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
+_WITHOUT_ROWID = {"sqlite": " WITHOUT ROWID", "postgresql": ""}
 _SLOTS = ",\n            ".join(f"t{i} BIGINT NOT NULL DEFAULT 0 CHECK (t{i} >= 0)" for i in range(MAX_METRICS))
 
 
@@ -162,7 +181,8 @@ def migrate(db: Database) -> int:
             if number in applied:
                 continue
             for statement in statements:
-                tx.execute(statement.replace("{blob}", _BLOB[tx.dialect]).replace("{slots}", _SLOTS))
+                tx.execute(statement.replace("{blob}", _BLOB[tx.dialect]).replace("{slots}", _SLOTS)
+                           .replace("{without_rowid}", _WITHOUT_ROWID[tx.dialect]))
             tx.execute("INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
                        (number, description))
             _log.info("applied schema migration %d (%s)", number, description)

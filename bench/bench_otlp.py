@@ -1,0 +1,190 @@
+"""OTLP/gRPC ingest throughput against native `Report`, measured on the same server in the same run.
+
+    python bench/bench_otlp.py [--users 10000] [--rounds 10] [--clients 4] [--repeats 5]
+
+One `chorus serve` child process (its own GIL, SQLite synchronous=FULL) with the shipped
+default `[otlp]` mappings enabled. Both measurements send pre-built requests of `--batch`
+items from `--clients` threads and wait for every answer, alternated `--repeats` times (the
+machine is shared; the median ratio is the figure):
+
+* native: `IngestService.Report` batches, one `ai.tokens` contribution per person;
+* OTLP: `MetricsService.Export` requests of `claude_code.token.usage` delta data points shaped
+  like Claude Code's (identity, session id, model and type attributes): by default two per
+  person and export, input and output tokens, as Claude Code sends them (`--points-per-person 1`
+  for one).
+
+Every OTLP point is its own series with its own exactly-once key, so this includes the cost of
+OTLP's per-point de-duplication over Report's per-batch id. Target: OTLP data points per second
+>= 0.5 of native contributions per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from chorus.server import config
+from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+
+READY = re.compile(r"serving on (127\.0\.0\.1:\d+)")
+
+
+def start(data: Path, config_file: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(data),
+                             "--config", str(config_file), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := READY.search(line):
+            return proc, m[1]
+    raise RuntimeError("server did not start")
+
+
+def _kv(key: str, value: str) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def report_requests(users: Sequence[str], rounds: int, batch: int) -> list[ingest_pb2.ReportRequest]:
+    when = Timestamp()
+    when.GetCurrentTime()
+    return [ingest_pb2.ReportRequest(batch_id=uuid.uuid4().hex, source="bench", contributions=[
+        ingest_pb2.Contribution(user=u, metric="ai.tokens", value=1, event_time=when) for u in users[i:i + batch]])
+        for _ in range(rounds) for i in range(0, len(users), batch)]
+
+
+def otlp_requests(users: Sequence[str], rounds: int, batch: int, types: Sequence[str],
+                  offset: int = 0) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
+    """Requests of `rounds` one-minute delta intervals per person (an exporter's default period),
+    one point per token type, `batch` points per request; `offset` (in rounds) shifts the
+    intervals so repeats never collide. Intervals end in the past hour: the bench fails in the
+    first hour of an ISO week, when they would fall in the previous, closed window."""
+    minute = 60_000_000_000
+    first = time.time_ns() - 60 * minute
+    per_request = max(1, batch // len(types))
+    out = []
+    for r in range(rounds):
+        end = first + (offset + r) * minute
+        for i in range(0, len(users), per_request):
+            points = [metrics_pb2.NumberDataPoint(
+                start_time_unix_nano=end - minute, time_unix_nano=end, as_double=1.0,
+                attributes=[_kv("user.email", u), _kv("session.id", f"session-{u}"), _kv("model", "model-x"),
+                            _kv("type", kind)]) for u in users[i:i + per_request] for kind in types]
+            metric = metrics_pb2.Metric(name="claude_code.token.usage", sum=metrics_pb2.Sum(
+                data_points=points, is_monotonic=True,
+                aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_DELTA))
+            out.append(metrics_service_pb2.ExportMetricsServiceRequest(resource_metrics=[metrics_pb2.ResourceMetrics(
+                resource=Resource(attributes=[_kv("service.name", "claude-code")]),
+                scope_metrics=[metrics_pb2.ScopeMetrics(scope=InstrumentationScope(name="bench"),
+                                                        metrics=[metric])])]))
+    return out
+
+
+def send_all(address: str, token: str, requests: Sequence[Message], stub_of: Callable[[grpc.Channel], Callable],
+             clients: int, check: Callable[[Message], None]) -> float:
+    """Seconds to send every request from `clients` threads, each on its own channel."""
+    shards = [requests[i::clients] for i in range(clients)]
+    metadata = (("authorization", f"Bearer {token}"),)
+    errors: list[BaseException] = []
+
+    def run(shard: Sequence[Message]) -> None:
+        with grpc.insecure_channel(address) as channel:
+            call = stub_of(channel)
+            try:
+                for request in shard:
+                    check(call(request, metadata=metadata, timeout=300))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in shards]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"send failed: {errors[0]!r}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=10, help="export intervals (one minute each) per repeat")
+    parser.add_argument("--batch", type=int, default=5_000, help="contributions or data points per request")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5, help="alternated native/OTLP measurements")
+    parser.add_argument("--points-per-person", type=int, choices=(1, 2), default=2,
+                        help="2: input and output token points per person and export, as Claude Code sends them")
+    args = parser.parse_args()
+    types = ("input", "output")[:args.points_per_person]
+    users = [f"bench-user-{i:07d}" for i in range(args.users)]
+    total = args.users * args.rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        config_file = Path(tmp) / "chorus.toml"
+        config_file.write_text(config.with_otlp_enabled(config.DEFAULT_TOML).replace(
+            "max_per_user = 500000", "max_per_user = 1000000000000"))  # never clamp: every unit is counted
+        proc, address = start(data, config_file)
+        try:
+            admin = (("authorization", f"Bearer {(data / 'admin.token').read_text().strip()}"),)
+            with grpc.insecure_channel(address) as channel:
+                stub = admin_pb2_grpc.AdminServiceStub(channel)
+                stub.ImportRoster(iter([admin_pb2.ImportRosterRequest(entries=[
+                    admin_pb2.RosterEntry(user=u, team=f"team-{i % 100}") for i, u in enumerate(users)])]),
+                    metadata=admin, timeout=300)
+                token = stub.CreateToken(admin_pb2.CreateTokenRequest(role=admin_pb2.ROLE_INGEST, name="bench"),
+                                         metadata=admin).token
+            print(f"{args.users:,} people, {args.rounds} rounds, {total:,} contributions and "
+                  f"{total * len(types):,} data points ({len(types)} per person) per measurement, "
+                  f"{args.batch:,} per request, {args.clients} client threads")
+
+            def report_ok(reply: Message) -> None:
+                assert not reply.rejections and not reply.duplicate, reply  # type: ignore[attr-defined]
+
+            def otlp_ok(reply: Message) -> None:
+                assert not reply.HasField("partial_success"), reply
+
+            rates: list[tuple[float, float]] = []
+            for repeat in range(args.repeats):  # alternated, so a noisy neighbour hits both alike
+                native_requests = report_requests(users, args.rounds, args.batch)
+                native = total / send_all(address, token, native_requests,
+                                          lambda ch: ingest_pb2_grpc.IngestServiceStub(ch).Report, args.clients,
+                                          report_ok)
+                otlp_reqs = otlp_requests(users, args.rounds, args.batch, types, offset=repeat * args.rounds)
+                otlp = total * len(types) / send_all(address, token, otlp_reqs,
+                                        lambda ch: metrics_service_pb2_grpc.MetricsServiceStub(ch).Export,
+                                        args.clients, otlp_ok)
+                rates.append((native, otlp))
+                print(f"  repeat {repeat + 1}: native Report {native:10,.0f} contributions/s, "
+                      f"OTLP/gRPC {otlp:10,.0f} data points/s, ratio {otlp / native:.2f}")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    native, otlp = (statistics.median(r[i] for r in rates) for i in (0, 1))
+    ratio = statistics.median(o / n for n, o in rates)
+    print(f"  median native Report (anchor): {native:12,.0f} contributions/s")
+    print(f"  median OTLP/gRPC Export      : {otlp:12,.0f} data points/s")
+    print(f"  median ratio OTLP / native   : {ratio:12.2f}   (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

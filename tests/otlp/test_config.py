@@ -1,0 +1,72 @@
+"""The `[otlp]` table is validated at start, with errors naming the key, the value and the rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from chorus.server import config
+from chorus.server.otlp.mapping import KNOWN_KEYS, KNOWN_MAPPING_KEYS
+from tests._policy import SUITE_TOML
+
+
+def parse(otlp: str) -> config.Config:
+    return config.parse(tomllib.loads(SUITE_TOML + "\n" + otlp))
+
+
+@pytest.mark.parametrize(("otlp", "words"), [
+    ('[otlp]\nidentity_attributes = []', "otlp.identity_attributes = []: must be a list of 1 to 16"),
+    ('[otlp]\nidentity_attributes = "user.email"', "otlp.identity_attributes = 'user.email'"),
+    ('[otlp]\nidentity_attributes = ["a"]\nidentity = 1',
+     "unknown key otlp.identity: [otlp] takes identity_attributes, metrics"),
+    ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.nope"',
+     "otlp.metrics[0].metric = 'ai.nope' (x): must be one of the [[metrics]] names"),
+    ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = ""\nmetric = "ai.tokens"',
+     "otlp.metrics[0].name = ''"),
+    ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\nscale = 0.5',
+     "otlp.metrics[0].scale = 0.5 (x): must be an integer in [1, 1000000000000]"),
+    ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\n'
+     'attributes = { type = 3 }', "otlp.metrics[0].attributes.type = 3 (x): must be a string or a list"),
+    ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\nunit = "s"',
+     "unknown key otlp.metrics[0].unit: [otlp.metrics[0]] takes attributes, metric, name, scale"),
+])
+def test_invalid_otlp_tables_are_refused_at_start(otlp: str, words: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        parse(otlp)
+    assert words in str(err.value)
+
+
+def test_a_valid_mapping_round_trips_through_the_frozen_policy_json() -> None:
+    cfg = parse('[otlp]\nidentity_attributes = ["user.email"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\n'
+                'attributes = { type = ["output", "input"], kind = "a" }\nscale = 1000')
+    policy = cfg.policy
+    assert config.Policy.from_json(policy.to_json()) == policy
+    assert policy.to_json()["otlp"]["metrics"][0]["attributes"] == {"kind": ["a"], "type": ["input", "output"]}
+
+
+def test_no_otlp_table_leaves_the_policy_json_as_before() -> None:
+    assert "otlp" not in config.parse(tomllib.loads(SUITE_TOML)).policy.to_json()
+
+
+def test_known_keys_are_listed_for_the_config_registry() -> None:
+    assert {"identity_attributes", "metrics"} == KNOWN_KEYS
+    assert {"name", "metric", "attributes", "scale"} == KNOWN_MAPPING_KEYS
+
+
+def test_default_config_ships_commented_mappings_that_parse_when_enabled() -> None:
+    plain = subprocess.run([sys.executable, "-m", "chorus.server.cli", "default-config"],
+                           capture_output=True, text=True, check=True).stdout
+    assert config.parse(tomllib.loads(plain)).policy.otlp is None  # commented out by default
+    for name in ("claude_code.token.usage", "gemini_cli.token.usage", "gen_ai.client.token.usage"):
+        assert f'# name = "{name}"' in plain
+    enabled = subprocess.run([sys.executable, "-m", "chorus.server.cli", "default-config", "--otlp"],
+                             capture_output=True, text=True, check=True).stdout
+    otlp = config.parse(tomllib.loads(enabled)).policy.otlp
+    assert otlp is not None
+    assert {m.name for m in otlp.metrics} == {"claude_code.token.usage", "claude_code.code_edit_tool.decision",
+                                              "gemini_cli.token.usage", "gemini_cli.api.request.count",
+                                              "gen_ai.client.token.usage"}
+    assert enabled == config.with_otlp_enabled(plain)
