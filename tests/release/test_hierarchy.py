@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -300,3 +302,37 @@ def test_histograms_are_not_made_consistent(api: Api) -> None:
     assert all(t.estimates and not t.estimates[0].HasField("consistent") for t in reply.teams)
     counts = node_release(api, "/", "engineering")  # the count at both levels: consistent
     assert all(t.estimates[0].HasField("consistent") for t in counts.teams)
+
+
+def test_concurrent_team_and_org_releases_never_overspend_a_team_window(api: Api) -> None:
+    """24 requests at once, each charging team-a 0.1 of its cap of 1: half name engineering (also
+    charging team-b and team-small), half team-a. Exactly ten pass; every charge is in the ledger."""
+    calls = []
+    for metric in ("ai.tokens", "ai.requests", "ai.suggestions_accepted", "ai.tasks_completed"):
+        for statistic in (SUM, COUNT, common_pb2.STATISTIC_HISTOGRAM):
+            for nodes, teams in ((("engineering",), ()), ((), ("team-a",))):
+                calls.append(lambda n=nodes, t=teams, m=metric, s=statistic: api.stub.Release(
+                    release_pb2.ReleaseRequest(window=WINDOW, nodes=n, teams=t, metrics=[m], statistics=[
+                        release_pb2.StatisticRequest(statistic=s, epsilon="0.1")]), metadata=api.metadata,
+                    timeout=60))
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], object]) -> object:
+        barrier.wait()
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        results = list(pool.map(run, calls))
+    ok = [r for r in results if isinstance(r, release_pb2.ReleaseResponse)]
+    assert len(ok) == 10
+    assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in results if isinstance(r, grpc.RpcError))
+    spent = budgets(api.chorus)
+    nodes = sum(1 for r in ok if r.teams[0].team == "engineering")
+    assert spent["team-a"] == Epsilon.parse("1")
+    assert spent["team-b"] == spent["team-small"] == Epsilon(100_000 * nodes)
+    report = _verified(api.chorus)
+    assert report.ok, [str(v) for v in report.violations]
+    assert {team: t.spent for (_, team), t in report.totals.items()} == spent
