@@ -451,7 +451,7 @@ class _Release:
         """Named nodes of the window's frozen tree, in request order."""
         out = []
         for name in dict.fromkeys(names):
-            node = name if name in self.tree or name == hierarchy.COMPANY else _org_or_name(name)
+            node = name if name in self.tree else _org_or_name(name)
             if node not in self.tree:
                 orgs = self.tree.org_nodes()
                 known = f"its orgs are {', '.join(orgs[:10])}{', ...' if len(orgs) > 10 else ''}" if orgs \
