@@ -26,6 +26,8 @@ from chorus.server.cli import app
 from .conftest import decode, line, resign
 from .test_format import AWKWARD, docs_block
 
+pytestmark = pytest.mark.slow  # Node.js processes
+
 VERIFIER = Path(__file__).resolve().parents[2] / "examples" / "node" / "verify-ledger.js"
 NODE = shutil.which("node")
 

@@ -324,6 +324,7 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            max_leaves=10)
 
 
+@pytest.mark.slow
 @given(data=st.data())
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_hostile_content_is_reported_never_crashes(entries: Entries, public_key: bytes,

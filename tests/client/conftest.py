@@ -1,4 +1,10 @@
-"""Fakes for SDK tests: a hand-moved clock and a scripted transport. No sleeps, no network."""
+"""Fakes for SDK tests: a hand-moved clock and a scripted transport. No sleeps, no network.
+
+Tests drive the public API only: `flush(timeout)` runs the same pass as the flush thread and
+returns once it is done, so it is the deterministic way to wait. A scripted retryable failure
+carries a long RetryInfo delay (`unavailable()`), so one flush() makes exactly one attempt
+and gives up at once instead of waiting out a backoff.
+"""
 
 from __future__ import annotations
 
@@ -65,8 +71,18 @@ class FakeTransport:
         self.closed = True
 
 
-def unavailable(retry_delay: float | None = None) -> TransportError:
+#: A RetryInfo delay longer than any flush() timeout in the tests: flush() then makes one
+#: attempt and returns False at once.
+LONG_DELAY = 3600.0
+
+
+def unavailable(retry_delay: float | None = LONG_DELAY) -> TransportError:
     return TransportError(grpc.StatusCode.UNAVAILABLE, "server down", retry_delay)
+
+
+def flush_threads() -> set[threading.Thread]:
+    """The SDK's live flush threads (named chorus-client-flush)."""
+    return {t for t in threading.enumerate() if t.name == "chorus-client-flush"}
 
 
 def contributions(request: ingest_pb2.ReportRequest) -> list[tuple[str, str, int, int]]:
@@ -87,7 +103,7 @@ def transport() -> FakeTransport:
 @pytest.fixture
 def make_client(clock: FakeClock, transport: FakeTransport) -> Iterator[Callable[..., Client]]:
     """Build clients on the fake clock and transport; a long flush_interval keeps the
-    background thread idle, so tests drive the flush loop's step themselves."""
+    background thread idle, so that only the test's flush() calls send."""
     clients: list[Client] = []
 
     def make(**kwargs: Any) -> Client:

@@ -14,7 +14,7 @@ from chorus.client._config import is_loopback
 from chorus.client._transport import GrpcTransport
 from tests._secrets import register
 
-from .conftest import FakeTransport
+from .conftest import FakeTransport, flush_threads
 
 TOKEN = "tok-3f9a-secret"
 register(TOKEN, "arg-token", "env-token")  # the session's log guard must never find them
@@ -56,6 +56,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def test_bad_config_gives_a_no_op_client_and_one_warning(
     caplog: pytest.LogCaptureFixture, kwargs: dict[str, Any]
 ) -> None:
+    threads = flush_threads()
     with caplog.at_level(logging.DEBUG, logger="chorus.client"):
         client = Client(**kwargs)
         client.count("ai.tokens", 1, user="user-alice")
@@ -65,7 +66,7 @@ def test_bad_config_gives_a_no_op_client_and_one_warning(
     (warning,) = _warnings(caplog)
     assert "disabled" in warning.getMessage()
     assert TOKEN not in caplog.text and "user-alice" not in caplog.text
-    assert client._thread is None
+    assert flush_threads() <= threads  # none started
     stats = client.stats()
     assert (stats.dropped, stats.invalid, stats.sent_batches) == (1, 1, 0)
 
@@ -82,7 +83,7 @@ def test_environment_configures_the_grpc_transport(
     assert transport._target == "127.0.0.1:50051"
     assert transport._credentials is None  # loopback: plaintext
     assert transport._metadata == (("authorization", f"Bearer {TOKEN}"),)
-    assert client._user == "user-alice"
+    assert client._settings is not None and client._settings.user == "user-alice"
     assert _warnings(caplog) == []
     client.close(timeout=0)
 

@@ -25,7 +25,7 @@ def test_counts_are_pre_aggregated_per_user_metric_and_minute(
     clock.advance(59)  # same minute
     client.count("ai.requests", 2)
 
-    assert client._step() is None
+    assert client.flush(timeout=5)
     (request,) = transport.requests
     assert sorted(contributions(request)) == [
         ("user-alice", "ai.requests", 1002, T0),
@@ -46,7 +46,7 @@ def test_minute_boundaries_give_separate_contributions_stamped_at_the_minute_sta
     clock.advance(3600 + 30)
     client.count("ai.requests", 3)
 
-    client._step()
+    assert client.flush(timeout=5)
     assert contributions(transport.requests[0]) == [
         ("user-alice", "ai.requests", 1, T0),
         ("user-alice", "ai.requests", 2, T0 + 60),
@@ -57,7 +57,7 @@ def test_minute_boundaries_give_separate_contributions_stamped_at_the_minute_sta
 def test_source_and_version_are_sent(make_client: MakeClient, transport: FakeTransport) -> None:
     client = make_client(source="my-tool", source_version="1.2.3")
     client.count("ai.requests")
-    client._step()
+    assert client.flush(timeout=5)
     assert (transport.requests[0].source, transport.requests[0].source_version) == ("my-tool", "1.2.3")
 
 
@@ -87,32 +87,55 @@ def test_count_never_raises_on_garbage_and_counts_it_invalid(
     client = make_client()
     client.count(metric, value, user=user)  # type: ignore[arg-type]
     assert client.stats().invalid == 1
-    assert client._step() is None
+    assert client.flush(timeout=5)
     assert transport.requests == []
 
 
-def test_count_never_raises_even_with_a_broken_clock(transport: FakeTransport) -> None:
-    class BrokenClock:
-        def time(self) -> float:
-            raise OSError("clock gone")
+class _RaisingClock:
+    def time(self) -> float:
+        raise OSError("clock gone")
 
-    client = Client(transport=transport, clock=BrokenClock(), user="user-alice")
-    client.count("ai.tokens")
+
+class _GarbageClock:
+    def time(self) -> float:
+        return "noon"  # type: ignore[return-value]
+
+
+class _UnhashableBucketClock:
+    class _Now:
+        def __floordiv__(self, other: object) -> list[int]:
+            return []
+
+    def time(self) -> float:
+        return self._Now()  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("broken", [_RaisingClock(), _GarbageClock(), _UnhashableBucketClock()],
+                         ids=["raises", "not-a-number", "unhashable-bucket"])
+def test_count_never_raises_even_with_a_broken_clock(transport: FakeTransport, broken: object) -> None:
+    client = Client(transport=transport, clock=broken, user="user-alice")  # type: ignore[arg-type]
+    client.count("ai.tokens")  # raising here fails the test
+    client.count("ai.tokens", 5, user="user-bob")
+    client.count("ai.tokens", -1)  # still invalid: validation needs no clock
+    stats = client.stats()
+    assert (stats.dropped, stats.invalid, stats.pending) == (2, 1, 0)  # lost, but counted
+    assert client.flush(timeout=5)
     client.close(timeout=0)
+    assert transport.requests == []
 
 
 def test_zero_is_ignored_without_being_invalid(make_client: MakeClient, transport: FakeTransport) -> None:
     client = make_client()
     client.count("ai.tokens", 0)
     assert client.stats().invalid == 0
-    assert client._step() is None and transport.requests == []
+    assert client.flush(timeout=5) and transport.requests == []
 
 
 def test_without_a_default_user_count_needs_one(make_client: MakeClient, transport: FakeTransport) -> None:
     client = make_client(user=None)
     client.count("ai.tokens", 5)
     client.count("ai.tokens", 6, user="user-bob")
-    client._step()
+    assert client.flush(timeout=5)
     assert client.stats().invalid == 1
     assert [c[:3] for c in contributions(transport.requests[0])] == [("user-bob", "ai.tokens", 6)]
 
@@ -123,7 +146,7 @@ def test_default_user_comes_from_the_environment(
     monkeypatch.setenv("CHORUS_USER", "user-carol")
     client = make_client(user=None)
     client.count("ai.tokens")
-    client._step()
+    assert client.flush(timeout=5)
     assert transport.requests[0].contributions[0].user == "user-carol"
 
 
@@ -131,7 +154,7 @@ def test_sums_saturate_at_int64(make_client: MakeClient, transport: FakeTranspor
     client = make_client()
     client.count("ai.tokens", 2**63 - 10)
     client.count("ai.tokens", 100)
-    client._step()
+    assert client.flush(timeout=5)
     assert transport.requests[0].contributions[0].value == 2**63 - 1
 
 
@@ -144,9 +167,9 @@ def test_memory_bound_drops_and_reports_the_drop_count_exactly_once(
     client.count("ai.tokens", 10, user="user-1")  # an existing key still aggregates
     assert client.stats().dropped == 2
 
-    client._step()
+    assert client.flush(timeout=5)
     client.count("ai.tokens", user="user-6")
-    client._step()
+    assert client.flush(timeout=5)
     first, second = transport.requests
     assert first.dropped == 2 and len(first.contributions) == 3
     assert ("user-1", "ai.tokens", 11, T0) in contributions(first)
@@ -159,7 +182,7 @@ def test_batches_awaiting_retry_count_against_the_memory_bound(make_client: Make
     client = make_client(transport=transport, max_pending=2)
     client.count("ai.tokens", user="user-1")
     client.count("ai.tokens", user="user-2")
-    assert client._step() is not None  # both now wait in a batch for retry
+    assert not client.flush(timeout=5)  # both now wait in a batch for retry
     client.count("ai.tokens", user="user-3")
     assert client.stats().dropped == 1
     assert client.stats().pending == 2
@@ -170,11 +193,11 @@ def test_a_drop_report_waits_for_a_batch_with_contributions(make_client: MakeCli
     client = make_client(transport=transport, max_pending=2)
     client.count("ai.tokens", user="user-1")
     client.count("ai.tokens", user="user-2")
-    client._step()  # fails: the batch holds the whole bound
+    assert not client.flush(timeout=5)  # fails: the batch holds the whole bound
     client.count("ai.tokens", user="user-3")  # dropped
-    client._step()  # the retry succeeds; nothing new to carry the drop report yet
+    assert client.flush(timeout=5)  # the retry succeeds; nothing new to carry the drop report yet
     client.count("ai.tokens", user="user-4")
-    client._step()
+    assert client.flush(timeout=5)
 
     retry_1, retry_2, fresh = transport.requests
     assert retry_1 == retry_2 and retry_2.dropped == 0
@@ -187,7 +210,7 @@ def test_large_drains_are_split_into_bounded_batches(
     client = make_client(max_pending=20_000)
     for i in range(12_000):
         client.count("ai.tokens", user=f"user-{i}")
-    client._step()
+    assert client.flush(timeout=5)
     assert [len(r.contributions) for r in transport.requests] == [5000, 5000, 2000]
     assert len({r.batch_id for r in transport.requests}) == 3
 
@@ -198,7 +221,7 @@ def test_batches_stay_under_a_megabyte_with_long_names(
     client = make_client()
     for i in range(4000):
         client.count("m" * 256, user=f"user-{i:0>251}")
-    client._step()
+    assert client.flush(timeout=5)
     assert len(transport.requests) > 1
     assert all(r.ByteSize() <= 1024 * 1024 for r in transport.requests)
     assert sum(len(r.contributions) for r in transport.requests) == 4000

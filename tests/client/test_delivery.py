@@ -13,7 +13,7 @@ from chorus.client import RETRYABLE_CODES, Client, TransportError
 from chorus.client._delivery import BACKOFF_CAP, MAX_BATCH_AGE, MAX_SERVER_DELAY, Delivery
 from chorus.v1 import ingest_pb2
 
-from .conftest import T0, FakeTransport, unavailable
+from .conftest import LONG_DELAY, T0, FakeTransport, unavailable
 
 MakeClient = Callable[..., Client]
 
@@ -32,13 +32,14 @@ class _MaxRandom(random.Random):
 
 
 def test_a_failed_batch_is_resent_with_the_same_id_and_contents(make_client: MakeClient) -> None:
-    transport = FakeTransport(unavailable(), TransportError(grpc.StatusCode.DEADLINE_EXCEEDED), None)
+    deadline_exceeded = TransportError(grpc.StatusCode.DEADLINE_EXCEEDED, retry_delay=LONG_DELAY)
+    transport = FakeTransport(unavailable(), deadline_exceeded, None)
     client = make_client(transport=transport)
     client.count("ai.tokens", 5)
-    assert client._step() is not None
+    assert not client.flush(timeout=5)
     client.count("ai.tokens", 7)  # arrives between retries: goes into a later batch
-    assert client._step() is not None
-    assert client._step() is None
+    assert not client.flush(timeout=5)
+    assert client.flush(timeout=5)
 
     first, second, third, later = transport.requests
     assert first.batch_id == second.batch_id == third.batch_id != later.batch_id
@@ -50,7 +51,7 @@ def test_a_failed_batch_is_resent_with_the_same_id_and_contents(make_client: Mak
 
 
 def test_backoff_ceiling_doubles_up_to_the_cap() -> None:
-    transport = FakeTransport(default=unavailable())
+    transport = FakeTransport(default=unavailable(retry_delay=None))
     delivery = _delivery(transport, _MaxRandom())
     delivery.add({("user-alice", "ai.tokens", T0 // 60): 1}, 0)
     ceilings = [delivery.send() for _ in range(9)]
@@ -58,7 +59,7 @@ def test_backoff_ceiling_doubles_up_to_the_cap() -> None:
 
 
 def test_backoff_is_jittered_within_its_ceiling() -> None:
-    transport = FakeTransport(default=unavailable())
+    transport = FakeTransport(default=unavailable(retry_delay=None))
     delivery = _delivery(transport, random.Random(42))
     delivery.add({("user-alice", "ai.tokens", T0 // 60): 1}, 0)
     delays = [delivery.send() for _ in range(40)]
@@ -68,14 +69,22 @@ def test_backoff_is_jittered_within_its_ceiling() -> None:
     assert sum(d for d in delays[10:] if d is not None) / 30 < BACKOFF_CAP * 0.8
 
 
-def test_backoff_resets_after_a_success(make_client: MakeClient) -> None:
-    transport = FakeTransport(unavailable(), unavailable(), None, unavailable())
+def test_backoff_resets_after_a_success() -> None:
+    down = unavailable(retry_delay=None)
+    delivery = _delivery(FakeTransport(down, down, None, down), _MaxRandom())
+    delivery.add({("user-alice", "ai.tokens", T0 // 60): 1}, 0)
+    assert [delivery.send(), delivery.send(), delivery.send()] == [1.0, 2.0, None]
+    delivery.add({("user-alice", "ai.tokens", T0 // 60 + 1): 1}, 0)
+    assert delivery.send() == 1.0
+
+
+def test_flush_retries_after_the_backoff_within_its_timeout(make_client: MakeClient) -> None:
+    """Without RetryInfo, flush() waits a jittered backoff of at most 1 s, then retries."""
+    transport = FakeTransport(unavailable(retry_delay=None), None)
     client = make_client(transport=transport)
-    client._delivery._rng = _MaxRandom()  # type: ignore[union-attr]
     client.count("ai.tokens")
-    assert [client._step(), client._step(), client._step()] == [1.0, 2.0, None]
-    client.count("ai.tokens")
-    assert client._step() == 1.0
+    assert client.flush(timeout=60)
+    assert len(transport.requests) == 2 and client.stats().retries == 1
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE])
@@ -83,16 +92,26 @@ def test_retry_info_delay_is_honoured(make_client: MakeClient, code: grpc.Status
     transport = FakeTransport(TransportError(code, "slow down", retry_delay=7.25), None)
     client = make_client(transport=transport)
     client.count("ai.tokens")
-    assert client._step() == 7.25
-    assert client._step() is None
+    # A backoff (at most 1 s on a first failure) would retry within 5 s; 7.25 s does not.
+    assert not client.flush(timeout=5)
+    assert len(transport.requests) == 1
+    assert client.flush(timeout=5)
     assert transport.requests[0] == transport.requests[1]
 
 
-def test_an_absurd_retry_info_delay_is_capped(make_client: MakeClient) -> None:
-    transport = FakeTransport(TransportError(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=86400.0))
+def test_a_short_retry_info_delay_is_waited_out_within_the_timeout(make_client: MakeClient) -> None:
+    transport = FakeTransport(TransportError(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.05), None)
     client = make_client(transport=transport)
     client.count("ai.tokens")
-    assert client._step() == MAX_SERVER_DELAY
+    assert client.flush(timeout=60)
+    assert len(transport.requests) == 2
+
+
+def test_an_absurd_retry_info_delay_is_capped() -> None:
+    transport = FakeTransport(TransportError(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=86400.0))
+    delivery = _delivery(transport, random.Random(0))
+    delivery.add({("user-alice", "ai.tokens", T0 // 60): 1}, 0)
+    assert delivery.send() == MAX_SERVER_DELAY
 
 
 def test_the_retryable_codes_are_the_documented_ones() -> None:
@@ -110,10 +129,10 @@ def test_codes_that_refuse_the_batch_itself_drop_it_with_one_warning(
     client = make_client(transport=transport)
     with caplog.at_level(logging.DEBUG, logger="chorus.client"):
         client.count("ai.tokens", user="user-alice")
-        assert client._step() is None
+        assert not client.flush(timeout=5)
         client.count("ai.tokens", user="user-alice")
-        assert client._step() is None
-        assert client._step() is None
+        assert not client.flush(timeout=5)
+        assert client.flush(timeout=5)
 
     assert len(transport.requests) == 2  # each batch tried once, never again
     assert transport.requests[0].batch_id != transport.requests[1].batch_id
@@ -128,13 +147,14 @@ def test_codes_that_refuse_the_batch_itself_drop_it_with_one_warning(
 def test_every_answer_the_server_may_change_keeps_the_batch(make_client: MakeClient, code: grpc.StatusCode) -> None:
     """A full disk (UNAVAILABLE), a server bug (INTERNAL, UNKNOWN), a revoked token
     (UNAUTHENTICATED): the batch stays queued, same id, and is delivered once the server heals."""
-    transport = FakeTransport(TransportError(code, "not now"), TransportError(code, "not now"), None)
+    not_now = TransportError(code, "not now", retry_delay=LONG_DELAY)
+    transport = FakeTransport(not_now, not_now, None)
     client = make_client(transport=transport)
     client.count("ai.tokens", 3)
-    assert client._step() is not None
-    assert client._step() is not None
+    assert not client.flush(timeout=5)
+    assert not client.flush(timeout=5)
     assert client.stats().pending == 1
-    assert client._step() is None
+    assert client.flush(timeout=5)
     assert len({r.batch_id for r in transport.requests}) == 1 and len(transport.requests) == 3
     stats = client.stats()
     assert (stats.accepted, stats.failed_batches, stats.dropped, stats.retries) == (1, 0, 0, 2)
@@ -149,14 +169,14 @@ def test_already_exists_settles_the_batch_as_a_duplicate(make_client: MakeClient
 
 
 def test_a_batch_the_server_keeps_refusing_does_not_hold_up_the_others(make_client: MakeClient) -> None:
-    internal = TransportError(grpc.StatusCode.INTERNAL, "bug")
+    internal = TransportError(grpc.StatusCode.INTERNAL, "bug", retry_delay=LONG_DELAY)
     transport = FakeTransport(internal, internal, None, None)
     client = make_client(transport=transport)
     client.count("ai.tokens", 1)
-    assert client._step() is not None  # the first batch fails
+    assert not client.flush(timeout=5)  # the first batch fails
     client.count("ai.tokens", 2, user="user-bob")
-    assert client._step() is not None  # the first batch, at the head, fails again: to the back
-    assert client._step() is None  # the second batch goes first
+    assert not client.flush(timeout=5)  # the first batch, at the head, fails again: to the back
+    assert client.flush(timeout=5)  # the second batch goes first
     assert [r.contributions[0].value for r in transport.requests] == [1, 1, 2, 1]
     assert client.stats().accepted == 2
 
@@ -181,9 +201,9 @@ def test_a_transport_bug_drops_the_batch_instead_of_killing_the_loop(make_client
     transport = FakeTransport(RuntimeError("bug"), None)
     client = make_client(transport=transport)
     client.count("ai.tokens", 1)
-    assert client._step() is None
+    assert not client.flush(timeout=5)  # given up, not acknowledged
     client.count("ai.tokens", 2)
-    assert client._step() is None
+    assert client.flush(timeout=5)
     assert client.stats().failed_batches == 1 and client.stats().sent_batches == 1
 
 
@@ -192,9 +212,9 @@ def test_the_drop_report_of_a_failed_batch_is_carried_to_the_next(make_client: M
     client = make_client(transport=transport, max_pending=1)
     client.count("ai.tokens", user="user-1")
     client.count("ai.tokens", user="user-2")  # dropped
-    client._step()
+    assert not client.flush(timeout=5)
     client.count("ai.tokens", user="user-3")
-    client._step()
+    assert client.flush(timeout=5)
     assert [r.dropped for r in transport.requests] == [1, 1]
 
 
@@ -214,8 +234,8 @@ def test_rejections_are_final_and_counted_by_reason(
     for user in ("user-0", "user-mallory", "user-2", "user-3"):
         client.count("ai.tokens", user=user)
     with caplog.at_level(logging.WARNING, logger="chorus.client"):
-        assert client._step() is None
-    assert client._step() is None
+        assert client.flush(timeout=5)
+    assert client.flush(timeout=5)
     assert len(transport.requests) == 1
     stats = client.stats()
     assert stats.rejected == {"UNKNOWN_USER": 1, "LATE": 2}
@@ -227,7 +247,7 @@ def test_duplicates_are_counted(make_client: MakeClient) -> None:
     transport = FakeTransport(ingest_pb2.ReportResponse(duplicate=True))
     client = make_client(transport=transport)
     client.count("ai.tokens")
-    client._step()
+    assert client.flush(timeout=5)
     assert client.stats().duplicates == 1
 
 
@@ -236,16 +256,16 @@ def test_sends_stop_at_the_first_retryable_failure(make_client: MakeClient) -> N
     client = make_client(transport=transport, max_pending=20_000)
     for i in range(6000):  # two batches
         client.count("ai.tokens", user=f"user-{i}")
-    assert client._step() is not None
+    assert not client.flush(timeout=5)
     assert len(transport.requests) == 1
-    assert client._step() is None
+    assert client.flush(timeout=5)
     assert [len(r.contributions) for r in transport.requests] == [5000, 5000, 1000]
 
 
 def test_each_send_gets_the_configured_timeout(make_client: MakeClient, transport: FakeTransport) -> None:
     client = make_client(timeout=2.5)
     client.count("ai.tokens")
-    client._step()
+    assert client.flush()  # no flush deadline: the configured timeout alone
     assert transport.timeouts == [2.5]
 
 
@@ -257,9 +277,10 @@ def test_a_malformed_answer_neither_raises_nor_counts_as_success(
             super().send(request, timeout)
             return "not a response"  # type: ignore[return-value]
 
-    client = make_client(transport=GarbageTransport())
+    transport = GarbageTransport()
+    client = make_client(transport=transport)
     client.count("ai.tokens")
-    assert client._step() == 3600.0  # the batch stays; the thread waits an interval
-    assert not client.flush(timeout=1)
+    assert not client.flush(timeout=5)  # the batch stays; retried an interval (an hour) later
+    assert len(transport.requests) == 1
     assert client.stats().pending == 1
     assert "flush step failed" in caplog.text

@@ -15,9 +15,10 @@ import pytest
 from chorus.client import Client, TransportError
 from chorus.client import _client as client_module
 from chorus.client._delivery import Delivery
+from chorus.client._worker import Worker
 from chorus.v1 import ingest_pb2
 
-from .conftest import FakeClock, FakeTransport, unavailable
+from .conftest import FakeClock, FakeTransport, flush_threads, unavailable
 
 MakeClient = Callable[..., Client]
 
@@ -46,9 +47,10 @@ def test_flush_gives_up_at_once_when_the_wait_exceeds_its_timeout(make_client: M
     client = make_client(transport=transport)
     client.count("ai.tokens")
     started = time.monotonic()
-    assert not client.flush(timeout=30)
-    assert time.monotonic() - started < 5
-    assert client.stats().pending == 1
+    assert not client.flush(timeout=600)
+    # Waiting for the retry would take the whole 600 s; a generous bound for a loaded machine.
+    assert time.monotonic() - started < 60
+    assert len(transport.requests) == 1 and client.stats().pending == 1
 
 
 def test_flush_is_false_when_a_batch_is_dropped_as_invalid(make_client: MakeClient) -> None:
@@ -96,36 +98,37 @@ def test_flush_counts_duplicates_and_rejections_as_acknowledged(
     assert client.stats().sent_batches == 1 and client.stats().failed_batches == 0
 
 
-def test_flush_reports_a_drop_by_the_flush_thread_during_the_call(make_client: MakeClient) -> None:
+def test_flush_reports_a_drop_by_the_flush_thread_during_the_call(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A batch pending when flush() is called, dropped by the flush thread's send in progress."""
+    sending = threading.Event()
     watching = threading.Event()
 
     class BlockedTransport(FakeTransport):
         def send(self, request: ingest_pb2.ReportRequest, timeout: float) -> ingest_pb2.ReportResponse:
-            assert watching.wait(timeout=10)  # answer only once flush() has taken its snapshot
+            sending.set()
+            assert watching.wait(timeout=30)  # answer only once flush() has taken its snapshot
             return super().send(request, timeout)
 
-    transport = BlockedTransport(TransportError(grpc.StatusCode.INVALID_ARGUMENT))
-    client = make_client(transport=transport)
-    delivery = client._delivery
-    assert delivery is not None
-    watch = delivery.watch
+    watch = Delivery.watch
 
-    def watch_and_signal(generation: int) -> object:
+    def watch_and_signal(self: Delivery, generation: int) -> object:
         try:
-            return watch(generation)
+            return watch(self, generation)
         finally:
             watching.set()
 
-    delivery.watch = watch_and_signal  # type: ignore[method-assign]
-    client.count("ai.tokens")
-    in_progress = threading.Thread(target=client._step)  # the flush thread's step, mid-send
-    in_progress.start()
+    # The one seam: when flush() has registered its interest, the thread's send may answer.
+    monkeypatch.setattr(Delivery, "watch", watch_and_signal)
+    transport = BlockedTransport(TransportError(grpc.StatusCode.INVALID_ARGUMENT))
+    client = make_client(transport=transport, flush_interval=0.01)
+    client.count("ai.tokens")  # starts the flush thread, whose first pass is now under way
+    assert sending.wait(timeout=30)
     try:
-        assert not client.flush(timeout=5)
+        assert not client.flush(timeout=30)
     finally:
         watching.set()
-        in_progress.join(timeout=10)
     assert client.stats().failed_batches == 1 and client.stats().pending == 0
 
 
@@ -157,9 +160,12 @@ def test_flush_is_false_when_counts_are_lost_to_an_unexpected_error(make_client:
     assert not client.flush(timeout=5)
 
 
-def test_flush_never_raises(make_client: MakeClient) -> None:
+def test_flush_never_raises(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Worker, timeout: float | None) -> bool:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Worker, "flush", broken)
     client = make_client()
-    client._flush_watched = None  # type: ignore[assignment, method-assign]
     client.count("ai.tokens")
     assert client.flush(timeout=1) is False
 
@@ -175,15 +181,16 @@ def test_the_flush_thread_sends_on_its_own(clock: FakeClock) -> None:
 
 def test_close_interrupts_a_long_backoff_promptly(clock: FakeClock) -> None:
     transport = FakeTransport(default=unavailable(retry_delay=3600.0))
+    before = flush_threads()
     client = Client(transport=transport, clock=clock, user="user-alice", flush_interval=0.01)
     client.count("ai.tokens")
-    assert transport.sent.wait(timeout=10)  # the thread failed once and now waits an hour
-    thread = client._thread
-    assert thread is not None
+    assert transport.sent.wait(timeout=30)  # the thread failed once and now waits an hour
+    (thread,) = flush_threads() - before
 
     started = time.monotonic()
-    client.close(timeout=3)
-    assert time.monotonic() - started < 2
+    client.close(timeout=120)
+    # Without the interruption close() would wait its whole 120 s for the thread.
+    assert time.monotonic() - started < 60
     assert not thread.is_alive()
     assert transport.closed
 
@@ -224,12 +231,13 @@ def test_close_when_a_send_hangs_returns_within_its_timeout(clock: FakeClock) ->
             raise TransportError(grpc.StatusCode.DEADLINE_EXCEEDED)
 
     transport = HangingTransport()
-    client = Client(transport=transport, clock=clock, user="user-alice", flush_interval=0.01, timeout=30)
+    client = Client(transport=transport, clock=clock, user="user-alice", flush_interval=0.01, timeout=300)
     client.count("ai.tokens")
-    assert transport.sent.wait(timeout=10)
+    assert transport.sent.wait(timeout=30)
     started = time.monotonic()
     client.close(timeout=0.2)
-    assert time.monotonic() - started < 2
+    # The send hangs for 300 s; a generous bound for a loaded machine.
+    assert time.monotonic() - started < 60
     release.set()
 
 
@@ -263,11 +271,12 @@ def test_a_forked_child_starts_empty_and_the_parent_keeps_its_data(
     if pid == 0:  # child: report through the exit status only, never return into pytest
         status = 1
         try:
-            fresh = client.stats().pending == 0 and client._thread is None
+            fresh = client.stats().pending == 0 and not flush_threads()
             transport.requests.clear()
             client.count("ai.tokens", 22)
+            started = len(flush_threads()) == 1  # the child's own thread
             sent = client.flush(timeout=5) and [c.value for c in transport.requests[0].contributions] == [22]
-            status = 0 if fresh and sent and client._thread is not None else 2
+            status = 0 if fresh and sent and started else 2
         finally:
             os._exit(status)
     _, wait_status = os.waitpid(pid, 0)

@@ -84,7 +84,7 @@ def test_closing_twice_spools_once(make_client: MakeClient, tmp_path: Path) -> N
     transport = FakeTransport(unavailable(retry_delay=3600.0))
     client = make_client(transport=transport, spool_dir=tmp_path)
     client.count("ai.tokens")
-    client._step()
+    assert not client.flush(timeout=5)
     client.close(timeout=0)
     client.close(timeout=0)
     assert len(_spooled(tmp_path)) == 1 and client.stats().spooled == 1

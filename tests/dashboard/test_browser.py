@@ -20,6 +20,8 @@ from chorus.v1 import common_pb2
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack
 
+pytestmark = pytest.mark.slow  # a real browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -167,6 +169,7 @@ def test_leadership_sees_the_released_numbers_on_every_page(browser: Browser, da
 
     page.get_by_label("Statistic for each metric").select_option("mean")
     page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r".*statistic=mean.*"))  # the form's navigation is asynchronous under load
     assert "statistic=mean" in page.url
     assert page.get_by_role("heading", name="Mean per person using it of ai.requests per team").is_visible()
 
@@ -229,6 +232,7 @@ def test_privacy_officer_sees_budgets_ledger_policies_and_statement(
     laptop.open("/policies")
     laptop.shot("auditor-policies-laptop")
     page.get_by_role("link", name=DAYS[0]).click()
+    page.get_by_role("heading", name=f"Policy of window {DAYS[0]}").wait_for()  # navigation is asynchronous
     assert page.get_by_role("heading", name=f"Policy of window {DAYS[0]}").is_visible()
 
     laptop.open("/statement")

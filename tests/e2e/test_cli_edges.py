@@ -222,6 +222,7 @@ def test_version() -> None:
     assert result.exit_code == 0 and re.fullmatch(r"chorus \d+\.\d+\.\d+\S*\n", result.stdout)
 
 
+@pytest.mark.slow
 def test_help_shows_no_placeholder_on_flags() -> None:
     root = typer.main.get_command(app)
 
@@ -292,6 +293,7 @@ def test_roster_dry_run_shows_the_change_and_changes_nothing(running: Running, t
 # -- serve on a busy port -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serve_on_a_busy_port_prints_one_line_and_touches_nothing(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -109,6 +109,7 @@ def test_a_taken_token_name_is_already_exists_with_its_reason(running: Running) 
     assert info.reason == "TOKEN_NAME_TAKEN" and info.metadata["field"] == "name"
 
 
+@pytest.mark.slow
 def test_page_size_zero_is_the_default_and_larger_sizes_are_capped(running: Running) -> None:
     """ListTokens pages with the same function as every List RPC (services._convert.page)."""
     clock = running.chorus.clock

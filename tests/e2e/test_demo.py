@@ -7,7 +7,10 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "demo", "--keep", str(tmp_path / "data")],
                             capture_output=True, text=True, timeout=300,

@@ -110,6 +110,7 @@ def _count_round(client: Client, truth: Counter[tuple[str, str]], metric: str, v
         truth[(team, metric)] += value
 
 
+@pytest.mark.slow
 def test_a_full_disk_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
     chorus = Chorus(suite_config(), small_disk / "data")
     admin, _ = chorus.tokens.create(Role.ADMIN, "test-admin", chorus.clock.now(), "test")

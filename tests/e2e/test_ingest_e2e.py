@@ -83,6 +83,7 @@ def test_retry_after_a_dropped_connection_counts_exactly_once(running: Running, 
         proxy.close()
 
 
+@pytest.mark.slow
 def test_acknowledged_data_survives_sigkill(server_process: ServerProcess) -> None:
     token = create_token(server_process.address, server_process.admin_token, "ingest", "e2e-ingest")
     with Client(server_process.address, token, source="e2e") as client:
@@ -95,6 +96,7 @@ def test_acknowledged_data_survives_sigkill(server_process: ServerProcess) -> No
     assert stored_totals(server_process.data_dir) == {("user-team-blue-2", "ai.tokens"): 4321}
 
 
+@pytest.mark.slow
 def test_sigterm_shuts_down_gracefully(server_process: ServerProcess) -> None:
     assert server_process.terminate() == 0
 

@@ -77,6 +77,7 @@ def contribution(user: str, metric: str, value: int, when: datetime) -> ingest_p
     return c
 
 
+@pytest.mark.slow
 def test_scrape_counts_ingest_releases_and_refusals_without_team_or_person_labels(
         metered: tuple[ServerProcess, str]) -> None:
     proc, url = metered

@@ -16,6 +16,8 @@ from chorus.server.auth import Role
 
 from .conftest import ROSTER, Running
 
+pytestmark = pytest.mark.slow  # a Node.js process
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE = shutil.which("node")
 NPM = shutil.which("npm")

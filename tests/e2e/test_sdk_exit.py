@@ -22,8 +22,11 @@ import pytest
 from .conftest import Running
 from .test_ingest_e2e import stored_totals
 
-#: Seconds the close of a tool may take with the server down: well under the old 2 s.
-PROMPT = 1.0
+pytestmark = pytest.mark.slow  # tool processes
+
+#: Seconds the close of a tool may take with the server down: under the old 2 s at exit (5 s in
+#: close()), generous against a loaded machine (it takes ~0.03 s); `attempts == 1` is the exact check.
+PROMPT = 1.5
 
 TOOL = """
 import atexit, sys, time

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import descriptor, message
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from chorus.server.auth import SERVICE_ROLES, Role
 from chorus.v1 import ingest_pb2
 
 from .conftest import FUZZ, NOON, ROSTER, Answer, SecureServer, bearer, call_raw, proto_methods
+
+pytestmark = pytest.mark.slow  # many generated inputs
 
 BY_NAME = {m.full_name: m for m in proto_methods()}
 REPORT = BY_NAME["chorus.v1.IngestService.Report"]

@@ -128,6 +128,7 @@ def test_user_ids_and_values_stay_out_of_answers_logs_and_metrics(secure_server:
     assert str(PERSONAL_VALUE) in SECRET_MARKERS  # and so checked again over the whole session
 
 
+@pytest.mark.slow
 def test_json_log_lines_of_a_server_process(tmp_path: Path) -> None:
     """`chorus serve --log-format json`: every stderr line is one JSON object, records logged
     during an RPC carry its request id and method, and none holds a user id or token."""

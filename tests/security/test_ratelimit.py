@@ -137,9 +137,10 @@ def test_sdk_honours_retry_info(make_server: Callable[..., SecureServer]) -> Non
             client.count("ai.tokens", 1, user=user)
         started = time.monotonic()
         # The server asks for 5 s; the SDK's own first backoff is at most 1 s. Honouring the
-        # server, it gives up this 2 s flush after one attempt instead of retrying within it.
-        assert not client.flush(timeout=2)
-        assert time.monotonic() - started < 1.5
+        # server, it gives up this 4 s flush after one attempt (retries == 1 below) instead of
+        # retrying within it, and at once: the bound is generous for a loaded machine.
+        assert not client.flush(timeout=4)
+        assert time.monotonic() - started < 3.5
         stats = client.stats()
         assert stats.retries == 1 and stats.accepted == 10 and stats.pending == 5
 

@@ -113,6 +113,7 @@ def test_replicas_racing_one_batch_id_count_it_once(store: Store, chorus: Chorus
     assert totals_of(store, "ai.requests") == [(10,)]
 
 
+@pytest.mark.slow
 def test_concurrent_batches_add_up_then_clamp_at_the_bound(store: Store, chorus: Chorus) -> None:
     replicas = [chorus, store.chorus()]
 
@@ -209,6 +210,7 @@ def test_concurrent_closers_fold_once(store: Store, chorus: Chorus) -> None:
     assert per_person_rows(store) == 0
 
 
+@pytest.mark.slow
 def test_contributions_racing_a_close_are_folded_or_rejected_never_lost(store: Store, chorus: Chorus) -> None:
     users = [u for u, _ in roster_rows()]
     replicas = [chorus, store.chorus(), store.chorus()]
@@ -244,6 +246,7 @@ def test_contributions_racing_a_close_are_folded_or_rejected_never_lost(store: S
 
 # --- ledger, tokens, roster, budget -----------------------------------------------------
 
+@pytest.mark.slow
 def test_ledger_stays_one_valid_chain_under_concurrent_appends(store: Store, chorus: Chorus) -> None:
     replicas = [chorus, store.chorus(), store.chorus()]
 
@@ -305,6 +308,7 @@ def test_concurrent_roster_imports_each_apply_whole(store: Store, chorus: Chorus
     assert {r.people for r in results} == {len(rows) for rows in rosters}
 
 
+@pytest.mark.slow
 def test_concurrent_releases_never_exceed_the_budget_and_charge_each_statistic_once(
         store: Store, chorus: Chorus) -> None:
     chorus.ingestor.report(batch(*((f"user-team-red-{i}", m.name, 10 + i)
@@ -397,6 +401,7 @@ STAGGER = 0.004
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.slow
 def test_20_races_of_50_identical_requests_on_two_replicas_never_refuse(store: Store, chorus: Chorus) -> None:
     """50 identical full reports started STAGGER apart, 20 times over (a new window each time): each time
     exactly one releases and 49 get its answer, cached; none is refused."""

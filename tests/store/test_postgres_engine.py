@@ -100,6 +100,7 @@ def test_sessions_run_read_committed_with_timeouts(pg: PostgresDatabase) -> None
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_a_hung_transaction_loses_its_locks_after_the_idle_timeout() -> None:
     with fresh_schema() as url:
         hung = PostgresDatabase(url, min_size=1, max_size=1, idle_in_transaction_timeout_ms=300)
@@ -115,7 +116,7 @@ def test_a_hung_transaction_loses_its_locks_after_the_idle_timeout() -> None:
                 if len(attempts) == 1:
                     tx.execute("UPDATE t SET v = v + 1 WHERE k = 'a'")
                     locked.set()
-                    time.sleep(2.0)  # a replica stuck inside its transaction, holding the row lock
+                    time.sleep(5.0)  # a replica stuck inside its transaction, holding the row lock
 
             thread = threading.Thread(target=hung.run, args=(hang,), kwargs={"name": "hang"})
             thread.start()
@@ -124,7 +125,8 @@ def test_a_hung_transaction_loses_its_locks_after_the_idle_timeout() -> None:
             healthy.run(lambda tx: tx.execute("UPDATE t SET v = v + 10 WHERE k = 'a'"), name="update")
             waited = time.monotonic() - started
             thread.join()
-            assert waited < 1.5  # freed by the server at ~0.3 s, not when the hung replica woke at 2 s
+            # Freed by the server at ~0.3 s, not when the hung replica woke at 5 s; generous for a loaded machine.
+            assert waited < 4.0
             assert len(attempts) == 2  # the killed transaction was rolled back and run again
             assert healthy.run(lambda tx: tx.query("SELECT v FROM t"), name="read") == [(10,)]
         finally:

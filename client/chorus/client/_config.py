@@ -17,6 +17,9 @@ import grpc
 
 from chorus.client._transport import GrpcTransport
 
+__all__ = ["MAX_NAME_CHARS", "ConfigError", "PemSource", "Settings", "grpc_transport", "is_loopback",
+           "resolve_settings", "valid_name"]
+
 ENV_ENDPOINT = "CHORUS_ENDPOINT"
 ENV_TOKEN = "CHORUS_TOKEN"
 ENV_USER = "CHORUS_USER"

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import grpc
 
+from chorus.client._aggregate import Key
 from chorus.client._spool import Spool
 from chorus.client._transport import Transport, TransportError
 from chorus.v1 import ingest_pb2
 
-logger = logging.getLogger("chorus.client")
+__all__ = ["BACKOFF_CAP", "MAX_BATCH_AGE", "MAX_SERVER_DELAY", "Delivery", "Watch"]
 
-#: A pre-aggregation key: (user, metric, minute bucket = unix seconds // 60).
-Key = tuple[str, str, float]
+logger = logging.getLogger("chorus.client")
 
 #: The server refuses more than 10_000 contributions per batch; stay well below.
 MAX_BATCH_CONTRIBUTIONS = 5000
@@ -89,7 +89,7 @@ class Watch:
 class Delivery:
     """The queue of batches awaiting acknowledgement and the counters about them.
 
-    `add` and `send` are called by one thread at a time (the client's send lock); the
+    `add` and `send` are called by one thread at a time (the worker's send lock); the
     internal lock only guards the queue, counters and watches against `spool_unsent`, `pending`,
     `counters` and `watch`/`unwatch`, which other threads may call meanwhile.
     """

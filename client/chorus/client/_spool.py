@@ -18,6 +18,8 @@ from google.protobuf.message import DecodeError
 
 from chorus.v1 import ingest_pb2
 
+__all__ = ["MAX_SPOOL_BYTES", "Spool"]
+
 logger = logging.getLogger("chorus.client")
 
 SUFFIX = ".pb"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+__all__ = ["Stats"]
+
 
 @dataclass(frozen=True)
 class Stats:

@@ -15,6 +15,8 @@ from typing import Any
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
 from google.protobuf.message import DecodeError
 
+__all__ = ["STATUS_DETAILS_KEY", "retry_delay_from_metadata", "retry_delay_from_status"]
+
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _RETRY_INFO_TYPE = "google.rpc.RetryInfo"
 

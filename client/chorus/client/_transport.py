@@ -12,6 +12,8 @@ import grpc
 from chorus.client._status import retry_delay_from_metadata
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 
+__all__ = ["FINAL_CODES", "RETRYABLE_CODES", "GrpcTransport", "Transport", "TransportError"]
+
 #: Status codes that say the batch itself is bad: sending it again can never succeed.
 #: Only these drop a batch (and delete its spool file). ALREADY_EXISTS says the server
 #: holds the batch already and settles it like `duplicate=true`.
