@@ -195,3 +195,29 @@ def test_a_window_length_change_waits_for_a_boundary(tmp_path, clock: FakeClock)
         assert ids == ["2026-11-25", "2026-11-26", "2026-W49"]  # days until the week boundary, then weeks
     finally:
         weekly.close()
+
+
+def test_grouped_ingest_answers_contribution_by_contribution(chorus: Chorus) -> None:
+    """Contributions are grouped by (event time, user) in one pass (ingest.Grouped), yet every
+    answer is that of a pass in index order: rejections listed by index whatever their group,
+    a person's contributions at several times of one window summed into one row, the running
+    total clamped, and `clamped` counting each accepted value over its bound."""
+    later = NOON + timedelta(minutes=1)
+    out = chorus.ingestor.report(batch(
+        ("user-team-red-1", "ai.requests", 1500),          # 0
+        ("user-team-red-0", "ai.tokens", 10, later),       # 1
+        ("user-team-red-1", "ai.unknown", 1),              # 2 rejected
+        ("user-nobody", "ai.tokens", -5),                  # 3 rejected: negative before unknown user
+        ("user-team-red-0", "ai.tokens", 20),              # 4
+        ("user-team-red-1", "ai.requests", 2500, later),   # 5 clamped (over the bound of 2000)
+        ("user-nobody", "ai.tokens", 5),                   # 6 rejected
+        ("user-team-red-0", "ai.tokens", -1, later),       # 7 rejected
+        ("user-team-red-1", "ai.requests", 1),             # 8 (the total stays at the bound)
+    ))
+    assert [(r.index, r.reason) for r in out.rejections] == [
+        (2, Reason.UNKNOWN_METRIC), (3, Reason.NEGATIVE_VALUE), (6, Reason.UNKNOWN_USER),
+        (7, Reason.NEGATIVE_VALUE)]
+    assert (out.accepted, out.clamped) == (5, 1)
+    assert stored_total(chorus, "2026-11-25", "user-team-red-0", "ai.tokens") == 30
+    assert stored_total(chorus, "2026-11-25", "user-team-red-1", "ai.requests") == 2000
+    assert table_rows(chorus, "usage") == 2

@@ -75,3 +75,39 @@ def test_the_wal_shrinks_back_after_a_complete_checkpoint(db: SqliteDatabase) ->
     other.close()
     db.run(lambda tx: tx.execute("DELETE FROM t WHERE k = 1"), name="small")  # the WAL restarts here
     assert grown > 1_000_000 and wal.stat().st_size < 64 * 1024
+
+
+def test_writers_of_two_connections_queue_on_the_writer_lock(tmp_path: Path) -> None:
+    """Two SqliteDatabase objects on one file (as two workers of `serve --workers` are): the
+    second writer waits on the writer lock and starts the moment the first commits, not at the
+    next poll of SQLite's busy handler (which sleeps up to 100 ms at a time)."""
+    import threading
+    import time
+
+    first, second = SqliteDatabase(tmp_path / "q.db"), SqliteDatabase(tmp_path / "q.db")
+    try:
+        first.run(lambda tx: tx.execute("CREATE TABLE t (x INTEGER)"), name="setup")
+        held, times = threading.Event(), {}
+
+        def hold(tx: Tx) -> None:
+            tx.execute("INSERT INTO t VALUES (1)")
+            held.set()
+            time.sleep(0.45)  # SQLite's busy handler would next look at ~0.53 s
+            times["released"] = time.monotonic()
+
+        def follow(tx: Tx) -> None:
+            times["began"] = time.monotonic()
+            tx.execute("INSERT INTO t VALUES (2)")
+
+        holder = threading.Thread(target=first.run, args=(hold,), kwargs={"name": "hold"})
+        holder.start()
+        held.wait()
+        second.run(follow, name="follow")
+        holder.join()
+        assert 0 <= times["began"] - times["released"] < 0.05
+        assert second.stats.snapshot()[0] == {}  # waited in the queue, never retried
+        assert (tmp_path / "q.db.writer-lock").stat().st_mode & 0o777 == 0o600
+        assert second.run(lambda tx: tx.query("SELECT x FROM t ORDER BY x"), name="read") == [(1,), (2,)]
+    finally:
+        first.close()
+        second.close()

@@ -51,10 +51,16 @@ class Server:
 
     def __init__(self, chorus: Chorus, listen: str, *, tls: TlsConfig | None = None,
                  max_workers: int = 16, metrics_listen: str | None = None,
-                 otlp_http_listen: str | None = None) -> None:
+                 otlp_http_listen: str | None = None, share_port: bool = False,
+                 run_closer: bool = True) -> None:
         """`metrics_listen` (host:port): also serve Prometheus metrics over HTTP there;
-        `otlp_http_listen`: also take OTLP/HTTP there."""
+        `otlp_http_listen`: also take OTLP/HTTP there.
+
+        `share_port` and `run_closer` are for the workers of `chorus serve --workers`
+        (chorus.server.workers): bind with SO_REUSEPORT, and leave the window closer to one worker.
+        """
         self.chorus = chorus
+        self._run_closer = run_closer
         limits = chorus.config.limits
         limiter = RateLimiter(limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)
         self.metrics = Metrics(chorus, limiter)
@@ -62,9 +68,10 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
             interceptors=[self.metrics.interceptor(), AuthInterceptor(chorus.tokens.authenticate,
                                           max_rpc_seconds=limits.rpc_deadline_seconds)],
-            # No SO_REUSEPORT: a second server on a busy address must fail, not share the port
-            # and split traffic between two stores.
-            options=[("grpc.so_reuseport", 0),
+            # No SO_REUSEPORT unless asked: a second server on a busy address must fail, not
+            # share the port and split traffic between two stores. Workers share it only with
+            # their siblings: their parent holds the port (chorus.server.workers.reserve_port).
+            options=[("grpc.so_reuseport", int(share_port)),
                      ("grpc.max_receive_message_length", limits.max_message_bytes),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)],
             maximum_concurrent_rpcs=max_workers * 8,
@@ -119,7 +126,8 @@ class Server:
         self._grpc.start()
         if self.otlp_http is not None:
             self.otlp_http.start()
-        self.chorus.closer.start(self.chorus.config.close_interval_seconds)
+        if self._run_closer:
+            self.chorus.closer.start(self.chorus.config.close_interval_seconds)
         threading.Thread(target=self._probe_store, name="chorus-health", daemon=True).start()
 
     def _set_health(self, *, serving: bool) -> None:

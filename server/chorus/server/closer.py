@@ -62,6 +62,8 @@ class WindowCloser:
         self._thread = threading.Thread(target=self._run, args=(interval,), name="chorus-closer",
                                         daemon=True)
         self._thread.start()
+        # `chorus serve --workers N` runs exactly one closer; tests count this line.
+        _log.info("window closer started (every %s s)", interval)
 
     def _run(self, interval: float) -> None:
         while True:

@@ -6,6 +6,14 @@ the roster. Accepted values are clamped to the metric's bound, summed per person
 person's running total is clamped to [0, max_per_user] in the same upsert. The raw user id
 is only ever an HMAC input; it is never stored or logged.
 
+One pass per contribution: a batch's contributions are grouped by (event time, user) as they
+are read (`Grouped`: the gRPC servicer builds it straight from the decoded message); window,
+roster lookup and pseudonym are then resolved once per group, and per contribution only the
+value, the metric's slot and its bound are looked at. Strings are checked once per distinct
+value. Every answer (rejections in index order, the first invalid field, what is counted) is
+the one a contribution-by-contribution pass gives: clamping a running total at each step equals
+clamping the sum, since accepted values are non-negative.
+
 Exactly once: the batch_id is stored with a digest of the batch's contents in the batch's own
 transaction. A known id with the same digest is a duplicate (acknowledged, nothing counted); with
 another digest it raises BatchIdReused and the transaction stores nothing, so a client that
@@ -20,6 +28,7 @@ import hashlib
 import hmac
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -52,13 +61,51 @@ class Contribution(NamedTuple):  # a tuple: cheap to build by the thousand per b
     event_time: datetime
 
 
+#: (event time, user) -> [(index, metric, value), ...] in index order.
+Groups = dict[tuple[datetime, str], list[tuple[int, str, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Grouped:
+    """A batch's contributions grouped by (event time, user) in one pass, as `group` does.
+
+    `metrics` holds every metric name used, so that strings are checked once per distinct value.
+    """
+
+    size: int
+    groups: Groups
+    metrics: set[str]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def ordered(self) -> list[tuple[int, str, str]]:
+        """(index, user, metric) of every contribution, in index order (for the rare error path)."""
+        return sorted((index, user, metric) for (_, user), entries in self.groups.items()
+                      for index, metric, _ in entries)
+
+
+def group(contributions: Sequence[Contribution]) -> Grouped:
+    groups: Groups = {}
+    metrics = set()
+    for index, (user, metric, value, when) in enumerate(contributions):
+        metrics.add(metric)
+        entries = groups.get((when, user))
+        if entries is None:
+            groups[(when, user)] = [(index, metric, value)]
+        else:
+            entries.append((index, metric, value))
+    return Grouped(len(contributions), groups, metrics)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     batch_id: str
     source: str
     source_version: str
     dropped: int
-    contributions: list[Contribution]
+    #: In-process callers give a list; the gRPC servicer gives them already `Grouped`.
+    contributions: Sequence[Contribution] | Grouped
     #: SHA-256 of the batch's contents as sent (services.ingest.content_digest); stored with
     #: the batch_id so that a reused id with other contents is refused, not acknowledged.
     #: Empty for in-process callers that never reuse an id.
@@ -111,11 +158,13 @@ def validate(batch: Batch, limits: Limits) -> None:
         raise InvalidBatch(f"batch has {len(batch.contributions)} contributions; the limit is "
                            f"{limits.max_batch_contributions}", "contributions")
     limit = limits.max_string_length
-    for i, c in enumerate(batch.contributions):
-        if not (0 < len(c.user) <= limit and 0 < len(c.metric) <= limit and c.user.isprintable()
-                and c.metric.isprintable()):
-            _check_length(f"contributions[{i}].user", c.user, limit)
-            _check_length(f"contributions[{i}].metric", c.metric, limit)
+    grouped = batch.contributions if isinstance(batch.contributions, Grouped) else group(batch.contributions)
+    if all(0 < len(s) <= limit and s.isprintable() for s in grouped.metrics) and \
+            all(0 < len(user) <= limit and user.isprintable() for _, user in grouped.groups):
+        return
+    for i, user, metric in grouped.ordered():  # the first offending contribution, as named before
+        _check_length(f"contributions[{i}].user", user, limit)
+        _check_length(f"contributions[{i}].metric", metric, limit)
 
 
 def _check_length(name: str, value: str, limit: int, *, required: bool = True) -> None:
@@ -195,11 +244,12 @@ class Ingestor:
 
     def report(self, batch: Batch) -> Outcome:
         now = self._clock.now()
-        outcome = self._db.run(lambda tx: self._apply(tx, batch, now), name="ingest")
+        grouped = batch.contributions if isinstance(batch.contributions, Grouped) else group(batch.contributions)
+        outcome = self._db.run(lambda tx: self._apply(tx, batch, grouped, now), name="ingest")
         self.stats.record(outcome, batch.dropped)
         return outcome
 
-    def _apply(self, tx: Tx, batch: Batch, now: datetime) -> Outcome:
+    def _apply(self, tx: Tx, batch: Batch, grouped: Grouped, now: datetime) -> Outcome:
         if not tx.execute("INSERT INTO batches (batch_id, received_at, digest) VALUES (?, ?, ?) "
                           "ON CONFLICT (batch_id) DO NOTHING",
                           (batch.batch_id, int(now.timestamp()), batch.digest)):
@@ -209,55 +259,75 @@ class Ingestor:
                                     "contents; nothing was stored. Use a new random id (at least 128 "
                                     "bits) for every batch, and the same id only to resend it unchanged")
             return Outcome(accepted=0, duplicate=True)
-        return self.count(tx, batch.contributions, now)
+        return self.count(tx, grouped, now)
 
-    def count(self, tx: Tx, contributions: list[Contribution], now: datetime,
+    def count(self, tx: Tx, contributions: Sequence[Contribution] | Grouped, now: datetime,
               windows: dict[str, lifecycle.OpenWindow | Rejection] | None = None) -> Outcome:
-        """Apply the ingest rules to `contributions` in `tx` (a batch, or an OTLP export's points)."""
+        """Apply the ingest rules to `contributions` in `tx` (a batch, or an OTLP export's points).
+
+        Window, roster lookup and pseudonym are resolved once per (event time, user) group."""
+        grouped = contributions if isinstance(contributions, Grouped) else group(contributions)
         team_of = self._roster.current(tx).get
         windows = {} if windows is None else windows
         by_time: dict[datetime, lifecycle.OpenWindow | Rejection] = {}  # batches carry few distinct times
+        slots: dict[str, dict[str, tuple[int, int]]] = {}  # window -> metric -> (slot, bound)
         people: dict[tuple[str, str], _Person] = {}  # by (window, user)
         rejections: list[Rejection] = []
         clamped = 0
 
-        for index, c in enumerate(contributions):
-            value = c.value
-            if value < 0:
-                rejections.append(Rejection(index, Reason.NEGATIVE_VALUE,
-                                            f"value {value} is negative; counts must be >= 0"))
-                continue
-            window = by_time.get(c.event_time)
-            if window is None:
-                window = by_time[c.event_time] = self.window_for(tx, c.event_time, now, windows)
-            if isinstance(window, Rejection):
-                rejections.append(Rejection(index, window.reason, window.message))
-                continue
-            policy = window.record.policy
-            metric = policy.metric(c.metric)
-            if metric is None:
-                rejections.append(Rejection(index, Reason.UNKNOWN_METRIC, f"metric {c.metric!r} is not in "
-                                            f"the policy of window {window.record.id}"))
-                continue
-            team = team_of(c.user)
-            if team is None:
-                rejections.append(Rejection(index, Reason.UNKNOWN_USER, "user is not on the roster"))
-                continue
-            pkey = (window.record.id, c.user)
-            person = people.get(pkey)
-            if person is None:
-                person = people[pkey] = _Person(pseudonym(window.key, c.user), team, policy,
-                                                [0] * len(policy.metrics))
-            bound = metric.max_per_user
-            if value > bound:
-                clamped += 1
-            totals = person.totals
-            slot = policy.slot(c.metric)
-            totals[slot] = min(bound, totals[slot] + value)
+        for (when, user), entries in grouped.groups.items():
+            window: lifecycle.OpenWindow | None = None
+            refused: Rejection | None = None  # why this group's window takes nothing
+            metric_slots: dict[str, tuple[int, int]] | None = None
+            totals: list[int] | None = None
+            for index, metric, value in entries:
+                if value < 0:
+                    rejections.append(Rejection(index, Reason.NEGATIVE_VALUE,
+                                                f"value {value} is negative; counts must be >= 0"))
+                    continue
+                if metric_slots is None:  # per group, and only once a value is non-negative
+                    found = by_time.get(when)
+                    if found is None:
+                        found = by_time[when] = self.window_for(tx, when, now, windows)
+                    if isinstance(found, Rejection):
+                        refused, metric_slots = found, {}
+                    else:
+                        window = found
+                        metric_slots = slots.get(window.record.id) or slots.setdefault(
+                            window.record.id, {m.name: (i, m.max_per_user)
+                                               for i, m in enumerate(window.record.policy.metrics)})
+                if refused is not None:
+                    rejections.append(Rejection(index, refused.reason, refused.message))
+                    continue
+                assert window is not None
+                slot_bound = metric_slots.get(metric)
+                if slot_bound is None:
+                    rejections.append(Rejection(index, Reason.UNKNOWN_METRIC, f"metric {metric!r} is not in "
+                                                f"the policy of window {window.record.id}"))
+                    continue
+                if totals is None:  # the person, once per group
+                    team = team_of(user)
+                    if team is None:
+                        rejections.append(Rejection(index, Reason.UNKNOWN_USER, "user is not on the roster"))
+                        continue
+                    pkey = (window.record.id, user)
+                    person = people.get(pkey)
+                    if person is None:
+                        policy = window.record.policy
+                        person = people[pkey] = _Person(pseudonym(window.key, user), team, policy,
+                                                        [0] * len(policy.metrics))
+                    totals = person.totals
+                slot, bound = slot_bound
+                if value > bound:
+                    clamped += 1
+                total = totals[slot] + value
+                totals[slot] = bound if total > bound else total
 
         if people:
             self._write(tx, people)
-        accepted = len(contributions) - len(rejections)
+        if rejections:
+            rejections.sort(key=_by_index)
+        accepted = grouped.size - len(rejections)
         return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
 
     @staticmethod
@@ -265,9 +335,13 @@ class Ingestor:
         """Upsert one row per person, in (window, pseudonym) order: every concurrent batch takes
         row locks in the same order, so none deadlock (PostgreSQL)."""
         by_bounds: dict[tuple[int, ...], list[tuple]] = {}  # windows of one policy share a statement
+        of_window: dict[str, list[tuple]] = {}
         for (window_id, _), (pseud, team, policy, totals) in people.items():
-            bounds = tuple(m.max_per_user for m in policy.metrics)
-            by_bounds.setdefault(bounds, []).append((window_id, pseud, team, *totals))
+            rows = of_window.get(window_id)
+            if rows is None:
+                bounds = tuple(m.max_per_user for m in policy.metrics)
+                rows = of_window[window_id] = by_bounds.setdefault(bounds, [])
+            rows.append((window_id, pseud, team, *totals))
         for bounds, group in by_bounds.items():
             params = [b for bound in bounds for b in (bound, bound)]
             tx.executemany(_upsert_usage(len(bounds)), [(*row, *params) for row in sorted(group)])
@@ -290,6 +364,10 @@ class Ingestor:
             windows[span.id] = opened if isinstance(opened, lifecycle.OpenWindow) and opened.record.closes_at > now \
                 else _late(span.id, opened)
         return windows[span.id]
+
+
+def _by_index(rejection: Rejection) -> int:
+    return rejection.index
 
 
 def _late(window_id: str, record: lifecycle.OpenWindow | lifecycle.WindowRecord | None) -> Rejection:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from chorus.server import config as config_module
-from chorus.server import logs, metrics
+from chorus.server import logs, metrics, workers
 from chorus.server.app import Server, TlsConfig
 from chorus.server.app_context import Chorus
 from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
@@ -77,13 +80,23 @@ def serve(
                                             "(one JSON object per line, with a request id per RPC).")] = "text",
     metrics_listen: Annotated[str | None, typer.Option(
         "--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics, no "
-        "authentication: keep it on loopback or a monitoring network); default: off.")] = None,
+        "authentication: keep it on loopback or a monitoring network); default: off. With "
+        "--workers N, worker i serves its own metrics on port + i.")] = None,
+    worker_count: Annotated[str, typer.Option(
+        "--workers", help="Server processes sharing the port and the store: a number, or auto (one per "
+        "core). One of them runs the window closer.")] = "1",
+    worker_index: Annotated[int | None, typer.Option("--worker-index", hidden=True)] = None,
+    ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
 ) -> None:
     """Run the Chorus server."""
     try:
         logs.configure(log_level, log_format)
     except ValueError as exc:
         raise fail(f"--log-level/--log-format: {exc}", 2) from None
+    try:
+        count = workers.parse_count(worker_count)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
     try:
         cfg = config_module.load(config)
     except config_module.ConfigError as exc:
@@ -106,9 +119,23 @@ def serve(
         raise fail(f"refusing plaintext OTLP/HTTP on non-loopback address {otlp_http_listen}: give "
                    "--tls-cert/--tls-key, or --insecure if a trusted proxy terminates TLS", 2)
     tls = load_tls(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
+    if worker_index is not None:
+        _serve_worker(Chorus(cfg, data_dir, database=database), address, tls, metrics_listen, otlp_http_listen,
+                      worker_index, ready_fd)
+        return
     _check_port_free(address)
     chorus = Chorus(cfg, data_dir, database=database)
     token_path = chorus.bootstrap_admin_token()
+    if count > 1:
+        chorus.close()  # migrations, signing key, config record and admin token exist now: once
+        argv = ["--data-dir", str(data_dir), "--log-level", log_level, "--log-format", log_format,
+                *(["--config", str(config)] if config else []),
+                *(["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)] if tls_cert and tls_key else []),
+                *(["--client-ca", str(client_ca)] if client_ca else []), *(["--insecure"] if insecure else [])]
+        if database is not None:
+            os.environ["CHORUS_DATABASE"] = database  # inherited; a password stays out of `ps`
+        _supervise(count, address, argv, metrics_listen, otlp_http_listen, token_path, tls is not None, data_dir)
+        return
     try:
         server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
                         otlp_http_listen=otlp_http_listen)
@@ -127,6 +154,69 @@ def serve(
     console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
                   f"data in {data_dir}", highlight=False, soft_wrap=True)
     server.wait_for_signal()
+
+
+def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_listen: str | None,
+                  otlp_http_listen: str | None, index: int, ready_fd: int | None) -> None:
+    """One worker of `serve --workers N` (chorus.server.workers): its parent holds the port.
+    Worker 0 alone is given `otlp_http_listen` (and runs the closer)."""
+    if metrics_listen is not None:
+        host, port = metrics.parse_address(metrics_listen)
+        port = port + index if port else 0
+        metrics_listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
+                        otlp_http_listen=otlp_http_listen, share_port=True, run_closer=index == 0)
+    except OSError as exc:
+        chorus.close()
+        raise fail(f"worker {index}: {exc}") from None
+    server.start()
+    if server.metrics_address:
+        console.print(f"worker {index}: metrics on http://{server.metrics_address}/metrics", highlight=False,
+                      soft_wrap=True)
+    if server.otlp_http is not None:
+        console.print(f"worker {index}: OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}"
+                      "/v1/metrics", highlight=False, soft_wrap=True)
+    sys.stdout.flush()  # the metrics line before the parent's ready line, also into a file
+    workers.signal_ready(ready_fd)
+    workers.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    server.wait_for_signal()
+
+
+def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | None,
+               otlp_http_listen: str | None, token_path: Path | None, tls: bool, data_dir: Path) -> None:
+    """The parent of `serve --workers N`: reserve the port, start the workers, restart the ones that
+    die, stop them all on SIGTERM or SIGINT. OTLP/HTTP is served by worker 0 alone (OTLP/gRPC
+    shares the gRPC port like every other service)."""
+    try:
+        reservation, address = workers.reserve_port(address)
+    except OSError as exc:
+        raise fail(f"cannot listen on {address}: {exc.strerror}", ExitCode.UNAVAILABLE) from None
+
+    def command(index: int, fd: int) -> list[str]:
+        return [sys.executable, "-m", "chorus.server.cli", "serve", *argv, "--listen", address,
+                *(["--metrics-listen", metrics_listen] if metrics_listen else []),
+                *(["--otlp-http-listen", otlp_http_listen] if otlp_http_listen and index == 0 else []),
+                "--worker-index", str(index), "--ready-fd", str(fd)]
+
+    supervisor = workers.Supervisor(command, count)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: supervisor.request_stop())
+    try:
+        try:
+            supervisor.start()
+        except workers.WorkerFailed as exc:
+            raise fail(str(exc)) from None
+        if token_path:
+            console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
+        console.print(f"chorus serving on {address} ({'TLS' if tls else 'plaintext'}), data in {data_dir}, "
+                      f"{count} workers (pids {' '.join(map(str, supervisor.pids))})",
+                      highlight=False, soft_wrap=True)
+        supervisor.run()
+        supervisor.stop()
+    finally:
+        for sock in reservation:
+            sock.close()
 
 
 def _check_port_free(address: str) -> None:

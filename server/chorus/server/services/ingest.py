@@ -3,6 +3,10 @@
 Work on a request grows with what is accepted, never with what is refused: the size of a
 batch is read (O(1)) before anything else, and an oversize batch is refused after charging
 the rate limiter one unit, without converting a single contribution.
+
+Every worker pays the per-contribution cost, so it is kept to one pass over the decoded
+message's fields (`_contributions`), grouping as it reads (ingest.Grouped); each distinct
+event time is converted once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from chorus.server.services._errors import abort, invalid_argument, retry_later
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 
 _MAX_NANOS = 999_999_999
+_UNSET = (0, 0)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -70,24 +75,31 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
 def content_digest(request: ingest_pb2.ReportRequest) -> bytes:
     """SHA-256 of everything in the request but its batch_id (deterministic serialization,
-    unknown fields dropped): a resend of the same batch has the same digest in any language."""
-    content = ingest_pb2.ReportRequest()
-    content.CopyFrom(request)
-    content.ClearField("batch_id")
-    content.DiscardUnknownFields()
-    return hashlib.sha256(content.SerializeToString(deterministic=True)).digest()
+    unknown fields dropped): a resend of the same batch has the same digest in any language.
+
+    Serialises the request itself with its batch_id taken out and put back: a copy of a
+    10,000-contribution message would cost more than the hash.
+    """
+    batch_id = request.batch_id
+    request.ClearField("batch_id")
+    try:
+        request.DiscardUnknownFields()
+        return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    finally:
+        request.batch_id = batch_id
 
 
-def _contributions(request: ingest_pb2.ReportRequest) -> list[ingest.Contribution]:
+def _contributions(request: ingest_pb2.ReportRequest) -> ingest.Grouped:
     # SDK batches carry a handful of distinct minute timestamps: convert each once.
     times: dict[tuple[int, int], datetime] = {}
-    out = []
+    groups: ingest.Groups = {}
+    metrics = set()
     for index, c in enumerate(request.contributions):
-        if not c.HasField("event_time"):
-            raise ingest.InvalidBatch(f"contributions[{index}].event_time is required: when the usage "
-                                      "happened", f"contributions[{index}].event_time")
         stamp = c.event_time
         key = (stamp.seconds, stamp.nanos)
+        if key == _UNSET and not c.HasField("event_time"):  # an absent one reads as (0, 0)
+            raise ingest.InvalidBatch(f"contributions[{index}].event_time is required: when the usage "
+                                      "happened", f"contributions[{index}].event_time")
         when = times.get(key)
         if when is None:
             if not 0 <= stamp.nanos <= _MAX_NANOS:
@@ -100,5 +112,12 @@ def _contributions(request: ingest_pb2.ReportRequest) -> list[ingest.Contributio
                 raise ingest.InvalidBatch(f"contributions[{index}].event_time is outside the valid "
                                           "timestamp range (years 1..9999)",
                                           f"contributions[{index}].event_time.seconds") from None
-        out.append(ingest.Contribution(c.user, c.metric, c.value, when))
-    return out
+        metric = c.metric
+        metrics.add(metric)
+        person = (when, c.user)
+        entries = groups.get(person)
+        if entries is None:
+            groups[person] = [(index, metric, c.value)]
+        else:
+            entries.append((index, metric, c.value))
+    return ingest.Grouped(len(request.contributions), groups, metrics)

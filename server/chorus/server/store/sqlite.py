@@ -1,8 +1,12 @@
 """SQLite engine: the embedded default. One file in the data directory, WAL, secure_delete.
 
 All transactions of a process go through one connection under a lock: SQLite allows one
-writer anyway, and this keeps `BEGIN IMMEDIATE` waits inside the process cheap. Other
-processes on the same file are serialised by SQLite's busy timeout.
+writer anyway, and this keeps `BEGIN IMMEDIATE` waits inside the process cheap. Processes
+on the same file (the workers of `chorus serve --workers N`) queue on an exclusive `flock`
+of a sidecar file (`<db>.writer-lock`) around each transaction: the kernel wakes the next
+writer the moment one commits, where SQLite's busy handler would sleep and poll (up to
+100 ms a time). The kernel drops the lock of a killed process. Other programs on the file
+(a `sqlite3` shell, a backup) are still serialised by SQLite's busy timeout.
 
 Deleted bytes: secure_delete zeroes deleted cells and freed pages in the new page versions,
 but the WAL still holds the old versions until a checkpoint copies the new ones back and
@@ -18,13 +22,15 @@ sqlite3 error that would read as a server bug.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -73,6 +79,13 @@ class SqliteDatabase:
         if not path.exists():
             # Owner-only from the start: SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            self._writer = os.open(path.parent / f"{path.name}.writer-lock",
+                                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # e.g. a read-only directory: SQLite's busy handler still serialises
+            _log.warning("SQLite database %s: no writer lock file (%s); writers of several processes "
+                         "poll for the lock instead of queueing", path, exc.strerror)
+            self._writer = -1
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_ms / 1000)
         # A batch of random pseudonyms dirties thousands of B-tree pages; checkpointing every
@@ -106,7 +119,7 @@ class SqliteDatabase:
 
     def _run(self, fn: Callable[[_SqliteTx], T], name: str) -> T:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
-            with self._lock:
+            with self._lock, self._queued():
                 try:
                     self._conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as exc:
@@ -129,6 +142,18 @@ class SqliteDatabase:
         self.stats.failed(name)
         raise StoreUnavailable(f"SQLite database {self.path} stayed locked through "
                                f"{_MAX_ATTEMPTS} attempts of {name}")
+
+    @contextlib.contextmanager
+    def _queued(self) -> Iterator[None]:
+        """Hold the cross-process writer lock (see the module docstring)."""
+        if self._writer < 0:  # closed (the closed connection says so), or no lock file
+            yield
+            return
+        fcntl.flock(self._writer, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer, fcntl.LOCK_UN)
 
     def _rollback(self) -> None:
         # After FULL or IOERR SQLite may already have rolled the transaction back itself.
@@ -157,7 +182,7 @@ class SqliteDatabase:
 
     def _checkpoint(self) -> bool:
         wal = self.path.with_name(self.path.name + "-wal")
-        with self._lock:
+        with self._lock, self._queued():  # no other worker's transaction pins the WAL meanwhile
             # TRUNCATE waits for readers through the busy handler: briefly, see CHECKPOINT_BUSY_MS.
             self._conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
             try:
@@ -175,6 +200,9 @@ class SqliteDatabase:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._writer >= 0:
+                os.close(self._writer)
+                self._writer = -1
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
