@@ -27,7 +27,7 @@ import grpc
 
 from chorus.client import Client
 from chorus.server import config
-from chorus.server.ingest import _upsert_usage
+from chorus.server.store import usage
 from chorus.server.store._schema import migrate
 from chorus.server.store.sqlite import SqliteDatabase
 from chorus.v1 import admin_pb2, admin_pb2_grpc
@@ -101,16 +101,15 @@ def bare_store_rate(users: list[str], rounds: int, batch: int = 5000) -> tuple[f
         migrate(db)
         # One row per person as the server writes them; pseudonyms are HMAC output, i.e. random
         # order in the B-tree. A batch of `batch` contributions is batch / len(METRICS) rows.
-        bounds = [10**9] * (2 * len(METRICS))
+        bounds = (10**9,) * len(METRICS)
         rows = sorted(("2026-01-01", hmac.digest(b"k" * 32, user.encode(), hashlib.sha256), "team",
-                       *[1] * len(METRICS), *bounds) for user in users)
+                       *[1] * len(METRICS)) for user in users)
         per_batch = batch // len(METRICS)
-        upsert = _upsert_usage(len(METRICS))
         started, cpu = time.perf_counter(), time.process_time()
         for _ in range(rounds):
             for i in range(0, len(rows), per_batch):
                 chunk = sorted(rows[i:i + per_batch])
-                db.run(lambda tx, c=chunk: tx.executemany(upsert, c), name="bench")
+                db.run(lambda tx, c=chunk: usage.add(tx, bounds, c), name="bench")
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         db.close()
     contributions = len(rows) * len(METRICS) * rounds

@@ -3,11 +3,11 @@ PostgreSQL upsert rate measured in the same run.
 
     python bench/bench_ingest_pg.py [--batches 200] [--batch-size 500] [--senders 8]
 
-Anchors: the ingest transaction's SQL alone (batch id, usage upsert), without
-gRPC or domain logic, pseudonyms precomputed, through the engine's `Tx`:
+Anchors: the ingest transaction's store operations alone (`store.batches.claim`,
+`store.usage.add`), without gRPC or domain logic, pseudonyms precomputed:
   * pipelined executemany: psycopg's executemany, one pipelined statement per row;
-  * engine bulk path: what `Tx.executemany` does for 128 rows or more, COPY into a
-    temporary staging table, then one INSERT ... SELECT ... ON CONFLICT per group.
+  * engine bulk path: what the PostgreSQL `Tx.add_usage` does for 128 rows or more, COPY
+    into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT merge.
 The replicas' rate is reported as a ratio to the bulk-path anchor.
 Replicas: `chorus serve --database URL` child processes fed pre-built ReportRequests over
 gRPC by `--senders` threads. CPU seconds of each server process and of its PostgreSQL
@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,8 +49,7 @@ sys.path.insert(0, str(ROOT))  # for the test helpers' URL handling
 from chorus.server import config  # noqa: E402
 from chorus.server.app_context import Chorus  # noqa: E402
 from chorus.server.auth import Role  # noqa: E402
-from chorus.server.ingest import _upsert_usage  # noqa: E402
-from chorus.server.store import Tx  # noqa: E402
+from chorus.server.store import Tx, batches, usage  # noqa: E402
 from chorus.server.store.postgres import PostgresDatabase, _PostgresTx, placeholders  # noqa: E402
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc  # noqa: E402
 from tests.store.postgres_schema import scratch_schema, url_with  # noqa: E402
@@ -147,23 +146,25 @@ def bare_rows(window: str, batch: list[tuple[str, str, int]], key: bytes) -> lis
     people: dict[str, list[int]] = {}
     for u, m, v in batch:
         people.setdefault(u, [0] * len(METRICS))[slot[m]] += v
-    bounds = [b for m in METRICS for b in (BOUNDS[m], BOUNDS[m])]
-    return sorted((window, hmac.new(key, u.encode(), hashlib.sha256).digest(), "team", *totals, *bounds)
+    return sorted((window, hmac.new(key, u.encode(), hashlib.sha256).digest(), "team", *totals)
                   for u, totals in people.items())
 
 
-def anchor_sql(tx: Tx, usage: list) -> None:
-    """The ingest transaction's writes, through the engine's Tx."""
-    tx.execute("INSERT INTO batches (batch_id, received_at) VALUES (?, ?) ON CONFLICT (batch_id) DO NOTHING",
-               (uuid.uuid4().hex, int(time.time())))
-    tx.executemany(_upsert_usage(len(METRICS)), usage)
+def anchor_sql(tx: Tx, rows: list) -> None:
+    """The ingest transaction's writes, through the store's operations."""
+    batches.claim(tx, uuid.uuid4().hex, int(time.time()), b"")
+    usage.add(tx, BOUND_TUPLE, rows)
+
+
+BOUND_TUPLE = tuple(BOUNDS[m] for m in METRICS)
 
 
 class RowByRowTx(_PostgresTx):
     """The engine's Tx with the bulk path switched off: psycopg's pipelined executemany only."""
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._cur.executemany(placeholders(sql), rows)
+    def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Any]) -> None:
+        params = [b for bound in bounds for b in (bound, bound)]
+        self._cur.executemany(placeholders(usage.upsert_sql(len(bounds))), [(*row, *params) for row in rows])
 
 
 def concurrently(workers: int, jobs: list, work: Callable[[object], None]) -> float:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from chorus.server.store import StoreUnavailable, Tx
-from chorus.server.store.postgres import BULK_MIN_ROWS, PostgresDatabase, _bulk_plan, placeholders
+from chorus.server.store import StoreUnavailable, Tx, migrate, usage
+from chorus.server.store.postgres import BULK_MIN_ROWS, PostgresDatabase, placeholders
 
 from .postgres_schema import fresh_schema
 
@@ -164,41 +164,50 @@ def test_an_unreachable_server_fails_fast_without_revealing_the_password() -> No
     assert "s3cret" not in str(info.value)
 
 
-CLAMPED_UPSERT = ("INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET "
-                  "v = CASE WHEN t.v + excluded.v > ? THEN ? ELSE t.v + excluded.v END")
+@pytest.fixture
+def pg_store() -> Iterator[PostgresDatabase]:
+    """An engine on a migrated scratch schema (the real usage table)."""
+    with fresh_schema() as url:
+        db = PostgresDatabase(url, min_size=1, max_size=4)
+        migrate(db)
+        yield db
+        db.close()
 
 
-def clamped_rows(n: int, value: int) -> list[tuple[str, int, int, int]]:
-    """Rows for CLAMPED_UPSERT: even keys bounded at 50, odd ones at 1000 (two bound groups)."""
-    return [(f"k{i:04d}", value, b, b) for i in range(n) for b in [50 if i % 2 == 0 else 1000]]
+def usage_rows(n: int, value: int, window: str = "w") -> list[tuple[str, bytes, str, int]]:
+    """Rows for store.usage.add with one metric slot, sorted by (window, pseudonym)."""
+    return [(window, f"p{i:04d}".encode(), "team", value) for i in range(n)]
+
+
+def read_usage(db: PostgresDatabase, window: str = "w") -> dict[bytes, int]:
+    return {bytes(p): int(t) for p, t in db.run(
+        lambda tx: tx.query("SELECT pseudonym, t0 FROM usage WHERE window_id = ?", (window,)), name="read")}
 
 
 @pytest.mark.postgres
-def test_bulk_executemany_matches_row_by_row_semantics(pg: PostgresDatabase) -> None:
+def test_bulk_usage_add_matches_row_by_row_semantics(pg_store: PostgresDatabase) -> None:
     n = BULK_MIN_ROWS * 2
-    assert _bulk_plan(CLAMPED_UPSERT) is not None
     with pytest.raises(RuntimeError):  # a rolled-back first use (the staging table with it)
-        pg.run(lambda tx: (tx.executemany(CLAMPED_UPSERT, clamped_rows(n, 30)), _raise()), name="fail")
+        pg_store.run(lambda tx: (usage.add(tx, (50,), usage_rows(n, 30)), _raise()), name="fail")
 
-    def twice(tx: Tx) -> None:  # the same statement twice in one transaction: staging is reused
-        tx.executemany(CLAMPED_UPSERT, clamped_rows(n, 30))
-        tx.executemany(CLAMPED_UPSERT, clamped_rows(n, 30))
+    def twice(tx: Tx) -> None:  # the same operation twice in one transaction: staging is reused
+        usage.add(tx, (50,), usage_rows(n, 30)[::2])  # even people bounded at 50
+        usage.add(tx, (1000,), usage_rows(n, 30)[1::2])  # odd ones at 1000
+        usage.add(tx, (50,), usage_rows(n, 30)[::2])
+        usage.add(tx, (1000,), usage_rows(n, 30)[1::2])
 
-    pg.run(twice, name="twice")
-    totals = dict(pg.run(lambda tx: tx.query("SELECT k, v FROM t"), name="read"))
-    assert totals == {f"k{i:04d}": 50 if i % 2 == 0 else 60 for i in range(n)}
+    pg_store.run(twice, name="twice")
+    small = usage_rows(BULK_MIN_ROWS - 1, 30, window="x")  # the row-by-row path: same clamp
+    pg_store.run(lambda tx: (usage.add(tx, (50,), small), usage.add(tx, (50,), small)), name="few")
+    assert read_usage(pg_store) == {r[1]: 50 if i % 2 == 0 else 60 for i, r in enumerate(usage_rows(n, 0))}
+    assert set(read_usage(pg_store, "x").values()) == {50}
 
 
 @pytest.mark.postgres
-def test_bulk_executemany_falls_back_when_a_key_repeats(pg: PostgresDatabase) -> None:
-    rows = clamped_rows(BULK_MIN_ROWS, 7) * 2  # every key twice: DO UPDATE must see its own write
-    pg.run(lambda tx: tx.executemany(CLAMPED_UPSERT, rows), name="dups")
-    totals = dict(pg.run(lambda tx: tx.query("SELECT k, v FROM t"), name="read"))
-    assert set(totals.values()) == {14}
-    pg.run(lambda tx: tx.executemany("INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING",
-                                     [(f"n{i % 70}", i) for i in range(140)]), name="nothing")
-    assert pg.run(lambda tx: tx.query("SELECT COUNT(*), SUM(v) FROM t WHERE k LIKE 'n%'"),
-                  name="read") == [(70, sum(range(70)))]  # the first of each key wins, as row by row
+def test_bulk_usage_add_falls_back_when_a_person_repeats(pg_store: PostgresDatabase) -> None:
+    rows = sorted(usage_rows(BULK_MIN_ROWS, 7) * 2)  # everyone twice: DO UPDATE must see its own write
+    pg_store.run(lambda tx: usage.add(tx, (1000,), rows), name="dups")
+    assert set(read_usage(pg_store).values()) == {14}
 
 
 def _raise() -> None:

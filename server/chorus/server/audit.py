@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from chorus.server import lifecycle
+from chorus.server import lifecycle, store
 from chorus.server.config import Policy
 from chorus.server.ledger import Entry, Ledger, canonical_json, read_entries
+from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store._db import Database, Tx
 
@@ -58,10 +59,9 @@ def record_config(db: Database, ledger: Ledger, policy: Policy, now: datetime) -
     def record(tx: Tx) -> Entry | None:
         # Take the ledger head's row lock before reading: replicas starting together with the
         # same new policy then record it once, not once each.
-        tx.execute("UPDATE ledger_head SET seq = seq WHERE id = 1")
-        rows = tx.query("SELECT payload FROM ledger WHERE kind = ? ORDER BY seq DESC LIMIT 1",
-                        (CONFIG_KIND,))
-        if rows and json.loads(rows[0][0]).get("policy_sha256") == digest:
+        store.ledger.lock_head(tx)
+        last = store.ledger.last_payload(tx, CONFIG_KIND)
+        if last is not None and json.loads(last).get("policy_sha256") == digest:
             return None
         return ledger.append(tx, CONFIG_KIND, {"policy": policy_json, "policy_sha256": digest}, now)
 
@@ -87,7 +87,7 @@ class TeamWindowBudget:
 
     @property
     def remaining(self) -> Epsilon:
-        return self.cap - self.spent
+        return Budget(self.cap, self.spent).remaining
 
 
 def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
@@ -99,22 +99,13 @@ def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
     the position of the page's last row (keyset paging), so rows added meanwhile (a window
     closing) neither repeat nor shift a page; it is bound to `window_id` (PageTokenError).
     """
-    sql = ("SELECT w.start_at, b.window_id, b.team, b.cap_micros, b.spent_micros, b.releases "
-           "FROM budgets b JOIN windows w ON w.id = b.window_id WHERE 1 = 1")
-    params: tuple[object, ...] = ()
     if window_id:
         lifecycle.get(tx, window_id)
-        sql += " AND b.window_id = ?"
-        params = (window_id,)
-    if page_token:
-        start, window, team = _decode_token(page_token, window_id)
-        sql += (" AND (w.start_at < ? OR (w.start_at = ? AND (b.window_id > ? OR "
-                "(b.window_id = ? AND b.team > ?))))")
-        params += (start, start, window, window, team)
-    rows = tx.query(sql + " ORDER BY w.start_at DESC, b.window_id, b.team LIMIT ?", (*params, limit + 1))
-    page = [TeamWindowBudget(w, t, Epsilon(cap), Epsilon(spent), n) for _, w, t, cap, spent, n in rows[:limit]]
+    after = _decode_token(page_token, window_id) if page_token else None
+    rows = store.budgets.page(tx, window_id, after, limit + 1)
+    page = [TeamWindowBudget(r.window, r.team, r.budget.cap, r.budget.spent, r.releases) for r in rows[:limit]]
     more = len(rows) > limit
-    token = _encode_token(window_id, int(rows[limit - 1][0]), page[-1].window, page[-1].team) if more else ""
+    token = _encode_token(window_id, rows[limit - 1].start_at, page[-1].window, page[-1].team) if more else ""
     return page, token
 
 
@@ -140,8 +131,7 @@ def _decode_token(token: str, scope: str) -> tuple[int, str, str]:
 
 def ledger_head(tx: Tx) -> tuple[int, str]:
     """(seq, hash) of the newest entry; (0, 64 zeros) for an empty ledger."""
-    (seq, digest), = tx.query("SELECT seq, hash FROM ledger_head WHERE id = 1")
-    return int(seq), str(digest)
+    return store.ledger.head(tx)
 
 
 def iter_ledger(db: Database, from_seq: int = 1, page: int = LEDGER_PAGE) -> Iterator[Entry]:

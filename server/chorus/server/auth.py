@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from chorus.server import store
 from chorus.server.ledger import Ledger
 from chorus.server.services._errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
 from chorus.server.store._db import Database, StoreUnavailable, Tx
@@ -96,10 +97,9 @@ def _stamp(when: datetime) -> int:
     return int(when.timestamp())
 
 
-def _info(row: tuple[Any, ...]) -> TokenInfo:
-    name, role, created, revoked = row
-    return TokenInfo(name, Role(role), datetime.fromtimestamp(created, UTC),
-                     datetime.fromtimestamp(revoked, UTC) if revoked is not None else None)
+def _info(row: store.tokens.TokenRow) -> TokenInfo:
+    return TokenInfo(row.name, Role(row.role), datetime.fromtimestamp(row.created_at, UTC),
+                     datetime.fromtimestamp(row.revoked_at, UTC) if row.revoked_at is not None else None)
 
 
 class Tokens:
@@ -127,9 +127,7 @@ class Tokens:
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
         def create(tx: Tx) -> TokenInfo:
-            if not tx.execute("INSERT INTO tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?) "
-                              "ON CONFLICT (name) DO NOTHING",
-                              (name, role.value, hash_token(secret), _stamp(now))):
+            if not store.tokens.create(tx, name, role.value, hash_token(secret), _stamp(now)):
                 raise TokenExists(f"a token named {name!r} already exists (names are never reused, even after "
                                  "revocation, so the ledger stays unambiguous); pick another name")
             self._ledger.append(tx, "token_create", {"name": name, "role": role.value, "by": actor}, now)
@@ -140,15 +138,14 @@ class Tokens:
     def revoke(self, name: str, now: datetime, actor: str) -> TokenInfo:
         """Revoke by name; it stops working on this replica at once, elsewhere within the cache time."""
         def revoke(tx: Tx) -> TokenInfo:
-            rows = tx.query("SELECT name, role, created_at, revoked_at FROM tokens WHERE name = ?", (name,))
-            if not rows:
+            if store.tokens.get(tx, name) is None:
                 raise LookupError(f"no token named {name!r}")
             # Conditional: of two concurrent revocations only one changes the row and records it.
-            if tx.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                          (_stamp(now), name)):
+            if store.tokens.revoke(tx, name, _stamp(now)):
                 self._ledger.append(tx, "token_revoke", {"name": name, "by": actor}, now)
-            return _info(tx.query("SELECT name, role, created_at, revoked_at FROM tokens WHERE name = ?",
-                                  (name,))[0])
+            row = store.tokens.get(tx, name)
+            assert row is not None
+            return _info(row)
 
         info = self._db.run(revoke, name="token_revoke")
         with self._lock:
@@ -157,8 +154,7 @@ class Tokens:
         return info
 
     def list(self) -> list[TokenInfo]:
-        return self._db.run(lambda tx: [_info(r) for r in tx.query(
-            "SELECT name, role, created_at, revoked_at FROM tokens ORDER BY name")], name="token_list")
+        return self._db.run(lambda tx: [_info(r) for r in store.tokens.all_tokens(tx)], name="token_list")
 
     def authenticate(self, token: str) -> Principal | None:
         """The active token's principal, or None for a malformed, unknown or revoked token."""
@@ -173,12 +169,10 @@ class Tokens:
             if cached is not None and cached[1] > now:
                 return cached[0]
             generation = self._generation
-        rows = self._db.run(lambda tx: tx.query(
-            "SELECT name, role FROM tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)),
-            name="authenticate")
-        if not rows:
+        found = self._db.run(lambda tx: store.tokens.active_by_hash(tx, digest), name="authenticate")
+        if found is None:
             return None
-        who = Principal(rows[0][0], Role(rows[0][1]))
+        who = Principal(found[0], Role(found[1]))
         with self._lock:
             if generation == self._generation:
                 if len(self._cache) >= _TOKEN_CACHE_MAX:
@@ -188,7 +182,7 @@ class Tokens:
         return who
 
     def count(self) -> int:
-        return self._db.run(lambda tx: tx.query("SELECT COUNT(*) FROM tokens")[0][0], name="token_count")
+        return self._db.run(store.tokens.count, name="token_count")
 
 
 _current: contextvars.ContextVar[Principal] = contextvars.ContextVar("chorus_principal")

@@ -23,7 +23,6 @@ reuses an id for new data is told, never silently acknowledged.
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 import hmac
 import threading
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from chorus.server import lifecycle
+from chorus.server import lifecycle, store
 from chorus.server.clock import Clock
 from chorus.server.config import Limits, Policy
 from chorus.server.ledger import Ledger
@@ -212,19 +211,6 @@ class _Person(NamedTuple):
     totals: list[int]  # per metric slot, each already clamped to its bound
 
 
-@functools.cache
-def _upsert_usage(metrics: int) -> str:
-    """Add a batch's per-person sums to the first `metrics` slots, each total clamped to its bound.
-
-    The team is written by the person's first contribution in the window and never updated.
-    """
-    slots = [f"t{i}" for i in range(metrics)]
-    clamp = ", ".join(f"{t} = CASE WHEN usage.{t} + excluded.{t} > ? THEN ? ELSE usage.{t} + excluded.{t} END"
-                      for t in slots)
-    return (f"INSERT INTO usage (window_id, pseudonym, team, {', '.join(slots)}) "
-            f"VALUES (?, ?, ?{', ?' * metrics}) ON CONFLICT (window_id, pseudonym) DO UPDATE SET {clamp}")
-
-
 def pseudonym(key: bytes, user: str) -> bytes:
     """HMAC-SHA256(window key, user id): stable within a window, unlinkable once the key is gone."""
     return hmac.digest(key, user.encode(), hashlib.sha256)
@@ -250,11 +236,9 @@ class Ingestor:
         return outcome
 
     def _apply(self, tx: Tx, batch: Batch, grouped: Grouped, now: datetime) -> Outcome:
-        if not tx.execute("INSERT INTO batches (batch_id, received_at, digest) VALUES (?, ?, ?) "
-                          "ON CONFLICT (batch_id) DO NOTHING",
-                          (batch.batch_id, int(now.timestamp()), batch.digest)):
-            (stored,), = tx.query("SELECT digest FROM batches WHERE batch_id = ?", (batch.batch_id,))
-            if stored and batch.digest and bytes(stored) != batch.digest:
+        stored = store.batches.claim(tx, batch.batch_id, int(now.timestamp()), batch.digest)
+        if stored is not None:
+            if stored and batch.digest and stored != batch.digest:
                 raise BatchIdReused(f"batch_id {batch.batch_id!r} was used before for a batch with other "
                                     "contents; nothing was stored. Use a new random id (at least 128 "
                                     "bits) for every batch, and the same id only to resend it unchanged")
@@ -343,8 +327,7 @@ class Ingestor:
                 rows = of_window[window_id] = by_bounds.setdefault(bounds, [])
             rows.append((window_id, pseud, team, *totals))
         for bounds, group in by_bounds.items():
-            params = [b for bound in bounds for b in (bound, bound)]
-            tx.executemany(_upsert_usage(len(bounds)), [(*row, *params) for row in sorted(group)])
+            store.usage.add(tx, bounds, sorted(group))
 
     def window_for(self, tx: Tx, when: datetime, now: datetime,
                     windows: dict[str, lifecycle.OpenWindow | Rejection]) -> lifecycle.OpenWindow | Rejection:

@@ -32,6 +32,7 @@ import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from chorus.server import store
 from chorus.server.store._db import Tx
 
 GENESIS_HASH = "0" * 64
@@ -198,21 +199,15 @@ class Ledger:
 
     def append(self, tx: Tx, kind: str, payload: dict[str, Any], at: datetime) -> Entry:
         # The conditional UPDATE takes the head's row lock: appends are linear across replicas.
-        (seq, prev_hash), = tx.query(
-            "UPDATE ledger_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        seq, prev_hash = store.ledger.advance_head(tx)
         stamp = format_time(at)
         body = canonical_json(payload)
         digest = entry_hash(entry_body(seq, stamp, kind, body, prev_hash))
         entry = Entry(seq, stamp, kind, body, prev_hash, digest, self.signer.sign(digest))
-        tx.execute("INSERT INTO ledger (seq, at, kind, payload, prev_hash, hash, signature) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (entry.seq, entry.at, entry.kind, entry.payload, entry.prev_hash, entry.hash,
-                    entry.signature))
-        tx.execute("UPDATE ledger_head SET hash = ? WHERE id = 1", (digest,))
+        store.ledger.append(tx, (entry.seq, entry.at, entry.kind, entry.payload, entry.prev_hash, entry.hash,
+                                 entry.signature))
         return entry
 
 
 def read_entries(tx: Tx, from_seq: int, limit: int) -> list[Entry]:
-    rows = tx.query("SELECT seq, at, kind, payload, prev_hash, hash, signature FROM ledger "
-                    "WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit))
-    return [Entry(*row) for row in rows]
+    return [Entry(*row) for row in store.ledger.read(tx, from_seq, limit)]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chorus.server import shred
+from chorus.server import shred, store
 from chorus.server.config import Policy
 from chorus.server.ledger import Ledger, canonical_json
 from chorus.server.otlp import series as otlp_series
@@ -65,7 +65,6 @@ class WindowNotFound(LookupError):
     pass
 
 
-_COLUMNS = "id, start_at, end_at, closes_at, state, policy, closed_at"
 _policy_cache: dict[str, Policy] = {}
 
 
@@ -76,11 +75,10 @@ def _record_policy(policy_json: str) -> Policy:
     return policy
 
 
-def _record(row: tuple) -> WindowRecord:
-    ident, start, end, closes, state, policy_json, closed = row
-    policy = _record_policy(policy_json)
-    return WindowRecord(ident, _at(start), _at(end), _at(closes), state, policy, policy_json,
-                        None if closed is None else _at(closed))
+def _record(row: store.windows.WindowRow) -> WindowRecord:
+    return WindowRecord(row.id, _at(row.start_at), _at(row.end_at), _at(row.closes_at), row.state,
+                        _record_policy(row.policy_json), row.policy_json,
+                        None if row.closed_at is None else _at(row.closed_at))
 
 
 def _at(seconds: int) -> datetime:
@@ -92,18 +90,16 @@ def _seconds(when: datetime) -> int:
 
 
 def get(tx: Tx, window_id: str) -> WindowRecord:
-    rows = tx.query(f"SELECT {_COLUMNS} FROM windows WHERE id = ?", (window_id,))
-    if not rows:
+    row = store.windows.get(tx, window_id)
+    if row is None:
         raise WindowNotFound(f"window {window_id!r} not found")
-    return _record(rows[0])
+    return _record(row)
 
 
 def list_windows(tx: Tx, start: datetime | None = None, end: datetime | None = None) -> list[WindowRecord]:
     """Windows overlapping [start, end), newest first."""
-    rows = tx.query(f"SELECT {_COLUMNS} FROM windows WHERE end_at > ? AND start_at < ? "
-                    "ORDER BY start_at DESC",
-                    (_seconds(start) if start else -(2**62), _seconds(end) if end else 2**62))
-    return [_record(r) for r in rows]
+    return [_record(r) for r in store.windows.overlapping(tx, _seconds(start) if start else -(2**62),
+                                                    _seconds(end) if end else 2**62)]
 
 
 def span_at(tx: Tx, when: datetime, length: WindowLength) -> WindowSpan:
@@ -115,15 +111,14 @@ def span_at(tx: Tx, when: datetime, length: WindowLength) -> WindowSpan:
     can start on a boundary without overlap.
     """
     t = _seconds(when)
-    rows = tx.query("SELECT id, start_at, end_at FROM windows WHERE start_at <= ? AND end_at > ?", (t, t))
-    if rows:
-        ident, start, end = rows[0]
+    existing = store.windows.containing(tx, t)
+    if existing is not None:
+        ident, start, end = existing
         return WindowSpan(ident, _at(start), _at(end))
     span = window_of(when, length)
-    overlapping = tx.query("SELECT policy FROM windows WHERE start_at < ? AND end_at > ? "
-                           "ORDER BY start_at DESC LIMIT 1", (_seconds(span.end), _seconds(span.start)))
-    if overlapping:
-        return window_of(when, _record_policy(overlapping[0][0]).window_length)
+    overlapping = store.windows.newest_policy_overlapping(tx, _seconds(span.start), _seconds(span.end))
+    if overlapping is not None:
+        return window_of(when, _record_policy(overlapping).window_length)
     return span
 
 
@@ -133,31 +128,26 @@ def open_for_ingest(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger,
     frozen (or None when `create` is false)."""
     # PostgreSQL: the share lock holds a concurrent close (UPDATE windows) until this ingest
     # commits, so the close folds our rows; an ingest arriving after the close's UPDATE waits,
-    # then reads 'closed'. SQLite's BEGIN IMMEDIATE already serialises the two.
-    lock = " FOR SHARE OF w" if tx.dialect == "postgresql" else ""
-    rows = tx.query(f"SELECT {', '.join('w.' + c for c in _COLUMNS.split(', '))}, k.hmac_key "
-                    f"FROM windows w LEFT JOIN window_keys k ON k.window_id = w.id WHERE w.id = ?{lock}",
-                    (span.id,))
-    if rows:
-        record = _record(rows[0][:-1])
-        return OpenWindow(record, bytes(rows[0][-1])) if record.state == OPEN else record
+    # then reads 'closed'.
+    found = store.windows.with_key(tx, span.id)
+    if found is not None:
+        record = _record(found[0])
+        if record.state == OPEN:
+            assert found[1] is not None  # an open window has its key
+            return OpenWindow(record, found[1])
+        return record
     return _create(tx, span, policy, ledger, now) if create else None
 
 
 def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datetime) -> OpenWindow:
     policy_json = canonical_json(policy.to_json())
     closes_at = span.end + timedelta(seconds=policy.grace_seconds)
-    inserted = tx.execute(
-        "INSERT INTO windows (id, start_at, end_at, closes_at, state, policy, opened_at) "
-        "VALUES (?, ?, ?, ?, 'open', ?, ?) ON CONFLICT (id) DO NOTHING",
-        (span.id, _seconds(span.start), _seconds(span.end), _seconds(closes_at), policy_json,
-         _seconds(now)))
-    if not inserted:  # another replica created it since our read; use theirs
+    key = secrets.token_bytes(32)
+    if not store.windows.create(tx, span.id, _seconds(span.start), _seconds(span.end), _seconds(closes_at),
+                          policy_json, _seconds(now), key):  # another replica created it since our read
         opened = open_for_ingest(tx, span, policy, ledger, now, create=False)
         assert isinstance(opened, OpenWindow)
         return opened
-    key = secrets.token_bytes(32)
-    tx.execute("INSERT INTO window_keys (window_id, hmac_key) VALUES (?, ?)", (span.id, key))
     ledger.append(tx, "window_open", {
         "window": span.id, "start": span.start.isoformat(), "end": span.end.isoformat(),
         "closes_at": closes_at.isoformat(), "policy": policy.to_json()}, now)
@@ -172,27 +162,23 @@ def ensure_current(tx: Tx, policy: Policy, ledger: Ledger, now: datetime) -> Non
 
 def due(tx: Tx, now: datetime) -> list[str]:
     """Open windows whose end plus grace has passed, oldest first."""
-    return [r[0] for r in tx.query(
-        "SELECT id FROM windows WHERE state = 'open' AND closes_at <= ? ORDER BY start_at",
-        (_seconds(now),))]
+    return store.windows.due(tx, _seconds(now))
 
 
 def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> CloseResult:
     """Fold, shred and mark closed; a no-op returning the record when already closed."""
     record = get(tx, window_id)
     # The conditional update takes the row lock: two closers cannot both fold.
-    if not tx.execute("UPDATE windows SET state = 'closed', closed_at = ? WHERE id = ? AND state = 'open'",
-                      (_seconds(now), window_id)):
+    if not store.windows.mark_closed(tx, window_id, _seconds(now)):
         closed = get(tx, window_id)  # re-read: another closer may have finished since our first read
         return CloseResult(closed, closed_now=False)
 
     policy = record.policy
-    slots = ", ".join(f"t{i}" for i in range(len(policy.metrics)))
     sums: dict[tuple[str, str], int] = defaultdict(int)
     people: dict[tuple[str, str], int] = defaultdict(int)
     buckets: dict[tuple[str, str], list[int]] = {}
     active: dict[str, int] = defaultdict(int)
-    for team, *totals in tx.query(f"SELECT team, {slots} FROM usage WHERE window_id = ?", (window_id,)):
+    for team, *totals in store.usage.totals(tx, window_id, len(policy.metrics)):
         if any(totals):
             active[team] += 1
         for metric, total in zip(policy.metrics, totals, strict=True):
@@ -209,23 +195,20 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     # The organisation tree is frozen with the sizes; a team no longer on the roster sits
     # under the company.
     orgs = {t: o for t, o in current_orgs(tx).items() if t in sizes}
-    tx.executemany("INSERT INTO team_windows (window_id, team, roster_size, active, org) VALUES (?, ?, ?, ?, ?)",
-                   [(window_id, t, sizes.get(t, 0), active.get(t, 0), orgs.get(t, "")) for t in teams])
-    tx.executemany(
-        "INSERT INTO team_metrics (window_id, team, metric, total, people, histogram) VALUES (?, ?, ?, ?, ?, ?)",
-        [(window_id, t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
-          json.dumps(buckets.get((t, m.name), [0] * (len(m.histogram_edges) + 1))))
+    store.team_stats.write(
+        tx, window_id,
+        [store.team_stats.TeamWindow(t, sizes.get(t, 0), active.get(t, 0), orgs.get(t, "")) for t in teams],
+        [store.team_stats.TeamMetric(t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
+                               json.dumps(buckets.get((t, m.name), [0] * (len(m.histogram_edges) + 1))))
          for t in teams for m in policy.metrics])
-    tx.executemany("INSERT INTO budgets (window_id, team, cap_micros) VALUES (?, ?, ?)",
-                   [(window_id, t, policy.epsilon_per_window.micros) for t in teams])
-    tx.execute("DELETE FROM usage WHERE window_id = ?", (window_id,))
+    store.budgets.open_window(tx, window_id, teams, policy.epsilon_per_window)
+    store.usage.delete_window(tx, window_id)
     otlp_series.close_window(tx, window_id)  # needs the key: carries cumulative state, then shreds
-    tx.execute("DELETE FROM window_keys WHERE window_id = ?", (window_id,))
+    store.windows.delete_key(tx, window_id)
     shred.record(tx, shred.window_subject(window_id), now)
-    (oldest_open,), = tx.query("SELECT MIN(start_at) FROM windows WHERE state = 'open'")
+    oldest_open = store.windows.oldest_open_start(tx)
     horizon = min(_at(oldest_open), now) if oldest_open is not None else now
-    tx.execute("DELETE FROM batches WHERE received_at < ?",
-               (_seconds(horizon - FUTURE_TOLERANCE - timedelta(minutes=1)),))
+    store.batches.prune(tx, _seconds(horizon - FUTURE_TOLERANCE - timedelta(minutes=1)))
     # team_sizes are roster sizes (public), never how many of those people contributed.
     body: dict[str, Any] = {"window": window_id, "key_destroyed": True, "by": actor,
                             "team_sizes": {t: sizes.get(t, 0) for t in teams}}
@@ -241,18 +224,14 @@ def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str
     They can no longer be released, and for a small team they are close to its members' own
     totals, so they are not kept. Releases, budgets and the ledger stay for audit.
     """
-    rows = tx.query(f"SELECT {_COLUMNS} FROM windows WHERE state = 'closed' AND purged_at IS NULL "
-                    "ORDER BY start_at")
     purged = []
-    for record in map(_record, rows):
+    for record in map(_record, store.windows.closed_unpurged(tx)):
         if record.policy.retention_end(record.end) > now:
             continue
         # Conditional, so two closers racing on different replicas purge (and record) once.
-        if not tx.execute("UPDATE windows SET purged_at = ? WHERE id = ? AND purged_at IS NULL",
-                          (_seconds(now), record.id)):
+        if not store.windows.mark_purged(tx, record.id, _seconds(now)):
             continue
-        tx.execute("DELETE FROM team_metrics WHERE window_id = ?", (record.id,))
-        tx.execute("DELETE FROM team_windows WHERE window_id = ?", (record.id,))
+        store.team_stats.delete_window(tx, record.id)
         shred.record(tx, f"exact team statistics of window {record.id}", now)
         ledger.append(tx, "window_purge", {"window": record.id, "by": actor,
                                            "retention_end": record.policy.retention_end(record.end).isoformat()}, now)

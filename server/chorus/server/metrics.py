@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from chorus.server import logs, shred
+from chorus.server import logs, shred, store
 from chorus.server.ingest import Reason
 from chorus.server.store._db import Tx
 
@@ -233,23 +233,20 @@ class _StateCollector(Collector):
 
     def _store_state(self) -> Iterator[Metric]:
         policy = self._chorus.config.policy
-        cheapest = min(policy.default_epsilon.values()).micros
+        cheapest = min(policy.default_epsilon.values())
         now = int(self._chorus.clock.now().timestamp())
 
         def read(tx: Tx) -> dict[str, Any]:
-            states: dict[str, int] = dict(tx.query("SELECT state, COUNT(*) FROM windows GROUP BY state"))
-            latest = tx.query("SELECT id FROM windows WHERE state = 'closed' ORDER BY closes_at DESC LIMIT 1")
-            releases, spent = tx.query("SELECT COALESCE(SUM(releases), 0), COALESCE(SUM(spent_micros), 0) "
-                                       "FROM budgets")[0]
+            latest = store.windows.latest_closed(tx)
+            releases, spent = store.budgets.totals(tx)
             return {
-                "states": states,
-                "overdue": tx.query("SELECT COUNT(*) FROM windows WHERE state = 'open' AND closes_at < ?",
-                                    (now,))[0][0],
+                "states": store.windows.count_by_state(tx),
+                "overdue": store.windows.count_overdue(tx, now),
                 "shreds": len(shred.pending_in(tx)),
-                "releases": releases, "spent": spent,
-                "exhausted": tx.query("SELECT COUNT(*) FROM budgets WHERE window_id = ? AND "
-                                      "cap_micros - spent_micros < ?", (latest[0][0], cheapest))[0][0]
-                if latest else 0,
+                "releases": releases, "spent": spent.micros,
+                # The accountant decides: a team-window that cannot pay for the cheapest statistic.
+                "exhausted": sum(not b.allows(cheapest) for b in store.budgets.of_window(tx, latest).values())
+                if latest is not None else 0,
             }
 
         try:

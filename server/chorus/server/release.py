@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from chorus.server import hierarchy, lifecycle, roster
+from chorus.server import hierarchy, lifecycle, roster, store
 from chorus.server.clock import Clock
 from chorus.server.config import STATISTICS, MetricPolicy, Policy
 from chorus.server.ledger import Ledger
 from chorus.server.privacy import consistency, mechanisms
+from chorus.server.privacy.budget import Budget, refusal
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.store._db import Database, Tx
 from chorus.server.windows import parse_window_id
@@ -102,8 +103,7 @@ class BudgetExceeded(ReleaseError):
 
     def __init__(self, window: str, overspends: list[Overspend]) -> None:
         self.overspends = overspends
-        parts = "; ".join(f"team {o.team} requested epsilon {o.requested} but has {o.remaining} "
-                          f"left of {o.cap}" for o in overspends)
+        parts = "; ".join(f"team {o.team} {refusal(o.requested, o.remaining, o.cap)}" for o in overspends)
         super().__init__(f"privacy budget of window {window} exhausted: {parts}. Nothing was "
                          "released or charged; request fewer statistics or a smaller epsilon")
 
@@ -223,7 +223,8 @@ def suppression_reason(team: str, roster_size: int, k: int, level: str = hierarc
 
 
 class Releases:
-    """Lists what can be released and releases it; all SQL on `releases` and `budgets` lives here."""
+    """Lists what can be released and releases it: claims, charges (through the `Budget` accountant and
+    `store.budgets.charge`) and ledgers each new release in one transaction."""
 
     def __init__(self, db: Database, ledger: Ledger, clock: Clock, policy: Policy) -> None:
         self._db = db
@@ -312,8 +313,7 @@ def _window(tx: Tx, window: str) -> lifecycle.WindowRecord:
 
 def _tree(tx: Tx, window: str) -> hierarchy.Hierarchy:
     """The organisation tree frozen with the window at close."""
-    return hierarchy.Hierarchy.of((t, o, int(n)) for t, o, n in tx.query(
-        "SELECT team, org, roster_size FROM team_windows WHERE window_id = ?", (window,)))
+    return hierarchy.Hierarchy.of((t.team, t.org, t.roster_size) for t in store.team_stats.teams(tx, window))
 
 
 @functools.lru_cache(maxsize=64)
@@ -324,8 +324,7 @@ def _plan(nodes: tuple[consistency.Node, ...]) -> consistency.Plan:
 
 
 def _team_windows(tx: Tx, window: str) -> list[tuple[str, int, int]]:
-    return [(t, int(n), int(a)) for t, n, a in tx.query(
-        "SELECT team, roster_size, active FROM team_windows WHERE window_id = ? ORDER BY team", (window,))]
+    return [(t.team, t.roster_size, t.active) for t in store.team_stats.teams(tx, window)]
 
 
 class _Release:
@@ -371,9 +370,9 @@ class _Release:
         for subject in chosen:
             level = tree.level(subject)
             below = tree.teams_below(subject)
-            cap = budgets[below[0]][0] if below else self.policy.epsilon_per_window
+            cap = budgets.get(below[0], _NO_BUDGET).cap if below else self.policy.epsilon_per_window
             # The least any team below has left; for a team, its own.
-            left = min((budgets[t][0] - budgets[t][1] for t in below), default=cap)
+            left = min((budgets.get(t, _NO_BUDGET).remaining for t in below), default=cap)
             # What this request charged, not the difference of two reads: another replica may
             # charge the same team-window in between.
             charged = charged_to.get(subject, ZERO)
@@ -464,34 +463,32 @@ class _Release:
     def stored(self, teams: list[str]) -> dict[Key, _Stored]:
         """The releases already made for these teams (or nodes) in this window."""
         wanted = set(teams)
-        return self.parsed([row for row in self.release_rows() if row[1] in wanted])
+        return self.parsed([row for row in self.release_rows() if row.team in wanted])
 
-    def release_rows(self) -> list[tuple[Any, ...]]:
-        return self.tx.query("SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
-                             "WHERE window_id = ?", (self.window,))
+    def release_rows(self) -> list[store.releases.StoredRelease]:
+        return store.releases.of_window(self.tx, self.window)
 
     @staticmethod
-    def parsed(rows: list[tuple[Any, ...]]) -> dict[Key, _Stored]:
+    def parsed(rows: list[store.releases.StoredRelease]) -> dict[Key, _Stored]:
         # One JSON document for all results: a full report replays thousands of them.
-        results: list[dict[str, Any]] = json.loads(f"[{','.join(row[4] for row in rows)}]")
-        return {(team, metric, stat): _Stored(rid, r["value"], r["ci95"], r["scale"], r["sensitivity"],
-                                              Epsilon(micros), ZERO)
-                for (rid, team, metric, stat, _, micros), r in zip(rows, results, strict=True)}
+        results: list[dict[str, Any]] = json.loads(f"[{','.join(row.result for row in rows)}]")
+        return {(row.team, row.metric, row.statistic): _Stored(row.release_id, r["value"], r["ci95"], r["scale"],
+                                                               r["sensitivity"], Epsilon(row.epsilon_micros), ZERO)
+                for row, r in zip(rows, results, strict=True)}
 
-    def budgets(self) -> dict[str, tuple[Epsilon, Epsilon]]:
-        """team -> (cap, spent) for this window."""
-        return {t: (Epsilon(cap), Epsilon(spent)) for t, cap, spent in self.tx.query(
-            "SELECT team, cap_micros, spent_micros FROM budgets WHERE window_id = ?", (self.window,))}
+    def budgets(self) -> dict[str, Budget]:
+        """team -> its budget in this window."""
+        return store.budgets.of_window(self.tx, self.window)
 
     def check_budgets(self, missing: dict[str, list[tuple[str, str]]],
                       wanted: dict[tuple[str, str], Epsilon],
-                      budgets: dict[str, tuple[Epsilon, Epsilon]]) -> None:
+                      budgets: dict[str, Budget]) -> None:
         """Raise BudgetExceeded naming every team that would overspend."""
         over = []
         for team, need in sorted(self.needs(missing, wanted).items()):
-            cap, spent = budgets.get(team, (ZERO, ZERO))
-            if spent + need > cap:
-                over.append(Overspend(team, self.window, need, cap - spent, cap))
+            budget = budgets.get(team, _NO_BUDGET)
+            if not budget.allows(need):
+                over.append(_overspend(team, self.window, need, budget))
         if over:
             raise BudgetExceeded(self.window, over)
 
@@ -514,19 +511,14 @@ class _Release:
         at = int(self.now.timestamp())
         # Claim first: a row that a concurrent request (another replica) inserted since our
         # read wins, and our draw for it is discarded uncharged.
-        self.tx.executemany(
-            "INSERT INTO releases (release_id, window_id, team, metric, statistic, result, epsilon_micros, "
-            "released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
-            "ON CONFLICT (window_id, team, metric, statistic) DO NOTHING",
-            [(item.release_id, self.window, *key, _result_json(item), item.epsilon.micros, at)
-             for key, item in drawn.items()])
-        claimed = {rid for (rid,) in self.tx.query("SELECT release_id FROM releases WHERE window_id = ?",
-                                                   (self.window,))}
+        store.releases.claim(self.tx, self.window, [
+            store.releases.NewRelease(item.release_id, *key, _result_json(item), item.epsilon.micros)
+            for key, item in drawn.items()], at)
+        claimed = store.releases.ids(self.tx, self.window)
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
         needs = self.needs(missing, wanted)
-        self.tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?",
-                            [(self.charge_and_record(key, item, needs), item.release_id)
-                             for key, item in fresh.items()])
+        store.releases.set_ledger_seq(self.tx, [(self.charge_and_record(key, item, needs), item.release_id)
+                                                for key, item in fresh.items()])
         for (team, _, _), item in fresh.items():
             charged_to[team] = charged_to.get(team, ZERO) + item.epsilon
         taken = [key for key in drawn if key not in fresh]
@@ -566,19 +558,13 @@ class _Release:
         subject, metric, stat = key
         level = self.tree.level(subject)
         after: dict[str, str] = {}
-        cap_micros = 0
+        cap = ZERO
         for team in self.tree.teams_below(subject):
-            rows = self.tx.query(
-                "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
-                "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros "
-                "RETURNING spent_micros, cap_micros",
-                (item.epsilon.micros, self.window, team, item.epsilon.micros))
-            if not rows:  # spent concurrently since our check (another replica): refuse it all
-                cap, spent = self.budgets().get(team, (ZERO, ZERO))
-                raise BudgetExceeded(self.window, [Overspend(team, self.window, needs[team], cap - spent,
-                                                             cap)])
-            (spent_after, cap_micros), = rows
-            after[team] = str(Epsilon(spent_after))
+            charged = store.budgets.charge(self.tx, self.window, team, item.epsilon)
+            if charged is None:  # spent concurrently since our check (another replica): refuse it all
+                budget = self.budgets().get(team, _NO_BUDGET)
+                raise BudgetExceeded(self.window, [_overspend(team, self.window, needs[team], budget)])
+            after[team], cap = str(charged.spent), charged.cap
         where: dict[str, Any] = ({"team": subject} if level == hierarchy.TEAM
                                  else {"node": subject, "level": level, "teams": sorted(after)})
         entry = self.ledger.append(self.tx, "release", {
@@ -587,7 +573,7 @@ class _Release:
             "scale": item.scale, "epsilon": str(item.epsilon), "ci95": item.ci95,
             # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
             "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
-            "budget_cap": str(Epsilon(cap_micros)),
+            "budget_cap": str(cap),
             # A node's entry: each team's spent-after, so the verifier recomputes every team.
             "budget_spent_after": after[subject] if level == hierarchy.TEAM else dict(sorted(after.items())),
             "by": self.requester}, self.now)
@@ -598,12 +584,10 @@ class _Release:
         team, and per node in `subjects` the sums over its teams."""
         scalars: dict[Key, int] = {}
         histograms: dict[Key, list[int]] = {}
-        for team, metric, total, people, histogram in self.tx.query(
-                "SELECT team, metric, total, people, histogram FROM team_metrics WHERE window_id = ?",
-                (self.window,)):
-            scalars[(team, metric, "sum")] = int(total)
-            scalars[(team, metric, "count")] = int(people)
-            histograms[(team, metric, "histogram")] = [int(v) for v in json.loads(histogram)]
+        for row in store.team_stats.metrics(self.tx, self.window):
+            scalars[(row.team, row.metric, "sum")] = row.total
+            scalars[(row.team, row.metric, "count")] = row.people
+            histograms[(row.team, row.metric, "histogram")] = [int(v) for v in json.loads(row.histogram)]
         for team, _, active in _team_windows(self.tx, self.window):
             scalars[(team, TEAM_LEVEL, ACTIVE)] = active
         for node in subjects:
@@ -624,9 +608,9 @@ class _Release:
         statistic the window holds at nested levels; and the remainders under released nodes
         that hold at least k people. Computed from all of the window's stored releases."""
         rows = self.release_rows()
-        if not any(self.tree.level(row[1]) != hierarchy.TEAM for row in rows):
+        if not any(self.tree.level(row.team) != hierarchy.TEAM for row in rows):
             return {}, []  # teams only: nothing nested (and a full report's replay stays cheap)
-        everything = self.parsed([row for row in rows if row[3] in CONSISTENT])
+        everything = self.parsed([row for row in rows if row.statistic in CONSISTENT])
         by_statistic: dict[tuple[str, str], dict[str, _Stored]] = {}
         for (node, metric, stat), item in everything.items():
             if stat in CONSISTENT and node in self.tree:
@@ -689,6 +673,15 @@ class _Release:
             noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
+
+
+#: The budget of a team without a row (not on the roster at close): nothing to spend.
+_NO_BUDGET = Budget(ZERO)
+
+
+def _overspend(team: str, window: str, need: Epsilon, budget: Budget) -> Overspend:
+    """The refusal of `need` by `budget`, with the amounts the accountant reports."""
+    return Overspend(team, window, need, budget.remaining, budget.cap)
 
 
 def _org_or_name(name: str) -> str:

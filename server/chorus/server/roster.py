@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from chorus.server import hierarchy
+from chorus.server import hierarchy, store
 from chorus.server.ledger import Ledger
 from chorus.server.store._db import Tx
 
@@ -145,7 +145,7 @@ def preview(tx: Tx, rows: list[tuple[str, str]], orgs: dict[str, str] | None = N
 
 
 def _compared(tx: Tx, rows: list[tuple[str, str]], digest: str, orgs: dict[str, str]) -> ImportResult:
-    current = {user for (user,) in tx.query("SELECT user_id FROM roster")}
+    current = store.roster.user_ids(tx)
     new = {user for user, _ in rows}
     teams = {team for _, team in rows}
     return ImportResult(len(rows), dict(sorted(Counter(team for _, team in rows).items())), digest,
@@ -162,14 +162,10 @@ def replace(tx: Tx, rows: list[tuple[str, str]], ledger: Ledger, now: datetime,
     # Lock the version row first: a concurrent import waits here until we commit, so its
     # DELETE (a fresh snapshot under READ COMMITTED) sees and removes our rows, and the
     # comparison below is against the roster this import really replaces.
-    tx.execute("UPDATE roster_version SET version = version + 1, roster_hash = ? WHERE id = 1",
-               (digest,))
+    store.roster.bump_version(tx, digest)
     result = _compared(tx, rows, digest, orgs)
     sizes = result.team_sizes
-    tx.execute("DELETE FROM roster")
-    tx.executemany("INSERT INTO roster (user_id, team) VALUES (?, ?)", rows)
-    tx.execute("DELETE FROM roster_orgs")
-    tx.executemany("INSERT INTO roster_orgs (team, org) VALUES (?, ?)", sorted(result.team_orgs.items()))
+    store.roster.replace(tx, rows, result.team_orgs)
     body: dict[str, Any] = {"roster_sha256": digest, "people": len(rows), "team_sizes": sizes, "by": actor}
     if result.team_orgs:  # a flat roster's entry keeps its earlier form
         body["team_orgs"] = result.team_orgs
@@ -178,12 +174,12 @@ def replace(tx: Tx, rows: list[tuple[str, str]], ledger: Ledger, now: datetime,
 
 
 def team_sizes(tx: Tx) -> dict[str, int]:
-    return dict(tx.query("SELECT team, COUNT(*) FROM roster GROUP BY team ORDER BY team"))
+    return store.roster.team_sizes(tx)
 
 
 def current_orgs(tx: Tx) -> dict[str, str]:
     """team -> org path of the current roster, for the teams that have one."""
-    return dict(tx.query("SELECT team, org FROM roster_orgs ORDER BY team"))
+    return store.roster.team_orgs(tx)
 
 
 class RosterCache:
@@ -195,9 +191,9 @@ class RosterCache:
         self._teams: dict[str, str] = {}
 
     def current(self, tx: Tx) -> dict[str, str]:
-        (version,), = tx.query("SELECT version FROM roster_version WHERE id = 1")
+        version = store.roster.version(tx)
         with self._lock:
             if version != self._version:
-                self._teams = dict(tx.query("SELECT user_id, team FROM roster"))
+                self._teams = store.roster.members(tx)
                 self._version = version
             return self._teams

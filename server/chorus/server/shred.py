@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from chorus.server import store
 from chorus.server.clock import Clock
 from chorus.server.store._db import Database, StoreUnavailable, Tx
 
@@ -51,16 +52,13 @@ class PendingShred:
 
 def record(tx: Tx, subject: str, now: datetime) -> None:
     """In the transaction that deletes the secret: note that its bytes may still be on disk."""
-    tx.execute("INSERT INTO pending_shreds (subject, since) VALUES (?, ?) "
-               "ON CONFLICT (subject) DO UPDATE SET version = pending_shreds.version + 1",
-               (subject, int(now.timestamp())))
+    store.shreds.record(tx, subject, int(now.timestamp()))
 
 
 def pending_in(tx: Tx) -> list[PendingShred]:
     """The shreds not yet final on disk, oldest first, read in the caller's transaction."""
     return [PendingShred(subject, datetime.fromtimestamp(since, UTC), version)
-            for subject, since, version in tx.query(
-                "SELECT subject, since, version FROM pending_shreds ORDER BY since, subject")]
+            for subject, since, version in store.shreds.pending(tx)]
 
 
 class Shredder:
@@ -92,9 +90,8 @@ class Shredder:
                 done = self._db.checkpoint()
                 reason = "another connection holds a read transaction on the database"
                 if done:
-                    self._db.run(lambda tx: tx.executemany(
-                        "DELETE FROM pending_shreds WHERE subject = ? AND version = ?",
-                        [(p.subject, p.version) for p in pending]), name="clear_pending_shreds")
+                    self._db.run(lambda tx: store.shreds.clear(tx, [(p.subject, p.version) for p in pending]),
+                                 name="clear_pending_shreds")
             except StoreUnavailable as exc:
                 done, reason = False, str(exc)
             if done:

@@ -44,6 +44,7 @@ from chorus.server import hierarchy
 from chorus.server.audit import policy_sha256
 from chorus.server.config import NOISY_STATISTICS, Policy
 from chorus.server.ledger import GENESIS_HASH, entry_hash, format_time, parse_body
+from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.windows import parse_window_id
 
@@ -111,7 +112,7 @@ class TeamWindowTotal:
 
     @property
     def remaining(self) -> Epsilon:
-        return Epsilon(max(self.cap.micros - self.spent.micros, 0))
+        return Budget(self.cap, self.spent).remaining
 
 
 @dataclass(slots=True)
@@ -365,16 +366,25 @@ class Verifier:
         if state.team_sizes[team] < k:
             self.flag("min_team_size", f"release of {subject}: the team had {state.team_sizes[team]} "
                                        f"people on the roster at close, below the frozen k = {k}")
-        total.spent += charged
+        self.account(total, charged, stated_cap, str(stated_after))
+
+    def account(self, total: TeamWindowTotal, charged: Epsilon, stated_cap: Epsilon, stated_after: str | None,
+                node: str = "") -> None:
+        """Record one charge to a team-window (by its own release, or by `node`'s above it) and
+        check the entry's stated cap and spent-after against the accountant's."""
+        budget = Budget(total.cap, total.spent).record(charged)
+        total.spent = budget.spent
         total.releases += 1
         if stated_cap != total.cap:
             self.flag("budget_cap", f"stated budget_cap {stated_cap} differs from the frozen "
-                                    f"epsilon_per_window {total.cap} of {window}")
-        if total.spent > total.cap:
-            self.flag("budget_cap", f"{team} in {window} has spent {total.spent} after this release, "
-                                    f"over its cap {total.cap}")
-        if stated_after != total.spent:
-            self.flag("budget_spent", f"stated budget_spent_after {stated_after} differs from the sum "
+                                    f"epsilon_per_window {total.cap} of {total.window}")
+        at = f" at {node}" if node else ""
+        if budget.overspent:
+            self.flag("budget_cap", f"{total.team} in {total.window} has spent {total.spent} after this "
+                                    f"release{at}, over its cap {total.cap}")
+        if stated_after != str(total.spent):
+            of = f" of {total.team}" if node else ""
+            self.flag("budget_spent", f"stated budget_spent_after {stated_after}{of} differs from the sum "
                                       f"of this team-window's charges, {total.spent}")
 
     def node_release(self, payload: dict[str, Any]) -> None:
@@ -416,18 +426,7 @@ class Verifier:
                                        f"roster at close, below the frozen k = {k}")
         stated = payload["budget_spent_after"]
         for team in below:
-            total = self.report.totals[(window, team)]
-            total.spent += charged
-            total.releases += 1
-            if stated_cap != total.cap:
-                self.flag("budget_cap", f"stated budget_cap {stated_cap} differs from the frozen "
-                                        f"epsilon_per_window {total.cap} of {window}")
-            if total.spent > total.cap:
-                self.flag("budget_cap", f"{team} in {window} has spent {total.spent} after this release "
-                                        f"at {node}, over its cap {total.cap}")
-            if stated.get(team) != str(total.spent):
-                self.flag("budget_spent", f"stated budget_spent_after {stated.get(team)} of {team} differs "
-                                          f"from the sum of this team-window's charges, {total.spent}")
+            self.account(self.report.totals[(window, team)], charged, stated_cap, stated.get(team), node)
 
     def check_mechanism(self, payload: dict[str, Any], charged: Epsilon, subject: str) -> None:
         scale, sensitivity = payload["scale"], payload["sensitivity"]

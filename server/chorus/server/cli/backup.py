@@ -25,6 +25,7 @@ from chorus.server.cli._common import ExitCode, console, create_private_file, er
 from chorus.server.cli.serve import DataDirOpt
 from chorus.server.ledger import KEY_FILE
 from chorus.server.store import SQLITE_FILE
+from chorus.server.store import sqlite as sqlite_store
 
 BUSY_TIMEOUT_SECONDS = 30.0  # the server's longest write transaction (a window close) may hold the lock
 
@@ -54,7 +55,7 @@ def backup(
     partial = out.with_name(out.name + ".partial")
     os.close(create_private_file(partial, overwrite=True))  # owner-only before the first byte lands
     try:
-        summary = _copy(source, partial)
+        summary = sqlite_store.backup(source, partial, busy_timeout_s=BUSY_TIMEOUT_SECONDS)
         os.replace(partial, out)
     except sqlite3.Error as exc:
         raise fail(f"backup of {source} failed: {exc}", ExitCode.UNAVAILABLE if _busy(exc)
@@ -68,29 +69,9 @@ def _busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
-def _copy(source: Path, target: Path) -> tuple[int, str, list[str], int]:
-    """Copy in one step (one snapshot); the copy's ledger head, open windows and per-person rows."""
-    src = sqlite3.connect(source, timeout=BUSY_TIMEOUT_SECONDS)
-    try:
-        dst = sqlite3.connect(target)
-        try:
-            src.backup(dst)  # pages=-1: the whole database in one step, one consistent snapshot
-            dst.execute("PRAGMA journal_mode=DELETE")  # a self-contained file: no -wal beside it
-            (check,), = dst.execute("PRAGMA quick_check").fetchall()
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check}")
-            (seq, digest), = dst.execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchall()
-            open_windows = [w for (w,) in dst.execute("SELECT id FROM windows WHERE state = 'open' ORDER BY id")]
-            (rows,), = dst.execute("SELECT COUNT(*) FROM usage").fetchall()
-        finally:
-            dst.close()
-    finally:
-        src.close()
-    return seq, digest, open_windows, rows
-
-
-def _report(source: Path, out: Path, data_dir: Path, summary: tuple[int, str, list[str], int]) -> None:
-    seq, digest, open_windows, rows = summary
+def _report(source: Path, out: Path, data_dir: Path, summary: sqlite_store.BackupSummary) -> None:
+    seq, digest, open_windows, rows = (summary.ledger_seq, summary.ledger_hash, summary.open_windows,
+                                       summary.usage_rows)
     console.print(f"backup of {source} written to {out} ({out.stat().st_size:,} bytes, mode 0600); ledger head "
                   f"{seq}:{digest}", highlight=False, soft_wrap=True)
     if open_windows:

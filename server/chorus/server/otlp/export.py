@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from chorus.server import lifecycle
+from chorus.server import lifecycle, store
 from chorus.server.clock import Clock
 from chorus.server.config import Limits, Policy
 from chorus.server.ingest import Contribution, Ingestor, Rejection
@@ -140,9 +140,7 @@ class OtlpIngestor:
                 continue
             if p.cumulative:
                 if open_keys is None:
-                    open_keys = [(w, bytes(k)) for w, k in tx.query(
-                        "SELECT w.id, k.hmac_key FROM windows w JOIN window_keys k ON k.window_id = w.id "
-                        "WHERE w.state = 'open'")]
+                    open_keys = store.windows.open_keys(tx)
                 increase = self._increase(tx, window, open_keys, p)
                 if increase is None:
                     outcomes["duplicate"] += 1

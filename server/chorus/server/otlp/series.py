@@ -25,11 +25,10 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from chorus.server import store
 from chorus.server.store._db import Tx
 
 _NONCE = 12
-#: Rows per multi-row INSERT of point keys (two parameters each; well under either engine's limit).
-_CHUNK = 500
 
 
 class Previous(NamedTuple):
@@ -63,21 +62,10 @@ def point_key(window_key: bytes, point: bytes, time_ns: int) -> bytes:
 def first_sights(tx: Tx, keys: list[tuple[str, bytes]]) -> set[tuple[str, bytes]]:
     """Record (window id, point key) pairs; return those not recorded before (the others are retries).
 
-    One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING per chunk: it reports exactly the
-    rows it inserted, so two concurrent exports of the same point cannot both count it (the
-    second waits on the first's row lock, then finds the conflict). Keys are sent in order so
-    concurrent transactions lock rows in the same order.
+    Two concurrent exports of the same point cannot both count it (store.otlp.record_points);
+    keys are sent in order so concurrent transactions lock rows in the same order.
     """
-    fresh: set[tuple[str, bytes]] = set()
-    ordered = sorted(set(keys))
-    for i in range(0, len(ordered), _CHUNK):
-        chunk = ordered[i:i + _CHUNK]
-        rows = tx.query("INSERT INTO otlp_points (window_id, point_key) VALUES "
-                        + ", ".join(["(?, ?)"] * len(chunk))
-                        + " ON CONFLICT (window_id, point_key) DO NOTHING RETURNING window_id, point_key",
-                        [v for pair in chunk for v in pair])
-        fresh.update((w, bytes(k)) for w, k in rows)
-    return fresh
+    return store.otlp.record_points(tx, sorted(set(keys)))
 
 
 def previous(tx: Tx, open_keys: list[tuple[str, bytes]], person: str, series: bytes) -> Previous | None:
@@ -85,10 +73,9 @@ def previous(tx: Tx, open_keys: list[tuple[str, bytes]], person: str, series: by
     points in the window that ends and in the next one while both take contributions)."""
     latest: Previous | None = None
     for window_id, key in open_keys:
-        rows = tx.query("SELECT start_ns, time_ns, value FROM otlp_series WHERE window_id = ? AND series_key = ?",
-                        (window_id, _mac(key, b"otlp-series\0", person, series)))
-        if rows and (latest is None or rows[0][1] > latest.time_ns):
-            latest = Previous(int(rows[0][0]), int(rows[0][1]), float(rows[0][2]))
+        found = store.otlp.latest(tx, window_id, _mac(key, b"otlp-series\0", person, series))
+        if found is not None and (latest is None or found[1] > latest.time_ns):
+            latest = Previous(*found)
     return latest
 
 
@@ -97,29 +84,21 @@ def remember(tx: Tx, window_id: str, window_key: bytes, person: str, series: byt
     nonce = secrets.token_bytes(_NONCE)
     sealed = nonce + ChaCha20Poly1305(_seal_key(window_key)).encrypt(
         nonce, person.encode() + b"\0" + series, window_id.encode())
-    tx.execute("INSERT INTO otlp_series (window_id, series_key, start_ns, time_ns, value, sealed) "
-               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (window_id, series_key) DO UPDATE SET "
-               "start_ns = excluded.start_ns, time_ns = excluded.time_ns, value = excluded.value, "
-               "sealed = excluded.sealed WHERE otlp_series.time_ns < excluded.time_ns",
-               (window_id, _mac(window_key, b"otlp-series\0", person, series), point.start_ns, point.time_ns,
-                point.value, sealed))
+    store.otlp.remember(tx, window_id, _mac(window_key, b"otlp-series\0", person, series), point.start_ns,
+                        point.time_ns, point.value, sealed)
 
 
 def close_window(tx: Tx, window_id: str) -> int:
     """At close (before the key is deleted): move cumulative state to the next open window, then
     delete the window's OTLP rows. Returns how many series moved."""
-    keys = tx.query("SELECT hmac_key FROM window_keys WHERE window_id = ?", (window_id,))
-    rows = tx.query("SELECT start_ns, time_ns, value, sealed FROM otlp_series WHERE window_id = ?", (window_id,))
-    following = tx.query(
-        "SELECT w.id, k.hmac_key FROM windows w JOIN window_keys k ON k.window_id = w.id "
-        "WHERE w.state = 'open' AND w.start_at >= (SELECT end_at FROM windows WHERE id = ?) "
-        "ORDER BY w.start_at LIMIT 1", (window_id,))
+    key = store.windows.key(tx, window_id)
+    rows = store.otlp.series_of_window(tx, window_id)
+    following = store.windows.next_open_key(tx, window_id)
     moved = 0
-    if keys and rows and following:
-        opener = ChaCha20Poly1305(_seal_key(bytes(keys[0][0])))
-        next_id, next_key = following[0][0], bytes(following[0][1])
-        for start_ns, time_ns, value, sealed in rows:
-            blob = bytes(sealed)
+    if key is not None and rows and following is not None:
+        opener = ChaCha20Poly1305(_seal_key(key))
+        next_id, next_key = following
+        for start_ns, time_ns, value, blob in rows:
             try:
                 plain = opener.decrypt(blob[:_NONCE], blob[_NONCE:], window_id.encode())
             except InvalidTag:
@@ -127,6 +106,5 @@ def close_window(tx: Tx, window_id: str) -> int:
             person, _, series = plain.partition(b"\0")
             remember(tx, next_id, next_key, person.decode(), series, Previous(start_ns, time_ns, value))
             moved += 1
-    tx.execute("DELETE FROM otlp_series WHERE window_id = ?", (window_id,))
-    tx.execute("DELETE FROM otlp_points WHERE window_id = ?", (window_id,))
+    store.otlp.delete_window(tx, window_id)
     return moved

@@ -1,18 +1,36 @@
-"""Storage engines behind one `Database` seam, and the versioned schema.
+"""The one owner of SQL: typed operations per aggregate, two engines, the versioned schema.
 
+Domain code opens a transaction with `Database.run(fn)` (retried, so `fn` must be safe to
+run twice) and, inside it, calls the operations of the aggregate it works on, e.g.
+`store.usage.add(tx, bounds, rows)` or `store.budgets.charge(tx, window, team, epsilon)`.
+No module outside this package writes SQL (tests/server/test_sql_ownership.py checks it).
 SQLite (the embedded default, a file in the data directory) and PostgreSQL (for several
-replicas sharing one database) run the same SQL from the domain modules; see
-docs/architecture.md.
+replicas sharing one database) run the same statements, except where an engine implements
+an operation itself (the usage upsert's COPY path); see docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from chorus.server.store import (
+    batches,
+    budgets,
+    ledger,
+    otlp,
+    releases,
+    roster,
+    shreds,
+    team_stats,
+    tokens,
+    usage,
+    windows,
+)
 from chorus.server.store._db import Database, StoreUnavailable, Tx
 from chorus.server.store._schema import migrate
 
-__all__ = ["Database", "StoreUnavailable", "Tx", "migrate", "open_database", "probe_write"]
+__all__ = ["Database", "StoreUnavailable", "Tx", "batches", "budgets", "ledger", "migrate", "open_database",
+           "otlp", "probe_write", "releases", "roster", "shreds", "team_stats", "tokens", "usage", "windows"]
 
 SQLITE_FILE = "chorus.db"
 

@@ -1,9 +1,13 @@
-"""The seam between store logic and a SQL engine.
+"""The seam between the store's operations and a SQL engine.
 
-Store code writes SQL once, with `?` placeholders and portable syntax (ON CONFLICT,
-RETURNING, CASE), against `Tx`. Each engine supplies a `Database` that runs a function
-in one transaction and retries it on a transient conflict, so every transaction
-function must be safe to run twice (janus-style).
+Only modules of `chorus.server.store` write SQL, once, with `?` placeholders and portable
+syntax (ON CONFLICT, RETURNING, CASE), against `Tx`; domain code receives a `Tx` from
+`Database.run` and passes it to the store's typed operations (store/usage.py,
+store/budgets.py, ...), never calling `execute` or `query` itself. Each engine supplies a
+`Database` that runs a function in one transaction and retries it on a transient conflict,
+so every transaction function must be safe to run twice (janus-style). Where the engines
+need different statements for one operation (the usage upsert's bulk path), the engine's
+`Tx` implements that operation (`add_usage`, `insert_rows`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ class Tx(Protocol):
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for many parameter rows (the engine's fastest bulk path)."""
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Plain INSERT of many rows into a table (no conflict clause): the engine's bulk path
+        (COPY on PostgreSQL). `table` and `columns` are store constants, never input."""
+
+    def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
+        """store.usage.add: upsert (window, pseudonym, team, totals...) rows, each total clamped
+        to its bound; the engine's fastest way for the number of rows."""
 
     def lock_closer(self) -> bool:
         """Take the cluster-wide window-closer lock for this transaction; False if held elsewhere."""

@@ -1,6 +1,6 @@
 """PostgreSQL engine: several stateless replicas share one database.
 
-Isolation level: READ COMMITTED, chosen deliberately. The domain SQL never reads a value
+Isolation level: READ COMMITTED, chosen deliberately. The store's SQL never reads a value
 and writes back a decision taken on it without a row lock; every read-modify-write is a
 single statement that locks the row it changes (`INSERT ... ON CONFLICT`, `UPDATE ...
 SET x = x + 1 ... RETURNING`, `UPDATE ... WHERE spent + ? <= cap`). Under READ COMMITTED
@@ -42,13 +42,10 @@ what an operator configures instead.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -56,6 +53,7 @@ import psycopg_pool
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
+from chorus.server.store import usage
 from chorus.server.store._db import Row, StoreUnavailable, Tx, TxStats
 
 T = TypeVar("T")
@@ -90,122 +88,67 @@ class _PostgresTx:
         return self._cur.fetchall()
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        rows = list(rows)
-        plan = _bulk_plan(sql) if len(rows) >= BULK_MIN_ROWS else None
-        groups = plan.groups(rows) if plan is not None else None
-        if plan is None or groups is None:
-            # psycopg sends all rows in one pipeline (libpq >= 14): one round trip, not one per row.
-            self._cur.executemany(placeholders(sql), rows)
+        # psycopg sends all rows in one pipeline (libpq >= 14): one round trip, not one per row.
+        self._cur.executemany(placeholders(sql), rows)
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if len(rows) < BULK_MIN_ROWS:
+            self._cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) "
+                                  f"VALUES ({', '.join(['%s'] * len(columns))})", rows)
             return
-        plan.run(self._cur, rows, groups)
+        with self._cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
+        params = [b for bound in bounds for b in (bound, bound)]
+        if len(rows) < BULK_MIN_ROWS or len({(r[0], r[1]) for r in rows}) != len(rows):
+            # Few rows, or a person twice (DO UPDATE cannot touch a row twice in one statement).
+            self._cur.executemany(placeholders(usage.upsert_sql(len(bounds))), [(*row, *params) for row in rows])
+            return
+        _copy_usage(self._cur, len(bounds), rows, params)
 
     def lock_closer(self) -> bool:
         (locked,), = self.query("SELECT pg_try_advisory_xact_lock(?)", (_CLOSER_LOCK,))
         return bool(locked)
 
 
-# The bulk path, measured in bench/bench_ingest_pg.py: an `INSERT INTO t (cols) VALUES
-# (?, ...) [ON CONFLICT ...]` run for many rows through psycopg's executemany costs ingest
-# ~17 us of Python per contribution; COPY into a staging table followed by one INSERT ...
-# SELECT per distinct value of the ON CONFLICT clause's parameters (the ingest upsert has
-# one per metric bound) costs ~5 us, and less PostgreSQL CPU, for 1.5-2.5x the rate. The
-# extra statements cost round trips: on one connection both paths take the same time at
-# ~128 rows (2.1 ms); at 16 rows the bulk path takes 1.5 ms against 0.7 ms.
+# The bulk paths (the usage upsert's, and `insert_rows` for plain inserts such as a roster),
+# measured in bench/bench_ingest_pg.py: the usage upsert run for many
+# rows through psycopg's executemany costs ingest ~17 us of Python per contribution; COPY
+# into a staging table followed by one INSERT ... SELECT ... ON CONFLICT costs ~5 us, and
+# less PostgreSQL CPU, for 1.5-2.5x the rate. The extra statements cost round trips: on
+# one connection both paths take the same time at ~128 rows (2.1 ms); at 16 rows the bulk
+# path takes 1.5 ms against 0.7 ms.
 BULK_MIN_ROWS = 128
-_INSERT = re.compile(r"\s*INSERT\s+INTO\s+(\w+)\s*\(([^)]*)\)\s*VALUES\s*\(([?,\s]*)\)(.*)", re.S | re.I)
-_CONFLICT_UPDATE = re.compile(r"ON\s+CONFLICT\s*\(([^)]*)\)\s*DO\s+UPDATE", re.I)
-_UPDATE_WITHOUT_TARGET = re.compile(r"DO\s+UPDATE", re.I)
 
 
-@dataclass(frozen=True, slots=True)
-class _BulkPlan:
-    """One INSERT ... VALUES statement rewritten as COPY into a temporary staging table + merge.
+def _copy_usage(cur: psycopg.Cursor[Any], metrics: int, rows: Sequence[Row], params: list[int]) -> None:
+    """store.usage.add for many rows: COPY them into a staging table, then merge them in one
+    statement with the same ON CONFLICT clause as the row-by-row upsert.
 
-    The staging table lives as long as the connection (ON COMMIT DELETE ROWS); it has an
-    ordinal column so the merge takes row locks in the caller's order (the domain sorts its
-    rows so that concurrent transactions cannot deadlock), the statement's columns, and
-    one column per parameter of the ON CONFLICT clause.
+    The staging table lives as long as the connection (ON COMMIT DELETE ROWS; one per number
+    of metric slots) and has an ordinal column, so the merge takes row locks in the caller's
+    (window, pseudonym) order and concurrent batches cannot deadlock.
     """
-
-    sql: str
-    table: str
-    columns: str
-    extras: int
-    tail: str
-    #: Indexes of the ON CONFLICT (...) DO UPDATE target columns among the inserted ones.
-    key: tuple[int, ...] | None
-
-    @property
-    def stage(self) -> str:
-        return "chorus_stage_" + hashlib.sha1(self.sql.encode()).hexdigest()[:16]
-
-    def groups(self, rows: list[Sequence[Any]]) -> dict[tuple[Any, ...], None] | None:
-        """Distinct ON CONFLICT parameter values, in a fixed order; None when the bulk path
-        would not do exactly what row-by-row execution does."""
-        width = len(self.columns.split(",")) + self.extras
-        if any(len(r) != width for r in rows):
-            return None
-        if self.key is not None and len({tuple(r[i] for i in self.key) for r in rows}) != len(rows):
-            return None  # DO UPDATE would have to touch a row twice in one statement
-        extras = {tuple(r[width - self.extras:]) for r in rows}
-        types = {tuple(type(v) for v in group) for group in extras}
-        if len(types) != 1 or any(t not in _STAGE_TYPES for t in next(iter(types))):
-            return None  # the staging columns take one SQL type each
-        # Sorted by value (the types are one per column, checked above) for a lock order that
-        # matches row-by-row execution of rows the caller sorted by (extras, key).
-        return dict.fromkeys(sorted(extras))
-
-    def run(self, cur: psycopg.Cursor[Any], rows: list[Sequence[Any]],
-            groups: dict[tuple[Any, ...], None]) -> None:
-        stage = self.stage
-        first = next(iter(groups))
-        extra_columns = [f"chorus_x{i}" for i in range(self.extras)]
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS SELECT "
-                    f"0::BIGINT AS chorus_ord, {self.columns}"
-                    + "".join(f", NULL::{_STAGE_TYPES[type(v)]} AS {c}" for v, c in zip(first, extra_columns,
-                                                                                       strict=True))
-                    + f" FROM {self.table} WITH NO DATA")
-        copy_columns = ", ".join(["chorus_ord", self.columns, *extra_columns])
-        with cur.copy(f"COPY {stage} ({copy_columns}) FROM STDIN") as copy:
-            for i, row in enumerate(rows):
-                copy.write_row((i, *row))
-        # The group's values select its rows and fill the ON CONFLICT clause's own parameters.
-        where = " AND ".join(f"{c} = %s" for c in extra_columns) or "TRUE"
-        for group in groups:
-            cur.execute(f"INSERT INTO {self.table} ({self.columns}) SELECT {self.columns} FROM {stage} "
-                        f"WHERE {where} ORDER BY chorus_ord {self.tail}", (*group, *group))
-        cur.execute(f"DELETE FROM {stage}")  # the same statement may run again in this transaction
-
-
-_STAGE_TYPES: dict[type, str] = {int: "BIGINT", str: "TEXT", bytes: "BYTEA"}
-
-
-@functools.lru_cache(maxsize=256)
-def _bulk_plan(sql: str) -> _BulkPlan | None:
-    """The bulk plan of an INSERT ... VALUES statement, or None for any other statement."""
-    m = _INSERT.fullmatch(sql)
-    if m is None:
-        return None
-    columns = [c.strip() for c in m[2].split(",")]
-    if m[3].count("?") != len(columns):
-        return None
-    tail = placeholders(m[4])
-    key = None
-    if update := _CONFLICT_UPDATE.search(tail):
-        targets = [c.strip() for c in update[1].split(",")]
-        if not set(targets) <= set(columns):
-            return None
-        key = tuple(columns.index(c) for c in targets)
-    elif _UPDATE_WITHOUT_TARGET.search(tail):
-        return None
-    return _BulkPlan(sql, m[1], ", ".join(columns), tail.count("%s") - tail.count("%%s"), tail, key)
+    stage = f"chorus_stage_usage_{metrics}"
+    cols = usage.columns(metrics)
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                f"SELECT 0::BIGINT AS chorus_ord, {cols} FROM usage WITH NO DATA")
+    with cur.copy(f"COPY {stage} (chorus_ord, {cols}) FROM STDIN") as copy:
+        for i, row in enumerate(rows):
+            copy.write_row((i, *row))
+    cur.execute(f"INSERT INTO usage ({cols}) SELECT {cols} FROM {stage} ORDER BY chorus_ord "
+                f"ON CONFLICT (window_id, pseudonym) DO UPDATE SET {placeholders(usage.set_clause(metrics))}",
+                params)
+    cur.execute(f"DELETE FROM {stage}")  # the operation may run again in this transaction
 
 
 @functools.lru_cache(maxsize=1024)
 def placeholders(sql: str) -> str:
     """Rewrite `?` placeholders to psycopg's `%s` and escape literal `%`, outside quotes.
 
-    The domain SQL is a small fixed set of strings, so each is converted once.
+    The store's SQL is a small fixed set of strings, so each is converted once.
     """
     out: list[str] = []
     quote = ""

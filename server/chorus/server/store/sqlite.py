@@ -31,9 +31,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from chorus.server.store import ledger, usage, windows
 from chorus.server.store._db import Row, StoreUnavailable, TxStats
 
 T = TypeVar("T")
@@ -62,6 +64,14 @@ class _SqliteTx:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                               rows)
+
+    def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
+        params = [b for bound in bounds for b in (bound, bound)]
+        self._conn.executemany(usage.upsert_sql(len(bounds)), [(*row, *params) for row in rows])
 
     def lock_closer(self) -> bool:
         return True  # BEGIN IMMEDIATE already excludes every other writer
@@ -207,3 +217,36 @@ class SqliteDatabase:
 
 def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSummary:
+    """What a backup copy holds: its ledger head, the open windows (with keys and per-person
+    rows in the copy) and how many per-person rows."""
+
+    ledger_seq: int
+    ledger_hash: str
+    open_windows: list[str]
+    usage_rows: int
+
+
+def backup(source: Path, target: Path, *, busy_timeout_s: float) -> BackupSummary:
+    """Copy a live database file in one step (one consistent snapshot, WAL readers block no
+    writer) into `target`, a self-contained file; raises sqlite3.Error, and DatabaseError when
+    the copy fails its integrity check."""
+    src = sqlite3.connect(source, timeout=busy_timeout_s)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)  # pages=-1: the whole database in one step, one consistent snapshot
+            dst.execute("PRAGMA journal_mode=DELETE")  # a self-contained file: no -wal beside it
+            (check,), = dst.execute("PRAGMA quick_check").fetchall()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check}")
+            tx = _SqliteTx(dst)
+            seq, digest = ledger.head(tx)
+            return BackupSummary(seq, digest, windows.open_ids(tx), usage.count(tx))
+        finally:
+            dst.close()
+    finally:
+        src.close()

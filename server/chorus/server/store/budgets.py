@@ -1,0 +1,81 @@
+"""The `budgets` table: one row per closed team-window, the persistence of `privacy.budget.Budget`.
+
+Invariants: a row is created once, at the window's close, with the window's frozen cap
+(`open_window`); `spent` only grows, by `charge`, a single conditional UPDATE that takes
+the row lock and re-checks `spent + amount <= cap` against the committed row, so the cap
+holds across replicas (READ COMMITTED, see store/postgres.py) and the table's CHECK
+constraint is never the one that refuses. The arithmetic itself (remaining, allows) is the
+accountant's; this module only stores and reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chorus.server.privacy.budget import Budget
+from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.store._db import Tx
+
+__all__ = ["BudgetRow", "charge", "of_window", "open_window", "page", "totals"]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRow:
+    """One team-window's budget as GetBudget lists it; `start_at` orders and pages the listing."""
+
+    start_at: int
+    window: str
+    team: str
+    budget: Budget
+    releases: int
+
+
+def open_window(tx: Tx, window: str, teams: Sequence[str], cap: Epsilon) -> None:
+    """Create the budgets of a window being closed: one per team, nothing spent."""
+    tx.insert_rows("budgets", ("window_id", "team", "cap_micros"), [(window, t, cap.micros) for t in teams])
+
+
+def of_window(tx: Tx, window: str) -> dict[str, Budget]:
+    """team -> budget, for every team of `window` (empty while it is open)."""
+    return {t: Budget(Epsilon(cap), Epsilon(spent)) for t, cap, spent in tx.query(
+        "SELECT team, cap_micros, spent_micros FROM budgets WHERE window_id = ?", (window,))}
+
+
+def charge(tx: Tx, window: str, team: str, amount: Epsilon) -> Budget | None:
+    """Charge one release to a team-window and count it; the budget after, or None (nothing
+    changed) when it would go past the cap or the team-window has no budget."""
+    rows = tx.query(
+        "UPDATE budgets SET spent_micros = spent_micros + ?, releases = releases + 1 "
+        "WHERE window_id = ? AND team = ? AND spent_micros + ? <= cap_micros "
+        "RETURNING spent_micros, cap_micros",
+        (amount.micros, window, team, amount.micros))
+    if not rows:
+        return None
+    (spent, cap), = rows
+    return Budget(Epsilon(cap), Epsilon(spent))
+
+
+def page(tx: Tx, window: str, after: tuple[int, str, str] | None, limit: int) -> list[BudgetRow]:
+    """Up to `limit` budgets, newest window first then by window id and team, of one window
+    (or of all for ""), strictly after the keyset position (start_at, window, team)."""
+    sql = ("SELECT w.start_at, b.window_id, b.team, b.cap_micros, b.spent_micros, b.releases "
+           "FROM budgets b JOIN windows w ON w.id = b.window_id WHERE 1 = 1")
+    params: tuple[object, ...] = ()
+    if window:
+        sql += " AND b.window_id = ?"
+        params = (window,)
+    if after is not None:
+        start, last_window, team = after
+        sql += (" AND (w.start_at < ? OR (w.start_at = ? AND (b.window_id > ? OR "
+                "(b.window_id = ? AND b.team > ?))))")
+        params += (start, start, last_window, last_window, team)
+    rows = tx.query(sql + " ORDER BY w.start_at DESC, b.window_id, b.team LIMIT ?", (*params, limit))
+    return [BudgetRow(int(s), w, t, Budget(Epsilon(cap), Epsilon(spent)), int(n))
+            for s, w, t, cap, spent, n in rows]
+
+
+def totals(tx: Tx) -> tuple[int, Epsilon]:
+    """(releases, epsilon spent) summed over every team-window (for metrics)."""
+    (releases, spent), = tx.query("SELECT COALESCE(SUM(releases), 0), COALESCE(SUM(spent_micros), 0) FROM budgets")
+    return int(releases), Epsilon(int(spent))

@@ -1,0 +1,65 @@
+"""The `releases` table: every noisy statistic released, at most once per (window, team, metric,
+statistic).
+
+Invariants: a release is claimed (`claim`, `INSERT ... ON CONFLICT DO NOTHING`) before its
+team-window is charged, so of two replicas drawing the same statistic only the one whose row
+landed charges and ledgers it, and the other answers with the winner's value; `ledger_seq`
+is set in the same transaction, after the ledger entry exists (`set_ledger_seq`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chorus.server.store._db import Tx
+
+__all__ = ["NewRelease", "StoredRelease", "claim", "ids", "of_window", "set_ledger_seq"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRelease:
+    release_id: str
+    team: str
+    metric: str
+    statistic: str
+    #: JSON of the value, interval, scale and sensitivity.
+    result: str
+    epsilon_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRelease:
+    release_id: str
+    team: str
+    metric: str
+    statistic: str
+    result: str
+    epsilon_micros: int
+
+
+def of_window(tx: Tx, window: str) -> list[StoredRelease]:
+    """Every release of `window`."""
+    return [StoredRelease(rid, team, metric, stat, result, int(micros)) for rid, team, metric, stat, result, micros
+            in tx.query("SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
+                        "WHERE window_id = ?", (window,))]
+
+
+def claim(tx: Tx, window: str, releases: Sequence[NewRelease], released_at: int) -> None:
+    """Insert releases not made yet; a (team, metric, statistic) already released keeps its row."""
+    tx.executemany(
+        "INSERT INTO releases (release_id, window_id, team, metric, statistic, result, epsilon_micros, "
+        "released_at, ledger_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
+        "ON CONFLICT (window_id, team, metric, statistic) DO NOTHING",
+        [(r.release_id, window, r.team, r.metric, r.statistic, r.result, r.epsilon_micros, released_at)
+         for r in releases])
+
+
+def ids(tx: Tx, window: str) -> set[str]:
+    """The release ids stored for `window`."""
+    return {rid for (rid,) in tx.query("SELECT release_id FROM releases WHERE window_id = ?", (window,))}
+
+
+def set_ledger_seq(tx: Tx, seqs: Sequence[tuple[int, str]]) -> None:
+    """Record (ledger seq, release id): the ledger entry of each release."""
+    tx.executemany("UPDATE releases SET ledger_seq = ? WHERE release_id = ?", seqs)
