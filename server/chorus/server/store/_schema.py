@@ -154,7 +154,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ]),
     # The organisation tree (chorus.server.hierarchy): each team's org path, replaced with the
     # roster, and frozen per window at close next to the roster sizes. Empty: under the company.
-    (7, "org paths of teams", [
+    (8, "org paths of teams", [
         """CREATE TABLE roster_orgs (
             team TEXT PRIMARY KEY,
             org TEXT NOT NULL)""",
