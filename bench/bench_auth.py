@@ -25,10 +25,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chorus.server import config
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role, Tokens
+from chorus.server.grpc_server import Server
 from chorus.server.ratelimit import RateLimiter
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
+from chorus.server.tokens import Tokens
 from chorus.v1 import audit_pb2, audit_pb2_grpc, ingest_pb2
 
 

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from chorus.server import config, ingest
-from chorus.server.app_context import Chorus
+from chorus.server.calendar import window_of
 from chorus.server.clock import FakeClock
+from chorus.server.root import Chorus
 from chorus.server.store.sqlite import SqliteDatabase
-from chorus.server.windows import window_of
 
 
 def build(data: Path, people: int, clock: FakeClock) -> str:

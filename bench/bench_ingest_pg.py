@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for the test helpers' URL handling
 
 from chorus.server import config  # noqa: E402
-from chorus.server.app_context import Chorus  # noqa: E402
-from chorus.server.auth import Role  # noqa: E402
+from chorus.server.roles import Role  # noqa: E402
+from chorus.server.root import Chorus  # noqa: E402
 from chorus.server.store import Tx, batches, usage  # noqa: E402
 from chorus.server.store.postgres import PostgresDatabase, _PostgresTx, placeholders  # noqa: E402
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc  # noqa: E402

@@ -25,8 +25,8 @@ import grpc
 from prometheus_client import generate_latest
 
 from chorus.server import config, ingest
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
+from chorus.server.grpc_server import Server
+from chorus.server.root import Chorus
 
 
 class _Context:

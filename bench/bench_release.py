@@ -33,11 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from chorus.server import config, ingest, release
-from chorus.server.app_context import Chorus
+from chorus.server.calendar import window_of
 from chorus.server.clock import FakeClock
 from chorus.server.privacy import mechanisms
 from chorus.server.release import ReleaseResult, Releases, StatisticRequest
-from chorus.server.windows import window_of
+from chorus.server.root import Chorus
 
 NOON = datetime(2026, 11, 25, 12, tzinfo=UTC)
 WINDOW = window_of(NOON, config.load(None).policy.window_length).id

@@ -28,13 +28,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chorus.server import audit, config, verify
-from chorus.server.config import Policy
+from chorus.server.calendar import WindowSpan, window_of
 from chorus.server.ledger import Ledger, Signer
+from chorus.server.policy import Policy
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store import open_database
 from chorus.server.store._db import Tx
-from chorus.server.windows import WindowSpan, window_of
 
 TEAMS = [f"team-{i:03d}" for i in range(100)]
 TEAM_SIZE = 10

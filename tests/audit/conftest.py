@@ -11,22 +11,15 @@ from typing import Any
 
 import pytest
 
-from chorus.server import audit, config, lifecycle, verify
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server import audit, config, verify, window_store
 from chorus.server.clock import FakeClock
-from chorus.server.ledger import (
-    GENESIS_HASH,
-    Signer,
-    canonical_json,
-    entry_body,
-    entry_hash,
-    format_time,
-    parse_body,
-)
+from chorus.server.grpc_server import Server
+from chorus.server.ledger import Signer
+from chorus.server.ledger_format import GENESIS_HASH, canonical_json, entry_body, entry_hash, format_time, parse_body
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import Releases, StatisticRequest
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -65,7 +58,7 @@ def run(entries: Entries, public_key: bytes, expect: str | None = None) -> verif
 
 
 def policy_of(chorus: Chorus, window: str = WINDOW) -> config.Policy:
-    return chorus.db.run(lambda tx: lifecycle.get(tx, window).policy, name="policy")
+    return chorus.db.run(lambda tx: window_store.get(tx, window).policy, name="policy")
 
 
 def roster_rows() -> list[tuple[str, str]]:

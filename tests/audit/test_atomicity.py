@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from chorus.server.app_context import Chorus
-from chorus.server.ledger import Entry, Ledger
+from chorus.server.ledger import Ledger
+from chorus.server.ledger_format import Entry
+from chorus.server.root import Chorus
 from chorus.server.store._db import Tx
 
 from .conftest import WINDOW, export_entries, open_and_close, release, run

@@ -14,12 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from chorus.server import audit, config
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
+from chorus.server.calendar import WindowLength
 from chorus.server.cli import app
-from chorus.server.cli.audit import StatementFormat, render_statement
+from chorus.server.grpc_server import Server
+from chorus.server.presentation.statement import StatementFormat, render_statement
+from chorus.server.root import Chorus
 from chorus.server.services.audit import AuditServicer
-from chorus.server.windows import WindowLength
 from tests._policy import SUITE_TOML
 
 from .conftest import WINDOW, decode, line, release

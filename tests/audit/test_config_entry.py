@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from chorus.server import audit, config
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
+from chorus.server.ledger_format import policy_sha256
+from chorus.server.root import Chorus
 from tests._policy import SUITE_TOML
 
 from .conftest import Entries, resign, run, seq_of
@@ -32,7 +33,7 @@ def test_the_first_start_records_the_policy_and_its_hash(chorus: Chorus) -> None
     payload = json.loads(first.payload)
     assert (first.seq, first.kind) == (1, "config")
     assert payload["policy"] == chorus.config.policy.to_json()
-    assert payload["policy_sha256"] == audit.policy_sha256(chorus.config.policy.to_json())
+    assert payload["policy_sha256"] == policy_sha256(chorus.config.policy.to_json())
 
 
 def test_a_restart_records_only_a_policy_that_differs_from_the_last_one(tmp_path: Path,

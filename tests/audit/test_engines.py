@@ -12,8 +12,8 @@ from threading import Barrier, Thread
 import pytest
 
 from chorus.server import audit, config, verify
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
+from chorus.server.root import Chorus
 from tests._policy import SUITE_TOML, suite_config
 from tests.store.postgres_schema import fresh_schema
 

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from chorus.server import verify
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
 from chorus.server.cli import app
+from chorus.server.grpc_server import Server
+from chorus.server.root import Chorus
 
 from .conftest import decode, line, resign
 from .test_format import AWKWARD, docs_block

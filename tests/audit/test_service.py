@@ -11,10 +11,10 @@ import grpc
 import pytest
 
 from chorus.server import audit, ledger, verify
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
-from chorus.server.ledger import canonical_json
+from chorus.server.grpc_server import Server
+from chorus.server.ledger_format import Entry, canonical_json
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 
 from .conftest import TEAMS, WINDOW, release
@@ -161,7 +161,7 @@ def test_the_ledger_is_read_in_bounded_pages_up_to_the_head_at_the_start(
     limits: list[int] = []
     real = ledger.read_entries
 
-    def counting(tx: Any, from_seq: int, limit: int) -> list[ledger.Entry]:
+    def counting(tx: Any, from_seq: int, limit: int) -> list[Entry]:
         limits.append(limit)
         return real(tx, from_seq, limit)
 

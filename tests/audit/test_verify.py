@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chorus.server import verify
-from chorus.server.app_context import Chorus
 from chorus.server.ledger import Signer
 from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.root import Chorus
 
 from .conftest import (
     DEFAULT_EPSILON,

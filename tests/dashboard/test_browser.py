@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from chorus.server.auth import Role
 from chorus.server.dashboard import create_app
-from chorus.server.dashboard.server import DashboardServer
+from chorus.server.dashboard.wsgi_server import DashboardServer
+from chorus.server.roles import Role
 from chorus.v1 import common_pb2
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack

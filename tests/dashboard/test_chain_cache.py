@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.dashboard.verification import FAILED, VERIFIED, ChainCache
-from chorus.server.ledger import Entry, read_entries
+from chorus.server.ledger import read_entries
+from chorus.server.ledger_format import Entry
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from tests._policy import suite_config
 
 

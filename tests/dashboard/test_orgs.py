@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from chorus.server.auth import Role
 from chorus.server.dashboard import create_app
 from chorus.server.dashboard.sessions import SessionStore
+from chorus.server.roles import Role
 
 from .conftest import LATEST, Stack, build_stack, login
 

@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
 from chorus.server.dashboard import charts
 from chorus.server.dashboard.charts import Bar, BudgetBar, Interval
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.server.dashboard.tables import Column, DataTable, text
+from chorus.server.roles import Role
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -69,7 +69,7 @@ def test_histogram_labels_the_edges_between_the_bars() -> None:
     buckets = [Interval(3, 2), Interval(8, 2), Interval(1, 2)]
     svg = parse(charts.histogram_bars("c5", "t", "d", buckets, [10_000, 50_000]))
     assert len(svg.findall(f"{SVG}rect[@class='bar']")) == 3
-    assert {"10k", "50k"} <= {t.text for t in svg.iter(f"{SVG}text")}
+    assert {"10K", "50K"} <= {t.text for t in svg.iter(f"{SVG}text")}
 
 
 def test_budget_bars_fill_the_spent_share_of_the_cap() -> None:
@@ -92,8 +92,8 @@ def test_intervals_are_cut_at_the_range_a_value_can_take(value: float, ceiling: 
 
 
 @pytest.mark.parametrize(("value", "number", "compact", "percent"), [
-    (0.0, "0", "0", "0.0%"), (12345.0, "12,345", "12.3k", "1234500.0%"), (0.4231, "0.423", "0.423", "42.3%"),
-    (1866.5, "1,866.5", "1.87k", "186650.0%"), (2_500_000.0, "2,500,000", "2.5M", "250000000.0%")])
+    (0.0, "0", "0", "0.0%"), (12345.0, "12,345", "12.3K", "1234500.0%"), (0.4231, "0.423", "0.423", "42.3%"),
+    (1866.5, "1,866.5", "1.87K", "186650.0%"), (2_500_000.0, "2,500,000", "2.5M", "250000000.0%")])
 def test_number_formats(value: float, number: str, compact: str, percent: str) -> None:
     assert charts.format_number(value) == number
     assert charts.format_compact(value) == compact

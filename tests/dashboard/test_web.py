@@ -13,10 +13,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from chorus.server.auth import Role
 from chorus.server.dashboard import Gateway, create_app
-from chorus.server.dashboard.app import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from chorus.server.dashboard.sessions import SessionStore
+from chorus.server.dashboard.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from chorus.server.roles import Role
 from chorus.v1 import common_pb2
 from tests._policy import SUITE_TOML
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from typer.testing import CliRunner
 
+from chorus.server.calendar import window_of
 from chorus.server.cli import app
 from chorus.server.store import SQLITE_FILE
-from chorus.server.windows import window_of
 from tests._policy import suite_config
 
 from .conftest import Running

@@ -17,11 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from chorus.client import Client, GrpcTransport, TransportError
-from chorus.server import app as app_module
-from chorus.server import lifecycle
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server import grpc_server as app_module
+from chorus.server import window_store
+from chorus.server.grpc_server import Server
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from tests._policy import suite_config
 
 from .conftest import Running, import_roster, report_request
@@ -155,7 +155,7 @@ def test_a_full_disk_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
         second.close()
         assert second.stats().failed_batches == 0 and not list(spool.glob("*.pb"))
 
-        windows = chorus.db.run(lambda tx: lifecycle.list_windows(tx), name="t")
+        windows = chorus.db.run(lambda tx: window_store.list_windows(tx), name="t")
         for window in windows:
             chorus.close_window(window.id, actor="test")
         rows = chorus.db.run(lambda tx: tx.query("SELECT team, metric, SUM(total) FROM team_metrics "

@@ -8,9 +8,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chorus.server import app as app_module
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
+from chorus.server import grpc_server as app_module
+from chorus.server.grpc_server import Server
+from chorus.server.root import Chorus
 from chorus.server.store import StoreUnavailable
 from tests._policy import suite_config
 

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from chorus.server import logs
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
+from chorus.server.grpc_server import Server
+from chorus.server.root import Chorus
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config
 from tests._secrets import leaks

@@ -14,9 +14,9 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExpor
 from opentelemetry.sdk.resources import Resource
 
 from chorus.server import config
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server.grpc_server import Server
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from tests._policy import SUITE_TOML
 from tests._usage import person_totals
 from tests.e2e._servers import sqlite_rows

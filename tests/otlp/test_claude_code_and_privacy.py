@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chorus.server import config
-from chorus.server.windows import WindowLength, window_of
+from chorus.server.calendar import WindowLength, window_of
 
 from ._requests import CUMULATIVE, DELTA, export_grpc, now_ns, point, request, sum_metric
 from .conftest import OtlpServer

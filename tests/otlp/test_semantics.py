@@ -10,8 +10,8 @@ import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
+from chorus.server.root import Chorus
 from tests._usage import person_totals
 from tests.e2e._proxy import CuttingProxy
 from tests.e2e._servers import sqlite_rows

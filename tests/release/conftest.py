@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from chorus.server import config, ingest
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.clock import FakeClock
+from chorus.server.grpc_server import Server
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.v1 import release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML
 

@@ -12,7 +12,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from chorus.server.app_context import Chorus
+from chorus.server.root import Chorus
 from chorus.v1 import common_pb2, release_pb2
 
 from .conftest import WINDOW, Api, contribute, toml_with

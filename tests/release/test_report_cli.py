@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.cli import app
 from chorus.server.cli.report import _number
 from chorus.server.clock import FakeClock
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 
 from .conftest import WINDOW, Api, contribute
 

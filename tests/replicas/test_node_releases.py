@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server.calendar import window_of
 from chorus.server.ingest import Batch, Contribution
-from chorus.server.windows import window_of
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 from tests._policy import suite_config
 

@@ -12,12 +12,12 @@ import grpc
 import pytest
 
 from chorus.client import Client
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server.calendar import window_of
 from chorus.server.ingest import Batch, Contribution
 from chorus.server.ledger import Signer
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.server.store._schema import MIGRATIONS
-from chorus.server.windows import window_of
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 from tests._policy import suite_config
 

@@ -21,11 +21,11 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from typer.testing import CliRunner
 
 import chorus.v1
-from chorus.server.app import Server, TlsConfig
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.cli import app
 from chorus.server.clock import FakeClock
+from chorus.server.grpc_server import Server, TlsConfig
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from tests._policy import suite_config
 from tests._secrets import register, user_id

@@ -21,11 +21,11 @@ import pytest
 from google.protobuf.message import Message
 from typer.testing import CliRunner
 
-from chorus.server.app import Server
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.cli import app
 from chorus.server.clock import FakeClock
+from chorus.server.grpc_server import Server
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.v1 import (
     admin_pb2,
     admin_pb2_grpc,

@@ -12,12 +12,12 @@ import pytest
 from google.protobuf import descriptor
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from chorus.server import auth
-from chorus.server.auth import Role
+from chorus.server import roles
+from chorus.server.roles import Role
 
 from .conftest import SecureServer, bearer, call_raw, proto_methods, rpc_path
 
-#: The specification, written independently of auth.SERVICE_ROLES: one role per job.
+#: The specification, written independently of roles.SERVICE_ROLES: one role per job.
 EXPECTED_ROLES: dict[str, frozenset[Role]] = {
     "chorus.v1.IngestService": frozenset({Role.INGEST}),
     "chorus.v1.ReleaseService": frozenset({Role.ANALYST}),
@@ -49,7 +49,7 @@ def test_methods_are_enumerated() -> None:
 def test_every_service_has_an_expected_role() -> None:
     services = {m.containing_service.full_name for m in METHODS}
     assert services == set(EXPECTED_ROLES)
-    assert auth.SERVICE_ROLES == EXPECTED_ROLES
+    assert roles.SERVICE_ROLES == EXPECTED_ROLES
 
 
 def test_every_service_is_served(shared_server: SecureServer) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from chorus.server import ingest
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
+from chorus.server.root import Chorus
 from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

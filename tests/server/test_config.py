@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from chorus.server import config
+from chorus.server.calendar import WindowLength, parse_window_id, window_of
 from chorus.server.cli import app
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.windows import WindowLength, parse_window_id, window_of
 from tests._policy import SUITE_TOML
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from chorus.server import config
-from chorus.server.app_context import Chorus
+from chorus.server.calendar import WindowLength, max_windows_per_year, parse_window_id
 from chorus.server.clock import FakeClock
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import Refused, Releases
-from chorus.server.windows import WindowLength, max_windows_per_year, parse_window_id
+from chorus.server.root import Chorus
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = config.load(None).policy

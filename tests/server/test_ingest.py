@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from chorus.server import config, ingest
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
 from chorus.server.ingest import Reason
+from chorus.server.root import Chorus
 from tests._policy import SUITE_TOML, suite_config
 from tests._usage import person_team, person_totals
 

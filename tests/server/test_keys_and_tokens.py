@@ -5,9 +5,9 @@ from __future__ import annotations
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
 from chorus.server.ledger import KEY_FILE, Signer
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 
 from .conftest import batch
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from chorus.server import lifecycle
-from chorus.server.app_context import Chorus
+from chorus.server import window_store
 from chorus.server.clock import FakeClock
 from chorus.server.ingest import Reason
+from chorus.server.root import Chorus
 
 from .conftest import NOON, batch
 
@@ -62,14 +62,14 @@ def test_contributions_for_a_closed_window_are_late(chorus: Chorus) -> None:
 
 def test_closer_opens_current_window_and_closes_after_grace(chorus: Chorus, clock: FakeClock) -> None:
     assert chorus.closer.tick() == []
-    assert [w.id for w in chorus.db.run(lambda tx: lifecycle.list_windows(tx), name="t")] == ["2026-11-25"]
+    assert [w.id for w in chorus.db.run(lambda tx: window_store.list_windows(tx), name="t")] == ["2026-11-25"]
     chorus.ingestor.report(batch(("user-team-red-0", "ai.tokens", 10)))
     clock.set(NOON.replace(hour=0) + timedelta(days=1, hours=1, minutes=59))
     assert chorus.closer.tick() == []  # inside grace
     clock.advance(timedelta(minutes=1))
     closed = chorus.closer.tick()
     assert [c.window.id for c in closed] == ["2026-11-25"]
-    states = {w.id: w.state for w in chorus.db.run(lambda tx: lifecycle.list_windows(tx), name="t")}
+    states = {w.id: w.state for w in chorus.db.run(lambda tx: window_store.list_windows(tx), name="t")}
     assert states == {"2026-11-25": "closed", "2026-11-26": "open"}
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from chorus.server import ingest, shred
-from chorus.server.app_context import Chorus
 from chorus.server.clock import FakeClock
-from chorus.server.services.admin import AdminServicer
+from chorus.server.grpc_server import admin_servicer
+from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.v1 import admin_pb2
 from tests._policy import suite_config
@@ -73,7 +73,7 @@ def _close_with_a_reader(chorus: Chorus) -> list[bytes]:
 
 
 def _stats(chorus: Chorus) -> admin_pb2.GetStatsResponse:
-    return AdminServicer(chorus).GetStats(admin_pb2.GetStatsRequest(), None)  # type: ignore[arg-type]
+    return admin_servicer(chorus).GetStats(admin_pb2.GetStatsRequest(), None)  # type: ignore[arg-type]
 
 
 def test_a_reader_pinning_the_wal_leaves_the_shred_pending_until_a_closer_tick_after_it_left(

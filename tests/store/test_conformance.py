@@ -12,15 +12,17 @@ from threading import Event
 
 import pytest
 
-from chorus.server import config, lifecycle, release
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role, TokenError
+from chorus.server import config, release, window_store
 from chorus.server.ingest import BatchIdReused, Reason
-from chorus.server.ledger import entry_hash, read_entries
+from chorus.server.ledger import read_entries
+from chorus.server.ledger_format import entry_hash
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.server.store import _schema, migrate, probe_write
 from chorus.server.store._schema import MIGRATIONS
+from chorus.server.tokens import TokenError
 from tests._policy import suite_config
 
 from .conftest import NOON, WINDOW, Store, batch, race, roster_rows
@@ -181,7 +183,7 @@ def test_close_folds_into_team_statistics_and_shreds(store: Store, chorus: Choru
                                  (RED1, "ai.requests", 10**9), (BLUE0, "ai.tokens", 200_000)))
     assert per_person_rows(store) == 3 + 1  # one usage row per person + the key
     result = store.chorus().close_window(WINDOW, actor="test")
-    assert (result.closed_now, result.window.state) == (True, lifecycle.CLOSED)
+    assert (result.closed_now, result.window.state) == (True, window_store.CLOSED)
     stats = team_metrics(store)
     assert stats[("team-red", "ai.tokens")] == (65_000, 2, [1, 0, 1, 0, 0])
     assert stats[("team-red", "ai.requests")] == (2_000, 1, [0, 0, 0, 0, 1])

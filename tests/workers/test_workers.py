@@ -27,12 +27,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from chorus.client import Client
 from chorus.server import workers
-from chorus.server.app_context import Chorus
-from chorus.server.auth import Role
+from chorus.server.calendar import window_of
 from chorus.server.cli._common import ExitCode
 from chorus.server.ingest import Batch, Contribution
+from chorus.server.roles import Role
+from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
-from chorus.server.windows import window_of
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config, suite_config_file
 from tests.otlp._requests import export_grpc, now_ns, point, post, request, sum_metric

@@ -16,6 +16,7 @@ from typing import TypeGuard
 import grpc
 
 from chorus.client._transport import GrpcTransport
+from chorus.client.limits import MAX_NAME_CHARS
 
 __all__ = ["MAX_NAME_CHARS", "ConfigError", "PemSource", "Settings", "grpc_transport", "is_loopback",
            "resolve_settings", "valid_name"]
@@ -26,9 +27,6 @@ ENV_USER = "CHORUS_USER"
 ENV_SPOOL_DIR = "CHORUS_SPOOL_DIR"
 ENV_CA_FILE = "CHORUS_CA_FILE"
 
-#: The server's default limits.max_string_length. A longer user id or metric name would
-#: make the server refuse the whole batch (INVALID_ARGUMENT), so count() refuses it alone.
-MAX_NAME_CHARS = 256
 
 PemSource = bytes | str | os.PathLike[str]
 

@@ -32,16 +32,13 @@ import grpc
 from chorus.client._aggregate import Key
 from chorus.client._spool import Spool
 from chorus.client._transport import Transport, TransportError
+from chorus.client.limits import MAX_BATCH_BYTES, MAX_BATCH_CONTRIBUTIONS
 from chorus.v1 import ingest_pb2
 
 __all__ = ["BACKOFF_CAP", "MAX_BATCH_AGE", "MAX_SERVER_DELAY", "Delivery", "Watch"]
 
 logger = logging.getLogger("chorus.client")
 
-#: The server refuses more than 10_000 contributions per batch; stay well below.
-MAX_BATCH_CONTRIBUTIONS = 5000
-#: Keeps a batch far below gRPC's default 4 MiB message limit whatever the name lengths.
-MAX_BATCH_BYTES = 1024 * 1024
 #: Estimated encoding overhead of one Contribution besides its two strings.
 _CONTRIBUTION_OVERHEAD = 32
 _INT64_MAX = 2**63 - 1

@@ -10,15 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from chorus.server import lifecycle, store
-from chorus.server.config import Policy
-from chorus.server.ledger import Entry, Ledger, canonical_json, read_entries
+from chorus.server import store, window_store
+from chorus.server.ledger import Ledger, read_entries
+from chorus.server.ledger_format import Entry, policy_sha256
+from chorus.server.policy import Policy
 from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store._db import Database, Tx
@@ -46,11 +46,6 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def policy_sha256(policy_json: dict[str, object]) -> str:
-    """SHA-256 of a policy's canonical JSON: the identity a "config" entry records."""
-    return hashlib.sha256(canonical_json(policy_json).encode()).hexdigest()
-
-
 def record_config(db: Database, ledger: Ledger, policy: Policy, now: datetime) -> Entry | None:
     """Append a "config" entry if `policy` differs from the last recorded one; return it or None."""
     policy_json = policy.to_json()
@@ -68,11 +63,11 @@ def record_config(db: Database, ledger: Ledger, policy: Policy, now: datetime) -
     return db.run(record, name="record_config")
 
 
-def list_policies(tx: Tx, window_id: str = "") -> list[lifecycle.WindowRecord]:
+def list_policies(tx: Tx, window_id: str = "") -> list[window_store.WindowRecord]:
     """One window (raises WindowNotFound) or, for "", every window newest first."""
     if window_id:
-        return [lifecycle.get(tx, window_id)]
-    return lifecycle.list_windows(tx)
+        return [window_store.get(tx, window_id)]
+    return window_store.list_windows(tx)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +95,7 @@ def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
     closing) neither repeat nor shift a page; it is bound to `window_id` (PageTokenError).
     """
     if window_id:
-        lifecycle.get(tx, window_id)
+        window_store.get(tx, window_id)
     after = _decode_token(page_token, window_id) if page_token else None
     rows = store.budgets.page(tx, window_id, after, limit + 1)
     page = [TeamWindowBudget(r.window, r.team, r.budget.cap, r.budget.spent, r.releases) for r in rows[:limit]]
@@ -167,3 +162,22 @@ def ledger_pages(db: Database, from_seq: int, size: int,
             used += cost
         yield page
         seq = entries[-1].seq + 1
+
+
+class AuditTrail:
+    """What AuditService serves, each call in its own read transaction(s)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def policies(self, window_id: str = "") -> list[window_store.WindowRecord]:
+        """See `list_policies`; raises WindowNotFound."""
+        return self._db.run(lambda tx: list_policies(tx, window_id), name="list_policies")
+
+    def budgets(self, window_id: str, limit: int, page_token: str) -> tuple[list[TeamWindowBudget], str]:
+        """See `budgets`; raises WindowNotFound or PageTokenError."""
+        return self._db.run(lambda tx: budgets(tx, window_id, limit, page_token), name="get_budget")
+
+    def ledger_pages(self, from_seq: int, size: int) -> Iterator[list[Entry]]:
+        """See `ledger_pages`."""
+        return ledger_pages(self._db, from_seq, size)

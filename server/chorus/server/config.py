@@ -1,7 +1,7 @@
 """Server configuration from a TOML file, validated up front with errors that name the value.
 
-The privacy-relevant part (`Policy`) is frozen into each window when it opens, so a change
-here takes effect from the next window only.
+The privacy-relevant part (`chorus.server.policy.Policy`) is frozen into each window when it
+opens, so a change here takes effect from the next window only.
 
 Every key must be known (`KNOWN_KEYS`): a misspelt privacy setting (`min_team_sise = 10`) or
 section (`[window]`) would otherwise be ignored and its built-in value silently used, so the
@@ -14,20 +14,17 @@ import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chorus.client.limits import MAX_BATCH_CONTRIBUTIONS, MAX_NAME_CHARS
+from chorus.server.calendar import WindowLength
 from chorus.server.otlp import mapping as otlp_mapping
-from chorus.server.otlp.mapping import OtlpPolicy, parse_otlp
+from chorus.server.otlp.mapping import parse_otlp
+from chorus.server.policy import MAX_METRICS, MetricPolicy, Policy
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.windows import WindowLength
+from chorus.server.statistics import NOISY as NOISY_STATISTICS
 
-#: Statistics that have their own noisy release; mean and adoption are post-processing.
-NOISY_STATISTICS = ("sum", "count", "histogram", "active")
-STATISTICS = ("sum", "count", "mean", "histogram", "adoption")
-#: Metrics per policy: a person's usage row has one total column per metric slot.
-MAX_METRICS = 32
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -38,89 +35,12 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class MetricPolicy:
-    name: str
-    description: str
-    max_per_user: int
-    histogram_edges: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "max_per_user": self.max_per_user,
-            "histogram_edges": list(self.histogram_edges),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Everything a window freezes at open: bounds, buckets, budget, k, default epsilons."""
-
-    window_length: WindowLength
-    grace_seconds: int
-    metrics: tuple[MetricPolicy, ...]
-    epsilon_per_window: Epsilon
-    default_epsilon: dict[str, Epsilon]
-    min_team_size: int
-    retention_windows: int
-    otlp: OtlpPolicy | None = None  # how OpenTelemetry instruments feed the metrics (otlp/mapping.py)
-
-    _by_name: dict[str, MetricPolicy] = field(init=False, repr=False, compare=False)
-    _slots: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {m.name: m for m in self.metrics})
-        object.__setattr__(self, "_slots", {m.name: i for i, m in enumerate(self.metrics)})
-
-    def metric(self, name: str) -> MetricPolicy | None:
-        return self._by_name.get(name)
-
-    def slot(self, name: str) -> int:
-        """The metric's column in a person's usage row: its position in this policy."""
-        return self._slots[name]
-
-    def retention_end(self, window_end: datetime) -> datetime:
-        """When a window ending at `window_end` stops being releasable: retention_windows lengths later."""
-        return window_end + self.retention_windows * self.window_length.duration
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "window_length": self.window_length.value,
-            "grace_seconds": self.grace_seconds,
-            "metrics": [m.to_json() for m in self.metrics],
-            "epsilon_per_window": str(self.epsilon_per_window),
-            "default_epsilon": {k: str(v) for k, v in sorted(self.default_epsilon.items())},
-            "min_team_size": self.min_team_size,
-            "retention_windows": self.retention_windows,
-            **({"otlp": self.otlp.to_json()} if self.otlp else {}),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Policy:
-        return cls(
-            window_length=WindowLength(data["window_length"]),
-            grace_seconds=int(data["grace_seconds"]),
-            metrics=tuple(
-                MetricPolicy(m["name"], m["description"], int(m["max_per_user"]),
-                             tuple(int(e) for e in m["histogram_edges"]))
-                for m in data["metrics"]
-            ),
-            epsilon_per_window=Epsilon.parse(data["epsilon_per_window"]),
-            default_epsilon={k: Epsilon.parse(v) for k, v in data["default_epsilon"].items()},
-            min_team_size=int(data["min_team_size"]),
-            retention_windows=int(data["retention_windows"]),
-            otlp=OtlpPolicy.from_json(data["otlp"]) if "otlp" in data else None,
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class Limits:
     """Hostile-input bounds, enforced before anything touches the store."""
 
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch_contributions: int = 10_000
-    max_string_length: int = 256
+    max_string_length: int = MAX_NAME_CHARS
     ingest_rate_per_token: float = 2_000_000.0  # contributions per second, token bucket
     ingest_burst_per_token: int = 4_000_000
     rpc_deadline_seconds: float = 30.0
@@ -369,15 +289,15 @@ def parse(raw: dict[str, Any]) -> Config:
     policy = Policy(length, grace, metrics, budget, defaults, k, retention, otlp)
     limit_defaults = Limits()
     limits = Limits(
-        # The floors are what the SDK sends at most (5000 contributions, about 1 MiB, 256-character
-        # names): a lower limit would refuse, forever, batches the SDK cannot make smaller.
+        # The floors are what the SDK sends at most (chorus.client.limits: contributions, about
+        # 1 MiB, name length): a lower limit would refuse, forever, batches the SDK cannot make smaller.
         max_message_bytes=_int(limits_raw.get("max_message_bytes", limit_defaults.max_message_bytes),
                                "limits.max_message_bytes", 2 * 1024 * 1024, 64 * 1024 * 1024),
         max_batch_contributions=_int(
             limits_raw.get("max_batch_contributions", limit_defaults.max_batch_contributions),
-            "limits.max_batch_contributions", 5000, 1_000_000),
+            "limits.max_batch_contributions", MAX_BATCH_CONTRIBUTIONS, 1_000_000),
         max_string_length=_int(limits_raw.get("max_string_length", limit_defaults.max_string_length),
-                               "limits.max_string_length", 256, 4096),
+                               "limits.max_string_length", MAX_NAME_CHARS, 4096),
         ingest_rate_per_token=_positive(limits_raw.get("ingest_rate_per_token",
                                                        limit_defaults.ingest_rate_per_token),
                                         "limits.ingest_rate_per_token"),

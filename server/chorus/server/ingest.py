@@ -32,14 +32,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from chorus.server import lifecycle, store
+from chorus.server import store, window_store
 from chorus.server.clock import Clock
-from chorus.server.config import Limits, Policy
+from chorus.server.config import Limits
 from chorus.server.ledger import Ledger
+from chorus.server.policy import Policy
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
 
-FUTURE_TOLERANCE = lifecycle.FUTURE_TOLERANCE
+FUTURE_TOLERANCE = window_store.FUTURE_TOLERANCE
 #: A client reports drops since its previous batch; more than this is not a real count, and
 #: summing unbounded client values would overflow the uint64 counters of GetStats.
 MAX_REPORTED_DROPS = 2**40
@@ -246,21 +247,21 @@ class Ingestor:
         return self.count(tx, grouped, now)
 
     def count(self, tx: Tx, contributions: Sequence[Contribution] | Grouped, now: datetime,
-              windows: dict[str, lifecycle.OpenWindow | Rejection] | None = None) -> Outcome:
+              windows: dict[str, window_store.OpenWindow | Rejection] | None = None) -> Outcome:
         """Apply the ingest rules to `contributions` in `tx` (a batch, or an OTLP export's points).
 
         Window, roster lookup and pseudonym are resolved once per (event time, user) group."""
         grouped = contributions if isinstance(contributions, Grouped) else group(contributions)
         team_of = self._roster.current(tx).get
         windows = {} if windows is None else windows
-        by_time: dict[datetime, lifecycle.OpenWindow | Rejection] = {}  # batches carry few distinct times
+        by_time: dict[datetime, window_store.OpenWindow | Rejection] = {}  # batches carry few distinct times
         slots: dict[str, dict[str, tuple[int, int]]] = {}  # window -> metric -> (slot, bound)
         people: dict[tuple[str, str], _Person] = {}  # by (window, user)
         rejections: list[Rejection] = []
         clamped = 0
 
         for (when, user), entries in grouped.groups.items():
-            window: lifecycle.OpenWindow | None = None
+            window: window_store.OpenWindow | None = None
             refused: Rejection | None = None  # why this group's window takes nothing
             metric_slots: dict[str, tuple[int, int]] | None = None
             totals: list[int] | None = None
@@ -330,7 +331,7 @@ class Ingestor:
             store.usage.add(tx, bounds, sorted(group))
 
     def window_for(self, tx: Tx, when: datetime, now: datetime,
-                    windows: dict[str, lifecycle.OpenWindow | Rejection]) -> lifecycle.OpenWindow | Rejection:
+                    windows: dict[str, window_store.OpenWindow | Rejection]) -> window_store.OpenWindow | Rejection:
         """The open window taking events at `when`, or why none does (index filled in by the caller).
 
         An existing window decides by its own frozen close time; the current grace period only
@@ -340,11 +341,11 @@ class Ingestor:
             return Rejection(-1, Reason.FUTURE, f"event_time {when.isoformat()} is more than "
                                                 f"{FUTURE_TOLERANCE.seconds // 60} minutes ahead of the server "
                                                 f"clock {now.isoformat()}")
-        span = lifecycle.span_at(tx, when, self._policy.window_length)
+        span = window_store.span_at(tx, when, self._policy.window_length)
         if span.id not in windows:
             may_open = span.end + timedelta(seconds=self._policy.grace_seconds) > now
-            opened = lifecycle.open_for_ingest(tx, span, self._policy, self._ledger, now, create=may_open)
-            windows[span.id] = opened if isinstance(opened, lifecycle.OpenWindow) and opened.record.closes_at > now \
+            opened = window_store.open_for_ingest(tx, span, self._policy, self._ledger, now, create=may_open)
+            windows[span.id] = opened if isinstance(opened, window_store.OpenWindow) and opened.record.closes_at > now \
                 else _late(span.id, opened)
         return windows[span.id]
 
@@ -353,10 +354,10 @@ def _by_index(rejection: Rejection) -> int:
     return rejection.index
 
 
-def _late(window_id: str, record: lifecycle.OpenWindow | lifecycle.WindowRecord | None) -> Rejection:
+def _late(window_id: str, record: window_store.OpenWindow | window_store.WindowRecord | None) -> Rejection:
     if record is None:
         why = "it ended more than the grace period ago"
-    elif isinstance(record, lifecycle.OpenWindow):
+    elif isinstance(record, window_store.OpenWindow):
         why = f"it stopped taking contributions at {record.record.closes_at.isoformat()}"
     else:
         why = "it is closed: its usage was folded into team statistics"

@@ -40,8 +40,8 @@ from chorus.server.store._db import Tx
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from chorus.server.app_context import Chorus
     from chorus.server.ratelimit import RateLimiter
+    from chorus.server.root import Chorus
 
 _log = logging.getLogger(__name__)
 

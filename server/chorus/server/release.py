@@ -43,20 +43,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from chorus.server import hierarchy, lifecycle, roster, store
+from chorus.server import hierarchy, roster, store, window_store
+from chorus.server.calendar import parse_window_id
 from chorus.server.clock import Clock
-from chorus.server.config import STATISTICS, MetricPolicy, Policy
 from chorus.server.ledger import Ledger
+from chorus.server.policy import MetricPolicy, Policy
 from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.budget import Budget, refusal
 from chorus.server.privacy.epsilon import ZERO, Epsilon
+from chorus.server.statistics import ACTIVE
+from chorus.server.statistics import REQUESTABLE as STATISTICS
 from chorus.server.store._db import Database, Tx
-from chorus.server.windows import parse_window_id
 
 _log = logging.getLogger(__name__)
 
-#: The team-level statistic behind adoption: people active in any metric.
-ACTIVE = "active"
 #: The `metric` of team-level statistics (active, adoption).
 TEAM_LEVEL = ""
 # Noisy statistics each requested statistic needs, per metric ("" = team level).
@@ -232,11 +232,6 @@ class Releases:
         self._clock = clock
         self._policy = policy  # the policy the next window will freeze
 
-    def list_windows(self, start: datetime | None = None,
-                     end: datetime | None = None) -> list[lifecycle.WindowRecord]:
-        """Windows overlapping [start, end), newest first."""
-        return self._db.run(lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows")
-
     def list_metrics(self, window: str = "") -> tuple[MetricPolicy, ...]:
         """The metrics frozen in `window`, or of the next window when empty."""
         if not window:
@@ -248,7 +243,7 @@ class Releases:
 
         def read(tx: Tx) -> TeamList:
             record = _window(tx, window) if window else None
-            if record is not None and record.state == lifecycle.CLOSED:
+            if record is not None and record.state == window_store.CLOSED:
                 tree = _tree(tx, record.id)
                 sizes, orgs = dict(tree.sizes), dict(tree.orgs)
             else:
@@ -300,14 +295,14 @@ def _statistics(requests: Sequence[StatisticRequest]) -> dict[str, Epsilon | Non
     return out
 
 
-def _window(tx: Tx, window: str) -> lifecycle.WindowRecord:
+def _window(tx: Tx, window: str) -> window_store.WindowRecord:
     try:
         parse_window_id(window)
     except ValueError as exc:
         raise InvalidRequest(str(exc), "window") from None
     try:
-        return lifecycle.get(tx, window)
-    except lifecycle.WindowNotFound:
+        return window_store.get(tx, window)
+    except window_store.WindowNotFound:
         raise NotFound(f"window {window!r} not found") from None
 
 
@@ -389,7 +384,7 @@ class _Release:
 
     def check_releasable(self) -> None:
         record = self.record
-        if record.state != lifecycle.CLOSED:
+        if record.state != window_store.CLOSED:
             raise Refused(f"window {record.id} is still open; it closes at {_when(record.closes_at)}. "
                           "Only closed windows are released")
         until = record.policy.retention_end(record.end)

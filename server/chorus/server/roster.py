@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from chorus.server import hierarchy, store
+from chorus.server import hierarchy, shred, store
+from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
-from chorus.server.store._db import Tx
+from chorus.server.store._db import Database, Tx
 
 MAX_NAME_LENGTH = 256
 
@@ -197,3 +198,31 @@ class RosterCache:
                 self._teams = store.roster.members(tx)
                 self._version = version
             return self._teams
+
+
+class Rosters:
+    """Roster imports as a service: each call runs its own transaction. Replacing the roster
+    records a pending shred of the raw ids it removes, then tries to complete it at once."""
+
+    def __init__(self, db: Database, ledger: Ledger, clock: Clock, shredder: shred.Shredder) -> None:
+        self._db = db
+        self._ledger = ledger
+        self._clock = clock
+        self._shredder = shredder
+
+    def preview(self, rows: list[tuple[str, str]], orgs: dict[str, str] | None = None) -> ImportResult:
+        """What `replace(rows, orgs)` would change; changes nothing."""
+        return self._db.run(lambda tx: preview(tx, rows, orgs), name="roster_preview")
+
+    def replace(self, rows: list[tuple[str, str]], actor: str, orgs: dict[str, str] | None = None) -> ImportResult:
+        """Replace the roster and the teams' org paths (team -> path; none: every team under the
+        company)."""
+        now = self._clock.now()
+
+        def run(tx: Tx) -> ImportResult:
+            shred.record(tx, shred.ROSTER, now)  # the raw ids of people it removes
+            return replace(tx, rows, self._ledger, now, actor, orgs)
+
+        result = self._db.run(run, name="roster_import")
+        self._shredder.attempt()
+        return result

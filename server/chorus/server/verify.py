@@ -41,12 +41,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from chorus.server import hierarchy
-from chorus.server.audit import policy_sha256
-from chorus.server.config import NOISY_STATISTICS, Policy
-from chorus.server.ledger import GENESIS_HASH, entry_hash, format_time, parse_body
+from chorus.server.calendar import parse_window_id
+from chorus.server.ledger_format import GENESIS_HASH, entry_hash, format_time, parse_body, policy_sha256
+from chorus.server.policy import Policy
 from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import ZERO, Epsilon
-from chorus.server.windows import parse_window_id
+from chorus.server.statistics import ACTIVE, Statistic
+from chorus.server.statistics import NOISY as NOISY_STATISTICS
 
 dp.enable_features("contrib")
 
@@ -437,7 +438,7 @@ class Verifier:
                                    f"{sensitivity} >= 0")
         else:
             try:
-                implied = implied_epsilon(MECHANISM, payload["statistic"] == "histogram", float(scale),
+                implied = implied_epsilon(MECHANISM, payload["statistic"] == Statistic.HISTOGRAM, float(scale),
                                           sensitivity)
             except ValueError as exc:
                 self.flag("mechanism", f"{subject}: {exc}")
@@ -451,7 +452,7 @@ class Verifier:
         if statistic not in NOISY_STATISTICS:
             self.flag("statistic", f"{subject}: statistic must be one of {', '.join(NOISY_STATISTICS)}")
             return
-        if statistic == "active":
+        if statistic == ACTIVE:
             if metric:
                 self.flag("statistic", f"{subject}: the team-level statistic active has metric \"\"")
             required, buckets = 1, 0
@@ -460,8 +461,8 @@ class Verifier:
             if bound is None:
                 self.flag("statistic", f"{subject}: metric {metric!r} is not in the window's frozen policy")
                 return
-            required = bound.max_per_user if statistic == "sum" else 1
-            buckets = len(bound.histogram_edges) + 1 if statistic == "histogram" else 0
+            required = bound.max_per_user if statistic == Statistic.SUM else 1
+            buckets = len(bound.histogram_edges) + 1 if statistic == Statistic.HISTOGRAM else 0
         if payload["sensitivity"] < required:
             self.flag("sensitivity", f"{subject}: sensitivity {payload['sensitivity']} is below the "
                                      f"frozen bound {required}")

@@ -16,7 +16,7 @@ Invariants:
 * Everything that must happen once happens in the parent before any worker starts: migrations,
   the ledger signing key, the config record and the first admin token (`prepare`).
 * Exactly one worker, index 0, runs the window closer and the pending-shred retries
-  (chorus.server.closer). A restarted worker keeps its index, so the closer comes back with
+  (chorus.server.window_closer). A restarted worker keeps its index, so the closer comes back with
   worker 0. Closing stays safe even if two closers ran: it takes the store's closer lock.
 * Workers hold nothing acknowledged in memory: a batch is acknowledged after its transaction
   committed. A worker that dies (SIGKILL, crash) is started again after `RESTART_DELAY`;

@@ -11,7 +11,6 @@ reading it here sent ingest tokens to admin commands. Errors about a token name 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -24,7 +23,9 @@ import grpc
 import typer
 from rich.console import Console
 
-from chorus.server.auth import TOKEN_PREFIX
+from chorus.server import client_channel
+from chorus.server.client_channel import is_loopback
+from chorus.server.tokens import TOKEN_PREFIX
 
 T = TypeVar("T")
 console = Console()
@@ -145,36 +146,13 @@ def create_private_file(path: Path, *, overwrite: bool = False) -> int:
     return fd
 
 
-def is_loopback(address: str) -> bool:
-    """Whether host:port (or [v6]:port) names this machine, where plaintext never leaves it."""
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _read_pem(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise fail(f"cannot read {what} {path}: {exc.strerror}", ExitCode.USAGE) from None
-
-
 def channel_credentials(server: str, ca: Path | None, client_cert: Path | None,
                         client_key: Path | None) -> grpc.ChannelCredentials | None:
-    """TLS credentials for `server`, or None for plaintext, which only a loopback address gets:
-    a bearer token is never sent in the clear across a network."""
-    if (client_cert is None) != (client_key is None):
-        raise fail("--client-cert and --client-key go together", ExitCode.USAGE)
-    if ca is None and client_cert is None and is_loopback(server):
-        return None
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read_pem(ca, "CA bundle") if ca else None,  # None: the system's CAs
-        private_key=_read_pem(client_key, "client key") if client_key else None,
-        certificate_chain=_read_pem(client_cert, "client certificate") if client_cert else None)
+    """`client_channel.channel_credentials`, its refusals a usage error (exit 2)."""
+    try:
+        return client_channel.channel_credentials(server, ca, client_cert, client_key)
+    except client_channel.ChannelError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
 
 
 class Connection:

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 
 from chorus.server import roster
+from chorus.server.calendar import parse_window_id
 from chorus.server.cli._common import (
     DEFAULT_SERVER,
     CaOpt,
@@ -29,15 +30,13 @@ from chorus.server.cli._common import (
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, moment
 from chorus.server.paging import every_page
-from chorus.server.windows import parse_window_id
+from chorus.server.roles import ROLE_TO_PROTO, role_from_proto
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
 window_app = typer.Typer(help="Window lifecycle.", no_args_is_help=True)
-ROLES = {"ingest": admin_pb2.ROLE_INGEST, "analyst": admin_pb2.ROLE_ANALYST,
-         "auditor": admin_pb2.ROLE_AUDITOR, "admin": admin_pb2.ROLE_ADMIN}
-ROLE_NAMES = {v: k for k, v in ROLES.items()}
+ROLES = {role.value: proto for role, proto in ROLE_TO_PROTO.items()}
 ROSTER_CHUNK = 10_000  # entries per streamed message, well under the message size limit
 
 
@@ -143,7 +142,7 @@ def token_list(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         stub = admin_pb2_grpc.AdminServiceStub(conn.channel)
         tokens = every_page(lambda r: conn.call(stub.ListTokens, r), admin_pb2.ListTokensRequest(), "tokens")
-    records = [{"name": t.name, "role": ROLE_NAMES.get(t.role), "created": moment(t.create_time),
+    records = [{"name": t.name, "role": _role_name(t.role), "created": moment(t.create_time),
                 "revoked": moment(t.revoke_time) if t.HasField("revoke_time") else None,
                 "active": not t.HasField("revoke_time")} for t in tokens]
 
@@ -272,3 +271,8 @@ def stats(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, tok
     rows += [(f"pending_shred:{shred.subject}", f"pending shred: {shred.subject}", shred.pending_seconds)
              for shred in reply.pending_shreds]
     emit(fmt, ("counter", "value"), [{"counter": name, "value": value} for name, _, value in rows], table)
+
+
+def _role_name(proto: admin_pb2.Role) -> str | None:
+    role = role_from_proto(proto)
+    return role.value if role is not None else None

@@ -19,6 +19,7 @@ from chorus.server.cli._common import (
     fail,
     is_loopback,
 )
+from chorus.server.client_channel import ChannelError
 from chorus.server.config import ConfigError, parse_duration
 
 
@@ -42,7 +43,7 @@ def dashboard(
     """Serve the web dashboard for leadership (analyst tokens) and privacy officers (auditor tokens)."""
     # Imported here so that other commands do not pay for Flask and waitress.
     from chorus.server.dashboard import Gateway, create_app
-    from chorus.server.dashboard.server import DashboardServer
+    from chorus.server.dashboard.wsgi_server import DashboardServer
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not is_loopback(listen) and not trusted_proxy and not insecure:
@@ -52,7 +53,10 @@ def dashboard(
         idle = timedelta(seconds=parse_duration(session_idle, "--session-idle"))
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
-    gateway = Gateway(server, ca=ca, client_cert=client_cert, client_key=client_key)
+    try:
+        gateway = Gateway(server, ca=ca, client_cert=client_cert, client_key=client_key)
+    except ChannelError as exc:
+        raise fail(str(exc), 2) from None
     try:
         web = DashboardServer(create_app(gateway, idle_timeout=idle), listen, threads=threads,
                               trusted_proxy=trusted_proxy)

@@ -37,25 +37,10 @@ from chorus.server.cli._common import (
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, text_or_none
 from chorus.server.paging import every_page
+from chorus.server.presentation.numbers import format_compact
 from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.statistics import Statistic, name_of
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
-
-
-class Statistic(enum.StrEnum):
-    SUM = "sum"
-    COUNT = "count"
-    MEAN = "mean"
-    HISTOGRAM = "histogram"
-    ADOPTION = "adoption"
-
-    @property
-    def proto(self) -> str:
-        """The wire enum's value name, e.g. STATISTIC_SUM."""
-        return f"STATISTIC_{self.name}"
-
-    @classmethod
-    def of(cls, proto: int) -> Statistic:
-        return cls[common_pb2.Statistic.Name(proto).removeprefix("STATISTIC_")]
 
 
 class Level(enum.StrEnum):
@@ -202,7 +187,7 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
             if not t.estimates:
                 yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
             for e in t.estimates:
-                name = _statistic_name(e.statistic)
+                name = name_of(e.statistic)
                 histogram = name == Statistic.HISTOGRAM.value
                 yield {**base, "metric": text_or_none(e.metric), "statistic": name, "value": e.value,
                        "ci95": e.ci95, "bucket_counts": list(e.bucket_counts) if histogram else None,
@@ -216,13 +201,8 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
             yield {f: None for f in FIELDS} | {
                 "window": reply.window, "outcome": "remainder", "parent": r.parent,
                 "children": list(r.children), "roster_size": r.roster_size, "metric": text_or_none(r.metric),
-                "statistic": _statistic_name(r.statistic),
+                "statistic": name_of(r.statistic),
                 "consistent_value": r.estimate.value, "consistent_ci95": r.estimate.ci95}
-
-
-def _statistic_name(proto: int) -> str:
-    """"sum", ..., and "active": the noisy count behind adoption, answered but not requested."""
-    return common_pb2.Statistic.Name(proto).removeprefix("STATISTIC_").lower()
 
 
 #: A cell's parts: the value, the 95% half-width, and "*" when post-processed (or "" each).
@@ -232,11 +212,7 @@ Parts = tuple[str, str, str]
 def _number(x: float, decimals: int, compact: bool) -> str:
     """x with thousands separators; when compact, from 100,000 up: 3 significant digits and K, M, B or T."""
     if compact and abs(x) >= 100_000:
-        rounded = float(f"{x:.3g}")  # 999,950 becomes 1.00M, not 1000K
-        scale, suffix = next(s for s in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")) if abs(rounded) >= s[0])
-        scaled = rounded / scale
-        digits = 2 if abs(scaled) < 10 else 1 if abs(scaled) < 100 else 0
-        return f"{scaled:.{digits}f}{suffix}"
+        return format_compact(x, fixed=True)
     return f"{x:,.{decimals}f}"
 
 
@@ -363,7 +339,7 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
     for r in reply.remainders:
         if r.statistic != common_pb2.STATISTIC_ACTIVE and Statistic.of(r.statistic) not in requested:
             continue
-        what = f"{_statistic_name(r.statistic)} of {r.metric}" if r.metric else "active people"
+        what = f"{name_of(r.statistic)} of {r.metric}" if r.metric else "active people"
         console.print(f"{OTHER} under {'the company' if r.parent == hierarchy.COMPANY else r.parent}: {what} "
                       f"{_number(r.estimate.value, 0, False)} ± {_number(r.estimate.ci95, 0, False)}† "
                       f"({', '.join(r.children)}: {r.roster_size} people)", highlight=False)
@@ -375,7 +351,7 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
 
 def _print_trend(replies: list[release_pb2.ReleaseResponse], statistic: Statistic) -> None:
     """One row per team and window, oldest window first within each team."""
-    wanted = common_pb2.Statistic.Value(statistic.proto)
+    wanted = statistic.proto
     estimates = [e for r in replies for t in r.teams for e in t.estimates if e.statistic == wanted]
     metric = estimates[0].metric if estimates else ""
     teams = sorted({t.team for r in replies for t in r.teams})

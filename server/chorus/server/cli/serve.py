@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import serialization
 
 from chorus.server import config as config_module
 from chorus.server import logs, metrics, workers
-from chorus.server.app import Server, TlsConfig
-from chorus.server.app_context import Chorus
 from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
+from chorus.server.grpc_server import Server, TlsConfig
+from chorus.server.root import Chorus
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", envvar="CHORUS_DATA_DIR",
                                           help="Directory for the SQLite database, ledger key, admin token.")]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from chorus.server.presentation.numbers import format_compact
+
 Formatter = Callable[[float], str]
 
 # A narrow canvas keeps text legible when a phone shrinks the chart; CSS caps its width on big screens.
@@ -77,16 +79,6 @@ def format_number(value: float) -> str:
         return f"{value:,.1f}"
     if abs(value) >= 1:
         return f"{value:,.2f}"
-    return f"{value:.3g}"
-
-
-def format_compact(value: float) -> str:
-    """Three significant digits with k, M or G, for labels inside a chart: 1866 -> "1.87k"."""
-    if not math.isfinite(value):
-        return "n/a"
-    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= size:
-            return f"{value / size:.3g}{suffix}"
     return f"{value:.3g}"
 
 

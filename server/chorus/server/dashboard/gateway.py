@@ -17,10 +17,9 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from chorus.server.auth import Role
-from chorus.server.cli import audit as audit_cli
-from chorus.server.cli._common import channel_credentials
-from chorus.server.paging import every_page
+from chorus.server.client_channel import channel_credentials
+from chorus.server.paging import every_page, stream_ledger
+from chorus.server.roles import Role
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
 T = TypeVar("T")
@@ -193,7 +192,7 @@ class Api:
         """
         # The officer CLI's reader, so the dashboard and `chorus audit export` read the ledger alike.
         entries = cast(Generator[audit_pb2.LedgerEntry, None, None],
-                       audit_cli._stream_ledger(self._audit, self._metadata, max(1, from_seq)))
+                       stream_ledger(self._audit, self._metadata, max(1, from_seq)))
         try:
             yield from itertools.islice(entries, limit)
         except grpc.RpcError as exc:

@@ -21,22 +21,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from markupsafe import Markup
 from werkzeug.exceptions import BadRequest
 
-from chorus.server.cli import audit as audit_cli
-from chorus.server.config import Policy
 from chorus.server.dashboard import charts
 from chorus.server.dashboard.charts import (
     Bar,
     BudgetBar,
     Formatter,
     Interval,
-    format_compact,
     format_number,
     format_percent,
 )
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
-from chorus.server.ledger import Entry
+from chorus.server.ledger_format import Entry
+from chorus.server.policy import Policy
+from chorus.server.presentation.numbers import format_compact
+from chorus.server.presentation.statement import StatementFormat, render_statement, statement_sections
+from chorus.server.statistics import Statistic
 from chorus.v1 import audit_pb2, common_pb2, release_pb2
 
 Args = Mapping[str, str]
@@ -49,14 +50,14 @@ EXACT_NOTE = "Exact accounting, no noise: the privacy budget (epsilon) is tracke
 LEDGER_PAGE = 50
 MAX_TREND_WINDOWS = 52
 
-STATISTICS = {
-    "sum": (common_pb2.STATISTIC_SUM, "Total"),
-    "count": (common_pb2.STATISTIC_COUNT, "People using it"),
-    "mean": (common_pb2.STATISTIC_MEAN, "Mean per person using it"),
-    "adoption": (common_pb2.STATISTIC_ADOPTION, "Adoption"),
+STATISTICS: dict[str, tuple[common_pb2.Statistic, str]] = {
+    Statistic.SUM: (Statistic.SUM.proto, "Total"),
+    Statistic.COUNT: (Statistic.COUNT.proto, "People using it"),
+    Statistic.MEAN: (Statistic.MEAN.proto, "Mean per person using it"),
+    Statistic.ADOPTION: (Statistic.ADOPTION.proto, "Adoption"),
 }
-OVERVIEW_STATISTICS = ("sum", "count", "mean")
-TREND_STATISTICS = ("adoption", "sum", "count", "mean")
+OVERVIEW_STATISTICS = (Statistic.SUM, Statistic.COUNT, Statistic.MEAN)
+TREND_STATISTICS = (Statistic.ADOPTION, Statistic.SUM, Statistic.COUNT, Statistic.MEAN)
 # A trend keeps going past a window it cannot show; these failures concern that window only.
 _PER_WINDOW_FAILURES = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
                         grpc.StatusCode.NOT_FOUND)
@@ -195,7 +196,7 @@ def overview(api: Api, args: Args) -> Page:
     """Adoption and one statistic of every metric, per team, for one closed window."""
     windows = closed_windows(api)
     window = _window_choice(args, windows)
-    statistic = _choice(args, "statistic", OVERVIEW_STATISTICS, "sum")
+    statistic = _choice(args, "statistic", OVERVIEW_STATISTICS, Statistic.SUM)
     assert statistic is not None
     page = Page("overview.html", "Team overview", context={
         "window_options": [(w.id, w.id) for w in windows], "window": window, "statistic": statistic,
@@ -249,7 +250,7 @@ def trends(api: Api, args: Args) -> Page:
     windows = closed_windows(api)
     count = _int(args, "n", 8, 2, MAX_TREND_WINDOWS)
     recent = list(reversed(windows[:count]))
-    statistic = _choice(args, "statistic", TREND_STATISTICS, "adoption")
+    statistic = _choice(args, "statistic", TREND_STATISTICS, Statistic.ADOPTION)
     assert statistic is not None
     metrics = {m.name: m for m in api.list_metrics(recent[-1].id)} if recent else {}
     names = list(metrics)
@@ -260,7 +261,7 @@ def trends(api: Api, args: Args) -> Page:
     if not recent:
         return page
     code, label = STATISTICS[statistic]
-    adoption = statistic == "adoption"
+    adoption = statistic == Statistic.ADOPTION
     fmt, chart_fmt = (format_percent, format_percent) if adoption else (format_number, format_compact)
     subject = label if adoption else f"{label} of {metric}"
     table = DataTable(f"{subject} per team over the last {len(recent)} closed windows",
@@ -449,7 +450,7 @@ def statement(api: Api, args: Args) -> Page:
         "window_options": [(r.window.id, r.window.id) for r in rows], "selected": selected,
         "window": selected.window.id if selected else None, "sections": []})
     if selected is not None:
-        page.context["sections"] = audit_cli.statement_sections(selected.window.id,
+        page.context["sections"] = statement_sections(selected.window.id,
                                                                 Policy.from_json(selected.policy))
     return page
 
@@ -460,8 +461,8 @@ def statement_markdown(api: Api, args: Args) -> tuple[str, str] | None:
     if selected is None:
         return None
     policy = Policy.from_json(selected.policy)
-    return selected.window.id, audit_cli.render_statement(selected.window.id, policy,
-                                                          audit_cli.StatementFormat.MARKDOWN)
+    return selected.window.id, render_statement(selected.window.id, policy,
+                                                          StatementFormat.MARKDOWN)
 
 
 Builder = Callable[[Api, Args], Page]

@@ -14,8 +14,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from chorus.server.auth import Role
 from chorus.server.clock import Clock
+from chorus.server.roles import Role
 
 
 @dataclass(slots=True)

@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from chorus.server import lifecycle, store
+from chorus.server import store, window_store
 from chorus.server.clock import Clock
-from chorus.server.config import Limits, Policy
+from chorus.server.config import Limits
 from chorus.server.ingest import Contribution, Ingestor, Rejection
 from chorus.server.otlp import series
 from chorus.server.otlp.mapping import OtlpMapping
 from chorus.server.otlp.points import InvalidExport, Point, count_points, flatten
+from chorus.server.policy import Policy
 from chorus.server.roster import RosterCache
 from chorus.server.store._db import Database, Tx
 
@@ -99,14 +100,14 @@ class OtlpIngestor:
     def _apply(self, tx: Tx, points: list[Point], now: datetime) -> Counter[str]:
         outcomes: Counter[str] = Counter()
         team_of = self._roster.current(tx).get
-        windows: dict[str, lifecycle.OpenWindow | Rejection] = {}
+        windows: dict[str, window_store.OpenWindow | Rejection] = {}
         open_keys: list[tuple[str, bytes]] | None = None
         # What counts, summed per (person, metric, time) before the ingest rules: an export often
         # carries several points per person (input and output tokens, several sessions).
         sums: dict[tuple[str, str, datetime], int] = {}
         counted = 0
         deltas: list[tuple[tuple[str, bytes], Point, tuple[OtlpMapping, ...], datetime]] = []
-        by_time: dict[int, tuple[datetime, lifecycle.OpenWindow | Rejection]] = {}  # an export's points share times
+        by_time: dict[int, tuple[datetime, window_store.OpenWindow | Rejection]] = {}  # an export's points share times
         for p in points:
             cached = by_time.get(p.time_ns)
             if cached is None:
@@ -172,7 +173,8 @@ class OtlpIngestor:
         return outcomes
 
     @staticmethod
-    def _increase(tx: Tx, window: lifecycle.OpenWindow, open_keys: list[tuple[str, bytes]], p: Point) -> float | None:
+    def _increase(tx: Tx, window: window_store.OpenWindow, open_keys: list[tuple[str, bytes]],
+                  p: Point) -> float | None:
         """The increase a cumulative point carries, or None when it is not newer than the series' last."""
         assert p.identity is not None
         before = series.previous(tx, open_keys, p.identity, p.series)

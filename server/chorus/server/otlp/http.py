@@ -29,11 +29,11 @@ from typing import Any
 
 from google.rpc import code_pb2, status_pb2
 
-from chorus.server.auth import SERVICE_ROLES, Principal
 from chorus.server.otlp import decode
 from chorus.server.otlp.export import OtlpIngestor
 from chorus.server.otlp.points import InvalidExport
 from chorus.server.ratelimit import RateLimited, RateLimiter
+from chorus.server.roles import SERVICE_ROLES, Principal
 from chorus.server.services.otlp import SERVICE, response
 from chorus.server.store._db import StoreUnavailable
 

@@ -19,8 +19,9 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from chorus.server import lifecycle
-from chorus.server.services._errors import invalid_argument
+from chorus.server import window_store
+from chorus.server.calendar import parse_window_id
+from chorus.server.rpc_errors import invalid_argument
 from chorus.v1 import common_pb2
 
 #: AIP-158: page_size 0 means this default; larger sizes are lowered to it.
@@ -69,10 +70,10 @@ def timestamp(when: object) -> Timestamp:
     return ts
 
 
-def window_message(record: lifecycle.WindowRecord) -> common_pb2.Window:
+def window_message(record: window_store.WindowRecord) -> common_pb2.Window:
     return common_pb2.Window(
         id=record.id, start=timestamp(record.start), end=timestamp(record.end),
-        state=common_pb2.WINDOW_STATE_OPEN if record.state == lifecycle.OPEN else common_pb2.WINDOW_STATE_CLOSED,
+        state=common_pb2.WINDOW_STATE_OPEN if record.state == window_store.OPEN else common_pb2.WINDOW_STATE_CLOSED,
         closes_at=timestamp(record.closes_at),
         closed_at=timestamp(record.closed_at) if record.closed_at else None)
 
@@ -89,12 +90,24 @@ def optional_moment(request: Message, name: str,
                                   "[0, 999999999])", name)
 
 
-def windows_page(request: Message, context: grpc.ServicerContext,
-                 list_windows: Callable[[datetime | None, datetime | None], list[lifecycle.WindowRecord]],
+def list_windows(request: Message, context: grpc.ServicerContext,
+                 windows: Callable[[datetime | None, datetime | None], list[window_store.WindowRecord]],
                  ) -> tuple[list[common_pb2.Window], str]:
-    """ListWindows for any service that offers it: the optional range checked, newest first,
-    one page and the next page's token."""
+    """The one ListWindows (AdminService and ReleaseService both offer it, over
+    `window_store.Windows.list`): the optional range checked, newest first, one page and the next
+    page's token."""
     start = optional_moment(request, "start", context)
     end = optional_moment(request, "end", context)
-    windows, following = page(list_windows(start, end), request, context)
-    return [window_message(w) for w in windows], following
+    windows_found, following = page(windows(start, end), request, context)
+    return [window_message(w) for w in windows_found], following
+
+
+def parsed_window(context: grpc.ServicerContext, window: str, *, empty_means_all: bool = False) -> str:
+    """The request's window id, checked by the one window-id parser (`chorus.server.calendar.parse_window_id`);
+    INVALID_ARGUMENT naming `window` otherwise. With `empty_means_all`, "" (every window) passes."""
+    if window or not empty_means_all:
+        try:
+            parse_window_id(window)
+        except ValueError as exc:
+            invalid_argument(context, str(exc), "window")
+    return window

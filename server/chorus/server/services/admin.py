@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
-from chorus.server import auth, lifecycle, roster
-from chorus.server.app_context import Chorus
-from chorus.server.services._convert import page, timestamp, window_message, windows_page
-from chorus.server.services._errors import abort, invalid_argument
-from chorus.server.windows import parse_window_id
+from chorus.server import roster, window_store
+from chorus.server.clock import Clock
+from chorus.server.gate import principal
+from chorus.server.ingest import IngestStats
+from chorus.server.otlp.export import OtlpStats
+from chorus.server.roles import ROLE_TO_PROTO, role_from_proto
+from chorus.server.rpc_errors import abort, invalid_argument
+from chorus.server.services._convert import list_windows, page, parsed_window, timestamp, window_message
+from chorus.server.shred import PendingShred
+from chorus.server.tokens import TokenError, TokenExists, TokenInfo, Tokens
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
-_ROLE_TO_PROTO = {auth.Role.INGEST: admin_pb2.ROLE_INGEST, auth.Role.ANALYST: admin_pb2.ROLE_ANALYST,
-                  auth.Role.AUDITOR: admin_pb2.ROLE_AUDITOR, auth.Role.ADMIN: admin_pb2.ROLE_ADMIN}
-_PROTO_TO_ROLE = {v: k for k, v in _ROLE_TO_PROTO.items()}
 
-
-def _token_info(info: auth.TokenInfo) -> admin_pb2.TokenInfo:
-    message = admin_pb2.TokenInfo(name=info.name, role=_ROLE_TO_PROTO[info.role],
+def _token_info(info: TokenInfo) -> admin_pb2.TokenInfo:
+    message = admin_pb2.TokenInfo(name=info.name, role=ROLE_TO_PROTO[info.role],
                                   create_time=timestamp(info.created))
     if info.revoked:
         message.revoke_time.CopyFrom(timestamp(info.revoked))
@@ -27,8 +28,17 @@ def _token_info(info: auth.TokenInfo) -> admin_pb2.TokenInfo:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, chorus: Chorus) -> None:
-        self._chorus = chorus
+    def __init__(self, *, tokens: Tokens, rosters: roster.Rosters, windows: window_store.Windows,
+                 min_team_size: int, ingest_stats: IngestStats, otlp_stats: OtlpStats,
+                 pending_shreds: Callable[[], list[PendingShred]], clock: Clock) -> None:
+        self._tokens = tokens
+        self._rosters = rosters
+        self._windows = windows
+        self._min_team_size = min_team_size
+        self._ingest_stats = ingest_stats
+        self._otlp_stats = otlp_stats
+        self._pending_shreds = pending_shreds
+        self._clock = clock
 
     def ImportRoster(self, requests: Iterator[admin_pb2.ImportRosterRequest],
                      context: grpc.ServicerContext) -> admin_pb2.ImportRosterResponse:
@@ -48,13 +58,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             team_orgs = roster.team_orgs(rows, orgs)
         except roster.RosterError as exc:
             invalid_argument(context, str(exc), "entries")
-        if dry_run:
-            result = self._chorus.db.run(lambda tx: roster.preview(tx, rows, team_orgs), name="roster_preview")
-        else:
-            result = self._chorus.import_roster(rows, auth.principal().name, team_orgs)
+        result = (self._rosters.preview(rows, team_orgs) if dry_run
+                  else self._rosters.replace(rows, principal().name, team_orgs))
         return admin_pb2.ImportRosterResponse(
             people=result.people, roster_hash=result.roster_hash,
-            min_team_size=self._chorus.config.policy.min_team_size,
+            min_team_size=self._min_team_size,
             teams=[admin_pb2.TeamSize(team=t, size=n, org=result.team_orgs.get(t, ""))
                    for t, n in result.team_sizes.items()],
             previous_teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.previous_sizes.items()],
@@ -62,14 +70,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def CreateToken(self, request: admin_pb2.CreateTokenRequest,
                     context: grpc.ServicerContext) -> admin_pb2.CreateTokenResponse:
-        role = _PROTO_TO_ROLE.get(request.role)
+        role = role_from_proto(request.role)
         if role is None:
             invalid_argument(context, "role must be one of ingest, analyst, auditor, admin", "role")
         try:
-            secret, info = self._chorus.tokens.create(role, request.name, self._chorus.clock.now(),
-                                                      auth.principal().name)
-        except auth.TokenError as exc:
-            exists = isinstance(exc, auth.TokenExists)
+            secret, info = self._tokens.create(role, request.name, self._clock.now(), principal().name)
+        except TokenError as exc:
+            exists = isinstance(exc, TokenExists)
             if exists:
                 abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc), reason="TOKEN_NAME_TAKEN",
                       metadata={"field": "name"})
@@ -78,32 +85,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def ListTokens(self, request: admin_pb2.ListTokensRequest,
                    context: grpc.ServicerContext) -> admin_pb2.ListTokensResponse:
-        tokens, following = page(self._chorus.tokens.list(), request, context)
+        tokens, following = page(self._tokens.list(), request, context)
         return admin_pb2.ListTokensResponse(tokens=[_token_info(t) for t in tokens], next_page_token=following)
 
     def RevokeToken(self, request: admin_pb2.RevokeTokenRequest,
                     context: grpc.ServicerContext) -> admin_pb2.RevokeTokenResponse:
         try:
-            info = self._chorus.tokens.revoke(request.name, self._chorus.clock.now(), auth.principal().name)
+            info = self._tokens.revoke(request.name, self._clock.now(), principal().name)
         except LookupError as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         return admin_pb2.RevokeTokenResponse(info=_token_info(info))
 
     def ListWindows(self, request: admin_pb2.AdminServiceListWindowsRequest,
                     context: grpc.ServicerContext) -> admin_pb2.AdminServiceListWindowsResponse:
-        windows, following = windows_page(request, context, lambda start, end: self._chorus.db.run(
-            lambda tx: lifecycle.list_windows(tx, start, end), name="list_windows"))
+        windows, following = list_windows(request, context, self._windows.list)
         return admin_pb2.AdminServiceListWindowsResponse(windows=windows, next_page_token=following)
 
     def CloseWindow(self, request: admin_pb2.CloseWindowRequest,
                     context: grpc.ServicerContext) -> admin_pb2.CloseWindowResponse:
+        window = parsed_window(context, request.window)
         try:
-            parse_window_id(request.window)
-        except ValueError as exc:
-            invalid_argument(context, str(exc), "window")
-        try:
-            result = self._chorus.close_window(request.window, auth.principal().name)
-        except lifecycle.WindowNotFound as exc:
+            result = self._windows.close(window, principal().name)
+        except window_store.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, f"{exc.args[0]}: no contribution has opened it yet",
                   reason="NOT_FOUND")
         return admin_pb2.CloseWindowResponse(window=window_message(result.window),
@@ -111,10 +114,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def GetStats(self, request: admin_pb2.GetStatsRequest,
                  context: grpc.ServicerContext) -> admin_pb2.GetStatsResponse:
-        counts, rejected = self._chorus.ingestor.stats.snapshot()
-        now = self._chorus.clock.now()
+        counts, rejected = self._ingest_stats.snapshot()
+        now = self._clock.now()
         pending = [admin_pb2.PendingShred(subject=p.subject, since=timestamp(p.since),
                                           pending_seconds=max(0, int((now - p.since).total_seconds())))
-                   for p in self._chorus.shredder.pending()]
+                   for p in self._pending_shreds()]
         return admin_pb2.GetStatsResponse(rejected=rejected, pending_shreds=pending,
-                                          otlp_points=self._chorus.otlp.stats.snapshot(), **counts)
+                                          otlp_points=self._otlp_stats.snapshot(), **counts)

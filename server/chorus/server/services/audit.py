@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
-from chorus.server import audit, lifecycle
-from chorus.server.app_context import Chorus
-from chorus.server.services._convert import window_message
-from chorus.server.services._errors import abort, invalid_argument
-from chorus.server.windows import parse_window_id
+from chorus.server import audit, window_store
+from chorus.server.rpc_errors import abort, invalid_argument
+from chorus.server.services._convert import parsed_window, window_message
 from chorus.v1 import audit_pb2, audit_pb2_grpc
-
-
-def _window_filter(context: grpc.ServicerContext, window: str) -> str:
-    """The request's window id, validated; "" means every window."""
-    if window:
-        try:
-            parse_window_id(window)
-        except ValueError as exc:
-            invalid_argument(context, str(exc), "window")
-    return window
 
 
 def _page_size(context: grpc.ServicerContext, requested: int) -> int:
@@ -42,28 +30,29 @@ def _ledger_position(context: grpc.ServicerContext, token: str) -> int:
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, chorus: Chorus, *, ledger_page: int = audit.LEDGER_PAGE) -> None:
-        self._chorus = chorus
+    def __init__(self, trail: audit.AuditTrail, public_key_pem: Callable[[], str], *,
+                 ledger_page: int = audit.LEDGER_PAGE) -> None:
+        self._trail = trail
+        self._public_key_pem = public_key_pem
         self._ledger_page = ledger_page
 
     def ListPolicies(self, request: audit_pb2.ListPoliciesRequest,
                      context: grpc.ServicerContext) -> audit_pb2.ListPoliciesResponse:
-        window = _window_filter(context, request.window)
+        window = parsed_window(context, request.window, empty_means_all=True)
         try:
-            records = self._chorus.db.run(lambda tx: audit.list_policies(tx, window), name="list_policies")
-        except lifecycle.WindowNotFound as exc:
+            records = self._trail.policies(window)
+        except window_store.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         return audit_pb2.ListPoliciesResponse(policies=[
             audit_pb2.WindowPolicy(window=window_message(r), policy_json=r.policy_json) for r in records])
 
     def GetBudget(self, request: audit_pb2.GetBudgetRequest,
                   context: grpc.ServicerContext) -> audit_pb2.GetBudgetResponse:
-        window = _window_filter(context, request.window)
+        window = parsed_window(context, request.window, empty_means_all=True)
         size = _page_size(context, request.page_size)
         try:
-            rows, token = self._chorus.db.run(
-                lambda tx: audit.budgets(tx, window, size, request.page_token), name="get_budget")
-        except lifecycle.WindowNotFound as exc:
+            rows, token = self._trail.budgets(window, size, request.page_token)
+        except window_store.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]), reason="NOT_FOUND")
         except audit.PageTokenError as exc:
             invalid_argument(context, str(exc), "page_token")
@@ -75,11 +64,11 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                      context: grpc.ServicerContext) -> Iterator[audit_pb2.StreamLedgerResponse]:
         size = _page_size(context, request.page_size)
         from_seq = _ledger_position(context, request.page_token)
-        for page in audit.ledger_pages(self._chorus.db, from_seq, min(size, self._ledger_page)):
+        for page in self._trail.ledger_pages(from_seq, min(size, self._ledger_page)):
             yield audit_pb2.StreamLedgerResponse(
                 entries=[audit_pb2.LedgerEntry(body=e.body, hash=e.hash, signature=e.signature) for e in page],
                 next_page_token=str(page[-1].seq + 1))
 
     def GetPublicKey(self, request: audit_pb2.GetPublicKeyRequest,
                      context: grpc.ServicerContext) -> audit_pb2.GetPublicKeyResponse:
-        return audit_pb2.GetPublicKeyResponse(public_key_pem=self._chorus.ledger.signer.public_key_pem())
+        return audit_pb2.GetPublicKeyResponse(public_key_pem=self._public_key_pem())

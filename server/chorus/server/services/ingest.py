@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 
 import grpc
 
-from chorus.server import auth, ingest
+from chorus.server import ingest
 from chorus.server.config import Limits
+from chorus.server.gate import principal
 from chorus.server.ratelimit import RateLimited, RateLimiter
-from chorus.server.services._errors import abort, invalid_argument, retry_later
+from chorus.server.rpc_errors import abort, invalid_argument, retry_later
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 
 _MAX_NANOS = 999_999_999
@@ -39,7 +40,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             # Before any other work: a flood is cut at the cheapest point. An empty or oversize
             # batch costs 1: it is refused below without converting anything.
-            self._limiter.take(auth.principal().name, 1 if oversize else max(1, size))
+            self._limiter.take(principal().name, 1 if oversize else max(1, size))
         except RateLimited as exc:
             retry_later(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after,
                         reason="RATE_LIMITED", metadata={"retry_after_seconds": f"{exc.retry_after:.3f}"})

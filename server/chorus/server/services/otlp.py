@@ -11,11 +11,11 @@ from __future__ import annotations
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
-from chorus.server import auth
+from chorus.server.gate import principal
 from chorus.server.otlp.export import OtlpIngestor
 from chorus.server.otlp.points import InvalidExport
 from chorus.server.ratelimit import RateLimited, RateLimiter
-from chorus.server.services._errors import invalid_argument, retry_later
+from chorus.server.rpc_errors import invalid_argument, retry_later
 
 SERVICE = metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name
 
@@ -40,7 +40,7 @@ class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         except InvalidExport as exc:
             invalid_argument(context, str(exc), exc.field)
         try:
-            self._limiter.take(auth.principal().name, max(1, points))
+            self._limiter.take(principal().name, max(1, points))
         except RateLimited as exc:
             retry_later(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after,
                         reason="RATE_LIMITED", metadata={"retry_after_seconds": f"{exc.retry_after:.3f}"})

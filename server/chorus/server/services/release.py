@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import grpc
 
-from chorus.server import auth, hierarchy, release
-from chorus.server.app_context import Chorus
+from chorus.server import hierarchy, release, window_store
+from chorus.server.gate import principal
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.services._convert import windows_page
-from chorus.server.services._errors import abort, budget_exceeded, invalid_argument
-from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
+from chorus.server.rpc_errors import abort, budget_exceeded, invalid_argument
+from chorus.server.services._convert import list_windows
+from chorus.server.statistics import REQUESTABLE, requestable_of, to_proto
+from chorus.v1 import release_pb2, release_pb2_grpc
 
-STATISTIC_NAMES = {common_pb2.STATISTIC_SUM: "sum", common_pb2.STATISTIC_COUNT: "count",
-                   common_pb2.STATISTIC_MEAN: "mean", common_pb2.STATISTIC_HISTOGRAM: "histogram",
-                   common_pb2.STATISTIC_ADOPTION: "adoption"}
-_STATISTIC_ENUMS = {**{name: value for value, name in STATISTIC_NAMES.items()},
-                    release.ACTIVE: common_pb2.STATISTIC_ACTIVE}
 _LEVELS = {hierarchy.TEAM: release_pb2.NODE_LEVEL_TEAM, hierarchy.ORG: release_pb2.NODE_LEVEL_ORG,
            hierarchy.ROOT: release_pb2.NODE_LEVEL_COMPANY}
 
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
-    def __init__(self, chorus: Chorus) -> None:
-        self._releases = release.Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy)
+    def __init__(self, releases: release.Releases,
+                 windows: Callable[[datetime | None, datetime | None], list[window_store.WindowRecord]]) -> None:
+        self._releases = releases
+        self._windows = windows
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
-        windows, following = windows_page(request, context, self._releases.list_windows)
+        windows, following = list_windows(request, context, self._windows)
         return release_pb2.ListWindowsResponse(windows=windows, next_page_token=following)
 
     def ListMetrics(self, request: release_pb2.ListMetricsRequest,
@@ -54,17 +53,17 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         statistics = [_statistic(i, s, context) for i, s in enumerate(request.statistics)]
         with _domain_errors(context):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
-                                             statistics, auth.principal().name, list(request.nodes))
+                                             statistics, principal().name, list(request.nodes))
         return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams],
                                            remainders=[_remainder(r) for r in result.remainders])
 
 
 def _statistic(index: int, s: release_pb2.StatisticRequest,
                context: grpc.ServicerContext) -> release.StatisticRequest:
-    name = STATISTIC_NAMES.get(s.statistic)
+    name = requestable_of(s.statistic)
     if name is None:
         invalid_argument(context, f"statistics[{index}].statistic must be one of "
-                                  f"{', '.join(STATISTIC_NAMES.values())}", f"statistics[{index}].statistic")
+                                  f"{', '.join(REQUESTABLE)}", f"statistics[{index}].statistic")
     if not s.epsilon:
         return release.StatisticRequest(name)
     try:
@@ -84,12 +83,12 @@ def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
 def _remainder(r: release.RemainderResult) -> release_pb2.Remainder:
     return release_pb2.Remainder(
         parent=r.parent, children=r.members, roster_size=r.roster_size, metric=r.metric,
-        statistic=_STATISTIC_ENUMS[r.statistic], estimate=release_pb2.ConsistentEstimate(value=r.value, ci95=r.ci95))
+        statistic=to_proto(r.statistic), estimate=release_pb2.ConsistentEstimate(value=r.value, ci95=r.ci95))
 
 
 def _estimate(e: release.Estimate) -> release_pb2.Estimate:
     return release_pb2.Estimate(
-        metric=e.metric, statistic=_STATISTIC_ENUMS[e.statistic], value=e.value, ci95=e.ci95,
+        metric=e.metric, statistic=to_proto(e.statistic), value=e.value, ci95=e.ci95,
         bucket_counts=e.bucket_counts, histogram_edges=e.histogram_edges,
         epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
         sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note,

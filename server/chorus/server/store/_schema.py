@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from chorus.server.config import MAX_METRICS
+from chorus.server.policy import MAX_METRICS
 from chorus.server.store._db import Database, Tx
 
 _log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Invariants: a batch id is claimed in its batch's own transaction (`claim`), with the digest
 of its contents, by a single `INSERT ... ON CONFLICT DO NOTHING`, so of two replicas applying
 the same batch exactly one counts it. Ids are pruned (`prune`) only once a retry of the
-batch could no longer count anything (see lifecycle.FUTURE_TOLERANCE).
+batch could no longer count anything (see window_store.FUTURE_TOLERANCE).
 """
 
 from __future__ import annotations

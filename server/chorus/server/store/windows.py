@@ -6,7 +6,7 @@ as canonical JSON, and its key is stored in the same transaction. `mark_closed` 
 `mark_purged` are conditional UPDATEs that take the row lock, so of two closers only one
 folds and only one purges. The key row is deleted at close (`delete_key`): after that no
 pseudonym of the window can be recomputed. Times are epoch seconds; the domain
-(lifecycle.py) turns rows into `WindowRecord`s with their parsed policy.
+(window_store.py) turns rows into `WindowRecord`s with their parsed policy.
 """
 
 from __future__ import annotations

@@ -22,12 +22,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chorus.server import shred, store
-from chorus.server.config import Policy
-from chorus.server.ledger import Ledger, canonical_json
+from chorus.server.calendar import WindowLength, WindowSpan, window_of
+from chorus.server.clock import Clock
+from chorus.server.ledger import Ledger
+from chorus.server.ledger_format import canonical_json
 from chorus.server.otlp import series as otlp_series
+from chorus.server.policy import Policy
 from chorus.server.roster import current_orgs, team_sizes
-from chorus.server.store._db import Tx
-from chorus.server.windows import WindowLength, WindowSpan, window_of
+from chorus.server.store._db import Database, Tx
 
 OPEN = "open"
 CLOSED = "closed"
@@ -237,3 +239,27 @@ def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str
                                            "retention_end": record.policy.retention_end(record.end).isoformat()}, now)
         purged.append(record.id)
     return purged
+
+
+class Windows:
+    """Windows as a service for the front ends: listing and a forced close, each call in its
+    own transaction. (The periodic close is chorus.server.window_closer's thread.)"""
+
+    def __init__(self, db: Database, ledger: Ledger, clock: Clock, shredder: shred.Shredder) -> None:
+        self._db = db
+        self._ledger = ledger
+        self._clock = clock
+        self._shredder = shredder
+
+    def list(self, start: datetime | None = None, end: datetime | None = None) -> list[WindowRecord]:
+        """Windows overlapping [start, end), newest first."""
+        return self._db.run(lambda tx: list_windows(tx, start, end), name="list_windows")
+
+    def close(self, window_id: str, actor: str) -> CloseResult:
+        """Force-close a window now (fold and shred), whatever its scheduled close time;
+        raises WindowNotFound."""
+        now = self._clock.now()
+        result = self._db.run(lambda tx: close(tx, window_id, self._ledger, now, actor), name="close_window")
+        if result.closed_now:
+            self._shredder.attempt()
+        return result

@@ -8,10 +8,10 @@ import threading
 from datetime import datetime
 from functools import partial
 
-from chorus.server import lifecycle
+from chorus.server import window_store
 from chorus.server.clock import Clock
-from chorus.server.config import Policy
 from chorus.server.ledger import Ledger
+from chorus.server.policy import Policy
 from chorus.server.shred import Shredder
 from chorus.server.store._db import Database, Tx
 
@@ -32,19 +32,19 @@ class WindowCloser:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def tick(self) -> list[lifecycle.CloseResult]:
+    def tick(self) -> list[window_store.CloseResult]:
         """One pass; returns the windows this replica closed."""
         now = self._clock.now()
-        self._db.run(lambda tx: lifecycle.ensure_current(tx, self._policy, self._ledger, now),
+        self._db.run(lambda tx: window_store.ensure_current(tx, self._policy, self._ledger, now),
                      name="open_current")
         closed = []
-        for window_id in self._db.run(lambda tx: lifecycle.due(tx, now), name="due_windows"):
+        for window_id in self._db.run(lambda tx: window_store.due(tx, now), name="due_windows"):
             result = self._db.run(partial(self._close, window_id=window_id, now=now), name="close_window")
             if result is not None and result.closed_now:
                 # Not how many people it held: that exact count must not leave the server.
                 _log.info("closed window %s: per-person rows folded and deleted, key destroyed", window_id)
                 closed.append(result)
-        purged = self._db.run(lambda tx: lifecycle.purge_expired(tx, self._ledger, now, ACTOR), name="purge")
+        purged = self._db.run(lambda tx: window_store.purge_expired(tx, self._ledger, now, ACTOR), name="purge")
         if purged:
             _log.info("purged the exact team statistics of %d window(s) past retention", len(purged))
         if closed or purged:
@@ -53,10 +53,10 @@ class WindowCloser:
             self._shredder.tick()  # a retry, when one is pending and its backoff has passed
         return closed
 
-    def _close(self, tx: Tx, *, window_id: str, now: datetime) -> lifecycle.CloseResult | None:
+    def _close(self, tx: Tx, *, window_id: str, now: datetime) -> window_store.CloseResult | None:
         if not tx.lock_closer():
             return None  # another replica is closing right now
-        return lifecycle.close(tx, window_id, self._ledger, now, ACTOR)
+        return window_store.close(tx, window_id, self._ledger, now, ACTOR)
 
     def start(self, interval: float) -> None:
         self._thread = threading.Thread(target=self._run, args=(interval,), name="chorus-closer",

@@ -1,6 +1,6 @@
-"""The composition root: one `Chorus` object owns the store, ledger, clock and domain services.
-
-Servicers and the CLI talk to it; nothing here knows about gRPC.
+"""The composition root: one `Chorus` object builds the store, ledger, clock and every domain
+service, once. The gRPC server hands each servicer only the services it uses; servicers never
+open a transaction (each domain service method runs its own). Nothing here knows about gRPC.
 """
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ import logging
 import os
 from pathlib import Path
 
-from chorus.server import audit, lifecycle, roster, shred
-from chorus.server.auth import Role, TokenError, Tokens
+from chorus.server import audit, roster, shred, window_store
 from chorus.server.clock import Clock, SystemClock
-from chorus.server.closer import WindowCloser
 from chorus.server.config import Config
 from chorus.server.ingest import Ingestor
 from chorus.server.ledger import Ledger, Signer
 from chorus.server.otlp.export import OtlpIngestor
-from chorus.server.store import Database, Tx, open_database
+from chorus.server.release import Releases
+from chorus.server.roles import Role
+from chorus.server.store import Database, open_database
+from chorus.server.tokens import TokenError, Tokens
+from chorus.server.window_closer import WindowCloser
 
 _log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin.token"
@@ -41,28 +43,20 @@ class Chorus:
         self.tokens = Tokens(self.db, self.ledger)
         self.shredder = shred.Shredder(self.db, self.clock)
         self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder)
+        self.windows = window_store.Windows(self.db, self.ledger, self.clock, self.shredder)
+        self.rosters = roster.Rosters(self.db, self.ledger, self.clock, self.shredder)
+        self.releases = Releases(self.db, self.ledger, self.clock, config.policy)
+        self.audit_trail = audit.AuditTrail(self.db)
         audit.record_config(self.db, self.ledger, config.policy, self.clock.now())
 
     def import_roster(self, rows: list[tuple[str, str]], actor: str,
                       orgs: dict[str, str] | None = None) -> roster.ImportResult:
-        now = self.clock.now()
+        """Replace the roster and its org paths (`roster.Rosters.replace`)."""
+        return self.rosters.replace(rows, actor, orgs)
 
-        def replace(tx: Tx) -> roster.ImportResult:
-            shred.record(tx, shred.ROSTER, now)  # the raw ids of people it removes
-            return roster.replace(tx, rows, self.ledger, now, actor, orgs)
-
-        result = self.db.run(replace, name="roster_import")
-        self.shredder.attempt()
-        return result
-
-    def close_window(self, window_id: str, actor: str) -> lifecycle.CloseResult:
-        """Force-close a window now (fold and shred), whatever its scheduled close time."""
-        now = self.clock.now()
-        result = self.db.run(lambda tx: lifecycle.close(tx, window_id, self.ledger, now, actor),
-                             name="close_window")
-        if result.closed_now:
-            self.shredder.attempt()
-        return result
+    def close_window(self, window_id: str, actor: str) -> window_store.CloseResult:
+        """Force-close a window now (`window_store.Windows.close`)."""
+        return self.windows.close(window_id, actor)
 
     def bootstrap_admin_token(self) -> Path | None:
         """On a data directory without tokens, create an admin token in a 0600 file; return its path."""

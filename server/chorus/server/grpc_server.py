@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from chorus.server.app_context import Chorus
-from chorus.server.auth import AuthInterceptor
+from chorus.server.gate import AuthInterceptor
 from chorus.server.metrics import Metrics
 from chorus.server.otlp.http import OtlpHttpServer, tls_context
 from chorus.server.ratelimit import RateLimiter
+from chorus.server.root import Chorus
 from chorus.server.services import otlp as otlp_service
 from chorus.server.services import reflection
 from chorus.server.services.admin import AdminServicer
@@ -37,6 +37,14 @@ from chorus.v1 import (
 _log = logging.getLogger(__name__)
 #: How often the store is probed for the health service.
 HEALTH_PROBE_SECONDS = 5.0
+
+
+def admin_servicer(chorus: Chorus) -> AdminServicer:
+    """AdminService over the root's domain services: tokens, rosters, windows, counters."""
+    return AdminServicer(tokens=chorus.tokens, rosters=chorus.rosters, windows=chorus.windows,
+                         min_team_size=chorus.config.policy.min_team_size,
+                         ingest_stats=chorus.ingestor.stats, otlp_stats=chorus.otlp.stats,
+                         pending_shreds=chorus.shredder.pending, clock=chorus.clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +88,11 @@ class Server:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(chorus.ingestor, limits, limiter),
                                                             self._grpc)
         otlp_service.add_to_server(otlp_service.MetricsServicer(chorus.otlp, limiter), self._grpc)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(chorus), self._grpc)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(chorus), self._grpc)
-        release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus), self._grpc)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer(chorus), self._grpc)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(chorus.audit_trail, chorus.ledger.signer.public_key_pem), self._grpc)
+        release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus.releases, chorus.windows.list),
+                                                              self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,

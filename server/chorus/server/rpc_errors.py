@@ -1,4 +1,5 @@
-"""Domain errors -> gRPC status with rich details (google.rpc, AIP-193), in one place.
+"""Domain errors -> gRPC status with rich details (google.rpc, AIP-193), in one place, below
+both the gate (chorus.server.gate) and the servicers (chorus.server.services), which both use it.
 
 Every error carries a `google.rpc.ErrorInfo` first: domain `chorus.dev`, a stable
 UPPER_SNAKE `reason` (listed in docs/api.md; clients branch on it, never on the message) and
