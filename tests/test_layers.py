@@ -28,7 +28,9 @@ WIRING = ("chorus.server.grpc_server", "chorus.server.workers", "chorus.server.g
 #: `chorus.server` (store, services, gRPC wiring, domain services, front ends) is out.
 VERIFIER_MAY_IMPORT = ("chorus.server.verify", "chorus.server.policy", "chorus.server.ledger_format",
                        "chorus.server.statistics", "chorus.server.calendar", "chorus.server.privacy",
-                       "chorus.server.otlp.mapping")
+                       "chorus.server.otlp.mapping",
+                       # the organisation tree of window_close entries (pure, standard library only)
+                       "chorus.server.hierarchy")
 #: Packages the verifier loads only for their `__init__` (the policy's [otlp] section).
 VERIFIER_MAY_LOAD = ("chorus.server.otlp",)
 

@@ -182,3 +182,13 @@ def test_the_statement_counts_54_windows_a_year_for_weeks() -> None:
     assert policy.window_length is WindowLength.WEEK
     text = " ".join(render_statement("2026-W48", policy, StatementFormat.TEXT).split())
     assert "at most epsilon = 27 (54 x 0.5)" in text and "per week" in text
+
+
+def test_the_statement_says_what_a_release_at_each_level_costs_each_person() -> None:
+    policy = config.parse(tomllib.loads(SUITE_TOML)).policy
+    text = " ".join(render_statement("2026-11-25", policy, StatementFormat.TEXT).split())
+    assert ("a release about your org, or about any org above your team, or about the whole company, spends the "
+            "same epsilon from your team's budget too") in text
+    assert "A release about an org you are not in costs you nothing." in text
+    assert "everything released about one day still reveals at most epsilon = 1 about you" in text
+    assert "A team smaller than 5 is never released on its own, but its people are counted in their org's" in text

@@ -109,13 +109,13 @@ class Stack:
         self.server.stop(grace=0)
 
 
-def build_stack(data_dir: Path, toml: str | None = None) -> Stack:
+def build_stack(data_dir: Path, toml: str | None = None, orgs: dict[str, str] | None = None) -> Stack:
     """Three closed windows, each with its release plan released (by DASHBOARD_TOML by default)."""
     clock = FakeClock(noon(DAYS[0]))
     path = data_dir.parent / f"{data_dir.name}.toml"
     path.write_text(DASHBOARD_TOML if toml is None else toml)
     chorus = Chorus(config.load(path), data_dir, clock=clock)
-    chorus.import_roster(roster_rows(), actor="test")
+    chorus.import_roster(roster_rows(), actor="test", orgs=orgs)
     for index, day in enumerate(DAYS):
         clock.set(noon(day))
         outcome = chorus.ingestor.report(ingest.Batch(uuid.uuid4().hex, "test-tool", "1.0", 0, usage(index)))
@@ -171,6 +171,6 @@ def login(client: FlaskClient, token: str, next_path: str | None = None) -> Test
     return client.post("/login", data=data)
 
 
-ANALYST_PAGES = ("/overview", "/trends", "/histogram", "/spend")
+ANALYST_PAGES = ("/overview", "/orgs", "/trends", "/histogram", "/spend")
 AUDITOR_PAGES = ("/budget", "/ledger", "/policies", "/statement")
 CLOSED = common_pb2.WINDOW_STATE_CLOSED

@@ -25,8 +25,13 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     assert "team design has 3 people on the roster; releases need at least 5" in out
     assert "Right after closing, the server released the window's release plan, once: adoption, sum of" in out
     assert "Nothing was charged: reading released numbers is free, and repeats are identical." in out
-    assert "Charged now" not in out  # leadership's report reads what the plan released
+    # leadership's report reads what the plan released; only the org report (step 10) spends
+    assert "Charged now" not in out.split("10. The same window by org")[0]
     assert "no violation" in out
+    # Two orgs; design, below k, is not released alone but counted in product.
+    assert "no: below k=5, counted in product" in out and "sum per node" in out
+    assert "Charged now: epsilon 0.5 to each of 5 team-window budget(s)" in out
+    assert "│ 2026-" in out and "│ design   │ 2        │ 0.5" in out  # its budget charged by product's releases
     # The kept data directory holds no per-person rows and no window key after the demo closed the window.
     conn = sqlite3.connect(tmp_path / "data" / "chorus.db")
     assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (0,)
@@ -59,7 +64,9 @@ def test_after_the_demo_the_dashboard_landing_page_shows_the_plan_and_spends_not
         spent = conn.execute("SELECT window_id, team, spent_micros FROM budgets ORDER BY 1, 2").fetchall()
         entries = conn.execute("SELECT COUNT(*) FROM ledger WHERE kind = 'release'").fetchone()
         (window,), = conn.execute("SELECT id FROM windows WHERE state = 'closed'").fetchall()
-        assert {s for _, _, s in spent} == {0, 2_500_000}  # the plan, for every team of at least k
+        # the plan (2.5) then the org report (0.5) for every team of at least k; design, below k,
+        # only the 0.5 of product's releases
+        assert {s for _, _, s in spent} == {500_000, 3_000_000}
         client = create_app(gateway).test_client()
         login(client, token)
         page = client.get("/overview")

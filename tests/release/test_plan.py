@@ -132,8 +132,14 @@ def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: 
         # Until the plan is complete, nobody else spends this window's budget.
         with pytest.raises(Refused, match="release plan of window 2026-11-25 is being released"):
             chorus.releases.release(WINDOW, [], [], [StatisticRequest("count")], "analyst")
+        with pytest.raises(Refused, match="release plan of window 2026-11-25 is being released"):
+            chorus.releases.release(WINDOW, [], [], [StatisticRequest("sum")], "analyst", ["/"])  # nor a node
         read = chorus.releases.release(WINDOW, [], [], [StatisticRequest("count")], "analyst", validate_only=True)
         assert {u.statistic for t in read.teams for u in t.unreleased} == {"count"}  # reading still works
+        read = chorus.releases.release(WINDOW, [], [], [StatisticRequest("sum")], "analyst", ["/"],
+                                       validate_only=True)
+        assert [(t.team, t.level, {u.statistic for u in t.unreleased}) for t in read.teams] == [
+            ("/", "company", {"sum"})]
         chorus.closer.tick()
         chorus.closer.tick()
         assert len(plan_entries(chorus)) == 3 * len(ELIGIBLE)

@@ -25,12 +25,14 @@ ROLE_AUDITOR: Role
 ROLE_ADMIN: Role
 
 class RosterEntry(_message.Message):
-    __slots__ = ("user", "team")
+    __slots__ = ("user", "team", "org")
     USER_FIELD_NUMBER: _ClassVar[int]
     TEAM_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
     user: str
     team: str
-    def __init__(self, user: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
+    org: str
+    def __init__(self, user: _Optional[str] = ..., team: _Optional[str] = ..., org: _Optional[str] = ...) -> None: ...
 
 class ImportRosterRequest(_message.Message):
     __slots__ = ("entries", "dry_run")
@@ -41,12 +43,14 @@ class ImportRosterRequest(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class TeamSize(_message.Message):
-    __slots__ = ("team", "size")
+    __slots__ = ("team", "size", "org")
     TEAM_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
     team: str
     size: int
-    def __init__(self, team: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    org: str
+    def __init__(self, team: _Optional[str] = ..., size: _Optional[int] = ..., org: _Optional[str] = ...) -> None: ...
 
 class ImportRosterResponse(_message.Message):
     __slots__ = ("people", "teams", "roster_hash", "min_team_size", "previous_teams", "people_added", "people_removed", "dry_run")

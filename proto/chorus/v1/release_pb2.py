@@ -26,7 +26,7 @@ from chorus.v1 import common_pb2 as chorus_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63horus/v1/release.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x12ListWindowsRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"R\n\x13ListWindowsResponse\x12\"\n\x07windows\x18\x01 \x03(\x0b\x32\x11.chorus.v1.Window\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cmax_per_user\x18\x03 \x01(\x03\x12\x17\n\x0fhistogram_edges\x18\x04 \x03(\x03\"$\n\x12ListMetricsRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"9\n\x13ListMetricsResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.chorus.v1.Metric\"K\n\x04Team\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0broster_size\x18\x02 \x01(\r\x12\x10\n\x08\x65ligible\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\"\n\x10ListTeamsRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"J\n\x11ListTeamsResponse\x12\x1e\n\x05teams\x18\x01 \x03(\x0b\x32\x0f.chorus.v1.Team\x12\x15\n\rmin_team_size\x18\x02 \x01(\r\"L\n\x10StatisticRequest\x12\'\n\tstatistic\x18\x01 \x01(\x0e\x32\x14.chorus.v1.Statistic\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\t\"\x88\x01\n\x0eReleaseRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\r\n\x05teams\x18\x02 \x03(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12/\n\nstatistics\x18\x04 \x03(\x0b\x32\x1b.chorus.v1.StatisticRequest\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"v\n\x13UnreleasedStatistic\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\'\n\tstatistic\x18\x02 \x01(\x0e\x32\x14.chorus.v1.Statistic\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\t\x12\x15\n\rexpected_ci95\x18\x04 \x01(\x01\"\xb9\x02\n\x08\x45stimate\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\'\n\tstatistic\x18\x02 \x01(\x0e\x32\x14.chorus.v1.Statistic\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04\x63i95\x18\x04 \x01(\x01\x12\x15\n\rbucket_counts\x18\x05 \x03(\x03\x12\x17\n\x0fhistogram_edges\x18\x06 \x03(\x03\x12\x17\n\x0f\x65psilon_charged\x18\x07 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\t\x12\x11\n\tmechanism\x18\t \x01(\t\x12\x13\n\x0bsensitivity\x18\n \x01(\x03\x12\r\n\x05scale\x18\x0b \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x0c \x01(\x08\x12\x12\n\nrelease_id\x18\r \x01(\t\x12\x0c\n\x04note\x18\x0e \x01(\t\x12\x14\n\x0c\x64\x65rived_from\x18\x0f \x03(\t\"\xa7\x02\n\x0bTeamRelease\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.chorus.v1.TeamOutcome\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\testimates\x18\x04 \x03(\x0b\x32\x13.chorus.v1.Estimate\x12\x12\n\nbudget_cap\x18\x05 \x01(\t\x12\x18\n\x10\x62udget_remaining\x18\x06 \x01(\t\x12\x13\n\x0broster_size\x18\x07 \x01(\r\x12\x17\n\x0f\x65psilon_charged\x18\x08 \x01(\t\x12\x32\n\nunreleased\x18\t \x03(\x0b\x32\x1e.chorus.v1.UnreleasedStatistic\x12\x18\n\x10\x65psilon_required\x18\n \x01(\t\"H\n\x0fReleaseResponse\x12\x0e\n\x06window\x18\x01 \x01(\t\x12%\n\x05teams\x18\x02 \x03(\x0b\x32\x16.chorus.v1.TeamRelease*c\n\x0bTeamOutcome\x12\x1c\n\x18TEAM_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15TEAM_OUTCOME_RELEASED\x10\x01\x12\x1b\n\x17TEAM_OUTCOME_SUPPRESSED\x10\x02\x32\xb6\x02\n\x0eReleaseService\x12L\n\x0bListWindows\x12\x1d.chorus.v1.ListWindowsRequest\x1a\x1e.chorus.v1.ListWindowsResponse\x12L\n\x0bListMetrics\x12\x1d.chorus.v1.ListMetricsRequest\x1a\x1e.chorus.v1.ListMetricsResponse\x12\x46\n\tListTeams\x12\x1b.chorus.v1.ListTeamsRequest\x1a\x1c.chorus.v1.ListTeamsResponse\x12@\n\x07Release\x12\x19.chorus.v1.ReleaseRequest\x1a\x1a.chorus.v1.ReleaseResponseBW\n\rdev.chorus.v1B\x0cReleaseProtoP\x01Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63horus/v1/release.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x12ListWindowsRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"R\n\x13ListWindowsResponse\x12\"\n\x07windows\x18\x01 \x03(\x0b\x32\x11.chorus.v1.Window\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cmax_per_user\x18\x03 \x01(\x03\x12\x17\n\x0fhistogram_edges\x18\x04 \x03(\x03\"$\n\x12ListMetricsRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"9\n\x13ListMetricsResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.chorus.v1.Metric\"X\n\x04Team\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0broster_size\x18\x02 \x01(\r\x12\x10\n\x08\x65ligible\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0b\n\x03org\x18\x05 \x01(\t\"\"\n\x10ListTeamsRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"J\n\x11ListTeamsResponse\x12\x1e\n\x05teams\x18\x01 \x03(\x0b\x32\x0f.chorus.v1.Team\x12\x15\n\rmin_team_size\x18\x02 \x01(\r\"L\n\x10StatisticRequest\x12\'\n\tstatistic\x18\x01 \x01(\x0e\x32\x14.chorus.v1.Statistic\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\t\"\x97\x01\n\x0eReleaseRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\r\n\x05teams\x18\x02 \x03(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12/\n\nstatistics\x18\x04 \x03(\x0b\x32\x1b.chorus.v1.StatisticRequest\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\x12\r\n\x05nodes\x18\x06 \x03(\t\"v\n\x13UnreleasedStatistic\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\'\n\tstatistic\x18\x02 \x01(\x0e\x32\x14.chorus.v1.Statistic\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\t\x12\x15\n\rexpected_ci95\x18\x04 \x01(\x01\"1\n\x12\x43onsistentEstimate\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0c\n\x04\x63i95\x18\x02 \x01(\x01\"\xac\x01\n\tRemainder\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x63hildren\x18\x02 \x03(\t\x12\x13\n\x0broster_size\x18\x03 \x01(\r\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\'\n\tstatistic\x18\x05 \x01(\x0e\x32\x14.chorus.v1.Statistic\x12/\n\x08\x65stimate\x18\x06 \x01(\x0b\x32\x1d.chorus.v1.ConsistentEstimate\"\xec\x02\n\x08\x45stimate\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\'\n\tstatistic\x18\x02 \x01(\x0e\x32\x14.chorus.v1.Statistic\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04\x63i95\x18\x04 \x01(\x01\x12\x15\n\rbucket_counts\x18\x05 \x03(\x03\x12\x17\n\x0fhistogram_edges\x18\x06 \x03(\x03\x12\x17\n\x0f\x65psilon_charged\x18\x07 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\t\x12\x11\n\tmechanism\x18\t \x01(\t\x12\x13\n\x0bsensitivity\x18\n \x01(\x03\x12\r\n\x05scale\x18\x0b \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x0c \x01(\x08\x12\x12\n\nrelease_id\x18\r \x01(\t\x12\x0c\n\x04note\x18\x0e \x01(\t\x12\x14\n\x0c\x64\x65rived_from\x18\x0f \x03(\t\x12\x31\n\nconsistent\x18\x10 \x01(\x0b\x32\x1d.chorus.v1.ConsistentEstimate\"\xe3\x02\n\x0bTeamRelease\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.chorus.v1.TeamOutcome\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\testimates\x18\x04 \x03(\x0b\x32\x13.chorus.v1.Estimate\x12\x12\n\nbudget_cap\x18\x05 \x01(\t\x12\x18\n\x10\x62udget_remaining\x18\x06 \x01(\t\x12\x13\n\x0broster_size\x18\x07 \x01(\r\x12\x17\n\x0f\x65psilon_charged\x18\x08 \x01(\t\x12\x32\n\nunreleased\x18\t \x03(\x0b\x32\x1e.chorus.v1.UnreleasedStatistic\x12\x18\n\x10\x65psilon_required\x18\n \x01(\t\x12#\n\x05level\x18\x0b \x01(\x0e\x32\x14.chorus.v1.NodeLevel\x12\x15\n\rteams_charged\x18\x0c \x03(\t\"r\n\x0fReleaseResponse\x12\x0e\n\x06window\x18\x01 \x01(\t\x12%\n\x05teams\x18\x02 \x03(\x0b\x32\x16.chorus.v1.TeamRelease\x12(\n\nremainders\x18\x03 \x03(\x0b\x32\x14.chorus.v1.Remainder*h\n\tNodeLevel\x12\x1a\n\x16NODE_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fNODE_LEVEL_TEAM\x10\x01\x12\x12\n\x0eNODE_LEVEL_ORG\x10\x02\x12\x16\n\x12NODE_LEVEL_COMPANY\x10\x03*c\n\x0bTeamOutcome\x12\x1c\n\x18TEAM_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15TEAM_OUTCOME_RELEASED\x10\x01\x12\x1b\n\x17TEAM_OUTCOME_SUPPRESSED\x10\x02\x32\xb6\x02\n\x0eReleaseService\x12L\n\x0bListWindows\x12\x1d.chorus.v1.ListWindowsRequest\x1a\x1e.chorus.v1.ListWindowsResponse\x12L\n\x0bListMetrics\x12\x1d.chorus.v1.ListMetricsRequest\x1a\x1e.chorus.v1.ListMetricsResponse\x12\x46\n\tListTeams\x12\x1b.chorus.v1.ListTeamsRequest\x1a\x1c.chorus.v1.ListTeamsResponse\x12@\n\x07Release\x12\x19.chorus.v1.ReleaseRequest\x1a\x1a.chorus.v1.ReleaseResponseBW\n\rdev.chorus.v1B\x0cReleaseProtoP\x01Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chorus.v1.release_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.chorus.v1B\014ReleaseProtoP\001Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1'
-  _globals['_TEAMOUTCOME']._serialized_start=1728
-  _globals['_TEAMOUTCOME']._serialized_end=1827
+  _globals['_NODELEVEL']._serialized_start=2135
+  _globals['_NODELEVEL']._serialized_end=2239
+  _globals['_TEAMOUTCOME']._serialized_start=2241
+  _globals['_TEAMOUTCOME']._serialized_end=2340
   _globals['_LISTWINDOWSREQUEST']._serialized_start=96
   _globals['_LISTWINDOWSREQUEST']._serialized_end=239
   _globals['_LISTWINDOWSRESPONSE']._serialized_start=241
@@ -47,23 +49,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMETRICSRESPONSE']._serialized_start=455
   _globals['_LISTMETRICSRESPONSE']._serialized_end=512
   _globals['_TEAM']._serialized_start=514
-  _globals['_TEAM']._serialized_end=589
-  _globals['_LISTTEAMSREQUEST']._serialized_start=591
-  _globals['_LISTTEAMSREQUEST']._serialized_end=625
-  _globals['_LISTTEAMSRESPONSE']._serialized_start=627
-  _globals['_LISTTEAMSRESPONSE']._serialized_end=701
-  _globals['_STATISTICREQUEST']._serialized_start=703
-  _globals['_STATISTICREQUEST']._serialized_end=779
-  _globals['_RELEASEREQUEST']._serialized_start=782
-  _globals['_RELEASEREQUEST']._serialized_end=918
-  _globals['_UNRELEASEDSTATISTIC']._serialized_start=920
-  _globals['_UNRELEASEDSTATISTIC']._serialized_end=1038
-  _globals['_ESTIMATE']._serialized_start=1041
-  _globals['_ESTIMATE']._serialized_end=1354
-  _globals['_TEAMRELEASE']._serialized_start=1357
-  _globals['_TEAMRELEASE']._serialized_end=1652
-  _globals['_RELEASERESPONSE']._serialized_start=1654
-  _globals['_RELEASERESPONSE']._serialized_end=1726
-  _globals['_RELEASESERVICE']._serialized_start=1830
-  _globals['_RELEASESERVICE']._serialized_end=2140
+  _globals['_TEAM']._serialized_end=602
+  _globals['_LISTTEAMSREQUEST']._serialized_start=604
+  _globals['_LISTTEAMSREQUEST']._serialized_end=638
+  _globals['_LISTTEAMSRESPONSE']._serialized_start=640
+  _globals['_LISTTEAMSRESPONSE']._serialized_end=714
+  _globals['_STATISTICREQUEST']._serialized_start=716
+  _globals['_STATISTICREQUEST']._serialized_end=792
+  _globals['_RELEASEREQUEST']._serialized_start=795
+  _globals['_RELEASEREQUEST']._serialized_end=946
+  _globals['_UNRELEASEDSTATISTIC']._serialized_start=948
+  _globals['_UNRELEASEDSTATISTIC']._serialized_end=1066
+  _globals['_CONSISTENTESTIMATE']._serialized_start=1068
+  _globals['_CONSISTENTESTIMATE']._serialized_end=1117
+  _globals['_REMAINDER']._serialized_start=1120
+  _globals['_REMAINDER']._serialized_end=1292
+  _globals['_ESTIMATE']._serialized_start=1295
+  _globals['_ESTIMATE']._serialized_end=1659
+  _globals['_TEAMRELEASE']._serialized_start=1662
+  _globals['_TEAMRELEASE']._serialized_end=2017
+  _globals['_RELEASERESPONSE']._serialized_start=2019
+  _globals['_RELEASERESPONSE']._serialized_end=2133
+  _globals['_RELEASESERVICE']._serialized_start=2343
+  _globals['_RELEASESERVICE']._serialized_end=2653
 # @@protoc_insertion_point(module_scope)

@@ -11,11 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class NodeLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_LEVEL_UNSPECIFIED: _ClassVar[NodeLevel]
+    NODE_LEVEL_TEAM: _ClassVar[NodeLevel]
+    NODE_LEVEL_ORG: _ClassVar[NodeLevel]
+    NODE_LEVEL_COMPANY: _ClassVar[NodeLevel]
+
 class TeamOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TEAM_OUTCOME_UNSPECIFIED: _ClassVar[TeamOutcome]
     TEAM_OUTCOME_RELEASED: _ClassVar[TeamOutcome]
     TEAM_OUTCOME_SUPPRESSED: _ClassVar[TeamOutcome]
+NODE_LEVEL_UNSPECIFIED: NodeLevel
+NODE_LEVEL_TEAM: NodeLevel
+NODE_LEVEL_ORG: NodeLevel
+NODE_LEVEL_COMPANY: NodeLevel
 TEAM_OUTCOME_UNSPECIFIED: TeamOutcome
 TEAM_OUTCOME_RELEASED: TeamOutcome
 TEAM_OUTCOME_SUPPRESSED: TeamOutcome
@@ -65,16 +76,18 @@ class ListMetricsResponse(_message.Message):
     def __init__(self, metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
 
 class Team(_message.Message):
-    __slots__ = ("name", "roster_size", "eligible", "reason")
+    __slots__ = ("name", "roster_size", "eligible", "reason", "org")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
     name: str
     roster_size: int
     eligible: bool
     reason: str
-    def __init__(self, name: _Optional[str] = ..., roster_size: _Optional[int] = ..., eligible: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    org: str
+    def __init__(self, name: _Optional[str] = ..., roster_size: _Optional[int] = ..., eligible: _Optional[bool] = ..., reason: _Optional[str] = ..., org: _Optional[str] = ...) -> None: ...
 
 class ListTeamsRequest(_message.Message):
     __slots__ = ("window",)
@@ -99,18 +112,20 @@ class StatisticRequest(_message.Message):
     def __init__(self, statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., epsilon: _Optional[str] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("window", "teams", "metrics", "statistics", "validate_only")
+    __slots__ = ("window", "teams", "metrics", "statistics", "validate_only", "nodes")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     TEAMS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     window: str
     teams: _containers.RepeatedScalarFieldContainer[str]
     metrics: _containers.RepeatedScalarFieldContainer[str]
     statistics: _containers.RepeatedCompositeFieldContainer[StatisticRequest]
     validate_only: bool
-    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., statistics: _Optional[_Iterable[_Union[StatisticRequest, _Mapping]]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., statistics: _Optional[_Iterable[_Union[StatisticRequest, _Mapping]]] = ..., validate_only: _Optional[bool] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UnreleasedStatistic(_message.Message):
     __slots__ = ("metric", "statistic", "epsilon", "expected_ci95")
@@ -124,8 +139,32 @@ class UnreleasedStatistic(_message.Message):
     expected_ci95: float
     def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., epsilon: _Optional[str] = ..., expected_ci95: _Optional[float] = ...) -> None: ...
 
+class ConsistentEstimate(_message.Message):
+    __slots__ = ("value", "ci95")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CI95_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    ci95: float
+    def __init__(self, value: _Optional[float] = ..., ci95: _Optional[float] = ...) -> None: ...
+
+class Remainder(_message.Message):
+    __slots__ = ("parent", "children", "roster_size", "metric", "statistic", "estimate")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    children: _containers.RepeatedScalarFieldContainer[str]
+    roster_size: int
+    metric: str
+    statistic: _common_pb2.Statistic
+    estimate: ConsistentEstimate
+    def __init__(self, parent: _Optional[str] = ..., children: _Optional[_Iterable[str]] = ..., roster_size: _Optional[int] = ..., metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., estimate: _Optional[_Union[ConsistentEstimate, _Mapping]] = ...) -> None: ...
+
 class Estimate(_message.Message):
-    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note", "derived_from")
+    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note", "derived_from", "consistent")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +180,7 @@ class Estimate(_message.Message):
     RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     DERIVED_FROM_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     metric: str
     statistic: _common_pb2.Statistic
     value: float
@@ -156,10 +196,11 @@ class Estimate(_message.Message):
     release_id: str
     note: str
     derived_from: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ...) -> None: ...
+    consistent: ConsistentEstimate
+    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ..., consistent: _Optional[_Union[ConsistentEstimate, _Mapping]] = ...) -> None: ...
 
 class TeamRelease(_message.Message):
-    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged", "unreleased", "epsilon_required")
+    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged", "unreleased", "epsilon_required", "level", "teams_charged")
     TEAM_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +211,8 @@ class TeamRelease(_message.Message):
     EPSILON_CHARGED_FIELD_NUMBER: _ClassVar[int]
     UNRELEASED_FIELD_NUMBER: _ClassVar[int]
     EPSILON_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_CHARGED_FIELD_NUMBER: _ClassVar[int]
     team: str
     outcome: TeamOutcome
     message: str
@@ -180,12 +223,16 @@ class TeamRelease(_message.Message):
     epsilon_charged: str
     unreleased: _containers.RepeatedCompositeFieldContainer[UnreleasedStatistic]
     epsilon_required: str
-    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ..., epsilon_charged: _Optional[str] = ..., unreleased: _Optional[_Iterable[_Union[UnreleasedStatistic, _Mapping]]] = ..., epsilon_required: _Optional[str] = ...) -> None: ...
+    level: NodeLevel
+    teams_charged: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ..., epsilon_charged: _Optional[str] = ..., unreleased: _Optional[_Iterable[_Union[UnreleasedStatistic, _Mapping]]] = ..., epsilon_required: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., teams_charged: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
-    __slots__ = ("window", "teams")
+    __slots__ = ("window", "teams", "remainders")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     TEAMS_FIELD_NUMBER: _ClassVar[int]
+    REMAINDERS_FIELD_NUMBER: _ClassVar[int]
     window: str
     teams: _containers.RepeatedCompositeFieldContainer[TeamRelease]
-    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[_Union[TeamRelease, _Mapping]]] = ...) -> None: ...
+    remainders: _containers.RepeatedCompositeFieldContainer[Remainder]
+    def __init__(self, window: _Optional[str] = ..., teams: _Optional[_Iterable[_Union[TeamRelease, _Mapping]]] = ..., remainders: _Optional[_Iterable[_Union[Remainder, _Mapping]]] = ...) -> None: ...

@@ -24,30 +24,43 @@ The release plan frozen in a window's policy is released by the closer right aft
 closes (`release_plan`), through this same path, one request per plan entry, each ledger
 entry marked `"plan": true`. The window's `plan_released_at` is set only once every entry is
 released, so a crash in between is completed by the next tick, and repeats are answered from
-storage: the plan is charged once. Until then only the plan may spend the window's budget,
+storage: the plan is charged once. Until then only the plan may spend the window's budget
+(a request at a team or at any node of the tree is refused),
 so no early request can take what the plan needs.
 
 A `validate_only` request (AIP-163) reads: it runs the same checks and answers with what is
 already released, plus for each statistic not released yet what releasing it would charge and
 its expected interval. It draws, stores and charges nothing, whatever the budget left.
+
+Nodes of the organisation tree (`chorus.server.hierarchy`): a request may also name orgs at any
+depth or the company. A node's noisy statistic is computed over every team below it (each
+person counts for one team, so the sensitivities are a team's), and its epsilon is charged to
+*every* team-window below it, in the same transaction, refused whole when any of them lacks
+budget; a person's loss stays bounded by their team's cap. k applies per node (its roster size
+is the sum of its teams'). The ledger entry names the node, its level and the teams charged,
+with each team's spent-after. When a window holds releases of a sum, count or active at
+nested levels, answers also carry the consistent estimates (`privacy.consistency`): a
+deterministic function of the stored releases and the frozen tree, so a repeated request
+gets identical numbers until another level of the same statistic is released.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from chorus.server import roster, store, window_store
+from chorus.server import hierarchy, roster, store, window_store
 from chorus.server.calendar import parse_window_id
 from chorus.server.clock import Clock
 from chorus.server.ledger import Ledger
 from chorus.server.policy import MetricPolicy, Policy
-from chorus.server.privacy import mechanisms
+from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.budget import Budget, refusal
 from chorus.server.privacy.epsilon import ZERO, Epsilon
 from chorus.server.statistics import ACTIVE, NOISY_PARTS
@@ -63,8 +76,10 @@ PLAN_ACTOR = "closer"
 # Noisy statistics each requested statistic needs, per metric ("" = team level).
 _NEEDS = NOISY_PARTS
 
-# (team, metric, noisy statistic)
+# (team or node, metric, noisy statistic)
 Key = tuple[str, str, str]
+#: Statistics made consistent across the levels of the tree (scalars; histograms are not).
+CONSISTENT = ("sum", "count", ACTIVE)
 
 
 class ReleaseError(Exception):
@@ -138,6 +153,9 @@ class Estimate(NamedTuple):
     #: For a derived statistic, the release ids it is computed from (each also answered in the
     #: same TeamResult); empty for a noisy one.
     derived_from: tuple[str, ...] = ()
+    #: (value, ci95) consistent across the tree's levels, when the window has nested releases
+    #: of this statistic; None otherwise.
+    consistent: tuple[float, float] | None = None
 
 
 class Unreleased(NamedTuple):
@@ -163,18 +181,36 @@ class TeamResult:
     budget_cap: Epsilon
     budget_remaining: Epsilon
     roster_size: int
-    #: What this request charged the team-window in total.
+    #: What this request charged the team-window in total (for a node: each team below it).
     epsilon_charged: Epsilon
     #: Requested statistics not released (only a validate_only request leaves any).
     unreleased: tuple[Unreleased, ...] = ()
     #: What releasing all of `unreleased` would charge, each noisy part once.
     epsilon_required: Epsilon = ZERO
+    #: hierarchy.TEAM, ORG or ROOT.
+    level: str = hierarchy.TEAM
+    #: For an org or the company: every team below it, each charged epsilon_charged.
+    teams_charged: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemainderResult:
+    """An org's children not released on their own, estimated together (at least k people)."""
+
+    parent: str
+    members: tuple[str, ...]
+    roster_size: int
+    metric: str
+    statistic: str
+    value: float
+    ci95: float
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseResult:
     window: str
     teams: tuple[TeamResult, ...]
+    remainders: tuple[RemainderResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +219,8 @@ class TeamInfo:
     roster_size: int
     eligible: bool
     reason: str
+    #: The team's org path; "" directly under the company.
+    org: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +242,12 @@ class _Stored(NamedTuple):
     charged: Epsilon
 
 
-def suppression_reason(team: str, roster_size: int, k: int) -> str:
-    """Why a team below k is not released, or "" when it is eligible."""
+def suppression_reason(team: str, roster_size: int, k: int, level: str = hierarchy.TEAM) -> str:
+    """Why a team (or node) below k is not released, or "" when it is eligible."""
     if roster_size >= k:
         return ""
     people = "person" if roster_size == 1 else "people"
-    return f"team {team} has {roster_size} {people} on the roster; releases need at least {k}"
+    return f"{hierarchy.describe(team, level)} has {roster_size} {people} on the roster; releases need at least {k}"
 
 
 
@@ -236,27 +274,30 @@ class Releases:
         def read(tx: Tx) -> TeamList:
             record = _window(tx, window) if window else None
             if record is not None and record.state == window_store.CLOSED:
-                sizes = {t: n for t, n, _ in _team_windows(tx, record.id)}
+                tree = _tree(tx, record.id)
+                sizes, orgs = dict(tree.sizes), dict(tree.orgs)
             else:
-                sizes = roster.team_sizes(tx)
+                sizes, orgs = roster.team_sizes(tx), roster.current_orgs(tx)
             k = (record.policy if record is not None else self._policy).min_team_size
-            return TeamList(tuple(TeamInfo(t, n, n >= k, suppression_reason(t, n, k))
+            return TeamList(tuple(TeamInfo(t, n, n >= k, suppression_reason(t, n, k), orgs.get(t, ""))
                                   for t, n in sorted(sizes.items())), k)
 
         return self._db.run(read, name="list_teams")
 
     def release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                statistics: Sequence[StatisticRequest], requester: str, *,
-                validate_only: bool = False) -> ReleaseResult:
+                statistics: Sequence[StatisticRequest], requester: str,
+                nodes: Sequence[str] = (), *, validate_only: bool = False) -> ReleaseResult:
         """Answer a release request in one transaction; see the module docstring for the rules.
 
         Empty `teams`, `metrics` or `statistics` mean all of them (statistics at their
-        default epsilon). Raises InvalidRequest, NotFound, Refused or BudgetExceeded, in
-        which case nothing was stored. `validate_only` reads and never spends.
+        default epsilon), except that with `nodes` (org paths, hierarchy.COMPANY or team
+        names) and no teams only the nodes are released. Raises InvalidRequest, NotFound,
+        Refused or BudgetExceeded, in which case nothing was stored. `validate_only` reads
+        and never spends.
         """
         if not window:
             raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
-        return self._release(window, teams, metrics, _statistics(statistics), requester,
+        return self._release(window, teams, metrics, _statistics(statistics), requester, nodes,
                              validate_only=validate_only, plan=False)
 
     def pending_plans(self) -> list[str]:
@@ -281,12 +322,12 @@ class Releases:
         self._db.run(lambda tx: store.windows.mark_plan_released(tx, window, at), name="plan_done")
 
     def _release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                 requested: dict[str, Epsilon | None], requester: str, *, validate_only: bool,
-                 plan: bool) -> ReleaseResult:
+                 requested: dict[str, Epsilon | None], requester: str, nodes: Sequence[str] = (), *,
+                 validate_only: bool, plan: bool) -> ReleaseResult:
         now = self._clock.now()
         result = self._db.run(
             lambda tx: _Release(tx, self._ledger, now, window, requester, plan=plan,
-                                validate_only=validate_only).run(teams, metrics, requested),
+                                validate_only=validate_only).run(teams, metrics, requested, nodes),
             name="read_releases" if validate_only else "release")
         if not validate_only:  # a read changes nothing worth a log line per page view
             fresh = sum(1 for t in result.teams for e in t.estimates
@@ -324,6 +365,18 @@ def _window(tx: Tx, window: str) -> window_store.WindowRecord:
         raise NotFound(f"window {window!r} not found") from None
 
 
+def _tree(tx: Tx, window: str) -> hierarchy.Hierarchy:
+    """The organisation tree frozen with the window at close."""
+    return hierarchy.Hierarchy.of((t.team, t.org, t.roster_size) for t in store.team_stats.teams(tx, window))
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(nodes: tuple[consistency.Node, ...]) -> consistency.Plan:
+    """The consistency plan of one tree and set of scales (deterministic; cached: a 500-team
+    company's intervals take a while to compute)."""
+    return consistency.plan(nodes)
+
+
 def _team_windows(tx: Tx, window: str) -> list[tuple[str, int, int]]:
     return [(t.team, t.roster_size, t.active) for t in store.team_stats.teams(tx, window)]
 
@@ -342,16 +395,19 @@ class _Release:
         self.record = _window(tx, window)
         self.window = window
         self.policy = self.record.policy
+        self.tree = _tree(tx, window)
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
-            statistics: dict[str, Epsilon | None]) -> ReleaseResult:
+            statistics: dict[str, Epsilon | None], nodes: Sequence[str] = ()) -> ReleaseResult:
         self.check_releasable()
         chosen_metrics = self.metrics(metrics)
         wanted = self.wanted(chosen_metrics, statistics)
-        sizes = {t: n for t, n, _ in _team_windows(self.tx, self.window)}
-        chosen_teams = self.teams(teams, sizes)
+        tree = self.tree
+        chosen = self.teams(teams, tree.sizes) if teams or not nodes else []
+        chosen += [n for n in self.nodes(nodes) if n not in chosen]
+        sizes = {s: tree.size(s) for s in chosen}
         k = self.policy.min_team_size
-        eligible = [t for t in chosen_teams if sizes[t] >= k]
+        eligible = [s for s in chosen if sizes[s] >= k]
         # Budgets first, then releases. Each read has its own snapshot on PostgreSQL (READ
         # COMMITTED), and a concurrent request commits its releases and its charge together:
         # read in this order, one that commits in between shows its releases (so they are not
@@ -369,24 +425,30 @@ class _Release:
         if any(missing.values()) and not self.validate_only:
             stored.update(self.release_missing(missing, wanted, charged_to))
             budgets = self.budgets()
+        consistent, remainders = self.consistent(list(missing))
         results = []
-        for team in chosen_teams:
-            budget = budgets.get(team, _NO_BUDGET)
+        for subject in chosen:
+            level = tree.level(subject)
+            below = tree.teams_below(subject)
+            cap = budgets.get(below[0], _NO_BUDGET).cap if below else self.policy.epsilon_per_window
+            # The least any team below has left; for a team, its own.
+            left = min((budgets.get(t, _NO_BUDGET).remaining for t in below), default=cap)
             # What this request charged, not the difference of two reads: another replica may
             # charge the same team-window in between.
-            charged = charged_to.get(team, ZERO)
+            charged = charged_to.get(subject, ZERO)
             unreleased: list[Unreleased] = []
             required = ZERO
-            if team in missing:
-                estimates = tuple(self.answers(team, chosen_metrics, statistics, stored, sizes[team],
-                                               unreleased, wanted))
-                required = sum((wanted[key] for key in missing[team] if (team, *key) not in stored), ZERO)
+            if subject in missing:
+                estimates = tuple(self.answers(subject, chosen_metrics, statistics, stored, sizes[subject],
+                                               consistent, unreleased, wanted))
+                required = sum((wanted[key] for key in missing[subject] if (subject, *key) not in stored), ZERO)
                 message = ""
             else:
-                estimates, message = (), suppression_reason(team, sizes[team], k)
-            results.append(TeamResult(team, team in missing, message, estimates, budget.cap,
-                                      budget.remaining, sizes[team], charged, tuple(unreleased), required))
-        return ReleaseResult(self.window, tuple(results))
+                estimates, message = (), suppression_reason(subject, sizes[subject], k, level)
+            results.append(TeamResult(subject, subject in missing, message, estimates, cap, left,
+                                      sizes[subject], charged, tuple(unreleased), required, level,
+                                      () if level == hierarchy.TEAM else below))
+        return ReleaseResult(self.window, tuple(results), tuple(remainders))
 
     def check_releasable(self) -> None:
         record = self.record
@@ -447,7 +509,7 @@ class _Release:
                         wanted[key] = eps if eps is not None else self.policy.default_epsilon[noisy]
         return wanted
 
-    def teams(self, names: Sequence[str], sizes: dict[str, int]) -> list[str]:
+    def teams(self, names: Sequence[str], sizes: Mapping[str, int]) -> list[str]:
         if not names:
             return sorted(sizes)
         unknown = [t for t in dict.fromkeys(names) if t not in sizes]
@@ -456,10 +518,30 @@ class _Release:
                            "on the roster when the window closed)")
         return list(dict.fromkeys(names))
 
+    def nodes(self, names: Sequence[str]) -> list[str]:
+        """Named nodes of the window's frozen tree, in request order."""
+        out = []
+        for name in dict.fromkeys(names):
+            node = name if name in self.tree else _org_or_name(name)
+            if node not in self.tree:
+                orgs = self.tree.org_nodes()
+                known = f"its orgs are {', '.join(orgs[:10])}{', ...' if len(orgs) > 10 else ''}" if orgs \
+                    else "it has no orgs (the roster gave none when it closed)"
+                raise NotFound(f"node {name!r} is not in the organisation tree of window {self.window}: "
+                               f"name an org path, {hierarchy.COMPANY!r} for the company, or a team; {known}")
+            out.append(node)
+        return out
+
     def stored(self, teams: list[str]) -> dict[Key, _Stored]:
-        """The releases already made for these teams in this window."""
-        wanted_teams = set(teams)
-        rows = [row for row in store.releases.of_window(self.tx, self.window) if row.team in wanted_teams]
+        """The releases already made for these teams (or nodes) in this window."""
+        wanted = set(teams)
+        return self.parsed([row for row in self.release_rows() if row.team in wanted])
+
+    def release_rows(self) -> list[store.releases.StoredRelease]:
+        return store.releases.of_window(self.tx, self.window)
+
+    @staticmethod
+    def parsed(rows: list[store.releases.StoredRelease]) -> dict[Key, _Stored]:
         # One JSON document for all results: a full report replays thousands of them.
         results: list[dict[str, Any]] = json.loads(f"[{','.join(row.result for row in rows)}]")
         return {(row.team, row.metric, row.statistic): _Stored(row.release_id, r["value"], r["ci95"], r["scale"],
@@ -475,13 +557,23 @@ class _Release:
                       budgets: dict[str, Budget]) -> None:
         """Raise BudgetExceeded naming every team that would overspend."""
         over = []
-        for team, keys in missing.items():
-            need = sum((wanted[key] for key in keys), ZERO)
+        for team, need in sorted(self.needs(missing, wanted).items()):
             budget = budgets.get(team, _NO_BUDGET)
             if not budget.allows(need):
                 over.append(_overspend(team, self.window, need, budget))
         if over:
             raise BudgetExceeded(self.window, over)
+
+    def needs(self, missing: dict[str, list[tuple[str, str]]],
+              wanted: dict[tuple[str, str], Epsilon]) -> dict[str, Epsilon]:
+        """team -> what the request charges its team-window: its own releases plus those of
+        every node above it."""
+        out: dict[str, Epsilon] = {}
+        for subject, keys in missing.items():
+            need = sum((wanted[key] for key in keys), ZERO)
+            for team in self.tree.teams_below(subject):
+                out[team] = out.get(team, ZERO) + need
+        return out
 
     def release_missing(self, missing: dict[str, list[tuple[str, str]]], wanted: dict[tuple[str, str], Epsilon],
                         charged_to: dict[str, Epsilon]) -> dict[Key, _Stored]:
@@ -496,8 +588,8 @@ class _Release:
             for key, item in drawn.items()], at)
         claimed = store.releases.ids(self.tx, self.window)
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
-        needs = {team: sum((wanted[k] for k in keys), ZERO) for team, keys in missing.items()}
-        store.releases.set_ledger_seq(self.tx, [(self.charge_and_record(key, item, needs[key[0]]), item.release_id)
+        needs = self.needs(missing, wanted)
+        store.releases.set_ledger_seq(self.tx, [(self.charge_and_record(key, item, needs), item.release_id)
                                                 for key, item in fresh.items()])
         for (team, _, _), item in fresh.items():
             charged_to[team] = charged_to.get(team, ZERO) + item.epsilon
@@ -510,7 +602,7 @@ class _Release:
     def draw(self, missing: dict[str, list[tuple[str, str]]],
              wanted: dict[tuple[str, str], Epsilon]) -> dict[Key, _Stored]:
         """Noise for every missing release: one OpenDP call per (metric, statistic), all teams."""
-        scalars, histograms = self.inputs()
+        scalars, histograms = self.inputs(list(missing))
         bounds = {m.name: m.max_per_user for m in self.policy.metrics}
         teams_for: dict[tuple[str, str], list[str]] = {}
         for team, keys in missing.items():
@@ -530,27 +622,38 @@ class _Release:
         # Ledger order: team by team, as requested.
         return {(team, *key): drawn[(team, *key)] for team, keys in missing.items() for key in keys}
 
-    def charge_and_record(self, key: Key, item: _Stored, need: Epsilon) -> int:
-        """Charge one release against its team-window (never past the cap); ledger it; return seq.
+    def charge_and_record(self, key: Key, item: _Stored, needs: dict[str, Epsilon]) -> int:
+        """Charge one release against its team-window, or a node's against every team-window
+        below it (never past a cap); ledger it; return seq.
 
-        `need` is what the whole request needs from this team-window, reported if it is refused."""
-        team, metric, stat = key
-        after = store.budgets.charge(self.tx, self.window, team, item.epsilon)
-        if after is None:  # spent concurrently since our check (another replica): refuse it all
-            budget = self.budgets().get(team, _NO_BUDGET)
-            raise BudgetExceeded(self.window, [_overspend(team, self.window, need, budget)])
+        `needs` is what the whole request needs from each team-window, reported if refused."""
+        subject, metric, stat = key
+        level = self.tree.level(subject)
+        after: dict[str, str] = {}
+        cap = ZERO
+        for team in self.tree.teams_below(subject):
+            charged = store.budgets.charge(self.tx, self.window, team, item.epsilon)
+            if charged is None:  # spent concurrently since our check (another replica): refuse it all
+                budget = self.budgets().get(team, _NO_BUDGET)
+                raise BudgetExceeded(self.window, [_overspend(team, self.window, needs[team], budget)])
+            after[team], cap = str(charged.spent), charged.cap
+        where: dict[str, Any] = ({"team": subject} if level == hierarchy.TEAM
+                                 else {"node": subject, "level": level, "teams": sorted(after)})
         entry = self.ledger.append(self.tx, "release", {
-            "release_id": item.release_id, "window": self.window, "team": team, "metric": metric,
+            "release_id": item.release_id, "window": self.window, **where, "metric": metric,
             "statistic": stat, "mechanism": mechanisms.MECHANISM, "sensitivity": item.sensitivity,
             "scale": item.scale, "epsilon": str(item.epsilon), "ci95": item.ci95,
             # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
             "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
-            "budget_cap": str(after.cap), "budget_spent_after": str(after.spent),
+            "budget_cap": str(cap),
+            # A node's entry: each team's spent-after, so the verifier recomputes every team.
+            "budget_spent_after": after[subject] if level == hierarchy.TEAM else dict(sorted(after.items())),
             "by": self.requester, **({"plan": True} if self.plan else {})}, self.now)
         return entry.seq
 
-    def inputs(self) -> tuple[dict[Key, int], dict[Key, list[int]]]:
-        """The folded team statistics of this window as mechanism inputs: values, histograms."""
+    def inputs(self, subjects: list[str]) -> tuple[dict[Key, int], dict[Key, list[int]]]:
+        """The folded statistics of this window as mechanism inputs (values, histograms): per
+        team, and per node in `subjects` the sums over its teams."""
         scalars: dict[Key, int] = {}
         histograms: dict[Key, list[int]] = {}
         for row in store.team_stats.metrics(self.tx, self.window):
@@ -559,10 +662,64 @@ class _Release:
             histograms[(row.team, row.metric, "histogram")] = [int(v) for v in json.loads(row.histogram)]
         for team, _, active in _team_windows(self.tx, self.window):
             scalars[(team, TEAM_LEVEL, ACTIVE)] = active
+        for node in subjects:
+            if self.tree.level(node) == hierarchy.TEAM:
+                continue
+            below = self.tree.teams_below(node)
+            for team, metric, stat in list(scalars):
+                if team == below[0]:
+                    scalars[(node, metric, stat)] = sum(scalars[(t, metric, stat)] for t in below)
+            for team, metric, stat in list(histograms):
+                if team == below[0]:
+                    histograms[(node, metric, stat)] = [sum(column) for column in zip(
+                        *(histograms[(t, metric, stat)] for t in below), strict=True)]
         return scalars, histograms
 
+    def consistent(self, released: list[str]) -> tuple[dict[Key, tuple[float, float]], list[RemainderResult]]:
+        """Consistent estimates of the released subjects' sums, counts and active, for every such
+        statistic the window holds at nested levels; and the remainders under released nodes
+        that hold at least k people. Computed from all of the window's stored releases."""
+        rows = self.release_rows()
+        if not any(self.tree.level(row.team) != hierarchy.TEAM for row in rows):
+            return {}, []  # teams only: nothing nested (and a full report's replay stays cheap)
+        everything = self.parsed([row for row in rows if row.statistic in CONSISTENT])
+        by_statistic: dict[tuple[str, str], dict[str, _Stored]] = {}
+        for (node, metric, stat), item in everything.items():
+            if stat in CONSISTENT and node in self.tree:
+                by_statistic.setdefault((metric, stat), {})[node] = item
+        out: dict[Key, tuple[float, float]] = {}
+        remainders: list[RemainderResult] = []
+        k = self.policy.min_team_size
+        for (metric, stat), items in sorted(by_statistic.items()):
+            if not any(self.released_above(node, items) for node in items):
+                continue  # one level only: the raw releases are already consistent
+            plan = _plan(tuple(consistency.Node(n, p, items[n].scale if n in items else None)
+                               for n, p in self.tree.nodes()))
+            result = plan.estimate({n: int(item.value) for n, item in items.items()  # type: ignore[arg-type]
+                                    if n in plan.released})
+            for subject in released:
+                if subject in result.estimates and subject in items:
+                    e = result.estimates[subject]
+                    out[(subject, metric, stat)] = (float(e.value), e.ci95)
+                rest = result.remainders.get(subject)
+                if rest is not None and subject in items:
+                    size = sum(self.tree.size(m) for m in rest.members)
+                    if size >= k:
+                        remainders.append(RemainderResult(subject, rest.members, size, metric, stat,
+                                                          float(rest.estimate.value), rest.estimate.ci95))
+        return out, remainders
+
+    def released_above(self, node: str, items: Mapping[str, _Stored]) -> bool:
+        parent = self.tree.parent(node)
+        while parent is not None:
+            if parent in items:
+                return True
+            parent = self.tree.parent(parent)
+        return False
+
     def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Epsilon | None],
-                stored: dict[Key, _Stored], roster_size: int, unreleased: list[Unreleased],
+                stored: dict[Key, _Stored], roster_size: int,
+                consistent: dict[Key, tuple[float, float]], unreleased: list[Unreleased],
                 wanted: dict[tuple[str, str], Epsilon]) -> list[Estimate]:
         """The team's estimates: every noisy release the request needs, once each, and after
         them the derived statistics naming those they are computed from. A derived statistic
@@ -574,7 +731,8 @@ class _Release:
         def noisy(name: str, edges: tuple[int, ...], stat: str) -> None:
             if (team, name, stat) not in shown:
                 shown.add((team, name, stat))
-                out.append(_noisy(name, edges, stat, stored[(team, name, stat)]))
+                out.append(_noisy(name, edges, stat, stored[(team, name, stat)])._replace(
+                    consistent=consistent.get((team, name, stat))))
 
         def available(metric: MetricPolicy | None, stat: str) -> bool:
             name = metric.name if metric is not None else TEAM_LEVEL
@@ -620,6 +778,14 @@ _NO_BUDGET = Budget(ZERO)
 def _overspend(team: str, window: str, need: Epsilon, budget: Budget) -> Overspend:
     """The refusal of `need` by `budget`, with the amounts the accountant reports."""
     return Overspend(team, window, need, budget.remaining, budget.cap)
+
+
+def _org_or_name(name: str) -> str:
+    """An org path written loosely (spaces around segments, a trailing slash) in its form."""
+    try:
+        return hierarchy.org_path(name.strip().rstrip("/")) or name
+    except hierarchy.HierarchyError:
+        return name
 
 
 def _when(moment: datetime) -> str:

@@ -50,9 +50,10 @@ class Chorus:
         self.audit_trail = audit.AuditTrail(self.db)
         audit.record_config(self.db, self.ledger, config.policy, self.clock.now())
 
-    def import_roster(self, rows: list[tuple[str, str]], actor: str) -> roster.ImportResult:
-        """Replace the roster (`roster.Rosters.replace`)."""
-        return self.rosters.replace(rows, actor)
+    def import_roster(self, rows: list[tuple[str, str]], actor: str,
+                      orgs: dict[str, str] | None = None) -> roster.ImportResult:
+        """Replace the roster and its org paths (`roster.Rosters.replace`)."""
+        return self.rosters.replace(rows, actor, orgs)
 
     def close_window(self, window_id: str, actor: str) -> window_store.CloseResult:
         """Force-close a window now and release its plan (`window_store.Windows.close`)."""

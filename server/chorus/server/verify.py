@@ -13,8 +13,11 @@ officer's copy of the server's Ed25519 public key. The verifier recomputes every
   statistic not released before; a release marked `"plan": true` against the release plan
   frozen in that window_open entry (a planned statistic and metric, charged at most the
   planned epsilon);
-* each team-window: the sum of charges against the frozen cap and against the server's
-  stated running total;
+* each release at a node of the organisation tree (an org or the company): the node, its
+  level and the teams charged against the tree frozen in its window_close entry (`team_orgs`),
+  the node's roster size against k, and its epsilon charged to every team below it;
+* each team-window: the sum of charges (its own releases and those of every node above it)
+  against the frozen cap and against the server's stated running total;
 * optionally a head pinned from an earlier verification, which catches a truncated tail or
   a rewritten history even when everything was re-signed consistently.
 
@@ -39,6 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from chorus.server import hierarchy
 from chorus.server.calendar import parse_window_id
 from chorus.server.ledger_format import GENESIS_HASH, entry_hash, format_time, parse_body, policy_sha256
 from chorus.server.policy import Policy, plan_parts
@@ -60,6 +64,10 @@ _LINE_FIELDS = {"body": str, "hash": str, "signature": str}
 _RELEASE_FIELDS = {"release_id": str, "window": str, "team": str, "metric": str, "statistic": str,
                    "mechanism": str, "sensitivity": int, "scale": (int, float), "epsilon": str,
                    "value": (str, list), "budget_cap": str, "budget_spent_after": str, "by": str}
+#: A release at an org or the company: the node and the teams charged instead of a team, and
+#: each team's spent-after.
+_NODE_RELEASE_FIELDS = {**{k: v for k, v in _RELEASE_FIELDS.items() if k != "team"}, "node": str, "level": str,
+                        "teams": list, "budget_spent_after": dict}
 
 
 class VerifyError(ValueError):
@@ -173,6 +181,7 @@ class _Window:
     releasable_until: datetime
     closed: int | None = None
     team_sizes: dict[str, int] = field(default_factory=dict)
+    tree: hierarchy.Hierarchy | None = None
 
 
 class Verifier:
@@ -304,14 +313,27 @@ class Verifier:
         if state.closed is not None:
             self.flag("window", f"window {window} closed again (first closed at entry {state.closed})")
             return
+        orgs = payload.get("team_orgs", {})
+        try:
+            if not isinstance(orgs, dict) or not all(isinstance(o, str) and hierarchy.org_path(o) == o and t in sizes
+                                                     for t, o in orgs.items()):
+                raise hierarchy.HierarchyError("team_orgs must map teams of team_sizes to org paths")
+            tree = hierarchy.Hierarchy.of((t, orgs.get(t, ""), n) for t, n in sizes.items())
+        except hierarchy.HierarchyError as exc:
+            self.flag("window", f"window_close of {window}: {exc}")
+            tree = None
         assert self.seq is not None
         state.closed = self.seq
         state.team_sizes = sizes
+        state.tree = tree
         cap = state.policy.epsilon_per_window
         for team in sorted(sizes):
             self.report.totals[(window, team)] = TeamWindowTotal(window, team, cap)
 
     def release(self, payload: dict[str, Any]) -> None:
+        if "node" in payload:
+            self.node_release(payload)
+            return
         amounts = _release_amounts(payload)
         if isinstance(amounts, str):
             self.flag("release", f"malformed release payload: {amounts}")
@@ -349,18 +371,70 @@ class Verifier:
         if state.team_sizes[team] < k:
             self.flag("min_team_size", f"release of {subject}: the team had {state.team_sizes[team]} "
                                        f"people on the roster at close, below the frozen k = {k}")
+        self.account(total, charged, stated_cap, str(stated_after))
+
+    def account(self, total: TeamWindowTotal, charged: Epsilon, stated_cap: Epsilon, stated_after: str | None,
+                node: str = "") -> None:
+        """Record one charge to a team-window (by its own release, or by `node`'s above it) and
+        check the entry's stated cap and spent-after against the accountant's."""
         budget = Budget(total.cap, total.spent).record(charged)
         total.spent = budget.spent
         total.releases += 1
         if stated_cap != total.cap:
             self.flag("budget_cap", f"stated budget_cap {stated_cap} differs from the frozen "
-                                    f"epsilon_per_window {total.cap} of {window}")
+                                    f"epsilon_per_window {total.cap} of {total.window}")
+        at = f" at {node}" if node else ""
         if budget.overspent:
-            self.flag("budget_cap", f"{team} in {window} has spent {total.spent} after this release, "
-                                    f"over its cap {total.cap}")
-        if stated_after != total.spent:
-            self.flag("budget_spent", f"stated budget_spent_after {stated_after} differs from the sum "
+            self.flag("budget_cap", f"{total.team} in {total.window} has spent {total.spent} after this "
+                                    f"release{at}, over its cap {total.cap}")
+        if stated_after != str(total.spent):
+            of = f" of {total.team}" if node else ""
+            self.flag("budget_spent", f"stated budget_spent_after {stated_after}{of} differs from the sum "
                                       f"of this team-window's charges, {total.spent}")
+
+    def node_release(self, payload: dict[str, Any]) -> None:
+        """A release at an org or the company: charged to every team-window below the node."""
+        amounts = _release_amounts(payload, _NODE_RELEASE_FIELDS)
+        if isinstance(amounts, str):
+            self.flag("release", f"malformed release payload: {amounts}")
+            return
+        charged, stated_cap, _ = amounts
+        window, node, metric, statistic = (payload[k] for k in ("window", "node", "metric", "statistic"))
+        subject = f"{statistic} of {metric or 'activity'} for {node} in {window}"
+        self.check_mechanism(payload, charged, subject)
+        key = (node, window, metric, statistic)
+        if key in self.released:
+            self.flag("double_release", f"{subject} was already released at entry {self.released[key]}")
+        else:
+            assert self.seq is not None
+            self.released[key] = self.seq
+        state = self.windows.get(window)
+        if state is None or state.closed is None:
+            self.flag("window", f"release of {subject} before {window} was opened and closed")
+            return
+        if self.time >= state.releasable_until:
+            self.flag("retention", f"release of {subject} at {format_time(self.time)} is past the "
+                                   f"window's retention, which ended {format_time(state.releasable_until)}")
+        self.check_statistic(payload, state.policy, subject)
+        if "plan" in payload:  # plan entries are per team: a node release is never part of it
+            self.flag("plan", f"{subject} is marked as a plan release, but the release plan has team "
+                              "releases only")
+        tree = state.tree
+        if tree is None or node not in tree or tree.level(node) == hierarchy.TEAM:
+            self.flag("node", f"release of {subject}: {node!r} is not an org or the company in the tree "
+                              f"of the window_close entry of {window} (entry {state.closed})")
+            return
+        below = sorted(tree.teams_below(node))
+        if payload["level"] != tree.level(node) or payload["teams"] != below:
+            self.flag("node", f"release of {subject}: level {payload['level']!r} and teams charged "
+                              f"{payload['teams']} differ from the frozen tree's {tree.level(node)!r} and {below}")
+        k = state.policy.min_team_size
+        if tree.size(node) < k:
+            self.flag("min_team_size", f"release of {subject}: the node had {tree.size(node)} people on the "
+                                       f"roster at close, below the frozen k = {k}")
+        stated = payload["budget_spent_after"]
+        for team in below:
+            self.account(self.report.totals[(window, team)], charged, stated_cap, stated.get(team), node)
 
     def check_mechanism(self, payload: dict[str, Any], charged: Epsilon, subject: str) -> None:
         scale, sensitivity = payload["scale"], payload["sensitivity"]
@@ -448,14 +522,17 @@ def _policy(raw: dict[str, Any]) -> Policy | None:
         return None
 
 
-def _release_amounts(payload: dict[str, Any]) -> tuple[Epsilon, Epsilon, Epsilon] | str:
-    """(charged epsilon, stated cap, stated spent after) or what is wrong with the payload."""
-    problem = _field_problem(payload, _RELEASE_FIELDS)
+def _release_amounts(payload: dict[str, Any],
+                     fields: dict[str, Any] = _RELEASE_FIELDS) -> tuple[Epsilon, Epsilon, Epsilon] | str:
+    """(charged epsilon, stated cap, stated spent after; ZERO for a node's, checked per team)
+    or what is wrong with the payload."""
+    problem = _field_problem(payload, fields)
     if problem is not None:
         return problem
     try:
+        after = payload["budget_spent_after"]
         return (Epsilon.parse(payload["epsilon"]), Epsilon.parse(payload["budget_cap"]),
-                Epsilon.parse(payload["budget_spent_after"]))
+                Epsilon.parse(after) if isinstance(after, str) else ZERO)
     except ValueError as exc:
         return str(exc)
 

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from chorus.server import shred, store
 from chorus.server.calendar import WindowLength, WindowSpan, window_of
@@ -28,7 +29,7 @@ from chorus.server.ledger import Ledger
 from chorus.server.ledger_format import canonical_json
 from chorus.server.otlp import series as otlp_series
 from chorus.server.policy import Policy
-from chorus.server.roster import team_sizes
+from chorus.server.roster import current_orgs, team_sizes
 from chorus.server.store._db import Database, Tx
 
 OPEN = "open"
@@ -194,8 +195,12 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
 
     sizes = team_sizes(tx)
     teams = sorted(set(sizes) | {team for team, _ in sums})
+    # The organisation tree is frozen with the sizes; a team no longer on the roster sits
+    # under the company.
+    orgs = {t: o for t, o in current_orgs(tx).items() if t in sizes}
     store.team_stats.write(
-        tx, window_id, [store.team_stats.TeamWindow(t, sizes.get(t, 0), active.get(t, 0)) for t in teams],
+        tx, window_id,
+        [store.team_stats.TeamWindow(t, sizes.get(t, 0), active.get(t, 0), orgs.get(t, "")) for t in teams],
         [store.team_stats.TeamMetric(t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
                                json.dumps(buckets.get((t, m.name), [0] * (len(m.histogram_edges) + 1))))
          for t in teams for m in policy.metrics])
@@ -208,9 +213,11 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
     horizon = min(_at(oldest_open), now) if oldest_open is not None else now
     store.batches.prune(tx, _seconds(horizon - FUTURE_TOLERANCE - timedelta(minutes=1)))
     # team_sizes are roster sizes (public), never how many of those people contributed.
-    ledger.append(tx, "window_close", {
-        "window": window_id, "key_destroyed": True, "by": actor,
-        "team_sizes": {t: sizes.get(t, 0) for t in teams}}, now)
+    body: dict[str, Any] = {"window": window_id, "key_destroyed": True, "by": actor,
+                            "team_sizes": {t: sizes.get(t, 0) for t in teams}}
+    if orgs:  # a flat roster's entry keeps its earlier form
+        body["team_orgs"] = dict(sorted(orgs.items()))
+    ledger.append(tx, "window_close", body, now)
     return CloseResult(get(tx, window_id), closed_now=True)
 
 

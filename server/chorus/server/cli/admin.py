@@ -48,6 +48,9 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with a head
                                                            "the user id (as the AI tools send it).")] = "user",
                   team_column: Annotated[str, typer.Option("--team-column",
                                                            help="Header of the team column.")] = "team",
+                  org_column: Annotated[str, typer.Option("--org-column", help="Header of the optional column "
+                                                          "giving each team's org path, e.g. "
+                                                          "engineering/platform.")] = "org",
                   dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change (teams added, "
                                                         "removed, resized; people added and removed) and change "
                                                         "nothing.")] = False,
@@ -56,15 +59,19 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with a head
                   client_key: KeyOpt = None) -> None:
     """Replace the whole roster with a CSV file (one row per person; other columns are ignored).
 
+    An optional org column places each team in the organisation tree (engineering/platform: the
+    team is in org platform inside org engineering); every row of a team names the same org.
+
     People not in the file are no longer on the roster: their contributions are rejected from
     now on. A person already counted in an open window keeps that window's team."""
     try:
-        rows = roster.parse_csv(roster.decode(csv_file.read_bytes(), encoding), user_column, team_column)
+        rows, orgs = roster.parse_csv(roster.decode(csv_file.read_bytes(), encoding), user_column, team_column,
+                                      org_column)
     except OSError as exc:
         raise fail(f"cannot read {csv_file}: {exc.strerror}", ExitCode.USAGE) from None
     except roster.RosterError as exc:
         raise fail(f"{csv_file}: {exc}", ExitCode.USAGE) from None
-    chunks = [admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t)
+    chunks = [admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t, org=orgs.get(t, ""))
                                                      for u, t in rows[i:i + ROSTER_CHUNK]], dry_run=dry_run)
               for i in range(0, len(rows), ROSTER_CHUNK)]
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
@@ -72,15 +79,18 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with a head
     before = {t.team: t.size for t in reply.previous_teams}
     title = (f"Dry run, nothing changed: the roster would have {reply.people} people in {len(reply.teams)} teams"
              if reply.dry_run else f"Roster replaced: {reply.people} people in {len(reply.teams)} teams")
-    table = Table("team", "people", "change", "released on its own?", title=title)
+    with_orgs = any(t.org for t in reply.teams)
+    table = Table("team", *(["org"] if with_orgs else []), "people", "change", "released on its own?", title=title)
     for team in reply.teams:
         alone = "yes" if team.size >= reply.min_team_size else f"no: below k = {reply.min_team_size}"
         was = before.get(team.team)
         change = "new team" if was is None else "-" if was == team.size else f"{team.size - was:+d} (was {was})"
-        table.add_row(team.team, str(team.size), change, alone)
+        if team.size < reply.min_team_size and team.org:
+            alone += f" (counted in {team.org})"
+        table.add_row(team.team, *([team.org or "-"] if with_orgs else []), str(team.size), change, alone)
     gone = sorted(set(before) - {t.team for t in reply.teams})
     for name in gone:
-        table.add_row(name, "0", f"removed (was {before[name]})", "-")
+        table.add_row(name, *(["-"] if with_orgs else []), "0", f"removed (was {before[name]})", "-")
     console.print(table)
     added = sum(1 for t in reply.teams if t.team not in before)
     resized = sum(1 for t in reply.teams if t.team in before and before[t.team] != t.size)

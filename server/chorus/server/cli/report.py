@@ -4,11 +4,16 @@ A client of ReleaseService like any other. By default it only reads (validate_on
 numbers already released, by the window's release plan or by anyone before, and for each
 statistic never released what it would cost. It spends only with --release, after a read of
 the same request shows that every team's budget covers it; a request that would overspend is
-refused here, before anything is sent.
+refused here, before anything is sent. Asking again for released numbers is free.
+`--level org|company` and `--node` read (or with --release, release) at nodes of the
+organisation tree instead (each release charging every team-window below the node); when the
+window holds releases at several levels, the table shows the consistent estimates the server
+computed.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -18,6 +23,7 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
+from chorus.server import hierarchy
 from chorus.server.cli._common import (
     CaOpt,
     CertOpt,
@@ -40,11 +46,26 @@ from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.statistics import Statistic, name_of
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
-#: The flat record written by --format csv and json, one per team and estimate; fields that do
-#: not apply (the estimate fields of a suppressed team, the metric of adoption) are null.
+
+class Level(enum.StrEnum):
+    TEAM = "team"
+    ORG = "org"
+    COMPANY = "company"
+
+
+_LEVEL_NAMES = {release_pb2.NODE_LEVEL_TEAM: "team", release_pb2.NODE_LEVEL_ORG: "org",
+                release_pb2.NODE_LEVEL_COMPANY: "company"}
+#: How the table names a remainder of children not released on their own.
+OTHER = "Other (small teams)"
+
+#: The flat record written by --format csv and json, one per team (or node) and estimate, then
+#: one per remainder (outcome "remainder", under `parent`); fields that do not apply (the
+#: estimate fields of a suppressed team, the metric of adoption, consistent_* of a window
+#: released at one level) are null.
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
-          "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged")
+          "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged", "level",
+          "teams_charged", "consistent_value", "consistent_ci95", "parent", "children")
 
 
 def report(
@@ -58,6 +79,12 @@ def report(
                                                      "several. Default: every metric.")] = None,
     team: Annotated[list[str] | None, typer.Option("--team", "-t", help="Team name; repeat for several. "
                                                    "Default: every team.")] = None,
+    level: Annotated[Level | None, typer.Option("--level", help="Release at every node of a level of the "
+                                                "organisation tree: org (every org, at any depth) or "
+                                                "company; team is the default.")] = None,
+    node: Annotated[list[str] | None, typer.Option("--node", "-n", help="A node of the organisation tree: an "
+                                                   "org path (engineering, engineering/platform), / for the "
+                                                   "company, or a team; repeat for several.")] = None,
     epsilon: Annotated[str | None, typer.Option("--epsilon", help="Epsilon per noisy statistic released "
                                                 "now, e.g. 0.1. Default: the window's defaults.")] = None,
     spend: Annotated[bool, typer.Option("--release", help="Release what is not released yet, spending "
@@ -90,25 +117,36 @@ def report(
                                                        and len(metric or []) != 1)):
         raise fail("--trend shows one statistic of one metric: pass one --statistic and one --metric "
                    "(or --statistic adoption)", ExitCode.USAGE)
+    nodes = list(node or [])
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         stub = release_pb2_grpc.ReleaseServiceStub(conn.channel)
         closed = _closed_windows(conn, stub)
         if not closed and (trend is not None or window is None):
             raise fail("no closed window yet: a window is released only after it closes "
                        "(its end plus the grace period)", ExitCode.FAILED_PRECONDITION)
+        if level is Level.COMPANY:
+            nodes.insert(0, hierarchy.COMPANY)
+        elif level is Level.ORG:
+            nodes[:0] = _orgs(conn, stub, window or closed[0])
+            if not nodes:
+                raise fail(f"window {window or closed[0]} has no orgs: the roster gave no org column when it "
+                           "closed", ExitCode.FAILED_PRECONDITION)
         if trend is not None:
             windows = closed[:trend][::-1]
             if spend:
-                _check_budget(_trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, True))
-            replies = _trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, not spend)
+                _check_budget(_trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, nodes,
+                                     True))
+            replies = _trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, nodes,
+                             not spend)
         else:
             if window is None:
                 window = closed[0]
             if Statistic.ADOPTION not in statistics:  # every format: csv and json hold all that was paid for
                 statistics.append(Statistic.ADOPTION)
-            request = _request(window, team or [], metric or [], statistics, epsilon)
+            request = _request(window, team or [], metric or [], statistics, epsilon, nodes)
             if spend:
-                preview = _request(window, team or [], metric or [], statistics, epsilon, read=True)
+                preview = _request(window, team or [], metric or [], statistics, epsilon, nodes,
+                                   read=True)
                 _check_budget([conn.call(stub.Release, preview)])
             else:
                 request.validate_only = True
@@ -123,22 +161,30 @@ def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub)
     return [w.id for w in windows if w.state == common_pb2.WINDOW_STATE_CLOSED]
 
 
+def _orgs(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, window: str) -> list[str]:
+    """Every org of the window's frozen tree, parents first."""
+    teams = conn.call(stub.ListTeams, release_pb2.ListTeamsRequest(window=window)).teams
+    orgs = {org for t in teams for org in hierarchy.ancestors(t.org)}
+    return sorted(orgs, key=lambda o: (o.count("/"), o))
+
+
 def _request(window: str, teams: list[str], metrics: list[str], statistics: list[Statistic],
-             epsilon: str | None, *, read: bool = False) -> release_pb2.ReleaseRequest:
+             epsilon: str | None, nodes: list[str] | None = None, *,
+             read: bool = False) -> release_pb2.ReleaseRequest:
     return release_pb2.ReleaseRequest(
-        window=window, teams=teams, metrics=metrics, validate_only=read,
+        window=window, teams=teams, metrics=metrics, nodes=nodes or [], validate_only=read,
         statistics=[release_pb2.StatisticRequest(statistic=s.proto, epsilon=epsilon or "")
                     for s in statistics])
 
 
 def _trend(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, windows: list[str],
            teams: list[str], metrics: list[str], statistic: Statistic,
-           epsilon: str | None, read: bool) -> list[release_pb2.ReleaseResponse]:
+           epsilon: str | None, nodes: list[str], read: bool) -> list[release_pb2.ReleaseResponse]:
     """One release (or read) per window, oldest first; a window past retention is shown as unavailable."""
     replies = []
     for window in windows:
         try:
-            replies.append(stub.Release(_request(window, teams, metrics, [statistic], epsilon, read=read),
+            replies.append(stub.Release(_request(window, teams, metrics, [statistic], epsilon, nodes, read=read),
                                         metadata=conn.metadata, timeout=60))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
@@ -167,7 +213,8 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
                     "outcome": "released" if t.outcome == release_pb2.TEAM_OUTCOME_RELEASED else "suppressed",
                     "message": text_or_none(t.message), "budget_cap": text_or_none(t.budget_cap),
                     "budget_remaining": text_or_none(t.budget_remaining),
-                    "team_epsilon_charged": t.epsilon_charged}
+                    "team_epsilon_charged": t.epsilon_charged, "level": _LEVEL_NAMES.get(t.level),
+                    "teams_charged": list(t.teams_charged)}
             if not t.estimates and not t.unreleased:
                 yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
             for u in t.unreleased:  # what it would cost: epsilon, and the interval it would have
@@ -182,7 +229,15 @@ def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, A
                        "histogram_edges": list(e.histogram_edges) if histogram else None,
                        "epsilon": e.epsilon, "epsilon_charged": e.epsilon_charged, "cached": e.cached,
                        "mechanism": e.mechanism, "note": text_or_none(e.note),
-                       "release_id": text_or_none(e.release_id), "derived_from": list(e.derived_from)}
+                       "release_id": text_or_none(e.release_id), "derived_from": list(e.derived_from),
+                       "consistent_value": e.consistent.value if e.HasField("consistent") else None,
+                       "consistent_ci95": e.consistent.ci95 if e.HasField("consistent") else None}
+        for r in reply.remainders:
+            yield {f: None for f in FIELDS} | {
+                "window": reply.window, "outcome": "remainder", "parent": r.parent,
+                "children": list(r.children), "roster_size": r.roster_size, "metric": text_or_none(r.metric),
+                "statistic": name_of(r.statistic),
+                "consistent_value": r.estimate.value, "consistent_ci95": r.estimate.ci95}
 
 
 #: A cell's parts: the value, the 95% half-width, and "*" when post-processed (or "" each).
@@ -197,7 +252,10 @@ def _number(x: float, decimals: int, compact: bool) -> str:
 
 
 def _parts(e: release_pb2.Estimate, compact: bool) -> Parts:
-    """value and 95% half-width in the statistic's natural unit; csv and json keep full precision."""
+    """value and 95% half-width in the statistic's natural unit; csv and json keep full precision.
+    A consistent estimate, when there is one, is shown instead of the raw release, marked †."""
+    if e.HasField("consistent"):
+        return _number(e.consistent.value, 0, compact), _number(e.consistent.ci95, 0, compact), "†"
     mark = "*" if e.note else ""
     stat = Statistic.of(e.statistic)
     if stat is Statistic.HISTOGRAM:
@@ -245,6 +303,10 @@ def _print_fitted(build: Callable[[bool], Table]) -> None:
 
 
 def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
+    if any(e.HasField("consistent") for r in replies for t in r.teams for e in t.estimates):
+        console.print("† consistent across the levels of the organisation tree: every org equals the sum of "
+                      "its teams (weighted least squares over the window's releases, no extra charge); the raw "
+                      "releases are in --format json")
     if any(e.note for r in replies for t in r.teams for e in t.estimates):
         console.print("* post-processed: a negative noisy value is shown as 0 (or a ratio clamped to its "
                       "range); the noisy values are in --format json")
@@ -256,7 +318,9 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
                 unreleased.setdefault(f"{what} (epsilon {u.epsilon} per team)", set()).add(t.team)
     for what, teams in unreleased.items():
         console.print(f"not released: {what} for {len(teams)} team(s); `--release` spends it", highlight=False)
-    charges = sorted(c for r in replies for t in r.teams if (c := Epsilon.parse(t.epsilon_charged)).micros)
+    # A node's charge goes to every team-window below it.
+    charges = sorted(c for r in replies for t in r.teams if (c := Epsilon.parse(t.epsilon_charged)).micros
+                     for _ in (t.teams_charged or [t.team]))
     if not charges:
         console.print("Nothing was charged: reading released numbers is free, and repeats are identical.")
         return
@@ -273,11 +337,13 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
     stats = list(dict.fromkeys(s for _, _, s in estimates if s is not Statistic.ADOPTION and s in requested))
     metrics = list(dict.fromkeys(m for _, m, s in estimates if s is not Statistic.ADOPTION))
 
+    unit = "team" if all(t.level in (release_pb2.NODE_LEVEL_TEAM, 0) for t in reply.teams) else "node"
+
     def per_metric(compact: bool) -> Table:
         what = ", ".join(s.value for s in stats)
-        table = Table(title=f"Window {reply.window}: {what} per team (value ± 95% interval)")
+        table = Table(title=f"Window {reply.window}: {what} per {unit} (value ± 95% interval)")
         table.add_column("metric", no_wrap=True)
-        table.add_column("team", no_wrap=True)
+        table.add_column(unit, no_wrap=True)
         keys = [(t.team, m) for m in metrics for t in released]
         columns = []
         for stat in stats:
@@ -291,9 +357,9 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
     def per_team(compact: bool) -> Table:
         adoption = any(s is Statistic.ADOPTION for _, _, s in estimates)
         charged = any(t.epsilon_charged != "0" for t in released)
-        what = f"{'Adoption and privacy' if adoption else 'Privacy'} budget per team"
+        what = f"{'Adoption and privacy' if adoption else 'Privacy'} budget per {unit}"
         table = Table(title=what if stats else f"Window {reply.window}: {what[0].lower()}{what[1:]}")
-        table.add_column("team", no_wrap=True)
+        table.add_column(unit, no_wrap=True)
         table.add_column("people", justify="right", no_wrap=True)
         if adoption:
             shares = _number_column(table, "adoption", [
@@ -313,6 +379,13 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
         if stats:
             _print_fitted(per_metric)
         _print_fitted(per_team)
+    for r in reply.remainders:
+        if r.statistic != common_pb2.STATISTIC_ACTIVE and Statistic.of(r.statistic) not in requested:
+            continue
+        what = f"{name_of(r.statistic)} of {r.metric}" if r.metric else "active people"
+        console.print(f"{OTHER} under {'the company' if r.parent == hierarchy.COMPANY else r.parent}: {what} "
+                      f"{_number(r.estimate.value, 0, False)} ± {_number(r.estimate.ci95, 0, False)}† "
+                      f"({', '.join(r.children)}: {r.roster_size} people)", highlight=False)
     for t in reply.teams:
         if t.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
             console.print(f"suppressed: {t.message}")

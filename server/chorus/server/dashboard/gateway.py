@@ -79,9 +79,9 @@ def _translate(exc: grpc.RpcError, server: str) -> GatewayError:
 
 
 def _request(window: str, statistics: Sequence[int], teams: Sequence[str], metrics: Sequence[str],
-             epsilon: str, read: bool) -> release_pb2.ReleaseRequest:
+             epsilon: str, read: bool, nodes: Sequence[str] = ()) -> release_pb2.ReleaseRequest:
     return release_pb2.ReleaseRequest(
-        window=window, teams=list(teams), metrics=list(metrics), validate_only=read,
+        window=window, teams=list(teams), metrics=list(metrics), nodes=list(nodes), validate_only=read,
         statistics=[release_pb2.StatisticRequest(statistic=s, epsilon=epsilon)  # type: ignore[arg-type]
                     for s in statistics])
 
@@ -185,10 +185,13 @@ class Api:
         return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, True))
 
     def release(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
-                metrics: Sequence[str] = (), epsilon: str = "") -> release_pb2.ReleaseResponse:
-        """Release `statistics` (at `epsilon`, or the window's default), spending budget: only ever
-        called from the confirmed form of the release page."""
-        return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, False))
+                metrics: Sequence[str] = (), nodes: Sequence[str] = (),
+                epsilon: str = "") -> release_pb2.ReleaseResponse:
+        """Release `statistics` (at `epsilon`, or the window's default) for teams and at `nodes`,
+        spending budget (a repeat is answered from storage): called from the confirmed form of
+        the release page, and by the organisation page for the nodes it shows."""
+        return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, False,
+                                                          nodes))
 
     # AuditService (auditor)
 

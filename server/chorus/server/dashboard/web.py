@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from chorus.server.clock import Clock, SystemClock
-from chorus.server.dashboard import pages
+from chorus.server.dashboard import orgs, pages
 from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
 from chorus.server.dashboard.sessions import Session, SessionStore
 from chorus.server.roles import Role
@@ -50,6 +50,7 @@ class PageSpec:
 
 PAGES = (
     PageSpec("overview", "Overview", Role.ANALYST, pages.overview),
+    PageSpec("orgs", "Organisation", Role.ANALYST, orgs.org_view),
     PageSpec("trends", "Trends", Role.ANALYST, pages.trends),
     PageSpec("histogram", "Distribution", Role.ANALYST, pages.histogram),
     PageSpec("spend", "Release more", Role.ANALYST, pages.spend, charts=False),

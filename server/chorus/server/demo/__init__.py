@@ -26,7 +26,7 @@ from chorus.server.cli import admin as admin_cli
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli import report as report_cli
 from chorus.server.demo import _killed_tool, _otel_tool
-from chorus.server.demo._world import BURNER, BURNER_TOKENS, OTEL_TOOL, TOOLS, World, build
+from chorus.server.demo._world import BURNER, BURNER_TOKENS, ORGS, OTEL_TOOL, TOOLS, World, build
 from chorus.server.grpc_server import Server
 from chorus.server.root import Chorus
 from chorus.v1 import (
@@ -83,14 +83,17 @@ class _Demo:
     def import_roster(self) -> None:
         self.console.rule("[bold]2. The roster")
         reply = self.admin.ImportRoster(iter([admin_pb2.ImportRosterRequest(
-            entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in self.world.roster])]),
+            entries=[admin_pb2.RosterEntry(user=u, team=t, org=ORGS[t]) for u, t in self.world.roster])]),
             metadata=self.admin_auth)
-        table = Table("team", "people on the roster", "released on its own?")
+        table = Table("team", "org", "people on the roster", "released on its own?")
         for team in reply.teams:
             ok = team.size >= self.policy.min_team_size
-            verdict = "yes" if ok else f"[yellow]no: below k={self.policy.min_team_size}"
-            table.add_row(team.team, str(team.size), verdict)
+            verdict = "yes" if ok else f"[yellow]no: below k={self.policy.min_team_size}, counted in {team.org}"
+            table.add_row(team.team, team.org, str(team.size), verdict)
         self.console.print(table)
+        self.console.print("The roster's org column places each team in the company's tree (a path such as "
+                           "engineering/apps would nest an org in another); the tree is public, like the team "
+                           "sizes.")
 
     def run_tools(self) -> None:
         self.console.rule("[bold]3. AI tools report usage through the SDK")
@@ -197,10 +200,22 @@ class _Demo:
         ask()
         c.print(f"The dashboard shows the same numbers, free: `chorus serve --data-dir {self.data_dir}` (after "
                 "`chorus demo --keep`), then `chorus dashboard`, signed in with an analyst token.")
+        c.rule("[bold]10. The same window by org")
+        # --release: an org's numbers are not in the plan (plan entries are per team). 0.25 for the
+        # sum and 0.25 for the adoption every report adds: the 0.5 of each team's 3 the plan leaves
+        # (each team is below one org, so charged once).
+        report_cli.report(window=self.window, server=self.server.address, token=analyst,
+                          statistic=[report_cli.Statistic.SUM], metric=["ai.tokens"], epsilon="0.25",
+                          level=report_cli.Level.ORG, spend=True)
+        c.print("design has 3 people, below k: it is never released on its own, yet its people are inside "
+                "product's numbers (and the company's). Each org's release charged its epsilon to every team "
+                "below it, spending the 0.5 the plan left. Teams and orgs now both have ai.tokens sums, so the table "
+                "shows consistent estimates "
+                "(†): engineering equals platform plus mobile plus data, exactly.")
 
     def audit(self) -> None:
         c = self.console
-        c.rule("[bold]10. The privacy officer verifies the ledger offline (role auditor)")
+        c.rule("[bold]11. The privacy officer verifies the ledger offline (role auditor)")
         auditor = self.token("auditor", "privacy-officer")
         ledger = self.data_dir.parent / "ledger.jsonl"
         key = self.data_dir.parent / "ledger-public-key.pem"

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from chorus.server.policy import Policy
 
 TEAMS = {"platform": 60, "payments": 45, "mobile": 35, "data": 25, "design": 3}
+#: The company's two orgs (the roster's org column): design, below k, is counted in product.
+ORGS = {"platform": "engineering", "data": "engineering", "mobile": "engineering",
+        "payments": "product", "design": "product"}
 TOOLS = ("code-assistant", "chat-assistant", "review-bot")
 OTEL_TOOL = "otel-agent"  # reports through the OpenTelemetry SDK over OTLP, not the Chorus SDK
 BURNER = "user-payments-02"

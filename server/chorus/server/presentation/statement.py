@@ -52,6 +52,12 @@ def statement_sections(window_id: str, policy: Policy) -> list[Section]:
             f"least {k} people, and always with random noise (OpenDP's discrete Laplace mechanism): "
             "sums, counts of people using a metric, histograms over fixed buckets, and the number "
             "of active people. Averages and adoption rates are computed from those.",
+            "The same statistics can be released for a group of teams: an org (a department, at any "
+            "depth of the company's org chart) or the whole company, again only when it has at least "
+            f"{k} people. A team smaller than {k} is never released on its own, but its people are "
+            "counted in their org's and the company's numbers. When teams, orgs and the company are all "
+            "released, the numbers are adjusted to add up (an org equals the sum of its teams); that "
+            "adjustment uses only the released numbers and costs no privacy.",
         ], []),
         ("How much privacy each release spends", [
             f"Every team has a differential-privacy budget of epsilon = {eps} per {unit}; each "
@@ -61,6 +67,13 @@ def statement_sections(window_id: str, policy: Policy) -> list[Section]:
             f"{per_year} {unit}s (a year from late in a {unit}, in a leap year), so over a year that "
             f"adds up to at most epsilon = {yearly} ({per_year} x {eps}), the worst case where "
             "every budget is spent in full.",
+            "What a release at each level costs you: a release about your team spends its epsilon "
+            "from your team's budget; a release about your org, or about any org above your team, or "
+            "about the whole company, spends the same epsilon from your team's budget too (and from "
+            "every other team's below it), because you are inside those numbers. A release about "
+            "an org you are not in costs you nothing. Whatever the mix of levels, everything released "
+            f"about one {unit} still reveals at most epsilon = {eps} about you: a release that would "
+            "overspend any one team's budget is refused whole.",
             "Every release, with its noise scale, epsilon and the budget left, is recorded in a "
             "signed, hash-chained ledger that the privacy officer verifies independently.",
         ], []),

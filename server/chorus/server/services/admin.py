@@ -43,22 +43,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ImportRoster(self, requests: Iterator[admin_pb2.ImportRosterRequest],
                      context: grpc.ServicerContext) -> admin_pb2.ImportRosterResponse:
         dry_run = False
+        orgs: list[str] = []
 
         def entries() -> Iterator[tuple[str, str]]:
             nonlocal dry_run
             for chunk in requests:
                 dry_run |= chunk.dry_run
-                yield from ((e.user, e.team) for e in chunk.entries)
+                for e in chunk.entries:
+                    orgs.append(e.org)
+                    yield e.user, e.team
 
         try:
             rows = roster.validate(entries())
+            team_orgs = roster.team_orgs(rows, orgs)
         except roster.RosterError as exc:
             invalid_argument(context, str(exc), "entries")
-        result = self._rosters.preview(rows) if dry_run else self._rosters.replace(rows, principal().name)
+        result = (self._rosters.preview(rows, team_orgs) if dry_run
+                  else self._rosters.replace(rows, principal().name, team_orgs))
         return admin_pb2.ImportRosterResponse(
             people=result.people, roster_hash=result.roster_hash,
             min_team_size=self._min_team_size,
-            teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.team_sizes.items()],
+            teams=[admin_pb2.TeamSize(team=t, size=n, org=result.team_orgs.get(t, ""))
+                   for t, n in result.team_sizes.items()],
             previous_teams=[admin_pb2.TeamSize(team=t, size=n) for t, n in result.previous_sizes.items()],
             people_added=result.people_added, people_removed=result.people_removed, dry_run=dry_run)
 

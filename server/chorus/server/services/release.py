@@ -8,13 +8,16 @@ from datetime import datetime
 
 import grpc
 
-from chorus.server import release, window_store
+from chorus.server import hierarchy, release, window_store
 from chorus.server.gate import principal
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.rpc_errors import abort, budget_exceeded, invalid_argument
 from chorus.server.services._convert import list_windows
 from chorus.server.statistics import REQUESTABLE, requestable_of, to_proto
 from chorus.v1 import release_pb2, release_pb2_grpc
+
+_LEVELS = {hierarchy.TEAM: release_pb2.NODE_LEVEL_TEAM, hierarchy.ORG: release_pb2.NODE_LEVEL_ORG,
+           hierarchy.ROOT: release_pb2.NODE_LEVEL_COMPANY}
 
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
@@ -43,16 +46,17 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         return release_pb2.ListTeamsResponse(
             min_team_size=teams.min_team_size,
             teams=[release_pb2.Team(name=t.name, roster_size=t.roster_size, eligible=t.eligible,
-                                    reason=t.reason) for t in teams.teams])
+                                    reason=t.reason, org=t.org) for t in teams.teams])
 
     def Release(self, request: release_pb2.ReleaseRequest,
                 context: grpc.ServicerContext) -> release_pb2.ReleaseResponse:
         statistics = [_statistic(i, s, context) for i, s in enumerate(request.statistics)]
         with _domain_errors(context):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
-                                             statistics, principal().name,
+                                             statistics, principal().name, list(request.nodes),
                                              validate_only=request.validate_only)
-        return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams])
+        return release_pb2.ReleaseResponse(window=result.window, teams=[_team(t) for t in result.teams],
+                                           remainders=[_remainder(r) for r in result.remainders])
 
 
 def _statistic(index: int, s: release_pb2.StatisticRequest,
@@ -77,7 +81,14 @@ def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
         epsilon_charged=str(t.epsilon_charged), epsilon_required=str(t.epsilon_required),
         unreleased=[release_pb2.UnreleasedStatistic(metric=u.metric, statistic=to_proto(u.statistic),
                                                     epsilon=str(u.epsilon), expected_ci95=u.expected_ci95)
-                    for u in t.unreleased])
+                    for u in t.unreleased],
+        level=_LEVELS[t.level], teams_charged=t.teams_charged)
+
+
+def _remainder(r: release.RemainderResult) -> release_pb2.Remainder:
+    return release_pb2.Remainder(
+        parent=r.parent, children=r.members, roster_size=r.roster_size, metric=r.metric,
+        statistic=to_proto(r.statistic), estimate=release_pb2.ConsistentEstimate(value=r.value, ci95=r.ci95))
 
 
 def _estimate(e: release.Estimate) -> release_pb2.Estimate:
@@ -86,7 +97,9 @@ def _estimate(e: release.Estimate) -> release_pb2.Estimate:
         bucket_counts=e.bucket_counts, histogram_edges=e.histogram_edges,
         epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
         sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note,
-        derived_from=e.derived_from)
+        derived_from=e.derived_from,
+        consistent=None if e.consistent is None else release_pb2.ConsistentEstimate(
+            value=e.consistent[0], ci95=e.consistent[1]))
 
 
 @contextmanager

@@ -157,6 +157,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (7, "release plan completion", [
         "ALTER TABLE windows ADD COLUMN plan_released_at BIGINT",
     ]),
+    # The organisation tree (chorus.server.hierarchy): each team's org path, replaced with the
+    # roster, and frozen per window at close next to the roster sizes. Empty: under the company.
+    (8, "org paths of teams", [
+        """CREATE TABLE roster_orgs (
+            team TEXT PRIMARY KEY,
+            org TEXT NOT NULL)""",
+        "ALTER TABLE team_windows ADD COLUMN org TEXT NOT NULL DEFAULT ''",
+    ]),
 ]
 
 _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}

@@ -1,4 +1,5 @@
-"""The `roster` and `roster_version` tables: who is on which team, now.
+"""The `roster`, `roster_orgs` and `roster_version` tables: who is on which team, and where
+each team sits in the organisation tree, now.
 
 Invariants: the roster is replaced whole (`replace`), after `bump_version` has taken the
 version row's lock, so two concurrent imports serialise and the second's DELETE removes the
@@ -8,11 +9,11 @@ current roster is kept; its hash and team sizes go to the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from chorus.server.store._db import Tx
 
-__all__ = ["bump_version", "members", "replace", "team_sizes", "user_ids", "version"]
+__all__ = ["bump_version", "members", "replace", "team_orgs", "team_sizes", "user_ids", "version"]
 
 
 def bump_version(tx: Tx, roster_hash: str) -> None:
@@ -20,10 +21,18 @@ def bump_version(tx: Tx, roster_hash: str) -> None:
     tx.execute("UPDATE roster_version SET version = version + 1, roster_hash = ? WHERE id = 1", (roster_hash,))
 
 
-def replace(tx: Tx, rows: Sequence[tuple[str, str]]) -> None:
-    """Replace every (user id, team) row (after `bump_version` in the same transaction)."""
+def replace(tx: Tx, rows: Sequence[tuple[str, str]], orgs: Mapping[str, str]) -> None:
+    """Replace every (user id, team) row and every team's org path (after `bump_version` in the
+    same transaction)."""
     tx.execute("DELETE FROM roster")
     tx.insert_rows("roster", ("user_id", "team"), rows)
+    tx.execute("DELETE FROM roster_orgs")
+    tx.insert_rows("roster_orgs", ("team", "org"), sorted(orgs.items()))
+
+
+def team_orgs(tx: Tx) -> dict[str, str]:
+    """team -> org path, for the teams that have one."""
+    return dict(tx.query("SELECT team, org FROM roster_orgs ORDER BY team"))
 
 
 def user_ids(tx: Tx) -> set[str]:

@@ -22,6 +22,8 @@ class TeamWindow:
     team: str
     roster_size: int
     active: int
+    #: The team's org path frozen at close ("" directly under the company).
+    org: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +37,16 @@ class TeamMetric:
 
 
 def write(tx: Tx, window: str, teams: Sequence[TeamWindow], metrics: Sequence[TeamMetric]) -> None:
-    tx.insert_rows("team_windows", ("window_id", "team", "roster_size", "active"),
-                   [(window, t.team, t.roster_size, t.active) for t in teams])
+    tx.insert_rows("team_windows", ("window_id", "team", "roster_size", "active", "org"),
+                   [(window, t.team, t.roster_size, t.active, t.org) for t in teams])
     tx.insert_rows("team_metrics", ("window_id", "team", "metric", "total", "people", "histogram"),
                    [(window, m.team, m.metric, m.total, m.people, m.histogram) for m in metrics])
 
 
 def teams(tx: Tx, window: str) -> list[TeamWindow]:
     """The window's teams by name."""
-    return [TeamWindow(t, int(n), int(a)) for t, n, a in tx.query(
-        "SELECT team, roster_size, active FROM team_windows WHERE window_id = ? ORDER BY team", (window,))]
+    return [TeamWindow(t, int(n), int(a), o) for t, n, a, o in tx.query(
+        "SELECT team, roster_size, active, org FROM team_windows WHERE window_id = ? ORDER BY team", (window,))]
 
 
 def metrics(tx: Tx, window: str) -> list[TeamMetric]:

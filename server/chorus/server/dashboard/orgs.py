@@ -1,0 +1,136 @@
+"""The organisation page: one node of the tree (the company by default) and the nodes directly
+below it, with links down to each org and up to each ancestor.
+
+One Release request per view names the node and its children (`ReleaseRequest.nodes`), so
+each org's numbers charge every team-window below it, like any release at a node, and a
+repeat view is answered from storage. Where the window holds releases at several levels, the
+consistent estimates are shown (the raw ones are in the CSV), and the children not released on
+their own appear as "Other (small teams)" when the server sends their remainder (at least k
+people).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from werkzeug.exceptions import BadRequest
+
+from chorus.server import hierarchy
+from chorus.server.dashboard import charts
+from chorus.server.dashboard.charts import Bar, Interval, format_number, format_percent
+from chorus.server.dashboard.gateway import Api
+from chorus.server.dashboard.pages import (
+    OVERVIEW_STATISTICS,
+    STATISTICS,
+    Args,
+    Chart,
+    Page,
+    _ceiling,
+    _choice,
+    _find,
+    _outcome,
+    _slug,
+    _window_choice,
+    closed_windows,
+)
+from chorus.server.dashboard.tables import Column, DataTable, text
+from chorus.v1 import common_pb2, release_pb2
+
+OTHER = "Other (small teams)"
+_LEVELS = {release_pb2.NODE_LEVEL_TEAM: "team", release_pb2.NODE_LEVEL_ORG: "org",
+           release_pb2.NODE_LEVEL_COMPANY: "company"}
+
+
+def _tally(teams: Sequence[release_pb2.TeamRelease]) -> dict[str, int]:
+    """How many noisy releases this view made and how many came from storage (a derived
+    statistic such as adoption is not a release of its own)."""
+    tally = {"new": 0, "cached": 0}
+    for team in teams:
+        for estimate in team.estimates:
+            if estimate.release_id:
+                tally["cached" if estimate.cached else "new"] += 1
+    return tally
+
+
+def release_state(estimate: release_pb2.Estimate) -> str:
+    """Whether this answer spent budget now or came from an earlier release."""
+    return "cached" if estimate.cached else "newly released"
+
+
+def label(node: str) -> str:
+    return "Company" if node == hierarchy.COMPANY else node
+
+
+def org_view(api: Api, args: Args) -> Page:
+    """Adoption and one statistic of every metric for a node and each node directly below it."""
+    windows = closed_windows(api)
+    window = _window_choice(args, windows)
+    statistic = _choice(args, "statistic", OVERVIEW_STATISTICS, "sum")
+    assert statistic is not None
+    page = Page("orgs.html", "Organisation", context={
+        "window_options": [(w.id, w.id) for w in windows], "window": window, "statistic": statistic,
+        "statistics": [(s, STATISTICS[s][1]) for s in OVERVIEW_STATISTICS], "node": hierarchy.COMPANY})
+    if window is None:
+        return page
+    teams = api.list_teams(window).teams
+    tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in teams)
+    node = args.get("node") or hierarchy.COMPANY
+    if node not in tree:
+        shown = node if len(node) <= 64 else node[:61] + "..."
+        raise BadRequest(f"node={shown!r} is not in the organisation tree of window {window}")
+    children = tree.children(node)
+    trail: list[tuple[str, str]] = []
+    parent = tree.parent(node)
+    while parent is not None:
+        trail.insert(0, (parent, label(parent)))
+        parent = tree.parent(parent)
+    page.context.update(node=node, node_label=label(node), trail=trail, flat=tree.flat,
+                        drill=[(c, c, tree.size(c)) for c in children if tree.level(c) == hierarchy.ORG])
+    code, name = STATISTICS[statistic]
+    reply = api.release(window, [common_pb2.STATISTIC_ADOPTION, code], nodes=[node, *children])
+    page.context["tally"] = _tally(reply.teams)
+    rows = list(reply.teams)
+    page.charts.append(_chart(window, node, rows, reply.remainders, common_pb2.STATISTIC_ADOPTION, "",
+                              "Adoption", format_percent, None))
+    for metric in api.list_metrics(window):
+        page.charts.append(_chart(window, node, rows, reply.remainders, code, metric.name,
+                                  f"{name} of {metric.name}", format_number, metric))
+    return page
+
+
+def _chart(window: str, node: str, rows: list[release_pb2.TeamRelease],
+           remainders: Sequence[release_pb2.Remainder], code: int, metric: str, title: str,
+           fmt: charts.Formatter, spec: release_pb2.Metric | None) -> Chart:
+    """One statistic for the node and its children (consistent where the server made it so)."""
+    table = DataTable(f"{title} under {label(node)}, window {window}",
+                      [text("node", "Node"), text("level", "Level"), Column("roster_size", label="Roster size"),
+                       text("outcome", "Outcome"), Column("value", fmt, label="Value"),
+                       Column("ci95", fmt, label="± (95%)"), text("consistent", "Consistent"),
+                       Column("raw", fmt, label="Raw release"), text("release", "Release")])
+    ceiling = _ceiling(code, spec)
+    bars = []
+    for row in rows:
+        estimate = _find(row, code, metric)
+        name = label(row.team) + (" (all)" if row.team == node else "")
+        if estimate is None:
+            table.add(name, _LEVELS.get(row.level, ""), row.roster_size, _outcome(row), None, None, None, None, None)
+            bars.append(Bar(name, None, _outcome(row)))
+            continue
+        consistent = estimate.HasField("consistent")
+        value, ci95 = (estimate.consistent.value, estimate.consistent.ci95) if consistent else (estimate.value,
+                                                                                                  estimate.ci95)
+        interval = Interval(max(0.0, value), ci95, ceiling)
+        table.add(name, _LEVELS.get(row.level, ""), row.roster_size, "released", interval.value, interval.ci95,
+                  "yes" if consistent else "no", estimate.value, release_state(estimate))
+        bars.append(Bar(name, interval))
+    for rest in remainders:  # adoption is derived: its remainder would be of active people
+        if code != common_pb2.STATISTIC_ADOPTION and (rest.parent, rest.statistic, rest.metric) == (node, code, metric):
+            interval = Interval(max(0.0, rest.estimate.value), rest.estimate.ci95, ceiling)
+            table.add(f"{OTHER}: {', '.join(rest.children)}", "remainder", rest.roster_size, "released",
+                      interval.value, interval.ci95, "yes", None, "post-processing")
+            bars.append(Bar(OTHER, interval))
+    description = (f"{title} for {label(node)} and each org and team directly below it, window {window}. "
+                   "Orgs and the company are charged to every team below them.")
+    svg = charts.interval_bars(f"chart-{_slug(title)}", title, description, bars, fmt=fmt,
+                               include=(0.0, 1.0) if code == common_pb2.STATISTIC_ADOPTION else (0.0,))
+    return Chart(_slug(title), title, description, [("", svg)], table)

@@ -1,0 +1,76 @@
+"""The organisation page: company -> org -> team drill-down over real gRPC, consistent numbers,
+node charges, small teams counted in their org."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from chorus.server.dashboard import create_app
+from chorus.server.dashboard.sessions import SessionStore
+from chorus.server.roles import Role
+
+from .conftest import LATEST, Stack, build_stack, login
+
+ORGS = {"team-red": "engineering", "team-tiny": "engineering", "team-blue": "sales"}
+
+
+@pytest.fixture
+def org_stack(tmp_path: Path) -> Iterator[Stack]:
+    built = build_stack(tmp_path / "data", orgs=ORGS)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def org_client(org_stack: Stack) -> FlaskClient:
+    app = create_app(org_stack.gateway(), sessions=SessionStore(org_stack.clock))
+    app.testing = True
+    client = app.test_client()
+    login(client, org_stack.tokens[Role.ANALYST])
+    return client
+
+
+def rows(client: FlaskClient, path: str) -> dict[str, dict[str, str]]:
+    response = client.get(path)
+    assert response.status_code == 200, path
+    return {r["node"]: r for r in csv.DictReader(io.StringIO(response.get_data(as_text=True)))}
+
+
+def test_the_company_page_links_down_to_each_org_and_charges_every_team_below(
+        org_client: FlaskClient, org_stack: Stack) -> None:
+    body = org_client.get("/orgs").get_data(as_text=True)
+    assert f"Organisation: Company, window {LATEST}" in body
+    assert f'href="/orgs?window={LATEST}&amp;statistic=sum&amp;node=engineering">engineering</a> (9 people)' in body
+    table = rows(org_client, f"/orgs.csv?window={LATEST}&chart=adoption")
+    assert list(table) == ["Company (all)", "engineering", "sales"]
+    assert table["engineering"]["level"] == "org" and table["engineering"]["roster_size"] == "9"
+    spent = {b.team: b.spent for b in org_stack.budgets(LATEST)}
+    assert spent["team-tiny"] != "0"  # below k, never released alone, charged through its org
+
+
+def test_drilling_into_an_org_shows_its_teams_consistent_and_its_small_team_inside_it(
+        org_client: FlaskClient) -> None:
+    org_client.get(f"/orgs?window={LATEST}")
+    body = org_client.get(f"/orgs?window={LATEST}&node=engineering").get_data(as_text=True)
+    assert f'<a href="/orgs?window={LATEST}&amp;statistic=sum&amp;node=/">Company</a>' in body
+    table = rows(org_client, f"/orgs.csv?window={LATEST}&node=engineering&chart=total-of-ai-tokens")
+    assert list(table) == ["engineering (all)", "team-red", "team-tiny"]
+    assert table["team-tiny"]["outcome"].startswith("suppressed: team team-tiny has 3 people")
+    # team-red, engineering and the company all hold ai.tokens sums: the numbers shown are consistent
+    assert table["team-red"]["consistent"] == table["engineering (all)"]["consistent"] == "yes"
+    again = rows(org_client, f"/orgs.csv?window={LATEST}&node=engineering&chart=total-of-ai-tokens")
+    assert again == {**table, **{k: {**v, "release": "cached"} for k, v in table.items() if v["release"]}}
+
+
+def test_an_unknown_node_is_a_bad_request(org_client: FlaskClient) -> None:
+    response = org_client.get(f"/orgs?window={LATEST}&node=marketing")
+    assert response.status_code == 400
+    assert f"node='marketing' is not in the organisation tree of window {LATEST}" in html.unescape(
+        response.get_data(as_text=True))
