@@ -84,10 +84,10 @@ class Stack:
         return (("authorization", f"Bearer {self.tokens[role]}"),)
 
     def release(self, window: str, statistics: list[int], teams: tuple[str, ...] = (),
-                metrics: tuple[str, ...] = ()) -> release_pb2.ReleaseResponse:
+                metrics: tuple[str, ...] = (), nodes: tuple[str, ...] = ()) -> release_pb2.ReleaseResponse:
         """What the gRPC API answers an analyst directly (cached once the dashboard released it)."""
         request = release_pb2.ReleaseRequest(
-            window=window, teams=teams, metrics=metrics,
+            window=window, teams=teams, metrics=metrics, nodes=nodes,
             statistics=[release_pb2.StatisticRequest(statistic=s) for s in statistics])  # type: ignore[arg-type]
         return release_pb2_grpc.ReleaseServiceStub(self.channel).Release(
             request, metadata=self.metadata(Role.ANALYST), timeout=30)

@@ -205,8 +205,7 @@ def test_the_vps_journey_from_sign_in_to_the_change_between_two_windows(
 
     phone = visit(visits, browser, dashboard, PHONE)
     phone.sign_in(stack.tokens[Role.ANALYST])
-    # The organisation page releases at the nodes it shows (it is checked on a phone in test_orgs).
-    for path in (*(p for p in ANALYST_PAGES if p != "/orgs"), f"/overview?window={DAYS[1]}"):
+    for path in (*ANALYST_PAGES, f"/overview?window={DAYS[1]}"):
         phone.open(path)
         assert overflowing(phone.page) == [], path
         assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path

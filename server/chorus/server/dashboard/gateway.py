@@ -180,16 +180,18 @@ class Api:
         return self._call(self._release.ListTeams, release_pb2.ListTeamsRequest(window=window))
 
     def read(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
-             metrics: Sequence[str] = (), epsilon: str = "") -> release_pb2.ReleaseResponse:
-        """What is released of `statistics`, and what the rest would cost: never spends (validate_only)."""
-        return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, True))
+             metrics: Sequence[str] = (), nodes: Sequence[str] = (), epsilon: str = "") -> release_pb2.ReleaseResponse:
+        """What is released of `statistics` for teams and at `nodes`, and what the rest would cost:
+        never spends (validate_only)."""
+        return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, True,
+                                                          nodes))
 
     def release(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
                 metrics: Sequence[str] = (), nodes: Sequence[str] = (),
                 epsilon: str = "") -> release_pb2.ReleaseResponse:
         """Release `statistics` (at `epsilon`, or the window's default) for teams and at `nodes`,
-        spending budget (a repeat is answered from storage): called from the confirmed form of
-        the release page, and by the organisation page for the nodes it shows."""
+        spending budget (a repeat is answered from storage): called only from the confirmed form
+        of the release page."""
         return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, False,
                                                           nodes))
 

@@ -87,7 +87,9 @@ def org_view(api: Api, args: Args) -> Page:
     page.context.update(node=node, node_label=label(node), trail=trail, flat=tree.flat,
                         drill=[(c, c, tree.size(c)) for c in children if tree.level(c) == hierarchy.ORG])
     code, name = STATISTICS[statistic]
-    reply = api.release(window, [common_pb2.STATISTIC_ADOPTION, code], nodes=[node, *children])
+    # A read: an org's numbers are released by `chorus report --level org --release` (or --node),
+    # never by opening this page.
+    reply = api.read(window, [common_pb2.STATISTIC_ADOPTION, code], nodes=[node, *children])
     page.context["tally"] = _tally(reply.teams)
     rows = list(reply.teams)
     page.charts.append(_chart(window, node, rows, reply.remainders, common_pb2.STATISTIC_ADOPTION, "",
@@ -113,8 +115,9 @@ def _chart(window: str, node: str, rows: list[release_pb2.TeamRelease],
         estimate = _find(row, code, metric)
         name = label(row.team) + (" (all)" if row.team == node else "")
         if estimate is None:
-            table.add(name, _LEVELS.get(row.level, ""), row.roster_size, _outcome(row), None, None, None, None, None)
-            bars.append(Bar(name, None, _outcome(row)))
+            outcome = _outcome(row, code, metric)
+            table.add(name, _LEVELS.get(row.level, ""), row.roster_size, outcome, None, None, None, None, None)
+            bars.append(Bar(name, None, outcome))
             continue
         consistent = estimate.HasField("consistent")
         value, ci95 = (estimate.consistent.value, estimate.consistent.ci95) if consistent else (estimate.value,
