@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -144,13 +145,8 @@ class _RpcInterceptor(grpc.ServerInterceptor):
             inner = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
             def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                start, failed = time.perf_counter(), True
-                with logs.rpc_scope(details.method):
-                    try:
-                        yield from inner(request, context)
-                        failed = False
-                    finally:
-                        observe(path, context, failed, time.perf_counter() - start)
+                with _measured(observe, path, details.method, context):
+                    yield from inner(request, context)
 
             factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
                        else grpc.unary_stream_rpc_method_handler)
@@ -160,19 +156,26 @@ class _RpcInterceptor(grpc.ServerInterceptor):
         inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            start, failed = time.perf_counter(), True
-            with logs.rpc_scope(details.method):
-                try:
-                    reply = inner(request, context)
-                    failed = False
-                    return reply
-                finally:
-                    observe(path, context, failed, time.perf_counter() - start)
+            with _measured(observe, path, details.method, context):
+                return inner(request, context)
 
         factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
                    else grpc.unary_unary_rpc_method_handler)
         return factory(unary, request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
+
+
+@contextmanager
+def _measured(observe: Callable[[str, grpc.ServicerContext, bool, float], None], path: str, method: str,
+              context: grpc.ServicerContext) -> Iterator[None]:
+    """Run one RPC inside its log scope and observe its duration; it failed unless the body finished."""
+    start, failed = time.perf_counter(), True
+    with logs.rpc_scope(method):
+        try:
+            yield
+            failed = False
+        finally:
+            observe(path, context, failed, time.perf_counter() - start)
 
 
 class _StateCollector(Collector):

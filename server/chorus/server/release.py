@@ -537,11 +537,11 @@ class _Release:
         wanted = set(teams)
         return self.parsed([row for row in self.release_rows() if row.team in wanted])
 
-    def release_rows(self) -> list[store.releases.StoredRelease]:
+    def release_rows(self) -> list[store.releases.Release]:
         return store.releases.of_window(self.tx, self.window)
 
     @staticmethod
-    def parsed(rows: list[store.releases.StoredRelease]) -> dict[Key, _Stored]:
+    def parsed(rows: list[store.releases.Release]) -> dict[Key, _Stored]:
         # One JSON document for all results: a full report replays thousands of them.
         results: list[dict[str, Any]] = json.loads(f"[{','.join(row.result for row in rows)}]")
         return {(row.team, row.metric, row.statistic): _Stored(row.release_id, r["value"], r["ci95"], r["scale"],
@@ -584,7 +584,7 @@ class _Release:
         # Claim first: a row that a concurrent request (another replica) inserted since our
         # read wins, and our draw for it is discarded uncharged.
         store.releases.claim(self.tx, self.window, [
-            store.releases.NewRelease(item.release_id, *key, _result_json(item), item.epsilon.micros)
+            store.releases.Release(item.release_id, *key, _result_json(item), item.epsilon.micros)
             for key, item in drawn.items()], at)
         claimed = store.releases.ids(self.tx, self.window)
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}

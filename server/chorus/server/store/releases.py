@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 from chorus.server.store._db import Tx
 
-__all__ = ["NewRelease", "StoredRelease", "claim", "ids", "of_window", "set_ledger_seq"]
+__all__ = ["Release", "claim", "ids", "of_window", "set_ledger_seq"]
 
 
 @dataclass(frozen=True, slots=True)
-class NewRelease:
+class Release:
+    """One row of `releases`, as claimed and as read back."""
     release_id: str
     team: str
     metric: str
@@ -28,24 +29,14 @@ class NewRelease:
     epsilon_micros: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRelease:
-    release_id: str
-    team: str
-    metric: str
-    statistic: str
-    result: str
-    epsilon_micros: int
-
-
-def of_window(tx: Tx, window: str) -> list[StoredRelease]:
+def of_window(tx: Tx, window: str) -> list[Release]:
     """Every release of `window`."""
-    return [StoredRelease(rid, team, metric, stat, result, int(micros)) for rid, team, metric, stat, result, micros
+    return [Release(rid, team, metric, stat, result, int(micros)) for rid, team, metric, stat, result, micros
             in tx.query("SELECT release_id, team, metric, statistic, result, epsilon_micros FROM releases "
                         "WHERE window_id = ?", (window,))]
 
 
-def claim(tx: Tx, window: str, releases: Sequence[NewRelease], released_at: int) -> None:
+def claim(tx: Tx, window: str, releases: Sequence[Release], released_at: int) -> None:
     """Insert releases not made yet; a (team, metric, statistic) already released keeps its row."""
     tx.executemany(
         "INSERT INTO releases (release_id, window_id, team, metric, statistic, result, epsilon_micros, "
