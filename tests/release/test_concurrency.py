@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from threading import Barrier
 
 import grpc
 from google.rpc import error_details_pb2
@@ -14,6 +12,7 @@ from grpc_status import rpc_status
 
 from chorus.server.root import Chorus
 from chorus.v1 import common_pb2, release_pb2
+from tests._race import run_together
 
 from .conftest import WINDOW, Api, contribute, toml_with
 
@@ -28,26 +27,11 @@ def _closed_with_17_metrics(make_chorus: Callable[..., Chorus]) -> Chorus:
     return chorus
 
 
-def _run_together(calls: list[Callable[[], object]]) -> list[object]:
-    """Start every call at the same moment; return each result or the RpcError it raised."""
-    barrier = Barrier(len(calls))
-
-    def run(call: Callable[[], object]) -> object:
-        barrier.wait()
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
-
-
 def test_50_concurrent_requests_charge_exactly_what_the_cap_allows(
         make_chorus: Callable[..., Chorus], make_api: Callable[[Chorus], Api]) -> None:
     api = make_api(_closed_with_17_metrics(make_chorus))
     requests = [(f"ai.m{i // 3}", STATISTICS[i % 3]) for i in range(50)]
-    results = _run_together([
+    results = run_together([
         lambda m=m, s=s: api.release(teams=("team-red",), metrics=(m,), statistics=((s, "0.1"),))
         for m, s in requests])
 
@@ -81,7 +65,7 @@ def test_50_concurrent_requests_charge_exactly_what_the_cap_allows(
 def test_20_concurrent_identical_requests_charge_once_and_agree(
         make_chorus: Callable[..., Chorus], make_api: Callable[[Chorus], Api]) -> None:
     api = make_api(_closed_with_17_metrics(make_chorus))
-    results = _run_together([
+    results = run_together([
         lambda: api.release(teams=("team-red",), metrics=("ai.m3",),
                             statistics=((common_pb2.STATISTIC_HISTOGRAM, "0.1"),))] * 20)
     assert all(isinstance(r, release_pb2.ReleaseResponse) for r in results)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -22,6 +20,7 @@ from chorus.server.roles import Role
 from chorus.server.root import Chorus
 from chorus.v1 import common_pb2, release_pb2
 
+from .._race import run_together
 from .._status import detail
 from .conftest import WINDOW, Api, contribute
 
@@ -342,17 +341,7 @@ def test_concurrent_team_and_org_releases_never_overspend_a_team_window(api: Api
                     release_pb2.ReleaseRequest(window=WINDOW, nodes=n, teams=t, metrics=[m], statistics=[
                         release_pb2.StatisticRequest(statistic=s, epsilon="0.1")]), metadata=api.metadata,
                     timeout=60))
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], object]) -> object:
-        barrier.wait()
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        results = list(pool.map(run, calls))
+    results = run_together(calls)
     ok = [r for r in results if isinstance(r, release_pb2.ReleaseResponse)]
     assert len(ok) == 10
     assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in results if isinstance(r, grpc.RpcError))

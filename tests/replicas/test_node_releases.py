@@ -3,8 +3,8 @@ is charged atomically, and racing team and org releases never take a team-window
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from functools import partial
 
 import grpc
 import pytest
@@ -15,6 +15,7 @@ from chorus.server.roles import Role
 from chorus.server.root import Chorus
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 from tests._policy import suite_config
+from tests._race import run_together
 
 from .conftest import Cluster, roster_rows
 
@@ -44,21 +45,15 @@ def test_racing_org_and_team_releases_on_replicas_charge_every_team_below_within
     # pays for exactly 10 of the 24, whichever replica answers them.
     asks = [(nodes, teams, metric, stat) for metric in METRICS for stat in statistics
             for nodes, teams in ((["engineering"], []), ([], ["team-red"]))]
-    gate = threading.Barrier(len(asks))
 
-    def ask(i: int) -> release_pb2.ReleaseResponse | grpc.RpcError:
+    def ask(i: int) -> Callable[[], release_pb2.ReleaseResponse]:
         nodes, teams, metric, stat = asks[i]
         request = release_pb2.ReleaseRequest(window=window, nodes=nodes, teams=teams, metrics=[metric],
                                              statistics=[release_pb2.StatisticRequest(statistic=stat, epsilon="0.1")])
         stub = release_pb2_grpc.ReleaseServiceStub(channels[i % len(channels)])
-        gate.wait()
-        try:
-            return stub.Release(request, metadata=cluster.metadata(Role.ANALYST), timeout=60)
-        except grpc.RpcError as exc:
-            return exc
+        return partial(stub.Release, request, metadata=cluster.metadata(Role.ANALYST), timeout=60)
 
-    with ThreadPoolExecutor(len(asks)) as pool:
-        answers = list(pool.map(ask, range(len(asks))))
+    answers = run_together([ask(i) for i in range(len(asks))])  # built first, sent together
     for channel in channels:
         channel.close()
 

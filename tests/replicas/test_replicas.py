@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from functools import partial
 
 import grpc
 import pytest
@@ -20,6 +18,8 @@ from chorus.server.root import Chorus
 from chorus.server.store._schema import MIGRATIONS
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 from tests._policy import suite_config
+from tests._race import run_together
+from tests._traffic import FixedClock, Traffic
 
 from .conftest import Cluster, roster_rows
 
@@ -45,16 +45,6 @@ def test_replicas_starting_together_migrate_and_bootstrap_once(cluster: Cluster)
         assert [t.name for t in reply.tokens] == ["admin"]
 
 
-class _FixedClock:
-    """All counts in one minute bucket, so the whole run lands in one window."""
-
-    def __init__(self) -> None:
-        self._now = time.time()
-
-    def time(self) -> float:
-        return self._now
-
-
 BOUNDS = {m.name: m.max_per_user for m in suite_config().policy.metrics}
 CLIENTS = 4
 MIN_ROUNDS, MAX_ROUNDS = 100, 400
@@ -64,65 +54,28 @@ def test_sdk_traffic_through_replica_kills_is_counted_exactly_once(cluster: Clus
     cluster.provision()
     replicas = cluster.start(3)
     ports = [r.address.rpartition(":")[2] for r in replicas]
-    users = [u for u, _ in roster_rows()]
-    team_of = dict(roster_rows())
-    clock = _FixedClock()
-    stop = threading.Event()
-    rounds = [0] * CLIENTS
-    truths: list[Counter[tuple[str, str]]] = [Counter() for _ in range(CLIENTS)]
+    clock = FixedClock()
     clients = []
     for i in range(CLIENTS):
         # Each client lists every replica, its "own" first: gRPC's pick_first fails over in order.
         order = [ports[(i + j) % len(ports)] for j in range(len(ports))]
         clients.append(Client(f"ipv4:{','.join(f'127.0.0.1:{p}' for p in order)}", cluster.tokens["ingest"],
                               source="replica-test", flush_interval=0.05, timeout=5.0, clock=clock))
-
-    def feed(i: int) -> None:
-        rng = random.Random(i)
-        for r in range(MAX_ROUNDS):
-            if stop.is_set():
-                break
-            for n, user in enumerate(users):
-                # Even-numbered people stay under the ai.requests bound (at most 1600 < 2000);
-                # odd-numbered ones pass it after MIN_ROUNDS (at least 4 * 100 * 5 = 2000).
-                for metric, value in (("ai.requests", 1 if n % 2 == 0 else rng.randint(5, 15)),
-                                      ("ai.tokens", rng.randint(1, 400))):
-                    clients[i].count(metric, value, user=user)
-                    truths[i][(user, metric)] += value
-            rounds[i] = r + 1
-            time.sleep(0.02)
-
-    def after_rounds(extra: int) -> None:
-        target = min(rounds) + extra
-        while min(rounds) < target:
-            time.sleep(0.01)
-
-    threads = [threading.Thread(target=feed, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    try:
-        after_rounds(15)
+    # Even-numbered people stay under the ai.requests bound (at most 1600 < 2000);
+    # odd-numbered ones pass it after MIN_ROUNDS (at least 4 * 100 * 5 = 2000).
+    traffic = Traffic(clients, heavy=5, max_rounds=MAX_ROUNDS)
+    with traffic.running():
+        traffic.after_rounds(15)
         caught = [replicas[0].kill_mid_transaction()]
-        after_rounds(15)
+        traffic.after_rounds(15)
         replicas[0].start()  # same port: the clients' address lists still name it
-        after_rounds(10)
+        traffic.after_rounds(10)
         caught.append(replicas[1].kill_mid_transaction())
-        after_rounds(15)
+        traffic.after_rounds(15)
         replicas[1].start()
-        after_rounds(max(0, MIN_ROUNDS - min(rounds)))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        traffic.after_rounds(max(0, MIN_ROUNDS - min(traffic.rounds)))
     assert caught == [True, True], "a replica was killed outside a transaction"
-    retries = 0
-    for client in clients:
-        assert client.flush(timeout=60), "the SDK could not deliver everything within 60 s"
-        stats = client.stats()
-        client.close()
-        assert (stats.dropped, stats.failed_batches, dict(stats.rejected)) == (0, 0, {})
-        retries += stats.retries
-    assert retries >= 1  # the kills interrupted batches in flight, which the SDK sent again
+    assert traffic.delivered() >= 1  # the kills interrupted batches in flight, which the SDK sent again
 
     window = time.strftime("%Y-%m-%d", time.gmtime(clock.time()))
     with cluster.channel(replicas[2]) as channel:
@@ -130,18 +83,10 @@ def test_sdk_traffic_through_replica_kills_is_counted_exactly_once(cluster: Clus
             admin_pb2.CloseWindowRequest(window=window), metadata=cluster.metadata(Role.ADMIN), timeout=30)
     assert not closed.already_closed
 
-    truth: Counter[tuple[str, str]] = sum(truths, Counter())
-    clamped = {key: min(value, BOUNDS[key[1]]) for key, value in truth.items()}
-    assert {v for (u, m), v in clamped.items() if m == "ai.requests"} >= {2000}
-    assert any(v < 2000 for (u, m), v in clamped.items() if m == "ai.requests")
-    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for (user, metric), value in clamped.items():
-        expected[(team_of[user], metric)][0] += value
-        expected[(team_of[user], metric)][1] += 1
     folded = {(team, metric): [int(total), int(people)] for team, metric, total, people in cluster.sql(
         "SELECT team, metric, total, people FROM team_metrics WHERE window_id = %s AND metric IN "
         "('ai.requests', 'ai.tokens')", (window,))}
-    assert folded == dict(expected)
+    assert folded == traffic.expected(BOUNDS)
     assert cluster.sql("SELECT (SELECT COUNT(*) FROM usage) + "
                        "(SELECT COUNT(*) FROM window_keys)") == [(0,)]
     assert replicas[0].starts == replicas[1].starts == 2
@@ -165,22 +110,16 @@ def test_concurrent_releases_on_different_replicas_charge_each_statistic_once(cl
     statistics = (common_pb2.STATISTIC_SUM, common_pb2.STATISTIC_COUNT, common_pb2.STATISTIC_HISTOGRAM)
     asks = [(metric, stat) for metric in BOUNDS for stat in statistics] * 2
     channels = [cluster.channel(r) for r in replicas]
-    gate = threading.Barrier(len(asks))
 
-    def ask(i: int) -> release_pb2.ReleaseResponse | grpc.RpcError:
+    def ask(i: int) -> Callable[[], release_pb2.ReleaseResponse]:
         metric, stat = asks[i]
         request = release_pb2.ReleaseRequest(
             window=window, teams=["team-red"], metrics=[metric],
             statistics=[release_pb2.StatisticRequest(statistic=stat, epsilon="0.1")])
         stub = release_pb2_grpc.ReleaseServiceStub(channels[i % len(channels)])
-        gate.wait()
-        try:
-            return stub.Release(request, metadata=cluster.metadata(Role.ANALYST), timeout=60)
-        except grpc.RpcError as exc:
-            return exc
+        return partial(stub.Release, request, metadata=cluster.metadata(Role.ANALYST), timeout=60)
 
-    with ThreadPoolExecutor(len(asks)) as pool:
-        answers = list(pool.map(ask, range(len(asks))))
+    answers = run_together([ask(i) for i in range(len(asks))])  # built first, sent together
     for channel in channels:
         channel.close()
 

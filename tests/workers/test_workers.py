@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -35,6 +33,8 @@ from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config, suite_config_file
+from tests._race import run_together
+from tests._traffic import FixedClock, Traffic
 from tests.otlp._requests import export_grpc, now_ns, point, post, request, sum_metric
 from tests.otlp.conftest import OTLP_TOML
 from tests.replicas.conftest import roster_rows
@@ -146,6 +146,17 @@ def metadata(tokens: dict[str, str], role: Role) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {tokens[role.value]}"),)
 
 
+def assert_answers_with_the_admin_token(served: Served, connections: int) -> None:
+    """Over `connections` fresh connections (spread over the workers), the admin token the server
+    wrote lists the tokens, and they are that one alone."""
+    admin = (("authorization", f"Bearer {(served.data_dir / 'admin.token').read_text().strip()}"),)
+    for _ in range(connections):
+        with served.channel() as channel:
+            tokens = admin_pb2_grpc.AdminServiceStub(channel).ListTokens(
+                admin_pb2.ListTokensRequest(), metadata=admin, timeout=10).tokens
+            assert [t.name for t in tokens] == ["admin"]
+
+
 def test_parse_count() -> None:
     assert workers.parse_count("3") == 3
     assert 1 <= workers.parse_count("auto") == len(os.sched_getaffinity(0))
@@ -170,12 +181,7 @@ def test_workers_share_the_port_that_no_independent_server_can_take(tmp_path: Pa
         assert f"cannot listen on {served.address}: Address already in use" in other.stderr
         assert not (tmp_path / "other").exists()
     # Every worker answers on the one port: fresh connections land on all of them.
-    admin = (("authorization", f"Bearer {(served.data_dir / 'admin.token').read_text().strip()}"),)
-    for _ in range(12):
-        with served.channel() as channel:
-            tokens = admin_pb2_grpc.AdminServiceStub(channel).ListTokens(
-                admin_pb2.ListTokensRequest(), metadata=admin, timeout=10).tokens
-            assert [t.name for t in tokens] == ["admin"]
+    assert_answers_with_the_admin_token(served, 12)
 
 
 @pytest.mark.parametrize("everyone", [False, True], ids=["parent", "control-group"])
@@ -228,16 +234,6 @@ def test_each_worker_serves_its_own_metrics_on_port_plus_index(tmp_path: Path, s
     assert len(ports) == 2 and 0 not in ports
 
 
-class _FixedClock:
-    """All counts in one minute bucket, so the whole run lands in one window."""
-
-    def __init__(self) -> None:
-        self._now = time.time()
-
-    def time(self) -> float:
-        return self._now
-
-
 CLIENTS = 4
 MIN_ROUNDS, MAX_ROUNDS = 60, 400
 
@@ -246,58 +242,21 @@ def test_sdk_traffic_through_worker_kills_is_counted_exactly_once(tmp_path: Path
     tokens = provision(tmp_path / "data")
     served = serve(tmp_path, count=2)
     started.append(served)
-    users = [u for u, _ in roster_rows()]
-    team_of = dict(roster_rows())
-    clock = _FixedClock()
-    stop = threading.Event()
-    rounds = [0] * CLIENTS
-    truths: list[Counter[tuple[str, str]]] = [Counter() for _ in range(CLIENTS)]
+    clock = FixedClock()
     clients = [Client(served.address, tokens["ingest"], source="worker-test", flush_interval=0.05, timeout=5.0,
                       clock=clock) for _ in range(CLIENTS)]
-
-    def feed(i: int) -> None:
-        rng = random.Random(i)
-        for r in range(MAX_ROUNDS):
-            if stop.is_set():
-                break
-            for n, user in enumerate(users):
-                # Even-numbered people stay under the ai.requests bound (at most 1600 < 2000);
-                # odd-numbered ones pass it after MIN_ROUNDS (at least 4 * 60 * 9 > 2000).
-                for metric, value in (("ai.requests", 1 if n % 2 == 0 else rng.randint(9, 15)),
-                                      ("ai.tokens", rng.randint(1, 400))):
-                    clients[i].count(metric, value, user=user)
-                    truths[i][(user, metric)] += value
-            rounds[i] = r + 1
-            time.sleep(0.02)
-
-    def after_rounds(extra: int) -> None:
-        target = min(rounds) + extra
-        while min(rounds) < target:
-            time.sleep(0.01)
-
-    threads = [threading.Thread(target=feed, args=(i,)) for i in range(CLIENTS)]
+    # Even-numbered people stay under the ai.requests bound (at most 1600 < 2000);
+    # odd-numbered ones pass it after MIN_ROUNDS (at least 4 * 60 * 9 > 2000).
+    traffic = Traffic(clients, heavy=9, max_rounds=MAX_ROUNDS)
     caught: list[bool] = []
-    for t in threads:
-        t.start()
-    try:
+    with traffic.running():
         for kills, victim in enumerate((0, 1, 0), start=1):  # worker 0 runs the closer: it comes back with it
-            after_rounds(10)
+            traffic.after_rounds(10)
             caught.append(served.kill_mid_transaction(served.workers()[victim]))
             served.wait_count("serves again", kills)
-        after_rounds(max(0, MIN_ROUNDS - min(rounds)))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        traffic.after_rounds(max(0, MIN_ROUNDS - min(traffic.rounds)))
     assert caught == [True, True, True], "a worker was killed outside a transaction"
-    retries = 0
-    for client in clients:
-        assert client.flush(timeout=60), "the SDK could not deliver everything within 60 s"
-        stats = client.stats()
-        client.close()
-        assert (stats.dropped, stats.failed_batches, dict(stats.rejected)) == (0, 0, {})
-        retries += stats.retries
-    assert retries >= 1  # the kills interrupted batches in flight, which the SDK sent again
+    assert traffic.delivered() >= 1  # the kills interrupted batches in flight, which the SDK sent again
     assert served.text().count("starting it again") == served.text().count("serves again") == 3
     assert served.text().count(CLOSER) == 3  # the first, and after each kill of the closer's worker
 
@@ -307,18 +266,10 @@ def test_sdk_traffic_through_worker_kills_is_counted_exactly_once(tmp_path: Path
             admin_pb2.CloseWindowRequest(window=window), metadata=metadata(tokens, Role.ADMIN), timeout=30)
     assert not closed.already_closed
 
-    truth: Counter[tuple[str, str]] = sum(truths, Counter())
-    clamped = {key: min(value, BOUNDS[key[1]]) for key, value in truth.items()}
-    assert {v for (u, m), v in clamped.items() if m == "ai.requests"} >= {2000}
-    assert any(v < 2000 for (u, m), v in clamped.items() if m == "ai.requests")
-    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for (user, metric), value in clamped.items():
-        expected[(team_of[user], metric)][0] += value
-        expected[(team_of[user], metric)][1] += 1
     folded = {(team, metric): [int(total), int(people)] for team, metric, total, people in served.sql(  # type: ignore[misc]
         "SELECT team, metric, total, people FROM team_metrics WHERE window_id = ? AND metric IN "
         "('ai.requests', 'ai.tokens')", (window,))}
-    assert folded == dict(expected)
+    assert folded == traffic.expected(BOUNDS)
     assert served.sql("SELECT (SELECT COUNT(*) FROM usage) + (SELECT COUNT(*) FROM window_keys)") == [(0,)]
 
 
@@ -343,22 +294,16 @@ def test_concurrent_releases_on_different_workers_charge_each_statistic_once(tmp
     statistics = (common_pb2.STATISTIC_SUM, common_pb2.STATISTIC_COUNT, common_pb2.STATISTIC_HISTOGRAM)
     asks = [(metric, stat) for metric in BOUNDS for stat in statistics] * 2
     channels = [served.channel() for _ in asks]
-    gate = threading.Barrier(len(asks))
 
-    def ask(i: int) -> release_pb2.ReleaseResponse | grpc.RpcError:
+    def ask(i: int) -> Callable[[], release_pb2.ReleaseResponse]:
         metric, stat = asks[i]
         request = release_pb2.ReleaseRequest(
             window=window, teams=["team-red"], metrics=[metric],
             statistics=[release_pb2.StatisticRequest(statistic=stat, epsilon="0.1")])
         stub = release_pb2_grpc.ReleaseServiceStub(channels[i])
-        gate.wait()
-        try:
-            return stub.Release(request, metadata=metadata(tokens, Role.ANALYST), timeout=60)
-        except grpc.RpcError as exc:
-            return exc
+        return partial(stub.Release, request, metadata=metadata(tokens, Role.ANALYST), timeout=60)
 
-    with ThreadPoolExecutor(len(asks)) as pool:
-        answers = list(pool.map(ask, range(len(asks))))
+    answers = run_together([ask(i) for i in range(len(asks))])  # built first, sent together
     for channel in channels:
         channel.close()
 
@@ -439,12 +384,7 @@ def test_workers_on_postgresql_share_one_schema_and_keep_the_url_out_of_ps(tmp_p
         assert served.text().count(CLOSER) == 1
         for pid in served.workers():  # the parent hands the URL over in CHORUS_DATABASE
             assert url.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
-        admin = (("authorization", f"Bearer {(served.data_dir / 'admin.token').read_text().strip()}"),)
-        for _ in range(8):
-            with served.channel() as channel:
-                tokens = admin_pb2_grpc.AdminServiceStub(channel).ListTokens(
-                    admin_pb2.ListTokensRequest(), metadata=admin, timeout=10).tokens
-                assert [t.name for t in tokens] == ["admin"]
+        assert_answers_with_the_admin_token(served, 8)
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(30) == 0
 
