@@ -107,6 +107,27 @@ def test_the_sdk_variable_is_not_read_and_the_error_says_so(running: Running, tm
     assert both.exit_code == 0, both.output  # the admin file, not the SDK's ingest token
 
 
+def test_token_sources_are_read_in_the_documented_order(running: Running, tmp_path: Path) -> None:
+    """docs/cli.md: --token, then --token-file, then $CHORUS_TOKEN_FILE; the first given is used."""
+    admin_file, ingest_file = tmp_path / "admin.token", tmp_path / "ingest.token"
+    admin_file.write_text(running.admin_token + "\n")
+    ingest_file.write_text(running.ingest_token + "\n")
+    base = ["token", "list", "--server", running.address, "--format", "json"]
+    env = {"COLUMNS": "200", "CHORUS_TOKEN_FILE": str(ingest_file)}
+    # --token beats --token-file and the environment: the admin token lists tokens.
+    first = runner.invoke(app, [*base, "--token", running.admin_token, "--token-file", str(ingest_file)], env=env)
+    assert first.exit_code == 0, first.output
+    # --token beats --token-file: the ingest token is refused (an admin call), named by its source.
+    refused = runner.invoke(app, [*base, "--token", running.ingest_token, "--token-file", str(admin_file)])
+    assert refused.exit_code == ExitCode.PERMISSION_DENIED and "(token from --token)" in words(refused.output)
+    # --token-file beats $CHORUS_TOKEN_FILE, both ways round.
+    assert runner.invoke(app, [*base, "--token-file", str(admin_file)], env=env).exit_code == 0
+    flipped = runner.invoke(app, [*base, "--token-file", str(ingest_file)],
+                            env={**env, "CHORUS_TOKEN_FILE": str(admin_file)})
+    assert flipped.exit_code == ExitCode.PERMISSION_DENIED
+    assert f"(token from --token-file {ingest_file})" in words(flipped.output)
+
+
 def test_a_refused_token_is_named_by_its_source(running: Running, tmp_path: Path) -> None:
     ingest_file = tmp_path / "ingest.token"
     ingest_file.write_text(running.ingest_token)
