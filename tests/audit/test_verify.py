@@ -290,6 +290,50 @@ def test_a_release_past_the_frozen_retention_is_named(released: Chorus, entries:
     assert [(v.seq, v.rule) for v in report.violations] == [(forged[-1]["seq"], "retention")]
 
 
+def test_a_release_for_a_team_not_in_the_window_close_is_named(released: Chorus, entries: Entries,
+                                                              public_key: bytes) -> None:
+    close = seq_of(entries, "window_close", window=WINDOW)
+    forged = copy.deepcopy(entries)
+    forge(forged, released.ledger.signer, "release",
+          release_payload(policy_of(released), "ghost", WINDOW, "team-ghost", "ai.tokens", "count",
+                          DEFAULT_EPSILON, Epsilon(0)))
+    report = run(forged, public_key)
+    assert [(v.seq, v.rule) for v in report.violations] == [(forged[-1]["seq"], "team")]
+    assert "team-ghost" in report.violations[0].message and f"(entry {close})" in report.violations[0].message
+
+
+def _resigned_release(released: Chorus, entries: Entries, change: dict[str, Any]) -> tuple[int, Entries]:
+    """team-blue's release with payload fields changed (None removes one), consistently re-signed."""
+    target = seq_of(entries, "release", team="team-blue")
+    tampered = copy.deepcopy(entries)
+    payload = tampered[target - 1]["payload"]
+    for name, value in change.items():
+        if value is None:
+            del payload[name]
+        else:
+            payload[name] = value
+    return target, resign(tampered, released.ledger.signer, target - 1)
+
+
+RESIGNED_RELEASE_CHANGES = {
+    # rule: (change to team-blue's release payload, text the message must hold)
+    "release": ({"epsilon": None}, "missing field 'epsilon'"),
+    "mechanism": ({"mechanism": "gaussian"}, "'gaussian' is not 'discrete_laplace'"),
+    "statistic": ({"statistic": "median"}, "statistic must be one of"),
+    "value": ({"value": "007"}, "value must be a decimal integer string"),
+}
+
+
+@pytest.mark.parametrize("rule", RESIGNED_RELEASE_CHANGES, ids=list(RESIGNED_RELEASE_CHANGES))
+def test_a_resigned_release_breaking_one_rule_is_named_by_that_rule(rule: str, released: Chorus,
+                                                                    entries: Entries, public_key: bytes) -> None:
+    change, text = RESIGNED_RELEASE_CHANGES[rule]
+    target, tampered = _resigned_release(released, entries, change)
+    report = run(tampered, public_key)
+    assert [(v.seq, v.rule) for v in report.violations] == [(target, rule)]
+    assert text in report.violations[0].message, report.violations[0].message
+
+
 def test_a_malformed_line_is_named_by_line_number(entries: Entries, public_key: bytes) -> None:
     lines = [line(e) for e in entries]
     lines[2] = lines[2][:-5]

@@ -263,6 +263,17 @@ def test_the_verifier_flags_a_node_release_marked_as_the_plans(api: Api) -> None
     assert "the release plan has team releases only" in violations[1].message
 
 
+def test_the_verifier_flags_a_node_release_for_a_window_never_opened(api: Api) -> None:
+    node_release(api, "engineering", epsilon="0.2")
+    entry, = payloads(api.chorus, "release")
+    forged = {**entry, "release_id": "f" * 32, "window": "2026-01-01"}
+    api.chorus.db.run(lambda tx: api.chorus.ledger.append(tx, "release", forged, api.chorus.clock.now()),
+                      name="forge")
+    violations = _verified(api.chorus).violations
+    assert [v.rule for v in violations] == ["window"]
+    assert "for engineering in 2026-01-01 before any window_open entry for 2026-01-01" in violations[0].message
+
+
 def test_hierarchy_levels_and_sizes() -> None:
     tree = hierarchy.Hierarchy.of((t, o, n) for t, (o, n) in COMPANY.items())
     assert tree.parent("team-a") == "engineering/platform" and tree.parent("engineering/platform") == "engineering"

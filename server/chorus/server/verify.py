@@ -331,35 +331,28 @@ class Verifier:
             self.report.totals[(window, team)] = TeamWindowTotal(window, team, cap)
 
     def release(self, payload: dict[str, Any]) -> None:
-        if "node" in payload:
-            self.node_release(payload)
-            return
-        amounts = _release_amounts(payload)
+        """A release at a team, or at a node of the organisation tree (a payload with "node")."""
+        at_node = "node" in payload
+        amounts = _release_amounts(payload, _NODE_RELEASE_FIELDS if at_node else _RELEASE_FIELDS)
         if isinstance(amounts, str):
             self.flag("release", f"malformed release payload: {amounts}")
             return
         charged, stated_cap, stated_after = amounts
-        window, team, metric, statistic = (payload[k] for k in ("window", "team", "metric", "statistic"))
-        subject = f"{statistic} of {metric or 'activity'} for {team} in {window}"
-        self.check_mechanism(payload, charged, subject)
-        key = (team, window, metric, statistic)
-        if key in self.released:
-            self.flag("double_release", f"{subject} was already released at entry {self.released[key]}")
-        else:
-            assert self.seq is not None
-            self.released[key] = self.seq
-        state = self.windows.get(window)
+        owner = payload["node" if at_node else "team"]
+        subject = (f"{payload['statistic']} of {payload['metric'] or 'activity'} for {owner} in "
+                   f"{payload['window']}")
+        state = self.check_release(payload, owner, charged, subject)
         if state is None:
-            self.flag("window", f"release of {subject} before any window_open entry for {window}")
             return
-        if state.closed is None:
-            self.flag("window", f"release of {subject} while {window} was still open (no earlier "
-                                "window_close entry)")
-            return
-        if self.time >= state.releasable_until:
-            self.flag("retention", f"release of {subject} at {format_time(self.time)} is past the "
-                                   f"window's retention, which ended {format_time(state.releasable_until)}")
-        self.check_statistic(payload, state.policy, subject)
+        if at_node:
+            self.node_release(payload, state, charged, stated_cap, subject)
+        else:
+            self.team_release(payload, state, charged, stated_cap, str(stated_after), subject)
+
+    def team_release(self, payload: dict[str, Any], state: _Window, charged: Epsilon, stated_cap: Epsilon,
+                     stated_after: str, subject: str) -> None:
+        """A release at a team: the plan, the team in the close, k, and its team-window's charge."""
+        window, team = payload["window"], payload["team"]
         if "plan" in payload:
             self.check_plan(payload, state.policy, charged, subject)
         total = self.report.totals.get((window, team))
@@ -371,7 +364,7 @@ class Verifier:
         if state.team_sizes[team] < k:
             self.flag("min_team_size", f"release of {subject}: the team had {state.team_sizes[team]} "
                                        f"people on the roster at close, below the frozen k = {k}")
-        self.account(total, charged, stated_cap, str(stated_after))
+        self.account(total, charged, stated_cap, stated_after)
 
     def account(self, total: TeamWindowTotal, charged: Epsilon, stated_cap: Epsilon, stated_after: str | None,
                 node: str = "") -> None:
@@ -392,30 +385,10 @@ class Verifier:
             self.flag("budget_spent", f"stated budget_spent_after {stated_after}{of} differs from the sum "
                                       f"of this team-window's charges, {total.spent}")
 
-    def node_release(self, payload: dict[str, Any]) -> None:
+    def node_release(self, payload: dict[str, Any], state: _Window, charged: Epsilon, stated_cap: Epsilon,
+                     subject: str) -> None:
         """A release at an org or the company: charged to every team-window below the node."""
-        amounts = _release_amounts(payload, _NODE_RELEASE_FIELDS)
-        if isinstance(amounts, str):
-            self.flag("release", f"malformed release payload: {amounts}")
-            return
-        charged, stated_cap, _ = amounts
-        window, node, metric, statistic = (payload[k] for k in ("window", "node", "metric", "statistic"))
-        subject = f"{statistic} of {metric or 'activity'} for {node} in {window}"
-        self.check_mechanism(payload, charged, subject)
-        key = (node, window, metric, statistic)
-        if key in self.released:
-            self.flag("double_release", f"{subject} was already released at entry {self.released[key]}")
-        else:
-            assert self.seq is not None
-            self.released[key] = self.seq
-        state = self.windows.get(window)
-        if state is None or state.closed is None:
-            self.flag("window", f"release of {subject} before {window} was opened and closed")
-            return
-        if self.time >= state.releasable_until:
-            self.flag("retention", f"release of {subject} at {format_time(self.time)} is past the "
-                                   f"window's retention, which ended {format_time(state.releasable_until)}")
-        self.check_statistic(payload, state.policy, subject)
+        window, node = payload["window"], payload["node"]
         if "plan" in payload:  # plan entries are per team: a node release is never part of it
             self.flag("plan", f"{subject} is marked as a plan release, but the release plan has team "
                               "releases only")
@@ -435,6 +408,33 @@ class Verifier:
         stated = payload["budget_spent_after"]
         for team in below:
             self.account(self.report.totals[(window, team)], charged, stated_cap, stated.get(team), node)
+
+    def check_release(self, payload: dict[str, Any], owner: str, charged: Epsilon, subject: str) -> _Window | None:
+        """The rules every release follows, at a team or a node (`owner`): its mechanism and charge,
+        its statistic not released before, its window opened and closed before it, its time within
+        the frozen retention, its statistic and value. Returns the window, or None (flagged) when
+        the window was not opened and closed: then nothing frozen is there to check against."""
+        self.check_mechanism(payload, charged, subject)
+        window = payload["window"]
+        key = (owner, window, payload["metric"], payload["statistic"])
+        if key in self.released:
+            self.flag("double_release", f"{subject} was already released at entry {self.released[key]}")
+        else:
+            assert self.seq is not None
+            self.released[key] = self.seq
+        state = self.windows.get(window)
+        if state is None:
+            self.flag("window", f"release of {subject} before any window_open entry for {window}")
+            return None
+        if state.closed is None:
+            self.flag("window", f"release of {subject} while {window} was still open (no earlier "
+                                "window_close entry)")
+            return None
+        if self.time >= state.releasable_until:
+            self.flag("retention", f"release of {subject} at {format_time(self.time)} is past the "
+                                   f"window's retention, which ended {format_time(state.releasable_until)}")
+        self.check_statistic(payload, state.policy, subject)
+        return state
 
     def check_mechanism(self, payload: dict[str, Any], charged: Epsilon, subject: str) -> None:
         scale, sensitivity = payload["scale"], payload["sensitivity"]
@@ -523,16 +523,16 @@ def _policy(raw: dict[str, Any]) -> Policy | None:
 
 
 def _release_amounts(payload: dict[str, Any],
-                     fields: dict[str, Any] = _RELEASE_FIELDS) -> tuple[Epsilon, Epsilon, Epsilon] | str:
-    """(charged epsilon, stated cap, stated spent after; ZERO for a node's, checked per team)
-    or what is wrong with the payload."""
+                     fields: dict[str, Any]) -> tuple[Epsilon, Epsilon, Epsilon | None] | str:
+    """(charged epsilon, stated cap, stated spent after; None for a node's, a dict checked per
+    team) or what is wrong with the payload."""
     problem = _field_problem(payload, fields)
     if problem is not None:
         return problem
     try:
         after = payload["budget_spent_after"]
         return (Epsilon.parse(payload["epsilon"]), Epsilon.parse(payload["budget_cap"]),
-                Epsilon.parse(after) if isinstance(after, str) else ZERO)
+                Epsilon.parse(after) if isinstance(after, str) else None)
     except ValueError as exc:
         return str(exc)
 
