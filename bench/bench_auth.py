@@ -24,12 +24,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chorus.server import config
-from chorus.server.grpc_server import Server
-from chorus.server.ratelimit import RateLimiter
-from chorus.server.roles import Role
+from chorus.server.domain.tokens import Tokens
+from chorus.server.model import config
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
-from chorus.server.tokens import Tokens
+from chorus.server.transport.grpc_server import Server
+from chorus.server.transport.ratelimit import RateLimiter
 from chorus.v1 import audit_pb2, audit_pb2_grpc, ingest_pb2
 
 

@@ -17,9 +17,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from chorus.server import config, ingest
-from chorus.server.calendar import window_of
-from chorus.server.clock import FakeClock
+from chorus.server.domain import ingest
+from chorus.server.model import config
+from chorus.server.model.calendar import window_of
+from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
 from chorus.server.store.sqlite import SqliteDatabase
 

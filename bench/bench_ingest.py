@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 
 from chorus.client import Client
-from chorus.server import config
+from chorus.server.model import config
 from chorus.server.store import usage
 from chorus.server.store._schema import migrate
 from chorus.server.store.sqlite import SqliteDatabase

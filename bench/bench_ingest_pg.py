@@ -46,8 +46,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for the test helpers' URL handling
 
-from chorus.server import config  # noqa: E402
-from chorus.server.roles import Role  # noqa: E402
+from chorus.server.model import config  # noqa: E402
+from chorus.server.model.roles import Role  # noqa: E402
 from chorus.server.root import Chorus  # noqa: E402
 from chorus.server.store import Tx, batches, usage  # noqa: E402
 from chorus.server.store.postgres import PostgresDatabase, _PostgresTx, placeholders  # noqa: E402

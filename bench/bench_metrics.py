@@ -24,9 +24,10 @@ from typing import Any
 import grpc
 from prometheus_client import generate_latest
 
-from chorus.server import config, ingest
-from chorus.server.grpc_server import Server
+from chorus.server.domain import ingest
+from chorus.server.model import config
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 
 
 class _Context:

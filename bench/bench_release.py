@@ -32,11 +32,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chorus.server import config, ingest, release
-from chorus.server.calendar import window_of
-from chorus.server.clock import FakeClock
+from chorus.server.domain import ingest, release
+from chorus.server.domain.release import ReleaseResult, Releases, StatisticRequest
+from chorus.server.model import config
+from chorus.server.model.calendar import window_of
+from chorus.server.model.clock import FakeClock
 from chorus.server.privacy import mechanisms
-from chorus.server.release import ReleaseResult, Releases, StatisticRequest
 from chorus.server.root import Chorus
 
 NOON = datetime(2026, 11, 25, 12, tzinfo=UTC)

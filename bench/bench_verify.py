@@ -5,7 +5,7 @@
 Builds a ledger of N entries (default 100,000; almost all releases, as a busy year of
 team-windows produces) with the real `Ledger.append` and signing key in a SQLite store,
 exports it to JSON Lines through the same paged reads StreamLedger uses, and verifies the
-file with `chorus.server.verify`. The anchor is one bare `Ed25519PublicKey.verify` per
+file with `chorus.server.verifier.verify`. The anchor is one bare `Ed25519PublicKey.verify` per
 entry, measured in the same run: the ratio says how much the verifier's other checks
 (canonical-form check, hash recomputation, JSON, OpenDP epsilon, budgets) add on top of the signature each entry
 needs anyway. The target is a total verification time under 30 s.
@@ -27,14 +27,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from chorus.server import audit, config, verify
-from chorus.server.calendar import WindowSpan, window_of
-from chorus.server.ledger import Ledger, Signer
-from chorus.server.policy import Policy
+from chorus.server.domain import audit
+from chorus.server.domain.ledger import Ledger, Signer
+from chorus.server.model import config
+from chorus.server.model.calendar import WindowSpan, window_of
+from chorus.server.model.policy import Policy
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store import open_database
 from chorus.server.store._db import Tx
+from chorus.server.verifier import verify
 
 TEAMS = [f"team-{i:03d}" for i in range(100)]
 TEAM_SIZE = 10

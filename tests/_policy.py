@@ -1,7 +1,7 @@
 """The policy the test suite runs under.
 
 Tests pin their own policy (UTC-day windows, small epsilons, the bounds below) so that the
-product's defaults in `chorus.server.config.DEFAULT_TOML` can change without moving every
+product's defaults in `chorus.server.model.config.DEFAULT_TOML` can change without moving every
 expectation. Tests of the defaults themselves use `config.load(None)`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from chorus.server import config
+from chorus.server.model import config
 
 SUITE_TOML = """\
 # Chorus server configuration. Privacy settings are frozen into each window when it

@@ -7,8 +7,8 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from chorus.server.ingest import pseudonym
-from chorus.server.policy import Policy
+from chorus.server.domain.ingest import pseudonym
+from chorus.server.model.policy import Policy
 
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 

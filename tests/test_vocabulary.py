@@ -8,8 +8,8 @@ import tomllib
 import pytest
 
 from chorus.client import limits
-from chorus.server import config, roles, statistics
-from chorus.server.presentation.numbers import format_compact
+from chorus.server.front.numbers import format_compact
+from chorus.server.model import config, roles, statistics
 from chorus.v1 import admin_pb2, common_pb2
 
 

@@ -11,15 +11,25 @@ from typing import Any
 
 import pytest
 
-from chorus.server import audit, config, verify, window_store
-from chorus.server.clock import FakeClock
-from chorus.server.grpc_server import Server
-from chorus.server.ledger import Signer
-from chorus.server.ledger_format import GENESIS_HASH, canonical_json, entry_body, entry_hash, format_time, parse_body
+from chorus.server.domain import audit
+from chorus.server.domain import windows as window_store
+from chorus.server.domain.ledger import Signer
+from chorus.server.domain.release import Releases, StatisticRequest
+from chorus.server.model import config
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.ledger_format import (
+    GENESIS_HASH,
+    canonical_json,
+    entry_body,
+    entry_hash,
+    format_time,
+    parse_body,
+)
+from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.release import Releases, StatisticRequest
-from chorus.server.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
+from chorus.server.verifier import verify
 from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from chorus.server.ledger import Ledger
-from chorus.server.ledger_format import Entry
+from chorus.server.domain.ledger import Ledger
+from chorus.server.model.ledger_format import Entry
 from chorus.server.root import Chorus
 from chorus.server.store._db import Tx
 

@@ -13,13 +13,14 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from chorus.server import audit, config
-from chorus.server.calendar import WindowLength
 from chorus.server.cli import app
-from chorus.server.grpc_server import Server
-from chorus.server.presentation.statement import StatementFormat, render_statement
+from chorus.server.domain import audit
+from chorus.server.front.statement import StatementFormat, render_statement
+from chorus.server.model import config
+from chorus.server.model.calendar import WindowLength
 from chorus.server.root import Chorus
-from chorus.server.services.audit import AuditServicer
+from chorus.server.transport.grpc_server import Server
+from chorus.server.transport.services.audit import AuditServicer
 from tests._policy import SUITE_TOML
 
 from .conftest import WINDOW, decode, line, release

@@ -8,9 +8,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from chorus.server import audit, config
-from chorus.server.clock import FakeClock
-from chorus.server.ledger_format import policy_sha256
+from chorus.server.domain import audit
+from chorus.server.model import config
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.ledger_format import policy_sha256
 from chorus.server.root import Chorus
 from tests._policy import SUITE_TOML
 

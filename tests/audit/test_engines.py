@@ -11,9 +11,11 @@ from threading import Barrier, Thread
 
 import pytest
 
-from chorus.server import audit, config, verify
-from chorus.server.clock import FakeClock
+from chorus.server.domain import audit
+from chorus.server.model import config
+from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
+from chorus.server.verifier import verify
 from tests._policy import SUITE_TOML, suite_config
 from tests.store.postgres_schema import fresh_schema
 

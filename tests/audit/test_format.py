@@ -14,10 +14,12 @@ import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from chorus.server import audit, config, verify
-from chorus.server.clock import FakeClock
-from chorus.server.ledger_format import MAX_SAFE_INTEGER, Entry, parse_body
+from chorus.server.domain import audit
+from chorus.server.model import config
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.ledger_format import MAX_SAFE_INTEGER, Entry, parse_body
 from chorus.server.root import Chorus
+from chorus.server.verifier import verify
 from tests._policy import SUITE_TOML
 
 from .conftest import NOON, WINDOW, open_and_close, release, roster_rows

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from chorus.server import verify
 from chorus.server.cli import app
-from chorus.server.grpc_server import Server
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
+from chorus.server.verifier import verify
 
 from .conftest import decode, line, resign
 from .test_format import AWKWARD, docs_block

@@ -10,11 +10,12 @@ from typing import Any
 import grpc
 import pytest
 
-from chorus.server import audit, ledger, verify
-from chorus.server.grpc_server import Server
-from chorus.server.ledger_format import Entry, canonical_json
-from chorus.server.roles import Role
+from chorus.server.domain import audit, ledger
+from chorus.server.model.ledger_format import Entry, canonical_json
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
+from chorus.server.verifier import verify
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 
 from .conftest import TEAMS, WINDOW, release

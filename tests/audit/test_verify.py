@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chorus.server import verify
-from chorus.server.ledger import Signer
+from chorus.server.domain.ledger import Signer
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.root import Chorus
+from chorus.server.verifier import verify
 
 from .conftest import (
     DEFAULT_EPSILON,

@@ -16,13 +16,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from chorus.server import config, ingest
-from chorus.server.clock import FakeClock
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.sessions import SessionStore
-from chorus.server.grpc_server import Server
-from chorus.server.roles import Role
+from chorus.server.domain import ingest
+from chorus.server.model import config
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML
 

@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from chorus.server.dashboard import create_app
 from chorus.server.dashboard.wsgi_server import DashboardServer
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.v1 import common_pb2
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DAYS, LATEST, Stack, build_stack

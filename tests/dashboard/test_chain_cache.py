@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 
 from chorus.server.dashboard.verification import FAILED, VERIFIED, ChainCache
-from chorus.server.ledger import read_entries
-from chorus.server.ledger_format import Entry
-from chorus.server.roles import Role
+from chorus.server.domain.ledger import read_entries
+from chorus.server.model.ledger_format import Entry
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from tests._policy import suite_config
 

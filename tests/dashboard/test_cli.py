@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 
 from .conftest import Stack
 

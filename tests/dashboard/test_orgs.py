@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from chorus.server.dashboard import create_app
 from chorus.server.dashboard.sessions import SessionStore
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.v1 import common_pb2
 
 from .conftest import LATEST, Stack, build_stack, login

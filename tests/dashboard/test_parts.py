@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chorus.server.clock import FakeClock
 from chorus.server.dashboard import charts
 from chorus.server.dashboard.charts import Bar, BudgetBar, Interval
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.server.dashboard.tables import Column, DataTable, text
-from chorus.server.roles import Role
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 
 SVG = "{http://www.w3.org/2000/svg}"
 

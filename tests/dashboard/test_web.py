@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.server.dashboard.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.v1 import common_pb2
 
 from .conftest import (

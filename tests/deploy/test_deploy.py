@@ -21,8 +21,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from chorus.server.grpc_server import Server
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 from tests._policy import suite_config
 

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from chorus.server.grpc_server import Server
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2
 from tests._policy import suite_config
 

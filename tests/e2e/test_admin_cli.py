@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from typer.testing import CliRunner
 
-from chorus.server.calendar import window_of
 from chorus.server.cli import app
+from chorus.server.model.calendar import window_of
 from chorus.server.store import SQLITE_FILE
 from tests._policy import suite_config
 

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner
 
-from chorus.server import verify
 from chorus.server.cli import app
 from chorus.server.cli._common import ExitCode
-from chorus.server.ledger import KEY_FILE
+from chorus.server.domain.ledger import KEY_FILE
 from chorus.server.store import SQLITE_FILE
+from chorus.server.verifier import verify
 from chorus.v1 import ingest_pb2, ingest_pb2_grpc
 from tests._policy import SUITE_TOML
 

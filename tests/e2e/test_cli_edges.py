@@ -21,11 +21,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from chorus.server import roster
-from chorus.server.calendar import window_of
 from chorus.server.cli import app
 from chorus.server.cli._common import STATUS_EXIT, ExitCode
 from chorus.server.cli.report import Statistic, _print_trend
+from chorus.server.domain import roster
+from chorus.server.model.calendar import window_of
 from chorus.v1 import ingest_pb2_grpc, release_pb2
 from tests._policy import suite_config
 

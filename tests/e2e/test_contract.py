@@ -8,7 +8,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 from .._status import detail, error_info

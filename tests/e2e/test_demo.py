@@ -42,11 +42,11 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
 
 
 def test_after_the_demo_the_dashboard_landing_page_shows_the_plan_and_spends_nothing(tmp_path) -> None:
-    from chorus.server import config
     from chorus.server.dashboard import Gateway, create_app
-    from chorus.server.grpc_server import Server
-    from chorus.server.roles import Role
+    from chorus.server.model import config
+    from chorus.server.model.roles import Role
     from chorus.server.root import Chorus
+    from chorus.server.transport.grpc_server import Server
     from tests.dashboard.conftest import login
 
     data = tmp_path / "data"

@@ -17,11 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from chorus.client import Client, GrpcTransport, TransportError
-from chorus.server import grpc_server as app_module
-from chorus.server import window_store
-from chorus.server.grpc_server import Server
-from chorus.server.roles import Role
+from chorus.server.domain import windows as window_store
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport import grpc_server as app_module
+from chorus.server.transport.grpc_server import Server
 from tests._policy import suite_config
 
 from .conftest import Running, import_roster, report_request

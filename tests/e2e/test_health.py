@@ -8,10 +8,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chorus.server import grpc_server as app_module
-from chorus.server.grpc_server import Server
 from chorus.server.root import Chorus
 from chorus.server.store import StoreUnavailable
+from chorus.server.transport import grpc_server as app_module
+from chorus.server.transport.grpc_server import Server
 from tests._policy import suite_config
 
 from .conftest import Running

@@ -23,9 +23,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from chorus.server import logs
-from chorus.server.grpc_server import Server
 from chorus.server.root import Chorus
+from chorus.server.transport import logs
+from chorus.server.transport.grpc_server import Server
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config
 from tests._secrets import leaks
@@ -210,7 +210,7 @@ def test_store_that_does_not_answer_is_down_in_the_scrape_and_logged_with_traceb
     assert "chorus_windows" not in names and "chorus_shreds_pending" not in names
     assert names["chorus_ingest_contributions_accepted_total"] == 0  # process counters still there
     records = [json.loads(line) for line in out.getvalue().splitlines()]
-    warning = next(r for r in records if r["logger"] == "chorus.server.metrics")
+    warning = next(r for r in records if r["logger"] == "chorus.server.transport.metrics")
     assert warning["level"] == "WARNING" and warning["exception"].startswith("Traceback")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 
 from .conftest import ROSTER, Running
 

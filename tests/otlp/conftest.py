@@ -13,10 +13,10 @@ from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from chorus.server import config
-from chorus.server.grpc_server import Server
-from chorus.server.roles import Role
+from chorus.server.model import config
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 from tests._policy import SUITE_TOML
 from tests._usage import person_totals
 from tests.e2e._servers import sqlite_rows

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chorus.server import config
-from chorus.server.calendar import WindowLength, window_of
+from chorus.server.model import config
+from chorus.server.model.calendar import WindowLength, window_of
 
 from ._requests import CUMULATIVE, DELTA, export_grpc, now_ns, point, request, sum_metric
 from .conftest import OtlpServer

@@ -8,8 +8,8 @@ import tomllib
 
 import pytest
 
-from chorus.server import config
-from chorus.server.otlp.mapping import KNOWN_KEYS, KNOWN_MAPPING_KEYS
+from chorus.server.model import config
+from chorus.server.model.otlp_mapping import KNOWN_KEYS, KNOWN_MAPPING_KEYS
 from tests._policy import SUITE_TOML
 
 

@@ -11,8 +11,8 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
-from chorus.server.ratelimit import RateLimiter
 from chorus.server.store import StoreUnavailable
+from chorus.server.transport.ratelimit import RateLimiter
 
 from ._requests import CUMULATIVE, now_ns, point, post, request, sum_metric
 from .conftest import OtlpServer
@@ -187,7 +187,7 @@ def test_cumulative_json_from_a_javascript_sdk_counts_doubles(otlp_server: OtlpS
 def test_a_flood_of_idle_connections_is_refused_not_queued(otlp_server: OtlpServer) -> None:
     import socket
 
-    from chorus.server.otlp.http import MAX_CONNECTIONS
+    from chorus.server.transport.otlp_http import MAX_CONNECTIONS
     assert otlp_server.server.otlp_http is not None
     address = ("127.0.0.1", otlp_server.server.otlp_http.port)
     idle = [socket.create_connection(address) for _ in range(MAX_CONNECTIONS)]

@@ -72,7 +72,7 @@ def test_released_sums_after_close_match_the_clamped_truth(tmp_path: Path) -> No
     assert cfg_text != OTLP_TOML
     import tomllib
 
-    from chorus.server import config
+    from chorus.server.model import config
     server = OtlpServer(tmp_path / "data", config.parse(tomllib.loads(cfg_text)))
     try:
         truth: dict[str, int] = {}

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-from chorus.server.clock import FakeClock
+from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
 from tests._usage import person_totals
 from tests.e2e._proxy import CuttingProxy
@@ -273,7 +273,7 @@ def test_histograms_exponential_histograms_and_several_mappings_per_instrument(t
 
     from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-    from chorus.server import config
+    from chorus.server.model import config
     from tests._policy import SUITE_TOML
     cfg = config.parse(tomllib.loads(SUITE_TOML + """
 [otlp]

@@ -11,9 +11,9 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics.export import MetricExportResult
 
-from chorus.server.grpc_server import Server, TlsConfig
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server, TlsConfig
 from tests.security.conftest import make_certs
 
 from ._requests import export_grpc, now_ns, point, post, request, sum_metric

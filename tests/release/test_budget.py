@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from chorus.server.audit import TeamWindowBudget
+from chorus.server.domain.audit import TeamWindowBudget
 from chorus.server.privacy.budget import Budget, BudgetRefused
 from chorus.server.privacy.epsilon import ZERO, Epsilon
-from chorus.server.verify import TeamWindowTotal
+from chorus.server.verifier.verify import TeamWindowTotal
 
 E = Epsilon.parse
 

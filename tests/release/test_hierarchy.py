@@ -12,12 +12,14 @@ import pytest
 from google.rpc import error_details_pb2
 from typer.testing import CliRunner
 
-from chorus.server import hierarchy, release, roster, verify
 from chorus.server.cli import app
-from chorus.server.ledger import read_entries
+from chorus.server.domain import release, roster
+from chorus.server.domain.ledger import read_entries
+from chorus.server.model import hierarchy
+from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.verifier import verify
 from chorus.v1 import common_pb2, release_pb2
 
 from .._race import run_together

@@ -15,11 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from chorus.server import audit, config, verify
-from chorus.server.clock import FakeClock
+from chorus.server.domain import audit
+from chorus.server.domain.release import Refused, StatisticRequest
+from chorus.server.model import config
+from chorus.server.model.clock import FakeClock
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.release import Refused, StatisticRequest
 from chorus.server.root import Chorus
+from chorus.server.verifier import verify
 from chorus.v1 import common_pb2, release_pb2
 from tests._policy import SUITE_TOML
 from tests.audit.conftest import decode, line, resign
@@ -102,9 +104,9 @@ _KILLED_CLOSER = """
 import os, signal, sys
 from datetime import datetime
 from pathlib import Path
-from chorus.server import config
+from chorus.server.model import config
 from chorus.server.root import Chorus
-from chorus.server.clock import FakeClock
+from chorus.server.model.clock import FakeClock
 chorus = Chorus(config.load(Path(sys.argv[1])), Path(sys.argv[2]), clock=FakeClock(datetime.fromisoformat(sys.argv[3])))
 # The close commits; the process dies before the first plan request.
 chorus.releases.release_plan = lambda window: os.kill(os.getpid(), signal.SIGKILL)

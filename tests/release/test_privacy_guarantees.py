@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from chorus.server import ingest
+from chorus.server.domain import ingest
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.v1 import admin_pb2, audit_pb2, ingest_pb2, release_pb2

@@ -12,12 +12,13 @@ import opendp.prelude as dp
 import pytest
 from google.rpc import error_details_pb2
 
-from chorus.server import ingest, release, verify
-from chorus.server.clock import FakeClock
-from chorus.server.ledger import read_entries
+from chorus.server.domain import ingest, release
+from chorus.server.domain.ledger import read_entries
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.verifier import verify
 from chorus.v1 import common_pb2, release_pb2
 
 from .._status import detail, error_info

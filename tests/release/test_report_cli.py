@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from chorus.server.cli import app
 from chorus.server.cli.report import _number
-from chorus.server.clock import FakeClock
-from chorus.server.roles import Role
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 
 from .conftest import WINDOW, Api, contribute

@@ -22,7 +22,7 @@ import grpc
 import psycopg
 import pytest
 
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from tests._policy import suite_config, suite_config_file
 from tests.store.postgres_schema import fresh_schema, url_with

@@ -9,9 +9,9 @@ from functools import partial
 import grpc
 import pytest
 
-from chorus.server.calendar import window_of
-from chorus.server.ingest import Batch, Contribution
-from chorus.server.roles import Role
+from chorus.server.domain.ingest import Batch, Contribution
+from chorus.server.model.calendar import window_of
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 from tests._policy import suite_config

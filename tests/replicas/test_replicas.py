@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from chorus.client import Client
-from chorus.server.calendar import window_of
-from chorus.server.ingest import Batch, Contribution
-from chorus.server.ledger import Signer
-from chorus.server.roles import Role
+from chorus.server.domain.ingest import Batch, Contribution
+from chorus.server.domain.ledger import Signer
+from chorus.server.model.calendar import window_of
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.store._schema import MIGRATIONS
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc

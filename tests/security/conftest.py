@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 import chorus.v1
 from chorus.server.cli import app
-from chorus.server.clock import FakeClock
-from chorus.server.grpc_server import Server, TlsConfig
-from chorus.server.roles import Role
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
+from chorus.server.transport.grpc_server import Server, TlsConfig
 from tests._policy import suite_config
 from tests._secrets import register, user_id
 

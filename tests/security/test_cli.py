@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from chorus.server.cli import app
 from chorus.server.cli._common import channel_credentials, is_loopback
 from chorus.server.cli.serve import load_tls
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from tests._secrets import register
 
 from .conftest import SecureServer, make_certs

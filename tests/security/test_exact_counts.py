@@ -22,10 +22,10 @@ from google.protobuf.message import Message
 from typer.testing import CliRunner
 
 from chorus.server.cli import app
-from chorus.server.clock import FakeClock
-from chorus.server.grpc_server import Server
-from chorus.server.roles import Role
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 from chorus.v1 import (
     admin_pb2,
     admin_pb2_grpc,

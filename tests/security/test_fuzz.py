@@ -17,7 +17,7 @@ from google.protobuf import descriptor, message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chorus.server.roles import SERVICE_ROLES, Role
+from chorus.server.model.roles import SERVICE_ROLES, Role
 from chorus.v1 import ingest_pb2
 
 from .conftest import FUZZ, NOON, ROSTER, Answer, SecureServer, bearer, call_raw, proto_methods

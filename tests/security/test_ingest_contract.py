@@ -10,8 +10,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from chorus.server.roles import Role
-from chorus.server.services import ingest as ingest_service
+from chorus.server.model.roles import Role
+from chorus.server.transport.services import ingest as ingest_service
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 from .._status import detail, error_info

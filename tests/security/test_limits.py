@@ -13,8 +13,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from chorus.server.gate import AuthInterceptor
-from chorus.server.roles import Principal, Role
+from chorus.server.model.roles import Principal, Role
+from chorus.server.transport.gate import AuthInterceptor
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 from .._status import detail

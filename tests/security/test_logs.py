@@ -22,8 +22,8 @@ import grpc
 import pytest
 from prometheus_client import generate_latest
 
-from chorus.server import logs
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
+from chorus.server.transport import logs
 from chorus.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests._policy import suite_config_file
 from tests._secrets import SECRET_MARKERS, leaks, register, user_id
@@ -51,7 +51,7 @@ def test_guard_captures_server_logs(secure_server: SecureServer, log_guard: Capt
     with pytest.raises(grpc.RpcError):
         admin_pb2_grpc.AdminServiceStub(secure_server.channel).ListTokens(
             admin_pb2.ListTokensRequest(), metadata=secure_server.metadata(Role.INGEST), timeout=10)
-    assert any("chorus.server.gate: denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'" in line
+    assert any("chorus.server.transport.gate: denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'" in line
                for line in log_guard.snapshot())
 
 

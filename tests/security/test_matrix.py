@@ -12,8 +12,8 @@ import pytest
 from google.protobuf import descriptor
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from chorus.server import roles
-from chorus.server.roles import Role
+from chorus.server.model import roles
+from chorus.server.model.roles import Role
 
 from .conftest import SecureServer, bearer, call_raw, proto_methods, rpc_path
 

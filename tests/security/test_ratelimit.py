@@ -13,9 +13,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from chorus.client import Client
-from chorus.server.clock import FakeClock
-from chorus.server.ratelimit import RateLimited, RateLimiter
-from chorus.server.roles import Role
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
+from chorus.server.transport.ratelimit import RateLimited, RateLimiter
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests._secrets import register
 

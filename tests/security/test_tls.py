@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from chorus.server.cli import app
 from chorus.server.cli.serve import load_tls
-from chorus.server.roles import Role
+from chorus.server.model.roles import Role
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 from .conftest import SecureServer, make_certs

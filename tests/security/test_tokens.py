@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from chorus.server.roles import Principal, Role
+from chorus.server.domain.tokens import TOKEN_CACHE_SECONDS, Tokens
+from chorus.server.model.roles import Principal, Role
 from chorus.server.root import ADMIN_TOKEN_FILE, Chorus
 from chorus.server.store import Database, Tx
-from chorus.server.tokens import TOKEN_CACHE_SECONDS, Tokens
 from chorus.v1 import admin_pb2, admin_pb2_grpc
 from tests._policy import suite_config
 from tests._secrets import register

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chorus.server import ingest
-from chorus.server.clock import FakeClock
+from chorus.server.domain import ingest
+from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
 from tests._policy import suite_config
 

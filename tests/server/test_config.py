@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from chorus.server import config
-from chorus.server.calendar import WindowLength, parse_window_id, window_of
 from chorus.server.cli import app
+from chorus.server.model import config
+from chorus.server.model.calendar import WindowLength, parse_window_id, window_of
 from chorus.server.privacy.epsilon import Epsilon
 from tests._policy import SUITE_TOML
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from chorus.server import config
-from chorus.server.calendar import WindowLength, max_windows_per_year, parse_window_id
-from chorus.server.clock import FakeClock
+from chorus.server.domain.release import Refused, Releases
+from chorus.server.model import config
+from chorus.server.model.calendar import WindowLength, max_windows_per_year, parse_window_id
+from chorus.server.model.clock import FakeClock
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.release import Refused, Releases
 from chorus.server.root import Chorus
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,9 +8,10 @@ from datetime import timedelta
 
 import pytest
 
-from chorus.server import config, ingest
-from chorus.server.clock import FakeClock
-from chorus.server.ingest import Reason
+from chorus.server.domain import ingest
+from chorus.server.domain.ingest import Reason
+from chorus.server.model import config
+from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
 from tests._policy import SUITE_TOML, suite_config
 from tests._usage import person_team, person_totals

@@ -5,8 +5,8 @@ from __future__ import annotations
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
-from chorus.server.ledger import KEY_FILE, Signer
-from chorus.server.roles import Role
+from chorus.server.domain.ledger import KEY_FILE, Signer
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 
 from .conftest import batch

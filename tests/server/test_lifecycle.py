@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from chorus.server import window_store
-from chorus.server.clock import FakeClock
-from chorus.server.ingest import Reason
+from chorus.server.domain import windows as window_store
+from chorus.server.domain.ingest import Reason
+from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
 
 from .conftest import NOON, batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from chorus.server.services._convert import page
+from chorus.server.transport.services._convert import page
 from chorus.v1 import release_pb2
 
 

@@ -8,9 +8,9 @@ import tomllib
 import pytest
 from typer.testing import CliRunner
 
-from chorus.server import config
 from chorus.server.cli import app
-from chorus.server.plan_intervals import EXPLAINED_SIZES, planned_intervals
+from chorus.server.model import config
+from chorus.server.model.plan_intervals import EXPLAINED_SIZES, planned_intervals
 from chorus.server.privacy.epsilon import Epsilon
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from chorus.server import ingest, shred
-from chorus.server.clock import FakeClock
-from chorus.server.grpc_server import admin_servicer
+from chorus.server.domain import ingest, shred
+from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
+from chorus.server.transport.grpc_server import admin_servicer
 from chorus.v1 import admin_pb2
 from tests._policy import suite_config
 
@@ -81,7 +81,7 @@ def test_a_reader_pinning_the_wal_leaves_the_shred_pending_until_a_closer_tick_a
     conn = sqlite3.connect(chorus.data_dir / SQLITE_FILE, isolation_level=None)
     chorus.ingestor.report(batch(*((user, "ai.tokens", 100 + i) for i, (user, _) in enumerate(roster_rows()))))
     secrets = _secrets(chorus)
-    with caplog.at_level(logging.INFO, logger="chorus.server.shred"):
+    with caplog.at_level(logging.INFO, logger="chorus.server.domain.shred"):
         conn.execute("BEGIN")
         conn.execute("SELECT COUNT(*) FROM windows").fetchall()  # a read transaction across the close
         chorus.import_roster([row for row in roster_rows() if row[0] != REMOVED], actor="test")

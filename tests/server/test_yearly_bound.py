@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chorus.server.calendar import WindowLength, max_windows_per_year, window_of
+from chorus.server.model.calendar import WindowLength, max_windows_per_year, window_of
 
 
 def twelve_months_after(t: datetime) -> datetime:

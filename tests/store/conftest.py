@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from chorus.server import ingest
-from chorus.server.clock import FakeClock
-from chorus.server.config import Config
+from chorus.server.domain import ingest
+from chorus.server.model.clock import FakeClock
+from chorus.server.model.config import Config
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE, Database
 from chorus.server.store.postgres import PostgresDatabase

@@ -12,17 +12,19 @@ from threading import Event
 
 import pytest
 
-from chorus.server import config, release, window_store
-from chorus.server.ingest import BatchIdReused, Reason
-from chorus.server.ledger import read_entries
-from chorus.server.ledger_format import entry_hash
+from chorus.server.domain import release
+from chorus.server.domain import windows as window_store
+from chorus.server.domain.ingest import BatchIdReused, Reason
+from chorus.server.domain.ledger import read_entries
+from chorus.server.domain.release import BudgetExceeded, Releases, StatisticRequest
+from chorus.server.domain.tokens import TokenError
+from chorus.server.model import config
+from chorus.server.model.ledger_format import entry_hash
+from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.release import BudgetExceeded, Releases, StatisticRequest
-from chorus.server.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.store import _schema, migrate, probe_write
 from chorus.server.store._schema import MIGRATIONS
-from chorus.server.tokens import TokenError
 from tests._policy import suite_config
 
 from .conftest import NOON, WINDOW, Store, batch, race, roster_rows

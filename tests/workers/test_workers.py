@@ -24,13 +24,13 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from chorus.client import Client
-from chorus.server import workers
-from chorus.server.calendar import window_of
 from chorus.server.cli._common import ExitCode
-from chorus.server.ingest import Batch, Contribution
-from chorus.server.roles import Role
+from chorus.server.domain.ingest import Batch, Contribution
+from chorus.server.model.calendar import window_of
+from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
+from chorus.server.transport import workers
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config, suite_config_file
 from tests._race import run_together

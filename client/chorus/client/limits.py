@@ -1,5 +1,5 @@
 """The most one SDK batch holds: the one definition the SDK builds batches by and the server's
-configuration takes as its floors (`chorus.server.config`), so a server never refuses, forever,
+configuration takes as its floors (`chorus.server.model.config`), so a server never refuses, forever,
 a batch the SDK cannot make smaller. Public because the server imports it; no dependencies."""
 
 from __future__ import annotations

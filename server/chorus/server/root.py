@@ -9,17 +9,18 @@ import logging
 import os
 from pathlib import Path
 
-from chorus.server import audit, roster, shred, window_store
-from chorus.server.clock import Clock, SystemClock
-from chorus.server.config import Config
-from chorus.server.ingest import Ingestor
-from chorus.server.ledger import Ledger, Signer
-from chorus.server.otlp.export import OtlpIngestor
-from chorus.server.release import Releases
-from chorus.server.roles import Role
+from chorus.server.domain import audit, roster, shred
+from chorus.server.domain import windows as window_store
+from chorus.server.domain.closer import WindowCloser
+from chorus.server.domain.ingest import Ingestor
+from chorus.server.domain.ledger import Ledger, Signer
+from chorus.server.domain.otlp.export import OtlpIngestor
+from chorus.server.domain.release import Releases
+from chorus.server.domain.tokens import TokenError, Tokens
+from chorus.server.model.clock import Clock, SystemClock
+from chorus.server.model.config import Config
+from chorus.server.model.roles import Role
 from chorus.server.store import Database, open_database
-from chorus.server.tokens import TokenError, Tokens
-from chorus.server.window_closer import WindowCloser
 
 _log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin.token"

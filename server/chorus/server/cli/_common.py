@@ -23,9 +23,9 @@ import grpc
 import typer
 from rich.console import Console
 
-from chorus.server import client_channel
-from chorus.server.client_channel import is_loopback
-from chorus.server.tokens import TOKEN_PREFIX
+from chorus.server.domain.tokens import TOKEN_PREFIX
+from chorus.server.front import client_channel
+from chorus.server.front.client_channel import is_loopback
 
 T = TypeVar("T")
 console = Console()

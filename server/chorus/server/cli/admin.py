@@ -11,8 +11,6 @@ import typer
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 
-from chorus.server import roster
-from chorus.server.calendar import parse_window_id
 from chorus.server.cli._common import (
     DEFAULT_SERVER,
     CaOpt,
@@ -29,8 +27,10 @@ from chorus.server.cli._common import (
     fail,
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, moment
-from chorus.server.paging import every_page
-from chorus.server.roles import ROLE_TO_PROTO, role_from_proto
+from chorus.server.domain import roster
+from chorus.server.front.paging import every_page
+from chorus.server.model.calendar import parse_window_id
+from chorus.server.model.roles import ROLE_TO_PROTO, role_from_proto
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 roster_app = typer.Typer(help="Manage the roster (user,team).", no_args_is_help=True)

@@ -14,7 +14,6 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from chorus.server import verify
 from chorus.server.cli._common import (
     CaOpt,
     CertOpt,
@@ -29,10 +28,11 @@ from chorus.server.cli._common import (
     rpc_errors,
 )
 from chorus.server.cli._output import Format, FormatOpt, emit
-from chorus.server.paging import every_page, stream_ledger
-from chorus.server.policy import Policy
-from chorus.server.presentation.statement import StatementFormat, render_statement
+from chorus.server.front.paging import every_page, stream_ledger
+from chorus.server.front.statement import StatementFormat, render_statement
+from chorus.server.model.policy import Policy
 from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.verifier import verify
 from chorus.v1 import audit_pb2, audit_pb2_grpc
 
 audit_app = typer.Typer(help="Export and verify the signed ledger (privacy officers).", no_args_is_help=True)

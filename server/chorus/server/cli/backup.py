@@ -20,10 +20,10 @@ from typing import Annotated
 
 import typer
 
-from chorus.server import config as config_module
 from chorus.server.cli._common import ExitCode, console, create_private_file, err_console, fail
 from chorus.server.cli.serve import DataDirOpt
-from chorus.server.ledger import KEY_FILE
+from chorus.server.domain.ledger import KEY_FILE
+from chorus.server.model import config as config_module
 from chorus.server.store import SQLITE_FILE
 from chorus.server.store import sqlite as sqlite_store
 

@@ -20,8 +20,8 @@ from chorus.server.cli._common import (
     fail,
     is_loopback,
 )
-from chorus.server.client_channel import ChannelError
-from chorus.server.config import ConfigError, parse_duration
+from chorus.server.front.client_channel import ChannelError
+from chorus.server.model.config import ConfigError, parse_duration
 
 
 def dashboard(

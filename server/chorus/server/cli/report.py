@@ -23,7 +23,6 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
-from chorus.server import hierarchy
 from chorus.server.cli._common import (
     CaOpt,
     CertOpt,
@@ -40,10 +39,11 @@ from chorus.server.cli._common import (
     rpc_errors,
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, text_or_none
-from chorus.server.paging import every_page
-from chorus.server.presentation.numbers import format_compact
+from chorus.server.front.numbers import format_compact
+from chorus.server.front.paging import every_page
+from chorus.server.model import hierarchy
+from chorus.server.model.statistics import Statistic, name_of
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.statistics import Statistic, name_of
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
 
 

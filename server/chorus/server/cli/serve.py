@@ -13,11 +13,11 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from chorus.server import config as config_module
-from chorus.server import logs, metrics, workers
 from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
-from chorus.server.grpc_server import Server, TlsConfig
+from chorus.server.model import config as config_module
 from chorus.server.root import Chorus
+from chorus.server.transport import logs, metrics, workers
+from chorus.server.transport.grpc_server import Server, TlsConfig
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", envvar="CHORUS_DATA_DIR",
                                           help="Directory for the SQLite database, ledger key, admin token.")]
@@ -158,7 +158,7 @@ def serve(
 
 def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_listen: str | None,
                   otlp_http_listen: str | None, index: int, ready_fd: int | None) -> None:
-    """One worker of `serve --workers N` (chorus.server.workers): its parent holds the port.
+    """One worker of `serve --workers N` (chorus.server.transport.workers): its parent holds the port.
     Worker 0 alone is given `otlp_http_listen` (and runs the closer)."""
     if metrics_listen is not None:
         host, port = metrics.parse_address(metrics_listen)
@@ -249,7 +249,7 @@ def default_config(
 ) -> None:
     """Print the built-in configuration (a starting point for --config), with the intervals its
     release plan gives teams of 10, 30 and 100 people."""
-    from chorus.server.plan_intervals import explain
+    from chorus.server.model.plan_intervals import explain
 
     text = config_module.DEFAULT_TOML
     # The plan's intervals right after the plan, before the metrics it names.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from chorus.server.presentation.numbers import format_compact
+from chorus.server.front.numbers import format_compact
 
 Formatter = Callable[[float], str]
 

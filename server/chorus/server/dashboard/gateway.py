@@ -17,9 +17,9 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from chorus.server.client_channel import channel_credentials
-from chorus.server.paging import every_page, stream_ledger
-from chorus.server.roles import Role
+from chorus.server.front.client_channel import channel_credentials
+from chorus.server.front.paging import every_page, stream_ledger
+from chorus.server.model.roles import Role
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
 T = TypeVar("T")

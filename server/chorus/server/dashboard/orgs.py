@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from werkzeug.exceptions import BadRequest
 
-from chorus.server import hierarchy
 from chorus.server.dashboard import charts
 from chorus.server.dashboard.charts import Bar, Interval, format_number, format_percent
 from chorus.server.dashboard.gateway import Api
@@ -34,6 +33,7 @@ from chorus.server.dashboard.pages import (
     closed_windows,
 )
 from chorus.server.dashboard.tables import Column, DataTable, text
+from chorus.server.model import hierarchy
 from chorus.v1 import common_pb2, release_pb2
 
 OTHER = "Other (small teams)"

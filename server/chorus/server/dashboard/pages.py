@@ -25,23 +25,16 @@ from markupsafe import Markup
 from werkzeug.exceptions import BadRequest
 
 from chorus.server.dashboard import charts, headline
-from chorus.server.dashboard.charts import (
-    Bar,
-    BudgetBar,
-    Formatter,
-    Interval,
-    format_number,
-    format_percent,
-)
+from chorus.server.dashboard.charts import Bar, BudgetBar, Formatter, Interval, format_number, format_percent
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
-from chorus.server.ledger_format import Entry
-from chorus.server.policy import Policy
-from chorus.server.presentation.numbers import format_compact
-from chorus.server.presentation.statement import StatementFormat, render_statement, statement_sections
+from chorus.server.front.numbers import format_compact
+from chorus.server.front.statement import StatementFormat, render_statement, statement_sections
+from chorus.server.model.ledger_format import Entry
+from chorus.server.model.policy import Policy
+from chorus.server.model.statistics import Statistic
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.statistics import Statistic
 from chorus.v1 import audit_pb2, common_pb2, release_pb2
 
 Args = Mapping[str, str]

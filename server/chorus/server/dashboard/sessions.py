@@ -14,8 +14,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from chorus.server.clock import Clock
-from chorus.server.roles import Role
+from chorus.server.model.clock import Clock
+from chorus.server.model.roles import Role
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Ledger chain status for the privacy officer, from the offline verifier `chorus.server.verify`.
+"""Ledger chain status for the privacy officer, from the offline verifier `chorus.server.verifier.verify`.
 
 This adapter is the one place that knows the verifier's API: the ledger page hands it a way to
 stream entries and the server's public key and shows the `ChainStatus` it returns. The
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from chorus.server import verify
+from chorus.server.verifier import verify
 
 VERIFIED = "verified"
 FAILED = "failed"

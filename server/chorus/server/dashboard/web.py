@@ -20,11 +20,11 @@ from flask import Flask, Response, abort, g, redirect, render_template, request,
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from chorus.server.clock import Clock, SystemClock
 from chorus.server.dashboard import orgs, pages
 from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
 from chorus.server.dashboard.sessions import Session, SessionStore
-from chorus.server.roles import Role
+from chorus.server.model.clock import Clock, SystemClock
+from chorus.server.model.roles import Role
 from chorus.v1 import common_pb2
 
 _log = logging.getLogger(__name__)

@@ -20,15 +20,15 @@ from rich.progress import Progress
 from rich.table import Table
 
 from chorus.client import Client
-from chorus.server import config
-from chorus.server.calendar import WindowLength, window_of
 from chorus.server.cli import admin as admin_cli
 from chorus.server.cli import audit as audit_cli
 from chorus.server.cli import report as report_cli
 from chorus.server.demo import _killed_tool, _otel_tool
 from chorus.server.demo._world import BURNER, BURNER_TOKENS, ORGS, OTEL_TOOL, TOOLS, World, build
-from chorus.server.grpc_server import Server
+from chorus.server.model import config
+from chorus.server.model.calendar import WindowLength, window_of
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 from chorus.v1 import (
     admin_pb2,
     admin_pb2_grpc,

@@ -10,7 +10,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from chorus.server.policy import Policy
+from chorus.server.model.policy import Policy
 
 TEAMS = {"platform": 60, "payments": 45, "mobile": 35, "data": 25, "design": 3}
 #: The company's two orgs (the roster's org column): design, below k, is counted in product.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from chorus.server.policy import MAX_METRICS
+from chorus.server.model.policy import MAX_METRICS
 from chorus.server.store._db import Database, Tx
 
 _log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "ALTER TABLE batches ADD COLUMN digest {blob}",
     ]),
     # Per-person OTLP state of open windows, deleted at close with the window key
-    # (chorus.server.otlp.series): exactly-once keys of delta points, and the latest point of
+    # (chorus.server.domain.otlp.series): exactly-once keys of delta points, and the latest point of
     # each cumulative series. Keys are HMACs under the window key; no attribute value is stored.
     (4, "OTLP exactly-once keys and cumulative series state", [
         """CREATE TABLE otlp_points (
@@ -138,7 +138,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ]),
     (5, "pending shreds and the store write probe", [
         # Deletions of secrets (a window's key and pseudonyms, removed roster ids) committed but
-        # possibly still readable in the engine's files; see chorus.server.shred. `version`
+        # possibly still readable in the engine's files; see chorus.server.domain.shred. `version`
         # counts re-records of the subject, so clearing one never clears a later one.
         """CREATE TABLE pending_shreds (
             subject TEXT PRIMARY KEY,
@@ -152,12 +152,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (6, "drop windows.rows_folded", [
         "ALTER TABLE windows DROP COLUMN rows_folded",
     ]),
-    # When the closer finished releasing the window's frozen release plan (chorus.server.release);
+    # When the closer finished releasing the window's frozen release plan (chorus.server.domain.release);
     # NULL while it is pending. Until then only the plan may spend the window's budget.
     (7, "release plan completion", [
         "ALTER TABLE windows ADD COLUMN plan_released_at BIGINT",
     ]),
-    # The organisation tree (chorus.server.hierarchy): each team's org path, replaced with the
+    # The organisation tree (chorus.server.model.hierarchy): each team's org path, replaced with the
     # roster, and frozen per window at close next to the roster sizes. Empty: under the company.
     (8, "org paths of teams", [
         """CREATE TABLE roster_orgs (

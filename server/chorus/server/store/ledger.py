@@ -4,7 +4,7 @@ Invariants: entries are only appended, in the appender's transaction, and never 
 deleted. `advance_head` is a single conditional UPDATE that takes the head row's lock, so
 appends are linear across replicas: each gets the next seq and the previous entry's hash,
 and `append` stores the entry and moves the head's hash in the same transaction. Hashing,
-signing and the canonical form are the domain's (chorus.server.ledger).
+signing and the canonical form are the domain's (chorus.server.domain.ledger).
 """
 
 from __future__ import annotations

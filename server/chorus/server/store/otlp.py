@@ -6,7 +6,7 @@ exactly the rows it inserted (a concurrent export of the same point waits on the
 then finds the conflict); keys go in sorted so concurrent transactions lock in one order. A
 cumulative series keeps only its latest point per window (`remember`: an older point never
 replaces a newer), keyed and sealed with the window's key by the domain
-(chorus.server.otlp.series). Both tables' rows of a window are deleted at its close
+(chorus.server.domain.otlp.series). Both tables' rows of a window are deleted at its close
 (`delete_window`).
 """
 

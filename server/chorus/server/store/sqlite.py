@@ -12,7 +12,7 @@ Deleted bytes: secure_delete zeroes deleted cells and freed pages in the new pag
 but the WAL still holds the old versions until a checkpoint copies the new ones back and
 truncates it. `checkpoint()` does that and reports whether it worked: another connection's
 read transaction (a `sqlite3` shell, a backup tool) pins the WAL, and then the caller keeps
-the shred pending (chorus.server.shred). journal_size_limit=0 truncates the WAL whenever
+the shred pending (chorus.server.domain.shred). journal_size_limit=0 truncates the WAL whenever
 SQLite restarts it after a complete checkpoint, so stale frames never outlive a restart.
 
 Failures an operator can fix (disk full, I/O error, read-only file or directory, file that

@@ -1,0 +1,175 @@
+"""An OTLP `ExportMetricsServiceRequest` as a list of data points Chorus may count.
+
+Only what counting needs survives this module: the instrument name, temporality, the value,
+the two timestamps, the string attributes a mapping filters on, the identity, and a SHA-256
+digest naming the point's series (resource, scope, instrument and every point attribute; for
+a delta point, the point's exact bytes). Neither is stored as is: `series` keys them with
+the window's secret. Everything else in the export (session ids, models, any other
+attribute) is dropped here, in memory.
+
+Instruments no mapping names are skipped without decoding their points, so a tool that
+exports many instruments costs little beyond the few that count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+from chorus.server.model.otlp_mapping import OtlpPolicy
+
+#: Attributes per data point or resource; more is an attribute bomb, refused whole.
+MAX_ATTRIBUTES = 128
+_CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+_DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+_NO_RECORDED_VALUE = metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+
+
+class InvalidExport(ValueError):
+    """The request as a whole is refused (nothing of it is counted); the message names the limit
+    and `field` the part of the request that broke it (a BadRequest field path)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Point(NamedTuple):
+    """One data point of a mapped instrument. `problem` says why it cannot count, if it cannot."""
+
+    instrument: str
+    cumulative: bool
+    value: float
+    start_ns: int
+    time_ns: int
+    strings: dict[str, str]  # the point's string attributes, for mapping filters
+    identity: str | None
+    series: bytes  # cumulative: SHA-256 of the series; delta: the bytes naming the point (see _points)
+    problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Flattened:
+    points: list[Point]
+    unmapped: int  # data points of instruments no mapping names
+
+
+def count_points(request: ExportMetricsServiceRequest) -> int:
+    """Data points in a request, counted without decoding any of them."""
+    total = 0
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    total += len(getattr(metric, kind).data_points)
+    return total
+
+
+def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max_string: int) -> Flattened:
+    """The points of mapped instruments (by `policy`, the current configuration's mapping)."""
+    points: list[Point] = []
+    unmapped = 0
+    for resource_metrics in request.resource_metrics:
+        resource_attrs = resource_metrics.resource.attributes
+        resource_digest: bytes | None = None
+        resource_strings: dict[str, str] | None = None
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue
+                data = getattr(metric, kind)
+                if policy is None or not policy.mappings(metric.name):
+                    unmapped += len(data.data_points)
+                    continue
+                if resource_digest is None:
+                    _check_bomb(resource_attrs, "resource")
+                    resource_strings = {kv.key: kv.value.string_value for kv in resource_attrs}
+                    resource_digest = _attribute_digest(resource_attrs)
+                assert resource_strings is not None
+                stream = hashlib.sha256(resource_digest)
+                stream.update(b"\0scope\0" + scope_metrics.scope.name.encode() + b"\0metric\0" + metric.name.encode())
+                points.extend(_points(metric.name, kind, data, stream, resource_strings, policy, max_string))
+    return Flattened(points, unmapped)
+
+
+def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, resource: dict[str, str],
+            policy: OtlpPolicy, max_string: int) -> Iterable[Point]:
+    temporality = getattr(data, "aggregation_temporality", 0)
+    problem = None
+    if kind in ("gauge", "summary"):
+        problem = f"a {kind} cannot be summed (map a monotonic sum or a histogram)"
+    elif kind == "sum" and not data.is_monotonic:
+        problem = "a non-monotonic sum cannot be counted (map a monotonic sum)"
+    elif temporality not in (_CUMULATIVE, _DELTA):
+        problem = "aggregation temporality is unspecified"
+    cumulative = temporality == _CUMULATIVE
+    prefix = stream.digest()
+    sha256 = hashlib.sha256
+    names = policy.identity_attributes
+    for point in data.data_points:
+        if point.flags & _NO_RECORDED_VALUE:
+            continue  # a staleness marker, not a value
+        attrs = point.attributes
+        _check_bomb(attrs, "data point")
+        # Non-string values read as "": they match no filter and are no identity.
+        strings = {kv.key: kv.value.string_value for kv in attrs}
+        if cumulative:  # the series: its whole attribute set, in any order
+            series = sha256(prefix + _attribute_digest(attrs)).digest()
+        else:
+            # A delta point counts once: its exact bytes (attributes, times and value) name it, and
+            # an exporter's retry resends them unchanged. They are only ever hashed under the
+            # window key (series.point_key), so they are not digested here.
+            series = prefix + point.SerializeToString(deterministic=True)
+        value, why = _value(kind, point)
+        yield Point(name, cumulative, value, point.start_time_unix_nano, point.time_unix_nano,
+                    strings, _identity(names, strings, resource, max_string), series, problem or why)
+
+
+def _value(kind: str, point: Any) -> tuple[float, str | None]:
+    """A Number, Histogram or ExponentialHistogram point's countable value, or why it has none."""
+    if kind == "sum":
+        which = point.WhichOneof("value")
+        value = float(point.as_int if which == "as_int" else point.as_double)
+    elif kind in ("histogram", "exponential_histogram"):
+        if not point.HasField("sum"):
+            return 0.0, "a histogram point without a sum"
+        value = point.sum
+    else:
+        return 0.0, None
+    if not math.isfinite(value):
+        return 0.0, "a value that is NaN or infinite"
+    if value < 0:
+        return 0.0, "a negative value"
+    return value, None
+
+
+def _identity(names: Sequence[str], point: dict[str, str], resource: dict[str, str], limit: int) -> str | None:
+    """The first identity attribute present on the point, else on the resource."""
+    for source in (point, resource):
+        for name in names:
+            value = source.get(name)
+            if value is not None:
+                return value if 0 < len(value) <= limit and value.isprintable() else None
+    return None
+
+
+def _attribute_digest(attrs: Sequence[KeyValue]) -> bytes:
+    """SHA-256 of an attribute set, independent of the order the exporter sent it in."""
+    # repr of sorted (str, bytes) pairs is unambiguous: quotes and escapes delimit every item.
+    return hashlib.sha256(repr(sorted((kv.key, kv.value.SerializeToString(deterministic=True))
+                                      for kv in attrs)).encode()).digest()
+
+
+def _check_bomb(attrs: Sequence[KeyValue], where: str) -> None:
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise InvalidExport(f"a {where} has {len(attrs)} attributes; the limit is {MAX_ATTRIBUTES}",
+                            f"{where.replace(' ', '_')}.attributes")

@@ -1,0 +1,121 @@
+"""The privacy statement: what is collected, kept, released and spent, in plain language,
+from a frozen policy. One text for `chorus audit statement` and the dashboard's statement page."""
+
+from __future__ import annotations
+
+import enum
+import textwrap
+
+from chorus.server.model.calendar import WindowLength, max_windows_per_year
+from chorus.server.model.policy import Policy
+from chorus.server.privacy.epsilon import Epsilon
+
+__all__ = ["Section", "StatementFormat", "render_statement", "statement_sections"]
+
+
+class StatementFormat(enum.StrEnum):
+    TEXT = "text"
+    MARKDOWN = "markdown"
+
+
+Section = tuple[str, list[str], list[str]]  # heading, paragraphs, bullets
+
+
+def statement_sections(window_id: str, policy: Policy) -> list[Section]:
+    """The privacy statement's content, independent of its format."""
+    unit = "day" if policy.window_length is WindowLength.DAY else "week"
+    per_year = max_windows_per_year(policy.window_length)
+    eps = policy.epsilon_per_window
+    yearly = Epsilon(eps.micros * per_year)
+    k = policy.min_team_size
+    defaults = ", ".join(f"{s} {e}" for s, e in sorted(policy.default_epsilon.items()))
+    window_text = ("a UTC day" if unit == "day" else "an ISO week, Monday to Sunday, UTC")
+    return [
+        ("What is collected", [
+            f"AI tools report how much you use them, as counts per {unit} ({window_text}). "
+            f"This statement describes the policy frozen for window {window_id}; a policy change "
+            "takes effect from the next window only. The metrics, each with the most one person "
+            f"can add to any total in one {unit}:",
+        ], [f"{m.name}: {m.description or 'no description'} (at most {m.max_per_user:,} per person "
+            f"per {unit})" for m in policy.metrics]),
+        ("How it is stored and for how long", [
+            "Your usage is stored only under a pseudonym, a keyed hash made with a random key that "
+            f"exists for one {unit} only. Your team comes from the company roster, as it was at your "
+            f"first contribution in the {unit}.",
+            f"When the {unit} ends, plus {_duration(policy.grace_seconds)} for late reports, the "
+            "per-person totals are added into team totals and deleted, and the key is destroyed. "
+            f"Team totals can be released for {policy.retention_windows} {unit}s; no statistic about "
+            "an older window can be released.",
+        ], []),
+        ("What is released", [
+            f"Only statistics of whole teams, only for {unit}s that have ended, only for teams of at "
+            f"least {k} people, and always with random noise (OpenDP's discrete Laplace mechanism): "
+            "sums, counts of people using a metric, histograms over fixed buckets, and the number "
+            "of active people. Averages and adoption rates are computed from those.",
+            "The same statistics can be released for a group of teams: an org (a department, at any "
+            "depth of the company's org chart) or the whole company, again only when it has at least "
+            f"{k} people. A team smaller than {k} is never released on its own, but its people are "
+            "counted in their org's and the company's numbers. When teams, orgs and the company are all "
+            "released, the numbers are adjusted to add up (an org equals the sum of its teams); that "
+            "adjustment uses only the released numbers and costs no privacy.",
+        ], []),
+        ("How much privacy each release spends", [
+            f"Every team has a differential-privacy budget of epsilon = {eps} per {unit}; each "
+            f"release spends part of it (by default: {defaults}) and nothing more is released once "
+            f"it is spent. You count for one team per {unit}, so everything released about one "
+            f"{unit} reveals at most epsilon = {eps} about you. Any twelve months touch at most "
+            f"{per_year} {unit}s (a year from late in a {unit}, in a leap year), so over a year that "
+            f"adds up to at most epsilon = {yearly} ({per_year} x {eps}), the worst case where "
+            "every budget is spent in full.",
+            "What a release at each level costs you: a release about your team spends its epsilon "
+            "from your team's budget; a release about your org, or about any org above your team, or "
+            "about the whole company, spends the same epsilon from your team's budget too (and from "
+            "every other team's below it), because you are inside those numbers. A release about "
+            "an org you are not in costs you nothing. Whatever the mix of levels, everything released "
+            f"about one {unit} still reveals at most epsilon = {eps} about you: a release that would "
+            "overspend any one team's budget is refused whole.",
+            "Every release, with its noise scale, epsilon and the budget left, is recorded in a "
+            "signed, hash-chained ledger that the privacy officer verifies independently.",
+        ], []),
+        ("What nobody can see", [], [
+            "Any individual's usage: only noisy team statistics are ever released, to anyone.",
+            "Rankings: nothing names or orders people; there is no per-person query.",
+            f"Teams smaller than {k}: they are never released on their own.",
+            f"Not even the operator, once a {unit} has closed: the per-person rows are deleted and the "
+            "key that linked pseudonyms to people is destroyed. While a window is open, its per-person "
+            "totals exist on the server under pseudonyms, protected like any other server data.",
+        ]),
+    ]
+
+
+def render_statement(window_id: str, policy: Policy, fmt: StatementFormat) -> str:
+    """The privacy statement as plain text (wrapped at 88 columns) or Markdown."""
+    title = "Chorus privacy statement"
+    sections = statement_sections(window_id, policy)
+    if fmt is StatementFormat.MARKDOWN:
+        lines = [f"# {title}", ""]
+        for heading, paragraphs, bullets in sections:
+            lines += [f"## {heading}", ""]
+            for p in paragraphs:
+                lines += [p, ""]
+            if bullets:
+                lines += [*(f"- {b}" for b in bullets), ""]
+        return "\n".join(lines)
+    lines = [title, "=" * len(title), ""]
+    for heading, paragraphs, bullets in sections:
+        lines += [heading, "-" * len(heading)]
+        for p in paragraphs:
+            lines += [*textwrap.wrap(p, 88), ""]
+        for b in bullets:
+            lines += textwrap.wrap(b, 88, initial_indent="  * ", subsequent_indent="    ")
+        if bullets:
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _duration(seconds: int) -> str:
+    for size, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {name}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"

@@ -1,0 +1,457 @@
+"""Server configuration from a TOML file, validated up front with errors that name the value.
+
+The privacy-relevant part (`chorus.server.model.policy.Policy`) is frozen into each window when it
+opens, so a change here takes effect from the next window only.
+
+Every key must be known (`KNOWN_KEYS`): a misspelt privacy setting (`min_team_sise = 10`) or
+section (`[window]`) would otherwise be ignored and its built-in value silently used, so the
+file is refused, naming the key and the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from chorus.client.limits import MAX_BATCH_CONTRIBUTIONS, MAX_NAME_CHARS
+from chorus.server.model import otlp_mapping
+from chorus.server.model.calendar import WindowLength
+from chorus.server.model.otlp_mapping import parse_otlp
+from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Policy
+from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
+from chorus.server.model.statistics import NOISY_PARTS
+from chorus.server.model.statistics import REQUESTABLE as STATISTICS
+from chorus.server.privacy.epsilon import Epsilon
+
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key, the value and the rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Hostile-input bounds, enforced before anything touches the store."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_batch_contributions: int = 10_000
+    max_string_length: int = MAX_NAME_CHARS
+    ingest_rate_per_token: float = 2_000_000.0  # contributions per second, token bucket
+    ingest_burst_per_token: int = 4_000_000
+    rpc_deadline_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    policy: Policy
+    limits: Limits = field(default_factory=Limits)
+    listen: str = "127.0.0.1:7355"
+    database: str = ""  # empty: SQLite file in the data directory
+    sqlite_synchronous: str = "FULL"
+    close_interval_seconds: float = 30.0
+
+
+#: Every key a config file may hold, by the dotted path of its table ("" is the top level).
+#: A table's own name is a key of its parent; an array of tables ([[metrics]]) is checked entry
+#: by entry against its path. A section is added by listing its keys here and reading them in
+#: `parse`; anything not listed is refused.
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics", "otlp"}),
+    "server": frozenset({"listen", "database", "close_interval_seconds"}),
+    "windows": frozenset({"length", "grace"}),
+    "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon",
+                          "release_plan"}),
+    "privacy.default_epsilon": frozenset(NOISY_STATISTICS),
+    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}),
+    "limits": frozenset(f.name for f in fields(Limits)),
+    "store": frozenset({"sqlite_synchronous"}),
+    "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
+    "otlp": otlp_mapping.KNOWN_KEYS,
+    "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
+}
+
+
+def check_keys(raw: dict[str, Any], path: str = "", shown: str = "") -> None:
+    """Refuse any key not in KNOWN_KEYS, naming it and the nearest valid key.
+
+    `path` is the table's entry in KNOWN_KEYS, `shown` its name in messages (with indexes
+    into arrays of tables, e.g. metrics[2])."""
+    known = KNOWN_KEYS[path]
+    for key, value in raw.items():
+        child = f"{path}.{key}" if path else key
+        if key not in known:
+            kind = "section" if isinstance(value, dict) else "key"
+            raise ConfigError(f"unknown {kind} {_name(shown, key, isinstance(value, dict))}: "
+                              f"{_nearest(key, path, shown)}")
+        if child not in KNOWN_KEYS:
+            continue
+        where = f"{shown}.{key}" if shown else key
+        if isinstance(value, dict):
+            check_keys(value, child, where)
+        elif isinstance(value, list):
+            for i, entry in enumerate(value):
+                if isinstance(entry, dict):
+                    check_keys(entry, child, f"{where}[{i}]")
+
+
+def _name(table: str, key: str, section: bool) -> str:
+    dotted = f"{table}.{key}" if table else key
+    return f"[{dotted}]" if section else dotted
+
+
+def _nearest(key: str, path: str, shown: str) -> str:
+    """The closest key of the same table, else the table where this key is valid."""
+    close = difflib.get_close_matches(key, KNOWN_KEYS[path], n=1, cutoff=0.6)
+    if close:
+        section = (f"{path}.{close[0]}" if path else close[0]) in KNOWN_KEYS
+        return f"did you mean {_name(shown, close[0], section)}?"
+    elsewhere = sorted(p for p, keys in KNOWN_KEYS.items() if key in keys and p != path)
+    if elsewhere:
+        return f"did you mean {_name(elsewhere[0], key, False)}? It belongs in " + (
+            f"[{elsewhere[0]}]" if elsewhere[0] else "the top level")
+    table = f"[{shown}]" if shown else "the top level"
+    return f"{table} takes {', '.join(sorted(KNOWN_KEYS[path]))}"
+
+
+DEFAULT_TOML = """\
+# Chorus server configuration. Privacy settings are frozen into each window when it
+# opens; changes apply from the next window.
+
+[server]
+listen = "127.0.0.1:7355"
+# database = "postgresql://user@host/chorus"   # default: SQLite in the data directory
+
+[windows]
+# The privacy unit is one person's usage in one window. Weekly windows bound a person's
+# privacy loss over any twelve months to 54 x epsilon_per_window (daily windows: 367 x).
+length = "week"       # "week" (ISO week, UTC) or "day" (UTC)
+grace = "6h"          # contributions may arrive this long after a window ends
+
+[privacy]
+# Budget per team-window. At 0.5 per statistic a team's count of active people has a 95%
+# interval of about +-6 people: enough signal for teams of a few dozen. Four to six noisy
+# statistics fit per team and week; repeats of a released statistic are free.
+epsilon_per_window = "3"
+min_team_size = 5          # k: smaller teams are never released on their own
+retention_windows = 52     # windows older than this can no longer be released
+
+[privacy.default_epsilon]  # per statistic; mean and adoption are post-processing
+sum = "0.5"
+count = "0.5"
+histogram = "0.5"
+active = "0.5"
+
+# The release plan: what is published for every team of at least k people as soon as a window
+# closes, once, so that reading the numbers never spends budget. This one is a weekly
+# leadership review: adoption, and the sum and mean of tokens and requests, 2.5 of each
+# team-window's 3; the other 0.5 stays for one question nobody planned (`chorus report
+# --release`). The end of `chorus default-config` lists the 95% intervals it gives. An entry's epsilon
+# defaults to [privacy.default_epsilon] and applies to each noisy part (a mean is a sum and a
+# count); a metric is required except for adoption.
+[[privacy.release_plan]]
+statistic = "adoption"
+
+[[privacy.release_plan]]
+statistic = "sum"
+metric = "ai.tokens"
+
+[[privacy.release_plan]]
+statistic = "mean"
+metric = "ai.tokens"
+
+[[privacy.release_plan]]
+statistic = "sum"
+metric = "ai.requests"
+
+[[privacy.release_plan]]
+statistic = "mean"
+metric = "ai.requests"
+
+# Bounds are per person and week. A sum's noise grows with its bound (95% interval about
+# +-6 x max_per_user at epsilon 0.5), so pick a bound near heavy-but-real weekly usage:
+# anything above it is clamped and buys nothing.
+[[metrics]]
+name = "ai.tokens"
+description = "Tokens consumed by AI assistants"
+max_per_user = 500000
+histogram_edges = [25000, 100000, 250000, 400000]
+
+[[metrics]]
+name = "ai.requests"
+description = "Requests sent to AI assistants"
+max_per_user = 500
+histogram_edges = [25, 100, 250, 400]
+
+[[metrics]]
+name = "ai.suggestions_accepted"
+description = "AI suggestions accepted into code or documents"
+max_per_user = 500
+histogram_edges = [10, 50, 150, 300]
+
+[[metrics]]
+name = "ai.tasks_completed"
+description = "Tasks completed with AI assistance"
+max_per_user = 50
+histogram_edges = [2, 5, 15, 30]
+
+# OpenTelemetry (OTLP): uncomment the lines below to take usage from AI tools that export
+# OpenTelemetry metrics (docs/otlp.md). Points of instruments mapped nowhere are ignored;
+# everything but the identity and the mapped values is dropped at the door.
+# [otlp]
+# # Attributes naming the person, first present wins (data point, then resource); the value
+# # must be the roster's user id, usually the work email.
+# identity_attributes = ["user.email", "enduser.id"]
+#
+# # Claude Code (CLAUDE_CODE_ENABLE_TELEMETRY=1). Cache reads and writes are left out: they
+# # dwarf real usage and would hit the ai.tokens bound for everyone.
+# [[otlp.metrics]]
+# name = "claude_code.token.usage"
+# metric = "ai.tokens"
+# attributes = { type = ["input", "output"] }
+#
+# [[otlp.metrics]]
+# name = "claude_code.code_edit_tool.decision"
+# metric = "ai.suggestions_accepted"
+# attributes = { decision = ["accept"] }
+#
+# # Gemini CLI (telemetry.enabled, target "local" with an OTLP endpoint)
+# [[otlp.metrics]]
+# name = "gemini_cli.token.usage"
+# metric = "ai.tokens"
+# attributes = { type = ["input", "output"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.api.request.count"
+# metric = "ai.requests"
+#
+# # Any tool following the OpenTelemetry GenAI semantic conventions (a histogram: its sum counts)
+# [[otlp.metrics]]
+# name = "gen_ai.client.token.usage"
+# metric = "ai.tokens"
+# attributes = { "gen_ai.token.type" = ["input", "output"] }
+"""
+#: The first line of the commented `[otlp]` block in DEFAULT_TOML.
+OTLP_BLOCK_START = "# [otlp]\n"
+
+
+def with_otlp_enabled(text: str) -> str:
+    """A config text with its commented `[otlp]` block (from OTLP_BLOCK_START to the end) uncommented."""
+    head, found, block = text.partition(OTLP_BLOCK_START)
+    if not found:
+        raise ConfigError("the config has no commented [otlp] block to enable")
+    lines = (found + block).splitlines(keepends=True)
+    return head + "".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines)
+#: Where the [[metrics]] of DEFAULT_TOML begin (`chorus default-config` explains the plan above it).
+METRICS_COMMENT = "# Bounds are per person and week."
+#: Values for keys a config file leaves out: the built-in file above is the one source.
+_DEFAULTS = tomllib.loads(DEFAULT_TOML)
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a config file; None means the built-in defaults."""
+    text = DEFAULT_TOML if path is None else _read(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'built-in config'}: {exc}") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+
+
+def parse(raw: dict[str, Any]) -> Config:
+    """Validate a decoded TOML document: known keys only, each value within its rule."""
+    check_keys(raw)
+    server = _table(raw, "server")
+    windows = _table(raw, "windows")
+    privacy = _table(raw, "privacy")
+    limits_raw = _table(raw, "limits")
+    store = _table(raw, "store")
+
+    length_text = windows.get("length", _DEFAULTS["windows"]["length"])
+    try:
+        length = WindowLength(length_text)
+    except ValueError:
+        raise ConfigError(f"windows.length = {length_text!r}: must be 'day' or 'week'") from None
+    grace = parse_duration(windows.get("grace", _DEFAULTS["windows"]["grace"]), "windows.grace")
+
+    metrics = tuple(_metric(m, i) for i, m in enumerate(raw.get("metrics", [])))
+    if not metrics:
+        raise ConfigError("no [[metrics]] defined: at least one metric is required")
+    if len(metrics) > MAX_METRICS:
+        raise ConfigError(f"{len(metrics)} [[metrics]] defined; the limit is {MAX_METRICS}")
+    names = [m.name for m in metrics]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"metric names must be unique, got {names}")
+
+    defaults_raw = _table(privacy, "default_epsilon", "privacy.default_epsilon")
+    defaults = {s: _epsilon(defaults_raw.get(s, _DEFAULTS["privacy"]["default_epsilon"][s]),
+                            f"privacy.default_epsilon.{s}", positive=True)
+                for s in NOISY_STATISTICS}
+    budget = _epsilon(privacy.get("epsilon_per_window", _DEFAULTS["privacy"]["epsilon_per_window"]),
+                      "privacy.epsilon_per_window", positive=True)
+    for stat, eps in defaults.items():
+        if eps > budget:
+            raise ConfigError(f"privacy.default_epsilon.{stat} = {eps} exceeds "
+                              f"privacy.epsilon_per_window = {budget}")
+    k = _int(privacy.get("min_team_size", _DEFAULTS["privacy"]["min_team_size"]), "privacy.min_team_size",
+             1, 1_000_000)
+    retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
+                     "privacy.retention_windows", 1, 100_000)
+
+    # No plan in the file: the built-in one, for those of its metrics the file defines.
+    plan_raw = privacy.get("release_plan", [e for e in _DEFAULTS["privacy"]["release_plan"]
+                                            if e.get("metric", "") in {"", *names}])
+    if not isinstance(plan_raw, list):
+        raise ConfigError("privacy.release_plan must be an array of tables ([[privacy.release_plan]])")
+    plan = _plan(plan_raw, metrics, defaults, budget)
+    try:
+        otlp = parse_otlp(_table(raw, "otlp"), names)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    policy = Policy(length, grace, metrics, budget, defaults, k, retention, release_plan=plan, otlp=otlp)
+    limit_defaults = Limits()
+    limits = Limits(
+        # The floors are what the SDK sends at most (chorus.client.limits: contributions, about
+        # 1 MiB, name length): a lower limit would refuse, forever, batches the SDK cannot make smaller.
+        max_message_bytes=_int(limits_raw.get("max_message_bytes", limit_defaults.max_message_bytes),
+                               "limits.max_message_bytes", 2 * 1024 * 1024, 64 * 1024 * 1024),
+        max_batch_contributions=_int(
+            limits_raw.get("max_batch_contributions", limit_defaults.max_batch_contributions),
+            "limits.max_batch_contributions", MAX_BATCH_CONTRIBUTIONS, 1_000_000),
+        max_string_length=_int(limits_raw.get("max_string_length", limit_defaults.max_string_length),
+                               "limits.max_string_length", MAX_NAME_CHARS, 4096),
+        ingest_rate_per_token=_positive(limits_raw.get("ingest_rate_per_token",
+                                                       limit_defaults.ingest_rate_per_token),
+                                        "limits.ingest_rate_per_token"),
+        ingest_burst_per_token=_int(limits_raw.get("ingest_burst_per_token",
+                                                   limit_defaults.ingest_burst_per_token),
+                                    "limits.ingest_burst_per_token", 1, 10**12),
+        rpc_deadline_seconds=_positive(limits_raw.get("rpc_deadline_seconds",
+                                                      limit_defaults.rpc_deadline_seconds),
+                                       "limits.rpc_deadline_seconds"),
+    )
+    synchronous = str(store.get("sqlite_synchronous", "FULL")).upper()
+    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigError(f"store.sqlite_synchronous = {synchronous!r}: must be FULL, NORMAL or EXTRA")
+    return Config(
+        policy=policy,
+        limits=limits,
+        listen=str(server.get("listen", "127.0.0.1:7355")),
+        database=str(server.get("database", "")),
+        sqlite_synchronous=synchronous,
+        close_interval_seconds=_positive(server.get("close_interval_seconds", 30.0),
+                                         "server.close_interval_seconds"),
+    )
+
+
+def parse_duration(value: object, key: str) -> int:
+    """Seconds from an int or a string like "90s", "30m", "2h", "1d"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        return int(m[1]) * _UNIT_SECONDS[m[2]]
+    raise ConfigError(f"{key} = {value!r}: expected seconds or a duration like '30m', '2h', '1d'")
+
+
+def _table(raw: dict[str, Any], name: str, key: str | None = None) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key or name}] must be a table")
+    return value
+
+
+def _int(value: object, key: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key} = {value!r}: must be an integer in [{low}, {high}]")
+    return value
+
+
+def _positive(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ConfigError(f"{key} = {value!r}: must be a number greater than 0")
+    return float(value)
+
+
+def _epsilon(value: object, key: str, *, positive: bool) -> Epsilon:
+    try:
+        eps = Epsilon.parse(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if positive and eps.micros == 0:
+        raise ConfigError(f"{key} = {value!r}: must be greater than 0")
+    return eps
+
+
+def _metric(raw: object, index: int) -> MetricPolicy:
+    where = f"metrics[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _METRIC_NAME.match(name) or len(name) > 64:
+        raise ConfigError(f"{where}.name = {name!r}: lowercase dotted name like 'ai.tokens', "
+                          "at most 64 characters")
+    bound = _int(raw.get("max_per_user"), f"{where}.max_per_user ({name})", 1, 10**12)
+    edges_raw = raw.get("histogram_edges", [])
+    if not isinstance(edges_raw, list) or not all(isinstance(e, int) for e in edges_raw):
+        raise ConfigError(f"{where}.histogram_edges ({name}) must be a list of integers")
+    edges = tuple(edges_raw)
+    if list(edges) != sorted(set(edges)) or any(e < 0 or e > bound for e in edges) or len(edges) > 64:
+        raise ConfigError(f"{where}.histogram_edges ({name}) = {list(edges)}: must be strictly "
+                          f"increasing, within [0, max_per_user={bound}], at most 64 edges")
+    return MetricPolicy(name, str(raw.get("description", "")), bound, edges)
+
+
+def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str, Epsilon],
+          budget: Epsilon) -> tuple[PlanEntry, ...]:
+    """The release plan: each entry a known statistic of a known metric; every noisy part at one
+    epsilon however many entries need it; the whole plan within the budget of a team-window."""
+    names = {m.name for m in metrics}
+    entries: list[PlanEntry] = []
+    parts: dict[tuple[str, str], tuple[Epsilon, int]] = {}
+    for i, item in enumerate(raw):
+        where = f"privacy.release_plan[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} must be a table")
+        stat = item.get("statistic")
+        if stat not in STATISTICS:
+            raise ConfigError(f"{where}.statistic = {stat!r}: must be one of {', '.join(STATISTICS)}")
+        metric = item.get("metric", "")
+        if stat == "adoption":
+            if metric:
+                raise ConfigError(f"{where}.metric = {metric!r}: adoption is team-level and takes no metric")
+        elif metric not in names:
+            raise ConfigError(f"{where}.metric = {metric!r}: must be one of the [[metrics]]: "
+                              f"{', '.join(sorted(names))}")
+        default = defaults["active" if stat == "adoption" else NOISY_PARTS[stat][0]]
+        eps = _epsilon(item["epsilon"], f"{where}.epsilon", positive=True) if "epsilon" in item else default
+        entry = PlanEntry(stat, metric, eps)
+        if entry in entries:
+            raise ConfigError(f"{where}: {stat} of {metric or 'activity'} is planned twice")
+        for part in entry.noisy_parts():
+            earlier = parts.setdefault(part, (eps, i))
+            if earlier[0] != eps:
+                raise ConfigError(f"{where}: the {part[1]} of {part[0] or 'activity'} is planned at epsilon "
+                                  f"{eps} here and {earlier[0]} by privacy.release_plan[{earlier[1]}]; a "
+                                  "statistic is released once, at one epsilon")
+        entries.append(entry)
+    cost = sum((eps for eps, _ in parts.values()), Epsilon(0))
+    if cost > budget:
+        raise ConfigError(f"privacy.release_plan charges each team-window {cost}, more than "
+                          f"privacy.epsilon_per_window = {budget}")
+    return tuple(entries)

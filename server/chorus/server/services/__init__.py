@@ -1,1 +1,0 @@
-"""Thin gRPC servicers: decode the request, call domain code, map errors to status codes."""

@@ -1,0 +1,212 @@
+"""The gate every RPC passes: the one gRPC interceptor that maps a bearer token to a role and
+the role to the services it may call (`chorus.server.model.roles.SERVICE_ROLES`).
+
+Every RPC outside the open services passes it, in this order: the server-side time bound, the
+client's deadline, the bearer token, the role, and only then the request bytes are parsed. So
+an unauthenticated or unauthorised caller never reaches a protobuf parser or the store, and a
+request whose deadline already passed never starts a transaction. It depends on the token
+lookup only through the `authenticate` function it is given, and on `rpc_errors` (below the
+servicers) for its refusals.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+from chorus.server.model.roles import OPEN_SERVICES, SERVICE_ROLES, Principal
+from chorus.server.store._db import StoreUnavailable
+from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
+
+_log = logging.getLogger(__name__)
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("chorus_principal")
+
+
+def principal() -> Principal:
+    """The authenticated caller of the current RPC (set by AuthInterceptor)."""
+    return _current.get()
+
+
+Behavior = Callable[..., Any]
+Admit = Callable[[grpc.ServicerContext], Principal]
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Maps the bearer token to a role and the role to the services it may call.
+
+    `intercept_service` runs on gRPC's single polling thread, so it only reads the metadata
+    and wraps the handler; the token lookup (which may touch the store) and the checks run
+    on the RPC's worker thread, before the request bytes are even parsed.
+    """
+
+    def __init__(self, authenticate: Callable[[str], Principal | None], *,
+                 max_rpc_seconds: float | None = None) -> None:
+        """`max_rpc_seconds` bounds every RPC server-side, whatever deadline the client set:
+        a call queued longer is not started, and a response stream is cancelled at it."""
+        self._authenticate = authenticate
+        self._max_rpc_seconds = max_rpc_seconds
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        service = details.method.rpartition("/")[0].lstrip("/")
+        if service in OPEN_SERVICES:
+            return continuation(details)
+        arrived = time.monotonic()
+        bearer = _bearer(details.invocation_metadata or ())
+
+        def admit(context: grpc.ServicerContext) -> Principal:
+            return self._admit(details.method, service, bearer, arrived, context)
+
+        ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
+        return _guard(continuation(details), details.method, admit, ends)
+
+    def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
+               context: grpc.ServicerContext) -> Principal:
+        # The caller chooses the path: log it only if it names one of our services.
+        shown = method if service in SERVICE_ROLES else "a method of an unknown service"
+        if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
+            retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"{method} waited in the queue past the server limit of "
+                        f"{self._max_rpc_seconds:g} s; retry later", STORE_RETRY_SECONDS)
+        if context.time_remaining() <= 0:
+            abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                  f"{method}: the client deadline passed before the call started")
+        if not bearer:
+            _log.debug("rejected %s: no bearer token", shown)
+            abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send metadata "
+                  "'authorization: Bearer <token>' exactly once")
+        with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
+            who = self._authenticate(bearer)
+        if who is None:
+            _log.debug("rejected %s: unknown or revoked token", shown)
+            abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
+        allowed = SERVICE_ROLES.get(service, frozenset())
+        if who.role not in allowed:
+            _log.info("denied %s to token %r with role %s", shown, who.name, who.role.value)
+            need = (f"needs role {' or '.join(sorted(r.value for r in allowed))}" if allowed
+                    else "is open to no role")
+            abort(context, grpc.StatusCode.PERMISSION_DENIED,
+                  f"token {who.name!r} has role {who.role.value}; {method} {need}")
+        return who
+
+
+def _bearer(metadata: Any) -> str | None:
+    """The token of the single `authorization: Bearer` entry; None if absent or ambiguous."""
+    values = [value for key, value in metadata if key == "authorization"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    scheme, _, token = values[0].partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+@contextmanager
+def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """An unexpected exception becomes INTERNAL with a fixed message: gRPC would otherwise send
+    its text (which might hold a value from the request) to the caller as UNKNOWN."""
+    try:
+        yield
+    except StoreUnavailable:
+        # Transient: the SDK retries UNAVAILABLE with the same batch id, so nothing is lost.
+        _log.warning("%s: store unavailable", method, exc_info=True)
+        store_unavailable(context)
+    except Exception:
+        if context.code() is not None:  # the servicer aborted: its status stands
+            raise
+        _log.exception("%s failed", method)
+        abort(context, grpc.StatusCode.INTERNAL, f"{method} failed on the server; the server log has "
+              "the details")
+
+
+def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
+           ends: float | None) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that admits the caller, then parses and runs the original.
+
+    The wrapped handler receives raw bytes (no deserializer), so parsing happens after
+    admission and a malformed message is INVALID_ARGUMENT instead of gRPC's INTERNAL.
+    An unknown method still requires a valid token: callers learn nothing without one.
+    `ends` (time.monotonic) is when a response stream is cancelled.
+    """
+    if handler is None:
+        def unknown(requests: Any, context: grpc.ServicerContext) -> Any:
+            admit(context)
+            abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not found")
+
+        # Stream-stream never reads the request, so it answers any kind of client call.
+        return grpc.stream_stream_rpc_method_handler(unknown)
+
+    def parse(raw: bytes, context: grpc.ServicerContext) -> Any:
+        if handler.request_deserializer is None:
+            return raw
+        try:
+            return handler.request_deserializer(raw)
+        except Exception:  # whatever the parser raises, the bytes were not a valid request
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message "
+                  "of the method's request type")
+
+    def request_of(raw: Any, context: grpc.ServicerContext) -> Any:
+        if handler.request_streaming:
+            return (parse(r, context) for r in raw)
+        return parse(raw, context)
+
+    if handler.response_streaming:
+        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+
+        def streaming(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            who = admit(context)
+            request = request_of(raw, context)
+            timer = None
+            if ends is not None:
+                # A reader that stops reading blocks this thread in a send; cancelling the
+                # call releases it. Streams page outside transactions, so no store lock is held.
+                timer = threading.Timer(max(0.0, ends - time.monotonic()), context.cancel)
+                timer.daemon = True
+                timer.start()
+            try:
+                with _contained(method, context):
+                    yield from _stream_as(who, behavior, request, context)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+        factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+                   else grpc.unary_stream_rpc_method_handler)
+        return factory(streaming, response_serializer=handler.response_serializer)
+
+    behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+
+    def unary(raw: Any, context: grpc.ServicerContext) -> Any:
+        who = admit(context)
+        request = request_of(raw, context)
+        with _contained(method, context):
+            return contextvars.copy_context().run(_call_as, who, behavior, request, context)
+
+    factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+               else grpc.unary_unary_rpc_method_handler)
+    return factory(unary, response_serializer=handler.response_serializer)
+
+
+def _call_as(who: Principal, behavior: Behavior, *args: Any) -> Any:
+    _current.set(who)
+    return behavior(*args)
+
+
+_END = object()
+
+
+def _stream_as(who: Principal, behavior: Behavior, request: Any,
+               context: grpc.ServicerContext) -> Iterator[Any]:
+    """Iterate a streaming behavior with `principal()` set for its body, and only for it."""
+    scope = contextvars.copy_context()
+    scope.run(_current.set, who)
+    responses = scope.run(behavior, request, context)
+    while (item := scope.run(next, responses, _END)) is not _END:
+        yield item

@@ -1,0 +1,281 @@
+"""Prometheus metrics of one server, served on an opt-in HTTP listener (`--metrics-listen`).
+
+Invariants:
+
+* No label carries a person or a team. Every label value comes from a fixed set written in
+  the code (outcomes, rejection reasons, RPC methods the server implements, status codes,
+  transaction names, window states); a method name a client invents is counted as
+  "unknown", so a caller cannot create series either. A per-team series would be exact
+  per-team usage, which only noisy, charged releases may reveal (docs/privacy.md).
+* Each `Server` has its own `CollectorRegistry`, so several servers in one process (tests)
+  keep separate numbers; nothing is registered in prometheus_client's global registry.
+* The ingest hot path pays nothing extra per contribution: ingest counters are the ones
+  `IngestStats` keeps anyway (the same numbers `chorus stats` shows), read at scrape time,
+  as are rate-limit refusals and the store's retry and failure counts. Per RPC the
+  interceptor observes one histogram sample. Store-wide state (windows, shreds pending,
+  releases, epsilon spent, exhausted budgets) is read in one short transaction per scrape,
+  so with several replicas those gauges are the same on each (aggregate them with `max`),
+  while the `_total` counters are per process (aggregate with `sum`).
+* The listener has no authentication and no TLS: bind it to loopback or a monitoring
+  network. What it shows is listed in docs/privacy.md (operational counters only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from chorus.server import store
+from chorus.server.domain import shred
+from chorus.server.domain.ingest import Reason
+from chorus.server.store._db import Tx
+from chorus.server.transport import logs
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from chorus.server.root import Chorus
+    from chorus.server.transport.ratelimit import RateLimiter
+
+_log = logging.getLogger(__name__)
+
+#: RPC latency buckets (seconds): sub-millisecond health checks up to minute-long ledger streams.
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+UNKNOWN = "unknown"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT listen address ([::1]:9464 for IPv6); ValueError says what is wrong."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--metrics-listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    return host.strip("[]"), int(port)
+
+
+def known_methods(service_names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Full method path -> (service, method) for every method of the named services."""
+    pool = descriptor_pool.Default()
+    out = {}
+    for name in service_names:
+        try:
+            service = pool.FindServiceByName(name)
+        except KeyError:
+            continue
+        for method in service.methods:
+            out[f"/{service.full_name}/{method.name}"] = (service.full_name, method.name)
+    return out
+
+
+class Metrics:
+    """The registry of one server: RPC latency observed by `interceptor()`, the rest read at scrape."""
+
+    def __init__(self, chorus: Chorus, limiter: RateLimiter) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._rpc = Histogram("chorus_rpc_duration_seconds",
+                              "RPC handling time on the server, by service, method and status code "
+                              "(service and method 'unknown' for methods the server does not implement).",
+                              ["service", "method", "code"], buckets=RPC_BUCKETS, registry=self.registry)
+        self._methods: dict[str, tuple[str, str]] = {}
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, open fds
+        self.registry.register(_StateCollector(chorus, limiter))
+        self._http: WSGIServer | None = None
+
+    def track_services(self, service_names: Iterable[str]) -> None:
+        """Label the methods of these services by name; calls to any other method are "unknown"."""
+        self._methods.update(known_methods(service_names))
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        return _RpcInterceptor(self._methods, self._rpc)
+
+    def listen(self, address: str) -> str:
+        """Serve /metrics over HTTP on host:port (port 0: any free port); return host:port bound."""
+        host, port = parse_address(address)
+        try:
+            self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
+        return f"{address.rpartition(':')[0]}:{self._http.server_port}"
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class _RpcInterceptor(grpc.ServerInterceptor):
+    """Times every RPC and gives it a request id for the log (`logs.rpc_scope`).
+
+    It wraps the handler the inner interceptors return, so the time includes authentication
+    and the status is the one the caller receives.
+    """
+
+    def __init__(self, methods: dict[str, tuple[str, str]], histogram: Histogram) -> None:
+        self._methods = methods
+        self._histogram = histogram
+        self._children: dict[tuple[str, str], Any] = {}  # (path, code) -> histogram child
+
+    def _observe(self, path: str, context: grpc.ServicerContext, failed: bool, seconds: float) -> None:
+        code = context.code()  # set by abort/set_code; None when the handler returned normally
+        name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
+        child = self._children.get((path, name))
+        if child is None:
+            service, method = self._methods.get(path, (UNKNOWN, UNKNOWN))
+            child = self._children[(path, name)] = self._histogram.labels(service, method, name)
+        child.observe(seconds)
+        if _log.isEnabledFor(logging.DEBUG):  # the method only if known: a client chooses the path
+            _log.debug("%s %s in %.1f ms", path, name, seconds * 1000)
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        path = details.method if details.method in self._methods else UNKNOWN
+        observe = self._observe
+
+        if handler.response_streaming:
+            inner = handler.stream_stream if handler.request_streaming else handler.unary_stream
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                with _measured(observe, path, details.method, context):
+                    yield from inner(request, context)
+
+            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+                       else grpc.unary_stream_rpc_method_handler)
+            return factory(streaming, request_deserializer=handler.request_deserializer,
+                           response_serializer=handler.response_serializer)
+
+        inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            with _measured(observe, path, details.method, context):
+                return inner(request, context)
+
+        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+                   else grpc.unary_unary_rpc_method_handler)
+        return factory(unary, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+
+@contextmanager
+def _measured(observe: Callable[[str, grpc.ServicerContext, bool, float], None], path: str, method: str,
+              context: grpc.ServicerContext) -> Iterator[None]:
+    """Run one RPC inside its log scope and observe its duration; it failed unless the body finished."""
+    start, failed = time.perf_counter(), True
+    with logs.rpc_scope(method):
+        try:
+            yield
+            failed = False
+        finally:
+            observe(path, context, failed, time.perf_counter() - start)
+
+
+class _StateCollector(Collector):
+    """Reads counters the server keeps anyway, and store-wide state, at scrape time."""
+
+    def __init__(self, chorus: Chorus, limiter: RateLimiter) -> None:
+        self._chorus = chorus
+        self._limiter = limiter
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # the families depend on the store's answer; skip the registry's collision check
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._ingest()
+        yield from self._store_counters()
+        yield from self._store_state()
+
+    def _ingest(self) -> Iterator[Metric]:
+        counts, rejected = self._chorus.ingestor.stats.snapshot()
+        reports = CounterMetricFamily("chorus_ingest_reports", "Ingest Report calls by outcome: applied, "
+                                      "duplicate (batch_id seen before, nothing counted), invalid (refused "
+                                      "whole), rate_limited (refused by the per-token rate limit).",
+                                      labels=["outcome"])
+        duplicate = counts.get("duplicate_batches", 0)
+        reports.add_metric(["applied"], counts.get("batches", 0) - duplicate)
+        reports.add_metric(["duplicate"], duplicate)
+        reports.add_metric(["invalid"], counts.get("invalid_batches", 0))
+        reports.add_metric(["rate_limited"], self._limiter.refusals)
+        yield reports
+        yield CounterMetricFamily("chorus_ingest_contributions_accepted", "Contributions counted.",
+                                  value=counts.get("contributions_accepted", 0))
+        refused = CounterMetricFamily("chorus_ingest_contributions_rejected",
+                                      "Contributions rejected inside applied batches, by reason.",
+                                      labels=["reason"])
+        for reason in Reason:
+            refused.add_metric([reason.name], rejected.get(reason.name, 0))
+        yield refused
+        yield CounterMetricFamily("chorus_ingest_contributions_clamped",
+                                  "Accepted contributions whose value was above the metric's bound.",
+                                  value=counts.get("contributions_clamped", 0))
+        yield CounterMetricFamily("chorus_sdk_dropped_contributions",
+                                  "Contributions SDK clients report having dropped (memory or spool "
+                                  "bounds), from the 'dropped' field of their batches.",
+                                  value=counts.get("client_dropped", 0))
+
+    def _store_counters(self) -> Iterator[Metric]:
+        retries, failures = self._chorus.db.stats.snapshot()
+        retried = CounterMetricFamily("chorus_store_retries", "Transactions run again after a transient "
+                                      "conflict or connection loss, by transaction.", labels=["transaction"])
+        for name, count in sorted(retries.items()):
+            retried.add_metric([name], count)
+        yield retried
+        failed = CounterMetricFamily("chorus_store_errors", "Transactions that failed because the store was "
+                                     "unavailable (after retries), by transaction.", labels=["transaction"])
+        for name, count in sorted(failures.items()):
+            failed.add_metric([name], count)
+        yield failed
+
+    def _store_state(self) -> Iterator[Metric]:
+        policy = self._chorus.config.policy
+        cheapest = min(policy.default_epsilon.values())
+        now = int(self._chorus.clock.now().timestamp())
+
+        def read(tx: Tx) -> dict[str, Any]:
+            latest = store.windows.latest_closed(tx)
+            releases, spent = store.budgets.totals(tx)
+            return {
+                "states": store.windows.count_by_state(tx),
+                "overdue": store.windows.count_overdue(tx, now),
+                "shreds": len(shred.pending_in(tx)),
+                "releases": releases, "spent": spent.micros,
+                # The accountant decides: a team-window that cannot pay for the cheapest statistic.
+                "exhausted": sum(not b.allows(cheapest) for b in store.budgets.of_window(tx, latest).values())
+                if latest is not None else 0,
+            }
+
+        try:
+            state = self._chorus.db.run(read, name="metrics_scrape")
+        except Exception:
+            _log.warning("metrics: the store did not answer the scrape", exc_info=True)
+            state = None
+        yield GaugeMetricFamily("chorus_store_up", "1 if the store answered this scrape's read, else 0.",
+                                value=int(state is not None))
+        if state is None:
+            return
+        windows = GaugeMetricFamily("chorus_windows", "Windows in the store by state.", labels=["state"])
+        for name in ("open", "closed"):
+            windows.add_metric([name], state["states"].get(name, 0))
+        yield windows
+        yield GaugeMetricFamily("chorus_windows_overdue", "Open windows past their close time (the closer "
+                                "folds them within close_interval_seconds).", value=state["overdue"])
+        yield GaugeMetricFamily("chorus_shreds_pending", "Deletions of secrets (a closed window's key and "
+                                "per-person rows, removed roster ids) still readable in the database files.",
+                                value=state["shreds"])
+        yield GaugeMetricFamily("chorus_releases", "Noisy statistics released so far, all teams and windows "
+                                "(cached answers not included).", value=state["releases"])
+        yield GaugeMetricFamily("chorus_epsilon_spent", "Privacy budget spent so far, summed over all "
+                                "team-windows.", value=state["spent"] / 1_000_000)
+        yield GaugeMetricFamily("chorus_budgets_exhausted", "Team-windows of the latest closed window whose "
+                                "remaining budget is below the cheapest default statistic.",
+                                value=state["exhausted"])
