@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from chorus.server.model.roles import OPEN_SERVICES, SERVICE_ROLES, Principal
-from chorus.server.store._db import StoreUnavailable
+from chorus.server.store import StoreUnavailable
 from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
 
 _log = logging.getLogger(__name__)

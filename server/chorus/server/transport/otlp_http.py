@@ -32,7 +32,7 @@ from google.rpc import code_pb2, status_pb2
 from chorus.server.domain.otlp.export import OtlpIngestor
 from chorus.server.domain.otlp.points import InvalidExport
 from chorus.server.model.roles import SERVICE_ROLES, Principal
-from chorus.server.store._db import StoreUnavailable
+from chorus.server.store import StoreUnavailable
 from chorus.server.transport import otlp_decode
 from chorus.server.transport.ratelimit import RateLimited, RateLimiter
 from chorus.server.transport.services.otlp import SERVICE, response
