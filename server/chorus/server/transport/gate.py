@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from chorus.server import store
 from chorus.server.model.roles import OPEN_SERVICES, SERVICE_ROLES, Principal
 from chorus.server.store import StoreUnavailable
 from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
@@ -82,7 +83,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             _log.debug("rejected %s: no bearer token", shown)
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send metadata "
                   "'authorization: Bearer <token>' exactly once")
-        with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
+        ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
+        with _contained(method, context, ends):  # a store outage here is UNAVAILABLE, retried by clients
             who = self._authenticate(bearer)
         if who is None:
             _log.debug("rejected %s: unknown or revoked token", shown)
@@ -108,12 +110,22 @@ def _bearer(metadata: Any) -> str | None:
     return token.strip() or None
 
 
+def _store_deadline(context: grpc.ServicerContext, ends: float | None) -> float | None:
+    """When the store must give up (time.monotonic): the earlier of the client's deadline and
+    the server's bound `ends`, less the margin the refusal needs to reach the client in time."""
+    remaining = context.time_remaining()
+    limits = [t for t in (ends, None if remaining is None else time.monotonic() + remaining) if t is not None]
+    return min(limits) - store.REPLY_MARGIN_SECONDS if limits else None
+
+
 @contextmanager
-def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """An unexpected exception becomes INTERNAL with a fixed message: gRPC would otherwise send
-    its text (which might hold a value from the request) to the caller as UNKNOWN."""
+def _contained(method: str, context: grpc.ServicerContext, ends: float | None) -> Iterator[None]:
+    """Store transactions inside end by the RPC's deadline (`_store_deadline`). An unexpected
+    exception becomes INTERNAL with a fixed message: gRPC would otherwise send its text (which
+    might hold a value from the request) to the caller as UNKNOWN."""
     try:
-        yield
+        with store.deadline(_store_deadline(context, ends)):
+            yield
     except StoreUnavailable:
         # Transient: the SDK retries UNAVAILABLE with the same batch id, so nothing is lost.
         _log.warning("%s: store unavailable", method, exc_info=True)
@@ -171,7 +183,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
                 timer.daemon = True
                 timer.start()
             try:
-                with _contained(method, context):
+                with _contained(method, context, ends):
                     yield from _stream_as(who, behavior, request, context)
             finally:
                 if timer is not None:
@@ -186,7 +198,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
         who = admit(context)
         request = request_of(raw, context)
-        with _contained(method, context):
+        with _contained(method, context, ends):
             return contextvars.copy_context().run(_call_as, who, behavior, request, context)
 
     factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming

@@ -120,7 +120,7 @@ class _TransactionMetrics:
     datastore metrics), retries and store errors; one histogram sample per transaction."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._seconds = Histogram("chorus_store_transaction_duration_seconds",
+        self._seconds = Histogram("chorus_store_transaction_seconds",
                                   "Store transactions by name and outcome (committed; rolled_back: a "
                                   "domain refusal; unavailable: a lock not granted in time, a busy, full "
                                   "or unreachable store; failed: a store error), from the first attempt "
