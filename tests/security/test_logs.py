@@ -51,7 +51,7 @@ def test_guard_captures_server_logs(secure_server: SecureServer, log_guard: Capt
     with pytest.raises(grpc.RpcError):
         admin_pb2_grpc.AdminServiceStub(secure_server.channel).ListTokens(
             admin_pb2.ListTokensRequest(), metadata=secure_server.metadata(Role.INGEST), timeout=10)
-    assert any("chorus.server.transport.gate: denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'" in line
+    assert any("chorus.server.transport.admission: denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'" in line
                for line in log_guard.snapshot())
 
 
