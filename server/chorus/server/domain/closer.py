@@ -44,7 +44,7 @@ class WindowCloser:
         self._db.run(lambda tx: window_store.ensure_current(tx, self._policy, self._ledger, now),
                      name="open_current")
         closed = []
-        for window_id in self._db.run(lambda tx: window_store.due(tx, now), name="due_windows"):
+        for window_id in self._db.read(lambda tx: window_store.due(tx, now), name="due_windows"):
             result = self._db.run(partial(self._close, window_id=window_id, now=now), name="close_window")
             if result is not None and result.closed_now:
                 # Not how many people it held: that exact count must not leave the server.
