@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from chorus.client.limits import MAX_BATCH_CONTRIBUTIONS, MAX_NAME_CHARS
+from chorus.server.model import oidc as oidc_config
 from chorus.server.model import otlp_mapping
 from chorus.server.model.calendar import WindowLength
+from chorus.server.model.oidc import OidcConfig, parse_oidc
 from chorus.server.model.otlp_mapping import parse_otlp
 from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Policy
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
@@ -56,6 +58,8 @@ class Config:
     database: str = ""  # empty: SQLite file in the data directory
     sqlite_synchronous: str = "FULL"
     close_interval_seconds: float = 30.0
+    #: `[oidc]`: access tokens of an OpenID Connect issuer accepted besides `chorus_` tokens.
+    oidc: OidcConfig | None = None
 
 
 #: Every key a config file may hold, by the dotted path of its table ("" is the top level).
@@ -63,7 +67,7 @@ class Config:
 #: by entry against its path. A section is added by listing its keys here and reading them in
 #: `parse`; anything not listed is refused.
 KNOWN_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics", "otlp"}),
+    "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics", "otlp", "oidc"}),
     "server": frozenset({"listen", "database", "close_interval_seconds"}),
     "windows": frozenset({"length", "grace"}),
     "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon",
@@ -75,6 +79,9 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
     "otlp": otlp_mapping.KNOWN_KEYS,
     "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
+    # [oidc]: single sign-on (model/oidc.py).
+    "oidc": oidc_config.KNOWN_KEYS,
+    "oidc.roles": oidc_config.KNOWN_ROLE_KEYS,
 }
 
 
@@ -346,6 +353,11 @@ def parse(raw: dict[str, Any]) -> Config:
                                                       limit_defaults.rpc_deadline_seconds),
                                        "limits.rpc_deadline_seconds"),
     )
+    # [oidc]: single sign-on, its own small block (model/oidc.py).
+    try:
+        oidc = parse_oidc(_table(raw, "oidc"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     synchronous = str(store.get("sqlite_synchronous", "FULL")).upper()
     if synchronous not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError(f"store.sqlite_synchronous = {synchronous!r}: must be FULL, NORMAL or EXTRA")
@@ -357,6 +369,7 @@ def parse(raw: dict[str, Any]) -> Config:
         sqlite_synchronous=synchronous,
         close_interval_seconds=_positive(server.get("close_interval_seconds", 30.0),
                                          "server.close_interval_seconds"),
+        oidc=oidc,
     )
 
 
