@@ -36,7 +36,7 @@ def principal() -> Principal:
 
 
 Behavior = Callable[..., Any]
-Admit = Callable[[grpc.ServicerContext], Principal]
+Admit = Callable[[grpc.ServicerContext, bool], Principal]
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -61,16 +61,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
         arrived = time.monotonic()
         bearer = _bearer(details.invocation_metadata or ())
 
-        def admit(context: grpc.ServicerContext) -> Principal:
-            return self._admit(details.method, service, bearer, arrived, context)
+        def admit(context: grpc.ServicerContext, exists: bool = True) -> Principal:
+            return self._admit(details.method, service, bearer, arrived, context, exists=exists)
 
         ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
         return _guard(continuation(details), details.method, admit, ends)
 
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
-               context: grpc.ServicerContext) -> Principal:
+               context: grpc.ServicerContext, *, exists: bool = True) -> Principal:
+        """The caller, or an abort. `exists=False` (no such method): any valid token is enough,
+        and the caller then learns UNIMPLEMENTED, as gRPC clients expect."""
         # The caller chooses the path: log it only if it names one of our services.
-        shown = method if service in SERVICE_ROLES else "a method of an unknown service"
+        shown = method if exists and service in SERVICE_ROLES else "an unknown method"
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
             retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"{method} waited in the queue past the server limit of "
@@ -82,13 +84,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
             _log.debug("rejected %s: no bearer token", shown)
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send metadata "
                   "'authorization: Bearer <token>' exactly once")
-        with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
+        with _contained(shown, context):  # a store outage here is UNAVAILABLE, retried by clients
             who = self._authenticate(bearer)
         if who is None:
             _log.debug("rejected %s: unknown or revoked token", shown)
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
         allowed = SERVICE_ROLES.get(service, frozenset())
-        if who.role not in allowed:
+        if exists and who.role not in allowed:
             _log.info("denied %s to token %r with role %s", shown, who.name, who.role.value)
             need = (f"needs role {' or '.join(sorted(r.value for r in allowed))}" if allowed
                     else "is open to no role")
@@ -132,12 +134,13 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
 
     The wrapped handler receives raw bytes (no deserializer), so parsing happens after
     admission and a malformed message is INVALID_ARGUMENT instead of gRPC's INTERNAL.
-    An unknown method still requires a valid token: callers learn nothing without one.
+    An unknown method (or service) still requires a valid token: callers learn nothing without
+    one; with one, of any role, it is UNIMPLEMENTED. Its path is never logged (a client chooses it).
     `ends` (time.monotonic) is when a response stream is cancelled.
     """
     if handler is None:
         def unknown(requests: Any, context: grpc.ServicerContext) -> Any:
-            admit(context)
+            admit(context, False)
             abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not found")
 
         # Stream-stream never reads the request, so it answers any kind of client call.
@@ -161,7 +164,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
         behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
         def streaming(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            who = admit(context)
+            who = admit(context, True)
             request = request_of(raw, context)
             timer = None
             if ends is not None:
@@ -184,7 +187,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
     behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
 
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
-        who = admit(context)
+        who = admit(context, True)
         request = request_of(raw, context)
         with _contained(method, context):
             return contextvars.copy_context().run(_call_as, who, behavior, request, context)
