@@ -25,6 +25,7 @@ import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _bench import parse
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chorus.server.domain import audit
@@ -128,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--anchor-samples", type=int, default=20_000)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"entries": 300, "anchor_samples": 100})
     print(f"python {platform.python_version()} on {platform.machine()}, {args.entries:,} entries")
     with tempfile.TemporaryDirectory() as tmp:
         data, ledger_file = Path(tmp) / "data", Path(tmp) / "ledger.jsonl"
