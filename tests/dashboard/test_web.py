@@ -35,6 +35,9 @@ from .conftest import (
     login,
 )
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 ADOPTION, SUM = common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM
 
 

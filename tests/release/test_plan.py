@@ -114,6 +114,7 @@ chorus.closer.tick()
 """
 
 
+@pytest.mark.slow
 def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: Path) -> None:
     path = tmp_path / "plan.toml"
     path.write_text(PLAN_TOML)
@@ -154,6 +155,7 @@ def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: 
         chorus.close()
 
 
+@pytest.mark.slow
 def test_reading_never_spends_and_prices_what_is_not_released(
         make_chorus: Callable[..., Chorus], make_api: Callable[[Chorus], Api], clock: FakeClock) -> None:
     chorus = with_usage(make_chorus(PLAN_TOML))

@@ -71,6 +71,7 @@ def assert_whole(out: str, columns: int, fits: bool = True) -> None:
         assert max(map(len, out.splitlines())) <= columns, out
 
 
+@pytest.mark.slow
 def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
         two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
@@ -89,6 +90,7 @@ def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
     assert "Nothing was charged: reading released numbers is free" in again
 
 
+@pytest.mark.slow
 def test_table_at_80_columns_cuts_no_number(two_days: tuple[Api, list[str]]) -> None:
     """Every metric's sum with adoption and budget fits 80 columns (also the width of a pipe) whole."""
     _, base = two_days
@@ -104,6 +106,7 @@ def test_table_at_80_columns_cuts_no_number(two_days: tuple[Api, list[str]]) -> 
     assert "Charged now: epsilon 0.25 to each of 2 team-window budget(s)" in out
 
 
+@pytest.mark.slow
 def test_table_rounds_large_numbers_only_when_they_do_not_fit(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
     args = ["report", *base, "--statistic", "sum", "--statistic", "mean"]
@@ -137,6 +140,7 @@ def test_help_paragraphs_are_left_to_rich_to_wrap() -> None:
            "--release releases only what is asked" in " ".join(out.replace("│", "").split())
 
 
+@pytest.mark.slow
 def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
     args = ["report", *base, "--window", WINDOW, "--statistic", "mean", "--statistic", "histogram",
@@ -168,6 +172,7 @@ def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[A
                 assert a[key] == b[key]
 
 
+@pytest.mark.slow
 def test_csv_has_a_header_and_one_row_per_team_and_estimate(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
     rows = list(csv.DictReader(io.StringIO(run(["report", *base, "--statistic", "count", "--statistic", "adoption",
@@ -181,6 +186,7 @@ def test_csv_has_a_header_and_one_row_per_team_and_estimate(two_days: tuple[Api,
     assert rows[5]["team_epsilon_charged"] == "0.1"
 
 
+@pytest.mark.slow
 def test_trend_shows_one_metric_per_team_over_the_last_windows(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
     out = run(["report", *base, "--trend", "5", "--metric", "ai.requests", "--statistic", "count"])
@@ -194,6 +200,7 @@ def test_trend_shows_one_metric_per_team_over_the_last_windows(two_days: tuple[A
     assert all(r["cached"] for r in records if r["outcome"] == "released")  # released just above
 
 
+@pytest.mark.slow
 def test_refusals_are_clear_and_exit_nonzero(two_days: tuple[Api, list[str]]) -> None:
     api, base = two_days
     assert "--trend shows one statistic of one metric" in run(["report", *base, "--trend", "3"], expect=2)
@@ -210,6 +217,7 @@ def test_refusals_are_clear_and_exit_nonzero(two_days: tuple[Api, list[str]]) ->
     assert "FAILED_PRECONDITION" in out and f"window {current} is still open" in out
 
 
+@pytest.mark.slow
 def test_no_closed_window_yet(chorus: Chorus, make_api: Callable[[Chorus], Api]) -> None:
     api = make_api(chorus)
     secret, _ = chorus.tokens.create(Role.ANALYST, "leadership", chorus.clock.now(), actor="test")
@@ -217,6 +225,7 @@ def test_no_closed_window_yet(chorus: Chorus, make_api: Callable[[Chorus], Api])
     assert "no closed window yet" in out
 
 
+@pytest.mark.slow
 def test_reading_is_free_and_prices_the_rest(two_days: tuple[Api, list[str]]) -> None:
     """Without --release nothing is spent: released numbers are shown, the rest as not released
     with its cost; the same request with --release then spends exactly that."""

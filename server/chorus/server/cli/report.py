@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chorus.server.cli._common import (
+    DEFAULT_SERVER,
     CaOpt,
     CertOpt,
     Connection,
@@ -99,7 +100,7 @@ def report(
                                               "of one --metric per team over the last N closed "
                                               "windows.")] = None,
     fmt: FormatOpt = Format.TABLE,
-    server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
     ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
 ) -> None:
     """Team statistics with 95% intervals for a closed window, or a trend over closed windows.
