@@ -35,8 +35,7 @@ from chorus.server.model.calendar import WindowSpan, window_of
 from chorus.server.model.policy import Policy
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.store import open_database
-from chorus.server.store._db import Tx
+from chorus.server.store import Tx, open_database
 from chorus.server.verifier import verify
 
 TEAMS = [f"team-{i:03d}" for i in range(100)]

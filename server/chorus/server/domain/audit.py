@@ -22,7 +22,7 @@ from chorus.server.model.ledger_format import Entry, policy_sha256
 from chorus.server.model.policy import Policy
 from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 CONFIG_KIND = "config"
 #: Entries per read transaction when streaming: bounds memory and lock time, whatever the ledger size.

@@ -21,8 +21,9 @@ from typing import Any
 
 import grpc
 
+from chorus.server import store
 from chorus.server.model.roles import OPEN_SERVICES, Principal
-from chorus.server.store._db import StoreUnavailable
+from chorus.server.store import StoreUnavailable
 from chorus.server.transport.admission import Admission, Refused, bearer_token
 from chorus.server.transport.handlers import behavior_of, same_kind
 from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
@@ -78,8 +79,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if context.time_remaining() <= 0:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method}: the client deadline passed before the call started")
+        ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
         try:
-            with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
+            with _contained(method, context, ends):  # a store outage here is UNAVAILABLE, retried by clients
                 return self._admission.admit(bearer, service, method, missing=MISSING)
         except Refused as refused:  # passed through by _contained
             abort(context, grpc.StatusCode.UNAUTHENTICATED if refused.unauthenticated
@@ -90,12 +92,22 @@ class AuthInterceptor(grpc.ServerInterceptor):
 MISSING = "send metadata 'authorization: Bearer <token>' exactly once"
 
 
+def _store_deadline(context: grpc.ServicerContext, ends: float | None) -> float | None:
+    """When the store must give up (time.monotonic): the earlier of the client's deadline and
+    the server's bound `ends`, less the margin the refusal needs to reach the client in time."""
+    remaining = context.time_remaining()
+    limits = [t for t in (ends, None if remaining is None else time.monotonic() + remaining) if t is not None]
+    return min(limits) - store.REPLY_MARGIN_SECONDS if limits else None
+
+
 @contextmanager
-def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """An unexpected exception becomes INTERNAL with a fixed message: gRPC would otherwise send
-    its text (which might hold a value from the request) to the caller as UNKNOWN."""
+def _contained(method: str, context: grpc.ServicerContext, ends: float | None) -> Iterator[None]:
+    """Store transactions inside end by the RPC's deadline (`_store_deadline`). An unexpected
+    exception becomes INTERNAL with a fixed message: gRPC would otherwise send its text (which
+    might hold a value from the request) to the caller as UNKNOWN."""
     try:
-        yield
+        with store.deadline(_store_deadline(context, ends)):
+            yield
     except Refused:
         raise
     except StoreUnavailable:
@@ -155,7 +167,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
                 timer.daemon = True
                 timer.start()
             try:
-                with _contained(method, context):
+                with _contained(method, context, ends):
                     yield from _stream_as(who, behavior, request, context)
             finally:
                 if timer is not None:
@@ -166,7 +178,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
         who = admit(context)
         request = request_of(raw, context)
-        with _contained(method, context):
+        with _contained(method, context, ends):
             return contextvars.copy_context().run(_call_as, who, behavior, request, context)
 
     return same_kind(handler, unary, request_deserializer=None)
