@@ -17,6 +17,7 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2
+from tests._ledger import ledger_entries
 
 from .conftest import TEAMS, WINDOW, release
 
@@ -50,7 +51,7 @@ def test_policies_are_byte_identical_to_the_window_open_entries(officer: Auditor
     assert [p.window.state for p in reply.policies] == [common_pb2.WINDOW_STATE_OPEN,
                                                         common_pb2.WINDOW_STATE_CLOSED]
     opened = {json.loads(e.payload)["window"]: canonical_json(json.loads(e.payload)["policy"])
-              for e in audit.iter_ledger(released.db) if e.kind == "window_open"}
+              for e in ledger_entries(released.db) if e.kind == "window_open"}
     for policy in reply.policies:
         assert policy.policy_json == opened[policy.window.id]
     one = officer("ListPolicies", audit_pb2.ListPoliciesRequest(window=WINDOW))
@@ -100,7 +101,7 @@ def test_the_verifier_reproduces_the_server_budgets_exactly(officer: Auditor, re
 
 @pytest.mark.slow
 def test_the_stream_sends_the_stored_bytes_in_pages_from_the_token(officer: Auditor, released: Chorus) -> None:
-    stored = list(audit.iter_ledger(released.db))
+    stored = list(ledger_entries(released.db))
     pages = list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(page_token="4", page_size=3)))
     assert [len(p.entries) for p in pages] == [3] * (len(stored[3:]) // 3) + (
         [len(stored[3:]) % 3] if len(stored[3:]) % 3 else [])
@@ -175,7 +176,7 @@ def test_the_ledger_is_read_in_bounded_pages_up_to_the_head_at_the_start(
 
     monkeypatch.setattr(audit, "read_entries", counting)
     head, _ = released.db.run(audit.ledger_head, name="head")
-    stream = audit.iter_ledger(released.db, page=3)
+    stream = ledger_entries(released.db, page=3)
     first = next(stream)
     released.tokens.create(Role.ANALYST, "late-comer", released.clock.now(), actor="test")  # after start
     seqs = [first.seq, *(e.seq for e in stream)]

@@ -25,6 +25,7 @@ from chorus.server import store
 from chorus.server.model.roles import OPEN_SERVICES, Principal
 from chorus.server.store import StoreUnavailable
 from chorus.server.transport.admission import Admission, Refused, bearer_token
+from chorus.server.transport.handlers import behavior_of, same_kind
 from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
 
 _log = logging.getLogger(__name__)
@@ -152,8 +153,8 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
             return (parse(r, context) for r in raw)
         return parse(raw, context)
 
+    behavior = behavior_of(handler)
     if handler.response_streaming:
-        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
         def streaming(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             who = admit(context)
@@ -172,11 +173,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
                 if timer is not None:
                     timer.cancel()
 
-        factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_stream_rpc_method_handler)
-        return factory(streaming, response_serializer=handler.response_serializer)
-
-    behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        return same_kind(handler, streaming, request_deserializer=None)
 
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
         who = admit(context)
@@ -184,9 +181,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
         with _contained(method, context, ends):
             return contextvars.copy_context().run(_call_as, who, behavior, request, context)
 
-    factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-               else grpc.unary_unary_rpc_method_handler)
-    return factory(unary, response_serializer=handler.response_serializer)
+    return same_kind(handler, unary, request_deserializer=None)
 
 
 def _call_as(who: Principal, behavior: Behavior, *args: Any) -> Any:

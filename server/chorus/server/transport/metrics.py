@@ -36,9 +36,11 @@ from prometheus_client.registry import Collector
 
 from chorus.server import store
 from chorus.server.domain import shred
+from chorus.server.domain import windows as window_store
 from chorus.server.domain.ingest import Reason
 from chorus.server.store import Tx
 from chorus.server.transport import logs
+from chorus.server.transport.handlers import behavior_of, same_kind
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -172,28 +174,18 @@ class _RpcInterceptor(grpc.ServerInterceptor):
         path = details.method if details.method in self._methods else UNKNOWN
         observe = self._observe
 
-        if handler.response_streaming:
-            inner = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        inner = behavior_of(handler)
 
-            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with _measured(observe, path, details.method, context):
-                    yield from inner(request, context)
-
-            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                       else grpc.unary_stream_rpc_method_handler)
-            return factory(streaming, request_deserializer=handler.request_deserializer,
-                           response_serializer=handler.response_serializer)
-
-        inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with _measured(observe, path, details.method, context):
+                yield from inner(request, context)
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             with _measured(observe, path, details.method, context):
                 return inner(request, context)
 
-        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_unary_rpc_method_handler)
-        return factory(unary, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+        return same_kind(handler, streaming if handler.response_streaming else unary,
+                         request_deserializer=handler.request_deserializer)
 
 
 @contextmanager
@@ -279,7 +271,7 @@ class _StateCollector(Collector):
         if state is None:
             return
         windows = GaugeMetricFamily("chorus_windows", "Windows in the store by state.", labels=["state"])
-        for name in ("open", "closed"):
+        for name in (window_store.OPEN, window_store.CLOSED):
             windows.add_metric([name], state["states"].get(name, 0))
         yield windows
         yield GaugeMetricFamily("chorus_windows_overdue", "Open windows past their close time (the closer "
