@@ -34,6 +34,9 @@ from tests.conftest import CapturingHandler
 from ._servers import ServerProcess
 from .conftest import ROSTER, TEAMS, Running, create_token, import_roster, report_request
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 METRICS_LINE = re.compile(r"metrics on (http://\S+/metrics)")
 #: A tight ingest limit so one test batch is refused: 50 contributions, refilled at 1 per 1000 s.
 LIMITED_TOML = SUITE_TOML + "\n[limits]\ningest_burst_per_token = 50\ningest_rate_per_token = 0.001\n"

@@ -16,7 +16,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from chorus.server.domain import audit
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.release import Refused, StatisticRequest
 from chorus.server.model import config
@@ -27,6 +26,7 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
+from tests._ledger import ledger_entries
 from tests._policy import SUITE_TOML
 from tests.audit.conftest import decode, line, resign
 
@@ -57,7 +57,7 @@ def with_usage(chorus: Chorus) -> Chorus:
 
 
 def ledger(chorus: Chorus) -> list[dict]:
-    return [json.loads(json.loads(verify.export_line(e))["body"]) for e in audit.iter_ledger(chorus.db)]
+    return [json.loads(json.loads(verify.export_line(e))["body"]) for e in ledger_entries(chorus.db)]
 
 
 def plan_entries(chorus: Chorus) -> list[dict]:
@@ -120,6 +120,7 @@ chorus.closer.tick()
 """
 
 
+@pytest.mark.slow
 def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: Path) -> None:
     path = tmp_path / "plan.toml"
     path.write_text(PLAN_TOML)
@@ -153,7 +154,7 @@ def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: 
         assert len(plan_entries(chorus)) == 3 * len(ELIGIBLE)
         assert chorus.releases.pending_plans() == []
         assert spent(chorus)["team-red"] == PLAN_COST
-        report = verify.verify_lines((verify.export_line(e) for e in audit.iter_ledger(chorus.db)),
+        report = verify.verify_lines((verify.export_line(e) for e in ledger_entries(chorus.db)),
                                      verify.load_public_key(chorus.ledger.signer.public_key_pem().encode()))
         assert report.ok, report.violations
     finally:
@@ -193,6 +194,7 @@ def test_a_release_while_the_plan_is_pending_is_refused_over_grpc_with_a_retry(
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_reading_never_spends_and_prices_what_is_not_released(
         make_chorus: Callable[..., Chorus], make_api: Callable[[Chorus], Api], clock: FakeClock) -> None:
     chorus = with_usage(make_chorus(PLAN_TOML))
@@ -238,7 +240,7 @@ def test_the_verifier_checks_plan_releases_against_the_frozen_plan(
     clock.advance(timedelta(days=1))
     chorus.closer.tick()
     key = verify.load_public_key(chorus.ledger.signer.public_key_pem().encode())
-    lines = [verify.export_line(e) for e in audit.iter_ledger(chorus.db)]
+    lines = [verify.export_line(e) for e in ledger_entries(chorus.db)]
     assert verify.verify_lines(iter(lines), key).ok
     # The same ledger where one plan release names a statistic the plan does not hold,
     # re-signed by the server's own key: only the plan check can catch it.

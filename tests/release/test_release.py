@@ -24,6 +24,9 @@ from chorus.v1 import common_pb2, release_pb2
 from .._status import detail, error_info
 from .conftest import NOON, WINDOW, Api, contribute, toml_with
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 SUM, COUNT, MEAN, HIST, ADOPTION = (common_pb2.STATISTIC_SUM, common_pb2.STATISTIC_COUNT,
                                     common_pb2.STATISTIC_MEAN, common_pb2.STATISTIC_HISTOGRAM,
                                     common_pb2.STATISTIC_ADOPTION)

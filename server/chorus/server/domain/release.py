@@ -68,7 +68,7 @@ from chorus.server.model.statistics import REQUESTABLE as STATISTICS
 from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.budget import Budget, refusal
 from chorus.server.privacy.epsilon import ZERO, Epsilon
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 _log = logging.getLogger(__name__)
 
