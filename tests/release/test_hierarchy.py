@@ -385,6 +385,7 @@ def test_concurrent_team_and_org_releases_never_overspend_a_team_window(api: Api
     assert {team: t.spent for (_, team), t in report.totals.items()} == spent
 
 
+@pytest.mark.slow
 def test_the_readme_org_example_releases_what_was_asked_and_names_orgs(api: Api) -> None:
     """`chorus report --level org --statistic sum --metric ai.tokens --release`: a sum at every org and
     nothing else; a refusal names each org as an org."""

@@ -255,6 +255,7 @@ def _spent(api: Api) -> list[tuple[str, str, int]]:
                              name="test")
 
 
+@pytest.mark.slow
 def test_release_without_a_terminal_or_yes_refuses_and_says_why(two_days: tuple[Api, list[str]]) -> None:
     """A script that forgot --yes spends nothing: it is told what would be charged and how to confirm."""
     api, base = two_days
