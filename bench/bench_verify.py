@@ -35,8 +35,7 @@ from chorus.server.model.calendar import WindowSpan, window_of
 from chorus.server.model.policy import Policy
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.store import open_database
-from chorus.server.store._db import Tx
+from chorus.server.store import Tx, open_database
 from chorus.server.verifier import verify
 
 TEAMS = [f"team-{i:03d}" for i in range(100)]
@@ -106,9 +105,10 @@ def export(data_dir: Path, out: Path) -> int:
     db = open_database("", data_dir)
     count = 0
     with out.open("w", encoding="utf-8") as f:
-        for entry in audit.iter_ledger(db):
-            f.write(verify.export_line(entry) + "\n")
-            count += 1
+        for page in audit.ledger_pages(db, 1, audit.LEDGER_PAGE):
+            for entry in page:
+                f.write(verify.export_line(entry) + "\n")
+                count += 1
     db.close()
     return count
 

@@ -93,8 +93,8 @@ class Server:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(chorus.audit_trail, chorus.ledger.signer.public_key_pem), self._grpc)
-        release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus.releases, chorus.windows.list),
-                                                              self._grpc)
+        release_pb2_grpc.add_ReleaseServiceServicer_to_server(
+            ReleaseServicer(chorus.releases, chorus.windows.list, chorus.config.close_interval_seconds), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
