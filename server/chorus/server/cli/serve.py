@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
 from chorus.server.model import config as config_module
 from chorus.server.root import Chorus
-from chorus.server.transport import logs, metrics, workers
+from chorus.server.transport import logs, metrics, worker_metrics, workers
 from chorus.server.transport.grpc_server import Server, TlsConfig
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", envvar="CHORUS_DATA_DIR",
@@ -81,7 +81,7 @@ def serve(
     metrics_listen: Annotated[str | None, typer.Option(
         "--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics, no "
         "authentication: keep it on loopback or a monitoring network); default: off. With "
-        "--workers N, worker i serves its own metrics on port + i.")] = None,
+        "--workers N still one target: every worker's series, labelled worker.")] = None,
     worker_count: Annotated[str, typer.Option(
         "--workers", help="Server processes sharing the port and the store: a number, or auto (one per "
         "core). One of them runs the window closer.")] = "1",
@@ -160,10 +160,6 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
                   otlp_http_listen: str | None, index: int, ready_fd: int | None) -> None:
     """One worker of `serve --workers N` (chorus.server.transport.workers): its parent holds the port.
     Worker 0 alone is given `otlp_http_listen` (and runs the closer)."""
-    if metrics_listen is not None:
-        host, port = metrics.parse_address(metrics_listen)
-        port = port + index if port else 0
-        metrics_listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
                         otlp_http_listen=otlp_http_listen, share_port=True, run_closer=index == 0)
@@ -171,14 +167,12 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
         chorus.close()
         raise fail(f"worker {index}: {exc}") from None
     server.start()
-    if server.metrics_address:
-        console.print(f"worker {index}: metrics on http://{server.metrics_address}/metrics", highlight=False,
-                      soft_wrap=True)
     if server.otlp_http is not None:
         console.print(f"worker {index}: OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}"
                       "/v1/metrics", highlight=False, soft_wrap=True)
     sys.stdout.flush()  # the metrics line before the parent's ready line, also into a file
-    workers.signal_ready(ready_fd)
+    workers.signal_ready(ready_fd, metrics.parse_address(server.metrics_address)[1] if server.metrics_address
+                         else None)
     workers.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
     server.wait_for_signal()
 
@@ -195,11 +189,20 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
 
     def command(index: int, fd: int) -> list[str]:
         return [sys.executable, "-m", "chorus.server.cli", "serve", *argv, "--listen", address,
-                *(["--metrics-listen", metrics_listen] if metrics_listen else []),
+                *(["--metrics-listen", worker_metrics.WORKER_LISTEN] if metrics_listen else []),
                 *(["--otlp-http-listen", otlp_http_listen] if otlp_http_listen and index == 0 else []),
                 "--worker-index", str(index), "--ready-fd", str(fd)]
 
     supervisor = workers.Supervisor(command, count)
+    scrape = None
+    if metrics_listen is not None:  # the one target, bound before any worker starts
+        try:
+            scrape, bound = metrics.serve_registry(worker_metrics.registry_of(supervisor.metrics_targets),
+                                                   metrics_listen)
+        except OSError as exc:
+            for sock in reservation:
+                sock.close()
+            raise fail(str(exc)) from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
     try:
@@ -209,12 +212,16 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
             raise fail(str(exc)) from None
         if token_path:
             console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
+        if scrape is not None:
+            console.print(f"metrics on http://{bound}/metrics ({count} workers)", highlight=False, soft_wrap=True)
         console.print(f"chorus serving on {address} ({'TLS' if tls else 'plaintext'}), data in {data_dir}, "
                       f"{count} workers (pids {' '.join(map(str, supervisor.pids))})",
                       highlight=False, soft_wrap=True)
         supervisor.run()
         supervisor.stop()
     finally:
+        if scrape is not None:
+            metrics.stop_serving(scrape)
         for sock in reservation:
             sock.close()
 
