@@ -133,7 +133,8 @@ def test_unit_has_the_documented_hardening() -> None:
     lines = set(unit_lines())
     for directive in ("User=chorus", "StateDirectory=chorus", "StateDirectoryMode=0700", "ProtectSystem=strict",
                       "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectHome=yes", "CapabilityBoundingSet=",
-                      "UMask=0077", "KillSignal=SIGTERM", "Restart=on-failure"):
+                      "UMask=0077", "KillSignal=SIGTERM", "Restart=on-failure", "Type=notify",
+                      "NotifyAccess=main"):
         assert directive in lines, directive
     start = next(line for line in lines if line.startswith("ExecStart="))
     assert "--metrics-listen 127.0.0.1:" in start and "--log-format json" in start

@@ -134,8 +134,11 @@ class _Worker:
 class Supervisor:
     """Starts `count` workers from `command(index, ready_fd)`, restarts the ones that die, stops all."""
 
-    def __init__(self, command: Callable[[int, int], list[str]], count: int) -> None:
+    def __init__(self, command: Callable[[int, int], list[str]], count: int,
+                 env: dict[str, str] | None = None) -> None:
+        """`env`: the workers' environment (default: this process's)."""
         self._command = command
+        self._env = env
         self._count = count
         self._workers: list[_Worker] = []
         self._stopping = threading.Event()
@@ -147,7 +150,7 @@ class Supervisor:
     def _spawn(self, index: int) -> tuple[subprocess.Popen[bytes], int]:
         read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen(self._command(index, write_fd), pass_fds=(write_fd,))
+            proc = subprocess.Popen(self._command(index, write_fd), pass_fds=(write_fd,), env=self._env)
         finally:
             os.close(write_fd)
         return proc, read_fd
