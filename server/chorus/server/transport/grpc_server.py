@@ -13,8 +13,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from chorus.server.root import Chorus
 from chorus.server.store import probe_write
+from chorus.server.transport.admission import Admission
 from chorus.server.transport.gate import AuthInterceptor
 from chorus.server.transport.metrics import Metrics
+from chorus.server.transport.oidc import OidcVerifier
 from chorus.server.transport.otlp_http import OtlpHttpServer, tls_context
 from chorus.server.transport.ratelimit import RateLimiter
 from chorus.server.transport.services import otlp as otlp_service
@@ -72,9 +74,12 @@ class Server:
         limits = chorus.config.limits
         limiter = RateLimiter(limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)
         self.metrics = Metrics(chorus, limiter)
+        # Chorus tokens first (machines, installations without an IdP), then OpenID Connect.
+        sso = [OidcVerifier(chorus.config.oidc).authenticate] if chorus.config.oidc else []
+        admission = Admission([chorus.tokens.authenticate, *sso])
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
-            interceptors=[self.metrics.interceptor(), AuthInterceptor(chorus.tokens.authenticate,
+            interceptors=[self.metrics.interceptor(), AuthInterceptor(admission,
                                           max_rpc_seconds=limits.rpc_deadline_seconds)],
             # No SO_REUSEPORT unless asked: a second server on a busy address must fail, not
             # share the port and split traffic between two stores. Workers share it only with
@@ -91,8 +96,8 @@ class Server:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(chorus.audit_trail, chorus.ledger.signer.public_key_pem), self._grpc)
-        release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus.releases, chorus.windows.list),
-                                                              self._grpc)
+        release_pb2_grpc.add_ReleaseServiceServicer_to_server(
+            ReleaseServicer(chorus.releases, chorus.windows.list, chorus.config.close_interval_seconds), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
@@ -121,7 +126,7 @@ class Server:
         self.otlp_http: OtlpHttpServer | None = None
         if otlp_http_listen is not None:
             context = tls_context(tls.cert_chain, tls.private_key, tls.client_ca) if tls else None
-            self.otlp_http = OtlpHttpServer(otlp_http_listen, chorus.otlp, chorus.tokens.authenticate, limiter,
+            self.otlp_http = OtlpHttpServer(otlp_http_listen, chorus.otlp, admission, limiter,
                                             limits.max_message_bytes, context)
 
     def _bind(self, listen: str, tls: TlsConfig | None) -> int:
