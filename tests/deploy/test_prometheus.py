@@ -28,8 +28,8 @@ import pytest
 
 from chorus.server.model.roles import Role
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
+from tests._roster import report_request
 from tests.deploy.test_deploy import DEPLOY, RULES, alerting_rules, tool
-from tests.e2e.conftest import report_request
 from tests.workers.test_workers import Served, metadata, provision, serve
 
 pytestmark = pytest.mark.slow  # a Prometheus and a `chorus serve --workers 2`
