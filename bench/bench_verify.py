@@ -105,9 +105,10 @@ def export(data_dir: Path, out: Path) -> int:
     db = open_database("", data_dir)
     count = 0
     with out.open("w", encoding="utf-8") as f:
-        for entry in audit.iter_ledger(db):
-            f.write(verify.export_line(entry) + "\n")
-            count += 1
+        for page in audit.ledger_pages(db, 1, audit.LEDGER_PAGE):
+            for entry in page:
+                f.write(verify.export_line(entry) + "\n")
+                count += 1
     db.close()
     return count
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,8 +18,9 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2
+from tests._ledger import ledger_entries
 
-from .conftest import TEAMS, WINDOW, release
+from .conftest import TEAMS, WINDOW, open_and_close, release
 
 
 class Auditor:
@@ -50,7 +52,7 @@ def test_policies_are_byte_identical_to_the_window_open_entries(officer: Auditor
     assert [p.window.state for p in reply.policies] == [common_pb2.WINDOW_STATE_OPEN,
                                                         common_pb2.WINDOW_STATE_CLOSED]
     opened = {json.loads(e.payload)["window"]: canonical_json(json.loads(e.payload)["policy"])
-              for e in audit.iter_ledger(released.db) if e.kind == "window_open"}
+              for e in ledger_entries(released.db) if e.kind == "window_open"}
     for policy in reply.policies:
         assert policy.policy_json == opened[policy.window.id]
     one = officer("ListPolicies", audit_pb2.ListPoliciesRequest(window=WINDOW))
@@ -100,7 +102,7 @@ def test_the_verifier_reproduces_the_server_budgets_exactly(officer: Auditor, re
 
 @pytest.mark.slow
 def test_the_stream_sends_the_stored_bytes_in_pages_from_the_token(officer: Auditor, released: Chorus) -> None:
-    stored = list(audit.iter_ledger(released.db))
+    stored = list(ledger_entries(released.db))
     pages = list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(page_token="4", page_size=3)))
     assert [len(p.entries) for p in pages] == [3] * (len(stored[3:]) // 3) + (
         [len(stored[3:]) % 3] if len(stored[3:]) % 3 else [])
@@ -175,7 +177,7 @@ def test_the_ledger_is_read_in_bounded_pages_up_to_the_head_at_the_start(
 
     monkeypatch.setattr(audit, "read_entries", counting)
     head, _ = released.db.run(audit.ledger_head, name="head")
-    stream = audit.iter_ledger(released.db, page=3)
+    stream = ledger_entries(released.db, page=3)
     first = next(stream)
     released.tokens.create(Role.ANALYST, "late-comer", released.clock.now(), actor="test")  # after start
     seqs = [first.seq, *(e.seq for e in stream)]
@@ -218,3 +220,18 @@ def test_a_window_closing_between_pages_neither_repeats_nor_shifts_them(released
     released.close_window("2026-11-26", actor="test-admin")  # its budgets sort before every page
     second, token = page(token)
     assert first + second == before and token == ""
+
+
+@pytest.mark.slow
+def test_get_budget_page_size_zero_is_the_default_docs_api_states(chorus: Chorus, server: Server,
+                                                                  auditor_token: str) -> None:
+    """docs/api.md: GetBudget's page_size 0 is 100 a page (as the proto says), 1000 at most."""
+    chorus.import_roster([(f"user-many-{i}", f"team-{i:03d}") for i in range(150)], actor="test-admin")
+    open_and_close(chorus)
+    with grpc.insecure_channel(server.address) as ch:
+        officer = Auditor(ch, auditor_token)
+        default = officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=0))
+        assert len(default.budgets) == audit.DEFAULT_PAGE_SIZE == 100 and default.next_page_token
+        assert len(officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=5000)).budgets) == 150
+    text = " ".join((Path(__file__).parents[2] / "docs" / "api.md").read_text(encoding="utf-8").split())
+    assert "`GetBudget` and `StreamLedger` take `page_size` (0: the default, 100" in text

@@ -75,7 +75,7 @@ def test_each_exit_code_from_a_real_server(running: Running, tmp_path: Path) -> 
     }
     current = close_current(running)
     codes[ExitCode.RESOURCE_EXHAUSTED] = cli(running, "report", "--window", current, "--epsilon", "0.3",
-                                             "--release", token=analyst)
+                                             "--release", "--yes", token=analyst)
     codes[ExitCode.UNAVAILABLE] = runner.invoke(app, ["stats", "--server", "127.0.0.1:1", "--token", "chorus_x"])
     codes[ExitCode.OK] = cli(running, "stats")
     for expected, result in codes.items():
@@ -205,7 +205,8 @@ def jq(program: str, text: str) -> str:
 def test_the_documented_jq_filters_work(running: Running) -> None:
     current = close_current(running)
     analyst = create_token(running.address, running.admin_token, "analyst", "vp")
-    report = cli(running, "report", "--format", "json", "--release", token=analyst).stdout
+    report = cli(running, "report", "--format", "json", "--statistic", "sum", "--statistic", "adoption",
+                 "--release", "--yes", token=analyst).stdout
     lines = jq('.[] | select(.outcome == "released") | [.team, .statistic, .value] | @tsv', report).splitlines()
     assert {tuple(line.split("\t")[:2]) for line in lines} >= {("team-red", "sum"), ("team-blue", "adoption")}
     windows = cli(running, "window", "list", "--format", "json").stdout

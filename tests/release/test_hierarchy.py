@@ -303,7 +303,7 @@ def _cli(api: Api, *args: str) -> str:
     secret, _ = api.chorus.tokens.create(Role.ANALYST, f"cli-{len(args)}-{args[-1]}", api.chorus.clock.now(),
                                          actor="test")
     result = CliRunner().invoke(app, ["report", "--server", api.server.address, "--token", secret,
-                                      "--window", WINDOW, "--metric", "ai.tokens", "--release", *args],
+                                      "--window", WINDOW, "--metric", "ai.tokens", "--release", "--yes", *args],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     return result.output
@@ -335,7 +335,9 @@ def test_report_level_org_releases_every_org_and_names_the_teams_charged(api: Ap
     # nothing released above or below ops: its consistent estimate is its release
     ops = nodes["ops"]
     assert max(0.0, ops["consistent_value"]) == ops["value"] and ops["consistent_ci95"] <= ops["ci95"]
-    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0.2")  # count and active, twice (two orgs above)
+    # what was asked (count) and nothing else (no adoption added), twice (two orgs above team-a)
+    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0.1")
+    assert not [r for r in records if r["statistic"] in ("active", "adoption")]
 
 
 @pytest.mark.slow
@@ -381,3 +383,29 @@ def test_concurrent_team_and_org_releases_never_overspend_a_team_window(api: Api
     report = _verified(api.chorus)
     assert report.ok, [str(v) for v in report.violations]
     assert {team: t.spent for (_, team), t in report.totals.items()} == spent
+
+
+@pytest.mark.slow
+def test_the_readme_org_example_releases_what_was_asked_and_names_orgs(api: Api) -> None:
+    """`chorus report --level org --statistic sum --metric ai.tokens --release`: a sum at every org and
+    nothing else; a refusal names each org as an org."""
+    secret, _ = api.chorus.tokens.create(Role.ANALYST, "readme-org", api.chorus.clock.now(), actor="test")
+    base = ["report", "--server", api.server.address, "--token", secret, "--window", WINDOW, "--level", "org",
+            "--statistic", "sum", "--metric", "ai.tokens", "--release", "--yes"]
+    over = CliRunner().invoke(app, [*base, "--epsilon", "0.9"], env={"COLUMNS": "300"})
+    assert over.exit_code == 8, over.output
+    words = " ".join(over.output.split())
+    assert (f"team team-a in {WINDOW} would pay epsilon 1.8 in all (for orgs engineering and engineering/platform) "
+            "but has 1 left") in words and "team engineering" not in words
+    assert "RESOURCE_EXHAUSTED, not sent" in words  # refused here, before anything was sent
+    ops = [a for a in base if a not in ("--level", "org")] + ["--node", "ops", "--epsilon", "0.6"]
+    assert CliRunner().invoke(app, ops).exit_code == 0
+    one = CliRunner().invoke(app, [*ops, "--statistic", "count"], env={"COLUMNS": "300"})
+    assert (f"org ops in {WINDOW} needs epsilon 0.6 but has 0.4 left (the least any team below it has) of 1"
+            in " ".join(one.output.split()))
+    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0")
+    done = CliRunner().invoke(app, [*base, "--format", "json"])
+    assert done.exit_code == 0, done.output
+    records = json.loads(done.stdout)
+    assert {r["statistic"] for r in records if r["outcome"] == "released"} == {"sum"}
+    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0.1")  # one sum at each of its two orgs

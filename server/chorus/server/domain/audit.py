@@ -130,12 +130,6 @@ def ledger_head(tx: Tx) -> tuple[int, str]:
     return store.ledger.head(tx)
 
 
-def iter_ledger(db: Database, from_seq: int = 1, page: int = LEDGER_PAGE) -> Iterator[Entry]:
-    """Entries from `from_seq` up to the head as of the first read, one short transaction per page."""
-    for entries in ledger_pages(db, from_seq, page):
-        yield from entries
-
-
 def ledger_pages(db: Database, from_seq: int, size: int,
                  max_bytes: int = MAX_PAGE_BYTES) -> Iterator[list[Entry]]:
     """Consecutive entries from `from_seq` up to the head as of the first read, in pages of at
