@@ -28,8 +28,8 @@ from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config
+from tests._roster import ROSTER
 from tests._status import detail
-from tests.replicas.conftest import roster_rows
 from tests.store.postgres_schema import fresh_schema
 
 from .conftest import report_request
@@ -75,7 +75,7 @@ def _server(tmp_path: Path, database: str) -> Iterator[tuple[str, dict[str, str]
     data_dir = tmp_path / "data"
     chorus = Chorus(suite_config(), data_dir, database=database or None)
     try:
-        chorus.import_roster(roster_rows(), actor="operator")
+        chorus.import_roster(ROSTER, actor="operator")
         tokens = {role.value: chorus.tokens.create(role, f"test-{role.value}", chorus.clock.now(),
                                                    actor="operator")[0] for role in (Role.ADMIN, Role.INGEST)}
     finally:
