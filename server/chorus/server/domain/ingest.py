@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -222,8 +222,12 @@ class Ingestor:
     """Applies validated batches to the store."""
 
     def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock,
-                 roster: RosterCache | None = None, stats: IngestStats | None = None) -> None:
+                 roster: RosterCache | None = None, stats: IngestStats | None = None,
+                 witness: Callable[[datetime], None] | None = None) -> None:
+        """`witness` receives one event time of each applied batch (the window closer's
+        ClockGuard: what the clients' clocks say)."""
         self._db = db
+        self._witness = witness
         self._policy = policy
         self._ledger = ledger
         self._clock = clock
@@ -235,6 +239,8 @@ class Ingestor:
         grouped = batch.contributions if isinstance(batch.contributions, Grouped) else group(batch.contributions)
         outcome = self._db.run(lambda tx: self._apply(tx, batch, grouped, now), name="ingest")
         self.stats.record(outcome, batch.dropped)
+        if self._witness is not None and grouped.groups:
+            self._witness(next(iter(grouped.groups))[0])  # one sample a batch: O(1)
         return outcome
 
     def _apply(self, tx: Tx, batch: Batch, grouped: Grouped, now: datetime) -> Outcome:

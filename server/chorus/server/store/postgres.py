@@ -83,35 +83,40 @@ class _PostgresTx:
     """One open transaction on a pooled connection; `?` placeholders become `%s`.
 
     Deadline: PostgreSQL's lock_timeout and statement_timeout bound each lock wait and each
-    statement, not the transaction. So before a statement, once `_RESET_AFTER_S` has passed
-    since the bounds were last set (an earlier statement waited), they are set again to what
-    is left of the transaction's: however many statements wait, it ends in time.
+    statement, not the transaction. So when a caller's deadline bounds the transaction, before
+    a statement, once `_RESET_AFTER_S` has passed since the bounds were last set (an earlier
+    statement waited), they are set again to what is left: however many statements wait, it
+    ends in time.
     """
 
     dialect = "postgresql"
 
-    def __init__(self, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], until: float,
+    def __init__(self, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], wait_s: float,
                  limit: float | None, statement_timeout_ms: int) -> None:
         #: The connection while the transaction is open (None once committed or rolled back).
         self.conn: psycopg.Connection[Any] | None = conn
         self._cur = cursor
-        self._until, self._limit, self._statement_timeout_ms = until, limit, statement_timeout_ms
-        self._set_at = -1.0
+        self._wait_s, self._limit, self._statement_timeout_ms = wait_s, limit, statement_timeout_ms
+        self._set_at: float | None = None
 
     def bound(self, begin: str = "") -> None:
-        """Set lock_timeout (to `until`) and statement_timeout (to `limit`) to what is left,
-        unless they were set less than `_RESET_AFTER_S` ago; LockTimeout when nothing is left.
-        `begin`: the statement that opens the transaction, sent in the same round trip."""
+        """Set lock_timeout (each lock wait: `wait_s`, and no later than `limit`) and
+        statement_timeout (to `limit`); again before a statement only when a deadline `limit`
+        bounds the transaction and `_RESET_AFTER_S` has passed since (an earlier statement
+        waited). LockTimeout when the deadline has passed. `begin`: the statement that opens
+        the transaction, sent in the same round trip."""
         now = time.monotonic()
-        if now - self._set_at < _RESET_AFTER_S:
+        if self._set_at is not None and (self._limit is None or now - self._set_at < _RESET_AFTER_S):
             return
-        left_ms = int((self._until - now) * 1000)
-        if left_ms <= 0:
-            raise LockTimeout("the transaction's deadline passed between two statements")
-        statement = ("" if self._limit is None else "; SET LOCAL statement_timeout = "
-                     f"{min(max(1, int((self._limit - now) * 1000)), self._statement_timeout_ms)}")
+        wait_s, statement = self._wait_s, ""
+        if self._limit is not None:
+            left = self._limit - now
+            if left <= 0:
+                raise LockTimeout("the transaction's deadline passed between two statements")
+            wait_s = min(wait_s, left)
+            statement = f"; SET LOCAL statement_timeout = {min(max(1, int(left * 1000)), self._statement_timeout_ms)}"
         # Integers formatted by us, no parameters: one simple-protocol round trip.
-        bounds = f"SET LOCAL lock_timeout = {left_ms}{statement}"
+        bounds = f"SET LOCAL lock_timeout = {max(1, int(wait_s * 1000))}{statement}"
         self._cur.execute(f"{begin}; {bounds}" if begin else bounds)  # type: ignore[arg-type]
         self._set_at = now
 
@@ -280,7 +285,8 @@ class PostgresDatabase(Database):
         outlives the call."""
         conn = self._pool.getconn(timeout=max(0.001, min(until - time.monotonic(), self._pool_timeout_s)))
         try:
-            tx = _PostgresTx(conn, conn.cursor(), until, limit, self._statement_timeout_ms)
+            tx = _PostgresTx(conn, conn.cursor(), max(0.001, until - time.monotonic()), limit,
+                             self._statement_timeout_ms)
             tx.bound(begin=f"BEGIN ISOLATION LEVEL READ COMMITTED{' READ ONLY' if read_only else ''}")
             return tx
         except BaseException:
