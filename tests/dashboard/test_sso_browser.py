@@ -6,10 +6,16 @@ provider ends the dashboard session at the next renewal, and an active one is re
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from chorus.server.dashboard import create_app
@@ -27,9 +33,10 @@ TOKEN_SECONDS = int(RENEW_BEFORE.total_seconds()) + 4
 
 
 class Site:
-    def __init__(self, idp: IdentityProvider, url: str) -> None:
+    def __init__(self, idp: IdentityProvider, url: str, chorus: str) -> None:
         self.idp = idp
         self.url = url
+        self.chorus = chorus
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     sso = SignOn(SsoSettings(idp.issuer, DASHBOARD_CLIENT, AUDIENCE, DASHBOARD_SECRET))
     server = DashboardServer(create_app(stack.gateway(), sso=sso), f"127.0.0.1:{port}")
     server.start()
-    yield Site(idp, server.url)
+    yield Site(idp, server.url, stack.server.address)
     server.stop()
     stack.close()
     idp.stop()
@@ -141,3 +148,30 @@ def test_a_session_ended_at_the_provider_ends_the_dashboard_session(context: Bro
     page.goto(site.url + "/overview")
     assert page.url.startswith(site.url + "/login")
     assert "Your single sign-on session has ended" in page.locator("main").inner_text()
+
+
+def test_the_command_takes_the_single_sign_on_options(site: Site, tmp_path: Path) -> None:
+    """`chorus dashboard --oidc-*` offers the provider's sign-in and sends people there with PKCE."""
+    secret = tmp_path / "client-secret"
+    secret.write_text(DASHBOARD_SECRET + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "chorus.server.cli", "dashboard", "--server", site.chorus,
+                             "--listen", "127.0.0.1:0", "--oidc-issuer", site.idp.issuer,
+                             "--oidc-client-id", DASHBOARD_CLIENT, "--oidc-client-secret-file", str(secret),
+                             "--oidc-audience", AUDIENCE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = re.search(r"chorus dashboard on (http://127\.0\.0\.1:\d+)", proc.stdout.readline())
+        assert ready
+        login = requests.get(ready[1] + "/login", timeout=10)
+        assert "Sign in with your company account" in login.text
+        away = requests.get(ready[1] + "/login/sso", allow_redirects=False, timeout=10)
+        assert away.status_code == 303
+        target = urlsplit(away.headers["Location"])
+        query = parse_qs(target.query)
+        assert f"{target.scheme}://{target.netloc}" == site.idp.issuer
+        assert query["client_id"] == [DASHBOARD_CLIENT] and query["code_challenge_method"] == ["S256"]
+        assert query["resource"] == [AUDIENCE] and query["redirect_uri"] == [ready[1] + "/oidc/callback"]
+        assert DASHBOARD_SECRET not in away.headers["Location"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
