@@ -14,6 +14,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from chorus.server.model.roles import Principal, Role
+from chorus.server.transport.admission import Admission
 from chorus.server.transport.gate import AuthInterceptor
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
@@ -175,7 +176,7 @@ def test_expired_deadline_never_starts_the_call() -> None:
         ran.set()
         return b""
 
-    server, address = _blocking_server(AuthInterceptor(_auditor), {
+    server, address = _blocking_server(AuthInterceptor(Admission([_auditor])), {
         "GetBudget": grpc.unary_unary_rpc_method_handler(occupy),
         "ListPolicies": grpc.unary_unary_rpc_method_handler(work)})
     try:
@@ -228,7 +229,7 @@ def test_gate_checks_the_deadline_before_the_token_and_the_handler() -> None:
 
     details = type("Details", (), {"method": "/chorus.v1.AuditService/GetBudget",
                                    "invocation_metadata": bearer("chorus_auditor")})()
-    guarded = AuthInterceptor(authenticate).intercept_service(lambda _: handler, details)
+    guarded = AuthInterceptor(Admission([authenticate])).intercept_service(lambda _: handler, details)
     context = _ExpiredContext()
     with pytest.raises(_Aborted):
         guarded.unary_unary(b"", context)
@@ -248,7 +249,7 @@ def test_server_bound_applies_without_a_client_deadline() -> None:
         ran.set()
         return b""
 
-    server, address = _blocking_server(AuthInterceptor(_auditor, max_rpc_seconds=0.2), {
+    server, address = _blocking_server(AuthInterceptor(Admission([_auditor]), max_rpc_seconds=0.2), {
         "GetBudget": grpc.unary_unary_rpc_method_handler(occupy),
         "ListPolicies": grpc.unary_unary_rpc_method_handler(work)})
     try:
@@ -283,7 +284,7 @@ def test_stream_to_a_reader_that_stopped_is_cancelled_at_the_bound() -> None:
         finally:
             finished.set()
 
-    server, address = _blocking_server(AuthInterceptor(_auditor, max_rpc_seconds=0.5), {
+    server, address = _blocking_server(AuthInterceptor(Admission([_auditor]), max_rpc_seconds=0.5), {
         "StreamLedger": grpc.unary_stream_rpc_method_handler(endless)})
     try:
         with grpc.insecure_channel(address) as channel:

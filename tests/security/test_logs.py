@@ -51,8 +51,8 @@ def test_guard_captures_server_logs(secure_server: SecureServer, log_guard: Capt
     with pytest.raises(grpc.RpcError):
         admin_pb2_grpc.AdminServiceStub(secure_server.channel).ListTokens(
             admin_pb2.ListTokensRequest(), metadata=secure_server.metadata(Role.INGEST), timeout=10)
-    assert any("chorus.server.transport.gate: denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'" in line
-               for line in log_guard.snapshot())
+    denied = "denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'"
+    assert any(f"chorus.server.transport.admission: {denied}" in line for line in log_guard.snapshot())
 
 
 def contribution(request: ingest_pb2.ReportRequest, user: str, value: int, metric: str = "ai.tokens",

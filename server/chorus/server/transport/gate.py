@@ -1,12 +1,12 @@
-"""The gate every RPC passes: the one gRPC interceptor that maps a bearer token to a role and
-the role to the services it may call (`chorus.server.model.roles.SERVICE_ROLES`).
+"""The gate every RPC passes: the one gRPC interceptor that asks admission (`admission.py`,
+shared with OTLP/HTTP) for the caller's principal and whether its role may call the service.
 
 Every RPC outside the open services passes it, in this order: the server-side time bound, the
 client's deadline, the bearer token, the role, and only then the request bytes are parsed. So
 an unauthenticated or unauthorised caller never reaches a protobuf parser or the store, and a
 request whose deadline already passed never starts a transaction. It depends on the token
-lookup only through the `authenticate` function it is given, and on `rpc_errors` (below the
-servicers) for its refusals.
+lookup only through the `Admission` it is given, and on `rpc_errors` (below the servicers) for
+its refusals.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 
 import grpc
 
-from chorus.server.model.roles import OPEN_SERVICES, SERVICE_ROLES, Principal
+from chorus.server.model.roles import OPEN_SERVICES, Principal
 from chorus.server.store._db import StoreUnavailable
+from chorus.server.transport.admission import Admission, Refused, bearer_token
 from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
 
 _log = logging.getLogger(__name__)
@@ -47,11 +48,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
     on the RPC's worker thread, before the request bytes are even parsed.
     """
 
-    def __init__(self, authenticate: Callable[[str], Principal | None], *,
-                 max_rpc_seconds: float | None = None) -> None:
+    def __init__(self, admission: Admission, *, max_rpc_seconds: float | None = None) -> None:
         """`max_rpc_seconds` bounds every RPC server-side, whatever deadline the client set:
         a call queued longer is not started, and a response stream is cancelled at it."""
-        self._authenticate = authenticate
+        self._admission = admission
         self._max_rpc_seconds = max_rpc_seconds
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -59,7 +59,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if service in OPEN_SERVICES:
             return continuation(details)
         arrived = time.monotonic()
-        bearer = _bearer(details.invocation_metadata or ())
+        bearer = bearer_token([value for key, value in details.invocation_metadata or ()
+                               if key == "authorization"])
 
         def admit(context: grpc.ServicerContext) -> Principal:
             return self._admit(details.method, service, bearer, arrived, context)
@@ -69,8 +70,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
                context: grpc.ServicerContext) -> Principal:
-        # The caller chooses the path: log it only if it names one of our services.
-        shown = method if service in SERVICE_ROLES else "a method of an unknown service"
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
             retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"{method} waited in the queue past the server limit of "
@@ -78,34 +77,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if context.time_remaining() <= 0:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method}: the client deadline passed before the call started")
-        if not bearer:
-            _log.debug("rejected %s: no bearer token", shown)
-            abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send metadata "
-                  "'authorization: Bearer <token>' exactly once")
-        with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
-            who = self._authenticate(bearer)
-        if who is None:
-            _log.debug("rejected %s: unknown or revoked token", shown)
-            abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
-        allowed = SERVICE_ROLES.get(service, frozenset())
-        if who.role not in allowed:
-            _log.info("denied %s to token %r with role %s", shown, who.name, who.role.value)
-            need = (f"needs role {' or '.join(sorted(r.value for r in allowed))}" if allowed
-                    else "is open to no role")
-            abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                  f"token {who.name!r} has role {who.role.value}; {method} {need}")
-        return who
+        try:
+            with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
+                return self._admission.admit(bearer, service, method, missing=MISSING)
+        except Refused as refused:  # passed through by _contained
+            abort(context, grpc.StatusCode.UNAUTHENTICATED if refused.unauthenticated
+                  else grpc.StatusCode.PERMISSION_DENIED, str(refused))
 
 
-def _bearer(metadata: Any) -> str | None:
-    """The token of the single `authorization: Bearer` entry; None if absent or ambiguous."""
-    values = [value for key, value in metadata if key == "authorization"]
-    if len(values) != 1 or not isinstance(values[0], str):
-        return None
-    scheme, _, token = values[0].partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
+#: How to send a token over gRPC, for the refusal of a call without one.
+MISSING = "send metadata 'authorization: Bearer <token>' exactly once"
 
 
 @contextmanager
@@ -114,6 +95,8 @@ def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
     its text (which might hold a value from the request) to the caller as UNKNOWN."""
     try:
         yield
+    except Refused:
+        raise
     except StoreUnavailable:
         # Transient: the SDK retries UNAVAILABLE with the same batch id, so nothing is lost.
         _log.warning("%s: store unavailable", method, exc_info=True)
