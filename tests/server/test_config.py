@@ -16,10 +16,15 @@ from chorus.server.privacy.epsilon import Epsilon
 from tests._policy import SUITE_TOML
 
 
+#: The outcome metrics the OTLP presets feed (docs/otlp.md).
+OUTCOMES = ["ai.suggestions_rejected", "ai.lines_added", "ai.lines_removed", "ai.commits", "ai.pull_requests",
+            "ai.active_seconds", "ai.sessions"]
+
+
 def test_default_config_is_valid_and_fits_a_leadership_report() -> None:
     policy = config.load(None).policy
     assert [m.name for m in policy.metrics] == ["ai.tokens", "ai.requests", "ai.suggestions_accepted",
-                                                "ai.tasks_completed"]
+                                                "ai.tasks_completed", *OUTCOMES]
     assert policy.window_length is WindowLength.WEEK
     # adoption plus sum and mean (sum + count) of two metrics fits one team-week's budget
     report = policy.default_epsilon["active"] + policy.default_epsilon["sum"] + policy.default_epsilon["sum"] \
