@@ -26,7 +26,7 @@ from typing import Any
 USAGE = {"input": 1201, "output": 307, "cache_read": 5003, "cache_write": 1709, "reasoning": 41}
 
 EDIT_FILE = "chorus_edit_probe.txt"
-EDIT_TEXT = "one\ntwo\nthree\n"
+EDIT_TEXT = "one\ntwo\nthree"
 
 
 class ModelApis:
