@@ -15,7 +15,6 @@ from chorus.server.model.calendar import WindowLength, parse_window_id, window_o
 from chorus.server.privacy.epsilon import Epsilon
 from tests._policy import SUITE_TOML
 
-
 #: The outcome metrics the OTLP presets feed (docs/otlp.md).
 OUTCOMES = ["ai.suggestions_rejected", "ai.lines_added", "ai.lines_removed", "ai.commits", "ai.pull_requests",
             "ai.active_seconds", "ai.sessions"]

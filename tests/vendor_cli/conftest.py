@@ -116,13 +116,13 @@ def chorus_server(tmp_path: Path) -> Iterator[Chorus]:
     server.stop()
 
 
-def run_tool(argv: list[str], home: Path, cwd: Path, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_tool(argv: list[str], home: Path, cwd: Path, env: dict[str, str],
+             timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """A vendor CLI in a clean environment of its own (HOME, working directory, no inherited OTEL_*)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ANTHROPIC_", "GEMINI_", "GOOGLE_",
                                                                       "OPENAI_", "CODEX_", "CLAUDE_"))}
-    done = subprocess.run(argv, cwd=cwd, env={**base, "HOME": str(home), **env}, capture_output=True, text=True,
+    return subprocess.run(argv, cwd=cwd, env={**base, "HOME": str(home), **env}, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
-    return done
 
 
 EXPORT_ERROR = re.compile(r"(export|otlp|telemetry)[^\n]*(fail|error|refused|denied|unavailable)", re.I)

@@ -56,13 +56,9 @@ class OtlpMapping:
         return data
 
     def passes(self, strings: dict[str, str], resource: dict[str, str]) -> bool:
-        for key, allowed in self.attributes:
-            if strings.get(key) not in allowed:
-                return False
-        for key, allowed in self.resource:
-            if resource.get(key) not in allowed:
-                return False
-        return True
+        """Whether a point with these attributes (and its resource's) passes both filters."""
+        return (all(strings.get(key) in allowed for key, allowed in self.attributes)
+                and all(resource.get(key) in allowed for key, allowed in self.resource))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from chorus.server.domain.otlp.export import OtlpIngestor
-from chorus.server.model.roles import LOGS_SERVICE, TRACES_SERVICE
 from chorus.server.domain.otlp.points import InvalidExport
+from chorus.server.model.roles import LOGS_SERVICE, TRACES_SERVICE
 from chorus.server.transport.gate import principal
 from chorus.server.transport.ratelimit import RateLimited, RateLimiter
 from chorus.server.transport.rpc_errors import invalid_argument, retry_later
@@ -31,8 +31,8 @@ SERVICE = metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full
 #: Services whose exports are accepted and dropped unread (chorus.server.model.roles grants them to ingest).
 DISCARDED = (TRACES_SERVICE, LOGS_SERVICE)
 # The names the roles table spells out are the protos' (the imports also register them for reflection).
-assert DISCARDED == (trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
-                     logs_service_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name)
+assert (trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
+                     logs_service_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name) == DISCARDED
 
 
 def response(rejected: int, message: str) -> metrics_service_pb2.ExportMetricsServiceResponse:
