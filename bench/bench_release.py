@@ -32,6 +32,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _bench import parse
+
 from chorus.server.domain import ingest, release
 from chorus.server.domain.release import ReleaseResult, Releases, StatisticRequest
 from chorus.server.model import config
@@ -50,7 +52,11 @@ REPORT = [StatisticRequest(s) for s in ("sum", "count", "mean", "histogram")]
 def bench_config() -> str:
     # A budget that fits the whole report at three levels: 3 x 5 metrics x 3 noisy statistics at
     # the default epsilon.
-    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "30"', config.DEFAULT_TOML)
+    # No release plan: the plan would publish part of the report at close, and every "first"
+    # release must draw all of it.
+    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "30"\nrelease_plan = []',
+                  config.DEFAULT_TOML)
+    text = re.sub(r"(?ms)^\[\[privacy\.release_plan\]\]\n.*?\n\n", "", text)
     text = text[:text.index("[[metrics]]")]
     return text + "".join(f'[[metrics]]\nname = "ai.metric{i}"\nmax_per_user = {1000 * (i + 1)}\n'
                           f"histogram_edges = [{10 * (i + 1)}, {100 * (i + 1)}, {500 * (i + 1)}]\n\n"
@@ -106,7 +112,7 @@ def main() -> None:
     parser.add_argument("--teams", type=int, default=500)
     parser.add_argument("--people", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"teams": 10, "rounds": 1})
 
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "template"
@@ -116,6 +122,7 @@ def main() -> None:
         setup = time.perf_counter() - started
         print(f"setup: {args.teams} teams x {args.people} people x {METRICS} metrics ingested and "
               f"closed in {setup:.1f} s")
+        cached_cpu: list[float] = []
         firsts, cached, anchors, batched, tree_firsts, tree_cached = [], [], [], [], [], []
         names = [f"team-{t:04d}" for t in range(args.teams)]
         nodes = ["/", *(f"org-{o}" for o in range(ORGS))]
@@ -129,8 +136,13 @@ def main() -> None:
             releases = Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy)
             seconds, first = timed_report(releases)
             firsts.append(seconds)
-            seconds, again = timed_report(releases)
-            cached.append(seconds)
+            replays = []  # the replay is cheap: the best of five, in wall and CPU time
+            for _ in range(5):
+                cpu = time.process_time()
+                seconds, again = timed_report(releases)
+                replays.append((seconds, time.process_time() - cpu))
+            cached.append(min(r[0] for r in replays))
+            cached_cpu.append(min(r[1] for r in replays))
             assert sum(len(t.estimates) for t in first.teams) == args.teams * METRICS * 4
             assert all(e.cached for t in again.teams for e in t.estimates)
             chorus.close()
@@ -161,7 +173,8 @@ def main() -> None:
     print(f"  first release:  {first_s * 1000:8.1f} ms = {first_s / anchor:5.2f} x anchor "
           f"(target < 2000 ms)")
     print(f"  cached replay:  {cached_s * 1000:8.1f} ms = {cached_s / anchor:5.2f} x anchor "
-          f"(target < 100 ms)")
+          f"(target < 100 ms at 500 teams, < 400 ms at 2,000); CPU {statistics.median(cached_cpu) * 1000:.1f} ms, "
+          f"{statistics.median(cached_cpu) / noisy * 1e6:.1f} us per noisy release")
     tree_first, tree_again = statistics.median(tree_firsts), statistics.median(tree_cached)
     print(f"hierarchical report: the same {args.teams} teams in {ORGS} orgs under the company, every team, org "
           f"and the company released ({(args.teams + ORGS + 1) * METRICS * 3} noisy releases)")

@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.slow
 def test_demo_runs_and_tells_the_story(tmp_path) -> None:
@@ -31,7 +34,7 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     # Two orgs; design, below k, is not released alone but counted in product.
     assert "no: below k=5, counted in product" in out and "sum per node" in out
     assert "Charged now: epsilon 0.5 to each of 5 team-window budget(s)" in out
-    assert "│ 2026-" in out and "│ design   │ 2        │ 0.5" in out  # its budget charged by product's releases
+    assert "│ 2026-" in out and "│ design   │ 1        │ 0.5" in out  # its budget charged by product's sum
     # The kept data directory holds no per-person rows and no window key after the demo closed the window.
     conn = sqlite3.connect(tmp_path / "data" / "chorus.db")
     assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (0,)

@@ -53,6 +53,7 @@ def invalid_argument(server: SecureServer, request: ingest_pb2.ReportRequest) ->
     return outcome.details()
 
 
+@pytest.mark.slow
 def test_valid_batch_is_accepted(make_server: Callable[..., SecureServer]) -> None:
     """The control for the refusals below: the same shape within limits is applied."""
     server = make_server(limits=LIMITS)
@@ -61,6 +62,7 @@ def test_valid_batch_is_accepted(make_server: Callable[..., SecureServer]) -> No
     assert outcome.accepted == 50, outcome
 
 
+@pytest.mark.slow
 def test_oversized_message_is_resource_exhausted(make_server: Callable[..., SecureServer]) -> None:
     server = make_server(limits=LIMITS)
     request = valid_batch()
@@ -73,6 +75,7 @@ def test_oversized_message_is_resource_exhausted(make_server: Callable[..., Secu
     assert server.healthy()
 
 
+@pytest.mark.slow
 def test_too_many_contributions(make_server: Callable[..., SecureServer]) -> None:
     server = make_server(limits=LIMITS)
     message = invalid_argument(server, valid_batch(n=51))
@@ -81,6 +84,7 @@ def test_too_many_contributions(make_server: Callable[..., SecureServer]) -> Non
     assert counts["invalid_batches"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", ["batch_id", "source", "source_version", "user", "metric"])
 def test_string_lengths_name_the_field_and_limit_not_the_value(make_server: Callable[..., SecureServer],
                                                                  field: str) -> None:
@@ -94,6 +98,7 @@ def test_string_lengths_name_the_field_and_limit_not_the_value(make_server: Call
     assert hostile[:20] not in message
 
 
+@pytest.mark.slow
 def test_hostile_drop_counts_cannot_break_the_stats(secure_server: SecureServer) -> None:
     """`dropped` is a client-reported uint64: two maximal reports must not overflow the
     operational counters and take GetStats down for the operator."""
@@ -108,6 +113,7 @@ def test_hostile_drop_counts_cannot_break_the_stats(secure_server: SecureServer)
     assert stats.batches + stats.invalid_batches == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seconds", "nanos"), [(-(2**62), 0), (2**62, 0), (253402300800, 0)])
 def test_timestamps_out_of_range(make_server: Callable[..., SecureServer], seconds: int, nanos: int) -> None:
     server = make_server(limits=LIMITS)
@@ -117,6 +123,7 @@ def test_timestamps_out_of_range(make_server: Callable[..., SecureServer], secon
     assert "event_time" in invalid_argument(server, request)
 
 
+@pytest.mark.slow
 def test_slow_uploader_holds_no_transaction(secure_server: SecureServer) -> None:
     """A client that opens Report and then stalls before its message is complete holds no store
     lock: gRPC hands the servicer only a fully received request."""
@@ -162,6 +169,7 @@ def _auditor(token: str) -> Principal | None:
     return AUDITOR if token == "chorus_auditor" else None
 
 
+@pytest.mark.slow
 def test_expired_deadline_never_starts_the_call() -> None:
     """End to end: a call that waited in the queue past its deadline never runs its handler
     (for a real servicer, a store transaction for a client that gave up)."""
@@ -237,6 +245,7 @@ def test_gate_checks_the_deadline_before_the_token_and_the_handler() -> None:
     assert lookups == []
 
 
+@pytest.mark.slow
 def test_server_bound_applies_without_a_client_deadline() -> None:
     busy, release, ran = threading.Event(), threading.Event(), threading.Event()
 
@@ -273,6 +282,7 @@ def test_server_bound_applies_without_a_client_deadline() -> None:
         server.stop(0)
 
 
+@pytest.mark.slow
 def test_stream_to_a_reader_that_stopped_is_cancelled_at_the_bound() -> None:
     """A reader that stops reading cannot pin a worker thread past the server's bound."""
     finished = threading.Event()
@@ -300,6 +310,7 @@ def test_stream_to_a_reader_that_stopped_is_cancelled_at_the_bound() -> None:
         server.stop(0)
 
 
+@pytest.mark.slow
 def test_roster_stream_is_authorised_before_it_is_read(secure_server: SecureServer) -> None:
     """A client-streaming call from a non-admin is refused before any chunk is parsed or applied."""
     assert secure_server.channel is not None

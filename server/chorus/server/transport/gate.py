@@ -21,9 +21,11 @@ from typing import Any
 
 import grpc
 
+from chorus.server import store
 from chorus.server.model.roles import OPEN_SERVICES, Principal
-from chorus.server.store._db import StoreUnavailable
+from chorus.server.store import StoreUnavailable
 from chorus.server.transport.admission import Admission, Refused, bearer_token
+from chorus.server.transport.handlers import behavior_of, same_kind
 from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
 
 _log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def principal() -> Principal:
 
 
 Behavior = Callable[..., Any]
-Admit = Callable[[grpc.ServicerContext], Principal]
+Admit = Callable[[grpc.ServicerContext, bool], Principal]
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -62,14 +64,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         bearer = bearer_token([value for key, value in details.invocation_metadata or ()
                                if key == "authorization"])
 
-        def admit(context: grpc.ServicerContext) -> Principal:
-            return self._admit(details.method, service, bearer, arrived, context)
+        def admit(context: grpc.ServicerContext, exists: bool = True) -> Principal:
+            return self._admit(details.method, service, bearer, arrived, context, exists=exists)
 
         ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
         return _guard(continuation(details), details.method, admit, ends)
 
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
-               context: grpc.ServicerContext) -> Principal:
+               context: grpc.ServicerContext, *, exists: bool = True) -> Principal:
+        """The caller, or an abort. `exists=False` (no such method): any valid token is enough,
+        and the caller then learns UNIMPLEMENTED, as gRPC clients expect."""
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
             retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"{method} waited in the queue past the server limit of "
@@ -77,9 +81,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if context.time_remaining() <= 0:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method}: the client deadline passed before the call started")
+        ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
         try:
-            with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
-                return self._admission.admit(bearer, service, method, missing=MISSING)
+            # A store outage here is UNAVAILABLE; the caller chose the path: log it only if it exists.
+            with _contained(method if exists else "an unknown method", context, ends):
+                return self._admission.admit(bearer, service, method, missing=MISSING, exists=exists)
         except Refused as refused:  # passed through by _contained
             abort(context, grpc.StatusCode.UNAUTHENTICATED if refused.unauthenticated
                   else grpc.StatusCode.PERMISSION_DENIED, str(refused))
@@ -89,12 +95,22 @@ class AuthInterceptor(grpc.ServerInterceptor):
 MISSING = "send metadata 'authorization: Bearer <token>' exactly once"
 
 
+def _store_deadline(context: grpc.ServicerContext, ends: float | None) -> float | None:
+    """When the store must give up (time.monotonic): the earlier of the client's deadline and
+    the server's bound `ends`, less the margin the refusal needs to reach the client in time."""
+    remaining = context.time_remaining()
+    limits = [t for t in (ends, None if remaining is None else time.monotonic() + remaining) if t is not None]
+    return min(limits) - store.REPLY_MARGIN_SECONDS if limits else None
+
+
 @contextmanager
-def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """An unexpected exception becomes INTERNAL with a fixed message: gRPC would otherwise send
-    its text (which might hold a value from the request) to the caller as UNKNOWN."""
+def _contained(method: str, context: grpc.ServicerContext, ends: float | None) -> Iterator[None]:
+    """Store transactions inside end by the RPC's deadline (`_store_deadline`). An unexpected
+    exception becomes INTERNAL with a fixed message: gRPC would otherwise send its text (which
+    might hold a value from the request) to the caller as UNKNOWN."""
     try:
-        yield
+        with store.deadline(_store_deadline(context, ends)):
+            yield
     except Refused:
         raise
     except StoreUnavailable:
@@ -115,12 +131,13 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
 
     The wrapped handler receives raw bytes (no deserializer), so parsing happens after
     admission and a malformed message is INVALID_ARGUMENT instead of gRPC's INTERNAL.
-    An unknown method still requires a valid token: callers learn nothing without one.
+    An unknown method (or service) still requires a valid token: callers learn nothing without
+    one; with one, of any role, it is UNIMPLEMENTED. Its path is never logged (a client chooses it).
     `ends` (time.monotonic) is when a response stream is cancelled.
     """
     if handler is None:
         def unknown(requests: Any, context: grpc.ServicerContext) -> Any:
-            admit(context)
+            admit(context, False)
             abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not found")
 
         # Stream-stream never reads the request, so it answers any kind of client call.
@@ -140,11 +157,11 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
             return (parse(r, context) for r in raw)
         return parse(raw, context)
 
+    behavior = behavior_of(handler)
     if handler.response_streaming:
-        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
         def streaming(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            who = admit(context)
+            who = admit(context, True)
             request = request_of(raw, context)
             timer = None
             if ends is not None:
@@ -154,27 +171,21 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
                 timer.daemon = True
                 timer.start()
             try:
-                with _contained(method, context):
+                with _contained(method, context, ends):
                     yield from _stream_as(who, behavior, request, context)
             finally:
                 if timer is not None:
                     timer.cancel()
 
-        factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_stream_rpc_method_handler)
-        return factory(streaming, response_serializer=handler.response_serializer)
-
-    behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        return same_kind(handler, streaming, request_deserializer=None)
 
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
-        who = admit(context)
+        who = admit(context, True)
         request = request_of(raw, context)
-        with _contained(method, context):
+        with _contained(method, context, ends):
             return contextvars.copy_context().run(_call_as, who, behavior, request, context)
 
-    factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-               else grpc.unary_unary_rpc_method_handler)
-    return factory(unary, response_serializer=handler.response_serializer)
+    return same_kind(handler, unary, request_deserializer=None)
 
 
 def _call_as(who: Principal, behavior: Behavior, *args: Any) -> Any:

@@ -35,7 +35,7 @@ from google.rpc import code_pb2, status_pb2
 from chorus.server.domain.otlp.export import OtlpIngestor
 from chorus.server.domain.otlp.points import InvalidExport
 from chorus.server.model.roles import Principal
-from chorus.server.store._db import StoreUnavailable
+from chorus.server.store import StoreUnavailable
 from chorus.server.transport import otlp_decode
 from chorus.server.transport.admission import Admission, Refused, bearer_token
 from chorus.server.transport.ratelimit import RateLimited, RateLimiter
