@@ -16,6 +16,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from ._requests import attrs, post
 from .conftest import OtlpServer
 
+pytestmark = pytest.mark.slow
 PROMPT = "secret-prompt-7f3a: refactor the payroll module"
 
 
