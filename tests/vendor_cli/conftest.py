@@ -23,9 +23,9 @@ import pytest
 
 from chorus.server.model.calendar import WindowLength, window_of
 from chorus.v1 import admin_pb2, admin_pb2_grpc
+from tests._roster import ROSTER, import_roster
 from tests._usage import person_totals
 from tests.e2e._servers import sqlite_rows
-from tests.e2e.conftest import ROSTER, import_roster
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".ci" / "tools" / "ai" / "node_modules" / ".bin"
