@@ -70,7 +70,7 @@ class _Demo:
         unit = "ISO weeks" if self.policy.window_length is WindowLength.WEEK else "UTC days"
         c.print(f"Serving on {self.server.address} with its SQLite store in {self.data_dir}.\n"
                 f"Windows are {unit}; the current window is [bold]{self.window}[/]. Minimum team size "
-                f"k = {self.policy.min_team_size}; privacy budget {self.policy.epsilon_per_window} per team and "
+                f"k = {self.policy.min_team_size}; privacy budget {self.policy.budget_per_window} per team and "
                 "window.")
         self.import_roster()
         self.run_tools()
@@ -170,7 +170,7 @@ class _Demo:
         self.console.print(
             f"Right after closing, the server released the window's release plan, once: {plan} for every team "
             f"of at least k people, spending {self.policy.plan_cost()} of each team's "
-            f"{self.policy.epsilon_per_window}. Everyone reads these numbers from now on without spending "
+            f"{self.policy.budget_per_window}. Everyone reads these numbers from now on without spending "
             "anything; the rest of the budget waits for a question nobody planned (`chorus report --release`).")
 
     def leadership_report(self) -> None:

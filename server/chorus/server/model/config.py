@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from chorus.client.limits import MAX_BATCH_CONTRIBUTIONS, MAX_NAME_CHARS
-from chorus.server.model import otlp_mapping
+from chorus.server.model import hierarchy, otlp_mapping
 from chorus.server.model.calendar import WindowLength
 from chorus.server.model.otlp_mapping import parse_otlp
 from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Policy
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
 from chorus.server.model.statistics import NOISY_PARTS
 from chorus.server.model.statistics import REQUESTABLE as STATISTICS
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import ZERO, Loss
+from chorus.server.privacy.mechanisms import LAPLACE, UNITS
 
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
@@ -58,6 +59,20 @@ class Config:
     close_interval_seconds: float = 30.0
 
 
+# --- The mechanism, zCDP and plan levels (issue 20) --------------------------------------------
+#: [privacy] keys of the mechanism: which one, and the rho amounts of the discrete Gaussian
+#: (the epsilon amounts of the discrete Laplace are the keys that predate it).
+MECHANISM_KEYS = frozenset({"mechanism", "rho_per_window", "default_rho"})
+#: [[privacy.release_plan]] keys of the Gaussian and of levels.
+PLAN_LEVEL_KEYS = frozenset({"rho", "level"})
+#: The levels a plan entry may name: every team, every org node, or the company.
+PLAN_LEVELS = (hierarchy.TEAM, hierarchy.ORG, hierarchy.ROOT)
+#: A discrete-Laplace config's amounts when it leaves them out (the built-in file is Gaussian):
+#: the built-in values from before the Gaussian existed.
+_LAPLACE_DEFAULTS: dict[str, Any] = {"epsilon_per_window": "3",
+                                     "default_epsilon": dict.fromkeys(NOISY_STATISTICS, "0.5")}
+# ---------------------------------------------------------------------------------------------
+
 #: Every key a config file may hold, by the dotted path of its table ("" is the top level).
 #: A table's own name is a key of its parent; an array of tables ([[metrics]]) is checked entry
 #: by entry against its path. A section is added by listing its keys here and reading them in
@@ -67,9 +82,10 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "server": frozenset({"listen", "database", "close_interval_seconds"}),
     "windows": frozenset({"length", "grace"}),
     "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon",
-                          "release_plan"}),
+                          "release_plan"}) | MECHANISM_KEYS,
     "privacy.default_epsilon": frozenset(NOISY_STATISTICS),
-    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}),
+    "privacy.default_rho": frozenset(NOISY_STATISTICS),
+    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}) | PLAN_LEVEL_KEYS,
     "limits": frozenset(f.name for f in fields(Limits)),
     "store": frozenset({"sqlite_synchronous"}),
     "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
@@ -130,49 +146,62 @@ listen = "127.0.0.1:7355"
 
 [windows]
 # The privacy unit is one person's usage in one window. Weekly windows bound a person's
-# privacy loss over any twelve months to 54 x epsilon_per_window (daily windows: 367 x).
+# privacy loss over any twelve months to 54 windows' worth (daily windows: 367).
 length = "week"       # "week" (ISO week, UTC) or "day" (UTC)
 grace = "6h"          # contributions may arrive this long after a window ends
 
 [privacy]
-# Budget per team-window. At 0.5 per statistic a team's count of active people has a 95%
-# interval of about +-6 people: enough signal for teams of a few dozen. Four to six noisy
-# statistics fit per team and week; repeats of a released statistic are free.
-epsilon_per_window = "3"
+# Noise: OpenDP's discrete Gaussian, charged in zCDP rho, which adds up over releases and
+# windows. 54 weeks x 0.138 = rho 7.452 a year per person, (epsilon 29.8, delta 1e-8) in
+# the usual terms (`chorus privacy-statement` prints it). mechanism = "discrete_laplace"
+# charges pure epsilon instead (epsilon_per_window, [privacy.default_epsilon], an entry's
+# epsilon); each window keeps the mechanism it opened with.
+mechanism = "discrete_gaussian"
+rho_per_window = "0.138"   # budget per team-window, including what the org and company releases above it cost
 min_team_size = 5          # k: smaller teams are never released on their own
 retention_windows = 52     # windows older than this can no longer be released
 
-[privacy.default_epsilon]  # per statistic; mean and adoption are post-processing
-sum = "0.5"
-count = "0.5"
-histogram = "0.5"
-active = "0.5"
+[privacy.default_rho]  # per statistic of a request that names no amount; mean and adoption are post-processing
+sum = "0.01"
+count = "0.01"
+histogram = "0.01"
+active = "0.01"
 
-# The release plan: what is published for every team of at least k people as soon as a window
-# closes, once, so that reading the numbers never spends budget. This one is a weekly
-# leadership review: adoption, and the sum and mean of tokens and requests, 2.5 of each
-# team-window's 3; the other 0.5 stays for one question nobody planned (`chorus report
-# --release`). The end of `chorus default-config` lists the 95% intervals it gives. An entry's epsilon
-# defaults to [privacy.default_epsilon] and applies to each noisy part (a mean is a sum and a
-# count); a metric is required except for adoption.
+# The release plan: what is published as soon as a window closes, once, so that reading the
+# numbers never spends budget. Designed for leadership's questions (is adoption growing,
+# where, how much is used): the company and every org are released directly, which is
+# precise, and every team of at least k people too, which for a small team only says
+# something averaged over several weeks. A team's budget pays for its own releases and for
+# those of every node above it: here 0.03 (team) + 0.045 (org) + 0.046 (company) = 0.121 of
+# its 0.138, leaving 0.017 for questions nobody planned (`chorus report --release`). An
+# entry's rho defaults to [privacy.default_rho] and applies to each noisy part (a mean is a
+# sum and a count); level is "team" (the default), "org" (every org node) or "company". The
+# end of `chorus default-config` lists the 95% intervals it gives.
 [[privacy.release_plan]]
 statistic = "adoption"
+level = "company"
+rho = "0.006"
 
 [[privacy.release_plan]]
 statistic = "sum"
 metric = "ai.tokens"
+level = "company"
+rho = "0.04"
 
 [[privacy.release_plan]]
-statistic = "mean"
-metric = "ai.tokens"
+statistic = "adoption"
+level = "org"
+rho = "0.025"
 
 [[privacy.release_plan]]
 statistic = "sum"
-metric = "ai.requests"
+metric = "ai.tokens"
+level = "org"
+rho = "0.02"
 
 [[privacy.release_plan]]
-statistic = "mean"
-metric = "ai.requests"
+statistic = "adoption"
+rho = "0.03"
 
 # Bounds are per person and week. A sum's noise grows with its bound (95% interval about
 # +-6 x max_per_user at epsilon 0.5), so pick a bound near heavy-but-real weekly usage:
@@ -299,32 +328,37 @@ def parse(raw: dict[str, Any]) -> Config:
     if len(set(names)) != len(names):
         raise ConfigError(f"metric names must be unique, got {names}")
 
-    defaults_raw = _table(privacy, "default_epsilon", "privacy.default_epsilon")
-    defaults = {s: _epsilon(defaults_raw.get(s, _DEFAULTS["privacy"]["default_epsilon"][s]),
-                            f"privacy.default_epsilon.{s}", positive=True)
+    mechanism, unit, built_in = _mechanism(privacy)
+    name = unit.UNIT
+    defaults_raw = _table(privacy, f"default_{name}", f"privacy.default_{name}")
+    defaults = {s: _amount(unit, defaults_raw.get(s, built_in[f"default_{name}"][s]),
+                           f"privacy.default_{name}.{s}", positive=True)
                 for s in NOISY_STATISTICS}
-    budget = _epsilon(privacy.get("epsilon_per_window", _DEFAULTS["privacy"]["epsilon_per_window"]),
-                      "privacy.epsilon_per_window", positive=True)
+    budget = _amount(unit, privacy.get(f"{name}_per_window", built_in[f"{name}_per_window"]),
+                     f"privacy.{name}_per_window", positive=True)
     for stat, eps in defaults.items():
         if eps > budget:
-            raise ConfigError(f"privacy.default_epsilon.{stat} = {eps} exceeds "
-                              f"privacy.epsilon_per_window = {budget}")
+            raise ConfigError(f"privacy.default_{name}.{stat} = {eps} exceeds "
+                              f"privacy.{name}_per_window = {budget}")
     k = _int(privacy.get("min_team_size", _DEFAULTS["privacy"]["min_team_size"]), "privacy.min_team_size",
              1, 1_000_000)
     retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
                      "privacy.retention_windows", 1, 100_000)
 
     # No plan in the file: the built-in one, for those of its metrics the file defines.
-    plan_raw = privacy.get("release_plan", [e for e in _DEFAULTS["privacy"]["release_plan"]
-                                            if e.get("metric", "") in {"", *names}])
+    # Its amounts are rho: under another mechanism its entries take that mechanism's defaults.
+    plan_raw = privacy.get("release_plan", [
+        {k: v for k, v in e.items() if mechanism == _DEFAULTS["privacy"]["mechanism"] or k != "rho"}
+        for e in _DEFAULTS["privacy"]["release_plan"] if e.get("metric", "") in {"", *names}])
     if not isinstance(plan_raw, list):
         raise ConfigError("privacy.release_plan must be an array of tables ([[privacy.release_plan]])")
-    plan = _plan(plan_raw, metrics, defaults, budget)
+    plan = _plan(plan_raw, metrics, defaults, budget, unit)
     try:
         otlp = parse_otlp(_table(raw, "otlp"), names)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    policy = Policy(length, grace, metrics, budget, defaults, k, retention, release_plan=plan, otlp=otlp)
+    policy = Policy(length, grace, metrics, budget, defaults, k, retention, release_plan=plan, otlp=otlp,
+                    mechanism=mechanism)
     limit_defaults = Limits()
     limits = Limits(
         # The floors are what the SDK sends at most (chorus.client.limits: contributions, about
@@ -388,9 +422,26 @@ def _positive(value: object, key: str) -> float:
     return float(value)
 
 
-def _epsilon(value: object, key: str, *, positive: bool) -> Epsilon:
+def _mechanism(privacy: dict[str, Any]) -> tuple[str, type[Loss], dict[str, Any]]:
+    """privacy.mechanism, its unit, and where the amounts a file leaves out come from; the other
+    unit's keys are refused (an epsilon cap under a Gaussian would otherwise be ignored)."""
+    mechanism = privacy.get("mechanism", _DEFAULTS["privacy"]["mechanism"])
+    if mechanism not in UNITS:
+        raise ConfigError(f"privacy.mechanism = {mechanism!r}: must be one of {', '.join(sorted(UNITS))}")
+    unit = UNITS[mechanism]
+    for other, other_unit in UNITS.items():
+        name = other_unit.UNIT
+        for key in (f"{name}_per_window", f"default_{name}"):
+            if other != mechanism and key in privacy:
+                raise ConfigError(f"privacy.{key} is an amount of {other}, but privacy.mechanism = "
+                                  f"{mechanism!r} charges in {unit.UNIT}: write privacy."
+                                  f"{key.replace(name, unit.UNIT)} instead")
+    return mechanism, unit, _LAPLACE_DEFAULTS if mechanism == LAPLACE else _DEFAULTS["privacy"]
+
+
+def _amount(unit: type[Loss], value: object, key: str, *, positive: bool) -> Loss:
     try:
-        eps = Epsilon.parse(str(value))
+        eps = unit.parse(str(value))
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
     if positive and eps.micros == 0:
@@ -417,13 +468,15 @@ def _metric(raw: object, index: int) -> MetricPolicy:
     return MetricPolicy(name, str(raw.get("description", "")), bound, edges)
 
 
-def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str, Epsilon],
-          budget: Epsilon) -> tuple[PlanEntry, ...]:
-    """The release plan: each entry a known statistic of a known metric; every noisy part at one
-    epsilon however many entries need it; the whole plan within the budget of a team-window."""
+def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str, Loss],
+          budget: Loss, unit: type[Loss]) -> tuple[PlanEntry, ...]:
+    """The release plan: each entry a known statistic of a known metric at a level; every noisy
+    part of a level at one amount however many entries need it; the whole plan within the
+    budget of a team-window (a team pays for its own entries and for those of every node above it,
+    so each level's entries count once)."""
     names = {m.name for m in metrics}
     entries: list[PlanEntry] = []
-    parts: dict[tuple[str, str], tuple[Epsilon, int]] = {}
+    parts: dict[tuple[str, str, str], tuple[Loss, int]] = {}
     for i, item in enumerate(raw):
         where = f"privacy.release_plan[{i}]"
         if not isinstance(item, dict):
@@ -438,20 +491,27 @@ def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str,
         elif metric not in names:
             raise ConfigError(f"{where}.metric = {metric!r}: must be one of the [[metrics]]: "
                               f"{', '.join(sorted(names))}")
+        name = unit.UNIT
+        other = next((u.UNIT for u in UNITS.values() if u is not unit and u.UNIT in item), None)
+        if other is not None:
+            raise ConfigError(f"{where}.{other}: this policy charges in {name}; write {where}.{name}")
         default = defaults["active" if stat == "adoption" else NOISY_PARTS[stat][0]]
-        eps = _epsilon(item["epsilon"], f"{where}.epsilon", positive=True) if "epsilon" in item else default
-        entry = PlanEntry(stat, metric, eps)
+        eps = _amount(unit, item[name], f"{where}.{name}", positive=True) if name in item else default
+        level = item.get("level", hierarchy.TEAM)
+        if level not in PLAN_LEVELS:
+            raise ConfigError(f"{where}.level = {level!r}: must be one of {', '.join(PLAN_LEVELS)}")
+        entry = PlanEntry(stat, metric, eps, level)
         if entry in entries:
             raise ConfigError(f"{where}: {stat} of {metric or 'activity'} is planned twice")
         for part in entry.noisy_parts():
-            earlier = parts.setdefault(part, (eps, i))
+            earlier = parts.setdefault((level, *part), (eps, i))
             if earlier[0] != eps:
-                raise ConfigError(f"{where}: the {part[1]} of {part[0] or 'activity'} is planned at epsilon "
+                raise ConfigError(f"{where}: the {part[1]} of {part[0] or 'activity'} is planned at {name} "
                                   f"{eps} here and {earlier[0]} by privacy.release_plan[{earlier[1]}]; a "
-                                  "statistic is released once, at one epsilon")
+                                  f"statistic is released once per level, at one {name}")
         entries.append(entry)
-    cost = sum((eps for eps, _ in parts.values()), Epsilon(0))
+    cost = sum((eps for eps, _ in parts.values()), ZERO)
     if cost > budget:
         raise ConfigError(f"privacy.release_plan charges each team-window {cost}, more than "
-                          f"privacy.epsilon_per_window = {budget}")
+                          f"privacy.{unit.UNIT}_per_window = {budget}")
     return tuple(entries)
