@@ -201,17 +201,16 @@ class _Demo:
         c.print(f"The dashboard shows the same numbers, free: `chorus serve --data-dir {self.data_dir}` (after "
                 "`chorus demo --keep`), then `chorus dashboard`, signed in with an analyst token.")
         c.rule("[bold]10. The same window by org")
-        # --release: an org's numbers are not in the plan (plan entries are per team). 0.25 for the
-        # sum and 0.25 for the adoption every report adds: the 0.5 of each team's 3 the plan leaves
-        # (each team is below one org, so charged once).
+        # The default plan releases every org's adoption and ai.tokens sum at close (plan entries
+        # with level "org"): --release finds them released and charges nothing more.
         report_cli.report(window=self.window, server=self.server.address, token=analyst,
-                          statistic=[report_cli.Statistic.SUM], metric=["ai.tokens"], epsilon="0.25",
+                          statistic=[report_cli.Statistic.SUM], metric=["ai.tokens"],
                           level=report_cli.Level.ORG, spend=True)
         c.print("design has 3 people, below k: it is never released on its own, yet its people are inside "
-                "product's numbers (and the company's). Each org's release charged its epsilon to every team "
-                "below it, spending the 0.5 the plan left. Teams and orgs now both have ai.tokens sums, so the table "
-                "shows consistent estimates "
-                "(†): engineering equals platform plus mobile plus data, exactly.")
+                "product's numbers (and the company's). The plan released every org and the company directly at "
+                "close, each charged to every team below it. Teams, orgs and the company all have releases, so "
+                "the table shows consistent estimates (†): engineering equals platform plus mobile plus data, "
+                "exactly.")
 
     def audit(self) -> None:
         c = self.console

@@ -260,4 +260,5 @@ def _gaussian_combined(terms: Sequence[tuple[float, float]], alpha: float) -> fl
         return w * accuracy(scale, alpha, GAUSSIAN)
     sd = math.sqrt(sum((w * scale) ** 2 for scale, w in terms))
     largest = max(w * accuracy(scale, alpha, GAUSSIAN) for scale, w in terms)
-    return max(NormalDist().inv_cdf(1 - alpha / 2) * sd, largest)
+    # + 1: one step of the integer grid the sum lives on, so rounding never takes coverage below.
+    return max(NormalDist().inv_cdf(1 - alpha / 2) * sd + 1, largest)
