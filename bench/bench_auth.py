@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from _bench import parse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chorus.server.domain.tokens import Tokens
@@ -91,7 +92,7 @@ def oversize_against_normal(chorus: Chorus, address: str, calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
-    calls = parser.parse_args().calls
+    calls = parse(parser, smoke={"calls": 60}).calls
     with tempfile.TemporaryDirectory() as tmp:
         chorus = Chorus(config.load(None), Path(tmp))
         secret, _ = chorus.tokens.create(Role.AUDITOR, "bench", chorus.clock.now(), "bench")

@@ -17,6 +17,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _bench import parse
+
 from chorus.server.domain import ingest
 from chorus.server.model import config
 from chorus.server.model.calendar import window_of
@@ -42,7 +44,7 @@ def build(data: Path, people: int, clock: FakeClock) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=1_000_000)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"people": 2000})
     clock = FakeClock(datetime(2026, 11, 25, 12, tzinfo=UTC))
     with tempfile.TemporaryDirectory() as tmp:
         data, copy = Path(tmp) / "data", Path(tmp) / "copy"

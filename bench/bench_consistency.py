@@ -21,6 +21,8 @@ import random
 import statistics
 import time
 
+from _bench import parse
+
 from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.consistency import Node
 from chorus.server.privacy.epsilon import Epsilon
@@ -76,7 +78,7 @@ def main() -> None:
     parser.add_argument("--orgs", type=int, default=20)
     parser.add_argument("--teams", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"orgs": 3, "teams": 20, "rounds": 1})
     print(f"company: 1 root, {args.orgs} orgs, {args.teams} teams (median of {args.rounds} rounds)")
     for shape, build in (("regular", regular), ("irregular", irregular)):
         for statistic, sensitivity in STATISTICS.items():

@@ -18,6 +18,8 @@ import threading
 import timeit
 from typing import Any
 
+from _bench import parse
+
 from chorus.client import Client
 from chorus.v1 import ingest_pb2
 
@@ -44,7 +46,7 @@ def main() -> int:
     )
     parser.add_argument("--number", type=int, default=1_000_000, help="calls per repeat")
     parser.add_argument("--repeat", type=int, default=7, help="repeats; the best one counts")
-    args = parser.parse_args()
+    args = parse(parser, smoke={"number": 20_000, "repeat": 1})
 
     client = Client(transport=_NullTransport(), user="alice", flush_interval=3600.0)
     client.count("ai.tokens")  # steady state: the key exists and the flush thread runs

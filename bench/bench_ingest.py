@@ -1,12 +1,26 @@
-"""Durable ingest throughput: SDK -> gRPC -> Chorus -> SQLite with 1 and N workers
-(`chorus serve --workers N`), against two anchors measured in the same run: a no-op gRPC
-server fed the same batches, and the bare SQLite upsert.
+"""Durable ingest throughput: load generator -> gRPC -> Chorus -> SQLite with 1 and N workers
+(`chorus serve --workers N`), against anchors that are physical limits, measured in the same run:
 
-    python bench/bench_ingest.py [--keys 10000 1000000] [--rounds N] [--workers 1 auto]
+    python bench/bench_ingest.py [--people 10000 100000 1000000] [--rounds N] [--workers 1 2]
+                                 [--repeats 2] [--clients 2] [--channels 4]
 
-Each key is a distinct (user, metric); one round sends one contribution per key. The
-server runs as a child process (its own GIL), with SQLite synchronous=FULL (durable). Each
-SDK client runs in its own process, so that the senders are not one GIL either.
+* the bare store: the same rows upserted straight into SQLite (synchronous=FULL, 1,250 people
+  x 4 metrics per transaction, no gRPC, no rules), once in **random** pseudonym order, as real
+  batches arrive (a batch's people are spread over HMAC space; each batch sorted as the server
+  sorts it), and once in globally **sorted** order (consecutive batches hit neighbouring
+  B-tree pages: a rate real traffic never reaches, printed beside it);
+* a no-op gRPC server that parses each Report and answers (bench/_noop_server.py);
+* the writer's ceiling: the same batches through an in-process `Ingestor`, timing only what
+  runs inside the store's write transaction (writer lock, BEGIN IMMEDIATE, commit): no number
+  of workers can ingest faster than one contribution per that time.
+
+Chorus and the no-op server are fed by the same load generator: `--clients` processes with
+`--channels` connections each (one request in flight per connection, so SO_REUSEPORT spreads
+them over the workers), sending pre-serialised 5,000-contribution Reports (1,250 people x 4
+metrics, the SDK's largest batch) whose only per-request work is prefixing a fresh batch id;
+that costs almost nothing, so the figures are the server's. Each person is on the roster; one
+round sends one contribution per (person, metric). Measurements are alternated `--repeats`
+times (the machine is shared) and each prints the load average.
 """
 
 from __future__ import annotations
@@ -14,19 +28,26 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import multiprocessing
+import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
+from _bench import load_average, parse
 
-from chorus.client import Client
+from chorus.server.domain import ingest
 from chorus.server.model import config
+from chorus.server.root import Chorus
 from chorus.server.store import usage
 from chorus.server.store._schema import migrate
 from chorus.server.store.sqlite import SqliteDatabase
@@ -34,11 +55,12 @@ from chorus.v1 import admin_pb2, admin_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = [m.name for m in config.load(None).policy.metrics]
+PER_BATCH = 5000 // len(METRICS)  # people per batch
 READY = re.compile(r"serving on (127\.0\.0\.1:\d+)")
 
 
-def users_for(keys: int) -> list[str]:
-    return [f"bench-user-{i:07d}" for i in range(keys // len(METRICS))]
+def users_for(people: int) -> list[str]:
+    return [f"bench-user-{i:07d}" for i in range(people)]
 
 
 def start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
@@ -51,69 +73,110 @@ def start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"server did not start: {args}")
 
 
-def _feed(address: str, token: str, shard: list[str], rounds: int, index: int,
-          go: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:
-    """One SDK client in its own process: count one unit per key per round, flush each round."""
-    client = Client(address, token, source=f"bench-{index}", flush_interval=3600,
-                    max_pending=len(shard) * len(METRICS) * 2, timeout=120)
-    errors = []
-    go.wait()
-    for _ in range(rounds):
-        for user in shard:
-            for metric in METRICS:
-                client.count(metric, 1, user=user)
-        if not client.flush(timeout=600):
-            errors.append("flush timed out")
-    client.close()
-    stats = client.stats()
-    if stats.dropped or stats.rejected or stats.failed_batches:
-        errors.append(f"lost contributions: {stats}")
-    results.put((stats.accepted, errors))
+def batches(users: list[str]) -> list[list[str]]:
+    """The people of each batch: consecutive names, i.e. random in HMAC space."""
+    return [users[i:i + PER_BATCH] for i in range(0, len(users), PER_BATCH)]
 
 
-def send_rounds(address: str, token: str, users: list[str], rounds: int, clients: int) -> tuple[int, float]:
-    """Count one unit per key per round through `clients` SDK clients (one process each, like
-    several tools reporting at once) and wait for every acknowledgement."""
-    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: gRPC does not survive fork
-    go, results = spawn.Event(), spawn.Queue()
-    procs = [spawn.Process(target=_feed, args=(address, token, users[i::clients], rounds, i, go, results))
-             for i in range(clients)]
-    for proc in procs:
-        proc.start()
-    time.sleep(2.0)  # let every client import and connect before the clock starts
-    started = time.perf_counter()
-    go.set()
-    outcomes = [results.get(timeout=1800) for _ in procs]
-    elapsed = time.perf_counter() - started
-    for proc in procs:
-        proc.join(30)
-    errors = [e for _, errs in outcomes for e in errs]
+def generate(address: str, token: str, users: list[str], rounds: int, clients: int, channels: int) -> float:
+    """Contributions/s through `clients` load generators (bench/_load.py) x `channels`
+    connections, every answer checked; the clock runs from "go" to the last answer."""
+    connections = clients * channels
+    all_batches = batches(users)
+    shards = [all_batches[i::connections] for i in range(connections)]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "_load.py")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    try:
+        for c, proc in enumerate(procs):
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({"address": address, "token": token, "rounds": rounds,
+                                         "metrics": METRICS, "shards": shards[c::clients]}) + "\n")
+            proc.stdin.flush()
+        for proc in procs:  # every generator serialised its requests and connected
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        started = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outcomes = [json.loads(proc.stdout.readline()) for proc in procs if proc.stdout is not None]
+        elapsed = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(30)
+    errors = [e for outcome in outcomes for e in outcome["errors"]]
     if errors:
-        raise RuntimeError(f"lost contributions: {errors}")
-    return sum(accepted for accepted, _ in outcomes), elapsed
+        raise RuntimeError(f"lost contributions: {errors[:3]}")
+    sent = sum(outcome["sent"] for outcome in outcomes)
+    assert sent == len(users) * len(METRICS) * rounds, sent
+    return sent / elapsed
 
 
-def bare_store_rate(users: list[str], rounds: int, batch: int = 5000) -> tuple[float, float]:
+def bare_store_rate(users: list[str], rounds: int, order: str) -> tuple[float, float]:
     """The same upserts straight into SQLite, no gRPC, no validation: the store's ceiling, in
-    contributions/s and CPU seconds per contribution."""
+    contributions/s and CPU seconds per contribution. `order`: "random" (each batch's people
+    as real batches bring them, the batch sorted) or "sorted" (globally sorted pseudonyms)."""
     with tempfile.TemporaryDirectory() as tmp:
         db = SqliteDatabase(Path(tmp) / "bare.db", synchronous="FULL")
         migrate(db)
-        # One row per person as the server writes them; pseudonyms are HMAC output, i.e. random
-        # order in the B-tree. A batch of `batch` contributions is batch / len(METRICS) rows.
         bounds = (10**9,) * len(METRICS)
-        rows = sorted(("2026-01-01", hmac.digest(b"k" * 32, user.encode(), hashlib.sha256), "team",
-                       *[1] * len(METRICS)) for user in users)
-        per_batch = batch // len(METRICS)
+        rows = [("2026-01-01", hmac.digest(b"k" * 32, user.encode(), hashlib.sha256), "team",
+                 *[1] * len(METRICS)) for user in users]
+        if order == "sorted":
+            rows.sort()
+        chunks = [sorted(rows[i:i + PER_BATCH]) for i in range(0, len(rows), PER_BATCH)]
         started, cpu = time.perf_counter(), time.process_time()
         for _ in range(rounds):
-            for i in range(0, len(rows), per_batch):
-                chunk = sorted(rows[i:i + per_batch])
+            for chunk in chunks:
                 db.run(lambda tx, c=chunk: usage.add(tx, bounds, c), name="bench")
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         db.close()
     contributions = len(rows) * len(METRICS) * rounds
     return contributions / elapsed, cpu / contributions
+
+
+class _TimedDatabase:
+    """The store, timing each ingest transaction (the writer is held for all of `run`)."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self.seconds = 0.0
+
+    def run(self, fn: Callable[..., Any], *, name: str) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._db.run(fn, name=name)
+        finally:
+            if name == "ingest":
+                self.seconds += time.perf_counter() - started
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def writer_ceiling(users: list[str], rounds: int) -> tuple[float, float]:
+    """(contributions/s the write transactions alone allow, in-process contributions/s in all)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chorus = Chorus(config.load(None), Path(tmp) / "data")
+        try:
+            chorus.import_roster([(u, f"team-{i % 500}") for i, u in enumerate(users)], actor="bench")
+            timed = _TimedDatabase(chorus.db)
+            ingestor = ingest.Ingestor(timed, chorus.config.policy, chorus.ledger, chorus.clock,  # type: ignore[arg-type]
+                                       chorus.roster)
+            when = chorus.clock.now() - timedelta(minutes=1)
+            groups = [ingest.group([ingest.Contribution(u, m, 1, when) for u in people for m in METRICS])
+                      for people in batches(users)]
+            started = time.perf_counter()
+            for _ in range(rounds):
+                for grouped in groups:
+                    outcome = ingestor.report(ingest.Batch(uuid.uuid4().hex, "bench", "1", 0, grouped))
+                    assert outcome.accepted == len(grouped), outcome
+            elapsed = time.perf_counter() - started
+        finally:
+            chorus.close()
+    contributions = len(users) * len(METRICS) * rounds
+    return contributions / timed.seconds, contributions / elapsed
 
 
 def server_cpu_seconds(pid: int) -> float:
@@ -126,7 +189,7 @@ def server_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def chorus_rate(users: list[str], rounds: int, clients: int, workers: str) -> tuple[float, float]:
+def chorus_rate(users: list[str], rounds: int, clients: int, channels: int, workers: str) -> tuple[float, float]:
     """Contributions/s, and server CPU seconds per contribution."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -139,54 +202,98 @@ def chorus_rate(users: list[str], rounds: int, clients: int, workers: str) -> tu
                 chunks = [admin_pb2.ImportRosterRequest(entries=[
                     admin_pb2.RosterEntry(user=u, team=f"team-{i % 500}") for i, u in
                     enumerate(users[j:j + 10_000], start=j)]) for j in range(0, len(users), 10_000)]
-                stub.ImportRoster(iter(chunks), metadata=admin, timeout=300)
+                stub.ImportRoster(iter(chunks), metadata=admin, timeout=600)
                 token = stub.CreateToken(admin_pb2.CreateTokenRequest(role=admin_pb2.ROLE_INGEST, name="bench"),
                                          metadata=admin).token
             cpu = server_cpu_seconds(proc.pid)
-            accepted, elapsed = send_rounds(address, token, users, rounds, clients)
-            return accepted / elapsed, (server_cpu_seconds(proc.pid) - cpu) / accepted
+            rate = generate(address, token, users, rounds, clients, channels)
+            contributions = len(users) * len(METRICS) * rounds
+            return rate, (server_cpu_seconds(proc.pid) - cpu) / contributions
         finally:
             proc.terminate()
             proc.wait(30)
 
 
-def noop_rate(users: list[str], rounds: int, clients: int) -> float:
+def noop_rate(users: list[str], rounds: int, clients: int, channels: int) -> float:
     proc, address = start([sys.executable, str(ROOT / "bench" / "_noop_server.py")])
     try:
-        accepted, elapsed = send_rounds(address, "unused", users, rounds, clients)
-        return accepted / elapsed
+        return generate(address, "unused", users, rounds, clients, channels)
     finally:
         proc.terminate()
         proc.wait(30)
 
 
+def _ranges(values: list[float], fmt: str = ",.0f") -> str:
+    low, high = min(values), max(values)
+    if len(values) == 1:
+        return f"{low:{fmt}}"
+    return f"{low:{fmt}}-{high:{fmt}} (median {statistics.median(values):{fmt}})"
+
+
+def measurements(args: argparse.Namespace, users: list[str], rounds: int) -> Iterator[tuple[str, float]]:
+    """(name, value) of one repeat, each measurement followed by its load average."""
+    for order in ("random", "sorted"):
+        rate, cpu = bare_store_rate(users, rounds, order)
+        yield f"bare {order}", rate
+        yield f"bare {order} cpu", cpu
+    ceiling, inprocess = writer_ceiling(users, rounds)
+    yield "writer ceiling", ceiling
+    yield "in-process", inprocess
+    yield "noop", noop_rate(users, rounds, args.clients, args.channels)
+    for workers in args.workers:
+        rate, cpu = chorus_rate(users, rounds, args.clients, args.channels, workers)
+        yield f"chorus {workers}", rate
+        yield f"chorus {workers} cpu", cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keys", type=int, nargs="+", default=[10_000, 1_000_000])
-    parser.add_argument("--rounds", type=int, default=0, help="default: 50 for 10k keys, 2 for 1M")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent SDK clients (one process each)")
-    parser.add_argument("--workers", nargs="+", default=["1", "auto"],
-                        help="`chorus serve --workers` values to measure (default: 1 and auto)")
-    args = parser.parse_args()
-    for keys in args.keys:
-        users = users_for(keys)
-        rounds = args.rounds or max(2, 500_000 // keys)
-        total = len(users) * len(METRICS) * rounds
-        print(f"\n{len(users) * len(METRICS):,} distinct (user, metric) keys, {rounds} rounds, "
-              f"{total:,} contributions per measurement, {args.clients} SDK clients")
-        bare, bare_cpu = bare_store_rate(users, rounds)
-        noop = noop_rate(users, rounds, args.clients)
-        print(f"  bare SQLite upsert (synchronous=FULL)    : {bare:12,.0f} contributions/s, "
-              f"CPU {bare_cpu * 1e6:.2f} us per contribution")
-        print(f"  SDK -> gRPC -> no-op server              : {noop:12,.0f} contributions/s")
+    parser.add_argument("--people", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--rounds", type=int, default=0, help="default: 1M contributions, at least 2 rounds")
+    parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--channels", type=int, default=4, help="connections per load-generator process")
+    parser.add_argument("--workers", nargs="+", default=["1", "2"],
+                        help="`chorus serve --workers` values to measure (default: 1 and 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated repeats of every measurement")
+    args = parse(parser, smoke={"people": [2_500], "rounds": 2, "repeats": 1, "clients": 1, "channels": 2})
+    for people in args.people:
+        users = users_for(people)
+        rounds = args.rounds or max(2, 1_000_000 // (people * len(METRICS)))
+        total = people * len(METRICS) * rounds
+        print(f"\n{people:,} people x {len(METRICS)} metrics, {rounds} rounds, {total:,} contributions per "
+              f"measurement; {args.clients} load generators x {args.channels} connections", flush=True)
+        results: dict[str, list[float]] = {}
+        loads: list[float] = []
+        for repeat in range(args.repeats):
+            for name, value in measurements(args, users, rounds):
+                results.setdefault(name, []).append(value)
+                if not name.endswith("cpu"):
+                    print(f"  repeat {repeat + 1}: {name:16} {value:12,.0f} contributions/s   {load_average()}",
+                          flush=True)
+            loads.append(os.getloadavg()[0])
+        print(f"summary for {people:,} people (ranges over {args.repeats} repeats, 1-minute load averages "
+              f"{min(loads):.2f}-{max(loads):.2f}):")
+        random_, sorted_ = results["bare random"], results["bare sorted"]
+        print(f"  bare SQLite upsert, random order : {_ranges(random_)} contributions/s, "
+              f"CPU {_ranges([c * 1e6 for c in results['bare random cpu']], '.2f')} us per contribution")
+        print(f"  bare SQLite upsert, sorted order : {_ranges(sorted_)} contributions/s "
+              f"({_ranges([s / r for s, r in zip(sorted_, random_, strict=True)], '.2f')} x random)")
+        print(f"  no-op gRPC server                : {_ranges(results['noop'])} contributions/s")
+        print(f"  writer's ceiling (in-transaction): {_ranges(results['writer ceiling'])} contributions/s; "
+              f"in-process Ingestor.report {_ranges(results['in-process'])}/s")
         for workers in args.workers:
-            full, cpu = chorus_rate(users, rounds, args.clients, workers)
-            label = f"{workers} worker{'' if workers == '1' else 's'}"
-            if workers == "auto":
-                label += f" = {len(os.sched_getaffinity(0))}"
-            print(f"  SDK -> gRPC -> Chorus ({label:>10}) -> SQLite: {full:12,.0f} contributions/s (durable), "
-                  f"{full / bare:.2f} of the bare store, {full / noop:.2f} of no-op gRPC; server CPU "
-                  f"{cpu * 1e6:.1f} us per contribution ({bare_cpu / cpu:.2f} of the bare store's CPU rate)")
+            rates = results[f"chorus {workers}"]
+            cpu = [c * 1e6 for c in results[f"chorus {workers} cpu"]]
+            print(f"  chorus, {workers} worker(s)             : {_ranges(rates)} contributions/s, server CPU "
+                  f"{_ranges(cpu, '.2f')} us per contribution")
+            print(f"      / bare random {_ranges([c / b for c, b in zip(rates, random_, strict=True)], '.2f')}, "
+                  f"/ bare sorted {_ranges([c / b for c, b in zip(rates, sorted_, strict=True)], '.2f')}, "
+                  f"/ no-op gRPC {_ranges([c / n for c, n in zip(rates, results['noop'], strict=True)], '.2f')}")
+        if len(args.workers) > 1:
+            one = results[f"chorus {args.workers[0]}"]
+            for workers in args.workers[1:]:
+                ratio = [n / o for n, o in zip(results[f"chorus {workers}"], one, strict=True)]
+                print(f"  {workers} workers / {args.workers[0]} worker: {_ranges(ratio, '.2f')}")
 
 
 if __name__ == "__main__":

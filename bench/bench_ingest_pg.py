@@ -41,6 +41,7 @@ from typing import Any
 
 import grpc
 import psycopg
+from _bench import parse
 from google.protobuf.timestamp_pb2 import Timestamp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,7 +289,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="contributions per batch")
     parser.add_argument("--users", type=int, default=3000, help="people on the roster per measurement")
     parser.add_argument("--senders", type=int, default=8, help="concurrent gRPC senders")
-    args = parser.parse_args()
+    args = parse(parser, smoke={"batches": 6, "batch_size": 200, "users": 200, "senders": 2})
 
     with scratch_schema("chorus_bench_") as url, tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"

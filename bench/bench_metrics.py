@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from _bench import parse
 from prometheus_client import generate_latest
 
 from chorus.server.domain import ingest
@@ -46,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1000)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"calls": 2000})
     with tempfile.TemporaryDirectory() as tmp:
         chorus = Chorus(config.load(None), Path(tmp) / "data")
         server = Server(chorus, "127.0.0.1:0")

@@ -7,7 +7,9 @@ default `[otlp]` mappings enabled. Both measurements send pre-built requests of 
 items from `--clients` threads and wait for every answer, alternated `--repeats` times (the
 machine is shared; the median ratio is the figure):
 
-* native: `IngestService.Report` batches, one `ai.tokens` contribution per person;
+* native: `IngestService.Report` batches in the SDK's shape: per person and flush, one
+  contribution per metric counted (`ai.tokens` and `ai.requests`; `ai.tokens` alone with
+  `--points-per-person 1`), a person's contributions side by side;
 * OTLP: `MetricsService.Export` requests of `claude_code.token.usage` delta data points shaped
   like Claude Code's (identity, session id, model and type attributes): by default two per
   person and export, input and output tokens, as Claude Code sends them (`--points-per-person 1`
@@ -34,6 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
+from _bench import load_average, parse
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
@@ -45,6 +48,8 @@ from chorus.server.model import config
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 READY = re.compile(r"serving on (127\.0\.0\.1:\d+)")
+#: What a tool counting tokens and requests reports through the SDK per person and flush.
+NATIVE_METRICS = ("ai.tokens", "ai.requests")
 
 
 def start(data: Path, config_file: Path) -> tuple[subprocess.Popen[str], str]:
@@ -59,16 +64,27 @@ def start(data: Path, config_file: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("server did not start")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _kv(key: str, value: str) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=value))
 
 
-def report_requests(users: Sequence[str], rounds: int, batch: int) -> list[ingest_pb2.ReportRequest]:
+def report_requests(users: Sequence[str], rounds: int, batch: int,
+                    metrics: Sequence[str]) -> list[ingest_pb2.ReportRequest]:
+    """Reports in the SDK's shape: a flush sends one contribution per (person, metric) counted
+    since the last one, a person's contributions side by side, `batch` per request."""
     when = Timestamp()
     when.GetCurrentTime()
+    per_request = max(1, batch // len(metrics))
     return [ingest_pb2.ReportRequest(batch_id=uuid.uuid4().hex, source="bench", contributions=[
-        ingest_pb2.Contribution(user=u, metric="ai.tokens", value=1, event_time=when) for u in users[i:i + batch]])
-        for _ in range(rounds) for i in range(0, len(users), batch)]
+        ingest_pb2.Contribution(user=u, metric=m, value=1, event_time=when)
+        for u in users[i:i + per_request] for m in metrics])
+        for _ in range(rounds) for i in range(0, len(users), per_request)]
 
 
 def otlp_requests(users: Sequence[str], rounds: int, batch: int, types: Sequence[str],
@@ -134,7 +150,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternated native/OTLP measurements")
     parser.add_argument("--points-per-person", type=int, choices=(1, 2), default=2,
                         help="2: input and output token points per person and export, as Claude Code sends them")
-    args = parser.parse_args()
+    args = parse(parser, smoke={"users": 500, "rounds": 2, "repeats": 1, "batch": 500})
     types = ("input", "output")[:args.points_per_person]
     users = [f"bench-user-{i:07d}" for i in range(args.users)]
     total = args.users * args.rounds
@@ -153,8 +169,9 @@ def main() -> None:
                     metadata=admin, timeout=300)
                 token = stub.CreateToken(admin_pb2.CreateTokenRequest(role=admin_pb2.ROLE_INGEST, name="bench"),
                                          metadata=admin).token
-            print(f"{args.users:,} people, {args.rounds} rounds, {total:,} contributions and "
-                  f"{total * len(types):,} data points ({len(types)} per person) per measurement, "
+            print(f"{args.users:,} people, {args.rounds} rounds, {total * len(types):,} contributions "
+                  f"({len(types)} per person) and {total * len(types):,} data points ({len(types)} per person) "
+                  "per measurement, "
                   f"{args.batch:,} per request, {args.clients} client threads")
 
             def report_ok(reply: Message) -> None:
@@ -164,18 +181,26 @@ def main() -> None:
                 assert not reply.HasField("partial_success"), reply
 
             rates: list[tuple[float, float]] = []
+            cpus: list[tuple[float, float]] = []  # server CPU seconds per contribution, per point
+            items = total * len(types)
             for repeat in range(args.repeats):  # alternated, so a noisy neighbour hits both alike
-                native_requests = report_requests(users, args.rounds, args.batch)
-                native = total / send_all(address, token, native_requests,
+                native_requests = report_requests(users, args.rounds, args.batch, NATIVE_METRICS[:len(types)])
+                cpu = process_cpu_seconds(proc.pid)
+                native = items / send_all(address, token, native_requests,
                                           lambda ch: ingest_pb2_grpc.IngestServiceStub(ch).Report, args.clients,
                                           report_ok)
+                native_cpu = (process_cpu_seconds(proc.pid) - cpu) / items
                 otlp_reqs = otlp_requests(users, args.rounds, args.batch, types, offset=repeat * args.rounds)
-                otlp = total * len(types) / send_all(address, token, otlp_reqs,
+                cpu = process_cpu_seconds(proc.pid)
+                otlp = items / send_all(address, token, otlp_reqs,
                                         lambda ch: metrics_service_pb2_grpc.MetricsServiceStub(ch).Export,
                                         args.clients, otlp_ok)
+                otlp_cpu = (process_cpu_seconds(proc.pid) - cpu) / items
                 rates.append((native, otlp))
-                print(f"  repeat {repeat + 1}: native Report {native:10,.0f} contributions/s, "
-                      f"OTLP/gRPC {otlp:10,.0f} data points/s, ratio {otlp / native:.2f}")
+                cpus.append((native_cpu, otlp_cpu))
+                print(f"  repeat {repeat + 1}: native Report {native:10,.0f} contributions/s "
+                      f"({native_cpu * 1e6:.1f} us server CPU each), OTLP/gRPC {otlp:10,.0f} data points/s "
+                      f"({otlp_cpu * 1e6:.1f} us each), ratio {otlp / native:.2f}   {load_average()}", flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -183,7 +208,11 @@ def main() -> None:
     ratio = statistics.median(o / n for n, o in rates)
     print(f"  median native Report (anchor): {native:12,.0f} contributions/s")
     print(f"  median OTLP/gRPC Export      : {otlp:12,.0f} data points/s")
-    print(f"  median ratio OTLP / native   : {ratio:12.2f}   (target >= 0.5)")
+    print(f"  median ratio OTLP / native   : {ratio:12.2f}   (target >= 0.5; ranges "
+          f"{min(o / n for n, o in rates):.2f}-{max(o / n for n, o in rates):.2f})")
+    native_cpu, otlp_cpu = (statistics.median(c[i] for c in cpus) * 1e6 for i in (0, 1))
+    print(f"  median server CPU            : native {native_cpu:.1f} us per contribution, OTLP "
+          f"{otlp_cpu:.1f} us per data point (target <= 8; {otlp_cpu / native_cpu:.2f} x native)")
 
 
 if __name__ == "__main__":

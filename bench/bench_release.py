@@ -32,6 +32,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _bench import parse
+
 from chorus.server.domain import ingest, release
 from chorus.server.domain.release import ReleaseResult, Releases, StatisticRequest
 from chorus.server.model import config
@@ -50,7 +52,11 @@ REPORT = [StatisticRequest(s) for s in ("sum", "count", "mean", "histogram")]
 def bench_config() -> str:
     # A budget that fits the whole report at three levels: 3 x 5 metrics x 3 noisy statistics at
     # the default epsilon.
-    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "30"', config.DEFAULT_TOML)
+    # No release plan: the plan would publish part of the report at close, and every "first"
+    # release must draw all of it.
+    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "30"\nrelease_plan = []',
+                  config.DEFAULT_TOML)
+    text = re.sub(r"(?ms)^\[\[privacy\.release_plan\]\]\n.*?\n\n", "", text)
     text = text[:text.index("[[metrics]]")]
     return text + "".join(f'[[metrics]]\nname = "ai.metric{i}"\nmax_per_user = {1000 * (i + 1)}\n'
                           f"histogram_edges = [{10 * (i + 1)}, {100 * (i + 1)}, {500 * (i + 1)}]\n\n"
@@ -106,7 +112,7 @@ def main() -> None:
     parser.add_argument("--teams", type=int, default=500)
     parser.add_argument("--people", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"teams": 10, "rounds": 1})
 
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "template"

@@ -25,6 +25,7 @@ import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _bench import parse
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chorus.server.domain import audit
@@ -34,8 +35,7 @@ from chorus.server.model.calendar import WindowSpan, window_of
 from chorus.server.model.policy import Policy
 from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import Epsilon
-from chorus.server.store import open_database
-from chorus.server.store._db import Tx
+from chorus.server.store import Tx, open_database
 from chorus.server.verifier import verify
 
 TEAMS = [f"team-{i:03d}" for i in range(100)]
@@ -105,9 +105,10 @@ def export(data_dir: Path, out: Path) -> int:
     db = open_database("", data_dir)
     count = 0
     with out.open("w", encoding="utf-8") as f:
-        for entry in audit.iter_ledger(db):
-            f.write(verify.export_line(entry) + "\n")
-            count += 1
+        for page in audit.ledger_pages(db, 1, audit.LEDGER_PAGE):
+            for entry in page:
+                f.write(verify.export_line(entry) + "\n")
+                count += 1
     db.close()
     return count
 
@@ -128,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--anchor-samples", type=int, default=20_000)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"entries": 300, "anchor_samples": 100})
     print(f"python {platform.python_version()} on {platform.machine()}, {args.entries:,} entries")
     with tempfile.TemporaryDirectory() as tmp:
         data, ledger_file = Path(tmp) / "data", Path(tmp) / "ledger.jsonl"

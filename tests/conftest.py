@@ -10,15 +10,22 @@ the session ends, every captured record (message and traceback) is checked by
   added with `tests._secrets.register(...)`;
 * tokens minted by the server ("chorus_" + 43 characters) are recognised by their shape.
 
-Keep this file to that one fixture: per-area fixtures belong in each test directory.
+It also enforces the fast lane (below). Keep this file to those two rules: per-area fixtures
+belong in each test directory, and builders shared across directories in `tests/_*.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import grpc
 import pytest
 
 from tests._secrets import leaks
@@ -61,3 +68,54 @@ def log_guard() -> Iterator[CapturingHandler]:
     if found:
         shown = "\n".join(found[:20])
         pytest.fail(f"{len(found)} log record(s) contain a user id or token:\n{shown}", pytrace=False)
+
+
+# The fast lane (`pytest -m "not slow"`) stays under a minute because nothing in it starts a
+# process, a browser, Node.js or a server on a socket: a test that does is marked `slow`. The
+# rule is enforced, not social: outside `slow` tests these entry points raise FastLaneViolation.
+class FastLaneViolation(RuntimeError):
+    """A test outside the `slow` marker started a process or a server."""
+
+
+def _refuse(what: str) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise FastLaneViolation(f"{what}: a test that starts a process, a browser, Node.js or a server on a "
+                                "socket must be marked @pytest.mark.slow (the fast lane stays under a minute)")
+    return refused
+
+
+_GUARDED: tuple[tuple[Any, str, str], ...] = (
+    (subprocess.Popen, "__init__", "subprocess.Popen (a process)"),
+    (os, "fork", "os.fork (a process)"),
+    (os, "posix_spawn", "os.posix_spawn (a process)"),
+    (os, "posix_spawnp", "os.posix_spawnp (a process)"),
+    (socket.socket, "listen", "socket.listen (a server on a socket)"),
+    (grpc, "server", "grpc.server (a gRPC server on a socket)"),
+)
+
+
+@contextlib.contextmanager
+def _fast_lane(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in _GUARDED]
+    for owner, name, what in _GUARDED:
+        setattr(owner, name, _refuse(what))
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _fast_lane(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _fast_lane(item):
+        return (yield)

@@ -21,6 +21,7 @@ fabricated upward import, so a rule cannot silently stop guarding.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -77,6 +78,7 @@ def _imports(path: Path) -> set[str]:
     return {m for m in found if m.startswith("chorus.") or m == "grpc" or m.startswith("grpc.")}
 
 
+@functools.cache
 def _graph() -> dict[str, set[str]]:
     return {_module(p): _imports(p) for p in sorted(ROOT.rglob("*.py"))}
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from chorus.server.domain import audit
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.ledger import Signer
 from chorus.server.domain.release import Releases, StatisticRequest
@@ -30,6 +29,7 @@ from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
+from tests._ledger import ledger_entries
 from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -110,7 +110,7 @@ def open_and_close(chorus: Chorus, window: str = WINDOW) -> None:
 
 def export_entries(chorus: Chorus) -> list[dict[str, Any]]:
     """The ledger as the export file holds it: one JSON object per entry."""
-    return [decode(verify.export_line(e)) for e in audit.iter_ledger(chorus.db)]
+    return [decode(verify.export_line(e)) for e in ledger_entries(chorus.db)]
 
 
 def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> Path:

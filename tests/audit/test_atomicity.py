@@ -11,7 +11,7 @@ import pytest
 from chorus.server.domain.ledger import Ledger
 from chorus.server.model.ledger_format import Entry
 from chorus.server.root import Chorus
-from chorus.server.store._db import Tx
+from chorus.server.store import Tx
 
 from .conftest import WINDOW, export_entries, open_and_close, release, run
 

@@ -52,6 +52,7 @@ def export(env: dict[str, str], tmp_path: Path, name: str = "ledger.jsonl") -> t
     return out, key
 
 
+@pytest.mark.slow
 def test_export_then_verify_round_trip_and_pin_the_head(env: dict[str, str], released: Chorus,
                                                         tmp_path: Path) -> None:
     ledger, key = export(env, tmp_path)
@@ -72,6 +73,7 @@ def test_export_then_verify_round_trip_and_pin_the_head(env: dict[str, str], rel
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.slow
 def test_verify_exits_non_zero_and_names_the_tampered_entry(env: dict[str, str], tmp_path: Path) -> None:
     ledger, key = export(env, tmp_path)
     lines = ledger.read_text().splitlines()
@@ -86,6 +88,7 @@ def test_verify_exits_non_zero_and_names_the_tampered_entry(env: dict[str, str],
     assert "Do not pin" in result.stdout and "--expect-head" not in result.stdout
 
 
+@pytest.mark.slow
 def test_verify_catches_a_truncated_tail_with_the_pinned_head(env: dict[str, str], tmp_path: Path) -> None:
     ledger, key = export(env, tmp_path)
     lines = ledger.read_text().splitlines()
@@ -107,6 +110,7 @@ def test_verify_usage_errors_exit_2_without_a_report(tmp_path: Path) -> None:
     assert bad_key.exit_code == 2 and "PEM" in bad_key.stderr
 
 
+@pytest.mark.slow
 def test_export_to_standard_output_from_a_sequence_number(env: dict[str, str]) -> None:
     result = chorus_cli(env, "audit", "export", "--from-seq", "3")
     assert result.exit_code == 0, result.output
@@ -114,6 +118,7 @@ def test_export_to_standard_output_from_a_sequence_number(env: dict[str, str]) -
     assert seqs[0] == 3 and seqs == list(range(3, 3 + len(seqs)))
 
 
+@pytest.mark.slow
 def test_export_resumes_when_the_server_cuts_a_long_stream(released: Chorus, auditor_token: str,
                                                            tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,6 +148,7 @@ def test_export_resumes_when_the_server_cuts_a_long_stream(released: Chorus, aud
     assert verified.exit_code == 0, verified.output
 
 
+@pytest.mark.slow
 def test_budget_shows_spent_and_remaining_per_team_window(env: dict[str, str]) -> None:
     result = chorus_cli(env, "budget", "--window", WINDOW)
     assert result.exit_code == 0, result.output
@@ -157,11 +163,13 @@ def test_budget_shows_spent_and_remaining_per_team_window(env: dict[str, str]) -
     assert "budget starts when its window closes" in " ".join(open_window.stdout.split())
 
 
+@pytest.mark.slow
 def test_budget_refuses_an_unknown_window_by_name(env: dict[str, str]) -> None:
     result = chorus_cli(env, "budget", "--window", "2020-01-01")
     assert result.exit_code == 5 and "NOT_FOUND" in result.stderr and "2020-01-01" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["text", "markdown"])
 def test_the_privacy_statement_renders_the_live_policy(env: dict[str, str], fmt: str) -> None:
     result = chorus_cli(env, "privacy-statement", "--format", fmt)

@@ -13,6 +13,7 @@ from chorus.server.model import config
 from chorus.server.model.clock import FakeClock
 from chorus.server.model.ledger_format import policy_sha256
 from chorus.server.root import Chorus
+from tests._ledger import ledger_entries
 from tests._policy import SUITE_TOML
 
 from .conftest import Entries, resign, run, seq_of
@@ -24,13 +25,13 @@ def start(data_dir: Path, clock: FakeClock, toml: str = SUITE_TOML) -> list[dict
     """Start (and stop) a server on `data_dir`; return the payloads of its config entries."""
     instance = Chorus(config.parse(tomllib.loads(toml)), data_dir, clock=clock)
     try:
-        return [json.loads(e.payload) for e in audit.iter_ledger(instance.db) if e.kind == audit.CONFIG_KIND]
+        return [json.loads(e.payload) for e in ledger_entries(instance.db) if e.kind == audit.CONFIG_KIND]
     finally:
         instance.close()
 
 
 def test_the_first_start_records_the_policy_and_its_hash(chorus: Chorus) -> None:
-    first = next(audit.iter_ledger(chorus.db))
+    first = next(ledger_entries(chorus.db))
     payload = json.loads(first.payload)
     assert (first.seq, first.kind) == (1, "config")
     assert payload["policy"] == chorus.config.policy.to_json()

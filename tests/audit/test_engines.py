@@ -16,6 +16,7 @@ from chorus.server.model import config
 from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
 from chorus.server.verifier import verify
+from tests._ledger import ledger_entries
 from tests._policy import SUITE_TOML, suite_config
 from tests.store.postgres_schema import fresh_schema
 
@@ -55,7 +56,7 @@ def test_replicas_starting_together_record_a_new_policy_once(database: str, tmp_
             stack.callback(replica.close)
         assert len(started) == 3
         recorded = [json.loads(e.payload)["policy"]["min_team_size"]
-                    for e in audit.iter_ledger(first.db) if e.kind == audit.CONFIG_KIND]
+                    for e in ledger_entries(first.db) if e.kind == audit.CONFIG_KIND]
         assert recorded == [5, 4]
 
 
@@ -68,7 +69,7 @@ def test_audit_reads_match_the_verifier_on_each_engine(database: str, tmp_path: 
         policies = chorus.db.run(lambda tx: audit.list_policies(tx, WINDOW), name="t")
         assert [p.id for p in policies] == [WINDOW]
         budgets, _ = chorus.db.run(lambda tx: audit.budgets(tx, WINDOW), name="t")
-        entries = list(audit.iter_ledger(chorus.db, page=2))
+        entries = list(ledger_entries(chorus.db, page=2))
         lines = [verify.export_line(e) for e in entries]
         report = verify.verify_lines(lines, chorus.ledger.signer.public_key)
         assert report.ok, report.violations

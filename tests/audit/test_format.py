@@ -20,6 +20,7 @@ from chorus.server.model.clock import FakeClock
 from chorus.server.model.ledger_format import MAX_SAFE_INTEGER, Entry, parse_body
 from chorus.server.root import Chorus
 from chorus.server.verifier import verify
+from tests._ledger import ledger_entries
 from tests._policy import SUITE_TOML
 
 from .conftest import NOON, WINDOW, open_and_close, release, roster_rows
@@ -32,7 +33,7 @@ AWKWARD = {"float": 1000000.0, "tenth": 0.1, "huge": 1e21, "wide": 1.23456789012
 
 
 def export(chorus: Chorus) -> list[str]:
-    return [verify.export_line(e) for e in audit.iter_ledger(chorus.db)]
+    return [verify.export_line(e) for e in ledger_entries(chorus.db)]
 
 
 def test_the_body_is_rfc8785_of_the_entry_and_the_export_carries_it_verbatim(chorus: Chorus) -> None:
@@ -95,7 +96,7 @@ def test_a_body_not_in_ledger_form_is_named(body: str, problem: str) -> None:
 
 def test_a_stored_entry_round_trips_through_its_body(chorus: Chorus) -> None:
     chorus.db.run(lambda tx: chorus.ledger.append(tx, "test", AWKWARD, chorus.clock.now()), name="t")
-    for entry in audit.iter_ledger(chorus.db):
+    for entry in ledger_entries(chorus.db):
         assert Entry.from_signed(entry.body, entry.hash, entry.signature) == entry
 
 
@@ -154,7 +155,7 @@ def test_page_sizes_follow_aip_158() -> None:
 def test_an_export_in_the_old_format_does_not_verify(chorus: Chorus) -> None:
     """Development builds exported the payload re-parsed, seven members per line; no release
     wrote that format, and the verifier names it rather than guessing."""
-    entry = next(audit.iter_ledger(chorus.db))
+    entry = next(ledger_entries(chorus.db))
     old = json.dumps({"seq": entry.seq, "time": entry.at, "kind": entry.kind, "payload": json.loads(entry.payload),
                       "prev_hash": entry.prev_hash, "hash": entry.hash, "signature": entry.signature})
     report = verify.verify_lines([old], chorus.ledger.signer.public_key)

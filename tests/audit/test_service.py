@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,8 +18,9 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2
+from tests._ledger import ledger_entries
 
-from .conftest import TEAMS, WINDOW, release
+from .conftest import TEAMS, WINDOW, open_and_close, release
 
 
 class Auditor:
@@ -43,19 +45,21 @@ def officer(released: Chorus, channel: grpc.Channel, auditor_token: str) -> Audi
     return Auditor(channel, auditor_token)
 
 
+@pytest.mark.slow
 def test_policies_are_byte_identical_to_the_window_open_entries(officer: Auditor, released: Chorus) -> None:
     reply = officer("ListPolicies", audit_pb2.ListPoliciesRequest())
     assert [p.window.id for p in reply.policies] == ["2026-11-26", WINDOW]  # newest first
     assert [p.window.state for p in reply.policies] == [common_pb2.WINDOW_STATE_OPEN,
                                                         common_pb2.WINDOW_STATE_CLOSED]
     opened = {json.loads(e.payload)["window"]: canonical_json(json.loads(e.payload)["policy"])
-              for e in audit.iter_ledger(released.db) if e.kind == "window_open"}
+              for e in ledger_entries(released.db) if e.kind == "window_open"}
     for policy in reply.policies:
         assert policy.policy_json == opened[policy.window.id]
     one = officer("ListPolicies", audit_pb2.ListPoliciesRequest(window=WINDOW))
     assert [p.window.id for p in one.policies] == [WINDOW]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ListPolicies", "GetBudget"])
 def test_unknown_and_malformed_windows_are_refused_by_name(officer: Auditor, method: str) -> None:
     request = getattr(audit_pb2, f"{method}Request")
@@ -69,6 +73,7 @@ def test_unknown_and_malformed_windows_are_refused_by_name(officer: Auditor, met
     assert "yesterday" in malformed.value.details()
 
 
+@pytest.mark.slow
 def test_budgets_show_cap_spent_remaining_and_releases(officer: Auditor, released: Chorus) -> None:
     reply = officer("GetBudget", audit_pb2.GetBudgetRequest(window=WINDOW))
     rows = {b.team: (b.cap, b.spent, b.remaining, b.releases) for b in reply.budgets}
@@ -78,6 +83,7 @@ def test_budgets_show_cap_spent_remaining_and_releases(officer: Auditor, release
     assert officer("GetBudget", audit_pb2.GetBudgetRequest(window="2026-11-26")).budgets == []  # still open
 
 
+@pytest.mark.slow
 def test_the_verifier_reproduces_the_server_budgets_exactly(officer: Auditor, released: Chorus) -> None:
     release(released, "team-blue", "ai.tokens", "mean")  # a second window-team charge, post-processed
     lines = [verify.export_line(m) for page in officer("StreamLedger", audit_pb2.StreamLedgerRequest())
@@ -94,8 +100,9 @@ def test_the_verifier_reproduces_the_server_budgets_exactly(officer: Auditor, re
     assert server[(WINDOW, "team-blue")][3] == 3
 
 
+@pytest.mark.slow
 def test_the_stream_sends_the_stored_bytes_in_pages_from_the_token(officer: Auditor, released: Chorus) -> None:
-    stored = list(audit.iter_ledger(released.db))
+    stored = list(ledger_entries(released.db))
     pages = list(officer("StreamLedger", audit_pb2.StreamLedgerRequest(page_token="4", page_size=3)))
     assert [len(p.entries) for p in pages] == [3] * (len(stored[3:]) // 3) + (
         [len(stored[3:]) % 3] if len(stored[3:]) % 3 else [])
@@ -112,6 +119,7 @@ def test_the_stream_sends_the_stored_bytes_in_pages_from_the_token(officer: Audi
     assert [json.loads(m.body)["kind"] for p in later for m in p.entries] == ["token_create"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("request_fields, field", [
     ({"page_token": "abc"}, "page_token"), ({"page_token": "0"}, "page_token"),
     ({"page_token": "-1"}, "page_token"), ({"page_token": "9999999999999999999"}, "page_token"),
@@ -133,6 +141,7 @@ def test_stream_messages_stay_under_the_byte_bound_whatever_the_page_size(releas
         assert len(p) == 1 or sum(len(e.payload.encode()) + 400 for e in p) <= 2000
 
 
+@pytest.mark.slow
 def test_budgets_are_paged_by_position_and_a_token_only_continues_its_own_request(
         officer: Auditor, released: Chorus) -> None:
     everything = officer("GetBudget", audit_pb2.GetBudgetRequest()).budgets
@@ -168,7 +177,7 @@ def test_the_ledger_is_read_in_bounded_pages_up_to_the_head_at_the_start(
 
     monkeypatch.setattr(audit, "read_entries", counting)
     head, _ = released.db.run(audit.ledger_head, name="head")
-    stream = audit.iter_ledger(released.db, page=3)
+    stream = ledger_entries(released.db, page=3)
     first = next(stream)
     released.tokens.create(Role.ANALYST, "late-comer", released.clock.now(), actor="test")  # after start
     seqs = [first.seq, *(e.seq for e in stream)]
@@ -176,12 +185,14 @@ def test_the_ledger_is_read_in_bounded_pages_up_to_the_head_at_the_start(
     assert max(limits) == 3 and len(limits) == -(-head // 3)
 
 
+@pytest.mark.slow
 def test_the_public_key_is_the_signing_key(officer: Auditor, released: Chorus) -> None:
     pem = officer("GetPublicKey", audit_pb2.GetPublicKeyRequest()).public_key_pem
     assert pem == released.ledger.signer.public_key_pem()
     assert pem.startswith("-----BEGIN PUBLIC KEY-----")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", [Role.INGEST, Role.ANALYST])
 def test_other_roles_cannot_audit(released: Chorus, channel: grpc.Channel, role: Role) -> None:
     secret, _ = released.tokens.create(role, f"not-an-officer-{role.value}", released.clock.now(), "test")
@@ -191,6 +202,7 @@ def test_other_roles_cannot_audit(released: Chorus, channel: grpc.Channel, role:
     assert secret not in denied.value.details()
 
 
+@pytest.mark.slow
 def test_auditing_needs_a_token(channel: grpc.Channel) -> None:
     stub = audit_pb2_grpc.AuditServiceStub(channel)
     with pytest.raises(grpc.RpcError) as denied:
@@ -208,3 +220,18 @@ def test_a_window_closing_between_pages_neither_repeats_nor_shifts_them(released
     released.close_window("2026-11-26", actor="test-admin")  # its budgets sort before every page
     second, token = page(token)
     assert first + second == before and token == ""
+
+
+@pytest.mark.slow
+def test_get_budget_page_size_zero_is_the_default_docs_api_states(chorus: Chorus, server: Server,
+                                                                  auditor_token: str) -> None:
+    """docs/api.md: GetBudget's page_size 0 is 100 a page (as the proto says), 1000 at most."""
+    chorus.import_roster([(f"user-many-{i}", f"team-{i:03d}") for i in range(150)], actor="test-admin")
+    open_and_close(chorus)
+    with grpc.insecure_channel(server.address) as ch:
+        officer = Auditor(ch, auditor_token)
+        default = officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=0))
+        assert len(default.budgets) == audit.DEFAULT_PAGE_SIZE == 100 and default.next_page_token
+        assert len(officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=5000)).budgets) == 150
+    text = " ".join((Path(__file__).parents[2] / "docs" / "api.md").read_text(encoding="utf-8").split())
+    assert "`GetBudget` and `StreamLedger` take `page_size` (0: the default, 100" in text

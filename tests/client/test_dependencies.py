@@ -6,6 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 _PROBE = """
 import json, sys
 import grpc, google.protobuf.message  # the allowed dependencies, with whatever they import

@@ -261,6 +261,7 @@ def test_atexit_closes_unclosed_clients_once(
     assert registered == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_starts_empty_and_the_parent_keeps_its_data(
     make_client: MakeClient, transport: FakeTransport

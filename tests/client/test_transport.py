@@ -116,6 +116,7 @@ def test_the_channel_is_lazy() -> None:
     assert transport._channel is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_opens_its_own_channel_and_never_touches_the_parents() -> None:
     transport = GrpcTransport("127.0.0.1:1", "token")

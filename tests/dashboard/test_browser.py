@@ -229,11 +229,15 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
     link = page.locator(".not-released li", has_text="distribution of ai.requests").get_by_role("link")
     assert link.inner_text().startswith("Preview releasing it")
     link.click()
-    page.get_by_role("heading", name=f"Preview: histogram of ai.requests, window {LATEST}").wait_for()
-    rows = table_rows(page, "Cost per team")
-    assert set(rows) == {"team-red", "team-blue"}  # team-tiny is below k: never released
-    assert rows["team-red"]["epsilon"] == "0.05" and rows["team-red"]["remaining"] == "0.7"
-    assert rows["team-red"]["remaining_after"] == "0.65" and float(rows["team-red"]["interval"]) > 0
+    page.get_by_role("heading", name=f"Preview: histogram of ai.requests for team team-red, window {LATEST}"
+                     ).wait_for()
+    rows = table_rows(page, "Cost for team team-red")
+    assert set(rows) == {"team team-red"}  # the link named team-red: only team-red is previewed
+    red = rows["team team-red"]
+    assert red["epsilon"] == "0.05" and red["remaining"] == "0.7"
+    assert red["remaining_after"] == "0.65" and float(red["interval"]) > 0
+    assert page.get_by_role("checkbox", name="team team-red").is_checked()
+    assert not page.get_by_role("checkbox", name="team team-blue").is_checked()
     laptop.shot("spend-preview-desktop")
     assert {b.team: b.spent for b in stack.budgets(LATEST)} == before  # previews are free
 
@@ -242,7 +246,7 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
     page.get_by_role("button", name="Preview the cost").click()
     page.wait_for_url(re.compile(r".*epsilon=0\.9.*"))
     assert "would overspend the privacy budget" in page.get_by_role("alert").inner_text()
-    assert page.get_by_role("button", name="Release and spend epsilon").count() == 0
+    assert page.get_by_role("button", name=re.compile("^Release for")).count() == 0
     laptop.shot("spend-overspend-desktop")
     phone = visit(visits, browser, dashboard, PHONE)
     phone.sign_in(stack.tokens[Role.ANALYST])
@@ -255,11 +259,11 @@ def test_the_explicit_spend_journey_with_preview_and_confirmation(
     page.wait_for_url(re.compile(r".*epsilon=(&.*)?$"))
     phone.open(page.url.removeprefix(dashboard))
     phone.shot("spend-preview-phone")
-    page.get_by_role("button", name="Release and spend epsilon 0.05 per team").click()
+    page.get_by_role("button", name="Release for team team-red and spend epsilon 0.05 per team").click()
     page.get_by_role("heading", level=1, name="Released").wait_for()
     laptop.shot("spend-done-desktop")
     after = {b.team: b.spent for b in stack.budgets(LATEST)}
-    assert after == {**before, "team-red": "0.35", "team-blue": "0.35"}
+    assert after == {**before, "team-red": "0.35"}  # the one team the link named, and no other
     page.get_by_role("link", name="See the numbers").click()
     page.wait_for_url(re.compile(r".*/histogram\?.*"))
     page.get_by_label("Team", exact=True).select_option("team-red")

@@ -19,6 +19,9 @@ from chorus.v1 import common_pb2
 
 from .conftest import LATEST, Stack, build_stack, login
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 ORGS = {"team-red": "engineering", "team-tiny": "engineering", "team-blue": "sales"}
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.datastructures import MultiDict
 
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.sessions import SessionStore
@@ -31,6 +34,9 @@ from .conftest import (
     csrf_of,
     login,
 )
+
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
 
 ADOPTION, SUM = common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM
 
@@ -213,7 +219,11 @@ def test_overview_reads_the_planned_numbers_and_opening_it_spends_nothing(
     # cost and a way to release them.
     assert "Not released" in second and "people using it of ai.requests</strong>, window" in second
     assert "would cost epsilon 0.05 per team" in second
-    assert f"/spend?window={LATEST}&amp;statistic=count&amp;metric=ai.requests&amp;preview=1" in second
+    assert ("not released for teams team-blue and team-red; would cost epsilon 0.05 per team."
+            in " ".join(second.split()))
+    # The link names exactly those teams, so the form it opens previews and sends only them.
+    assert (f"/spend?window={LATEST}&amp;statistic=count&amp;metric=ai.requests&amp;team=team-blue&amp;"
+            "team=team-red&amp;preview=1") in second
 
 
 def test_headline_tiles_state_the_change_and_its_interval(client: FlaskClient, stack: Stack) -> None:
@@ -373,11 +383,11 @@ def test_a_spent_budget_never_breaks_the_landing_page(tmp_path: Path) -> None:
         assert {b.remaining for b in before[0] if b.team != "team-tiny"} == {"0"}
         for path in ("/overview", "/overview?statistic=count", "/trends?statistic=count", "/histogram"):
             assert client.get(path).status_code == 200, path
-        preview = client.get(f"/spend?window={LATEST}&statistic=count&metric=ai.requests&preview=1")
+        preview = client.get(f"/spend?window={LATEST}&statistic=count&metric=ai.requests&team=team-red&preview=1")
         body = " ".join(preview.get_data(as_text=True).split())
         assert preview.status_code == 200
         assert "This release would overspend the privacy budget, so it cannot be sent." in body
-        assert "Team team-red needs epsilon 0.05 but has 0 left." in body
+        assert "Team team-red in 2026-11-25 needs epsilon 0.05 but has 0 left of 0.3." in body
         assert "Release and spend epsilon" not in body
         assert (stack.budgets(), stack.ledger_size()) == before
     finally:
@@ -387,19 +397,20 @@ def test_a_spent_budget_never_breaks_the_landing_page(tmp_path: Path) -> None:
 def test_spending_needs_a_preview_of_its_cost_and_a_confirmation(client: FlaskClient, stack: Stack) -> None:
     login(client, stack.tokens[Role.ANALYST])
     before = {b.team: b.spent for b in stack.budgets(LATEST)}
-    query = f"window={LATEST}&statistic=histogram&metric=ai.requests&epsilon=0.1"
+    query = f"window={LATEST}&statistic=histogram&metric=ai.requests&epsilon=0.1&team=team-red&team=team-blue"
     preview = client.get(f"/spend?{query}&preview=1")
     page = preview.get_data(as_text=True)
     rows = {r.split("</th>")[0]: r for r in page.split('<tr><th scope="row">')[1:]}
-    assert set(rows) == {"team-red", "team-blue"}  # team-tiny is below k: never released, never charged
-    assert '<td class="num" data-column="epsilon">0.1</td>' in rows["team-red"]
-    assert '<td class="num" data-column="remaining">0.7</td>' in rows["team-red"]
-    assert '<td class="num" data-column="remaining_after">0.6</td>' in rows["team-red"]
-    assert 'data-column="interval">' in rows["team-red"] and "Release and spend epsilon 0.1 per team" in page
+    assert set(rows) == {"team team-red", "team team-blue"}  # team-tiny is below k: never released, never charged
+    assert '<td class="num" data-column="epsilon">0.1</td>' in rows["team team-red"]
+    assert '<td class="num" data-column="remaining">0.7</td>' in rows["team team-red"]
+    assert '<td class="num" data-column="remaining_after">0.6</td>' in rows["team team-red"]
+    assert 'data-column="interval">' in rows["team team-red"]
+    assert "Release for teams team-red and team-blue and spend epsilon 0.1 per team" in page
     assert {b.team: b.spent for b in stack.budgets(LATEST)} == before  # a preview spends nothing
     assert client.post("/spend", data={"window": LATEST, "statistic": "histogram"}).status_code == 400  # no CSRF
     done = client.post("/spend", data={"csrf": csrf_of(preview), "window": LATEST, "statistic": "histogram",
-                                       "metric": "ai.requests", "epsilon": "0.1"})
+                                       "metric": "ai.requests", "epsilon": "0.1", "team": ["team-red", "team-blue"]})
     assert done.status_code == 200 and "Released distribution of ai.requests" in done.get_data(as_text=True)
     after = {b.team: b.spent for b in stack.budgets(LATEST)}
     assert after == {**before, "team-red": "0.4", "team-blue": "0.4"}
@@ -422,3 +433,47 @@ def test_the_server_being_down_is_a_503_that_names_it(tmp_path: Path) -> None:
         assert f"the Chorus server at {stack.server.address} did not answer" in text
     finally:
         gateway.close()
+
+
+def _confirm_form(page: str) -> list[tuple[str, str]]:
+    """The hidden fields of the release page's confirmation form, as the browser would post them."""
+    form = page.split('class="confirm"', 1)[1].split("</form>", 1)[0]
+    return [(html.unescape(k), html.unescape(v)) for k, v in re.findall(r'name="([^"]+)" value="([^"]*)"', form)]
+
+
+def test_the_one_team_link_charges_one_team(client: FlaskClient, stack: Stack) -> None:
+    """Distribution's "Preview releasing it" for team-red: the form shows team-red only, and confirming
+    it charges team-red's budget and no other team's."""
+    login(client, stack.tokens[Role.ANALYST])
+    before = {b.team: b.spent for b in stack.budgets(LATEST)}
+    page = client.get(f"/histogram?window={LATEST}&team=team-red&metric=ai.requests").get_data(as_text=True)
+    link = html.unescape(re.search(r'href="(/spend\?[^"]+)"', page)[1])  # type: ignore[index]
+    assert "team=team-red" in link and "team-blue" not in link and "not released for team team-red" in page
+    preview = client.get(link)
+    body = preview.get_data(as_text=True)
+    assert 'value="team-red" checked' in body and 'value="team-blue">' in body  # shown, not ticked
+    rows = [r.split("</th>")[0] for r in body.split('<tr><th scope="row">')[1:]]
+    assert rows == ["team team-red"]
+    fields = _confirm_form(body)
+    assert [v for k, v in fields if k == "team"] == ["team-red"] and not [k for k, _ in fields if k == "node"]
+    done = client.post("/spend", data=MultiDict(fields))
+    assert done.status_code == 200, done.get_data(as_text=True)
+    after = {b.team: b.spent for b in stack.budgets(LATEST)}
+    assert {t for t in after if after[t] != before[t]} == {"team-red"}
+    assert Decimal(after["team-red"]) - Decimal(before["team-red"]) == Decimal("0.05")
+
+
+def test_a_release_names_its_teams_or_sends_nothing(client: FlaskClient, stack: Stack) -> None:
+    """The release page opened from the menu ticks nothing; a preview without a team previews nothing
+    and a post without one is refused, with nothing charged."""
+    login(client, stack.tokens[Role.ANALYST])
+    before = (stack.budgets(), stack.ledger_size())
+    page = client.get(f"/spend?window={LATEST}&statistic=histogram&metric=ai.tokens&preview=1")
+    body = page.get_data(as_text=True)
+    assert "Tick the teams (or orgs) to release for" in body and 'class="confirm"' not in body
+    refused = client.post("/spend", data={"csrf": csrf_of(page), "window": LATEST, "statistic": "histogram",
+                                          "metric": "ai.tokens"})
+    assert refused.status_code == 400 and "name at least one team or org" in refused.get_data(as_text=True)
+    bad = client.get(f"/spend?window={LATEST}&statistic=histogram&team=team-nope&preview=1")
+    assert bad.status_code == 400 and "team='team-nope' is not one of" in html.unescape(bad.get_data(as_text=True))
+    assert (stack.budgets(), stack.ledger_size()) == before

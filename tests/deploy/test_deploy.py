@@ -41,12 +41,14 @@ def tool(name: str) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_rules_pass_promtool() -> None:
     result = subprocess.run([tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.slow
 def test_alerts_fire_on_the_series_they_watch() -> None:
     """deploy/prometheus-rules.test.yml: shred pending, store unavailable, rejections rising and
     budget exhausted fire (and shred pending not before its 15 minutes)."""
@@ -95,6 +97,7 @@ def scraped(tmp_path: Path) -> Iterator[set[str]]:
     yield names
 
 
+@pytest.mark.slow
 def test_rules_name_only_metrics_the_server_exposes(scraped: set[str]) -> None:
     named = {m for rule in alerting_rules() for m in re.findall(r"\bchorus_[a-z_]+", str(rule["expr"]))}
     assert named and named <= scraped, named - scraped
@@ -115,6 +118,7 @@ def test_unit_has_the_documented_hardening() -> None:
     assert "--data-dir ${STATE_DIRECTORY}" in start
 
 
+@pytest.mark.slow
 def test_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
     chorus = Path(sys.executable).with_name("chorus")  # verify checks that ExecStart's binary exists

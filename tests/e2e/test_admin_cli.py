@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 
+import pytest
 from typer.testing import CliRunner
 
 from chorus.server.cli import app
@@ -22,6 +23,7 @@ def chorus(running: Running, *args: str):  # type: ignore[no-untyped-def]
                          env={"COLUMNS": "200"})
 
 
+@pytest.mark.slow
 def test_window_list_and_close_guard_the_current_window(running: Running) -> None:
     current = window_of(datetime.now(UTC), suite_config().policy.window_length).id
     running.chorus.closer.tick()  # opens the current window
@@ -39,6 +41,7 @@ def test_window_list_and_close_guard_the_current_window(running: Running) -> Non
     assert again.exit_code == 0 and "was already closed; nothing changed" in again.stdout
 
 
+@pytest.mark.slow
 def test_window_close_names_a_malformed_or_unknown_window(running: Running) -> None:
     bad = chorus(running, "window", "close", "bogus")
     assert bad.exit_code == 2 and "neither a day (YYYY-MM-DD) nor an ISO week" in " ".join(bad.output.split())
@@ -46,6 +49,7 @@ def test_window_close_names_a_malformed_or_unknown_window(running: Running) -> N
     assert unknown.exit_code == 5 and "NOT_FOUND" in unknown.output and "2020-W01" in unknown.output
 
 
+@pytest.mark.slow
 def test_roster_import_accepts_a_spreadsheet_bom_and_marks_small_teams(running: Running, tmp_path) -> None:
     csv = tmp_path / "roster.csv"
     csv.write_text("\ufeffuser,team\n" + "".join(f"user-big-{i},big\n" for i in range(6)) + "user-solo-0,solo\n",
@@ -57,6 +61,7 @@ def test_roster_import_accepts_a_spreadsheet_bom_and_marks_small_teams(running: 
     assert "no: below k = 5" in out
 
 
+@pytest.mark.slow
 def test_token_names_are_never_reused(running: Running, tmp_path) -> None:
     assert chorus(running, "token", "create", "--role", "ingest", "--name", "tool",
                   "--out", str(tmp_path / "t1")).exit_code == 0
@@ -71,11 +76,13 @@ def test_a_server_that_is_not_running_gets_a_hint(tmp_path) -> None:
     assert "Is `chorus serve` running and listening on 127.0.0.1:1?" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_revoking_an_unknown_token_is_not_found(running: Running) -> None:
     result = chorus(running, "token", "revoke", "no-such-token")
     assert result.exit_code == 5 and "NOT_FOUND" in result.output and "no-such-token" in result.output
 
 
+@pytest.mark.slow
 def test_stats_shows_a_pending_shred_until_it_completes(running: Running) -> None:
     current = window_of(datetime.now(UTC), suite_config().policy.window_length).id
     running.chorus.closer.tick()  # opens the current window

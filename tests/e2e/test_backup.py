@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import pytest
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner
@@ -64,6 +65,7 @@ class Ingest(threading.Thread):
                 self.progress.release()
 
 
+@pytest.mark.slow
 def test_backup_while_ingesting_restores_into_a_consistent_server(server_process: ServerProcess,
                                                                   tmp_path: Path) -> None:
     token = create_token(server_process.address, server_process.admin_token, "ingest", "tool")

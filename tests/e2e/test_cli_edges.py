@@ -62,6 +62,7 @@ def close_current(running: Running) -> str:
 # -- exit codes ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_each_exit_code_from_a_real_server(running: Running, tmp_path: Path) -> None:
     analyst = create_token(running.address, running.admin_token, "analyst", "vp")
     codes = {
@@ -74,7 +75,7 @@ def test_each_exit_code_from_a_real_server(running: Running, tmp_path: Path) -> 
     }
     current = close_current(running)
     codes[ExitCode.RESOURCE_EXHAUSTED] = cli(running, "report", "--window", current, "--epsilon", "0.3",
-                                             "--release", token=analyst)
+                                             "--release", "--yes", token=analyst)
     codes[ExitCode.UNAVAILABLE] = runner.invoke(app, ["stats", "--server", "127.0.0.1:1", "--token", "chorus_x"])
     codes[ExitCode.OK] = cli(running, "stats")
     for expected, result in codes.items():
@@ -96,6 +97,7 @@ def test_docs_list_every_exit_code_and_the_statuses_it_stands_for() -> None:
 # -- token sources ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_sdk_variable_is_not_read_and_the_error_says_so(running: Running, tmp_path: Path) -> None:
     result = runner.invoke(app, ["stats", "--server", running.address], env={"CHORUS_TOKEN": running.ingest_token})
     assert result.exit_code == ExitCode.UNAUTHENTICATED
@@ -107,6 +109,7 @@ def test_the_sdk_variable_is_not_read_and_the_error_says_so(running: Running, tm
     assert both.exit_code == 0, both.output  # the admin file, not the SDK's ingest token
 
 
+@pytest.mark.slow
 def test_token_sources_are_read_in_the_documented_order(running: Running, tmp_path: Path) -> None:
     """docs/cli.md: --token, then --token-file, then $CHORUS_TOKEN_FILE; the first given is used."""
     admin_file, ingest_file = tmp_path / "admin.token", tmp_path / "ingest.token"
@@ -128,6 +131,7 @@ def test_token_sources_are_read_in_the_documented_order(running: Running, tmp_pa
     assert f"(token from --token-file {ingest_file})" in words(flipped.output)
 
 
+@pytest.mark.slow
 def test_a_refused_token_is_named_by_its_source(running: Running, tmp_path: Path) -> None:
     ingest_file = tmp_path / "ingest.token"
     ingest_file.write_text(running.ingest_token)
@@ -137,6 +141,7 @@ def test_a_refused_token_is_named_by_its_source(running: Running, tmp_path: Path
     assert running.ingest_token not in result.output
 
 
+@pytest.mark.slow
 def test_a_binary_token_file_is_named_as_not_a_token(running: Running, tmp_path: Path) -> None:
     binary = tmp_path / "key.der"
     binary.write_bytes(b"\x30\x82\xff\xfe")
@@ -144,6 +149,7 @@ def test_a_binary_token_file_is_named_as_not_a_token(running: Running, tmp_path:
     assert result.exit_code == ExitCode.UNAUTHENTICATED and "does not hold a token" in words(result.output)
 
 
+@pytest.mark.slow
 def test_a_csv_given_as_token_file_is_not_sent(running: Running, tmp_path: Path) -> None:
     roster_file = tmp_path / "roster.csv"
     roster_file.write_text("user,team\nalice@example.com,red\n")
@@ -156,6 +162,7 @@ def test_a_csv_given_as_token_file_is_not_sent(running: Running, tmp_path: Path)
 # -- formats ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_listing_command_speaks_json_and_csv(running: Running, tmp_path: Path) -> None:
     current = close_current(running)
     assert cli(running, "token", "revoke", "test-ingest").exit_code == 0
@@ -194,10 +201,12 @@ def jq(program: str, text: str) -> str:
     return subprocess.run(["jq", "-r", program], input=text, capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.slow
 def test_the_documented_jq_filters_work(running: Running) -> None:
     current = close_current(running)
     analyst = create_token(running.address, running.admin_token, "analyst", "vp")
-    report = cli(running, "report", "--format", "json", "--release", token=analyst).stdout
+    report = cli(running, "report", "--format", "json", "--statistic", "sum", "--statistic", "adoption",
+                 "--release", "--yes", token=analyst).stdout
     lines = jq('.[] | select(.outcome == "released") | [.team, .statistic, .value] | @tsv', report).splitlines()
     assert {tuple(line.split("\t")[:2]) for line in lines} >= {("team-red", "sum"), ("team-blue", "adoption")}
     windows = cli(running, "window", "list", "--format", "json").stdout
@@ -209,6 +218,7 @@ def test_the_documented_jq_filters_work(running: Running) -> None:
     assert jq('[.[] | select(.revoked == null)] | length', tokens).strip() == "3"
 
 
+@pytest.mark.slow
 def test_report_trend_before_any_window_closed(running: Running) -> None:
     analyst = create_token(running.address, running.admin_token, "analyst", "vp")
     result = cli(running, "report", "--trend", "8", "--metric", "ai.requests", token=analyst)
@@ -220,6 +230,7 @@ def test_report_trend_before_any_window_closed(running: Running) -> None:
 # -- window list, token create, version, help ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_window_list_shows_when_an_early_closed_window_actually_closed(running: Running) -> None:
     current = close_current(running)
     (window,) = json.loads(cli(running, "window", "list", "--format", "json").stdout)
@@ -230,6 +241,7 @@ def test_window_list_shows_when_an_early_closed_window_actually_closed(running: 
     assert f"closed {closed_at:%Y-%m-%d %H:%M}" in cli(running, "window", "list").stdout
 
 
+@pytest.mark.slow
 def test_token_create_prints_only_the_token_on_stdout(running: Running) -> None:
     result = cli(running, "token", "create", "--role", "analyst", "--name", "piped")
     assert result.exit_code == 0
@@ -265,6 +277,7 @@ def test_help_shows_no_placeholder_on_flags() -> None:
 # -- roster import ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_roster_import_of_latin1_names_the_line_and_accepts_encoding(running: Running, tmp_path: Path) -> None:
     hr = tmp_path / "roster.csv"
     hr.write_bytes(("user,team\n" + "".join(f"{u},{t}\n" for u, t in ROSTER[:3]) + "jos\u00e9@example.com,team-red\n")
@@ -280,6 +293,7 @@ def test_roster_import_of_latin1_names_the_line_and_accepts_encoding(running: Ru
         lambda tx: tx.query("SELECT user_id, team FROM roster"), name="t"))
 
 
+@pytest.mark.slow
 def test_roster_import_reads_named_columns_of_an_hr_export(running: Running, tmp_path: Path) -> None:
     hr = tmp_path / "hr.csv"
     hr.write_text("Employee ID,Email,Department,Cost centre,,\n" +  # spreadsheets add unnamed columns
@@ -292,6 +306,7 @@ def test_roster_import_reads_named_columns_of_an_hr_export(running: Running, tmp
     assert f"Roster replaced: {len(ROSTER)} people in {len(TEAMS)} teams" in words(result.stdout)
 
 
+@pytest.mark.slow
 def test_roster_dry_run_shows_the_change_and_changes_nothing(running: Running, tmp_path: Path) -> None:
     before = running.chorus.db.run(roster.team_sizes, name="t")
     head = running.chorus.db.run(lambda tx: tx.query("SELECT seq FROM ledger_head"), name="t")

@@ -15,6 +15,7 @@ from .._status import detail, error_info
 from .conftest import Running
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("service", ["grpc.reflection.v1.ServerReflection",
                                      "grpc.reflection.v1alpha.ServerReflection"])
 def test_reflection_answers_v1_and_v1alpha(running: Running, service: str) -> None:
@@ -31,6 +32,7 @@ def test_reflection_answers_v1_and_v1alpha(running: Running, service: str) -> No
         assert files.file_descriptor_response.file_descriptor_proto
 
 
+@pytest.mark.slow
 def test_list_tokens_pages_with_page_size_and_token_and_times_are_timestamps(running: Running) -> None:
     metadata = (("authorization", f"Bearer {running.admin_token}"),)
     with grpc.insecure_channel(running.address) as channel:
@@ -64,6 +66,7 @@ def test_list_tokens_pages_with_page_size_and_token_and_times_are_timestamps(run
             assert violation.field == field
 
 
+@pytest.mark.slow
 def test_a_page_token_continues_only_its_own_listing(running: Running) -> None:
     metadata = (("authorization", f"Bearer {running.admin_token}"),)
     with grpc.insecure_channel(running.address) as channel:
@@ -77,6 +80,7 @@ def test_a_page_token_continues_only_its_own_listing(running: Running) -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("metadata", "code", "reason"), [
     ((), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     ((("authorization", "Bearer nonsense"),), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
@@ -89,6 +93,7 @@ def test_errors_before_the_servicer_carry_error_info(running: Running, metadata:
     assert caught.value.code() == code and error_info(caught.value).reason == reason
 
 
+@pytest.mark.slow
 def test_permission_denied_carries_error_info(running: Running) -> None:
     with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as caught:
         admin_pb2_grpc.AdminServiceStub(channel).ListTokens(
@@ -98,6 +103,7 @@ def test_permission_denied_carries_error_info(running: Running) -> None:
     assert error_info(caught.value).reason == "PERMISSION_DENIED"
 
 
+@pytest.mark.slow
 def test_a_taken_token_name_is_already_exists_with_its_reason(running: Running) -> None:
     metadata = (("authorization", f"Bearer {running.admin_token}"),)
     with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as caught:

@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.slow
 def test_demo_runs_and_tells_the_story(tmp_path) -> None:

@@ -27,6 +27,9 @@ from tests._policy import suite_config
 from .conftest import Running, import_roster, report_request
 from .test_health import _wait_for
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 TEAMS = {"team-red": 600, "team-blue": 400}
 PEOPLE = [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]

@@ -16,6 +16,9 @@ from tests._policy import suite_config
 
 from .conftest import Running
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 
 def _status(address: str) -> int:
     with grpc.insecure_channel(address) as channel:

@@ -15,6 +15,9 @@ from ._proxy import CuttingProxy
 from ._servers import ServerProcess, sqlite_rows
 from .conftest import Running, create_token, report_request
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 TODAY = datetime.now(UTC).date().isoformat()
 
 

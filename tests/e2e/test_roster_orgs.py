@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from chorus.server.cli import app
 
 from .conftest import Running
+
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
 
 runner = CliRunner()
 

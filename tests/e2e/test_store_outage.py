@@ -11,6 +11,9 @@ from chorus.v1 import ingest_pb2
 
 from .conftest import Running, report_request
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("failing", ["authenticate", "ingest"])
 def test_a_store_outage_is_retryable_unavailable(running: Running, monkeypatch: pytest.MonkeyPatch,

@@ -13,6 +13,9 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from ._requests import export_grpc, now_ns, point, post, request, sum_metric
 from .conftest import OtlpServer
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 RED0 = "user-team-red-0"
 MIN = 60 * 10**9
 

@@ -17,6 +17,9 @@ from chorus.server.model.calendar import WindowLength, window_of
 from ._requests import CUMULATIVE, DELTA, export_grpc, now_ns, point, request, sum_metric
 from .conftest import OtlpServer
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 RED0, BLUE2 = "user-team-red-0", "user-team-blue-2"
 OUTSIDER = "user-outsider-77"  # sends usage but is not on the roster
 MIN = 60 * 10**9

@@ -56,6 +56,7 @@ def test_known_keys_are_listed_for_the_config_registry() -> None:
     assert {"name", "metric", "attributes", "scale"} == KNOWN_MAPPING_KEYS
 
 
+@pytest.mark.slow
 def test_default_config_ships_commented_mappings_that_parse_when_enabled() -> None:
     plain = subprocess.run([sys.executable, "-m", "chorus.server.cli", "default-config"],
                            capture_output=True, text=True, check=True).stdout

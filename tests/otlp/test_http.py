@@ -17,6 +17,9 @@ from chorus.server.transport.ratelimit import RateLimiter
 from ._requests import CUMULATIVE, now_ns, point, post, request, sum_metric
 from .conftest import OtlpServer
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 RED0 = "user-team-red-0"
 MIN = 60 * 10**9
 PROTOBUF = "application/x-protobuf"

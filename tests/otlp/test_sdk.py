@@ -14,6 +14,9 @@ from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, releas
 
 from .conftest import OTLP_TOML, TODAY, OtlpServer, otlp_config, provider, temporality
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 
 def grpc_exporter(server: OtlpServer, *, delta: bool, gzip: bool = False) -> GrpcExporter:
     return GrpcExporter(endpoint=server.address, insecure=True, timeout=10,

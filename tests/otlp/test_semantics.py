@@ -24,6 +24,7 @@ RED0 = "user-team-red-0"
 MIN = 60 * 10**9
 
 
+@pytest.mark.slow
 def test_cumulative_points_count_increases_and_resets_start_new_series(otlp_server: OtlpServer) -> None:
     t = now_ns() - 30 * MIN
     s1, s2 = t - MIN, t + 5 * MIN
@@ -41,6 +42,7 @@ def test_cumulative_points_count_increases_and_resets_start_new_series(otlp_serv
     assert otlp_server.chorus.otlp.stats.snapshot()["duplicate"] == 3
 
 
+@pytest.mark.slow
 def test_series_are_told_apart_by_their_whole_attribute_set(otlp_server: OtlpServer) -> None:
     t = now_ns() - 10 * MIN
     points = [point(7, t - MIN, t, user__email=RED0, session__id=s, model=m)
@@ -50,6 +52,7 @@ def test_series_are_told_apart_by_their_whole_attribute_set(otlp_server: OtlpSer
     assert otlp_server.totals() == {(RED0, "ai.requests"): 28}
 
 
+@pytest.mark.slow
 def test_a_retried_delta_export_counts_once(otlp_server: OtlpServer) -> None:
     t = now_ns() - MIN
     req = request([sum_metric("tool.requests", [point(4, t - MIN, t, user__email=RED0),
@@ -60,6 +63,7 @@ def test_a_retried_delta_export_counts_once(otlp_server: OtlpServer) -> None:
     assert otlp_server.totals() == {(RED0, "ai.requests"): 8}
 
 
+@pytest.mark.slow
 def test_an_export_cut_after_commit_is_retried_by_the_sdk_and_counted_once(otlp_server: OtlpServer) -> None:
     host, port = otlp_server.address.rsplit(":", 1)
     proxy = CuttingProxy((host, int(port)))
@@ -80,6 +84,7 @@ def test_an_export_cut_after_commit_is_retried_by_the_sdk_and_counted_once(otlp_
         proxy.close()
 
 
+@pytest.mark.slow
 def test_points_that_cannot_count_are_rejected_in_partial_success_naming_nobody(otlp_server: OtlpServer) -> None:
     t = now_ns() - MIN
     req = request([
@@ -107,6 +112,7 @@ def test_points_that_cannot_count_are_rejected_in_partial_success_naming_nobody(
     assert stats["ignored_unmapped"] == 1 and stats["ignored_filtered"] == 1 and stats["counted"] == 1
 
 
+@pytest.mark.slow
 def test_a_gauge_of_a_mapped_instrument_is_rejected(otlp_server: OtlpServer) -> None:
     from opentelemetry.proto.metrics.v1 import metrics_pb2
     t = now_ns() - MIN
@@ -117,6 +123,7 @@ def test_a_gauge_of_a_mapped_instrument_is_rejected(otlp_server: OtlpServer) -> 
     assert "a gauge cannot be summed" in reply.partial_success.error_message
 
 
+@pytest.mark.slow
 def test_identity_falls_back_to_the_resource(otlp_server: OtlpServer) -> None:
     t = now_ns() - MIN
     export_grpc(otlp_server.address, otlp_server.ingest_token, request(
@@ -125,6 +132,7 @@ def test_identity_falls_back_to_the_resource(otlp_server: OtlpServer) -> None:
     assert otlp_server.totals() == {("user-team-blue-3", "ai.requests"): 2}
 
 
+@pytest.mark.slow
 def test_late_and_future_points_are_rejected_like_report(otlp_server: OtlpServer) -> None:
     t = now_ns()
     reply = export_grpc(otlp_server.address, otlp_server.ingest_token, request([sum_metric("tool.requests", [
@@ -133,6 +141,7 @@ def test_late_and_future_points_are_rejected_like_report(otlp_server: OtlpServer
     assert "1 late" in reply.partial_success.error_message and "1 future" in reply.partial_success.error_message
 
 
+@pytest.mark.slow
 def test_the_clamp_applies_to_otlp_points(otlp_server: OtlpServer) -> None:
     t = now_ns() - MIN
     export_grpc(otlp_server.address, otlp_server.ingest_token, request([sum_metric(
@@ -200,6 +209,7 @@ def test_state_moves_to_the_next_window_even_without_points_in_it(tmp_path: Path
     chorus.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token_kind", ["none", "unknown", "analyst"])
 def test_grpc_export_needs_an_ingest_token(otlp_server: OtlpServer, token_kind: str) -> None:
     token = {"none": "", "unknown": "chorus_" + "x" * 43, "analyst": otlp_server.analyst_token}[token_kind]
@@ -212,6 +222,7 @@ def test_grpc_export_needs_an_ingest_token(otlp_server: OtlpServer, token_kind: 
     assert otlp_server.totals() == {}
 
 
+@pytest.mark.slow
 def test_delta_points_keep_no_state_beyond_their_keys(otlp_server: OtlpServer) -> None:
     t = now_ns() - MIN
     export_grpc(otlp_server.address, otlp_server.ingest_token, request(
@@ -220,6 +231,7 @@ def test_delta_points_keep_no_state_beyond_their_keys(otlp_server: OtlpServer) -
     assert otlp_server.rows("SELECT COUNT(*) FROM otlp_series") == [(0,)]
 
 
+@pytest.mark.slow
 def test_operators_see_otlp_outcomes_in_get_stats(otlp_server: OtlpServer) -> None:
     from chorus.v1 import admin_pb2, admin_pb2_grpc
     t = now_ns() - MIN
@@ -233,6 +245,7 @@ def test_operators_see_otlp_outcomes_in_get_stats(otlp_server: OtlpServer) -> No
                                        "rejected: without an identity attribute (user.email, enduser.id)": 1}
 
 
+@pytest.mark.slow
 def test_chorus_stats_prints_otlp_outcomes(otlp_server: OtlpServer) -> None:
     from typer.testing import CliRunner
 
@@ -247,6 +260,7 @@ def test_chorus_stats_prints_otlp_outcomes(otlp_server: OtlpServer) -> None:
     assert "OTLP data points counted" in result.output and "OTLP data points ignored_unmapped" in result.output
 
 
+@pytest.mark.slow
 def test_a_store_outage_during_a_grpc_export_is_unavailable_with_retry_info(
         otlp_server: OtlpServer, monkeypatch: pytest.MonkeyPatch) -> None:
     from chorus.server.store import StoreUnavailable

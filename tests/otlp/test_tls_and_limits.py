@@ -19,6 +19,9 @@ from tests.security.conftest import make_certs
 from ._requests import export_grpc, now_ns, point, post, request, sum_metric
 from .conftest import OtlpServer, otlp_config, provider, temporality
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 RED0 = "user-team-red-0"
 MIN = 60 * 10**9
 

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -15,6 +16,9 @@ from chorus.v1 import common_pb2, release_pb2
 from tests._race import run_together
 
 from .conftest import WINDOW, Api, contribute, toml_with
+
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
 
 STATISTICS = (common_pb2.STATISTIC_SUM, common_pb2.STATISTIC_COUNT, common_pb2.STATISTIC_HISTOGRAM)
 

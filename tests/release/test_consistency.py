@@ -277,6 +277,7 @@ def coverage(nodes: list[Node], draws: int, seed: int) -> tuple[dict[str, float]
     return {name: h / draws for name, h in hits.items()}, widths
 
 
+@pytest.mark.slow  # many simulated draws
 def test_empirical_coverage_is_95_percent_on_a_company() -> None:
     rates, _ = coverage(company(5, 40), DRAWS, seed=11)
     for level in ("company", "org", "team"):
@@ -285,6 +286,7 @@ def test_empirical_coverage_is_95_percent_on_a_company() -> None:
     assert all(0.935 <= r <= 0.965 for r in rates.values()), rates
 
 
+@pytest.mark.slow  # many simulated draws
 def test_empirical_coverage_with_missing_releases_and_mixed_scales() -> None:
     """Scales of 15 and more, so the integer lattice does not hold a whole percent at the edge."""
     nodes = [Node("company", None, 30.0), Node("eng", "company", None), Node("sales", "company", 20.0),
@@ -301,6 +303,7 @@ def test_empirical_coverage_with_missing_releases_and_mixed_scales() -> None:
     assert all(0.935 <= r <= 0.965 for r in rates.values()), rates
 
 
+@pytest.mark.slow  # many simulated draws
 def test_mean_squared_error_is_lower_than_the_raw_releases_at_every_level() -> None:
     """1 company, 5 orgs, 40 teams, each level released at the same epsilon (counts at 0.5)."""
     nodes = company(5, 40)

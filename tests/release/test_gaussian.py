@@ -19,7 +19,6 @@ from chorus.server.privacy import mechanisms
 from chorus.server.privacy.budget import worst_case
 from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.server.root import Chorus
-from chorus.server.verifier import verify
 
 from .conftest import TEAMS, WINDOW, contribute, roster_rows
 from .test_hierarchy import _verified
@@ -37,7 +36,7 @@ def test_the_charge_is_opendps_zcdp_map_in_exact_rho_never_above_the_request(sen
 
 
 def test_epsilon_and_rho_never_mix_but_zero_is_zero_in_both() -> None:
-    with pytest.raises(TypeError, match="cannot combine 0.5 epsilon with 0.1 rho"):
+    with pytest.raises(TypeError, match=r"cannot combine 0\.5 epsilon with 0\.1 rho"):
         _ = Epsilon.parse("0.5") + Rho.parse("0.1")
     with pytest.raises(TypeError):
         _ = Epsilon.parse("0.5") < Rho.parse("0.1")
@@ -60,6 +59,7 @@ def test_the_default_yearly_bound_is_at_most_30_at_delta_1e_8() -> None:
     assert 29 < year.epsilon <= 30
 
 
+@pytest.mark.slow  # 700,000 exact OpenDP draws: about half a minute
 def test_95_percent_intervals_cover_single_and_summed_gaussian_releases() -> None:
     mech = mechanisms.calibrate(1, Rho.parse("0.03"))
     # 20,000 draws estimate a coverage within about 0.0015 (one standard error): 0.947 is 2 of them.
@@ -72,6 +72,7 @@ def test_95_percent_intervals_cover_single_and_summed_gaussian_releases() -> Non
     assert half <= 1.1 * np.quantile(np.abs(summed), 0.95)
 
 
+@pytest.mark.slow  # 400,000 exact OpenDP draws: about half a minute
 def test_empirical_privacy_loss_of_the_gaussian_stays_below_the_claim_at_200k_draws() -> None:
     """An audit by sampling: neighbours 0 and 1 (sensitivity 1), every threshold set {x >= t}; the
     lower confidence bound of epsilon at delta (Clopper-Pearson style, 4 sigma) never exceeds

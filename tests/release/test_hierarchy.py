@@ -102,6 +102,7 @@ def test_a_roster_whose_tree_is_ambiguous_is_refused_by_line(text: str, message:
     assert str(caught.value) == message
 
 
+@pytest.mark.slow
 def test_the_tree_is_recorded_with_the_import_and_frozen_at_close(company: Chorus, api: Api) -> None:
     imported = payloads(company, "roster_import")
     assert "team_orgs" not in imported[0]  # the flat roster of the fixture: the entry's earlier form
@@ -118,6 +119,7 @@ def test_the_tree_is_recorded_with_the_import_and_frozen_at_close(company: Choru
 
 # -- budget ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_node_release_charges_its_epsilon_to_every_team_window_below_it(api: Api) -> None:
     reply = node_release(api, "engineering", epsilon="0.2")
     node, = reply.teams
@@ -138,6 +140,7 @@ def test_a_node_release_charges_its_epsilon_to_every_team_window_below_it(api: A
     assert budgets(api.chorus) == spent
 
 
+@pytest.mark.slow
 def test_the_company_is_a_node_and_loose_org_paths_are_understood(api: Api) -> None:
     reply = node_release(api, "/", " engineering / platform/")
     assert [(t.team, t.level) for t in reply.teams] == [("/", release_pb2.NODE_LEVEL_COMPANY),
@@ -153,6 +156,7 @@ def test_the_company_is_a_node_and_loose_org_paths_are_understood(api: Api) -> N
                                              "its orgs are engineering, legal, ops, sales, engineering/platform")
 
 
+@pytest.mark.slow
 def test_a_node_release_is_refused_whole_when_one_team_below_lacks_budget(api: Api) -> None:
     node_release(api, teams=("team-b",), statistic=SUM, epsilon="0.9")
     before = (q(api.chorus, "SELECT * FROM budgets ORDER BY team"), q(api.chorus, "SELECT * FROM releases"),
@@ -174,6 +178,7 @@ def test_a_node_release_is_refused_whole_when_one_team_below_lacks_budget(api: A
 
 # -- k per node -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_node_below_k_is_suppressed_and_its_people_count_in_every_ancestor(api: Api) -> None:
     legal, = node_release(api, "legal").teams
     assert legal.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED and legal.level == release_pb2.NODE_LEVEL_ORG
@@ -191,6 +196,7 @@ def test_a_node_below_k_is_suppressed_and_its_people_count_in_every_ancestor(api
 
 # -- consistency ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_releases_at_several_levels_come_back_consistent_and_identical_when_cached(api: Api) -> None:
     everything = ("/", "engineering", "engineering/platform", "sales", "ops", "legal")
     first = node_release(api, *everything, teams=tuple(sorted(COMPANY)))
@@ -217,6 +223,7 @@ def test_releases_at_several_levels_come_back_consistent_and_identical_when_cach
     assert list(again.remainders) == list(first.remainders)
 
 
+@pytest.mark.slow
 def test_a_single_level_has_no_consistent_estimate(api: Api) -> None:
     reply = node_release(api, teams=("team-a", "team-b"))
     assert not any(e.HasField("consistent") for t in reply.teams for e in t.estimates)
@@ -230,6 +237,7 @@ def _verified(chorus: Chorus) -> verify.Report:
     return verify.verify_lines((verify.export_line(e) for e in entries), chorus.ledger.signer.public_key)
 
 
+@pytest.mark.slow
 def test_the_verifier_recomputes_every_team_spend_from_node_releases(api: Api) -> None:
     node_release(api, "/", "engineering", teams=("team-a",), statistic=ADOPTION, epsilon="0.3")
     report = _verified(api.chorus)
@@ -238,6 +246,7 @@ def test_the_verifier_recomputes_every_team_spend_from_node_releases(api: Api) -
     assert report.totals[(WINDOW, "team-a")].spent == Epsilon.parse("0.9")
 
 
+@pytest.mark.slow
 def test_the_verifier_flags_a_node_release_that_skips_a_team(api: Api) -> None:
     node_release(api, "engineering", epsilon="0.2")
     entry, = payloads(api.chorus, "release")
@@ -252,6 +261,7 @@ def test_the_verifier_flags_a_node_release_that_skips_a_team(api: Api) -> None:
     assert violations[1].message.startswith("stated budget_spent_after None of team-small differs")
 
 
+@pytest.mark.slow
 def test_the_verifier_flags_a_node_release_marked_as_the_plans_when_the_plan_has_no_org_entry(api: Api) -> None:
     node_release(api, "engineering", epsilon="0.2")
     entry, = payloads(api.chorus, "release")
@@ -265,6 +275,7 @@ def test_the_verifier_flags_a_node_release_marked_as_the_plans_when_the_plan_has
     assert "is not in the release plan frozen for its window at level org" in violations[1].message
 
 
+@pytest.mark.slow
 def test_the_verifier_flags_a_node_release_for_a_window_never_opened(api: Api) -> None:
     node_release(api, "engineering", epsilon="0.2")
     entry, = payloads(api.chorus, "release")
@@ -292,12 +303,13 @@ def _cli(api: Api, *args: str) -> str:
     secret, _ = api.chorus.tokens.create(Role.ANALYST, f"cli-{len(args)}-{args[-1]}", api.chorus.clock.now(),
                                          actor="test")
     result = CliRunner().invoke(app, ["report", "--server", api.server.address, "--token", secret,
-                                      "--window", WINDOW, "--metric", "ai.tokens", "--release", *args],
+                                      "--window", WINDOW, "--metric", "ai.tokens", "--release", "--yes", *args],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     return result.output
 
 
+@pytest.mark.slow
 def test_report_level_org_without_release_reads_and_prices_the_orgs(api: Api) -> None:
     secret, _ = api.chorus.tokens.create(Role.ANALYST, "cli-read", api.chorus.clock.now(), actor="test")
     before = budgets(api.chorus)
@@ -311,6 +323,7 @@ def test_report_level_org_without_release_reads_and_prices_the_orgs(api: Api) ->
     assert budgets(api.chorus) == before  # reading spends nothing
 
 
+@pytest.mark.slow
 def test_report_level_org_releases_every_org_and_names_the_teams_charged(api: Api) -> None:
     records = json.loads(_cli(api, "--level", "org", "--statistic", "count", "--format", "json"))
     nodes = {r["team"]: r for r in records if r["outcome"] == "released" and r["statistic"] == "count"}
@@ -322,9 +335,12 @@ def test_report_level_org_releases_every_org_and_names_the_teams_charged(api: Ap
     # nothing released above or below ops: its consistent estimate is its release
     ops = nodes["ops"]
     assert max(0.0, ops["consistent_value"]) == ops["value"] and ops["consistent_ci95"] <= ops["ci95"]
-    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0.2")  # count and active, twice (two orgs above)
+    # what was asked (count) and nothing else (no adoption added), twice (two orgs above team-a)
+    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0.1")
+    assert not [r for r in records if r["statistic"] in ("active", "adoption")]
 
 
+@pytest.mark.slow
 def test_report_node_shows_consistent_estimates_and_the_other_small_teams(api: Api) -> None:
     _cli(api, "--node", "ops", "--statistic", "count")  # ops alone: no consistency yet
     out = _cli(api, "--node", "/", "--node", "ops", "--team", "team-flat", "--statistic", "count")
@@ -336,6 +352,7 @@ def test_report_node_shows_consistent_estimates_and_the_other_small_teams(api: A
     assert (other["parent"], other["children"], other["roster_size"]) == ("ops", ["ops-1", "ops-2"], 6)
 
 
+@pytest.mark.slow
 def test_histograms_are_not_made_consistent(api: Api) -> None:
     reply = node_release(api, "/", "engineering", statistic=common_pb2.STATISTIC_HISTOGRAM)
     assert all(t.estimates and not t.estimates[0].HasField("consistent") for t in reply.teams)
@@ -343,6 +360,7 @@ def test_histograms_are_not_made_consistent(api: Api) -> None:
     assert all(t.estimates[0].HasField("consistent") for t in counts.teams)
 
 
+@pytest.mark.slow
 def test_concurrent_team_and_org_releases_never_overspend_a_team_window(api: Api) -> None:
     """24 requests at once, each charging team-a 0.1 of its cap of 1: half name engineering (also
     charging team-b and team-small), half team-a. Exactly ten pass; every charge is in the ledger."""
@@ -365,3 +383,29 @@ def test_concurrent_team_and_org_releases_never_overspend_a_team_window(api: Api
     report = _verified(api.chorus)
     assert report.ok, [str(v) for v in report.violations]
     assert {team: t.spent for (_, team), t in report.totals.items()} == spent
+
+
+@pytest.mark.slow
+def test_the_readme_org_example_releases_what_was_asked_and_names_orgs(api: Api) -> None:
+    """`chorus report --level org --statistic sum --metric ai.tokens --release`: a sum at every org and
+    nothing else; a refusal names each org as an org."""
+    secret, _ = api.chorus.tokens.create(Role.ANALYST, "readme-org", api.chorus.clock.now(), actor="test")
+    base = ["report", "--server", api.server.address, "--token", secret, "--window", WINDOW, "--level", "org",
+            "--statistic", "sum", "--metric", "ai.tokens", "--release", "--yes"]
+    over = CliRunner().invoke(app, [*base, "--epsilon", "0.9"], env={"COLUMNS": "300"})
+    assert over.exit_code == 8, over.output
+    words = " ".join(over.output.split())
+    assert (f"team team-a in {WINDOW} would pay epsilon 1.8 in all (for orgs engineering and engineering/platform) "
+            "but has 1 left") in words and "team engineering" not in words
+    assert "RESOURCE_EXHAUSTED, not sent" in words  # refused here, before anything was sent
+    ops = [a for a in base if a not in ("--level", "org")] + ["--node", "ops", "--epsilon", "0.6"]
+    assert CliRunner().invoke(app, ops).exit_code == 0
+    one = CliRunner().invoke(app, [*ops, "--statistic", "count"], env={"COLUMNS": "300"})
+    assert (f"org ops in {WINDOW} needs epsilon 0.6 but has 0.4 left (the least any team below it has) of 1"
+            in " ".join(one.output.split()))
+    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0")
+    done = CliRunner().invoke(app, [*base, "--format", "json"])
+    assert done.exit_code == 0, done.output
+    records = json.loads(done.stdout)
+    assert {r["statistic"] for r in records if r["outcome"] == "released"} == {"sum"}
+    assert budgets(api.chorus)["team-a"] == Epsilon.parse("0.1")  # one sum at each of its two orgs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from chorus.server.domain import ingest
@@ -41,6 +42,7 @@ def _database_bytes(chorus: Chorus) -> bytes:
     return b"".join(f.read_bytes() for f in files if f.exists())
 
 
+@pytest.mark.slow
 def test_after_close_no_pseudonym_or_window_key_remains_in_the_database_files(
         chorus: Chorus, make_api: Callable[[Chorus], Api]) -> None:
     _contribute_everyone(chorus)
@@ -97,6 +99,7 @@ def test_no_rpc_returns_or_accepts_a_person_identifier_except_roster_import_and_
     assert sorted(allowed_seen) == ["ImportRoster", "Report"]
 
 
+@pytest.mark.slow
 def test_real_release_responses_carry_no_person_identifier(chorus: Chorus,
                                                            make_api: Callable[[Chorus], Api]) -> None:
     _contribute_everyone(chorus)

@@ -34,7 +34,7 @@ def two_days(chorus: Chorus, clock: FakeClock, make_api: Callable[[Chorus], Api]
         clock.advance(timedelta(days=1))
     api = make_api(chorus)
     secret, _ = chorus.tokens.create(Role.ANALYST, "leadership", clock.now(), actor="test")
-    return api, ["--server", api.server.address, "--token", secret, "--release"]
+    return api, ["--server", api.server.address, "--token", secret, "--release", "--yes"]
 
 
 def run(args: list[str], expect: int = 0, columns: int = 250) -> str:
@@ -71,10 +71,12 @@ def assert_whole(out: str, columns: int, fits: bool = True) -> None:
         assert max(map(len, out.splitlines())) <= columns, out
 
 
+@pytest.mark.slow
 def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
         two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
-    out = run(["report", *base, "--metric", "ai.requests"])
+    adoption = ["--statistic", "sum", "--statistic", "adoption"]  # a release releases what is asked
+    out = run(["report", *base, *adoption, "--metric", "ai.requests"])
     assert f"Window {NEXT}: sum per team" in out
     assert "team-red" in out and "team-blue" in out and "adoption" in out and "budget left" in out
     assert cells(out, "ai.requests")[1] == "team-blue"  # one row per metric and team
@@ -83,17 +85,19 @@ def test_table_defaults_to_the_latest_closed_window_with_adoption_and_budget(
     assert "charged now" in out
     assert "suppressed: team team-tiny has 3 people on the roster; releases need at least 5" in out
     assert "Charged now: epsilon 0.1 to each of 2 team-window budget(s)" in out
-    again = run(["report", *base, "--metric", "ai.requests"])
+    again = run(["report", *base, *adoption, "--metric", "ai.requests"])
     assert cells(again, "team-red")[3:] == ["0.9 of 1"] and "charged now" not in again
     assert "Nothing was charged: reading released numbers is free" in again
 
 
+@pytest.mark.slow
 def test_table_at_80_columns_cuts_no_number(two_days: tuple[Api, list[str]]) -> None:
     """Every metric's sum with adoption and budget fits 80 columns (also the width of a pipe) whole."""
     _, base = two_days
-    out = run(["report", *base], columns=80)
+    adoption = ["--statistic", "sum", "--statistic", "adoption"]
+    out = run(["report", *base, *adoption], columns=80)
     assert_whole(out, 80)
-    records = json.loads(run(["report", *base, "--format", "json"]))  # cached: the same numbers
+    records = json.loads(run(["report", *base, *adoption, "--format", "json"]))  # cached: the same numbers
     sums = [r for r in records if r["statistic"] == "sum"]
     assert len(sums) == 8  # 4 metrics x 2 released teams
     for r in sums:
@@ -102,6 +106,7 @@ def test_table_at_80_columns_cuts_no_number(two_days: tuple[Api, list[str]]) -> 
     assert "Charged now: epsilon 0.25 to each of 2 team-window budget(s)" in out
 
 
+@pytest.mark.slow
 def test_table_rounds_large_numbers_only_when_they_do_not_fit(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
     args = ["report", *base, "--statistic", "sum", "--statistic", "mean"]
@@ -131,15 +136,16 @@ def test_help_paragraphs_are_left_to_rich_to_wrap() -> None:
     assert "Reading is free: without --release it shows what is released and what the rest would cost." in out
     assert "With --release, a first release charges the team-window's privacy budget; repeats are free and " \
            "identical." in out
-    assert "Adoption (the share of each team's roster active in the window) is always added, in every format" \
-           in out
+    assert "A read adds adoption (the share of each team's roster active in the window), in every format; " \
+           "--release releases only what is asked" in " ".join(out.replace("│", "").split())
 
 
+@pytest.mark.slow
 def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
     args = ["report", *base, "--window", WINDOW, "--statistic", "mean", "--statistic", "histogram",
-            "--metric", "ai.requests", "--team", "team-red", "--team", "team-tiny", "--format", "json",
-            "--epsilon", "0.1"]
+            "--statistic", "adoption", "--metric", "ai.requests", "--team", "team-red", "--team", "team-tiny",
+            "--format", "json", "--epsilon", "0.1"]
     first = json.loads(run(args))
     # Every release paid for, the noisy parts before what is derived from them; adoption as in the table.
     assert [(r["team"], r["statistic"], r["outcome"]) for r in first] == [
@@ -166,10 +172,11 @@ def test_json_records_match_the_release_and_repeat_identically(two_days: tuple[A
                 assert a[key] == b[key]
 
 
+@pytest.mark.slow
 def test_csv_has_a_header_and_one_row_per_team_and_estimate(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
-    rows = list(csv.DictReader(io.StringIO(run(["report", *base, "--statistic", "count", "--metric",
-                                                "ai.requests", "--format", "csv"]))))
+    rows = list(csv.DictReader(io.StringIO(run(["report", *base, "--statistic", "count", "--statistic", "adoption",
+                                                "--metric", "ai.requests", "--format", "csv"]))))
     assert [(r["window"], r["team"], r["statistic"]) for r in rows] == [
         (NEXT, "team-blue", "count"), (NEXT, "team-blue", "active"), (NEXT, "team-blue", "adoption"),
         (NEXT, "team-red", "count"), (NEXT, "team-red", "active"), (NEXT, "team-red", "adoption"),
@@ -179,6 +186,7 @@ def test_csv_has_a_header_and_one_row_per_team_and_estimate(two_days: tuple[Api,
     assert rows[5]["team_epsilon_charged"] == "0.1"
 
 
+@pytest.mark.slow
 def test_trend_shows_one_metric_per_team_over_the_last_windows(two_days: tuple[Api, list[str]]) -> None:
     _, base = two_days
     out = run(["report", *base, "--trend", "5", "--metric", "ai.requests", "--statistic", "count"])
@@ -192,13 +200,15 @@ def test_trend_shows_one_metric_per_team_over_the_last_windows(two_days: tuple[A
     assert all(r["cached"] for r in records if r["outcome"] == "released")  # released just above
 
 
+@pytest.mark.slow
 def test_refusals_are_clear_and_exit_nonzero(two_days: tuple[Api, list[str]]) -> None:
     api, base = two_days
     assert "--trend shows one statistic of one metric" in run(["report", *base, "--trend", "3"], expect=2)
     assert "--epsilon" in run(["report", *base, "--epsilon", "abc"], expect=2)
     out = run(["report", *base, "--metric", "ai.nothing"], expect=5)
     assert "NOT_FOUND" in out and "metric 'ai.nothing' is not in the policy" in out
-    out = " ".join(run(["report", *base, "--statistic", "sum", "--epsilon", "0.3"], expect=8).split())
+    out = " ".join(run(["report", *base, "--statistic", "sum", "--statistic", "adoption", "--epsilon", "0.3"],
+                       expect=8).split())
     assert "RESOURCE_EXHAUSTED, not sent: this release would overspend the privacy budget: team team-blue in" in out
     assert "needs epsilon 1.5 but has 1 left of 1" in out and "Nothing was released or charged" in out
     current = api.chorus.clock.now().date().isoformat()
@@ -207,6 +217,7 @@ def test_refusals_are_clear_and_exit_nonzero(two_days: tuple[Api, list[str]]) ->
     assert "FAILED_PRECONDITION" in out and f"window {current} is still open" in out
 
 
+@pytest.mark.slow
 def test_no_closed_window_yet(chorus: Chorus, make_api: Callable[[Chorus], Api]) -> None:
     api = make_api(chorus)
     secret, _ = chorus.tokens.create(Role.ANALYST, "leadership", chorus.clock.now(), actor="test")
@@ -214,15 +225,17 @@ def test_no_closed_window_yet(chorus: Chorus, make_api: Callable[[Chorus], Api])
     assert "no closed window yet" in out
 
 
+@pytest.mark.slow
 def test_reading_is_free_and_prices_the_rest(two_days: tuple[Api, list[str]]) -> None:
     """Without --release nothing is spent: released numbers are shown, the rest as not released
     with its cost; the same request with --release then spends exactly that."""
     api, base = two_days
-    read = [a for a in base if a != "--release"]
+    read = [a for a in base if a not in ("--release", "--yes")]
     budgets = api.chorus.db.run(lambda tx: tx.query("SELECT team, window_id, spent_micros FROM budgets"),
                                 name="test")
     out = " ".join(run(["report", *read, "--metric", "ai.requests"]).split())
-    assert "not released: sum of ai.requests (epsilon 0.05 per team) for 2 team(s); `--release` spends it" in out
+    assert ("not released: sum of ai.requests (epsilon 0.05 per team) for teams team-blue and team-red; "
+            "`--release` spends it") in out
     assert "not released: adoption (epsilon 0.05 per team)" in out
     assert "Nothing was charged: reading released numbers is free" in out
     records = json.loads(run(["report", *read, "--metric", "ai.requests", "--format", "json"]))
@@ -230,8 +243,75 @@ def test_reading_is_free_and_prices_the_rest(two_days: tuple[Api, list[str]]) ->
         ("team-red", "sum", "not released", "0.05"), ("team-red", "adoption", "not released", "0.05")}
     assert api.chorus.db.run(lambda tx: tx.query("SELECT team, window_id, spent_micros FROM budgets"),
                              name="test") == budgets
-    spent = run(["report", *base, "--metric", "ai.requests"])
+    spent = run(["report", *base, "--statistic", "sum", "--statistic", "adoption", "--metric", "ai.requests"])
     assert "Charged now: epsilon 0.1 to each of 2 team-window budget(s)" in spent
     again = run(["report", *read, "--metric", "ai.requests"])
     assert "not released" not in again and cells(again, "ai.requests", "team-blue")[2] == cells(
         spent, "ai.requests", "team-blue")[2]
+
+
+def _spent(api: Api) -> list[tuple[str, str, int]]:
+    return api.chorus.db.run(lambda tx: tx.query("SELECT team, window_id, spent_micros FROM budgets ORDER BY 1, 2"),
+                             name="test")
+
+
+@pytest.mark.slow
+def test_release_without_a_terminal_or_yes_refuses_and_says_why(two_days: tuple[Api, list[str]]) -> None:
+    """A script that forgot --yes spends nothing: it is told what would be charged and how to confirm."""
+    api, base = two_days
+    before = _spent(api)
+    no_yes = [a for a in base if a != "--yes"]
+    out = " ".join(run(["report", *no_yes, "--statistic", "histogram", "--metric", "ai.requests"], expect=2).split())
+    assert ("not sent: This release spends epsilon 0.05 of each of 2 team-window budget(s), once and for good: "
+            f"team team-blue ({NEXT}) epsilon 0.05; team team-red ({NEXT}) epsilon 0.05.") in out
+    assert "Nothing was released or charged: confirm on a terminal, or pass --yes to spend from a script" in out
+    assert _spent(api) == before
+    # Nothing to spend (already released): no question, whatever the terminal.
+    run(["report", *base, "--statistic", "histogram", "--metric", "ai.requests"])
+    assert "Nothing was charged" in run(["report", *no_yes, "--statistic", "histogram", "--metric", "ai.requests"])
+
+
+@pytest.mark.slow
+def test_release_on_a_terminal_shows_the_cost_and_asks(two_days: tuple[Api, list[str]]) -> None:
+    """The real `chorus` process on a pseudo-terminal: "n" sends nothing, "y" spends what it said."""
+    import os
+    import pty
+    import shutil
+    import subprocess
+    import time
+
+    api, base = two_days
+    no_yes = [a for a in base if a != "--yes"]
+    chorus = shutil.which("chorus")
+    assert chorus is not None
+
+    def answer(reply: bytes) -> tuple[int, str]:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([chorus, "report", *no_yes, "--statistic", "histogram", "--metric",
+                                 "ai.requests"], stdin=follower, stdout=follower, stderr=follower,
+                                env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+        os.close(follower)
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"Release and spend it?" not in seen and time.monotonic() < deadline:
+            seen += os.read(leader, 4096)
+        os.write(leader, reply + b"\n")
+        code = proc.wait(timeout=60)
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(leader)
+        return code, " ".join(seen.decode().split())
+
+    before = _spent(api)
+    code, out = answer(b"n")
+    assert code == 2 and "This release spends epsilon 0.05 of each of 2 team-window budget(s)" in out
+    assert "not sent: nothing was released or charged" in out and _spent(api) == before
+    code, out = answer(b"y")
+    assert code == 0 and "Charged now: epsilon 0.05 to each of 2 team-window budget(s)" in out
+    assert _spent(api) != before

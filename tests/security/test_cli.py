@@ -69,6 +69,7 @@ def test_load_tls_rejects_mismatched_and_missing_files(tmp_path: Path) -> None:
     assert tls.client_ca == (one / "ca.pem").read_bytes()
 
 
+@pytest.mark.slow
 def test_token_create_writes_0600_and_never_loses_the_secret(secure_server: SecureServer,
                                                              tmp_path: Path) -> None:
     admin_file = tmp_path / "admin.token"

@@ -132,6 +132,7 @@ def served(tmp_path: Path) -> Iterator[_Served]:
     s.server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_no_answer_ledger_entry_cli_output_or_log_line_tells_how_many_people_contributed(
         served: _Served, log_guard: CapturingHandler) -> None:
     first_line = len(log_guard.snapshot())

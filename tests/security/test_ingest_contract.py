@@ -18,6 +18,9 @@ from .._status import detail, error_info
 from .conftest import SecureServer, bearer
 from .test_limits import LIMITS, USER, invalid_argument, report, valid_batch
 
+#: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
+pytestmark = pytest.mark.slow
+
 
 def refusal(server: SecureServer, request: ingest_pb2.ReportRequest,
             metadata: tuple[tuple[str, str], ...] | None = None) -> grpc.RpcError:

@@ -14,6 +14,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from chorus.server.model.roles import Principal, Role
+from chorus.server.transport.admission import Admission
 from chorus.server.transport.gate import AuthInterceptor
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
@@ -52,6 +53,7 @@ def invalid_argument(server: SecureServer, request: ingest_pb2.ReportRequest) ->
     return outcome.details()
 
 
+@pytest.mark.slow
 def test_valid_batch_is_accepted(make_server: Callable[..., SecureServer]) -> None:
     """The control for the refusals below: the same shape within limits is applied."""
     server = make_server(limits=LIMITS)
@@ -60,6 +62,7 @@ def test_valid_batch_is_accepted(make_server: Callable[..., SecureServer]) -> No
     assert outcome.accepted == 50, outcome
 
 
+@pytest.mark.slow
 def test_oversized_message_is_resource_exhausted(make_server: Callable[..., SecureServer]) -> None:
     server = make_server(limits=LIMITS)
     request = valid_batch()
@@ -72,6 +75,7 @@ def test_oversized_message_is_resource_exhausted(make_server: Callable[..., Secu
     assert server.healthy()
 
 
+@pytest.mark.slow
 def test_too_many_contributions(make_server: Callable[..., SecureServer]) -> None:
     server = make_server(limits=LIMITS)
     message = invalid_argument(server, valid_batch(n=51))
@@ -80,6 +84,7 @@ def test_too_many_contributions(make_server: Callable[..., SecureServer]) -> Non
     assert counts["invalid_batches"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", ["batch_id", "source", "source_version", "user", "metric"])
 def test_string_lengths_name_the_field_and_limit_not_the_value(make_server: Callable[..., SecureServer],
                                                                  field: str) -> None:
@@ -93,6 +98,7 @@ def test_string_lengths_name_the_field_and_limit_not_the_value(make_server: Call
     assert hostile[:20] not in message
 
 
+@pytest.mark.slow
 def test_hostile_drop_counts_cannot_break_the_stats(secure_server: SecureServer) -> None:
     """`dropped` is a client-reported uint64: two maximal reports must not overflow the
     operational counters and take GetStats down for the operator."""
@@ -107,6 +113,7 @@ def test_hostile_drop_counts_cannot_break_the_stats(secure_server: SecureServer)
     assert stats.batches + stats.invalid_batches == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seconds", "nanos"), [(-(2**62), 0), (2**62, 0), (253402300800, 0)])
 def test_timestamps_out_of_range(make_server: Callable[..., SecureServer], seconds: int, nanos: int) -> None:
     server = make_server(limits=LIMITS)
@@ -116,6 +123,7 @@ def test_timestamps_out_of_range(make_server: Callable[..., SecureServer], secon
     assert "event_time" in invalid_argument(server, request)
 
 
+@pytest.mark.slow
 def test_slow_uploader_holds_no_transaction(secure_server: SecureServer) -> None:
     """A client that opens Report and then stalls before its message is complete holds no store
     lock: gRPC hands the servicer only a fully received request."""
@@ -161,6 +169,7 @@ def _auditor(token: str) -> Principal | None:
     return AUDITOR if token == "chorus_auditor" else None
 
 
+@pytest.mark.slow
 def test_expired_deadline_never_starts_the_call() -> None:
     """End to end: a call that waited in the queue past its deadline never runs its handler
     (for a real servicer, a store transaction for a client that gave up)."""
@@ -175,7 +184,7 @@ def test_expired_deadline_never_starts_the_call() -> None:
         ran.set()
         return b""
 
-    server, address = _blocking_server(AuthInterceptor(_auditor), {
+    server, address = _blocking_server(AuthInterceptor(Admission([_auditor])), {
         "GetBudget": grpc.unary_unary_rpc_method_handler(occupy),
         "ListPolicies": grpc.unary_unary_rpc_method_handler(work)})
     try:
@@ -228,7 +237,7 @@ def test_gate_checks_the_deadline_before_the_token_and_the_handler() -> None:
 
     details = type("Details", (), {"method": "/chorus.v1.AuditService/GetBudget",
                                    "invocation_metadata": bearer("chorus_auditor")})()
-    guarded = AuthInterceptor(authenticate).intercept_service(lambda _: handler, details)
+    guarded = AuthInterceptor(Admission([authenticate])).intercept_service(lambda _: handler, details)
     context = _ExpiredContext()
     with pytest.raises(_Aborted):
         guarded.unary_unary(b"", context)
@@ -236,6 +245,7 @@ def test_gate_checks_the_deadline_before_the_token_and_the_handler() -> None:
     assert lookups == []
 
 
+@pytest.mark.slow
 def test_server_bound_applies_without_a_client_deadline() -> None:
     busy, release, ran = threading.Event(), threading.Event(), threading.Event()
 
@@ -248,7 +258,7 @@ def test_server_bound_applies_without_a_client_deadline() -> None:
         ran.set()
         return b""
 
-    server, address = _blocking_server(AuthInterceptor(_auditor, max_rpc_seconds=0.2), {
+    server, address = _blocking_server(AuthInterceptor(Admission([_auditor]), max_rpc_seconds=0.2), {
         "GetBudget": grpc.unary_unary_rpc_method_handler(occupy),
         "ListPolicies": grpc.unary_unary_rpc_method_handler(work)})
     try:
@@ -272,6 +282,7 @@ def test_server_bound_applies_without_a_client_deadline() -> None:
         server.stop(0)
 
 
+@pytest.mark.slow
 def test_stream_to_a_reader_that_stopped_is_cancelled_at_the_bound() -> None:
     """A reader that stops reading cannot pin a worker thread past the server's bound."""
     finished = threading.Event()
@@ -283,7 +294,7 @@ def test_stream_to_a_reader_that_stopped_is_cancelled_at_the_bound() -> None:
         finally:
             finished.set()
 
-    server, address = _blocking_server(AuthInterceptor(_auditor, max_rpc_seconds=0.5), {
+    server, address = _blocking_server(AuthInterceptor(Admission([_auditor]), max_rpc_seconds=0.5), {
         "StreamLedger": grpc.unary_stream_rpc_method_handler(endless)})
     try:
         with grpc.insecure_channel(address) as channel:
@@ -299,6 +310,7 @@ def test_stream_to_a_reader_that_stopped_is_cancelled_at_the_bound() -> None:
         server.stop(0)
 
 
+@pytest.mark.slow
 def test_roster_stream_is_authorised_before_it_is_read(secure_server: SecureServer) -> None:
     """A client-streaming call from a non-admin is refused before any chunk is parsed or applied."""
     assert secure_server.channel is not None

@@ -44,6 +44,7 @@ def test_detector_finds_user_ids_tokens_and_registered_markers() -> None:
     assert leaks(lines[3:], markers=["alice@example.com"]) == []
 
 
+@pytest.mark.slow
 def test_guard_captures_server_logs(secure_server: SecureServer, log_guard: CapturingHandler) -> None:
     """The session handler sees records from the server's threads, at DEBUG."""
     assert logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -51,8 +52,8 @@ def test_guard_captures_server_logs(secure_server: SecureServer, log_guard: Capt
     with pytest.raises(grpc.RpcError):
         admin_pb2_grpc.AdminServiceStub(secure_server.channel).ListTokens(
             admin_pb2.ListTokensRequest(), metadata=secure_server.metadata(Role.INGEST), timeout=10)
-    assert any("chorus.server.transport.gate: denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'" in line
-               for line in log_guard.snapshot())
+    denied = "denied /chorus.v1.AdminService/ListTokens to token 'sec-ingest'"
+    assert any(f"chorus.server.transport.admission: {denied}" in line for line in log_guard.snapshot())
 
 
 def contribution(request: ingest_pb2.ReportRequest, user: str, value: int, metric: str = "ai.tokens",
@@ -60,6 +61,7 @@ def contribution(request: ingest_pb2.ReportRequest, user: str, value: int, metri
     request.contributions.add(user=user, metric=metric, value=value).event_time.FromDatetime(when)
 
 
+@pytest.mark.slow
 def test_user_ids_and_values_stay_out_of_answers_logs_and_metrics(secure_server: SecureServer,
                                                                    log_guard: CapturingHandler) -> None:
     assert secure_server.channel is not None

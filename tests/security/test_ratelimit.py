@@ -84,6 +84,7 @@ def batch(batch_id: str, n: int) -> ingest_pb2.ReportRequest:
     return request
 
 
+@pytest.mark.slow
 def test_over_the_limit_is_resource_exhausted_with_retry_info(
         make_server: Callable[..., SecureServer]) -> None:
     server = make_server(limits=RATE)
@@ -122,6 +123,7 @@ class _NoonClock:
         return NOON.timestamp()
 
 
+@pytest.mark.slow
 def test_sdk_honours_retry_info(make_server: Callable[..., SecureServer]) -> None:
     """The real SDK waits the server's RetryInfo delay instead of its own (shorter) backoff."""
     server = make_server(limits=dict(ingest_rate_per_token=1.0, ingest_burst_per_token=10))

@@ -76,6 +76,7 @@ def test_certs_dev_refuses_to_replace(certs: Path) -> None:
     assert (certs / "ca.key").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_mtls(make_server: Callable[..., SecureServer], certs: Path, other_certs: Path) -> None:
     server = make_server(tls=load_tls(certs / "server.pem", certs / "server.key", certs / "ca.pem"))
     port = server.address.rpartition(":")[2]
@@ -94,6 +95,7 @@ def test_mtls(make_server: Callable[..., SecureServer], certs: Path, other_certs
     assert list_tokens(server.address, None, server) == grpc.StatusCode.UNAVAILABLE, "plaintext"
 
 
+@pytest.mark.slow
 def test_server_only_tls(make_server: Callable[..., SecureServer], certs: Path, other_certs: Path) -> None:
     server = make_server(tls=load_tls(certs / "server.pem", certs / "server.key", None))
     assert list_tokens(server.address, credentials(certs), server) == grpc.StatusCode.OK
@@ -101,6 +103,7 @@ def test_server_only_tls(make_server: Callable[..., SecureServer], certs: Path, 
     assert list_tokens(server.address, None, server) == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.slow
 def test_cli_over_mtls(make_server: Callable[..., SecureServer], certs: Path, tmp_path: Path) -> None:
     """The operator CLI end to end: --ca, --client-cert, --client-key, --token-file."""
     server = make_server(tls=load_tls(certs / "server.pem", certs / "server.key", certs / "ca.pem"))

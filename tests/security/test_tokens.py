@@ -150,6 +150,7 @@ def test_a_lookup_racing_a_revocation_is_not_cached(replicas: tuple[Chorus, Chor
     assert tokens.authenticate(secret) is None
 
 
+@pytest.mark.slow
 def test_revoke_over_grpc_takes_effect_at_once(secure_server: SecureServer) -> None:
     assert secure_server.channel is not None
     admin = admin_pb2_grpc.AdminServiceStub(secure_server.channel)

@@ -40,7 +40,7 @@ def test_a_laplace_config_without_amounts_takes_the_laplace_built_ins_and_refuse
                                                  r"but privacy.mechanism = 'discrete_laplace' charges in epsilon"):
         config.parse(tomllib.loads('[privacy]\nmechanism = "discrete_laplace"\nrho_per_window = "0.1"\n'
                                    '[[metrics]]\nname = "ai.x"\nmax_per_user = 10\n'))
-    with pytest.raises(config.ConfigError, match="privacy.mechanism = 'gauss': must be one of"):
+    with pytest.raises(config.ConfigError, match=r"privacy\.mechanism = 'gauss': must be"):
         config.parse(tomllib.loads('[privacy]\nmechanism = "gauss"\n[[metrics]]\nname = "ai.x"\nmax_per_user = 10\n'))
 
 
@@ -130,3 +130,39 @@ def test_config_check_and_serve_refuse_the_same_file_the_same_way(tmp_path: Path
         assert result.exit_code == 2
         assert expected in " ".join(result.output.split())
     assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_every_setting_is_known_parsed_and_printed_with_its_default() -> None:
+    """SETTINGS is the one table: each key is known, `load(None)` takes its default, and the
+    key line `chorus default-config` prints (where it prints one) is rendered from it."""
+    built_in = tomllib.loads(config.DEFAULT_TOML)
+    for setting in config.SETTINGS:
+        assert setting.key in config.KNOWN_KEYS[setting.table], setting.path
+        table = built_in
+        for part in setting.table.split("."):
+            table = table.get(part, {})
+        if setting.key in table:
+            assert table[setting.key] == setting.default, setting.path
+    policy, limits = config.load(None).policy, config.Limits()
+    assert policy.min_team_size == config.default("privacy.min_team_size")
+    assert policy.grace_seconds == config.default("windows.grace") == 6 * 3600
+    assert limits.rpc_deadline_seconds == config.default("limits.rpc_deadline_seconds")
+
+
+def test_a_new_setting_is_one_line_of_the_table() -> None:
+    """Known keys and parsing come from SETTINGS: a value outside a setting's rule is refused
+    with the rule's message, whatever section it is in."""
+    with pytest.raises(config.ConfigError, match=r"limits.ingest_burst_per_token = 0: must be an integer in \[1, "):
+        config.parse(tomllib.loads(SUITE_TOML + "\n[limits]\ningest_burst_per_token = 0\n"))
+    with pytest.raises(config.ConfigError, match=r"store.sqlite_synchronous = 'off': must be 'FULL' or 'NORMAL' or"):
+        config.parse(tomllib.loads(SUITE_TOML + '\n[store]\nsqlite_synchronous = "off"\n'))
+
+
+def test_environment_variables_fill_string_values_and_never_show_in_errors() -> None:
+    text = SUITE_TOML.replace('listen = "127.0.0.1:7355"',
+                              'listen = "127.0.0.1:7355"\ndatabase = "postgresql://chorus:${env:PGPASS}@db/ch$$x"')
+    parsed = config.parse(tomllib.loads(text), environ={"PGPASS": "s3cret"})
+    assert parsed.database == "postgresql://chorus:s3cret@db/ch$x"
+    with pytest.raises(config.ConfigError) as unset:
+        config.parse(tomllib.loads(text), environ={"OTHER": "s3cret"})
+    assert str(unset.value) == "server.database names the environment variable PGPASS (${env:PGPASS}), which is not set"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +50,7 @@ def test_some_twelve_months_reach_the_bound() -> None:
 
 
 @settings(max_examples=200, deadline=None)
+@pytest.mark.slow  # a property test over many spans
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2199, 12, 31), timezones=st.just(UTC)),
        st.sampled_from(list(WindowLength)))
 def test_no_twelve_months_touch_more_windows_than_the_bound(start: datetime, length: WindowLength) -> None:

@@ -99,13 +99,15 @@ def test_writers_of_two_connections_queue_on_the_writer_lock(tmp_path: Path) -> 
             times["began"] = time.monotonic()
             tx.execute("INSERT INTO t VALUES (2)")
 
+        seen: list[tuple[str, str, int]] = []
+        second.observe(lambda name, outcome, seconds, attempts: seen.append((name, outcome, attempts)))
         holder = threading.Thread(target=first.run, args=(hold,), kwargs={"name": "hold"})
         holder.start()
         held.wait()
         second.run(follow, name="follow")
         holder.join()
         assert 0 <= times["began"] - times["released"] < 0.05
-        assert second.stats.snapshot()[0] == {}  # waited in the queue, never retried
+        assert seen == [("follow", "committed", 1)]  # waited in the queue, never retried
         assert (tmp_path / "q.db.writer-lock").stat().st_mode & 0o777 == 0o600
         assert second.run(lambda tx: tx.query("SELECT x FROM t ORDER BY x"), name="read") == [(1,), (2,)]
     finally:

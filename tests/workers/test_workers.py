@@ -165,6 +165,7 @@ def test_parse_count() -> None:
             workers.parse_count(bad)
 
 
+@pytest.mark.slow
 def test_workers_share_the_port_that_no_independent_server_can_take(tmp_path: Path,
                                                                     started: list[Served]) -> None:
     served = serve(tmp_path, count=3)
@@ -184,6 +185,7 @@ def test_workers_share_the_port_that_no_independent_server_can_take(tmp_path: Pa
     assert_answers_with_the_admin_token(served, 12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("everyone", [False, True], ids=["parent", "control-group"])
 def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path: Path, started: list[Served],
                                                              everyone: bool) -> None:
@@ -218,6 +220,7 @@ def free_pair() -> int:
             return port
 
 
+@pytest.mark.slow
 def test_each_worker_serves_its_own_metrics_on_port_plus_index(tmp_path: Path, started: list[Served]) -> None:
     import urllib.request
 
@@ -238,6 +241,7 @@ CLIENTS = 4
 MIN_ROUNDS, MAX_ROUNDS = 60, 400
 
 
+@pytest.mark.slow
 def test_sdk_traffic_through_worker_kills_is_counted_exactly_once(tmp_path: Path, started: list[Served]) -> None:
     tokens = provision(tmp_path / "data")
     served = serve(tmp_path, count=2)
@@ -274,6 +278,7 @@ def test_sdk_traffic_through_worker_kills_is_counted_exactly_once(tmp_path: Path
     assert served.sql("SELECT (SELECT COUNT(*) FROM usage) + (SELECT COUNT(*) FROM window_keys)") == [(0,)]
 
 
+@pytest.mark.slow
 def test_concurrent_releases_on_different_workers_charge_each_statistic_once(tmp_path: Path,
                                                                              started: list[Served]) -> None:
     data_dir = tmp_path / "data"
@@ -323,6 +328,7 @@ def test_concurrent_releases_on_different_workers_charge_each_statistic_once(tmp
             assert stored[(estimate.metric, name)] == estimate.release_id  # the one stored release
 
 
+@pytest.mark.slow
 def test_a_worker_whose_parent_is_killed_stops(tmp_path: Path, started: list[Served]) -> None:
     served = serve(tmp_path, count=2)
     started.append(served)
@@ -335,6 +341,7 @@ def test_a_worker_whose_parent_is_killed_stops(tmp_path: Path, started: list[Ser
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_stats_are_those_of_the_worker_that_answers(tmp_path: Path, started: list[Served]) -> None:
     """`chorus stats` (GetStats) counts per process: after one batch, fresh connections spread
     over two workers see 1 batch on one worker and 0 on the other (docs/deployment.md, Workers)."""
@@ -353,6 +360,7 @@ def test_stats_are_those_of_the_worker_that_answers(tmp_path: Path, started: lis
     assert seen == {0, 1}
 
 
+@pytest.mark.slow
 def test_the_ingest_rate_limit_applies_per_worker(tmp_path: Path, started: list[Served]) -> None:
     """A token's bucket lives in each worker: with a burst of 10 and (almost) no refill, two
     workers admit one 10-contribution batch each (docs/deployment.md, Workers)."""
@@ -377,6 +385,7 @@ def test_the_ingest_rate_limit_applies_per_worker(tmp_path: Path, started: list[
     assert Counter(codes) == {grpc.StatusCode.OK: 2, grpc.StatusCode.RESOURCE_EXHAUSTED: 22}
 
 
+@pytest.mark.slow
 def test_workers_on_postgresql_share_one_schema_and_keep_the_url_out_of_ps(tmp_path: Path,
                                                                           started: list[Served]) -> None:
     with fresh_schema() as url:
@@ -390,6 +399,7 @@ def test_workers_on_postgresql_share_one_schema_and_keep_the_url_out_of_ps(tmp_p
         assert served.proc.wait(30) == 0
 
 
+@pytest.mark.slow
 def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
     """Worker 1's metrics port is taken: the parent says so, stops worker 0, and exits 1."""
     import socket
@@ -409,6 +419,7 @@ def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
     assert left.stdout == ""
 
 
+@pytest.mark.slow
 def test_worker_zero_alone_serves_otlp_http_and_every_worker_counts_otlp_grpc(tmp_path: Path,
                                                                              started: list[Served]) -> None:
     """With --workers, OTLP/HTTP is one listener, in worker 0 (docs/deployment.md, Workers); OTLP/gRPC

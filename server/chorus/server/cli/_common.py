@@ -26,12 +26,13 @@ from rich.console import Console
 from chorus.server.domain.tokens import TOKEN_PREFIX
 from chorus.server.front import client_channel
 from chorus.server.front.client_channel import is_loopback
+from chorus.server.model.config import DEFAULT_LISTEN
 
 T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_SERVER = "127.0.0.1:7355"
+DEFAULT_SERVER = DEFAULT_LISTEN
 TOKEN_FILE_ENV = "CHORUS_TOKEN_FILE"
 SDK_TOKEN_ENV = "CHORUS_TOKEN"
 

@@ -15,6 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from chorus.server.cli._common import (
+    DEFAULT_SERVER,
     CaOpt,
     CertOpt,
     KeyOpt,
@@ -52,7 +53,7 @@ def export(
                                           "needs the whole ledger, from 1).")] = 1,
     public_key_out: Annotated[Path | None, typer.Option("--public-key-out", help="Also write the "
                                                         "server's ledger public key (PEM) here.")] = None,
-    server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
     ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
 ) -> None:
     """Download the signed ledger as JSON Lines, one entry per line, for offline verification."""
@@ -165,7 +166,7 @@ def _print_report(ledger: Path, report: verify.Report) -> None:
     console.print("Do not pin this head: the ledger did not verify.")
 
 
-def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: ServerOpt = "127.0.0.1:7355",
+def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER,
            token: TokenOpt = None, token_file: TokenFileOpt = None, ca: CaOpt = None,
            client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
     """Privacy budget spent and remaining per team-window (auditor token).
@@ -199,7 +200,7 @@ def privacy_statement(
     window: WindowOpt = "",
     fmt: Annotated[StatementFormat, typer.Option("--format", "-f", help="text or markdown.")] =
     StatementFormat.TEXT,
-    server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
     ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
 ) -> None:
     """A plain-language privacy statement from the live policy (default: the newest window's)."""

@@ -14,6 +14,7 @@ computed.
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chorus.server.cli._common import (
+    DEFAULT_SERVER,
     CaOpt,
     CertOpt,
     Connection,
@@ -39,6 +41,7 @@ from chorus.server.cli._common import (
     rpc_errors,
 )
 from chorus.server.cli._output import Format, FormatOpt, emit, text_or_none
+from chorus.server.front import spending
 from chorus.server.front.numbers import format_compact
 from chorus.server.front.paging import every_page
 from chorus.server.model import hierarchy
@@ -72,9 +75,9 @@ def report(
     window: Annotated[str | None, typer.Option("--window", "-w", help="Window id, e.g. 2026-11-25 or "
                                                "2026-W48; default: the latest closed window.")] = None,
     statistic: Annotated[list[Statistic] | None, typer.Option(
-        "--statistic", help="Statistic per metric; repeat for several. Default: sum. Adoption (the share of "
-        "each team's roster active in the window) is always added, in every format; --trend shows only the "
-        "one statistic given.")] = None,
+        "--statistic", help="Statistic per metric; repeat for several. Default: sum. A read adds adoption (the "
+        "share of each team's roster active in the window), in every format; --release releases only what is "
+        "asked; --trend shows only the one statistic given.")] = None,
     metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="Metric name; repeat for "
                                                      "several. Default: every metric.")] = None,
     team: Annotated[list[str] | None, typer.Option("--team", "-t", help="Team name; repeat for several. "
@@ -88,13 +91,16 @@ def report(
     epsilon: Annotated[str | None, typer.Option("--epsilon", help="Epsilon per noisy statistic released "
                                                 "now, e.g. 0.1. Default: the window's defaults.")] = None,
     spend: Annotated[bool, typer.Option("--release", help="Release what is not released yet, spending "
-                                        "privacy budget (checked first: an overspend is refused before "
-                                        "anything is sent). Without it nothing is spent.")] = False,
+                                        "privacy budget: its cost is shown first and asked to be confirmed "
+                                        "(an overspend is refused before anything is sent). Without it "
+                                        "nothing is spent.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With --release: spend without asking (for scripts); "
+                                      "without a terminal, --release refuses unless --yes is given.")] = False,
     trend: Annotated[int | None, typer.Option("--trend", min=1, max=520, help="Instead: one statistic "
                                               "of one --metric per team over the last N closed "
                                               "windows.")] = None,
     fmt: FormatOpt = Format.TABLE,
-    server: ServerOpt = "127.0.0.1:7355", token: TokenOpt = None, token_file: TokenFileOpt = None,
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, token_file: TokenFileOpt = None,
     ca: CaOpt = None, client_cert: CertOpt = None, client_key: KeyOpt = None,
 ) -> None:
     """Team statistics with 95% intervals for a closed window, or a trend over closed windows.
@@ -134,20 +140,20 @@ def report(
         if trend is not None:
             windows = closed[:trend][::-1]
             if spend:
-                _check_budget(_trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, nodes,
-                                     True))
+                _confirm(_trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, nodes,
+                                True), yes)
             replies = _trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, nodes,
                              not spend)
         else:
             if window is None:
                 window = closed[0]
-            if Statistic.ADOPTION not in statistics:  # every format: csv and json hold all that was paid for
+            if not spend and Statistic.ADOPTION not in statistics:  # a read is free: show adoption too
                 statistics.append(Statistic.ADOPTION)
             request = _request(window, team or [], metric or [], statistics, epsilon, nodes)
             if spend:
                 preview = _request(window, team or [], metric or [], statistics, epsilon, nodes,
                                    read=True)
-                _check_budget([conn.call(stub.Release, preview)])
+                _confirm([conn.call(stub.Release, preview)], yes)
             else:
                 request.validate_only = True
             replies = [conn.call(stub.Release, request)]
@@ -195,15 +201,23 @@ def _trend(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, windows:
     return replies
 
 
-def _check_budget(previews: list[release_pb2.ReleaseResponse]) -> None:
-    """Refuse, before anything is sent, a release some team's remaining budget cannot pay for."""
-    over = [f"team {t.team} in {r.window} needs epsilon {t.epsilon_required} but has {t.budget_remaining} "
-            f"left of {t.budget_cap}" for r in previews for t in r.teams
-            if t.epsilon_required and Epsilon.parse(t.epsilon_required) > Epsilon.parse(t.budget_remaining)]
+def _confirm(previews: list[release_pb2.ReleaseResponse], yes: bool) -> None:
+    """Before anything is sent: refuse a release some budget cannot pay for, then show what it
+    would charge and have it confirmed (on a terminal, or by --yes; without either, refuse)."""
+    found = spending.charges(previews)
+    over = spending.overspent(found)
     if over:
         raise fail("RESOURCE_EXHAUSTED, not sent: this release would overspend the privacy budget: " + "; ".join(over)
                    + ". Nothing was released or charged; ask for fewer statistics, fewer teams or a smaller "
                    "--epsilon", ExitCode.RESOURCE_EXHAUSTED)
+    if not found or yes:  # the table's footer says what was charged
+        return
+    if not sys.stdin.isatty():
+        raise fail(f"not sent: {spending.summary(found)} Nothing was released or charged: confirm on a terminal, "
+                   "or pass --yes to spend from a script", ExitCode.USAGE)
+    err_console.print(spending.summary(found), highlight=False)
+    if not typer.confirm("Release and spend it?", default=False, err=True):
+        raise fail("not sent: nothing was released or charged", ExitCode.USAGE)
 
 
 def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, Any]]:
@@ -310,14 +324,16 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
     if any(e.note for r in replies for t in r.teams for e in t.estimates):
         console.print("* post-processed: a negative noisy value is shown as 0 (or a ratio clamped to its "
                       "range); the noisy values are in --format json")
-    unreleased: dict[str, set[str]] = {}
+    unreleased: dict[str, dict[str, release_pb2.TeamRelease]] = {}
     for r in replies:
         for t in r.teams:
             for u in t.unreleased:
                 what = f"{name_of(u.statistic)} of {u.metric}" if u.metric else name_of(u.statistic)
-                unreleased.setdefault(f"{what} (epsilon {u.epsilon} per team)", set()).add(t.team)
-    for what, teams in unreleased.items():
-        console.print(f"not released: {what} for {len(teams)} team(s); `--release` spends it", highlight=False)
+                per = "per team" if t.level in (release_pb2.NODE_LEVEL_TEAM, 0) else "per team below it"
+                unreleased.setdefault(f"{what} (epsilon {u.epsilon} {per})", {})[t.team] = t
+    for what, nodes in unreleased.items():
+        console.print(f"not released: {what} for {spending.naming(nodes.values())}; `--release` spends it",
+                      highlight=False)
     # A node's charge goes to every team-window below it.
     charges = sorted(c for r in replies for t in r.teams if (c := Epsilon.parse(t.epsilon_charged)).micros
                      for _ in (t.teams_charged or [t.team]))

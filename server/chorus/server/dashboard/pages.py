@@ -29,8 +29,10 @@ from chorus.server.dashboard.charts import Bar, BudgetBar, Formatter, Interval, 
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
+from chorus.server.front import spending
 from chorus.server.front.numbers import format_compact
 from chorus.server.front.statement import StatementFormat, render_statement, statement_sections
+from chorus.server.model import hierarchy
 from chorus.server.model.ledger_format import Entry
 from chorus.server.model.policy import Policy
 from chorus.server.model.statistics import Statistic
@@ -116,7 +118,10 @@ def _window_choice(args: Args, windows: Sequence[common_pb2.Window]) -> str | No
 
 @dataclass(frozen=True, slots=True)
 class NotReleased:
-    """A statistic the page asked for that is not released for some teams, and its price."""
+    """A statistic the page asked for that is not released for some teams (or orgs), and its price.
+
+    Its link to the release page names exactly these teams and nodes, so the form it opens
+    previews and sends only them."""
 
     window: str
     statistic: str
@@ -124,10 +129,19 @@ class NotReleased:
     teams: tuple[str, ...]
     #: Epsilon per team (the largest, when teams differ).
     epsilon: str
+    #: Orgs (or "/" for the company) not released, each charging every team below it.
+    nodes: tuple[str, ...] = ()
+    #: The teams and nodes in words: "team red", "4 orgs and the company".
+    where: str = ""
 
     @property
     def subject(self) -> str:
         return f"{STATISTIC_WORDS[self.statistic]} of {self.metric}" if self.metric else STATISTIC_WORDS[self.statistic]
+
+    def link(self) -> dict[str, Any]:
+        """The release page's query string for exactly this."""
+        return {"window": self.window, "statistic": self.statistic, "metric": self.metric,
+                "team": list(self.teams), "node": list(self.nodes), "preview": 1}
 
 
 STATISTIC_WORDS = {"sum": "total", "count": "people using it", "mean": "mean per person", "histogram": "distribution",
@@ -136,15 +150,25 @@ STATISTIC_WORDS = {"sum": "total", "count": "people using it", "mean": "mean per
 
 def _not_released(window: str, replies: Sequence[release_pb2.TeamRelease]) -> list[NotReleased]:
     """What a read left unreleased, grouped by statistic and metric."""
-    found: dict[tuple[str, str], tuple[list[str], Epsilon]] = {}
+    found: dict[tuple[str, str], tuple[list[release_pb2.TeamRelease], Epsilon]] = {}
     for team in replies:
         for u in team.unreleased:
-            teams, cost = found.setdefault((_statistic_name(u.statistic), u.metric), ([], Epsilon(0)))
-            teams.append(team.team)
-            found[(_statistic_name(u.statistic), u.metric)] = (teams, max(cost, Epsilon.parse(u.epsilon),
+            nodes, cost = found.setdefault((_statistic_name(u.statistic), u.metric), ([], Epsilon(0)))
+            nodes.append(team)
+            found[(_statistic_name(u.statistic), u.metric)] = (nodes, max(cost, Epsilon.parse(u.epsilon),
                                                                           key=lambda e: e.micros))
-    return [NotReleased(window, stat, metric, tuple(teams), str(cost))
-            for (stat, metric), (teams, cost) in found.items()]
+    return [NotReleased(window, stat, metric,
+                        tuple(n.team for n in nodes if spending.level_of(n) == hierarchy.TEAM), str(cost),
+                        tuple(n.team for n in nodes if spending.level_of(n) != hierarchy.TEAM),
+                        spending.naming(nodes))
+            for (stat, metric), (nodes, cost) in found.items()]
+
+
+def _many(args: Args, name: str) -> list[str]:
+    """Every value of a repeated query argument (`team=a&team=b`), each once."""
+    getlist = getattr(args, "getlist", None)
+    values = getlist(name) if getlist is not None else [args.get(name) or ""]
+    return list(dict.fromkeys(v for v in values if v))
 
 
 def _statistic_name(code: int) -> str:
@@ -414,15 +438,30 @@ class PreviewRow:
 
 @dataclass(frozen=True, slots=True)
 class SpendRequest:
-    """The release page's form, validated: what to release, for which teams, at what epsilon."""
+    """The release page's form, validated: what to release, for which teams and nodes (named one by
+    one: nothing is ever released for "every team" unless every team is named), at what epsilon."""
 
     window: str
     statistic: str
     metric: str
     epsilon: str
+    teams: tuple[str, ...] = ()
+    #: Orgs, or "/" for the company.
+    nodes: tuple[str, ...] = ()
+    #: Every team of the window (name, eligible) and every org node, for the form's choices.
+    team_options: tuple[tuple[str, bool], ...] = ()
+    node_options: tuple[str, ...] = ()
 
-    def fields(self) -> dict[str, str]:
-        return {"window": self.window, "statistic": self.statistic, "metric": self.metric, "epsilon": self.epsilon}
+    def fields(self) -> list[tuple[str, str]]:
+        """The confirmed form's hidden fields: exactly what the preview showed."""
+        return [("window", self.window), ("statistic", self.statistic), ("metric", self.metric),
+                ("epsilon", self.epsilon), *(("team", t) for t in self.teams), *(("node", n) for n in self.nodes)]
+
+    @property
+    def where(self) -> str:
+        return spending.naming([*((t, hierarchy.TEAM) for t in self.teams),
+                                *((n, hierarchy.ROOT if n == hierarchy.COMPANY else hierarchy.ORG)
+                                  for n in self.nodes)])
 
 
 def _spend_request(api: Api, args: Args, windows: Sequence[common_pb2.Window]) -> tuple[SpendRequest | None, list[str]]:
@@ -430,6 +469,13 @@ def _spend_request(api: Api, args: Args, windows: Sequence[common_pb2.Window]) -
     if window is None:
         return None, []
     names = [m.name for m in api.list_metrics(window)]
+    roster = api.list_teams(window).teams
+    tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in roster)
+    node_options = () if tree.flat else (hierarchy.COMPANY, *tree.org_nodes())
+    teams, nodes = _many(args, "team"), _many(args, "node")
+    for name, chosen, allowed in (("team", teams, [t.name for t in roster]), ("node", nodes, node_options)):
+        for value in chosen:
+            _choice({name: value}, name, allowed, None)
     statistic = _choice(args, "statistic", SPEND_STATISTICS, "histogram")
     assert statistic is not None
     metric = "" if statistic == "adoption" else _choice(args, "metric", names, names[0] if names else "") or ""
@@ -440,7 +486,8 @@ def _spend_request(api: Api, args: Args, windows: Sequence[common_pb2.Window]) -
                 raise ValueError("must be greater than 0")
         except ValueError as exc:
             raise BadRequest(f"epsilon={epsilon[:20]!r}: {exc}") from None
-    return SpendRequest(window, statistic, metric, epsilon), names
+    return SpendRequest(window, statistic, metric, epsilon, tuple(teams), tuple(nodes),
+                        tuple((t.name, t.eligible) for t in roster), tuple(node_options)), names
 
 
 def spend(api: Api, args: Args) -> Page:
@@ -452,19 +499,23 @@ def spend(api: Api, args: Args) -> Page:
     page = Page("spend.html", "Release more", note="", context={
         "window_options": [(w.id, w.id) for w in windows], "request": request, "metrics": names,
         "statistics": [(s, STATISTIC_WORDS[s]) for s in SPEND_STATISTICS], "rows": [], "preview": False,
-        "over": [], "nothing": False})
+        "over": [], "nothing": False, "unchosen": False})
     if request is None or "preview" not in args:
+        return page
+    if not request.teams and not request.nodes:
+        page.context["unchosen"] = True  # nothing is previewed (or sent) for teams nobody named
         return page
     code = STATISTICS[request.statistic][0]
     reply = api.read(request.window, [code], metrics=[request.metric] if request.metric else [],
-                     epsilon=request.epsilon)
+                     epsilon=request.epsilon, teams=request.teams, nodes=request.nodes)
     rows = []
     for team in reply.teams:
         if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
             continue
+        who = spending.describe(team)
         missing = _unreleased(team, code, request.metric)
         if missing is None:
-            rows.append(PreviewRow(team.team, "0", team.budget_remaining, team.budget_remaining, "", False,
+            rows.append(PreviewRow(who, "0", team.budget_remaining, team.budget_remaining, "", False,
                                    "already released: free"))
             continue
         cost, left = Epsilon.parse(team.epsilon_required), Epsilon.parse(team.budget_remaining)
@@ -472,9 +523,11 @@ def spend(api: Api, args: Args) -> Page:
         after = "refused: over budget" if over else str(left - cost)
         width = (format_percent(missing.expected_ci95) if request.statistic == "adoption"
                  else f"{format_number(missing.expected_ci95)}" if missing.expected_ci95 else "depends on the count")
-        rows.append(PreviewRow(team.team, str(cost), str(left), after, width, over, ""))
-    page.context.update(rows=rows, preview=True, over=[r for r in rows if r.over],
-                        nothing=all(r.epsilon == "0" for r in rows),
+        note = f"charged to each of its {len(team.teams_charged)} teams" if team.teams_charged else ""
+        rows.append(PreviewRow(who, str(cost), str(left), after, width, over, note))
+    found = spending.charges([reply])
+    page.context.update(rows=rows, preview=True, over=spending.overspent(found),
+                        nothing=not found, summary=spending.summary(found),
                         cost=" or ".join(sorted({r.epsilon for r in rows if r.epsilon != "0"})))
     return page
 
@@ -486,9 +539,11 @@ def release_confirmed(api: Api, form: Args) -> release_pb2.ReleaseResponse:
     request, _ = _spend_request(api, form, windows)
     if request is None:
         raise BadRequest("no closed window to release")
+    if not request.teams and not request.nodes:
+        raise BadRequest("name at least one team or org to release for (team=... or node=...)")
     code = STATISTICS[request.statistic][0]
     return api.release(request.window, [code], metrics=[request.metric] if request.metric else [],
-                       epsilon=request.epsilon)
+                       epsilon=request.epsilon, teams=request.teams, nodes=request.nodes)
 
 
 # Privacy officer (auditor)

@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from chorus.server.dashboard import orgs, pages
 from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
 from chorus.server.dashboard.sessions import Session, SessionStore
+from chorus.server.front import spending
 from chorus.server.model.clock import Clock, SystemClock
 from chorus.server.model.roles import Role
 from chorus.v1 import common_pb2
@@ -75,7 +76,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024, MAX_FORM_MEMORY_SIZE=8 * 1024)
     store = sessions if sessions is not None else SessionStore(clock or SystemClock(), idle=idle_timeout)
     app.jinja_env.globals.update(utc=pages.utc, role_titles=ROLE_TITLES,
-                                 window_closed=common_pb2.WINDOW_STATE_CLOSED)
+                                 window_closed=common_pb2.WINDOW_STATE_CLOSED, describe=spending.describe)
 
     def home_for(role: Role) -> str:
         return url_for(next(p.endpoint for p in PAGES if p.role == role))

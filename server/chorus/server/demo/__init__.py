@@ -205,7 +205,7 @@ class _Demo:
         # with level "org"): --release finds them released and charges nothing more.
         report_cli.report(window=self.window, server=self.server.address, token=analyst,
                           statistic=[report_cli.Statistic.SUM], metric=["ai.tokens"],
-                          level=report_cli.Level.ORG, spend=True)
+                          level=report_cli.Level.ORG, spend=True, yes=True)
         c.print("design has 3 people, below k: it is never released on its own, yet its people are inside "
                 "product's numbers (and the company's). The plan released every org and the company directly at "
                 "close, each charged to every team below it. Teams, orgs and the company all have releases, so "

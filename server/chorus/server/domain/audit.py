@@ -22,7 +22,7 @@ from chorus.server.model.ledger_format import Entry, policy_sha256
 from chorus.server.model.policy import Policy
 from chorus.server.privacy.budget import Budget
 from chorus.server.privacy.epsilon import Loss
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 CONFIG_KIND = "config"
 #: Entries per read transaction when streaming: bounds memory and lock time, whatever the ledger size.
@@ -128,12 +128,6 @@ def _decode_token(token: str, scope: str) -> tuple[int, str, str]:
 def ledger_head(tx: Tx) -> tuple[int, str]:
     """(seq, hash) of the newest entry; (0, 64 zeros) for an empty ledger."""
     return store.ledger.head(tx)
-
-
-def iter_ledger(db: Database, from_seq: int = 1, page: int = LEDGER_PAGE) -> Iterator[Entry]:
-    """Entries from `from_seq` up to the head as of the first read, one short transaction per page."""
-    for entries in ledger_pages(db, from_seq, page):
-        yield from entries
 
 
 def ledger_pages(db: Database, from_seq: int, size: int,

@@ -18,7 +18,7 @@ from chorus.server.domain.release import Releases
 from chorus.server.domain.shred import Shredder
 from chorus.server.model.clock import Clock
 from chorus.server.model.policy import Policy
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 _log = logging.getLogger(__name__)
 ACTOR = "closer"

@@ -39,7 +39,7 @@ from chorus.server.domain.roster import RosterCache
 from chorus.server.model.clock import Clock
 from chorus.server.model.config import Limits
 from chorus.server.model.policy import Policy
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 FUTURE_TOLERANCE = window_store.FUTURE_TOLERANCE
 #: A client reports drops since its previous batch; more than this is not a real count, and

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from chorus.server import store
 from chorus.server.model.ledger_format import Entry, canonical_json, entry_body, entry_hash, format_time
-from chorus.server.store._db import Tx
+from chorus.server.store import Tx
 
 KEY_FILE = "ledger-signing-key.pem"
 

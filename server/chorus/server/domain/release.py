@@ -69,7 +69,7 @@ from chorus.server.model.statistics import REQUESTABLE as STATISTICS
 from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.budget import Budget, refusal
 from chorus.server.privacy.epsilon import ZERO, Loss
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 _log = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ class NotFound(ReleaseError):
 
 class Refused(ReleaseError):
     """Well-formed but not releasable now: the window is open or past retention."""
+
+
+class PlanPending(Refused):
+    """A spending release while the window's release plan is not complete: it can pass later
+    (the closer completes the plan on its next pass)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,14 +357,19 @@ def _statistics(requests: Sequence[StatisticRequest]) -> dict[str, Loss | None]:
     if not requests:
         return dict.fromkeys(STATISTICS)
     out: dict[str, Loss | None] = {}
-    for r in requests:
+    for i, r in enumerate(requests):
         if r.statistic not in STATISTICS:
             raise InvalidRequest(f"statistic {r.statistic!r} is unknown; allowed: {', '.join(STATISTICS)}",
-                                 "statistics")
+                                 f"statistics[{i}].statistic")
         if r.statistic in out:
-            raise InvalidRequest(f"statistic {r.statistic} is requested more than once", "statistics")
+            raise InvalidRequest(f"statistics[{i}].statistic: {r.statistic} is requested more than once",
+                                 f"statistics[{i}].statistic")
         if r.epsilon is not None and r.epsilon.micros == 0:
-            raise InvalidRequest(f"epsilon for {r.statistic} must be greater than 0", "statistics")
+            # "0" fits the grammar (answers use it: a derived estimate charges nothing), but a
+            # release at epsilon 0 is infinite noise: no mechanism draws it.
+            raise InvalidRequest(f"statistics[{i}].epsilon is 0 for {r.statistic}; a release needs an epsilon "
+                                 f"greater than 0 (at least 0.000001; empty: the window's default)",
+                                 f"statistics[{i}].epsilon")
         out[r.statistic] = r.epsilon
     return out
 
@@ -476,7 +486,7 @@ class _Release:
         if self.plan or not self.policy.release_plan:
             return
         if not store.windows.plan_released(self.tx, self.window):
-            raise Refused(f"the release plan of window {self.window} is being released (the closer does "
+            raise PlanPending(f"the release plan of window {self.window} is being released (the closer does "
                           "it right after the window closes); until it is complete nothing else is "
                           "released. Try again in a minute")
 
@@ -503,10 +513,10 @@ class _Release:
         cap = self.policy.budget_per_window
         # A request's amounts are in the window's unit (epsilon or rho, its frozen mechanism's).
         statistics = {stat: None if eps is None else self.policy.unit(eps.micros) for stat, eps in statistics.items()}
-        for stat, eps in statistics.items():
+        for i, (stat, eps) in enumerate(statistics.items()):  # in the request's order
             if eps is not None and eps > cap:
-                raise InvalidRequest(f"{cap.UNIT} {eps} for {stat} exceeds the budget of a team-window in "
-                                     f"{self.window}, {cap}", "statistics")
+                raise InvalidRequest(f"statistics[{i}].epsilon: {cap.UNIT} {eps} for {stat} exceeds the budget of a "
+                                     f"team-window in {self.window}, {cap}", f"statistics[{i}].epsilon")
         wanted: dict[tuple[str, str], Loss] = {}
         explicit: set[tuple[str, str]] = set()
         for stat, eps in statistics.items():

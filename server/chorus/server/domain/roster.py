@@ -23,7 +23,7 @@ from chorus.server.domain import shred
 from chorus.server.domain.ledger import Ledger
 from chorus.server.model import hierarchy
 from chorus.server.model.clock import Clock
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 MAX_NAME_LENGTH = 256
 

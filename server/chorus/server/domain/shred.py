@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from chorus.server import store
 from chorus.server.model.clock import Clock
-from chorus.server.store._db import Database, StoreUnavailable, Tx
+from chorus.server.store import Database, StoreUnavailable, Tx
 
 _log = logging.getLogger(__name__)
 

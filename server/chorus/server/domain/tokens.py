@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from chorus.server import store
 from chorus.server.domain.ledger import Ledger
 from chorus.server.model.roles import Principal, Role
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 TOKEN_PREFIX = "chorus_"
 MAX_TOKEN_NAME = 64

@@ -31,7 +31,7 @@ from chorus.server.model.calendar import WindowLength, WindowSpan, window_of
 from chorus.server.model.clock import Clock
 from chorus.server.model.ledger_format import canonical_json
 from chorus.server.model.policy import Policy
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 OPEN = "open"
 CLOSED = "closed"

@@ -44,9 +44,6 @@ class WindowSpan:
     start: datetime
     end: datetime
 
-    def contains(self, when: datetime) -> bool:
-        return self.start <= when < self.end
-
 
 _DAY_ID = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _WEEK_ID = re.compile(r"^(\d{4})-W(\d{2})$")

@@ -3,17 +3,29 @@
 The privacy-relevant part (`chorus.server.model.policy.Policy`) is frozen into each window when it
 opens, so a change here takes effect from the next window only.
 
-Every key must be known (`KNOWN_KEYS`): a misspelt privacy setting (`min_team_sise = 10`) or
-section (`[window]`) would otherwise be ignored and its built-in value silently used, so the
-file is refused, naming the key and the nearest valid one.
+Every scalar key is one `Setting` in `SETTINGS` (its dotted path, its rule, its default and the
+comment `chorus default-config` prints beside it): the known keys, the parsing, the error
+messages, the defaults and the key lines of `DEFAULT_TOML` are derived from that one table, so
+a new key is one line there. Arrays of tables (`[[metrics]]`, `[[privacy.release_plan]]`,
+`[[otlp.metrics]]`) have their own parsers and register their keys in `TABLE_KEYS`.
+
+Every key must be known: a misspelt privacy setting (`min_team_sise = 10`) or section
+(`[window]`) would otherwise be ignored and its built-in value silently used, so the file is
+refused, naming the key and the nearest valid one.
+
+String values may name environment variables as `${env:NAME}` (the OpenTelemetry Collector's
+convention; `$$` is a literal `$`), so a secret such as a database password need not be in the
+file. A variable that is not set is an error naming the key and the variable, never a value.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,73 +37,181 @@ from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Pol
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
 from chorus.server.model.statistics import NOISY_PARTS
 from chorus.server.model.statistics import REQUESTABLE as STATISTICS
-from chorus.server.privacy.epsilon import ZERO, Loss
-from chorus.server.privacy.mechanisms import LAPLACE, UNITS
+from chorus.server.privacy.epsilon import ZERO, Epsilon, Loss, Rho
+from chorus.server.privacy.mechanisms import GAUSSIAN, LAPLACE, UNITS
 
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENV = re.compile(r"\$\$|\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Where `chorus serve` listens, and where every client looks, unless told otherwise.
+DEFAULT_LISTEN = "127.0.0.1:7355"
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key, the value and the rule."""
 
 
+# -- rules: each turns a raw TOML value into its parsed value, or raises naming the key --------
+
+Rule = Callable[[object, str], Any]
+
+
+def integer(low: int, high: int) -> Rule:
+    def rule(value: object, key: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ConfigError(f"{key} = {value!r}: must be an integer in [{low}, {high}]")
+        return value
+    return rule
+
+
+def positive(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ConfigError(f"{key} = {value!r}: must be a number greater than 0")
+    return float(value)
+
+
+def positive_epsilon(value: object, key: str) -> Epsilon:
+    return _epsilon(value, key, positive=True)
+
+
+def positive_rho(value: object, key: str) -> Loss:
+    return _amount(Rho, value, key, positive=True)
+
+
+def text(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} = {value!r}: must be a string")
+    return value
+
+
+def choice(*options: str, fold: Callable[[str], str] = str) -> Rule:
+    def rule(value: object, key: str) -> str:
+        folded = fold(value) if isinstance(value, str) else None
+        if folded not in options:
+            raise ConfigError(f"{key} = {value!r}: must be {' or '.join(repr(o) for o in options)}")
+        return folded
+    return rule
+
+
+def duration(value: object, key: str) -> int:
+    return parse_duration(value, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One scalar key: `path` (dotted, e.g. "privacy.min_team_size"), the `rule` its value
+    must pass, its `default` as a TOML value, and the `comment` `chorus default-config` writes
+    beside it."""
+
+    path: str
+    rule: Rule
+    default: Any
+    comment: str = ""
+
+    @property
+    def table(self) -> str:
+        return self.path.rpartition(".")[0]
+
+    @property
+    def key(self) -> str:
+        return self.path.rpartition(".")[2]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server.listen", text, DEFAULT_LISTEN),
+    Setting("server.database", text, "", "default: SQLite in the data directory"),
+    Setting("server.close_interval_seconds", positive, 30.0, "how often the window closer runs"),
+    Setting("windows.length", choice("day", "week"), "week", '"week" (ISO week, UTC) or "day" (UTC)'),
+    Setting("windows.grace", duration, "6h", "contributions may arrive this long after a window ends"),
+    # --- The mechanism and zCDP (issue 20): the Gaussian's rho amounts; the epsilon ones below
+    # are the Laplace's (its built-in values from before the Gaussian).
+    Setting("privacy.mechanism", choice(GAUSSIAN, LAPLACE), GAUSSIAN),
+    Setting("privacy.rho_per_window", positive_rho, "0.138",
+            "budget per team-window, including what the org and company releases above it cost"),
+    *(Setting(f"privacy.default_rho.{s}", positive_rho, "0.01") for s in NOISY_STATISTICS),
+    # ---
+    Setting("privacy.epsilon_per_window", positive_epsilon, "3"),
+    Setting("privacy.min_team_size", integer(1, 1_000_000), 5, "k: smaller teams are never released on their own"),
+    Setting("privacy.retention_windows", integer(1, 100_000), 52,
+            "windows older than this can no longer be released"),
+    *(Setting(f"privacy.default_epsilon.{s}", positive_epsilon, "0.5") for s in NOISY_STATISTICS),
+    # The floors are what the SDK sends at most (chorus.client.limits: contributions, about
+    # 1 MiB, name length): a lower limit would refuse, forever, batches the SDK cannot make smaller.
+    Setting("limits.max_message_bytes", integer(2 * 1024 * 1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
+    Setting("limits.max_batch_contributions", integer(MAX_BATCH_CONTRIBUTIONS, 1_000_000), 10_000),
+    Setting("limits.max_string_length", integer(MAX_NAME_CHARS, 4096), MAX_NAME_CHARS),
+    Setting("limits.ingest_rate_per_token", positive, 2_000_000.0, "contributions per second, token bucket"),
+    Setting("limits.ingest_burst_per_token", integer(1, 10**12), 4_000_000),
+    Setting("limits.rpc_deadline_seconds", positive, 30.0),
+    Setting("store.sqlite_synchronous", choice("FULL", "NORMAL", "EXTRA", fold=str.upper), "FULL"),
+)
+_BY_PATH: dict[str, Setting] = {s.path: s for s in SETTINGS}
+
+
+def default(path: str) -> Any:
+    """The parsed default of one setting (the one source of every built-in value)."""
+    setting = _BY_PATH[path]
+    return setting.rule(setting.default, path)
+
+
+# --- Plan levels (issue 20) ----------------------------------------------------------------------
+#: [[privacy.release_plan]] keys of the Gaussian and of levels.
+PLAN_LEVEL_KEYS = frozenset({"rho", "level"})
+#: The levels a plan entry may name: every team, every org node, or the company.
+PLAN_LEVELS = (hierarchy.TEAM, hierarchy.ORG, hierarchy.ROOT)
+# ---------------------------------------------------------------------------------------------
+
+#: Keys of the arrays of tables and other structured entries, by the dotted path of their table
+#: ("" is the top level): everything a file may hold beyond SETTINGS.
+TABLE_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"metrics", "otlp"}),
+    "privacy": frozenset({"release_plan"}),
+    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}) | PLAN_LEVEL_KEYS,
+    "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
+    "otlp": otlp_mapping.KNOWN_KEYS,
+    "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
+}
+
+
+def _known_keys() -> dict[str, frozenset[str]]:
+    known: dict[str, set[str]] = {path: set(keys) for path, keys in TABLE_KEYS.items()}
+    for setting in SETTINGS:
+        known.setdefault(setting.table, set()).add(setting.key)
+        # every enclosing table is a key of its parent
+        parts = setting.table.split(".")
+        for depth in range(len(parts)):
+            parent = ".".join(parts[:depth])
+            known.setdefault(parent, set()).add(parts[depth])
+    return {path: frozenset(keys) for path, keys in known.items()}
+
+
+#: Every key a config file may hold, by the dotted path of its table ("" is the top level),
+#: derived from SETTINGS and TABLE_KEYS. A table's own name is a key of its parent; an array of
+#: tables ([[metrics]]) is checked entry by entry against its path; anything else is refused.
+KNOWN_KEYS: dict[str, frozenset[str]] = _known_keys()
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Hostile-input bounds, enforced before anything touches the store."""
+    """Hostile-input bounds, enforced before anything touches the store (defaults: SETTINGS)."""
 
-    max_message_bytes: int = 4 * 1024 * 1024
-    max_batch_contributions: int = 10_000
-    max_string_length: int = MAX_NAME_CHARS
-    ingest_rate_per_token: float = 2_000_000.0  # contributions per second, token bucket
-    ingest_burst_per_token: int = 4_000_000
-    rpc_deadline_seconds: float = 30.0
+    max_message_bytes: int = default("limits.max_message_bytes")
+    max_batch_contributions: int = default("limits.max_batch_contributions")
+    max_string_length: int = default("limits.max_string_length")
+    ingest_rate_per_token: float = default("limits.ingest_rate_per_token")  # contributions/s, token bucket
+    ingest_burst_per_token: int = default("limits.ingest_burst_per_token")
+    rpc_deadline_seconds: float = default("limits.rpc_deadline_seconds")
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     policy: Policy
     limits: Limits = field(default_factory=Limits)
-    listen: str = "127.0.0.1:7355"
+    listen: str = DEFAULT_LISTEN
     database: str = ""  # empty: SQLite file in the data directory
-    sqlite_synchronous: str = "FULL"
-    close_interval_seconds: float = 30.0
-
-
-# --- The mechanism, zCDP and plan levels (issue 20) --------------------------------------------
-#: [privacy] keys of the mechanism: which one, and the rho amounts of the discrete Gaussian
-#: (the epsilon amounts of the discrete Laplace are the keys that predate it).
-MECHANISM_KEYS = frozenset({"mechanism", "rho_per_window", "default_rho"})
-#: [[privacy.release_plan]] keys of the Gaussian and of levels.
-PLAN_LEVEL_KEYS = frozenset({"rho", "level"})
-#: The levels a plan entry may name: every team, every org node, or the company.
-PLAN_LEVELS = (hierarchy.TEAM, hierarchy.ORG, hierarchy.ROOT)
-#: A discrete-Laplace config's amounts when it leaves them out (the built-in file is Gaussian):
-#: the built-in values from before the Gaussian existed.
-_LAPLACE_DEFAULTS: dict[str, Any] = {"epsilon_per_window": "3",
-                                     "default_epsilon": dict.fromkeys(NOISY_STATISTICS, "0.5")}
-# ---------------------------------------------------------------------------------------------
-
-#: Every key a config file may hold, by the dotted path of its table ("" is the top level).
-#: A table's own name is a key of its parent; an array of tables ([[metrics]]) is checked entry
-#: by entry against its path. A section is added by listing its keys here and reading them in
-#: `parse`; anything not listed is refused.
-KNOWN_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"server", "windows", "privacy", "limits", "store", "metrics", "otlp"}),
-    "server": frozenset({"listen", "database", "close_interval_seconds"}),
-    "windows": frozenset({"length", "grace"}),
-    "privacy": frozenset({"epsilon_per_window", "min_team_size", "retention_windows", "default_epsilon",
-                          "release_plan"}) | MECHANISM_KEYS,
-    "privacy.default_epsilon": frozenset(NOISY_STATISTICS),
-    "privacy.default_rho": frozenset(NOISY_STATISTICS),
-    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}) | PLAN_LEVEL_KEYS,
-    "limits": frozenset(f.name for f in fields(Limits)),
-    "store": frozenset({"sqlite_synchronous"}),
-    "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
-    "otlp": otlp_mapping.KNOWN_KEYS,
-    "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
-}
+    sqlite_synchronous: str = default("store.sqlite_synchronous")
+    close_interval_seconds: float = default("server.close_interval_seconds")
 
 
 def check_keys(raw: dict[str, Any], path: str = "", shown: str = "") -> None:
@@ -136,19 +256,19 @@ def _nearest(key: str, path: str, shown: str) -> str:
     return f"{table} takes {', '.join(sorted(KNOWN_KEYS[path]))}"
 
 
-DEFAULT_TOML = """\
+_DEFAULT_TEMPLATE = """\
 # Chorus server configuration. Privacy settings are frozen into each window when it
 # opens; changes apply from the next window.
 
 [server]
-listen = "127.0.0.1:7355"
+@server.listen
 # database = "postgresql://user@host/chorus"   # default: SQLite in the data directory
 
 [windows]
 # The privacy unit is one person's usage in one window. Weekly windows bound a person's
 # privacy loss over any twelve months to 54 windows' worth (daily windows: 367).
-length = "week"       # "week" (ISO week, UTC) or "day" (UTC)
-grace = "6h"          # contributions may arrive this long after a window ends
+@windows.length
+@windows.grace
 
 [privacy]
 # Noise: OpenDP's discrete Gaussian, charged in zCDP rho, which adds up over releases and
@@ -156,16 +276,16 @@ grace = "6h"          # contributions may arrive this long after a window ends
 # the usual terms (`chorus privacy-statement` prints it). mechanism = "discrete_laplace"
 # charges pure epsilon instead (epsilon_per_window, [privacy.default_epsilon], an entry's
 # epsilon); each window keeps the mechanism it opened with.
-mechanism = "discrete_gaussian"
-rho_per_window = "0.138"   # budget per team-window, including what the org and company releases above it cost
-min_team_size = 5          # k: smaller teams are never released on their own
-retention_windows = 52     # windows older than this can no longer be released
+@privacy.mechanism
+@privacy.rho_per_window
+@privacy.min_team_size
+@privacy.retention_windows
 
 [privacy.default_rho]  # per statistic of a request that names no amount; mean and adoption are post-processing
-sum = "0.01"
-count = "0.01"
-histogram = "0.01"
-active = "0.01"
+@privacy.default_rho.sum
+@privacy.default_rho.count
+@privacy.default_rho.histogram
+@privacy.default_rho.active
 
 # The release plan: what is published as soon as a window closes, once, so that reading the
 # numbers never spends budget. Designed for leadership's questions (is adoption growing,
@@ -266,6 +386,27 @@ histogram_edges = [2, 5, 15, 30]
 # metric = "ai.tokens"
 # attributes = { "gen_ai.token.type" = ["input", "output"] }
 """
+def toml_value(value: Any) -> str:
+    """A setting's default as TOML (strings quoted, numbers as written)."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _render(template: str) -> str:
+    """The template with each `@path` line replaced by that setting's line: `key = default`,
+    then its comment, aligned."""
+    def line(match: re.Match[str]) -> str:
+        setting = _BY_PATH[match[1]]
+        text = f"{setting.key} = {toml_value(setting.default)}"
+        return f"{text:<26} # {setting.comment}" if setting.comment else text
+    return re.sub(r"(?m)^@([\w.]+)$", line, template)
+
+
+#: The built-in configuration `chorus default-config` prints: hand-written prose around key
+#: lines rendered from SETTINGS, so its values are the defaults and cannot drift from them.
+DEFAULT_TOML = _render(_DEFAULT_TEMPLATE)
+
 #: The first line of the commented `[otlp]` block in DEFAULT_TOML.
 OTLP_BLOCK_START = "# [otlp]\n"
 
@@ -279,8 +420,8 @@ def with_otlp_enabled(text: str) -> str:
     return head + "".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines)
 #: Where the [[metrics]] of DEFAULT_TOML begin (`chorus default-config` explains the plan above it).
 METRICS_COMMENT = "# Bounds are per person and week."
-#: Values for keys a config file leaves out: the built-in file above is the one source.
-_DEFAULTS = tomllib.loads(DEFAULT_TOML)
+#: The built-in release plan, for a file that plans nothing (the one structured default).
+_DEFAULT_PLAN: list[dict[str, Any]] = tomllib.loads(DEFAULT_TOML)["privacy"]["release_plan"]
 
 
 def load(path: Path | None) -> Config:
@@ -303,21 +444,12 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
 
 
-def parse(raw: dict[str, Any]) -> Config:
-    """Validate a decoded TOML document: known keys only, each value within its rule."""
+def parse(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a decoded TOML document: known keys only, `${env:NAME}` expanded from `environ`
+    (default: the process environment), each value within its rule."""
     check_keys(raw)
-    server = _table(raw, "server")
-    windows = _table(raw, "windows")
-    privacy = _table(raw, "privacy")
-    limits_raw = _table(raw, "limits")
-    store = _table(raw, "store")
-
-    length_text = windows.get("length", _DEFAULTS["windows"]["length"])
-    try:
-        length = WindowLength(length_text)
-    except ValueError:
-        raise ConfigError(f"windows.length = {length_text!r}: must be 'day' or 'week'") from None
-    grace = parse_duration(windows.get("grace", _DEFAULTS["windows"]["grace"]), "windows.grace")
+    raw = expand_env(raw, os.environ if environ is None else environ)
+    value = _settings(raw)
 
     metrics = tuple(_metric(m, i) for i, m in enumerate(raw.get("metrics", [])))
     if not metrics:
@@ -328,28 +460,21 @@ def parse(raw: dict[str, Any]) -> Config:
     if len(set(names)) != len(names):
         raise ConfigError(f"metric names must be unique, got {names}")
 
-    mechanism, unit, built_in = _mechanism(privacy)
+    privacy = _table(raw, "privacy")
+    mechanism = value["privacy.mechanism"]
+    unit = _unit_of(mechanism, privacy)
     name = unit.UNIT
-    defaults_raw = _table(privacy, f"default_{name}", f"privacy.default_{name}")
-    defaults = {s: _amount(unit, defaults_raw.get(s, built_in[f"default_{name}"][s]),
-                           f"privacy.default_{name}.{s}", positive=True)
-                for s in NOISY_STATISTICS}
-    budget = _amount(unit, privacy.get(f"{name}_per_window", built_in[f"{name}_per_window"]),
-                     f"privacy.{name}_per_window", positive=True)
+    defaults = {s: value[f"privacy.default_{name}.{s}"] for s in NOISY_STATISTICS}
+    budget = value[f"privacy.{name}_per_window"]
     for stat, eps in defaults.items():
         if eps > budget:
             raise ConfigError(f"privacy.default_{name}.{stat} = {eps} exceeds "
                               f"privacy.{name}_per_window = {budget}")
-    k = _int(privacy.get("min_team_size", _DEFAULTS["privacy"]["min_team_size"]), "privacy.min_team_size",
-             1, 1_000_000)
-    retention = _int(privacy.get("retention_windows", _DEFAULTS["privacy"]["retention_windows"]),
-                     "privacy.retention_windows", 1, 100_000)
-
-    # No plan in the file: the built-in one, for those of its metrics the file defines.
-    # Its amounts are rho: under another mechanism its entries take that mechanism's defaults.
+    # No plan in the file: the built-in one, for those of its metrics the file defines. Its
+    # amounts are rho: under another mechanism its entries take that mechanism's defaults.
     plan_raw = privacy.get("release_plan", [
-        {k: v for k, v in e.items() if mechanism == _DEFAULTS["privacy"]["mechanism"] or k != "rho"}
-        for e in _DEFAULTS["privacy"]["release_plan"] if e.get("metric", "") in {"", *names}])
+        {k: v for k, v in e.items() if mechanism == GAUSSIAN or k != "rho"}
+        for e in _DEFAULT_PLAN if e.get("metric", "") in {"", *names}])
     if not isinstance(plan_raw, list):
         raise ConfigError("privacy.release_plan must be an array of tables ([[privacy.release_plan]])")
     plan = _plan(plan_raw, metrics, defaults, budget, unit)
@@ -357,41 +482,45 @@ def parse(raw: dict[str, Any]) -> Config:
         otlp = parse_otlp(_table(raw, "otlp"), names)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    policy = Policy(length, grace, metrics, budget, defaults, k, retention, release_plan=plan, otlp=otlp,
-                    mechanism=mechanism)
-    limit_defaults = Limits()
-    limits = Limits(
-        # The floors are what the SDK sends at most (chorus.client.limits: contributions, about
-        # 1 MiB, name length): a lower limit would refuse, forever, batches the SDK cannot make smaller.
-        max_message_bytes=_int(limits_raw.get("max_message_bytes", limit_defaults.max_message_bytes),
-                               "limits.max_message_bytes", 2 * 1024 * 1024, 64 * 1024 * 1024),
-        max_batch_contributions=_int(
-            limits_raw.get("max_batch_contributions", limit_defaults.max_batch_contributions),
-            "limits.max_batch_contributions", MAX_BATCH_CONTRIBUTIONS, 1_000_000),
-        max_string_length=_int(limits_raw.get("max_string_length", limit_defaults.max_string_length),
-                               "limits.max_string_length", MAX_NAME_CHARS, 4096),
-        ingest_rate_per_token=_positive(limits_raw.get("ingest_rate_per_token",
-                                                       limit_defaults.ingest_rate_per_token),
-                                        "limits.ingest_rate_per_token"),
-        ingest_burst_per_token=_int(limits_raw.get("ingest_burst_per_token",
-                                                   limit_defaults.ingest_burst_per_token),
-                                    "limits.ingest_burst_per_token", 1, 10**12),
-        rpc_deadline_seconds=_positive(limits_raw.get("rpc_deadline_seconds",
-                                                      limit_defaults.rpc_deadline_seconds),
-                                       "limits.rpc_deadline_seconds"),
-    )
-    synchronous = str(store.get("sqlite_synchronous", "FULL")).upper()
-    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
-        raise ConfigError(f"store.sqlite_synchronous = {synchronous!r}: must be FULL, NORMAL or EXTRA")
-    return Config(
-        policy=policy,
-        limits=limits,
-        listen=str(server.get("listen", "127.0.0.1:7355")),
-        database=str(server.get("database", "")),
-        sqlite_synchronous=synchronous,
-        close_interval_seconds=_positive(server.get("close_interval_seconds", 30.0),
-                                         "server.close_interval_seconds"),
-    )
+    policy = Policy(WindowLength(value["windows.length"]), value["windows.grace"], metrics, budget, defaults,
+                    value["privacy.min_team_size"], value["privacy.retention_windows"], release_plan=plan,
+                    otlp=otlp, mechanism=mechanism)
+    limits = Limits(**{s.key: value[s.path] for s in SETTINGS if s.table == "limits"})
+    return Config(policy=policy, limits=limits, listen=value["server.listen"], database=value["server.database"],
+                  sqlite_synchronous=value["store.sqlite_synchronous"],
+                  close_interval_seconds=value["server.close_interval_seconds"])
+
+
+def _settings(raw: dict[str, Any]) -> dict[str, Any]:
+    """Every setting's parsed value, by path: the file's where it has one, else the default."""
+    out: dict[str, Any] = {}
+    for setting in SETTINGS:
+        table: Any = raw
+        parts = setting.table.split(".")
+        for depth, part in enumerate(parts):
+            table = _table(table, part, ".".join(parts[:depth + 1]))
+        out[setting.path] = setting.rule(table.get(setting.key, setting.default), setting.path)
+    return out
+
+
+def expand_env(raw: Any, environ: Mapping[str, str], key: str = "") -> Any:
+    """`raw` with `${env:NAME}` in every string value replaced by that variable (`$$` by `$`).
+    An unset variable is refused naming the key and the variable (its value never appears)."""
+    if isinstance(raw, dict):
+        return {k: expand_env(v, environ, f"{key}.{k}" if key else k) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_env(v, environ, f"{key}[{i}]") for i, v in enumerate(raw)]
+    if not isinstance(raw, str) or "$" not in raw:
+        return raw
+
+    def variable(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        name = match[1]
+        if name not in environ:
+            raise ConfigError(f"{key} names the environment variable {name} (${{env:{name}}}), which is not set")
+        return environ[name]
+    return _ENV.sub(variable, raw)
 
 
 def parse_duration(value: object, key: str) -> int:
@@ -410,24 +539,9 @@ def _table(raw: dict[str, Any], name: str, key: str | None = None) -> dict[str, 
     return value
 
 
-def _int(value: object, key: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(f"{key} = {value!r}: must be an integer in [{low}, {high}]")
-    return value
-
-
-def _positive(value: object, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-        raise ConfigError(f"{key} = {value!r}: must be a number greater than 0")
-    return float(value)
-
-
-def _mechanism(privacy: dict[str, Any]) -> tuple[str, type[Loss], dict[str, Any]]:
-    """privacy.mechanism, its unit, and where the amounts a file leaves out come from; the other
-    unit's keys are refused (an epsilon cap under a Gaussian would otherwise be ignored)."""
-    mechanism = privacy.get("mechanism", _DEFAULTS["privacy"]["mechanism"])
-    if mechanism not in UNITS:
-        raise ConfigError(f"privacy.mechanism = {mechanism!r}: must be one of {', '.join(sorted(UNITS))}")
+def _unit_of(mechanism: str, privacy: dict[str, Any]) -> type[Loss]:
+    """The unit of privacy.mechanism; the other unit's keys are refused (an epsilon cap under a
+    Gaussian would otherwise be ignored)."""
     unit = UNITS[mechanism]
     for other, other_unit in UNITS.items():
         name = other_unit.UNIT
@@ -436,7 +550,13 @@ def _mechanism(privacy: dict[str, Any]) -> tuple[str, type[Loss], dict[str, Any]
                 raise ConfigError(f"privacy.{key} is an amount of {other}, but privacy.mechanism = "
                                   f"{mechanism!r} charges in {unit.UNIT}: write privacy."
                                   f"{key.replace(name, unit.UNIT)} instead")
-    return mechanism, unit, _LAPLACE_DEFAULTS if mechanism == LAPLACE else _DEFAULTS["privacy"]
+    return unit
+
+
+def _epsilon(value: object, key: str, *, positive: bool) -> Epsilon:
+    eps = _amount(Epsilon, value, key, positive=positive)
+    assert isinstance(eps, Epsilon)
+    return eps
 
 
 def _amount(unit: type[Loss], value: object, key: str, *, positive: bool) -> Loss:
@@ -457,7 +577,7 @@ def _metric(raw: object, index: int) -> MetricPolicy:
     if not isinstance(name, str) or not _METRIC_NAME.match(name) or len(name) > 64:
         raise ConfigError(f"{where}.name = {name!r}: lowercase dotted name like 'ai.tokens', "
                           "at most 64 characters")
-    bound = _int(raw.get("max_per_user"), f"{where}.max_per_user ({name})", 1, 10**12)
+    bound = integer(1, 10**12)(raw.get("max_per_user"), f"{where}.max_per_user ({name})")
     edges_raw = raw.get("histogram_edges", [])
     if not isinstance(edges_raw, list) or not all(isinstance(e, int) for e in edges_raw):
         raise ConfigError(f"{where}.histogram_edges ({name}) must be a list of integers")

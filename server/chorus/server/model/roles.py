@@ -49,7 +49,20 @@ def role_from_proto(value: admin_pb2.Role) -> Role | None:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the token's name (never its secret) and role."""
+    """Who is calling: the token's name (never its secret) and role, or for a person signed in
+    through OpenID Connect (`sso`) the configured name claim and the role their groups map to.
+    `name` is what the ledger's `by` records."""
 
     name: str
     role: Role
+    sso: bool = False
+
+    @property
+    def described(self) -> str:
+        """The caller as an error message to the caller names them."""
+        return f"{'user' if self.sso else 'token'} {self.name!r}"
+
+    @property
+    def logged(self) -> str:
+        """The caller as the server log names them: a token by its name; never a person."""
+        return "a signed-in user" if self.sso else f"token {self.name!r}"

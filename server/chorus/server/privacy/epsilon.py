@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import total_ordering
-from typing import ClassVar, Self
+from typing import ClassVar, Self, cast
 
 MICROS = 1_000_000
 #: The one grammar of an epsilon amount, in config, on the wire and in the ledger: a plain
@@ -86,11 +86,13 @@ class Loss:
             return type(other)
         raise TypeError(f"cannot combine {self} {self.UNIT} with {other} {other.UNIT}: different units")
 
-    def __add__(self, other: Loss) -> Loss:
-        return self._unit_of(other)(self.micros + other.micros)
+    # Typed Self: an amount plus one of its unit stays in it. (A zero plus an amount of another
+    # unit takes the other's: `ZERO` is typed Loss for that reason.)
+    def __add__(self, other: Loss) -> Self:
+        return cast(Self, self._unit_of(other)(self.micros + other.micros))
 
-    def __sub__(self, other: Loss) -> Loss:
-        return self._unit_of(other)(self.micros - other.micros)
+    def __sub__(self, other: Loss) -> Self:
+        return cast(Self, self._unit_of(other)(self.micros - other.micros))
 
     def __lt__(self, other: Loss) -> bool:
         self._unit_of(other)

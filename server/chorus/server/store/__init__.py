@@ -1,7 +1,8 @@
 """The one owner of SQL: typed operations per aggregate, two engines, the versioned schema.
 
 Domain code opens a transaction with `Database.run(fn)` (retried, so `fn` must be safe to
-run twice) and, inside it, calls the operations of the aggregate it works on, e.g.
+run twice), or `Database.read(fn)` when fn writes nothing (no writer lock), and, inside
+it, calls the operations of the aggregate it works on, e.g.
 `store.usage.add(tx, bounds, rows)` or `store.budgets.charge(tx, window, team, epsilon)`.
 No module outside this package writes SQL (tests/server/test_sql_ownership.py checks it).
 SQLite (the embedded default, a file in the data directory) and PostgreSQL (for several
@@ -26,11 +27,24 @@ from chorus.server.store import (
     usage,
     windows,
 )
-from chorus.server.store._db import Database, StoreUnavailable, Tx
+from chorus.server.store._db import (
+    COMMITTED,
+    FAILED,
+    REPLY_MARGIN_SECONDS,
+    ROLLED_BACK,
+    UNAVAILABLE,
+    Database,
+    StoreUnavailable,
+    Tx,
+    TxObserver,
+    deadline,
+)
 from chorus.server.store._schema import migrate
 
-__all__ = ["Database", "StoreUnavailable", "Tx", "batches", "budgets", "ledger", "migrate", "open_database",
-           "otlp", "probe_write", "releases", "roster", "shreds", "team_stats", "tokens", "usage", "windows"]
+__all__ = ["COMMITTED", "FAILED", "REPLY_MARGIN_SECONDS", "ROLLED_BACK", "UNAVAILABLE", "Database",
+           "StoreUnavailable", "Tx", "TxObserver", "batches", "budgets", "deadline", "ledger", "migrate",
+           "open_database", "otlp", "probe_write", "releases", "roster", "shreds", "team_stats", "tokens",
+           "usage", "windows"]
 
 SQLITE_FILE = "chorus.db"
 

@@ -43,10 +43,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -54,9 +53,8 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
 from chorus.server.store import usage
-from chorus.server.store._db import Row, StoreUnavailable, Tx, TxStats
+from chorus.server.store._db import Database, LockTimeout, Row, StoreUnavailable, Tx
 
-T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 # Arbitrary constant key for the window-closer advisory lock ("clos"); the migration lock
@@ -65,8 +63,10 @@ _CLOSER_LOCK = 0x636C6F73
 
 # SQLSTATEs after which the transaction is known to be rolled back and may be run again:
 # connection exceptions (class 08), the server shutting down or restarting (57P0x), our
-# own session killed by idle_in_transaction_session_timeout (25P03).
-_RETRY_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "25P03")
+# own session killed by idle_in_transaction_session_timeout (25P03), a lock not granted
+# within lock_timeout (55P03) and a statement cancelled by statement_timeout (57014): both
+# the transaction's deadline, so the loop retries only if time is left, else StoreUnavailable.
+_RETRY_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "25P03", "55P03", "57014")
 # SQLSTATEs of failures an operator must fix (see the module doc): StoreUnavailable at once.
 _OPERATOR_FIXABLE_SQLSTATE_PREFIXES = ("53", "58", "25006")
 
@@ -76,7 +76,9 @@ class _PostgresTx:
 
     dialect = "postgresql"
 
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any]) -> None:
+        #: The connection while the transaction is open (None once committed or rolled back).
+        self.conn: psycopg.Connection[Any] | None = conn
         self._cur = cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -165,7 +167,7 @@ def placeholders(sql: str) -> str:
     return "".join(out)
 
 
-def _retryable(exc: psycopg.Error) -> bool:
+def _retryable(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> bool:
     if isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected | psycopg_pool.PoolTimeout):
         return True
     if exc.sqlstate is None:
@@ -190,10 +192,11 @@ def describe(url: str) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
 
 
-class PostgresDatabase:
+class PostgresDatabase(Database):
     """A pool of connections to one PostgreSQL database, running retried transactions."""
 
     dialect = "postgresql"
+    error = psycopg.Error
 
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16,
                  statement_timeout_ms: int = 60_000, idle_in_transaction_timeout_ms: int = 60_000,
@@ -205,69 +208,88 @@ class PostgresDatabase:
         statement_timeout_ms / idle_in_transaction_timeout_ms: upper bounds on how long a
         slow statement or a hung replica holds locks; the window close of a very large
         window must fit in statement_timeout_ms.
-        retry_budget_s: how long `run` keeps retrying transient failures before giving up.
+        retry_budget_s: how long a transaction without a deadline waits for locks and retries.
         """
-        self._where = describe(url)
-        self.unavailable_count = 0
+        super().__init__(budget_s=retry_budget_s)
+        self.where = f"PostgreSQL at {describe(url)}"
+        self._statement_timeout_ms = statement_timeout_ms
         self._settings = {"statement_timeout": str(statement_timeout_ms),
                           "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms)}
-        self._retry_budget_s = retry_budget_s
-        self.stats = TxStats()
+        self._pool_timeout_s = pool_timeout_s
         try:
             # Probe once so a wrong URL or a down server fails now with libpq's own reason.
             psycopg.connect(url, connect_timeout=max(1, round(connect_timeout_s))).close()
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self._where}: "
-                                   f"{_primary(exc)}") from None
+            raise StoreUnavailable(f"cannot connect to {self.where}: {_primary(exc)}") from None
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, timeout=pool_timeout_s,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s))},
             configure=self._configure, name="chorus", open=True)
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        # Autocommit so that only `conn.transaction()` in run() opens transactions, with the
-        # isolation level spelled out rather than inherited from the server's default.
+        # Autocommit so that only begin() opens transactions, with the isolation level spelled
+        # out rather than inherited from the server's default.
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         for name, value in self._settings.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
-    def run(self, fn: Callable[[Tx], T], *, name: str) -> T:
+    def begin(self, *, read_only: bool, until: float, limit: float | None) -> _PostgresTx:
+        """A pooled connection (waited for until `until`) and, in one round trip, BEGIN with
+        lock_timeout set to what is left, and statement_timeout too when a caller's deadline
+        bounds the transaction: a lock another session holds is given up at the deadline."""
+        left = until - time.monotonic()
+        conn = self._pool.getconn(timeout=max(0.001, min(left, self._pool_timeout_s)))
         try:
-            return self._run(fn, name)
-        except StoreUnavailable:
-            self.unavailable_count += 1
+            left_ms = max(1, int((until - time.monotonic()) * 1000))
+            statement = (f"; SET LOCAL statement_timeout = {min(left_ms, self._statement_timeout_ms)}"
+                         if limit is not None else "")
+            # Integers formatted by us, no parameters: one simple-protocol round trip.
+            conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED{' READ ONLY' if read_only else ''}; "  # type: ignore[arg-type]
+                         f"SET LOCAL lock_timeout = {left_ms}{statement}")
+            return _PostgresTx(conn, conn.cursor())
+        except BaseException:
+            self._put(conn)
             raise
 
-    def _run(self, fn: Callable[[Tx], T], name: str) -> T:
-        deadline = time.monotonic() + self._retry_budget_s
-        attempt = 0
-        while True:
-            attempt += 1
+    def commit(self, tx: Tx) -> None:
+        assert isinstance(tx, _PostgresTx) and tx.conn is not None
+        tx.conn.execute("COMMIT")
+        self._put(tx.conn)
+        tx.conn = None
+
+    def rollback(self, tx: Tx) -> None:
+        assert isinstance(tx, _PostgresTx)
+        if tx.conn is None:
+            return
+        conn, tx.conn = tx.conn, None
+        if not conn.closed:
             try:
-                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                    return fn(_PostgresTx(cur))
+                conn.execute("ROLLBACK")
             except psycopg.Error as exc:
-                if (exc.sqlstate or "").startswith(_OPERATOR_FIXABLE_SQLSTATE_PREFIXES):
-                    raise StoreUnavailable(f"PostgreSQL at {self._where}: transaction {name} failed with "
-                                           f"{exc.sqlstate}: {_primary(exc)}") from exc
-                if not _retryable(exc):
-                    self.stats.failed(name)
-                    raise
-                if not isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected |
-                                  psycopg_pool.PoolTimeout):
-                    # A lost connection: drop every idle one that broke with it (server restart).
-                    self._pool.check()
-                delay = random.uniform(0, min(1.0, 0.01 * 2 ** min(attempt, 7)))
-                if time.monotonic() + delay > deadline:
-                    self.stats.failed(name)
-                    raise StoreUnavailable(
-                        f"PostgreSQL at {self._where}: transaction {name} failed {attempt} times "
-                        f"within {self._retry_budget_s:.0f} s; last error "
-                        f"{exc.sqlstate or type(exc).__name__}: {_primary(exc)}") from exc
-                _log.debug("transaction %s: transient %s (attempt %d), retrying in %.3f s",
-                           name, exc.sqlstate or type(exc).__name__, attempt, delay)
-                self.stats.retried(name)
-                time.sleep(delay)
+                _log.debug("%s: rollback failed (%s)", self.where, _primary(exc))
+        if conn.broken:
+            self._put(conn)
+            self._pool.check()  # a lost connection: drop every idle one that broke with it
+        else:
+            self._put(conn)
+
+    def _put(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            self._pool.putconn(conn)
+        except Exception as exc:  # the pool is closing
+            _log.debug("%s: could not return a connection (%s)", self.where, exc)
+
+    def is_transient(self, exc: Exception) -> bool:
+        return isinstance(exc, LockTimeout) or (isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout)
+                                                and _retryable(exc))
+
+    def unavailable(self, exc: Exception, name: str, *, read_only: bool) -> StoreUnavailable | None:
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if not isinstance(exc, psycopg.Error) or not sqlstate.startswith(_OPERATOR_FIXABLE_SQLSTATE_PREFIXES):
+            return None
+        if read_only and sqlstate == "25006":  # a write inside a READ ONLY transaction: a bug
+            return None
+        return StoreUnavailable(f"{self.where}: transaction {name} failed with {sqlstate}: {_primary(exc)}")
 
     def checkpoint(self) -> bool:
         """Nothing to do: PostgreSQL reclaims deleted rows by (auto)vacuum (see module doc)."""

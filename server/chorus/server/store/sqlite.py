@@ -1,12 +1,20 @@
 """SQLite engine: the embedded default. One file in the data directory, WAL, secure_delete.
 
-All transactions of a process go through one connection under a lock: SQLite allows one
-writer anyway, and this keeps `BEGIN IMMEDIATE` waits inside the process cheap. Processes
-on the same file (the workers of `chorus serve --workers N`) queue on an exclusive `flock`
-of a sidecar file (`<db>.writer-lock`) around each transaction: the kernel wakes the next
-writer the moment one commits, where SQLite's busy handler would sleep and poll (up to
-100 ms a time). The kernel drops the lock of a killed process. Other programs on the file
-(a `sqlite3` shell, a backup) are still serialised by SQLite's busy timeout.
+Writes: all write transactions of a process go through one connection under a lock: SQLite
+allows one writer anyway, and this keeps `BEGIN IMMEDIATE` waits inside the process cheap.
+Processes on the same file (the workers of `chorus serve --workers N`) queue on an exclusive
+`flock` of a sidecar file (`<db>.writer-lock`) around each transaction, tried every 0.2-1 ms
+until the deadline (a blocking flock could not be given up at the deadline), where SQLite's
+busy handler would sleep up to 100 ms a time. The kernel drops the lock of a killed process.
+Other programs on the file (a `sqlite3` shell, a backup) are serialised by SQLite's busy
+handler, for what is left of the deadline. Every wait is bounded by the transaction's
+deadline (store/_db.py); while this process's writer has waited more than STALL_SECONDS for
+a lock that another program or worker holds, the process's other writers are refused at once,
+so the RPC threads stay free for reads and health checks.
+
+Reads (`Database.read`): a deferred WAL read transaction on a connection of the calling
+thread with `query_only=ON`: no thread lock, no flock, no BEGIN IMMEDIATE. It reads one
+snapshot and never waits for a writer (nor a writer for it).
 
 Deleted bytes: secure_delete zeroes deleted cells and freed pages in the new page versions,
 but the WAL still holds the old versions until a checkpoint copies the new ones back and
@@ -26,21 +34,27 @@ import contextlib
 import fcntl
 import logging
 import os
-import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 from chorus.server.store import ledger, usage, windows
-from chorus.server.store._db import Row, StoreUnavailable, TxStats
+from chorus.server.store._db import Database, LockTimeout, Row, StoreUnavailable, Tx
 
-T = TypeVar("T")
 _log = logging.getLogger(__name__)
-_MAX_ATTEMPTS = 50
+_PRAGMA_ATTEMPTS = 50
+#: How long this process's writer may wait for a lock another holds before the process's
+#: other writers are refused at once (UNAVAILABLE) instead of queueing behind it.
+STALL_SECONDS = 0.5
+#: The longest pause between two tries of the writer flock (another worker holds it).
+_FLOCK_POLL_MAX = 0.001
+#: A read transaction waits this long through SQLite's busy handler (WAL readers wait only
+#: while a WAL is being recovered); the transaction loop retries within the deadline.
+_READ_BUSY_MS = 100
 #: How long a checkpoint waits for readers to leave before reporting the shred pending. It
 #: holds the connection's lock meanwhile, so it is short: the closer retries later anyway.
 CHECKPOINT_BUSY_MS = 200
@@ -53,8 +67,10 @@ _OPERATOR_FIXABLE = {sqlite3.SQLITE_FULL: "disk full", sqlite3.SQLITE_IOERR: "I/
 class _SqliteTx:
     dialect = "sqlite"
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: sqlite3.Connection, *, writer: bool = False) -> None:
+        self._conn = self.conn = conn
+        #: True while this transaction holds the process's write lock and the writer flock.
+        self.writer = writer
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._conn.execute(sql, params).rowcount
@@ -77,15 +93,17 @@ class _SqliteTx:
         return True  # BEGIN IMMEDIATE already excludes every other writer
 
 
-class SqliteDatabase:
-    """A SQLite file opened for durable, serialised transactions."""
+class SqliteDatabase(Database):
+    """A SQLite file opened for durable, serialised write transactions and lock-free reads."""
 
     dialect = "sqlite"
+    error = sqlite3.Error
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> None:
+        """busy_timeout_ms: how long a transaction without a deadline waits for the write lock."""
+        super().__init__(budget_s=busy_timeout_ms / 1000)
         self.path = path
-        self.unavailable_count = 0
-        self._busy_timeout_ms = busy_timeout_ms
+        self.where = f"SQLite database {path}"
         if not path.exists():
             # Owner-only from the start: SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -96,91 +114,163 @@ class SqliteDatabase:
             _log.warning("SQLite database %s: no writer lock file (%s); writers of several processes "
                          "poll for the lock instead of queueing", path, exc.strerror)
             self._writer = -1
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                     timeout=busy_timeout_ms / 1000)
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # busy_timeout 0: BEGIN IMMEDIATE first tries without waiting, so a wait is known to be
+        # one (see _begin_write); statements inside a WAL write transaction never wait.
         # A batch of random pseudonyms dirties thousands of B-tree pages; checkpointing every
         # 1000 WAL pages (the default) would copy them back to the main file on almost every
         # commit. 16384 pages (64 MiB at 4 KiB) lets a checkpoint absorb many batches.
-        for pragma in (f"busy_timeout={busy_timeout_ms}", "journal_mode=WAL", f"synchronous={synchronous}",
+        for pragma in ("busy_timeout=0", "journal_mode=WAL", f"synchronous={synchronous}",
                        "secure_delete=ON", "foreign_keys=ON", "wal_autocheckpoint=16384",
                        "journal_size_limit=0"):
-            self._pragma(pragma)
+            self._pragma(self._conn, pragma)
         self._lock = threading.Lock()
-        self.stats = TxStats()
+        #: When this process's writer started waiting for a lock another holds (None: not waiting).
+        self._waiting_since: float | None = None
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
 
-    def _pragma(self, pragma: str) -> None:
+    @staticmethod
+    def _pragma(conn: sqlite3.Connection, pragma: str) -> None:
         # Switching a new file to WAL takes a lock the busy handler does not wait for, so two
         # processes opening a fresh database at once retry here instead of failing.
-        for attempt in range(_MAX_ATTEMPTS):
+        for attempt in range(_PRAGMA_ATTEMPTS):
             try:
-                self._conn.execute(f"PRAGMA {pragma}")
+                conn.execute(f"PRAGMA {pragma}")
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or attempt == _MAX_ATTEMPTS - 1:
+                if not _is_busy(exc) or attempt == _PRAGMA_ATTEMPTS - 1:
                     raise
                 time.sleep(0.01 * (attempt + 1))
 
-    def run(self, fn: Callable[[_SqliteTx], T], *, name: str) -> T:
-        try:
-            return self._run(fn, name)
-        except StoreUnavailable:
-            self.unavailable_count += 1
-            raise
+    def begin(self, *, read_only: bool, until: float, limit: float | None) -> _SqliteTx:
+        if read_only:
+            conn = self._reader()
+            conn.execute("BEGIN")  # deferred: a WAL snapshot at the first read, no lock
+            return _SqliteTx(conn, writer=False)
+        return self._begin_write(until)
 
-    def _run(self, fn: Callable[[_SqliteTx], T], name: str) -> T:
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            with self._lock, self._queued():
+    def _begin_write(self, until: float) -> _SqliteTx:
+        """The thread lock, the cross-process writer flock, then BEGIN IMMEDIATE, each waited
+        for until `until` at most. While this process's writer waits for a lock that another
+        holds, for more than STALL_SECONDS, other writers of the process are refused at once
+        (LockTimeout) instead of queueing: they would only time out later, holding the RPC
+        threads that reads and health checks need meanwhile."""
+        waiting = self._waiting_since
+        if waiting is not None and time.monotonic() - waiting > STALL_SECONDS:
+            raise LockTimeout(f"the write lock has been held by another program or worker for "
+                              f"{time.monotonic() - waiting:.1f} s")
+        if not self._lock.acquire(timeout=max(0.0, until - time.monotonic())):
+            raise LockTimeout("another transaction of this process held the write lock past the deadline")
+        try:
+            self._queue(until)
+            try:
                 try:
                     self._conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as exc:
+                except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
-                        self._reraise(exc, name)
-                else:
-                    try:
-                        result = fn(_SqliteTx(self._conn))
-                        self._conn.execute("COMMIT")
-                        return result
-                    except BaseException as exc:
-                        self._rollback()
-                        if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
-                            if isinstance(exc, sqlite3.Error):  # the store failed, not the domain rule
-                                self.stats.failed(name)
-                            self._reraise(exc, name)
-            _log.debug("transaction %s busy, attempt %d", name, attempt)
-            self.stats.retried(name)
-            time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
-        self.stats.failed(name)
-        raise StoreUnavailable(f"SQLite database {self.path} stayed locked through "
-                               f"{_MAX_ATTEMPTS} attempts of {name}")
+                        raise
+                    self._wait_for_sqlite(until)
+                return _SqliteTx(self._conn, writer=True)
+            except BaseException:
+                self._dequeue()
+                raise
+        except BaseException:
+            self._lock.release()
+            raise
 
-    @contextlib.contextmanager
-    def _queued(self) -> Iterator[None]:
-        """Hold the cross-process writer lock (see the module docstring)."""
-        if self._writer < 0:  # closed (the closed connection says so), or no lock file
-            yield
-            return
-        fcntl.flock(self._writer, fcntl.LOCK_EX)
+    def _wait_for_sqlite(self, until: float) -> None:
+        """BEGIN IMMEDIATE through SQLite's busy handler for what is left: another program
+        (a `sqlite3` shell, a backup, a process that did not take the flock) holds the lock."""
+        self._waiting_since = time.monotonic()
         try:
-            yield
+            self._conn.execute(f"PRAGMA busy_timeout={max(0, int((until - time.monotonic()) * 1000))}")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            finally:
+                self._conn.execute("PRAGMA busy_timeout=0")
         finally:
+            self._waiting_since = None
+
+    def _queue(self, until: float) -> None:
+        """Take the cross-process writer lock (see the module docstring) by `until`."""
+        if self._writer < 0:  # closed (the closed connection says so), or no lock file
+            return
+        try:
+            fcntl.flock(self._writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        self._waiting_since = time.monotonic()
+        pause = 0.0002
+        try:
+            while True:
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise LockTimeout("another worker held the writer lock past the deadline")
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, _FLOCK_POLL_MAX)
+                try:
+                    fcntl.flock(self._writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+        finally:
+            self._waiting_since = None
+
+    def _dequeue(self) -> None:
+        if self._writer >= 0:
             fcntl.flock(self._writer, fcntl.LOCK_UN)
 
-    def _rollback(self) -> None:
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (one per thread: a connection holds one transaction)."""
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in (f"busy_timeout={_READ_BUSY_MS}", "query_only=ON", "foreign_keys=ON"):
+                self._pragma(conn, pragma)
+            self._readers.conn = conn
+            with self._readers_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def commit(self, tx: Tx) -> None:
+        assert isinstance(tx, _SqliteTx)
+        tx.conn.execute("COMMIT")
+        self._release(tx)
+
+    def rollback(self, tx: Tx) -> None:
+        assert isinstance(tx, _SqliteTx)
         # After FULL or IOERR SQLite may already have rolled the transaction back itself.
-        if self._conn.in_transaction:
+        if tx.conn.in_transaction:
             try:
-                self._conn.execute("ROLLBACK")
+                tx.conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 _log.warning("SQLite database %s: rollback failed (%s)", self.path, exc)
+        self._release(tx)
 
-    def _reraise(self, exc: BaseException, name: str) -> NoReturn:
-        """Raise `exc` again, as StoreUnavailable when it is a failure an operator can fix."""
-        code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
-        what = _OPERATOR_FIXABLE.get((code or 0) & 0xFF)
-        if what is None:
-            raise exc
-        raise StoreUnavailable(f"SQLite database {self.path}: {what} during {name} "
-                               f"({getattr(exc, 'sqlite_errorname', '?')}: {exc})") from exc
+    def _release(self, tx: _SqliteTx) -> None:
+        if tx.writer:
+            tx.writer = False
+            self._dequeue()
+            self._lock.release()
+
+    def is_transient(self, exc: Exception) -> bool:
+        return isinstance(exc, LockTimeout) or (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc))
+
+    def unavailable(self, exc: Exception, name: str, *, read_only: bool) -> StoreUnavailable | None:
+        """StoreUnavailable when `exc` is a failure an operator can fix (a write refused by a
+        read transaction's query_only is a bug instead)."""
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF if isinstance(exc, sqlite3.Error) else 0
+        what = _OPERATOR_FIXABLE.get(code)
+        if what is None or (read_only and code == sqlite3.SQLITE_READONLY):
+            return None
+        return StoreUnavailable(f"SQLite database {self.path}: {what} during {name} "
+                                f"({getattr(exc, 'sqlite_errorname', '?')}: {exc})")
 
     def checkpoint(self) -> bool:
         """Copy the WAL into the main file and truncate it; False while a reader pins it."""
@@ -192,24 +282,44 @@ class SqliteDatabase:
 
     def _checkpoint(self) -> bool:
         wal = self.path.with_name(self.path.name + "-wal")
-        with self._lock, self._queued():  # no other worker's transaction pins the WAL meanwhile
+        until = time.monotonic() + self.budget_s
+        with self._lock, self._held(until):  # no other worker's transaction pins the WAL meanwhile
             # TRUNCATE waits for readers through the busy handler: briefly, see CHECKPOINT_BUSY_MS.
             self._conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
             try:
                 busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
-                self._reraise(exc, "checkpoint")
+                unavailable = self.unavailable(exc, "checkpoint", read_only=False)
+                if unavailable is not None:
+                    raise unavailable from exc
+                raise
             finally:
-                self._conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+                self._conn.execute("PRAGMA busy_timeout=0")
             try:
                 size = wal.stat().st_size
             except FileNotFoundError:
                 size = 0
         return busy == 0 and size == 0
 
+    @contextlib.contextmanager
+    def _held(self, until: float) -> Iterator[None]:
+        try:
+            self._queue(until)
+        except LockTimeout as exc:
+            raise StoreUnavailable(f"SQLite database {self.path}: checkpoint: {exc}") from exc
+        try:
+            yield
+        finally:
+            self._dequeue()
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
+            with self._readers_lock:
+                for conn in self._reader_conns:
+                    conn.close()
+                self._reader_conns.clear()
             if self._writer >= 0:
                 os.close(self._writer)
                 self._writer = -1

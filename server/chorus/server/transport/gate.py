@@ -1,12 +1,12 @@
-"""The gate every RPC passes: the one gRPC interceptor that maps a bearer token to a role and
-the role to the services it may call (`chorus.server.model.roles.SERVICE_ROLES`).
+"""The gate every RPC passes: the one gRPC interceptor that asks admission (`admission.py`,
+shared with OTLP/HTTP) for the caller's principal and whether its role may call the service.
 
 Every RPC outside the open services passes it, in this order: the server-side time bound, the
 client's deadline, the bearer token, the role, and only then the request bytes are parsed. So
 an unauthenticated or unauthorised caller never reaches a protobuf parser or the store, and a
 request whose deadline already passed never starts a transaction. It depends on the token
-lookup only through the `authenticate` function it is given, and on `rpc_errors` (below the
-servicers) for its refusals.
+lookup only through the `Admission` it is given, and on `rpc_errors` (below the servicers) for
+its refusals.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from typing import Any
 
 import grpc
 
-from chorus.server.model.roles import OPEN_SERVICES, SERVICE_ROLES, Principal
-from chorus.server.store._db import StoreUnavailable
+from chorus.server import store
+from chorus.server.model.roles import OPEN_SERVICES, Principal
+from chorus.server.store import StoreUnavailable
+from chorus.server.transport.admission import Admission, Refused, bearer_token
+from chorus.server.transport.handlers import behavior_of, same_kind
 from chorus.server.transport.rpc_errors import STORE_RETRY_SECONDS, abort, retry_later, store_unavailable
 
 _log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ def principal() -> Principal:
 
 
 Behavior = Callable[..., Any]
-Admit = Callable[[grpc.ServicerContext], Principal]
+Admit = Callable[[grpc.ServicerContext, bool], Principal]
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -47,11 +50,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
     on the RPC's worker thread, before the request bytes are even parsed.
     """
 
-    def __init__(self, authenticate: Callable[[str], Principal | None], *,
-                 max_rpc_seconds: float | None = None) -> None:
+    def __init__(self, admission: Admission, *, max_rpc_seconds: float | None = None) -> None:
         """`max_rpc_seconds` bounds every RPC server-side, whatever deadline the client set:
         a call queued longer is not started, and a response stream is cancelled at it."""
-        self._authenticate = authenticate
+        self._admission = admission
         self._max_rpc_seconds = max_rpc_seconds
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -59,18 +61,19 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if service in OPEN_SERVICES:
             return continuation(details)
         arrived = time.monotonic()
-        bearer = _bearer(details.invocation_metadata or ())
+        bearer = bearer_token([value for key, value in details.invocation_metadata or ()
+                               if key == "authorization"])
 
-        def admit(context: grpc.ServicerContext) -> Principal:
-            return self._admit(details.method, service, bearer, arrived, context)
+        def admit(context: grpc.ServicerContext, exists: bool = True) -> Principal:
+            return self._admit(details.method, service, bearer, arrived, context, exists=exists)
 
         ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
         return _guard(continuation(details), details.method, admit, ends)
 
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
-               context: grpc.ServicerContext) -> Principal:
-        # The caller chooses the path: log it only if it names one of our services.
-        shown = method if service in SERVICE_ROLES else "a method of an unknown service"
+               context: grpc.ServicerContext, *, exists: bool = True) -> Principal:
+        """The caller, or an abort. `exists=False` (no such method): any valid token is enough,
+        and the caller then learns UNIMPLEMENTED, as gRPC clients expect."""
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
             retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"{method} waited in the queue past the server limit of "
@@ -78,42 +81,38 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if context.time_remaining() <= 0:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"{method}: the client deadline passed before the call started")
-        if not bearer:
-            _log.debug("rejected %s: no bearer token", shown)
-            abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send metadata "
-                  "'authorization: Bearer <token>' exactly once")
-        with _contained(method, context):  # a store outage here is UNAVAILABLE, retried by clients
-            who = self._authenticate(bearer)
-        if who is None:
-            _log.debug("rejected %s: unknown or revoked token", shown)
-            abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
-        allowed = SERVICE_ROLES.get(service, frozenset())
-        if who.role not in allowed:
-            _log.info("denied %s to token %r with role %s", shown, who.name, who.role.value)
-            need = (f"needs role {' or '.join(sorted(r.value for r in allowed))}" if allowed
-                    else "is open to no role")
-            abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                  f"token {who.name!r} has role {who.role.value}; {method} {need}")
-        return who
+        ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
+        try:
+            # A store outage here is UNAVAILABLE; the caller chose the path: log it only if it exists.
+            with _contained(method if exists else "an unknown method", context, ends):
+                return self._admission.admit(bearer, service, method, missing=MISSING, exists=exists)
+        except Refused as refused:  # passed through by _contained
+            abort(context, grpc.StatusCode.UNAUTHENTICATED if refused.unauthenticated
+                  else grpc.StatusCode.PERMISSION_DENIED, str(refused))
 
 
-def _bearer(metadata: Any) -> str | None:
-    """The token of the single `authorization: Bearer` entry; None if absent or ambiguous."""
-    values = [value for key, value in metadata if key == "authorization"]
-    if len(values) != 1 or not isinstance(values[0], str):
-        return None
-    scheme, _, token = values[0].partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
+#: How to send a token over gRPC, for the refusal of a call without one.
+MISSING = "send metadata 'authorization: Bearer <token>' exactly once"
+
+
+def _store_deadline(context: grpc.ServicerContext, ends: float | None) -> float | None:
+    """When the store must give up (time.monotonic): the earlier of the client's deadline and
+    the server's bound `ends`, less the margin the refusal needs to reach the client in time."""
+    remaining = context.time_remaining()
+    limits = [t for t in (ends, None if remaining is None else time.monotonic() + remaining) if t is not None]
+    return min(limits) - store.REPLY_MARGIN_SECONDS if limits else None
 
 
 @contextmanager
-def _contained(method: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """An unexpected exception becomes INTERNAL with a fixed message: gRPC would otherwise send
-    its text (which might hold a value from the request) to the caller as UNKNOWN."""
+def _contained(method: str, context: grpc.ServicerContext, ends: float | None) -> Iterator[None]:
+    """Store transactions inside end by the RPC's deadline (`_store_deadline`). An unexpected
+    exception becomes INTERNAL with a fixed message: gRPC would otherwise send its text (which
+    might hold a value from the request) to the caller as UNKNOWN."""
     try:
-        yield
+        with store.deadline(_store_deadline(context, ends)):
+            yield
+    except Refused:
+        raise
     except StoreUnavailable:
         # Transient: the SDK retries UNAVAILABLE with the same batch id, so nothing is lost.
         _log.warning("%s: store unavailable", method, exc_info=True)
@@ -132,12 +131,13 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
 
     The wrapped handler receives raw bytes (no deserializer), so parsing happens after
     admission and a malformed message is INVALID_ARGUMENT instead of gRPC's INTERNAL.
-    An unknown method still requires a valid token: callers learn nothing without one.
+    An unknown method (or service) still requires a valid token: callers learn nothing without
+    one; with one, of any role, it is UNIMPLEMENTED. Its path is never logged (a client chooses it).
     `ends` (time.monotonic) is when a response stream is cancelled.
     """
     if handler is None:
         def unknown(requests: Any, context: grpc.ServicerContext) -> Any:
-            admit(context)
+            admit(context, False)
             abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not found")
 
         # Stream-stream never reads the request, so it answers any kind of client call.
@@ -157,11 +157,11 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
             return (parse(r, context) for r in raw)
         return parse(raw, context)
 
+    behavior = behavior_of(handler)
     if handler.response_streaming:
-        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
         def streaming(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            who = admit(context)
+            who = admit(context, True)
             request = request_of(raw, context)
             timer = None
             if ends is not None:
@@ -171,27 +171,21 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
                 timer.daemon = True
                 timer.start()
             try:
-                with _contained(method, context):
+                with _contained(method, context, ends):
                     yield from _stream_as(who, behavior, request, context)
             finally:
                 if timer is not None:
                     timer.cancel()
 
-        factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_stream_rpc_method_handler)
-        return factory(streaming, response_serializer=handler.response_serializer)
-
-    behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        return same_kind(handler, streaming, request_deserializer=None)
 
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
-        who = admit(context)
+        who = admit(context, True)
         request = request_of(raw, context)
-        with _contained(method, context):
+        with _contained(method, context, ends):
             return contextvars.copy_context().run(_call_as, who, behavior, request, context)
 
-    factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-               else grpc.unary_unary_rpc_method_handler)
-    return factory(unary, response_serializer=handler.response_serializer)
+    return same_kind(handler, unary, request_deserializer=None)
 
 
 def _call_as(who: Principal, behavior: Behavior, *args: Any) -> Any:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from chorus.server.root import Chorus
 from chorus.server.store import probe_write
+from chorus.server.transport.admission import Admission
 from chorus.server.transport.gate import AuthInterceptor
 from chorus.server.transport.metrics import Metrics
 from chorus.server.transport.otlp_http import OtlpHttpServer, tls_context
@@ -72,9 +73,10 @@ class Server:
         limits = chorus.config.limits
         limiter = RateLimiter(limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)
         self.metrics = Metrics(chorus, limiter)
+        admission = Admission([chorus.tokens.authenticate])
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
-            interceptors=[self.metrics.interceptor(), AuthInterceptor(chorus.tokens.authenticate,
+            interceptors=[self.metrics.interceptor(), AuthInterceptor(admission,
                                           max_rpc_seconds=limits.rpc_deadline_seconds)],
             # No SO_REUSEPORT unless asked: a second server on a busy address must fail, not
             # share the port and split traffic between two stores. Workers share it only with
@@ -91,8 +93,8 @@ class Server:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(chorus.audit_trail, chorus.ledger.signer.public_key_pem), self._grpc)
-        release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus.releases, chorus.windows.list),
-                                                              self._grpc)
+        release_pb2_grpc.add_ReleaseServiceServicer_to_server(
+            ReleaseServicer(chorus.releases, chorus.windows.list, chorus.config.close_interval_seconds), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
@@ -121,7 +123,7 @@ class Server:
         self.otlp_http: OtlpHttpServer | None = None
         if otlp_http_listen is not None:
             context = tls_context(tls.cert_chain, tls.private_key, tls.client_ca) if tls else None
-            self.otlp_http = OtlpHttpServer(otlp_http_listen, chorus.otlp, chorus.tokens.authenticate, limiter,
+            self.otlp_http = OtlpHttpServer(otlp_http_listen, chorus.otlp, admission, limiter,
                                             limits.max_message_bytes, context)
 
     def _bind(self, listen: str, tls: TlsConfig | None) -> int:

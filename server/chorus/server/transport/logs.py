@@ -45,11 +45,6 @@ def rpc_scope(method: str) -> Iterator[str]:
         _rpc.set(None)
 
 
-def current_request_id() -> str | None:
-    rpc = _rpc.get()
-    return None if rpc is None else rpc[0]
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line: time (UTC, ISO 8601), level, logger, message,
     request_id and method while an RPC runs, and exception text if any."""

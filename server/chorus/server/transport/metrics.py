@@ -11,11 +11,11 @@ Invariants:
   keep separate numbers; nothing is registered in prometheus_client's global registry.
 * The ingest hot path pays nothing extra per contribution: ingest counters are the ones
   `IngestStats` keeps anyway (the same numbers `chorus stats` shows), read at scrape time,
-  as are rate-limit refusals and the store's retry and failure counts. Per RPC the
-  interceptor observes one histogram sample. Store-wide state (windows, shreds pending,
-  releases, epsilon spent, exhausted budgets) is read in one short transaction per scrape,
-  so with several replicas those gauges are the same on each (aggregate them with `max`),
-  while the `_total` counters are per process (aggregate with `sum`).
+  as are rate-limit refusals. Per RPC the interceptor observes one histogram sample, and
+  per store transaction the store's observer hook (`Database.observe`) one more. Store-wide
+  state (windows, shreds pending, releases, epsilon spent, exhausted budgets) is read in one
+  short read transaction per scrape, so with several replicas those gauges are the same on
+  each (aggregate them with `max`), while the `_total` counters are per process (aggregate with `sum`).
 * The listener has no authentication and no TLS: bind it to loopback or a monitoring
   network. What it shows is listed in docs/privacy.md (operational counters only).
 """
@@ -30,15 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from chorus.server import store
 from chorus.server.domain import shred
+from chorus.server.domain import windows as window_store
 from chorus.server.domain.ingest import Reason
-from chorus.server.store._db import Tx
+from chorus.server.store import Tx
 from chorus.server.transport import logs
+from chorus.server.transport.handlers import behavior_of, same_kind
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -87,6 +89,8 @@ class Metrics:
         self._methods: dict[str, tuple[str, str]] = {}
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, open fds
         self.registry.register(_StateCollector(chorus, limiter))
+        self._transactions = _TransactionMetrics(self.registry)
+        self._unobserve = chorus.db.observe(self._transactions)
         self._http: WSGIServer | None = None
 
     def track_services(self, service_names: Iterable[str]) -> None:
@@ -106,10 +110,37 @@ class Metrics:
         return f"{address.rpartition(':')[0]}:{self._http.server_port}"
 
     def close(self) -> None:
+        self._unobserve()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _TransactionMetrics:
+    """A `store.TxObserver`: each store transaction's duration by name and outcome (janus's
+    datastore metrics), retries and store errors; one histogram sample per transaction."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._seconds = Histogram("chorus_store_transaction_seconds",
+                                  "Store transactions by name and outcome (committed; rolled_back: a "
+                                  "domain refusal; unavailable: a lock not granted in time, a busy, full "
+                                  "or unreachable store; failed: a store error), from the first attempt "
+                                  "to the end.", ["transaction", "outcome"], buckets=RPC_BUCKETS,
+                                  registry=registry)
+        self._retries = Counter("chorus_store_retries", "Transactions run again after a transient conflict, "
+                                "a lock wait or connection loss, by transaction.", ["transaction"],
+                                registry=registry)
+        self._errors = Counter("chorus_store_errors", "Transactions that failed because of the store (it "
+                               "was unavailable, or a store error), by transaction.", ["transaction"],
+                               registry=registry)
+
+    def __call__(self, name: str, outcome: str, seconds: float, attempts: int) -> None:
+        self._seconds.labels(name, outcome).observe(seconds)
+        if attempts > 1:
+            self._retries.labels(name).inc(attempts - 1)
+        if outcome in (store.UNAVAILABLE, store.FAILED):
+            self._errors.labels(name).inc()
 
 
 class _RpcInterceptor(grpc.ServerInterceptor):
@@ -143,28 +174,18 @@ class _RpcInterceptor(grpc.ServerInterceptor):
         path = details.method if details.method in self._methods else UNKNOWN
         observe = self._observe
 
-        if handler.response_streaming:
-            inner = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        inner = behavior_of(handler)
 
-            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with _measured(observe, path, details.method, context):
-                    yield from inner(request, context)
-
-            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                       else grpc.unary_stream_rpc_method_handler)
-            return factory(streaming, request_deserializer=handler.request_deserializer,
-                           response_serializer=handler.response_serializer)
-
-        inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with _measured(observe, path, details.method, context):
+                yield from inner(request, context)
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             with _measured(observe, path, details.method, context):
                 return inner(request, context)
 
-        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_unary_rpc_method_handler)
-        return factory(unary, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+        return same_kind(handler, streaming if handler.response_streaming else unary,
+                         request_deserializer=handler.request_deserializer)
 
 
 @contextmanager
@@ -192,7 +213,6 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield from self._ingest()
-        yield from self._store_counters()
         yield from self._store_state()
 
     def _ingest(self) -> Iterator[Metric]:
@@ -223,19 +243,6 @@ class _StateCollector(Collector):
                                   "bounds), from the 'dropped' field of their batches.",
                                   value=counts.get("client_dropped", 0))
 
-    def _store_counters(self) -> Iterator[Metric]:
-        retries, failures = self._chorus.db.stats.snapshot()
-        retried = CounterMetricFamily("chorus_store_retries", "Transactions run again after a transient "
-                                      "conflict or connection loss, by transaction.", labels=["transaction"])
-        for name, count in sorted(retries.items()):
-            retried.add_metric([name], count)
-        yield retried
-        failed = CounterMetricFamily("chorus_store_errors", "Transactions that failed because the store was "
-                                     "unavailable (after retries), by transaction.", labels=["transaction"])
-        for name, count in sorted(failures.items()):
-            failed.add_metric([name], count)
-        yield failed
-
     def _store_state(self) -> Iterator[Metric]:
         policy = self._chorus.config.policy
         cheapest = min(policy.default_charge.values())
@@ -255,7 +262,7 @@ class _StateCollector(Collector):
             }
 
         try:
-            state = self._chorus.db.run(read, name="metrics_scrape")
+            state = self._chorus.db.read(read, name="metrics_scrape")
         except Exception:
             _log.warning("metrics: the store did not answer the scrape", exc_info=True)
             state = None
@@ -264,7 +271,7 @@ class _StateCollector(Collector):
         if state is None:
             return
         windows = GaugeMetricFamily("chorus_windows", "Windows in the store by state.", labels=["state"])
-        for name in ("open", "closed"):
+        for name in (window_store.OPEN, window_store.CLOSED):
             windows.add_metric([name], state["states"].get(name, 0))
         yield windows
         yield GaugeMetricFamily("chorus_windows_overdue", "Open windows past their close time (the closer "

@@ -3,7 +3,8 @@
 Answers follow the OTLP/HTTP specification: 200 with an `ExportMetricsServiceResponse`
 (`partial_success` when points were rejected) in the request's encoding; 400 with a
 `google.rpc.Status` for a body that cannot be decoded or is over the point or attribute
-limits; 401 without a valid token, 403 for a token of another role; 413 for a body over
+limits; 401 without a valid token, 403 for a token of another role (both decided by
+`admission.py`, as for gRPC); 413 for a body over
 `limits.max_message_bytes` (before or after gzip); 415 for another content type or encoding;
 429 (rate limit) and 503 (store unavailable) with `Retry-After`. The bearer token is checked
 from the headers before the body is read, so a refused request costs no parsing.
@@ -31,9 +32,10 @@ from google.rpc import code_pb2, status_pb2
 
 from chorus.server.domain.otlp.export import OtlpIngestor
 from chorus.server.domain.otlp.points import InvalidExport
-from chorus.server.model.roles import SERVICE_ROLES, Principal
-from chorus.server.store._db import StoreUnavailable
+from chorus.server.model.roles import Principal
+from chorus.server.store import StoreUnavailable
 from chorus.server.transport import otlp_decode
+from chorus.server.transport.admission import Admission, Refused, bearer_token
 from chorus.server.transport.ratelimit import RateLimited, RateLimiter
 from chorus.server.transport.services.otlp import SERVICE, response
 
@@ -47,6 +49,8 @@ MAX_CONNECTIONS = 64
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
          b"Connection: close\r\n\r\n")
 STORE_RETRY_SECONDS = 1
+#: How to send a token over OTLP/HTTP, for the refusal of a request without one.
+MISSING = "send the header 'Authorization: Bearer <token>' once"
 _CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
           404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED, 411: code_pb2.INVALID_ARGUMENT,
           413: code_pb2.INVALID_ARGUMENT, 415: code_pb2.INVALID_ARGUMENT, 429: code_pb2.RESOURCE_EXHAUSTED,
@@ -80,10 +84,10 @@ def tls_context(cert_chain: bytes, private_key: bytes, client_ca: bytes | None) 
 class OtlpHttpServer:
     """`POST /v1/metrics` on its own address, in background threads."""
 
-    def __init__(self, listen: str, otlp: OtlpIngestor, authenticate: Any, limiter: RateLimiter,
+    def __init__(self, listen: str, otlp: OtlpIngestor, admission: Admission, limiter: RateLimiter,
                  max_body: int, tls: ssl.SSLContext | None = None) -> None:
         host, _, port = listen.rpartition(":")
-        handler = type("Handler", (_Handler,), {"otlp": otlp, "authenticate": staticmethod(authenticate),
+        handler = type("Handler", (_Handler,), {"otlp": otlp, "admission": admission,
                                                 "limiter": limiter, "max_body": max_body})
         self._httpd = _Server((host.strip("[]"), int(port)), handler, tls)
         self.port = self._httpd.server_address[1]
@@ -147,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = SOCKET_TIMEOUT
     otlp: OtlpIngestor
-    authenticate: Any
+    admission: Admission
     limiter: RateLimiter
     max_body: int
 
@@ -192,20 +196,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, otlp_decode.response_body(response(result.rejected, result.error_message), kind), kind)
 
     def _admit(self) -> Principal:
-        values = self.headers.get_all("Authorization") or []
-        scheme, _, token = (values[0] if len(values) == 1 else "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _Refused(401, "missing bearer token: send the header 'Authorization: Bearer <token>' once")
+        token = bearer_token(self.headers.get_all("Authorization") or [])
         try:
-            who = self.authenticate(token.strip())
+            return self.admission.admit(token, SERVICE, "OTLP export", missing=MISSING)
+        except Refused as refused:
+            raise _Refused(401 if refused.unauthenticated else 403, str(refused)) from None
         except StoreUnavailable:
             raise _Refused(503, "the store is busy or unreachable; retry later", STORE_RETRY_SECONDS) from None
-        if who is None:
-            raise _Refused(401, "unknown or revoked token")
-        if who.role not in SERVICE_ROLES[SERVICE]:
-            _log.info("denied OTLP/HTTP export to token %r with role %s", who.name, who.role.value)
-            raise _Refused(403, f"token {who.name!r} has role {who.role.value}; OTLP export needs role ingest")
-        return who  # type: ignore[no-any-return]
 
     def _media(self) -> str:
         return otlp_decode.media_type(self.headers.get("Content-Type"))

@@ -31,7 +31,7 @@ from chorus.server.model.clock import Clock
 from chorus.server.model.config import Limits
 from chorus.server.model.otlp_mapping import OtlpMapping
 from chorus.server.model.policy import Policy
-from chorus.server.store._db import Database, Tx
+from chorus.server.store import Database, Tx
 
 #: Scaled values (and cumulative totals) above this cannot be a real count.
 MAX_VALUE = 2.0**62

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from chorus.server import store
-from chorus.server.store._db import Tx
+from chorus.server.store import Tx
 
 _NONCE = 12
 
