@@ -515,7 +515,7 @@ class _Release:
         statistics = {stat: None if eps is None else self.policy.unit(eps.micros) for stat, eps in statistics.items()}
         for i, (stat, eps) in enumerate(statistics.items()):  # in the request's order
             if eps is not None and eps > cap:
-                raise InvalidRequest(f"statistics[{i}].epsilon: {cap.UNIT} {eps} for {stat} exceeds the budget of a "
+                raise InvalidRequest(f"statistics[{i}].epsilon {eps} for {stat} exceeds the budget of a "
                                      f"team-window in {self.window}, {cap}", f"statistics[{i}].epsilon")
         wanted: dict[tuple[str, str], Loss] = {}
         explicit: set[tuple[str, str]] = set()
