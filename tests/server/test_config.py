@@ -99,7 +99,7 @@ def test_epsilon_is_exact() -> None:
     ('grace = "2h"', 'grace = "2h"\nmin_team_size = 3',
      "unknown key windows.min_team_size: did you mean privacy.min_team_size? It belongs in [privacy]"),
     ('grace = "2h"', 'grace = "2h"\nfoo = 3', "unknown key windows.foo: [windows] takes grace, length"),
-    ("[server]", 'tls = true\n[server]', "unknown key tls: the top level takes limits, metrics, otlp, privacy, "
+    ("[server]", 'tls = true\n[server]', "unknown key tls: the top level takes limits, metrics, oidc, otlp, privacy, "
      "server, store, windows"),
 ])
 def test_an_unknown_key_or_section_is_refused_naming_the_nearest_valid_one(old: str, new: str,

@@ -238,6 +238,15 @@ class TeamList:
     min_team_size: int
 
 
+#: A stored release's result (value, ci95, scale, sensitivity), as parsed from its JSON.
+_Result = tuple[int | list[int], float, float, int]
+#: Results parsed before, by their JSON text: a stored release never changes, and every replay
+#: of a report reads thousands of them again. Bounded (cleared when full); nothing here is
+#: secret (every stored result is a published release). Never mutated once parsed.
+_PARSED: dict[str, _Result] = {}
+_PARSED_MAX = 500_000
+
+
 class _Stored(NamedTuple):
     """A noisy release as stored (and as first answered)."""
 
@@ -416,6 +425,7 @@ class _Release:
         self.window = window
         self.policy = self.record.policy
         self.tree = _tree(tx, window)
+        self._rows: list[store.releases.Release] | None = None  # read once per request (release_rows)
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
             statistics: dict[str, Loss | None], nodes: Sequence[str] = ()) -> ReleaseResult:
@@ -560,16 +570,28 @@ class _Release:
         return self.parsed([row for row in self.release_rows() if row.team in wanted])
 
     def release_rows(self) -> list[store.releases.Release]:
-        return store.releases.of_window(self.tx, self.window)
+        """Every release of the window: read once per request, again after it claims some."""
+        if self._rows is None:
+            self._rows = store.releases.of_window(self.tx, self.window)
+        return self._rows
 
     def parsed(self, rows: list[store.releases.Release]) -> dict[Key, _Stored]:
-        # One JSON document for all results: a full report replays thousands of them.
-        unit, mechanism = self.policy.unit, self.policy.mechanism
-        results: list[dict[str, Any]] = json.loads(f"[{','.join(row.result for row in rows)}]")
-        return {(row.team, row.metric, row.statistic): _Stored(row.release_id, r["value"], r["ci95"], r["scale"],
-                                                               r["sensitivity"], unit(row.epsilon_micros), ZERO,
-                                                               mechanism)
-                for row, r in zip(rows, results, strict=True)}
+        known = [_PARSED.get(row.result) for row in rows]
+        unparsed = [row.result for row, r in zip(rows, known, strict=True) if r is None]
+        fresh: dict[str, _Result] = {}
+        if unparsed:  # one JSON document for all of them: a full report replays thousands
+            if len(_PARSED) + len(unparsed) > _PARSED_MAX:
+                _PARSED.clear()
+            for text, r in zip(unparsed, json.loads(f"[{','.join(unparsed)}]"), strict=True):
+                fresh[text] = _PARSED[text] = (r["value"], r["ci95"], r["scale"], r["sensitivity"])
+        unit, mechanism = self.policy.unit, self.policy.mechanism  # the window's (epsilon or rho)
+        epsilons = {micros: unit(micros) for micros in {row.epsilon_micros for row in rows}}  # a few values
+        out: dict[Key, _Stored] = {}
+        for row, r in zip(rows, known, strict=True):
+            value, ci95, scale, sensitivity = fresh[row.result] if r is None else r
+            out[(row.team, row.metric, row.statistic)] = _Stored(row.release_id, value, ci95, scale, sensitivity,
+                                                                 epsilons[row.epsilon_micros], ZERO, mechanism)
+        return out
 
     def budgets(self) -> dict[str, Budget]:
         """team -> its budget in this window."""
@@ -609,6 +631,7 @@ class _Release:
         store.releases.claim(self.tx, self.window, [
             store.releases.Release(item.release_id, *key, _result_json(item), item.epsilon.micros)
             for key, item in drawn.items()], at)
+        self._rows = None
         claimed = store.releases.ids(self.tx, self.window)
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
         needs = self.needs(missing, wanted)
@@ -753,13 +776,11 @@ class _Release:
         def noisy(name: str, edges: tuple[int, ...], stat: str) -> None:
             if (team, name, stat) not in shown:
                 shown.add((team, name, stat))
-                out.append(_noisy(name, edges, stat, stored[(team, name, stat)])._replace(
-                    consistent=consistent.get((team, name, stat))))
+                out.append(_noisy(name, edges, stat, stored[(team, name, stat)], consistent.get((team, name, stat))))
 
         def available(metric: MetricPolicy | None, stat: str) -> bool:
             name = metric.name if metric is not None else TEAM_LEVEL
-            parts = [(TEAM_LEVEL if need == ACTIVE else name, need) for need in _NEEDS[stat]]
-            absent = [part for part in parts if (team, *part) not in stored]
+            absent = [part for part in _parts(name, stat) if (team, *part) not in stored]
             if absent:
                 cost = sum((wanted[part] for part in absent), ZERO)
                 unreleased.append(Unreleased(name, stat, cost, self.expected_ci95(metric, stat, roster_size,
@@ -818,7 +839,14 @@ def _result_json(item: _Stored) -> str:
                        "sensitivity": item.sensitivity}, separators=(",", ":"))
 
 
-def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stored) -> Estimate:
+@functools.cache
+def _parts(metric: str, stat: str) -> tuple[tuple[str, str], ...]:
+    """The (metric, noisy statistic) releases a statistic of `metric` is made of."""
+    return tuple((TEAM_LEVEL if need == ACTIVE else metric, need) for need in _NEEDS[stat])
+
+
+def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stored,
+           consistent: tuple[float, float] | None) -> Estimate:
     """A sum, count, histogram or active; negative noisy values are shown as 0 and the answer
     says so."""
     if isinstance(item.value, list):
@@ -833,8 +861,8 @@ def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stor
         value = float(max(0, item.value))
         note = f"noisy {stat} {item.value} was negative; shown as 0" if item.value < 0 else ""
     return Estimate(metric, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
-                    item.mechanism, item.sensitivity, item.scale, item.charged == ZERO,
-                    item.release_id, note)
+                    item.mechanism, item.sensitivity, item.scale, not item.charged.micros,
+                    item.release_id, note, (), consistent)
 
 
 def _mean(metric: MetricPolicy, total: _Stored, count: _Stored) -> Estimate:
@@ -862,5 +890,5 @@ def _post_processed(metric: str, stat: str, value: float, ci95: float, parts: tu
     """An answer computed from stored releases: it charges nothing itself (its parts carry the
     charges) and names them; cached when every part was."""
     return Estimate(metric, stat, value, ci95, (), (), ZERO, ZERO, mechanisms.POST_PROCESSING, 0, 0.0,
-                    all(p.charged == ZERO for p in parts), "", note, tuple(p.release_id for p in parts))
+                    all(not p.charged.micros for p in parts), "", note, tuple(p.release_id for p in parts))
 

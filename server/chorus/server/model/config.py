@@ -31,7 +31,9 @@ from typing import Any
 
 from chorus.client.limits import MAX_BATCH_CONTRIBUTIONS, MAX_NAME_CHARS
 from chorus.server.model import hierarchy, otlp_mapping
+from chorus.server.model import oidc as oidc_config
 from chorus.server.model.calendar import WindowLength
+from chorus.server.model.oidc import OidcConfig, parse_oidc
 from chorus.server.model.otlp_mapping import parse_otlp
 from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Policy
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
@@ -165,12 +167,15 @@ PLAN_LEVELS = (hierarchy.TEAM, hierarchy.ORG, hierarchy.ROOT)
 #: Keys of the arrays of tables and other structured entries, by the dotted path of their table
 #: ("" is the top level): everything a file may hold beyond SETTINGS.
 TABLE_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"metrics", "otlp"}),
+    "": frozenset({"metrics", "otlp", "oidc"}),
     "privacy": frozenset({"release_plan"}),
     "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}) | PLAN_LEVEL_KEYS,
     "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
     "otlp": otlp_mapping.KNOWN_KEYS,
     "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
+    # [oidc]: single sign-on, its own small block (model/oidc.py).
+    "oidc": oidc_config.KNOWN_KEYS,
+    "oidc.roles": oidc_config.KNOWN_ROLE_KEYS,
 }
 
 
@@ -212,6 +217,8 @@ class Config:
     database: str = ""  # empty: SQLite file in the data directory
     sqlite_synchronous: str = default("store.sqlite_synchronous")
     close_interval_seconds: float = default("server.close_interval_seconds")
+    #: `[oidc]`: access tokens of an OpenID Connect issuer accepted besides `chorus_` tokens.
+    oidc: OidcConfig | None = None
 
 
 def check_keys(raw: dict[str, Any], path: str = "", shown: str = "") -> None:
@@ -486,9 +493,14 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Conf
                     value["privacy.min_team_size"], value["privacy.retention_windows"], release_plan=plan,
                     otlp=otlp, mechanism=mechanism)
     limits = Limits(**{s.key: value[s.path] for s in SETTINGS if s.table == "limits"})
+    # [oidc]: single sign-on, its own small block (model/oidc.py).
+    try:
+        oidc = parse_oidc(_table(raw, "oidc"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(policy=policy, limits=limits, listen=value["server.listen"], database=value["server.database"],
                   sqlite_synchronous=value["store.sqlite_synchronous"],
-                  close_interval_seconds=value["server.close_interval_seconds"])
+                  close_interval_seconds=value["server.close_interval_seconds"], oidc=oidc)
 
 
 def _settings(raw: dict[str, Any]) -> dict[str, Any]:
