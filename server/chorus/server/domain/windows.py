@@ -224,7 +224,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
         [store.team_stats.TeamMetric(t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
                                json.dumps(buckets.get((t, m.name), [0] * (len(m.histogram_edges) + 1))))
          for t in teams for m in policy.metrics])
-    store.budgets.open_window(tx, window_id, teams, policy.epsilon_per_window)
+    store.budgets.open_window(tx, window_id, teams, policy.budget_per_window)
     store.usage.delete_window(tx, window_id)
     otlp_series.close_window(tx, window_id)  # needs the key: carries cumulative state, then shreds
     store.windows.delete_key(tx, window_id)
