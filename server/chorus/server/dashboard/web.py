@@ -122,6 +122,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
 
     @app.errorhandler(GatewayError)
     def gateway_error(exc: GatewayError) -> BaseResponse | tuple[str, int]:
+        g.upstream_error = exc.code.name  # counted by observability.py
         if exc.code == grpc.StatusCode.UNAUTHENTICATED and g.get("session") is not None:
             # The token was revoked since sign-in: the session is worthless now.
             store.delete(g.session.id)
@@ -169,6 +170,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
             _log.info("sign-in refused: %s", exc)
             return f"Sign-in refused: {exc}.", 401, None
         except GatewayError as exc:
+            g.upstream_error = exc.code.name  # counted by observability.py
             return exc.message, exc.http_status, None
         if g.session is not None:
             store.delete(g.session.id)
