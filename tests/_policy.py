@@ -73,3 +73,37 @@ def suite_config_file(directory: Path) -> Path:
     path = directory / "suite-config.toml"
     path.write_text(SUITE_TOML)
     return path
+
+
+#: The suite's policy with an [otlp] mapping (Claude-Code-shaped tokens, a GenAI histogram, a
+#: counter, a scaled cost and a gauge that must be ignored).
+OTLP_TOML = SUITE_TOML + """
+[otlp]
+identity_attributes = ["user.email", "enduser.id"]
+
+[[otlp.metrics]]
+name = "claude_code.token.usage"
+metric = "ai.tokens"
+attributes = { type = ["input", "output"] }
+
+[[otlp.metrics]]
+name = "tool.requests"
+metric = "ai.requests"
+
+[[otlp.metrics]]
+name = "gen_ai.client.token.usage"
+metric = "ai.tokens"
+
+[[otlp.metrics]]
+name = "tool.cost"
+metric = "ai.suggestions_accepted"
+scale = 1000
+
+[[otlp.metrics]]
+name = "tool.gauge"
+metric = "ai.tasks_completed"
+"""
+
+
+def otlp_config() -> config.Config:
+    return config.parse(tomllib.loads(OTLP_TOML))

@@ -16,18 +16,9 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2
 from tests._policy import suite_config
+from tests._roster import ROSTER, TEAMS, import_roster  # noqa: F401 (this folder's tests use them from here)
 
 from ._servers import ServerProcess
-
-TEAMS = {"team-red": 6, "team-blue": 5}
-ROSTER = [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
-
-
-def import_roster(address: str, admin_token: str, rows: list[tuple[str, str]] = ROSTER) -> None:
-    with grpc.insecure_channel(address) as channel:
-        admin_pb2_grpc.AdminServiceStub(channel).ImportRoster(
-            iter([admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in rows])]),
-            metadata=(("authorization", f"Bearer {admin_token}"),), timeout=30)
 
 
 def create_token(address: str, admin_token: str, role: str, name: str) -> str:

@@ -50,7 +50,7 @@ def test_after_the_demo_the_dashboard_landing_page_shows_the_plan_and_spends_not
     from chorus.server.model.roles import Role
     from chorus.server.root import Chorus
     from chorus.server.transport.grpc_server import Server
-    from tests.dashboard.conftest import login
+    from tests._dashboard import login
 
     data = tmp_path / "data"
     result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "demo", "--keep", str(data)],

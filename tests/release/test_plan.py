@@ -26,9 +26,8 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
-from tests._ledger import ledger_entries
+from tests._ledger import decode, ledger_entries, line, resign
 from tests._policy import SUITE_TOML
-from tests.audit.conftest import decode, line, resign
 
 from .._status import detail, error_info
 from .conftest import NOON, TEAMS, WINDOW, Api, contribute, roster_rows

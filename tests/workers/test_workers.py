@@ -33,12 +33,11 @@ from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.server.transport import workers
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
-from tests._policy import SUITE_TOML, suite_config, suite_config_file
+from tests._policy import OTLP_TOML, SUITE_TOML, suite_config, suite_config_file
 from tests._race import run_together
+from tests._roster import replica_roster as roster_rows
 from tests._traffic import FixedClock, Traffic
 from tests.otlp._requests import export_grpc, now_ns, point, post, request, sum_metric
-from tests.otlp.conftest import OTLP_TOML
-from tests.replicas.conftest import roster_rows
 from tests.store.postgres_schema import fresh_schema
 
 READY = re.compile(r"chorus serving on (\S+)")

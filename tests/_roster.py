@@ -1,0 +1,27 @@
+"""Rosters the suite's servers run with, shared by every folder that starts one."""
+
+from __future__ import annotations
+
+import grpc
+
+from chorus.v1 import admin_pb2, admin_pb2_grpc
+
+#: Two small teams for one-server end-to-end tests (k = 5: both are released).
+TEAMS = {"team-red": 6, "team-blue": 5}
+ROSTER = [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
+
+
+def import_roster(address: str, admin_token: str, rows: list[tuple[str, str]] = ROSTER) -> None:
+    with grpc.insecure_channel(address) as channel:
+        admin_pb2_grpc.AdminServiceStub(channel).ImportRoster(
+            iter([admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in rows])]),
+            metadata=(("authorization", f"Bearer {admin_token}"),), timeout=30)
+
+
+#: Three teams of 35-40 people for replica and worker tests: enough contributors that every
+#: team is released whatever the races.
+REPLICA_TEAMS = {"team-red": 40, "team-blue": 40, "team-green": 35}
+
+
+def replica_roster() -> list[tuple[str, str]]:
+    return [(f"user-{team}-{i}", team) for team, size in REPLICA_TEAMS.items() for i in range(size)]
