@@ -25,10 +25,10 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.server.model.roles import Role
-from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
+from tests._roster import report_request
 from tests.deploy.test_deploy import DEPLOY, RULES, alerting_rules, tool
 from tests.workers.test_workers import Served, metadata, provision, serve
 
@@ -117,13 +117,6 @@ def server(tmp_path: Path) -> Iterator[tuple[Served, str]]:
         served.proc.wait(30)
 
 
-def report(batch_id: str, user: str) -> ingest_pb2.ReportRequest:
-    when = Timestamp()
-    when.GetCurrentTime()
-    return ingest_pb2.ReportRequest(batch_id=batch_id, source="prometheus-test", contributions=[
-        ingest_pb2.Contribution(user=user, metric="ai.tokens", value=1, event_time=when)])
-
-
 def traffic(served: Served, tokens: dict[str, str]) -> None:
     """Over fresh connections (spread over both workers): admin calls, applied, duplicate and
     partly rejected batches, and a call without a token."""
@@ -132,10 +125,11 @@ def traffic(served: Served, tokens: dict[str, str]) -> None:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
             admin.ListTokens(admin_pb2.ListTokensRequest(), metadata=metadata(tokens, Role.ADMIN), timeout=10)
             ingest = ingest_pb2_grpc.IngestServiceStub(channel)
-            batch = report(f"prometheus-{n:02d}-{'x' * 20}", "user-team-red-0")
+            batch = report_request(batch_id=f"prometheus-{n:02d}-{'x' * 20}")
             for _ in range(2):  # the second one is a duplicate
                 ingest.Report(batch, metadata=metadata(tokens, Role.INGEST), timeout=10)
-            unknown = report(f"prometheus-unknown-{n:02d}-{'x' * 12}", "nobody-on-the-roster")
+            unknown = report_request()
+            unknown.contributions[0].user = "nobody-on-the-roster"
             ingest.Report(unknown, metadata=metadata(tokens, Role.INGEST), timeout=10)
             with pytest.raises(grpc.RpcError):
                 admin.ListTokens(admin_pb2.ListTokensRequest(), timeout=10)

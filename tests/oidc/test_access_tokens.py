@@ -26,10 +26,9 @@ from chorus.server.model.roles import SERVICE_ROLES, Role
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc
+from tests._idp import OTHER_AUDIENCE, SHORT_CLIENT, USERS, IdentityProvider, new_key, oidc_toml
 from tests._policy import suite_config
 from tests._secrets import register
-
-from ._provider import OTHER_AUDIENCE, SHORT_CLIENT, USERS, IdentityProvider, new_key, oidc_toml
 
 pytestmark = pytest.mark.slow  # a Node.js provider and a server on a socket
 

@@ -10,8 +10,9 @@ Invariants:
   (`chorus dashboard --metrics-listen`), never on the page port, which people reach.
 * `/healthz` needs no session: 200 while the dashboard serves and its Chorus server accepts a
   connection within `HEALTH_TIMEOUT`, else 503; the body says which.
-* Upstream errors are the failed calls to the Chorus server that web.py turned into a page
-  (it records the gRPC code in `g.upstream_error`), by code.
+* web.py records what this module counts, in `g`: `g.sign_in` = (method, outcome) of a
+  sign-in attempt (token or sso; accepted, refused, error), `g.upstream_error` = the gRPC code
+  of a failed call to the Chorus server that it turned into a page.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ from chorus.server.dashboard.gateway import Gateway
 HEALTH_TIMEOUT = 2.0
 #: Page latency buckets (seconds): a cached page in milliseconds up to a slow upstream release.
 PAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-#: The routes where people sign in, and what a response's status means there.
-SIGN_IN_PAGES = frozenset({"/login"})
-SIGN_IN_OUTCOMES = {303: "accepted", 401: "refused", 400: "expired_form"}
 
 
 class DashboardMetrics:
@@ -46,9 +44,10 @@ class DashboardMetrics:
                                 ["page", "status"], registry=self.registry)
         self.seconds = Histogram("chorus_dashboard_request_seconds", "Time to answer an HTTP request, by route.",
                                  ["page"], buckets=PAGE_BUCKETS, registry=self.registry)
-        self.sign_ins = Counter("chorus_dashboard_sign_ins", "Sign-in attempts by outcome: accepted, refused "
-                                "(unknown, revoked or wrong-role token), expired_form, error (the Chorus "
-                                "server failed).", ["outcome"], registry=self.registry)
+        self.sign_ins = Counter("chorus_dashboard_sign_ins", "Sign-in attempts by method (token, sso) and "
+                                "outcome: accepted, refused (unknown, revoked or wrong-role token, or the "
+                                "identity provider's refusal), error (the Chorus server failed).",
+                                ["method", "outcome"], registry=self.registry)
         self.upstream_errors = Counter("chorus_dashboard_upstream_errors", "Calls to the Chorus server that "
                                        "failed, by gRPC status code.", ["code"], registry=self.registry)
         ProcessCollector(registry=self.registry)
@@ -71,8 +70,8 @@ def install(app: Flask, gateway: Gateway) -> DashboardMetrics:
         metrics.requests.labels(page, str(response.status_code)).inc()
         if "started" in g:
             metrics.seconds.labels(page).observe(time.perf_counter() - g.started)
-        if page in SIGN_IN_PAGES and request.method == "POST":
-            metrics.sign_ins.labels(SIGN_IN_OUTCOMES.get(response.status_code, "error")).inc()
+        if (attempt := g.get("sign_in")) is not None:
+            metrics.sign_ins.labels(*attempt).inc()
         if (code := g.get("upstream_error")) is not None:
             metrics.upstream_errors.labels(code).inc()
         return response

@@ -24,7 +24,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from joserfc.jwk import RSAKey
 
-PROVIDER_DIR = Path(__file__).parent / "provider"
+PROVIDER_DIR = Path(__file__).parent / "oidc" / "provider"
 AUDIENCE = "urn:chorus"
 OTHER_AUDIENCE = "urn:another-service"
 #: A public client for the tests' own sign-ins (never followed: the code is read off the redirect).
