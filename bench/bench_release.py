@@ -88,7 +88,7 @@ def timed_report(releases: Releases, teams: list[str] | None = None,
 
 def bare_opendp(teams: int) -> tuple[float, float]:
     """Seconds for the report's noise: one OpenDP call per noisy statistic, and batched."""
-    eps = config.load(None).policy.default_epsilon["sum"]
+    eps = config.load(None).policy.default_charge["sum"]
     sums = [mechanisms.calibrate(1000 * (i + 1), eps) for i in range(METRICS)]
     count = mechanisms.calibrate(1, eps)
     hist = mechanisms.calibrate(1, eps, vector=True)

@@ -301,6 +301,6 @@ def config_check(file: Annotated[Path, typer.Argument(help="TOML config, as give
     grace = policy.grace_seconds
     grace_text = f"{grace // 3600} h" if grace % 3600 == 0 else f"{grace} s"
     windows = "daily" if policy.window_length.value == "day" else "weekly"
-    console.print(f"{file}: valid ({windows} windows, {grace_text} grace, epsilon "
-                  f"{policy.epsilon_per_window} per team-window, k = {policy.min_team_size}, "
+    console.print(f"{file}: valid ({windows} windows, {grace_text} grace, {policy.mechanism}, "
+                  f"{policy.unit.UNIT} {policy.budget_per_window} per team-window, k = {policy.min_team_size}, "
                   f"{len(policy.metrics)} metrics)", highlight=False, soft_wrap=True)

@@ -270,7 +270,7 @@ class _StateCollector(Collector):
 
     def _store_state(self) -> Iterator[Metric]:
         policy = self._chorus.config.policy
-        cheapest = min(policy.default_epsilon.values())
+        cheapest = min(policy.default_charge.values())
         now = int(self._chorus.clock.now().timestamp())
 
         def read(tx: Tx) -> dict[str, Any]:
