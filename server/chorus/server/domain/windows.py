@@ -143,6 +143,25 @@ def open_for_ingest(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger,
     return _create(tx, span, policy, ledger, now) if create else None
 
 
+def peek(tx: Tx, span: WindowSpan) -> OpenWindow | WindowRecord | None:
+    """What `open_for_ingest(create=False)` returns, read without a lock (for a read transaction,
+    ingest's preparation: `still_open` rechecks it in the write transaction)."""
+    found = store.windows.with_key(tx, span.id, share=False)
+    if found is None:
+        return None
+    record = _record(found[0])
+    if record.state == OPEN:
+        assert found[1] is not None  # an open window has its key
+        return OpenWindow(record, found[1])
+    return record
+
+
+def still_open(tx: Tx, window: OpenWindow) -> bool:
+    """Whether `window` is still open with the same key, share-locked as in `open_for_ingest`."""
+    found = store.windows.with_key(tx, window.record.id)
+    return found is not None and found[0].state == OPEN and found[1] == window.key
+
+
 def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datetime) -> OpenWindow:
     policy_json = canonical_json(policy.to_json())
     closes_at = span.end + timedelta(seconds=policy.grace_seconds)
