@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from chorus.server.dashboard import create_app
 from chorus.server.dashboard.sso import RENEW_BEFORE, Grant, SignOn, SsoSettings
@@ -25,7 +25,7 @@ from chorus.server.dashboard.wsgi_server import DashboardServer
 from tests._idp import AUDIENCE, DASHBOARD_CLIENT, DASHBOARD_SECRET, IdentityProvider, free_port, oidc_toml
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DASHBOARD_TOML, Stack, build_stack
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
+from .test_browser import browser  # noqa: F401  (the module's Chromium, a fixture)
 
 pytestmark = pytest.mark.slow  # a real browser, a Node.js provider and servers on sockets
 
@@ -79,16 +79,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     idp.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
 @pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
+def context(browser: Browser) -> Iterator[BrowserContext]:  # noqa: F811 (the imported fixture)
     opened = browser.new_context()
     yield opened
     opened.close()
