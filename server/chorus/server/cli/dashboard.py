@@ -68,8 +68,10 @@ def dashboard(
     try:
         web = DashboardServer(create_app(gateway, idle_timeout=idle), listen, threads=threads,
                               trusted_proxy=trusted_proxy)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise fail(f"cannot listen on {listen}: {exc}", 2) from None
+    except OSError as exc:  # taken or not available: as `chorus serve`, "retry later may work"
+        raise fail(f"cannot listen on {listen}: {exc.strerror or exc}", ExitCode.UNAVAILABLE) from None
 
     def stop(*_: object) -> NoReturn:
         raise SystemExit(0)  # waitress's loop turns this into a clean shutdown
