@@ -112,3 +112,37 @@ def test_a_busy_port_exits_the_same_from_serve_and_dashboard(tmp_path: Path, run
     assert served.returncode == dashboard.returncode == ExitCode.UNAVAILABLE == 9
     for run in (served, dashboard):
         assert f"error: cannot listen on {busy}: " in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ('[privacy]\nlisten = "127.0.0.1:1"\n', "did you mean server.listen? It belongs in [server]"),
+    ('[[privacy.release_plan]]\nstatistic = "sum"\n', "no [[metrics]] defined"),
+])
+def test_config_check_prints_section_names_in_brackets(tmp_path: Path, toml: str, expected: str) -> None:
+    (tmp_path / "c.toml").write_text(toml)
+    run = chorus("config", "check", str(tmp_path / "c.toml"))
+    assert run.returncode == ExitCode.USAGE
+    assert expected in run.stderr
+
+
+def test_a_token_name_in_brackets_is_printed_as_given(running: Running, tmp_path: Path) -> None:
+    (tmp_path / "admin.token").write_text(running.admin_token)
+    run = chorus("token", "create", "--role", "ingest", "--name", "[bold]tool[/]", "--server", running.address,
+                 "--token-file", str(tmp_path / "admin.token"), "--out", str(tmp_path / "t.token"))
+    assert run.returncode == 0, run.stderr
+    assert "token '[bold]tool[/]' (ingest) written to" in run.stdout
+
+
+def test_roster_import_detects_a_semicolon_and_says_what_it_read(running: Running, tmp_path: Path) -> None:
+    (tmp_path / "admin.token").write_text(running.admin_token)
+    (tmp_path / "r.csv").write_text("User;Team;Org\nuser-semi-0;team-semi;\nuser-semi-1;team-semi;\n")
+    common = ("--server", running.address, "--token-file", str(tmp_path / "admin.token"), "--dry-run")
+    detected = chorus("roster", "import", str(tmp_path / "r.csv"), *common)
+    assert detected.returncode == 0, detected.stderr
+    assert "columns separated by ';' (detected; --delimiter sets it)" in detected.stderr
+    assert "2 people added" in detected.stdout
+    forced = chorus("roster", "import", str(tmp_path / "r.csv"), "--delimiter", ",", *common)
+    assert forced.returncode == ExitCode.USAGE
+    assert ("has no column named 'user', 'team' (read with delimiter ',', it has 1 column(s): is the "
+            "delimiter another? pass --delimiter") in forced.stderr
+    assert "user-semi" not in forced.stderr  # the row is never echoed

@@ -313,10 +313,10 @@ def config_check(file: Annotated[Path, typer.Argument(help="TOML config, as give
     try:
         policy = config_module.load(file).policy
     except config_module.ConfigError as exc:
-        raise _refuse(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     grace = policy.grace_seconds
     grace_text = f"{grace // 3600} h" if grace % 3600 == 0 else f"{grace} s"
     windows = "daily" if policy.window_length.value == "day" else "weekly"
     console.print(f"{file}: valid ({windows} windows, {grace_text} grace, epsilon "
                   f"{policy.epsilon_per_window} per team-window, k = {policy.min_team_size}, "
-                  f"{len(policy.metrics)} metrics)", highlight=False, soft_wrap=True)
+                  f"{len(policy.metrics)} metrics)", highlight=False, soft_wrap=True, markup=False)
