@@ -28,8 +28,7 @@ from chorus.server.transport import logs
 from chorus.server.transport.grpc_server import Server
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
 from tests._policy import SUITE_TOML, suite_config
-from tests._secrets import leaks
-from tests.conftest import CapturingHandler
+from tests._secrets import CapturingHandler, leaks
 
 from ._servers import ServerProcess
 from .conftest import ROSTER, TEAMS, Running, create_token, import_roster, report_request

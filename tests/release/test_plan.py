@@ -26,9 +26,8 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
 from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
-from tests._ledger import ledger_entries
+from tests._ledger import decode, ledger_entries, line, resign
 from tests._policy import SUITE_TOML
-from tests.audit.conftest import decode, line, resign
 
 from .._status import detail, error_info
 from .conftest import NOON, TEAMS, WINDOW, Api, contribute, roster_rows
@@ -73,7 +72,7 @@ def test_the_plan_is_frozen_into_the_window_policy(make_chorus: Callable[..., Ch
     chorus = make_chorus(PLAN_TOML)
     chorus.closer.tick()
     frozen = chorus.windows.list()[0].policy
-    assert [(e.statistic, e.metric, str(e.epsilon)) for e in frozen.release_plan] == [
+    assert [(e.statistic, e.metric, str(e.charge)) for e in frozen.release_plan] == [
         ("adoption", "", "0.05"), ("sum", "ai.tokens", "0.05"), ("mean", "ai.tokens", "0.05")]
     assert frozen.plan_cost() == PLAN_COST
 
