@@ -25,6 +25,7 @@ length = "day"        # "day" (UTC) or "week" (ISO week, UTC)
 grace = "2h"          # contributions may arrive this long after a window ends
 
 [privacy]
+mechanism = "discrete_laplace"   # the suite's expectations are Laplace's; Gaussian tests write their own
 epsilon_per_window = "1"   # budget per team-window
 min_team_size = 5          # k: smaller teams are never released on their own
 retention_windows = 52     # windows older than this can no longer be released

@@ -69,7 +69,7 @@ def release_payload(policy: config.Policy, release_id: str, window: str, team: s
     return {"release_id": release_id, "window": window, "team": team, "metric": metric,
             "statistic": statistic, "mechanism": verify.MECHANISM, "sensitivity": sensitivity,
             "scale": scale, "epsilon": str(charged), "value": value, "ci95": 3.0 * scale,
-            "budget_cap": str(policy.epsilon_per_window), "budget_spent_after": str(spent_after + charged),
+            "budget_cap": str(policy.budget_per_window), "budget_spent_after": str(spent_after + charged),
             "by": by}
 
 

@@ -72,7 +72,7 @@ def test_the_plan_is_frozen_into_the_window_policy(make_chorus: Callable[..., Ch
     chorus = make_chorus(PLAN_TOML)
     chorus.closer.tick()
     frozen = chorus.windows.list()[0].policy
-    assert [(e.statistic, e.metric, str(e.epsilon)) for e in frozen.release_plan] == [
+    assert [(e.statistic, e.metric, str(e.charge)) for e in frozen.release_plan] == [
         ("adoption", "", "0.05"), ("sum", "ai.tokens", "0.05"), ("mean", "ai.tokens", "0.05")]
     assert frozen.plan_cost() == PLAN_COST
 

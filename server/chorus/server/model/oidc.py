@@ -49,7 +49,8 @@ def _text(raw: dict[str, Any], key: str, default: str | None = None) -> str:
     return value
 
 
-def _issuer(value: str) -> str:
+def check_issuer(value: str, key: str = "oidc.issuer") -> str:
+    """`value` if it is an issuer URL Chorus talks to (https, or http on a loopback host)."""
     parts = urlsplit(value)
     host = parts.hostname or ""
     try:
@@ -57,9 +58,9 @@ def _issuer(value: str) -> str:
     except ValueError:
         loopback = False
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ValueError(f"oidc.issuer = {value!r}: must be an https:// URL (http:// only on a loopback host)")
+        raise ValueError(f"{key} = {value!r}: must be an https:// URL (http:// only on a loopback host)")
     if parts.query or parts.fragment or not host:
-        raise ValueError(f"oidc.issuer = {value!r}: must be a URL with a host and no query or fragment")
+        raise ValueError(f"{key} = {value!r}: must be a URL with a host and no query or fragment")
     return value
 
 
@@ -92,6 +93,6 @@ def parse_oidc(raw: dict[str, Any]) -> OidcConfig | None:
     low, high = JWKS_CACHE_RANGE
     if not isinstance(cache, int) or isinstance(cache, bool) or not low <= cache <= high:
         raise ValueError(f"oidc.jwks_cache_seconds = {cache!r}: must be an integer in {low}..{high}")
-    return OidcConfig(issuer=_issuer(_text(raw, "issuer")), audience=_text(raw, "audience"),
+    return OidcConfig(issuer=check_issuer(_text(raw, "issuer")), audience=_text(raw, "audience"),
                       roles=tuple(roles), roles_claim=_text(raw, "roles_claim", "groups"),
                       name_claim=_text(raw, "name_claim", "email"), jwks_cache_seconds=cache)

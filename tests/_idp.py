@@ -24,7 +24,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from joserfc.jwk import RSAKey
 
-PROVIDER_DIR = Path(__file__).parent / "provider"
+PROVIDER_DIR = Path(__file__).parent / "oidc" / "provider"
 AUDIENCE = "urn:chorus"
 OTHER_AUDIENCE = "urn:another-service"
 #: A public client for the tests' own sign-ins (never followed: the code is read off the redirect).
@@ -127,6 +127,22 @@ class IdentityProvider:
         callback = _follow_login(browser, url, user)
         return dict(client.fetch_token(meta["token_endpoint"], authorization_response=callback,
                                        code_verifier=verifier, resource=resource))
+
+
+def approve_device(url: str, user: str) -> str:
+    """Confirm a device login's user code at `url` and sign in as `user`, as a person would in
+    a browser; the provider's last page."""
+    browser = requests.Session()
+    answer = browser.get(url, timeout=10)
+    for _ in range(10):
+        form = re.search(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', answer.text, re.S)
+        if form is None:
+            return answer.text
+        fields = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form.group(2)))
+        if 'name="login"' in form.group(2):
+            fields.update(login=user, password="any")
+        answer = browser.post(urljoin(answer.url, form.group(1)), data=fields, timeout=10)
+    raise AssertionError(f"the device login did not finish; last at {answer.url}")
 
 
 def _follow_login(browser: requests.Session, url: str, user: str) -> str:
