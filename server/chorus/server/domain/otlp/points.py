@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from chorus.server.model import user_ids
 from chorus.server.model.otlp_mapping import OtlpPolicy
 
 #: Attributes per data point or resource; more is an attribute bomb, refused whole.
@@ -159,6 +160,7 @@ def _identity(names: Sequence[str], point: dict[str, str], resource: dict[str, s
         for name in names:
             value = source.get(name)
             if value is not None:
+                value = user_ids.normalise(value)
                 return value if 0 < len(value) <= limit and value.isprintable() else None
     return None
 
