@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -60,7 +61,7 @@ class Point(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Flattened:
     points: list[Point]
-    unmapped: int  # data points of instruments no mapping names
+    unmapped: Counter[str]  # data points of instruments no mapping names, by instrument name
 
 
 def count_points(request: ExportMetricsServiceRequest) -> int:
@@ -78,7 +79,7 @@ def count_points(request: ExportMetricsServiceRequest) -> int:
 def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max_string: int) -> Flattened:
     """The points of mapped instruments (by `policy`, the current configuration's mapping)."""
     points: list[Point] = []
-    unmapped = 0
+    unmapped: Counter[str] = Counter()
     for resource_metrics in request.resource_metrics:
         resource_attrs = resource_metrics.resource.attributes
         resource_digest: bytes | None = None
@@ -90,7 +91,7 @@ def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max
                     continue
                 data = getattr(metric, kind)
                 if policy is None or not policy.mappings(metric.name):
-                    unmapped += len(data.data_points)
+                    unmapped[metric.name] += len(data.data_points)
                     continue
                 if resource_digest is None:
                     _check_bomb(resource_attrs, "resource")
