@@ -233,7 +233,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
          for t in teams for m in policy.metrics])
     store.budgets.open_window(tx, window_id, teams, policy.budget_per_window)
     store.usage.delete_window(tx, window_id)
-    otlp_series.close_window(tx, window_id)  # needs the key: carries cumulative state, then shreds
+    otlp_series.close_window(tx, window_id)  # nothing carried: the next window counts from a baseline
     store.windows.delete_key(tx, window_id)
     shred.record(tx, shred.window_subject(window_id), now)
     oldest_open = store.windows.oldest_open_start(tx)

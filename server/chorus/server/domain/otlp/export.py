@@ -37,6 +37,8 @@ from chorus.server.model.policy import Policy
 from chorus.server.store import Database, Tx
 
 _log = logging.getLogger(__name__)
+#: `_increase`'s answer for a point that only sets a series' baseline (values are never negative).
+BASELINE = -1.0
 #: Scaled values (and cumulative totals) above this cannot be a real count.
 MAX_VALUE = 2.0**62
 
@@ -201,6 +203,9 @@ class OtlpIngestor:
                 if increase is None:
                     note("duplicate", p)
                     continue
+                if increase is BASELINE:
+                    note("baseline", p)
+                    continue
                 _add(sums, p.identity, increase, mappings, when)
                 counted += 1
                 by_instrument[("counted", p.instrument)] += 1
@@ -235,13 +240,18 @@ class OtlpIngestor:
     @staticmethod
     def _increase(tx: Tx, window: window_store.OpenWindow, open_keys: list[tuple[str, bytes]],
                   p: Point) -> float | None:
-        """The increase a cumulative point carries, or None when it is not newer than the series' last."""
+        """The increase a cumulative point carries; None when it is not newer than the series'
+        last; BASELINE when it is the first seen of a series that started before its window."""
         assert p.identity is not None
         before = series.previous(tx, open_keys, p.identity, p.series)
         if before is not None and p.time_ns <= before.time_ns:
             return None  # a retry or an out-of-order point: already counted
         series.remember(tx, window.record.id, window.key, p.identity, p.series,
                         series.Previous(p.start_ns, p.time_ns, p.value))
+        if before is None and p.start_ns < window.record.start.timestamp() * 1e9:
+            # A series that began before this window, unseen in it: its count up to here belongs
+            # to earlier windows, whose state was deleted at their close. A baseline only.
+            return BASELINE
         if before is None or before.start_ns != p.start_ns or p.value < before.value:
             return p.value  # first point of a series, or a reset: the increase since its start
         return p.value - before.value
