@@ -35,7 +35,7 @@ from chorus.server.model import oidc as oidc_config
 from chorus.server.model.calendar import WindowLength
 from chorus.server.model.oidc import OidcConfig, parse_oidc
 from chorus.server.model.otlp_mapping import parse_otlp
-from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Policy
+from chorus.server.model.policy import IMPRECISE_ADOPTION_POINTS, MAX_METRICS, MetricPolicy, PlanEntry, Policy
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
 from chorus.server.model.statistics import NOISY_PARTS
 from chorus.server.model.statistics import REQUESTABLE as STATISTICS
@@ -132,6 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("privacy.rho_per_window", positive_rho, "0.138",
             "budget per team-window, including what the org and company releases above it cost"),
     *(Setting(f"privacy.default_rho.{s}", positive_rho, "0.01") for s in NOISY_STATISTICS),
+    Setting("privacy.imprecise_adoption_points", integer(1, 100), IMPRECISE_ADOPTION_POINTS,
+            "a team's weekly adoption wider than +- this is flagged: too few people"),
     # ---
     Setting("privacy.epsilon_per_window", positive_epsilon, "3"),
     Setting("privacy.min_team_size", integer(1, 1_000_000), 5, "k: smaller teams are never released on their own"),
@@ -287,6 +289,7 @@ _DEFAULT_TEMPLATE = """\
 @privacy.rho_per_window
 @privacy.min_team_size
 @privacy.retention_windows
+@privacy.imprecise_adoption_points
 
 [privacy.default_rho]  # per statistic of a request that names no amount; mean and adoption are post-processing
 @privacy.default_rho.sum
@@ -632,7 +635,8 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Conf
         raise ConfigError(str(exc)) from None
     policy = Policy(WindowLength(value["windows.length"]), value["windows.grace"], metrics, budget, defaults,
                     value["privacy.min_team_size"], value["privacy.retention_windows"], release_plan=plan,
-                    otlp=otlp, mechanism=mechanism)
+                    otlp=otlp, mechanism=mechanism,
+                    imprecise_adoption_points=value["privacy.imprecise_adoption_points"])
     limits = Limits(**{s.key: value[s.path] for s in SETTINGS if s.table == "limits"})
     # [oidc]: single sign-on, its own small block (model/oidc.py).
     try:
