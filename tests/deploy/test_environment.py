@@ -43,7 +43,7 @@ def test_listen_flag_beats_env_beats_config(tmp_path: Path, config: Path) -> Non
 
 
 @pytest.mark.parametrize(("variable", "flag", "message"), [
-    ("CHORUS_METRICS_LISTEN", "--metrics-listen", "--metrics-listen {!r}: expected HOST:PORT"),
+    ("CHORUS_METRICS_LISTEN", "--metrics-listen", "--metrics-listen {!r} is not a listen address"),
     ("CHORUS_LOG_FORMAT", "--log-format", "log format {!r}: must be one of text, json"),
     ("CHORUS_LOG_LEVEL", "--log-level", "log level {!r}: must be one of DEBUG"),
     ("CHORUS_WORKERS", "--workers", "--workers {!r}: expected a number from 1 to 64"),
@@ -64,7 +64,7 @@ def test_tls_files_and_otlp_from_env(tmp_path: Path) -> None:
 
 def test_every_variable_is_in_help_and_documented() -> None:
     help_text = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "400"}).output
-    documented = DOCS.read_text().split("### Settings: flags, environment, config file", 1)[1].split("\n## ", 1)[0]
+    documented = DOCS.read_text().split("## Settings: flags, environment, config file", 1)[1].split("\n## ", 1)[0]
     for variable in SERVE_ENVIRONMENT:
         assert variable in help_text, variable
         assert f"`{variable}`" in documented, variable

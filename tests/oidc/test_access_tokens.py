@@ -78,14 +78,6 @@ class SsoServer:
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityProvider]:
-    idp = IdentityProvider(tmp_path_factory.mktemp("idp"))
-    idp.start()
-    yield idp
-    idp.stop()
-
-
-@pytest.fixture(scope="module")
 def sso(provider: IdentityProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsoServer]:
     server = SsoServer(tmp_path_factory.mktemp("chorus"), provider.issuer)
     yield server

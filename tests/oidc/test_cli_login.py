@@ -8,7 +8,6 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from tests._secrets import register
 from .test_access_tokens import SsoServer
 
 pytestmark = pytest.mark.slow  # a Node.js provider, a server on a socket and CLI processes
-
-
-@pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityProvider]:
-    idp = IdentityProvider(tmp_path_factory.mktemp("idp"))
-    idp.start()
-    yield idp
-    idp.stop()
 
 
 def chorus(*args: str) -> list[str]:

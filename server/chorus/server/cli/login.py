@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import requests
 import typer
@@ -26,11 +26,11 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 
 from chorus.server.cli._common import TOKEN_FILE_ENV, ExitCode, console, create_private_file, fail
+from chorus.server.front.discovery import HTTP_TIMEOUT, DiscoveryError, provider_metadata
 from chorus.server.model.oidc import check_issuer
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SCOPE = "openid email"
-HTTP_TIMEOUT = 10.0
 #: RFC 8628 §3.5: a `slow_down` answer adds 5 seconds to the polling interval.
 SLOW_DOWN_SECONDS = 5
 
@@ -54,7 +54,10 @@ def device_login(login: OidcLogin, token_file: Path, *, show: Callable[[str], No
                  monotonic: Callable[[], float] = time.monotonic) -> None:
     """Sign in with the device flow and write the access token to `token_file` (mode 0600,
     replacing the file). `show` tells the person where to approve; `LoginFailed` otherwise."""
-    metadata = _metadata(login.issuer)
+    try:
+        metadata = provider_metadata(login.issuer)
+    except DiscoveryError as exc:
+        raise LoginFailed(str(exc)) from None
     endpoint = metadata.get("device_authorization_endpoint")
     if not isinstance(endpoint, str):
         raise LoginFailed(f"the identity provider at {login.issuer} offers no device flow "
@@ -97,19 +100,6 @@ def _refusal(error: str) -> str:
     return {"access_denied": "the sign-in was refused at the identity provider",
             "expired_token": "the code expired before it was confirmed: run chorus login again"}.get(
         error, f"the identity provider refused the sign-in ({error})")
-
-
-def _metadata(issuer: str) -> dict[str, Any]:
-    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    try:
-        answer = requests.get(url, timeout=HTTP_TIMEOUT)
-        answer.raise_for_status()
-        metadata = answer.json()
-    except (requests.RequestException, ValueError) as exc:
-        raise LoginFailed(f"the identity provider at {issuer} did not answer ({type(exc).__name__})") from None
-    if not isinstance(metadata, dict) or metadata.get("issuer") != issuer:
-        raise LoginFailed(f"{url} does not describe the issuer {issuer}")
-    return metadata
 
 
 def _write(path: Path, token: str) -> None:

@@ -61,22 +61,48 @@ def decode(data: bytes, encoding: str) -> str:
                           "older HR systems latin-1)") from None
 
 
+#: Delimiters a roster export may use (`detect_delimiter`), with the names errors give them.
+DELIMITERS = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
+
+
+def _header(text: str, delimiter: str) -> list[str]:
+    line = text.removeprefix("\ufeff").partition("\n")[0]
+    return [h.strip().lower() for h in next(csv.reader([line], delimiter=delimiter), [])]
+
+
+def detect_delimiter(text: str, user_column: str = "user", team_column: str = "team") -> str:
+    """The delimiter of `DELIMITERS` whose header names both columns; else the one splitting the
+    header into the most columns (so the error says what was found); "," when none splits it.
+    Spreadsheets in many locales export `;`-separated CSV."""
+    wanted = (user_column.strip().lower(), team_column.strip().lower())
+    splits = {d: _header(text, d) for d in DELIMITERS}
+    for d, header in splits.items():
+        if all(name in header for name in wanted):
+            return d
+    return max(DELIMITERS, key=lambda d: (len(splits[d]), d == ","))
+
+
 def parse_csv(text: str, user_column: str = "user", team_column: str = "team",
-              org_column: str = "org") -> tuple[list[tuple[str, str]], dict[str, str]]:
+              org_column: str = "org", delimiter: str = ",") -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Rows of a CSV with a header naming `user_column` and `team_column` (other columns are
     ignored, so an HR export can be imported as is), validated; duplicates are an error. When the
     header also names `org_column`, the second result maps each team to its org path."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))  # spreadsheets start UTF-8 with a BOM
+    if len(delimiter) != 1:
+        raise RosterError(f"delimiter {delimiter!r} must be one character, e.g. ';' (a tab: $'\\t')")
+    # Spreadsheets start UTF-8 with a BOM.
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")), delimiter=delimiter)
     header = [h.strip().lower() for h in next(reader, [])]
     wanted = (user_column.strip().lower(), team_column.strip().lower())
     missing = [name for name in wanted if name not in header]
     twice = [name for name in (*wanted, org_column.strip().lower()) if header.count(name) > 1]
     if missing or twice or wanted[0] == wanted[1]:
-        # Never echo the line: without a header it is a person's row.
+        # Never echo the line: without a header it is a person's row. Its shape is no one's.
         why = (f"has no column named {', '.join(map(repr, missing))}" if missing
                else f"names {', '.join(map(repr, twice or wanted[:1]))} more than once")
-        raise RosterError(f"line 1 must be a header naming the user and team columns, but it {why} (choose "
-                          "them with --user-column and --team-column; one row per person follows)")
+        found = (f"read with delimiter {DELIMITERS.get(delimiter, repr(delimiter))}, it has {len(header)} "
+                 f"column(s){'' if len(header) > 1 else ': is the delimiter another? pass --delimiter'}")
+        raise RosterError(f"line 1 must be a header naming the user and team columns, but it {why} ({found}; "
+                          "choose the columns with --user-column and --team-column; one row per person follows)")
     user_at, team_at = header.index(wanted[0]), header.index(wanted[1])
     org_name = org_column.strip().lower()
     org_at = header.index(org_name) if org_name in header and org_name not in wanted else None

@@ -66,11 +66,12 @@ ONCE_PER_SERVER = frozenset({"chorus_build_info", "chorus_windows", "chorus_wind
                              "chorus_budgets_exhausted"})
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """(host, port) of a HOST:PORT listen address ([::1]:9464 for IPv6); ValueError says what is wrong."""
+def parse_address(address: str, flag: str = "--metrics-listen", example: str = "127.0.0.1:9464") -> tuple[str, int]:
+    """(host, port) of a HOST:PORT listen address ([::1]:9464 for IPv6); ValueError says what is
+    wrong, naming `flag` and a well-formed `example`."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--metrics-listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+        raise ValueError(f"{flag} {address!r} is not a listen address: expected HOST:PORT, e.g. {example}")
     return host.strip("[]"), int(port)
 
 
