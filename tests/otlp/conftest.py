@@ -55,6 +55,9 @@ class OtlpServer:
     def rows(self, sql: str) -> list[tuple]:
         return sqlite_rows(self.data_dir, sql)
 
+    def rows_with(self, sql: str, params: tuple) -> list[tuple]:
+        return sqlite_rows(self.data_dir, sql, params)
+
     def stored_nothing(self) -> bool:
         """No usage row and no OTLP state in any window."""
         return all(self.rows(f"SELECT COUNT(*) FROM {table}") == [(0,)]
