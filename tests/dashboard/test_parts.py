@@ -149,34 +149,17 @@ def test_sessions_expire_when_idle_or_too_old_and_the_store_is_bounded() -> None
     assert store.get(ids[-1]) is None
 
 
-def test_the_interval_of_a_total_or_a_change_covers_at_least_95_percent() -> None:
-    """The noise of independent releases adds: drawn with OpenDP itself, the combined interval of
-    a change between two windows (two teams each) holds the sum of four noises at least 95% of
-    the time, and is narrower than adding the four intervals."""
-    from chorus.server.privacy import mechanisms
-    from chorus.server.privacy.epsilon import Epsilon
-
-    mech = mechanisms.calibrate(1, Epsilon.parse("0.5"))
-    terms = [(mech.scale, 1.0), (mech.scale, 1.0), (mech.scale, -1.0), (mech.scale, -1.0)]
-    half = mechanisms.combined_ci95(terms)
-    assert mech.ci95 < half < 4 * mech.ci95
-    noise = [v - 1000 for v in mech.release([1000] * 4 * 4000)]
-    sums = [noise[i] + noise[i + 1] - noise[i + 2] - noise[i + 3] for i in range(0, len(noise), 4)]
-    assert sum(abs(s) < half for s in sums) / len(sums) >= 0.95
-    assert mechanisms.combined_ci95([(mech.scale, 1.0)]) == mech.ci95  # one release: its own interval
-
-
 def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     from chorus.server.dashboard import headline
-    from chorus.server.privacy import mechanisms
+    from chorus.server.privacy import sums
     from chorus.v1 import common_pb2, release_pb2
 
     def team(name: str, total: float, active: float, roster: int) -> release_pb2.TeamRelease:
         return release_pb2.TeamRelease(team=name, roster_size=roster, estimates=[
-            release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_SUM, value=total, scale=1e5,
-                                 release_id=f"{name}-sum"),
-            release_pb2.Estimate(statistic=common_pb2.STATISTIC_ACTIVE, value=active, scale=2.0,
-                                 release_id=f"{name}-active")])
+            release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_SUM, value=total,
+                                 noisy_value=total, scale=1e5, release_id=f"{name}-sum"),
+            release_pb2.Estimate(statistic=common_pb2.STATISTIC_ACTIVE, value=active, noisy_value=active,
+                                 scale=2.0, release_id=f"{name}-active")])
 
     now = [team("red", 3e6, 8, 10), team("blue", 1e6, 5, 10), team("new", 5e5, 2, 5)]
     before = [team("red", 2e6, 6, 10), team("blue", 1e6, 5, 10)]
@@ -187,10 +170,11 @@ def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     assert "a real change" in tile.verdict  # 1M against a noise of about 0.7M
     adoption = headline.company(now, before, "W1")
     assert adoption is not None and adoption.value == "60.0%" and adoption.change == "+10.0 points since W1"
-    half = mechanisms.combined_ci95([(2.0, 1 / 20)] * 2 + [(2.0, -1 / 20)] * 2)
+    half = sums.ci95([(2.0, 1 / 20, sums.DISCRETE_LAPLACE)] * 2 + [(2.0, -1 / 20, sums.DISCRETE_LAPLACE)] * 2)
     assert adoption.change_interval == (f"95% interval of the change {(0.1 - half) * 100:+.1f} points to "
                                         f"{(0.1 + half) * 100:+.1f} points")
     assert "could be no change" in adoption.verdict
     assert headline.ranking([("a", Interval(10, 1)), ("b", Interval(5, 1))]).endswith("ranked as shown.")
-    assert "a and b: these numbers do not say which of them is higher" in headline.ranking(
-        [("a", Interval(10, 4)), ("b", Interval(5, 4))])
+    assert headline.ranking([("a", Interval(10, 4)), ("b", Interval(5, 4))]) == (
+        "Every row's 95% interval overlaps its neighbour's: these numbers do not rank them.")
+    assert headline.overlapping_pairs([("a", Interval(10, 4)), ("b", Interval(5, 4))]) == [("a", "b")]

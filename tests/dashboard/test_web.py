@@ -239,7 +239,11 @@ def test_team_comparisons_say_when_intervals_do_not_allow_ranking(client: FlaskC
     login(client, stack.tokens[Role.ANALYST])
     body = client.get("/overview").get_data(as_text=True)
     assert body.count('class="ranking"') >= 2
-    assert ("cannot be ranked" in body) or ("can be ranked as shown" in body)
+    said = [line.strip() for line in body.splitlines() if 'class="ranking"' in line]
+    assert all(("do not rank them" in s) or ("can be ranked as shown" in s) or ("neighbouring pairs" in s)
+               for s in said), said
+    # Said once, briefly; which pairs overlap is behind a disclosure.
+    assert all(len(s) < 200 for s in said) and '<details class="overlaps"><summary>Which neighbours overlap' in body
 
 
 def test_csv_downloads_hold_the_released_numbers_at_full_precision(

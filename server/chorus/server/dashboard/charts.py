@@ -241,7 +241,8 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
     every = max(1, math.ceil(len(windows) / 3))  # about three window ids fit across
     last = len(windows) - 1
     for index, window in enumerate(windows):
-        if index % every == 0 or index == last:
+        # The last window is always labelled, so a regular label too close before it is dropped.
+        if (index % every == 0 and last - index >= every) or index == last:
             # The outermost labels align inward so that they stay inside the canvas.
             anchor = "start" if index == 0 and last else "end" if index == last and last else "middle"
             body.append(_label(x(index), bottom + 18, window, "tick", anchor))

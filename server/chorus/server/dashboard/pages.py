@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from markupsafe import Markup
 from werkzeug.exceptions import BadRequest
 
-from chorus.server.dashboard import charts, headline
+from chorus.server.dashboard import answers, charts, headline
 from chorus.server.dashboard.charts import Bar, BudgetBar, Formatter, Interval, format_number, format_percent
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
@@ -75,6 +75,8 @@ class Chart:
     table: DataTable
     #: What the intervals allow saying about the order of the rows; empty when nothing.
     ranking: str = ""
+    #: The neighbouring rows whose intervals overlap (behind a disclosure under `ranking`).
+    overlaps: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -260,40 +262,104 @@ def _read_or_none(api: Api, window: str | None, statistics: list[int]) -> releas
         return None
 
 
+N_CHOICES = (4, 8, 12, 26, 52)
+
+
+def _org_filter(args: Args, tree: hierarchy.Hierarchy) -> str:
+    """The ?org= filter: an org of the window's tree, or the company (empty)."""
+    org = _choice(args, "org", [hierarchy.COMPANY, *tree.org_nodes()], hierarchy.COMPANY)
+    return org or hierarchy.COMPANY
+
+
+def _scope_name(org: str) -> str:
+    return "Company" if org == hierarchy.COMPANY else f"Org {org}"
+
+
 def overview(api: Api, args: Args) -> Page:
-    """The landing page: company headline numbers with the change from the previous window, then
-    adoption and one statistic of every metric per team. Reads only: it never spends."""
+    """The landing page, the answers first: is adoption growing (the company, or the org picked,
+    over the last N windows: a line in its band, the slope with its interval and a verdict, the
+    change against N windows ago), the headline tiles of the chosen window, where (each org as a
+    row, sorted, with small multiples), then adoption and one statistic of every metric per team.
+    Reads only: it never spends."""
     windows = closed_windows(api)
     window = _window_choice(args, windows)
     statistic = _choice(args, "statistic", OVERVIEW_STATISTICS, Statistic.SUM)
-    assert statistic is not None
+    count = _int(args, "n", 8, 2, MAX_TREND_WINDOWS)
+    sort = _choice(args, "sort", answers.SORTS, "adoption")
+    assert statistic is not None and sort is not None
     page = Page("overview.html", "Overview", context={
         "window_options": [(w.id, w.id) for w in windows], "window": window, "statistic": statistic,
         "statistics": [(s, STATISTICS[s][1]) for s in OVERVIEW_STATISTICS], "tiles": [], "not_released": [],
-        "previous": None})
+        "previous": None, "n": count, "n_options": [(k, f"{k} windows") for k in sorted({*N_CHOICES, count})],
+        "sort": sort, "sort_options": [("adoption", "Adoption"), ("change", "Change"), ("name", "Name")],
+        "org": hierarchy.COMPANY, "org_options": [], "answer": None, "too_few": [], "unit": "window"})
     if window is None:
         return page
     ids = [w.id for w in windows]
-    previous = ids[ids.index(window) + 1] if ids.index(window) + 1 < len(ids) else None
+    at = ids.index(window)
+    chosen = windows[at]
+    recent = list(reversed(windows[at:at + count]))
+    previous = ids[at + 1] if at + 1 < len(ids) else None
+    tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in api.list_teams(window).teams)
+    org = _org_filter(args, tree)
+    inside = None if org == hierarchy.COMPANY else set(tree.teams_below(org))
+    scope = _scope_name(org)
+    per = answers.unit(chosen)
+    page.context.update(org=org, unit=per, scope=scope, org_options=[
+        (hierarchy.COMPANY, "The whole company"), *((o, o) for o in tree.org_nodes())])
     code, label = STATISTICS[statistic]
     metrics = api.list_metrics(window)
     wanted = list(dict.fromkeys([common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM, code]))
+    reads = [_read_or_none(api, w.id, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
+             for w in recent[:-1]]
     reply = api.read(window, wanted)
-    before = _read_or_none(api, previous, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
+    reads.append(reply)
+    mine = [t for t in reply.teams if inside is None or t.team in inside]
+    before = reads[-2] if len(reads) > 1 and recent[-2].id == previous else _read_or_none(
+        api, previous, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
+    before_teams = [t for t in before.teams if inside is None or t.team in inside] if before else None
     page.context["previous"] = previous
-    tiles = [headline.company(reply.teams, before.teams if before else None, previous or "")]
-    tiles += [headline.company(reply.teams, before.teams if before else None, previous or "", m.name) for m in metrics]
+    tiles = [headline.company(mine, before_teams, previous or "")]
+    tiles += [headline.company(mine, before_teams, previous or "", m.name) for m in metrics]
+    if inside is not None:
+        tiles = [replace(t, label=t.label.replace("Company", scope, 1)) if t else None for t in tiles]
     page.context["tiles"] = [t for t in tiles if t is not None]
     page.context["not_released"] = _not_released(window, reply.teams)
-    if any(_find(team, common_pb2.STATISTIC_ADOPTION) for team in reply.teams):
-        page.charts.append(_adoption_chart(window, reply.teams))
+    data = answers.series([w.id for w in recent], reads, inside)
+    page.context["answer"] = answers.answer(scope, data, per)
+    moved = data.change()
+    if moved is not None:
+        delta = moved[0]
+        page.context["since"] = (moved[1], headline.points(delta.value),
+                                 f"{headline.points(delta.value - delta.ci95)} to "
+                                 f"{headline.points(delta.value + delta.ci95)}", headline.change_verdict(delta))
+    if any(data.parts):
+        title, description, svg, table = answers.company_chart(scope, data)
+        page.charts.append(Chart("company-adoption", title, description, [("", svg)], table))
+    rows = answers.org_rows(tree, org, [w.id for w in recent], reads, sort)
+    if rows:
+        table = answers.org_table(rows, _scope_name(org), window)
+        intervals = [(r.org, answers.shown(r.now) if r.now else None) for r in rows]
+        by = {"adoption": "adoption", "change": f"change since {rows[0].since or 'the first window'}",
+              "name": "name"}[sort]
+        page.charts.append(Chart(
+            "orgs", f"Where: adoption per org, sorted by {by}",
+            f"Each org under {_scope_name(org).lower() if org == hierarchy.COMPANY else org}, its adoption in "
+            f"window {window} and its change over the windows shown, from its teams' releases.",
+            answers.small_multiples(rows), table, headline.ranking(intervals), headline.overlapping_pairs(intervals)))
+    if any(_find(team, common_pb2.STATISTIC_ADOPTION) for team in mine):
+        chart, too_few = _adoption_chart(window, mine)
+        page.charts.append(chart)
+        page.context["too_few"] = too_few
+        if too_few:
+            page.charts.append(_averaged_chart(data, [w.id for w in recent], [t.team for t in mine]))
     for metric in metrics:
-        if not any(_find(team, code, metric.name) for team in reply.teams):
+        if not any(_find(team, code, metric.name) for team in mine):
             continue  # nothing released: listed under "Not released" with its cost, not drawn empty
         table = DataTable(f"{label} of {metric.name} per team, window {window}",
                           [_TEAM, _OUTCOME, *_estimate_columns(format_number)])
         bars = []
-        for team in reply.teams:
+        for team in mine:
             estimate = _find(team, code, metric.name)
             interval = _interval(estimate, _ceiling(code, metric))
             table.add(team.team, _outcome(team, code, metric.name), *_estimate_cells(estimate, interval))
@@ -302,30 +368,61 @@ def overview(api: Api, args: Args) -> Page:
         description = (f"{metric.description}. Each person's total is capped at {metric.max_per_user:,} "
                        f"before it counts. Window {window}.")
         svg = charts.responsive(charts.interval_bars, f"chart-{_slug(metric.name)}", title, description, bars)
+        ranked = [(b.label, b.interval) for b in bars]
         page.charts.append(Chart(_slug(metric.name), title, description, [("", svg)], table,
-                                 headline.ranking([(b.label, b.interval) for b in bars])))
+                                 headline.ranking(ranked), headline.overlapping_pairs(ranked)))
     return page
 
 
-def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> Chart:
+def _averaged_chart(data: answers.Series, ids: Sequence[str], teams: Sequence[str]) -> Chart:
+    found = answers.averaged(data.parts, teams)
+    table = DataTable(f"Adoption per team over windows {ids[0]} to {ids[-1]}", [
+        _TEAM, Column("windows", label="Windows released"), Column("value", format_percent, label="Adoption"),
+        Column("ci95", format_percent, label="± (95%)")])
+    bars = []
+    for a in found:
+        interval = Interval(min(max(a.value, 0.0), 1.0), a.ci95, 1.0)
+        table.add(a.team, a.windows, interval.value, a.ci95)
+        bars.append(Bar(a.team, interval))
+    title = f"Adoption per team, averaged over the last {len(ids)} windows"
+    description = ("Each team's active people over all the windows shown, against its rosters: for teams too "
+                   "small for a weekly number, the average says more. Sorted by adoption.")
+    svg = charts.responsive(charts.interval_bars, "chart-adoption-average", title, description, bars,
+                            fmt=format_percent, include=(0.0, 1.0))
+    ranked = [(b.label, b.interval) for b in bars]
+    return Chart("adoption-average", title, description, [("", svg)], table, headline.ranking(ranked),
+                 headline.overlapping_pairs(ranked))
+
+
+def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> tuple[Chart, list[str]]:
+    """Adoption per team in one window, drawn only for teams whose number says something; and the
+    teams drawn as too few people (their numbers stay in the table)."""
     code = common_pb2.STATISTIC_ADOPTION
     table = DataTable(f"Adoption per team, window {window}",
                       [_TEAM, Column("roster_size", label="Roster size"), _OUTCOME,
                        *_estimate_columns(format_percent), text("budget_remaining", "Budget left")])
-    bars = []
+    bars, too_few = [], []
     for team in teams:
         estimate = _find(team, code)
         interval = _interval(estimate, _ceiling(code, None))
         table.add(team.team, team.roster_size, _outcome(team, code), *_estimate_cells(estimate, interval),
                   team.budget_remaining)
-        bars.append(_bar(team, interval, code))
+        bar = answers.team_bar(team, estimate)
+        if estimate is not None and bar is None:
+            too_few.append(team.team)
+            bar = Bar(team.team, None, answers.TOO_FEW)
+        bars.append(bar or _bar(team, interval, code))
+    bars.sort(key=lambda b: (b.interval is None, -(b.interval.value if b.interval else 0.0), b.label))
     title = "Adoption per team"
     description = (f"Share of each team's roster active with AI tools in window {window}: people with any "
-                   "usage divided by the roster size.")
+                   f"usage divided by the roster size. A team whose 95% interval is wider than "
+                   f"±{answers.SAYS_SOMETHING:.0%} is not drawn ({answers.TOO_FEW}); its number is in the table "
+                   "and its average over the windows shown below.")
     svg = charts.responsive(charts.interval_bars, "chart-adoption", title, description, bars, fmt=format_percent,
                             include=(0.0, 1.0))
-    return Chart("adoption", title, description, [("", svg)], table,
-                 headline.ranking([(b.label, b.interval) for b in bars]))
+    ranked = [(b.label, b.interval) for b in bars]
+    return Chart("adoption", title, description, [("", svg)], table, headline.ranking(ranked),
+                 headline.overlapping_pairs(ranked)), too_few
 
 
 def trends(api: Api, args: Args) -> Page:

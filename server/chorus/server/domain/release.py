@@ -159,6 +159,9 @@ class Estimate(NamedTuple):
     #: (value, ci95) consistent across the tree's levels, when the window has nested releases
     #: of this statistic; None otherwise.
     consistent: tuple[float, float] | None = None
+    #: For a sum, count or active: the noisy value as released, before a negative one is shown as
+    #: 0 in `value` (what derived figures must add up); None when `value` is it.
+    noisy_value: float | None = None
 
 
 class Unreleased(NamedTuple):
@@ -816,7 +819,7 @@ def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stor
         note = f"noisy {stat} {item.value} was negative; shown as 0" if item.value < 0 else ""
     return Estimate(metric, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
                     mechanisms.MECHANISM, item.sensitivity, item.scale, item.charged == ZERO,
-                    item.release_id, note)
+                    item.release_id, note, noisy_value=None if isinstance(item.value, list) else float(item.value))
 
 
 def _mean(metric: MetricPolicy, total: _Stored, count: _Stored) -> Estimate:

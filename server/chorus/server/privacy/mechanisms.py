@@ -156,37 +156,3 @@ def adoption_interval(noisy_active: int, active_scale: float, roster_size: int) 
     """
     value = min(1.0, max(0.0, noisy_active / roster_size))
     return value, min(accuracy(active_scale, ALPHA) / roster_size, max(value, 1.0 - value))
-
-
-def combined_ci95(terms: Sequence[tuple[float, float]], alpha: float = ALPHA) -> float:
-    """Half-width a with P(|sum of w * X| >= a) <= alpha for independent discrete-Laplace X.
-
-    `terms` are (scale, weight) pairs: a company total is the sum of its teams' releases (weight
-    1), a change between windows subtracts the earlier ones (weight -1), adoption divides by the
-    roster (weight 1 / roster size). Noise of independent releases adds, so the interval of a
-    total or a change is wider than any one of its parts, and narrower than their sum.
-
-    The bound is rigorous, from two: the union bound (each term within its own accuracy at
-    alpha / n), and the Chernoff bound on the exact moment-generating function of discrete
-    Laplace, M(t) = (1 - p)^2 / ((1 - p e^t)(1 - p e^-t)) with p = exp(-1 / scale), where
-    P(|S| >= a) <= 2 exp(log M_S(t) - t a) for every t in (0, min 1 / (scale |w|)); the
-    smaller half-width is returned.
-    """
-    terms = [(scale, abs(w)) for scale, w in terms if w != 0]
-    if not terms:
-        return 0.0
-    union = sum(w * accuracy(scale, alpha / len(terms)) for scale, w in terms)
-    t_max = min(1.0 / (scale * w) for scale, w in terms)
-    log_bound = math.log(2 / alpha)
-
-    def half_width(t: float) -> float:
-        log_mgf = 0.0
-        for scale, w in terms:
-            u, inv = w * t, 1.0 / scale
-            log_mgf += 2 * math.log(-math.expm1(-inv)) - math.log(-math.expm1(u - inv)) \
-                - math.log(-math.expm1(-u - inv))
-        return (log_mgf + log_bound) / t
-
-    # Any t gives a valid bound; a log-spaced grid finds one close to the best.
-    chernoff = min(half_width(t_max * f) for f in (1 - 0.98 ** k for k in range(1, 200)))
-    return min(union, chernoff)
