@@ -106,13 +106,14 @@ def visit(visits: list[Visit], browser: Browser, dashboard: str,
 
 
 def table_rows(page: Page, caption: str) -> dict[str, dict[str, str]]:
-    """A table's body, keyed by its row header, each row as {column name: text shown}."""
+    """A table's body, keyed by its row header, each row as {column name: its text} (tables sit
+    behind a "The numbers as a table" disclosure, so the text is read whether it is open or not)."""
     table = page.locator("table", has=page.locator("caption", has_text=caption))
     rows: dict[str, dict[str, str]] = {}
     for row in table.locator("tbody tr").all():
-        cells = {cell.get_attribute("data-column") or "": cell.inner_text().strip()
+        cells = {cell.get_attribute("data-column") or "": (cell.text_content() or "").strip()
                  for cell in row.locator("td").all()}
-        rows[row.locator("th").inner_text().strip()] = cells
+        rows[(row.locator("th").text_content() or "").strip()] = cells
     return rows
 
 

@@ -77,6 +77,8 @@ class Chart:
     ranking: str = ""
     #: The neighbouring rows whose intervals overlap (behind a disclosure under `ranking`).
     overlaps: list[tuple[str, str]] = field(default_factory=list)
+    #: Drawn closed behind its title (details a VP rarely needs on the landing page).
+    collapsed: bool = False
 
 
 @dataclass(slots=True)
@@ -344,15 +346,15 @@ def overview(api: Api, args: Args) -> Page:
               "name": "name"}[sort]
         page.charts.append(Chart(
             "orgs", f"Where: adoption per org, sorted by {by}",
-            f"Each org under {_scope_name(org).lower() if org == hierarchy.COMPANY else org}, its adoption in "
-            f"window {window} and its change over the windows shown, from its teams' releases.",
+            f"Each org under {'the company' if org == hierarchy.COMPANY else org}: its adoption in window "
+            f"{window} and its change over the windows shown (in each panel's title), from its teams' releases.",
             answers.small_multiples(rows), table, headline.ranking(intervals), headline.overlapping_pairs(intervals)))
     if any(_find(team, common_pb2.STATISTIC_ADOPTION) for team in mine):
         chart, too_few = _adoption_chart(window, mine)
         page.charts.append(chart)
         page.context["too_few"] = too_few
         if too_few:
-            page.charts.append(_averaged_chart(data, [w.id for w in recent], [t.team for t in mine]))
+            page.charts.append(_averaged_chart(data, [w.id for w in recent], too_few))
     for metric in metrics:
         if not any(_find(team, code, metric.name) for team in mine):
             continue  # nothing released: listed under "Not released" with its cost, not drawn empty
@@ -370,7 +372,7 @@ def overview(api: Api, args: Args) -> Page:
         svg = charts.responsive(charts.interval_bars, f"chart-{_slug(metric.name)}", title, description, bars)
         ranked = [(b.label, b.interval) for b in bars]
         page.charts.append(Chart(_slug(metric.name), title, description, [("", svg)], table,
-                                 headline.ranking(ranked), headline.overlapping_pairs(ranked)))
+                                 headline.ranking(ranked), headline.overlapping_pairs(ranked), collapsed=True))
     return page
 
 
@@ -384,14 +386,14 @@ def _averaged_chart(data: answers.Series, ids: Sequence[str], teams: Sequence[st
         interval = Interval(min(max(a.value, 0.0), 1.0), a.ci95, 1.0)
         table.add(a.team, a.windows, interval.value, a.ci95)
         bars.append(Bar(a.team, interval))
-    title = f"Adoption per team, averaged over the last {len(ids)} windows"
-    description = ("Each team's active people over all the windows shown, against its rosters: for teams too "
-                   "small for a weekly number, the average says more. Sorted by adoption.")
+    title = f"Teams too small for a weekly number: adoption over the last {len(ids)} windows"
+    description = ("Each of these teams' active people over all the windows shown, against its rosters: one "
+                   "number from several windows' releases, with a narrower interval. Largest first.")
     svg = charts.responsive(charts.interval_bars, "chart-adoption-average", title, description, bars,
                             fmt=format_percent, include=(0.0, 1.0))
     ranked = [(b.label, b.interval) for b in bars]
     return Chart("adoption-average", title, description, [("", svg)], table, headline.ranking(ranked),
-                 headline.overlapping_pairs(ranked))
+                 headline.overlapping_pairs(ranked), collapsed=True)
 
 
 def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> tuple[Chart, list[str]]:
@@ -409,20 +411,22 @@ def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> tu
                   team.budget_remaining)
         bar = answers.team_bar(team, estimate)
         if estimate is not None and bar is None:
-            too_few.append(team.team)
-            bar = Bar(team.team, None, answers.TOO_FEW)
+            too_few.append(team.team)  # in the table and the averaged view, not drawn
+            continue
         bars.append(bar or _bar(team, interval, code))
     bars.sort(key=lambda b: (b.interval is None, -(b.interval.value if b.interval else 0.0), b.label))
     title = "Adoption per team"
     description = (f"Share of each team's roster active with AI tools in window {window}: people with any "
-                   f"usage divided by the roster size. A team whose 95% interval is wider than "
-                   f"±{answers.SAYS_SOMETHING:.0%} is not drawn ({answers.TOO_FEW}); its number is in the table "
-                   "and its average over the windows shown below.")
+                   "usage divided by the roster size, largest first.")
+    if too_few:
+        description += (f" {answers.TOO_FEW.capitalize()} (a 95% interval wider than ±{answers.SAYS_SOMETHING:.0%}),"
+                        f" so not drawn: {', '.join(too_few)}; their numbers are in the table and their average "
+                        "over the windows shown below.")
     svg = charts.responsive(charts.interval_bars, "chart-adoption", title, description, bars, fmt=format_percent,
                             include=(0.0, 1.0))
     ranked = [(b.label, b.interval) for b in bars]
     return Chart("adoption", title, description, [("", svg)], table, headline.ranking(ranked),
-                 headline.overlapping_pairs(ranked)), too_few
+                 headline.overlapping_pairs(ranked), collapsed=True), too_few
 
 
 def trends(api: Api, args: Args) -> Page:
