@@ -4,7 +4,7 @@
 From the page alone: the landing page states the growth as not noise, with its slope and the
 change against 8 weeks ago; the org rows are sorted by the figure chosen (adoption, then its
 change); the org filter travels to the other pages; and nothing of it spends. Every page is
-shot at 1280 and 390 pixels (test-artifacts/screenshots/vp-*.png).
+shot at 1280 and 390 pixels (test-artifacts/screenshots/company-*.png).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
         ".answer-detail").inner_text()
     assert f"Against {company.weeks[0]}: +" in page.locator(".answer-detail").inner_text()
     assert page.locator("#company-adoption svg[role=img]:visible").count() == 1
-    laptop.shot("vp-landing-desktop")
+    laptop.shot("company-landing-desktop")
     height = page.evaluate("document.documentElement.scrollHeight")
     assert height <= 3.3 * LAPTOP["height"], height  # about three screens for 35 teams
 
@@ -99,14 +99,14 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
         "#adoption").inner_text()
     page.locator("#adoption-average summary").first.click()
     assert page.locator("#adoption-average svg[role=img]:visible").count() == 1
-    laptop.shot("vp-landing-teams-open-desktop")
+    laptop.shot("company-landing-teams-open-desktop")
 
     # One org: the filter carries to the other pages.
     page.get_by_label("Org", exact=True).select_option("engineering")
     page.get_by_role("button", name="Show").click()
     page.wait_for_url(re.compile(r".*org=engineering.*"))
     assert page.locator("#answer-sentence").inner_text().startswith("Org engineering adoption:")
-    laptop.shot("vp-landing-org-desktop")
+    laptop.shot("company-landing-org-desktop")
     nav = page.get_by_role("navigation", name="Dashboard pages")
     for label in ("Organisation", "Trends"):
         assert "org=engineering" in (nav.get_by_role("link", name=label).get_attribute("href") or "")
@@ -117,7 +117,7 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
         for who, viewport in (("desktop", laptop), ("phone", phone)):
             viewport.open(path)
             name = path.strip("/").replace("?", "-").replace("=", "-")
-            viewport.shot(f"vp-{name}-{who}")
+            viewport.shot(f"company-{name}-{who}")
         assert overflowing(phone.page) == [], path
     auditor = visit(visits, browser, dashboard)
     auditor.sign_in(company.tokens[Role.AUDITOR])
@@ -125,8 +125,8 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     auditor_phone.sign_in(company.tokens[Role.AUDITOR])
     for path in ("/budget", "/ledger", "/policies", "/statement"):
         auditor.open(path)
-        auditor.shot(f"vp-{path.strip('/')}-desktop")
+        auditor.shot(f"company-{path.strip('/')}-desktop")
         auditor_phone.open(path)
-        auditor_phone.shot(f"vp-{path.strip('/')}-phone")
+        auditor_phone.shot(f"company-{path.strip('/')}-phone")
         assert overflowing(auditor_phone.page) == [], path
     assert company.spent() == before  # reading every page spent nothing
