@@ -86,7 +86,7 @@ def _window(tx: Tx, *, ledger: Ledger, policy: Policy, span: WindowSpan, limit: 
                 return n
             bound = policy.metric(metric)
             sensitivity = bound.max_per_user if bound and stat == "sum" else 1
-            mech = mechanisms.calibrate(sensitivity, policy.default_epsilon[stat], stat == "histogram")
+            mech = mechanisms.calibrate(sensitivity, policy.default_charge[stat], stat == "histogram")
             spent += mech.epsilon
             value: str | list[str] = str(rng.randrange(100_000))
             if bound and stat == "histogram":
@@ -95,7 +95,7 @@ def _window(tx: Tx, *, ledger: Ledger, policy: Policy, span: WindowSpan, limit: 
                 "release_id": f"{span.id}/{team}/{metric}/{stat}", "window": span.id, "team": team,
                 "metric": metric, "statistic": stat, "mechanism": mechanisms.MECHANISM,
                 "sensitivity": sensitivity, "scale": mech.scale, "epsilon": str(mech.epsilon),
-                "value": value, "ci95": mech.ci95, "budget_cap": str(policy.epsilon_per_window),
+                "value": value, "ci95": mech.ci95, "budget_cap": str(policy.budget_per_window),
                 "budget_spent_after": str(spent), "by": "analyst"}, closes + timedelta(hours=1))
             n += 1
     return n

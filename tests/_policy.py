@@ -25,6 +25,7 @@ length = "day"        # "day" (UTC) or "week" (ISO week, UTC)
 grace = "2h"          # contributions may arrive this long after a window ends
 
 [privacy]
+mechanism = "discrete_laplace"   # the suite's expectations are Laplace's; Gaussian tests write their own
 epsilon_per_window = "1"   # budget per team-window
 min_team_size = 5          # k: smaller teams are never released on their own
 retention_windows = 52     # windows older than this can no longer be released
@@ -73,3 +74,37 @@ def suite_config_file(directory: Path) -> Path:
     path = directory / "suite-config.toml"
     path.write_text(SUITE_TOML)
     return path
+
+
+#: The suite's policy with an [otlp] mapping (Claude-Code-shaped tokens, a GenAI histogram, a
+#: counter, a scaled cost and a gauge that must be ignored).
+OTLP_TOML = SUITE_TOML + """
+[otlp]
+identity_attributes = ["user.email", "enduser.id"]
+
+[[otlp.metrics]]
+name = "claude_code.token.usage"
+metric = "ai.tokens"
+attributes = { type = ["input", "output"] }
+
+[[otlp.metrics]]
+name = "tool.requests"
+metric = "ai.requests"
+
+[[otlp.metrics]]
+name = "gen_ai.client.token.usage"
+metric = "ai.tokens"
+
+[[otlp.metrics]]
+name = "tool.cost"
+metric = "ai.suggestions_accepted"
+scale = 1000
+
+[[otlp.metrics]]
+name = "tool.gauge"
+metric = "ai.tasks_completed"
+"""
+
+
+def otlp_config() -> config.Config:
+    return config.parse(tomllib.loads(OTLP_TOML))

@@ -10,7 +10,9 @@ Three kinds of secrets are recognised:
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Iterable
 
 USER_ID_PREFIX = "user-"
@@ -38,3 +40,25 @@ def leaks(lines: Iterable[str], markers: Iterable[str] | None = None) -> list[st
     exact = re.compile("|".join(map(re.escape, found))) if found else None
     return [line for line in lines
             if _USER_ID.search(line) or _TOKEN.search(line) or (exact is not None and exact.search(line))]
+
+
+class CapturingHandler(logging.Handler):
+    """Keeps every record, formatted with its traceback, for the end-of-session check."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self._lock_lines = threading.Lock()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a record that cannot be formatted is kept raw, not lost
+            line = f"{record.name}: {record.msg!r} {record.args!r}"
+        with self._lock_lines:
+            self.lines.append(line)
+
+    def snapshot(self) -> list[str]:
+        with self._lock_lines:
+            return list(self.lines)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from chorus.client import Client
-from tests.replicas.conftest import roster_rows
+from tests._roster import replica_roster as roster_rows
 
 
 class FixedClock:

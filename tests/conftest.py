@@ -21,36 +21,13 @@ import logging
 import os
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 
-from tests._secrets import leaks
-
-
-class CapturingHandler(logging.Handler):
-    """Keeps every record, formatted with its traceback, for the end-of-session check."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        self._lock_lines = threading.Lock()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # a record that cannot be formatted is kept raw, not lost
-            line = f"{record.name}: {record.msg!r} {record.args!r}"
-        with self._lock_lines:
-            self.lines.append(line)
-
-    def snapshot(self) -> list[str]:
-        with self._lock_lines:
-            return list(self.lines)
+from tests._secrets import CapturingHandler, leaks
 
 
 @pytest.fixture(scope="session", autouse=True)

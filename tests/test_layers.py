@@ -75,7 +75,7 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)
-    return {m for m in found if m.startswith("chorus.") or m == "grpc" or m.startswith("grpc.")}
+    return {m for m in found if m.startswith(("chorus.", "tests.")) or m == "grpc" or m.startswith("grpc.")}
 
 
 @functools.cache
@@ -154,3 +154,15 @@ def test_servicers_never_open_a_transaction() -> None:
         assert not [m for m in server if layer_of(m) in ("store", "root")], path
         tree = ast.parse(path.read_text(), str(path))
         assert not [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("db", "_db")], path
+
+
+def test_no_test_folder_imports_another_folders_conftest() -> None:
+    """Builders shared across test folders live in `tests/_*.py`; a conftest serves its own folder."""
+    tests = ROOT.parents[2] / "tests"
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for module in _imports(path):
+            if module.startswith("tests.") and ".conftest" in module + "." and \
+                    module.split(".conftest")[0] != ".".join(path.relative_to(tests.parent).parts[:-1]):
+                found.append(f"{path.relative_to(tests.parent)} imports {module}")
+    assert found == []

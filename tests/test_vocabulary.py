@@ -20,7 +20,7 @@ def test_every_wire_statistic_has_one_name_and_back() -> None:
     assert all(statistics.to_proto(n) == v for n, v in zip(names, wire, strict=True))
     assert statistics.requestable_of(common_pb2.STATISTIC_ACTIVE) is None  # answered, never requested
     assert set(statistics.NOISY) == {"sum", "count", "histogram", "active"}
-    assert set(config.load(None).policy.default_epsilon) == set(statistics.NOISY)
+    assert set(config.load(None).policy.default_charge) == set(statistics.NOISY)
 
 
 def test_every_wire_role_maps_to_one_role_and_back() -> None:

@@ -3,7 +3,6 @@ its export, and helpers that forge entries the way a malicious operator holding 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,19 +16,14 @@ from chorus.server.domain.release import Releases, StatisticRequest
 from chorus.server.model import config
 from chorus.server.model.clock import FakeClock
 from chorus.server.model.ledger_format import (
-    GENESIS_HASH,
-    canonical_json,
-    entry_body,
-    entry_hash,
     format_time,
-    parse_body,
 )
 from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
-from tests._ledger import ledger_entries
+from tests._ledger import decode, ledger_entries, line, resign
 from tests._policy import suite_config
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -45,19 +39,6 @@ DEFAULT_EPSILON = Epsilon.parse("0.05")
 #: Entries decoded for editing: seq, time, kind, payload (an object), prev_hash, hash, signature.
 #: `line` turns one back into an export line, its body rebuilt from the (possibly edited) fields.
 Entries = list[dict[str, Any]]
-
-
-def line(e: dict[str, Any]) -> str:
-    """An export line for a decoded entry, its body the canonical text of its current fields."""
-    body = entry_body(e["seq"], e["time"], e["kind"], canonical_json(e["payload"]), e["prev_hash"])
-    return json.dumps({"body": body, "hash": e["hash"], "signature": e["signature"]}, separators=(",", ":"))
-
-
-def decode(text: str) -> dict[str, Any]:
-    """An export line as an editable entry."""
-    exported = json.loads(text)
-    fields = parse_body(exported["body"])
-    return {**fields, "hash": exported["hash"], "signature": exported["signature"]}
 
 
 def run(entries: Entries, public_key: bytes, expect: str | None = None) -> verify.Report:
@@ -88,7 +69,7 @@ def release_payload(policy: config.Policy, release_id: str, window: str, team: s
     return {"release_id": release_id, "window": window, "team": team, "metric": metric,
             "statistic": statistic, "mechanism": verify.MECHANISM, "sensitivity": sensitivity,
             "scale": scale, "epsilon": str(charged), "value": value, "ci95": 3.0 * scale,
-            "budget_cap": str(policy.epsilon_per_window), "budget_spent_after": str(spent_after + charged),
+            "budget_cap": str(policy.budget_per_window), "budget_spent_after": str(spent_after + charged),
             "by": by}
 
 
@@ -116,18 +97,6 @@ def export_entries(chorus: Chorus) -> list[dict[str, Any]]:
 def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> Path:
     path.write_text("".join(line(e) + "\n" for e in entries), encoding="utf-8")
     return path
-
-
-def resign(entries: list[dict[str, Any]], signer: Signer, start: int = 0) -> list[dict[str, Any]]:
-    """Recompute prev_hash, hash and signature from index `start` on: a consistent forgery."""
-    out = [dict(e) for e in entries]
-    prev = out[start - 1]["hash"] if start > 0 else GENESIS_HASH
-    for e in out[start:]:
-        e["prev_hash"] = prev
-        e["hash"] = entry_hash(entry_body(e["seq"], e["time"], e["kind"], canonical_json(e["payload"]), prev))
-        e["signature"] = signer.sign(e["hash"])
-        prev = e["hash"]
-    return out
 
 
 def forge(entries: list[dict[str, Any]], signer: Signer, kind: str, payload: dict[str, Any],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from chorus.server.verifier import verify
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 from tests._ledger import ledger_entries
 
-from .conftest import TEAMS, WINDOW, release
+from .conftest import TEAMS, WINDOW, open_and_close, release
 
 
 class Auditor:
@@ -219,3 +220,18 @@ def test_a_window_closing_between_pages_neither_repeats_nor_shifts_them(released
     released.close_window("2026-11-26", actor="test-admin")  # its budgets sort before every page
     second, token = page(token)
     assert first + second == before and token == ""
+
+
+@pytest.mark.slow
+def test_get_budget_page_size_zero_is_the_default_docs_api_states(chorus: Chorus, server: Server,
+                                                                  auditor_token: str) -> None:
+    """docs/api.md: GetBudget's page_size 0 is 100 a page (as the proto says), 1000 at most."""
+    chorus.import_roster([(f"user-many-{i}", f"team-{i:03d}") for i in range(150)], actor="test-admin")
+    open_and_close(chorus)
+    with grpc.insecure_channel(server.address) as ch:
+        officer = Auditor(ch, auditor_token)
+        default = officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=0))
+        assert len(default.budgets) == audit.DEFAULT_PAGE_SIZE == 100 and default.next_page_token
+        assert len(officer("GetBudget", audit_pb2.GetBudgetRequest(page_size=5000)).budgets) == 150
+    text = " ".join((Path(__file__).parents[2] / "docs" / "api.md").read_text(encoding="utf-8").split())
+    assert "`GetBudget` and `StreamLedger` take `page_size` (0: the default, 100" in text

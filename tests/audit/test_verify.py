@@ -318,7 +318,7 @@ def _resigned_release(released: Chorus, entries: Entries, change: dict[str, Any]
 RESIGNED_RELEASE_CHANGES = {
     # rule: (change to team-blue's release payload, text the message must hold)
     "release": ({"epsilon": None}, "missing field 'epsilon'"),
-    "mechanism": ({"mechanism": "gaussian"}, "'gaussian' is not 'discrete_laplace'"),
+    "mechanism": ({"mechanism": "gaussian"}, "'gaussian' is not one of discrete_laplace, discrete_gaussian"),
     "statistic": ({"statistic": "median"}, "statistic must be one of"),
     "value": ({"value": "007"}, "value must be a decimal integer string"),
 }

@@ -3,7 +3,6 @@ dashboard talking to it through the gateway exactly as in production."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ import grpc
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.sessions import SessionStore
@@ -25,6 +23,7 @@ from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
+from tests._dashboard import csrf_of, login  # noqa: F401 (this folder's tests use them from here)
 from tests._policy import SUITE_TOML
 
 DAYS = ("2026-11-23", "2026-11-24", "2026-11-25")
@@ -152,24 +151,6 @@ def app(stack: Stack, sessions: SessionStore) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-def csrf_of(response: TestResponse) -> str:
-    match = _CSRF.search(response.get_data(as_text=True))
-    assert match, "page has no CSRF field"
-    return match[1]
-
-
-def login(client: FlaskClient, token: str, next_path: str | None = None) -> TestResponse:
-    """Sign in through the real form (GET for its CSRF token, then POST)."""
-    form = client.get("/login")
-    data = {"csrf": csrf_of(form), "token": token}
-    if next_path is not None:
-        data["next"] = next_path
-    return client.post("/login", data=data)
 
 
 ANALYST_PAGES = ("/overview", "/orgs", "/trends", "/histogram", "/spend")

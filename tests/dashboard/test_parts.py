@@ -149,6 +149,23 @@ def test_sessions_expire_when_idle_or_too_old_and_the_store_is_bounded() -> None
     assert store.get(ids[-1]) is None
 
 
+def test_the_interval_of_a_total_or_a_change_covers_at_least_95_percent() -> None:
+    """The noise of independent releases adds: drawn with OpenDP itself, the combined interval of
+    a change between two windows (two teams each) holds the sum of four noises at least 95% of
+    the time, and is narrower than adding the four intervals."""
+    from chorus.server.privacy import mechanisms
+    from chorus.server.privacy.epsilon import Epsilon
+
+    mech = mechanisms.calibrate(1, Epsilon.parse("0.5"))
+    terms = [(mech.scale, 1.0), (mech.scale, 1.0), (mech.scale, -1.0), (mech.scale, -1.0)]
+    half = mechanisms.combined_ci95(terms)
+    assert mech.ci95 < half < 4 * mech.ci95
+    noise = [v - 1000 for v in mech.release([1000] * 4 * 4000)]
+    sums = [noise[i] + noise[i + 1] - noise[i + 2] - noise[i + 3] for i in range(0, len(noise), 4)]
+    assert sum(abs(s) < half for s in sums) / len(sums) >= 0.95
+    assert mechanisms.combined_ci95([(mech.scale, 1.0)]) == mech.ci95  # one release: its own interval
+
+
 def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     from chorus.server.dashboard import headline
     from chorus.server.privacy import sums

@@ -99,8 +99,33 @@ def scraped(tmp_path: Path) -> Iterator[set[str]]:
 
 @pytest.mark.slow
 def test_rules_name_only_metrics_the_server_exposes(scraped: set[str]) -> None:
+    """chorus_worker_* exist only with --workers: tests/deploy/test_prometheus.py scrapes those."""
     named = {m for rule in alerting_rules() for m in re.findall(r"\bchorus_[a-z_]+", str(rule["expr"]))}
-    assert named and named <= scraped, named - scraped
+    assert named and named - {"chorus_worker_restarts_total"} <= scraped, named - scraped
+    assert "chorus_build_info" in scraped
+
+
+DOC_URL = "https://github.com/chorus-telemetry/chorus/blob/main/docs/deployment.md#"
+
+
+def runbook_sections() -> dict[str, str]:
+    """GitHub anchor -> text of every `####` section of docs/deployment.md's Runbooks."""
+    text = (DEPLOY.parent / "docs" / "deployment.md").read_text()
+    runbooks = text.split("\n### Runbooks\n", 1)[1].split("\n### ", 1)[0]
+    sections = re.split(r"^#### (.+)$", runbooks, flags=re.M)[1:]
+    return {re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-"): body.strip()
+            for title, body in zip(sections[::2], sections[1::2], strict=True)}
+
+
+def test_every_alert_links_a_runbook_section_that_says_what_to_do() -> None:
+    sections = runbook_sections()
+    for rule in alerting_rules():
+        url = rule["annotations"]["runbook_url"]  # type: ignore[index]
+        assert url.startswith(DOC_URL), url
+        anchor = url.removeprefix(DOC_URL)
+        assert anchor == str(rule["alert"]).lower() and anchor in sections, url
+        assert len(sections[anchor]) > 200, (anchor, sections[anchor])
+    assert set(sections) == {str(rule["alert"]).lower() for rule in alerting_rules()}
 
 
 def unit_lines() -> list[str]:
@@ -111,7 +136,8 @@ def test_unit_has_the_documented_hardening() -> None:
     lines = set(unit_lines())
     for directive in ("User=chorus", "StateDirectory=chorus", "StateDirectoryMode=0700", "ProtectSystem=strict",
                       "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectHome=yes", "CapabilityBoundingSet=",
-                      "UMask=0077", "KillSignal=SIGTERM", "Restart=on-failure"):
+                      "UMask=0077", "KillSignal=SIGTERM", "Restart=on-failure", "Type=notify",
+                      "NotifyAccess=main"):
         assert directive in lines, directive
     start = next(line for line in lines if line.startswith("ExecStart="))
     assert "--metrics-listen 127.0.0.1:" in start and "--log-format json" in start

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
-from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2
+from chorus.v1 import admin_pb2, admin_pb2_grpc
 from tests._policy import suite_config
+from tests._roster import ROSTER, TEAMS, import_roster, report_request  # noqa: F401 (this folder's tests use them from here)
 
 from ._servers import ServerProcess
-
-TEAMS = {"team-red": 6, "team-blue": 5}
-ROSTER = [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
-
-
-def import_roster(address: str, admin_token: str, rows: list[tuple[str, str]] = ROSTER) -> None:
-    with grpc.insecure_channel(address) as channel:
-        admin_pb2_grpc.AdminServiceStub(channel).ImportRoster(
-            iter([admin_pb2.ImportRosterRequest(entries=[admin_pb2.RosterEntry(user=u, team=t) for u, t in rows])]),
-            metadata=(("authorization", f"Bearer {admin_token}"),), timeout=30)
 
 
 def create_token(address: str, admin_token: str, role: str, name: str) -> str:
@@ -68,11 +56,3 @@ def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
     proc.kill()
 
 
-def report_request(**fields: object) -> ingest_pb2.ReportRequest:
-    """A valid one-contribution batch for user-team-red-0, with `fields` overridden."""
-    when = Timestamp()
-    when.FromDatetime(datetime.now(UTC))
-    base = {"batch_id": uuid.uuid4().hex, "source": "raw",
-            "contributions": [ingest_pb2.Contribution(user="user-team-red-0", metric="ai.tokens", value=1,
-                                                      event_time=when)]}
-    return ingest_pb2.ReportRequest(**{**base, **fields})  # type: ignore[arg-type]

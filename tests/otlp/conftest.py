@@ -3,7 +3,6 @@ OpenTelemetry Python SDK exporting to it."""
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,43 +16,12 @@ from chorus.server.model import config
 from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
-from tests._policy import SUITE_TOML
+from tests._policy import OTLP_TOML, SUITE_TOML, otlp_config  # noqa: F401 (this folder's tests use them from here)
+from tests._roster import ROSTER, import_roster
 from tests._usage import person_totals
 from tests.e2e._servers import sqlite_rows
-from tests.e2e.conftest import ROSTER, import_roster
-
-OTLP_TOML = SUITE_TOML + """
-[otlp]
-identity_attributes = ["user.email", "enduser.id"]
-
-[[otlp.metrics]]
-name = "claude_code.token.usage"
-metric = "ai.tokens"
-attributes = { type = ["input", "output"] }
-
-[[otlp.metrics]]
-name = "tool.requests"
-metric = "ai.requests"
-
-[[otlp.metrics]]
-name = "gen_ai.client.token.usage"
-metric = "ai.tokens"
-
-[[otlp.metrics]]
-name = "tool.cost"
-metric = "ai.suggestions_accepted"
-scale = 1000
-
-[[otlp.metrics]]
-name = "tool.gauge"
-metric = "ai.tasks_completed"
-"""
 
 TODAY = datetime.now(UTC).date().isoformat()
-
-
-def otlp_config() -> config.Config:
-    return config.parse(tomllib.loads(OTLP_TOML))
 
 
 class OtlpServer:

@@ -12,10 +12,10 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 
 from chorus.server.model.clock import FakeClock
 from chorus.server.root import Chorus
+from tests._roster import ROSTER
 from tests._usage import person_totals
 from tests.e2e._proxy import CuttingProxy
 from tests.e2e._servers import sqlite_rows
-from tests.e2e.conftest import ROSTER
 
 from ._requests import CUMULATIVE, DELTA, export_grpc, now_ns, point, request, sum_metric
 from .conftest import OtlpServer, otlp_config, provider, temporality

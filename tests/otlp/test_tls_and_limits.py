@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import MetricExportResult
 from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server, TlsConfig
-from tests.security.conftest import make_certs
+from tests._certs import make_certs
 
 from ._requests import export_grpc, now_ns, point, post, request, sum_metric
 from .conftest import OtlpServer, otlp_config, provider, temporality

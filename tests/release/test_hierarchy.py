@@ -262,7 +262,7 @@ def test_the_verifier_flags_a_node_release_that_skips_a_team(api: Api) -> None:
 
 
 @pytest.mark.slow
-def test_the_verifier_flags_a_node_release_marked_as_the_plans(api: Api) -> None:
+def test_the_verifier_flags_a_node_release_marked_as_the_plans_when_the_plan_has_no_org_entry(api: Api) -> None:
     node_release(api, "engineering", epsilon="0.2")
     entry, = payloads(api.chorus, "release")
     # A copy of the genuine entry (so also a double release), marked as the plan's.
@@ -272,7 +272,7 @@ def test_the_verifier_flags_a_node_release_marked_as_the_plans(api: Api) -> None
                       name="forge")
     violations = _verified(api.chorus).violations
     assert [v.rule for v in violations] == ["double_release", "plan"]
-    assert "the release plan has team releases only" in violations[1].message
+    assert "is not in the release plan frozen for its window at level org" in violations[1].message
 
 
 @pytest.mark.slow

@@ -14,18 +14,22 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
+from chorus.server.domain import windows as window_store
 from chorus.server.domain.release import Refused, StatisticRequest
 from chorus.server.model import config
 from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.root import Chorus
+from chorus.server.transport.grpc_server import Server
 from chorus.server.verifier import verify
-from chorus.v1 import common_pb2, release_pb2
-from tests._ledger import ledger_entries
+from chorus.v1 import common_pb2, release_pb2, release_pb2_grpc
+from tests._ledger import decode, ledger_entries, line, resign
 from tests._policy import SUITE_TOML
-from tests.audit.conftest import decode, line, resign
 
+from .._status import detail, error_info
 from .conftest import NOON, TEAMS, WINDOW, Api, contribute, roster_rows
 
 #: The suite policy with a plan: adoption, and the sum and mean of ai.tokens, each part at 0.05.
@@ -68,7 +72,7 @@ def test_the_plan_is_frozen_into_the_window_policy(make_chorus: Callable[..., Ch
     chorus = make_chorus(PLAN_TOML)
     chorus.closer.tick()
     frozen = chorus.windows.list()[0].policy
-    assert [(e.statistic, e.metric, str(e.epsilon)) for e in frozen.release_plan] == [
+    assert [(e.statistic, e.metric, str(e.charge)) for e in frozen.release_plan] == [
         ("adoption", "", "0.05"), ("sum", "ai.tokens", "0.05"), ("mean", "ai.tokens", "0.05")]
     assert frozen.plan_cost() == PLAN_COST
 
@@ -107,6 +111,7 @@ from pathlib import Path
 from chorus.server.model import config
 from chorus.server.root import Chorus
 from chorus.server.model.clock import FakeClock
+from chorus.server.model.roles import Role
 chorus = Chorus(config.load(Path(sys.argv[1])), Path(sys.argv[2]), clock=FakeClock(datetime.fromisoformat(sys.argv[3])))
 # The close commits; the process dies before the first plan request.
 chorus.releases.release_plan = lambda window: os.kill(os.getpid(), signal.SIGKILL)
@@ -153,6 +158,39 @@ def test_a_crash_between_close_and_plan_is_completed_by_the_next_tick(tmp_path: 
         assert report.ok, report.violations
     finally:
         chorus.close()
+
+
+@pytest.mark.slow
+def test_a_release_while_the_plan_is_pending_is_refused_over_grpc_with_a_retry(
+        make_chorus: Callable[..., Chorus], clock: FakeClock) -> None:
+    """docs/api.md's RELEASE_PLAN_PENDING: FAILED_PRECONDITION with RetryInfo; reads still pass."""
+    chorus = with_usage(make_chorus(PLAN_TOML))
+    clock.advance(timedelta(days=1))
+    # Closed as the closer does, before its plan pass: the state the minute after a close leaves.
+    chorus.db.run(lambda tx: window_store.close(tx, WINDOW, chorus.ledger, clock.now(), "test"), name="test")
+    assert chorus.releases.pending_plans() == [WINDOW]
+    server = Server(chorus, "127.0.0.1:0", run_closer=False)
+    server.start()
+    secret, _ = chorus.tokens.create(Role.ANALYST, "analyst-1", clock.now(), actor="test")
+    metadata = (("authorization", f"Bearer {secret}"),)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = release_pb2_grpc.ReleaseServiceStub(channel)
+            request = release_pb2.ReleaseRequest(window=WINDOW, statistics=[
+                release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_COUNT)])
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Release(request, metadata=metadata, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_info(caught.value).reason == "RELEASE_PLAN_PENDING"
+            assert detail(caught.value, error_details_pb2.RetryInfo).retry_delay.seconds == 30
+            assert "release plan of window 2026-11-25 is being released" in caught.value.details()
+            request.validate_only = True
+            assert stub.Release(request, metadata=metadata, timeout=30).teams  # a read passes
+            chorus.closer.tick()  # the plan completes: the same request now spends
+            request.validate_only = False
+            assert stub.Release(request, metadata=metadata, timeout=30).teams
+    finally:
+        server.stop(grace=1)
 
 
 @pytest.mark.slow

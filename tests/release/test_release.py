@@ -291,9 +291,9 @@ def test_a_team_name_with_a_slash_is_escaped_in_the_quota_subject(
     ({"statistics": ((SUM, " 0.1"),)}, grpc.StatusCode.INVALID_ARGUMENT, "not a plain decimal"),
     ({"statistics": ((SUM, "+0.1"),)}, grpc.StatusCode.INVALID_ARGUMENT, "not a plain decimal"),
     ({"statistics": ((SUM, "0"),)}, grpc.StatusCode.INVALID_ARGUMENT,
-     "epsilon for sum must be greater than 0"),
+     "statistics[0].epsilon is 0 for sum; a release needs an epsilon greater than 0"),
     ({"statistics": ((SUM, "1.5"),)}, grpc.StatusCode.INVALID_ARGUMENT,
-     "epsilon 1.5 for sum exceeds the budget of a team-window in 2026-11-25, 1"),
+     "statistics[0].epsilon 1.5 for sum exceeds the budget of a team-window in 2026-11-25, 1"),
     ({"statistics": ((SUM, ""), (SUM, "0.1"))}, grpc.StatusCode.INVALID_ARGUMENT, "requested more than once"),
 ])
 def test_bad_requests_are_refused_and_change_nothing(api: Api, kwargs: dict[str, Any],
@@ -309,6 +309,24 @@ def test_bad_requests_are_refused_and_change_nothing(api: Api, kwargs: dict[str,
         (violation,) = detail(caught.value, error_details_pb2.BadRequest).field_violations
         assert violation.field.split("[")[0] in kwargs and info.metadata["field"] == violation.field
     assert state(api.chorus) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("statistics", "field"), [
+    (((SUM, "0.1"), (common_pb2.STATISTIC_COUNT, "0")), "statistics[1].epsilon"),
+    (((SUM, "0.1"), (common_pb2.STATISTIC_COUNT, "0.000000")), "statistics[1].epsilon"),
+    (((SUM, ""), (common_pb2.STATISTIC_COUNT, "1.5")), "statistics[1].epsilon"),
+    (((SUM, ""), (SUM, "0.1")), "statistics[1].statistic"),
+])
+def test_an_epsilon_refusal_names_the_exact_field(api: Api, statistics: Any, field: str) -> None:
+    """docs/api.md: epsilon "0" fits the grammar but a release needs more than 0; the BadRequest
+    names the statistic's own field."""
+    with pytest.raises(grpc.RpcError) as caught:
+        api.release(statistics=statistics)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (violation,) = detail(caught.value, error_details_pb2.BadRequest).field_violations
+    assert violation.field == field == error_info(caught.value).metadata["field"]
+    assert caught.value.details().startswith(field)
 
 
 def test_windows_past_retention_are_refused(make_chorus: Callable[..., Chorus], clock: FakeClock,

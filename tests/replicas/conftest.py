@@ -25,16 +25,11 @@ import pytest
 from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from tests._policy import suite_config, suite_config_file
+from tests._roster import REPLICA_TEAMS as TEAMS  # noqa: F401
+from tests._roster import replica_roster as roster_rows
 from tests.store.postgres_schema import fresh_schema, url_with
 
 READY = re.compile(r"chorus serving on (\S+)")
-TEAMS = {"team-red": 40, "team-blue": 40, "team-green": 35}
-
-
-def roster_rows() -> list[tuple[str, str]]:
-    return [(f"user-{team}-{i}", team) for team, size in TEAMS.items() for i in range(size)]
-
-
 @dataclass
 class Replica:
     """One `python -m chorus.server.cli serve` process; restartable on the same port."""

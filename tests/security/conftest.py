@@ -18,15 +18,14 @@ from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from typer.testing import CliRunner
 
 import chorus.v1
-from chorus.server.cli import app
 from chorus.server.model.clock import FakeClock
 from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.server.transport.grpc_server import Server, TlsConfig
+from tests._certs import make_certs  # noqa: F401 (this folder's tests use it from here)
 from tests._policy import suite_config
 from tests._secrets import register, user_id
 
@@ -134,13 +133,6 @@ def call_raw(channel: grpc.Channel, method: descriptor.MethodDescriptor, payload
         status = trailing.get("grpc-status-details-bin", b"")
         return Answer(exc.code(), exc.details() or "", (status,) if status else ())  # type: ignore[attr-defined]
     return Answer(grpc.StatusCode.OK, "", replies)
-
-
-def make_certs(directory: Path) -> Path:
-    """Run `chorus certs dev --out DIRECTORY` through the CLI."""
-    result = CliRunner().invoke(app, ["certs", "dev", "--out", str(directory)])
-    assert result.exit_code == 0, result.output
-    return directory
 
 
 @pytest.fixture

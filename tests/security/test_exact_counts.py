@@ -37,7 +37,7 @@ from chorus.v1 import (
     release_pb2_grpc,
 )
 from tests._policy import suite_config
-from tests.conftest import CapturingHandler
+from tests._secrets import CapturingHandler
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WINDOWS = ("2026-11-25", "2026-11-26", "2026-11-27")

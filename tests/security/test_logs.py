@@ -26,8 +26,7 @@ from chorus.server.model.roles import Role
 from chorus.server.transport import logs
 from chorus.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests._policy import suite_config_file
-from tests._secrets import SECRET_MARKERS, leaks, register, user_id
-from tests.conftest import CapturingHandler
+from tests._secrets import SECRET_MARKERS, CapturingHandler, leaks, register, user_id
 
 from .conftest import NOON, ROSTER, SecureServer, bearer
 

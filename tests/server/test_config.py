@@ -21,16 +21,27 @@ def test_default_config_is_valid_and_fits_a_leadership_report() -> None:
     assert [m.name for m in policy.metrics] == ["ai.tokens", "ai.requests", "ai.suggestions_accepted",
                                                 "ai.tasks_completed"]
     assert policy.window_length is WindowLength.WEEK
-    # adoption plus sum and mean (sum + count) of two metrics fits one team-week's budget
-    report = policy.default_epsilon["active"] + policy.default_epsilon["sum"] + policy.default_epsilon["sum"] \
-        + policy.default_epsilon["count"] + policy.default_epsilon["count"]
-    assert report <= policy.epsilon_per_window
+    # after the plan, one unplanned question (a sum at the default) still fits a team-week's budget
+    assert policy.plan_cost() + policy.default_charge["sum"] <= policy.budget_per_window
 
 
 def test_keys_left_out_take_the_built_in_values() -> None:
     partial = config.parse(tomllib.loads('[[metrics]]\nname = "ai.x"\nmax_per_user = 10\n'))
     assert partial.policy.window_length == config.load(None).policy.window_length
-    assert partial.policy.default_epsilon == config.load(None).policy.default_epsilon
+    assert partial.policy.default_charge == config.load(None).policy.default_charge
+    assert partial.policy.mechanism == "discrete_gaussian"
+
+
+def test_a_laplace_config_without_amounts_takes_the_laplace_built_ins_and_refuses_rho() -> None:
+    laplace = config.parse(tomllib.loads('[privacy]\nmechanism = "discrete_laplace"\n'
+                                         '[[metrics]]\nname = "ai.x"\nmax_per_user = 10\n'))
+    assert (str(laplace.policy.budget_per_window), laplace.policy.unit.UNIT) == ("3", "epsilon")
+    with pytest.raises(config.ConfigError, match=r"privacy.rho_per_window is an amount of discrete_gaussian, "
+                                                 r"but privacy.mechanism = 'discrete_laplace' charges in epsilon"):
+        config.parse(tomllib.loads('[privacy]\nmechanism = "discrete_laplace"\nrho_per_window = "0.1"\n'
+                                   '[[metrics]]\nname = "ai.x"\nmax_per_user = 10\n'))
+    with pytest.raises(config.ConfigError, match=r"privacy\.mechanism = 'gauss': must be"):
+        config.parse(tomllib.loads('[privacy]\nmechanism = "gauss"\n[[metrics]]\nname = "ai.x"\nmax_per_user = 10\n'))
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
@@ -88,7 +99,7 @@ def test_epsilon_is_exact() -> None:
     ('grace = "2h"', 'grace = "2h"\nmin_team_size = 3',
      "unknown key windows.min_team_size: did you mean privacy.min_team_size? It belongs in [privacy]"),
     ('grace = "2h"', 'grace = "2h"\nfoo = 3', "unknown key windows.foo: [windows] takes grace, length"),
-    ("[server]", 'tls = true\n[server]', "unknown key tls: the top level takes limits, metrics, otlp, privacy, "
+    ("[server]", 'tls = true\n[server]', "unknown key tls: the top level takes limits, metrics, oidc, otlp, privacy, "
      "server, store, windows"),
 ])
 def test_an_unknown_key_or_section_is_refused_naming_the_nearest_valid_one(old: str, new: str,

@@ -16,7 +16,8 @@ from chorus.server.domain.release import Refused, Releases
 from chorus.server.model import config
 from chorus.server.model.calendar import WindowLength, max_windows_per_year, parse_window_id
 from chorus.server.model.clock import FakeClock
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.budget import worst_case
+from chorus.server.privacy.epsilon import Rho
 from chorus.server.root import Chorus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +29,9 @@ def doc(name: str) -> str:
     return " ".join((ROOT / name).read_text().split())
 
 
-def test_the_defaults_are_weekly_windows_with_6_hours_of_grace_and_a_budget_of_3() -> None:
-    assert (POLICY.window_length, POLICY.grace_seconds, POLICY.epsilon_per_window) == (
-        WindowLength.WEEK, 6 * 3600, Epsilon.parse("3"))
+def test_the_defaults_are_weekly_windows_with_6_hours_of_grace_and_a_gaussian_budget_of_rho_0_138() -> None:
+    assert (POLICY.window_length, POLICY.grace_seconds, POLICY.mechanism, POLICY.budget_per_window) == (
+        WindowLength.WEEK, 6 * 3600, "discrete_gaussian", Rho.parse("0.138"))
 
 
 def test_the_refusal_quoted_for_an_open_window_is_the_servers(tmp_path: Path) -> None:
@@ -54,11 +55,15 @@ def test_the_closing_time_in_the_deployment_guide_is_the_defaults() -> None:
 
 def test_every_stated_yearly_bound_is_the_computed_one() -> None:
     weeks, days = max_windows_per_year(WindowLength.WEEK), max_windows_per_year(WindowLength.DAY)
-    eps = POLICY.epsilon_per_window
+    rho = POLICY.budget_per_window
     privacy = doc("docs/privacy.md")
+    year, daily = worst_case(rho, weeks), worst_case(rho, days)
     assert f"any twelve months touch at most {weeks} ISO weeks or {days} UTC days" in privacy
-    assert f"**{Epsilon(eps.micros * weeks)} over any twelve months** ({weeks} x {eps})" in privacy
-    assert f"would be {Epsilon(eps.micros * days).micros // 10**6:,}, {days} x {eps})" in privacy
+    assert f"**rho {year.total} over any twelve months** ({weeks} x {rho}), which OpenDP's " \
+           f"`make_zCDP_to_approxDP` states as **(epsilon {year.epsilon:.1f}, delta 1e-08)**" in privacy
+    assert f"would be rho {daily.total}, epsilon {daily.epsilon:.0f})" in privacy
+    assert year.epsilon <= 30
     assert f"bounded by {weeks} x the per-window budget rather than {days} x" in doc("docs/architecture.md")
     assert f"at most {days} windows for days, {weeks} for weeks" in doc("docs/audit.md")
-    assert f"to {weeks} x epsilon_per_window (daily windows: {days} x)" in " ".join(config.DEFAULT_TOML.split())
+    assert f"54 weeks x {rho} = rho {year.total} a year per person, (epsilon {year.epsilon:.1f}, delta 1e-8)" \
+        in " ".join(config.DEFAULT_TOML.split())

@@ -11,16 +11,17 @@ from typer.testing import CliRunner
 from chorus.server.cli import app
 from chorus.server.model import config
 from chorus.server.model.plan_intervals import EXPLAINED_SIZES, planned_intervals
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import Rho
 
 
-def test_the_default_plan_is_a_weekly_leadership_review_leaving_budget_unspent() -> None:
+def test_the_default_plan_releases_company_org_and_team_leaving_budget_unspent() -> None:
     policy = config.load(None).policy
-    assert [(e.statistic, e.metric) for e in policy.release_plan] == [
-        ("adoption", ""), ("sum", "ai.tokens"), ("mean", "ai.tokens"), ("sum", "ai.requests"),
-        ("mean", "ai.requests")]
-    assert policy.plan_cost() == Epsilon.parse("2.5")
-    assert policy.plan_cost() < policy.epsilon_per_window
+    assert [(e.level, e.statistic, e.metric) for e in policy.release_plan] == [
+        ("company", "adoption", ""), ("company", "sum", "ai.tokens"), ("org", "adoption", ""),
+        ("org", "sum", "ai.tokens"), ("team", "adoption", "")]
+    assert policy.mechanism == "discrete_gaussian"
+    assert policy.plan_cost() == Rho.parse("0.121")
+    assert policy.plan_cost() < policy.budget_per_window == Rho.parse("0.138")
 
 
 def test_default_config_explains_the_plan_with_intervals_for_10_30_and_100_people() -> None:
@@ -30,7 +31,8 @@ def test_default_config_explains_the_plan_with_intervals_for_10_30_and_100_peopl
     start = result.output.index("# Release plan:")
     comment = " ".join(result.output[start:result.output.index("\n\n", start)].split())
     assert start < result.output.index("[[metrics]]")  # next to the plan, before the metrics
-    assert "2.5 of each team-window's 3 is spent when the window closes; 0.5 is left" in comment
+    assert "rho 0.121 of each team-window's 0.138 is spent when the window closes (under one org level); " \
+        "0.017 is left" in comment
     assert all(f"{n} people" in comment for n in EXPLAINED_SIZES)
     for name, cells in planned_intervals(config.load(None).policy):
         assert " ".join([name, *cells]) in comment
@@ -41,15 +43,19 @@ def test_a_file_without_a_plan_gets_the_default_for_its_own_metrics() -> None:
     del raw["privacy"]["release_plan"]
     raw["metrics"] = [m for m in raw["metrics"] if m["name"] != "ai.requests"]
     plan = config.parse(raw).policy.release_plan
-    assert [(e.statistic, e.metric) for e in plan] == [("adoption", ""), ("sum", "ai.tokens"),
-                                                       ("mean", "ai.tokens")]
+    assert [(e.statistic, e.metric) for e in plan] == [("adoption", ""), ("sum", "ai.tokens"), ("adoption", ""),
+                                                       ("sum", "ai.tokens"), ("adoption", "")]
 
 
 @pytest.mark.parametrize(("entry", "message"), [
     ({"statistic": "median", "metric": "ai.tokens"}, "privacy.release_plan[0].statistic = 'median': must be one of"),
     ({"statistic": "sum", "metric": "ai.nope"}, "privacy.release_plan[0].metric = 'ai.nope': must be one of"),
     ({"statistic": "adoption", "metric": "ai.tokens"}, "adoption is team-level and takes no metric"),
-    ({"statistic": "sum", "metric": "ai.tokens", "epsilon": "0"}, "privacy.release_plan[0].epsilon = '0'"),
+    ({"statistic": "sum", "metric": "ai.tokens", "rho": "0"}, "privacy.release_plan[0].rho = '0'"),
+    ({"statistic": "sum", "metric": "ai.tokens", "epsilon": "0.1"},
+     "privacy.release_plan[0].epsilon: this policy charges in rho; write privacy.release_plan[0].rho"),
+    ({"statistic": "sum", "metric": "ai.tokens", "level": "division"},
+     "privacy.release_plan[0].level = 'division': must be one of team, org, company"),
     ({"statistic": "sum", "metric": "ai.tokens", "epsilonn": "1"}, "unknown key privacy.release_plan[0].epsilonn"),
 ])
 def test_a_bad_plan_entry_is_named(entry: dict, message: str) -> None:
@@ -64,13 +70,10 @@ def test_the_intervals_privacy_md_quotes_are_the_default_plans() -> None:
 
     doc = " ".join((Path(__file__).resolve().parents[2] / "docs/privacy.md").read_text().split())
     rows = dict(planned_intervals(config.load(None).policy))
-    adoption = [cell.split()[0].removeprefix("±").split(".")[0] for cell in rows["adoption"]]
-    assert f"adoption is known to about ±{adoption[0]}, ±{adoption[1]} and ±{adoption[2]} percentage points" in doc
-    tokens = float(rows["sum of ai.tokens"][0].removeprefix("±").replace(",", ""))
-    assert f"a sum of tokens to ±{tokens / 1e6:.1f} million whatever the team's size" in doc
-    assert rows["sum of ai.tokens"] == [rows["sum of ai.tokens"][0]] * 3
-    assert f"everyone uses it at half the bound: {rows['mean of ai.tokens'][2].replace('±', '± ')} tokens for 100 " \
-           "people" in doc
-    assert rows["mean of ai.tokens"][0] == "250,000 ±250,000"  # the whole range [0, 500,000]
-    assert "the built-in plan is a weekly leadership review: **adoption, and the sum and mean of " \
-           "`ai.tokens` and `ai.requests`**" in doc.replace("The built-in", "the built-in")
+    company = rows["adoption (company)"][3].split()[0]
+    org = rows["adoption (org)"][2].split()[0]
+    team = [cell.split()[0].removeprefix("±").split(".")[0] for cell in rows["adoption"]]
+    assert f"company adoption is known to {company} points for 1,000 people, an org's to {org} for 100" in doc
+    assert f"a team's single week to about ±{team[0]}, ±{team[1]} and ±{team[2]} points for 10, 30 and 100" in doc
+    tokens = float(rows["sum of ai.tokens (company)"][0].removeprefix("±").replace(",", ""))
+    assert f"the company's sum of tokens to ±{tokens / 1e6:.1f} million" in doc

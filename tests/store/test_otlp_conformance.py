@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests._policy import otlp_config
 from tests.otlp._requests import CUMULATIVE, point, request, sum_metric
-from tests.otlp.conftest import otlp_config
 
 from .conftest import NOON, WINDOW, Store, race, roster_rows
 

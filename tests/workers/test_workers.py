@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import grpc
@@ -32,12 +33,11 @@ from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.server.transport import workers
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc, release_pb2, release_pb2_grpc
-from tests._policy import SUITE_TOML, suite_config, suite_config_file
+from tests._policy import OTLP_TOML, SUITE_TOML, suite_config, suite_config_file
 from tests._race import run_together
+from tests._roster import replica_roster as roster_rows
 from tests._traffic import FixedClock, Traffic
 from tests.otlp._requests import export_grpc, now_ns, point, post, request, sum_metric
-from tests.otlp.conftest import OTLP_TOML
-from tests.replicas.conftest import roster_rows
 from tests.store.postgres_schema import fresh_schema
 
 READY = re.compile(r"chorus serving on (\S+)")
@@ -205,36 +205,71 @@ def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path: Path, sta
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def free_pair() -> int:
-    """A port P with P + 1 free too, at the time of asking."""
-    import socket
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Sample name -> (labels, value) of every sample of one scrape."""
+    import urllib.request
 
-    while True:
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+        text = answer.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
 
 
 @pytest.mark.slow
-def test_each_worker_serves_its_own_metrics_on_port_plus_index(tmp_path: Path, started: list[Served]) -> None:
-    import urllib.request
+def test_one_metrics_target_carries_every_worker(tmp_path: Path, started: list[Served]) -> None:
+    """--metrics-listen with --workers 2: one target (the parent's), each worker's series labelled
+    `worker`, store-wide gauges and build info once; a killed worker is `chorus_worker_up 0` while
+    it restarts, then counted in `chorus_worker_restarts_total` (docs/deployment.md, Workers)."""
+    from chorus.server.transport.metrics import ONCE_PER_SERVER
 
-    port = free_pair()
-    served = serve(tmp_path, "--metrics-listen", f"127.0.0.1:{port}", count=2)
+    served = serve(tmp_path, "--metrics-listen", "127.0.0.1:0", count=2)
     started.append(served)
-    for i in range(2):
-        assert f"worker {i}: metrics on http://127.0.0.1:{port + i}/metrics" in served.text()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=10) as answer:
-            assert answer.status == 200 and b"chorus_rpc_duration_seconds" in answer.read()
-    anywhere = serve(tmp_path, "--metrics-listen", "127.0.0.1:0", count=2)  # port 0: each picks one
-    started.append(anywhere)
-    ports = {int(p) for p in re.findall(r"worker \d: metrics on http://127.0.0.1:(\d+)/metrics", anywhere.text())}
-    assert len(ports) == 2 and 0 not in ports
+    url = re.search(r"metrics on (http://127.0.0.1:\d+/metrics) \(2 workers\)", served.text())
+    assert url is not None, served.text()
+    assert_answers_with_the_admin_token(served, 12)
+    samples = scrape(url[1])
+    calls = [(labels["worker"], value) for labels, value in samples["chorus_rpc_duration_seconds_count"]
+             if labels["method"] == "ListTokens"]
+    assert sum(value for _, value in calls) == 12  # every worker's calls, none twice
+    assert {labels["worker"] for labels, _ in samples["process_cpu_seconds_total"]} == {"0", "1"}
+    assert {labels["worker"] for labels, _ in samples["chorus_store_up"]} == {"0", "1"}
+    for name in ONCE_PER_SERVER - {"chorus_windows"}:
+        assert len(samples[name]) == 1 and "worker" not in samples[name][0][0], name
+    assert len(samples["chorus_windows"]) == 2  # open, closed: once
+    assert samples["chorus_build_info"][0][0]["version"] == package_version("chorus-telemetry")
+    assert samples["chorus_worker_up"] == [({"worker": "0"}, 1.0), ({"worker": "1"}, 1.0)]
+
+    os.kill(served.workers()[1], signal.SIGKILL)
+    down = scrape(url[1])  # still answered, without worker 1
+    assert ({"worker": "1"}, 0.0) in down["chorus_worker_up"]
+    assert {labels["worker"] for labels, _ in down["process_cpu_seconds_total"]} == {"0"}
+    served.wait_for(re.compile(r"worker 1 \(pid \d+\) serves again"))
+    again = scrape(url[1])
+    assert ({"worker": "1"}, 1.0) in again["chorus_worker_restarts_total"]
+    assert again["chorus_worker_up"] == [({"worker": "0"}, 1.0), ({"worker": "1"}, 1.0)]
+
+
+@pytest.mark.slow
+def test_a_taken_metrics_port_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        run = subprocess.run(
+            [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(tmp_path / "data"),
+             "--listen", "127.0.0.1:0", "--workers", "2", "--metrics-listen", address],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"cannot serve metrics on {address}: Address already in use" in run.stderr
+    assert "window closer started" not in run.stdout + run.stderr  # no worker ran
 
 
 CLIENTS = 4
@@ -401,21 +436,21 @@ def test_workers_on_postgresql_share_one_schema_and_keep_the_url_out_of_ps(tmp_p
 
 @pytest.mark.slow
 def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
-    """Worker 1's metrics port is taken: the parent says so, stops worker 0, and exits 1."""
+    """Worker 0's OTLP/HTTP port is taken: the parent says so, stops worker 1, and exits 1."""
     import socket
 
-    port = free_pair()
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", port + 1))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
+        port = taken.getsockname()[1]
         run = subprocess.run(
             [sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(tmp_path / "data"),
-             "--listen", "127.0.0.1:0", "--workers", "2", "--metrics-listen", f"127.0.0.1:{port}"],
+             "--listen", "127.0.0.1:0", "--workers", "2", "--otlp-http-listen", f"127.0.0.1:{port}"],
             capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "worker 1: " in run.stderr and "did not become ready (exit code 1)" in run.stderr
+    assert "worker 0: " in run.stderr and "did not become ready (exit code 1)" in run.stderr
     assert "chorus serving on" not in run.stdout
-    left = subprocess.run(["pgrep", "-f", f"--metrics-listen 127.0.0.1:{port}"], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-f", f"{tmp_path / 'data'} .*--worker-index"], capture_output=True, text=True)
     assert left.stdout == ""
 
 

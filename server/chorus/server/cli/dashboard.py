@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 from datetime import timedelta
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -22,6 +23,10 @@ from chorus.server.cli._common import (
 )
 from chorus.server.front.client_channel import ChannelError
 from chorus.server.model.config import ConfigError, parse_duration
+from chorus.server.model.oidc import check_issuer
+
+if TYPE_CHECKING:
+    from chorus.server.dashboard.sso import SignOn
 
 
 def dashboard(
@@ -43,6 +48,19 @@ def dashboard(
                                                    "the Chorus server at start; the dashboard refuses to start "
                                                    "without it.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    oidc_issuer: Annotated[str | None, typer.Option(
+        "--oidc-issuer", envvar="CHORUS_DASHBOARD_OIDC_ISSUER", rich_help_panel="Single sign-on",
+        help="OpenID Connect issuer URL: people sign in there (authorization code with PKCE) besides "
+        "with tokens; the server's oidc.issuer.")] = None,
+    oidc_client_id: Annotated[str | None, typer.Option(
+        "--oidc-client-id", envvar="CHORUS_DASHBOARD_OIDC_CLIENT_ID", rich_help_panel="Single sign-on",
+        help="The dashboard's client id at the issuer.")] = None,
+    oidc_client_secret_file: Annotated[Path | None, typer.Option(
+        "--oidc-client-secret-file", envvar="CHORUS_DASHBOARD_OIDC_CLIENT_SECRET_FILE",
+        rich_help_panel="Single sign-on", help="File holding the client secret (none: a public client).")] = None,
+    oidc_audience: Annotated[str | None, typer.Option(
+        "--oidc-audience", envvar="CHORUS_DASHBOARD_OIDC_AUDIENCE", rich_help_panel="Single sign-on",
+        help="The server's oidc.audience, asked for as the resource indicator.")] = None,
 ) -> None:
     """Serve the web dashboard for leadership (analyst tokens) and privacy officers (auditor tokens)."""
     # Imported here so that other commands do not pay for Flask and waitress.
@@ -57,6 +75,7 @@ def dashboard(
         idle = timedelta(seconds=parse_duration(session_idle, "--session-idle"))
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
+    sso = _sign_on(oidc_issuer, oidc_client_id, oidc_client_secret_file, oidc_audience)
     try:
         gateway = Gateway(server, ca=ca, client_cert=client_cert, client_key=client_key)
     except ChannelError as exc:
@@ -66,7 +85,7 @@ def dashboard(
         raise fail(f"the Chorus server at {server} is not reachable (no connection within {connect_timeout:g} s): "
                    "start `chorus serve` first, or pass the right --server", ExitCode.UNAVAILABLE)
     try:
-        web = DashboardServer(create_app(gateway, idle_timeout=idle), listen, threads=threads,
+        web = DashboardServer(create_app(gateway, idle_timeout=idle, sso=sso), listen, threads=threads,
                               trusted_proxy=trusted_proxy)
     except (OSError, ValueError) as exc:
         raise fail(f"cannot listen on {listen}: {exc}", 2) from None
@@ -82,3 +101,29 @@ def dashboard(
         web.serve_forever()
     finally:
         gateway.close()
+
+
+def _sign_on(issuer: str | None, client_id: str | None, secret_file: Path | None,
+             audience: str | None) -> SignOn | None:
+    """The single sign-on settings from the --oidc-* options, or None without --oidc-issuer."""
+    from chorus.server.dashboard.sso import SignOn, SsoSettings
+
+    if issuer is None:
+        if client_id or secret_file or audience:
+            raise fail("--oidc-client-id, --oidc-client-secret-file and --oidc-audience need --oidc-issuer", 2)
+        return None
+    if not client_id or not audience:
+        raise fail("--oidc-issuer needs --oidc-client-id and --oidc-audience (the server's oidc.audience)", 2)
+    try:
+        check_issuer(issuer, "--oidc-issuer")
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    secret = None
+    if secret_file is not None:
+        try:
+            secret = secret_file.read_text().strip()
+        except OSError as exc:
+            raise fail(f"cannot read --oidc-client-secret-file {secret_file}: {exc.strerror}", 2) from None
+        if not secret:
+            raise fail(f"--oidc-client-secret-file {secret_file} is empty", 2)
+    return SignOn(SsoSettings(issuer, client_id, audience, secret))

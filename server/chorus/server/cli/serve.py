@@ -16,8 +16,15 @@ from cryptography.hazmat.primitives import serialization
 from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
 from chorus.server.model import config as config_module
 from chorus.server.root import Chorus
-from chorus.server.transport import logs, metrics, workers
+from chorus.server.transport import logs, metrics, readiness, worker_metrics, workers
 from chorus.server.transport.grpc_server import Server, TlsConfig
+
+#: The environment variables of `chorus serve`'s flags (docs/deployment.md, "Settings: flags,
+#: environment, config file"). Workers get every setting on their command line, so these are
+#: not passed on to them, except the database URL (kept out of `ps`).
+SERVE_ENVIRONMENT = ("CHORUS_CONFIG", "CHORUS_DATA_DIR", "CHORUS_LISTEN", "CHORUS_DATABASE", "CHORUS_TLS_CERT",
+                     "CHORUS_TLS_KEY", "CHORUS_CLIENT_CA", "CHORUS_INSECURE", "CHORUS_OTLP_HTTP_LISTEN",
+                     "CHORUS_LOG_LEVEL", "CHORUS_LOG_FORMAT", "CHORUS_METRICS_LISTEN", "CHORUS_WORKERS")
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", envvar="CHORUS_DATA_DIR",
                                           help="Directory for the SQLite database, ledger key, admin token.")]
@@ -59,31 +66,38 @@ def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", envvar="CHORUS_CONFIG",
                                                 help="TOML config; default: built-in policy.")] = None,
     data_dir: DataDirOpt = Path("chorus-data"),
-    listen: Annotated[str | None, typer.Option("--listen", "-l",
+    listen: Annotated[str | None, typer.Option("--listen", "-l", envvar="CHORUS_LISTEN",
                                                help="host:port (port 0: any free port).")] = None,
     database: Annotated[str | None, typer.Option(
         "--database", envvar="CHORUS_DATABASE",
         help="postgresql://... to share one PostgreSQL between replicas; default SQLite.")] = None,
-    tls_cert: Annotated[Path | None, typer.Option("--tls-cert",
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", envvar="CHORUS_TLS_CERT",
                                                   help="Server certificate chain (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Server private key (PEM).")] = None,
-    client_ca: Annotated[Path | None, typer.Option("--client-ca", help="Require client certificates "
-                                                   "signed by this CA (mTLS).")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plaintext on a non-loopback "
-                                           "address.")] = False,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", envvar="CHORUS_TLS_KEY",
+                                                 help="Server private key (PEM).")] = None,
+    client_ca: Annotated[Path | None, typer.Option("--client-ca", envvar="CHORUS_CLIENT_CA",
+                                                   help="Require client certificates signed by this CA "
+                                                   "(mTLS).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", envvar="CHORUS_INSECURE",
+                                           help="Allow plaintext on a non-loopback address.")] = False,
     otlp_http_listen: Annotated[str | None, typer.Option(
-        "--otlp-http-listen", help="host:port for OTLP/HTTP (POST /v1/metrics), off by default; OTLP/gRPC is "
+        "--otlp-http-listen", envvar="CHORUS_OTLP_HTTP_LISTEN",
+        help="host:port for OTLP/HTTP (POST /v1/metrics), off by default; OTLP/gRPC is "
         "always on --listen. Same TLS options.")] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR. No level "
+    log_level: Annotated[str, typer.Option("--log-level", envvar="CHORUS_LOG_LEVEL",
+                                           help="DEBUG, INFO, WARNING or ERROR. No level "
                                            "logs user ids, tokens or per-person values.")] = "INFO",
-    log_format: Annotated[str, typer.Option("--log-format", help="text (one line per record) or json "
+    log_format: Annotated[str, typer.Option("--log-format", envvar="CHORUS_LOG_FORMAT",
+                                            help="text (one line per record) or json "
                                             "(one JSON object per line, with a request id per RPC).")] = "text",
     metrics_listen: Annotated[str | None, typer.Option(
-        "--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics, no "
+        "--metrics-listen", envvar="CHORUS_METRICS_LISTEN",
+        help="host:port to serve Prometheus metrics on (GET /metrics, no "
         "authentication: keep it on loopback or a monitoring network); default: off. With "
-        "--workers N, worker i serves its own metrics on port + i.")] = None,
+        "--workers N still one target: every worker's series, labelled worker.")] = None,
     worker_count: Annotated[str, typer.Option(
-        "--workers", help="Server processes sharing the port and the store: a number, or auto (one per "
+        "--workers", envvar="CHORUS_WORKERS",
+        help="Server processes sharing the port and the store: a number, or auto (one per "
         "core). One of them runs the window closer.")] = "1",
     worker_index: Annotated[int | None, typer.Option("--worker-index", hidden=True)] = None,
     ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
@@ -132,9 +146,8 @@ def serve(
                 *(["--config", str(config)] if config else []),
                 *(["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)] if tls_cert and tls_key else []),
                 *(["--client-ca", str(client_ca)] if client_ca else []), *(["--insecure"] if insecure else [])]
-        if database is not None:
-            os.environ["CHORUS_DATABASE"] = database  # inherited; a password stays out of `ps`
-        _supervise(count, address, argv, metrics_listen, otlp_http_listen, token_path, tls is not None, data_dir)
+        _supervise(count, address, argv, metrics_listen, otlp_http_listen, token_path, tls is not None, data_dir,
+                   database)
         return
     try:
         server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
@@ -153,6 +166,7 @@ def serve(
     # The ready line: scripts and tests read the bound port from it.
     console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
                   f"data in {data_dir}", highlight=False, soft_wrap=True)
+    readiness.notify(f"READY=1\nSTATUS=serving on {server.address}")
     server.wait_for_signal()
 
 
@@ -160,10 +174,6 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
                   otlp_http_listen: str | None, index: int, ready_fd: int | None) -> None:
     """One worker of `serve --workers N` (chorus.server.transport.workers): its parent holds the port.
     Worker 0 alone is given `otlp_http_listen` (and runs the closer)."""
-    if metrics_listen is not None:
-        host, port = metrics.parse_address(metrics_listen)
-        port = port + index if port else 0
-        metrics_listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
                         otlp_http_listen=otlp_http_listen, share_port=True, run_closer=index == 0)
@@ -171,20 +181,19 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
         chorus.close()
         raise fail(f"worker {index}: {exc}") from None
     server.start()
-    if server.metrics_address:
-        console.print(f"worker {index}: metrics on http://{server.metrics_address}/metrics", highlight=False,
-                      soft_wrap=True)
     if server.otlp_http is not None:
         console.print(f"worker {index}: OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}"
                       "/v1/metrics", highlight=False, soft_wrap=True)
     sys.stdout.flush()  # the metrics line before the parent's ready line, also into a file
-    workers.signal_ready(ready_fd)
+    workers.signal_ready(ready_fd, metrics.parse_address(server.metrics_address)[1] if server.metrics_address
+                         else None)
     workers.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
     server.wait_for_signal()
 
 
 def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | None,
-               otlp_http_listen: str | None, token_path: Path | None, tls: bool, data_dir: Path) -> None:
+               otlp_http_listen: str | None, token_path: Path | None, tls: bool, data_dir: Path,
+               database: str | None) -> None:
     """The parent of `serve --workers N`: reserve the port, start the workers, restart the ones that
     die, stop them all on SIGTERM or SIGINT. OTLP/HTTP is served by worker 0 alone (OTLP/gRPC
     shares the gRPC port like every other service)."""
@@ -195,11 +204,26 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
 
     def command(index: int, fd: int) -> list[str]:
         return [sys.executable, "-m", "chorus.server.cli", "serve", *argv, "--listen", address,
-                *(["--metrics-listen", metrics_listen] if metrics_listen else []),
+                *(["--metrics-listen", worker_metrics.WORKER_LISTEN] if metrics_listen else []),
                 *(["--otlp-http-listen", otlp_http_listen] if otlp_http_listen and index == 0 else []),
                 "--worker-index", str(index), "--ready-fd", str(fd)]
 
-    supervisor = workers.Supervisor(command, count)
+    # Everything on the command line but the database URL (a password stays out of `ps`);
+    # no NOTIFY_SOCKET: the parent alone tells systemd.
+    env = {name: value for name, value in os.environ.items()
+           if name not in SERVE_ENVIRONMENT and name != "NOTIFY_SOCKET"}
+    if database is not None:
+        env["CHORUS_DATABASE"] = database
+    supervisor = workers.Supervisor(command, count, env)
+    scrape = None
+    if metrics_listen is not None:  # the one target, bound before any worker starts
+        try:
+            scrape, bound = metrics.serve_registry(worker_metrics.registry_of(supervisor.metrics_targets),
+                                                   metrics_listen)
+        except OSError as exc:
+            for sock in reservation:
+                sock.close()
+            raise fail(str(exc)) from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
     try:
@@ -209,12 +233,17 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
             raise fail(str(exc)) from None
         if token_path:
             console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
+        if scrape is not None:
+            console.print(f"metrics on http://{bound}/metrics ({count} workers)", highlight=False, soft_wrap=True)
         console.print(f"chorus serving on {address} ({'TLS' if tls else 'plaintext'}), data in {data_dir}, "
                       f"{count} workers (pids {' '.join(map(str, supervisor.pids))})",
                       highlight=False, soft_wrap=True)
+        readiness.notify(f"READY=1\nSTATUS=serving on {address}, {count} workers")
         supervisor.run()
         supervisor.stop()
     finally:
+        if scrape is not None:
+            metrics.stop_serving(scrape)
         for sock in reservation:
             sock.close()
 
@@ -272,6 +301,6 @@ def config_check(file: Annotated[Path, typer.Argument(help="TOML config, as give
     grace = policy.grace_seconds
     grace_text = f"{grace // 3600} h" if grace % 3600 == 0 else f"{grace} s"
     windows = "daily" if policy.window_length.value == "day" else "weekly"
-    console.print(f"{file}: valid ({windows} windows, {grace_text} grace, epsilon "
-                  f"{policy.epsilon_per_window} per team-window, k = {policy.min_team_size}, "
+    console.print(f"{file}: valid ({windows} windows, {grace_text} grace, {policy.mechanism}, "
+                  f"{policy.unit.UNIT} {policy.budget_per_window} per team-window, k = {policy.min_team_size}, "
                   f"{len(policy.metrics)} metrics)", highlight=False, soft_wrap=True)

@@ -186,7 +186,8 @@ def small_multiples(rows: Sequence[OrgRow]) -> list[tuple[str, Markup]]:
         description = f"Adoption of org {row.org} per window with its 95% band."
         now = f"{format_percent(shown(row.now).value)}" if row.now else "not released"
         moved = f", {headline.points(row.change.value)}" if row.change else ""
-        panels.append((f"{row.org}: {now}{moved}", charts.responsive(charts.trend_panel, f"chart-org-{number}", title, description,
+        panels.append((f"{row.org}: {now}{moved}", charts.responsive(
+            charts.trend_panel, f"chart-org-{number}", title, description,
                                                   row.data.windows, points, domain, fmt=format_percent)))
     return panels
 

@@ -14,13 +14,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from chorus.server.dashboard.sso import Grant
 from chorus.server.model.clock import Clock
 from chorus.server.model.roles import Role
 
 
 @dataclass(slots=True)
 class Session:
-    """One signed-in browser. `token` is the person's Chorus token and is never rendered."""
+    """One signed-in browser. `token` is the person's Chorus token, or their access token from
+    the identity provider (`grant`, renewed before it expires); neither is ever rendered."""
 
     id: str
     token: str = field(repr=False)
@@ -28,6 +30,10 @@ class Session:
     csrf: str
     created: datetime
     last_seen: datetime
+    grant: Grant | None = field(default=None, repr=False)
+
+    def renewed(self, grant: Grant) -> None:
+        self.token, self.grant = grant.access_token, grant
 
     def csrf_ok(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(self.csrf, presented)
@@ -45,10 +51,10 @@ class SessionStore:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
-    def create(self, token: str, role: Role) -> Session:
+    def create(self, token: str, role: Role, grant: Grant | None = None) -> Session:
         """A new session with fresh random id and CSRF token (never reuses a presented id)."""
         now = self._clock.now()
-        session = Session(secrets.token_urlsafe(32), token, role, secrets.token_urlsafe(32), now, now)
+        session = Session(secrets.token_urlsafe(32), token, role, secrets.token_urlsafe(32), now, now, grant)
         with self._lock:
             # Least recently used first: drop the idle ones, then any excess over capacity.
             while self._sessions and now - next(iter(self._sessions.values())).last_seen > self._idle:

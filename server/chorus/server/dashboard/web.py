@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from chorus.server.dashboard import orgs, pages
 from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
 from chorus.server.dashboard.sessions import Session, SessionStore
+from chorus.server.dashboard.sso import Grant, SignOn, SsoError
 from chorus.server.front import spending
 from chorus.server.model.clock import Clock, SystemClock
 from chorus.server.model.roles import Role
@@ -31,6 +32,9 @@ from chorus.v1 import common_pb2
 _log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "chorus_session"
+#: The id of a sign-in in progress at the identity provider (SameSite=Lax: the provider's
+#: redirect back is a cross-site navigation; the id is good for one callback only).
+SSO_COOKIE = "chorus_sso"
 LOGIN_CSRF_COOKIE = "chorus_login_csrf"
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
@@ -66,15 +70,17 @@ _BY_ENDPOINT["spend_confirm"] = _BY_ENDPOINT["spend"]
 
 
 def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: SessionStore | None = None,
-               idle_timeout: timedelta = timedelta(minutes=30)) -> Flask:
+               idle_timeout: timedelta = timedelta(minutes=30), sso: SignOn | None = None) -> Flask:
     """A dashboard that reads from the Chorus server behind `gateway`.
 
     Sessions expire after `idle_timeout` by `clock` unless a ready `sessions` store is given.
+    With `sso`, people may also sign in through the identity provider (`sso.py`).
     """
     app = Flask(__name__)
     # Only the sign-in and sign-out forms post, and both are tiny.
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024, MAX_FORM_MEMORY_SIZE=8 * 1024)
-    store = sessions if sessions is not None else SessionStore(clock or SystemClock(), idle=idle_timeout)
+    clock = clock or SystemClock()
+    store = sessions if sessions is not None else SessionStore(clock, idle=idle_timeout)
     app.jinja_env.globals.update(utc=pages.utc, role_titles=ROLE_TITLES,
                                  window_closed=common_pb2.WINDOW_STATE_CLOSED, describe=spending.describe,
                                  org_filter=lambda: request.args.get("org", ""))
@@ -103,6 +109,21 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
         if g.session.role != spec.role:
             abort(403, f"this page is for {ROLE_TITLES[spec.role]}; you are signed in as "
                        f"{ROLE_TITLES[g.session.role]}")
+        return renew_sso()
+
+    def renew_sso() -> BaseResponse | None:
+        """An SSO session's access token renewed before it expires; a refusal ends the session."""
+        grant = g.session.grant
+        if sso is None or grant is None or not grant.due(clock.now()):
+            return None
+        try:
+            g.session.renewed(sso.renew(grant, clock.now()))
+        except SsoError as exc:
+            _log.info("SSO session ended: %s", exc)
+            store.delete(g.session.id)
+            response = redirect(url_for("login", reason="expired", next=request.full_path.rstrip("?")))
+            response.delete_cookie(SESSION_COOKIE, path="/")
+            return response
         return None
 
     @app.after_request
@@ -158,14 +179,18 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
                     return response
         elif request.args.get("reason") == "revoked":
             error = "Your token is no longer valid (revoked or expired): sign in with a current token."
-        body = render_template("login.html", csrf=csrf, error=error, next=safe_next())
+        elif request.args.get("reason") == "expired":
+            error = ("Your single sign-on session has ended (signed out or expired at the identity "
+                     "provider): sign in again.")
+        body = render_template("login.html", csrf=csrf, error=error, next=safe_next(), sso=sso is not None)
         response = app.make_response((body, status))
         set_cookie(response, LOGIN_CSRF_COOKIE, csrf)
         return response
 
-    def sign_in(token: str) -> tuple[str | None, int, BaseResponse | None]:
+    def sign_in(token: str, grant: Grant | None = None,
+                next_page: str | None = None) -> tuple[str | None, int, BaseResponse | None]:
         try:
-            role = gateway.identify(token)
+            role = gateway.identify(token) if grant is None else gateway.role_of(token)
         except LoginRejected as exc:
             _log.info("sign-in refused: %s", exc)
             return f"Sign-in refused: {exc}.", 401, None
@@ -173,9 +198,9 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
             return exc.message, exc.http_status, None
         if g.session is not None:
             store.delete(g.session.id)
-        session = store.create(token, role)
-        _log.info("sign-in as %s", role.value)
-        response = redirect(safe_next() or home_for(role), 303)
+        session = store.create(token, role, grant)
+        _log.info("sign-in as %s%s", role.value, " (single sign-on)" if grant else "")
+        response = redirect(next_page or safe_next() or home_for(role), 303)
         set_cookie(response, SESSION_COOKIE, session.id)
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
         return None, 303, response
@@ -187,8 +212,51 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
             return target
         return None
 
+    @app.get("/login/sso")
+    def login_sso() -> BaseResponse | tuple[str, int]:
+        """Off to the identity provider's sign-in page (authorization code with PKCE)."""
+        if sso is None:
+            abort(404, "this dashboard has no single sign-on configured: sign in with a token")
+        try:
+            url, key = sso.begin(url_for("oidc_callback", _external=True), safe_next())
+        except SsoError as exc:
+            return render_template("error.html", status=503, message=str(exc), quota=()), 503
+        response = redirect(url, 303)
+        response.set_cookie(SSO_COOKIE, key, httponly=True, samesite="Lax", secure=request.is_secure,
+                            path=url_for("oidc_callback"))
+        return response
+
+    @app.get("/oidc/callback")
+    def oidc_callback() -> BaseResponse | tuple[str, int]:
+        """The provider's redirect back: the code for tokens, the role from the Chorus server."""
+        if sso is None:
+            abort(404, "this dashboard has no single sign-on configured")
+        if "error" in request.args:  # the person cancelled, or the provider refused
+            message = f"The identity provider did not sign you in ({request.args['error'][:64]})."
+            return render_template("error.html", status=401, message=message, quota=()), 401
+        try:
+            grant, next_page = sso.finish(request.cookies.get(SSO_COOKIE), url_for("oidc_callback", _external=True),
+                                          request.url, clock.now())
+        except SsoError as exc:
+            _log.info("SSO sign-in refused: %s", exc)
+            return render_template("error.html", status=401, message=str(exc), quota=()), 401
+        error, status, response = sign_in(grant.access_token, grant, next_page)
+        if response is None:
+            sso.revoke(grant)
+            return render_template("error.html", status=status, message=error, quota=()), status
+        # A page, not a redirect: a redirect chain that began at the provider is cross-site, and
+        # the browser would not send the SameSite=Strict session cookie to the page it lands on.
+        target = response.headers["Location"]
+        page = app.make_response(render_template("sso_done.html", target=target))
+        for cookie in response.headers.getlist("Set-Cookie"):
+            page.headers.add("Set-Cookie", cookie)
+        page.delete_cookie(SSO_COOKIE, path=url_for("oidc_callback"))
+        return page
+
     @app.post("/logout")
     def logout() -> BaseResponse:
+        if sso is not None and g.session.grant is not None:
+            sso.revoke(g.session.grant)
         store.delete(g.session.id)
         response = redirect(url_for("login"), 303)
         response.delete_cookie(SESSION_COOKIE, path="/")

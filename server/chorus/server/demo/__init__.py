@@ -70,7 +70,7 @@ class _Demo:
         unit = "ISO weeks" if self.policy.window_length is WindowLength.WEEK else "UTC days"
         c.print(f"Serving on {self.server.address} with its SQLite store in {self.data_dir}.\n"
                 f"Windows are {unit}; the current window is [bold]{self.window}[/]. Minimum team size "
-                f"k = {self.policy.min_team_size}; privacy budget {self.policy.epsilon_per_window} per team and "
+                f"k = {self.policy.min_team_size}; privacy budget {self.policy.budget_per_window} per team and "
                 "window.")
         self.import_roster()
         self.run_tools()
@@ -170,7 +170,7 @@ class _Demo:
         self.console.print(
             f"Right after closing, the server released the window's release plan, once: {plan} for every team "
             f"of at least k people, spending {self.policy.plan_cost()} of each team's "
-            f"{self.policy.epsilon_per_window}. Everyone reads these numbers from now on without spending "
+            f"{self.policy.budget_per_window}. Everyone reads these numbers from now on without spending "
             "anything; the rest of the budget waits for a question nobody planned (`chorus report --release`).")
 
     def leadership_report(self) -> None:
@@ -201,17 +201,16 @@ class _Demo:
         c.print(f"The dashboard shows the same numbers, free: `chorus serve --data-dir {self.data_dir}` (after "
                 "`chorus demo --keep`), then `chorus dashboard`, signed in with an analyst token.")
         c.rule("[bold]10. The same window by org")
-        # --release --yes: an org's numbers are not in the plan (plan entries are per team). 0.5 for
-        # the sum, the only statistic asked for: the 0.5 of each team's 3 the plan leaves (each team
-        # is below one org, so charged once).
+        # The default plan releases every org's adoption and ai.tokens sum at close (plan entries
+        # with level "org"): --release finds them released and charges nothing more.
         report_cli.report(window=self.window, server=self.server.address, token=analyst,
-                          statistic=[report_cli.Statistic.SUM], metric=["ai.tokens"], epsilon="0.5",
+                          statistic=[report_cli.Statistic.SUM], metric=["ai.tokens"],
                           level=report_cli.Level.ORG, spend=True, yes=True)
         c.print("design has 3 people, below k: it is never released on its own, yet its people are inside "
-                "product's numbers (and the company's). Each org's release charged its epsilon to every team "
-                "below it, spending the 0.5 the plan left. Teams and orgs now both have ai.tokens sums, so the table "
-                "shows consistent estimates "
-                "(†): engineering equals platform plus mobile plus data, exactly.")
+                "product's numbers (and the company's). The plan released every org and the company directly at "
+                "close, each charged to every team below it. Teams, orgs and the company all have releases, so "
+                "the table shows consistent estimates (†): engineering equals platform plus mobile plus data, "
+                "exactly.")
 
     def audit(self) -> None:
         c = self.console

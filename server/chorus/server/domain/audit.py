@@ -21,7 +21,7 @@ from chorus.server.domain.ledger import Ledger, read_entries
 from chorus.server.model.ledger_format import Entry, policy_sha256
 from chorus.server.model.policy import Policy
 from chorus.server.privacy.budget import Budget
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import Loss
 from chorus.server.store import Database, Tx
 
 CONFIG_KIND = "config"
@@ -77,12 +77,12 @@ class TeamWindowBudget:
 
     window: str
     team: str
-    cap: Epsilon
-    spent: Epsilon
+    cap: Loss
+    spent: Loss
     releases: int
 
     @property
-    def remaining(self) -> Epsilon:
+    def remaining(self) -> Loss:
         return Budget(self.cap, self.spent).remaining
 
 

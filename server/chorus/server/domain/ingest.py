@@ -14,6 +14,16 @@ value. Every answer (rejections in index order, the first invalid field, what is
 the one a contribution-by-contribution pass gives: clamping a running total at each step equals
 clamping the sum, since accepted values are non-negative.
 
+Prepared outside the write transaction: everything that needs only the window key and the
+roster (rules, pseudonyms, the rows to upsert) is resolved first in a read transaction, which
+takes no writer lock, so workers do that part in parallel. The write transaction then holds only
+what must be atomic: the batch claim, a recheck that the preparation still holds (the roster's
+version unchanged, every window it used still open with the same key, read share-locked on
+PostgreSQL so that a close waits for this commit) and the clamped upsert. When the recheck fails
+(a roster import or a close committed in between), or the preparation met a window that does
+not exist yet (it would have to be opened, a write), the batch is resolved again inside the
+write transaction, as if never prepared: what is counted is the same as without preparing.
+
 Exactly once: the batch_id is stored with a digest of the batch's contents in the batch's own
 transaction. A known id with the same digest is a duplicate (acknowledged, nothing counted); with
 another digest it raises BatchIdReused and the transaction stores nothing, so a client that
@@ -27,7 +37,7 @@ import hashlib
 import hmac
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -213,6 +223,28 @@ class _Person(NamedTuple):
     totals: list[int]  # per metric slot, each already clamped to its bound
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """A batch with the rules applied: the rows to upsert and what the answer says."""
+
+    people: dict[tuple[str, str], _Person]  # by (window, user)
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A batch resolved in a read transaction, and what it depended on."""
+
+    roster_version: int
+    #: The open windows it used, by id: rechecked in the write transaction.
+    windows: dict[str, window_store.OpenWindow]
+    resolved: _Resolved
+
+
+class _Unprepared(Exception):
+    """The batch needs a window that does not exist yet: resolve it in the write transaction."""
+
+
 def pseudonym(key: bytes, user: str) -> bytes:
     """HMAC-SHA256(window key, user id): stable within a window, unlinkable once the key is gone."""
     return hmac.digest(key, user.encode(), hashlib.sha256)
@@ -233,11 +265,30 @@ class Ingestor:
     def report(self, batch: Batch) -> Outcome:
         now = self._clock.now()
         grouped = batch.contributions if isinstance(batch.contributions, Grouped) else group(batch.contributions)
-        outcome = self._db.run(lambda tx: self._apply(tx, batch, grouped, now), name="ingest")
+        prepared = self._db.read(lambda tx: self._prepare(tx, grouped, now), name="ingest_prepare")
+        outcome = self._db.run(lambda tx: self._apply(tx, batch, grouped, now, prepared), name="ingest")
         self.stats.record(outcome, batch.dropped)
         return outcome
 
-    def _apply(self, tx: Tx, batch: Batch, grouped: Grouped, now: datetime) -> Outcome:
+    def _prepare(self, tx: Tx, grouped: Grouped, now: datetime) -> _Prepared | None:
+        """The batch resolved in a read transaction, or None when it needs a window opened."""
+        version, teams = self._roster.snapshot(tx)
+        windows: dict[str, window_store.OpenWindow | Rejection] = {}
+        try:
+            resolved = self._resolve(grouped, teams.get,
+                                     lambda when: self.window_for(tx, when, now, windows, peek=True))
+        except _Unprepared:
+            return None
+        return _Prepared(version, {w.record.id: w for w in windows.values()
+                                   if isinstance(w, window_store.OpenWindow)}, resolved)
+
+    def _still_holds(self, tx: Tx, prepared: _Prepared) -> bool:
+        """Whether nothing the preparation read changed: the roster, and each window's key."""
+        return store.roster.version(tx) == prepared.roster_version and \
+            all(window_store.still_open(tx, window) for window in prepared.windows.values())
+
+    def _apply(self, tx: Tx, batch: Batch, grouped: Grouped, now: datetime,
+               prepared: _Prepared | None = None) -> Outcome:
         stored = store.batches.claim(tx, batch.batch_id, int(now.timestamp()), batch.digest)
         if stored is not None:
             if stored and batch.digest and stored != batch.digest:
@@ -245,6 +296,8 @@ class Ingestor:
                                     "contents; nothing was stored. Use a new random id (at least 128 "
                                     "bits) for every batch, and the same id only to resend it unchanged")
             return Outcome(accepted=0, duplicate=True)
+        if prepared is not None and self._still_holds(tx, prepared):
+            return self._commit(tx, prepared.resolved)
         return self.count(tx, grouped, now)
 
     def count(self, tx: Tx, contributions: Sequence[Contribution] | Grouped, now: datetime,
@@ -253,8 +306,19 @@ class Ingestor:
 
         Window, roster lookup and pseudonym are resolved once per (event time, user) group."""
         grouped = contributions if isinstance(contributions, Grouped) else group(contributions)
-        team_of = self._roster.current(tx).get
-        windows = {} if windows is None else windows
+        known = {} if windows is None else windows
+        return self._commit(tx, self._resolve(grouped, self._roster.current(tx).get,
+                                              lambda when: self.window_for(tx, when, now, known)))
+
+    def _commit(self, tx: Tx, resolved: _Resolved) -> Outcome:
+        if resolved.people:
+            self._write(tx, resolved.people)
+        return resolved.outcome
+
+    @staticmethod
+    def _resolve(grouped: Grouped, team_of: Callable[[str], str | None],
+                 window_at: Callable[[datetime], window_store.OpenWindow | Rejection]) -> _Resolved:
+        """The rules applied to a batch: pseudonyms, clamped per-person totals, rejections."""
         by_time: dict[datetime, window_store.OpenWindow | Rejection] = {}  # batches carry few distinct times
         slots: dict[str, dict[str, tuple[int, int]]] = {}  # window -> metric -> (slot, bound)
         people: dict[tuple[str, str], _Person] = {}  # by (window, user)
@@ -274,7 +338,7 @@ class Ingestor:
                 if metric_slots is None:  # per group, and only once a value is non-negative
                     found = by_time.get(when)
                     if found is None:
-                        found = by_time[when] = self.window_for(tx, when, now, windows)
+                        found = by_time[when] = window_at(when)
                     if isinstance(found, Rejection):
                         refused, metric_slots = found, {}
                     else:
@@ -309,12 +373,10 @@ class Ingestor:
                 total = totals[slot] + value
                 totals[slot] = bound if total > bound else total
 
-        if people:
-            self._write(tx, people)
         if rejections:
             rejections.sort(key=_by_index)
         accepted = grouped.size - len(rejections)
-        return Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped)
+        return _Resolved(people, Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped))
 
     @staticmethod
     def _write(tx: Tx, people: dict[tuple[str, str], _Person]) -> None:
@@ -332,11 +394,13 @@ class Ingestor:
             store.usage.add(tx, bounds, sorted(group))
 
     def window_for(self, tx: Tx, when: datetime, now: datetime,
-                    windows: dict[str, window_store.OpenWindow | Rejection]) -> window_store.OpenWindow | Rejection:
+                   windows: dict[str, window_store.OpenWindow | Rejection], *,
+                   peek: bool = False) -> window_store.OpenWindow | Rejection:
         """The open window taking events at `when`, or why none does (index filled in by the caller).
 
         An existing window decides by its own frozen close time; the current grace period only
-        decides whether a missing window may still be opened.
+        decides whether a missing window may still be opened. With `peek` (a read transaction)
+        nothing is locked or created: a missing window raises _Unprepared.
         """
         if when > now + FUTURE_TOLERANCE:
             return Rejection(-1, Reason.FUTURE, f"event_time {when.isoformat()} is more than "
@@ -345,7 +409,12 @@ class Ingestor:
         span = window_store.span_at(tx, when, self._policy.window_length)
         if span.id not in windows:
             may_open = span.end + timedelta(seconds=self._policy.grace_seconds) > now
-            opened = window_store.open_for_ingest(tx, span, self._policy, self._ledger, now, create=may_open)
+            if peek:
+                opened = window_store.peek(tx, span)
+                if opened is None:
+                    raise _Unprepared(span.id)
+            else:
+                opened = window_store.open_for_ingest(tx, span, self._policy, self._ledger, now, create=may_open)
             windows[span.id] = opened if isinstance(opened, window_store.OpenWindow) and opened.record.closes_at > now \
                 else _late(span.id, opened)
         return windows[span.id]

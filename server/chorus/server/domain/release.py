@@ -62,12 +62,13 @@ from chorus.server.domain.ledger import Ledger
 from chorus.server.model import hierarchy
 from chorus.server.model.calendar import parse_window_id
 from chorus.server.model.clock import Clock
-from chorus.server.model.policy import MetricPolicy, Policy
+from chorus.server.model.policy import MetricPolicy, Policy, expected_ci95
+from chorus.server.model.policy import sensitivity as policy_sensitivity
 from chorus.server.model.statistics import ACTIVE, NOISY_PARTS
 from chorus.server.model.statistics import REQUESTABLE as STATISTICS
 from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.budget import Budget, refusal
-from chorus.server.privacy.epsilon import ZERO, Epsilon
+from chorus.server.privacy.epsilon import ZERO, Loss
 from chorus.server.store import Database, Tx
 
 _log = logging.getLogger(__name__)
@@ -105,13 +106,18 @@ class Refused(ReleaseError):
     """Well-formed but not releasable now: the window is open or past retention."""
 
 
+class PlanPending(Refused):
+    """A spending release while the window's release plan is not complete: it can pass later
+    (the closer completes the plan on its next pass)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Overspend:
     team: str
     window: str
-    requested: Epsilon
-    remaining: Epsilon
-    cap: Epsilon
+    requested: Loss
+    remaining: Loss
+    cap: Loss
 
 
 class BudgetExceeded(ReleaseError):
@@ -128,7 +134,7 @@ class BudgetExceeded(ReleaseError):
 class StatisticRequest:
     statistic: str
     #: None: the window's default epsilon for each noisy statistic it needs.
-    epsilon: Epsilon | None = None
+    epsilon: Loss | None = None
 
 
 class Estimate(NamedTuple):
@@ -143,8 +149,8 @@ class Estimate(NamedTuple):
     ci95: float
     bucket_counts: tuple[int, ...]
     histogram_edges: tuple[int, ...]
-    epsilon_charged: Epsilon
-    epsilon: Epsilon
+    epsilon_charged: Loss
+    epsilon: Loss
     mechanism: str
     sensitivity: int
     scale: float
@@ -171,7 +177,7 @@ class Unreleased(NamedTuple):
     statistic: str
     #: The epsilon of its noisy parts not released yet (a part shared with another statistic
     #: of the same request counts for each of them; TeamResult.epsilon_required counts it once).
-    epsilon: Epsilon
+    epsilon: Loss
     #: The half-width of its 95% interval once released; 0.0 for a mean, whose interval depends
     #: on the count it will be divided by.
     expected_ci95: float
@@ -184,15 +190,15 @@ class TeamResult:
     #: Why nothing was released for a suppressed team; empty otherwise.
     message: str
     estimates: tuple[Estimate, ...]
-    budget_cap: Epsilon
-    budget_remaining: Epsilon
+    budget_cap: Loss
+    budget_remaining: Loss
     roster_size: int
     #: What this request charged the team-window in total (for a node: each team below it).
-    epsilon_charged: Epsilon
+    epsilon_charged: Loss
     #: Requested statistics not released (only a validate_only request leaves any).
     unreleased: tuple[Unreleased, ...] = ()
     #: What releasing all of `unreleased` would charge, each noisy part once.
-    epsilon_required: Epsilon = ZERO
+    epsilon_required: Loss = ZERO
     #: hierarchy.TEAM, ORG or ROOT.
     level: str = hierarchy.TEAM
     #: For an org or the company: every team below it, each charged epsilon_charged.
@@ -235,6 +241,15 @@ class TeamList:
     min_team_size: int
 
 
+#: A stored release's result (value, ci95, scale, sensitivity), as parsed from its JSON.
+_Result = tuple[int | list[int], float, float, int]
+#: Results parsed before, by their JSON text: a stored release never changes, and every replay
+#: of a report reads thousands of them again. Bounded (cleared when full); nothing here is
+#: secret (every stored result is a published release). Never mutated once parsed.
+_PARSED: dict[str, _Result] = {}
+_PARSED_MAX = 500_000
+
+
 class _Stored(NamedTuple):
     """A noisy release as stored (and as first answered)."""
 
@@ -243,9 +258,11 @@ class _Stored(NamedTuple):
     ci95: float
     scale: float
     sensitivity: int
-    epsilon: Epsilon
+    epsilon: Loss
     #: What this request charged for it: ZERO when it was released before.
-    charged: Epsilon
+    charged: Loss
+    #: The window's mechanism (privacy.mechanisms.LAPLACE or GAUSSIAN).
+    mechanism: str
 
 
 def suppression_reason(team: str, roster_size: int, k: int, level: str = hierarchy.TEAM) -> str:
@@ -318,17 +335,21 @@ class Releases:
         retention) is marked done with what was released, and the reason logged.
         """
         record = self._db.run(lambda tx: _window(tx, window), name="plan_window")
+        tree = self._db.run(lambda tx: _tree(tx, window), name="plan_tree")
         try:
             for entry in record.policy.release_plan:
+                nodes = {hierarchy.ROOT: [hierarchy.COMPANY], hierarchy.ORG: tree.org_nodes()}.get(entry.level, [])
+                if entry.level != hierarchy.TEAM and not nodes:
+                    continue  # org entries in a company without orgs: nothing to release
                 self._release(window, (), (entry.metric,) if entry.metric else (),
-                              {entry.statistic: entry.epsilon}, PLAN_ACTOR, validate_only=False, plan=True)
+                              {entry.statistic: entry.charge}, PLAN_ACTOR, nodes, validate_only=False, plan=True)
         except (Refused, BudgetExceeded) as exc:
             _log.error("release plan of window %s stopped: %s", window, exc)
         at = int(self._clock.now().timestamp())
         self._db.run(lambda tx: store.windows.mark_plan_released(tx, window, at), name="plan_done")
 
     def _release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                 requested: dict[str, Epsilon | None], requester: str, nodes: Sequence[str] = (), *,
+                 requested: dict[str, Loss | None], requester: str, nodes: Sequence[str] = (), *,
                  validate_only: bool, plan: bool) -> ReleaseResult:
         now = self._clock.now()
         result = self._db.run(
@@ -337,25 +358,30 @@ class Releases:
             name="read_releases" if validate_only else "release")
         if not validate_only:  # a read changes nothing worth a log line per page view
             fresh = sum(1 for t in result.teams for e in t.estimates
-                        if not e.cached and e.mechanism == mechanisms.MECHANISM)
+                        if not e.cached and e.mechanism != mechanisms.POST_PROCESSING)
             _log.info("release for window %s%s: %d team(s), %d new noisy release(s)", window,
                       " (release plan)" if plan else "", len(result.teams), fresh)
         return result
 
 
-def _statistics(requests: Sequence[StatisticRequest]) -> dict[str, Epsilon | None]:
+def _statistics(requests: Sequence[StatisticRequest]) -> dict[str, Loss | None]:
     """Requested statistics in order, validated; empty means all at their defaults."""
     if not requests:
         return dict.fromkeys(STATISTICS)
-    out: dict[str, Epsilon | None] = {}
-    for r in requests:
+    out: dict[str, Loss | None] = {}
+    for i, r in enumerate(requests):
         if r.statistic not in STATISTICS:
             raise InvalidRequest(f"statistic {r.statistic!r} is unknown; allowed: {', '.join(STATISTICS)}",
-                                 "statistics")
+                                 f"statistics[{i}].statistic")
         if r.statistic in out:
-            raise InvalidRequest(f"statistic {r.statistic} is requested more than once", "statistics")
+            raise InvalidRequest(f"statistics[{i}].statistic: {r.statistic} is requested more than once",
+                                 f"statistics[{i}].statistic")
         if r.epsilon is not None and r.epsilon.micros == 0:
-            raise InvalidRequest(f"epsilon for {r.statistic} must be greater than 0", "statistics")
+            # "0" fits the grammar (answers use it: a derived estimate charges nothing), but a
+            # release at epsilon 0 is infinite noise: no mechanism draws it.
+            raise InvalidRequest(f"statistics[{i}].epsilon is 0 for {r.statistic}; a release needs an epsilon "
+                                 f"greater than 0 (at least 0.000001; empty: the window's default)",
+                                 f"statistics[{i}].epsilon")
         out[r.statistic] = r.epsilon
     return out
 
@@ -377,10 +403,10 @@ def _tree(tx: Tx, window: str) -> hierarchy.Hierarchy:
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(nodes: tuple[consistency.Node, ...]) -> consistency.Plan:
+def _plan(nodes: tuple[consistency.Node, ...], mechanism: str) -> consistency.Plan:
     """The consistency plan of one tree and set of scales (deterministic; cached: a 500-team
     company's intervals take a while to compute)."""
-    return consistency.plan(nodes)
+    return consistency.plan(nodes, mechanism=mechanism)
 
 
 def _team_windows(tx: Tx, window: str) -> list[tuple[str, int, int]]:
@@ -402,9 +428,10 @@ class _Release:
         self.window = window
         self.policy = self.record.policy
         self.tree = _tree(tx, window)
+        self._rows: list[store.releases.Release] | None = None  # read once per request (release_rows)
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
-            statistics: dict[str, Epsilon | None], nodes: Sequence[str] = ()) -> ReleaseResult:
+            statistics: dict[str, Loss | None], nodes: Sequence[str] = ()) -> ReleaseResult:
         self.check_releasable()
         chosen_metrics = self.metrics(metrics)
         wanted = self.wanted(chosen_metrics, statistics)
@@ -427,7 +454,7 @@ class _Release:
             if any(missing.values()):
                 self.check_plan_done()
             self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
-        charged_to: dict[str, Epsilon] = {}
+        charged_to: dict[str, Loss] = {}
         if any(missing.values()) and not self.validate_only:
             stored.update(self.release_missing(missing, wanted, charged_to))
             budgets = self.budgets()
@@ -436,7 +463,7 @@ class _Release:
         for subject in chosen:
             level = tree.level(subject)
             below = tree.teams_below(subject)
-            cap = budgets.get(below[0], _NO_BUDGET).cap if below else self.policy.epsilon_per_window
+            cap = budgets.get(below[0], _NO_BUDGET).cap if below else self.policy.budget_per_window
             # The least any team below has left; for a team, its own.
             left = min((budgets.get(t, _NO_BUDGET).remaining for t in below), default=cap)
             # What this request charged, not the difference of two reads: another replica may
@@ -472,7 +499,7 @@ class _Release:
         if self.plan or not self.policy.release_plan:
             return
         if not store.windows.plan_released(self.tx, self.window):
-            raise Refused(f"the release plan of window {self.window} is being released (the closer does "
+            raise PlanPending(f"the release plan of window {self.window} is being released (the closer does "
                           "it right after the window closes); until it is complete nothing else is "
                           "released. Try again in a minute")
 
@@ -490,18 +517,20 @@ class _Release:
         return out
 
     def wanted(self, metrics: list[MetricPolicy],
-               statistics: dict[str, Epsilon | None]) -> dict[tuple[str, str], Epsilon]:
+               statistics: dict[str, Loss | None]) -> dict[tuple[str, str], Loss]:
         """(metric, noisy statistic) -> epsilon for everything the answer needs.
 
         An epsilon given for a statistic itself wins over one given for mean or adoption
         (which applies to each noisy statistic they need), which wins over the default.
         """
-        cap = self.policy.epsilon_per_window
-        for stat, eps in statistics.items():
+        cap = self.policy.budget_per_window
+        # A request's amounts are in the window's unit (epsilon or rho, its frozen mechanism's).
+        statistics = {stat: None if eps is None else self.policy.unit(eps.micros) for stat, eps in statistics.items()}
+        for i, (stat, eps) in enumerate(statistics.items()):  # in the request's order
             if eps is not None and eps > cap:
-                raise InvalidRequest(f"epsilon {eps} for {stat} exceeds the budget of a team-window in "
-                                     f"{self.window}, {cap}", "statistics")
-        wanted: dict[tuple[str, str], Epsilon] = {}
+                raise InvalidRequest(f"statistics[{i}].epsilon {eps} for {stat} exceeds the budget of a "
+                                     f"team-window in {self.window}, {cap}", f"statistics[{i}].epsilon")
+        wanted: dict[tuple[str, str], Loss] = {}
         explicit: set[tuple[str, str]] = set()
         for stat, eps in statistics.items():
             for noisy in _NEEDS[stat]:
@@ -512,7 +541,7 @@ class _Release:
                     if eps is not None and noisy == stat:
                         explicit.add(key)
                     if eps is not None or key not in wanted:
-                        wanted[key] = eps if eps is not None else self.policy.default_epsilon[noisy]
+                        wanted[key] = eps if eps is not None else self.policy.default_charge[noisy]
         return wanted
 
     def teams(self, names: Sequence[str], sizes: Mapping[str, int]) -> list[str]:
@@ -544,22 +573,35 @@ class _Release:
         return self.parsed([row for row in self.release_rows() if row.team in wanted])
 
     def release_rows(self) -> list[store.releases.Release]:
-        return store.releases.of_window(self.tx, self.window)
+        """Every release of the window: read once per request, again after it claims some."""
+        if self._rows is None:
+            self._rows = store.releases.of_window(self.tx, self.window)
+        return self._rows
 
-    @staticmethod
-    def parsed(rows: list[store.releases.Release]) -> dict[Key, _Stored]:
-        # One JSON document for all results: a full report replays thousands of them.
-        results: list[dict[str, Any]] = json.loads(f"[{','.join(row.result for row in rows)}]")
-        return {(row.team, row.metric, row.statistic): _Stored(row.release_id, r["value"], r["ci95"], r["scale"],
-                                                               r["sensitivity"], Epsilon(row.epsilon_micros), ZERO)
-                for row, r in zip(rows, results, strict=True)}
+    def parsed(self, rows: list[store.releases.Release]) -> dict[Key, _Stored]:
+        known = [_PARSED.get(row.result) for row in rows]
+        unparsed = [row.result for row, r in zip(rows, known, strict=True) if r is None]
+        fresh: dict[str, _Result] = {}
+        if unparsed:  # one JSON document for all of them: a full report replays thousands
+            if len(_PARSED) + len(unparsed) > _PARSED_MAX:
+                _PARSED.clear()
+            for text, r in zip(unparsed, json.loads(f"[{','.join(unparsed)}]"), strict=True):
+                fresh[text] = _PARSED[text] = (r["value"], r["ci95"], r["scale"], r["sensitivity"])
+        unit, mechanism = self.policy.unit, self.policy.mechanism  # the window's (epsilon or rho)
+        epsilons = {micros: unit(micros) for micros in {row.epsilon_micros for row in rows}}  # a few values
+        out: dict[Key, _Stored] = {}
+        for row, r in zip(rows, known, strict=True):
+            value, ci95, scale, sensitivity = fresh[row.result] if r is None else r
+            out[(row.team, row.metric, row.statistic)] = _Stored(row.release_id, value, ci95, scale, sensitivity,
+                                                                 epsilons[row.epsilon_micros], ZERO, mechanism)
+        return out
 
     def budgets(self) -> dict[str, Budget]:
         """team -> its budget in this window."""
-        return store.budgets.of_window(self.tx, self.window)
+        return store.budgets.of_window(self.tx, self.window, self.policy.unit)
 
     def check_budgets(self, missing: dict[str, list[tuple[str, str]]],
-                      wanted: dict[tuple[str, str], Epsilon],
+                      wanted: dict[tuple[str, str], Loss],
                       budgets: dict[str, Budget]) -> None:
         """Raise BudgetExceeded naming every team that would overspend."""
         over = []
@@ -571,18 +613,18 @@ class _Release:
             raise BudgetExceeded(self.window, over)
 
     def needs(self, missing: dict[str, list[tuple[str, str]]],
-              wanted: dict[tuple[str, str], Epsilon]) -> dict[str, Epsilon]:
+              wanted: dict[tuple[str, str], Loss]) -> dict[str, Loss]:
         """team -> what the request charges its team-window: its own releases plus those of
         every node above it."""
-        out: dict[str, Epsilon] = {}
+        out: dict[str, Loss] = {}
         for subject, keys in missing.items():
             need = sum((wanted[key] for key in keys), ZERO)
             for team in self.tree.teams_below(subject):
                 out[team] = out.get(team, ZERO) + need
         return out
 
-    def release_missing(self, missing: dict[str, list[tuple[str, str]]], wanted: dict[tuple[str, str], Epsilon],
-                        charged_to: dict[str, Epsilon]) -> dict[Key, _Stored]:
+    def release_missing(self, missing: dict[str, list[tuple[str, str]]], wanted: dict[tuple[str, str], Loss],
+                        charged_to: dict[str, Loss]) -> dict[Key, _Stored]:
         """Draw, claim, charge and record every missing release; returns what is now stored and
         adds what it charged to `charged_to` per team."""
         drawn = self.draw(missing, wanted)
@@ -592,6 +634,7 @@ class _Release:
         store.releases.claim(self.tx, self.window, [
             store.releases.Release(item.release_id, *key, _result_json(item), item.epsilon.micros)
             for key, item in drawn.items()], at)
+        self._rows = None
         claimed = store.releases.ids(self.tx, self.window)
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
         needs = self.needs(missing, wanted)
@@ -606,17 +649,16 @@ class _Release:
         return fresh
 
     def draw(self, missing: dict[str, list[tuple[str, str]]],
-             wanted: dict[tuple[str, str], Epsilon]) -> dict[Key, _Stored]:
+             wanted: dict[tuple[str, str], Loss]) -> dict[Key, _Stored]:
         """Noise for every missing release: one OpenDP call per (metric, statistic), all teams."""
         scalars, histograms = self.inputs(list(missing))
-        bounds = {m.name: m.max_per_user for m in self.policy.metrics}
         teams_for: dict[tuple[str, str], list[str]] = {}
         for team, keys in missing.items():
             for key in keys:
                 teams_for.setdefault(key, []).append(team)
         drawn: dict[Key, _Stored] = {}
         for (metric, stat), teams in teams_for.items():
-            sensitivity = bounds[metric] if stat == "sum" else 1
+            sensitivity = policy_sensitivity(stat, self.policy.metric(metric))
             mech = mechanisms.calibrate(sensitivity, wanted[(metric, stat)], stat == "histogram")
             subjects = [(team, metric, stat) for team in teams]
             values: Sequence[int | list[int]] = (
@@ -624,11 +666,11 @@ class _Release:
                 else mech.release([scalars[k] for k in subjects]))
             for subject, value in zip(subjects, values, strict=True):
                 drawn[subject] = _Stored(uuid.uuid4().hex, value, mech.ci95, mech.scale, sensitivity,
-                                     mech.epsilon, mech.epsilon)
+                                         mech.epsilon, mech.epsilon, mech.mechanism)
         # Ledger order: team by team, as requested.
         return {(team, *key): drawn[(team, *key)] for team, keys in missing.items() for key in keys}
 
-    def charge_and_record(self, key: Key, item: _Stored, needs: dict[str, Epsilon]) -> int:
+    def charge_and_record(self, key: Key, item: _Stored, needs: dict[str, Loss]) -> int:
         """Charge one release against its team-window, or a node's against every team-window
         below it (never past a cap); ledger it; return seq.
 
@@ -647,8 +689,8 @@ class _Release:
                                  else {"node": subject, "level": level, "teams": sorted(after)})
         entry = self.ledger.append(self.tx, "release", {
             "release_id": item.release_id, "window": self.window, **where, "metric": metric,
-            "statistic": stat, "mechanism": mechanisms.MECHANISM, "sensitivity": item.sensitivity,
-            "scale": item.scale, "epsilon": str(item.epsilon), "ci95": item.ci95,
+            "statistic": stat, "mechanism": self.policy.mechanism, "sensitivity": item.sensitivity,
+            "scale": item.scale, item.epsilon.UNIT: str(item.epsilon), "ci95": item.ci95,
             # Decimal strings: a noisy sum can exceed the integers a JSON number holds exactly.
             "value": [str(v) for v in item.value] if isinstance(item.value, list) else str(item.value),
             "budget_cap": str(cap),
@@ -700,7 +742,7 @@ class _Release:
             if not any(self.released_above(node, items) for node in items):
                 continue  # one level only: the raw releases are already consistent
             plan = _plan(tuple(consistency.Node(n, p, items[n].scale if n in items else None)
-                               for n, p in self.tree.nodes()))
+                               for n, p in self.tree.nodes()), self.policy.mechanism)
             result = plan.estimate({n: int(item.value) for n, item in items.items()  # type: ignore[arg-type]
                                     if n in plan.released})
             for subject in released:
@@ -723,10 +765,10 @@ class _Release:
             parent = self.tree.parent(parent)
         return False
 
-    def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Epsilon | None],
+    def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Loss | None],
                 stored: dict[Key, _Stored], roster_size: int,
                 consistent: dict[Key, tuple[float, float]], unreleased: list[Unreleased],
-                wanted: dict[tuple[str, str], Epsilon]) -> list[Estimate]:
+                wanted: dict[tuple[str, str], Loss]) -> list[Estimate]:
         """The team's estimates: every noisy release the request needs, once each, and after
         them the derived statistics naming those they are computed from. A derived statistic
         charges nothing itself, so the estimates' charges add up to the team's. A statistic
@@ -737,13 +779,11 @@ class _Release:
         def noisy(name: str, edges: tuple[int, ...], stat: str) -> None:
             if (team, name, stat) not in shown:
                 shown.add((team, name, stat))
-                out.append(_noisy(name, edges, stat, stored[(team, name, stat)])._replace(
-                    consistent=consistent.get((team, name, stat))))
+                out.append(_noisy(name, edges, stat, stored[(team, name, stat)], consistent.get((team, name, stat))))
 
         def available(metric: MetricPolicy | None, stat: str) -> bool:
             name = metric.name if metric is not None else TEAM_LEVEL
-            parts = [(TEAM_LEVEL if need == ACTIVE else name, need) for need in _NEEDS[stat]]
-            absent = [part for part in parts if (team, *part) not in stored]
+            absent = [part for part in _parts(name, stat) if (team, *part) not in stored]
             if absent:
                 cost = sum((wanted[part] for part in absent), ZERO)
                 unreleased.append(Unreleased(name, stat, cost, self.expected_ci95(metric, stat, roster_size,
@@ -764,24 +804,23 @@ class _Release:
             out.append(_adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
 
-    def expected_ci95(self, metric: MetricPolicy | None, stat: str, roster_size: int,
-                      wanted: dict[tuple[str, str], Epsilon]) -> float:
+    @staticmethod
+    def expected_ci95(metric: MetricPolicy | None, stat: str, roster_size: int,
+                      wanted: dict[tuple[str, str], Loss]) -> float:
         """The 95% half-width a statistic will have once released (it depends on no data, except
         a mean's: 0.0 there)."""
         if stat == "mean":
             return 0.0
         if metric is None:  # adoption: the active count's interval over the public roster size
-            ci = mechanisms.calibrate(1, wanted[(TEAM_LEVEL, ACTIVE)]).ci95
-            return min(ci / max(roster_size, 1), 1.0)
-        sensitivity = metric.max_per_user if stat == "sum" else 1
-        return mechanisms.calibrate(sensitivity, wanted[(metric.name, stat)], stat == "histogram").ci95
+            return expected_ci95("adoption", None, wanted[(TEAM_LEVEL, ACTIVE)], roster_size)
+        return expected_ci95(stat, metric, wanted[(metric.name, stat)], roster_size)
 
 
 #: The budget of a team without a row (not on the roster at close): nothing to spend.
 _NO_BUDGET = Budget(ZERO)
 
 
-def _overspend(team: str, window: str, need: Epsilon, budget: Budget) -> Overspend:
+def _overspend(team: str, window: str, need: Loss, budget: Budget) -> Overspend:
     """The refusal of `need` by `budget`, with the amounts the accountant reports."""
     return Overspend(team, window, need, budget.remaining, budget.cap)
 
@@ -803,7 +842,14 @@ def _result_json(item: _Stored) -> str:
                        "sensitivity": item.sensitivity}, separators=(",", ":"))
 
 
-def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stored) -> Estimate:
+@functools.cache
+def _parts(metric: str, stat: str) -> tuple[tuple[str, str], ...]:
+    """The (metric, noisy statistic) releases a statistic of `metric` is made of."""
+    return tuple((TEAM_LEVEL if need == ACTIVE else metric, need) for need in _NEEDS[stat])
+
+
+def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stored,
+           consistent: tuple[float, float] | None) -> Estimate:
     """A sum, count, histogram or active; negative noisy values are shown as 0 and the answer
     says so."""
     if isinstance(item.value, list):
@@ -818,14 +864,15 @@ def _noisy(metric: str, histogram_edges: tuple[int, ...], stat: str, item: _Stor
         value = float(max(0, item.value))
         note = f"noisy {stat} {item.value} was negative; shown as 0" if item.value < 0 else ""
     return Estimate(metric, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
-                    mechanisms.MECHANISM, item.sensitivity, item.scale, item.charged == ZERO,
-                    item.release_id, note, noisy_value=None if isinstance(item.value, list) else float(item.value))
+                    item.mechanism, item.sensitivity, item.scale, not item.charged.micros,
+                    item.release_id, note, (), consistent,
+                    noisy_value=None if isinstance(item.value, list) else float(item.value))
 
 
 def _mean(metric: MetricPolicy, total: _Stored, count: _Stored) -> Estimate:
     assert isinstance(total.value, int) and isinstance(count.value, int)
     value, ci95 = mechanisms.mean_interval(total.value, total.scale, count.value, count.scale,
-                                           metric.max_per_user)
+                                           metric.max_per_user, total.mechanism)
     raw = total.value / max(count.value, 1)
     note = ""
     if count.value < 1 or not 0 <= raw <= metric.max_per_user:
@@ -836,7 +883,7 @@ def _mean(metric: MetricPolicy, total: _Stored, count: _Stored) -> Estimate:
 
 def _adoption(active: _Stored, roster_size: int) -> Estimate:
     assert isinstance(active.value, int)
-    value, ci95 = mechanisms.adoption_interval(active.value, active.scale, roster_size)
+    value, ci95 = mechanisms.adoption_interval(active.value, active.scale, roster_size, active.mechanism)
     note = (f"noisy active people {active.value} over roster size {roster_size} is outside [0, 1]; "
             "clamped" if not 0 <= active.value <= roster_size else "")
     return _post_processed(TEAM_LEVEL, "adoption", value, ci95, (active,), note)
@@ -847,5 +894,5 @@ def _post_processed(metric: str, stat: str, value: float, ci95: float, parts: tu
     """An answer computed from stored releases: it charges nothing itself (its parts carry the
     charges) and names them; cached when every part was."""
     return Estimate(metric, stat, value, ci95, (), (), ZERO, ZERO, mechanisms.POST_PROCESSING, 0, 0.0,
-                    all(p.charged == ZERO for p in parts), "", note, tuple(p.release_id for p in parts))
+                    all(not p.charged.micros for p in parts), "", note, tuple(p.release_id for p in parts))
 

@@ -194,12 +194,16 @@ class RosterCache:
         self._teams: dict[str, str] = {}
 
     def current(self, tx: Tx) -> dict[str, str]:
+        return self.snapshot(tx)[1]
+
+    def snapshot(self, tx: Tx) -> tuple[int, dict[str, str]]:
+        """(the roster's version, user -> team) as `tx` sees it."""
         version = store.roster.version(tx)
         with self._lock:
             if version != self._version:
                 self._teams = store.roster.members(tx)
                 self._version = version
-            return self._teams
+            return self._version, self._teams
 
 
 class Rosters:

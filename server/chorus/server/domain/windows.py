@@ -143,6 +143,25 @@ def open_for_ingest(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger,
     return _create(tx, span, policy, ledger, now) if create else None
 
 
+def peek(tx: Tx, span: WindowSpan) -> OpenWindow | WindowRecord | None:
+    """What `open_for_ingest(create=False)` returns, read without a lock (for a read transaction,
+    ingest's preparation: `still_open` rechecks it in the write transaction)."""
+    found = store.windows.with_key(tx, span.id, share=False)
+    if found is None:
+        return None
+    record = _record(found[0])
+    if record.state == OPEN:
+        assert found[1] is not None  # an open window has its key
+        return OpenWindow(record, found[1])
+    return record
+
+
+def still_open(tx: Tx, window: OpenWindow) -> bool:
+    """Whether `window` is still open with the same key, share-locked as in `open_for_ingest`."""
+    found = store.windows.with_key(tx, window.record.id)
+    return found is not None and found[0].state == OPEN and found[1] == window.key
+
+
 def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datetime) -> OpenWindow:
     policy_json = canonical_json(policy.to_json())
     closes_at = span.end + timedelta(seconds=policy.grace_seconds)
@@ -205,7 +224,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
         [store.team_stats.TeamMetric(t, m.name, sums.get((t, m.name), 0), people.get((t, m.name), 0),
                                json.dumps(buckets.get((t, m.name), [0] * (len(m.histogram_edges) + 1))))
          for t in teams for m in policy.metrics])
-    store.budgets.open_window(tx, window_id, teams, policy.epsilon_per_window)
+    store.budgets.open_window(tx, window_id, teams, policy.budget_per_window)
     store.usage.delete_window(tx, window_id)
     otlp_series.close_window(tx, window_id)  # needs the key: carries cumulative state, then shreds
     store.windows.delete_key(tx, window_id)

@@ -8,7 +8,8 @@ import textwrap
 
 from chorus.server.model.calendar import WindowLength, max_windows_per_year
 from chorus.server.model.policy import Policy
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.budget import worst_case
+from chorus.server.privacy.mechanisms import GAUSSIAN
 
 __all__ = ["Section", "StatementFormat", "render_statement", "statement_sections"]
 
@@ -25,10 +26,19 @@ def statement_sections(window_id: str, policy: Policy) -> list[Section]:
     """The privacy statement's content, independent of its format."""
     unit = "day" if policy.window_length is WindowLength.DAY else "week"
     per_year = max_windows_per_year(policy.window_length)
-    eps = policy.epsilon_per_window
-    yearly = Epsilon(eps.micros * per_year)
+    eps = policy.budget_per_window
+    year = worst_case(eps, per_year)
+    unit_name = eps.UNIT
+    gaussian = policy.mechanism == GAUSSIAN
+    noise = "OpenDP's discrete Gaussian mechanism" if gaussian else "OpenDP's discrete Laplace mechanism"
+    yearly_words = (
+        f"rho = {year.total} ({per_year} x {eps}) in zero-concentrated differential privacy, which is "
+        f"(epsilon = {year.epsilon:.1f}, delta = {year.delta:g}) differential privacy: whatever else anyone "
+        f"knows, any conclusion about you is at most e^{year.epsilon:.1f} times more (or less) likely with "
+        f"your data than without it, except with probability {year.delta:g}"
+        if gaussian else f"epsilon = {year.total} ({per_year} x {eps})")
     k = policy.min_team_size
-    defaults = ", ".join(f"{s} {e}" for s, e in sorted(policy.default_epsilon.items()))
+    defaults = ", ".join(f"{s} {e}" for s, e in sorted(policy.default_charge.items()))
     window_text = ("a UTC day" if unit == "day" else "an ISO week, Monday to Sunday, UTC")
     return [
         ("What is collected", [
@@ -49,7 +59,7 @@ def statement_sections(window_id: str, policy: Policy) -> list[Section]:
         ], []),
         ("What is released", [
             f"Only statistics of whole teams, only for {unit}s that have ended, only for teams of at "
-            f"least {k} people, and always with random noise (OpenDP's discrete Laplace mechanism): "
+            f"least {k} people, and always with random noise ({noise}): "
             "sums, counts of people using a metric, histograms over fixed buckets, and the number "
             "of active people. Averages and adoption rates are computed from those.",
             "The same statistics can be released for a group of teams: an org (a department, at any "
@@ -60,21 +70,21 @@ def statement_sections(window_id: str, policy: Policy) -> list[Section]:
             "adjustment uses only the released numbers and costs no privacy.",
         ], []),
         ("How much privacy each release spends", [
-            f"Every team has a differential-privacy budget of epsilon = {eps} per {unit}; each "
+            f"Every team has a differential-privacy budget of {unit_name} = {eps} per {unit}; each "
             f"release spends part of it (by default: {defaults}) and nothing more is released once "
             f"it is spent. You count for one team per {unit}, so everything released about one "
-            f"{unit} reveals at most epsilon = {eps} about you. Any twelve months touch at most "
+            f"{unit} reveals at most {unit_name} = {eps} about you. Any twelve months touch at most "
             f"{per_year} {unit}s (a year from late in a {unit}, in a leap year), so over a year that "
-            f"adds up to at most epsilon = {yearly} ({per_year} x {eps}), the worst case where "
-            "every budget is spent in full.",
-            "What a release at each level costs you: a release about your team spends its epsilon "
+            f"adds up to at most {yearly_words}: the worst case, where every budget is spent in full, "
+            "whichever teams and orgs you moved between.",
+            f"What a release at each level costs you: a release about your team spends its {unit_name} "
             "from your team's budget; a release about your org, or about any org above your team, or "
-            "about the whole company, spends the same epsilon from your team's budget too (and from "
+            f"about the whole company, spends the same {unit_name} from your team's budget too (and from "
             "every other team's below it), because you are inside those numbers. A release about "
             "an org you are not in costs you nothing. Whatever the mix of levels, everything released "
-            f"about one {unit} still reveals at most epsilon = {eps} about you: a release that would "
+            f"about one {unit} still reveals at most {unit_name} = {eps} about you: a release that would "
             "overspend any one team's budget is refused whole.",
-            "Every release, with its noise scale, epsilon and the budget left, is recorded in a "
+            f"Every release, with its noise scale, {unit_name} and the budget left, is recorded in a "
             "signed, hash-chained ledger that the privacy officer verifies independently.",
         ], []),
         ("What nobody can see", [], [

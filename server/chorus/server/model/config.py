@@ -30,14 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from chorus.client.limits import MAX_BATCH_CONTRIBUTIONS, MAX_NAME_CHARS
-from chorus.server.model import otlp_mapping
+from chorus.server.model import hierarchy, otlp_mapping
+from chorus.server.model import oidc as oidc_config
 from chorus.server.model.calendar import WindowLength
+from chorus.server.model.oidc import OidcConfig, parse_oidc
 from chorus.server.model.otlp_mapping import parse_otlp
 from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Policy
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
 from chorus.server.model.statistics import NOISY_PARTS
 from chorus.server.model.statistics import REQUESTABLE as STATISTICS
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import ZERO, Epsilon, Loss, Rho
+from chorus.server.privacy.mechanisms import GAUSSIAN, LAPLACE, UNITS
 
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
@@ -72,6 +75,10 @@ def positive(value: object, key: str) -> float:
 
 def positive_epsilon(value: object, key: str) -> Epsilon:
     return _epsilon(value, key, positive=True)
+
+
+def positive_rho(value: object, key: str) -> Loss:
+    return _amount(Rho, value, key, positive=True)
 
 
 def text(value: object, key: str) -> str:
@@ -119,6 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.close_interval_seconds", positive, 30.0, "how often the window closer runs"),
     Setting("windows.length", choice("day", "week"), "week", '"week" (ISO week, UTC) or "day" (UTC)'),
     Setting("windows.grace", duration, "6h", "contributions may arrive this long after a window ends"),
+    # --- The mechanism and zCDP (issue 20): the Gaussian's rho amounts; the epsilon ones below
+    # are the Laplace's (its built-in values from before the Gaussian).
+    Setting("privacy.mechanism", choice(GAUSSIAN, LAPLACE), GAUSSIAN),
+    Setting("privacy.rho_per_window", positive_rho, "0.138",
+            "budget per team-window, including what the org and company releases above it cost"),
+    *(Setting(f"privacy.default_rho.{s}", positive_rho, "0.01") for s in NOISY_STATISTICS),
+    # ---
     Setting("privacy.epsilon_per_window", positive_epsilon, "3"),
     Setting("privacy.min_team_size", integer(1, 1_000_000), 5, "k: smaller teams are never released on their own"),
     Setting("privacy.retention_windows", integer(1, 100_000), 52,
@@ -143,15 +157,25 @@ def default(path: str) -> Any:
     return setting.rule(setting.default, path)
 
 
+# --- Plan levels (issue 20) ----------------------------------------------------------------------
+#: [[privacy.release_plan]] keys of the Gaussian and of levels.
+PLAN_LEVEL_KEYS = frozenset({"rho", "level"})
+#: The levels a plan entry may name: every team, every org node, or the company.
+PLAN_LEVELS = (hierarchy.TEAM, hierarchy.ORG, hierarchy.ROOT)
+# ---------------------------------------------------------------------------------------------
+
 #: Keys of the arrays of tables and other structured entries, by the dotted path of their table
 #: ("" is the top level): everything a file may hold beyond SETTINGS.
 TABLE_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"metrics", "otlp"}),
+    "": frozenset({"metrics", "otlp", "oidc"}),
     "privacy": frozenset({"release_plan"}),
-    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}),
+    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}) | PLAN_LEVEL_KEYS,
     "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
     "otlp": otlp_mapping.KNOWN_KEYS,
     "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
+    # [oidc]: single sign-on, its own small block (model/oidc.py).
+    "oidc": oidc_config.KNOWN_KEYS,
+    "oidc.roles": oidc_config.KNOWN_ROLE_KEYS,
 }
 
 
@@ -193,6 +217,8 @@ class Config:
     database: str = ""  # empty: SQLite file in the data directory
     sqlite_synchronous: str = default("store.sqlite_synchronous")
     close_interval_seconds: float = default("server.close_interval_seconds")
+    #: `[oidc]`: access tokens of an OpenID Connect issuer accepted besides `chorus_` tokens.
+    oidc: OidcConfig | None = None
 
 
 def check_keys(raw: dict[str, Any], path: str = "", shown: str = "") -> None:
@@ -247,49 +273,62 @@ _DEFAULT_TEMPLATE = """\
 
 [windows]
 # The privacy unit is one person's usage in one window. Weekly windows bound a person's
-# privacy loss over any twelve months to 54 x epsilon_per_window (daily windows: 367 x).
+# privacy loss over any twelve months to 54 windows' worth (daily windows: 367).
 @windows.length
 @windows.grace
 
 [privacy]
-# Budget per team-window. At 0.5 per statistic a team's count of active people has a 95%
-# interval of about +-6 people: enough signal for teams of a few dozen. Four to six noisy
-# statistics fit per team and week; repeats of a released statistic are free.
-@privacy.epsilon_per_window
+# Noise: OpenDP's discrete Gaussian, charged in zCDP rho, which adds up over releases and
+# windows. 54 weeks x 0.138 = rho 7.452 a year per person, (epsilon 29.8, delta 1e-8) in
+# the usual terms (`chorus privacy-statement` prints it). mechanism = "discrete_laplace"
+# charges pure epsilon instead (epsilon_per_window, [privacy.default_epsilon], an entry's
+# epsilon); each window keeps the mechanism it opened with.
+@privacy.mechanism
+@privacy.rho_per_window
 @privacy.min_team_size
 @privacy.retention_windows
 
-[privacy.default_epsilon]  # per statistic; mean and adoption are post-processing
-@privacy.default_epsilon.sum
-@privacy.default_epsilon.count
-@privacy.default_epsilon.histogram
-@privacy.default_epsilon.active
+[privacy.default_rho]  # per statistic of a request that names no amount; mean and adoption are post-processing
+@privacy.default_rho.sum
+@privacy.default_rho.count
+@privacy.default_rho.histogram
+@privacy.default_rho.active
 
-# The release plan: what is published for every team of at least k people as soon as a window
-# closes, once, so that reading the numbers never spends budget. This one is a weekly
-# leadership review: adoption, and the sum and mean of tokens and requests, 2.5 of each
-# team-window's 3; the other 0.5 stays for one question nobody planned (`chorus report
-# --release`). The end of `chorus default-config` lists the 95% intervals it gives. An entry's epsilon
-# defaults to [privacy.default_epsilon] and applies to each noisy part (a mean is a sum and a
-# count); a metric is required except for adoption.
+# The release plan: what is published as soon as a window closes, once, so that reading the
+# numbers never spends budget. Designed for leadership's questions (is adoption growing,
+# where, how much is used): the company and every org are released directly, which is
+# precise, and every team of at least k people too, which for a small team only says
+# something averaged over several weeks. A team's budget pays for its own releases and for
+# those of every node above it: here 0.03 (team) + 0.045 (org) + 0.046 (company) = 0.121 of
+# its 0.138, leaving 0.017 for questions nobody planned (`chorus report --release`). An
+# entry's rho defaults to [privacy.default_rho] and applies to each noisy part (a mean is a
+# sum and a count); level is "team" (the default), "org" (every org node) or "company". The
+# end of `chorus default-config` lists the 95% intervals it gives.
 [[privacy.release_plan]]
 statistic = "adoption"
+level = "company"
+rho = "0.006"
 
 [[privacy.release_plan]]
 statistic = "sum"
 metric = "ai.tokens"
+level = "company"
+rho = "0.04"
 
 [[privacy.release_plan]]
-statistic = "mean"
-metric = "ai.tokens"
+statistic = "adoption"
+level = "org"
+rho = "0.025"
 
 [[privacy.release_plan]]
 statistic = "sum"
-metric = "ai.requests"
+metric = "ai.tokens"
+level = "org"
+rho = "0.02"
 
 [[privacy.release_plan]]
-statistic = "mean"
-metric = "ai.requests"
+statistic = "adoption"
+rho = "0.03"
 
 # Bounds are per person and week. A sum's noise grows with its bound (95% interval about
 # +-6 x max_per_user at epsilon 0.5), so pick a bound near heavy-but-real weekly usage:
@@ -428,29 +467,40 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Conf
     if len(set(names)) != len(names):
         raise ConfigError(f"metric names must be unique, got {names}")
 
-    defaults = {s: value[f"privacy.default_epsilon.{s}"] for s in NOISY_STATISTICS}
-    budget = value["privacy.epsilon_per_window"]
+    privacy = _table(raw, "privacy")
+    mechanism = value["privacy.mechanism"]
+    unit = _unit_of(mechanism, privacy)
+    name = unit.UNIT
+    defaults = {s: value[f"privacy.default_{name}.{s}"] for s in NOISY_STATISTICS}
+    budget = value[f"privacy.{name}_per_window"]
     for stat, eps in defaults.items():
         if eps > budget:
-            raise ConfigError(f"privacy.default_epsilon.{stat} = {eps} exceeds "
-                              f"privacy.epsilon_per_window = {budget}")
-    privacy = _table(raw, "privacy")
-    # No plan in the file: the built-in one, for those of its metrics the file defines.
-    plan_raw = privacy.get("release_plan", [e for e in _DEFAULT_PLAN if e.get("metric", "") in {"", *names}])
+            raise ConfigError(f"privacy.default_{name}.{stat} = {eps} exceeds "
+                              f"privacy.{name}_per_window = {budget}")
+    # No plan in the file: the built-in one, for those of its metrics the file defines. Its
+    # amounts are rho: under another mechanism its entries take that mechanism's defaults.
+    plan_raw = privacy.get("release_plan", [
+        {k: v for k, v in e.items() if mechanism == GAUSSIAN or k != "rho"}
+        for e in _DEFAULT_PLAN if e.get("metric", "") in {"", *names}])
     if not isinstance(plan_raw, list):
         raise ConfigError("privacy.release_plan must be an array of tables ([[privacy.release_plan]])")
-    plan = _plan(plan_raw, metrics, defaults, budget)
+    plan = _plan(plan_raw, metrics, defaults, budget, unit)
     try:
         otlp = parse_otlp(_table(raw, "otlp"), names)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     policy = Policy(WindowLength(value["windows.length"]), value["windows.grace"], metrics, budget, defaults,
                     value["privacy.min_team_size"], value["privacy.retention_windows"], release_plan=plan,
-                    otlp=otlp)
+                    otlp=otlp, mechanism=mechanism)
     limits = Limits(**{s.key: value[s.path] for s in SETTINGS if s.table == "limits"})
+    # [oidc]: single sign-on, its own small block (model/oidc.py).
+    try:
+        oidc = parse_oidc(_table(raw, "oidc"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(policy=policy, limits=limits, listen=value["server.listen"], database=value["server.database"],
                   sqlite_synchronous=value["store.sqlite_synchronous"],
-                  close_interval_seconds=value["server.close_interval_seconds"])
+                  close_interval_seconds=value["server.close_interval_seconds"], oidc=oidc)
 
 
 def _settings(raw: dict[str, Any]) -> dict[str, Any]:
@@ -501,9 +551,29 @@ def _table(raw: dict[str, Any], name: str, key: str | None = None) -> dict[str, 
     return value
 
 
+def _unit_of(mechanism: str, privacy: dict[str, Any]) -> type[Loss]:
+    """The unit of privacy.mechanism; the other unit's keys are refused (an epsilon cap under a
+    Gaussian would otherwise be ignored)."""
+    unit = UNITS[mechanism]
+    for other, other_unit in UNITS.items():
+        name = other_unit.UNIT
+        for key in (f"{name}_per_window", f"default_{name}"):
+            if other != mechanism and key in privacy:
+                raise ConfigError(f"privacy.{key} is an amount of {other}, but privacy.mechanism = "
+                                  f"{mechanism!r} charges in {unit.UNIT}: write privacy."
+                                  f"{key.replace(name, unit.UNIT)} instead")
+    return unit
+
+
 def _epsilon(value: object, key: str, *, positive: bool) -> Epsilon:
+    eps = _amount(Epsilon, value, key, positive=positive)
+    assert isinstance(eps, Epsilon)
+    return eps
+
+
+def _amount(unit: type[Loss], value: object, key: str, *, positive: bool) -> Loss:
     try:
-        eps = Epsilon.parse(str(value))
+        eps = unit.parse(str(value))
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
     if positive and eps.micros == 0:
@@ -530,13 +600,15 @@ def _metric(raw: object, index: int) -> MetricPolicy:
     return MetricPolicy(name, str(raw.get("description", "")), bound, edges)
 
 
-def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str, Epsilon],
-          budget: Epsilon) -> tuple[PlanEntry, ...]:
-    """The release plan: each entry a known statistic of a known metric; every noisy part at one
-    epsilon however many entries need it; the whole plan within the budget of a team-window."""
+def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str, Loss],
+          budget: Loss, unit: type[Loss]) -> tuple[PlanEntry, ...]:
+    """The release plan: each entry a known statistic of a known metric at a level; every noisy
+    part of a level at one amount however many entries need it; the whole plan within the
+    budget of a team-window (a team pays for its own entries and for those of every node above it,
+    so each level's entries count once)."""
     names = {m.name for m in metrics}
     entries: list[PlanEntry] = []
-    parts: dict[tuple[str, str], tuple[Epsilon, int]] = {}
+    parts: dict[tuple[str, str, str], tuple[Loss, int]] = {}
     for i, item in enumerate(raw):
         where = f"privacy.release_plan[{i}]"
         if not isinstance(item, dict):
@@ -551,20 +623,27 @@ def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str,
         elif metric not in names:
             raise ConfigError(f"{where}.metric = {metric!r}: must be one of the [[metrics]]: "
                               f"{', '.join(sorted(names))}")
+        name = unit.UNIT
+        other = next((u.UNIT for u in UNITS.values() if u is not unit and u.UNIT in item), None)
+        if other is not None:
+            raise ConfigError(f"{where}.{other}: this policy charges in {name}; write {where}.{name}")
         default = defaults["active" if stat == "adoption" else NOISY_PARTS[stat][0]]
-        eps = _epsilon(item["epsilon"], f"{where}.epsilon", positive=True) if "epsilon" in item else default
-        entry = PlanEntry(stat, metric, eps)
+        eps = _amount(unit, item[name], f"{where}.{name}", positive=True) if name in item else default
+        level = item.get("level", hierarchy.TEAM)
+        if level not in PLAN_LEVELS:
+            raise ConfigError(f"{where}.level = {level!r}: must be one of {', '.join(PLAN_LEVELS)}")
+        entry = PlanEntry(stat, metric, eps, level)
         if entry in entries:
             raise ConfigError(f"{where}: {stat} of {metric or 'activity'} is planned twice")
         for part in entry.noisy_parts():
-            earlier = parts.setdefault(part, (eps, i))
+            earlier = parts.setdefault((level, *part), (eps, i))
             if earlier[0] != eps:
-                raise ConfigError(f"{where}: the {part[1]} of {part[0] or 'activity'} is planned at epsilon "
+                raise ConfigError(f"{where}: the {part[1]} of {part[0] or 'activity'} is planned at {name} "
                                   f"{eps} here and {earlier[0]} by privacy.release_plan[{earlier[1]}]; a "
-                                  "statistic is released once, at one epsilon")
+                                  f"statistic is released once per level, at one {name}")
         entries.append(entry)
-    cost = sum((eps for eps, _ in parts.values()), Epsilon(0))
+    cost = sum((eps for eps, _ in parts.values()), ZERO)
     if cost > budget:
         raise ConfigError(f"privacy.release_plan charges each team-window {cost}, more than "
-                          f"privacy.epsilon_per_window = {budget}")
+                          f"privacy.{unit.UNIT}_per_window = {budget}")
     return tuple(entries)

@@ -1,6 +1,6 @@
-"""What a release plan gives: the 95% interval of each planned statistic for teams of given sizes.
+"""What a release plan gives: the 95% interval of each planned statistic for nodes of given sizes.
 
-Intervals of discrete-Laplace releases depend only on epsilon and sensitivity, so they are known
+Intervals of releases depend only on the mechanism, the charge and sensitivity, so they are known
 before any data arrives; adoption's is divided by the (public) roster size. A mean's depends on
 the released count: it is computed for a team where everyone is active at half the metric's
 bound, the case a weekly review of an adopted tool looks at.
@@ -11,35 +11,37 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chorus.server.model.config import Policy
+from chorus.server.model.hierarchy import TEAM
+from chorus.server.model.policy import expected_ci95, sensitivity
 from chorus.server.privacy import mechanisms
 
 #: Team sizes `chorus default-config` explains the plan for.
-EXPLAINED_SIZES = (10, 30, 100)
+EXPLAINED_SIZES = (10, 30, 100, 1000)
 
 
 def planned_intervals(policy: Policy, sizes: Sequence[int] = EXPLAINED_SIZES) -> list[tuple[str, list[str]]]:
-    """(statistic in words, the 95% interval per team size) for each entry of the plan."""
+    """(statistic and level in words, the 95% interval per node size) for each entry of the plan."""
     rows = []
     for entry in policy.release_plan:
+        where = "" if entry.level == TEAM else f" ({entry.level})"
         if entry.statistic == "adoption":
-            ci = mechanisms.calibrate(1, entry.epsilon).ci95
-            rows.append(("adoption", [f"±{min(ci / n, 1.0) * 100:.1f} points" for n in sizes]))
+            rows.append((f"adoption{where}",
+                         [f"±{expected_ci95('adoption', None, entry.charge, n) * 100:.1f} points" for n in sizes]))
             continue
         metric = policy.metric(entry.metric)
         assert metric is not None
-        name = f"{entry.statistic} of {metric.name}"
+        name = f"{entry.statistic} of {metric.name}{where}"
         if entry.statistic == "mean":
-            total = mechanisms.calibrate(metric.max_per_user, entry.epsilon)
-            count = mechanisms.calibrate(1, entry.epsilon)
+            total = mechanisms.calibrate(sensitivity("sum", metric), entry.charge)
+            count = mechanisms.calibrate(sensitivity("count", metric), entry.charge)
             cells = []
             for n in sizes:
                 value, ci = mechanisms.mean_interval(n * metric.max_per_user // 2, total.scale, n, count.scale,
-                                                     metric.max_per_user)
+                                                     metric.max_per_user, total.mechanism)
                 cells.append(f"{value:,.0f} ±{ci:,.0f}")
             rows.append((name, cells))
         else:
-            sensitivity = metric.max_per_user if entry.statistic == "sum" else 1
-            ci = mechanisms.calibrate(sensitivity, entry.epsilon, entry.statistic == "histogram").ci95
+            ci = expected_ci95(entry.statistic, metric, entry.charge, 0)
             rows.append((name, [f"±{ci:,.0f}"] * len(sizes)))
     return rows
 
@@ -47,10 +49,12 @@ def planned_intervals(policy: Policy, sizes: Sequence[int] = EXPLAINED_SIZES) ->
 def explain(policy: Policy, sizes: Sequence[int] = EXPLAINED_SIZES) -> str:
     """The plan, its cost and its intervals, as TOML comment lines."""
     width = max([len(name) for name, _ in planned_intervals(policy, sizes)] + [10])
-    lines = [f"Release plan: {policy.plan_cost()} of each team-window's {policy.epsilon_per_window} is spent "
-             f"when the window closes; {policy.epsilon_per_window - policy.plan_cost()} is left for questions "
-             "nobody planned.",
-             "95% intervals it gives (a mean: everyone active at half the bound):",
+    unit = policy.unit.UNIT
+    lines = [f"Release plan: {unit} {policy.plan_cost()} of each team-window's {policy.budget_per_window} is "
+             f"spent when the window closes (under one org level); {policy.budget_per_window - policy.plan_cost()} "
+             "is left for questions nobody planned.",
+             "95% intervals it gives for a team, org or company of each size (a mean: everyone active at "
+             "half the bound):",
              f"{'':<{width}}" + "".join(f"{f'{n} people':>22}" for n in sizes)]
     lines += [f"{name:<{width}}" + "".join(f"{cell:>22}" for cell in cells)
               for name, cells in planned_intervals(policy, sizes)]

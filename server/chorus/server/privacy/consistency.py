@@ -50,7 +50,7 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
-from chorus.server.privacy.mechanisms import ALPHA
+from chorus.server.privacy.mechanisms import ALPHA, GAUSSIAN, LAPLACE, combined_ci95
 
 Floats = npt.NDArray[np.float64]
 
@@ -189,8 +189,12 @@ class Plan:
         return Consistent(estimates, remainders)
 
 
-def plan(nodes: Sequence[Node], alpha: float = ALPHA) -> Plan:
+def plan(nodes: Sequence[Node], alpha: float = ALPHA, mechanism: str = LAPLACE) -> Plan:
     """The two-pass estimator for this tree and these scales, with every interval computed.
+
+    For the discrete Gaussian (`mechanism`), each release's variance is taken as its scale
+    squared (its upper bound: the estimate stays unbiased, the weights near-optimal) and the
+    intervals are `mechanisms.combined_ci95`'s for the Gaussian.
 
     Raises ValueError naming the node for a duplicate name, a missing parent, no root or two,
     a cycle, or a scale that is not a finite number whose noise variance is positive.
@@ -200,7 +204,8 @@ def plan(nodes: Sequence[Node], alpha: float = ALPHA) -> Plan:
     released = tuple(n for n in order if by_name[n].scale is not None)
     scales = tuple(float(by_name[n].scale) for n in released)  # type: ignore[arg-type]
     index = {name: i for i, name in enumerate(released)}
-    exact_var = {name: Fraction(variance(s)) for name, s in zip(released, scales, strict=True)}
+    var_of = _gaussian_variance if mechanism == GAUSSIAN else variance
+    exact_var = {name: Fraction(var_of(s)) for name, s in zip(released, scales, strict=True)}
     # Bottom-up: z's variance (exact), weight of the own release, and z's weights (float).
     zvar: dict[str, Fraction] = {}
     own: dict[str, Fraction] = {}
@@ -227,7 +232,7 @@ def plan(nodes: Sequence[Node], alpha: float = ALPHA) -> Plan:
             vector[index[name]] += float(own[name])
         zw[name] = vector
     # Top-down: final weights, shares and remainders.
-    variances = np.array([variance(s) for s in scales])
+    variances = np.array([var_of(s) for s in scales])
     forms: dict[str, Floats] = {}
     share: dict[str, Fraction] = {}
     remainder_forms: dict[str, tuple[tuple[str, ...], Floats]] = {}
@@ -250,8 +255,8 @@ def plan(nodes: Sequence[Node], alpha: float = ALPHA) -> Plan:
                 hidden[unknown[0]] = difference
         for c in finite:
             forms[c] = zw[c] + float(share[c]) * difference if not unknown else zw[c]
-    rows = {name: _row(w, variances, scales, alpha) for name, w in forms.items()}
-    remainders = {name: (members, _row(w, variances, scales, alpha))
+    rows = {name: _row(w, variances, scales, alpha, mechanism) for name, w in forms.items()}
+    remainders = {name: (members, _row(w, variances, scales, alpha, mechanism))
                   for name, (members, w) in remainder_forms.items()}
     return Plan(released, scales, tuple(order), {n: tuple(children[n]) for n in order}, own,
                 frozenset(zvar), share, rows, remainders)
@@ -289,11 +294,18 @@ def _tree(nodes: Sequence[Node]) -> tuple[list[str], dict[str, list[str]]]:
     return order, children
 
 
-def _row(weights: Floats, variances: Floats, scales: tuple[float, ...], alpha: float) -> _Row:
+def _row(weights: Floats, variances: Floats, scales: tuple[float, ...], alpha: float, mechanism: str) -> _Row:
     used = weights != 0
     w = weights[used]
-    return _Row(weights, float(np.sum(w * w * variances[used])),
-                half_width(w, np.array(scales)[used], alpha))
+    used_scales = np.array(scales)[used]
+    ci = (combined_ci95(list(zip(used_scales.tolist(), w.tolist(), strict=True)), alpha, GAUSSIAN)
+          if mechanism == GAUSSIAN else half_width(w, used_scales, alpha))
+    return _Row(weights, float(np.sum(w * w * variances[used])), ci)
+
+
+def _gaussian_variance(scale: float) -> float:
+    """The discrete Gaussian's variance bound: its scale squared."""
+    return scale * scale
 
 
 def half_width(weights: Sequence[float] | Floats, scales: Sequence[float] | Floats, alpha: float = ALPHA) -> float:

@@ -1,12 +1,18 @@
-"""Discrete-Laplace noise from OpenDP, calibrated so a charge never exceeds the request.
+"""Integer noise from OpenDP, calibrated so a charge never exceeds the request.
 
 Everything released is an integer (a clamped sum, a count of people, people per bucket),
-so the mechanism is OpenDP's integer discrete Laplace on i64: exact sampling, no
-floating-point side channel. Only the "contrib" feature is enabled.
+so the mechanisms are OpenDP's integer ones on i64: exact sampling, no floating-point side
+channel. Only the "contrib" feature is enabled. Two mechanisms, chosen by the unit of the
+charge (a window's policy freezes one):
 
-Calibration: scale = sensitivity / epsilon, nudged up one float step at a time until
-OpenDP's own privacy map at the sensitivity, rounded up to whole micro-epsilon, is within
-the requested epsilon. That rounded map value is what the budget is charged.
+- `discrete_laplace`, charged in pure epsilon (`Epsilon`), L1 sensitivity;
+- `discrete_gaussian`, charged in zCDP rho (`Rho`), L2 sensitivity. Rho adds up over
+  releases, and a total rho is turned into (epsilon, delta) by OpenDP (`approx_dp`).
+
+Calibration: scale = sensitivity / epsilon (Laplace) or sensitivity / sqrt(2 rho)
+(Gaussian) as a starting point only, nudged up one float step at a time until OpenDP's own
+privacy map at the sensitivity, rounded up to whole micro-units, is within the request.
+That rounded map value is what the budget is charged.
 
 Mean and adoption are post-processing of released values; their intervals are derived
 here from the released values' noise scales, deterministically.
@@ -18,14 +24,19 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from statistics import NormalDist
 
 import opendp.prelude as dp
 
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import Epsilon, Loss, Rho
 
 dp.enable_features("contrib")
 
-MECHANISM = "discrete_laplace"
+LAPLACE = "discrete_laplace"
+GAUSSIAN = "discrete_gaussian"
+#: Each mechanism's unit of charge.
+UNITS: dict[str, type[Loss]] = {LAPLACE: Epsilon, GAUSSIAN: Rho}
 POST_PROCESSING = "post_processing"
 #: 1 - confidence of every reported interval.
 ALPHA = 0.05
@@ -41,12 +52,20 @@ def clamp(value: int, lower: int, upper: int) -> int:
     return lower if value < lower else upper if value > upper else value
 
 
+def mechanism_of(charge: Loss) -> str:
+    """The mechanism a charge's unit calls for: epsilon -> discrete Laplace, rho -> discrete Gaussian."""
+    for name, unit in UNITS.items():
+        if isinstance(charge, unit):
+            return name
+    raise TypeError(f"no mechanism charges in {charge.UNIT}")
+
+
 @dataclass(frozen=True, slots=True)
 class Calibrated:
-    """Discrete-Laplace noise at one scale for releases of one sensitivity, with charge and interval.
+    """Integer noise at one scale for releases of one sensitivity, with charge and interval.
 
     `measurement` releases one value (atom domain, absolute distance) or one histogram
-    (vector domain, L1 distance). `batch` is the vector measurement at the same scale: it
+    (vector domain, L1 distance for Laplace, L2 for Gaussian). `batch` is the vector measurement at the same scale: it
     draws the noise of many releases of this calibration in one OpenDP call, each coordinate
     with independent noise of exactly the same distribution. The charge is the larger of the
     two privacy maps at the sensitivity (they agree), so it covers the mechanism that ran.
@@ -58,11 +77,13 @@ class Calibrated:
 
     sensitivity: int
     scale: float
-    #: The charge: OpenDP's privacy map at `sensitivity`, rounded up to micro-epsilon.
-    epsilon: Epsilon
+    #: The charge: OpenDP's privacy map at `sensitivity`, rounded up to micro-units (epsilon or rho).
+    epsilon: Loss
     #: Half-width of the 95% interval around a released value (each bucket of a histogram).
     ci95: float
     vector: bool
+    #: LAPLACE or GAUSSIAN.
+    mechanism: str
     measurement: dp.Measurement = field(repr=False, compare=False)
     batch: dp.Measurement = field(repr=False, compare=False)
 
@@ -87,43 +108,70 @@ class Calibrated:
 
 
 @functools.lru_cache(maxsize=512)
-def calibrate(sensitivity: int, epsilon: Epsilon, vector: bool = False) -> Calibrated:
-    """Discrete Laplace for `sensitivity` (L1 for a histogram) charging at most `epsilon`.
+def calibrate(sensitivity: int, epsilon: Loss, vector: bool = False) -> Calibrated:
+    """Noise for `sensitivity` (L1 or L2 for a histogram) charging at most `epsilon`: the
+    discrete Laplace for an `Epsilon`, the discrete Gaussian for a `Rho`.
 
     Cached: measurements are immutable, and a full report needs only a few distinct ones.
     """
     if sensitivity < 1:
         raise ValueError(f"sensitivity must be >= 1, got {sensitivity}")
     if epsilon.micros == 0:
-        raise ValueError("epsilon must be greater than 0")
-    vectors = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
+        raise ValueError(f"{epsilon.UNIT} must be greater than 0")
+    mechanism = mechanism_of(epsilon)
+    gaussian = mechanism == GAUSSIAN
+    vectors = (dp.vector_domain(dp.atom_domain(T="i64")),
+               dp.l2_distance(T="i64") if gaussian else dp.l1_distance(T="i64"))
     single = vectors if vector else (dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"))
-    scale = sensitivity / epsilon.as_float
+    make = dp.m.make_gaussian if gaussian else dp.m.make_laplace
+    scale = sensitivity / math.sqrt(2 * epsilon.as_float) if gaussian else sensitivity / epsilon.as_float
+    unit = type(epsilon)
     for _ in range(_MAX_NUDGES):
-        measurement = dp.m.make_laplace(single[0], single[1], scale)
-        batch = measurement if vector else dp.m.make_laplace(vectors[0], vectors[1], scale)
-        charge = Epsilon.ceil(max(measurement.map(sensitivity), batch.map(sensitivity)))
+        measurement = make(single[0], single[1], scale)
+        batch = measurement if vector else make(vectors[0], vectors[1], scale)
+        charge = unit.ceil(max(measurement.map(sensitivity), batch.map(sensitivity)))
         if charge <= epsilon:
-            return Calibrated(sensitivity, scale, charge, accuracy(scale, ALPHA), vector, measurement, batch)
+            return Calibrated(sensitivity, scale, charge, accuracy(scale, ALPHA, mechanism), vector, mechanism,
+                              measurement, batch)
         scale = math.nextafter(scale, math.inf)
-    raise RuntimeError(f"could not calibrate discrete Laplace for sensitivity {sensitivity} "
-                       f"within epsilon {epsilon}")
+    raise RuntimeError(f"could not calibrate {mechanism} for sensitivity {sensitivity} "
+                       f"within {epsilon.UNIT} {epsilon}")
+
+
+def approx_dp(rho: Rho, delta: float) -> float:
+    """The epsilon of (epsilon, delta)-DP that a total zCDP loss `rho` amounts to, per OpenDP's
+    `make_zCDP_to_approxDP`: applied to a Gaussian measurement whose privacy map at the chosen
+    input distance is at least `rho` (nudged up until it is), so the epsilon is never understated."""
+    if rho.micros == 0:
+        return 0.0
+    unit = dp.m.make_gaussian(dp.atom_domain(T="f64", nan=False), dp.absolute_distance(T="f64"), 1.0)
+    d_in = math.sqrt(2 * rho.as_float)
+    for _ in range(_MAX_NUDGES):
+        if Fraction(unit.map(d_in)) >= rho.exact:
+            return float(dp.c.make_zCDP_to_approxDP(unit).map(d_in).epsilon(delta))
+        d_in = math.nextafter(d_in, math.inf)
+    raise RuntimeError(f"could not convert rho {rho} to (epsilon, delta)")
 
 
 @functools.lru_cache(maxsize=4096)
-def accuracy(scale: float, alpha: float) -> float:
-    """Half-width a with P(|noise| >= a) = alpha for discrete Laplace(scale), per OpenDP.
+def accuracy(scale: float, alpha: float, mechanism: str = LAPLACE) -> float:
+    """Half-width a with P(|noise| >= a) = alpha for the mechanism's noise at `scale`, per OpenDP.
 
     At tiny scales (huge epsilons) OpenDP's formula degenerates to -inf; then the bound
-    scale * ln(2 / alpha) is used, which is never smaller: P(|noise| >= a) <= 2 exp(-a / scale)
-    / (1 + exp(-1 / scale)) <= alpha.
+    scale * ln(2 / alpha) (Laplace) or scale * sqrt(2 ln(2 / alpha)) (Gaussian, which is
+    sub-Gaussian with parameter scale) is used, never smaller.
     """
-    value = float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha=alpha))
-    return value if math.isfinite(value) and value >= 0 else scale * math.log(2 / alpha)
+    if mechanism == GAUSSIAN:
+        value = float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha=alpha))
+        fallback = scale * math.sqrt(2 * math.log(2 / alpha))
+    else:
+        value = float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha=alpha))
+        fallback = scale * math.log(2 / alpha)
+    return value if math.isfinite(value) and value >= 0 else fallback
 
 
 def mean_interval(noisy_sum: int, sum_scale: float, noisy_count: int, count_scale: float,
-                  upper: int) -> tuple[float, float]:
+                  upper: int, mechanism: str = LAPLACE) -> tuple[float, float]:
     """Mean = released sum / released count, clamped to [0, upper]; and its 95% half-width.
 
     The interval is a union bound, so its coverage is at least 95% whatever the true values:
@@ -136,8 +184,8 @@ def mean_interval(noisy_sum: int, sum_scale: float, noisy_count: int, count_scal
     union-bound interval that stays wide when the noise pushed S far below zero (instead of
     collapsing to a confident-looking 0 ± 0 for an observation the bound cannot explain).
     """
-    a = accuracy(sum_scale, ALPHA / 2)
-    b = accuracy(count_scale, ALPHA / 2)
+    a = accuracy(sum_scale, ALPHA / 2, mechanism)
+    b = accuracy(count_scale, ALPHA / 2, mechanism)
     value = min(float(upper), max(0.0, noisy_sum / max(noisy_count, 1)))
     # The true count is a whole number of people, at least 1 when a mean exists.
     high = min((max(noisy_sum, 0) + a) / max(1.0, noisy_count - b), float(upper))
@@ -147,7 +195,8 @@ def mean_interval(noisy_sum: int, sum_scale: float, noisy_count: int, count_scal
     return value, max(value - low, high - value)
 
 
-def adoption_interval(noisy_active: int, active_scale: float, roster_size: int) -> tuple[float, float]:
+def adoption_interval(noisy_active: int, active_scale: float, roster_size: int,
+                      mechanism: str = LAPLACE) -> tuple[float, float]:
     """Adoption = released active people / public roster size, clamped to [0, 1]; 95% half-width.
 
     The roster size is public and exact, so the interval is the active count's, divided by it.
@@ -155,4 +204,61 @@ def adoption_interval(noisy_active: int, active_scale: float, roster_size: int) 
     a half-width past the far end of [0, 1] is cut there, as it covers nothing more.
     """
     value = min(1.0, max(0.0, noisy_active / roster_size))
-    return value, min(accuracy(active_scale, ALPHA) / roster_size, max(value, 1.0 - value))
+    return value, min(accuracy(active_scale, ALPHA, mechanism) / roster_size, max(value, 1.0 - value))
+
+
+def combined_ci95(terms: Sequence[tuple[float, float]], alpha: float = ALPHA, mechanism: str = LAPLACE) -> float:
+    """Half-width a with P(|sum of w * X| >= a) <= alpha for independent noises X of `mechanism`.
+
+    `terms` are (scale, weight) pairs: a company total is the sum of its teams' releases (weight
+    1), a change between windows subtracts the earlier ones (weight -1), adoption divides by the
+    roster (weight 1 / roster size). Noise of independent releases adds, so the interval of a
+    total or a change is wider than any one of its parts, and narrower than their sum.
+
+    The bound is rigorous, from two: the union bound (each term within its own accuracy at
+    alpha / n), and the Chernoff bound on the exact moment-generating function of discrete
+    Laplace, M(t) = (1 - p)^2 / ((1 - p e^t)(1 - p e^-t)) with p = exp(-1 / scale), where
+    P(|S| >= a) <= 2 exp(log M_S(t) - t a) for every t in (0, min 1 / (scale |w|)); the
+    smaller half-width is returned.
+
+    For the discrete Gaussian see `_gaussian_combined`.
+    """
+    terms = [(scale, abs(w)) for scale, w in terms if w != 0]
+    if not terms:
+        return 0.0
+    if mechanism == GAUSSIAN:
+        return _gaussian_combined(terms, alpha)
+    union = sum(w * accuracy(scale, alpha / len(terms)) for scale, w in terms)
+    t_max = min(1.0 / (scale * w) for scale, w in terms)
+    log_bound = math.log(2 / alpha)
+
+    def half_width(t: float) -> float:
+        log_mgf = 0.0
+        for scale, w in terms:
+            u, inv = w * t, 1.0 / scale
+            log_mgf += 2 * math.log(-math.expm1(-inv)) - math.log(-math.expm1(u - inv)) \
+                - math.log(-math.expm1(-u - inv))
+        return (log_mgf + log_bound) / t
+
+    # Any t gives a valid bound; a log-spaced grid finds one close to the best.
+    chernoff = min(half_width(t_max * f) for f in (1 - 0.98 ** k for k in range(1, 200)))
+    return min(union, chernoff)
+
+
+def _gaussian_combined(terms: Sequence[tuple[float, float]], alpha: float) -> float:
+    """The discrete Gaussian's half-width for a weighted sum of independent releases.
+
+    One term: OpenDP's exact accuracy. Several: the normal quantile on the sum's standard
+    deviation, each discrete Gaussian's variance being at most its scale squared (Canonne,
+    Kamath and Steinke 2020, "The Discrete Gaussian for Differential Privacy", Prop. 19). This
+    is an approximation (a sum of discrete Gaussians is not exactly normal), never below the
+    largest single term's own interval; its coverage is measured by tests/release/test_gaussian.py
+    and bench/bench_accuracy.py rather than proved.
+    """
+    if len(terms) == 1:
+        scale, w = terms[0]
+        return w * accuracy(scale, alpha, GAUSSIAN)
+    sd = math.sqrt(sum((w * scale) ** 2 for scale, w in terms))
+    largest = max(w * accuracy(scale, alpha, GAUSSIAN) for scale, w in terms)
+    # + 1: one step of the integer grid the sum lives on, so rounding never takes coverage below.
+    return max(NormalDist().inv_cdf(1 - alpha / 2) * sd + 1, largest)

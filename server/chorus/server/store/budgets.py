@@ -5,7 +5,8 @@ Invariants: a row is created once, at the window's close, with the window's froz
 the row lock and re-checks `spent + amount <= cap` against the committed row, so the cap
 holds across replicas (READ COMMITTED, see store/postgres.py) and the table's CHECK
 constraint is never the one that refuses. The arithmetic itself (remaining, allows) is the
-accountant's; this module only stores and reads it.
+accountant's; this module only stores and reads it. Amounts are stored as micro-units of the
+window's unit (epsilon or rho, from its frozen policy); readers name the unit (`unit`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chorus.server.privacy.budget import Budget
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import Epsilon, Loss
 from chorus.server.store._db import Tx
 
 __all__ = ["BudgetRow", "charge", "of_window", "open_window", "page", "totals"]
@@ -31,18 +32,18 @@ class BudgetRow:
     releases: int
 
 
-def open_window(tx: Tx, window: str, teams: Sequence[str], cap: Epsilon) -> None:
+def open_window(tx: Tx, window: str, teams: Sequence[str], cap: Loss) -> None:
     """Create the budgets of a window being closed: one per team, nothing spent."""
     tx.insert_rows("budgets", ("window_id", "team", "cap_micros"), [(window, t, cap.micros) for t in teams])
 
 
-def of_window(tx: Tx, window: str) -> dict[str, Budget]:
-    """team -> budget, for every team of `window` (empty while it is open)."""
-    return {t: Budget(Epsilon(cap), Epsilon(spent)) for t, cap, spent in tx.query(
+def of_window(tx: Tx, window: str, unit: type[Loss] = Epsilon) -> dict[str, Budget]:
+    """team -> budget in `unit`, for every team of `window` (empty while it is open)."""
+    return {t: Budget(unit(cap), unit(spent)) for t, cap, spent in tx.query(
         "SELECT team, cap_micros, spent_micros FROM budgets WHERE window_id = ?", (window,))}
 
 
-def charge(tx: Tx, window: str, team: str, amount: Epsilon) -> Budget | None:
+def charge(tx: Tx, window: str, team: str, amount: Loss) -> Budget | None:
     """Charge one release to a team-window and count it; the budget after, or None (nothing
     changed) when it would go past the cap or the team-window has no budget."""
     rows = tx.query(
@@ -53,7 +54,7 @@ def charge(tx: Tx, window: str, team: str, amount: Epsilon) -> Budget | None:
     if not rows:
         return None
     (spent, cap), = rows
-    return Budget(Epsilon(cap), Epsilon(spent))
+    return Budget(type(amount)(cap), type(amount)(spent))
 
 
 def page(tx: Tx, window: str, after: tuple[int, str, str] | None, limit: int) -> list[BudgetRow]:

@@ -66,11 +66,12 @@ def newest_policy_overlapping(tx: Tx, start: int, end: int) -> str | None:
     return rows[0][0] if rows else None
 
 
-def with_key(tx: Tx, window: str) -> tuple[WindowRow, bytes | None] | None:
+def with_key(tx: Tx, window: str, *, share: bool = True) -> tuple[WindowRow, bytes | None] | None:
     """The window and its key (None once closed), share-locked on PostgreSQL: a concurrent close
-    (`mark_closed`) waits until this transaction commits, so the close folds what it wrote."""
+    (`mark_closed`) waits until this transaction commits, so the close folds what it wrote.
+    `share=False` for a read-only transaction (which may not lock rows)."""
     # SQLite's BEGIN IMMEDIATE already serialises the two.
-    lock = " FOR SHARE OF w" if tx.dialect == "postgresql" else ""
+    lock = " FOR SHARE OF w" if share and tx.dialect == "postgresql" else ""
     rows = tx.query(f"SELECT {', '.join('w.' + c for c in _COLUMNS.split(', '))}, k.hmac_key "
                     f"FROM windows w LEFT JOIN window_keys k ON k.window_id = w.id WHERE w.id = ?{lock}",
                     (window,))

@@ -59,14 +59,17 @@ class Admission:
                 return who
         raise Refused("unknown or revoked token")
 
-    def admit(self, token: str | None, service: str, action: str, *, missing: str) -> Principal:
+    def admit(self, token: str | None, service: str, action: str, *, missing: str,
+              exists: bool = True) -> Principal:
         """The principal of `token` if its role may call `service`, else `Refused`.
 
         `action` names what was asked in the messages ("/chorus.v1.AdminService/ListTokens",
-        "OTLP export"); `missing` says how to send a token on this transport. Only a service
-        of `SERVICE_ROLES` is named in the log (the caller chooses the path).
+        "OTLP export"); `missing` says how to send a token on this transport. Only an existing
+        method of `SERVICE_ROLES` is named in the log (the caller chooses the path).
+        `exists=False` (no such method or service): any valid token is admitted, so the caller
+        learns the method does not exist (UNIMPLEMENTED), not a denial.
         """
-        shown = action if service in SERVICE_ROLES else "a method of an unknown service"
+        shown = action if exists and service in SERVICE_ROLES else "an unknown method"
         if not token:
             _log.debug("rejected %s: no bearer token", shown)
             raise Refused(f"missing bearer token: {missing}")
@@ -76,7 +79,7 @@ class Admission:
             _log.debug("rejected %s: %s", shown, refused)
             raise
         allowed = SERVICE_ROLES.get(service, frozenset())
-        if who.role not in allowed:
+        if exists and who.role not in allowed:
             _log.info("denied %s to %s with role %s", shown, who.logged, who.role.value)
             need = (f"needs role {' or '.join(sorted(r.value for r in allowed))}" if allowed
                     else "is open to no role")

@@ -39,7 +39,7 @@ def principal() -> Principal:
 
 
 Behavior = Callable[..., Any]
-Admit = Callable[[grpc.ServicerContext], Principal]
+Admit = Callable[[grpc.ServicerContext, bool], Principal]
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -64,14 +64,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         bearer = bearer_token([value for key, value in details.invocation_metadata or ()
                                if key == "authorization"])
 
-        def admit(context: grpc.ServicerContext) -> Principal:
-            return self._admit(details.method, service, bearer, arrived, context)
+        def admit(context: grpc.ServicerContext, exists: bool = True) -> Principal:
+            return self._admit(details.method, service, bearer, arrived, context, exists=exists)
 
         ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
         return _guard(continuation(details), details.method, admit, ends)
 
     def _admit(self, method: str, service: str, bearer: str | None, arrived: float,
-               context: grpc.ServicerContext) -> Principal:
+               context: grpc.ServicerContext, *, exists: bool = True) -> Principal:
+        """The caller, or an abort. `exists=False` (no such method): any valid token is enough,
+        and the caller then learns UNIMPLEMENTED, as gRPC clients expect."""
         if self._max_rpc_seconds is not None and time.monotonic() - arrived >= self._max_rpc_seconds:
             retry_later(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"{method} waited in the queue past the server limit of "
@@ -81,8 +83,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                   f"{method}: the client deadline passed before the call started")
         ends = None if self._max_rpc_seconds is None else arrived + self._max_rpc_seconds
         try:
-            with _contained(method, context, ends):  # a store outage here is UNAVAILABLE, retried by clients
-                return self._admission.admit(bearer, service, method, missing=MISSING)
+            # A store outage here is UNAVAILABLE; the caller chose the path: log it only if it exists.
+            with _contained(method if exists else "an unknown method", context, ends):
+                return self._admission.admit(bearer, service, method, missing=MISSING, exists=exists)
         except Refused as refused:  # passed through by _contained
             abort(context, grpc.StatusCode.UNAUTHENTICATED if refused.unauthenticated
                   else grpc.StatusCode.PERMISSION_DENIED, str(refused))
@@ -128,12 +131,13 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
 
     The wrapped handler receives raw bytes (no deserializer), so parsing happens after
     admission and a malformed message is INVALID_ARGUMENT instead of gRPC's INTERNAL.
-    An unknown method still requires a valid token: callers learn nothing without one.
+    An unknown method (or service) still requires a valid token: callers learn nothing without
+    one; with one, of any role, it is UNIMPLEMENTED. Its path is never logged (a client chooses it).
     `ends` (time.monotonic) is when a response stream is cancelled.
     """
     if handler is None:
         def unknown(requests: Any, context: grpc.ServicerContext) -> Any:
-            admit(context)
+            admit(context, False)
             abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not found")
 
         # Stream-stream never reads the request, so it answers any kind of client call.
@@ -157,7 +161,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
     if handler.response_streaming:
 
         def streaming(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            who = admit(context)
+            who = admit(context, True)
             request = request_of(raw, context)
             timer = None
             if ends is not None:
@@ -176,7 +180,7 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
         return same_kind(handler, streaming, request_deserializer=None)
 
     def unary(raw: Any, context: grpc.ServicerContext) -> Any:
-        who = admit(context)
+        who = admit(context, True)
         request = request_of(raw, context)
         with _contained(method, context, ends):
             return contextvars.copy_context().run(_call_as, who, behavior, request, context)

@@ -16,6 +16,7 @@ from chorus.server.store import probe_write
 from chorus.server.transport.admission import Admission
 from chorus.server.transport.gate import AuthInterceptor
 from chorus.server.transport.metrics import Metrics
+from chorus.server.transport.oidc import OidcVerifier
 from chorus.server.transport.otlp_http import OtlpHttpServer, tls_context
 from chorus.server.transport.ratelimit import RateLimiter
 from chorus.server.transport.services import otlp as otlp_service
@@ -73,7 +74,9 @@ class Server:
         limits = chorus.config.limits
         limiter = RateLimiter(limits.ingest_rate_per_token, limits.ingest_burst_per_token, chorus.clock)
         self.metrics = Metrics(chorus, limiter)
-        admission = Admission([chorus.tokens.authenticate])
+        # Chorus tokens first (machines, installations without an IdP), then OpenID Connect.
+        sso = [OidcVerifier(chorus.config.oidc).authenticate] if chorus.config.oidc else []
+        admission = Admission([chorus.tokens.authenticate, *sso])
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chorus-rpc"),
             interceptors=[self.metrics.interceptor(), AuthInterceptor(admission,
@@ -93,8 +96,8 @@ class Server:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer(chorus), self._grpc)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(chorus.audit_trail, chorus.ledger.signer.public_key_pem), self._grpc)
-        release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(chorus.releases, chorus.windows.list),
-                                                              self._grpc)
+        release_pb2_grpc.add_ReleaseServiceServicer_to_server(
+            ReleaseServicer(chorus.releases, chorus.windows.list, chorus.config.close_interval_seconds), self._grpc)
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,

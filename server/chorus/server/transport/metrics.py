@@ -18,19 +18,25 @@ Invariants:
   each (aggregate them with `max`), while the `_total` counters are per process (aggregate with `sum`).
 * The listener has no authentication and no TLS: bind it to loopback or a monitoring
   network. What it shows is listed in docs/privacy.md (operational counters only).
+* With `chorus serve --workers N` each worker's registry is served on a loopback port of its
+  own and the parent serves the one scrape target (chorus.server.transport.worker_metrics):
+  the families in `ONCE_PER_SERVER` are the same in every worker and appear once, every
+  other series gets a `worker` label.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -53,6 +59,11 @@ _log = logging.getLogger(__name__)
 #: RPC latency buckets (seconds): sub-millisecond health checks up to minute-long ledger streams.
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNKNOWN = "unknown"
+#: Families whose value is the same in every worker of one server (read from the shared store, or
+#: the build): with --workers they appear once in the server's scrape, without a `worker` label.
+ONCE_PER_SERVER = frozenset({"chorus_build_info", "chorus_windows", "chorus_windows_overdue",
+                             "chorus_shreds_pending", "chorus_releases", "chorus_epsilon_spent",
+                             "chorus_budgets_exhausted"})
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -77,6 +88,22 @@ def known_methods(service_names: Iterable[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def serve_registry(registry: CollectorRegistry, address: str) -> tuple[WSGIServer, str]:
+    """Serve `registry` at /metrics over HTTP on host:port (port 0: any free port); return the
+    server and the host:port bound. OSError names the address."""
+    host, port = parse_address(address)
+    try:
+        http, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
+    return http, f"{address.rpartition(':')[0]}:{http.server_port}"
+
+
+def stop_serving(http: WSGIServer) -> None:
+    http.shutdown()
+    http.server_close()
+
+
 class Metrics:
     """The registry of one server: RPC latency observed by `interceptor()`, the rest read at scrape."""
 
@@ -88,6 +115,9 @@ class Metrics:
                               ["service", "method", "code"], buckets=RPC_BUCKETS, registry=self.registry)
         self._methods: dict[str, tuple[str, str]] = {}
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, open fds
+        Info("chorus_build", "The running Chorus: package version and Python version (value 1).",
+             registry=self.registry).info({"version": package_version("chorus-telemetry"),
+                                           "python": platform.python_version()})
         self.registry.register(_StateCollector(chorus, limiter))
         self._transactions = _TransactionMetrics(self.registry)
         self._unobserve = chorus.db.observe(self._transactions)
@@ -102,18 +132,13 @@ class Metrics:
 
     def listen(self, address: str) -> str:
         """Serve /metrics over HTTP on host:port (port 0: any free port); return host:port bound."""
-        host, port = parse_address(address)
-        try:
-            self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise OSError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
-        return f"{address.rpartition(':')[0]}:{self._http.server_port}"
+        self._http, bound = serve_registry(self.registry, address)
+        return bound
 
     def close(self) -> None:
         self._unobserve()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            stop_serving(self._http)
             self._http = None
 
 
@@ -245,7 +270,7 @@ class _StateCollector(Collector):
 
     def _store_state(self) -> Iterator[Metric]:
         policy = self._chorus.config.policy
-        cheapest = min(policy.default_epsilon.values())
+        cheapest = min(policy.default_charge.values())
         now = int(self._chorus.clock.now().timestamp())
 
         def read(tx: Tx) -> dict[str, Any]:

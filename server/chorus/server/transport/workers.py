@@ -26,8 +26,11 @@ Invariants:
   exits. A worker whose parent disappears stops by itself (`watch_parent`).
 * Per process: RPC counters, the `IngestStats` that `chorus stats` shows (the worker that
   answered), rate limiters (a token's limit applies per worker), and HTTP listeners that are
-  not ingest paths (`--metrics-listen`: worker i serves on port + i). Shared through the store:
-  everything acknowledged, budgets, batch de-duplication, the ledger, tokens, the roster.
+  not ingest paths. Shared through the store: everything acknowledged, budgets, batch
+  de-duplication, the ledger, tokens, the roster.
+* `--metrics-listen` is one target, served by the parent: each worker serves its registry on
+  a loopback port the kernel chooses and names it in its ready message (`ready PORT`); the
+  parent merges the workers' scrapes (chorus.server.transport.worker_metrics).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chorus.server.transport.worker_metrics import WorkerTarget
+
 _log = logging.getLogger(__name__)
 
 #: The most workers `--workers` accepts: more processes than this only add contention.
@@ -53,7 +58,7 @@ RESTART_DELAY = 0.5
 READY_TIMEOUT = 120.0
 #: Seconds a worker has to stop after SIGTERM before it is killed (its own grace is 5 s).
 STOP_TIMEOUT = 15.0
-READY = b"ready\n"
+READY = b"ready"
 
 
 def parse_count(value: str) -> int:
@@ -93,10 +98,11 @@ def reserve_port(address: str) -> tuple[list[socket.socket], str]:
     return sockets, f"{host}:{sockets[0].getsockname()[1]}"
 
 
-def signal_ready(fd: int | None) -> None:
-    """In a worker: tell the parent this worker serves (its port is bound, its closer started)."""
+def signal_ready(fd: int | None, metrics_port: int | None = None) -> None:
+    """In a worker: tell the parent this worker serves (its port is bound, its closer started),
+    and on which loopback port it serves its metrics, if it does."""
     if fd is not None:
-        os.write(fd, READY)
+        os.write(fd, READY + (b" %d" % metrics_port if metrics_port is not None else b"") + b"\n")
         os.close(fd)
 
 
@@ -122,13 +128,17 @@ class _Worker:
     index: int
     proc: subprocess.Popen[bytes]
     starts: int = 1
+    metrics_port: int | None = None  # from its ready message; None until it is ready
 
 
 class Supervisor:
     """Starts `count` workers from `command(index, ready_fd)`, restarts the ones that die, stops all."""
 
-    def __init__(self, command: Callable[[int, int], list[str]], count: int) -> None:
+    def __init__(self, command: Callable[[int, int], list[str]], count: int,
+                 env: dict[str, str] | None = None) -> None:
+        """`env`: the workers' environment (default: this process's)."""
         self._command = command
+        self._env = env
         self._count = count
         self._workers: list[_Worker] = []
         self._stopping = threading.Event()
@@ -140,33 +150,40 @@ class Supervisor:
     def _spawn(self, index: int) -> tuple[subprocess.Popen[bytes], int]:
         read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen(self._command(index, write_fd), pass_fds=(write_fd,))
+            proc = subprocess.Popen(self._command(index, write_fd), pass_fds=(write_fd,), env=self._env)
         finally:
             os.close(write_fd)
         return proc, read_fd
 
-    def _await_ready(self, proc: subprocess.Popen[bytes], read_fd: int, timeout: float) -> None:
+    def metrics_targets(self) -> dict[int, WorkerTarget]:
+        """Worker index -> its metrics port (None while not ready) and restarts, for the scrape."""
+        return {w.index: WorkerTarget(w.metrics_port, w.starts - 1) for w in self._workers}
+
+    def _await_ready(self, worker: _Worker, read_fd: int, timeout: float) -> None:
+        """Until the worker's ready message (its metrics port recorded); WorkerFailed if none comes."""
         deadline = time.monotonic() + timeout
-        got = b""
+        got: list[bytes] = []
         try:
             while not self._stopping.is_set() and time.monotonic() < deadline:
                 if select.select([read_fd], [], [], 0.2)[0]:
-                    got = os.read(read_fd, len(READY))
+                    got = os.read(read_fd, 64).split()
                     break
         finally:
             os.close(read_fd)
-        if got != READY and not self._stopping.is_set():
-            proc.kill()
-            code = proc.wait()
-            raise WorkerFailed(f"worker (pid {proc.pid}) did not become ready (exit code {code})")
+        if got[:1] == [READY]:
+            worker.metrics_port = int(got[1]) if len(got) > 1 else None
+        elif not self._stopping.is_set():
+            worker.proc.kill()
+            code = worker.proc.wait()
+            raise WorkerFailed(f"worker (pid {worker.proc.pid}) did not become ready (exit code {code})")
 
     def start(self) -> None:
         """Start every worker and wait until all serve; WorkerFailed (all stopped) if one cannot."""
         pending = [self._spawn(i) for i in range(self._count)]
         self._workers = [_Worker(i, proc) for i, (proc, _) in enumerate(pending)]
-        for i, (proc, read_fd) in enumerate(pending):
+        for i, (_, read_fd) in enumerate(pending):
             try:
-                self._await_ready(proc, read_fd, READY_TIMEOUT)
+                self._await_ready(self._workers[i], read_fd, READY_TIMEOUT)
             except WorkerFailed:
                 for _, later in pending[i + 1:]:
                     os.close(later)
@@ -189,10 +206,11 @@ class Supervisor:
                 time.sleep(RESTART_DELAY)
                 if self._stopping.is_set():
                     break
+                worker.metrics_port = None
                 proc, read_fd = self._spawn(worker.index)
                 worker.proc, worker.starts = proc, worker.starts + 1
                 try:
-                    self._await_ready(proc, read_fd, READY_TIMEOUT)
+                    self._await_ready(worker, read_fd, READY_TIMEOUT)
                 except WorkerFailed as exc:
                     _log.error("%s; trying again", exc)
                 else:

@@ -6,8 +6,9 @@ officer's copy of the server's Ed25519 public key. The verifier recomputes every
 
 * the chain: each body in canonical form, sequence numbers contiguous from 1, each prev_hash
   equal to the previous entry's hash, each hash recomputed over the body, each signature checked;
-* each release: its epsilon recomputed with OpenDP from mechanism, sensitivity and scale
-  (a stated charge below that is a violation), its sensitivity against the bound frozen in
+* each release: its charge recomputed with OpenDP from mechanism, sensitivity and scale
+  (epsilon for the discrete Laplace, rho for the discrete Gaussian; a stated charge below that
+  is a violation), its mechanism the one frozen in its window's policy, its sensitivity against the bound frozen in
   its window's window_open entry, its window opened and closed before it, its team in that
   close with at least the frozen k people, its time within the frozen retention, its
   statistic not released before; a release marked `"plan": true` against the release plan
@@ -18,6 +19,9 @@ officer's copy of the server's Ed25519 public key. The verifier recomputes every
   the node's roster size against k, and its epsilon charged to every team below it;
 * each team-window: the sum of charges (its own releases and those of every node above it)
   against the frozen cap and against the server's stated running total;
+* the yearly bound: over any twelve months (54 weekly or 367 daily windows from each window's
+  start), the sum per window of the most any one team-window spent (a person may move between
+  teams), as pure epsilon, rho, and (epsilon, delta) at `budget.DELTA` (`Report.yearly`);
 * optionally a head pinned from an earlier verification, which catches a truncated tail or
   a rewritten history even when everything was re-signed consistently.
 
@@ -33,7 +37,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,12 +52,19 @@ from chorus.server.model.ledger_format import GENESIS_HASH, entry_hash, format_t
 from chorus.server.model.policy import Policy, plan_parts
 from chorus.server.model.statistics import ACTIVE, Statistic
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
-from chorus.server.privacy.budget import Budget
-from chorus.server.privacy.epsilon import ZERO, Epsilon
+from chorus.server.privacy.budget import DELTA, Budget
+from chorus.server.privacy.epsilon import ZERO, Epsilon, Loss, Rho
+from chorus.server.privacy.mechanisms import approx_dp
 
 dp.enable_features("contrib")
 
 MECHANISM = "discrete_laplace"
+GAUSSIAN = "discrete_gaussian"
+#: Each mechanism's unit of charge: the verifier's own copy of `privacy.mechanisms.UNITS`, kept on
+#: purpose (like its sensitivity rule in `check_statistic`), so that a bug in the server's cannot
+#: hide from it.
+UNITS: dict[str, type[Loss]] = {MECHANISM: Epsilon, GAUSSIAN: Rho}
+_LEAP_YEAR = timedelta(days=366)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
 #: A released value: a decimal integer without leading zeros or plus sign.
@@ -109,12 +120,12 @@ class TeamWindowTotal:
 
     window: str
     team: str
-    cap: Epsilon
-    spent: Epsilon = ZERO
+    cap: Loss
+    spent: Loss = ZERO
     releases: int = 0
 
     @property
-    def remaining(self) -> Epsilon:
+    def remaining(self) -> Loss:
         return Budget(self.cap, self.spent).remaining
 
 
@@ -127,10 +138,47 @@ class Report:
     totals: dict[tuple[str, str], TeamWindowTotal] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
     head: Head | None = None
+    #: The worst twelve months for one person, recomputed from the charges (see `yearly_bound`).
+    yearly: YearlyBound | None = None
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+
+@dataclass(frozen=True, slots=True)
+class YearlyBound:
+    """The most one person can have lost over any twelve months of the ledger: per window the
+    largest spent of any of its team-windows (whichever team the person was in), summed over the
+    windows any twelve months touching the first one can touch, worst such year. Laplace windows add
+    up in pure epsilon, Gaussian ones in rho; both are stated together as (epsilon, delta) by
+    basic composition: epsilon + the rho's OpenDP conversion at `delta`."""
+
+    first_window: str
+    windows: int
+    epsilon: Epsilon
+    rho: Rho
+    approx_epsilon: float
+    delta: float
+
+
+def yearly_bound(totals: Iterable[TeamWindowTotal], delta: float = DELTA) -> YearlyBound | None:
+    """The worst twelve months of `totals` (see YearlyBound); None without any team-window."""
+    worst: dict[str, Loss] = {}
+    for total in totals:
+        if total.window not in worst or worst[total.window] < total.spent:
+            worst[total.window] = total.spent
+    spans = sorted(((parse_window_id(w), w) for w in worst), key=lambda pair: (pair[0].start, pair[1]))
+    best: YearlyBound | None = None
+    for i, (span, window) in enumerate(spans):
+        # Twelve months that touch this window first reach windows starting before its end + 366 days.
+        year = [w for later, w in spans[i:] if later.start < span.end + _LEAP_YEAR]
+        eps = Epsilon(sum(worst[w].micros for w in year if isinstance(worst[w], Epsilon)))
+        rho = Rho(sum(worst[w].micros for w in year if isinstance(worst[w], Rho)))
+        bound = YearlyBound(window, len(year), eps, rho, eps.as_float + approx_dp(rho, delta), delta)
+        if best is None or bound.approx_epsilon > best.approx_epsilon:
+            best = bound
+    return best
 
 
 def parse_head(text: str) -> Head:
@@ -153,21 +201,25 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
 
 
 @functools.lru_cache(maxsize=4096)
-def implied_epsilon(mechanism: str, vector: bool, scale: float, sensitivity: int) -> Epsilon:
-    """Epsilon OpenDP's privacy map gives at d_in = sensitivity, rounded up to a micro-epsilon.
+def implied_epsilon(mechanism: str, vector: bool, scale: float, sensitivity: int) -> Loss:
+    """The charge OpenDP's privacy map gives at d_in = sensitivity, rounded up to a micro-unit:
+    epsilon for the discrete Laplace (L1), rho for the discrete Gaussian (L2).
 
     Cached: a ledger repeats a few (scale, sensitivity) pairs many times, and building an
     OpenDP measurement costs more than checking a signature (about 0.2 ms against 0.1 ms).
     """
-    if mechanism != MECHANISM:
-        raise ValueError(f"mechanism {mechanism!r} is not {MECHANISM!r}")
+    if mechanism not in UNITS:
+        raise ValueError(f"mechanism {mechanism!r} is not one of {', '.join(UNITS)}")
+    gaussian = mechanism == GAUSSIAN
+    make = dp.m.make_gaussian if gaussian else dp.m.make_laplace
     atom = dp.atom_domain(T="i64")
     try:
         if vector:
-            measurement = dp.m.make_laplace(dp.vector_domain(atom), dp.l1_distance(T="i64"), scale)
+            measurement = make(dp.vector_domain(atom), dp.l2_distance(T="i64") if gaussian
+                               else dp.l1_distance(T="i64"), scale)
         else:
-            measurement = dp.m.make_laplace(atom, dp.absolute_distance(T="i64"), scale)
-        return Epsilon.ceil(measurement.map(sensitivity))
+            measurement = make(atom, dp.absolute_distance(T="i64"), scale)
+        return UNITS[mechanism].ceil(measurement.map(sensitivity))
     except dp.OpenDPException as exc:
         raise ValueError(f"OpenDP rejects scale {scale} at sensitivity {sensitivity}: "
                          f"{exc.message}") from None
@@ -326,14 +378,15 @@ class Verifier:
         state.closed = self.seq
         state.team_sizes = sizes
         state.tree = tree
-        cap = state.policy.epsilon_per_window
+        cap = state.policy.budget_per_window
         for team in sorted(sizes):
             self.report.totals[(window, team)] = TeamWindowTotal(window, team, cap)
 
     def release(self, payload: dict[str, Any]) -> None:
         """A release at a team, or at a node of the organisation tree (a payload with "node")."""
         at_node = "node" in payload
-        amounts = _release_amounts(payload, _NODE_RELEASE_FIELDS if at_node else _RELEASE_FIELDS)
+        amounts = _release_amounts(payload, _NODE_RELEASE_FIELDS if at_node else _RELEASE_FIELDS,
+                                   self.windows.get(str(payload.get("window"))))
         if isinstance(amounts, str):
             self.flag("release", f"malformed release payload: {amounts}")
             return
@@ -349,7 +402,7 @@ class Verifier:
         else:
             self.team_release(payload, state, charged, stated_cap, str(stated_after), subject)
 
-    def team_release(self, payload: dict[str, Any], state: _Window, charged: Epsilon, stated_cap: Epsilon,
+    def team_release(self, payload: dict[str, Any], state: _Window, charged: Loss, stated_cap: Loss,
                      stated_after: str, subject: str) -> None:
         """A release at a team: the plan, the team in the close, k, and its team-window's charge."""
         window, team = payload["window"], payload["team"]
@@ -366,7 +419,7 @@ class Verifier:
                                        f"people on the roster at close, below the frozen k = {k}")
         self.account(total, charged, stated_cap, stated_after)
 
-    def account(self, total: TeamWindowTotal, charged: Epsilon, stated_cap: Epsilon, stated_after: str | None,
+    def account(self, total: TeamWindowTotal, charged: Loss, stated_cap: Loss, stated_after: str | None,
                 node: str = "") -> None:
         """Record one charge to a team-window (by its own release, or by `node`'s above it) and
         check the entry's stated cap and spent-after against the accountant's."""
@@ -375,7 +428,7 @@ class Verifier:
         total.releases += 1
         if stated_cap != total.cap:
             self.flag("budget_cap", f"stated budget_cap {stated_cap} differs from the frozen "
-                                    f"epsilon_per_window {total.cap} of {total.window}")
+                                    f"{total.cap.UNIT}_per_window {total.cap} of {total.window}")
         at = f" at {node}" if node else ""
         if budget.overspent:
             self.flag("budget_cap", f"{total.team} in {total.window} has spent {total.spent} after this "
@@ -385,13 +438,10 @@ class Verifier:
             self.flag("budget_spent", f"stated budget_spent_after {stated_after}{of} differs from the sum "
                                       f"of this team-window's charges, {total.spent}")
 
-    def node_release(self, payload: dict[str, Any], state: _Window, charged: Epsilon, stated_cap: Epsilon,
+    def node_release(self, payload: dict[str, Any], state: _Window, charged: Loss, stated_cap: Loss,
                      subject: str) -> None:
         """A release at an org or the company: charged to every team-window below the node."""
         window, node = payload["window"], payload["node"]
-        if "plan" in payload:  # plan entries are per team: a node release is never part of it
-            self.flag("plan", f"{subject} is marked as a plan release, but the release plan has team "
-                              "releases only")
         tree = state.tree
         if tree is None or node not in tree or tree.level(node) == hierarchy.TEAM:
             self.flag("node", f"release of {subject}: {node!r} is not an org or the company in the tree "
@@ -401,6 +451,8 @@ class Verifier:
         if payload["level"] != tree.level(node) or payload["teams"] != below:
             self.flag("node", f"release of {subject}: level {payload['level']!r} and teams charged "
                               f"{payload['teams']} differ from the frozen tree's {tree.level(node)!r} and {below}")
+        if "plan" in payload:
+            self.check_plan(payload, state.policy, charged, subject, tree.level(node))
         k = state.policy.min_team_size
         if tree.size(node) < k:
             self.flag("min_team_size", f"release of {subject}: the node had {tree.size(node)} people on the "
@@ -409,13 +461,17 @@ class Verifier:
         for team in below:
             self.account(self.report.totals[(window, team)], charged, stated_cap, stated.get(team), node)
 
-    def check_release(self, payload: dict[str, Any], owner: str, charged: Epsilon, subject: str) -> _Window | None:
+    def check_release(self, payload: dict[str, Any], owner: str, charged: Loss, subject: str) -> _Window | None:
         """The rules every release follows, at a team or a node (`owner`): its mechanism and charge,
         its statistic not released before, its window opened and closed before it, its time within
         the frozen retention, its statistic and value. Returns the window, or None (flagged) when
         the window was not opened and closed: then nothing frozen is there to check against."""
-        self.check_mechanism(payload, charged, subject)
         window = payload["window"]
+        frozen = self.windows.get(window)
+        if frozen is not None and payload["mechanism"] in UNITS and payload["mechanism"] != frozen.policy.mechanism:
+            self.flag("mechanism", f"{subject}: mechanism {payload['mechanism']!r} is not the "
+                                   f"{frozen.policy.mechanism!r} frozen in the policy of {window}")
+        self.check_mechanism(payload, charged, subject)
         key = (owner, window, payload["metric"], payload["statistic"])
         if key in self.released:
             self.flag("double_release", f"{subject} was already released at entry {self.released[key]}")
@@ -436,33 +492,39 @@ class Verifier:
         self.check_statistic(payload, state.policy, subject)
         return state
 
-    def check_mechanism(self, payload: dict[str, Any], charged: Epsilon, subject: str) -> None:
+    def check_mechanism(self, payload: dict[str, Any], charged: Loss, subject: str) -> None:
         scale, sensitivity = payload["scale"], payload["sensitivity"]
-        if payload["mechanism"] != MECHANISM:
-            self.flag("mechanism", f"{subject}: mechanism {payload['mechanism']!r} is not {MECHANISM!r}")
+        if payload["mechanism"] not in UNITS:
+            self.flag("mechanism", f"{subject}: mechanism {payload['mechanism']!r} is not one of "
+                                   f"{', '.join(UNITS)}")
         elif not (math.isfinite(scale) and scale > 0) or sensitivity < 0:
             self.flag("mechanism", f"{subject}: scale {scale} must be > 0 and sensitivity "
                                    f"{sensitivity} >= 0")
         else:
             try:
-                implied = implied_epsilon(MECHANISM, payload["statistic"] == Statistic.HISTOGRAM, float(scale),
-                                          sensitivity)
+                implied = implied_epsilon(payload["mechanism"], payload["statistic"] == Statistic.HISTOGRAM,
+                                          float(scale), sensitivity)
             except ValueError as exc:
                 self.flag("mechanism", f"{subject}: {exc}")
                 return
-            if charged < implied:
-                self.flag("epsilon", f"{subject}: charged epsilon {charged} is below the {implied} that "
-                                     f"{MECHANISM} with scale {scale} at sensitivity {sensitivity} implies")
+            if type(charged) is not type(implied):
+                self.flag("epsilon", f"{subject}: charged {charged.UNIT} {charged}, but {payload['mechanism']} "
+                                     f"charges in {implied.UNIT}")
+            elif charged < implied:
+                self.flag("epsilon", f"{subject}: charged {charged.UNIT} {charged} is below the {implied} that "
+                                     f"{payload['mechanism']} with scale {scale} at sensitivity {sensitivity} "
+                                     "implies")
 
-    def check_plan(self, payload: dict[str, Any], policy: Policy, charged: Epsilon, subject: str) -> None:
-        """A plan release must be part of the window's frozen plan, at no more than its epsilon."""
+    def check_plan(self, payload: dict[str, Any], policy: Policy, charged: Loss, subject: str,
+                   level: str = hierarchy.TEAM) -> None:
+        """A plan release must be part of the window's frozen plan at its level, at no more than its charge."""
         if payload["plan"] is not True:
             self.flag("plan", f"{subject}: plan must be true when present, not {payload['plan']!r}")
             return
-        planned = plan_parts(policy.release_plan).get((payload["metric"], payload["statistic"]))
+        planned = plan_parts(policy.release_plan).get((level, payload["metric"], payload["statistic"]))
         if planned is None:
             self.flag("plan", f"{subject} is marked as a plan release but is not in the release plan frozen "
-                              "for its window")
+                              f"for its window at level {level}")
         elif charged > planned:
             self.flag("plan", f"{subject}: plan release charged epsilon {charged}, more than the {planned} "
                               "the window's frozen plan allows")
@@ -495,6 +557,7 @@ class Verifier:
             self.flag("value", f"{subject}: value must be a decimal integer string")
 
     def finish(self) -> Report:
+        self.report.yearly = yearly_bound(self.report.totals.values())
         expect = self.expect
         if expect is None:
             return self.report
@@ -522,17 +585,22 @@ def _policy(raw: dict[str, Any]) -> Policy | None:
         return None
 
 
-def _release_amounts(payload: dict[str, Any],
-                     fields: dict[str, Any]) -> tuple[Epsilon, Epsilon, Epsilon | None] | str:
-    """(charged epsilon, stated cap, stated spent after; None for a node's, a dict checked per
-    team) or what is wrong with the payload."""
+def _release_amounts(payload: dict[str, Any], fields: dict[str, Any],
+                     window: _Window | None) -> tuple[Loss, Loss, Loss | None] | str:
+    """(charged amount, stated cap, stated spent after; None for a node's, a dict checked per
+    team) or what is wrong with the payload. The amounts are in the unit of the window's frozen
+    mechanism (epsilon when the window is unknown, which is flagged anyway): a Gaussian
+    release states "rho" where a Laplace one states "epsilon"."""
+    unit = UNITS.get(window.policy.mechanism, Epsilon) if window is not None else Epsilon
+    amount = unit.UNIT
+    fields = {(amount if name == "epsilon" else name): kind for name, kind in fields.items()}
     problem = _field_problem(payload, fields)
     if problem is not None:
         return problem
     try:
         after = payload["budget_spent_after"]
-        return (Epsilon.parse(payload["epsilon"]), Epsilon.parse(payload["budget_cap"]),
-                Epsilon.parse(after) if isinstance(after, str) else None)
+        return (unit.parse(payload[amount]), unit.parse(payload["budget_cap"]),
+                unit.parse(after) if isinstance(after, str) else None)
     except ValueError as exc:
         return str(exc)
 

@@ -14,7 +14,7 @@ from chorus.server.model import hierarchy
 from chorus.server.model.statistics import REQUESTABLE, requestable_of, to_proto
 from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.transport.gate import principal
-from chorus.server.transport.rpc_errors import abort, budget_exceeded, invalid_argument
+from chorus.server.transport.rpc_errors import abort, budget_exceeded, invalid_argument, retry_later
 from chorus.server.transport.services._convert import list_windows
 from chorus.v1 import release_pb2, release_pb2_grpc
 
@@ -24,9 +24,13 @@ _LEVELS = {hierarchy.TEAM: release_pb2.NODE_LEVEL_TEAM, hierarchy.ORG: release_p
 
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     def __init__(self, releases: release.Releases,
-                 windows: Callable[[datetime | None, datetime | None], list[window_store.WindowRecord]]) -> None:
+                 windows: Callable[[datetime | None, datetime | None], list[window_store.WindowRecord]],
+                 plan_retry_seconds: float = 30.0) -> None:
+        """`plan_retry_seconds`: the RetryInfo of a release refused while a plan is pending (the
+        closer's interval: its next pass completes the plan)."""
         self._releases = releases
         self._windows = windows
+        self._plan_retry_seconds = plan_retry_seconds
 
     def ListWindows(self, request: release_pb2.ListWindowsRequest,
                     context: grpc.ServicerContext) -> release_pb2.ListWindowsResponse:
@@ -53,7 +57,7 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     def Release(self, request: release_pb2.ReleaseRequest,
                 context: grpc.ServicerContext) -> release_pb2.ReleaseResponse:
         statistics = [_statistic(i, s, context) for i, s in enumerate(request.statistics)]
-        with _domain_errors(context):
+        with _domain_errors(context, self._plan_retry_seconds):
             result = self._releases.release(request.window, list(request.teams), list(request.metrics),
                                              statistics, principal().name, list(request.nodes),
                                              validate_only=request.validate_only)
@@ -105,7 +109,7 @@ def _estimate(e: release.Estimate) -> release_pb2.Estimate:
 
 
 @contextmanager
-def _domain_errors(context: grpc.ServicerContext) -> Iterator[None]:
+def _domain_errors(context: grpc.ServicerContext, plan_retry_seconds: float = 30.0) -> Iterator[None]:
     """Domain refusals -> status codes; the request changed nothing in each case."""
     try:
         yield
@@ -113,6 +117,9 @@ def _domain_errors(context: grpc.ServicerContext) -> Iterator[None]:
         invalid_argument(context, str(exc), exc.field)
     except release.NotFound as exc:
         abort(context, grpc.StatusCode.NOT_FOUND, str(exc), reason="NOT_FOUND")
+    except release.PlanPending as exc:
+        retry_later(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc), plan_retry_seconds,
+                    reason="RELEASE_PLAN_PENDING")
     except release.Refused as exc:
         abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc), reason="WINDOW_NOT_RELEASABLE")
     except release.BudgetExceeded as exc:
