@@ -20,7 +20,7 @@ from flask import Flask, Response, abort, g, redirect, render_template, request,
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from chorus.server.dashboard import orgs, pages
+from chorus.server.dashboard import api, orgs, pages
 from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
 from chorus.server.dashboard.sessions import Session, SessionStore
 from chorus.server.dashboard.sso import Grant, SignOn, SsoError
@@ -287,6 +287,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
 
     for spec in PAGES:
         _register(app, spec, gateway)
+    api.register(app, gateway)
     return app
 
 
