@@ -219,7 +219,8 @@ def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[Inter
 
 def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
                 points: Sequence[Interval | None], domain: Sequence[float], *,
-                fmt: Formatter = format_compact, width: int = WIDTH) -> Markup:
+                fmt: Formatter = format_compact, width: int = WIDTH,
+                empty: str = "nothing released in these windows") -> Markup:
     """Value per window as a line inside its 95% interval band; a gap where nothing was released.
     A window standing alone (one window, or neighbours without values) has no band to draw: its
     interval is a whisker, so it never disappears.
@@ -262,8 +263,7 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
         body.extend(f'<circle class="point" cx="{x(i):.1f}" cy="{scale(p.value):.1f}" r="3.5"/>'
                     for i, p in run)
     if all(p is None for p in points):
-        body.append(_label((left + right) / 2, (top + bottom) / 2, "nothing released in these windows",
-                           "note", "middle", limit=_MAX_NOTE))
+        body.append(_label((left + right) / 2, (top + bottom) / 2, empty, "note", "middle", limit=_MAX_NOTE))
     return _svg(chart_id, title, desc, bottom + _AXIS + 4, body, width)
 
 

@@ -74,7 +74,7 @@ def org_view(api: Api, args: Args) -> Page:
         return page
     teams = api.list_teams(window).teams
     tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in teams)
-    node = args.get("node") or hierarchy.COMPANY
+    node = args.get("node") or args.get("org") or hierarchy.COMPANY  # the overview's org filter, carried
     if node not in tree:
         shown = node if len(node) <= 64 else node[:61] + "..."
         raise BadRequest(f"node={shown!r} is not in the organisation tree of window {window}")

@@ -189,6 +189,16 @@ def closed_windows(api: Api) -> list[common_pb2.Window]:
     return [w for w in api.list_windows() if w.state == common_pb2.WINDOW_STATE_CLOSED]
 
 
+def duration(seconds: int) -> str:
+    """A policy's duration in words: 21600 -> "6 hours", 90 -> "1 minute 30 seconds"."""
+    parts = []
+    for size, word in ((86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {word}{'' if count == 1 else 's'}")
+    return " ".join(parts) or "none"
+
+
 def utc(ts: Timestamp) -> str:
     """A protobuf timestamp as "2026-11-25 00:00 UTC"."""
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -441,9 +451,15 @@ def trends(api: Api, args: Args) -> Page:
     metric = _choice(args, "metric", names, names[0] if names else None)
     page = Page("trends.html", "Trends", context={
         "n": count, "statistic": statistic, "metric": metric, "metrics": names, "problems": [],
-        "not_released": [], "statistics": [(s, STATISTICS[s][1]) for s in TREND_STATISTICS]})
+        "not_released": [], "statistics": [(s, STATISTICS[s][1]) for s in TREND_STATISTICS],
+        "org": hierarchy.COMPANY, "org_options": [(hierarchy.COMPANY, "The whole company")]})
     if not recent:
         return page
+    tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in api.list_teams(recent[-1].id).teams)
+    org = _org_filter(args, tree)
+    inside = None if org == hierarchy.COMPANY else set(tree.teams_below(org))
+    page.context.update(org=org, org_options=[(hierarchy.COMPANY, "The whole company"),
+                                              *((o, o) for o in tree.org_nodes())])
     code, label = STATISTICS[statistic]
     adoption = statistic == Statistic.ADOPTION
     fmt, chart_fmt = (format_percent, format_percent) if adoption else (format_number, format_compact)
@@ -451,6 +467,8 @@ def trends(api: Api, args: Args) -> Page:
     table = DataTable(f"{subject} per team over the last {len(recent)} closed windows",
                       [_WINDOW, _TEAM, _OUTCOME, *_estimate_columns(fmt)])
     series: dict[str, list[Interval | None]] = {}
+    #: Why a team has nothing in any window shown (a suppressed team: too few people).
+    reasons: dict[str, str] = {}
     for index, window in enumerate(recent):
         try:
             reply = api.read(window.id, [code], metrics=[] if adoption or metric is None else [metric])
@@ -459,13 +477,18 @@ def trends(api: Api, args: Args) -> Page:
                 raise
             page.context["problems"].append((window.id, exc.message))
             continue
-        page.context["not_released"] += _not_released(window.id, reply.teams)
-        for team in reply.teams:
+        mine = [t for t in reply.teams if inside is None or t.team in inside]
+        page.context["not_released"] += _not_released(window.id, mine)
+        for team in mine:
             name = "" if adoption else metric or ""
             estimate = _find(team, code, name)
             interval = _interval(estimate, _ceiling(code, metrics.get(metric or "")))
             table.add(window.id, team.team, _outcome(team, code, name), *_estimate_cells(estimate, interval))
             series.setdefault(team.team, [None] * len(recent))[index] = interval
+            if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
+                reasons[team.team] = f"suppressed: {team.roster_size} people, below the minimum"
+            elif estimate is None:
+                reasons.setdefault(team.team, "not released in these windows")
     domain = [v for points in series.values() for p in points if p for v in (p.low, p.high)]
     ids = [w.id for w in recent]
     panels = []
@@ -475,7 +498,8 @@ def trends(api: Api, args: Args) -> Page:
                        "as a band (a whisker for a window without released neighbours); gaps are windows "
                        "with nothing released for this team.")
         panels.append((team, charts.responsive(charts.trend_panel, f"chart-trend-{number}", title, description, ids,
-                                                series[team], domain or [0.0], fmt=chart_fmt)))
+                                                series[team], domain or [0.0], fmt=chart_fmt,
+                                                empty=reasons.get(team, "nothing released in these windows"))))
     title = f"{subject} per team over time"
     description = f"One panel per team, all on the same scale, windows {ids[0]} to {ids[-1]}."
     page.charts.append(Chart("trend", title, description, panels, table))

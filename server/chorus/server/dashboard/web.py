@@ -81,7 +81,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024, MAX_FORM_MEMORY_SIZE=8 * 1024)
     clock = clock or SystemClock()
     store = sessions if sessions is not None else SessionStore(clock, idle=idle_timeout)
-    app.jinja_env.globals.update(utc=pages.utc, role_titles=ROLE_TITLES,
+    app.jinja_env.globals.update(utc=pages.utc, duration=pages.duration, role_titles=ROLE_TITLES,
                                  window_closed=common_pb2.WINDOW_STATE_CLOSED, describe=spending.describe,
                                  org_filter=lambda: request.args.get("org", ""))
 
