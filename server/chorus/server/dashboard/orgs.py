@@ -168,6 +168,9 @@ def _chart(window: str, node: str, rows: list[release_pb2.TeamRelease],
             bars.append(Bar(OTHER, interval))
     description = (f"{title} for {label(node)} and each org and team directly below it, window {window}. "
                    "Orgs and the company are charged to every team below them.")
-    svg = charts.interval_bars(f"chart-{_slug(title)}", title, description, bars, fmt=fmt,
-                               include=(0.0, 1.0) if code == common_pb2.STATISTIC_ADOPTION else (0.0,))
+    adoption = code == common_pb2.STATISTIC_ADOPTION
+    # The chart rounds large numbers (7.93M) so that they fit a phone; the table keeps them whole.
+    svg = charts.responsive(charts.interval_bars, f"chart-{_slug(title)}", title, description, bars,
+                            fmt=fmt if adoption else charts.format_compact,
+                            include=(0.0, 1.0) if adoption else (0.0,))
     return Chart(_slug(title), title, description, [("", svg)], table)

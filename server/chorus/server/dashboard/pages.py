@@ -727,16 +727,51 @@ def _row(signed: audit_pb2.LedgerEntry) -> LedgerRow:
 _CHAIN = ChainCache()
 
 
+LEDGER_KINDS = ("config", "roster_import", "window_open", "window_close", "window_purge", "release",
+                "token_create", "token_revoke")
+
+
+def _about(row: LedgerRow, kind: str, window: str, team: str) -> bool:
+    """Whether a ledger entry matches the filters: its kind, its window, and a team it names (a
+    release at an org or the company names every team it charged)."""
+    if kind and row.kind != kind:
+        return False
+    if not (window or team):
+        return True
+    try:
+        payload = json.loads(row.payload)
+    except ValueError:
+        return False
+    if window and payload.get("window") != window:
+        return False
+    return not team or payload.get("team") == team or team in payload.get("teams", ())
+
+
 def ledger(api: Api, args: Args) -> Page:
-    """One page of the signed ledger, with the verifier's verdict on the whole chain."""
+    """One page of the signed ledger, with the verifier's verdict on the whole chain; filtered by
+    kind, window and team ("everything released about team X": kind release, team X)."""
     status = _CHAIN.status(api.ledger, api.public_key())
-    last_page = max(1, status.head_seq - LEDGER_PAGE + 1)
-    start = _int(args, "from", last_page, 1, max(status.head_seq, 1))
-    rows = [_row(e) for e in api.ledger(start, LEDGER_PAGE)]
-    return Page("ledger.html", "Ledger", context={
-        "status": status, "rows": rows, "start": start, "first": 1, "last": last_page,
+    kind = _choice(args, "kind", ("", *LEDGER_KINDS), "") or ""
+    window, team = (args.get("window") or "").strip()[:64], (args.get("team") or "").strip()[:128]
+    filters = {k: v for k, v in (("kind", kind), ("window", window), ("team", team)) if v}
+    context: dict[str, Any] = {"status": status, "filters": filters, "kinds": LEDGER_KINDS, "kind": kind,
+                               "window": window, "team": team, "matched": None}
+    if not filters:
+        last_page = max(1, status.head_seq - LEDGER_PAGE + 1)
+        start = _int(args, "from", last_page, 1, max(status.head_seq, 1))
+        rows = [_row(e) for e in api.ledger(start, LEDGER_PAGE)]
+        total = status.head_seq
+    else:  # the whole chain, filtered here; `from` is a position among the matches
+        matched = [r for r in map(_row, api.ledger(1, None)) if _about(r, kind, window, team)]
+        total = len(matched)
+        last_page = max(1, total - LEDGER_PAGE + 1)
+        start = _int(args, "from", last_page, 1, max(total, 1))
+        rows = matched[start - 1:start - 1 + LEDGER_PAGE]
+        context["matched"] = total
+    return Page("ledger.html", "Ledger", context=context | {
+        "rows": rows, "start": start, "first": 1, "last": last_page,
         "previous": max(1, start - LEDGER_PAGE) if start > 1 else None,
-        "next": start + LEDGER_PAGE if start + LEDGER_PAGE <= status.head_seq else None})
+        "next": start + LEDGER_PAGE if start + LEDGER_PAGE <= total else None})
 
 
 @dataclass(frozen=True, slots=True)
