@@ -66,6 +66,19 @@ def main() -> int:
         ),
     }
     client.close()
+    # A key new this minute: one distinct user per call (names built before the clock starts),
+    # in a fresh client per repeat so that every key is new and none is dropped.
+    keys = max(1, args.number // 10)
+    users = [f"user-{i:07d}" for i in range(keys)]
+    new_key = []
+    for _ in range(args.repeat):
+        fresh = Client(transport=_NullTransport(), flush_interval=3600.0, max_pending=keys + 1)
+        fresh.count("ai.tokens", 1, user="warm-up")  # the flush thread started
+        new_key.append(timeit.Timer("for u in users: count('ai.tokens', 1, user=u)",
+                                    globals={"users": users, "count": fresh.count}).timeit(1) / keys * 1e9)
+        assert fresh.stats().dropped == 0
+        fresh.close()
+    results['Client.count("ai.tokens", 1, user=<new key>)'] = min(new_key)
 
     try:
         from opentelemetry.sdk.metrics import MeterProvider

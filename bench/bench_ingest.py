@@ -42,6 +42,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import _load
 import grpc
 from _bench import load_average, parse
 
@@ -51,7 +52,8 @@ from chorus.server.root import Chorus
 from chorus.server.store import usage
 from chorus.server.store._schema import migrate
 from chorus.server.store.sqlite import SqliteDatabase
-from chorus.v1 import admin_pb2, admin_pb2_grpc
+from chorus.server.transport.services import ingest as services_ingest
+from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = [m.name for m in config.load(None).policy.metrics]
@@ -137,26 +139,37 @@ def bare_store_rate(users: list[str], rounds: int, order: str) -> tuple[float, f
 
 
 class _TimedDatabase:
-    """The store, timing each ingest transaction (the writer is held for all of `run`)."""
+    """The store, timing each ingest transaction: the write transaction (the writer is held for
+    all of `run`) and the read transaction that prepares the batch, in wall and CPU seconds."""
 
     def __init__(self, db: Any) -> None:
         self._db = db
-        self.seconds = 0.0
+        self.seconds: dict[str, list[float]] = {"ingest": [0.0, 0.0], "ingest_prepare": [0.0, 0.0]}
+
+    def _timed(self, call: Callable[..., Any], fn: Callable[..., Any], name: str) -> Any:
+        started, cpu = time.perf_counter(), time.process_time()
+        try:
+            return call(fn, name=name)
+        finally:
+            if name in self.seconds:
+                self.seconds[name][0] += time.perf_counter() - started
+                self.seconds[name][1] += time.process_time() - cpu
 
     def run(self, fn: Callable[..., Any], *, name: str) -> Any:
-        started = time.perf_counter()
-        try:
-            return self._db.run(fn, name=name)
-        finally:
-            if name == "ingest":
-                self.seconds += time.perf_counter() - started
+        return self._timed(self._db.run, fn, name)
+
+    def read(self, fn: Callable[..., Any], *, name: str) -> Any:
+        return self._timed(self._db.read, fn, name)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
 
 
-def writer_ceiling(users: list[str], rounds: int) -> tuple[float, float]:
-    """(contributions/s the write transactions alone allow, in-process contributions/s in all)."""
+def in_process(users: list[str], rounds: int) -> dict[str, float]:
+    """The server's steps per contribution without gRPC, through the servicer's own functions:
+    CPU seconds of decoding, grouping, digest and validation, of preparing (read transaction)
+    and of the write transaction, its wall seconds (the writer's ceiling is its inverse), and
+    the in-process rate."""
     with tempfile.TemporaryDirectory() as tmp:
         chorus = Chorus(config.load(None), Path(tmp) / "data")
         try:
@@ -165,18 +178,33 @@ def writer_ceiling(users: list[str], rounds: int) -> tuple[float, float]:
             ingestor = ingest.Ingestor(timed, chorus.config.policy, chorus.ledger, chorus.clock,  # type: ignore[arg-type]
                                        chorus.roster)
             when = chorus.clock.now() - timedelta(minutes=1)
-            groups = [ingest.group([ingest.Contribution(u, m, 1, when) for u in people for m in METRICS])
-                      for people in batches(users)]
+            bodies = [_load.serialised(people, METRICS, when) for people in batches(users)]
+            cpu = dict.fromkeys(("decode", "group", "digest", "validate"), 0.0)
             started = time.perf_counter()
             for _ in range(rounds):
-                for grouped in groups:
-                    outcome = ingestor.report(ingest.Batch(uuid.uuid4().hex, "bench", "1", 0, grouped))
+                for body in bodies:
+                    t0 = time.process_time()
+                    request = ingest_pb2.ReportRequest.FromString(
+                        ingest_pb2.ReportRequest(batch_id=uuid.uuid4().hex).SerializeToString() + body)
+                    t1 = time.process_time()
+                    grouped = services_ingest._contributions(request)
+                    t2 = time.process_time()
+                    digest = services_ingest.content_digest(request)
+                    t3 = time.process_time()
+                    batch = ingest.Batch(request.batch_id, request.source, request.source_version, 0, grouped, digest)
+                    ingest.validate(batch, chorus.config.limits)
+                    t4 = time.process_time()
+                    for step, seconds in zip(cpu, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                        cpu[step] += seconds
+                    outcome = ingestor.report(batch)
                     assert outcome.accepted == len(grouped), outcome
             elapsed = time.perf_counter() - started
         finally:
             chorus.close()
-    contributions = len(users) * len(METRICS) * rounds
-    return contributions / timed.seconds, contributions / elapsed
+    n = len(users) * len(METRICS) * rounds
+    return {**{step: seconds / n for step, seconds in cpu.items()},
+            "prepare": timed.seconds["ingest_prepare"][1] / n, "write": timed.seconds["ingest"][1] / n,
+            "write wall": timed.seconds["ingest"][0] / n, "rate": n / elapsed}
 
 
 def server_cpu_seconds(pid: int) -> float:
@@ -189,8 +217,19 @@ def server_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def chorus_rate(users: list[str], rounds: int, clients: int, channels: int, workers: str) -> tuple[float, float]:
-    """Contributions/s, and server CPU seconds per contribution."""
+def peak_memory_mib(pid: int) -> list[float]:
+    """Peak resident memory (VmHWM) of a server process and of each live worker, MiB."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    out = []
+    for p in (pid, *map(int, children)):
+        line = next(x for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        out.append(int(line.split()[1]) / 1024)
+    return out
+
+
+def chorus_rate(users: list[str], rounds: int, clients: int, channels: int,
+                workers: str) -> tuple[float, float, list[float]]:
+    """Contributions/s, server CPU seconds per contribution, peak memory per process (MiB)."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         proc, address = start([sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(data),
@@ -208,7 +247,7 @@ def chorus_rate(users: list[str], rounds: int, clients: int, channels: int, work
             cpu = server_cpu_seconds(proc.pid)
             rate = generate(address, token, users, rounds, clients, channels)
             contributions = len(users) * len(METRICS) * rounds
-            return rate, (server_cpu_seconds(proc.pid) - cpu) / contributions
+            return rate, (server_cpu_seconds(proc.pid) - cpu) / contributions, peak_memory_mib(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -236,14 +275,18 @@ def measurements(args: argparse.Namespace, users: list[str], rounds: int) -> Ite
         rate, cpu = bare_store_rate(users, rounds, order)
         yield f"bare {order}", rate
         yield f"bare {order} cpu", cpu
-    ceiling, inprocess = writer_ceiling(users, rounds)
-    yield "writer ceiling", ceiling
-    yield "in-process", inprocess
+    steps = in_process(users, rounds)
+    yield "writer ceiling", 1 / steps["write wall"]
+    yield "in-process", steps["rate"]
+    for step in ("decode", "group", "digest", "validate", "prepare", "write"):
+        yield f"{step} cpu", steps[step]
     yield "noop", noop_rate(users, rounds, args.clients, args.channels)
     for workers in args.workers:
-        rate, cpu = chorus_rate(users, rounds, args.clients, args.channels, workers)
+        rate, cpu, memory = chorus_rate(users, rounds, args.clients, args.channels, workers)
         yield f"chorus {workers}", rate
         yield f"chorus {workers} cpu", cpu
+        print(f"    chorus {workers} worker(s): peak memory {', '.join(f'{m:,.0f}' for m in memory)} MiB "
+              "(the server process, then each worker)")
 
 
 def main() -> None:
@@ -280,7 +323,10 @@ def main() -> None:
               f"({_ranges([s / r for s, r in zip(sorted_, random_, strict=True)], '.2f')} x random)")
         print(f"  no-op gRPC server                : {_ranges(results['noop'])} contributions/s")
         print(f"  writer's ceiling (in-transaction): {_ranges(results['writer ceiling'])} contributions/s; "
-              f"in-process Ingestor.report {_ranges(results['in-process'])}/s")
+              f"in-process, without gRPC: {_ranges(results['in-process'])}/s")
+        print("  in-process CPU per contribution, us: " + ", ".join(
+            f"{step} {_ranges([c * 1e6 for c in results[f'{step} cpu']], '.2f')}"
+            for step in ("decode", "group", "digest", "validate", "prepare", "write")))
         for workers in args.workers:
             rates = results[f"chorus {workers}"]
             cpu = [c * 1e6 for c in results[f"chorus {workers} cpu"]]

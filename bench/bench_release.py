@@ -51,11 +51,11 @@ REPORT = [StatisticRequest(s) for s in ("sum", "count", "mean", "histogram")]
 
 def bench_config() -> str:
     # A budget that fits the whole report at three levels: 3 x 5 metrics x 3 noisy statistics at
-    # the default epsilon.
-    # No release plan: the plan would publish part of the report at close, and every "first"
-    # release must draw all of it.
-    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "30"\nrelease_plan = []',
-                  config.DEFAULT_TOML)
+    # the default charge (rho 0.01 each: 0.45). No release plan: the plan would publish part of
+    # the report at close, and every "first" release must draw all of it.
+    text, found = re.subn(r'(?m)^rho_per_window = .*$', 'rho_per_window = "1"\nrelease_plan = []',
+                          config.DEFAULT_TOML)
+    assert found == 1, "the default config has no rho_per_window line to replace"
     text = re.sub(r"(?ms)^\[\[privacy\.release_plan\]\]\n.*?\n\n", "", text)
     text = text[:text.index("[[metrics]]")]
     return text + "".join(f'[[metrics]]\nname = "ai.metric{i}"\nmax_per_user = {1000 * (i + 1)}\n'

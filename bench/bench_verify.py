@@ -34,7 +34,6 @@ from chorus.server.model import config
 from chorus.server.model.calendar import WindowSpan, window_of
 from chorus.server.model.policy import Policy
 from chorus.server.privacy import mechanisms
-from chorus.server.privacy.epsilon import Epsilon
 from chorus.server.store import Tx, open_database
 from chorus.server.verifier import verify
 
@@ -46,7 +45,8 @@ FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
 def bench_policy() -> Policy:
     """Daily windows with a budget that covers every statistic of every metric for every team."""
     text = re.sub(r'(?m)^length = .*$', 'length = "day"', config.DEFAULT_TOML)
-    text = re.sub(r'(?m)^epsilon_per_window = .*$', 'epsilon_per_window = "10"', text)
+    text, found = re.subn(r'(?m)^rho_per_window = .*$', 'rho_per_window = "10"', text)
+    assert found == 1, "the default config has no rho_per_window line to replace"
     return config.parse(tomllib.loads(text)).policy
 
 
@@ -80,7 +80,7 @@ def _window(tx: Tx, *, ledger: Ledger, policy: Policy, span: WindowSpan, limit: 
     released = [(m, s) for m in policy.metrics for s in ("sum", "count", "histogram")]
     n = 2
     for team in TEAMS:
-        spent = Epsilon(0)
+        spent = type(policy.budget_per_window)(0)  # epsilon or rho, as the policy charges
         for metric, stat in [*((m.name, s) for m, s in released), ("", "active")]:
             if n >= limit:
                 return n
@@ -93,8 +93,8 @@ def _window(tx: Tx, *, ledger: Ledger, policy: Policy, span: WindowSpan, limit: 
                 value = [str(rng.randrange(12)) for _ in range(len(bound.histogram_edges) + 1)]
             ledger.append(tx, "release", {
                 "release_id": f"{span.id}/{team}/{metric}/{stat}", "window": span.id, "team": team,
-                "metric": metric, "statistic": stat, "mechanism": mechanisms.MECHANISM,
-                "sensitivity": sensitivity, "scale": mech.scale, "epsilon": str(mech.epsilon),
+                "metric": metric, "statistic": stat, "mechanism": mech.mechanism,
+                "sensitivity": sensitivity, "scale": mech.scale, mech.epsilon.UNIT: str(mech.epsilon),
                 "value": value, "ci95": mech.ci95, "budget_cap": str(policy.budget_per_window),
                 "budget_spent_after": str(spent), "by": "analyst"}, closes + timedelta(hours=1))
             n += 1

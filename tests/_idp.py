@@ -129,6 +129,22 @@ class IdentityProvider:
                                        code_verifier=verifier, resource=resource))
 
 
+def approve_device(url: str, user: str) -> str:
+    """Confirm a device login's user code at `url` and sign in as `user`, as a person would in
+    a browser; the provider's last page."""
+    browser = requests.Session()
+    answer = browser.get(url, timeout=10)
+    for _ in range(10):
+        form = re.search(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', answer.text, re.S)
+        if form is None:
+            return answer.text
+        fields = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form.group(2)))
+        if 'name="login"' in form.group(2):
+            fields.update(login=user, password="any")
+        answer = browser.post(urljoin(answer.url, form.group(1)), data=fields, timeout=10)
+    raise AssertionError(f"the device login did not finish; last at {answer.url}")
+
+
 def _follow_login(browser: requests.Session, url: str, user: str) -> str:
     """Follow the provider's redirects and fill its login form; the redirect to the client."""
     for _ in range(10):

@@ -12,19 +12,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from chorus.server.dashboard import create_app
-from chorus.server.dashboard.sso import RENEW_BEFORE, SignOn, SsoSettings
+from chorus.server.dashboard.sso import RENEW_BEFORE, Grant, SignOn, SsoSettings
 from chorus.server.dashboard.wsgi_server import DashboardServer
 from tests._idp import AUDIENCE, DASHBOARD_CLIENT, DASHBOARD_SECRET, IdentityProvider, free_port, oidc_toml
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DASHBOARD_TOML, Stack, build_stack
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
+from .test_browser import browser  # noqa: F401  (the module's Chromium, a fixture)
 
 pytestmark = pytest.mark.slow  # a real browser, a Node.js provider and servers on sockets
 
@@ -32,11 +33,33 @@ pytestmark = pytest.mark.slow  # a real browser, a Node.js provider and servers 
 TOKEN_SECONDS = int(RENEW_BEFORE.total_seconds()) + 4
 
 
+class RecordingSignOn(SignOn):
+    """The dashboard's real sign-on, remembering the last grant so a test can ask the provider
+    about its refresh token."""
+
+    last: Grant | None = None
+
+    def finish(self, *args: Any, **kwargs: Any) -> tuple[Grant, str | None]:
+        grant, next_page = super().finish(*args, **kwargs)
+        self.last = grant
+        return grant, next_page
+
+
 class Site:
-    def __init__(self, idp: IdentityProvider, url: str, chorus: str) -> None:
+    def __init__(self, idp: IdentityProvider, url: str, chorus: str, sso: RecordingSignOn) -> None:
         self.idp = idp
         self.url = url
         self.chorus = chorus
+        self.sso = sso
+
+    def refresh_token_active(self) -> bool:
+        """The provider's own answer (token introspection, RFC 7662) about the last refresh token."""
+        assert self.sso.last is not None and self.sso.last.refresh_token
+        answer = requests.post(self.idp.metadata()["introspection_endpoint"], timeout=10,
+                               data={"token": self.sso.last.refresh_token, "token_type_hint": "refresh_token"},
+                               auth=(DASHBOARD_CLIENT, DASHBOARD_SECRET))
+        answer.raise_for_status()
+        return bool(answer.json()["active"])
 
 
 @pytest.fixture(scope="module")
@@ -47,25 +70,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                            dashboard_ttl=TOKEN_SECONDS)
     idp.start()
     stack: Stack = build_stack(directory / "data", toml=DASHBOARD_TOML + "\n" + oidc_toml(idp.issuer))
-    sso = SignOn(SsoSettings(idp.issuer, DASHBOARD_CLIENT, AUDIENCE, DASHBOARD_SECRET))
+    sso = RecordingSignOn(SsoSettings(idp.issuer, DASHBOARD_CLIENT, AUDIENCE, DASHBOARD_SECRET))
     server = DashboardServer(create_app(stack.gateway(), sso=sso), f"127.0.0.1:{port}")
     server.start()
-    yield Site(idp, server.url, stack.server.address)
+    yield Site(idp, server.url, stack.server.address, sso)
     server.stop()
     stack.close()
     idp.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
 @pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
+def context(browser: Browser) -> Iterator[BrowserContext]:  # noqa: F811 (the imported fixture)
     opened = browser.new_context()
     yield opened
     opened.close()
@@ -122,11 +137,13 @@ def test_people_without_a_dashboard_role_are_refused(context: BrowserContext, si
     assert page.goto(site.url + "/overview").url.startswith(site.url + "/login")  # type: ignore[union-attr]
 
 
-def test_signing_out_ends_the_session(context: BrowserContext, site: Site) -> None:
+def test_signing_out_ends_the_session_and_revokes_the_refresh_token(context: BrowserContext, site: Site) -> None:
     page = sign_in(context, site, "alice")
+    assert site.refresh_token_active()
     cookies = context.cookies()
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{site.url}/login")
+    assert not site.refresh_token_active()
     context.add_cookies(cookies)  # the old session cookie, replayed
     assert page.goto(site.url + "/overview").url.startswith(site.url + "/login")  # type: ignore[union-attr]
 

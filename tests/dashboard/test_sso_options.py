@@ -31,3 +31,13 @@ def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
                                       "--oidc-client-secret-file", str(empty)])
     assert result.exit_code == 2
     assert f"--oidc-client-secret-file {empty} is empty" in " ".join(result.output.split())
+
+
+def test_each_option_has_its_environment_variable(tmp_path: Path) -> None:
+    empty = tmp_path / "secret"
+    empty.write_text("")
+    env = {"CHORUS_DASHBOARD_OIDC_ISSUER": "https://login.example.com", "CHORUS_DASHBOARD_OIDC_CLIENT_ID": "d",
+           "CHORUS_DASHBOARD_OIDC_AUDIENCE": "a", "CHORUS_DASHBOARD_OIDC_CLIENT_SECRET_FILE": str(empty)}
+    result = CliRunner().invoke(app, ["dashboard", "--server", "127.0.0.1:1"], env=env)
+    assert f"--oidc-client-secret-file {empty} is empty" in " ".join(result.output.split())
+

@@ -64,7 +64,7 @@ def test_tls_files_and_otlp_from_env(tmp_path: Path) -> None:
 
 def test_every_variable_is_in_help_and_documented() -> None:
     help_text = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "400"}).output
-    documented = DOCS.read_text().split("### Settings: flags, environment, config file", 1)[1].split("\n## ", 1)[0]
+    documented = DOCS.read_text().split("## Settings: flags, environment, config file", 1)[1].split("\n## ", 1)[0]
     for variable in SERVE_ENVIRONMENT:
         assert variable in help_text, variable
         assert f"`{variable}`" in documented, variable

@@ -69,6 +69,7 @@ def claude_code_export(user: str, start: int, end: int, temporality: int = DELTA
                    temporality),
         sum_metric("claude_code.code_edit_tool.decision", pts(
             (3, {"tool_name": "Edit", "decision": "accept", "source": "config", "language": "Python"}),
+            (2, {"tool_name": "Edit", "decision": "accept", "source": "user_temporary", "language": "Python"}),
             (1, {"tool_name": "Write", "decision": "reject", "source": "user_reject", "language": "Go"})),
             temporality),
         sum_metric("claude_code.active_time.total", pts((360.5, {"type": "cli"})), temporality),
@@ -85,10 +86,14 @@ def test_the_shipped_default_mapping_counts_claude_codes_export(default_server: 
     reply = export_grpc(default_server.address, default_server.ingest_token,
                         claude_code_export(RED0, t - MIN, t))
     assert not reply.HasField("partial_success")  # unmapped instruments and filtered points are no rejection
-    assert default_server.totals(week()) == {(RED0, "ai.tokens"): 2000, (RED0, "ai.suggestions_accepted"): 3}
+    # Accepted by a permission mode (source "config") is no person's decision: 2 of the 5 count.
+    assert default_server.totals(week()) == {
+        (RED0, "ai.tokens"): 2000, (RED0, "ai.suggestions_accepted"): 2, (RED0, "ai.suggestions_rejected"): 1,
+        (RED0, "ai.lines_added"): 120, (RED0, "ai.lines_removed"): 30, (RED0, "ai.active_seconds"): 360,
+        (RED0, "ai.sessions"): 1}
     stats = default_server.chorus.otlp.stats.snapshot()
-    assert stats["counted"] == 3 and stats["ignored_filtered"] == 3  # cacheRead, cacheCreation, reject
-    assert stats["ignored_unmapped"] == 5  # session, cost, two lines-of-code points, active time
+    assert stats["counted"] == 8 and stats["ignored_filtered"] == 3  # cacheRead, cacheCreation, source config
+    assert stats["ignored_unmapped"] == 1  # cost
 
 
 def _scan(data_dir: Path, needles: dict[str, bytes]) -> list[str]:

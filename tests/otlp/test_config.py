@@ -31,7 +31,11 @@ def parse(otlp: str) -> config.Config:
     ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\n'
      'attributes = { type = 3 }', "otlp.metrics[0].attributes.type = 3 (x): must be a string or a list"),
     ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\nunit = "s"',
-     "unknown key otlp.metrics[0].unit: [otlp.metrics[0]] takes attributes, metric, name, scale"),
+     "unknown key otlp.metrics[0].unit: [otlp.metrics[0]] takes attributes, metric, name, resource, scale, subtract"),
+    ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\nsubtract = 1',
+     "otlp.metrics[0].subtract = 1 (x): must be true or false"),
+    ('[otlp]\nidentity_attributes = ["a"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\n'
+     'resource = { "service.name" = [1] }', "otlp.metrics[0].resource.service.name = [1] (x): must be a string"),
 ])
 def test_invalid_otlp_tables_are_refused_at_start(otlp: str, words: str) -> None:
     with pytest.raises(config.ConfigError) as err:
@@ -41,10 +45,15 @@ def test_invalid_otlp_tables_are_refused_at_start(otlp: str, words: str) -> None
 
 def test_a_valid_mapping_round_trips_through_the_frozen_policy_json() -> None:
     cfg = parse('[otlp]\nidentity_attributes = ["user.email"]\n[[otlp.metrics]]\nname = "x"\nmetric = "ai.tokens"\n'
-                'attributes = { type = ["output", "input"], kind = "a" }\nscale = 1000')
+                'attributes = { type = ["output", "input"], kind = "a" }\nscale = 1000\n'
+                '[[otlp.metrics]]\nname = "y"\nmetric = "ai.tokens"\nresource = { "service.name" = "t" }\n'
+                'subtract = true')
     policy = cfg.policy
     assert config.Policy.from_json(policy.to_json()) == policy
-    assert policy.to_json()["otlp"]["metrics"][0]["attributes"] == {"kind": ["a"], "type": ["input", "output"]}
+    first, second = policy.to_json()["otlp"]["metrics"]
+    assert first["attributes"] == {"kind": ["a"], "type": ["input", "output"]}
+    assert "resource" not in first and "subtract" not in first  # earlier windows' frozen policies read the same
+    assert second["resource"] == {"service.name": ["t"]} and second["subtract"] is True
 
 
 def test_no_otlp_table_leaves_the_policy_json_as_before() -> None:
@@ -53,7 +62,7 @@ def test_no_otlp_table_leaves_the_policy_json_as_before() -> None:
 
 def test_known_keys_are_listed_for_the_config_registry() -> None:
     assert {"identity_attributes", "metrics"} == KNOWN_KEYS
-    assert {"name", "metric", "attributes", "scale"} == KNOWN_MAPPING_KEYS
+    assert {"name", "metric", "attributes", "resource", "scale", "subtract"} == KNOWN_MAPPING_KEYS
 
 
 @pytest.mark.slow
@@ -61,13 +70,15 @@ def test_default_config_ships_commented_mappings_that_parse_when_enabled() -> No
     plain = subprocess.run([sys.executable, "-m", "chorus.server.cli", "default-config"],
                            capture_output=True, text=True, check=True).stdout
     assert config.parse(tomllib.loads(plain)).policy.otlp is None  # commented out by default
-    for name in ("claude_code.token.usage", "gemini_cli.token.usage", "gen_ai.client.token.usage"):
+    for name in ("claude_code.token.usage", "gemini_cli.token.usage", "codex.turn.token_usage"):
         assert f'# name = "{name}"' in plain
     enabled = subprocess.run([sys.executable, "-m", "chorus.server.cli", "default-config", "--otlp"],
                              capture_output=True, text=True, check=True).stdout
     otlp = config.parse(tomllib.loads(enabled)).policy.otlp
     assert otlp is not None
-    assert {m.name for m in otlp.metrics} == {"claude_code.token.usage", "claude_code.code_edit_tool.decision",
-                                              "gemini_cli.token.usage", "gemini_cli.api.request.count",
-                                              "gen_ai.client.token.usage"}
+    # One preset per tool, through its own instruments: the GenAI convention's token histogram,
+    # which Gemini CLI also exports, stays a commented template scoped by service name.
+    assert "gen_ai.client.token.usage" not in {m.name for m in otlp.metrics}
+    assert '# name = "gen_ai.client.token.usage"' in enabled
+    assert {m.name.split(".")[0] for m in otlp.metrics} == {"claude_code", "gemini_cli", "codex"}
     assert enabled == config.with_otlp_enabled(plain)

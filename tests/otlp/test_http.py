@@ -166,7 +166,7 @@ def test_store_outage_is_503_with_retry_after(otlp_server: OtlpServer, monkeypat
 
 
 def test_wrong_path_and_method(otlp_server: OtlpServer) -> None:
-    url = otlp_server.http_url.replace("/v1/metrics", "/v1/traces")
+    url = otlp_server.http_url.replace("/v1/metrics", "/v1/profiles")
     import http.client
     host, port = otlp_server.http_url.split("//")[1].split("/")[0].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)

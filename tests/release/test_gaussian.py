@@ -12,6 +12,7 @@ import numpy as np
 import opendp.prelude as dp
 import pytest
 
+from chorus.server.domain.release import StatisticRequest
 from chorus.server.model import config
 from chorus.server.model.calendar import WindowLength, max_windows_per_year
 from chorus.server.model.clock import FakeClock
@@ -19,8 +20,9 @@ from chorus.server.privacy import mechanisms
 from chorus.server.privacy.budget import worst_case
 from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.server.root import Chorus
+from chorus.v1 import common_pb2
 
-from .conftest import TEAMS, WINDOW, contribute, roster_rows
+from .conftest import TEAMS, WINDOW, contribute, roster_rows, serve
 from .test_hierarchy import _verified
 from .test_plan import ledger
 
@@ -128,8 +130,29 @@ def test_the_default_plan_releases_company_org_and_team_and_the_ledger_verifies(
         assert spent["team-red"] == Rho.parse("0.121")  # company + org + team entries
         assert report.yearly is not None and report.yearly.rho == Rho.parse("0.121")
         assert report.yearly.approx_epsilon == pytest.approx(mechanisms.approx_dp(Rho.parse("0.121"), 1e-8))
+        red, = chorus.releases.release(WINDOW, ["team-red"], [], [StatisticRequest("adoption")], "analyst").teams
+        assert (red.imprecise, red.counted_in, red.epsilon_charged) == (True, "engineering", Rho(0))
     finally:
         chorus.close()
+
+
+@pytest.mark.slow  # a real gRPC server
+def test_the_wire_names_the_unit_and_flags_a_team_too_small_for_a_weekly_number(
+        tmp_path, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+    chorus = _default_chorus(tmp_path, clock)
+    chorus.closer.tick()
+    contribute(chorus, *[(f"user-{team}-{i}", "ai.tokens", 10) for team, size in TEAMS.items() for i in range(size)])
+    clock.advance(timedelta(days=1))
+    chorus.closer.tick()
+    api = serve(chorus)
+    try:
+        answer = api.release(teams=("team-red",), statistics=((common_pb2.STATISTIC_ADOPTION, ""),))
+    finally:
+        api.channel.close()
+        api.server.stop(grace=0)  # also closes the Chorus
+    red, = answer.teams
+    assert (red.unit, red.imprecise, red.counted_in, red.epsilon_charged) == ("rho", True, "engineering", "0")
+    assert red.budget_remaining == "0.017"
 
 
 def test_a_request_on_a_gaussian_window_is_charged_in_rho(
@@ -140,7 +163,6 @@ def test_a_request_on_a_gaussian_window_is_charged_in_rho(
         contribute(chorus, *[(f"user-team-red-{i}", "ai.requests", 10) for i in range(6)])
         clock.advance(timedelta(days=1))
         chorus.closer.tick()
-        from chorus.server.domain.release import StatisticRequest
         result = chorus.releases.release(WINDOW, ["team-red"], ["ai.requests"],
                                          [StatisticRequest("sum", Epsilon.parse("0.01"))], "analyst")
         team, = result.teams

@@ -17,7 +17,9 @@ import pytest
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 import chorus.v1
 from chorus.server.model.clock import FakeClock
@@ -106,6 +108,8 @@ class Answer:
 def proto_methods() -> list[descriptor.MethodDescriptor]:
     """Every RPC of every chorus.v1 service, from the generated descriptors, and OTLP's Export."""
     methods = list(metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].methods)
+    methods += trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].methods  # accepted, dropped
+    methods += logs_service_pb2.DESCRIPTOR.services_by_name["LogsService"].methods
     for module in pkgutil.iter_modules(chorus.v1.__path__):
         if module.name.endswith("_pb2"):
             file = importlib.import_module(f"chorus.v1.{module.name}").DESCRIPTOR

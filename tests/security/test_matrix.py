@@ -24,6 +24,8 @@ EXPECTED_ROLES: dict[str, frozenset[Role]] = {
     "chorus.v1.AuditService": frozenset({Role.AUDITOR}),
     "chorus.v1.AdminService": frozenset({Role.ADMIN}),
     "opentelemetry.proto.collector.metrics.v1.MetricsService": frozenset({Role.INGEST}),  # OTLP usage in
+    "opentelemetry.proto.collector.trace.v1.TraceService": frozenset({Role.INGEST}),  # accepted, dropped
+    "opentelemetry.proto.collector.logs.v1.LogsService": frozenset({Role.INGEST}),
 }
 AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
@@ -88,7 +90,8 @@ def test_role_matrix(shared_server: SecureServer, method: descriptor.MethodDescr
     """Allowed: any answer but an auth error (and the RPC exists); denied: PERMISSION_DENIED exactly.
 
     Garbage bytes reach the parser only once the caller is admitted, so an allowed caller
-    gets INVALID_ARGUMENT for them and a denied caller PERMISSION_DENIED.
+    gets INVALID_ARGUMENT for them and a denied caller PERMISSION_DENIED. Traces and logs are
+    never parsed (dropped unread): an allowed caller's garbage is an empty success too.
     """
     empty = method.input_type._concrete_class().SerializeToString()
     garbage = b"\xff\xff\xff\xff"
@@ -97,7 +100,9 @@ def test_role_matrix(shared_server: SecureServer, method: descriptor.MethodDescr
         code = call(shared_server, method, empty, token)
         assert code not in AUTH_CODES | {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN,
                                          grpc.StatusCode.INTERNAL}, code
-        assert call(shared_server, method, garbage, token) == grpc.StatusCode.INVALID_ARGUMENT
+        unread = method.containing_service.full_name in (roles.TRACES_SERVICE, roles.LOGS_SERVICE)
+        assert call(shared_server, method, garbage, token) == (
+            grpc.StatusCode.OK if unread else grpc.StatusCode.INVALID_ARGUMENT)
     else:
         assert call(shared_server, method, empty, token) == grpc.StatusCode.PERMISSION_DENIED
         assert call(shared_server, method, garbage, token) == grpc.StatusCode.PERMISSION_DENIED

@@ -15,11 +15,15 @@ from chorus.server.model.calendar import WindowLength, parse_window_id, window_o
 from chorus.server.privacy.epsilon import Epsilon
 from tests._policy import SUITE_TOML
 
+#: The outcome metrics the OTLP presets feed (docs/otlp.md).
+OUTCOMES = ["ai.suggestions_rejected", "ai.lines_added", "ai.lines_removed", "ai.commits", "ai.pull_requests",
+            "ai.active_seconds", "ai.sessions"]
+
 
 def test_default_config_is_valid_and_fits_a_leadership_report() -> None:
     policy = config.load(None).policy
     assert [m.name for m in policy.metrics] == ["ai.tokens", "ai.requests", "ai.suggestions_accepted",
-                                                "ai.tasks_completed"]
+                                                "ai.tasks_completed", *OUTCOMES]
     assert policy.window_length is WindowLength.WEEK
     # after the plan, one unplanned question (a sum at the default) still fits a team-week's budget
     assert policy.plan_cost() + policy.default_charge["sum"] <= policy.budget_per_window

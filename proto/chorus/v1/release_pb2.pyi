@@ -202,7 +202,7 @@ class Estimate(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ..., consistent: _Optional[_Union[ConsistentEstimate, _Mapping]] = ..., noisy_value: _Optional[float] = ...) -> None: ...
 
 class TeamRelease(_message.Message):
-    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged", "unreleased", "epsilon_required", "level", "teams_charged")
+    __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged", "unreleased", "epsilon_required", "level", "teams_charged", "unit", "imprecise", "counted_in")
     TEAM_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,9 @@ class TeamRelease(_message.Message):
     EPSILON_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     TEAMS_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    IMPRECISE_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_IN_FIELD_NUMBER: _ClassVar[int]
     team: str
     outcome: TeamOutcome
     message: str
@@ -227,7 +230,10 @@ class TeamRelease(_message.Message):
     epsilon_required: str
     level: NodeLevel
     teams_charged: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ..., epsilon_charged: _Optional[str] = ..., unreleased: _Optional[_Iterable[_Union[UnreleasedStatistic, _Mapping]]] = ..., epsilon_required: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., teams_charged: _Optional[_Iterable[str]] = ...) -> None: ...
+    unit: str
+    imprecise: bool
+    counted_in: str
+    def __init__(self, team: _Optional[str] = ..., outcome: _Optional[_Union[TeamOutcome, str]] = ..., message: _Optional[str] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., budget_cap: _Optional[str] = ..., budget_remaining: _Optional[str] = ..., roster_size: _Optional[int] = ..., epsilon_charged: _Optional[str] = ..., unreleased: _Optional[_Iterable[_Union[UnreleasedStatistic, _Mapping]]] = ..., epsilon_required: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., teams_charged: _Optional[_Iterable[str]] = ..., unit: _Optional[str] = ..., imprecise: _Optional[bool] = ..., counted_in: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("window", "teams", "remainders")

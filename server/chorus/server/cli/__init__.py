@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chorus.server.cli import admin, audit, backup, certs, dashboard, demo, report, serve
+from chorus.server.cli import admin, audit, backup, certs, dashboard, demo, health, login, report, serve
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
@@ -28,6 +28,7 @@ def _main(version: Annotated[bool | None, typer.Option("--version", callback=_ve
 
 
 app.command("serve")(serve.serve)
+app.command("health")(health.health)
 app.command("backup")(backup.backup)
 app.command("default-config")(serve.default_config)
 app.add_typer(serve.config_app, name="config")
@@ -42,6 +43,7 @@ app.command("budget")(audit.budget)
 app.command("privacy-statement")(audit.privacy_statement)
 app.command("dashboard")(dashboard.dashboard)
 app.command("report")(report.report)
+app.command("login")(login.login)
 
 
 def main() -> None:

@@ -83,8 +83,9 @@ CertOpt = Annotated[Path | None, typer.Option("--client-cert", envvar="CHORUS_CL
 KeyOpt = Annotated[Path | None, typer.Option("--client-key", envvar="CHORUS_CLIENT_KEY",
                                              help="Client private key (PEM) for mTLS.")]
 
-# What gRPC accepts in a header value, and what every token the server issues consists of.
-_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[\x21-\x7e]+")
+# What gRPC accepts in a header value, and what every token the server issues consists of;
+# or an access token of the server's identity provider (a compact JWT, `chorus login --oidc`).
+_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[\x21-\x7e]+|[\w-]+\.[\w-]+\.[\w-]+", re.ASCII)
 
 
 def fail(message: str, code: int = ExitCode.ERROR) -> typer.Exit:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from chorus.server.cli._common import (
 from chorus.server.front.client_channel import ChannelError
 from chorus.server.model.config import ConfigError, parse_duration
 from chorus.server.model.oidc import check_issuer
+from chorus.server.transport import logs, metrics
 
 if TYPE_CHECKING:
     from chorus.server.dashboard.sso import SignOn
@@ -47,7 +47,15 @@ def dashboard(
     connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=0.1, help="Seconds to wait for "
                                                    "the Chorus server at start; the dashboard refuses to start "
                                                    "without it.")] = 10.0,
-    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    log_level: Annotated[str, typer.Option("--log-level", envvar="CHORUS_LOG_LEVEL",
+                                           help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[str, typer.Option("--log-format", envvar="CHORUS_LOG_FORMAT",
+                                            help="text or json (one JSON object per line), as for "
+                                            "`chorus serve`.")] = "text",
+    metrics_listen: Annotated[str | None, typer.Option(
+        "--metrics-listen", envvar="CHORUS_DASHBOARD_METRICS_LISTEN",
+        help="host:port to serve the dashboard's Prometheus metrics on (GET /metrics, no authentication: "
+        "keep it on loopback or a monitoring network); default: off.")] = None,
     oidc_issuer: Annotated[str | None, typer.Option(
         "--oidc-issuer", envvar="CHORUS_DASHBOARD_OIDC_ISSUER", rich_help_panel="Single sign-on",
         help="OpenID Connect issuer URL: people sign in there (authorization code with PKCE) besides "
@@ -64,10 +72,18 @@ def dashboard(
 ) -> None:
     """Serve the web dashboard for leadership (analyst tokens) and privacy officers (auditor tokens)."""
     # Imported here so that other commands do not pay for Flask and waitress.
-    from chorus.server.dashboard import Gateway, create_app
+    from chorus.server.dashboard import Gateway, create_app, observability
     from chorus.server.dashboard.wsgi_server import DashboardServer
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure(log_level, log_format)
+    except ValueError as exc:
+        raise fail(f"--log-level/--log-format: {exc}", 2) from None
+    if metrics_listen is not None:
+        try:
+            metrics.parse_address(metrics_listen)
+        except ValueError as exc:
+            raise fail(str(exc), 2) from None
     if not is_loopback(listen) and not trusted_proxy and not insecure:
         raise fail(f"refusing plain HTTP on non-loopback address {listen}: people type tokens into this "
                    "page. Put an HTTPS proxy in front (--trusted-proxy) or pass --insecure", 2)
@@ -84,11 +100,19 @@ def dashboard(
         gateway.close()
         raise fail(f"the Chorus server at {server} is not reachable (no connection within {connect_timeout:g} s): "
                    "start `chorus serve` first, or pass the right --server", ExitCode.UNAVAILABLE)
+    app = create_app(gateway, idle_timeout=idle, sso=sso)
+    registry = observability.install(app, gateway).registry
     try:
-        web = DashboardServer(create_app(gateway, idle_timeout=idle, sso=sso), listen, threads=threads,
-                              trusted_proxy=trusted_proxy)
+        web = DashboardServer(app, listen, threads=threads, trusted_proxy=trusted_proxy)
     except (OSError, ValueError) as exc:
         raise fail(f"cannot listen on {listen}: {exc}", 2) from None
+    scrape = None
+    if metrics_listen is not None:
+        try:
+            scrape, bound = metrics.serve_registry(registry, metrics_listen)
+        except OSError as exc:
+            raise fail(str(exc), ExitCode.UNAVAILABLE) from None
+        console.print(f"dashboard metrics on http://{bound}/metrics", highlight=False, soft_wrap=True)
 
     def stop(*_: object) -> NoReturn:
         raise SystemExit(0)  # waitress's loop turns this into a clean shutdown
@@ -100,6 +124,8 @@ def dashboard(
     try:
         web.serve_forever()
     finally:
+        if scrape is not None:
+            metrics.stop_serving(scrape)
         gateway.close()
 
 

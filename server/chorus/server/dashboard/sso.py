@@ -28,13 +28,14 @@ from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 
+from chorus.server.front.discovery import HTTP_TIMEOUT, DiscoveryError, provider_metadata
+
 #: Seconds a person may take at the provider's login page.
 PENDING_SECONDS = 600.0
 #: Sign-ins in progress at most (a flood of abandoned ones evicts the oldest).
 MAX_PENDING = 10_000
 #: An access token this close to its expiry is renewed before the next call.
 RENEW_BEFORE = timedelta(seconds=30)
-HTTP_TIMEOUT = 10.0
 SCOPE = "openid email"
 
 
@@ -84,17 +85,10 @@ class SignOn:
 
     def _endpoints(self) -> dict[str, Any]:
         if self._metadata is None:
-            url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
             try:
-                answer = requests.get(url, timeout=HTTP_TIMEOUT)
-                answer.raise_for_status()
-                metadata = answer.json()
-            except (requests.RequestException, ValueError) as exc:
-                raise SsoError(f"the identity provider at {self.settings.issuer} did not answer "
-                               f"({type(exc).__name__}); try again shortly") from None
-            if not isinstance(metadata, dict) or metadata.get("issuer") != self.settings.issuer:
-                raise SsoError(f"{url} does not describe the issuer {self.settings.issuer}")
-            self._metadata = metadata
+                self._metadata = provider_metadata(self.settings.issuer)
+            except DiscoveryError as exc:
+                raise SsoError(str(exc)) from None
         return self._metadata
 
     def _client(self, redirect_uri: str, state: str | None = None) -> OAuth2Session:

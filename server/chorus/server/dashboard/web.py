@@ -144,6 +144,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
 
     @app.errorhandler(GatewayError)
     def gateway_error(exc: GatewayError) -> BaseResponse | tuple[str, int]:
+        g.upstream_error = exc.code.name  # counted by observability.py
         if exc.code == grpc.StatusCode.UNAUTHENTICATED and g.get("session") is not None:
             # The token was revoked since sign-in: the session is worthless now.
             store.delete(g.session.id)
@@ -189,16 +190,20 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
 
     def sign_in(token: str, grant: Grant | None = None,
                 next_page: str | None = None) -> tuple[str | None, int, BaseResponse | None]:
+        g.sign_in = ("token" if grant is None else "sso", "error")  # counted by observability.py
         try:
             role = gateway.identify(token) if grant is None else gateway.role_of(token)
         except LoginRejected as exc:
             _log.info("sign-in refused: %s", exc)
+            g.sign_in = (g.sign_in[0], "refused")
             return f"Sign-in refused: {exc}.", 401, None
         except GatewayError as exc:
+            g.upstream_error = exc.code.name  # counted by observability.py
             return exc.message, exc.http_status, None
         if g.session is not None:
             store.delete(g.session.id)
         session = store.create(token, role, grant)
+        g.sign_in = (g.sign_in[0], "accepted")
         _log.info("sign-in as %s%s", role.value, " (single sign-on)" if grant else "")
         response = redirect(next_page or safe_next() or home_for(role), 303)
         set_cookie(response, SESSION_COOKIE, session.id)
@@ -239,6 +244,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
                                           request.url, clock.now())
         except SsoError as exc:
             _log.info("SSO sign-in refused: %s", exc)
+            g.sign_in = ("sso", "refused")  # counted by observability.py
             return render_template("error.html", status=401, message=str(exc), quota=()), 401
         error, status, response = sign_in(grant.access_token, grant, next_page)
         if response is None:

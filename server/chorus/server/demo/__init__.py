@@ -45,8 +45,13 @@ class _Demo:
         self.console = console
         self.data_dir = data_dir
         self.world: World = build(seed)
-        # The built-in configuration with its commented [otlp] mappings enabled (for the OTLP tool).
-        self.chorus = Chorus(config.parse(tomllib.loads(config.with_otlp_enabled(config.DEFAULT_TOML))), data_dir)
+        # The built-in configuration with its commented [otlp] mappings enabled, plus the GenAI
+        # convention's template scoped to the demo's OTLP tool (as docs/otlp.md tells operators to).
+        genai = (f'\n[[otlp.metrics]]\nname = "{_otel_tool.INSTRUMENT}"\nmetric = "ai.tokens"\n'
+                 f'attributes = {{ "gen_ai.token.type" = ["input", "output"] }}\n'
+                 f'resource = {{ "service.name" = ["{OTEL_TOOL}"] }}\n')
+        text = config.with_otlp_enabled(config.DEFAULT_TOML) + genai
+        self.chorus = Chorus(config.parse(tomllib.loads(text)), data_dir)
         self.policy = self.chorus.config.policy
         admin_token_file = self.chorus.bootstrap_admin_token()
         assert admin_token_file is not None

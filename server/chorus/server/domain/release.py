@@ -203,6 +203,10 @@ class TeamResult:
     level: str = hierarchy.TEAM
     #: For an org or the company: every team below it, each charged epsilon_charged.
     teams_charged: tuple[str, ...] = ()
+    #: A team whose adoption here is wider than the policy's imprecise_adoption_points: too few
+    #: people for a weekly number; `counted_in` is the org path it is counted in ("/": the company).
+    imprecise: bool = False
+    counted_in: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,9 +482,12 @@ class _Release:
                 message = ""
             else:
                 estimates, message = (), suppression_reason(subject, sizes[subject], k, level)
+            imprecise = level == hierarchy.TEAM and any(
+                e.statistic == "adoption" and e.ci95 * 100 > self.policy.imprecise_adoption_points for e in estimates)
             results.append(TeamResult(subject, subject in missing, message, estimates, cap, left,
                                       sizes[subject], charged, tuple(unreleased), required, level,
-                                      () if level == hierarchy.TEAM else below))
+                                      () if level == hierarchy.TEAM else below, imprecise,
+                                      (tree.parent(subject) or hierarchy.COMPANY) if imprecise else ""))
         return ReleaseResult(self.window, tuple(results), tuple(remainders))
 
     def check_releasable(self) -> None:

@@ -35,7 +35,7 @@ from chorus.server.model import oidc as oidc_config
 from chorus.server.model.calendar import WindowLength
 from chorus.server.model.oidc import OidcConfig, parse_oidc
 from chorus.server.model.otlp_mapping import parse_otlp
-from chorus.server.model.policy import MAX_METRICS, MetricPolicy, PlanEntry, Policy
+from chorus.server.model.policy import IMPRECISE_ADOPTION_POINTS, MAX_METRICS, MetricPolicy, PlanEntry, Policy
 from chorus.server.model.statistics import NOISY as NOISY_STATISTICS
 from chorus.server.model.statistics import NOISY_PARTS
 from chorus.server.model.statistics import REQUESTABLE as STATISTICS
@@ -132,6 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("privacy.rho_per_window", positive_rho, "0.138",
             "budget per team-window, including what the org and company releases above it cost"),
     *(Setting(f"privacy.default_rho.{s}", positive_rho, "0.01") for s in NOISY_STATISTICS),
+    Setting("privacy.imprecise_adoption_points", integer(1, 100), IMPRECISE_ADOPTION_POINTS,
+            "a team's weekly adoption wider than +- this is flagged: too few people"),
     # ---
     Setting("privacy.epsilon_per_window", positive_epsilon, "3"),
     Setting("privacy.min_team_size", integer(1, 1_000_000), 5, "k: smaller teams are never released on their own"),
@@ -287,6 +289,7 @@ _DEFAULT_TEMPLATE = """\
 @privacy.rho_per_window
 @privacy.min_team_size
 @privacy.retention_windows
+@privacy.imprecise_adoption_points
 
 [privacy.default_rho]  # per statistic of a request that names no amount; mean and adoption are post-processing
 @privacy.default_rho.sum
@@ -357,41 +360,181 @@ description = "Tasks completed with AI assistance"
 max_per_user = 50
 histogram_edges = [2, 5, 15, 30]
 
-# OpenTelemetry (OTLP): uncomment the lines below to take usage from AI tools that export
-# OpenTelemetry metrics (docs/otlp.md). Points of instruments mapped nowhere are ignored;
-# everything but the identity and the mapped values is dropped at the door.
+# Outcome metrics: what the AI tools' own telemetry says was done with them (docs/otlp.md maps
+# each tool's instruments here). Edits count a person's decision only, never a permission mode's.
+[[metrics]]
+name = "ai.suggestions_rejected"
+description = "AI edits rejected by a person"
+max_per_user = 500
+histogram_edges = [10, 50, 150, 300]
+
+[[metrics]]
+name = "ai.lines_added"
+description = "Lines of code added by AI tools"
+max_per_user = 20000
+histogram_edges = [500, 2000, 5000, 10000]
+
+[[metrics]]
+name = "ai.lines_removed"
+description = "Lines of code removed by AI tools"
+max_per_user = 20000
+histogram_edges = [500, 2000, 5000, 10000]
+
+[[metrics]]
+name = "ai.commits"
+description = "Git commits made with AI tools"
+max_per_user = 200
+histogram_edges = [5, 20, 50, 100]
+
+[[metrics]]
+name = "ai.pull_requests"
+description = "Pull requests opened with AI tools"
+max_per_user = 50
+histogram_edges = [1, 3, 10, 25]
+
+[[metrics]]
+name = "ai.active_seconds"
+description = "Seconds of active use of AI tools"
+max_per_user = 144000
+histogram_edges = [3600, 18000, 36000, 72000]
+
+[[metrics]]
+name = "ai.sessions"
+description = "AI tool sessions started"
+max_per_user = 500
+histogram_edges = [5, 20, 50, 150]
+
+# OpenTelemetry (OTLP): uncomment the lines below (or run `chorus default-config --otlp`) to take
+# usage from AI tools that export OpenTelemetry metrics (docs/otlp.md). Points of instruments
+# mapped nowhere are ignored; everything but the identity and the mapped values is dropped at
+# the door. Each tool is mapped through its own instruments only, once per signal.
+# ai.tokens means the same for every tool: input tokens not read from a prompt cache, plus
+# output tokens (reasoning included). Cache reads and writes are left out: they dwarf real
+# usage and would hit the ai.tokens bound for everyone.
 # [otlp]
 # # Attributes naming the person, first present wins (data point, then resource); the value
-# # must be the roster's user id, usually the work email.
+# # must be the roster's user id, usually the work email. None of the tools sends it under
+# # API-key use: set OTEL_RESOURCE_ATTRIBUTES="user.email=<roster id>" (docs/otlp.md).
 # identity_attributes = ["user.email", "enduser.id"]
 #
-# # Claude Code (CLAUDE_CODE_ENABLE_TELEMETRY=1). Cache reads and writes are left out: they
-# # dwarf real usage and would hit the ai.tokens bound for everyone.
+# # Claude Code (CLAUDE_CODE_ENABLE_TELEMETRY=1). Its input count excludes cache reads. It
+# # exports no request counter: Claude Code teams have no ai.requests.
 # [[otlp.metrics]]
 # name = "claude_code.token.usage"
 # metric = "ai.tokens"
 # attributes = { type = ["input", "output"] }
 #
+# # Edits a person accepted or rejected at the prompt; `source = "config"` (a permission mode)
+# # and hooks are not a person's decision.
 # [[otlp.metrics]]
 # name = "claude_code.code_edit_tool.decision"
 # metric = "ai.suggestions_accepted"
-# attributes = { decision = ["accept"] }
+# attributes = { decision = ["accept"], source = ["user_temporary", "user_permanent"] }
 #
-# # Gemini CLI (telemetry.enabled, target "local" with an OTLP endpoint)
+# [[otlp.metrics]]
+# name = "claude_code.code_edit_tool.decision"
+# metric = "ai.suggestions_rejected"
+# attributes = { decision = ["reject"], source = ["user_reject"] }
+#
+# [[otlp.metrics]]
+# name = "claude_code.lines_of_code.count"
+# metric = "ai.lines_added"
+# attributes = { type = ["added"] }
+#
+# [[otlp.metrics]]
+# name = "claude_code.lines_of_code.count"
+# metric = "ai.lines_removed"
+# attributes = { type = ["removed"] }
+#
+# [[otlp.metrics]]
+# name = "claude_code.commit.count"
+# metric = "ai.commits"
+#
+# [[otlp.metrics]]
+# name = "claude_code.pull_request.count"
+# metric = "ai.pull_requests"
+#
+# [[otlp.metrics]]
+# name = "claude_code.active_time.total"
+# metric = "ai.active_seconds"
+#
+# [[otlp.metrics]]
+# name = "claude_code.session.count"
+# metric = "ai.sessions"
+#
+# # Gemini CLI (telemetry.enabled, target "local" with an OTLP endpoint). Its input count
+# # includes cached tokens, subtracted here; its output excludes thoughts, added here. It also
+# # exports the GenAI convention's gen_ai.client.token.usage: not mapped (it would count twice).
 # [[otlp.metrics]]
 # name = "gemini_cli.token.usage"
 # metric = "ai.tokens"
-# attributes = { type = ["input", "output"] }
+# attributes = { type = ["input", "output", "thought"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.token.usage"
+# metric = "ai.tokens"
+# attributes = { type = ["cache"] }
+# subtract = true
 #
 # [[otlp.metrics]]
 # name = "gemini_cli.api.request.count"
 # metric = "ai.requests"
 #
-# # Any tool following the OpenTelemetry GenAI semantic conventions (a histogram: its sum counts)
+# # File edits decided at the prompt ("accept" once, "modify" in the editor); under --yolo or an
+# # auto-edit mode Gemini CLI also reports "accept" (docs/otlp.md).
 # [[otlp.metrics]]
-# name = "gen_ai.client.token.usage"
+# name = "gemini_cli.tool.call.count"
+# metric = "ai.suggestions_accepted"
+# attributes = { function_name = ["write_file", "replace"], decision = ["accept", "modify"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.tool.call.count"
+# metric = "ai.suggestions_rejected"
+# attributes = { function_name = ["write_file", "replace"], decision = ["reject"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.lines.changed"
+# metric = "ai.lines_added"
+# attributes = { type = ["added"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.lines.changed"
+# metric = "ai.lines_removed"
+# attributes = { type = ["removed"] }
+#
+# [[otlp.metrics]]
+# name = "gemini_cli.session.count"
+# metric = "ai.sessions"
+#
+# # Codex ([otel] metrics_exporter in ~/.codex/config.toml). A histogram per turn by token_type:
+# # "total" would count everything twice, "input" includes "cached_input" (subtracted here),
+# # "output" includes "reasoning_output".
+# [[otlp.metrics]]
+# name = "codex.turn.token_usage"
 # metric = "ai.tokens"
-# attributes = { "gen_ai.token.type" = ["input", "output"] }
+# attributes = { token_type = ["input", "output"] }
+#
+# [[otlp.metrics]]
+# name = "codex.turn.token_usage"
+# metric = "ai.tokens"
+# attributes = { token_type = ["cached_input"] }
+# subtract = true
+#
+# [[otlp.metrics]]
+# name = "codex.api_request"
+# metric = "ai.requests"
+#
+# [[otlp.metrics]]
+# name = "codex.conversation.turn.count"
+# metric = "ai.tasks_completed"
+#
+# # Another tool following the OpenTelemetry GenAI conventions (a histogram: its sum counts),
+# # scoped to its service name so that no tool above is counted twice:
+# # [[otlp.metrics]]
+# # name = "gen_ai.client.token.usage"
+# # metric = "ai.tokens"
+# # attributes = { "gen_ai.token.type" = ["input", "output"] }
+# # resource = { "service.name" = ["your-tool"] }
 """
 def toml_value(value: Any) -> str:
     """A setting's default as TOML (strings quoted, numbers as written)."""
@@ -424,6 +567,7 @@ def with_otlp_enabled(text: str) -> str:
     if not found:
         raise ConfigError("the config has no commented [otlp] block to enable")
     lines = (found + block).splitlines(keepends=True)
+    # One level of comment comes off; "# # " lines stay comments (a commented template).
     return head + "".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines)
 #: Where the [[metrics]] of DEFAULT_TOML begin (`chorus default-config` explains the plan above it).
 METRICS_COMMENT = "# Bounds are per person and week."
@@ -491,7 +635,8 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Conf
         raise ConfigError(str(exc)) from None
     policy = Policy(WindowLength(value["windows.length"]), value["windows.grace"], metrics, budget, defaults,
                     value["privacy.min_team_size"], value["privacy.retention_windows"], release_plan=plan,
-                    otlp=otlp, mechanism=mechanism)
+                    otlp=otlp, mechanism=mechanism,
+                    imprecise_adoption_points=value["privacy.imprecise_adoption_points"])
     limits = Limits(**{s.key: value[s.path] for s in SETTINGS if s.table == "limits"})
     # [oidc]: single sign-on, its own small block (model/oidc.py).
     try:

@@ -16,7 +16,7 @@ from typing import Any
 #: Keys of the `[otlp]` table and of each `[[otlp.metrics]]` entry, registered in config.KNOWN_KEYS
 #: (which refuses any other key).
 KNOWN_KEYS = frozenset({"identity_attributes", "metrics"})
-KNOWN_MAPPING_KEYS = frozenset({"name", "metric", "attributes", "scale"})
+KNOWN_MAPPING_KEYS = frozenset({"name", "metric", "attributes", "resource", "scale", "subtract"})
 MAX_NAME = 255
 MAX_SCALE = 10**12
 #: Bounds on what one mapping or identity list may name (the config is not a place for data).
@@ -30,18 +30,35 @@ class OtlpMapping:
     """Data points of instrument `name` whose attributes pass `attributes` feed `metric`.
 
     `attributes` maps an attribute key to the string values a point may carry there; a point
-    passes when every listed key is present with one of its values. Values are multiplied by
-    `scale` and rounded to the nearest integer.
+    passes when every listed key is present with one of its values. `resource` is the same
+    filter on the exporter's resource attributes (e.g. `service.name`), which scopes a
+    convention shared by several tools to the one whose own instruments are not mapped.
+    Values are multiplied by `scale` and rounded to the nearest integer. `subtract` takes the
+    value away instead: a tool whose input count includes cache reads (Gemini CLI, Codex) maps
+    its cache-read count with it, so `ai.tokens` means the same for every tool. The result is
+    summed per person and export before counting, and a net below zero counts nothing.
     """
 
     name: str
     metric: str
     attributes: tuple[tuple[str, frozenset[str]], ...] = ()
     scale: int = 1
+    resource: tuple[tuple[str, frozenset[str]], ...] = ()
+    subtract: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "metric": self.metric, "scale": self.scale,
-                "attributes": {key: sorted(values) for key, values in self.attributes}}
+        data: dict[str, Any] = {"name": self.name, "metric": self.metric, "scale": self.scale,
+                                "attributes": {key: sorted(values) for key, values in self.attributes}}
+        if self.resource:  # written only when set, so existing windows' policies read the same
+            data["resource"] = {key: sorted(values) for key, values in self.resource}
+        if self.subtract:
+            data["subtract"] = True
+        return data
+
+    def passes(self, strings: dict[str, str], resource: dict[str, str]) -> bool:
+        """Whether a point with these attributes (and its resource's) passes both filters."""
+        return (all(strings.get(key) in allowed for key, allowed in self.attributes)
+                and all(resource.get(key) in allowed for key, allowed in self.resource))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,26 +76,21 @@ class OtlpPolicy:
             by_name.setdefault(mapping.name, []).append(mapping)
         object.__setattr__(self, "_by_name", {k: tuple(v) for k, v in by_name.items()})
         object.__setattr__(self, "_unfiltered", frozenset(
-            name for name, ms in by_name.items() if not any(m.attributes for m in ms)))
+            name for name, ms in by_name.items() if not any(m.attributes or m.resource for m in ms)))
         object.__setattr__(self, "_max_scale", {name: max(m.scale for m in ms) for name, ms in by_name.items()})
 
     def mappings(self, instrument: str) -> tuple[OtlpMapping, ...]:
         """The mappings of an instrument; empty when it is not mapped."""
         return self._by_name.get(instrument, ())
 
-    def admitted(self, instrument: str, strings: dict[str, str]) -> tuple[OtlpMapping, ...]:
-        """The mappings a data point of `instrument` with these string attributes feeds (once per point)."""
+    def admitted(self, instrument: str, strings: dict[str, str],
+                 resource: dict[str, str]) -> tuple[OtlpMapping, ...]:
+        """The mappings a data point of `instrument` with these string attributes (and its
+        resource's) feeds, once per point."""
         mappings = self._by_name.get(instrument, ())
         if instrument in self._unfiltered:
             return mappings
-        admitted = []
-        for mapping in mappings:  # plain loops: this runs once per data point
-            for key, allowed in mapping.attributes:
-                if strings.get(key) not in allowed:
-                    break
-            else:
-                admitted.append(mapping)
-        return tuple(admitted)
+        return tuple(m for m in mappings if m.passes(strings, resource))
 
     def max_scale(self, instrument: str) -> int:
         """The largest scale among a mapped instrument's mappings."""
@@ -91,9 +103,13 @@ class OtlpPolicy:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OtlpPolicy:
         return cls(tuple(data["identity_attributes"]), tuple(
-            OtlpMapping(m["name"], m["metric"],
-                        tuple(sorted((k, frozenset(v)) for k, v in m["attributes"].items())), int(m["scale"]))
+            OtlpMapping(m["name"], m["metric"], _filters(m["attributes"]), int(m["scale"]),
+                        _filters(m.get("resource", {})), bool(m.get("subtract", False)))
             for m in data["metrics"]))
+
+
+def _filters(raw: dict[str, list[str]]) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple(sorted((k, frozenset(v)) for k, v in raw.items()))
 
 
 def parse_otlp(raw: dict[str, Any], metric_names: list[str]) -> OtlpPolicy | None:
@@ -131,15 +147,23 @@ def _mapping(raw: object, index: int, metric_names: list[str]) -> OtlpMapping:
     scale = raw.get("scale", 1)
     if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
         raise ValueError(f"{where}.scale = {scale!r} ({name}): must be an integer in [1, {MAX_SCALE}]")
-    filters = raw.get("attributes", {})
+    subtract = raw.get("subtract", False)
+    if not isinstance(subtract, bool):
+        raise ValueError(f"{where}.subtract = {subtract!r} ({name}): must be true or false")
+    return OtlpMapping(str(name), str(metric), _filter_table(raw, "attributes", where, name), scale,
+                       _filter_table(raw, "resource", where, name), subtract)
+
+
+def _filter_table(raw: dict[str, Any], table: str, where: str, name: object) -> tuple[tuple[str, frozenset[str]], ...]:
+    filters = raw.get(table, {})
     if not isinstance(filters, dict):
-        raise ValueError(f"{where}.attributes ({name}) must be a table like {{ type = [\"input\"] }}")
-    attributes = []
+        raise ValueError(f"{where}.{table} ({name}) must be a table like {{ type = [\"input\"] }}")
+    out = []
     for key, values in sorted(filters.items()):
         allowed = [values] if isinstance(values, str) else values
         if (not _is_name(key) or not isinstance(allowed, list) or not 0 < len(allowed) <= MAX_FILTER_VALUES
                 or not all(isinstance(v, str) and len(v) <= MAX_NAME for v in allowed)):
-            raise ValueError(f"{where}.attributes.{key} = {values!r} ({name}): must be a string or a list of "
+            raise ValueError(f"{where}.{table}.{key} = {values!r} ({name}): must be a string or a list of "
                              f"1 to {MAX_FILTER_VALUES} strings")
-        attributes.append((key, frozenset(allowed)))
-    return OtlpMapping(str(name), str(metric), tuple(attributes), scale)
+        out.append((key, frozenset(allowed)))
+    return tuple(out)

@@ -25,6 +25,8 @@ from chorus.server.privacy import mechanisms
 from chorus.server.privacy.epsilon import ZERO, Loss
 from chorus.server.privacy.mechanisms import LAPLACE, UNITS
 
+#: The default of `Policy.imprecise_adoption_points`; a policy at it leaves the key out of its JSON.
+IMPRECISE_ADOPTION_POINTS = 25
 #: Metrics per policy: a person's usage row has one total column per metric slot.
 MAX_METRICS = 32
 
@@ -119,6 +121,9 @@ class Policy:
     otlp: OtlpPolicy | None = None  # how OpenTelemetry instruments feed the metrics (otlp/mapping.py)
     #: privacy.mechanisms.LAPLACE (charges in epsilon) or GAUSSIAN (charges in rho).
     mechanism: str = LAPLACE
+    #: A team's adoption with a 95% half-width above this many points is flagged as too few
+    #: people for a weekly number (`TeamResult.imprecise`).
+    imprecise_adoption_points: int = IMPRECISE_ADOPTION_POINTS
 
     _by_name: dict[str, MetricPolicy] = field(init=False, repr=False, compare=False)
     _slots: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -168,6 +173,8 @@ class Policy:
             "retention_windows": self.retention_windows,
             **plan,
             **({"otlp": self.otlp.to_json()} if self.otlp else {}),
+            **({"imprecise_adoption_points": self.imprecise_adoption_points}
+               if self.imprecise_adoption_points != IMPRECISE_ADOPTION_POINTS else {}),
         }
 
     @classmethod
@@ -194,4 +201,5 @@ class Policy:
                                for e in data.get("release_plan", ())),
             otlp=OtlpPolicy.from_json(data["otlp"]) if "otlp" in data else None,
             mechanism=mechanism,
+            imprecise_adoption_points=int(data.get("imprecise_adoption_points", IMPRECISE_ADOPTION_POINTS)),
         )

@@ -25,6 +25,8 @@ OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.Ser
 #: One role per job (least privilege): admin operates the server but cannot inject usage,
 #: spend privacy budget or read the audit trail under its own name; an operator who needs
 #: to do so creates a token of that role, and that creation is itself in the ledger.
+TRACES_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 SERVICE_ROLES: dict[str, frozenset[Role]] = {
     "chorus.v1.IngestService": frozenset({Role.INGEST}),
     "chorus.v1.ReleaseService": frozenset({Role.ANALYST}),
@@ -32,6 +34,9 @@ SERVICE_ROLES: dict[str, frozenset[Role]] = {
     "chorus.v1.AdminService": frozenset({Role.ADMIN}),
     # OTLP metrics (chorus.server.transport.services.otlp): usage from OpenTelemetry exporters.
     "opentelemetry.proto.collector.metrics.v1.MetricsService": frozenset({Role.INGEST}),
+    # Traces and logs from the same exporters: accepted and discarded unread (services/otlp.py).
+    TRACES_SERVICE: frozenset({Role.INGEST}),
+    LOGS_SERVICE: frozenset({Role.INGEST}),
 }
 
 

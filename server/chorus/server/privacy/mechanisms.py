@@ -260,5 +260,7 @@ def _gaussian_combined(terms: Sequence[tuple[float, float]], alpha: float) -> fl
         return w * accuracy(scale, alpha, GAUSSIAN)
     sd = math.sqrt(sum((w * scale) ** 2 for scale, w in terms))
     largest = max(w * accuracy(scale, alpha, GAUSSIAN) for scale, w in terms)
-    # + 1: one step of the integer grid the sum lives on, so rounding never takes coverage below.
-    return max(NormalDist().inv_cdf(1 - alpha / 2) * sd + 1, largest)
+    # + one step of the grid the weighted sum of integers lives on (the largest weight), so the
+    # discreteness never takes coverage below.
+    step = max(w for _, w in terms)
+    return max(NormalDist().inv_cdf(1 - alpha / 2) * sd + step, largest)

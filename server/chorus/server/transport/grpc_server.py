@@ -101,7 +101,8 @@ class Server:
         names = [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-                 release_pb2.DESCRIPTOR.services_by_name["ReleaseService"].full_name, otlp_service.SERVICE]
+                 release_pb2.DESCRIPTOR.services_by_name["ReleaseService"].full_name, otlp_service.SERVICE,
+                 *otlp_service.DISCARDED]
 
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

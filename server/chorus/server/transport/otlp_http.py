@@ -1,4 +1,6 @@
-"""The optional OTLP/HTTP listener: `POST /v1/metrics`, protobuf or JSON, gzip or not.
+"""The optional OTLP/HTTP listener: `POST /v1/metrics`, protobuf or JSON, gzip or not; `POST
+/v1/traces` and `/v1/logs` are admitted like metrics, then answered with an empty success and
+their bodies dropped unread.
 
 Answers follow the OTLP/HTTP specification: 200 with an `ExportMetricsServiceResponse`
 (`partial_success` when points were rejected) in the request's encoding; 400 with a
@@ -41,6 +43,9 @@ from chorus.server.transport.services.otlp import SERVICE, response
 
 _log = logging.getLogger(__name__)
 PATH = "/v1/metrics"
+#: Accepted from role ingest and discarded unread (services/otlp.py says why): the body is read
+#: within the same limits as metrics, never decoded, and answered with an empty success.
+DISCARDED_PATHS = frozenset({"/v1/traces", "/v1/logs"})
 #: Seconds a connection may sit idle or take to send its request.
 SOCKET_TIMEOUT = 30.0
 #: Connections served at once (one thread each); more are answered 503 and closed at once, so a
@@ -166,10 +171,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         kind = otlp_decode.JSON if "json" in (self.headers.get("Content-Type") or "").lower() else otlp_decode.PROTOBUF
         try:
-            if self.path.split("?", 1)[0] != PATH:
+            path = self.path.split("?", 1)[0]
+            if path != PATH and path not in DISCARDED_PATHS:
                 raise _Refused(404, f"no such path; OTLP metrics go to POST {PATH}")
             who = self._admit()
             kind = self._media()
+            if path in DISCARDED_PATHS:
+                self._body()  # read (so the connection can carry the next request), then dropped
+                self._send(200, b"{}" if kind == otlp_decode.JSON else b"", kind)
+                return
             body = otlp_decode.inflate(self._body(), self.headers.get("Content-Encoding"), self.max_body)
             request = otlp_decode.parse(body, kind)
             points = self.otlp.check(request)

@@ -123,7 +123,7 @@ class OtlpIngestor:
                 outcomes[f"rejected: {window.reason.name.lower()} (window not taking contributions)"] += 1
                 continue
             frozen = window.record.policy.otlp
-            mappings = frozen.admitted(p.instrument, p.strings) if frozen else ()
+            mappings = frozen.admitted(p.instrument, p.strings, p.resource) if frozen else ()
             if not mappings:
                 outcomes["ignored_filtered"] += 1
                 continue
@@ -164,8 +164,11 @@ class OtlpIngestor:
         if counted:
             outcomes["counted"] += counted
         if sums:
+            negative = sum(1 for value in sums.values() if value < 0)
+            if negative:  # a subtracted count without its total in the same export: nothing to count
+                outcomes["ignored_negative_net"] += negative
             contributions = [Contribution(user, metric, value, when) for (user, metric, when), value in sums.items()
-                             if value]
+                             if value > 0]
             outcome = self._ingestor.count(tx, contributions, now, windows)
             if outcome.clamped:
                 outcomes["clamped"] += outcome.clamped
@@ -193,4 +196,5 @@ def _add(sums: dict[tuple[str, str, datetime], int], person: str, increase: floa
     """Add what a point's value (or increase) gives each metric it feeds, scaled and rounded."""
     for m in mappings:
         key = (person, m.metric, when)
-        sums[key] = sums.get(key, 0) + round(increase * m.scale)
+        value = round(increase * m.scale)
+        sums[key] = sums.get(key, 0) + (-value if m.subtract else value)

@@ -50,6 +50,7 @@ class Point(NamedTuple):
     start_ns: int
     time_ns: int
     strings: dict[str, str]  # the point's string attributes, for mapping filters
+    resource: dict[str, str]  # its resource's string attributes, for mapping resource filters
     identity: str | None
     series: bytes  # cumulative: SHA-256 of the series; delta: the bytes naming the point (see _points)
     problem: str | None
@@ -131,7 +132,7 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
             series = prefix + point.SerializeToString(deterministic=True)
         value, why = _value(kind, point)
         yield Point(name, cumulative, value, point.start_time_unix_nano, point.time_unix_nano,
-                    strings, _identity(names, strings, resource, max_string), series, problem or why)
+                    strings, resource, _identity(names, strings, resource, max_string), series, problem or why)
 
 
 def _value(kind: str, point: Any) -> tuple[float, str | None]:

@@ -1,4 +1,11 @@
-"""OTLP/gRPC `opentelemetry.proto.collector.metrics.v1.MetricsService/Export` for role ingest.
+"""OTLP/gRPC `MetricsService/Export` for role ingest, and `TraceService/Export` and
+`LogsService/Export` accepted and discarded unread.
+
+Traces and logs: the AI tools send them to the same endpoint as their metrics, with no setting
+to turn them off (Gemini CLI), and an OpenTelemetry SDK's shutdown fails on the first refused
+export, losing the metrics not yet flushed. Logs carry prompts and responses. So both are
+answered with an empty success after admission (role ingest) and never deserialised, stored or
+logged: the handler is given the raw bytes and drops them.
 
 The auth interceptor has already admitted the token (role ingest, as for `Report`) before the
 request was parsed. Order here: count the data points (over the limit: INVALID_ARGUMENT,
@@ -9,15 +16,23 @@ then count. Rejected points are reported in `partial_success`, as OTLP specifies
 from __future__ import annotations
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from chorus.server.domain.otlp.export import OtlpIngestor
 from chorus.server.domain.otlp.points import InvalidExport
+from chorus.server.model.roles import LOGS_SERVICE, TRACES_SERVICE
 from chorus.server.transport.gate import principal
 from chorus.server.transport.ratelimit import RateLimited, RateLimiter
 from chorus.server.transport.rpc_errors import invalid_argument, retry_later
 
 SERVICE = metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name
+#: Services whose exports are accepted and dropped unread (chorus.server.model.roles grants them to ingest).
+DISCARDED = (TRACES_SERVICE, LOGS_SERVICE)
+# The names the roles table spells out are the protos' (the imports also register them for reflection).
+assert (trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
+                     logs_service_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name) == DISCARDED
 
 
 def response(rejected: int, message: str) -> metrics_service_pb2.ExportMetricsServiceResponse:
@@ -51,5 +66,12 @@ class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         return response(result.rejected, result.error_message)
 
 
+def _discard(request: bytes, context: grpc.ServicerContext) -> bytes:
+    """An empty `Export*ServiceResponse` (zero bytes); the request's bytes are never parsed."""
+    return b""
+
+
 def add_to_server(servicer: MetricsServicer, server: grpc.Server) -> None:
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        name, {"Export": grpc.unary_unary_rpc_method_handler(_discard)}) for name in DISCARDED])

@@ -88,7 +88,8 @@ def _team(t: release.TeamResult) -> release_pb2.TeamRelease:
         unreleased=[release_pb2.UnreleasedStatistic(metric=u.metric, statistic=to_proto(u.statistic),
                                                     epsilon=str(u.epsilon), expected_ci95=u.expected_ci95)
                     for u in t.unreleased],
-        level=_LEVELS[t.level], teams_charged=t.teams_charged)
+        level=_LEVELS[t.level], teams_charged=t.teams_charged, unit=t.budget_cap.UNIT, imprecise=t.imprecise,
+        counted_in=t.counted_in)
 
 
 def _remainder(r: release.RemainderResult) -> release_pb2.Remainder:
