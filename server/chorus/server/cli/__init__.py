@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chorus.server.cli import admin, audit, backup, certs, dashboard, demo, health, login, report, serve
+from chorus.server.cli import admin, audit, backup, certs, dashboard, demo, digest, health, login, report, serve
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
@@ -43,6 +43,7 @@ app.command("budget")(audit.budget)
 app.command("privacy-statement")(audit.privacy_statement)
 app.command("dashboard")(dashboard.dashboard)
 app.command("report")(report.report)
+app.command("digest")(digest.digest)
 app.command("login")(login.login)
 
 
