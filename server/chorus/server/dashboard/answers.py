@@ -65,13 +65,12 @@ class Series:
 
 
 def series(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse | None],
-           teams: set[str] | None = None) -> Series:
-    """Adoption parts per window, limited to `teams` (an org) when given."""
+           node: str = hierarchy.COMPANY, teams: set[str] | None = None) -> Series:
+    """A scope's adoption parts per window: its own release where there is one, else its teams'
+    (`teams`, all when None)."""
     out: list[headline.Parts | None] = []
     for reply in replies:
-        found = headline.parts(reply.teams) if reply is not None else {}
-        if teams is not None:
-            found = {k: v for k, v in found.items() if k in teams}
+        found = headline.scoped(reply.teams, node, teams) if reply is not None else {}
         out.append(found or None)
     return Series(list(windows), out)
 
@@ -146,7 +145,7 @@ def org_rows(tree: hierarchy.Hierarchy, scope: str, windows: Sequence[str],
     for org in tree.children(scope):
         if tree.level(org) != hierarchy.ORG:
             continue
-        data = series(windows, replies, set(tree.teams_below(org)))
+        data = series(windows, replies, org, set(tree.teams_below(org)))
         figures = data.figures()
         moved = data.change()
         rows.append(OrgRow(org, tree.size(org), len(tree.teams_below(org)), figures[-1] if figures else None,

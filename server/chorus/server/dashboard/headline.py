@@ -1,6 +1,8 @@
 """Company-wide figures from team releases, and what their intervals allow saying about them.
 
-A company total is the sum of the teams' noisy releases as released (`Estimate.noisy_value`:
+Where the window has a release for the company (or an org) itself, that one release is the
+figure (`scoped`): one noise, far smaller than its teams' together. Otherwise a company total
+is the sum of the teams' noisy releases as released (`Estimate.noisy_value`:
 a negative noisy sum counts as negative), never of the values shown (clamped at 0, which adds
 an upward bias of about half a noise scale per team). Company adoption is the released active
 people over the public roster sizes of the same teams. A change subtracts an earlier window's
@@ -82,6 +84,24 @@ def parts(teams: Sequence[release_pb2.TeamRelease], metric: str = "") -> Parts:
     return out
 
 
+_NODES = (release_pb2.NODE_LEVEL_ORG, release_pb2.NODE_LEVEL_COMPANY)
+
+
+def scoped(teams: Sequence[release_pb2.TeamRelease], node: str, below: set[str] | None,
+           metric: str = "") -> Parts:
+    """A scope's parts: the org's (or company's) own release when the window has one (one noise,
+    far smaller than its teams' together), else the releases of its teams (`below`; None: all)."""
+    statistic = common_pb2.STATISTIC_SUM if metric else common_pb2.STATISTIC_ACTIVE
+    for team in teams:
+        if team.team == node and team.level in _NODES:
+            for e in team.estimates:
+                if e.statistic == statistic and e.metric == metric and e.release_id:
+                    return {node: Part(e.noisy_value, e.scale, team.roster_size,
+                                       e.mechanism or sums.DISCRETE_LAPLACE)}
+    found = parts(teams, metric)
+    return found if below is None else {k: v for k, v in found.items() if k in below}
+
+
 def figure(found: Parts, names: Sequence[str] | None = None, *, share: bool) -> Figure:
     """The company total over `names` (default: all), or its share of the rosters' people."""
     chosen = sorted(found) if names is None else list(names)
@@ -136,10 +156,10 @@ def change_verdict(found: Figure) -> str:
 
 
 def company(current: Sequence[release_pb2.TeamRelease], previous: Sequence[release_pb2.TeamRelease] | None,
-            previous_window: str, metric: str = "") -> Tile | None:
-    """Company adoption (`metric` empty) or the company total of a metric; None if nothing released."""
+            previous_window: str, metric: str = "", node: str = "/", below: set[str] | None = None) -> Tile | None:
+    """Company (or `node`'s) adoption (`metric` empty) or total of a metric; None if nothing released."""
     share = not metric
-    now = parts(current, metric)
+    now = scoped(current, node, below, metric)
     if not now:
         return None
     level = figure(now, share=share)
@@ -148,9 +168,11 @@ def company(current: Sequence[release_pb2.TeamRelease], previous: Sequence[relea
                      1.0 if share else float("inf"))
     people = sum(p.roster for p in now.values())
     label = "Company adoption" if share else f"Company total of {metric}"
+    direct = list(now) == [node]
     tile = Tile(label, fmt(shown.value), f"95% interval {fmt(shown.low)} to {fmt(shown.high)}",
-                basis=f"{len(now)} released team(s), {people:,} people on their rosters")
-    found = change(now, parts(previous or (), metric), share=share)
+                basis=(f"released for the {'company' if node == '/' else 'org'} itself, {people:,} people"
+                       if direct else f"{len(now)} released team(s), {people:,} people on their rosters"))
+    found = change(now, scoped(previous or (), node, below, metric), share=share)
     if found is None:
         return tile
     delta, common = found

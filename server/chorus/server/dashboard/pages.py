@@ -277,6 +277,20 @@ def _read_or_none(api: Api, window: str | None, statistics: list[int]) -> releas
 N_CHOICES = (4, 8, 12, 26, 52)
 
 
+def _with_nodes(api: Api, window: str, reply: release_pb2.ReleaseResponse | None,
+                nodes: Sequence[str]) -> release_pb2.ReleaseResponse | None:
+    """A window's team answers with what is released at the company and each org (the plan may
+    release them directly); the teams alone where the window's tree has not these orgs."""
+    if reply is None:
+        return None
+    try:
+        extra = api.read(window, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM], nodes=nodes)
+    except GatewayError:
+        return reply
+    return release_pb2.ReleaseResponse(window=reply.window, teams=[*reply.teams, *extra.teams],
+                                       remainders=reply.remainders)
+
+
 def _org_filter(args: Args, tree: hierarchy.Hierarchy) -> str:
     """The ?org= filter: an org of the window's tree, or the company (empty)."""
     org = _choice(args, "org", [hierarchy.COMPANY, *tree.org_nodes()], hierarchy.COMPANY)
@@ -322,22 +336,24 @@ def overview(api: Api, args: Args) -> Page:
     code, label = STATISTICS[statistic]
     metrics = api.list_metrics(window)
     wanted = list(dict.fromkeys([common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM, code]))
-    reads = [_read_or_none(api, w.id, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
-             for w in recent[:-1]]
+    both: list[int] = [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM]
+    nodes = [hierarchy.COMPANY, *tree.org_nodes()]
+    reads = [_with_nodes(api, w.id, _read_or_none(api, w.id, both), nodes) for w in recent[:-1]]
     reply = api.read(window, wanted)
-    reads.append(reply)
+    current = _with_nodes(api, window, reply, nodes) or reply
+    reads.append(current)
     mine = [t for t in reply.teams if inside is None or t.team in inside]
-    before = reads[-2] if len(reads) > 1 and recent[-2].id == previous else _read_or_none(
-        api, previous, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
-    before_teams = [t for t in before.teams if inside is None or t.team in inside] if before else None
+    before = reads[-2] if len(reads) > 1 and recent[-2].id == previous else _with_nodes(
+        api, previous or "", _read_or_none(api, previous, both), nodes)
     page.context["previous"] = previous
-    tiles = [headline.company(mine, before_teams, previous or "")]
-    tiles += [headline.company(mine, before_teams, previous or "", m.name) for m in metrics]
+    tiles = [headline.company(current.teams, before.teams if before else None, previous or "", "", org, inside)]
+    tiles += [headline.company(current.teams, before.teams if before else None, previous or "", m.name, org,
+                               inside) for m in metrics]
     if inside is not None:
         tiles = [replace(t, label=t.label.replace("Company", scope, 1)) if t else None for t in tiles]
     page.context["tiles"] = [t for t in tiles if t is not None]
     page.context["not_released"] = _not_released(window, reply.teams)
-    data = answers.series([w.id for w in recent], reads, inside)
+    data = answers.series([w.id for w in recent], reads, org, inside)
     page.context["answer"] = answers.answer(scope, data, per)
     moved = data.change()
     if moved is not None:
