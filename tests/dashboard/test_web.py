@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import logging
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -500,3 +501,15 @@ def test_the_ledger_filters_by_kind_window_and_team(client: FlaskClient, stack: 
     assert "3 entries match" in closes
     bad = client.get("/ledger?kind=nope")
     assert bad.status_code == 400 and "kind=&#39;nope&#39; is not one of" in bad.get_data(as_text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", [Role.ANALYST, Role.AUDITOR, Role.ADMIN, Role.INGEST])
+def test_the_sign_in_role_probe_logs_no_denial(client: FlaskClient, stack: Stack, role: Role,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Signing in learns the token's role from the server without calling a service it may not
+    call, so an alert on denials sees none from the dashboard (issue 23)."""
+    caplog.set_level(logging.DEBUG)
+    signed_in = login(client, stack.tokens[role])
+    assert (signed_in.status_code == 303) == (role in (Role.ANALYST, Role.AUDITOR))
+    assert not [r for r in caplog.records if "denied" in r.getMessage()]

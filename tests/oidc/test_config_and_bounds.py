@@ -158,3 +158,17 @@ def test_while_the_issuer_is_unreachable_the_last_keys_stay_in_use() -> None:
     issuer.down = True
     now[0] += 3600  # far past jwks_cache_seconds: a fetch is due, and fails
     assert verifier.authenticate(issuer.token()) is not None
+
+
+def test_without_any_keys_fetched_access_tokens_are_refused_until_the_issuer_answers() -> None:
+    issuer = Issuer()
+    issuer.down = True
+    now = [0.0]
+    verifier = verifier_for(issuer, now)
+    with pytest.raises(Refused, match=r"^the identity provider's signing keys could not be fetched; retry later$"):
+        verifier.authenticate(issuer.token())
+    issuer.down = False
+    with pytest.raises(Refused, match="could not be fetched"):
+        verifier.authenticate(issuer.token())  # no second fetch within the interval
+    now[0] += REFETCH_SECONDS
+    assert verifier.authenticate(issuer.token()) is not None

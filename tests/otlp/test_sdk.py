@@ -12,7 +12,7 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 
 from chorus.v1 import admin_pb2, admin_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
-from .conftest import OTLP_TOML, TODAY, OtlpServer, otlp_config, provider, temporality
+from .conftest import OTLP_TOML, OtlpServer, otlp_config, provider, temporality, today
 
 #: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
 pytestmark = pytest.mark.slow
@@ -90,10 +90,10 @@ def test_released_sums_after_close_match_the_clamped_truth(tmp_path: Path) -> No
         meters.shutdown()
         auth = (("authorization", f"Bearer {server.admin_token}"),)
         with grpc.insecure_channel(server.address) as channel:
-            admin_pb2_grpc.AdminServiceStub(channel).CloseWindow(admin_pb2.CloseWindowRequest(window=TODAY),
+            admin_pb2_grpc.AdminServiceStub(channel).CloseWindow(admin_pb2.CloseWindowRequest(window=today()),
                                                                  metadata=auth)
             reply = release_pb2_grpc.ReleaseServiceStub(channel).Release(release_pb2.ReleaseRequest(
-                window=TODAY, teams=["team-red"], metrics=["ai.tokens"],
+                window=today, teams=["team-red"], metrics=["ai.tokens"],
                 statistics=[release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_SUM, epsilon="100000")]),
                 metadata=(("authorization", f"Bearer {server.analyst_token}"),))
         estimate = reply.teams[0].estimates[0]
@@ -123,6 +123,6 @@ def test_the_mapping_is_frozen_into_the_window_policy(otlp_server: OtlpServer) -
     meters.get_meter("tool").create_counter("tool.requests").add(1, {"user.email": "user-team-red-0"})
     assert meters.force_flush(10_000)
     meters.shutdown()
-    (policy,), = otlp_server.rows(f"SELECT policy FROM windows WHERE id = '{TODAY}'")
+    (policy,), = otlp_server.rows(f"SELECT policy FROM windows WHERE id = '{today()}'")
     assert '"otlp":{"identity_attributes":["user.email","enduser.id"]' in policy
     assert otlp_config().policy.otlp is not None

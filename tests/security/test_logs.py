@@ -139,9 +139,12 @@ def test_json_log_lines_of_a_server_process(tmp_path: Path) -> None:
          "--log-format", "json", "--log-level", "DEBUG"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     try:
-        assert proc.stdout is not None
-        while not (ready := re.search(r"chorus serving on (\S+)", proc.stdout.readline())):
-            assert proc.poll() is None, "server exited"
+        assert proc.stderr is not None
+        first: list[str] = []  # the ready line is a log record too, on stderr
+        while not (ready := re.search(r"chorus serving on (\S+)", line := proc.stderr.readline())):
+            assert line, "server exited"
+            first.append(line)
+        first.append(line)
         admin_token = (tmp_path / "data" / "admin.token").read_text().strip()
         with grpc.insecure_channel(ready[1]) as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
@@ -159,8 +162,9 @@ def test_json_log_lines_of_a_server_process(tmp_path: Path) -> None:
                     admin_pb2.ListTokensRequest(), metadata=bearer(ingest_token), timeout=10)
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    lines = err.splitlines()
+        out, err = proc.communicate(timeout=30)
+    assert out == ""
+    lines = [line.rstrip("\n") for line in first] + err.splitlines()
     records = [json.loads(line) for line in lines]  # fails on any line that is not one JSON object
     assert {"time", "level", "logger", "message"} <= set(records[0])
     denied = [r for r in records if r["message"].startswith("denied /chorus.v1.AdminService/ListTokens")]

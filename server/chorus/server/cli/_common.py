@@ -22,6 +22,7 @@ from typing import Annotated, TypeVar
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from chorus.server.domain.tokens import TOKEN_PREFIX
 from chorus.server.front import client_channel
@@ -89,7 +90,8 @@ _TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[\x21-\x7e]+|[\w-]+\.[\w-]
 
 
 def fail(message: str, code: int = ExitCode.ERROR) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print `message` as an error (escaped: "[server]" in it is text, not console markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(int(code))
 
 

@@ -51,6 +51,9 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with a head
                   org_column: Annotated[str, typer.Option("--org-column", help="Header of the optional column "
                                                           "giving each team's org path, e.g. "
                                                           "engineering/platform.")] = "org",
+                  delimiter: Annotated[str | None, typer.Option(
+                      "--delimiter", show_default=False, help="The column delimiter, e.g. ';'. Default: "
+                      "detected from the header line (',', ';', tab or '|').")] = None,
                   dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change (teams added, "
                                                         "removed, resized; people added and removed) and change "
                                                         "nothing.")] = False,
@@ -65,8 +68,12 @@ def roster_import(csv_file: Annotated[Path, typer.Argument(help="CSV with a head
     People not in the file are no longer on the roster: their contributions are rejected from
     now on. A person already counted in an open window keeps that window's team."""
     try:
-        rows, orgs = roster.parse_csv(roster.decode(csv_file.read_bytes(), encoding), user_column, team_column,
-                                      org_column)
+        text = roster.decode(csv_file.read_bytes(), encoding)
+        found = delimiter if delimiter is not None else roster.detect_delimiter(text, user_column, team_column)
+        rows, orgs = roster.parse_csv(text, user_column, team_column, org_column, found)
+        if delimiter is None and found != ",":
+            err_console.print(f"columns separated by {roster.DELIMITERS[found]} (detected; --delimiter sets it)",
+                              markup=False, highlight=False)
     except OSError as exc:
         raise fail(f"cannot read {csv_file}: {exc.strerror}", ExitCode.USAGE) from None
     except roster.RosterError as exc:
@@ -128,9 +135,9 @@ def token_create(role: Annotated[str, typer.Option("--role", help="ingest, analy
     if fd is not None:
         with os.fdopen(fd, "w") as f:
             f.write(reply.token + "\n")
-        console.print(f"token {name!r} ({role}) written to {out}")
+        console.print(f"token {name!r} ({role}) written to {out}", markup=False)
     else:  # the token alone on stdout, so that $(chorus token create ...) captures just the secret
-        err_console.print(f"token {name!r} ({role}); store it now, it is not shown again:")
+        err_console.print(f"token {name!r} ({role}); store it now, it is not shown again:", markup=False)
         print(reply.token, flush=True)
 
 
@@ -164,7 +171,8 @@ def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")],
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         reply = conn.call(admin_pb2_grpc.AdminServiceStub(conn.channel).RevokeToken,
                           admin_pb2.RevokeTokenRequest(name=name))
-    console.print(f"token {reply.info.name!r} is revoked (since {_utc(reply.info.revoke_time)} UTC)")
+    console.print(f"token {reply.info.name!r} is revoked (since {_utc(reply.info.revoke_time)} UTC)",
+                  markup=False)
 
 
 @window_app.command("list")

@@ -104,8 +104,10 @@ def dashboard(
     registry = observability.install(app, gateway).registry
     try:
         web = DashboardServer(app, listen, threads=threads, trusted_proxy=trusted_proxy)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise fail(f"cannot listen on {listen}: {exc}", 2) from None
+    except OSError as exc:  # taken or not available: as `chorus serve`, "retry later may work"
+        raise fail(f"cannot listen on {listen}: {exc.strerror or exc}", ExitCode.UNAVAILABLE) from None
     scrape = None
     if metrics_listen is not None:
         try:

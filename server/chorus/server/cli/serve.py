@@ -1,7 +1,15 @@
-"""`chorus serve`: run the server until SIGTERM or SIGINT."""
+"""`chorus serve`: run the server until SIGTERM or SIGINT.
+
+Once the log setup is done, every line the server writes goes through it (`_say`, `_refuse`):
+with `--log-format json` each line on either stream is one JSON object, the ready line
+("chorus serving on ADDRESS ...") and the first start's admin token line included, so
+`journalctl -u chorus | jq .` reads all of it. Those announcements are logged at INFO by
+their own logger, which keeps INFO whatever `--log-level` says (scripts wait for the ready line).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -13,9 +21,10 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from chorus.server.cli._common import ExitCode, console, err_console, fail, is_loopback
+from chorus.server.cli._common import ExitCode, console, fail, is_loopback
 from chorus.server.model import config as config_module
 from chorus.server.root import Chorus
+from chorus.server.store._db import StoreUnavailable
 from chorus.server.transport import logs, metrics, readiness, worker_metrics, workers
 from chorus.server.transport.grpc_server import Server, TlsConfig
 
@@ -26,6 +35,27 @@ SERVE_ENVIRONMENT = ("CHORUS_CONFIG", "CHORUS_DATA_DIR", "CHORUS_LISTEN", "CHORU
                      "CHORUS_TLS_KEY", "CHORUS_CLIENT_CA", "CHORUS_INSECURE", "CHORUS_OTLP_HTTP_LISTEN",
                      "CHORUS_LOG_LEVEL", "CHORUS_LOG_FORMAT", "CHORUS_METRICS_LISTEN", "CHORUS_WORKERS")
 
+#: The server's own announcements (ready line, listeners, first start): always at INFO.
+_announce = logging.getLogger("chorus.server.serve")
+_announce.setLevel(logging.INFO)
+
+
+def _say(message: str) -> None:
+    _announce.info(message)
+
+
+def _refuse(message: str, code: int = ExitCode.ERROR) -> typer.Exit:
+    """A refusal after the log setup: a log record (JSON with --log-format json), then the exit."""
+    if _json_logs():
+        _announce.error("error: %s", message)
+        return typer.Exit(int(code))
+    return fail(message, code)
+
+
+def _json_logs() -> bool:
+    return any(isinstance(h.formatter, logs.JsonFormatter) for h in logging.getLogger().handlers)
+
+
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", envvar="CHORUS_DATA_DIR",
                                           help="Directory for the SQLite database, ledger key, admin token.")]
 
@@ -34,7 +64,7 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise fail(f"cannot read {what} {path}: {exc.strerror}", 2) from None
+        raise _refuse(f"cannot read {what} {path}: {exc.strerror}", 2) from None
 
 
 def load_tls(cert: Path, key: Path, client_ca: Path | None) -> TlsConfig:
@@ -43,22 +73,22 @@ def load_tls(cert: Path, key: Path, client_ca: Path | None) -> TlsConfig:
     try:
         chain = x509.load_pem_x509_certificates(chain_pem)
     except ValueError:
-        raise fail(f"--tls-cert {cert}: not a PEM certificate chain", 2) from None
+        raise _refuse(f"--tls-cert {cert}: not a PEM certificate chain", 2) from None
     try:
         private_key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
-        raise fail(f"--tls-key {key}: not an unencrypted PEM private key", 2) from None
+        raise _refuse(f"--tls-key {key}: not an unencrypted PEM private key", 2) from None
     if private_key.public_key() != chain[0].public_key():
-        raise fail(f"--tls-key {key} does not belong to the first certificate in --tls-cert {cert}", 2)
+        raise _refuse(f"--tls-key {key} does not belong to the first certificate in --tls-cert {cert}", 2)
     if key.stat().st_mode & 0o077:
-        err_console.print(f"[yellow]warning:[/] {key} is readable by group or others; chmod 600 it")
+        _announce.warning("%s is readable by group or others; chmod 600 it", key)
     ca_pem = None
     if client_ca is not None:
         ca_pem = _read(client_ca, "--client-ca")
         try:
             x509.load_pem_x509_certificates(ca_pem)
         except ValueError:
-            raise fail(f"--client-ca {client_ca}: not a PEM certificate bundle", 2) from None
+            raise _refuse(f"--client-ca {client_ca}: not a PEM certificate bundle", 2) from None
     return TlsConfig(chain_pem, key_pem, ca_pem)
 
 
@@ -110,27 +140,30 @@ def serve(
     try:
         count = workers.parse_count(worker_count)
     except ValueError as exc:
-        raise fail(str(exc), 2) from None
+        raise _refuse(str(exc), 2) from None
     try:
         cfg = config_module.load(config)
     except config_module.ConfigError as exc:
-        raise fail(str(exc), 2) from None
+        raise _refuse(str(exc), 2) from None
     address = listen or cfg.listen
-    if metrics_listen is not None:
-        try:
-            metrics.parse_address(metrics_listen)
-        except ValueError as exc:
-            raise fail(str(exc), 2) from None
+    for flag, value, example in (("--listen", address, "127.0.0.1:7355"),
+                                 ("--metrics-listen", metrics_listen, "127.0.0.1:9464"),
+                                 ("--otlp-http-listen", otlp_http_listen, "127.0.0.1:4318")):
+        if value is not None:
+            try:
+                metrics.parse_address(value, flag, example)
+            except ValueError as exc:
+                raise _refuse(str(exc), 2) from None
     if (tls_cert is None) != (tls_key is None):
-        raise fail("--tls-cert and --tls-key go together", 2)
+        raise _refuse("--tls-cert and --tls-key go together", 2)
     if client_ca is not None and tls_cert is None:
-        raise fail("--client-ca (mTLS) needs --tls-cert and --tls-key", 2)
+        raise _refuse("--client-ca (mTLS) needs --tls-cert and --tls-key", 2)
     if tls_cert is None and not insecure and not is_loopback(address):
-        raise fail(f"refusing plaintext on non-loopback address {address}: give --tls-cert/--tls-key, "
+        raise _refuse(f"refusing plaintext on non-loopback address {address}: give --tls-cert/--tls-key, "
                    "or --insecure if a trusted proxy terminates TLS", 2)
     if (otlp_http_listen is not None and tls_cert is None and not insecure
             and not is_loopback(otlp_http_listen)):
-        raise fail(f"refusing plaintext OTLP/HTTP on non-loopback address {otlp_http_listen}: give "
+        raise _refuse(f"refusing plaintext OTLP/HTTP on non-loopback address {otlp_http_listen}: give "
                    "--tls-cert/--tls-key, or --insecure if a trusted proxy terminates TLS", 2)
     tls = load_tls(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
     if worker_index is not None:
@@ -138,8 +171,7 @@ def serve(
                       worker_index, ready_fd)
         return
     _check_port_free(address)
-    chorus = Chorus(cfg, data_dir, database=database)
-    token_path = chorus.bootstrap_admin_token()
+    chorus, token_path = _open(cfg, data_dir, database)
     if count > 1:
         chorus.close()  # migrations, signing key, config record and admin token exist now: once
         argv = ["--data-dir", str(data_dir), "--log-level", log_level, "--log-format", log_format,
@@ -154,20 +186,36 @@ def serve(
                         otlp_http_listen=otlp_http_listen)
     except OSError as exc:
         chorus.close()
-        raise fail(str(exc)) from None
+        raise _refuse(str(exc)) from None
     server.start()
     if token_path:
-        console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
+        _say(f"First start: an admin token was written to {token_path} (mode 0600).")
     if server.metrics_address:
-        console.print(f"metrics on http://{server.metrics_address}/metrics", highlight=False, soft_wrap=True)
+        _say(f"metrics on http://{server.metrics_address}/metrics")
     if server.otlp_http is not None:
-        console.print(f"OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}/v1/metrics",
-                      highlight=False, soft_wrap=True)
+        _say(f"OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}/v1/metrics")
     # The ready line: scripts and tests read the bound port from it.
-    console.print(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), "
-                  f"data in {data_dir}", highlight=False, soft_wrap=True)
+    _say(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), data in {data_dir}")
     readiness.notify(f"READY=1\nSTATUS=serving on {server.address}")
     server.wait_for_signal()
+
+
+def _open(cfg: config_module.Config, data_dir: Path, database: str | None) -> tuple[Chorus, Path | None]:
+    """The instance over `data_dir` and the first start's admin token path, or one clear line
+    (exit 2) when the data directory is not a directory this user can write."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise _refuse(f"--data-dir {data_dir} is a file, not a directory: name a directory (it is "
+                      "created if missing) for the database, the ledger key and the admin token", 2)
+    chorus = None
+    try:
+        chorus = Chorus(cfg, data_dir, database=database)
+        return chorus, chorus.bootstrap_admin_token()
+    except (OSError, StoreUnavailable) as exc:
+        if chorus is not None:
+            chorus.close()
+        reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _refuse(f"cannot use the data directory {data_dir} ({reason}); it must be a directory this user "
+                      "can write (--data-dir or CHORUS_DATA_DIR)", 2) from None
 
 
 def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_listen: str | None,
@@ -179,12 +227,11 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
                         otlp_http_listen=otlp_http_listen, share_port=True, run_closer=index == 0)
     except OSError as exc:
         chorus.close()
-        raise fail(f"worker {index}: {exc}") from None
+        raise _refuse(f"worker {index}: {exc}") from None
     server.start()
     if server.otlp_http is not None:
-        console.print(f"worker {index}: OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}"
-                      "/v1/metrics", highlight=False, soft_wrap=True)
-    sys.stdout.flush()  # the metrics line before the parent's ready line, also into a file
+        _say(f"worker {index}: OTLP/HTTP on {'https' if tls else 'http'}://{server.otlp_http.address}/v1/metrics")
+    sys.stderr.flush()  # the metrics line before the parent's ready line, also into a file
     workers.signal_ready(ready_fd, metrics.parse_address(server.metrics_address)[1] if server.metrics_address
                          else None)
     workers.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -200,7 +247,7 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
     try:
         reservation, address = workers.reserve_port(address)
     except OSError as exc:
-        raise fail(f"cannot listen on {address}: {exc.strerror}", ExitCode.UNAVAILABLE) from None
+        raise _refuse(f"cannot listen on {address}: {exc.strerror}", ExitCode.UNAVAILABLE) from None
 
     def command(index: int, fd: int) -> list[str]:
         return [sys.executable, "-m", "chorus.server.cli", "serve", *argv, "--listen", address,
@@ -230,14 +277,13 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
         try:
             supervisor.start()
         except workers.WorkerFailed as exc:
-            raise fail(str(exc)) from None
+            raise _refuse(str(exc)) from None
         if token_path:
-            console.print(f"First start: an admin token was written to {token_path} (mode 0600).")
+            _say(f"First start: an admin token was written to {token_path} (mode 0600).")
         if scrape is not None:
-            console.print(f"metrics on http://{bound}/metrics ({count} workers)", highlight=False, soft_wrap=True)
-        console.print(f"chorus serving on {address} ({'TLS' if tls else 'plaintext'}), data in {data_dir}, "
-                      f"{count} workers (pids {' '.join(map(str, supervisor.pids))})",
-                      highlight=False, soft_wrap=True)
+            _say(f"metrics on http://{bound}/metrics ({count} workers)")
+        _say(f"chorus serving on {address} ({'TLS' if tls else 'plaintext'}), data in {data_dir}, "
+             f"{count} workers (pids {' '.join(map(str, supervisor.pids))})")
         readiness.notify(f"READY=1\nSTATUS=serving on {address}, {count} workers")
         supervisor.run()
         supervisor.stop()
@@ -268,7 +314,7 @@ def _check_port_free(address: str) -> None:
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
-                raise fail(f"cannot listen on {address}: {exc.strerror}. Is another server (or `chorus serve`) "
+                raise _refuse(f"cannot listen on {address}: {exc.strerror}. Is another server (or `chorus serve`) "
                            "using it? Choose another --listen", ExitCode.UNAVAILABLE) from None
 
 
@@ -303,4 +349,4 @@ def config_check(file: Annotated[Path, typer.Argument(help="TOML config, as give
     windows = "daily" if policy.window_length.value == "day" else "weekly"
     console.print(f"{file}: valid ({windows} windows, {grace_text} grace, {policy.mechanism}, "
                   f"{policy.unit.UNIT} {policy.budget_per_window} per team-window, k = {policy.min_team_size}, "
-                  f"{len(policy.metrics)} metrics)", highlight=False, soft_wrap=True)
+                  f"{len(policy.metrics)} metrics)", highlight=False, soft_wrap=True, markup=False)

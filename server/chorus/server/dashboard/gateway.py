@@ -19,11 +19,13 @@ from grpc_status import rpc_status
 
 from chorus.server.front.client_channel import channel_credentials
 from chorus.server.front.paging import every_page, stream_ledger
-from chorus.server.model.roles import Role
+from chorus.server.model.roles import SERVICE_ROLES, Role
 from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
 T = TypeVar("T")
 
+#: A method no server has: its UNIMPLEMENTED answer names the caller's role (`Api.role`).
+ROLE_PROBE = "/chorus.v1.ReleaseService/DashboardRoleProbe"
 #: Longest token the login form accepts; real tokens are about 50 characters.
 MAX_TOKEN_LENGTH = 512
 
@@ -125,9 +127,9 @@ class Gateway:
     def role_of(self, token: str) -> Role:
         """`identify` without the pasted token's shape check: for an access token the identity
         provider issued (a JWT of a few kilobytes)."""
-        api = self.as_user(token)
-        release_ok = api.can_call(api.list_windows)
-        audit_ok = api.can_call(api.public_key)
+        role = self.as_user(token).role()
+        release_ok = role in SERVICE_ROLES["chorus.v1.ReleaseService"]
+        audit_ok = role in SERVICE_ROLES["chorus.v1.AuditService"]
         if release_ok and audit_ok:
             raise LoginRejected("this token may read both releases and the audit trail; the dashboard "
                                 "takes single-purpose analyst or auditor tokens only")
@@ -146,6 +148,7 @@ class Api:
     """The RPCs the dashboard uses, on behalf of one token."""
 
     def __init__(self, channel: grpc.Channel, token: str, server: str, timeout: float) -> None:
+        self._channel = channel
         self._release = release_pb2_grpc.ReleaseServiceStub(channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
@@ -158,17 +161,23 @@ class Api:
         except grpc.RpcError as exc:
             raise _translate(exc, self._server) from None
 
-    def can_call(self, probe: Callable[[], object]) -> bool:
-        """Whether the token's role may call `probe`'s service; an unknown token raises LoginRejected."""
+    def role(self) -> Role:
+        """The token's role, without a denial in the server's log: a method that does not exist
+        answers any valid token UNIMPLEMENTED with its role in the ErrorInfo (docs/api.md).
+        An unknown or revoked token raises LoginRejected."""
         try:
-            probe()
-        except GatewayError as exc:
-            if exc.code == grpc.StatusCode.UNAUTHENTICATED:  # the server says why (its own words)
-                raise LoginRejected(exc.message) from None
-            if exc.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED):
-                return False
-            raise
-        return True
+            self._channel.unary_unary(ROLE_PROBE)(b"", metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            if code == grpc.StatusCode.UNAUTHENTICATED:  # the server says why (its own words)
+                raise LoginRejected(_translate(exc, self._server).message) from None
+            status = rpc_status.from_call(exc) if code == grpc.StatusCode.UNIMPLEMENTED else None
+            for detail in status.details if status else ():
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info) and info.metadata.get("role") in {r.value for r in Role}:
+                    return Role(info.metadata["role"])
+            raise _translate(exc, self._server) from None
+        raise GatewayError(grpc.StatusCode.UNKNOWN, f"the server at {self._server} answered {ROLE_PROBE}")
 
     # ReleaseService (analyst)
 

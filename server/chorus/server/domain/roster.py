@@ -21,7 +21,7 @@ from typing import Any
 from chorus.server import store
 from chorus.server.domain import shred
 from chorus.server.domain.ledger import Ledger
-from chorus.server.model import hierarchy
+from chorus.server.model import hierarchy, user_ids
 from chorus.server.model.clock import Clock
 from chorus.server.store import Database, Tx
 
@@ -61,22 +61,48 @@ def decode(data: bytes, encoding: str) -> str:
                           "older HR systems latin-1)") from None
 
 
+#: Delimiters a roster export may use (`detect_delimiter`), with the names errors give them.
+DELIMITERS = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
+
+
+def _header(text: str, delimiter: str) -> list[str]:
+    line = text.removeprefix("\ufeff").partition("\n")[0]
+    return [h.strip().lower() for h in next(csv.reader([line], delimiter=delimiter), [])]
+
+
+def detect_delimiter(text: str, user_column: str = "user", team_column: str = "team") -> str:
+    """The delimiter of `DELIMITERS` whose header names both columns; else the one splitting the
+    header into the most columns (so the error says what was found); "," when none splits it.
+    Spreadsheets in many locales export `;`-separated CSV."""
+    wanted = (user_column.strip().lower(), team_column.strip().lower())
+    splits = {d: _header(text, d) for d in DELIMITERS}
+    for d, header in splits.items():
+        if all(name in header for name in wanted):
+            return d
+    return max(DELIMITERS, key=lambda d: (len(splits[d]), d == ","))
+
+
 def parse_csv(text: str, user_column: str = "user", team_column: str = "team",
-              org_column: str = "org") -> tuple[list[tuple[str, str]], dict[str, str]]:
+              org_column: str = "org", delimiter: str = ",") -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Rows of a CSV with a header naming `user_column` and `team_column` (other columns are
     ignored, so an HR export can be imported as is), validated; duplicates are an error. When the
     header also names `org_column`, the second result maps each team to its org path."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))  # spreadsheets start UTF-8 with a BOM
+    if len(delimiter) != 1:
+        raise RosterError(f"delimiter {delimiter!r} must be one character, e.g. ';' (a tab: $'\\t')")
+    # Spreadsheets start UTF-8 with a BOM.
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")), delimiter=delimiter)
     header = [h.strip().lower() for h in next(reader, [])]
     wanted = (user_column.strip().lower(), team_column.strip().lower())
     missing = [name for name in wanted if name not in header]
     twice = [name for name in (*wanted, org_column.strip().lower()) if header.count(name) > 1]
     if missing or twice or wanted[0] == wanted[1]:
-        # Never echo the line: without a header it is a person's row.
+        # Never echo the line: without a header it is a person's row. Its shape is no one's.
         why = (f"has no column named {', '.join(map(repr, missing))}" if missing
                else f"names {', '.join(map(repr, twice or wanted[:1]))} more than once")
-        raise RosterError(f"line 1 must be a header naming the user and team columns, but it {why} (choose "
-                          "them with --user-column and --team-column; one row per person follows)")
+        found = (f"read with delimiter {DELIMITERS.get(delimiter, repr(delimiter))}, it has {len(header)} "
+                 f"column(s){'' if len(header) > 1 else ': is the delimiter another? pass --delimiter'}")
+        raise RosterError(f"line 1 must be a header naming the user and team columns, but it {why} ({found}; "
+                          "choose the columns with --user-column and --team-column; one row per person follows)")
     user_at, team_at = header.index(wanted[0]), header.index(wanted[1])
     org_name = org_column.strip().lower()
     org_at = header.index(org_name) if org_name in header and org_name not in wanted else None
@@ -115,17 +141,20 @@ def team_orgs(rows: list[tuple[str, str]], orgs: list[str],
 
 
 def validate(rows: Iterable[tuple[str, str]], where: Any = lambda i: f"entry {i}") -> list[tuple[str, str]]:
-    """Check names and uniqueness; errors name the position, never the user id."""
-    seen: set[str] = set()
+    """Check names and uniqueness of the normalised user ids (`user_ids.normalise`), which are
+    what is returned; errors name the positions, never the user id."""
+    seen: dict[str, int] = {}
     out = []
-    for i, (user, team) in enumerate(rows):
+    for i, (raw, team) in enumerate(rows):
+        user = user_ids.normalise(raw)
         for label, value in (("user", user), ("team", team)):
             if not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
                 raise RosterError(f"{where(i)}: {label} must be 1..{MAX_NAME_LENGTH} printable "
                                   "characters")
-        if user in seen:
-            raise RosterError(f"{where(i)}: user appears more than once in the roster")
-        seen.add(user)
+        first = seen.setdefault(user, i)
+        if first != i:
+            raise RosterError(f"{where(i)}: user appears more than once in the roster (also at {where(first)}; "
+                              "ids are compared trimmed, and emails case-insensitively)")
         out.append((user, team))
     if not out:
         raise RosterError("roster is empty")
@@ -201,7 +230,8 @@ class RosterCache:
         version = store.roster.version(tx)
         with self._lock:
             if version != self._version:
-                self._teams = store.roster.members(tx)
+                # Rosters imported before ids were normalised hold them as written: normalise here too.
+                self._teams = {user_ids.normalise(u): t for u, t in store.roster.members(tx).items()}
                 self._version = version
             return self._version, self._teams
 

@@ -137,8 +137,10 @@ def _guard(handler: grpc.RpcMethodHandler | None, method: str, admit: Admit,
     """
     if handler is None:
         def unknown(requests: Any, context: grpc.ServicerContext) -> Any:
-            admit(context, False)
-            abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not found")
+            who = admit(context, False)
+            # The caller's own role, for a client that must learn it without being denied
+            # (the dashboard's sign-in): it holds the token, so it learns nothing new.
+            abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not found", metadata={"role": who.role.value})
 
         # Stream-stream never reads the request, so it answers any kind of client call.
         return grpc.stream_stream_rpc_method_handler(unknown)

@@ -66,11 +66,12 @@ ONCE_PER_SERVER = frozenset({"chorus_build_info", "chorus_windows", "chorus_wind
                              "chorus_budgets_exhausted"})
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """(host, port) of a HOST:PORT listen address ([::1]:9464 for IPv6); ValueError says what is wrong."""
+def parse_address(address: str, flag: str = "--metrics-listen", example: str = "127.0.0.1:9464") -> tuple[str, int]:
+    """(host, port) of a HOST:PORT listen address ([::1]:9464 for IPv6); ValueError says what is
+    wrong, naming `flag` and a well-formed `example`."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--metrics-listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+        raise ValueError(f"{flag} {address!r} is not a listen address: expected HOST:PORT, e.g. {example}")
     return host.strip("[]"), int(port)
 
 
@@ -238,7 +239,21 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield from self._ingest()
+        yield self._otlp()
         yield from self._store_state()
+
+    def _otlp(self) -> Metric:
+        """OTLP data points by outcome, reason and instrument. Outcomes and reasons are written in
+        the code (domain/otlp/export.py); instrument names are those the configuration or the
+        shipped presets map, any other is "other"."""
+        family = CounterMetricFamily("chorus_otlp_data_points", "OTLP data points by outcome (counted, duplicate, "
+                                     "clamped, ignored_unmapped, ignored_filtered, ignored_negative_net, rejected), "
+                                     "rejection reason and instrument name.",
+                                     labels=["outcome", "reason", "instrument"])
+        for (outcome, instrument), n in sorted(self._chorus.otlp.stats.by_instrument().items()):
+            kind, _, reason = outcome.partition(": ")
+            family.add_metric([kind, reason, instrument], n)
+        return family
 
     def _ingest(self) -> Iterator[Metric]:
         counts, rejected = self._chorus.ingestor.stats.snapshot()

@@ -101,7 +101,9 @@ class OidcVerifier:
         """The issuer's signing keys, fetched again once `jwks_cache_seconds` old."""
         with self._lock:
             if self._keys is None or self._monotonic() - self._fetched >= self._config.jwks_cache_seconds:
-                self._refresh(force=self._keys is None)
+                # The very first fetch is never held back; later ones (a failed first fetch
+                # included) at most once per interval, so an unreachable issuer is not asked per call.
+                self._refresh(force=self._tried == -float("inf"))
             if self._keys is None:
                 raise Refused("the identity provider's signing keys could not be fetched; retry later")
             return self._keys
