@@ -19,13 +19,24 @@ from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server, TlsConfig
 from tests._certs import make_certs
 from tests._policy import suite_config
-from tests.e2e.conftest import Running
 
 pytestmark = pytest.mark.slow
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "chorus.client" and r.levelno >= logging.WARNING]
+
+
+class Running:
+    """A real server on 127.0.0.1:0 with one person on the roster and an ingest token."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.chorus = Chorus(suite_config(), data_dir)
+        self.chorus.import_roster([("user-team-red-0", "team-red")], actor="test")
+        self.ingest_token, _ = self.chorus.tokens.create(Role.INGEST, "tool", self.chorus.clock.now(), "test")
+        self.server = Server(self.chorus, "127.0.0.1:0")
+        self.server.start()
+        self.address = self.server.address
 
 
 @pytest.fixture
