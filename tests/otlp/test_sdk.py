@@ -97,7 +97,7 @@ def test_released_sums_after_close_match_the_clamped_truth(tmp_path: Path) -> No
             admin_pb2_grpc.AdminServiceStub(channel).CloseWindow(admin_pb2.CloseWindowRequest(window=today()),
                                                                  metadata=auth)
             reply = release_pb2_grpc.ReleaseServiceStub(channel).Release(release_pb2.ReleaseRequest(
-                window=today, teams=["team-red"], metrics=["ai.tokens"],
+                window=today(), teams=["team-red"], metrics=["ai.tokens"],
                 statistics=[release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_SUM, epsilon="100000")]),
                 metadata=(("authorization", f"Bearer {server.analyst_token}"),))
         estimate = reply.teams[0].estimates[0]
