@@ -107,15 +107,21 @@ def test_released_sums_after_close_match_the_clamped_truth(tmp_path: Path) -> No
         server.stop()
 
 
-def test_config_without_otlp_ignores_every_point(tmp_path: Path) -> None:
+def one_unmapped_point(tmp_path: Path) -> OtlpServer:
+    """A server without [otlp] that was sent one Claude Code point (which it ignores)."""
     from tests._policy import suite_config
     server = OtlpServer(tmp_path / "data", suite_config())
+    meters = provider(grpc_exporter(server, delta=True))
+    meters.get_meter("tool").create_counter("claude_code.token.usage").add(
+        5, {"user.email": "user-team-red-0", "type": "input"})
+    assert meters.force_flush(10_000)
+    meters.shutdown()
+    return server
+
+
+def test_config_without_otlp_ignores_every_point(tmp_path: Path) -> None:
+    server = one_unmapped_point(tmp_path)
     try:
-        meters = provider(grpc_exporter(server, delta=True))
-        meters.get_meter("tool").create_counter("claude_code.token.usage").add(
-            5, {"user.email": "user-team-red-0", "type": "input"})
-        assert meters.force_flush(10_000)
-        meters.shutdown()
         assert server.totals() == {}
         assert server.chorus.otlp.stats.snapshot() == {"ignored_unmapped": 1}
     finally:
@@ -135,14 +141,8 @@ def test_the_mapping_is_frozen_into_the_window_policy(otlp_server: OtlpServer) -
 @pytest.mark.slow
 def test_chorus_stats_names_otlp_outcomes_in_words(tmp_path: Path) -> None:
     """The table says what happened to the points; json keeps the machine key (issue 23)."""
-    from tests._policy import suite_config
-    server = OtlpServer(tmp_path / "data", suite_config())
+    server = one_unmapped_point(tmp_path)
     try:
-        meters = provider(grpc_exporter(server, delta=True))
-        meters.get_meter("tool").create_counter("claude_code.token.usage").add(
-            5, {"user.email": "user-team-red-0", "type": "input"})
-        assert meters.force_flush(10_000)
-        meters.shutdown()
         (tmp_path / "admin.token").write_text(server.admin_token)
         args = [sys.executable, "-m", "chorus.server.cli", "stats", "--server", server.address,
                 "--token-file", str(tmp_path / "admin.token")]
