@@ -43,7 +43,7 @@ def test_listen_flag_beats_env_beats_config(tmp_path: Path, config: Path) -> Non
 
 
 @pytest.mark.parametrize(("variable", "flag", "message"), [
-    ("CHORUS_METRICS_LISTEN", "--metrics-listen", "--metrics-listen {!r}: expected HOST:PORT"),
+    ("CHORUS_METRICS_LISTEN", "--metrics-listen", "--metrics-listen {!r} is not a listen address"),
     ("CHORUS_LOG_FORMAT", "--log-format", "log format {!r}: must be one of text, json"),
     ("CHORUS_LOG_LEVEL", "--log-level", "log level {!r}: must be one of DEBUG"),
     ("CHORUS_WORKERS", "--workers", "--workers {!r}: expected a number from 1 to 64"),

@@ -13,7 +13,9 @@ def main() -> None:
     try:
         from chorus.server.cli import main as cli_main
     except ImportError as exc:
-        sys.exit(f"chorus: the server tools are not installed ({exc.name} is missing). Install them with "
-                 "`pip install 'chorus-telemetry[server]'` (or `pip install -e '.[server]'` in a checkout); "
+        # Chorus is not on a package registry: name only installs from its own source tree.
+        sys.exit(f"chorus: the server tools are not installed ({exc.name} is missing). Install them from "
+                 "the Chorus source tree: `pip install '.[server]'` in a checkout, or a wheel built from it "
+                 "(`python -m build`, then `pip install 'dist/chorus_telemetry-VERSION-py3-none-any.whl[server]'`); "
                  "the base install is the client SDK only.")
     cli_main()

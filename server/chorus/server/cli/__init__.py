@@ -6,8 +6,23 @@ from importlib.metadata import version as package_version
 from typing import Annotated
 
 import typer
+from typer import _completion_classes
 
-from chorus.server.cli import admin, audit, backup, certs, dashboard, demo, health, login, report, serve
+from chorus.server.cli import (
+    admin,
+    audit,
+    backup,
+    certs,
+    completion,
+    contexts,
+    dashboard,
+    demo,
+    digest,
+    health,
+    login,
+    report,
+    serve,
+)
 
 app = typer.Typer(help="Chorus: AI-usage telemetry that releases team statistics only, with "
                        "differential privacy. Nobody can be ranked.",
@@ -22,9 +37,16 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
-                                                       help="Print the version and exit.")] = None) -> None:
+def _main(ctx: typer.Context,
+          version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = None,
+          context: contexts.ContextOpt = None) -> None:
     """Chorus: AI-usage telemetry that releases team statistics only, with differential privacy."""
+    if ctx.resilient_parsing:  # shell completion: no file errors
+        return
+    selected = contexts.selected(context)
+    if selected is not None:  # flag > environment > context > default (cli/contexts.py)
+        ctx.default_map = contexts.default_map(ctx.command, selected)
 
 
 app.command("serve")(serve.serve)
@@ -43,8 +65,12 @@ app.command("budget")(audit.budget)
 app.command("privacy-statement")(audit.privacy_statement)
 app.command("dashboard")(dashboard.dashboard)
 app.command("report")(report.report)
+app.command("digest")(digest.digest)
 app.command("login")(login.login)
+app.add_typer(contexts.context_app, name="context")
+app.command("completion")(completion.completion)
 
 
 def main() -> None:
-    app()
+    _completion_classes.completion_init()  # typer's bash/zsh/fish answers to `chorus completion`'s scripts
+    app(prog_name=completion.PROG)
