@@ -18,6 +18,7 @@ from chorus.server.domain import audit
 from chorus.server.front.statement import StatementFormat, render_statement
 from chorus.server.model import config
 from chorus.server.model.calendar import WindowLength
+from chorus.server.privacy.budget import worst_case
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.server.transport.services.audit import AuditServicer
@@ -201,3 +202,15 @@ def test_the_statement_says_what_a_release_at_each_level_costs_each_person() -> 
     assert "A release about an org you are not in costs you nothing." in text
     assert "everything released about one day still reveals at most epsilon = 1 about you" in text
     assert "A team smaller than 5 is never released on its own, but its people are counted in their org's" in text
+
+
+def test_the_default_statement_states_the_yearly_worst_case_in_rho_and_as_epsilon_delta() -> None:
+    policy = config.load(None).policy
+    year = worst_case(policy.budget_per_window, 54)
+    text = " ".join(render_statement("2026-W48", policy, StatementFormat.TEXT).split())
+    assert "OpenDP's discrete Gaussian mechanism" in text
+    assert f"over a year that adds up to at most rho = 7.452 (54 x 0.138) in zero-concentrated differential " \
+           f"privacy, which is (epsilon = {year.epsilon:.1f}, delta = 1e-08) differential privacy" in text
+    assert "except with probability 1e-08: the worst case, where every budget is spent in full, whichever " \
+           "teams and orgs you moved between" in text
+    assert "spends the same rho from your team's budget too" in text

@@ -22,12 +22,15 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from chorus.server.dashboard import create_app
 from chorus.server.dashboard.sso import RENEW_BEFORE, Grant, SignOn, SsoSettings
 from chorus.server.dashboard.wsgi_server import DashboardServer
-from tests._idp import AUDIENCE, DASHBOARD_CLIENT, DASHBOARD_SECRET, IdentityProvider, free_port, oidc_toml
+from tests._idp import AUDIENCE, DASHBOARD_CLIENT, DASHBOARD_SECRET, USERS, IdentityProvider, free_port, oidc_toml
+from tests._secrets import register
 
 from .conftest import ANALYST_PAGES, AUDITOR_PAGES, DASHBOARD_TOML, Stack, build_stack
 from .test_browser import browser  # noqa: F401  (the module's Chromium, a fixture)
 
 pytestmark = pytest.mark.slow  # a real browser, a Node.js provider and servers on sockets
+
+register(*(user["email"] for user in USERS.values()))  # people's names never reach the log
 
 #: The dashboard's access tokens live this long, so a renewal is due a few seconds after sign-in.
 TOKEN_SECONDS = int(RENEW_BEFORE.total_seconds()) + 4
@@ -41,6 +44,7 @@ class RecordingSignOn(SignOn):
 
     def finish(self, *args: Any, **kwargs: Any) -> tuple[Grant, str | None]:
         grant, next_page = super().finish(*args, **kwargs)
+        register(*(t for t in (grant.access_token, grant.refresh_token) if t))  # never in a log record
         self.last = grant
         return grant, next_page
 

@@ -58,9 +58,10 @@ def test_ready_is_notified_when_the_port_answers(tmp_path: Path, count: int) -> 
             out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
     assert (tmp_path / "data" / "admin.token").exists()  # CHORUS_DATA_DIR
-    records = [json.loads(line) for line in (out + err).splitlines() if line.strip()]  # CHORUS_LOG_FORMAT=json
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]  # CHORUS_LOG_FORMAT=json
+    assert out == ""  # every line, the announcements included, is a log record
+    assert any("metrics on http://127.0.0.1:" in r["message"] for r in records)  # CHORUS_METRICS_LISTEN
     assert any(r["message"].startswith("window closer started") for r in records)
-    assert any(r["message"].startswith("metrics on http://127.0.0.1:") for r in records)  # CHORUS_METRICS_LISTEN
 
 
 def test_without_notify_socket_nothing_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:

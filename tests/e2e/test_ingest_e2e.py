@@ -18,11 +18,11 @@ from .conftest import Running, create_token, report_request
 #: Every test here starts a server, a process or a browser (tests/conftest.py, the fast lane).
 pytestmark = pytest.mark.slow
 
-TODAY = datetime.now(UTC).date().isoformat()
 
-
-def stored_totals(data_dir, window: str = TODAY) -> dict[tuple[str, str], int]:
-    """Per-person totals by (user, metric), recomputing pseudonyms from the open window's key."""
+def stored_totals(data_dir, window: str | None = None) -> dict[tuple[str, str], int]:
+    """Per-person totals by (user, metric), recomputing pseudonyms from the open window's key
+    (today's unless told: read when asked, since a run may cross midnight)."""
+    window = window or datetime.now(UTC).date().isoformat()
     users = [u for (u,) in sqlite_rows(data_dir, "SELECT user_id FROM roster")]
     return person_totals(lambda sql, params: sqlite_rows(data_dir, sql, tuple(params)), window, users)
 

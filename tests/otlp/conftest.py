@@ -21,7 +21,10 @@ from tests._roster import ROSTER, import_roster
 from tests._usage import person_totals
 from tests.e2e._servers import sqlite_rows
 
-TODAY = datetime.now(UTC).date().isoformat()
+
+def today() -> str:
+    """The UTC day's window id, read when asked: a suite running across midnight changes window."""
+    return datetime.now(UTC).date().isoformat()
 
 
 class OtlpServer:
@@ -44,13 +47,16 @@ class OtlpServer:
     def stop(self) -> None:
         self.server.stop(grace=1)
 
-    def totals(self, window: str = TODAY) -> dict[tuple[str, str], int]:
+    def totals(self, window: str | None = None) -> dict[tuple[str, str], int]:
         """Per-person totals by (user, metric) in an open window (recomputing pseudonyms)."""
-        return person_totals(lambda sql, params: sqlite_rows(self.data_dir, sql, tuple(params)), window,
+        return person_totals(lambda sql, params: sqlite_rows(self.data_dir, sql, tuple(params)), window or today(),
                              [u for u, _ in ROSTER])
 
     def rows(self, sql: str) -> list[tuple]:
         return sqlite_rows(self.data_dir, sql)
+
+    def rows_with(self, sql: str, params: tuple) -> list[tuple]:
+        return sqlite_rows(self.data_dir, sql, params)
 
     def stored_nothing(self) -> bool:
         """No usage row and no OTLP state in any window."""

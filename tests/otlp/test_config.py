@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from chorus.server.model import config
 from chorus.server.model.otlp_mapping import KNOWN_KEYS, KNOWN_MAPPING_KEYS
-from tests._policy import SUITE_TOML
+from chorus.server.root import Chorus
+from tests._policy import OTLP_TOML, SUITE_TOML
 
 
 def parse(otlp: str) -> config.Config:
@@ -82,3 +85,23 @@ def test_default_config_ships_commented_mappings_that_parse_when_enabled() -> No
     assert '# name = "gen_ai.client.token.usage"' in enabled
     assert {m.name.split(".")[0] for m in otlp.metrics} == {"claude_code", "gemini_cli", "codex"}
     assert enabled == config.with_otlp_enabled(plain)
+
+
+@pytest.mark.slow
+def test_a_mapping_switched_on_while_a_window_is_open_is_logged_with_when_it_applies(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = Chorus(config.parse(tomllib.loads(SUITE_TOML)), tmp_path / "data")
+    try:
+        first.closer.tick()
+    finally:
+        first.close()
+    caplog.set_level(logging.WARNING, logger="chorus.server.domain.closer")
+    second = Chorus(config.parse(tomllib.loads(OTLP_TOML)), tmp_path / "data")
+    try:
+        second.closer.tick()
+        second.closer.tick()  # once per window, not per tick
+    finally:
+        second.close()
+    lines = [r.getMessage() for r in caplog.records if "frozen when it opened" in r.getMessage()]
+    assert len(lines) == 1
+    assert "differs in otlp, which apply from the next window (from " in lines[0]

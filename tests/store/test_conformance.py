@@ -12,11 +12,11 @@ from threading import Event
 
 import pytest
 
-from chorus.server.domain import release
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.ingest import BatchIdReused, Reason
 from chorus.server.domain.ledger import read_entries
 from chorus.server.domain.release import BudgetExceeded, Releases, StatisticRequest
+from chorus.server.domain.release.transaction import RequestTransaction
 from chorus.server.domain.tokens import TokenError
 from chorus.server.model import config
 from chorus.server.model.ledger_format import entry_hash
@@ -376,7 +376,7 @@ def test_a_release_whose_twin_commits_between_its_reads_gets_the_twins_answer(
     winner: dict[tuple[str, str, str], tuple[str, bool]] = {}
 
     def after_first_read(name: str):  # type: ignore[no-untyped-def]
-        real = getattr(release._Release, name)
+        real = getattr(RequestTransaction, name)
 
         def read(self, *args):  # type: ignore[no-untyped-def]
             out = real(self, *args)
@@ -386,7 +386,7 @@ def test_a_release_whose_twin_commits_between_its_reads_gets_the_twins_answer(
         return read
 
     for name in ("budgets", "stored"):
-        monkeypatch.setattr(release._Release, name, after_first_read(name))
+        monkeypatch.setattr(RequestTransaction, name, after_first_read(name))
     loser = Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy).release(
         WINDOW, [], [], [], requester="loser")
 

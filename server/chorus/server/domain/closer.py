@@ -37,12 +37,16 @@ class WindowCloser:
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._current: str | None = None  # the open window this closer last compared
 
     def tick(self) -> list[window_store.CloseResult]:
         """One pass; returns the windows this replica closed."""
         now = self._clock.now()
-        self._db.run(lambda tx: window_store.ensure_current(tx, self._policy, self._ledger, now),
-                     name="open_current")
+        current = self._db.run(lambda tx: window_store.ensure_current(tx, self._policy, self._ledger, now),
+                               name="open_current")
+        if current is not None and current.id != self._current:
+            self._current = current.id
+            self._log_policy_change(current)
         closed = []
         for window_id in self._db.run(lambda tx: window_store.due(tx, now), name="due_windows"):
             result = self._db.run(partial(self._close, window_id=window_id, now=now), name="close_window")
@@ -60,6 +64,16 @@ class WindowCloser:
         else:
             self._shredder.tick()  # a retry, when one is pending and its backoff has passed
         return closed
+
+    def _log_policy_change(self, current: window_store.WindowRecord) -> None:
+        """At start and when a window opens: say when the configuration's policy is not the one
+        the open window froze (a mapping or a bound changed while it was open), so an operator
+        who switched OTLP mappings on mid-window knows why points are ignored until the next."""
+        changed = window_store.policy_differences(current.policy, self._policy)
+        if changed:
+            _log.warning("window %s counts with the policy frozen when it opened; this server's configuration "
+                         "differs in %s, which apply from the next window (from %s)", current.id,
+                         ", ".join(changed), current.end.isoformat())
 
     def _close(self, tx: Tx, *, window_id: str, now: datetime) -> window_store.CloseResult | None:
         if not tx.lock_closer():

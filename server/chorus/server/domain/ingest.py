@@ -46,6 +46,7 @@ from chorus.server import store
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.ledger import Ledger
 from chorus.server.domain.roster import RosterCache
+from chorus.server.model import user_ids
 from chorus.server.model.clock import Clock
 from chorus.server.model.config import Limits
 from chorus.server.model.policy import Policy
@@ -97,9 +98,13 @@ class Grouped:
 
 
 def group(contributions: Sequence[Contribution]) -> Grouped:
+    """Group by (event time, normalised user id): `Report` and OTLP name a person the same way
+    the roster does (`chorus.server.model.user_ids`)."""
     groups: Groups = {}
     metrics = set()
-    for index, (user, metric, value, when) in enumerate(contributions):
+    normalise = user_ids.normalise
+    for index, (raw, metric, value, when) in enumerate(contributions):
+        user = normalise(raw)
         metrics.add(metric)
         entries = groups.get((when, user))
         if entries is None:

@@ -21,7 +21,7 @@ from typing import Any
 from chorus.server import store
 from chorus.server.domain import shred
 from chorus.server.domain.ledger import Ledger
-from chorus.server.model import hierarchy
+from chorus.server.model import hierarchy, user_ids
 from chorus.server.model.clock import Clock
 from chorus.server.store import Database, Tx
 
@@ -141,17 +141,20 @@ def team_orgs(rows: list[tuple[str, str]], orgs: list[str],
 
 
 def validate(rows: Iterable[tuple[str, str]], where: Any = lambda i: f"entry {i}") -> list[tuple[str, str]]:
-    """Check names and uniqueness; errors name the position, never the user id."""
-    seen: set[str] = set()
+    """Check names and uniqueness of the normalised user ids (`user_ids.normalise`), which are
+    what is returned; errors name the positions, never the user id."""
+    seen: dict[str, int] = {}
     out = []
-    for i, (user, team) in enumerate(rows):
+    for i, (raw, team) in enumerate(rows):
+        user = user_ids.normalise(raw)
         for label, value in (("user", user), ("team", team)):
             if not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
                 raise RosterError(f"{where(i)}: {label} must be 1..{MAX_NAME_LENGTH} printable "
                                   "characters")
-        if user in seen:
-            raise RosterError(f"{where(i)}: user appears more than once in the roster")
-        seen.add(user)
+        first = seen.setdefault(user, i)
+        if first != i:
+            raise RosterError(f"{where(i)}: user appears more than once in the roster (also at {where(first)}; "
+                              "ids are compared trimmed, and emails case-insensitively)")
         out.append((user, team))
     if not out:
         raise RosterError("roster is empty")
@@ -227,7 +230,8 @@ class RosterCache:
         version = store.roster.version(tx)
         with self._lock:
             if version != self._version:
-                self._teams = store.roster.members(tx)
+                # Rosters imported before ids were normalised hold them as written: normalise here too.
+                self._teams = {user_ids.normalise(u): t for u, t in store.roster.members(tx).items()}
                 self._version = version
             return self._version, self._teams
 

@@ -178,9 +178,16 @@ def _create(tx: Tx, span: WindowSpan, policy: Policy, ledger: Ledger, now: datet
     return OpenWindow(record, key)
 
 
-def ensure_current(tx: Tx, policy: Policy, ledger: Ledger, now: datetime) -> None:
-    """Open the window containing `now` so its policy is frozen before data arrives."""
-    open_for_ingest(tx, span_at(tx, now, policy.window_length), policy, ledger, now)
+def ensure_current(tx: Tx, policy: Policy, ledger: Ledger, now: datetime) -> WindowRecord | None:
+    """Open the window containing `now` so its policy is frozen before data arrives; its record."""
+    found = open_for_ingest(tx, span_at(tx, now, policy.window_length), policy, ledger, now)
+    return found.record if isinstance(found, OpenWindow) else found
+
+
+def policy_differences(frozen: Policy, configured: Policy) -> list[str]:
+    """The top-level parts (`metrics`, `otlp`, `release_plan`, ...) in which two policies differ."""
+    a, b = frozen.to_json(), configured.to_json()
+    return sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key))
 
 
 def due(tx: Tx, now: datetime) -> list[str]:
@@ -226,7 +233,7 @@ def close(tx: Tx, window_id: str, ledger: Ledger, now: datetime, actor: str) -> 
          for t in teams for m in policy.metrics])
     store.budgets.open_window(tx, window_id, teams, policy.budget_per_window)
     store.usage.delete_window(tx, window_id)
-    otlp_series.close_window(tx, window_id)  # needs the key: carries cumulative state, then shreds
+    otlp_series.close_window(tx, window_id)  # nothing carried: the next window counts from a baseline
     store.windows.delete_key(tx, window_id)
     shred.record(tx, shred.window_subject(window_id), now)
     oldest_open = store.windows.oldest_open_start(tx)

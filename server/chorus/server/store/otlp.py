@@ -5,7 +5,7 @@ multi-row `INSERT ... ON CONFLICT DO NOTHING RETURNING` (`record_points`), which
 exactly the rows it inserted (a concurrent export of the same point waits on the row lock,
 then finds the conflict); keys go in sorted so concurrent transactions lock in one order. A
 cumulative series keeps only its latest point per window (`remember`: an older point never
-replaces a newer), keyed and sealed with the window's key by the domain
+replaces a newer), keyed with the window's key by the domain
 (chorus.server.domain.otlp.series). Both tables' rows of a window are deleted at its close
 (`delete_window`).
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from chorus.server.store._db import Tx
 
-__all__ = ["delete_window", "latest", "record_points", "remember", "series_of_window"]
+__all__ = ["delete_window", "latest", "record_points", "remember"]
 
 #: Rows per multi-row INSERT of point keys (two parameters each; well under either engine's limit).
 _CHUNK = 500
@@ -50,12 +50,6 @@ def remember(tx: Tx, window: str, series_key: bytes, start_ns: int, time_ns: int
                "start_ns = excluded.start_ns, time_ns = excluded.time_ns, value = excluded.value, "
                "sealed = excluded.sealed WHERE otlp_series.time_ns < excluded.time_ns",
                (window, series_key, start_ns, time_ns, value, sealed))
-
-
-def series_of_window(tx: Tx, window: str) -> list[tuple[int, int, float, bytes]]:
-    """(start_ns, time_ns, value, sealed) of every series of `window`."""
-    return [(int(s), int(t), float(v), bytes(b)) for s, t, v, b in tx.query(
-        "SELECT start_ns, time_ns, value, sealed FROM otlp_series WHERE window_id = ?", (window,))]
 
 
 def delete_window(tx: Tx, window: str) -> None:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from chorus.server.store._db import Tx
 
-__all__ = ["WindowRow", "closed_unpurged", "containing", "count_by_state", "count_overdue", "create",
-           "delete_key", "due", "get", "key", "latest_closed", "mark_closed", "mark_plan_released", "mark_purged",
-           "newest_policy_overlapping", "next_open_key", "oldest_open_start", "open_ids", "open_keys", "overlapping",
+__all__ = ["WindowRow", "closed_unpurged", "closed_until", "containing", "count_by_state", "count_overdue",
+           "create", "delete_key", "due", "get", "key", "latest_closed", "mark_closed", "mark_plan_released",
+           "mark_purged",
+           "newest_policy_overlapping", "oldest_open_start", "open_ids", "open_keys", "overlapping",
            "plan_pending", "plan_released", "with_key"]
 
 _COLUMNS = "id, start_at, end_at, closes_at, state, policy, closed_at"
@@ -121,15 +122,6 @@ def open_keys(tx: Tx) -> list[tuple[str, bytes]]:
         "SELECT w.id, k.hmac_key FROM windows w JOIN window_keys k ON k.window_id = w.id WHERE w.state = 'open'")]
 
 
-def next_open_key(tx: Tx, window: str) -> tuple[str, bytes] | None:
-    """(id, key) of the first open window starting at or after `window`'s end, if any."""
-    rows = tx.query(
-        "SELECT w.id, k.hmac_key FROM windows w JOIN window_keys k ON k.window_id = w.id "
-        "WHERE w.state = 'open' AND w.start_at >= (SELECT end_at FROM windows WHERE id = ?) "
-        "ORDER BY w.start_at LIMIT 1", (window,))
-    return (rows[0][0], bytes(rows[0][1])) if rows else None
-
-
 def oldest_open_start(tx: Tx) -> int | None:
     """The start of the oldest open window, if any is open."""
     (oldest,), = tx.query("SELECT MIN(start_at) FROM windows WHERE state = 'open'")
@@ -173,6 +165,12 @@ def count_by_state(tx: Tx) -> dict[str, int]:
 def count_overdue(tx: Tx, now: int) -> int:
     """Open windows whose close time is before `now`."""
     return int(tx.query("SELECT COUNT(*) FROM windows WHERE state = 'open' AND closes_at < ?", (now,))[0][0])
+
+
+def closed_until(tx: Tx) -> int | None:
+    """The latest end of a closed window, if any is closed."""
+    (end,), = tx.query("SELECT MAX(end_at) FROM windows WHERE state = 'closed'")
+    return None if end is None else int(end)
 
 
 def latest_closed(tx: Tx) -> str | None:

@@ -239,7 +239,21 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield from self._ingest()
+        yield self._otlp()
         yield from self._store_state()
+
+    def _otlp(self) -> Metric:
+        """OTLP data points by outcome, reason and instrument. Outcomes and reasons are written in
+        the code (domain/otlp/export.py); instrument names are those the configuration or the
+        shipped presets map, any other is "other"."""
+        family = CounterMetricFamily("chorus_otlp_data_points", "OTLP data points by outcome (counted, duplicate, "
+                                     "clamped, ignored_unmapped, ignored_filtered, ignored_negative_net, rejected), "
+                                     "rejection reason and instrument name.",
+                                     labels=["outcome", "reason", "instrument"])
+        for (outcome, instrument), n in sorted(self._chorus.otlp.stats.by_instrument().items()):
+            kind, _, reason = outcome.partition(": ")
+            family.add_metric([kind, reason, instrument], n)
+        return family
 
     def _ingest(self) -> Iterator[Metric]:
         counts, rejected = self._chorus.ingestor.stats.snapshot()

@@ -14,7 +14,9 @@ Rejections are summarised by reason with counts; no message names a person or an
 
 from __future__ import annotations
 
+import logging
 import threading
+import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,12 +29,16 @@ from chorus.server.domain.ingest import Contribution, Ingestor, Rejection
 from chorus.server.domain.otlp import series
 from chorus.server.domain.otlp.points import InvalidExport, Point, count_points, flatten
 from chorus.server.domain.roster import RosterCache
+from chorus.server.model import config
 from chorus.server.model.clock import Clock
 from chorus.server.model.config import Limits
 from chorus.server.model.otlp_mapping import OtlpMapping
 from chorus.server.model.policy import Policy
 from chorus.server.store import Database, Tx
 
+_log = logging.getLogger(__name__)
+#: `_increase`'s answer for a point that only sets a series' baseline (values are never negative).
+BASELINE = -1.0
 #: Scaled values (and cumulative totals) above this cannot be a real count.
 MAX_VALUE = 2.0**62
 
@@ -45,20 +51,45 @@ class ExportResult:
     outcomes: Counter[str]  # every point's outcome, for the operator's counters
 
 
+#: An instrument label for names neither the configuration nor the shipped presets know: a
+#: client's invented name never becomes a Prometheus series.
+OTHER = "other"
+#: A warning per outcome (ignored or rejected) at most this often.
+LOG_EVERY_SECONDS = 60.0
+
+
+def _preset_instruments() -> frozenset[str]:
+    otlp = config.parse(tomllib.loads(config.with_otlp_enabled(config.DEFAULT_TOML))).policy.otlp
+    return frozenset(m.name for m in otlp.metrics) if otlp else frozenset()
+
+
 class OtlpStats:
-    """Data points by outcome since start (accepted, duplicate, ignored_unmapped, rejected_...)."""
+    """Data points by outcome since start (counted, duplicate, ignored_..., rejected: ...), and by
+    (outcome, instrument) for the operator's counters, with instrument names limited to `known`."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: frozenset[str] = frozenset()) -> None:
         self._lock = threading.Lock()
+        self._known = known
         self._counts: Counter[str] = Counter()
+        self._by_instrument: Counter[tuple[str, str]] = Counter()
 
-    def record(self, outcomes: Counter[str]) -> None:
+    def record(self, outcomes: Counter[str], by_instrument: Counter[tuple[str, str]] | None = None) -> None:
         with self._lock:
             self._counts.update(outcomes)
+            for (outcome, name), n in (by_instrument or Counter()).items():
+                self._by_instrument[(outcome, self.label(name))] += n
+
+    def label(self, instrument: str) -> str:
+        return instrument if instrument in self._known else OTHER
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def by_instrument(self) -> dict[tuple[str, str], int]:
+        """(outcome, instrument label) -> data points, for Prometheus."""
+        with self._lock:
+            return dict(self._by_instrument)
 
 
 class OtlpIngestor:
@@ -70,7 +101,9 @@ class OtlpIngestor:
         self._clock = clock
         self._roster = roster
         self._ingestor = ingestor
-        self.stats = OtlpStats()
+        mapped = frozenset(m.name for m in policy.otlp.metrics) if policy.otlp else frozenset()
+        self.stats = OtlpStats(mapped | _preset_instruments())
+        self._logged: dict[str, float] = {}  # outcome -> when it was last logged (clock seconds)
 
     def check(self, request: ExportMetricsServiceRequest) -> int:
         """The request's data point count; InvalidExport when it is over the limit."""
@@ -87,9 +120,12 @@ class OtlpIngestor:
         # Cumulative points of a series must be seen in time order.
         points = sorted(flat.points, key=lambda p: p.time_ns)
         now = self._clock.now()
-        outcomes = self._db.run(lambda tx: self._apply(tx, points, now), name="otlp_export")
-        outcomes["ignored_unmapped"] += flat.unmapped
-        self.stats.record(outcomes)
+        outcomes, by_instrument = self._db.run(lambda tx: self._apply(tx, points, now), name="otlp_export")
+        for name, n in flat.unmapped.items():
+            outcomes["ignored_unmapped"] += n
+            by_instrument[("ignored_unmapped", name)] += n
+        self.stats.record(outcomes, by_instrument)
+        self._log_unusual(by_instrument, now.timestamp())
         rejected = {k.removeprefix("rejected: "): v for k, v in outcomes.items() if k.startswith("rejected: ")}
         total = sum(rejected.values())
         message = ""
@@ -98,11 +134,32 @@ class OtlpIngestor:
                 f"{n} {reason}" for reason, n in sorted(rejected.items()))
         return ExportResult(outcomes["counted"], total, message, outcomes)
 
-    def _apply(self, tx: Tx, points: list[Point], now: datetime) -> Counter[str]:
+    def _log_unusual(self, by_instrument: Counter[tuple[str, str]], now: float) -> None:
+        """Warn about ignored and rejected points, at most once a minute per outcome; the
+        message names the outcome and instrument names (never an attribute value or person)."""
+        unusual: dict[str, Counter[str]] = {}
+        for (outcome, name), n in by_instrument.items():
+            if outcome.startswith(("ignored", "rejected")):
+                unusual.setdefault(outcome, Counter())[self.stats.label(name)] += n
+        for outcome, names in sorted(unusual.items()):
+            if now - self._logged.get(outcome, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+                self._logged[outcome] = now
+                _log.warning("OTLP: %d data point(s) %s (%s); this warning repeats at most once a minute",
+                             sum(names.values()), outcome.replace(": ", " "),
+                             ", ".join(f"{name}: {n}" for name, n in sorted(names.items())))
+
+    def _apply(self, tx: Tx, points: list[Point],
+               now: datetime) -> tuple[Counter[str], Counter[tuple[str, str]]]:
         outcomes: Counter[str] = Counter()
+        by_instrument: Counter[tuple[str, str]] = Counter()
+
+        def note(outcome: str, p: Point) -> None:
+            outcomes[outcome] += 1
+            by_instrument[(outcome, p.instrument)] += 1
         team_of = self._roster.current(tx).get
         windows: dict[str, window_store.OpenWindow | Rejection] = {}
         open_keys: list[tuple[str, bytes]] | None = None
+        closed_until_ns = 0  # the latest end of a closed window, read with open_keys
         # What counts, summed per (person, metric, time) before the ingest rules: an export often
         # carries several points per person (input and output tokens, several sessions).
         sums: dict[tuple[str, str, datetime], int] = {}
@@ -116,51 +173,57 @@ class OtlpIngestor:
                     when = datetime.fromtimestamp(p.time_ns / 1e9, UTC)
                     cached = by_time[p.time_ns] = (when, self._ingestor.window_for(tx, when, now, windows))
                 except (OverflowError, ValueError, OSError):
-                    outcomes["rejected: with a time_unix_nano outside years 1..9999"] += 1
+                    note("rejected: with a time_unix_nano outside years 1..9999", p)
                     continue
             when, window = cached
             if isinstance(window, Rejection):
-                outcomes[f"rejected: {window.reason.name.lower()} (window not taking contributions)"] += 1
+                note(f"rejected: {window.reason.name.lower()} (window not taking contributions)", p)
                 continue
             frozen = window.record.policy.otlp
             mappings = frozen.admitted(p.instrument, p.strings, p.resource) if frozen else ()
             if not mappings:
-                outcomes["ignored_filtered"] += 1
+                note("ignored_filtered", p)
                 continue
             if p.problem:
-                outcomes[f"rejected: {p.problem}"] += 1
+                note(f"rejected: {p.problem}", p)
                 continue
             assert frozen is not None  # it admitted the point
             if p.identity is None:
-                outcomes[f"rejected: without an identity attribute ({', '.join(frozen.identity_attributes)})"] += 1
+                note(f"rejected: without an identity attribute ({', '.join(frozen.identity_attributes)})", p)
                 continue
             if team_of(p.identity) is None:
-                outcomes["rejected: with an identity not on the roster"] += 1
+                note("rejected: with an identity not on the roster", p)
                 continue
             if p.value * frozen.max_scale(p.instrument) > MAX_VALUE:
-                outcomes["rejected: a value too large to be a count"] += 1
+                note("rejected: a value too large to be a count", p)
                 continue
             if p.cumulative:
                 if open_keys is None:
                     open_keys = store.windows.open_keys(tx)
-                increase = self._increase(tx, window, open_keys, p)
+                    closed_until_ns = (store.windows.closed_until(tx) or 0) * 10**9
+                increase = self._increase(tx, window, open_keys, closed_until_ns, p)
                 if increase is None:
-                    outcomes["duplicate"] += 1
+                    note("duplicate", p)
+                    continue
+                if increase is BASELINE:
+                    note("baseline", p)
                     continue
                 _add(sums, p.identity, increase, mappings, when)
                 counted += 1
+                by_instrument[("counted", p.instrument)] += 1
             else:
                 deltas.append(((window.record.id, series.point_key(window.key, p.series, p.time_ns)), p, mappings,
                                when))
         fresh = series.first_sights(tx, [pair for pair, *_ in deltas])
         for pair, p, mappings, when in deltas:
             if pair not in fresh:  # recorded by an earlier export, or earlier in this one
-                outcomes["duplicate"] += 1
+                note("duplicate", p)
                 continue
             fresh.discard(pair)
             assert p.identity is not None
             _add(sums, p.identity, p.value, mappings, when)
             counted += 1
+            by_instrument[("counted", p.instrument)] += 1
         if counted:
             outcomes["counted"] += counted
         if sums:
@@ -174,18 +237,23 @@ class OtlpIngestor:
                 outcomes["clamped"] += outcome.clamped
             for r in outcome.rejections:  # the checks above make this unreachable; never silent
                 outcomes[f"rejected: {r.reason.name.lower()}"] += 1
-        return outcomes
+        return outcomes, by_instrument
 
     @staticmethod
     def _increase(tx: Tx, window: window_store.OpenWindow, open_keys: list[tuple[str, bytes]],
-                  p: Point) -> float | None:
-        """The increase a cumulative point carries, or None when it is not newer than the series' last."""
+                  closed_until_ns: int, p: Point) -> float | None:
+        """The increase a cumulative point carries; None when it is not newer than the series'
+        last; BASELINE when it is the first seen of a series that started in a closed window."""
         assert p.identity is not None
         before = series.previous(tx, open_keys, p.identity, p.series)
         if before is not None and p.time_ns <= before.time_ns:
             return None  # a retry or an out-of-order point: already counted
         series.remember(tx, window.record.id, window.key, p.identity, p.series,
                         series.Previous(p.start_ns, p.time_ns, p.value))
+        if before is None and p.start_ns < closed_until_ns:
+            # A series that began before a closed window ended, unseen in any open one: part of its
+            # count belongs to that window, whose state was deleted at its close. A baseline only.
+            return BASELINE
         if before is None or before.start_ns != p.start_ns or p.value < before.value:
             return p.value  # first point of a series, or a reset: the increase since its start
         return p.value - before.value

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from chorus.server.model import user_ids
 from chorus.server.model.otlp_mapping import OtlpPolicy
 
 #: Attributes per data point or resource; more is an attribute bomb, refused whole.
@@ -59,7 +61,7 @@ class Point(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Flattened:
     points: list[Point]
-    unmapped: int  # data points of instruments no mapping names
+    unmapped: Counter[str]  # data points of instruments no mapping names, by instrument name
 
 
 def count_points(request: ExportMetricsServiceRequest) -> int:
@@ -77,7 +79,7 @@ def count_points(request: ExportMetricsServiceRequest) -> int:
 def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max_string: int) -> Flattened:
     """The points of mapped instruments (by `policy`, the current configuration's mapping)."""
     points: list[Point] = []
-    unmapped = 0
+    unmapped: Counter[str] = Counter()
     for resource_metrics in request.resource_metrics:
         resource_attrs = resource_metrics.resource.attributes
         resource_digest: bytes | None = None
@@ -89,7 +91,7 @@ def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max
                     continue
                 data = getattr(metric, kind)
                 if policy is None or not policy.mappings(metric.name):
-                    unmapped += len(data.data_points)
+                    unmapped[metric.name] += len(data.data_points)
                     continue
                 if resource_digest is None:
                     _check_bomb(resource_attrs, "resource")
@@ -159,6 +161,7 @@ def _identity(names: Sequence[str], point: dict[str, str], resource: dict[str, s
         for name in names:
             value = source.get(name)
             if value is not None:
+                value = user_ids.normalise(value)
                 return value if 0 < len(value) <= limit and value.isprintable() else None
     return None
 

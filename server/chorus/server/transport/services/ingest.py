@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import grpc
 
 from chorus.server.domain import ingest
+from chorus.server.model import user_ids
 from chorus.server.model.config import Limits
 from chorus.server.transport.gate import principal
 from chorus.server.transport.ratelimit import RateLimited, RateLimiter
@@ -95,6 +96,7 @@ def _contributions(request: ingest_pb2.ReportRequest) -> ingest.Grouped:
     times: dict[tuple[int, int], datetime] = {}
     groups: ingest.Groups = {}
     metrics = set()
+    normalise = user_ids.normalise
     for index, c in enumerate(request.contributions):
         stamp = c.event_time
         key = (stamp.seconds, stamp.nanos)
@@ -115,7 +117,7 @@ def _contributions(request: ingest_pb2.ReportRequest) -> ingest.Grouped:
                                           f"contributions[{index}].event_time.seconds") from None
         metric = c.metric
         metrics.add(metric)
-        person = (when, c.user)
+        person = (when, normalise(c.user))  # as ingest.group does: the roster's form of the id
         entries = groups.get(person)
         if entries is None:
             groups[person] = [(index, metric, c.value)]
