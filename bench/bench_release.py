@@ -34,8 +34,8 @@ from pathlib import Path
 
 from _bench import parse
 
-from chorus.server.domain import ingest, release
-from chorus.server.domain.release import ReleaseResult, Releases, StatisticRequest
+from chorus.server.domain import ingest
+from chorus.server.domain.release import ReleaseResult, Releases, StatisticRequest, postprocess
 from chorus.server.model import config
 from chorus.server.model.calendar import window_of
 from chorus.server.model.clock import FakeClock
@@ -149,7 +149,7 @@ def main() -> None:
             # The hierarchical report on a fresh copy, the consistency plans computed anew.
             data = Path(tmp) / f"tree-{r}"
             shutil.copytree(template, data)
-            release._plan.cache_clear()
+            postprocess.consistency_plan.cache_clear()
             chorus = Chorus(config.load(data / "chorus.toml"), data / "data", clock=FakeClock(NOON))
             releases = Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy)
             seconds, first = timed_report(releases, names, nodes)

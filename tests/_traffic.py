@@ -57,6 +57,8 @@ class Traffic:
     def after_rounds(self, extra: int) -> None:
         """Until every client has fed `extra` more rounds."""
         target = min(self.rounds) + extra
+        # A client that fed all max_rounds feeds no more: fail then, rather than wait forever.
+        assert target <= self.max_rounds, f"traffic ended at {self.max_rounds} rounds before {target}"
         while min(self.rounds) < target:
             time.sleep(0.01)
 

@@ -16,7 +16,7 @@ from tests._secrets import register
 
 from .conftest import FakeTransport, flush_threads
 
-TOKEN = "tok-3f9a-secret"
+TOKEN = "chorus_tok-3f9a-secret"
 register(TOKEN, "arg-token", "env-token")  # the session's log guard must never find them
 
 

@@ -52,12 +52,17 @@ def release_nodes(stack: Stack, *nodes: str) -> None:
     stack.release(LATEST, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM], nodes=nodes)
 
 
-def test_the_page_reads_only_and_prices_what_is_not_released(org_client: FlaskClient, org_stack: Stack) -> None:
+def test_the_page_reads_only_and_shows_what_the_overview_shows(org_client: FlaskClient, org_stack: Stack) -> None:
+    """An org nobody released at its node is its teams' releases added up, as on the overview (never
+    "not released" for a number another page shows); reading it spends nothing."""
     before = {b.team: b.spent for b in org_stack.budgets(LATEST)}
-    body = html.unescape(org_client.get("/orgs").get_data(as_text=True))
-    assert "not released (would cost epsilon" in body
     table = rows(org_client, f"/orgs.csv?window={LATEST}&chart=adoption")
-    assert table["engineering"]["outcome"].startswith("not released (would cost epsilon")
+    engineering = table["engineering"]
+    assert engineering["outcome"].startswith("from its ") and engineering["release"] == "post-processing"
+    assert not engineering["outcome"].startswith("not released") and table["sales"]["outcome"].startswith("from its ")
+    overview = {r["org"]: r for r in csv.DictReader(io.StringIO(org_client.get(
+        f"/overview.csv?window={LATEST}&chart=orgs").get_data(as_text=True)))}
+    assert float(engineering["value"]) == pytest.approx(float(overview["engineering"]["value"]))
     assert {b.team: b.spent for b in org_stack.budgets(LATEST)} == before
 
 

@@ -168,15 +168,15 @@ def test_the_interval_of_a_total_or_a_change_covers_at_least_95_percent() -> Non
 
 def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     from chorus.server.dashboard import headline
-    from chorus.server.privacy import mechanisms
+    from chorus.server.privacy import sums
     from chorus.v1 import common_pb2, release_pb2
 
     def team(name: str, total: float, active: float, roster: int) -> release_pb2.TeamRelease:
         return release_pb2.TeamRelease(team=name, roster_size=roster, estimates=[
-            release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_SUM, value=total, scale=1e5,
-                                 release_id=f"{name}-sum"),
-            release_pb2.Estimate(statistic=common_pb2.STATISTIC_ACTIVE, value=active, scale=2.0,
-                                 release_id=f"{name}-active")])
+            release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_SUM, value=total,
+                                 noisy_value=total, scale=1e5, release_id=f"{name}-sum"),
+            release_pb2.Estimate(statistic=common_pb2.STATISTIC_ACTIVE, value=active, noisy_value=active,
+                                 scale=2.0, release_id=f"{name}-active")])
 
     now = [team("red", 3e6, 8, 10), team("blue", 1e6, 5, 10), team("new", 5e5, 2, 5)]
     before = [team("red", 2e6, 6, 10), team("blue", 1e6, 5, 10)]
@@ -187,10 +187,11 @@ def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     assert "a real change" in tile.verdict  # 1M against a noise of about 0.7M
     adoption = headline.company(now, before, "W1")
     assert adoption is not None and adoption.value == "60.0%" and adoption.change == "+10.0 points since W1"
-    half = mechanisms.combined_ci95([(2.0, 1 / 20)] * 2 + [(2.0, -1 / 20)] * 2)
+    half = sums.ci95([(2.0, 1 / 20, sums.DISCRETE_LAPLACE)] * 2 + [(2.0, -1 / 20, sums.DISCRETE_LAPLACE)] * 2)
     assert adoption.change_interval == (f"95% interval of the change {(0.1 - half) * 100:+.1f} points to "
                                         f"{(0.1 + half) * 100:+.1f} points")
     assert "could be no change" in adoption.verdict
     assert headline.ranking([("a", Interval(10, 1)), ("b", Interval(5, 1))]).endswith("ranked as shown.")
-    assert "a and b: these numbers do not say which of them is higher" in headline.ranking(
-        [("a", Interval(10, 4)), ("b", Interval(5, 4))])
+    assert headline.ranking([("a", Interval(10, 4)), ("b", Interval(5, 4))]) == (
+        "Every row's 95% interval overlaps its neighbour's: these numbers do not rank them.")
+    assert headline.overlapping_pairs([("a", Interval(10, 4)), ("b", Interval(5, 4))]) == [("a", "b")]

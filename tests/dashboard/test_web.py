@@ -240,7 +240,11 @@ def test_team_comparisons_say_when_intervals_do_not_allow_ranking(client: FlaskC
     login(client, stack.tokens[Role.ANALYST])
     body = client.get("/overview").get_data(as_text=True)
     assert body.count('class="ranking"') >= 2
-    assert ("cannot be ranked" in body) or ("can be ranked as shown" in body)
+    said = [line.strip() for line in body.splitlines() if 'class="ranking"' in line]
+    assert all(("do not rank them" in s) or ("can be ranked as shown" in s) or ("neighbouring pairs" in s)
+               for s in said), said
+    # Said once, briefly; which pairs overlap is behind a disclosure.
+    assert all(len(s) < 200 for s in said) and '<details class="overlaps"><summary>Which neighbours overlap' in body
 
 
 def test_csv_downloads_hold_the_released_numbers_at_full_precision(
@@ -478,6 +482,25 @@ def test_a_release_names_its_teams_or_sends_nothing(client: FlaskClient, stack: 
     bad = client.get(f"/spend?window={LATEST}&statistic=histogram&team=team-nope&preview=1")
     assert bad.status_code == 400 and "team='team-nope' is not one of" in html.unescape(bad.get_data(as_text=True))
     assert (stack.budgets(), stack.ledger_size()) == before
+
+
+def test_the_ledger_filters_by_kind_window_and_team(client: FlaskClient, stack: Stack) -> None:
+    """The privacy officer's "everything released about team X": kind release and team X, every
+    entry of it naming team X; a bad kind is a 400 naming it."""
+    login(client, stack.tokens[Role.AUDITOR])
+    body = html.unescape(client.get("/ledger?kind=release&team=team-red").get_data(as_text=True))
+    assert "everything released about team team-red" in body
+    shown = re.findall(r'<pre>(.*?)</pre>', body, re.S)
+    assert shown and all('"team": "team-red"' in p and '"release_id"' in p for p in shown)
+    # The plan's noisy parts (active, four sums, the count under the mean of ai.tokens) in each window.
+    assert len(shown) == 6 * len(DAYS)
+    one = html.unescape(client.get(f"/ledger?kind=release&team=team-red&window={LATEST}").get_data(as_text=True))
+    assert len(re.findall(r"<pre>", one)) == 6
+    assert all(f'"window": "{LATEST}"' in p for p in re.findall(r'<pre>(.*?)</pre>', one, re.S))
+    closes = html.unescape(client.get("/ledger?kind=window_close").get_data(as_text=True))
+    assert "3 entries match" in closes
+    bad = client.get("/ledger?kind=nope")
+    assert bad.status_code == 400 and "kind=&#39;nope&#39; is not one of" in bad.get_data(as_text=True)
 
 
 @pytest.mark.slow

@@ -47,18 +47,23 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
 def test_after_the_demo_the_dashboard_landing_page_shows_the_plan_and_spends_nothing(tmp_path) -> None:
     from chorus.server.dashboard import Gateway, create_app
     from chorus.server.model import config
-    from chorus.server.model.roles import Role
     from chorus.server.root import Chorus
     from chorus.server.transport.grpc_server import Server
     from tests._dashboard import login
 
     data = tmp_path / "data"
-    result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "demo", "--keep", str(data)],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
-    assert result.returncode == 0, result.stdout + result.stderr
+    (tmp_path / "ledger.jsonl").write_text("mine")  # the demo writes nothing beside its directory
+    for _ in range(2):  # a second run replaces the first one's directory
+        result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "demo", "--keep", str(data)],
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "ledger.jsonl"]
+    assert (tmp_path / "ledger.jsonl").read_text() == "mine"
+    assert f"signed in with the analyst token in {data / 'analyst.token'}" in " ".join(result.stdout.split())
+    token = (data / "analyst.token").read_text().strip()  # README: sign in with it
+    assert (data / "analyst.token").stat().st_mode & 0o077 == 0
     chorus = Chorus(config.load(None), data)
-    token, _ = chorus.tokens.create(Role.ANALYST, "vp-after-demo", chorus.clock.now(), actor="test")
     server = Server(chorus, "127.0.0.1:0")
     server.start()
     gateway = Gateway(server.address)
@@ -84,3 +89,13 @@ def test_after_the_demo_the_dashboard_landing_page_shows_the_plan_and_spends_not
     finally:
         gateway.close()
         server.stop(grace=0)
+
+
+def test_demo_keep_refuses_a_directory_that_is_not_an_earlier_demo(tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "chorus.db").write_text("someone's data")
+    result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "demo", "--keep", str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: --keep {tmp_path / 'data'} is not empty and holds no earlier demo")
+    assert (tmp_path / "data" / "chorus.db").read_text() == "someone's data"

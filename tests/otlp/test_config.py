@@ -87,6 +87,7 @@ def test_default_config_ships_commented_mappings_that_parse_when_enabled() -> No
     assert enabled == config.with_otlp_enabled(plain)
 
 
+@pytest.mark.slow
 def test_a_mapping_switched_on_while_a_window_is_open_is_logged_with_when_it_applies(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     first = Chorus(config.parse(tomllib.loads(SUITE_TOML)), tmp_path / "data")

@@ -14,7 +14,7 @@ from tests._roster import ROSTER, import_roster
 from tests._usage import person_totals
 
 from ._requests import DELTA, export_grpc, now_ns, point, request, sum_metric
-from .conftest import TODAY, OtlpServer
+from .conftest import OtlpServer, today
 
 MIN = 60 * 10**9
 
@@ -47,7 +47,7 @@ def test_report_and_otlp_count_a_mixed_case_roster_id_as_one_person(tmp_path: Pa
             "claude_code.token.usage", [point(100.0, t - MIN, t, user__email="DEV1@example.COM", type="input")],
             DELTA)]))
         assert not reply.HasField("partial_success")
-        totals = person_totals(lambda sql, params: server.rows_with(sql, tuple(params)), TODAY,
+        totals = person_totals(lambda sql, params: server.rows_with(sql, tuple(params)), today(),
                                ["dev1@example.com"])
         assert totals == {("dev1@example.com", "ai.tokens"): 100, ("dev1@example.com", "ai.requests"): 2}
     finally:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -93,7 +97,7 @@ def test_released_sums_after_close_match_the_clamped_truth(tmp_path: Path) -> No
             admin_pb2_grpc.AdminServiceStub(channel).CloseWindow(admin_pb2.CloseWindowRequest(window=today()),
                                                                  metadata=auth)
             reply = release_pb2_grpc.ReleaseServiceStub(channel).Release(release_pb2.ReleaseRequest(
-                window=today, teams=["team-red"], metrics=["ai.tokens"],
+                window=today(), teams=["team-red"], metrics=["ai.tokens"],
                 statistics=[release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_SUM, epsilon="100000")]),
                 metadata=(("authorization", f"Bearer {server.analyst_token}"),))
         estimate = reply.teams[0].estimates[0]
@@ -103,15 +107,21 @@ def test_released_sums_after_close_match_the_clamped_truth(tmp_path: Path) -> No
         server.stop()
 
 
-def test_config_without_otlp_ignores_every_point(tmp_path: Path) -> None:
+def one_unmapped_point(tmp_path: Path) -> OtlpServer:
+    """A server without [otlp] that was sent one Claude Code point (which it ignores)."""
     from tests._policy import suite_config
     server = OtlpServer(tmp_path / "data", suite_config())
+    meters = provider(grpc_exporter(server, delta=True))
+    meters.get_meter("tool").create_counter("claude_code.token.usage").add(
+        5, {"user.email": "user-team-red-0", "type": "input"})
+    assert meters.force_flush(10_000)
+    meters.shutdown()
+    return server
+
+
+def test_config_without_otlp_ignores_every_point(tmp_path: Path) -> None:
+    server = one_unmapped_point(tmp_path)
     try:
-        meters = provider(grpc_exporter(server, delta=True))
-        meters.get_meter("tool").create_counter("claude_code.token.usage").add(
-            5, {"user.email": "user-team-red-0", "type": "input"})
-        assert meters.force_flush(10_000)
-        meters.shutdown()
         assert server.totals() == {}
         assert server.chorus.otlp.stats.snapshot() == {"ignored_unmapped": 1}
     finally:
@@ -126,3 +136,23 @@ def test_the_mapping_is_frozen_into_the_window_policy(otlp_server: OtlpServer) -
     (policy,), = otlp_server.rows(f"SELECT policy FROM windows WHERE id = '{today()}'")
     assert '"otlp":{"identity_attributes":["user.email","enduser.id"]' in policy
     assert otlp_config().policy.otlp is not None
+
+
+@pytest.mark.slow
+def test_chorus_stats_names_otlp_outcomes_in_words(tmp_path: Path) -> None:
+    """The table says what happened to the points; json keeps the machine key (issue 23)."""
+    server = one_unmapped_point(tmp_path)
+    try:
+        (tmp_path / "admin.token").write_text(server.admin_token)
+        args = [sys.executable, "-m", "chorus.server.cli", "stats", "--server", server.address,
+                "--token-file", str(tmp_path / "admin.token")]
+        env = {**os.environ, "COLUMNS": "200"}
+        table = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, check=True).stdout
+        records = json.loads(subprocess.run([*args, "--format", "json"], capture_output=True, text=True, env=env,
+                                            timeout=60, check=True).stdout)
+    finally:
+        server.stop()
+    assert "OTLP data points ignored: no mapping names the instrument" in table
+    assert "ignored_unmapped" not in table and "_" not in "".join(line for line in table.splitlines()
+                                                                   if "OTLP" in line)
+    assert {"counter": "otlp_points:ignored_unmapped", "value": 1} in records

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
+import subprocess
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from chorus.server.root import Chorus
 from .conftest import WINDOW, Api, contribute
 
 NEXT = "2026-11-26"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -315,3 +319,21 @@ def test_release_on_a_terminal_shows_the_cost_and_asks(two_days: tuple[Api, list
     code, out = answer(b"y")
     assert code == 0 and "Charged now: epsilon 0.05 to each of 2 team-window budget(s)" in out
     assert _spent(api) != before
+
+
+@pytest.mark.slow
+def test_the_jq_example_of_docs_cli_prints_rows_one_can_tell_apart(two_days: tuple[Api, list[str]]) -> None:
+    """docs/cli.md's first jq line, run by jq itself over the real output: one distinct row per
+    released estimate (adoption's metric is empty: it is a team statistic)."""
+    example = next(line for line in (ROOT / "docs" / "cli.md").read_text().splitlines()
+                   if line.startswith("chorus report --format json | jq -r "))
+    program = shlex.split(example.partition("| jq -r ")[2])[0]
+    _, base = two_days
+    out = run(["report", *base, "--window", WINDOW, "--metric", "ai.requests", "--metric", "ai.tokens",
+               "--statistic", "sum", "--statistic", "count", "--statistic", "adoption", "--format", "json"])
+    rows = subprocess.run(["jq", "-r", program], input=out, capture_output=True, text=True, check=True,
+                          timeout=30).stdout.splitlines()
+    released = [r for r in json.loads(out) if r["outcome"] == "released"]
+    assert len(rows) == len(released) > 4 and len(set(rows)) == len(rows)
+    assert {tuple(r.split("\t")[:3]) for r in rows} >= {("team-red", "ai.requests", "sum"),
+                                                        ("team-red", "ai.tokens", "sum"), ("team-red", "", "adoption")}

@@ -15,6 +15,7 @@ by batch id). See docs/sdk.md.
 import logging
 
 from chorus.client._client import Client, Clock
+from chorus.client._delivery import ClientError
 from chorus.client._stats import Stats
 from chorus.client._transport import RETRYABLE_CODES, GrpcTransport, Transport, TransportError
 
@@ -22,4 +23,4 @@ from chorus.client._transport import RETRYABLE_CODES, GrpcTransport, Transport, 
 # whether and where the SDK's warnings appear.
 logging.getLogger("chorus.client").addHandler(logging.NullHandler())
 
-__all__ = ["RETRYABLE_CODES", "Client", "Clock", "GrpcTransport", "Stats", "Transport", "TransportError"]
+__all__ = ["RETRYABLE_CODES", "Client", "ClientError", "Clock", "GrpcTransport", "Stats", "Transport", "TransportError"]

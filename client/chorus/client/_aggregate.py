@@ -12,12 +12,26 @@ it was called (`watch`). Once closed, every count is dropped.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from chorus.client._config import valid_name
+from chorus.client.limits import MAX_NAME_CHARS
+
+logger = logging.getLogger("chorus.client")
+
+
+class _Every(set[str]):
+    """A set that holds everything: no cause is ever new (a disabled client explains none)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY_CAUSE = _Every()
 
 __all__ = ["Aggregate", "Drain", "Key"]
 
@@ -52,6 +66,7 @@ class Aggregate:
         max_pending: int,
         time: Callable[[], float],
         on_first_count: Callable[[], None] | None,
+        explain_invalid: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         # One-element lists, not ints: count() then hashes the key once (get, then add
@@ -67,6 +82,8 @@ class Aggregate:
         self._generation = 0
         self.dropped = 0
         self.invalid = 0
+        # False for a disabled client: its one warning says why nothing is counted.
+        self._invalid_causes: set[str] = set() if explain_invalid else _EVERY_CAUSE
 
     def count(self, metric: str, value: int = 1, *, user: str | None = None) -> None:
         """Add `value` to (user, metric, this minute); see Client.count."""
@@ -91,13 +108,30 @@ class Aggregate:
                 pass  # e.g. an unhashable metric: _count_slow rejects it without raising
         self._count_slow(metric, value, user)
 
+    def _invalid(self, value: object, metric: object, user: object) -> None:
+        """Count an ignored call, and log its cause the first time (never the user id or the metric's value)."""
+        if type(value) is not int or value < 0:
+            negative = " < 0" if type(value) is int else ""
+            cause = f"value must be a non-negative int, got {type(value).__name__}{negative}"
+        elif not valid_name(metric):
+            cause = f"metric must be a non-empty string of at most {MAX_NAME_CHARS} characters"
+        elif user == "":
+            cause = "no user: pass user= to count() or give the client a default user (user= or CHORUS_USER)"
+        else:
+            cause = f"user must be a non-empty string of at most {MAX_NAME_CHARS} characters"
+        with self._lock:
+            self.invalid += 1
+            first = cause not in self._invalid_causes
+            self._invalid_causes.add(cause)
+        if first and self._invalid_causes is not _EVERY_CAUSE:
+            logger.warning("count() ignored (counted in stats().invalid; logged once per cause): %s", cause)
+
     def _count_slow(self, metric: object, value: object, user: object) -> None:
         try:
             if user is None:
                 user = self._user
             if type(value) is not int or value < 0 or not valid_name(metric) or not valid_name(user):
-                with self._lock:
-                    self.invalid += 1
+                self._invalid(value, metric, user)
                 return
             if value == 0:
                 return

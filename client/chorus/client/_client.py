@@ -20,12 +20,13 @@ import os
 import random
 import time
 import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
 from chorus.client._aggregate import Aggregate
 from chorus.client._config import ConfigError, PemSource, Settings, grpc_transport, resolve_settings
-from chorus.client._delivery import Delivery
+from chorus.client._delivery import ClientError, Delivery, report
 from chorus.client._spool import Spool
 from chorus.client._stats import Stats
 from chorus.client._transport import Transport
@@ -78,6 +79,10 @@ class Client:
         transport: replaces the gRPC transport (tests, custom channels); endpoint, token
             and TLS arguments are then ignored.
         clock: replaces time.time for the minute buckets (tests).
+        debug: log everything the "chorus.client" logger says (DEBUG and up) to stderr, unless
+            the host configured a handler for it; repeats of a problem included.
+        on_error: called with a ClientError for every problem (a send to retry, contributions
+            refused, the client disabled), on the client's thread; what it raises is ignored.
     """
 
     def __init__(
@@ -98,7 +103,12 @@ class Client:
         timeout: float = 10.0,
         transport: Transport | None = None,
         clock: Clock | None = None,
+        debug: bool = False,
+        on_error: Callable[[ClientError], None] | None = None,
     ) -> None:
+        if debug:
+            _enable_debug()
+        self._on_error = on_error
         self._settings: Settings | None = None
         try:
             self._settings = resolve_settings(
@@ -124,6 +134,7 @@ class Client:
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"unexpected {type(exc).__name__} while configuring"
             logger.warning("chorus client disabled: %s", reason)
+            report(on_error, ClientError("config", f"chorus client disabled: {reason}"))
             self._settings = None
             self._time = time.time
         self._start_afresh(closed=self._settings is None)
@@ -217,7 +228,8 @@ class Client:
         settings = self._settings
         if settings is None:
             self._delivery = self._worker = None
-            self._aggregate = Aggregate(user="", max_pending=0, time=self._time, on_first_count=None)
+            self._aggregate = Aggregate(user="", max_pending=0, time=self._time, on_first_count=None,
+                                        explain_invalid=False)
         else:
             self._delivery = Delivery(
                 self._transport,
@@ -227,6 +239,7 @@ class Client:
                 timeout=settings.timeout,
                 spool=Spool(settings.spool_dir) if settings.spool_dir is not None else None,
                 rng=random.Random(),
+                on_error=self._on_error,
             )
             self._aggregate = Aggregate(
                 user=settings.user or "",
@@ -238,6 +251,17 @@ class Client:
                                   spooled=settings.spool_dir is not None)
         # count() is the aggregate's own method: the hot path pays no call in between.
         self.count = self._aggregate.count  # type: ignore[method-assign]
+
+
+def _enable_debug() -> None:
+    """DEBUG on the SDK's logger, with a stderr handler if the host gave it none (posthog's and
+    sentry's `debug=True`)."""
+    sdk = logging.getLogger("chorus.client")
+    sdk.setLevel(logging.DEBUG)
+    if not any(not isinstance(h, logging.NullHandler) for h in sdk.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        sdk.addHandler(handler)
 
 
 # Live clients, for the fork hook; weak so that the registry keeps no client alive.

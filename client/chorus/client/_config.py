@@ -7,6 +7,7 @@ id; the Client turns it into one logged warning and a no-op client.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ def resolve_settings(
     spool = spool_dir if spool_dir is not None else os.environ.get(ENV_SPOOL_DIR) or None
     if spool is not None and not isinstance(spool, str | os.PathLike):
         raise ConfigError("spool_dir must be a path")
+    spool_path = _path(spool) if spool is not None else None
+    if spool_path is not None and spool_path.exists() and not spool_path.is_dir():
+        raise ConfigError(f"spool_dir {spool_path} is a file, not a directory: name a directory (created if "
+                          "missing) for the batches kept across restarts")
     return Settings(
         source=source,
         source_version=source_version,
@@ -79,8 +84,14 @@ def resolve_settings(
         flush_interval=_positive_seconds("flush_interval", flush_interval),
         max_pending=_positive_int("max_pending", max_pending),
         timeout=_positive_seconds("timeout", timeout),
-        spool_dir=_path(spool) if spool is not None else None,
+        spool_dir=spool_path,
     )
+
+
+logger = logging.getLogger("chorus.client")
+
+#: How every token the Chorus server issues starts.
+TOKEN_PREFIX = "chorus_"
 
 
 def grpc_transport(
@@ -99,6 +110,12 @@ def grpc_transport(
         raise ConfigError(f"no endpoint: pass endpoint= or set {ENV_ENDPOINT}")
     if not isinstance(token, str) or not token or token != token.strip() or not token.isprintable():
         raise ConfigError(f"missing or malformed token: pass token= or set {ENV_TOKEN}")
+    if not token.startswith(TOKEN_PREFIX):
+        # Not refused (the server decides), but said at once: a Chorus token starts "chorus_", and
+        # an API key or a file's other line sent instead would only fail later, as UNAUTHENTICATED.
+        logger.warning("the token does not look like a Chorus ingest token (they start with %r): "
+                       "the server will refuse it; create one with `chorus token create --role ingest`",
+                       TOKEN_PREFIX)
     if root_certificates is None and os.environ.get(ENV_CA_FILE):
         root_certificates = os.environ[ENV_CA_FILE]
     if (client_certificate is None) != (client_key is None):

@@ -102,7 +102,9 @@ class Delivery:
         spool: Spool | None,
         rng: random.Random,
         wall: Callable[[], float] = time.time,
+        on_error: Callable[[ClientError], None] | None = None,
     ) -> None:
+        self._on_error = on_error
         self._transport = transport
         self._source = source
         self._source_version = source_version
@@ -307,7 +309,7 @@ class Delivery:
             self._attempt += 1
             self.retries += 1
             attempt = self._attempt
-        self._warn_once(f"retry:{exc.code.name}", "send failed with %s; batch kept, will retry", exc.code.name)
+        self._warn_once(f"retry:{exc.code.name}", "send failed with %s; batch kept, will retry", exc)
         if exc.retry_delay is not None:
             return min(exc.retry_delay, MAX_SERVER_DELAY)
         # Full jitter: spreads the retries of many clients after a shared outage.
@@ -338,8 +340,13 @@ class Delivery:
             self.accepted += accepted
             self.duplicates += duplicate
             self.rejected.update(reasons)
+        contributions = batch.request.contributions
+        unknown = sorted({contributions[r.index].metric for r in response.rejections
+                          if r.reason == ingest_pb2.REJECT_REASON_UNKNOWN_METRIC and r.index < len(contributions)})
         for reason, n in reasons.items():
-            self._warn_once(f"reject:{reason}", "server rejected %d contributions: %s", n, reason)
+            # A metric name is the tool's vocabulary, never a person's: name the ones refused.
+            named = f" (not in the server's policy: {', '.join(unknown)})" if reason == "UNKNOWN_METRIC" else ""
+            self._warn_once(f"reject:{reason}", "server rejected %d contributions: %s%s", n, reason, named)
 
     def _unqueue(self, batch: _Batch) -> bool:
         """Remove a settled batch; False if it was no longer queued."""
@@ -360,9 +367,38 @@ class Delivery:
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         # Once per kind of problem: a bad token or a down server must not flood the host's log.
+        # Every occurrence goes to on_error (and to the log at DEBUG after the first).
         level = logging.DEBUG if key in self._warned else logging.WARNING
         self._warned.add(key)
         logger.log(level, message, *args)
+        report(self._on_error, ClientError(key.partition(":")[0], message % args))
+
+
+class ClientError(Exception):
+    """What the client's on_error callback receives: `kind` is "retry" (kept, sent again),
+    "fail" (a batch the server refused as malformed, dropped), "reject" (contributions the
+    server refused, see stats().rejected), "expired" (batches too old to send) or "config"
+    (the client is disabled); the message says the rest and never holds a user id or token."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def report(on_error: Callable[[ClientError], None] | None, error: ClientError) -> None:
+    """Call the host's callback; whatever it raises stays here (logged once per exception type)."""
+    if on_error is None:
+        return
+    try:
+        on_error(error)
+    except Exception as exc:
+        name = type(exc).__name__
+        if name not in _CALLBACK_FAILURES:
+            _CALLBACK_FAILURES.add(name)
+            logger.warning("on_error callback raised %s; the client ignores it", name)
+
+
+_CALLBACK_FAILURES: set[str] = set()
 
 
 def _reason_name(reason: int) -> str:

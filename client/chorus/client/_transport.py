@@ -98,7 +98,10 @@ class GrpcTransport:
                 request, timeout=timeout, metadata=self._metadata
             )
         except grpc.RpcError as exc:
-            raise _transport_error(exc) from None
+            error = _transport_error(exc)
+            if error.code == grpc.StatusCode.UNAVAILABLE and self._credentials is None:
+                error = TransportError(error.code, f"{error.details}; {PLAINTEXT_HINT}", error.retry_delay)
+            raise error from None
         except ValueError:
             # grpc raises ValueError for an RPC on a channel closed concurrently by close().
             raise TransportError(grpc.StatusCode.CANCELLED, "channel closed") from None
@@ -129,6 +132,11 @@ class GrpcTransport:
                     self._channel = grpc.secure_channel(self._target, self._credentials, _CHANNEL_OPTIONS)
                 self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
             return self._stub
+
+
+#: Added to UNAVAILABLE on a plaintext channel: a TLS server answers plaintext with nothing better.
+PLAINTEXT_HINT = ("this client speaks plaintext (the endpoint is loopback, or secure=False): if the server "
+                  "uses TLS, pass secure=True or root_certificates=")
 
 
 def _transport_error(exc: grpc.RpcError) -> TransportError:

@@ -17,6 +17,7 @@ from chorus.server.cli import (
     contexts,
     dashboard,
     demo,
+    digest,
     health,
     login,
     report,
@@ -64,6 +65,7 @@ app.command("budget")(audit.budget)
 app.command("privacy-statement")(audit.privacy_statement)
 app.command("dashboard")(dashboard.dashboard)
 app.command("report")(report.report)
+app.command("digest")(digest.digest)
 app.command("login")(login.login)
 app.add_typer(contexts.context_app, name="context")
 app.command("completion")(completion.completion)

@@ -244,6 +244,16 @@ STATS = (("batches", "batches", "batches received"),
          ("client_dropped", "client_dropped", "dropped by clients (memory bound)"))
 
 
+#: The table's words for the OTLP outcome keys (json and csv keep the keys: `otlp_points:KEY`).
+#: Rejections ("rejected: REASON") are words already.
+OTLP_OUTCOMES = {"counted": "counted", "duplicate": "resent (counted once)",
+                 "baseline": "first of a cumulative series (its baseline)",
+                 "clamped": "above the bound on arrival",
+                 "ignored_unmapped": "ignored: no mapping names the instrument",
+                 "ignored_filtered": "ignored: the mapping's filter left them out",
+                 "ignored_negative_net": "ignored: a net below zero after subtract"}
+
+
 def stats(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
           token_file: TokenFileOpt = None, ca: CaOpt = None, client_cert: CertOpt = None,
           client_key: KeyOpt = None) -> None:
@@ -257,7 +267,7 @@ def stats(fmt: FormatOpt = Format.TABLE, server: ServerOpt = DEFAULT_SERVER, tok
     rows = [(name, label, getattr(reply, field)) for name, field, label in STATS]
     rows += [(f"contributions_rejected:{reason}", f"contributions rejected: {reason}", n)
              for reason, n in sorted(reply.rejected.items())]
-    rows += [(f"otlp_points:{outcome}", f"OTLP data points {outcome}", n)
+    rows += [(f"otlp_points:{outcome}", f"OTLP data points {OTLP_OUTCOMES.get(outcome, outcome)}", n)
              for outcome, n in sorted(reply.otlp_points.items())]
 
     def table() -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated
 
 import grpc
 import typer
@@ -40,10 +40,11 @@ from chorus.server.cli._common import (
     fail,
     rpc_errors,
 )
-from chorus.server.cli._output import Format, FormatOpt, emit, text_or_none
+from chorus.server.cli._output import Format, FormatOpt, emit
 from chorus.server.front import spending
 from chorus.server.front.numbers import format_compact
 from chorus.server.front.paging import every_page
+from chorus.server.front.report_records import FIELDS, org_nodes, records
 from chorus.server.model import hierarchy
 from chorus.server.model.statistics import Statistic, name_of
 from chorus.server.privacy.epsilon import Epsilon
@@ -56,19 +57,8 @@ class Level(enum.StrEnum):
     COMPANY = "company"
 
 
-_LEVEL_NAMES = {release_pb2.NODE_LEVEL_TEAM: "team", release_pb2.NODE_LEVEL_ORG: "org",
-                release_pb2.NODE_LEVEL_COMPANY: "company"}
 #: How the table names a remainder of children not released on their own.
 OTHER = "Other (small teams)"
-
-#: The flat record written by --format csv and json, one per team (or node) and estimate, then
-#: one per remainder (outcome "remainder", under `parent`); fields that do not apply (the
-#: estimate fields of a suppressed team, the metric of adoption, consistent_* of a window
-#: released at one level) are null.
-FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
-          "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
-          "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged", "level",
-          "teams_charged", "consistent_value", "consistent_ci95", "parent", "children")
 
 
 def report(
@@ -157,7 +147,7 @@ def report(
             else:
                 request.validate_only = True
             replies = [conn.call(stub.Release, request)]
-    emit(fmt, FIELDS, _records(replies),
+    emit(fmt, FIELDS, records(replies),
          lambda: _print_trend(replies, statistics[0]) if trend is not None else _print_report(replies[0], statistics))
 
 
@@ -169,9 +159,7 @@ def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub)
 
 def _orgs(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, window: str) -> list[str]:
     """Every org of the window's frozen tree, parents first."""
-    teams = conn.call(stub.ListTeams, release_pb2.ListTeamsRequest(window=window)).teams
-    orgs = {org for t in teams for org in hierarchy.ancestors(t.org)}
-    return sorted(orgs, key=lambda o: (o.count("/"), o))
+    return org_nodes(conn.call(stub.ListTeams, release_pb2.ListTeamsRequest(window=window)).teams)
 
 
 def _request(window: str, teams: list[str], metrics: list[str], statistics: list[Statistic],
@@ -218,40 +206,6 @@ def _confirm(previews: list[release_pb2.ReleaseResponse], yes: bool) -> None:
     err_console.print(spending.summary(found), highlight=False)
     if not typer.confirm("Release and spend it?", default=False, err=True):
         raise fail("not sent: nothing was released or charged", ExitCode.USAGE)
-
-
-def _records(replies: list[release_pb2.ReleaseResponse]) -> Iterator[dict[str, Any]]:
-    for reply in replies:
-        for t in reply.teams:
-            base = {"window": reply.window, "team": t.team, "roster_size": t.roster_size,
-                    "outcome": "released" if t.outcome == release_pb2.TEAM_OUTCOME_RELEASED else "suppressed",
-                    "message": text_or_none(t.message), "budget_cap": text_or_none(t.budget_cap),
-                    "budget_remaining": text_or_none(t.budget_remaining),
-                    "team_epsilon_charged": t.epsilon_charged, "level": _LEVEL_NAMES.get(t.level),
-                    "teams_charged": list(t.teams_charged)}
-            if not t.estimates and not t.unreleased:
-                yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
-            for u in t.unreleased:  # what it would cost: epsilon, and the interval it would have
-                yield {**{f: base.get(f) for f in FIELDS}, "outcome": "not released",
-                       "metric": text_or_none(u.metric), "statistic": name_of(u.statistic),
-                       "ci95": u.expected_ci95 or None, "epsilon": u.epsilon}
-            for e in t.estimates:
-                name = name_of(e.statistic)
-                histogram = name == Statistic.HISTOGRAM.value
-                yield {**base, "metric": text_or_none(e.metric), "statistic": name, "value": e.value,
-                       "ci95": e.ci95, "bucket_counts": list(e.bucket_counts) if histogram else None,
-                       "histogram_edges": list(e.histogram_edges) if histogram else None,
-                       "epsilon": e.epsilon, "epsilon_charged": e.epsilon_charged, "cached": e.cached,
-                       "mechanism": e.mechanism, "note": text_or_none(e.note),
-                       "release_id": text_or_none(e.release_id), "derived_from": list(e.derived_from),
-                       "consistent_value": e.consistent.value if e.HasField("consistent") else None,
-                       "consistent_ci95": e.consistent.ci95 if e.HasField("consistent") else None}
-        for r in reply.remainders:
-            yield {f: None for f in FIELDS} | {
-                "window": reply.window, "outcome": "remainder", "parent": r.parent,
-                "children": list(r.children), "roster_size": r.roster_size, "metric": text_or_none(r.metric),
-                "statistic": name_of(r.statistic),
-                "consistent_value": r.estimate.value, "consistent_ci95": r.estimate.ci95}
 
 
 #: A cell's parts: the value, the 95% half-width, and "*" when post-processed (or "" each).

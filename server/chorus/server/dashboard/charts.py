@@ -219,7 +219,8 @@ def histogram_bars(chart_id: str, title: str, desc: str, buckets: Sequence[Inter
 
 def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
                 points: Sequence[Interval | None], domain: Sequence[float], *,
-                fmt: Formatter = format_compact, width: int = WIDTH) -> Markup:
+                fmt: Formatter = format_compact, width: int = WIDTH,
+                empty: str = "nothing released in these windows") -> Markup:
     """Value per window as a line inside its 95% interval band; a gap where nothing was released.
     A window standing alone (one window, or neighbours without values) has no band to draw: its
     interval is a whisker, so it never disappears.
@@ -241,7 +242,8 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
     every = max(1, math.ceil(len(windows) / 3))  # about three window ids fit across
     last = len(windows) - 1
     for index, window in enumerate(windows):
-        if index % every == 0 or index == last:
+        # The last window is always labelled, so a regular label too close before it is dropped.
+        if (index % every == 0 and last - index >= every) or index == last:
             # The outermost labels align inward so that they stay inside the canvas.
             anchor = "start" if index == 0 and last else "end" if index == last and last else "middle"
             body.append(_label(x(index), bottom + 18, window, "tick", anchor))
@@ -261,8 +263,7 @@ def trend_panel(chart_id: str, title: str, desc: str, windows: Sequence[str],
         body.extend(f'<circle class="point" cx="{x(i):.1f}" cy="{scale(p.value):.1f}" r="3.5"/>'
                     for i, p in run)
     if all(p is None for p in points):
-        body.append(_label((left + right) / 2, (top + bottom) / 2, "nothing released in these windows",
-                           "note", "middle", limit=_MAX_NOTE))
+        body.append(_label((left + right) / 2, (top + bottom) / 2, empty, "note", "middle", limit=_MAX_NOTE))
     return _svg(chart_id, title, desc, bottom + _AXIS + 4, body, width)
 
 

@@ -1,15 +1,19 @@
-"""Company-wide numbers from team releases, and what the intervals allow saying about them.
+"""Company-wide figures from team releases, and what their intervals allow saying about them.
 
-A company total is the sum of the released team values; its noise is the sum of their
-independent noises, so its 95% interval comes from `mechanisms.combined_ci95` over the teams'
-noise scales. Company adoption is the released active people over the public roster sizes of
-the same teams. The change from the previous window subtracts that window's total over the
-teams released in both (so a team joining or leaving does not look like a change); both
-windows' noises add to the interval of the change. All of it is post-processing of released
-numbers: it costs nothing.
+Where the window has a release for the company (or an org) itself, that one release is the
+figure (`scoped`): one noise, far smaller than its teams' together. Otherwise a company total
+is the sum of the teams' noisy releases as released (`Estimate.noisy_value`:
+a negative noisy sum counts as negative), never of the values shown (clamped at 0, which adds
+an upward bias of about half a noise scale per team). Company adoption is the released active
+people over the public roster sizes of the same teams. A change subtracts an earlier window's
+figure over the teams released in both (a team joining or leaving is no change); the trend is
+the least-squares slope of company adoption over the windows shown. Each is a weighted sum of
+independent release noises, so its 95% interval is that sum's exact one (`privacy.sums`):
+it covers the figure before noise in 95% of draws, both ways (tests/dashboard/
+test_headline_coverage.py measures it). All of it is post-processing: it costs nothing.
 
-Values are the released ones as shown (a negative noisy value shown as 0 counts as 0), which
-for totals of real usage is almost never the case.
+A figure is shown cut to the range its truth lies in (adoption in [0, 100%], a total at least
+0); the cut never changes whether the truth is inside the interval.
 """
 
 from __future__ import annotations
@@ -19,11 +23,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chorus.server.dashboard.charts import Interval, format_compact, format_percent
-from chorus.server.privacy.mechanisms import combined_ci95
+from chorus.server.privacy import sums
 from chorus.v1 import common_pb2, release_pb2
 
-#: (value, noise scale, roster size) of one team's release.
-_Part = tuple[float, float, int]
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One team's release inside a company figure: its noisy value as released and its noise."""
+
+    value: float
+    scale: float
+    roster: int
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A derived value (raw: it may lie outside the range) with its exact 95% half-width."""
+
+    value: float
+    ci95: float
+    #: The noise terms (scale, weight, mechanism) it adds up, for combining it further.
+    terms: tuple[sums.Term, ...] = ()
+
+    @property
+    def distinct(self) -> bool:
+        """Whether 0 lies outside the interval: the figure is larger than its noise."""
+        return abs(self.value) > self.ci95
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,77 +68,143 @@ class Tile:
     basis: str = ""
 
 
-def _parts(teams: Sequence[release_pb2.TeamRelease], statistic: int, metric: str) -> dict[str, _Part]:
+Parts = dict[str, Part]
+
+
+def parts(teams: Sequence[release_pb2.TeamRelease], metric: str = "") -> Parts:
+    """Team -> its release of active people (`metric` empty) or of the sum of `metric`."""
+    statistic = common_pb2.STATISTIC_SUM if metric else common_pb2.STATISTIC_ACTIVE
     out = {}
     for team in teams:
+        if team.level not in (release_pb2.NODE_LEVEL_UNSPECIFIED, release_pb2.NODE_LEVEL_TEAM):
+            continue
         for e in team.estimates:
             if e.statistic == statistic and e.metric == metric and e.release_id:
-                out[team.team] = (e.value, e.scale, team.roster_size)
+                out[team.team] = Part(e.noisy_value, e.scale, team.roster_size, e.mechanism or sums.DISCRETE_LAPLACE)
     return out
 
 
-def _total(parts: dict[str, _Part], names: Sequence[str], ratio: bool) -> tuple[float, list[tuple[float, float]]]:
-    """The company value over `names` and its noise terms (scale, weight)."""
-    people = sum(parts[n][2] for n in names) or 1
-    weight = 1 / people if ratio else 1.0
-    return sum(parts[n][0] for n in names) * weight, [(parts[n][1], weight) for n in names]
+_NODES = (release_pb2.NODE_LEVEL_ORG, release_pb2.NODE_LEVEL_COMPANY)
 
 
-def company(current: Sequence[release_pb2.TeamRelease], previous: Sequence[release_pb2.TeamRelease] | None,
-            previous_window: str, metric: str = "") -> Tile | None:
-    """Company adoption (`metric` empty) or the company total of a metric; None if nothing released."""
+def scoped(teams: Sequence[release_pb2.TeamRelease], node: str, below: set[str] | None,
+           metric: str = "") -> Parts:
+    """A scope's parts: the org's (or company's) own release when the window has one (one noise,
+    far smaller than its teams' together), else the releases of its teams (`below`; None: all)."""
     statistic = common_pb2.STATISTIC_SUM if metric else common_pb2.STATISTIC_ACTIVE
-    ratio = not metric
-    now = _parts(current, statistic, metric)
-    if not now:
-        return None
-    value, terms = _total(now, sorted(now), ratio)
-    ci = combined_ci95(terms)
-    fmt = format_percent if ratio else format_compact
-    # Adoption is a share: a noisy total past the roster is shown as 100% (post-processing
-    # towards the range that holds the true value, like each team's own adoption).
-    shown = Interval(min(value, 1.0) if ratio else value, ci, 1.0 if ratio else float("inf"))
-    people = sum(p[2] for p in now.values())
-    label = "Company adoption" if ratio else f"Company total of {metric}"
-    tile = Tile(label, fmt(shown.value), f"95% interval {fmt(shown.low)} to {fmt(shown.high)}",
-                basis=f"{len(now)} released team(s), {people:,} people on their rosters")
-    before = _parts(previous or (), statistic, metric)
+    for team in teams:
+        if team.team == node and team.level in _NODES:
+            for e in team.estimates:
+                if e.statistic == statistic and e.metric == metric and e.release_id:
+                    return {node: Part(e.noisy_value, e.scale, team.roster_size,
+                                       e.mechanism or sums.DISCRETE_LAPLACE)}
+    found = parts(teams, metric)
+    return found if below is None else {k: v for k, v in found.items() if k in below}
+
+
+def figure(found: Parts, names: Sequence[str] | None = None, *, share: bool) -> Figure:
+    """The company total over `names` (default: all), or its share of the rosters' people."""
+    chosen = sorted(found) if names is None else list(names)
+    people = sum(found[n].roster for n in chosen) or 1
+    weight = 1 / people if share else 1.0
+    terms = tuple((found[n].scale, weight, found[n].mechanism) for n in chosen)
+    return Figure(sum(found[n].value for n in chosen) * weight, sums.ci95(terms), terms)
+
+
+def change(now: Parts, before: Parts, *, share: bool) -> tuple[Figure, int] | None:
+    """now - before over the teams released in both; with how many teams that is."""
     common = sorted(set(now) & set(before))
     if not common:
-        return tile
-    new, new_terms = _total(now, common, ratio)
-    old, old_terms = _total(before, common, ratio)
-    change_ci = combined_ci95(new_terms + [(scale, -w) for scale, w in old_terms])
-    change = new - old
-    low, high = change - change_ci, change + change_ci
-    if ratio:  # a change of a share lies in [-1, 1]: the value and its interval are cut there
-        change, low, high = (max(-1.0, min(1.0, x)) for x in (change, low, high))
-    if ratio:
-        fmt_change = _points
-    else:
-        def fmt_change(x: float) -> str:
-            return ("+" if x > 0 else "") + format_compact(x)
-    distinct = abs(change) > change_ci
-    verdict = (f"{'up' if change > 0 else 'down'} by more than the noise: a real change at 95%" if distinct
-               else "within the noise: this could be no change at all")
-    return Tile(tile.label, tile.value, tile.interval, f"{fmt_change(change)} since {previous_window}",
-                f"95% interval of the change {fmt_change(low)} to {fmt_change(high)}",
-                verdict, tile.basis + ("" if len(common) == len(now) else
-                                       f"; the change compares the {len(common)} team(s) released in both"))
+        return None
+    new, old = figure(now, common, share=share), figure(before, common, share=share)
+    terms = new.terms + tuple((s, -w, m) for s, w, m in old.terms)
+    return Figure(new.value - old.value, sums.ci95(terms), terms), len(common)
 
 
-def _points(x: float) -> str:
+def slope(series: Sequence[Parts | None]) -> Figure | None:
+    """The least-squares slope of company adoption per window over the windows with releases."""
+    points = [(t, p) for t, p in enumerate(series) if p]
+    if len(points) < 2:
+        return None
+    mid = sum(t for t, _ in points) / len(points)
+    spread = sum((t - mid) ** 2 for t, _ in points)
+    value, terms = 0.0, []
+    for t, found in points:
+        level = figure(found, share=True)
+        c = (t - mid) / spread
+        value += c * level.value
+        terms += [(s, c * w, m) for s, w, m in level.terms]
+    return Figure(value, sums.ci95(terms), tuple(terms))
+
+
+def points(x: float) -> str:
     return f"{x * 100:+.1f} points"
 
 
+def trend_verdict(found: Figure, unit: str) -> str:
+    """The slope in plain words: growing, falling, or no trend the noise allows claiming."""
+    size = f"{abs(found.value) * 100:.1f} points a {unit}"
+    if not found.distinct:
+        return f"no clear trend: {points(found.value)} a {unit} is within the noise"
+    return f"{'growing' if found.value > 0 else 'falling'} about {size}; this is not noise"
+
+
+def change_verdict(found: Figure) -> str:
+    if found.distinct:
+        return f"{'up' if found.value > 0 else 'down'} by more than the noise: a real change at 95%"
+    return "within the noise: this could be no change at all"
+
+
+def company(current: Sequence[release_pb2.TeamRelease], previous: Sequence[release_pb2.TeamRelease] | None,
+            previous_window: str, metric: str = "", node: str = "/", below: set[str] | None = None) -> Tile | None:
+    """Company (or `node`'s) adoption (`metric` empty) or total of a metric; None if nothing released."""
+    share = not metric
+    now = scoped(current, node, below, metric)
+    if not now:
+        return None
+    level = figure(now, share=share)
+    fmt = format_percent if share else format_compact
+    shown = Interval(min(max(level.value, 0.0), 1.0) if share else max(level.value, 0.0), level.ci95,
+                     1.0 if share else float("inf"))
+    people = sum(p.roster for p in now.values())
+    label = "Company adoption" if share else f"Company total of {metric}"
+    direct = list(now) == [node]
+    tile = Tile(label, fmt(shown.value), f"95% interval {fmt(shown.low)} to {fmt(shown.high)}",
+                basis=(f"released for the {'company' if node == '/' else 'org'} itself, {people:,} people"
+                       if direct else f"{len(now)} released team(s), {people:,} people on their rosters"))
+    found = change(now, scoped(previous or (), node, below, metric), share=share)
+    if found is None:
+        return tile
+    delta, common = found
+    low, high = delta.value - delta.ci95, delta.value + delta.ci95
+    value = delta.value
+    if share:  # a change of a share lies in [-1, 1]: the value and its interval are cut there
+        value, low, high = (max(-1.0, min(1.0, x)) for x in (value, low, high))
+        fmt_change = points
+    else:
+        def fmt_change(x: float) -> str:
+            return ("+" if x > 0 else "") + format_compact(x)
+    return Tile(tile.label, tile.value, tile.interval, f"{fmt_change(value)} since {previous_window}",
+                f"95% interval of the change {fmt_change(low)} to {fmt_change(high)}",
+                change_verdict(delta), tile.basis + ("" if common == len(now) else
+                                                     f"; the change compares the {common} team(s) released in both"))
+
+
 def ranking(rows: Sequence[tuple[str, Interval | None]]) -> str:
-    """What the intervals allow saying about the order of the teams, in words."""
+    """What the intervals allow saying about the order of the rows, in one short sentence."""
     shown = sorted(((name, i) for name, i in rows if i is not None), key=lambda r: -r[1].value)
     if len(shown) < 2:
         return ""
     overlapping = [(a, b) for (a, i), (b, j) in itertools.pairwise(shown) if i.low <= j.high]
     if not overlapping:
-        return "The 95% intervals do not overlap: the teams can be ranked as shown."
-    pairs = "; ".join(f"{a} and {b}" for a, b in overlapping)
-    return (f"The 95% intervals overlap for {pairs}: these numbers do not say which of them is higher, "
-            "so they cannot be ranked.")
+        return "The 95% intervals do not overlap: the rows can be ranked as shown."
+    if len(overlapping) == len(shown) - 1:
+        return "Every row's 95% interval overlaps its neighbour's: these numbers do not rank them."
+    return (f"{len(overlapping)} of {len(shown) - 1} neighbouring pairs have overlapping 95% intervals: "
+            "only the rows whose intervals are apart can be ranked.")
+
+
+def overlapping_pairs(rows: Sequence[tuple[str, Interval | None]]) -> list[tuple[str, str]]:
+    """The neighbouring rows (by value) whose intervals overlap, for the details behind `ranking`."""
+    shown = sorted(((name, i) for name, i in rows if i is not None), key=lambda r: -r[1].value)
+    return [(a, b) for (a, i), (b, j) in itertools.pairwise(shown) if i.low <= j.high]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from werkzeug.exceptions import BadRequest
 
-from chorus.server.dashboard import charts
+from chorus.server.dashboard import charts, headline
 from chorus.server.dashboard.charts import Bar, Interval, format_number, format_percent
 from chorus.server.dashboard.gateway import Api
 from chorus.server.dashboard.pages import (
@@ -74,7 +74,7 @@ def org_view(api: Api, args: Args) -> Page:
         return page
     teams = api.list_teams(window).teams
     tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in teams)
-    node = args.get("node") or hierarchy.COMPANY
+    node = args.get("node") or args.get("org") or hierarchy.COMPANY  # the overview's org filter, carried
     if node not in tree:
         shown = node if len(node) <= 64 else node[:61] + "..."
         raise BadRequest(f"node={shown!r} is not in the organisation tree of window {window}")
@@ -92,17 +92,43 @@ def org_view(api: Api, args: Args) -> Page:
     reply = api.read(window, [common_pb2.STATISTIC_ADOPTION, code], nodes=[node, *children])
     page.context["tally"] = _tally(reply.teams)
     rows = list(reply.teams)
+    # What the overview shows for an org nobody released at its node: its teams' releases added up.
+    teams_read = api.read(window, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
+    derive = _Derived(tree, teams_read.teams)
     page.charts.append(_chart(window, node, rows, reply.remainders, common_pb2.STATISTIC_ADOPTION, "",
-                              "Adoption", format_percent, None))
+                              "Adoption", format_percent, None, derive))
     for metric in api.list_metrics(window):
         page.charts.append(_chart(window, node, rows, reply.remainders, code, metric.name,
-                                  f"{name} of {metric.name}", format_number, metric))
+                                  f"{name} of {metric.name}", format_number, metric, derive))
     return page
+
+
+class _Derived:
+    """An org's (or the company's) adoption or total from its teams' releases, as the overview
+    derives it (`headline`): post-processing, for a node not released on its own."""
+
+    def __init__(self, tree: hierarchy.Hierarchy, teams: Sequence[release_pb2.TeamRelease]) -> None:
+        self.tree = tree
+        self.teams = teams
+
+    def __call__(self, node: str, code: int, metric: str) -> tuple[Interval, str] | None:
+        if code not in (common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM):
+            return None
+        share = code == common_pb2.STATISTIC_ADOPTION
+        below = set(self.tree.teams_below(node))
+        found = {k: v for k, v in headline.parts(self.teams, "" if share else metric).items() if k in below}
+        if not found:
+            return None
+        value = headline.figure(found, share=share)
+        shown = Interval(min(max(value.value, 0.0), 1.0) if share else max(value.value, 0.0), value.ci95,
+                         1.0 if share else float("inf"))
+        return shown, (f"from its {len(found)} released team(s) (the {self.tree.level(node)} itself is not "
+                       "released on its own)")
 
 
 def _chart(window: str, node: str, rows: list[release_pb2.TeamRelease],
            remainders: Sequence[release_pb2.Remainder], code: int, metric: str, title: str,
-           fmt: charts.Formatter, spec: release_pb2.Metric | None) -> Chart:
+           fmt: charts.Formatter, spec: release_pb2.Metric | None, derive: _Derived) -> Chart:
     """One statistic for the node and its children (consistent where the server made it so)."""
     table = DataTable(f"{title} under {label(node)}, window {window}",
                       [text("node", "Node"), text("level", "Level"), Column("roster_size", label="Roster size"),
@@ -114,6 +140,14 @@ def _chart(window: str, node: str, rows: list[release_pb2.TeamRelease],
     for row in rows:
         estimate = _find(row, code, metric)
         name = label(row.team) + (" (all)" if row.team == node else "")
+        derived = derive(row.team, code, metric) if estimate is None and row.level in (
+            release_pb2.NODE_LEVEL_ORG, release_pb2.NODE_LEVEL_COMPANY) else None
+        if derived is not None:
+            interval, how = derived
+            table.add(name, _LEVELS.get(row.level, ""), row.roster_size, how, interval.value, interval.ci95,
+                      "no", None, "post-processing")
+            bars.append(Bar(name, interval))
+            continue
         if estimate is None:
             outcome = _outcome(row, code, metric)
             table.add(name, _LEVELS.get(row.level, ""), row.roster_size, outcome, None, None, None, None, None)
@@ -134,6 +168,9 @@ def _chart(window: str, node: str, rows: list[release_pb2.TeamRelease],
             bars.append(Bar(OTHER, interval))
     description = (f"{title} for {label(node)} and each org and team directly below it, window {window}. "
                    "Orgs and the company are charged to every team below them.")
-    svg = charts.interval_bars(f"chart-{_slug(title)}", title, description, bars, fmt=fmt,
-                               include=(0.0, 1.0) if code == common_pb2.STATISTIC_ADOPTION else (0.0,))
+    adoption = code == common_pb2.STATISTIC_ADOPTION
+    # The chart rounds large numbers (7.93M) so that they fit a phone; the table keeps them whole.
+    svg = charts.responsive(charts.interval_bars, f"chart-{_slug(title)}", title, description, bars,
+                            fmt=fmt if adoption else charts.format_compact,
+                            include=(0.0, 1.0) if adoption else (0.0,))
     return Chart(_slug(title), title, description, [("", svg)], table)

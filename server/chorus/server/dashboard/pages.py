@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from markupsafe import Markup
 from werkzeug.exceptions import BadRequest
 
-from chorus.server.dashboard import charts, headline
+from chorus.server.dashboard import answers, charts, headline
 from chorus.server.dashboard.charts import Bar, BudgetBar, Formatter, Interval, format_number, format_percent
 from chorus.server.dashboard.gateway import Api, GatewayError
 from chorus.server.dashboard.tables import Cell, Column, DataTable, text
@@ -75,6 +75,10 @@ class Chart:
     table: DataTable
     #: What the intervals allow saying about the order of the rows; empty when nothing.
     ranking: str = ""
+    #: The neighbouring rows whose intervals overlap (behind a disclosure under `ranking`).
+    overlaps: list[tuple[str, str]] = field(default_factory=list)
+    #: Drawn closed behind its title (details a VP rarely needs on the landing page).
+    collapsed: bool = False
 
 
 @dataclass(slots=True)
@@ -185,6 +189,16 @@ def closed_windows(api: Api) -> list[common_pb2.Window]:
     return [w for w in api.list_windows() if w.state == common_pb2.WINDOW_STATE_CLOSED]
 
 
+def duration(seconds: int) -> str:
+    """A policy's duration in words: 21600 -> "6 hours", 90 -> "1 minute 30 seconds"."""
+    parts = []
+    for size, word in ((86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {word}{'' if count == 1 else 's'}")
+    return " ".join(parts) or "none"
+
+
 def utc(ts: Timestamp) -> str:
     """A protobuf timestamp as "2026-11-25 00:00 UTC"."""
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -260,40 +274,120 @@ def _read_or_none(api: Api, window: str | None, statistics: list[int]) -> releas
         return None
 
 
+N_CHOICES = (4, 8, 12, 26, 52)
+
+
+def _with_nodes(api: Api, window: str, reply: release_pb2.ReleaseResponse | None,
+                nodes: Sequence[str]) -> release_pb2.ReleaseResponse | None:
+    """A window's team answers with what is released at the company and each org (the plan may
+    release them directly); the teams alone where the window's tree has not these orgs."""
+    if reply is None:
+        return None
+    try:
+        extra = api.read(window, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM], nodes=nodes)
+    except GatewayError:
+        return reply
+    return release_pb2.ReleaseResponse(window=reply.window, teams=[*reply.teams, *extra.teams],
+                                       remainders=reply.remainders)
+
+
+def _org_filter(args: Args, tree: hierarchy.Hierarchy) -> str:
+    """The ?org= filter: an org of the window's tree, or the company (empty)."""
+    org = _choice(args, "org", [hierarchy.COMPANY, *tree.org_nodes()], hierarchy.COMPANY)
+    return org or hierarchy.COMPANY
+
+
+def _scope_name(org: str) -> str:
+    return "Company" if org == hierarchy.COMPANY else f"Org {org}"
+
+
 def overview(api: Api, args: Args) -> Page:
-    """The landing page: company headline numbers with the change from the previous window, then
-    adoption and one statistic of every metric per team. Reads only: it never spends."""
+    """The landing page, the answers first: is adoption growing (the company, or the org picked,
+    over the last N windows: a line in its band, the slope with its interval and a verdict, the
+    change against N windows ago), the headline tiles of the chosen window, where (each org as a
+    row, sorted, with small multiples), then adoption and one statistic of every metric per team.
+    Reads only: it never spends."""
     windows = closed_windows(api)
     window = _window_choice(args, windows)
     statistic = _choice(args, "statistic", OVERVIEW_STATISTICS, Statistic.SUM)
-    assert statistic is not None
+    count = _int(args, "n", 8, 2, MAX_TREND_WINDOWS)
+    sort = _choice(args, "sort", answers.SORTS, "adoption")
+    assert statistic is not None and sort is not None
     page = Page("overview.html", "Overview", context={
         "window_options": [(w.id, w.id) for w in windows], "window": window, "statistic": statistic,
         "statistics": [(s, STATISTICS[s][1]) for s in OVERVIEW_STATISTICS], "tiles": [], "not_released": [],
-        "previous": None})
+        "previous": None, "n": count, "n_options": [(k, f"{k} windows") for k in sorted({*N_CHOICES, count})],
+        "sort": sort, "sort_options": [("adoption", "Adoption"), ("change", "Change"), ("name", "Name")],
+        "org": hierarchy.COMPANY, "org_options": [], "answer": None, "too_few": [], "unit": "window"})
     if window is None:
         return page
     ids = [w.id for w in windows]
-    previous = ids[ids.index(window) + 1] if ids.index(window) + 1 < len(ids) else None
+    at = ids.index(window)
+    chosen = windows[at]
+    recent = list(reversed(windows[at:at + count]))
+    previous = ids[at + 1] if at + 1 < len(ids) else None
+    tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in api.list_teams(window).teams)
+    org = _org_filter(args, tree)
+    inside = None if org == hierarchy.COMPANY else set(tree.teams_below(org))
+    scope = _scope_name(org)
+    per = answers.unit(chosen)
+    page.context.update(org=org, unit=per, scope=scope, org_options=[
+        (hierarchy.COMPANY, "The whole company"), *((o, o) for o in tree.org_nodes())])
     code, label = STATISTICS[statistic]
     metrics = api.list_metrics(window)
     wanted = list(dict.fromkeys([common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM, code]))
+    both: list[int] = [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM]
+    nodes = [hierarchy.COMPANY, *tree.org_nodes()]
+    reads = [_with_nodes(api, w.id, _read_or_none(api, w.id, both), nodes) for w in recent[:-1]]
     reply = api.read(window, wanted)
-    before = _read_or_none(api, previous, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
+    current = _with_nodes(api, window, reply, nodes) or reply
+    reads.append(current)
+    mine = [t for t in reply.teams if inside is None or t.team in inside]
+    before = reads[-2] if len(reads) > 1 and recent[-2].id == previous else _with_nodes(
+        api, previous or "", _read_or_none(api, previous, both), nodes)
     page.context["previous"] = previous
-    tiles = [headline.company(reply.teams, before.teams if before else None, previous or "")]
-    tiles += [headline.company(reply.teams, before.teams if before else None, previous or "", m.name) for m in metrics]
+    tiles = [headline.company(current.teams, before.teams if before else None, previous or "", "", org, inside)]
+    tiles += [headline.company(current.teams, before.teams if before else None, previous or "", m.name, org,
+                               inside) for m in metrics]
+    if inside is not None:
+        tiles = [replace(t, label=t.label.replace("Company", scope, 1)) if t else None for t in tiles]
     page.context["tiles"] = [t for t in tiles if t is not None]
     page.context["not_released"] = _not_released(window, reply.teams)
-    if any(_find(team, common_pb2.STATISTIC_ADOPTION) for team in reply.teams):
-        page.charts.append(_adoption_chart(window, reply.teams))
+    data = answers.series([w.id for w in recent], reads, org, inside)
+    page.context["answer"] = answers.answer(scope, data, per)
+    moved = data.change()
+    if moved is not None:
+        delta = moved[0]
+        page.context["since"] = (moved[1], headline.points(delta.value),
+                                 f"{headline.points(delta.value - delta.ci95)} to "
+                                 f"{headline.points(delta.value + delta.ci95)}", headline.change_verdict(delta))
+    if any(data.parts):
+        title, description, svg, table = answers.company_chart(scope, data)
+        page.charts.append(Chart("company-adoption", title, description, [("", svg)], table))
+    rows = answers.org_rows(tree, org, [w.id for w in recent], reads, sort)
+    if rows:
+        table = answers.org_table(rows, _scope_name(org), window)
+        intervals = [(r.org, answers.shown(r.now) if r.now else None) for r in rows]
+        by = {"adoption": "adoption", "change": f"change since {rows[0].since or 'the first window'}",
+              "name": "name"}[sort]
+        page.charts.append(Chart(
+            "orgs", f"Where: adoption per org, sorted by {by}",
+            f"Each org under {'the company' if org == hierarchy.COMPANY else org}: its adoption in window "
+            f"{window} and its change over the windows shown (in each panel's title), from its teams' releases.",
+            answers.small_multiples(rows), table, headline.ranking(intervals), headline.overlapping_pairs(intervals)))
+    if any(_find(team, common_pb2.STATISTIC_ADOPTION) for team in mine):
+        chart, too_few = _adoption_chart(window, mine)
+        page.charts.append(chart)
+        page.context["too_few"] = too_few
+        if too_few:
+            page.charts.append(_averaged_chart(data, [w.id for w in recent], too_few))
     for metric in metrics:
-        if not any(_find(team, code, metric.name) for team in reply.teams):
+        if not any(_find(team, code, metric.name) for team in mine):
             continue  # nothing released: listed under "Not released" with its cost, not drawn empty
         table = DataTable(f"{label} of {metric.name} per team, window {window}",
                           [_TEAM, _OUTCOME, *_estimate_columns(format_number)])
         bars = []
-        for team in reply.teams:
+        for team in mine:
             estimate = _find(team, code, metric.name)
             interval = _interval(estimate, _ceiling(code, metric))
             table.add(team.team, _outcome(team, code, metric.name), *_estimate_cells(estimate, interval))
@@ -302,30 +396,63 @@ def overview(api: Api, args: Args) -> Page:
         description = (f"{metric.description}. Each person's total is capped at {metric.max_per_user:,} "
                        f"before it counts. Window {window}.")
         svg = charts.responsive(charts.interval_bars, f"chart-{_slug(metric.name)}", title, description, bars)
+        ranked = [(b.label, b.interval) for b in bars]
         page.charts.append(Chart(_slug(metric.name), title, description, [("", svg)], table,
-                                 headline.ranking([(b.label, b.interval) for b in bars])))
+                                 headline.ranking(ranked), headline.overlapping_pairs(ranked), collapsed=True))
     return page
 
 
-def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> Chart:
+def _averaged_chart(data: answers.Series, ids: Sequence[str], teams: Sequence[str]) -> Chart:
+    found = answers.averaged(data.parts, teams)
+    table = DataTable(f"Adoption per team over windows {ids[0]} to {ids[-1]}", [
+        _TEAM, Column("windows", label="Windows released"), Column("value", format_percent, label="Adoption"),
+        Column("ci95", format_percent, label="± (95%)")])
+    bars = []
+    for a in found:
+        interval = Interval(min(max(a.value, 0.0), 1.0), a.ci95, 1.0)
+        table.add(a.team, a.windows, interval.value, a.ci95)
+        bars.append(Bar(a.team, interval))
+    title = f"Teams too small for a weekly number: adoption over the last {len(ids)} windows"
+    description = ("Each of these teams' active people over all the windows shown, against its rosters: one "
+                   "number from several windows' releases, with a narrower interval. Largest first.")
+    svg = charts.responsive(charts.interval_bars, "chart-adoption-average", title, description, bars,
+                            fmt=format_percent, include=(0.0, 1.0))
+    ranked = [(b.label, b.interval) for b in bars]
+    return Chart("adoption-average", title, description, [("", svg)], table, headline.ranking(ranked),
+                 headline.overlapping_pairs(ranked), collapsed=True)
+
+
+def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> tuple[Chart, list[str]]:
+    """Adoption per team in one window, drawn only for teams whose number says something; and the
+    teams drawn as too few people (their numbers stay in the table)."""
     code = common_pb2.STATISTIC_ADOPTION
     table = DataTable(f"Adoption per team, window {window}",
                       [_TEAM, Column("roster_size", label="Roster size"), _OUTCOME,
                        *_estimate_columns(format_percent), text("budget_remaining", "Budget left")])
-    bars = []
+    bars, too_few = [], []
     for team in teams:
         estimate = _find(team, code)
         interval = _interval(estimate, _ceiling(code, None))
         table.add(team.team, team.roster_size, _outcome(team, code), *_estimate_cells(estimate, interval),
                   team.budget_remaining)
-        bars.append(_bar(team, interval, code))
+        bar = answers.team_bar(team, estimate)
+        if estimate is not None and bar is None:
+            too_few.append(team.team)  # in the table and the averaged view, not drawn
+            continue
+        bars.append(bar or _bar(team, interval, code))
+    bars.sort(key=lambda b: (b.interval is None, -(b.interval.value if b.interval else 0.0), b.label))
     title = "Adoption per team"
     description = (f"Share of each team's roster active with AI tools in window {window}: people with any "
-                   "usage divided by the roster size.")
+                   "usage divided by the roster size, largest first.")
+    if too_few:
+        description += (f" {answers.TOO_FEW.capitalize()} (a 95% interval wider than ±{answers.SAYS_SOMETHING:.0%}),"
+                        f" so not drawn: {', '.join(too_few)}; their numbers are in the table and their average "
+                        "over the windows shown below.")
     svg = charts.responsive(charts.interval_bars, "chart-adoption", title, description, bars, fmt=format_percent,
                             include=(0.0, 1.0))
-    return Chart("adoption", title, description, [("", svg)], table,
-                 headline.ranking([(b.label, b.interval) for b in bars]))
+    ranked = [(b.label, b.interval) for b in bars]
+    return Chart("adoption", title, description, [("", svg)], table, headline.ranking(ranked),
+                 headline.overlapping_pairs(ranked), collapsed=True), too_few
 
 
 def trends(api: Api, args: Args) -> Page:
@@ -340,9 +467,15 @@ def trends(api: Api, args: Args) -> Page:
     metric = _choice(args, "metric", names, names[0] if names else None)
     page = Page("trends.html", "Trends", context={
         "n": count, "statistic": statistic, "metric": metric, "metrics": names, "problems": [],
-        "not_released": [], "statistics": [(s, STATISTICS[s][1]) for s in TREND_STATISTICS]})
+        "not_released": [], "statistics": [(s, STATISTICS[s][1]) for s in TREND_STATISTICS],
+        "org": hierarchy.COMPANY, "org_options": [(hierarchy.COMPANY, "The whole company")]})
     if not recent:
         return page
+    tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in api.list_teams(recent[-1].id).teams)
+    org = _org_filter(args, tree)
+    inside = None if org == hierarchy.COMPANY else set(tree.teams_below(org))
+    page.context.update(org=org, org_options=[(hierarchy.COMPANY, "The whole company"),
+                                              *((o, o) for o in tree.org_nodes())])
     code, label = STATISTICS[statistic]
     adoption = statistic == Statistic.ADOPTION
     fmt, chart_fmt = (format_percent, format_percent) if adoption else (format_number, format_compact)
@@ -350,6 +483,8 @@ def trends(api: Api, args: Args) -> Page:
     table = DataTable(f"{subject} per team over the last {len(recent)} closed windows",
                       [_WINDOW, _TEAM, _OUTCOME, *_estimate_columns(fmt)])
     series: dict[str, list[Interval | None]] = {}
+    #: Why a team has nothing in any window shown (a suppressed team: too few people).
+    reasons: dict[str, str] = {}
     for index, window in enumerate(recent):
         try:
             reply = api.read(window.id, [code], metrics=[] if adoption or metric is None else [metric])
@@ -358,13 +493,18 @@ def trends(api: Api, args: Args) -> Page:
                 raise
             page.context["problems"].append((window.id, exc.message))
             continue
-        page.context["not_released"] += _not_released(window.id, reply.teams)
-        for team in reply.teams:
+        mine = [t for t in reply.teams if inside is None or t.team in inside]
+        page.context["not_released"] += _not_released(window.id, mine)
+        for team in mine:
             name = "" if adoption else metric or ""
             estimate = _find(team, code, name)
             interval = _interval(estimate, _ceiling(code, metrics.get(metric or "")))
             table.add(window.id, team.team, _outcome(team, code, name), *_estimate_cells(estimate, interval))
             series.setdefault(team.team, [None] * len(recent))[index] = interval
+            if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
+                reasons[team.team] = f"suppressed: {team.roster_size} people, below the minimum"
+            elif estimate is None:
+                reasons.setdefault(team.team, "not released in these windows")
     domain = [v for points in series.values() for p in points if p for v in (p.low, p.high)]
     ids = [w.id for w in recent]
     panels = []
@@ -374,7 +514,8 @@ def trends(api: Api, args: Args) -> Page:
                        "as a band (a whisker for a window without released neighbours); gaps are windows "
                        "with nothing released for this team.")
         panels.append((team, charts.responsive(charts.trend_panel, f"chart-trend-{number}", title, description, ids,
-                                                series[team], domain or [0.0], fmt=chart_fmt)))
+                                                series[team], domain or [0.0], fmt=chart_fmt,
+                                                empty=reasons.get(team, "nothing released in these windows"))))
     title = f"{subject} per team over time"
     description = f"One panel per team, all on the same scale, windows {ids[0]} to {ids[-1]}."
     page.charts.append(Chart("trend", title, description, panels, table))
@@ -602,16 +743,51 @@ def _row(signed: audit_pb2.LedgerEntry) -> LedgerRow:
 _CHAIN = ChainCache()
 
 
+LEDGER_KINDS = ("config", "roster_import", "window_open", "window_close", "window_purge", "release",
+                "token_create", "token_revoke")
+
+
+def _about(row: LedgerRow, kind: str, window: str, team: str) -> bool:
+    """Whether a ledger entry matches the filters: its kind, its window, and a team it names (a
+    release at an org or the company names every team it charged)."""
+    if kind and row.kind != kind:
+        return False
+    if not (window or team):
+        return True
+    try:
+        payload = json.loads(row.payload)
+    except ValueError:
+        return False
+    if window and payload.get("window") != window:
+        return False
+    return not team or payload.get("team") == team or team in payload.get("teams", ())
+
+
 def ledger(api: Api, args: Args) -> Page:
-    """One page of the signed ledger, with the verifier's verdict on the whole chain."""
+    """One page of the signed ledger, with the verifier's verdict on the whole chain; filtered by
+    kind, window and team ("everything released about team X": kind release, team X)."""
     status = _CHAIN.status(api.ledger, api.public_key())
-    last_page = max(1, status.head_seq - LEDGER_PAGE + 1)
-    start = _int(args, "from", last_page, 1, max(status.head_seq, 1))
-    rows = [_row(e) for e in api.ledger(start, LEDGER_PAGE)]
-    return Page("ledger.html", "Ledger", context={
-        "status": status, "rows": rows, "start": start, "first": 1, "last": last_page,
+    kind = _choice(args, "kind", ("", *LEDGER_KINDS), "") or ""
+    window, team = (args.get("window") or "").strip()[:64], (args.get("team") or "").strip()[:128]
+    filters = {k: v for k, v in (("kind", kind), ("window", window), ("team", team)) if v}
+    context: dict[str, Any] = {"status": status, "filters": filters, "kinds": LEDGER_KINDS, "kind": kind,
+                               "window": window, "team": team, "matched": None}
+    if not filters:
+        last_page = max(1, status.head_seq - LEDGER_PAGE + 1)
+        start = _int(args, "from", last_page, 1, max(status.head_seq, 1))
+        rows = [_row(e) for e in api.ledger(start, LEDGER_PAGE)]
+        total = status.head_seq
+    else:  # the whole chain, filtered here; `from` is a position among the matches
+        matched = [r for r in map(_row, api.ledger(1, None)) if _about(r, kind, window, team)]
+        total = len(matched)
+        last_page = max(1, total - LEDGER_PAGE + 1)
+        start = _int(args, "from", last_page, 1, max(total, 1))
+        rows = matched[start - 1:start - 1 + LEDGER_PAGE]
+        context["matched"] = total
+    return Page("ledger.html", "Ledger", context=context | {
+        "rows": rows, "start": start, "first": 1, "last": last_page,
         "previous": max(1, start - LEDGER_PAGE) if start > 1 else None,
-        "next": start + LEDGER_PAGE if start + LEDGER_PAGE <= status.head_seq else None})
+        "next": start + LEDGER_PAGE if start + LEDGER_PAGE <= total else None})
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from flask import Flask, Response, abort, g, redirect, render_template, request,
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from chorus.server.dashboard import orgs, pages
+from chorus.server.dashboard import api, orgs, pages
 from chorus.server.dashboard.gateway import Gateway, GatewayError, LoginRejected
 from chorus.server.dashboard.sessions import Session, SessionStore
 from chorus.server.dashboard.sso import Grant, SignOn, SsoError
@@ -81,8 +81,9 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024, MAX_FORM_MEMORY_SIZE=8 * 1024)
     clock = clock or SystemClock()
     store = sessions if sessions is not None else SessionStore(clock, idle=idle_timeout)
-    app.jinja_env.globals.update(utc=pages.utc, role_titles=ROLE_TITLES,
-                                 window_closed=common_pb2.WINDOW_STATE_CLOSED, describe=spending.describe)
+    app.jinja_env.globals.update(utc=pages.utc, duration=pages.duration, role_titles=ROLE_TITLES,
+                                 window_closed=common_pb2.WINDOW_STATE_CLOSED, describe=spending.describe,
+                                 org_filter=lambda: request.args.get("org", ""))
 
     def home_for(role: Role) -> str:
         return url_for(next(p.endpoint for p in PAGES if p.role == role))
@@ -292,6 +293,7 @@ def create_app(gateway: Gateway, *, clock: Clock | None = None, sessions: Sessio
 
     for spec in PAGES:
         _register(app, spec, gateway)
+    api.register(app, gateway)
     return app
 
 

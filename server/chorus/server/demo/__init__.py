@@ -5,6 +5,7 @@ Everything goes over real gRPC on 127.0.0.1 with the same tokens and roles a dep
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import tomllib
 import uuid
@@ -39,11 +40,17 @@ from chorus.v1 import (
     release_pb2_grpc,
 )
 
+#: Written into a kept demo directory: a later `chorus demo --keep` may replace it.
+DEMO_MARKER = "chorus-demo"
+#: The analyst token a kept demo leaves for `chorus dashboard` (README: sign in with it).
+ANALYST_TOKEN_FILE = "analyst.token"
+
 
 class _Demo:
-    def __init__(self, console: Console, data_dir: Path, seed: int) -> None:
+    def __init__(self, console: Console, data_dir: Path, seed: int, kept: bool = False) -> None:
         self.console = console
         self.data_dir = data_dir
+        self.kept = kept
         self.world: World = build(seed)
         # The built-in configuration with its commented [otlp] mappings enabled, plus the GenAI
         # convention's template scoped to the demo's OTLP tool (as docs/otlp.md tells operators to).
@@ -54,7 +61,10 @@ class _Demo:
         self.chorus = Chorus(config.parse(tomllib.loads(text)), data_dir)
         self.policy = self.chorus.config.policy
         admin_token_file = self.chorus.bootstrap_admin_token()
-        assert admin_token_file is not None
+        if admin_token_file is None:
+            raise RuntimeError(f"{data_dir} already holds a Chorus admin token: the demo needs a fresh directory")
+        (data_dir / DEMO_MARKER).write_text("written by `chorus demo`; a later `chorus demo --keep` replaces this "
+                                            "directory\n")
         self.server = Server(self.chorus, "127.0.0.1:0")
         self.server.start()
         self.channel = grpc.insecure_channel(self.server.address)
@@ -203,8 +213,17 @@ class _Demo:
                 "relatively sharper numbers, and an interval wider than its value is expected for small ones.")
         c.rule("[bold]9. Asking again costs nothing and changes nothing")
         ask()
-        c.print(f"The dashboard shows the same numbers, free: `chorus serve --data-dir {self.data_dir}` (after "
-                "`chorus demo --keep`), then `chorus dashboard`, signed in with an analyst token.")
+        if self.kept:
+            token_file = self.data_dir / ANALYST_TOKEN_FILE
+            token_file.touch(mode=0o600)
+            token_file.write_text(analyst + "\n")
+            c.print(f"The dashboard shows the same numbers, free: `chorus serve --data-dir {self.data_dir}`, then "
+                    f"`chorus dashboard`, signed in with the analyst token in {token_file}.",
+                    markup=False, highlight=False)
+        else:
+            c.print(f"The dashboard shows the same numbers, free: `chorus demo --keep DIR`, then `chorus serve "
+                    f"--data-dir DIR` and `chorus dashboard`, signed in with the analyst token in DIR/"
+                    f"{ANALYST_TOKEN_FILE}.", markup=False, highlight=False)
         c.rule("[bold]10. The same window by org")
         # The default plan releases every org's adoption and ai.tokens sum at close (plan entries
         # with level "org"): --release finds them released and charges nothing more.
@@ -221,8 +240,8 @@ class _Demo:
         c = self.console
         c.rule("[bold]11. The privacy officer verifies the ledger offline (role auditor)")
         auditor = self.token("auditor", "privacy-officer")
-        ledger = self.data_dir.parent / "ledger.jsonl"
-        key = self.data_dir.parent / "ledger-public-key.pem"
+        ledger = self.data_dir / "ledger-export.jsonl"  # inside the demo's directory, never beside it
+        key = self.data_dir / "ledger-public-key.pem"
         audit_cli.export(out=ledger, public_key_out=key, server=self.server.address, token=auditor)
         audit_cli.verify_ledger(ledger, key)
 
@@ -231,12 +250,26 @@ class _Demo:
         self.server.stop(grace=1)
 
 
+def prepare(keep: Path) -> None:
+    """Make `keep` ready for a demo: new or empty as it is, or a previous demo's (its marker file),
+    which is replaced; anything else is refused (ValueError), so a real data directory is never touched."""
+    if keep.exists() and not keep.is_dir():
+        raise ValueError(f"--keep {keep} is a file: name a new or empty directory")
+    if keep.is_dir() and any(keep.iterdir()):
+        if not (keep / DEMO_MARKER).exists():
+            raise ValueError(f"--keep {keep} is not empty and holds no earlier demo (no {DEMO_MARKER}): name a new "
+                             "or empty directory")
+        shutil.rmtree(keep)
+
+
 def run(console: Console | None = None, seed: int = 7, keep: Path | None = None) -> None:
     """Run the demo; keep the data directory at `keep` if given, else a temporary one."""
     console = console or Console()
+    if keep is not None:
+        prepare(keep)
     with tempfile.TemporaryDirectory(prefix="chorus-demo-") as tmp:
         data_dir = keep or Path(tmp) / "data"
-        demo = _Demo(console, data_dir, seed)
+        demo = _Demo(console, data_dir, seed, kept=keep is not None)
         try:
             demo.run()
         finally:

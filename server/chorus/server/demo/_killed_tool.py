@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,12 +67,14 @@ def _tool(endpoint: str, spool: Path, phase: str) -> None:
 def run(demo: _Demo) -> None:
     """Run both phases as real child processes and show what each saw."""
     demo.console.rule("[bold]4. A tool killed mid-flush, then restarted")
-    spool = demo.data_dir.parent / "cli-helper-spool"
     env = {**os.environ, "CHORUS_TOKEN": demo.token("ingest", TOOL)}
     table = Table("run", "exit", "what the tool saw")
-    for phase in ("crash", "restart"):
-        proc = subprocess.run([sys.executable, "-m", __name__, demo.server.address, str(spool), phase],
-                              env=env, capture_output=True, text=True, timeout=120)
+    # The tool's own spool, shared by its two runs and gone after: never beside the demo's directory.
+    with tempfile.TemporaryDirectory(prefix="chorus-demo-spool-") as spool:
+        runs = [(phase, subprocess.run([sys.executable, "-m", __name__, demo.server.address, spool, phase],
+                                       env=env, capture_output=True, text=True, timeout=120))
+                for phase in ("crash", "restart")]
+    for phase, proc in runs:
         lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         exit_text = "SIGKILL" if proc.returncode == -signal.SIGKILL else str(proc.returncode)
         if phase == "crash":

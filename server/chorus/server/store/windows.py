@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from chorus.server.store._db import Tx
 
-__all__ = ["WindowRow", "closed_unpurged", "containing", "count_by_state", "count_overdue", "create",
-           "delete_key", "due", "get", "key", "latest_closed", "mark_closed", "mark_plan_released", "mark_purged",
+__all__ = ["WindowRow", "closed_unpurged", "closed_until", "containing", "count_by_state", "count_overdue",
+           "create", "delete_key", "due", "get", "key", "latest_closed", "mark_closed", "mark_plan_released",
+           "mark_purged",
            "newest_policy_overlapping", "oldest_open_start", "open_ids", "open_keys", "overlapping",
            "plan_pending", "plan_released", "with_key"]
 
@@ -164,6 +165,12 @@ def count_by_state(tx: Tx) -> dict[str, int]:
 def count_overdue(tx: Tx, now: int) -> int:
     """Open windows whose close time is before `now`."""
     return int(tx.query("SELECT COUNT(*) FROM windows WHERE state = 'open' AND closes_at < ?", (now,))[0][0])
+
+
+def closed_until(tx: Tx) -> int | None:
+    """The latest end of a closed window, if any is closed."""
+    (end,), = tx.query("SELECT MAX(end_at) FROM windows WHERE state = 'closed'")
+    return None if end is None else int(end)
 
 
 def latest_closed(tx: Tx) -> str | None:

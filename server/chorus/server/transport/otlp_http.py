@@ -11,7 +11,9 @@ limits; 401 without a valid token, 403 for a token of another role (both decided
 429 (rate limit) and 503 (store unavailable) with `Retry-After`. The bearer token is checked
 from the headers before the body is read, so a refused request costs no parsing.
 
-Plain stdlib `http.server`, one thread per connection and at most `MAX_CONNECTIONS` of them;
+Plain stdlib `http.server`, one thread per connection, at most `MAX_CONNECTIONS` of them and
+`MAX_PER_PEER` from one address, each request under a whole-request deadline
+(`REQUEST_SECONDS`), and `SO_REUSEADDR` so that a restart binds at once;
 TLS (and mTLS) as for gRPC, with the handshake done on the connection's own thread so a slow
 client cannot stall the others.
 """
@@ -26,6 +28,7 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections import Counter
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -48,9 +51,15 @@ PATH = "/v1/metrics"
 DISCARDED_PATHS = frozenset({"/v1/traces", "/v1/logs"})
 #: Seconds a connection may sit idle or take to send its request.
 SOCKET_TIMEOUT = 30.0
+#: Seconds a request may take as a whole, from when the handler starts waiting for it to its
+#: answer: the socket timeout restarts on every byte, so a client dribbling one byte at a time
+#: would hold a slot forever without this deadline. The connection is shut down when it passes.
+REQUEST_SECONDS = 30.0
 #: Connections served at once (one thread each); more are answered 503 and closed at once, so a
 #: flood of idle connections cannot exhaust the process's threads.
 MAX_CONNECTIONS = 64
+#: Connections from one peer address at once: one host cannot take every slot.
+MAX_PER_PEER = 16
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
          b"Connection: close\r\n\r\n")
 STORE_RETRY_SECONDS = 1
@@ -109,17 +118,26 @@ class OtlpHttpServer:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_address = False  # a second server on a busy address must fail
+    # SO_REUSEADDR: a restart binds at once although the killed process's connections linger in
+    # TIME_WAIT. On Linux it still refuses a second listener on an address in use.
+    allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], handler: type, tls: ssl.SSLContext | None) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self._tls = tls
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._peers: Counter[str] = Counter()
+        self._peers_lock = threading.Lock()
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        peer = str(client_address[0])
+        with self._peers_lock:
+            admitted = self._peers[peer] < MAX_PER_PEER and self._slots.acquire(blocking=False)
+            if admitted:
+                self._peers[peer] += 1
+        if not admitted:
             with contextlib.suppress(OSError):
                 request.sendall(_BUSY)  # plaintext even on a TLS port: the client sees a closed connection
             self.shutdown_request(request)
@@ -127,14 +145,21 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release(peer)
             raise
+
+    def _release(self, peer: str) -> None:
+        with self._peers_lock:
+            self._peers[peer] -= 1
+            if not self._peers[peer]:
+                del self._peers[peer]
+        self._slots.release()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(str(client_address[0]))
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT)
@@ -159,6 +184,21 @@ class _Handler(BaseHTTPRequestHandler):
     admission: Admission
     limiter: RateLimiter
     max_body: int
+
+    def handle_one_request(self) -> None:
+        """One request under the whole-request deadline (REQUEST_SECONDS)."""
+        deadline = threading.Timer(REQUEST_SECONDS, self._cut)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            deadline.cancel()
+
+    def _cut(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)  # wakes the blocked read; the thread ends
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("OTLP/HTTP %s", self.requestline[:80])  # never the headers (they hold the token)

@@ -159,7 +159,7 @@ class OtlpIngestor:
         team_of = self._roster.current(tx).get
         windows: dict[str, window_store.OpenWindow | Rejection] = {}
         open_keys: list[tuple[str, bytes]] | None = None
-        oldest_open_ns = 0  # the oldest open window's start, read with open_keys
+        closed_until_ns = 0  # the latest end of a closed window, read with open_keys
         # What counts, summed per (person, metric, time) before the ingest rules: an export often
         # carries several points per person (input and output tokens, several sessions).
         sums: dict[tuple[str, str, datetime], int] = {}
@@ -200,8 +200,8 @@ class OtlpIngestor:
             if p.cumulative:
                 if open_keys is None:
                     open_keys = store.windows.open_keys(tx)
-                    oldest_open_ns = (store.windows.oldest_open_start(tx) or 0) * 10**9
-                increase = self._increase(tx, window, open_keys, oldest_open_ns, p)
+                    closed_until_ns = (store.windows.closed_until(tx) or 0) * 10**9
+                increase = self._increase(tx, window, open_keys, closed_until_ns, p)
                 if increase is None:
                     note("duplicate", p)
                     continue
@@ -241,7 +241,7 @@ class OtlpIngestor:
 
     @staticmethod
     def _increase(tx: Tx, window: window_store.OpenWindow, open_keys: list[tuple[str, bytes]],
-                  oldest_open_ns: int, p: Point) -> float | None:
+                  closed_until_ns: int, p: Point) -> float | None:
         """The increase a cumulative point carries; None when it is not newer than the series'
         last; BASELINE when it is the first seen of a series that started in a closed window."""
         assert p.identity is not None
@@ -250,9 +250,9 @@ class OtlpIngestor:
             return None  # a retry or an out-of-order point: already counted
         series.remember(tx, window.record.id, window.key, p.identity, p.series,
                         series.Previous(p.start_ns, p.time_ns, p.value))
-        if before is None and p.start_ns < oldest_open_ns:
-            # A series that began in a window now closed, unseen in any open one: its count up
-            # to here belongs to that window, whose state was deleted at its close. A baseline only.
+        if before is None and p.start_ns < closed_until_ns:
+            # A series that began before a closed window ended, unseen in any open one: part of its
+            # count belongs to that window, whose state was deleted at its close. A baseline only.
             return BASELINE
         if before is None or before.start_ns != p.start_ns or p.value < before.value:
             return p.value  # first point of a series, or a reset: the increase since its start

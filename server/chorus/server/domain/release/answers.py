@@ -37,6 +37,9 @@ class Estimate(NamedTuple):
     #: (value, ci95) consistent across the tree's levels, when the window has nested releases
     #: of this statistic; None otherwise.
     consistent: tuple[float, float] | None = None
+    #: For a sum, count or active: the noisy value as released, before a negative one is shown as
+    #: 0 in `value` (what derived figures must add up); None when `value` is it.
+    noisy_value: float | None = None
 
 
 class Unreleased(NamedTuple):

@@ -68,7 +68,8 @@ def noisy_estimate(metric: str, histogram_edges: tuple[int, ...], stat: str, ite
         note = f"noisy {stat} {item.value} was negative; shown as 0" if item.value < 0 else ""
     return Estimate(metric, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
                     item.mechanism, item.sensitivity, item.scale, not item.charged.micros,
-                    item.release_id, note, (), consistent)
+                    item.release_id, note, (), consistent,
+                    noisy_value=None if isinstance(item.value, list) else float(item.value))
 
 
 def mean_estimate(metric: MetricPolicy, total: Stored, count: Stored) -> Estimate:

@@ -1,0 +1,223 @@
+"""The landing page's answers: is adoption growing (the company, or one org, over the last N
+windows), where (each org as a row), and which teams' numbers say something at all.
+
+Everything here is post-processing of released team numbers (`headline`): the reads that feed
+it are the overview's, so opening the page spends nothing. A team's weekly adoption "says
+something" when its 95% half-width is at most `SAYS_SOMETHING` (25 points); a team past it is
+drawn as "too few people for a weekly number" and appears in the averaged view instead (its
+active people over the windows shown, against its rosters: a narrower interval for free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from markupsafe import Markup
+
+from chorus.server.dashboard import charts, headline
+from chorus.server.dashboard.charts import Bar, Interval, format_percent
+from chorus.server.dashboard.tables import Column, DataTable, text
+from chorus.server.model import hierarchy
+from chorus.server.privacy import sums
+from chorus.v1 import common_pb2, release_pb2
+
+#: Widest 95% half-width (a share) at which one window's team adoption is worth drawing.
+SAYS_SOMETHING = 0.25
+TOO_FEW = "too few people for a weekly number"
+SORTS = ("adoption", "change", "name")
+
+
+def unit(window: common_pb2.Window) -> str:
+    """How the page names one window's length: a week, a day, or a window."""
+    days = (window.end.seconds - window.start.seconds) / 86_400
+    return "week" if 6 <= days <= 8 else "day" if 0.9 <= days <= 1.1 else "window"
+
+
+def shown(found: headline.Figure) -> Interval:
+    """A share cut to [0, 1] for display, its interval around the raw value."""
+    return Interval(min(max(found.value, 0.0), 1.0), found.ci95, 1.0)
+
+
+def pct_range(found: headline.Figure) -> str:
+    i = shown(found)
+    return f"{format_percent(i.low)} to {format_percent(i.high)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One scope's adoption per window (None where nothing was released for it)."""
+
+    windows: list[str]
+    parts: list[headline.Parts | None]
+
+    def figures(self) -> list[headline.Figure | None]:
+        return [headline.figure(p, share=True) if p else None for p in self.parts]
+
+    def change(self) -> tuple[headline.Figure, str] | None:
+        """Last window against the first one with releases: (change, that first window)."""
+        first = next((i for i, p in enumerate(self.parts) if p), None)
+        last = self.parts[-1] if self.parts else None
+        if first is None or last is None or first == len(self.parts) - 1:
+            return None
+        found = headline.change(last, self.parts[first] or {}, share=True)
+        return (found[0], self.windows[first]) if found else None
+
+
+def series(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse | None],
+           node: str = hierarchy.COMPANY, teams: set[str] | None = None) -> Series:
+    """A scope's adoption parts per window: its own release where there is one, else its teams'
+    (`teams`, all when None)."""
+    out: list[headline.Parts | None] = []
+    for reply in replies:
+        found = headline.scoped(reply.teams, node, teams) if reply is not None else {}
+        out.append(found or None)
+    return Series(list(windows), out)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The headline sentence and the figures behind it, for the company or one org."""
+
+    scope: str
+    sentence: str
+    detail: str
+    growing: bool
+
+
+def answer(scope: str, data: Series, per: str) -> Answer | None:
+    trend = headline.slope(data.parts)
+    if trend is None:
+        return None
+    verdict = headline.trend_verdict(trend, per)
+    low, high = trend.value - trend.ci95, trend.value + trend.ci95
+    used = [w for w, p in zip(data.windows, data.parts, strict=True) if p]
+    detail = (f"Slope over the {len(used)} windows {used[0]} to {used[-1]}: {headline.points(trend.value)} a {per}, "
+              f"95% interval {headline.points(low)} to {headline.points(high)} a {per}.")
+    return Answer(scope, f"{scope} adoption: {verdict}.", detail, trend.distinct and trend.value > 0)
+
+
+def company_chart(scope: str, data: Series) -> tuple[str, str, Markup, DataTable]:
+    """The scope's adoption over the windows as a line in its 95% band, with its table."""
+    figures = data.figures()
+    points = [shown(f) if f else None for f in figures]
+    table = DataTable(f"{scope} adoption per window", [
+        text("window", "Window"), Column("value", format_percent, label="Adoption"),
+        Column("low", format_percent, label="95% low"), Column("high", format_percent, label="95% high"),
+        Column("teams", label="Teams released"), Column("people", label="People on their rosters")])
+    for window, parts, point in zip(data.windows, data.parts, points, strict=True):
+        if parts and point:
+            table.add(window, point.value, point.low, point.high, len(parts), sum(p.roster for p in parts.values()))
+        else:
+            table.add(window, None, None, None, 0, 0)
+    title = f"{scope} adoption over the last {len(data.windows)} windows"
+    description = (f"Share of the people on the released teams' rosters active with AI tools, per window, "
+                   f"{data.windows[0]} to {data.windows[-1]}; the band is the 95% interval.")
+    domain = [v for p in points if p for v in (p.low, p.high)] + [0.0]
+    svg = charts.responsive(charts.trend_panel, f"chart-{_slug(scope)}-adoption", title, description, data.windows,
+                            points, domain, fmt=format_percent)
+    return title, description, svg, table
+
+
+@dataclass(frozen=True, slots=True)
+class OrgRow:
+    """One org of the chosen level: its adoption now, its change, and its series."""
+
+    org: str
+    people: int
+    teams: int
+    now: headline.Figure | None
+    change: headline.Figure | None
+    since: str
+    data: Series
+
+    @property
+    def says(self) -> str:
+        if self.change is None:
+            return ""
+        return headline.change_verdict(self.change)
+
+
+def org_rows(tree: hierarchy.Hierarchy, scope: str, windows: Sequence[str],
+             replies: Sequence[release_pb2.ReleaseResponse | None], sort: str) -> list[OrgRow]:
+    """The orgs directly below `scope`, sorted by `sort` (adoption or change, largest first; or name)."""
+    rows = []
+    for org in tree.children(scope):
+        if tree.level(org) != hierarchy.ORG:
+            continue
+        data = series(windows, replies, org, set(tree.teams_below(org)))
+        figures = data.figures()
+        moved = data.change()
+        rows.append(OrgRow(org, tree.size(org), len(tree.teams_below(org)), figures[-1] if figures else None,
+                           moved[0] if moved else None, moved[1] if moved else "", data))
+
+    def key(row: OrgRow) -> tuple[int, float, str]:
+        if sort == "name":
+            return (0, 0.0, row.org)
+        found = row.now if sort == "adoption" else row.change
+        return (found is None, -(found.value if found else 0.0), row.org)
+    return sorted(rows, key=key)
+
+
+def org_table(rows: Sequence[OrgRow], scope: str, window: str) -> DataTable:
+    table = DataTable(f"Adoption per org under {scope}, window {window}", [
+        text("org", "Org"), Column("people", label="People"), Column("value", format_percent, label="Adoption"),
+        text("interval", "95% interval"), text("change", "Change"),
+        text("change_interval", "95% interval of the change"),
+        text("verdict", "Verdict")])
+    for row in rows:
+        change = row.change
+        table.add(row.org, row.people, shown(row.now).value if row.now else None,
+                  pct_range(row.now) if row.now else "not released",
+                  f"{headline.points(change.value)} since {row.since}" if change else "",
+                  f"{headline.points(change.value - change.ci95)} to {headline.points(change.value + change.ci95)}"
+                  if change else "", row.says)
+    return table
+
+
+def small_multiples(rows: Sequence[OrgRow]) -> list[tuple[str, Markup]]:
+    """One adoption panel per org, on one shared scale."""
+    all_points = [[shown(f) if f else None for f in row.data.figures()] for row in rows]
+    domain = [v for points in all_points for p in points if p for v in (p.low, p.high)] + [0.0]
+    panels = []
+    for number, (row, points) in enumerate(zip(rows, all_points, strict=True)):
+        title = f"{row.org}: adoption"
+        description = f"Adoption of org {row.org} per window with its 95% band."
+        now = f"{format_percent(shown(row.now).value)}" if row.now else "not released"
+        moved = f", {headline.points(row.change.value)}" if row.change else ""
+        panels.append((f"{row.org}: {now}{moved}", charts.responsive(
+            charts.trend_panel, f"chart-org-{number}", title, description,
+                                                  row.data.windows, points, domain, fmt=format_percent)))
+    return panels
+
+
+def team_bar(team: release_pb2.TeamRelease, estimate: release_pb2.Estimate | None) -> Bar | None:
+    """A team's weekly adoption bar, or None when it is drawn as too few people."""
+    if estimate is None or estimate.ci95 > SAYS_SOMETHING:
+        return None
+    return Bar(team.team, Interval(estimate.value, estimate.ci95, 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Averaged:
+    team: str
+    value: float
+    ci95: float
+    windows: int
+
+
+def averaged(data: Sequence[headline.Parts | None], teams: Sequence[str]) -> list[Averaged]:
+    """Each team's adoption over all the windows shown: its active people over its rosters."""
+    out = []
+    for team in teams:
+        mine = [p[team] for p in data if p and team in p]
+        if not mine:
+            continue
+        people = sum(p.roster for p in mine)
+        terms = [(p.scale, 1 / people, p.mechanism or sums.DISCRETE_LAPLACE) for p in mine]
+        out.append(Averaged(team, sum(p.value for p in mine) / people, sums.ci95(terms), len(mine)))
+    return sorted(out, key=lambda a: (-a.value, a.team))
+
+
+def _slug(text_: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text_.lower())

@@ -1,0 +1,132 @@
+"""A VP's minute in the real Chromium, on a company that really grew (tests/dashboard/vp_data.py:
+35 teams in 8 orgs, 8 weeks, adoption 30% -> 65%, the default configuration and plan).
+
+From the page alone: the landing page states the growth as not noise, with its slope and the
+change against 8 weeks ago; the org rows are sorted by the figure chosen (adoption, then its
+change); the org filter travels to the other pages; and nothing of it spends. Every page is
+shot at 1280 and 390 pixels (test-artifacts/screenshots/company-*.png).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from playwright.sync_api import Browser
+
+from chorus.server.dashboard import Gateway, create_app
+from chorus.server.dashboard.wsgi_server import DashboardServer
+from chorus.server.model.roles import Role
+from chorus.server.transport.grpc_server import Server
+from chorus.v1 import audit_pb2, audit_pb2_grpc
+
+from .test_browser import LAPTOP, PHONE, Visit, browser, overflowing, table_rows, visit, visits  # noqa: F401
+from .vp_data import WEEKS, build
+
+pytestmark = pytest.mark.slow  # a real browser and a gRPC server
+
+
+class Company:
+    def __init__(self, data: Path) -> None:
+        self.chorus, self.clock, self.weeks = build(data)
+        self.tokens = {role: self.chorus.tokens.create(role, f"{role.value}-vp", self.clock.now(), actor="test")[0]
+                       for role in (Role.ANALYST, Role.AUDITOR)}
+        self.server = Server(self.chorus, "127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.insecure_channel(self.server.address)
+
+    def spent(self) -> list[tuple[str, str, str]]:
+        reply = audit_pb2_grpc.AuditServiceStub(self.channel).GetBudget(
+            audit_pb2.GetBudgetRequest(page_size=1000),
+            metadata=(("authorization", f"Bearer {self.tokens[Role.AUDITOR]}"),), timeout=30)
+        return sorted((b.window, b.team, b.spent) for b in reply.budgets)
+
+
+@pytest.fixture(scope="module")
+def company(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Company]:
+    built = Company(tmp_path_factory.mktemp("vp") / "data")
+    yield built
+    built.channel.close()
+    built.server.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+def dashboard(company: Company) -> Iterator[str]:
+    gateway = Gateway(company.server.address)
+    server = DashboardServer(create_app(gateway), "127.0.0.1:0")
+    server.start()
+    yield server.url
+    server.stop()
+    gateway.close()
+
+
+def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
+        browser: Browser, dashboard: str, company: Company, visits: list[Visit]) -> None:  # noqa: F811
+    before = company.spent()
+    laptop = visit(visits, browser, dashboard)
+    laptop.sign_in(company.tokens[Role.ANALYST])
+    page = laptop.page
+    page.wait_for_url(f"{dashboard}/overview")
+    answer = page.locator("#answer-sentence").inner_text()
+    assert re.fullmatch(r"Company adoption: growing about \d+\.\d points a week; this is not noise\.", answer), answer
+    assert f"Slope over the {WEEKS} windows {company.weeks[0]} to {company.weeks[-1]}" in page.locator(
+        ".answer-detail").inner_text()
+    assert f"Against {company.weeks[0]}: +" in page.locator(".answer-detail").inner_text()
+    assert page.locator("#company-adoption svg[role=img]:visible").count() == 1
+    laptop.shot("company-landing-desktop")
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height <= 3.3 * LAPTOP["height"], height  # about three screens for 35 teams
+
+    # Where: the orgs as rows, sorted by adoption (largest first), then by its change.
+    rows = table_rows(page, "Adoption per org under Company")
+    assert len(rows) == 8
+    shares = [float(r["value"].rstrip("%")) for r in rows.values()]
+    assert shares == sorted(shares, reverse=True)
+    assert page.locator("#orgs .panel").count() == 8  # small multiples
+    page.get_by_label("Sort orgs by").select_option("change")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r".*sort=change.*"))
+    changes = [float(r["change"].split()[0]) for r in table_rows(page, "Adoption per org under Company").values()]
+    assert changes == sorted(changes, reverse=True)
+    assert page.get_by_role("heading", name=re.compile("^Where: adoption per org, sorted by change")).count() == 1
+
+    # Teams too small for a weekly number are said to be, and averaged.
+    page.locator("#adoption summary").first.click()  # team detail is one click away
+    assert "Too few people for a weekly number (a 95% interval wider than ±25%)" in page.locator(
+        "#adoption").inner_text()
+    page.locator("#adoption-average summary").first.click()
+    assert page.locator("#adoption-average svg[role=img]:visible").count() == 1
+    laptop.shot("company-landing-teams-open-desktop")
+
+    # One org: the filter carries to the other pages.
+    page.get_by_label("Org", exact=True).select_option("engineering")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r".*org=engineering.*"))
+    assert page.locator("#answer-sentence").inner_text().startswith("Org engineering adoption:")
+    laptop.shot("company-landing-org-desktop")
+    nav = page.get_by_role("navigation", name="Dashboard pages")
+    for label in ("Organisation", "Trends"):
+        assert "org=engineering" in (nav.get_by_role("link", name=label).get_attribute("href") or "")
+
+    phone = visit(visits, browser, dashboard, PHONE)
+    phone.sign_in(company.tokens[Role.ANALYST])
+    for path in ("/overview", "/overview?org=engineering", "/orgs", "/trends", "/histogram", "/spend"):
+        for who, viewport in (("desktop", laptop), ("phone", phone)):
+            viewport.open(path)
+            name = path.strip("/").replace("?", "-").replace("=", "-")
+            viewport.shot(f"company-{name}-{who}")
+        assert overflowing(phone.page) == [], path
+    auditor = visit(visits, browser, dashboard)
+    auditor.sign_in(company.tokens[Role.AUDITOR])
+    auditor_phone = visit(visits, browser, dashboard, PHONE)
+    auditor_phone.sign_in(company.tokens[Role.AUDITOR])
+    for path in ("/budget", "/ledger", "/policies", "/statement"):
+        auditor.open(path)
+        auditor.shot(f"company-{path.strip('/')}-desktop")
+        auditor_phone.open(path)
+        auditor_phone.shot(f"company-{path.strip('/')}-phone")
+        assert overflowing(auditor_phone.page) == [], path
+    assert company.spent() == before  # reading every page spent nothing
