@@ -18,15 +18,14 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("failing", ["authenticate", "ingest"])
 def test_a_store_outage_is_retryable_unavailable(running: Running, monkeypatch: pytest.MonkeyPatch,
                                                  failing: str) -> None:
-    real_run = running.chorus.db.run
+    real = running.chorus.db._transaction
 
-    def flaky(fn, *, name):  # type: ignore[no-untyped-def]
+    def flaky(fn, name, *, read_only):  # type: ignore[no-untyped-def]
         if name == failing:
             raise StoreUnavailable("database /secret/path is locked")
-        return real_run(fn, name=name)
+        return real(fn, name, read_only=read_only)
 
-    monkeypatch.setattr(running.chorus.tokens, "_cache", {})  # force a store lookup of the token
-    monkeypatch.setattr(running.chorus.db, "run", flaky)
+    monkeypatch.setattr(running.chorus.db, "_transaction", flaky)  # writes and reads alike
     transport = GrpcTransport(running.address, running.ingest_token)
     try:
         with pytest.raises(TransportError) as err:
@@ -36,6 +35,6 @@ def test_a_store_outage_is_retryable_unavailable(running: Running, monkeypatch: 
     assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retryable
     assert err.value.retry_delay is not None and err.value.retry_delay > 0
     assert "/secret/path" not in err.value.details  # the store's details stay in the server log
-    monkeypatch.setattr(running.chorus.db, "run", real_run)
+    monkeypatch.setattr(running.chorus.db, "_transaction", real)
     reply: ingest_pb2.ReportResponse = GrpcTransport(running.address, running.ingest_token).send(report_request(), 10)
     assert reply.accepted == 1

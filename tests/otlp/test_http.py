@@ -149,19 +149,18 @@ def test_rate_limited_is_429_with_retry_after(otlp_server: OtlpServer) -> None:
 @pytest.mark.parametrize("failing", ["authenticate", "otlp_export"])
 def test_store_outage_is_503_with_retry_after(otlp_server: OtlpServer, monkeypatch: pytest.MonkeyPatch,
                                               failing: str) -> None:
-    real_run = otlp_server.chorus.db.run
+    real = otlp_server.chorus.db._transaction
 
-    def flaky(fn, *, name):  # type: ignore[no-untyped-def]
+    def flaky(fn, name, *, read_only):  # type: ignore[no-untyped-def]
         if name == failing:
             raise StoreUnavailable("database /secret/path is locked")
-        return real_run(fn, name=name)
+        return real(fn, name, read_only=read_only)
 
-    monkeypatch.setattr(otlp_server.chorus.tokens, "_cache", {})  # force a store lookup of the token
-    monkeypatch.setattr(otlp_server.chorus.db, "run", flaky)
+    monkeypatch.setattr(otlp_server.chorus.db, "_transaction", flaky)  # writes and reads alike
     code, head, raw = post(otlp_server.http_url, body(), headers(otlp_server))
     assert code == 503 and head["retry-after"] == "1"
     assert "/secret/path" not in status_of(raw).message
-    monkeypatch.setattr(otlp_server.chorus.db, "run", real_run)
+    monkeypatch.setattr(otlp_server.chorus.db, "_transaction", real)
     assert post(otlp_server.http_url, body(), headers(otlp_server))[0] == 200
 
 

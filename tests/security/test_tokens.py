@@ -1,5 +1,5 @@
-"""Token lifecycle and the authentication cache: hashes only, revocation on this replica at
-once and on another replica within the cache time, no store access for malformed tokens."""
+"""Token lifecycle: hashes only, every lookup a read transaction in the store (so revocation
+holds at once on every replica), no store access for malformed tokens."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from chorus.server.domain.tokens import TOKEN_CACHE_SECONDS, Tokens
+from chorus.server.domain.tokens import Tokens
 from chorus.server.model.roles import Principal, Role
 from chorus.server.root import ADMIN_TOKEN_FILE, Chorus
 from chorus.server.store import Database, Tx
@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 class CountingDatabase:
-    """A Database that counts transactions by name and can run a hook after one."""
+    """A Database that counts transactions by name (reads as "read:<name>") and can run a hook
+    after one."""
 
     def __init__(self, inner: Database) -> None:
         self.inner = inner
@@ -34,7 +35,12 @@ class CountingDatabase:
         self.after: dict[str, Callable[[], object]] = {}
 
     def run(self, fn: Callable[[Tx], T], *, name: str) -> T:
-        result = self.inner.run(fn, name=name)
+        return self._counted(self.inner.run(fn, name=name), name)
+
+    def read(self, fn: Callable[[Tx], T], *, name: str) -> T:
+        return self._counted(self.inner.read(fn, name=name), f"read:{name}")
+
+    def _counted(self, result: T, name: str) -> T:
         self.runs.append(name)
         hook = self.after.pop(name, None)
         if hook is not None:
@@ -52,17 +58,9 @@ class CountingDatabase:
         self.inner.close()
 
 
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def replicas(tmp_path: Path) -> Iterator[tuple[Chorus, Chorus]]:
-    """Two instances over one SQLite file: two replicas, each with its own token cache."""
+    """Two instances over one SQLite file: two replicas."""
     first = Chorus(suite_config(), tmp_path / "data")
     second = Chorus(suite_config(), tmp_path / "data")
     yield first, second
@@ -86,19 +84,15 @@ def test_only_the_hash_is_stored(replicas: tuple[Chorus, Chorus]) -> None:
     assert info.role is Role.INGEST
 
 
-def test_cache_serves_repeated_lookups_without_the_store(replicas: tuple[Chorus, Chorus]) -> None:
+def test_every_lookup_is_a_read_transaction(replicas: tuple[Chorus, Chorus]) -> None:
     chorus, _ = replicas
-    clock = FakeMonotonic()
-    tokens, db = tokens_over(chorus, monotonic=clock)
+    tokens, db = tokens_over(chorus)
     secret, _ = tokens.create(Role.INGEST, "tool", NOON, "test")
     register(secret)
     db.runs.clear()
-    for _ in range(5):
+    for _ in range(3):
         assert tokens.authenticate(secret) == Principal("tool", Role.INGEST)
-    assert db.runs == ["authenticate"]
-    clock.now += TOKEN_CACHE_SECONDS
-    assert tokens.authenticate(secret) == Principal("tool", Role.INGEST)
-    assert db.runs == ["authenticate", "authenticate"]
+    assert db.runs == ["read:authenticate"] * 3
 
 
 def test_malformed_and_unknown_tokens(replicas: tuple[Chorus, Chorus]) -> None:
@@ -110,44 +104,27 @@ def test_malformed_and_unknown_tokens(replicas: tuple[Chorus, Chorus]) -> None:
     unknown = "chorus_" + "B" * 43
     assert tokens.authenticate(unknown) is None
     assert tokens.authenticate(unknown) is None
-    assert db.runs == ["authenticate", "authenticate"]  # failures are never cached
+    assert db.runs == ["read:authenticate", "read:authenticate"]
 
 
 def test_revocation_is_immediate_on_the_same_replica(replicas: tuple[Chorus, Chorus]) -> None:
     chorus, _ = replicas
-    tokens, _ = tokens_over(chorus, monotonic=FakeMonotonic())
+    tokens, _ = tokens_over(chorus)
     secret, _ = tokens.create(Role.ANALYST, "lead", NOON, "test")
     register(secret)
-    assert tokens.authenticate(secret) is not None  # now cached
+    assert tokens.authenticate(secret) is not None
     info = tokens.revoke("lead", NOON, "test")
     assert info.revoked is not None
     assert tokens.authenticate(secret) is None
 
 
-def test_revocation_on_another_replica_within_the_cache_time(replicas: tuple[Chorus, Chorus]) -> None:
+def test_revocation_is_immediate_on_another_replica(replicas: tuple[Chorus, Chorus]) -> None:
     first, second = replicas
-    clock = FakeMonotonic()
-    reader, _ = tokens_over(second, monotonic=clock)
     secret, _ = first.tokens.create(Role.AUDITOR, "officer", NOON, "test")
     register(secret)
-    assert reader.authenticate(secret) == Principal("officer", Role.AUDITOR)
+    assert second.tokens.authenticate(secret) == Principal("officer", Role.AUDITOR)
     first.tokens.revoke("officer", NOON, "test")
-    clock.now += TOKEN_CACHE_SECONDS / 2
-    assert reader.authenticate(secret) is not None  # still cached: the documented window
-    clock.now += TOKEN_CACHE_SECONDS / 2
-    assert reader.authenticate(secret) is None
-
-
-def test_a_lookup_racing_a_revocation_is_not_cached(replicas: tuple[Chorus, Chorus]) -> None:
-    """The lookup read the token as active just before the revocation committed: it may answer
-    for the call in flight, but must not keep the stale answer for the next one."""
-    chorus, _ = replicas
-    tokens, db = tokens_over(chorus, monotonic=FakeMonotonic())
-    secret, _ = tokens.create(Role.INGEST, "racer", NOON, "test")
-    register(secret)
-    db.after["authenticate"] = lambda: tokens.revoke("racer", NOON, "test")
-    assert tokens.authenticate(secret) is not None
-    assert tokens.authenticate(secret) is None
+    assert second.tokens.authenticate(secret) is None
 
 
 @pytest.mark.slow
@@ -158,7 +135,7 @@ def test_revoke_over_grpc_takes_effect_at_once(secure_server: SecureServer) -> N
                                 metadata=secure_server.metadata(Role.ADMIN), timeout=10)
     register(created.token)
     list_policies = secure_server.channel.unary_unary("/chorus.v1.AuditService/ListPolicies")
-    list_policies(b"", metadata=bearer(created.token), timeout=10)  # works, and is now cached
+    list_policies(b"", metadata=bearer(created.token), timeout=10)  # works
     admin.RevokeToken(admin_pb2.RevokeTokenRequest(name="soon-gone"),
                       metadata=secure_server.metadata(Role.ADMIN), timeout=10)
     with pytest.raises(grpc.RpcError) as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chorus.server.domain import audit, roster, shred
 from chorus.server.domain import windows as window_store
-from chorus.server.domain.closer import WindowCloser
+from chorus.server.domain.closer import ClockGuard, WindowCloser
 from chorus.server.domain.ingest import Ingestor
 from chorus.server.domain.ledger import Ledger, Signer
 from chorus.server.domain.otlp.export import OtlpIngestor
@@ -39,12 +39,15 @@ class Chorus:
                                           sqlite_synchronous=config.sqlite_synchronous)
         self.ledger = Ledger(Signer.load_or_create(data_dir))
         self.roster = roster.RosterCache()
-        self.ingestor = Ingestor(self.db, config.policy, self.ledger, self.clock, self.roster)
+        self.clock_guard = ClockGuard(self.clock)
+        self.ingestor = Ingestor(self.db, config.policy, self.ledger, self.clock, self.roster,
+                                 witness=self.clock_guard.saw)
         self.otlp = OtlpIngestor(self.db, config.policy, config.limits, self.clock, self.roster, self.ingestor)
         self.tokens = Tokens(self.db, self.ledger)
         self.shredder = shred.Shredder(self.db, self.clock)
         self.releases = Releases(self.db, self.ledger, self.clock, config.policy)
-        self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder, self.releases)
+        self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder, self.releases,
+                                   self.clock_guard)
         self.windows = window_store.Windows(self.db, self.ledger, self.clock, self.shredder,
                                             self.releases.release_plan)
         self.rosters = roster.Rosters(self.db, self.ledger, self.clock, self.shredder)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from chorus.server.cli._common import ExitCode, console, fail, is_loopback
 from chorus.server.model import config as config_module
 from chorus.server.root import Chorus
-from chorus.server.store._db import StoreUnavailable
+from chorus.server.store import StoreUnavailable
 from chorus.server.transport import logs, metrics, readiness, worker_metrics, workers
 from chorus.server.transport.grpc_server import Server, TlsConfig
 

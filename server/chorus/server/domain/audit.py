@@ -139,10 +139,10 @@ def ledger_pages(db: Database, from_seq: int, size: int,
     export a well-defined end even while the server keeps appending; the next export
     continues from there.
     """
-    last, _ = db.run(ledger_head, name="ledger_head")
+    last, _ = db.read(ledger_head, name="ledger_head")
     seq = max(from_seq, 1)
     while seq <= last:
-        entries = db.run(functools.partial(read_entries, from_seq=seq, limit=min(size, last - seq + 1)),
+        entries = db.read(functools.partial(read_entries, from_seq=seq, limit=min(size, last - seq + 1)),
                          name="read_ledger")
         if not entries:
             return
@@ -167,11 +167,11 @@ class AuditTrail:
 
     def policies(self, window_id: str = "") -> list[window_store.WindowRecord]:
         """See `list_policies`; raises WindowNotFound."""
-        return self._db.run(lambda tx: list_policies(tx, window_id), name="list_policies")
+        return self._db.read(lambda tx: list_policies(tx, window_id), name="list_policies")
 
     def budgets(self, window_id: str, limit: int, page_token: str) -> tuple[list[TeamWindowBudget], str]:
         """See `budgets`; raises WindowNotFound or PageTokenError."""
-        return self._db.run(lambda tx: budgets(tx, window_id, limit, page_token), name="get_budget")
+        return self._db.read(lambda tx: budgets(tx, window_id, limit, page_token), name="get_budget")
 
     def ledger_pages(self, from_seq: int, size: int) -> Iterator[list[Entry]]:
         """See `ledger_pages`."""

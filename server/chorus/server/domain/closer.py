@@ -3,13 +3,20 @@ release each closed window's release plan, purge exact statistics past retention
 pending shreds (chorus.server.domain.shred).
 
 The plan is released after the close has committed, from the windows whose plan is not marked
-complete: a crash between the two is completed by the next tick, on any replica."""
+complete: a crash between the two is completed by the next tick, on any replica.
+
+A close is irreversible, so it never follows one reading of a wall clock that can jump
+(`ClockGuard`): a window closes only once its close time has passed both by the wall clock and
+by monotonic time elapsed since a trusted reading of it, and not while the event times of
+contributions this process received in the last few minutes put its clients before the close
+time. Every disagreement is logged as a clock anomaly. Opening the current window and purging
+follow the wall clock: neither loses data."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
 from chorus.server.domain import windows as window_store
@@ -22,14 +29,101 @@ from chorus.server.store import Database, Tx
 
 _log = logging.getLogger(__name__)
 ACTOR = "closer"
+#: How far the wall clock may stray from monotonic time, or from recent clients, and count as
+#: agreeing (NTP slews by far less; a stepped clock or a suspended VM by more).
+CLOCK_TOLERANCE_SECONDS = 120.0
+#: How recent contributions must be for their event times to speak for the clients' clocks.
+CLIENT_WITNESS_SECONDS = 300.0
+#: How long the wall clock must stay ahead of monotonic time, with recent clients agreeing with
+#: it, before the guard takes it as a correction rather than a jump.
+TRUST_AFTER_SECONDS = 3600.0
+
+
+class ClockGuard:
+    """The time up to which windows may close: the wall clock when it agrees with monotonic time
+    since a trusted reading (the anchor) and with recent clients, else the earliest of them.
+
+    `saw(event_time)` takes one event time per ingested batch (chorus.server.domain.ingest).
+    The anchor is the first reading; a wall clock that goes back becomes the anchor at once
+    (closing later is safe); one that runs ahead becomes it only after TRUST_AFTER_SECONDS
+    during which recent clients agree with it (a correction, e.g. a server that booted with a
+    wrong clock). Thread-safe.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._anchor: tuple[datetime, float] | None = None
+        self._ahead_since: float | None = None
+        self._clients: tuple[datetime, float] | None = None  # newest event time seen, when (monotonic)
+        self._reported: set[str] = set()  # anomalies logged and not yet over
+
+    def saw(self, event_time: datetime) -> None:
+        steady = self._clock.monotonic()
+        with self._lock:
+            if self._clients is None or steady - self._clients[1] > CLIENT_WITNESS_SECONDS \
+                    or event_time >= self._clients[0] + timedelta(seconds=steady - self._clients[1]):
+                self._clients = (event_time, steady)
+
+    def close_time(self) -> datetime:
+        wall, steady = self._clock.now(), self._clock.monotonic()
+        tolerance = timedelta(seconds=CLOCK_TOLERANCE_SECONDS)
+        with self._lock:
+            if self._anchor is None:
+                self._anchor = (wall, steady)
+            expected = self._anchor[0] + timedelta(seconds=steady - self._anchor[1])
+            clients = None
+            if self._clients is not None and steady - self._clients[1] <= CLIENT_WITNESS_SECONDS:
+                clients = self._clients[0] + timedelta(seconds=steady - self._clients[1])
+            limit = wall
+            if wall < expected - tolerance:
+                self._anomaly("behind", f"the wall clock went back {_span(expected - wall)} against monotonic "
+                              "time; windows close by the wall clock from now on")
+                self._anchor, self._ahead_since = (wall, steady), None
+            elif wall > expected + tolerance:
+                if self._ahead_since is None:
+                    self._ahead_since = steady
+                agreed = clients is not None and abs(clients - wall) <= tolerance
+                if agreed and steady - self._ahead_since >= TRUST_AFTER_SECONDS:
+                    _log.warning("clock anomaly over: the wall clock has been %s ahead of monotonic time for "
+                                 "%.0f s and recent clients agree with it; trusting it", _span(wall - expected),
+                                 steady - self._ahead_since)
+                    self._anchor, self._ahead_since = (wall, steady), None
+                    self._reported.discard("ahead")
+                else:
+                    self._anomaly("ahead", f"the wall clock is {_span(wall - expected)} ahead of monotonic time "
+                                  f"since {self._anchor[0].isoformat()}; no window closes before monotonic time "
+                                  "says its close time has passed")
+                    limit = expected
+            else:
+                self._ahead_since = None
+                self._reported -= {"ahead", "behind"}
+            if clients is not None and clients < limit - tolerance:
+                self._anomaly("clients", f"contributions received in the last {CLIENT_WITNESS_SECONDS:.0f} s "
+                              f"put their clients' clocks at {clients.isoformat()}, {_span(limit - clients)} "
+                              "behind this server's; no window closes after that time meanwhile")
+                limit = clients
+            else:
+                self._reported.discard("clients")
+            return limit
+
+    def _anomaly(self, kind: str, message: str) -> None:
+        if kind not in self._reported:  # once per episode, not once per tick
+            self._reported.add(kind)
+            _log.warning("clock anomaly: %s", message)
+
+
+def _span(delta: timedelta) -> str:
+    return f"{delta.total_seconds():.0f} s"
 
 
 class WindowCloser:
     """Runs `tick` every interval on a daemon thread; at most one replica closes at a time."""
 
     def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock,
-                 shredder: Shredder, releases: Releases) -> None:
+                 shredder: Shredder, releases: Releases, guard: ClockGuard | None = None) -> None:
         self._db = db
+        self.guard = guard or ClockGuard(clock)
         self._releases = releases
         self._shredder = shredder
         self._policy = policy
@@ -48,7 +142,8 @@ class WindowCloser:
             self._current = current.id
             self._log_policy_change(current)
         closed = []
-        for window_id in self._db.run(lambda tx: window_store.due(tx, now), name="due_windows"):
+        closing = min(now, self.guard.close_time())
+        for window_id in self._db.read(lambda tx: window_store.due(tx, closing), name="due_windows"):
             result = self._db.run(partial(self._close, window_id=window_id, now=now), name="close_window")
             if result is not None and result.closed_now:
                 # Not how many people it held: that exact count must not leave the server.

@@ -259,8 +259,12 @@ class Ingestor:
     """Applies validated batches to the store."""
 
     def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock,
-                 roster: RosterCache | None = None, stats: IngestStats | None = None) -> None:
+                 roster: RosterCache | None = None, stats: IngestStats | None = None,
+                 witness: Callable[[datetime], None] | None = None) -> None:
+        """`witness` receives one event time of each applied batch (the window closer's
+        ClockGuard: what the clients' clocks say)."""
         self._db = db
+        self._witness = witness
         self._policy = policy
         self._ledger = ledger
         self._clock = clock
@@ -273,6 +277,8 @@ class Ingestor:
         prepared = self._db.read(lambda tx: self._prepare(tx, grouped, now), name="ingest_prepare")
         outcome = self._db.run(lambda tx: self._apply(tx, batch, grouped, now, prepared), name="ingest")
         self.stats.record(outcome, batch.dropped)
+        if self._witness is not None and grouped.groups:
+            self._witness(next(iter(grouped.groups))[0])  # one sample a batch: O(1)
         return outcome
 
     def _prepare(self, tx: Tx, grouped: Grouped, now: datetime) -> _Prepared | None:

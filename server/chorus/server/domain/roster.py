@@ -248,7 +248,7 @@ class Rosters:
 
     def preview(self, rows: list[tuple[str, str]], orgs: dict[str, str] | None = None) -> ImportResult:
         """What `replace(rows, orgs)` would change; changes nothing."""
-        return self._db.run(lambda tx: preview(tx, rows, orgs), name="roster_preview")
+        return self._db.read(lambda tx: preview(tx, rows, orgs), name="roster_preview")
 
     def replace(self, rows: list[tuple[str, str]], actor: str, orgs: dict[str, str] | None = None) -> ImportResult:
         """Replace the roster and the teams' org paths (team -> path; none: every team under the

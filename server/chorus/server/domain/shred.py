@@ -74,7 +74,7 @@ class Shredder:
 
     def pending(self) -> list[PendingShred]:
         """The shreds not yet final on disk, oldest first."""
-        return self._db.run(pending_in, name="pending_shreds")
+        return self._db.read(pending_in, name="pending_shreds")
 
     def attempt(self) -> bool:
         """Checkpoint now; True when nothing is pending afterwards. Never raises for a store

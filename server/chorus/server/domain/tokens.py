@@ -1,17 +1,19 @@
-"""Bearer tokens with one role each, stored as SHA-256 hashes: issue, authenticate (with a
-short cache), revoke, list. The gRPC gate that uses them is `chorus.server.transport.gate`.
+"""Bearer tokens with one role each, stored as SHA-256 hashes: issue, authenticate, revoke,
+list. The gRPC gate that uses them is `chorus.server.transport.gate`.
 
 A token's secret never reaches the store, the ledger or a log: only its SHA-256 hash is kept,
 and the ledger records the name and role of each created or revoked token.
+
+Revocation is at once everywhere: every call looks its token up in the store, in a read
+transaction (`Database.read`), which takes no writer lock and costs one indexed SELECT. A
+per-process cache would let the other workers of a server, and other replicas, accept a
+revoked token until it expired; with lock-free reads it would save almost nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,10 +26,6 @@ TOKEN_PREFIX = "chorus_"
 MAX_TOKEN_NAME = 64
 #: Longer bearer values are rejected before hashing; real tokens are 50 characters.
 MAX_TOKEN_LENGTH = 256
-#: How long a replica trusts a token it looked up: revocation on another replica takes
-#: effect within this time (on the revoking replica, at once).
-TOKEN_CACHE_SECONDS = 1.0
-_TOKEN_CACHE_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,23 +58,11 @@ def _info(row: store.tokens.TokenRow) -> TokenInfo:
 
 
 class Tokens:
-    """Token lifecycle; every change is recorded in the ledger (name and role, never the secret).
+    """Token lifecycle; every change is recorded in the ledger (name and role, never the secret)."""
 
-    Successful lookups are cached per token hash for `cache_seconds`, so a busy ingest path
-    does not run a store transaction per RPC. Unknown tokens are never cached: a flood of
-    guessed tokens cannot fill the cache, and a new token works at once.
-    """
-
-    def __init__(self, db: Database, ledger: Ledger, *, cache_seconds: float = TOKEN_CACHE_SECONDS,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, db: Database, ledger: Ledger) -> None:
         self._db = db
         self._ledger = ledger
-        self._cache_seconds = cache_seconds
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[Principal, float]] = {}
-        # Bumped by every revocation: a lookup that raced with it must not cache its answer.
-        self._generation = 0
 
     def create(self, role: Role, name: str, now: datetime, actor: str) -> tuple[str, TokenInfo]:
         if not name or len(name) > MAX_TOKEN_NAME or not name.isprintable():
@@ -93,7 +79,8 @@ class Tokens:
         return secret, self._db.run(create, name="token_create")
 
     def revoke(self, name: str, now: datetime, actor: str) -> TokenInfo:
-        """Revoke by name; it stops working on this replica at once, elsewhere within the cache time."""
+        """Revoke by name; every call that starts after this returns is refused, on every worker
+        and replica of the store."""
         def revoke(tx: Tx) -> TokenInfo:
             if store.tokens.get(tx, name) is None:
                 raise LookupError(f"no token named {name!r}")
@@ -104,14 +91,10 @@ class Tokens:
             assert row is not None
             return _info(row)
 
-        info = self._db.run(revoke, name="token_revoke")
-        with self._lock:
-            self._generation += 1
-            self._cache = {k: v for k, v in self._cache.items() if v[0].name != name}
-        return info
+        return self._db.run(revoke, name="token_revoke")
 
     def list(self) -> list[TokenInfo]:
-        return self._db.run(lambda tx: [_info(r) for r in store.tokens.all_tokens(tx)], name="token_list")
+        return self._db.read(lambda tx: [_info(r) for r in store.tokens.all_tokens(tx)], name="token_list")
 
     def authenticate(self, token: str) -> Principal | None:
         """The active token's principal, or None for a malformed, unknown or revoked token."""
@@ -120,23 +103,8 @@ class Tokens:
         # Looking up by SHA-256 leaks nothing through timing: an attacker learns at most
         # about hashes of their own guesses, never about a stored token.
         digest = hash_token(token)
-        now = self._monotonic()
-        with self._lock:
-            cached = self._cache.get(digest)
-            if cached is not None and cached[1] > now:
-                return cached[0]
-            generation = self._generation
-        found = self._db.run(lambda tx: store.tokens.active_by_hash(tx, digest), name="authenticate")
-        if found is None:
-            return None
-        who = Principal(found[0], Role(found[1]))
-        with self._lock:
-            if generation == self._generation:
-                if len(self._cache) >= _TOKEN_CACHE_MAX:
-                    self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-                if len(self._cache) < _TOKEN_CACHE_MAX:
-                    self._cache[digest] = (who, now + self._cache_seconds)
-        return who
+        found = self._db.read(lambda tx: store.tokens.active_by_hash(tx, digest), name="authenticate")
+        return None if found is None else Principal(found[0], Role(found[1]))
 
     def count(self) -> int:
-        return self._db.run(store.tokens.count, name="token_count")
+        return self._db.read(store.tokens.count, name="token_count")

@@ -284,7 +284,7 @@ class Windows:
 
     def list(self, start: datetime | None = None, end: datetime | None = None) -> list[WindowRecord]:
         """Windows overlapping [start, end), newest first."""
-        return self._db.run(lambda tx: list_windows(tx, start, end), name="list_windows")
+        return self._db.read(lambda tx: list_windows(tx, start, end), name="list_windows")
 
     def close(self, window_id: str, actor: str) -> CloseResult:
         """Force-close a window now (fold and shred, then release its plan), whatever its

@@ -16,11 +16,12 @@ outcome, duration and attempts to the observers (transport/metrics.py turns them
 Prometheus metrics; the store imports no transport).
 
 Time bound: a transaction ends by its deadline. `deadline(until)` sets it for the calls made
-inside (the gRPC gate sets the RPC's, less `REPLY_MARGIN_SECONDS` so that the refusal reaches
-the caller before its own deadline); without one, the engine's `budget_s` from the start of
-the transaction. Every lock wait of an attempt is bounded by what is left, and when no time
-is left the loop raises StoreUnavailable (UNAVAILABLE with RetryInfo at the API) instead of
-waiting: a busy store never stalls a caller past its deadline.
+inside (the gRPC gate sets the RPC's, less a fifth of the time left, at most
+`REPLY_MARGIN_SECONDS`, so that the refusal reaches the caller before its own deadline);
+without one, the engine's `budget_s` from the start of the transaction. Every lock wait of
+an attempt is bounded by what is left (and by the engine's patience, see `Database`), and
+when no time is left the loop raises StoreUnavailable (UNAVAILABLE with RetryInfo at the
+API) instead of waiting: a busy store never stalls a caller past its deadline.
 
 Reads: `Database.read(fn)` runs fn in a read-only transaction that takes no writer lock
 (SQLite: a WAL read transaction on a per-thread connection with `query_only`; PostgreSQL:
@@ -42,8 +43,12 @@ from typing import Any, Generic, Protocol, TypeVar
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
-#: What the gate leaves of an RPC's deadline for the refusal to travel back.
-REPLY_MARGIN_SECONDS = 0.1
+#: What the gate leaves of an RPC's deadline for the refusal to travel back: a fifth of the
+#: time the call has left, at most this.
+REPLY_MARGIN_SECONDS = 0.5
+
+#: How long a new attempt waits for a lock while another transaction already waits for one.
+BUSY_PATIENCE_SECONDS = 0.05
 
 #: Outcomes a transaction is observed with.
 COMMITTED, ROLLED_BACK, UNAVAILABLE, FAILED = "committed", "rolled_back", "unavailable", "failed"
@@ -117,6 +122,12 @@ class Database(ABC):
     """A store engine and the one transaction loop around it (see the module docstring).
 
     `budget_s`: how long a transaction without a deadline may wait for locks and retry.
+    `patience_s` (None: the engine bounds its waits itself): how long an attempt waits for a
+    lock before the loop decides. The first transaction whose wait runs out becomes the one
+    that waits on, for all that its deadline leaves; any other is refused (StoreUnavailable)
+    at once, and meanwhile new attempts wait only BUSY_PATIENCE_SECONDS. So a lock held by a
+    foreign session occupies one RPC thread, not all of them, and health checks, reads and
+    writes that need other locks are still served.
     """
 
     dialect: str
@@ -126,8 +137,12 @@ class Database(ABC):
     #: operator-fixable is a FAILED transaction (a bug), any other exception a domain refusal.
     error: type[Exception]
 
-    def __init__(self, *, budget_s: float) -> None:
+    def __init__(self, *, budget_s: float, patience_s: float | None = None) -> None:
         self.budget_s = budget_s
+        self.patience_s = patience_s
+        # The name of the one transaction (of reads, of writes) that waits past the patience.
+        self._waiting: dict[bool, str | None] = {False: None, True: None}
+        self._waiting_lock = threading.Lock()
         #: How many transactions raised StoreUnavailable since the engine opened (health reads it).
         self.unavailable_count = 0
         self._observers: list[TxObserver] = []
@@ -157,10 +172,11 @@ class Database(ABC):
         until = started + self.budget_s if limit is None else min(limit, started + self.budget_s)
         attempt = 0
         outcome = FAILED
+        patient = False  # this transaction is the one that waits for a lock past the patience
         try:
             while True:
                 attempt += 1
-                failure = self._attempt(fn, name, read_only, until, limit)
+                failure = self._attempt(fn, name, read_only, self._lock_bound(until, read_only, patient), limit)
                 if not isinstance(failure, Exception):
                     outcome = COMMITTED
                     return failure.value
@@ -174,6 +190,16 @@ class Database(ABC):
                 if not self.is_transient(failure):
                     outcome = FAILED if isinstance(failure, self.error) else ROLLED_BACK
                     raise failure
+                if self.patience_s is not None and self.is_lock_wait(failure) and not patient:
+                    with self._waiting_lock:
+                        patient = self._waiting[read_only] is None
+                        if patient:
+                            self._waiting[read_only] = name
+                    if not patient:
+                        outcome = UNAVAILABLE
+                        raise StoreUnavailable(f"{self.where}: transaction {name}: a lock was not granted "
+                                               "while another transaction already waits for one") from failure
+                    continue
                 delay = random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7)))
                 if time.monotonic() + delay >= until:
                     outcome = UNAVAILABLE
@@ -182,11 +208,23 @@ class Database(ABC):
                         f"{until - started:.1f} s ({attempt} attempt(s)); last: {_describe(failure)}") from failure
                 time.sleep(delay)
         finally:
+            if patient:
+                with self._waiting_lock:
+                    self._waiting[read_only] = None
             if outcome == UNAVAILABLE:
                 self.unavailable_count += 1
             seconds = time.monotonic() - started
             for observer in self._observers:
                 observer(name, outcome, seconds, attempt)
+
+    def _lock_bound(self, until: float, read_only: bool, patient: bool) -> float:
+        """How long this attempt may wait for locks: all that is left for the patient
+        transaction (or where the engine has no patience), else `patience_s`, or only
+        `BUSY_PATIENCE_SECONDS` while another transaction already waits."""
+        if patient or self.patience_s is None:
+            return until
+        patience = self.patience_s if self._waiting[read_only] is None else BUSY_PATIENCE_SECONDS
+        return min(until, time.monotonic() + patience)
 
     def _attempt(self, fn: Callable[[Tx], T], name: str, read_only: bool, until: float,
                  limit: float | None) -> _Done[T] | Exception:
@@ -226,6 +264,11 @@ class Database(ABC):
     @abstractmethod
     def is_transient(self, exc: Exception) -> bool:
         """True when the transaction certainly did not commit and may simply run again."""
+
+    def is_lock_wait(self, exc: Exception) -> bool:
+        """True when `exc` says a lock (or a connection) was not granted within the attempt's
+        bound: the failures `patience_s` applies to."""
+        return isinstance(exc, LockTimeout)
 
     @abstractmethod
     def unavailable(self, exc: Exception, name: str, *, read_only: bool) -> StoreUnavailable | None:

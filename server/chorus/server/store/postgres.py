@@ -57,6 +57,14 @@ from chorus.server.store._db import Database, LockTimeout, Row, StoreUnavailable
 
 _log = logging.getLogger(__name__)
 
+#: How long after setting a transaction's lock and statement timeouts they are set again before
+#: the next statement (see _PostgresTx).
+_RESET_AFTER_S = 0.05
+#: How long a transaction waits for a row or table lock before the transaction loop decides
+#: (store/_db.py, `patience_s`): our own transactions hold the locks ingest and releases
+#: contend for for milliseconds, so a longer wait means a foreign session or a long close.
+LOCK_PATIENCE_SECONDS = 0.25
+
 # Arbitrary constant key for the window-closer advisory lock ("clos"); the migration lock
 # in _schema.py uses another key.
 _CLOSER_LOCK = 0x636C6F73
@@ -72,28 +80,63 @@ _OPERATOR_FIXABLE_SQLSTATE_PREFIXES = ("53", "58", "25006")
 
 
 class _PostgresTx:
-    """One open transaction on a pooled connection; `?` placeholders become `%s`."""
+    """One open transaction on a pooled connection; `?` placeholders become `%s`.
+
+    Deadline: PostgreSQL's lock_timeout and statement_timeout bound each lock wait and each
+    statement, not the transaction. So when a caller's deadline bounds the transaction, before
+    a statement, once `_RESET_AFTER_S` has passed since the bounds were last set (an earlier
+    statement waited), they are set again to what is left: however many statements wait, it
+    ends in time.
+    """
 
     dialect = "postgresql"
 
-    def __init__(self, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], wait_s: float,
+                 limit: float | None, statement_timeout_ms: int) -> None:
         #: The connection while the transaction is open (None once committed or rolled back).
         self.conn: psycopg.Connection[Any] | None = conn
         self._cur = cursor
+        self._wait_s, self._limit, self._statement_timeout_ms = wait_s, limit, statement_timeout_ms
+        self._set_at: float | None = None
+
+    def bound(self, begin: str = "") -> None:
+        """Set lock_timeout (each lock wait: `wait_s`, and no later than `limit`) and
+        statement_timeout (to `limit`); again before a statement only when a deadline `limit`
+        bounds the transaction and `_RESET_AFTER_S` has passed since (an earlier statement
+        waited). LockTimeout when the deadline has passed. `begin`: the statement that opens
+        the transaction, sent in the same round trip."""
+        now = time.monotonic()
+        if self._set_at is not None and (self._limit is None or now - self._set_at < _RESET_AFTER_S):
+            return
+        wait_s, statement = self._wait_s, ""
+        if self._limit is not None:
+            left = self._limit - now
+            if left <= 0:
+                raise LockTimeout("the transaction's deadline passed between two statements")
+            wait_s = min(wait_s, left)
+            statement = f"; SET LOCAL statement_timeout = {min(max(1, int(left * 1000)), self._statement_timeout_ms)}"
+        # Integers formatted by us, no parameters: one simple-protocol round trip.
+        bounds = f"SET LOCAL lock_timeout = {max(1, int(wait_s * 1000))}{statement}"
+        self._cur.execute(f"{begin}; {bounds}" if begin else bounds)  # type: ignore[arg-type]
+        self._set_at = now
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.bound()
         self._cur.execute(placeholders(sql), params)
         return self._cur.rowcount
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.bound()
         self._cur.execute(placeholders(sql), params)
         return self._cur.fetchall()
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.bound()
         # psycopg sends all rows in one pipeline (libpq >= 14): one round trip, not one per row.
         self._cur.executemany(placeholders(sql), rows)
 
     def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.bound()
         if len(rows) < BULK_MIN_ROWS:
             self._cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) "
                                   f"VALUES ({', '.join(['%s'] * len(columns))})", rows)
@@ -103,6 +146,7 @@ class _PostgresTx:
                 copy.write_row(row)
 
     def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
+        self.bound()
         params = [b for bound in bounds for b in (bound, bound)]
         if len(rows) < BULK_MIN_ROWS or len({(r[0], r[1]) for r in rows}) != len(rows):
             # Few rows, or a person twice (DO UPDATE cannot touch a row twice in one statement).
@@ -210,7 +254,7 @@ class PostgresDatabase(Database):
         window must fit in statement_timeout_ms.
         retry_budget_s: how long a transaction without a deadline waits for locks and retries.
         """
-        super().__init__(budget_s=retry_budget_s)
+        super().__init__(budget_s=retry_budget_s, patience_s=LOCK_PATIENCE_SECONDS)
         self.where = f"PostgreSQL at {describe(url)}"
         self._statement_timeout_ms = statement_timeout_ms
         self._settings = {"statement_timeout": str(statement_timeout_ms),
@@ -234,19 +278,17 @@ class PostgresDatabase(Database):
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
     def begin(self, *, read_only: bool, until: float, limit: float | None) -> _PostgresTx:
-        """A pooled connection (waited for until `until`) and, in one round trip, BEGIN with
-        lock_timeout set to what is left, and statement_timeout too when a caller's deadline
-        bounds the transaction: a lock another session holds is given up at the deadline."""
-        left = until - time.monotonic()
-        conn = self._pool.getconn(timeout=max(0.001, min(left, self._pool_timeout_s)))
+        """A pooled connection (waited for until `until`), BEGIN, and the transaction's bounds
+        (`_PostgresTx.bound`) in the same round trip: lock_timeout to `until` (the loop's
+        patience or the deadline), statement_timeout to the caller's deadline `limit` when
+        there is one: a lock another session holds is given up in time, and no statement
+        outlives the call."""
+        conn = self._pool.getconn(timeout=max(0.001, min(until - time.monotonic(), self._pool_timeout_s)))
         try:
-            left_ms = max(1, int((until - time.monotonic()) * 1000))
-            statement = (f"; SET LOCAL statement_timeout = {min(left_ms, self._statement_timeout_ms)}"
-                         if limit is not None else "")
-            # Integers formatted by us, no parameters: one simple-protocol round trip.
-            conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED{' READ ONLY' if read_only else ''}; "  # type: ignore[arg-type]
-                         f"SET LOCAL lock_timeout = {left_ms}{statement}")
-            return _PostgresTx(conn, conn.cursor())
+            tx = _PostgresTx(conn, conn.cursor(), max(0.001, until - time.monotonic()), limit,
+                             self._statement_timeout_ms)
+            tx.bound(begin=f"BEGIN ISOLATION LEVEL READ COMMITTED{' READ ONLY' if read_only else ''}")
+            return tx
         except BaseException:
             self._put(conn)
             raise
@@ -278,6 +320,9 @@ class PostgresDatabase(Database):
             self._pool.putconn(conn)
         except Exception as exc:  # the pool is closing
             _log.debug("%s: could not return a connection (%s)", self.where, exc)
+
+    def is_lock_wait(self, exc: Exception) -> bool:
+        return isinstance(exc, errors.LockNotAvailable | psycopg_pool.PoolTimeout)
 
     def is_transient(self, exc: Exception) -> bool:
         return isinstance(exc, LockTimeout) or (isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout)

@@ -97,10 +97,14 @@ MISSING = "send metadata 'authorization: Bearer <token>' exactly once"
 
 def _store_deadline(context: grpc.ServicerContext, ends: float | None) -> float | None:
     """When the store must give up (time.monotonic): the earlier of the client's deadline and
-    the server's bound `ends`, less the margin the refusal needs to reach the client in time."""
+    the server's bound `ends`, less the margin the refusal needs to reach the client in time
+    (a fifth of the time left, at most store.REPLY_MARGIN_SECONDS)."""
+    now = time.monotonic()
     remaining = context.time_remaining()
-    limits = [t for t in (ends, None if remaining is None else time.monotonic() + remaining) if t is not None]
-    return min(limits) - store.REPLY_MARGIN_SECONDS if limits else None
+    limits = [t for t in (ends, None if remaining is None else now + remaining) if t is not None]
+    if not limits:
+        return None
+    return min(limits) - min(store.REPLY_MARGIN_SECONDS, 0.2 * max(0.0, min(limits) - now))
 
 
 @contextmanager
@@ -113,9 +117,10 @@ def _contained(method: str, context: grpc.ServicerContext, ends: float | None) -
             yield
     except Refused:
         raise
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
         # Transient: the SDK retries UNAVAILABLE with the same batch id, so nothing is lost.
-        _log.warning("%s: store unavailable", method, exc_info=True)
+        # The store's message says why; no traceback: a busy store refuses many calls at once.
+        _log.warning("%s: store unavailable: %s", method, exc)
         store_unavailable(context)
     except Exception:
         if context.code() is not None:  # the servicer aborted: its status stands

@@ -40,7 +40,7 @@ class Releases:
         """The metrics frozen in `window`, or of the next window when empty."""
         if not window:
             return self._policy.metrics
-        return self._db.run(lambda tx: window_of(tx, window), name="list_metrics").policy.metrics
+        return self._db.read(lambda tx: window_of(tx, window), name="list_metrics").policy.metrics
 
     def list_teams(self, window: str = "") -> TeamList:
         """Teams with roster sizes: frozen at close for a closed window, else the current roster."""
@@ -56,7 +56,7 @@ class Releases:
             return TeamList(tuple(TeamInfo(t, n, n >= k, suppression_reason(t, n, k), orgs.get(t, ""))
                                   for t, n in sorted(sizes.items())), k)
 
-        return self._db.run(read, name="list_teams")
+        return self._db.read(read, name="list_teams")
 
     def release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
                 statistics: Sequence[StatisticRequest], requester: str,
@@ -76,7 +76,7 @@ class Releases:
 
     def pending_plans(self) -> list[str]:
         """Closed windows, oldest first, whose release plan is not yet complete."""
-        return self._db.run(store.windows.plan_pending, name="pending_plans")
+        return self._db.read(store.windows.plan_pending, name="pending_plans")
 
     def release_plan(self, window: str) -> None:
         """Release the plan frozen in `window`'s policy, every entry in one transaction (each
@@ -114,7 +114,8 @@ class Releases:
                  requested: dict[str, Loss | None], requester: str, nodes: Sequence[str] = (), *,
                  validate_only: bool, plan: bool) -> ReleaseResult:
         now = self._clock.now()
-        result = self._db.run(
+        # A validate_only request writes nothing, so it runs as a read: no writer lock.
+        result = (self._db.read if validate_only else self._db.run)(
             lambda tx: RequestTransaction(tx, self._ledger, now, window, requester, plan=plan,
                                 validate_only=validate_only).run(teams, metrics, requested, nodes),
             name="read_releases" if validate_only else "release")
