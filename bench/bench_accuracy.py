@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from _bench import parse
 
 from chorus.server.model import config
 from chorus.server.model.calendar import WindowLength, max_windows_per_year
@@ -194,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--orgs", type=int, default=10)
-    args = parser.parse_args()
+    args = parse(parser, smoke={"runs": 5, "orgs": 2})
     results = {name: simulate(policy, args.runs, args.orgs, seed=20)
                for name, policy in _policies().items()}
     names = list(results)

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = sorted(p.name for p in BENCH.glob("bench_*.py"))
 #: What each bench prints as its ratio against the anchor measured in the same run.
-RATIO = {"bench_count.py": "count() / Counter.add", "bench_auth.py": "ratio", "bench_close.py": "ratio",
+RATIO = {"bench_accuracy.py": "width", "bench_count.py": "count() / Counter.add", "bench_auth.py": "ratio",
+         "bench_close.py": "ratio",
          "bench_consistency.py": "x anchor", "bench_ingest.py": "/ bare random", "bench_ingest_pg.py": "x the bulk",
          "bench_metrics.py": "ratio", "bench_otlp.py": "ratio OTLP / native", "bench_read_ingest.py": "median ratio",
          "bench_release.py": "x anchor",

@@ -17,10 +17,11 @@ from chorus.server.privacy.epsilon import Rho
 def test_the_default_plan_releases_company_org_and_team_leaving_budget_unspent() -> None:
     policy = config.load(None).policy
     assert [(e.level, e.statistic, e.metric) for e in policy.release_plan] == [
-        ("company", "adoption", ""), ("company", "sum", "ai.tokens"), ("org", "adoption", ""),
+        ("company", "adoption", ""), ("company", "sum", "ai.tokens"), ("company", "count", "ai.suggestions_accepted"),
+        ("org", "adoption", ""),
         ("org", "sum", "ai.tokens"), ("team", "adoption", "")]
     assert policy.mechanism == "discrete_gaussian"
-    assert policy.plan_cost() == Rho.parse("0.121")
+    assert policy.plan_cost() == Rho.parse("0.126")
     assert policy.plan_cost() < policy.budget_per_window == Rho.parse("0.138")
 
 
@@ -31,8 +32,8 @@ def test_default_config_explains_the_plan_with_intervals_for_10_30_and_100_peopl
     start = result.output.index("# Release plan:")
     comment = " ".join(result.output[start:result.output.index("\n\n", start)].split())
     assert start < result.output.index("[[metrics]]")  # next to the plan, before the metrics
-    assert "rho 0.121 of each team-window's 0.138 is spent when the window closes (under one org level); " \
-        "0.017 is left" in comment
+    assert "rho 0.126 of each team-window's 0.138 is spent when the window closes (under one org level); " \
+        "0.012 is left" in comment
     assert all(f"{n} people" in comment for n in EXPLAINED_SIZES)
     for name, cells in planned_intervals(config.load(None).policy):
         assert " ".join([name, *cells]) in comment
@@ -43,7 +44,8 @@ def test_a_file_without_a_plan_gets_the_default_for_its_own_metrics() -> None:
     del raw["privacy"]["release_plan"]
     raw["metrics"] = [m for m in raw["metrics"] if m["name"] != "ai.requests"]
     plan = config.parse(raw).policy.release_plan
-    assert [(e.statistic, e.metric) for e in plan] == [("adoption", ""), ("sum", "ai.tokens"), ("adoption", ""),
+    assert [(e.statistic, e.metric) for e in plan] == [("adoption", ""), ("sum", "ai.tokens"),
+                                                       ("count", "ai.suggestions_accepted"), ("adoption", ""),
                                                        ("sum", "ai.tokens"), ("adoption", "")]
 
 

@@ -299,11 +299,12 @@ _DEFAULT_TEMPLATE = """\
 
 # The release plan: what is published as soon as a window closes, once, so that reading the
 # numbers never spends budget. Designed for leadership's questions (is adoption growing,
-# where, how much is used): the company and every org are released directly, which is
-# precise, and every team of at least k people too, which for a small team only says
-# something averaged over several weeks. A team's budget pays for its own releases and for
-# those of every node above it: here 0.03 (team) + 0.045 (org) + 0.046 (company) = 0.121 of
-# its 0.138, leaving 0.017 for questions nobody planned (`chorus report --release`). An
+# where, how much is used, does it turn into work): the company and every org are released
+# directly, which is precise, and every team of at least k people too, which for a small team
+# only says something averaged over several weeks; the company's count of people who accepted
+# AI suggestions is an outcome. A team's budget pays for its own releases and for those of
+# every node above it: here 0.03 (team) + 0.045 (org) + 0.051 (company) = 0.126 of its 0.138,
+# leaving 0.012 for questions nobody planned (`chorus report --release`). An
 # entry's rho defaults to [privacy.default_rho] and applies to each noisy part (a mean is a
 # sum and a count); level is "team" (the default), "org" (every org node) or "company". The
 # end of `chorus default-config` lists the 95% intervals it gives.
@@ -317,6 +318,12 @@ statistic = "sum"
 metric = "ai.tokens"
 level = "company"
 rho = "0.04"
+
+[[privacy.release_plan]]
+statistic = "count"
+metric = "ai.suggestions_accepted"
+level = "company"
+rho = "0.005"
 
 [[privacy.release_plan]]
 statistic = "adoption"
