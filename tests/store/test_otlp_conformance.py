@@ -1,4 +1,4 @@
-"""OTLP state on both engines: exactly-once under racing replicas, cumulative carry-over at close."""
+"""OTLP state on both engines: exactly-once under racing replicas, nothing carried over a close."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def test_replicas_racing_one_export_count_each_point_once(store: Store) -> None:
     assert store.query("SELECT COUNT(*) FROM otlp_points") == [(300,)]
 
 
-def test_cumulative_state_moves_to_the_next_window_at_close(store: Store) -> None:
+def test_a_close_leaves_no_cumulative_state_and_the_next_window_counts_from_a_baseline(store: Store) -> None:
+    """docs/otlp.md: nothing of a person's series survives its window's close on either engine;
+    the series' first point in the next window only sets its baseline, later points count."""
     chorus = store.chorus(otlp_config())
     chorus.import_roster(roster_rows(), actor="test")
 
@@ -42,9 +44,11 @@ def test_cumulative_state_moves_to_the_next_window_at_close(store: Store) -> Non
 
     send(0, 10)
     store.clock.set(NOON + timedelta(days=1, hours=3))  # the next day, past this one's 2 h grace
-    chorus.closer.tick()  # opens the next day, closes this one, carries the series over
-    assert store.query("SELECT window_id FROM otlp_series") == [("2026-11-26",)]
-    send(86400 + 3 * 3600, 25)
-    assert _total(store, "2026-11-26") == [(15,)]
+    chorus.closer.tick()  # opens the next day, closes this one
+    assert store.query("SELECT COUNT(*) FROM otlp_series") == [(0,)]
+    send(86400 + 3 * 3600, 25)  # the series' first point in the new window: its baseline
+    assert _total(store, "2026-11-26") == []
+    send(86400 + 3 * 3600 + 60, 31)
+    assert _total(store, "2026-11-26") == [(6,)]
     assert store.query("SELECT total FROM team_metrics WHERE window_id = ? AND team = 'team-red' "
                        "AND metric = 'ai.requests'", (WINDOW,)) == [(10,)]
