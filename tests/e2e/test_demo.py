@@ -26,7 +26,12 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     for reason in ("UNKNOWN_USER", "UNKNOWN_METRIC", "NEGATIVE_VALUE", "LATE"):
         assert reason in out
     assert "team design has 3 people on the roster; releases need at least 5" in out
-    assert "Right after closing, the server released the window's release plan, once: adoption, sum of" in out
+    story = " ".join(out.split())
+    assert ("Right after closing, the server released the window's release plan, once: adoption, sum of ai.tokens, "
+            "count of ai.suggestions_accepted for the company; adoption, sum of ai.tokens for every org; adoption "
+            "for every team of at least k people") in story
+    # A discrete-Gaussian window names its amounts in rho, never in epsilon.
+    assert "(rho 0.01 per team)" in story and "(epsilon " not in story
     assert "Nothing was charged: reading released numbers is free, and repeats are identical." in out
     # leadership's report reads what the plan released; only the org report (step 10) spends
     assert "Charged now" not in out.split("10. The same window by org")[0]

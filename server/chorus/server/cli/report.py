@@ -58,7 +58,7 @@ class Level(enum.StrEnum):
 
 
 #: How the table names a remainder of children not released on their own.
-OTHER = "Other (small teams)"
+OTHER = "Other teams (no release of their own)"
 
 
 def report(
@@ -284,7 +284,7 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
             for u in t.unreleased:
                 what = f"{name_of(u.statistic)} of {u.metric}" if u.metric else name_of(u.statistic)
                 per = "per team" if t.level in (release_pb2.NODE_LEVEL_TEAM, 0) else "per team below it"
-                unreleased.setdefault(f"{what} (epsilon {u.epsilon} {per})", {})[t.team] = t
+                unreleased.setdefault(f"{what} ({t.unit or 'epsilon'} {u.epsilon} {per})", {})[t.team] = t
     for what, nodes in unreleased.items():
         console.print(f"not released: {what} for {spending.naming(nodes.values())}; `--release` spends it",
                       highlight=False)
@@ -295,7 +295,8 @@ def _footer(replies: list[release_pb2.ReleaseResponse]) -> None:
         console.print("Nothing was charged: reading released numbers is free, and repeats are identical.")
         return
     each = str(charges[0]) if charges[0] == charges[-1] else f"{charges[0]} to {charges[-1]}"
-    console.print(f"Charged now: epsilon {each} to each of {len(charges)} team-window budget(s); asking "
+    unit = next((t.unit for r in replies for t in r.teams if t.unit), "epsilon")
+    console.print(f"Charged now: {unit} {each} to each of {len(charges)} team-window budget(s); asking "
                   "again is free and returns the same numbers.")
 
 

@@ -5,7 +5,7 @@ One Release request per view names the node and its children (`ReleaseRequest.no
 each org's numbers charge every team-window below it, like any release at a node, and a
 repeat view is answered from storage. Where the window holds releases at several levels, the
 consistent estimates are shown (the raw ones are in the CSV), and the children not released on
-their own appear as "Other (small teams)" when the server sends their remainder (at least k
+their own appear as "Other teams (no release of their own)" when the server sends their remainder (at least k
 people).
 """
 
@@ -36,7 +36,7 @@ from chorus.server.dashboard.tables import Column, DataTable, text
 from chorus.server.model import hierarchy
 from chorus.v1 import common_pb2, release_pb2
 
-OTHER = "Other (small teams)"
+OTHER = "Other teams (no release of their own)"
 _LEVELS = {release_pb2.NODE_LEVEL_TEAM: "team", release_pb2.NODE_LEVEL_ORG: "org",
            release_pb2.NODE_LEVEL_COMPANY: "company"}
 

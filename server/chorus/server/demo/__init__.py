@@ -28,6 +28,7 @@ from chorus.server.demo import _killed_tool, _otel_tool
 from chorus.server.demo._world import BURNER, BURNER_TOKENS, ORGS, OTEL_TOOL, TOOLS, World, build
 from chorus.server.model import config
 from chorus.server.model.calendar import WindowLength, window_of
+from chorus.server.model.hierarchy import ORG, ROOT, TEAM
 from chorus.server.root import Chorus
 from chorus.server.transport.grpc_server import Server
 from chorus.v1 import (
@@ -181,11 +182,17 @@ class _Demo:
             f"{self.policy.grace_seconds // 3600} h grace): the per-person rows were folded into "
             "team statistics, then deleted together with the window's pseudonym key. From here on nobody, "
             "the operator included, can tell individuals apart in this window.")
-        plan = ", ".join(f"{e.statistic} of {e.metric}" if e.metric else e.statistic for e in self.policy.release_plan)
+        by_level: dict[str, list[str]] = {}
+        for e in self.policy.release_plan:
+            by_level.setdefault(e.level, []).append(f"{e.statistic} of {e.metric}" if e.metric else e.statistic)
+        where = {ROOT: "for the company", ORG: "for every org", TEAM: "for every team of at least k people"}
+        plan = "; ".join(f"{', '.join(what)} {where[level]}" for level, what in sorted(
+            by_level.items(), key=lambda item: (ROOT, ORG, TEAM).index(item[0])))
+        unit = self.policy.budget_per_window.UNIT
         self.console.print(
-            f"Right after closing, the server released the window's release plan, once: {plan} for every team "
-            f"of at least k people, spending {self.policy.plan_cost()} of each team's "
-            f"{self.policy.budget_per_window}. Everyone reads these numbers from now on without spending "
+            f"Right after closing, the server released the window's release plan, once: {plan}; each team's "
+            f"budget pays for its own level and every level above it, {self.policy.plan_cost()} of its "
+            f"{unit} {self.policy.budget_per_window}. Everyone reads these numbers from now on without spending "
             "anything; the rest of the budget waits for a question nobody planned (`chorus report --release`).")
 
     def leadership_report(self) -> None:
@@ -209,8 +216,9 @@ class _Demo:
                 f"(the simulation knows the clamped truth: {truth:,}; without the bound it would be "
                 f"{truth - bound + BURNER_TOKENS:,}).")
         c.print("Each number is a value ± the half-width of its 95% interval. The noise is what hides any one "
-                "person: its size depends on epsilon and the metric's bound, not on the team, so larger teams get "
-                "relatively sharper numbers, and an interval wider than its value is expected for small ones.")
+                "person: its size depends on the privacy budget spent and the metric's bound, not on the team, so "
+                "larger teams get relatively sharper numbers, and an interval wider than its value is expected for "
+                "small ones.")
         c.rule("[bold]9. Asking again costs nothing and changes nothing")
         ask()
         if self.kept:

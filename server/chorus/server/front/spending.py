@@ -64,6 +64,11 @@ class Charge:
     teams: tuple[str, ...]
 
     @property
+    def unit(self) -> str:
+        """The unit of the amounts (epsilon, or rho for a discrete-Gaussian window); old servers say none."""
+        return self.node.unit or "epsilon"
+
+    @property
     def over(self) -> bool:
         return self.epsilon > Epsilon.parse(self.node.budget_remaining)
 
@@ -71,7 +76,7 @@ class Charge:
         n = self.node
         who = describe(n)
         where = "" if not n.teams_charged else " (the least any team below it has)"
-        return (f"{who} in {self.window} needs epsilon {self.epsilon} but has {n.budget_remaining} left"
+        return (f"{who} in {self.window} needs {self.unit} {self.epsilon} but has {n.budget_remaining} left"
                 f"{where} of {n.budget_cap}")
 
 
@@ -102,7 +107,7 @@ def overspent(found: list[Charge]) -> list[str]:
         total = sum((c.epsilon for c in paying), Epsilon(0))
         left = min((Epsilon.parse(c.node.budget_remaining) for c in paying), key=lambda e: e.micros)
         if total > left:
-            out.append(f"team {team} in {window} would pay epsilon {total} in all (for "
+            out.append(f"team {team} in {window} would pay {paying[0].unit} {total} in all (for "
                        f"{naming(c.node for c in paying)}) but has {left} left")
     return out
 
@@ -123,8 +128,9 @@ def summary(found: list[Charge]) -> str:
         return "Nothing would be charged: everything asked for is already released."
     amounts = sorted(totals.values(), key=lambda e: e.micros)
     each = str(amounts[0]) if amounts[0] == amounts[-1] else f"{amounts[0]} to {amounts[-1]}"
-    where = "; ".join(f"{describe(c.node)} ({c.window}) epsilon {c.epsilon}"
+    unit = found[0].unit
+    where = "; ".join(f"{describe(c.node)} ({c.window}) {c.unit} {c.epsilon}"
                       + (f" charged to each of its {len(c.teams)} teams" if c.node.teams_charged else "")
                       for c in found)
-    return (f"This release spends epsilon {each} of each of {len(totals)} team-window budget(s), once and "
+    return (f"This release spends {unit} {each} of each of {len(totals)} team-window budget(s), once and "
             f"for good: {where}.")
