@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from chorus.client import Client
 from tests._roster import replica_roster as roster_rows
 
+#: Seconds `after_rounds` waits for the clients before it fails (a stuck sender must not hang the suite).
+AFTER_ROUNDS_TIMEOUT = 300
+
 
 class FixedClock:
     """All counts in one minute bucket, so the whole run lands in one window."""
@@ -59,7 +62,10 @@ class Traffic:
         target = min(self.rounds) + extra
         # A client that fed all max_rounds feeds no more: fail then, rather than wait forever.
         assert target <= self.max_rounds, f"traffic ended at {self.max_rounds} rounds before {target}"
+        give_up = time.monotonic() + AFTER_ROUNDS_TIMEOUT
         while min(self.rounds) < target:
+            assert time.monotonic() < give_up, (f"traffic reached rounds {self.rounds}, not {target}, within "
+                                                f"{AFTER_ROUNDS_TIMEOUT} s")
             time.sleep(0.01)
 
     @contextmanager
