@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from chorus.client import Client
 from tests._roster import replica_roster as roster_rows
 
+#: Seconds between a client's rounds: 400 rounds then last at least 20 s, longer than three worker
+#: or replica restarts take on an idle machine (at 0.02 s a fast machine ran out of rounds mid-test).
+ROUND_PAUSE = 0.05
 #: Seconds `after_rounds` waits for the clients before it fails (a stuck sender must not hang the suite).
 AFTER_ROUNDS_TIMEOUT = 300
 
@@ -55,7 +58,7 @@ class Traffic:
                     self.clients[i].count(metric, value, user=user)
                     self.truths[i][(user, metric)] += value
             self.rounds[i] = r + 1
-            time.sleep(0.02)
+            time.sleep(ROUND_PAUSE)
 
     def after_rounds(self, extra: int) -> None:
         """Until every client has fed `extra` more rounds."""
