@@ -67,3 +67,16 @@ def test_every_stated_yearly_bound_is_the_computed_one() -> None:
     assert f"at most {days} windows for days, {weeks} for weeks" in doc("docs/audit.md")
     assert f"54 weeks x {rho} = rho {year.total} a year per person, (epsilon {year.epsilon:.1f}, delta 1e-8)" \
         in " ".join(config.DEFAULT_TOML.split())
+
+
+def test_the_readme_states_the_default_mechanism_budget_and_yearly_bound() -> None:
+    from chorus.server.privacy.budget import DELTA, worst_case
+
+    year = worst_case(POLICY.budget_per_window, max_windows_per_year(WindowLength.WEEK), DELTA)
+    readme = doc("README.md")
+    assert POLICY.mechanism == "discrete_gaussian" and DELTA == 1e-8
+    assert (f"discrete Gaussian noise with a privacy budget of rho {POLICY.budget_per_window} per team and week "
+            f"(zCDP: at most (epsilon {year.epsilon:.1f}, delta 1e-8) for a person over any twelve months)"
+            ) in readme
+    assert f"rho {POLICY.plan_cost()} of each team-week's {POLICY.budget_per_window}" in readme
+    assert f"per-person weekly bounds for {len(POLICY.metrics)} metrics" in readme.replace("eleven", "11")
