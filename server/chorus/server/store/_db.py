@@ -127,7 +127,9 @@ class Database(ABC):
     that waits on, for all that its deadline leaves; any other is refused (StoreUnavailable)
     at once, and meanwhile new attempts wait only BUSY_PATIENCE_SECONDS. So a lock held by a
     foreign session occupies one RPC thread, not all of them, and health checks, reads and
-    writes that need other locks are still served.
+    writes that need other locks are still served. The rule is for RPCs (a `deadline` is set):
+    a transaction without one (the closer, the plan, a script) holds no RPC thread and waits
+    for locks for all of its budget.
     """
 
     dialect: str
@@ -173,10 +175,14 @@ class Database(ABC):
         attempt = 0
         outcome = FAILED
         patient = False  # this transaction is the one that waits for a lock past the patience
+        # Without a caller's deadline (the closer, a plan release, a script) nothing is waiting on
+        # an RPC thread: such a transaction waits for locks for all of its budget, like the patient one.
+        unbounded = limit is None
         try:
             while True:
                 attempt += 1
-                failure = self._attempt(fn, name, read_only, self._lock_bound(until, read_only, patient), limit)
+                failure = self._attempt(fn, name, read_only,
+                                        self._lock_bound(until, read_only, patient or unbounded), limit)
                 if not isinstance(failure, Exception):
                     outcome = COMMITTED
                     return failure.value
@@ -190,7 +196,7 @@ class Database(ABC):
                 if not self.is_transient(failure):
                     outcome = FAILED if isinstance(failure, self.error) else ROLLED_BACK
                     raise failure
-                if self.patience_s is not None and self.is_lock_wait(failure) and not patient:
+                if self.patience_s is not None and self.is_lock_wait(failure) and not patient and not unbounded:
                     with self._waiting_lock:
                         patient = self._waiting[read_only] is None
                         if patient:
