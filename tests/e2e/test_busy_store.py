@@ -27,6 +27,7 @@ from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from tests._locks import holding
 from tests._policy import SUITE_TOML, suite_config
 from tests._roster import ROSTER
 from tests._status import detail
@@ -38,27 +39,6 @@ pytestmark = pytest.mark.slow
 
 READY = re.compile(r"chorus serving on (\S+)")
 SERVER_DEADLINE = 3.0  # limits.rpc_deadline_seconds of the server under test
-HOLDERS = {
-    # Another program in a write transaction on the SQLite file (it never takes Chorus's flock).
-    "sqlite": "import sqlite3, sys, time\n"
-              "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-              "conn.execute('BEGIN IMMEDIATE')\n"
-              "print('holding', flush=True)\n"
-              "time.sleep(600)\n",
-    # Another session: a table lock that lets readers read but no one else write usage rows.
-    "postgresql-table": "import psycopg, sys, time\n"
-                        "conn = psycopg.connect(sys.argv[1])\n"
-                        "conn.execute('LOCK TABLE usage IN EXCLUSIVE MODE')\n"
-                        "print('holding', flush=True)\n"
-                        "time.sleep(600)\n",
-    # Another session: a row lock on the batch id the next Report claims (uncommitted insert).
-    "postgresql-row": "import psycopg, sys, time\n"
-                      "conn = psycopg.connect(sys.argv[1])\n"
-                      "conn.execute(\"INSERT INTO batches (batch_id, received_at, digest) VALUES (%s, 0, '')\","
-                      " (sys.argv[2],))\n"
-                      "print('holding', flush=True)\n"
-                      "time.sleep(600)\n",
-}
 
 
 @contextlib.contextmanager
@@ -100,16 +80,6 @@ def _server(tmp_path: Path, database: str) -> Iterator[tuple[str, dict[str, str]
         print(log.read_text(errors="replace"))  # shown when the test failed
 
 
-@contextlib.contextmanager
-def _holder(engine: str, target: str, batch_id: str) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDERS[engine], target, batch_id],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
-        yield
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def _report(channel: grpc.Channel, token: str, request: ingest_pb2.ReportRequest,
@@ -140,7 +110,7 @@ def test_a_foreign_lock_holder_gets_unavailable_within_the_deadline(tmp_path: Pa
         ingest, admin = tokens[Role.INGEST.value], tokens[Role.ADMIN.value]
         blocked = report_request(batch_id=uuid.uuid4().hex)
         target = str(tmp_path / "data" / SQLITE_FILE) if engine == "sqlite" else url
-        with grpc.insecure_channel(address) as channel, _holder(engine, target, blocked.batch_id):
+        with grpc.insecure_channel(address) as channel, holding(engine, target, blocked.batch_id):
             # The client's deadline bounds the wait.
             _assert_unavailable_in_time(*_report(channel, ingest, blocked, timeout=2.0), bound=2.0)
             # No client deadline: the server's limits.rpc_deadline_seconds does.

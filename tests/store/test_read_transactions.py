@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,37 +21,19 @@ from chorus.server import store as store_api
 from chorus.server.domain.release import StatisticRequest
 from chorus.server.root import Chorus
 from chorus.server.store import SQLITE_FILE, StoreUnavailable
+from tests._locks import holding
 
 from .conftest import WINDOW, Store, batch
 
 pytestmark = pytest.mark.slow
 
-HOLDER = {
-    "sqlite": "import sqlite3, sys, time\n"
-              "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-              "conn.execute('BEGIN IMMEDIATE')\n"
-              "print('holding', flush=True)\n"
-              "time.sleep(600)\n",
-    "postgresql": "import psycopg, sys, time\n"
-                  "conn = psycopg.connect(sys.argv[1])\n"
-                  "tables = [t for t, in conn.execute('SELECT tablename FROM pg_tables "
-                  "WHERE schemaname = current_schema()')]\n"
-                  "conn.execute('LOCK TABLE ' + ', '.join(tables) + ' IN EXCLUSIVE MODE')\n"
-                  "print('holding', flush=True)\n"
-                  "time.sleep(600)\n",
-}
 
 
-@contextlib.contextmanager
-def _foreign_writer(store: Store) -> Iterator[None]:
-    target = str(store.data_dir / SQLITE_FILE) if store.engine == "sqlite" else store.database
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER[store.engine], target], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
-        yield
-    finally:
-        proc.kill()
-        proc.wait(10)
+def _foreign_writer(store: Store) -> contextlib.AbstractContextManager[None]:
+    """Another program holding every write lock of the store (SQLite's writer, all PostgreSQL tables)."""
+    if store.engine == "sqlite":
+        return holding("sqlite", str(store.data_dir / SQLITE_FILE))
+    return holding("postgresql-all", store.database)
 
 
 def _timed(what: str, fn: object) -> object:
