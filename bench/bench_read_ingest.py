@@ -69,19 +69,24 @@ def ingest_worker(data: Path, seconds: float, teams: int, per_team: int) -> None
           flush=True)
 
 
+def _stdin_closed() -> threading.Event:
+    """An event set when the parent closes this worker's stdin (its signal to stop and report)."""
+    closed = threading.Event()
+
+    def wait() -> None:
+        sys.stdin.read()
+        closed.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+    return closed
+
+
 def read_worker(data: Path) -> None:
     """Re-read the full report until stdin closes; print {"reads": n, "mean_ms": ...}."""
     chorus = _open(data)
     times: list[float] = []
-    stop = False
-
-    def wait() -> None:
-        nonlocal stop
-        sys.stdin.read()
-        stop = True
-
-    threading.Thread(target=wait, daemon=True).start()
-    while not stop:
+    stop = _stdin_closed()
+    while not stop.is_set():
         started = time.perf_counter()
         chorus.releases.release(WINDOW, [], [], REPORT, "bench", validate_only=True)
         times.append(time.perf_counter() - started)
@@ -93,17 +98,10 @@ def read_worker(data: Path) -> None:
 
 def spin_worker() -> None:
     """Burn CPU in Python until stdin closes (the control)."""
-    stop = False
-
-    def wait() -> None:
-        nonlocal stop
-        sys.stdin.read()
-        stop = True
-
-    threading.Thread(target=wait, daemon=True).start()
+    stop = _stdin_closed()
     print("reading", flush=True)
     spins = 0
-    while not stop:
+    while not stop.is_set():
         spins += sum(range(1000)) > 0
     print(json.dumps({"reads": 0, "mean_ms": 0.0}), flush=True)
 

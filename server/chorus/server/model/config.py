@@ -340,9 +340,9 @@ rho = "0.02"
 statistic = "adoption"
 rho = "0.03"
 
-# Bounds are per person and week. A sum's noise grows with its bound (95% interval about
-# +-6 x max_per_user at epsilon 0.5), so pick a bound near heavy-but-real weekly usage:
-# anything above it is clamped and buys nothing.
+# Bounds are per person and week. A sum's noise grows in proportion to its bound (the
+# intervals listed above are at these bounds), so pick a bound near heavy-but-real weekly
+# usage: anything above it is clamped and buys nothing.
 [[metrics]]
 name = "ai.tokens"
 description = "Tokens consumed by AI assistants"
