@@ -21,14 +21,15 @@ from functools import partial
 
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.ledger import Ledger
-from chorus.server.domain.release import Releases
+from chorus.server.domain.release import PLAN_ACTOR, Releases
 from chorus.server.domain.shred import Shredder
 from chorus.server.model.clock import Clock
 from chorus.server.model.policy import Policy
 from chorus.server.store import Database, Tx
 
 _log = logging.getLogger(__name__)
-ACTOR = "closer"
+#: The window task's name in the ledger (`by`), one with the plan releases it makes.
+ACTOR = PLAN_ACTOR
 #: How far the wall clock may stray from monotonic time, or from recent clients, and count as
 #: agreeing (NTP slews by far less; a stepped clock or a suspended VM by more).
 CLOCK_TOLERANCE_SECONDS = 120.0
