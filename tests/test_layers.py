@@ -166,3 +166,10 @@ def test_no_test_folder_imports_another_folders_conftest() -> None:
                     module.split(".conftest")[0] != ".".join(path.relative_to(tests.parent).parts[:-1]):
                 found.append(f"{path.relative_to(tests.parent)} imports {module}")
     assert found == []
+
+
+def test_each_layer_folder_states_what_it_may_import_in_its_docstring() -> None:
+    """docs/architecture.md: each folder's `__init__.py` states its rule in its docstring."""
+    for folder in ("privacy", "model", "store", "domain", "transport", "front", "verifier"):
+        text = ast.get_docstring(ast.parse((ROOT / folder / "__init__.py").read_text())) or ""
+        assert "import" in text, folder

@@ -8,6 +8,9 @@ No module outside this package writes SQL (tests/server/test_sql_ownership.py ch
 SQLite (the embedded default, a file in the data directory) and PostgreSQL (for several
 replicas sharing one database) run the same statements, except where an engine implements
 an operation itself (the usage upsert's COPY path); see docs/architecture.md.
+
+It imports only the vocabulary (`model/`) and `privacy/` of the server, never the domain, a
+transport or a front end (tests/test_layers.py).
 """
 
 from __future__ import annotations
