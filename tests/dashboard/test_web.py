@@ -311,7 +311,7 @@ def test_a_single_window_trend_keeps_its_interval(client: FlaskClient, stack: St
     stack.release(LATEST, [common_pb2.STATISTIC_COUNT], metrics=("ai.requests",))
     login(client, stack.tokens[Role.ANALYST])
     body = client.get("/trends?statistic=count&metric=ai.requests&n=3").get_data(as_text=True)
-    panel = body[body.index("chart-trend-0"):body.index("</svg>", body.index("chart-trend-0"))]
+    panel = body[body.index("chart-scope-0"):body.index("</svg>", body.index("chart-scope-0"))]
     assert '<path class="ci"' in panel and "<polygon" not in panel
 
 
