@@ -131,6 +131,9 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     assert all(f"counted in {org_of(t)}:" in next(line for line in lines if t in line.split(": ")[1].split(", "))
                for t in named)
     assert set(table_rows(page, "Adoption per team over windows")) == named  # the averaged view
+    yearly = ("Privacy over a year: Over any twelve months, everything released reveals at most epsilon 29.8 "
+              "(delta 1e-08) about any one person: 54 weeks at rho 0.138 each, every budget spent in full.")
+    assert page.locator("#yearly-bound").inner_text() == yearly  # the default policy's (README)
     laptop.shot("company-trends-desktop")
     laptop.open("/trends?org=engineering")
     assert page.get_by_role("heading", name=f"Org engineering adoption over the last {WEEKS} windows").count() == 1
@@ -150,6 +153,8 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     auditor.sign_in(company.tokens[Role.AUDITOR])
     auditor_phone = visit(visits, browser, dashboard, PHONE)
     auditor_phone.sign_in(company.tokens[Role.AUDITOR])
+    auditor.open("/statement")
+    assert auditor.page.locator("#yearly-bound").inner_text() == yearly
     for path in ("/budget", "/ledger", "/policies", "/statement"):
         auditor.open(path)
         auditor.shot(f"company-{path.strip('/')}-desktop")

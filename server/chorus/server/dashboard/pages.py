@@ -31,12 +31,19 @@ from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
 from chorus.server.front import spending
 from chorus.server.front.numbers import format_compact
-from chorus.server.front.statement import StatementFormat, render_statement, statement_sections
+from chorus.server.front.statement import (
+    StatementFormat,
+    YearlyBound,
+    render_statement,
+    statement_sections,
+    yearly_bound,
+)
 from chorus.server.model import hierarchy
+from chorus.server.model.calendar import WindowLength
 from chorus.server.model.ledger_format import Entry
 from chorus.server.model.policy import Policy
 from chorus.server.model.statistics import Statistic
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.v1 import audit_pb2, common_pb2, release_pb2
 
 Args = Mapping[str, str]
@@ -513,6 +520,7 @@ def trends(api: Api, args: Args) -> Page:
         page.context["not_released"] += _not_released(
             window.id, [t for t in reply.teams if inside is None or t.team in inside])
         replies.append(_with_nodes(api, window.id, reply, nodes, [code], [name] if name else []))
+    page.context["yearly"] = _yearly(recent[-1], replies[-1])
     page.charts.append(_scope_trend(scope, org, inside, subject, ids, replies, code, name, ceiling, chart_fmt, fmt))
     orgs = [o for o in tree.children(org) if tree.level(o) == hierarchy.ORG]
     by_org = _org_trends(tree, orgs, subject, ids, replies, code, name, ceiling, chart_fmt, fmt) if orgs else None
@@ -530,6 +538,16 @@ def trends(api: Api, args: Args) -> Page:
         page.charts.append(_averaged_chart(answers.team_parts(replies, code, name), ids, too_few, subject, adoption,
                                            collapsed=False))
     return page
+
+
+def _yearly(window: common_pb2.Window, reply: release_pb2.ReleaseResponse | None) -> YearlyBound | None:
+    """The yearly bound of the window's per-team budget, as the answer states it (its unit and a
+    team-window's cap): the statement's own computation (`front.statement.yearly_bound`)."""
+    team = next((t for t in reply.teams if t.budget_cap), None) if reply is not None else None
+    length = answers.unit(window)
+    if team is None or length not in tuple(WindowLength):
+        return None
+    return yearly_bound((Rho if team.unit == Rho.UNIT else Epsilon).parse(team.budget_cap), WindowLength(length))
 
 
 def _scope_trend(scope: str, org: str, inside: set[str] | None, subject: str, ids: list[str],
@@ -922,8 +940,9 @@ def statement(api: Api, args: Args) -> Page:
         "window_options": [(r.window.id, r.window.id) for r in rows], "selected": selected,
         "window": selected.window.id if selected else None, "sections": []})
     if selected is not None:
-        page.context["sections"] = statement_sections(selected.window.id,
-                                                                Policy.from_json(selected.policy))
+        policy = Policy.from_json(selected.policy)
+        page.context["sections"] = statement_sections(selected.window.id, policy)
+        page.context["yearly"] = yearly_bound(policy.budget_per_window, policy.window_length)
     return page
 
 
