@@ -37,6 +37,7 @@ from chorus.server.domain.release.postprocess import (
     mean_estimate,
     noisy_estimate,
     parts,
+    ratio_estimate,
     result_json,
     stored_of,
 )
@@ -75,11 +76,15 @@ class RequestTransaction:
         self.policy = self.record.policy
         self.tree = tree_of(tx, window)
         self._rows: list[store.releases.Release] | None = None  # read once per request (release_rows)
+        #: The metrics of the request's ratio's denominator (`run`); () without a ratio.
+        self.denominator: tuple[str, ...] = ()
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
-            statistics: dict[str, Loss | None], nodes: Sequence[str] = ()) -> ReleaseResult:
+            statistics: dict[str, Loss | None], nodes: Sequence[str] = (),
+            denominator: tuple[str, ...] = ()) -> ReleaseResult:
         self.check_releasable()
         chosen_metrics = self.metrics(metrics)
+        self.denominator = self.ratio_denominator(metrics, statistics, denominator)
         wanted = self.wanted(chosen_metrics, statistics)
         tree = self.tree
         chosen = self.teams(teams, tree.sizes) if teams or not nodes else []
@@ -165,6 +170,20 @@ class RequestTransaction:
             out.append(metric)
         return out
 
+    def ratio_denominator(self, metrics: Sequence[str], statistics: dict[str, Loss | None],
+                          denominator: tuple[str, ...]) -> tuple[str, ...]:
+        """A ratio's denominator, its metrics in the window's policy; a ratio names its numerators."""
+        if "ratio" not in statistics:
+            return ()
+        self.metrics(denominator)  # NotFound for a metric not in the window's policy
+        if not metrics:
+            raise InvalidRequest("metrics is empty: a ratio divides the sum of each requested metric by its "
+                                 f"denominator's ({', '.join(denominator)}); name the numerator metric(s)", "metrics")
+        if list(dict.fromkeys(metrics)) == list(denominator):
+            raise InvalidRequest(f"a ratio of {denominator[0]} over itself is 1; name another denominator",
+                                 "statistics.denominator")
+        return denominator
+
     def wanted(self, metrics: list[MetricPolicy],
                statistics: dict[str, Loss | None]) -> dict[tuple[str, str], Loss]:
         """(metric, noisy statistic) -> epsilon for everything the answer needs.
@@ -181,9 +200,11 @@ class RequestTransaction:
                                      f"team-window in {self.window}, {cap}", f"statistics[{i}].epsilon")
         wanted: dict[tuple[str, str], Loss] = {}
         explicit: set[tuple[str, str]] = set()
+        names = [m.name for m in metrics]
         for stat, eps in statistics.items():
             for noisy in NOISY_PARTS[stat]:
-                for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else (m.name for m in metrics)):
+                for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else
+                               dict.fromkeys([*names, *self.denominator]) if stat == "ratio" else names):
                     key = (metric, noisy)
                     if key in explicit:
                         continue
@@ -417,7 +438,7 @@ class RequestTransaction:
 
         def available(metric: MetricPolicy | None, stat: str) -> bool:
             name = metric.name if metric is not None else TEAM_LEVEL
-            absent = [part for part in parts(name, stat) if (team, *part) not in stored]
+            absent = [part for part in parts(name, stat, self.denominator) if (team, *part) not in stored]
             if absent:
                 cost = sum((wanted[part] for part in absent), ZERO)
                 unreleased.append(Unreleased(name, stat, cost, self.expected_ci95(metric, stat, roster_size,
@@ -433,6 +454,11 @@ class RequestTransaction:
                 if stat == "mean":
                     out.append(mean_estimate(metric, stored[(team, metric.name, "sum")],
                                      stored[(team, metric.name, "count")]))
+                if stat == "ratio":
+                    for name in self.denominator:
+                        add_noisy(name, (), "sum")
+                    out.append(ratio_estimate(metric.name, self.denominator, stored[(team, metric.name, "sum")],
+                                              [stored[(team, d, "sum")] for d in self.denominator if d != metric.name]))
         if "adoption" in statistics and available(None, "adoption"):
             add_noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(adoption_estimate(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
@@ -442,8 +468,8 @@ class RequestTransaction:
     def expected_ci95(metric: MetricPolicy | None, stat: str, roster_size: int,
                       wanted: dict[tuple[str, str], Loss]) -> float:
         """The 95% half-width a statistic will have once released (it depends on no data, except
-        a mean's: 0.0 there)."""
-        if stat == "mean":
+        a mean's and a ratio's: 0.0 there)."""
+        if stat in ("mean", "ratio"):
             return 0.0
         if metric is None:  # adoption: the active count's interval over the public roster size
             return expected_ci95("adoption", None, wanted[(TEAM_LEVEL, ACTIVE)], roster_size)
