@@ -200,7 +200,14 @@ def test_the_vps_journey_from_sign_in_to_the_change_between_two_windows(
     laptop.shot("vp-trends-desktop")
     trend = page.locator("table", has=page.locator("caption", has_text="per team over the last 3 closed"))
     assert trend.locator("tbody tr").count() == 3 * len(DAYS)
-    assert page.locator("#trend svg[role=img]:visible").count() == 3  # one panel per team
+    assert page.locator("#trend-scope svg[role=img]:visible").count() == 1  # the company first
+    # Teams of 5 and 6 people say nothing in a week: named, counted in the company, and averaged;
+    # the suppressed team keeps its panel with the reason.
+    assert page.locator("#trend .chart-notes").inner_text() == (
+        "Too few people for a weekly number, counted in the company: team-blue, team-red")
+    assert page.locator("#trend svg[role=img]:visible").count() == 1
+    assert "suppressed" in (page.locator("#trend svg[role=img]:visible").text_content() or "")
+    assert page.locator("#average svg[role=img]:visible").count() == 1
     laptop.open(f"/histogram?window={DAYS[0]}&team=team-red&metric=ai.requests")
     assert page.get_by_role("heading", name="Not released").is_visible()
     laptop.shot("vp-histogram-not-released-desktop")

@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chorus.server.dashboard import charts
+from chorus.server.dashboard import answers, charts
 from chorus.server.dashboard.charts import Bar, BudgetBar, Interval
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.server.dashboard.tables import Column, DataTable, text
+from chorus.server.model import hierarchy
 from chorus.server.model.clock import FakeClock
 from chorus.server.model.roles import Role
+from chorus.v1 import common_pb2, release_pb2
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -195,3 +197,22 @@ def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     assert headline.ranking([("a", Interval(10, 4)), ("b", Interval(5, 4))]) == (
         "Every row's 95% interval overlaps its neighbour's: these numbers do not rank them.")
     assert headline.overlapping_pairs([("a", Interval(10, 4)), ("b", Interval(5, 4))]) == [("a", "b")]
+
+
+def test_a_team_number_says_something_within_a_quarter_of_its_range() -> None:
+    """One rule for the overview and the trends: adoption within ±25 points, a count within a
+    quarter of the roster, a mean within a quarter of the metric's bound, a total within both."""
+    metric = release_pb2.Metric(name="ai.tokens", max_per_user=1_000)
+    for statistic, roster, edge in ((common_pb2.STATISTIC_ADOPTION, 45, 0.25), (common_pb2.STATISTIC_COUNT, 40, 10.0),
+                                    (common_pb2.STATISTIC_MEAN, 40, 250.0), (common_pb2.STATISTIC_SUM, 40, 10_000.0)):
+        assert answers.says_something(release_pb2.Estimate(ci95=edge), statistic, roster, metric)
+        assert not answers.says_something(release_pb2.Estimate(ci95=edge * 1.01), statistic, roster, metric)
+    assert answers.limit_words(common_pb2.STATISTIC_ADOPTION) == "±25 points"
+
+
+def test_too_few_people_are_named_once_per_org_they_are_counted_in() -> None:
+    tree = hierarchy.Hierarchy.of([("a-1", "eng", 8), ("a-2", "eng", 8), ("b-1", "sales", 8), ("c", "", 8)])
+    assert answers.too_few(["a-2", "b-1", "a-1", "c"], tree) == [
+        "Too few people for a weekly number, counted in the company: c",
+        "Too few people for a weekly number, counted in eng: a-1, a-2",
+        "Too few people for a weekly number, counted in sales: b-1"]

@@ -24,7 +24,7 @@ from chorus.server.transport.grpc_server import Server
 from chorus.v1 import audit_pb2, audit_pb2_grpc
 
 from .test_browser import LAPTOP, PHONE, Visit, browser, overflowing, table_rows, visit, visits  # noqa: F401
-from .vp_data import WEEKS, build
+from .vp_data import ORGS, TEAMS, WEEKS, build, org_of
 
 pytestmark = pytest.mark.slow  # a real browser and a gRPC server
 
@@ -95,10 +95,15 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
 
     # Teams too small for a weekly number are said to be, and averaged.
     page.locator("#adoption summary").first.click()  # team detail is one click away
-    assert "Too few people for a weekly number (a 95% interval wider than ±25%)" in page.locator(
+    assert "Teams with too few people for a weekly number (a 95% interval wider than ±25 points)" in page.locator(
         "#adoption").inner_text()
+    too_few = page.locator("#adoption .chart-notes li").all_inner_texts()
+    assert len(too_few) == len(ORGS) and all(
+        re.fullmatch(r"Too few people for a weekly number, counted in [a-z]+: [a-z0-9, -]+", line) for line in too_few)
     page.locator("#adoption-average summary").first.click()
     assert page.locator("#adoption-average svg[role=img]:visible").count() == 1
+    averaged = table_rows(page, "Adoption per team over windows")  # the small teams' own releases
+    assert set(averaged) == {t for line in too_few for t in line.split(": ")[1].split(", ")}
     laptop.shot("company-landing-teams-open-desktop")
 
     # One org: the filter carries to the other pages.
@@ -110,6 +115,31 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     nav = page.get_by_role("navigation", name="Dashboard pages")
     for label in ("Organisation", "Trends"):
         assert "org=engineering" in (nav.get_by_role("link", name=label).get_attribute("href") or "")
+
+    # Trends by org: the company's line, then each org on one scale, then the teams whose weekly
+    # number says something; the others named, counted in their org, and averaged.
+    laptop.open("/trends")
+    assert page.get_by_role("heading", name=f"Company adoption over the last {WEEKS} windows").count() == 1
+    latest = table_rows(page, "Adoption per org over")  # keyed by org: its last row is the latest window
+    assert {row["window"] for row in latest.values()} == {company.weeks[-1]}
+    assert page.locator("#trend-orgs .panel h3").all_inner_texts() == [
+        f"{org}: {latest[org]['value']}" for org in sorted(ORGS)]
+    drawn = set(page.locator("#trend .panel h3").all_inner_texts())
+    lines = page.locator("#trend .chart-notes li").all_inner_texts()
+    named = {t for line in lines for t in line.split(": ")[1].split(", ")}
+    assert drawn and named and drawn | named == set(TEAMS) and not drawn & named
+    assert all(f"counted in {org_of(t)}:" in next(line for line in lines if t in line.split(": ")[1].split(", "))
+               for t in named)
+    assert set(table_rows(page, "Adoption per team over windows")) == named  # the averaged view
+    yearly = ("Privacy over a year: Over any twelve months, everything released reveals at most epsilon 29.8 "
+              "(delta 1e-08) about any one person: 54 weeks at rho 0.138 each, every budget spent in full.")
+    assert page.locator("#yearly-bound").inner_text() == yearly  # the default policy's (README)
+    laptop.shot("company-trends-desktop")
+    laptop.open("/trends?org=engineering")
+    assert page.get_by_role("heading", name=f"Org engineering adoption over the last {WEEKS} windows").count() == 1
+    assert page.locator("#trend-orgs").count() == 0  # an org has no orgs below it here
+    assert [line.split(":")[0] for line in page.locator("#trend .chart-notes li").all_inner_texts()] == [
+        "Too few people for a weekly number, counted in engineering"]
 
     phone = visit(visits, browser, dashboard, PHONE)
     phone.sign_in(company.tokens[Role.ANALYST])
@@ -123,6 +153,8 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     auditor.sign_in(company.tokens[Role.AUDITOR])
     auditor_phone = visit(visits, browser, dashboard, PHONE)
     auditor_phone.sign_in(company.tokens[Role.AUDITOR])
+    auditor.open("/statement")
+    assert auditor.page.locator("#yearly-bound").inner_text() == yearly
     for path in ("/budget", "/ledger", "/policies", "/statement"):
         auditor.open(path)
         auditor.shot(f"company-{path.strip('/')}-desktop")

@@ -8,6 +8,7 @@ import html
 import io
 import logging
 import re
+import tomllib
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,8 @@ from werkzeug.datastructures import MultiDict
 from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.sessions import SessionStore
 from chorus.server.dashboard.web import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from chorus.server.front.statement import yearly_bound
+from chorus.server.model import config
 from chorus.server.model.roles import Role
 from chorus.v1 import common_pb2
 
@@ -311,7 +314,7 @@ def test_a_single_window_trend_keeps_its_interval(client: FlaskClient, stack: St
     stack.release(LATEST, [common_pb2.STATISTIC_COUNT], metrics=("ai.requests",))
     login(client, stack.tokens[Role.ANALYST])
     body = client.get("/trends?statistic=count&metric=ai.requests&n=3").get_data(as_text=True)
-    panel = body[body.index("chart-trend-0"):body.index("</svg>", body.index("chart-trend-0"))]
+    panel = body[body.index("chart-scope-0"):body.index("</svg>", body.index("chart-scope-0"))]
     assert '<path class="ci"' in panel and "<polygon" not in panel
 
 
@@ -513,3 +516,18 @@ def test_the_sign_in_role_probe_logs_no_denial(client: FlaskClient, stack: Stack
     signed_in = login(client, stack.tokens[role])
     assert (signed_in.status_code == 303) == (role in (Role.ANALYST, Role.AUDITOR))
     assert not [r for r in caplog.records if "denied" in r.getMessage()]
+
+
+def test_trends_and_the_statement_state_the_yearly_bound_the_statement_computes(
+        client: FlaskClient, stack: Stack, app: Flask) -> None:
+    """One computation (front.statement.yearly_bound of the frozen policy) on both pages: the
+    trends page reads it from what a release answer says (its unit and a team-window's cap)."""
+    policy = config.parse(tomllib.loads(DASHBOARD_TOML)).policy
+    expected = html.escape(yearly_bound(policy.budget_per_window, policy.window_length).summary())
+    assert expected.startswith("Over any twelve months, everything released reveals at most epsilon 367 about")
+    login(client, stack.tokens[Role.ANALYST])
+    assert expected in client.get("/trends").get_data(as_text=True)
+    auditor = app.test_client()
+    login(auditor, stack.tokens[Role.AUDITOR])
+    statement = auditor.get("/statement").get_data(as_text=True)
+    assert expected in statement and "367 days at epsilon 1 each" in html.unescape(statement)

@@ -13,6 +13,7 @@ import opendp.prelude as dp
 import pytest
 
 from chorus.server.domain.release import StatisticRequest
+from chorus.server.front.report_records import records
 from chorus.server.model import config
 from chorus.server.model.calendar import WindowLength, max_windows_per_year
 from chorus.server.model.clock import FakeClock
@@ -20,7 +21,7 @@ from chorus.server.privacy import mechanisms
 from chorus.server.privacy.budget import worst_case
 from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.server.root import Chorus
-from chorus.v1 import common_pb2
+from chorus.v1 import common_pb2, release_pb2
 
 from .conftest import TEAMS, WINDOW, contribute, roster_rows, serve
 from .test_hierarchy import _verified
@@ -157,6 +158,14 @@ def test_the_wire_names_the_unit_and_flags_a_team_too_small_for_a_weekly_number(
     red, = answer.teams
     assert (red.unit, red.imprecise, red.counted_in, red.epsilon_charged) == ("rho", True, "engineering", "0")
     assert red.budget_remaining == "0.01"
+    assert {r["unit"] for r in records([answer])} == {"rho"}  # `chorus report --format json` and the JSON API
+
+
+def test_a_record_of_a_server_that_names_no_unit_is_in_epsilon() -> None:
+    """Servers before the discrete Gaussian sent no `unit`: their amounts are epsilon."""
+    old = release_pb2.ReleaseResponse(window=WINDOW, teams=[release_pb2.TeamRelease(team="team-red", budget_cap="3")])
+    record, = records([old])
+    assert (record["unit"], record["budget_cap"]) == ("epsilon", "3")
 
 
 def test_a_request_on_a_gaussian_window_is_charged_in_rho(

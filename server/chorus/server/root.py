@@ -48,8 +48,7 @@ class Chorus:
         self.releases = Releases(self.db, self.ledger, self.clock, config.policy)
         self.closer = WindowCloser(self.db, config.policy, self.ledger, self.clock, self.shredder, self.releases,
                                    self.clock_guard)
-        self.windows = window_store.Windows(self.db, self.ledger, self.clock, self.shredder,
-                                            self.releases.release_plan)
+        self.windows = window_store.Windows(self.db)
         self.rosters = roster.Rosters(self.db, self.ledger, self.clock, self.shredder)
         self.audit_trail = audit.AuditTrail(self.db)
         audit.record_config(self.db, self.ledger, config.policy, self.clock.now())
@@ -60,8 +59,8 @@ class Chorus:
         return self.rosters.replace(rows, actor, orgs)
 
     def close_window(self, window_id: str, actor: str) -> window_store.CloseResult:
-        """Force-close a window now and release its plan (`window_store.Windows.close`)."""
-        return self.windows.close(window_id, actor)
+        """Force-close a window now and release its plan (`WindowCloser.close`)."""
+        return self.closer.close(window_id, actor)
 
     def bootstrap_admin_token(self) -> Path | None:
         """On a data directory without tokens, create an admin token in a 0600 file; return its path."""

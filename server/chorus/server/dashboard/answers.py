@@ -10,6 +10,7 @@ active people over the windows shown, against its rosters: a narrower interval f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,8 @@ from chorus.server.model import hierarchy
 from chorus.server.privacy import sums
 from chorus.v1 import common_pb2, release_pb2
 
-#: Widest 95% half-width (a share) at which one window's team adoption is worth drawing.
+#: Widest 95% half-width, as a share of the range a number can take, at which one window's team
+#: number is worth drawing (adoption: 25 points).
 SAYS_SOMETHING = 0.25
 TOO_FEW = "too few people for a weekly number"
 SORTS = ("adoption", "change", "name")
@@ -34,9 +36,44 @@ def unit(window: common_pb2.Window) -> str:
     return "week" if 6 <= days <= 8 else "day" if 0.9 <= days <= 1.1 else "window"
 
 
-def shown(found: headline.Figure) -> Interval:
-    """A share cut to [0, 1] for display, its interval around the raw value."""
-    return Interval(min(max(found.value, 0.0), 1.0), found.ci95, 1.0)
+def shown(found: headline.Figure, share: bool = True) -> Interval:
+    """A share cut to [0, 1] (a total to at least 0) for display, its interval around the raw value."""
+    if share:
+        return Interval(min(max(found.value, 0.0), 1.0), found.ci95, 1.0)
+    return Interval(max(found.value, 0.0), found.ci95)
+
+
+def span(statistic: int, roster: int, metric: release_pb2.Metric | None) -> float:
+    """The range one team's number can take in a window, which its interval is judged against."""
+    if statistic == common_pb2.STATISTIC_ADOPTION:
+        return 1.0
+    if statistic == common_pb2.STATISTIC_COUNT:
+        return float(roster)
+    bound = float(metric.max_per_user) if metric is not None else math.inf
+    return bound if statistic == common_pb2.STATISTIC_MEAN else roster * bound
+
+
+def says_something(estimate: release_pb2.Estimate, statistic: int, roster: int,
+                   metric: release_pb2.Metric | None = None) -> bool:
+    """Whether a team's weekly number is worth drawing: its 95% interval is at most ±SAYS_SOMETHING
+    of the range the number can take."""
+    return estimate.ci95 <= SAYS_SOMETHING * span(statistic, roster, metric)
+
+
+def limit_words(statistic: int) -> str:
+    """`says_something`'s limit in words: "±25 points" for adoption."""
+    if statistic == common_pb2.STATISTIC_ADOPTION:
+        return f"±{SAYS_SOMETHING * 100:.0f} points"
+    return f"±{SAYS_SOMETHING:.0%} of the most it can be"
+
+
+def too_few(teams: Sequence[str], tree: hierarchy.Hierarchy) -> list[str]:
+    """The teams whose numbers say nothing, one line per org they are counted in."""
+    by_org: dict[str, list[str]] = {}
+    for team in teams:
+        by_org.setdefault(tree.parent(team) or hierarchy.COMPANY, []).append(team)
+    return [f"{TOO_FEW.capitalize()}, counted in {'the company' if org == hierarchy.COMPANY else org}: "
+            f"{', '.join(sorted(names))}" for org, names in sorted(by_org.items())]
 
 
 def pct_range(found: headline.Figure) -> str:
@@ -65,14 +102,34 @@ class Series:
 
 
 def series(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse | None],
-           node: str = hierarchy.COMPANY, teams: set[str] | None = None) -> Series:
-    """A scope's adoption parts per window: its own release where there is one, else its teams'
-    (`teams`, all when None)."""
-    out: list[headline.Parts | None] = []
+           node: str = hierarchy.COMPANY, teams: set[str] | None = None,
+           statistic: int = common_pb2.STATISTIC_ADOPTION, metric: str = "") -> Series:
+    """A scope's parts of an additive statistic (adoption by default) per window: its own release
+    where there is one, else its teams' (`teams`, all when None)."""
+    return Series(list(windows), [headline.scoped(r.teams, node, teams, metric, statistic) or None if r else None
+                                  for r in replies])
+
+
+def team_parts(replies: Sequence[release_pb2.ReleaseResponse | None], statistic: int = common_pb2.STATISTIC_ADOPTION,
+               metric: str = "") -> list[headline.Parts | None]:
+    """Each window's team releases of an additive statistic (never an org's or the company's)."""
+    return [headline.parts(r.teams, metric, statistic) or None if r else None for r in replies]
+
+
+def points(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse | None], node: str,
+           teams: set[str] | None, statistic: int, metric: str, ceiling: float) -> list[Interval | None]:
+    """A scope's value per window for display: an additive statistic from its own release or its
+    teams' added up; a mean only where the scope itself is released (a mean does not add up)."""
+    if headline.additive(statistic) is not None:
+        share = statistic == common_pb2.STATISTIC_ADOPTION
+        found = series(windows, replies, node, teams, statistic, metric).parts
+        return [shown(headline.figure(p, share=share), share) if p else None for p in found]
+    out: list[Interval | None] = []
     for reply in replies:
-        found = headline.scoped(reply.teams, node, teams) if reply is not None else {}
-        out.append(found or None)
-    return Series(list(windows), out)
+        own = next((e for t in (reply.teams if reply else ()) if t.team == node and t.level in headline.NODES
+                    for e in t.estimates if e.statistic == statistic and e.metric == metric and e.release_id), None)
+        out.append(Interval(max(own.value, 0.0), own.ci95, ceiling) if own else None)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,24 +233,31 @@ def org_table(rows: Sequence[OrgRow], scope: str, window: str) -> DataTable:
 
 
 def small_multiples(rows: Sequence[OrgRow]) -> list[tuple[str, Markup]]:
-    """One adoption panel per org, on one shared scale."""
-    all_points = [[shown(f) if f else None for f in row.data.figures()] for row in rows]
-    domain = [v for points in all_points for p in points if p for v in (p.low, p.high)] + [0.0]
+    """One adoption panel per org, on one shared scale, titled with its adoption now and its change."""
     panels = []
-    for number, (row, points) in enumerate(zip(rows, all_points, strict=True)):
-        title = f"{row.org}: adoption"
-        description = f"Adoption of org {row.org} per window with its 95% band."
+    for row in rows:
         now = f"{format_percent(shown(row.now).value)}" if row.now else "not released"
         moved = f", {headline.points(row.change.value)}" if row.change else ""
-        panels.append((f"{row.org}: {now}{moved}", charts.responsive(
-            charts.trend_panel, f"chart-org-{number}", title, description,
-                                                  row.data.windows, points, domain, fmt=format_percent)))
-    return panels
+        panels.append((f"{row.org}: {now}{moved}", f"{row.org}: adoption",
+                       f"Adoption of org {row.org} per window with its 95% band.",
+                       [shown(f) if f else None for f in row.data.figures()]))
+    return grid(panels, rows[0].data.windows if rows else [], "chart-org", format_percent)
+
+
+def grid(panels: Sequence[tuple[str, str, str, Sequence[Interval | None]]], windows: Sequence[str], prefix: str,
+         fmt: charts.Formatter, empty: Sequence[str] = ()) -> list[tuple[str, Markup]]:
+    """Trend panels (heading, title, description, points) on one shared scale, 0 included; `empty`
+    says, per panel, why it has no point at all."""
+    domain = [v for *_, found in panels for p in found if p for v in (p.low, p.high)] + [0.0]
+    return [(heading, charts.responsive(charts.trend_panel, f"{prefix}-{number}", title, description, windows,
+                                        list(found), domain, fmt=fmt,
+                                        **({"empty": empty[number]} if empty else {})))
+            for number, (heading, title, description, found) in enumerate(panels)]
 
 
 def team_bar(team: release_pb2.TeamRelease, estimate: release_pb2.Estimate | None) -> Bar | None:
     """A team's weekly adoption bar, or None when it is drawn as too few people."""
-    if estimate is None or estimate.ci95 > SAYS_SOMETHING:
+    if estimate is None or not says_something(estimate, common_pb2.STATISTIC_ADOPTION, team.roster_size):
         return None
     return Bar(team.team, Interval(estimate.value, estimate.ci95, 1.0))
 
@@ -206,16 +270,17 @@ class Averaged:
     windows: int
 
 
-def averaged(data: Sequence[headline.Parts | None], teams: Sequence[str]) -> list[Averaged]:
-    """Each team's adoption over all the windows shown: its active people over its rosters."""
+def averaged(data: Sequence[headline.Parts | None], teams: Sequence[str], *, share: bool = True) -> list[Averaged]:
+    """Each team's number over all the windows shown (`team_parts`): its active people over its
+    rosters (`share`), or its total per window."""
     out = []
     for team in teams:
         mine = [p[team] for p in data if p and team in p]
         if not mine:
             continue
-        people = sum(p.roster for p in mine)
-        terms = [(p.scale, 1 / people, p.mechanism or sums.DISCRETE_LAPLACE) for p in mine]
-        out.append(Averaged(team, sum(p.value for p in mine) / people, sums.ci95(terms), len(mine)))
+        weight = 1 / sum(p.roster for p in mine) if share else 1 / len(mine)
+        terms = [(p.scale, weight, p.mechanism or sums.DISCRETE_LAPLACE) for p in mine]
+        out.append(Averaged(team, sum(p.value for p in mine) * weight, sums.ci95(terms), len(mine)))
     return sorted(out, key=lambda a: (-a.value, a.team))
 
 

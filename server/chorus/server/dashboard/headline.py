@@ -71,9 +71,29 @@ class Tile:
 Parts = dict[str, Part]
 
 
-def parts(teams: Sequence[release_pb2.TeamRelease], metric: str = "") -> Parts:
-    """Team -> its release of active people (`metric` empty) or of the sum of `metric`."""
-    statistic = common_pb2.STATISTIC_SUM if metric else common_pb2.STATISTIC_ACTIVE
+def additive(statistic: int) -> int | None:
+    """The noisy release a statistic adds up from (adoption: active people), or None for one that
+    does not add up (a mean is a ratio of two releases)."""
+    return _ADDS_UP.get(statistic)
+
+
+_ADDS_UP: dict[int, int] = {common_pb2.STATISTIC_ADOPTION: common_pb2.STATISTIC_ACTIVE,
+                            common_pb2.STATISTIC_ACTIVE: common_pb2.STATISTIC_ACTIVE,
+                            common_pb2.STATISTIC_SUM: common_pb2.STATISTIC_SUM,
+                            common_pb2.STATISTIC_COUNT: common_pb2.STATISTIC_COUNT}
+
+
+def _released(metric: str, statistic: int | None) -> int:
+    """The release to add up: by default active people, or the sum of `metric`."""
+    if statistic is None:
+        return common_pb2.STATISTIC_SUM if metric else common_pb2.STATISTIC_ACTIVE
+    return additive(statistic) or common_pb2.STATISTIC_UNSPECIFIED
+
+
+def parts(teams: Sequence[release_pb2.TeamRelease], metric: str = "", statistic: int | None = None) -> Parts:
+    """Team -> its release of active people (`metric` empty) or of the sum of `metric` (or of the
+    additive `statistic` named)."""
+    statistic = _released(metric, statistic)
     out = {}
     for team in teams:
         if team.level not in (release_pb2.NODE_LEVEL_UNSPECIFIED, release_pb2.NODE_LEVEL_TEAM):
@@ -84,21 +104,21 @@ def parts(teams: Sequence[release_pb2.TeamRelease], metric: str = "") -> Parts:
     return out
 
 
-_NODES = (release_pb2.NODE_LEVEL_ORG, release_pb2.NODE_LEVEL_COMPANY)
+NODES = (release_pb2.NODE_LEVEL_ORG, release_pb2.NODE_LEVEL_COMPANY)
 
 
 def scoped(teams: Sequence[release_pb2.TeamRelease], node: str, below: set[str] | None,
-           metric: str = "") -> Parts:
+           metric: str = "", statistic: int | None = None) -> Parts:
     """A scope's parts: the org's (or company's) own release when the window has one (one noise,
     far smaller than its teams' together), else the releases of its teams (`below`; None: all)."""
-    statistic = common_pb2.STATISTIC_SUM if metric else common_pb2.STATISTIC_ACTIVE
+    statistic = _released(metric, statistic)
     for team in teams:
-        if team.team == node and team.level in _NODES:
+        if team.team == node and team.level in NODES:
             for e in team.estimates:
                 if e.statistic == statistic and e.metric == metric and e.release_id:
                     return {node: Part(e.noisy_value, e.scale, team.roster_size,
                                        e.mechanism or sums.DISCRETE_LAPLACE)}
-    found = parts(teams, metric)
+    found = parts(teams, metric, statistic)
     return found if below is None else {k: v for k, v in found.items() if k in below}
 
 

@@ -31,12 +31,19 @@ from chorus.server.dashboard.tables import Cell, Column, DataTable, text
 from chorus.server.dashboard.verification import ChainCache
 from chorus.server.front import spending
 from chorus.server.front.numbers import format_compact
-from chorus.server.front.statement import StatementFormat, render_statement, statement_sections
+from chorus.server.front.statement import (
+    StatementFormat,
+    YearlyBound,
+    render_statement,
+    statement_sections,
+    yearly_bound,
+)
 from chorus.server.model import hierarchy
+from chorus.server.model.calendar import WindowLength
 from chorus.server.model.ledger_format import Entry
 from chorus.server.model.policy import Policy
 from chorus.server.model.statistics import Statistic
-from chorus.server.privacy.epsilon import Epsilon
+from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.v1 import audit_pb2, common_pb2, release_pb2
 
 Args = Mapping[str, str]
@@ -79,6 +86,8 @@ class Chart:
     overlaps: list[tuple[str, str]] = field(default_factory=list)
     #: Drawn closed behind its title (details a VP rarely needs on the landing page).
     collapsed: bool = False
+    #: Short lines under the description (the teams with too few people for a weekly number).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -277,14 +286,15 @@ def _read_or_none(api: Api, window: str | None, statistics: list[int]) -> releas
 N_CHOICES = (4, 8, 12, 26, 52)
 
 
-def _with_nodes(api: Api, window: str, reply: release_pb2.ReleaseResponse | None,
-                nodes: Sequence[str]) -> release_pb2.ReleaseResponse | None:
+def _with_nodes(api: Api, window: str, reply: release_pb2.ReleaseResponse | None, nodes: Sequence[str],
+                statistics: Sequence[int] = (common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM),
+                metrics: Sequence[str] = ()) -> release_pb2.ReleaseResponse | None:
     """A window's team answers with what is released at the company and each org (the plan may
     release them directly); the teams alone where the window's tree has not these orgs."""
     if reply is None:
         return None
     try:
-        extra = api.read(window, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM], nodes=nodes)
+        extra = api.read(window, list(statistics), nodes=nodes, metrics=metrics)
     except GatewayError:
         return reply
     return release_pb2.ReleaseResponse(window=reply.window, teams=[*reply.teams, *extra.teams],
@@ -373,14 +383,16 @@ def overview(api: Api, args: Args) -> Page:
         page.charts.append(Chart(
             "orgs", f"Where: adoption per org, sorted by {by}",
             f"Each org under {'the company' if org == hierarchy.COMPANY else org}: its adoption in window "
-            f"{window} and its change over the windows shown (in each panel's title), from its teams' releases.",
+            f"{window} and its change over the windows shown (in each panel's title): its own release, else its "
+            "teams' added up.",
             answers.small_multiples(rows), table, headline.ranking(intervals), headline.overlapping_pairs(intervals)))
     if any(_find(team, common_pb2.STATISTIC_ADOPTION) for team in mine):
-        chart, too_few = _adoption_chart(window, mine)
+        chart, too_few = _adoption_chart(window, mine, tree)
         page.charts.append(chart)
         page.context["too_few"] = too_few
         if too_few:
-            page.charts.append(_averaged_chart(data, [w.id for w in recent], too_few))
+            page.charts.append(_averaged_chart(answers.team_parts(reads), [w.id for w in recent], too_few,
+                                               "Adoption", True))
     for metric in metrics:
         if not any(_find(team, code, metric.name) for team in mine):
             continue  # nothing released: listed under "Not released" with its cost, not drawn empty
@@ -402,27 +414,35 @@ def overview(api: Api, args: Args) -> Page:
     return page
 
 
-def _averaged_chart(data: answers.Series, ids: Sequence[str], teams: Sequence[str]) -> Chart:
-    found = answers.averaged(data.parts, teams)
-    table = DataTable(f"Adoption per team over windows {ids[0]} to {ids[-1]}", [
-        _TEAM, Column("windows", label="Windows released"), Column("value", format_percent, label="Adoption"),
-        Column("ci95", format_percent, label="± (95%)")])
+def _averaged_chart(data: Sequence[headline.Parts | None], ids: Sequence[str], teams: Sequence[str], subject: str,
+                    share: bool, *, collapsed: bool = True) -> Chart:
+    """The teams with too few people for a weekly number, over all the windows shown: active people
+    over rosters (adoption), or the total per window."""
+    found = answers.averaged(data, teams, share=share)
+    fmt = format_percent if share else format_number
+    table = DataTable(f"{subject} per team over windows {ids[0]} to {ids[-1]}", [
+        _TEAM, Column("windows", label="Windows released"), Column("value", fmt, label=subject if share else
+                                                                    "Per window"),
+        Column("ci95", fmt, label="± (95%)")])
     bars = []
     for a in found:
-        interval = Interval(min(max(a.value, 0.0), 1.0), a.ci95, 1.0)
+        interval = Interval(min(max(a.value, 0.0), 1.0), a.ci95, 1.0) if share else Interval(max(a.value, 0.0), a.ci95)
         table.add(a.team, a.windows, interval.value, a.ci95)
         bars.append(Bar(a.team, interval))
-    title = f"Teams too small for a weekly number: adoption over the last {len(ids)} windows"
-    description = ("Each of these teams' active people over all the windows shown, against its rosters: one "
-                   "number from several windows' releases, with a narrower interval. Largest first.")
+    title = (f"Teams with too few people for a weekly number: {subject.lower() if share else subject} over the "
+             f"last {len(ids)} windows")
+    description = (("Each of these teams' active people over all the windows shown, against its rosters"
+                    if share else "Each of these teams' total per window, over all the windows shown") +
+                   ": one number from several windows' releases, with a narrower interval. Largest first.")
     svg = charts.responsive(charts.interval_bars, "chart-adoption-average", title, description, bars,
-                            fmt=format_percent, include=(0.0, 1.0))
+                            fmt=fmt if share else format_compact, include=(0.0, 1.0) if share else (0.0,))
     ranked = [(b.label, b.interval) for b in bars]
-    return Chart("adoption-average", title, description, [("", svg)], table, headline.ranking(ranked),
-                 headline.overlapping_pairs(ranked), collapsed=True)
+    return Chart("adoption-average" if share else "average", title, description, [("", svg)], table,
+                 headline.ranking(ranked), headline.overlapping_pairs(ranked), collapsed=collapsed)
 
 
-def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> tuple[Chart, list[str]]:
+def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease],
+                    tree: hierarchy.Hierarchy) -> tuple[Chart, list[str]]:
     """Adoption per team in one window, drawn only for teams whose number says something; and the
     teams drawn as too few people (their numbers stay in the table)."""
     code = common_pb2.STATISTIC_ADOPTION
@@ -445,18 +465,19 @@ def _adoption_chart(window: str, teams: Sequence[release_pb2.TeamRelease]) -> tu
     description = (f"Share of each team's roster active with AI tools in window {window}: people with any "
                    "usage divided by the roster size, largest first.")
     if too_few:
-        description += (f" {answers.TOO_FEW.capitalize()} (a 95% interval wider than ±{answers.SAYS_SOMETHING:.0%}),"
-                        f" so not drawn: {', '.join(too_few)}; their numbers are in the table and their average "
-                        "over the windows shown below.")
+        description += (f" Teams with {answers.TOO_FEW} (a 95% interval wider than {answers.limit_words(code)}) are "
+                        "not drawn: their numbers are in the table, their average over the windows shown below.")
     svg = charts.responsive(charts.interval_bars, "chart-adoption", title, description, bars, fmt=format_percent,
                             include=(0.0, 1.0))
     ranked = [(b.label, b.interval) for b in bars]
     return Chart("adoption", title, description, [("", svg)], table, headline.ranking(ranked),
-                 headline.overlapping_pairs(ranked), collapsed=True), too_few
+                 headline.overlapping_pairs(ranked), collapsed=True, notes=answers.too_few(too_few, tree)), too_few
 
 
 def trends(api: Api, args: Args) -> Page:
-    """One statistic over the last N closed windows, one chart per team on a shared scale. Reads only."""
+    """One statistic over the last N closed windows: the company (or the org picked), each org
+    below it on one scale, then the teams whose weekly numbers say something (`answers`), the
+    others named as too few people, counted in their org, and averaged over the windows. Reads only."""
     windows = closed_windows(api)
     count = _int(args, "n", 8, 2, MAX_TREND_WINDOWS)
     recent = list(reversed(windows[:count]))
@@ -474,52 +495,150 @@ def trends(api: Api, args: Args) -> Page:
     tree = hierarchy.Hierarchy.of((t.name, t.org, t.roster_size) for t in api.list_teams(recent[-1].id).teams)
     org = _org_filter(args, tree)
     inside = None if org == hierarchy.COMPANY else set(tree.teams_below(org))
-    page.context.update(org=org, org_options=[(hierarchy.COMPANY, "The whole company"),
-                                              *((o, o) for o in tree.org_nodes())])
+    scope = _scope_name(org)
+    page.context.update(org=org, scope=scope, org_options=[(hierarchy.COMPANY, "The whole company"),
+                                                           *((o, o) for o in tree.org_nodes())])
     code, label = STATISTICS[statistic]
     adoption = statistic == Statistic.ADOPTION
+    name = "" if adoption else metric or ""
+    spec = metrics.get(name)
+    ceiling = _ceiling(code, spec)
     fmt, chart_fmt = (format_percent, format_percent) if adoption else (format_number, format_compact)
     subject = label if adoption else f"{label} of {metric}"
-    table = DataTable(f"{subject} per team over the last {len(recent)} closed windows",
-                      [_WINDOW, _TEAM, _OUTCOME, *_estimate_columns(fmt)])
-    series: dict[str, list[Interval | None]] = {}
-    #: Why a team has nothing in any window shown (a suppressed team: too few people).
-    reasons: dict[str, str] = {}
-    for index, window in enumerate(recent):
+    ids = [w.id for w in recent]
+    nodes = [hierarchy.COMPANY, *tree.org_nodes()]
+    replies: list[release_pb2.ReleaseResponse | None] = []
+    for window in recent:
         try:
-            reply = api.read(window.id, [code], metrics=[] if adoption or metric is None else [metric])
+            reply = api.read(window.id, [code], metrics=[name] if name else [])
         except GatewayError as exc:
             if exc.code not in _PER_WINDOW_FAILURES:
                 raise
             page.context["problems"].append((window.id, exc.message))
+            replies.append(None)
             continue
-        mine = [t for t in reply.teams if inside is None or t.team in inside]
-        page.context["not_released"] += _not_released(window.id, mine)
-        for team in mine:
-            name = "" if adoption else metric or ""
-            estimate = _find(team, code, name)
-            interval = _interval(estimate, _ceiling(code, metrics.get(metric or "")))
-            table.add(window.id, team.team, _outcome(team, code, name), *_estimate_cells(estimate, interval))
-            series.setdefault(team.team, [None] * len(recent))[index] = interval
-            if team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
-                reasons[team.team] = f"suppressed: {team.roster_size} people, below the minimum"
-            elif estimate is None:
-                reasons.setdefault(team.team, "not released in these windows")
-    domain = [v for points in series.values() for p in points if p for v in (p.low, p.high)]
-    ids = [w.id for w in recent]
-    panels = []
-    for number, team in enumerate(sorted(series)):
-        title = f"{team}: {subject}"
-        description = (f"{subject} of team {team} in windows {ids[0]} to {ids[-1]}, with the 95% interval "
-                       "as a band (a whisker for a window without released neighbours); gaps are windows "
-                       "with nothing released for this team.")
-        panels.append((team, charts.responsive(charts.trend_panel, f"chart-trend-{number}", title, description, ids,
-                                                series[team], domain or [0.0], fmt=chart_fmt,
-                                                empty=reasons.get(team, "nothing released in these windows"))))
-    title = f"{subject} per team over time"
-    description = f"One panel per team, all on the same scale, windows {ids[0]} to {ids[-1]}."
-    page.charts.append(Chart("trend", title, description, panels, table))
+        page.context["not_released"] += _not_released(
+            window.id, [t for t in reply.teams if inside is None or t.team in inside])
+        replies.append(_with_nodes(api, window.id, reply, nodes, [code], [name] if name else []))
+    page.context["yearly"] = _yearly(recent[-1], replies[-1])
+    page.charts.append(_scope_trend(scope, org, inside, subject, ids, replies, code, name, ceiling, chart_fmt, fmt))
+    orgs = [o for o in tree.children(org) if tree.level(o) == hierarchy.ORG]
+    by_org = _org_trends(tree, orgs, subject, ids, replies, code, name, ceiling, chart_fmt, fmt) if orgs else None
+    by_team, too_few = _team_trends(tree.teams_below(org), subject, ids, replies, code, name, spec, chart_fmt, fmt)
+    # A level with nothing released in any window shown is said in one line, not drawn as empty panels.
+    page.context["unreleased_levels"] = ["org"] if orgs and by_org is None else []
+    if by_team is None:
+        page.context["unreleased_levels"].append("team")
+    if by_org is not None:
+        page.charts.append(by_org)
+    if by_team is not None:
+        by_team.notes = answers.too_few(too_few, tree)
+        page.charts.append(by_team)
+    if too_few and headline.additive(code) is not None:
+        page.charts.append(_averaged_chart(answers.team_parts(replies, code, name), ids, too_few, subject, adoption,
+                                           collapsed=False))
     return page
+
+
+def _yearly(window: common_pb2.Window, reply: release_pb2.ReleaseResponse | None) -> YearlyBound | None:
+    """The yearly bound of the window's per-team budget, as the answer states it (its unit and a
+    team-window's cap): the statement's own computation (`front.statement.yearly_bound`)."""
+    team = next((t for t in reply.teams if t.budget_cap), None) if reply is not None else None
+    length = answers.unit(window)
+    if team is None or length not in tuple(WindowLength):
+        return None
+    return yearly_bound((Rho if team.unit == Rho.UNIT else Epsilon).parse(team.budget_cap), WindowLength(length))
+
+
+def _scope_trend(scope: str, org: str, inside: set[str] | None, subject: str, ids: list[str],
+                 replies: Sequence[release_pb2.ReleaseResponse | None], code: int, metric: str, ceiling: float,
+                 chart_fmt: Formatter, fmt: Formatter) -> Chart:
+    """The company's (or the org's) statistic per window: its own release, else its teams' added up."""
+    found = answers.points(ids, replies, org, inside, code, metric, ceiling)
+    table = DataTable(f"{scope}: {subject} per window", [_WINDOW, *_estimate_columns(fmt)[:4]])
+    for window, point in zip(ids, found, strict=True):
+        table.add(window, *((point.value, point.ci95, point.low, point.high) if point else (None,) * 4))
+    title = f"{scope} {subject[0].lower()}{subject[1:]} over the last {len(ids)} windows"
+    description = (f"{subject} of {'the company' if org == hierarchy.COMPANY else 'org ' + org} per window, "
+                   f"{ids[0]} to {ids[-1]}, in its 95% band: its own release where there is one, else its "
+                   "released teams added up.")
+    svg = answers.grid([("", title, description, found)], ids, "chart-scope", chart_fmt,
+                       ["nothing released in these windows"])[0][1]
+    return Chart("trend-scope", title, description, [("", svg)], table)
+
+
+def _org_trends(tree: hierarchy.Hierarchy, orgs: Sequence[str], subject: str, ids: list[str],
+                replies: Sequence[release_pb2.ReleaseResponse | None], code: int, metric: str, ceiling: float,
+                chart_fmt: Formatter, fmt: Formatter) -> Chart | None:
+    """Each org's statistic per window, small multiples on one scale (None: nothing released for
+    any org; an org with nothing released is left out)."""
+    table = DataTable(f"{subject} per org over the last {len(ids)} windows",
+                      [text("org", "Org"), _WINDOW, *_estimate_columns(fmt)[:4]])
+    panels, shown = [], set()
+    for org in orgs:
+        found = answers.points(ids, replies, org, set(tree.teams_below(org)), code, metric, ceiling)
+        if not any(found):
+            continue
+        shown.add(org)
+        for window, point in zip(ids, found, strict=True):
+            table.add(org, window, *((point.value, point.ci95, point.low, point.high) if point else (None,) * 4))
+        latest = next((p for p in reversed(found) if p), None)
+        panels.append((f"{org}: {fmt(latest.value)}" if latest else org, f"{org}: {subject}",
+                       f"{subject} of org {org} per window with its 95% band.", found))
+    if not panels:
+        return None
+    title = f"{subject} per org"
+    description = (f"One panel per org, all on the same scale, windows {ids[0]} to {ids[-1]}; the latest value in "
+                   "each title.")
+    if len(panels) < len(orgs):
+        description += f" Nothing released in these windows for {', '.join(o for o in orgs if o not in shown)}."
+    return Chart("trend-orgs", title, description,
+                 answers.grid(panels, ids, "chart-trend-org", chart_fmt), table)
+
+
+def _team_trends(teams: Sequence[str], subject: str, ids: list[str],
+                 replies: Sequence[release_pb2.ReleaseResponse | None], code: int, metric: str,
+                 spec: release_pb2.Metric | None, chart_fmt: Formatter,
+                 fmt: Formatter) -> tuple[Chart | None, list[str]]:
+    """One panel per team whose latest released number says something (and per suppressed team,
+    with its reason); the teams with too few people for a weekly number, not drawn."""
+    ceiling = _ceiling(code, spec)
+    table = DataTable(f"{subject} per team over the last {len(ids)} closed windows",
+                      [_WINDOW, _TEAM, _OUTCOME, *_estimate_columns(fmt)])
+    series: dict[str, list[Interval | None]] = {}
+    latest: dict[str, tuple[release_pb2.TeamRelease, release_pb2.Estimate]] = {}
+    reasons: dict[str, str] = {}
+    wanted = set(teams)
+    for index, (window, reply) in enumerate(zip(ids, replies, strict=True)):
+        for team in reply.teams if reply else ():
+            if team.team not in wanted or team.level in headline.NODES:
+                continue
+            estimate = _find(team, code, metric)
+            interval = _interval(estimate, ceiling)
+            table.add(window, team.team, _outcome(team, code, metric), *_estimate_cells(estimate, interval))
+            series.setdefault(team.team, [None] * len(ids))[index] = interval
+            if estimate is not None:
+                latest[team.team] = (team, estimate)
+            elif team.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED:
+                reasons[team.team] = f"suppressed: {team.roster_size} people, below the minimum"
+    too_few = sorted(t for t, (team, e) in latest.items()
+                     if not answers.says_something(e, code, team.roster_size, spec))
+    drawn = sorted(t for t in series if (t in latest and t not in too_few) or (t not in latest and t in reasons))
+    if not latest and not reasons:
+        return None, too_few
+    unreleased = len(series) - len(latest) - len(set(reasons) - set(latest))
+    title = f"{subject} per team over time"
+    description = (f"One panel per team with enough people for a weekly number (a 95% interval within "
+                   f"{answers.limit_words(code)}), all on the same scale, windows {ids[0]} to {ids[-1]}.")
+    if unreleased:
+        description += f" Not released for {unreleased} team(s) in these windows (listed under Not released)."
+    panels = [(team, f"{team}: {subject}",
+               f"{subject} of team {team} in windows {ids[0]} to {ids[-1]}, with the 95% interval as a band (a "
+               "whisker for a window without released neighbours); gaps are windows with nothing released.",
+               series[team]) for team in drawn]
+    return Chart("trend", title, description,
+                 answers.grid(panels, ids, "chart-trend", chart_fmt,
+                              [reasons.get(t, "nothing released in these windows") for t in drawn]), table), too_few
 
 
 def histogram(api: Api, args: Args) -> Page:
@@ -821,8 +940,9 @@ def statement(api: Api, args: Args) -> Page:
         "window_options": [(r.window.id, r.window.id) for r in rows], "selected": selected,
         "window": selected.window.id if selected else None, "sections": []})
     if selected is not None:
-        page.context["sections"] = statement_sections(selected.window.id,
-                                                                Policy.from_json(selected.policy))
+        policy = Policy.from_json(selected.policy)
+        page.context["sections"] = statement_sections(selected.window.id, policy)
+        page.context["yearly"] = yearly_bound(policy.budget_per_window, policy.window_length)
     return page
 
 

@@ -3,7 +3,9 @@ release each closed window's release plan, purge exact statistics past retention
 pending shreds (chorus.server.domain.shred).
 
 The plan is released after the close has committed, from the windows whose plan is not marked
-complete: a crash between the two is completed by the next tick, on any replica.
+complete: a crash between the two is completed by the next tick, on any replica. A forced close
+(`WindowCloser.close`, an operator's CloseWindow) goes through the same steps: this module is
+the one owner of "close, then publish the plan".
 
 A close is irreversible, so it never follows one reading of a wall clock that can jump
 (`ClockGuard`): a window closes only once its close time has passed both by the wall clock and
@@ -142,24 +144,47 @@ class WindowCloser:
         if current is not None and current.id != self._current:
             self._current = current.id
             self._log_policy_change(current)
-        closed = []
         closing = min(now, self.guard.close_time())
-        for window_id in self._db.read(lambda tx: window_store.due(tx, closing), name="due_windows"):
-            result = self._db.run(partial(self._close, window_id=window_id, now=now), name="close_window")
-            if result is not None and result.closed_now:
-                # Not how many people it held: that exact count must not leave the server.
-                _log.info("closed window %s: per-person rows folded and deleted, key destroyed", window_id)
-                closed.append(result)
-        for window_id in self._releases.pending_plans():
-            self._releases.release_plan(window_id)
+        due = self._db.read(lambda tx: window_store.due(tx, closing), name="due_windows")
+        closed = [r for r in self._close_then_publish(due, now, ACTOR, exclusive=True) if r.closed_now]
         purged = self._db.run(lambda tx: window_store.purge_expired(tx, self._ledger, now, ACTOR), name="purge")
         if purged:
             _log.info("purged the exact team statistics of %d window(s) past retention", len(purged))
-        if closed or purged:
+        if purged:
             self._shredder.attempt()  # at once: these deletions have just been committed
-        else:
+        elif not closed:
             self._shredder.tick()  # a retry, when one is pending and its backoff has passed
         return closed
+
+    def close(self, window_id: str, actor: str) -> window_store.CloseResult:
+        """Force-close a window now, whatever its scheduled close time (an operator's CloseWindow),
+        then release its plan; raises WindowNotFound. A no-op returning the record when closed."""
+        result, = self._close_then_publish([window_id], self._clock.now(), actor, exclusive=False)
+        return result
+
+    def _close_then_publish(self, window_ids: list[str], now: datetime, actor: str, *,
+                            exclusive: bool) -> list[window_store.CloseResult]:
+        """The one owner of "close, then publish the plan": close each window in its own transaction
+        (fold, delete the per-person rows and the key, record the shred), checkpoint the shreds at
+        once when one closed, then release every closed window's plan not yet complete (those
+        closed here, and any a crash between a close and its plan left).
+
+        `exclusive` (the periodic tick): skip the windows when another replica holds the closer
+        lock; a forced close instead waits on the window row's lock (`window_store.close`)."""
+        results = []
+        for window_id in window_ids:
+            result = self._db.run(partial(self._close, window_id=window_id, now=now, actor=actor,
+                                          exclusive=exclusive), name="close_window")
+            if result is not None:
+                results.append(result)
+            if result is not None and result.closed_now:
+                # Not how many people it held: that exact count must not leave the server.
+                _log.info("closed window %s: per-person rows folded and deleted, key destroyed", window_id)
+        if any(r.closed_now for r in results):
+            self._shredder.attempt()  # at once: these deletions have just been committed
+        for window_id in self._releases.pending_plans():
+            self._releases.release_plan(window_id)
+        return results
 
     def _log_policy_change(self, current: window_store.WindowRecord) -> None:
         """At start and when a window opens: say when the configuration's policy is not the one
@@ -171,10 +196,11 @@ class WindowCloser:
                          "differs in %s, which apply from the next window (from %s)", current.id,
                          ", ".join(changed), current.end.isoformat())
 
-    def _close(self, tx: Tx, *, window_id: str, now: datetime) -> window_store.CloseResult | None:
-        if not tx.lock_closer():
+    def _close(self, tx: Tx, *, window_id: str, now: datetime, actor: str,
+               exclusive: bool) -> window_store.CloseResult | None:
+        if exclusive and not tx.lock_closer():
             return None  # another replica is closing right now
-        return window_store.close(tx, window_id, self._ledger, now, ACTOR)
+        return window_store.close(tx, window_id, self._ledger, now, actor)
 
     def start(self, interval: float) -> None:
         self._thread = threading.Thread(target=self._run, args=(interval,), name="chorus-closer",

@@ -17,7 +17,6 @@ import bisect
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +27,6 @@ from chorus.server.domain.ledger import Ledger
 from chorus.server.domain.otlp import series as otlp_series
 from chorus.server.domain.roster import current_orgs, team_sizes
 from chorus.server.model.calendar import WindowLength, WindowSpan, window_of
-from chorus.server.model.clock import Clock
 from chorus.server.model.ledger_format import canonical_json
 from chorus.server.model.policy import Policy
 from chorus.server.store import Database, Tx
@@ -270,29 +268,12 @@ def purge_expired(tx: Tx, ledger: Ledger, now: datetime, actor: str) -> list[str
 
 
 class Windows:
-    """Windows as a service for the front ends: listing and a forced close, each call in its
-    own transaction. (The periodic close is chorus.server.domain.closer's thread.)"""
+    """Windows as a service for the front ends: listing, in a read transaction. (Closing, periodic
+    or forced, is chorus.server.domain.closer's: a close is followed by its plan there.)"""
 
-    def __init__(self, db: Database, ledger: Ledger, clock: Clock, shredder: shred.Shredder,
-                 release_plan: Callable[[str], None] | None = None) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._ledger = ledger
-        self._clock = clock
-        self._shredder = shredder
-        #: Releases a closed window's plan (chorus.server.domain.release.Releases.release_plan).
-        self._release_plan = release_plan
 
     def list(self, start: datetime | None = None, end: datetime | None = None) -> list[WindowRecord]:
         """Windows overlapping [start, end), newest first."""
         return self._db.read(lambda tx: list_windows(tx, start, end), name="list_windows")
-
-    def close(self, window_id: str, actor: str) -> CloseResult:
-        """Force-close a window now (fold and shred, then release its plan), whatever its
-        scheduled close time; raises WindowNotFound."""
-        now = self._clock.now()
-        result = self._db.run(lambda tx: close(tx, window_id, self._ledger, now, actor), name="close_window")
-        if result.closed_now:
-            self._shredder.attempt()
-            if self._release_plan is not None:
-                self._release_plan(window_id)
-        return result

@@ -25,13 +25,16 @@ LEVEL_NAMES = {release_pb2.NODE_LEVEL_TEAM: "team", release_pb2.NODE_LEVEL_ORG: 
 #: "remainder", under `parent`); fields that do not apply (the estimate fields of a suppressed
 #: team, the metric of adoption, consistent_* of a window released at one level) are null.
 #: `noisy_value` is a sum's, count's or active's noisy value as released (negative ones
-#: included): what a BI tool must add up, where `value` shows a negative one as 0. `denominator`
+#: included): what a BI tool must add up, where `value` shows a negative one as 0. `unit` names
+#: the unit of every privacy amount of the record (`epsilon`, `epsilon_charged`, `budget_cap`,
+#: `budget_remaining`, `team_epsilon_charged`): "epsilon" for a discrete-Laplace window, "rho"
+#: (zero-concentrated DP) for a discrete-Gaussian one, as `TeamRelease.unit` says. `denominator`
 #: lists a ratio's denominator metrics (`metric` is its numerator); its `ci95` is null when the
 #: interval has no upper end (a denominator within its noise of 0).
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
           "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged", "level",
-          "teams_charged", "consistent_value", "consistent_ci95", "parent", "children", "noisy_value",
+          "teams_charged", "consistent_value", "consistent_ci95", "parent", "children", "noisy_value", "unit",
           "denominator")
 
 
@@ -53,7 +56,7 @@ def records(replies: Sequence[release_pb2.ReleaseResponse]) -> Iterator[dict[str
                     "message": _text(t.message), "budget_cap": _text(t.budget_cap),
                     "budget_remaining": _text(t.budget_remaining),
                     "team_epsilon_charged": t.epsilon_charged, "level": LEVEL_NAMES.get(t.level),
-                    "teams_charged": list(t.teams_charged)}
+                    "teams_charged": list(t.teams_charged), "unit": t.unit or "epsilon"}
             if not t.estimates and not t.unreleased:
                 yield {f: base.get(f) for f in FIELDS}  # suppressed: no estimate, its fields null
             for u in t.unreleased:  # what it would cost: epsilon, and the interval it would have

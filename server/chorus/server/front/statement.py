@@ -1,17 +1,62 @@
 """The privacy statement: what is collected, kept, released and spent, in plain language,
-from a frozen policy. One text for `chorus audit statement` and the dashboard's statement page."""
+from a frozen policy. One text for `chorus audit statement` and the dashboard's statement page.
+
+The yearly bound (`yearly_bound`) is computed here once, from the per-window budget and the
+window length through `privacy.budget.worst_case` (OpenDP's rho to (epsilon, delta)), and every
+page that states it (the statement, the dashboard's trends and statement pages) says it from
+this one object."""
 
 from __future__ import annotations
 
 import enum
 import textwrap
+from dataclasses import dataclass
 
 from chorus.server.model.calendar import WindowLength, max_windows_per_year
 from chorus.server.model.policy import Policy
-from chorus.server.privacy.budget import worst_case
-from chorus.server.privacy.mechanisms import GAUSSIAN
+from chorus.server.privacy.budget import WorstCase, worst_case
+from chorus.server.privacy.epsilon import Loss, Rho
 
-__all__ = ["Section", "StatementFormat", "render_statement", "statement_sections"]
+__all__ = ["Section", "StatementFormat", "YearlyBound", "render_statement", "statement_sections", "yearly_bound"]
+
+
+@dataclass(frozen=True, slots=True)
+class YearlyBound:
+    """The most that everything released over any twelve months can reveal about one person:
+    the per-window budget spent in full in every window a year can touch."""
+
+    per_window: Loss
+    unit: str
+    year: WorstCase
+
+    @property
+    def gaussian(self) -> bool:
+        """Rho (zero-concentrated DP, the discrete Gaussian) rather than pure epsilon."""
+        return isinstance(self.per_window, Rho)
+
+    def words(self) -> str:
+        """The statement's clause: "rho = 7.452 (54 x 0.138) in zero-concentrated ..."."""
+        year, eps = self.year, self.per_window
+        if not self.gaussian:
+            return f"epsilon = {year.total} ({year.windows} x {eps})"
+        return (f"rho = {year.total} ({year.windows} x {eps}) in zero-concentrated differential privacy, which is "
+                f"(epsilon = {year.epsilon:.1f}, delta = {year.delta:g}) differential privacy: whatever else anyone "
+                f"knows, any conclusion about you is at most e^{year.epsilon:.1f} times more (or less) likely with "
+                f"your data than without it, except with probability {year.delta:g}")
+
+    def summary(self) -> str:
+        """One sentence for a page: the bound, and how it comes about."""
+        year, eps = self.year, self.per_window
+        bound = (f"epsilon {year.epsilon:.1f} (delta {year.delta:g})" if self.gaussian
+                 else f"epsilon {year.total}")
+        return (f"Over any twelve months, everything released reveals at most {bound} about any one person: "
+                f"{year.windows} {self.unit}s at {eps.UNIT} {eps} each, every budget spent in full.")
+
+
+def yearly_bound(per_window: Loss, length: WindowLength) -> YearlyBound:
+    """The yearly bound of a per-window budget (rho or epsilon) for windows of `length`."""
+    return YearlyBound(per_window, "day" if length is WindowLength.DAY else "week",
+                       worst_case(per_window, max_windows_per_year(length)))
 
 
 class StatementFormat(enum.StrEnum):
@@ -24,19 +69,11 @@ Section = tuple[str, list[str], list[str]]  # heading, paragraphs, bullets
 
 def statement_sections(window_id: str, policy: Policy) -> list[Section]:
     """The privacy statement's content, independent of its format."""
-    unit = "day" if policy.window_length is WindowLength.DAY else "week"
-    per_year = max_windows_per_year(policy.window_length)
-    eps = policy.budget_per_window
-    year = worst_case(eps, per_year)
+    bound = yearly_bound(policy.budget_per_window, policy.window_length)
+    unit, per_year, eps = bound.unit, bound.year.windows, policy.budget_per_window
     unit_name = eps.UNIT
-    gaussian = policy.mechanism == GAUSSIAN
-    noise = "OpenDP's discrete Gaussian mechanism" if gaussian else "OpenDP's discrete Laplace mechanism"
-    yearly_words = (
-        f"rho = {year.total} ({per_year} x {eps}) in zero-concentrated differential privacy, which is "
-        f"(epsilon = {year.epsilon:.1f}, delta = {year.delta:g}) differential privacy: whatever else anyone "
-        f"knows, any conclusion about you is at most e^{year.epsilon:.1f} times more (or less) likely with "
-        f"your data than without it, except with probability {year.delta:g}"
-        if gaussian else f"epsilon = {year.total} ({per_year} x {eps})")
+    noise = "OpenDP's discrete Gaussian mechanism" if bound.gaussian else "OpenDP's discrete Laplace mechanism"
+    yearly_words = bound.words()
     k = policy.min_team_size
     defaults = ", ".join(f"{s} {e}" for s, e in sorted(policy.default_charge.items()))
     window_text = ("a UTC day" if unit == "day" else "an ISO week, Monday to Sunday, UTC")

@@ -44,7 +44,7 @@ HEALTH_PROBE_SECONDS = 5.0
 def admin_servicer(chorus: Chorus) -> AdminServicer:
     """AdminService over the root's domain services: tokens, rosters, windows, counters."""
     return AdminServicer(tokens=chorus.tokens, rosters=chorus.rosters, windows=chorus.windows,
-                         min_team_size=chorus.config.policy.min_team_size,
+                         closer=chorus.closer, min_team_size=chorus.config.policy.min_team_size,
                          ingest_stats=chorus.ingestor.stats, otlp_stats=chorus.otlp.stats,
                          pending_shreds=chorus.shredder.pending, clock=chorus.clock)
 

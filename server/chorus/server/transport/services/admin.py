@@ -8,6 +8,7 @@ import grpc
 
 from chorus.server.domain import roster
 from chorus.server.domain import windows as window_store
+from chorus.server.domain.closer import WindowCloser
 from chorus.server.domain.ingest import IngestStats
 from chorus.server.domain.otlp.export import OtlpStats
 from chorus.server.domain.shred import PendingShred
@@ -30,11 +31,12 @@ def _token_info(info: TokenInfo) -> admin_pb2.TokenInfo:
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, *, tokens: Tokens, rosters: roster.Rosters, windows: window_store.Windows,
-                 min_team_size: int, ingest_stats: IngestStats, otlp_stats: OtlpStats,
+                 closer: WindowCloser, min_team_size: int, ingest_stats: IngestStats, otlp_stats: OtlpStats,
                  pending_shreds: Callable[[], list[PendingShred]], clock: Clock) -> None:
         self._tokens = tokens
         self._rosters = rosters
         self._windows = windows
+        self._closer = closer
         self._min_team_size = min_team_size
         self._ingest_stats = ingest_stats
         self._otlp_stats = otlp_stats
@@ -106,7 +108,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     context: grpc.ServicerContext) -> admin_pb2.CloseWindowResponse:
         window = parsed_window(context, request.window)
         try:
-            result = self._windows.close(window, principal().name)
+            result = self._closer.close(window, principal().name)
         except window_store.WindowNotFound as exc:
             abort(context, grpc.StatusCode.NOT_FOUND, f"{exc.args[0]}: no contribution has opened it yet",
                   reason="NOT_FOUND")
