@@ -80,6 +80,7 @@ def test_budgets_show_cap_spent_remaining_and_releases(officer: Auditor, release
     assert rows == {"team-blue": ("1", "0.05", "0.95", 1), "team-red": ("1", "0.2", "0.8", 4),
                     "team-tiny": ("1", "0", "1", 0)}
     assert [b.team for b in reply.budgets] == sorted(TEAMS)
+    assert {b.unit for b in reply.budgets} == {"epsilon"}  # the suite's policy is discrete Laplace
     assert officer("GetBudget", audit_pb2.GetBudgetRequest(window="2026-11-26")).budgets == []  # still open
 
 

@@ -11,7 +11,10 @@ from datetime import timedelta
 import numpy as np
 import opendp.prelude as dp
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from chorus.server.domain import audit
 from chorus.server.domain.release import StatisticRequest
 from chorus.server.front.report_records import records
 from chorus.server.model import config
@@ -21,6 +24,8 @@ from chorus.server.privacy import mechanisms
 from chorus.server.privacy.budget import worst_case
 from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.server.root import Chorus
+from chorus.server.transport.metrics import Metrics
+from chorus.server.transport.ratelimit import RateLimiter
 from chorus.v1 import common_pb2, release_pb2
 
 from .conftest import TEAMS, WINDOW, contribute, roster_rows, serve
@@ -139,6 +144,32 @@ def test_the_default_plan_releases_company_org_and_team_and_the_ledger_verifies(
         assert (red.imprecise, red.counted_in, red.epsilon_charged) == (True, "engineering", Rho(0))
     finally:
         chorus.close()
+
+
+def test_budgets_and_the_scrape_of_a_default_deployment_are_in_rho(tmp_path, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+    """After the plan spends rho, GetBudget names it and the scrape reads the store: the latest
+    window's budgets are judged in its own unit (an epsilon reading of a rho window failed the
+    whole scrape, so chorus_store_up said 0)."""
+    chorus = _default_chorus(tmp_path, clock)
+    try:
+        chorus.closer.tick()
+        contribute(chorus, *[(f"user-team-red-{i}", "ai.tokens", 10) for i in range(6)])
+        clock.advance(timedelta(days=1))
+        chorus.closer.tick()
+        chorus.releases.release(WINDOW, ["team-red"], ["ai.tokens"], [StatisticRequest("sum", Epsilon.parse("0.005"))],
+                                "analyst")  # 0.005 left: less than the cheapest default statistic's 0.01
+        budgets, _ = chorus.db.read(lambda tx: audit.budgets(tx, WINDOW), name="test_budgets")
+        red = next(b for b in budgets if b.team == "team-red")
+        assert (red.spent, red.remaining) == (Rho.parse("0.133"), Rho.parse("0.005"))
+        text = generate_latest(Metrics(chorus, RateLimiter(1.0, 1, clock)).registry).decode()
+    finally:
+        chorus.close()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["chorus_store_up"] == 1
+    assert samples["chorus_rho_spent"] == pytest.approx(sum(b.spent.micros for b in budgets) / 1e6)
+    assert samples["chorus_epsilon_spent"] == 0  # the two units never add up
+    cheapest = min(config.parse(tomllib.loads(config.DEFAULT_TOML)).policy.default_charge.values())
+    assert samples["chorus_budgets_exhausted"] == sum(b.remaining < cheapest for b in budgets) == 1
 
 
 @pytest.mark.slow  # a real gRPC server

@@ -7,6 +7,9 @@ this file says which role may call it.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 import pytest
 from google.protobuf import descriptor
@@ -165,3 +168,31 @@ def test_scheme_is_case_insensitive(shared_server: SecureServer) -> None:
     metadata = (("authorization", f"bearer {shared_server.tokens[Role.ADMIN]}"),)
     list_tokens = shared_server.channel.unary_unary("/chorus.v1.AdminService/ListTokens")
     list_tokens(b"", metadata=metadata, timeout=10)
+
+
+def test_the_role_table_of_security_md_lists_every_chorus_rpc_under_its_role() -> None:
+    """docs/security.md's table names, per role, every RPC of the chorus.v1 services it may call
+    (`IngestService.Report`, or `AdminService`: `ImportRoster`, ...)."""
+    served: dict[str, set[str]] = {}
+    for method in METHODS:
+        if method.containing_service.full_name.startswith("chorus.v1."):
+            served.setdefault(method.containing_service.name, set()).add(method.name)
+    documented: dict[str, set[str]] = {}
+    allowed: dict[str, set[Role]] = {}
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    for role, cell in re.findall(r"^\| `(ingest|analyst|auditor|admin)` \| ([^|]+) \|", text, flags=re.MULTILINE):
+        service = None
+        for name in re.findall(r"`([\w.]+)`", cell):
+            if name in served:  # `AdminService`: the RPCs follow
+                service = name
+            elif name.partition(".")[0] in served:  # `IngestService.Report`
+                service, _, rpc = name.partition(".")
+                documented.setdefault(service, set()).add(rpc)
+            elif service is not None and "." not in name:
+                documented.setdefault(service, set()).add(name)
+            else:
+                continue
+            allowed.setdefault(service, set()).add(Role(role))
+    assert documented == served
+    assert {f"chorus.v1.{service}": frozenset(r) for service, r in allowed.items()} == {
+        f"chorus.v1.{service}": roles.SERVICE_ROLES[f"chorus.v1.{service}"] for service in served}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chorus.v1 import common_pb2 as chorus_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63horus/v1/audit.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\"%\n\x13ListPoliciesRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"F\n\x0cWindowPolicy\x12!\n\x06window\x18\x01 \x01(\x0b\x32\x11.chorus.v1.Window\x12\x13\n\x0bpolicy_json\x18\x02 \x01(\t\"A\n\x14ListPoliciesResponse\x12)\n\x08policies\x18\x01 \x03(\x0b\x32\x17.chorus.v1.WindowPolicy\"I\n\x10GetBudgetRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x10TeamWindowBudget\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x03 \x01(\t\x12\r\n\x05spent\x18\x04 \x01(\t\x12\x11\n\tremaining\x18\x05 \x01(\t\x12\x10\n\x08releases\x18\x06 \x01(\r\"Z\n\x11GetBudgetResponse\x12,\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1b.chorus.v1.TeamWindowBudget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13StreamLedgerRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14StreamLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chorus.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x0bLedgerEntry\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"\x15\n\x13GetPublicKeyRequest\".\n\x14GetPublicKeyResponse\x12\x16\n\x0epublic_key_pem\x18\x01 \x01(\t2\xcb\x02\n\x0c\x41uditService\x12O\n\x0cListPolicies\x12\x1e.chorus.v1.ListPoliciesRequest\x1a\x1f.chorus.v1.ListPoliciesResponse\x12\x46\n\tGetBudget\x12\x1b.chorus.v1.GetBudgetRequest\x1a\x1c.chorus.v1.GetBudgetResponse\x12Q\n\x0cStreamLedger\x12\x1e.chorus.v1.StreamLedgerRequest\x1a\x1f.chorus.v1.StreamLedgerResponse0\x01\x12O\n\x0cGetPublicKey\x12\x1e.chorus.v1.GetPublicKeyRequest\x1a\x1f.chorus.v1.GetPublicKeyResponseBU\n\rdev.chorus.v1B\nAuditProtoP\x01Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63horus/v1/audit.proto\x12\tchorus.v1\x1a\x16\x63horus/v1/common.proto\"%\n\x13ListPoliciesRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\"F\n\x0cWindowPolicy\x12!\n\x06window\x18\x01 \x01(\x0b\x32\x11.chorus.v1.Window\x12\x13\n\x0bpolicy_json\x18\x02 \x01(\t\"A\n\x14ListPoliciesResponse\x12)\n\x08policies\x18\x01 \x03(\x0b\x32\x17.chorus.v1.WindowPolicy\"I\n\x10GetBudgetRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x7f\n\x10TeamWindowBudget\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x03 \x01(\t\x12\r\n\x05spent\x18\x04 \x01(\t\x12\x11\n\tremaining\x18\x05 \x01(\t\x12\x10\n\x08releases\x18\x06 \x01(\r\x12\x0c\n\x04unit\x18\x07 \x01(\t\"Z\n\x11GetBudgetResponse\x12,\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1b.chorus.v1.TeamWindowBudget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13StreamLedgerRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14StreamLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chorus.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x0bLedgerEntry\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"\x15\n\x13GetPublicKeyRequest\".\n\x14GetPublicKeyResponse\x12\x16\n\x0epublic_key_pem\x18\x01 \x01(\t2\xcb\x02\n\x0c\x41uditService\x12O\n\x0cListPolicies\x12\x1e.chorus.v1.ListPoliciesRequest\x1a\x1f.chorus.v1.ListPoliciesResponse\x12\x46\n\tGetBudget\x12\x1b.chorus.v1.GetBudgetRequest\x1a\x1c.chorus.v1.GetBudgetResponse\x12Q\n\x0cStreamLedger\x12\x1e.chorus.v1.StreamLedgerRequest\x1a\x1f.chorus.v1.StreamLedgerResponse0\x01\x12O\n\x0cGetPublicKey\x12\x1e.chorus.v1.GetPublicKeyRequest\x1a\x1f.chorus.v1.GetPublicKeyResponseBU\n\rdev.chorus.v1B\nAuditProtoP\x01Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,19 +42,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETBUDGETREQUEST']._serialized_start=238
   _globals['_GETBUDGETREQUEST']._serialized_end=311
   _globals['_TEAMWINDOWBUDGET']._serialized_start=313
-  _globals['_TEAMWINDOWBUDGET']._serialized_end=426
-  _globals['_GETBUDGETRESPONSE']._serialized_start=428
-  _globals['_GETBUDGETRESPONSE']._serialized_end=518
-  _globals['_STREAMLEDGERREQUEST']._serialized_start=520
-  _globals['_STREAMLEDGERREQUEST']._serialized_end=580
-  _globals['_STREAMLEDGERRESPONSE']._serialized_start=582
-  _globals['_STREAMLEDGERRESPONSE']._serialized_end=670
-  _globals['_LEDGERENTRY']._serialized_start=672
-  _globals['_LEDGERENTRY']._serialized_end=732
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=734
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=755
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=757
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=803
-  _globals['_AUDITSERVICE']._serialized_start=806
-  _globals['_AUDITSERVICE']._serialized_end=1137
+  _globals['_TEAMWINDOWBUDGET']._serialized_end=440
+  _globals['_GETBUDGETRESPONSE']._serialized_start=442
+  _globals['_GETBUDGETRESPONSE']._serialized_end=532
+  _globals['_STREAMLEDGERREQUEST']._serialized_start=534
+  _globals['_STREAMLEDGERREQUEST']._serialized_end=594
+  _globals['_STREAMLEDGERRESPONSE']._serialized_start=596
+  _globals['_STREAMLEDGERRESPONSE']._serialized_end=684
+  _globals['_LEDGERENTRY']._serialized_start=686
+  _globals['_LEDGERENTRY']._serialized_end=746
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=748
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=769
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=771
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=817
+  _globals['_AUDITSERVICE']._serialized_start=820
+  _globals['_AUDITSERVICE']._serialized_end=1151
 # @@protoc_insertion_point(module_scope)

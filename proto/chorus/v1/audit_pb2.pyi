@@ -38,20 +38,22 @@ class GetBudgetRequest(_message.Message):
     def __init__(self, window: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class TeamWindowBudget(_message.Message):
-    __slots__ = ("window", "team", "cap", "spent", "remaining", "releases")
+    __slots__ = ("window", "team", "cap", "spent", "remaining", "releases", "unit")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     TEAM_FIELD_NUMBER: _ClassVar[int]
     CAP_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     RELEASES_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     window: str
     team: str
     cap: str
     spent: str
     remaining: str
     releases: int
-    def __init__(self, window: _Optional[str] = ..., team: _Optional[str] = ..., cap: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., releases: _Optional[int] = ...) -> None: ...
+    unit: str
+    def __init__(self, window: _Optional[str] = ..., team: _Optional[str] = ..., cap: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., releases: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class GetBudgetResponse(_message.Message):
     __slots__ = ("budgets", "next_page_token")

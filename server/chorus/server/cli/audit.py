@@ -171,7 +171,8 @@ def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: Server
            client_cert: CertOpt = None, client_key: KeyOpt = None) -> None:
     """Privacy budget spent and remaining per team-window (auditor token).
 
-    json and csv keep epsilon values as exact decimal strings, as the ledger has them."""
+    json and csv keep the amounts as exact decimal strings, as the ledger has them, with their
+    unit (epsilon, or rho for a discrete-Gaussian window)."""
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         stub = audit_pb2_grpc.AuditServiceStub(conn.channel)
         budgets = every_page(lambda r: conn.call(stub.GetBudget, r), audit_pb2.GetBudgetRequest(window=window),
@@ -182,17 +183,23 @@ def budget(window: WindowOpt = "", fmt: FormatOpt = Format.TABLE, server: Server
             scope = f"window {window}" if window else "any window"
             console.print(f"No budgets for {scope} yet: a team-window's budget starts when its window closes.")
             return
+        units = " or ".join(sorted({unit(b) for b in budgets}))
         out = Table("window", "team", "spent", "of the cap", "remaining", "cap", "releases",
-                    title="Privacy budget (epsilon) per team-window")
+                    title=f"Privacy budget ({units}) per team-window")
         for b in budgets:
-            cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)
+            cap, spent = Epsilon.parse(b.cap), Epsilon.parse(b.spent)  # exact decimals: the bar's lengths
             bar = ProgressBar(total=max(cap.micros, 1), completed=spent.micros, width=20)
             out.add_row(escape(b.window), escape(b.team), b.spent, bar, b.remaining, b.cap, str(b.releases))
         console.print(out)
 
-    emit(fmt, ("window", "team", "spent", "remaining", "cap", "releases"),
+    emit(fmt, ("window", "team", "spent", "remaining", "cap", "releases", "unit"),
          [{"window": b.window, "team": b.team, "spent": b.spent, "remaining": b.remaining, "cap": b.cap,
-           "releases": b.releases} for b in budgets], table)
+           "releases": b.releases, "unit": unit(b)} for b in budgets], table)
+
+
+def unit(budget: audit_pb2.TeamWindowBudget) -> str:
+    """The unit of a budget's amounts; servers before the discrete Gaussian named none (epsilon)."""
+    return budget.unit or "epsilon"
 
 
 

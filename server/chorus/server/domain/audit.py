@@ -73,7 +73,8 @@ def list_policies(tx: Tx, window_id: str = "") -> list[window_store.WindowRecord
 
 @dataclass(frozen=True, slots=True)
 class TeamWindowBudget:
-    """The privacy budget of one team in one closed window, in exact epsilon."""
+    """The privacy budget of one team in one closed window, exact, in the window's unit (epsilon or
+    rho, from its frozen policy's mechanism)."""
 
     window: str
     team: str
@@ -99,7 +100,9 @@ def budgets(tx: Tx, window_id: str = "", limit: int = DEFAULT_PAGE_SIZE,
         window_store.get(tx, window_id)
     after = _decode_token(page_token, window_id) if page_token else None
     rows = store.budgets.page(tx, window_id, after, limit + 1)
-    page = [TeamWindowBudget(r.window, r.team, r.budget.cap, r.budget.spent, r.releases) for r in rows[:limit]]
+    units = {w: window_store.get(tx, w).policy.unit for w in {r.window for r in rows[:limit]}}
+    page = [TeamWindowBudget(r.window, r.team, units[r.window](r.cap_micros), units[r.window](r.spent_micros),
+                             r.releases) for r in rows[:limit]]
     more = len(rows) > limit
     token = _encode_token(window_id, rows[limit - 1].start_at, page[-1].window, page[-1].team) if more else ""
     return page, token

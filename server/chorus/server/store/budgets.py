@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chorus.server.privacy.budget import Budget
-from chorus.server.privacy.epsilon import Epsilon, Loss
+from chorus.server.privacy.epsilon import Loss
 from chorus.server.store._db import Tx
 
 __all__ = ["BudgetRow", "charge", "of_window", "open_window", "page", "totals"]
@@ -23,12 +23,14 @@ __all__ = ["BudgetRow", "charge", "of_window", "open_window", "page", "totals"]
 
 @dataclass(frozen=True, slots=True)
 class BudgetRow:
-    """One team-window's budget as GetBudget lists it; `start_at` orders and pages the listing."""
+    """One team-window's budget as GetBudget lists it, in micro-units of the window's unit (which
+    the window's frozen policy names, not this table); `start_at` orders and pages the listing."""
 
     start_at: int
     window: str
     team: str
-    budget: Budget
+    cap_micros: int
+    spent_micros: int
     releases: int
 
 
@@ -37,8 +39,9 @@ def open_window(tx: Tx, window: str, teams: Sequence[str], cap: Loss) -> None:
     tx.insert_rows("budgets", ("window_id", "team", "cap_micros"), [(window, t, cap.micros) for t in teams])
 
 
-def of_window(tx: Tx, window: str, unit: type[Loss] = Epsilon) -> dict[str, Budget]:
-    """team -> budget in `unit`, for every team of `window` (empty while it is open)."""
+def of_window(tx: Tx, window: str, unit: type[Loss]) -> dict[str, Budget]:
+    """team -> budget in `unit` (the window's frozen policy's), for every team of `window` (empty
+    while it is open)."""
     return {t: Budget(unit(cap), unit(spent)) for t, cap, spent in tx.query(
         "SELECT team, cap_micros, spent_micros FROM budgets WHERE window_id = ?", (window,))}
 
@@ -72,11 +75,11 @@ def page(tx: Tx, window: str, after: tuple[int, str, str] | None, limit: int) ->
                 "(b.window_id = ? AND b.team > ?))))")
         params += (start, start, last_window, last_window, team)
     rows = tx.query(sql + " ORDER BY w.start_at DESC, b.window_id, b.team LIMIT ?", (*params, limit))
-    return [BudgetRow(int(s), w, t, Budget(Epsilon(cap), Epsilon(spent)), int(n))
-            for s, w, t, cap, spent, n in rows]
+    return [BudgetRow(int(s), w, t, int(cap), int(spent), int(n)) for s, w, t, cap, spent, n in rows]
 
 
-def totals(tx: Tx) -> tuple[int, Epsilon]:
-    """(releases, epsilon spent) summed over every team-window (for metrics)."""
-    (releases, spent), = tx.query("SELECT COALESCE(SUM(releases), 0), COALESCE(SUM(spent_micros), 0) FROM budgets")
-    return int(releases), Epsilon(int(spent))
+def totals(tx: Tx) -> dict[str, tuple[int, int]]:
+    """window -> (releases, micro-units spent) summed over its team-windows (for metrics; the unit
+    is the window's frozen policy's, which the caller knows and this table does not)."""
+    return {w: (int(releases), int(spent)) for w, releases, spent in tx.query(
+        "SELECT window_id, SUM(releases), SUM(spent_micros) FROM budgets GROUP BY window_id")}

@@ -44,6 +44,7 @@ from chorus.server import store
 from chorus.server.domain import shred
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.ingest import Reason
+from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.server.store import Tx
 from chorus.server.transport import logs
 from chorus.server.transport.handlers import behavior_of, same_kind
@@ -61,8 +62,11 @@ RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 UNKNOWN = "unknown"
 #: Families whose value is the same in every worker of one server (read from the shared store, or
 #: the build): with --workers they appear once in the server's scrape, without a `worker` label.
+#: The budget spent, one gauge per unit (the two never add up): pure epsilon of discrete-Laplace
+#: windows, rho of discrete-Gaussian ones.
+SPENT_UNITS = {Epsilon.UNIT: "chorus_epsilon_spent", Rho.UNIT: "chorus_rho_spent"}
 ONCE_PER_SERVER = frozenset({"chorus_build_info", "chorus_windows", "chorus_windows_overdue",
-                             "chorus_shreds_pending", "chorus_releases", "chorus_epsilon_spent",
+                             "chorus_shreds_pending", "chorus_releases", *SPENT_UNITS.values(),
                              "chorus_budgets_exhausted"})
 
 
@@ -284,21 +288,20 @@ class _StateCollector(Collector):
                                   value=counts.get("client_dropped", 0))
 
     def _store_state(self) -> Iterator[Metric]:
-        policy = self._chorus.config.policy
-        cheapest = min(policy.default_charge.values())
         now = int(self._chorus.clock.now().timestamp())
 
         def read(tx: Tx) -> dict[str, Any]:
             latest = store.windows.latest_closed(tx)
-            releases, spent = store.budgets.totals(tx)
+            per_window = store.budgets.totals(tx)
+            spent = dict.fromkeys(SPENT_UNITS, 0)
+            for window, (_, micros) in per_window.items():  # each window in its frozen policy's unit
+                spent[window_store.get(tx, window).policy.unit.UNIT] += micros
             return {
                 "states": store.windows.count_by_state(tx),
                 "overdue": store.windows.count_overdue(tx, now),
                 "shreds": len(shred.pending_in(tx)),
-                "releases": releases, "spent": spent.micros,
-                # The accountant decides: a team-window that cannot pay for the cheapest statistic.
-                "exhausted": sum(not b.allows(cheapest) for b in store.budgets.of_window(tx, latest).values())
-                if latest is not None else 0,
+                "releases": sum(releases for releases, _ in per_window.values()), "spent": spent,
+                "exhausted": 0 if latest is None else _exhausted(tx, latest),
             }
 
         try:
@@ -321,8 +324,17 @@ class _StateCollector(Collector):
                                 value=state["shreds"])
         yield GaugeMetricFamily("chorus_releases", "Noisy statistics released so far, all teams and windows "
                                 "(cached answers not included).", value=state["releases"])
-        yield GaugeMetricFamily("chorus_epsilon_spent", "Privacy budget spent so far, summed over all "
-                                "team-windows.", value=state["spent"] / 1_000_000)
+        for unit, name in SPENT_UNITS.items():
+            yield GaugeMetricFamily(name, f"Privacy budget spent so far in {unit}, summed over the team-windows "
+                                    f"whose frozen policy is in {unit}.", value=state["spent"][unit] / 1_000_000)
         yield GaugeMetricFamily("chorus_budgets_exhausted", "Team-windows of the latest closed window whose "
                                 "remaining budget is below the cheapest default statistic.",
                                 value=state["exhausted"])
+
+
+def _exhausted(tx: Tx, window: str) -> int:
+    """Team-windows of `window` that cannot pay for the cheapest default statistic of its frozen
+    policy, in that policy's unit: the accountant decides."""
+    policy = window_store.get(tx, window).policy
+    cheapest = min(policy.default_charge.values())
+    return sum(not b.allows(cheapest) for b in store.budgets.of_window(tx, window, policy.unit).values())

@@ -526,7 +526,7 @@ class Verifier:
             self.flag("plan", f"{subject} is marked as a plan release but is not in the release plan frozen "
                               f"for its window at level {level}")
         elif charged > planned:
-            self.flag("plan", f"{subject}: plan release charged epsilon {charged}, more than the {planned} "
+            self.flag("plan", f"{subject}: plan release charged {charged.UNIT} {charged}, more than the {planned} "
                               "the window's frozen plan allows")
 
     def check_statistic(self, payload: dict[str, Any], policy: Policy, subject: str) -> None:

@@ -59,7 +59,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             invalid_argument(context, str(exc), "page_token")
         return audit_pb2.GetBudgetResponse(next_page_token=token, budgets=[
             audit_pb2.TeamWindowBudget(window=b.window, team=b.team, cap=str(b.cap), spent=str(b.spent),
-                                       remaining=str(b.remaining), releases=b.releases) for b in rows])
+                                       remaining=str(b.remaining), releases=b.releases, unit=b.cap.UNIT)
+            for b in rows])
 
     def StreamLedger(self, request: audit_pb2.StreamLedgerRequest,
                      context: grpc.ServicerContext) -> Iterator[audit_pb2.StreamLedgerResponse]:
