@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from chorus.server.cli._common import ExitCode, console, fail, is_loopback
 from chorus.server.model import config as config_module
 from chorus.server.root import Chorus
 from chorus.server.store import StoreUnavailable
-from chorus.server.transport import logs, metrics, readiness, worker_metrics, workers
+from chorus.server.transport import logs, metrics, readiness, signals, worker_metrics, workers
 from chorus.server.transport.grpc_server import Server, TlsConfig
 
 #: The environment variables of `chorus serve`'s flags (docs/deployment.md, "Settings: flags,
@@ -181,6 +180,7 @@ def serve(
         _supervise(count, address, argv, metrics_listen, otlp_http_listen, token_path, tls is not None, data_dir,
                    database)
         return
+    stop = _stop_on_signals()
     try:
         server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
                         otlp_http_listen=otlp_http_listen)
@@ -197,7 +197,7 @@ def serve(
     # The ready line: scripts and tests read the bound port from it.
     _say(f"chorus serving on {server.address} ({'TLS' if tls else 'plaintext'}), data in {data_dir}")
     readiness.notify(f"READY=1\nSTATUS=serving on {server.address}")
-    server.wait_for_signal()
+    server.serve_until(stop)
 
 
 def _open(cfg: config_module.Config, data_dir: Path, database: str | None) -> tuple[Chorus, Path | None]:
@@ -222,6 +222,7 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
                   otlp_http_listen: str | None, index: int, ready_fd: int | None) -> None:
     """One worker of `serve --workers N` (chorus.server.transport.workers): its parent holds the port.
     Worker 0 alone is given `otlp_http_listen` (and runs the closer)."""
+    stop = _stop_on_signals()
     try:
         server = Server(chorus, address, tls=tls, metrics_listen=metrics_listen,
                         otlp_http_listen=otlp_http_listen, share_port=True, run_closer=index == 0)
@@ -234,8 +235,18 @@ def _serve_worker(chorus: Chorus, address: str, tls: TlsConfig | None, metrics_l
     sys.stderr.flush()  # the metrics line before the parent's ready line, also into a file
     workers.signal_ready(ready_fd, metrics.parse_address(server.metrics_address)[1] if server.metrics_address
                          else None)
-    workers.watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
-    server.wait_for_signal()
+    workers.watch_parent(stop.set)
+    server.serve_until(stop)
+
+
+def _stop_on_signals() -> signals.StopEvent:
+    """Set by SIGTERM or SIGINT from here on, before anything listens: one that comes while the
+    server starts stops it once it serves, gracefully (before this, the default action ends the
+    process at once; nothing was bound or acknowledged yet). transport/signals.py says why this
+    is no `threading.Event`."""
+    stop = signals.StopEvent()
+    signals.stop_on_signals(stop)
+    return stop
 
 
 def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | None,
@@ -261,7 +272,7 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
            if name not in SERVE_ENVIRONMENT and name != "NOTIFY_SOCKET"}
     if database is not None:
         env["CHORUS_DATABASE"] = database
-    supervisor = workers.Supervisor(command, count, env)
+    supervisor = workers.Supervisor(command, count, _stop_on_signals(), env)
     scrape = None
     if metrics_listen is not None:  # the one target, bound before any worker starts
         try:
@@ -271,8 +282,6 @@ def _supervise(count: int, address: str, argv: list[str], metrics_listen: str | 
             for sock in reservation:
                 sock.close()
             raise fail(str(exc)) from None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: supervisor.request_stop())
     try:
         try:
             supervisor.start()

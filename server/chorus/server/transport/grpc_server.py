@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from chorus.server.transport.services.admin import AdminServicer
 from chorus.server.transport.services.audit import AuditServicer
 from chorus.server.transport.services.ingest import IngestServicer
 from chorus.server.transport.services.release import ReleaseServicer
+from chorus.server.transport.signals import StopEvent
 from chorus.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -45,7 +45,7 @@ def admin_servicer(chorus: Chorus) -> AdminServicer:
     """AdminService over the root's domain services: tokens, rosters, windows, counters."""
     return AdminServicer(tokens=chorus.tokens, rosters=chorus.rosters, windows=chorus.windows,
                          closer=chorus.closer, min_team_size=chorus.config.policy.min_team_size,
-                         ingest_stats=chorus.ingestor.stats, otlp_stats=chorus.otlp.stats,
+                         ingest_stats=chorus.ingestor.stats, otlp=chorus.otlp,
                          pending_shreds=chorus.shredder.pending, clock=chorus.clock)
 
 
@@ -187,11 +187,9 @@ class Server:
         self.metrics.close()
         self.chorus.close()
 
-    def wait_for_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then shut down gracefully."""
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    def serve_until(self, stop: StopEvent) -> None:
+        """Block until `stop` is set (by SIGTERM or SIGINT: `signals.stop_on_signals`), then shut
+        down gracefully."""
         stop.wait()
         _log.info("shutting down")
         self.stop()

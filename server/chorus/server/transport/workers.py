@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chorus.server.transport.signals import StopEvent
 from chorus.server.transport.worker_metrics import WorkerTarget
 
 _log = logging.getLogger(__name__)
@@ -134,14 +135,15 @@ class _Worker:
 class Supervisor:
     """Starts `count` workers from `command(index, ready_fd)`, restarts the ones that die, stops all."""
 
-    def __init__(self, command: Callable[[int, int], list[str]], count: int,
+    def __init__(self, command: Callable[[int, int], list[str]], count: int, stopping: StopEvent,
                  env: dict[str, str] | None = None) -> None:
-        """`env`: the workers' environment (default: this process's)."""
+        """`stopping`: set (by SIGTERM or SIGINT) to make `run` return; `env`: the workers'
+        environment (default: this process's)."""
         self._command = command
         self._env = env
         self._count = count
         self._workers: list[_Worker] = []
-        self._stopping = threading.Event()
+        self.stopping = stopping
 
     @property
     def pids(self) -> list[int]:
@@ -164,7 +166,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         got: list[bytes] = []
         try:
-            while not self._stopping.is_set() and time.monotonic() < deadline:
+            while not self.stopping.is_set() and time.monotonic() < deadline:
                 if select.select([read_fd], [], [], 0.2)[0]:
                     got = os.read(read_fd, 64).split()
                     break
@@ -172,7 +174,7 @@ class Supervisor:
             os.close(read_fd)
         if got[:1] == [READY]:
             worker.metrics_port = int(got[1]) if len(got) > 1 else None
-        elif not self._stopping.is_set():
+        elif not self.stopping.is_set():
             worker.proc.kill()
             code = worker.proc.wait()
             raise WorkerFailed(f"worker (pid {worker.proc.pid}) did not become ready (exit code {code})")
@@ -190,21 +192,17 @@ class Supervisor:
                 self.stop()
                 raise
 
-    def request_stop(self) -> None:
-        """Make `run` return (safe in a signal handler)."""
-        self._stopping.set()
-
     def run(self) -> None:
-        """Until `request_stop`: start again every worker that died."""
-        while not self._stopping.wait(0.1):
+        """Until `stopping` is set: start again every worker that died."""
+        while not self.stopping.wait(0.1):
             for worker in self._workers:
                 code = worker.proc.poll()
-                if code is None or self._stopping.is_set():
+                if code is None or self.stopping.is_set():
                     continue
                 _log.warning("worker %d (pid %d) exited with %s; starting it again", worker.index,
                              worker.proc.pid, f"signal {-code}" if code < 0 else f"code {code}")
                 time.sleep(RESTART_DELAY)
-                if self._stopping.is_set():
+                if self.stopping.is_set():
                     break
                 worker.metrics_port = None
                 proc, read_fd = self._spawn(worker.index)
@@ -218,7 +216,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM every worker, wait for them (SIGKILL after STOP_TIMEOUT)."""
-        self._stopping.set()
+        self.stopping.set()
         for worker in self._workers:
             if worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGTERM)
