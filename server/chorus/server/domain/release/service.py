@@ -12,7 +12,7 @@ from chorus.server.domain.ledger import Ledger
 from chorus.server.domain.release.answers import ReleaseResult, TeamInfo, TeamList, suppression_reason
 from chorus.server.domain.release.errors import BudgetExceeded, InvalidRequest, Refused
 from chorus.server.domain.release.postprocess import WindowReleases
-from chorus.server.domain.release.request import StatisticRequest, validated_statistics
+from chorus.server.domain.release.request import StatisticRequest, denominator_of, validated_statistics
 from chorus.server.domain.release.snapshot import tree_of, window_of
 from chorus.server.domain.release.transaction import RequestTransaction
 from chorus.server.model import hierarchy
@@ -74,7 +74,7 @@ class Releases:
         if not window:
             raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
         return self._release(window, teams, metrics, validated_statistics(statistics), requester, nodes,
-                             validate_only=validate_only, plan=False)
+                             denominator_of(statistics), validate_only=validate_only, plan=False)
 
     def pending_plans(self) -> list[str]:
         """Closed windows, oldest first, whose release plan is not yet complete."""
@@ -99,7 +99,8 @@ class Releases:
                 nodes = {hierarchy.ROOT: [hierarchy.COMPANY], hierarchy.ORG: tree.org_nodes()}.get(entry.level, [])
                 if entry.level != hierarchy.TEAM and not nodes:
                     continue  # org entries in a company without orgs: nothing to release
-                result = RequestTransaction(tx, self._ledger, now, window, PLAN_ACTOR, plan=True).run(
+                result = RequestTransaction(tx, self._ledger, now, window, PLAN_ACTOR, plan=True,
+                                            denominator=entry.denominator).run(
                     (), (entry.metric,) if entry.metric else (), {entry.statistic: entry.charge}, nodes)
                 fresh += _fresh(result)
             return fresh
@@ -113,13 +114,13 @@ class Releases:
         self._db.run(lambda tx: store.windows.mark_plan_released(tx, window, at), name="plan_done")
 
     def _release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                 requested: dict[str, Loss | None], requester: str, nodes: Sequence[str] = (), *,
-                 validate_only: bool, plan: bool) -> ReleaseResult:
+                 requested: dict[str, Loss | None], requester: str, nodes: Sequence[str] = (),
+                 denominator: tuple[str, ...] = (), *, validate_only: bool, plan: bool) -> ReleaseResult:
         now = self._clock.now()
 
         def request(tx: Tx, known: WindowReleases | None) -> RequestTransaction:
             return RequestTransaction(tx, self._ledger, now, window, requester, plan=plan,
-                                      validate_only=validate_only, known=known)
+                                      validate_only=validate_only, known=known, denominator=denominator)
 
         # A request whose releases are all stored (a validate_only one, a replay) writes nothing,
         # so it is answered in a read transaction: no writer lock. Only one that must draw runs

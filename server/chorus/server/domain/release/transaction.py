@@ -36,6 +36,7 @@ from chorus.server.domain.release.postprocess import (
     WindowReleases,
     consistency_plan,
     parts,
+    ratio_estimate,
     replay_of,
     result_json,
 )
@@ -60,8 +61,10 @@ class RequestTransaction:
     """One release request inside its transaction."""
 
     def __init__(self, tx: Tx, ledger: Ledger, now: datetime, window: str, requester: str, *,
-                 plan: bool = False, validate_only: bool = False, known: WindowReleases | None = None) -> None:
-        """`known`: the windows' stored releases read before; only in a read transaction."""
+                 plan: bool = False, validate_only: bool = False, known: WindowReleases | None = None,
+                 denominator: tuple[str, ...] = ()) -> None:
+        """`known`: the windows' stored releases read before; only in a read transaction.
+        `denominator`: the metrics of the request's ratio's denominator, () without a ratio."""
         self.plan = plan
         self.validate_only = validate_only
         self.tx = tx
@@ -75,6 +78,7 @@ class RequestTransaction:
         self.replay = replay_of(self.policy)
         self._known = known
         self._stored: dict[Key, Stored] | None = None  # read once per request (stored)
+        self.denominator = denominator
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
             statistics: dict[str, Loss | None], nodes: Sequence[str] = ()) -> ReleaseResult:
@@ -94,6 +98,7 @@ class RequestTransaction:
                 nodes: Sequence[str], *, draw: bool) -> ReleaseResult | None:
         self.check_releasable()
         chosen_metrics = self.metrics(metrics)
+        self.check_ratio(metrics, statistics)
         wanted = self.wanted(chosen_metrics, statistics)
         tree = self.tree
         chosen = self.teams(teams, tree.sizes) if teams or not nodes else []
@@ -181,6 +186,19 @@ class RequestTransaction:
             out.append(metric)
         return out
 
+    def check_ratio(self, metrics: Sequence[str], statistics: dict[str, Loss | None]) -> None:
+        """A ratio's denominator is of the window's metrics, and a ratio names its numerators."""
+        if "ratio" not in statistics:
+            return
+        denominator = self.denominator
+        self.metrics(denominator)  # NotFound for a metric not in the window's policy
+        if not metrics:
+            raise InvalidRequest("metrics is empty: a ratio divides the sum of each requested metric by its "
+                                 f"denominator's ({', '.join(denominator)}); name the numerator metric(s)", "metrics")
+        if list(dict.fromkeys(metrics)) == list(denominator):
+            raise InvalidRequest(f"a ratio of {denominator[0]} over itself is 1; name another denominator",
+                                 "statistics.denominator")
+
     def wanted(self, metrics: list[MetricPolicy],
                statistics: dict[str, Loss | None]) -> dict[tuple[str, str], Loss]:
         """(metric, noisy statistic) -> epsilon for everything the answer needs.
@@ -197,9 +215,11 @@ class RequestTransaction:
                                      f"team-window in {self.window}, {cap}", f"statistics[{i}].epsilon")
         wanted: dict[tuple[str, str], Loss] = {}
         explicit: set[tuple[str, str]] = set()
+        names = [m.name for m in metrics]
         for stat, eps in statistics.items():
             for noisy in NOISY_PARTS[stat]:
-                for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else (m.name for m in metrics)):
+                for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else
+                               dict.fromkeys([*names, *self.denominator]) if stat == "ratio" else names):
                     key = (metric, noisy)
                     if key in explicit:
                         continue
@@ -433,7 +453,7 @@ class RequestTransaction:
             if not missing:
                 return True  # every part of every requested statistic is stored
             name = metric.name if metric is not None else TEAM_LEVEL
-            absent = [part for part in parts(name, stat) if (team, *part) not in stored]
+            absent = [part for part in parts(name, stat, self.denominator) if (team, *part) not in stored]
             if absent:
                 cost = sum((wanted[part] for part in absent), ZERO)
                 unreleased.append(Unreleased(name, stat, cost, self.expected_ci95(metric, stat, roster_size,
@@ -449,6 +469,11 @@ class RequestTransaction:
                 if stat == "mean":
                     out.append(replay.mean(metric, stored[(team, metric.name, "sum")],
                                            stored[(team, metric.name, "count")]))
+                if stat == "ratio":
+                    for name in self.denominator:
+                        add_noisy(name, (), "sum")
+                    out.append(ratio_estimate(metric.name, self.denominator, stored[(team, metric.name, "sum")],
+                                              [stored[(team, d, "sum")] for d in self.denominator if d != metric.name]))
         if "adoption" in statistics and available(None, "adoption"):
             add_noisy(TEAM_LEVEL, (), ACTIVE)
             out.append(replay.adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
@@ -458,8 +483,8 @@ class RequestTransaction:
     def expected_ci95(metric: MetricPolicy | None, stat: str, roster_size: int,
                       wanted: dict[tuple[str, str], Loss]) -> float:
         """The 95% half-width a statistic will have once released (it depends on no data, except
-        a mean's: 0.0 there)."""
-        if stat == "mean":
+        a mean's and a ratio's: 0.0 there)."""
+        if stat in ("mean", "ratio"):
             return 0.0
         if metric is None:  # adoption: the active count's interval over the public roster size
             return expected_ci95("adoption", None, wanted[(TEAM_LEVEL, ACTIVE)], roster_size)
