@@ -129,7 +129,8 @@ def test_scrape_counts_ingest_releases_and_refusals_without_team_or_person_label
     assert value(samples, "chorus_ingest_reports_total", outcome="duplicate") == 1
     assert value(samples, "chorus_ingest_reports_total", outcome="invalid") == 1
     assert value(samples, "chorus_ingest_reports_total", outcome="rate_limited") == 1
-    assert value(samples, "chorus_ingest_contributions_accepted_total") == 2
+    assert value(samples, "chorus_ingest_contributions_accepted_total", entrance="report") == 2
+    assert value(samples, "chorus_ingest_contributions_accepted_total", entrance="otlp") == 0
     for reason, count in (("UNKNOWN_USER", 1), ("UNKNOWN_METRIC", 1), ("NEGATIVE_VALUE", 1), ("LATE", 0)):
         assert value(samples, "chorus_ingest_contributions_rejected_total", reason=reason) == count
     assert value(samples, "chorus_sdk_dropped_contributions_total") == 7
@@ -166,7 +167,7 @@ def test_servers_in_one_process_keep_separate_registries(running: Running, tmp_p
         def accepted(server: Running) -> float:
             text = generate_latest(server.server.metrics.registry).decode()
             return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                        if s.name == "chorus_ingest_contributions_accepted_total")
+                        if s.name == "chorus_ingest_contributions_accepted_total" and s.labels["entrance"] == "report")
         assert (accepted(running), accepted(other)) == (1, 0)
     finally:
         other.server.stop(grace=1)

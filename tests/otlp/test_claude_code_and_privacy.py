@@ -91,7 +91,7 @@ def test_the_shipped_default_mapping_counts_claude_codes_export(default_server: 
         (RED0, "ai.tokens"): 2000, (RED0, "ai.suggestions_accepted"): 2, (RED0, "ai.suggestions_rejected"): 1,
         (RED0, "ai.lines_added"): 120, (RED0, "ai.lines_removed"): 30, (RED0, "ai.active_seconds"): 360,
         (RED0, "ai.sessions"): 1}
-    stats = default_server.chorus.otlp.stats.snapshot()
+    stats = default_server.chorus.otlp.points()
     assert stats["counted"] == 8 and stats["ignored_filtered"] == 3  # cacheRead, cacheCreation, source config
     assert stats["ignored_unmapped"] == 1  # cost
 

@@ -43,7 +43,7 @@ def test_cumulative_points_count_increases_and_resets_start_new_series(otlp_serv
         export_grpc(otlp_server.address, otlp_server.ingest_token, request([sum_metric(
             "tool.requests", [point(value, start, end, user__email=RED0, session__id="abc")], CUMULATIVE)]))
     assert otlp_server.totals() == {(RED0, "ai.requests"): 10 + 15 + 5 + 35 + 3}
-    assert otlp_server.chorus.otlp.stats.snapshot()["duplicate"] == 3
+    assert otlp_server.chorus.otlp.points()["duplicate"] == 3
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_an_export_cut_after_commit_is_retried_by_the_sdk_and_counted_once(otlp_
         meters.shutdown()
         assert proxy.cuts == 1
         assert otlp_server.totals() == {(RED0, "ai.requests"): 9}
-        assert otlp_server.chorus.otlp.stats.snapshot()["duplicate"] == 1
+        assert otlp_server.chorus.otlp.points()["duplicate"] == 1
     finally:
         proxy.close()
 
@@ -112,7 +112,7 @@ def test_points_that_cannot_count_are_rejected_in_partial_success_naming_nobody(
         assert words in message
     assert "user-" not in message and "stranger" not in message
     assert otlp_server.totals() == {(RED0, "ai.requests"): 1}
-    stats = otlp_server.chorus.otlp.stats.snapshot()
+    stats = otlp_server.chorus.otlp.points()
     assert stats["ignored_unmapped"] == 1 and stats["ignored_filtered"] == 1 and stats["counted"] == 1
 
 
@@ -223,7 +223,7 @@ def test_a_closed_window_leaves_no_state_and_the_next_counts_from_a_baseline(tmp
     assert totals() == {}
     chorus.otlp.export(export(777_790, at + timedelta(minutes=1)))
     assert totals() == {(RED0, "ai.requests"): 9}
-    assert chorus.otlp.stats.snapshot()["baseline"] == 1
+    assert chorus.otlp.points()["baseline"] == 1
     clock.set(day + timedelta(days=2, hours=3))
     chorus.closer.tick()
     chorus.close_window("2026-03-12", "test")

@@ -81,7 +81,7 @@ def test_otlp_http_over_tls_with_the_server_certificates(tmp_path: Path, certs: 
     server, token = tls_server(tmp_path / "data", certs, mtls=False)
     try:
         assert export_over_https(server, token, certs, client_cert=False) is MetricExportResult.SUCCESS
-        assert server.chorus.otlp.stats.snapshot()["counted"] == 1
+        assert server.chorus.otlp.points()["counted"] == 1
     finally:
         server.stop(grace=1)
 
@@ -91,7 +91,7 @@ def test_otlp_http_with_mtls_needs_a_client_certificate(tmp_path: Path, certs: P
     try:
         assert export_over_https(server, token, certs, client_cert=False, timeout=2) is MetricExportResult.FAILURE
         assert export_over_https(server, token, certs, client_cert=True) is MetricExportResult.SUCCESS
-        assert server.chorus.otlp.stats.snapshot()["counted"] == 1
+        assert server.chorus.otlp.points()["counted"] == 1
     finally:
         server.stop(grace=1)
 

@@ -42,7 +42,7 @@ class Chorus:
         self.clock_guard = ClockGuard(self.clock)
         self.ingestor = Ingestor(self.db, config.policy, self.ledger, self.clock, self.roster,
                                  witness=self.clock_guard.saw)
-        self.otlp = OtlpIngestor(self.db, config.policy, config.limits, self.clock, self.roster, self.ingestor)
+        self.otlp = OtlpIngestor(self.db, config.policy, config.limits, self.clock, self.ingestor)
         self.tokens = Tokens(self.db, self.ledger)
         self.shredder = shred.Shredder(self.db, self.clock)
         self.releases = Releases(self.db, self.ledger, self.clock, config.policy)

@@ -36,7 +36,7 @@ def run(demo: _Demo, events: list[Event]) -> None:
                                    "gen_ai.request.model": "demo-model-large", "session.id": f"session-{i % 7}"})
     meters.force_flush(30_000)
     meters.shutdown()
-    points = demo.chorus.otlp.stats.snapshot()
+    points = demo.chorus.otlp.points()
     table = Table("tool", "records", "OTLP data points counted", "rejected")
     table.add_row(OTEL_TOOL, str(len(events)), str(points.get("counted", 0)),
                   str(sum(n for k, n in points.items() if k.startswith("rejected"))))

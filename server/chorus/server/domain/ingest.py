@@ -1,5 +1,11 @@
 """Ingest rules: validate a batch, then apply it exactly once in one transaction.
 
+One entrance: `IngestSession` is the rules inside one transaction (which window takes an event
+time, who is on the roster, the count and the upsert). A `Report`'s write transaction and an
+OTLP export's transaction (chorus.server.domain.otlp.export) both count through one, and both
+record into the one `IngestStats`, whose keys are enums (`Entrance`, `ReportOutcome`, `Reason`,
+OTLP's `PointOutcome`): GetStats and Prometheus read the same numbers.
+
 Per contribution, in order: value non-negative, not more than five minutes in the future,
 window not past end plus grace (nor closed), metric in the window's frozen policy, user on
 the roster. Accepted values are clamped to the metric's bound, summed per person, and the
@@ -192,31 +198,80 @@ def _check_length(name: str, value: str, limit: int, *, required: bool = True) -
         raise InvalidBatch(f"{name} contains control characters; use printable text", name)
 
 
+class Entrance(enum.StrEnum):
+    """Where contributions came in: both count through one `IngestSession` (the label of
+    `chorus_ingest_contributions_*_total`)."""
+
+    REPORT = "report"  # IngestService.Report
+    OTLP = "otlp"  # an OTLP metrics export's points, summed per person, metric and time
+
+
+class ReportOutcome(enum.StrEnum):
+    """What became of one `Report` call that reached the ingest rules (GetStats, Prometheus)."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # its batch_id was seen before: nothing counted
+    INVALID = "invalid"  # refused whole as malformed
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounts:
+    """A snapshot of `IngestStats`; aggregate only, nothing per person."""
+
+    reports: dict[ReportOutcome, int]
+    accepted: dict[Entrance, int]  # contributions counted
+    clamped: dict[Entrance, int]  # accepted contributions whose own value was above the bound
+    rejected: dict[Reason, int]  # contributions rejected inside applied batches
+    client_dropped: int  # what SDK clients report having dropped (a duplicate's not twice)
+    #: OTLP data points by (outcome, instrument label); the outcome is the OTLP entrance's enum.
+    points: dict[tuple[enum.Enum, str], int]
+
+    def totals(self) -> dict[str, int]:
+        """The scalar counters under their GetStats names (chorus.v1.GetStatsResponse)."""
+        applied, duplicate = self.reports.get(ReportOutcome.APPLIED, 0), self.reports.get(ReportOutcome.DUPLICATE, 0)
+        return {"batches": applied + duplicate, "duplicate_batches": duplicate,
+                "invalid_batches": self.reports.get(ReportOutcome.INVALID, 0),
+                "contributions_accepted": sum(self.accepted.values()),
+                "contributions_clamped": sum(self.clamped.values()), "client_dropped": self.client_dropped}
+
+
 class IngestStats:
-    """Operational counters since start; aggregate only, nothing per person."""
+    """Operational counters since start, of every entrance, each keyed by an enum: the one
+    source of GetStats and of the Prometheus ingest families. Aggregate only, nothing per person."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.counts: Counter[str] = Counter()
-        self.rejected: Counter[str] = Counter()
+        self._reports: Counter[ReportOutcome] = Counter()
+        self._accepted: Counter[Entrance] = Counter()
+        self._clamped: Counter[Entrance] = Counter()
+        self._rejected: Counter[Reason] = Counter()
+        self._dropped = 0
+        self._points: Counter[tuple[enum.Enum, str]] = Counter()
 
-    def record(self, outcome: Outcome, dropped: int) -> None:
+    def record(self, entrance: Entrance, outcome: Outcome, dropped: int = 0) -> None:
+        """What one batch (a `Report`, or an OTLP export's contributions) counted."""
         with self._lock:
-            self.counts["batches"] += 1
-            self.counts["duplicate_batches"] += outcome.duplicate
-            self.counts["contributions_accepted"] += outcome.accepted
-            self.counts["contributions_clamped"] += outcome.clamped
-            if not outcome.duplicate:
-                self.counts["client_dropped"] += dropped
-            self.rejected.update(r.reason.name for r in outcome.rejections)
+            if entrance is Entrance.REPORT:
+                self._reports[ReportOutcome.DUPLICATE if outcome.duplicate else ReportOutcome.APPLIED] += 1
+                if not outcome.duplicate:
+                    self._dropped += dropped
+            self._accepted[entrance] += outcome.accepted
+            self._clamped[entrance] += outcome.clamped
+            self._rejected.update(r.reason for r in outcome.rejections)
 
     def record_invalid(self) -> None:
         with self._lock:
-            self.counts["invalid_batches"] += 1
+            self._reports[ReportOutcome.INVALID] += 1
 
-    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+    def record_points(self, points: Counter[tuple[enum.Enum, str]]) -> None:
+        """OTLP data points by (outcome, instrument label)."""
         with self._lock:
-            return dict(self.counts), dict(self.rejected)
+            self._points.update(points)
+
+    def snapshot(self) -> IngestCounts:
+        with self._lock:
+            return IngestCounts(dict(self._reports), dict(self._accepted), dict(self._clamped),
+                                dict(self._rejected), self._dropped, dict(self._points))
 
 
 class _Person(NamedTuple):
@@ -256,7 +311,7 @@ def pseudonym(key: bytes, user: str) -> bytes:
 
 
 class Ingestor:
-    """Applies validated batches to the store."""
+    """Applies validated batches to the store; every entrance counts through `session`."""
 
     def __init__(self, db: Database, policy: Policy, ledger: Ledger, clock: Clock,
                  roster: RosterCache | None = None, stats: IngestStats | None = None,
@@ -276,22 +331,24 @@ class Ingestor:
         grouped = batch.contributions if isinstance(batch.contributions, Grouped) else group(batch.contributions)
         prepared = self._db.read(lambda tx: self._prepare(tx, grouped, now), name="ingest_prepare")
         outcome = self._db.run(lambda tx: self._apply(tx, batch, grouped, now, prepared), name="ingest")
-        self.stats.record(outcome, batch.dropped)
+        self.stats.record(Entrance.REPORT, outcome, batch.dropped)
         if self._witness is not None and grouped.groups:
             self._witness(next(iter(grouped.groups))[0])  # one sample a batch: O(1)
         return outcome
 
+    def session(self, tx: Tx, now: datetime) -> IngestSession:
+        """The one entrance to the ingest rules inside write transaction `tx` (an OTLP export's)."""
+        return IngestSession(tx, now, self._policy, self._ledger, self._roster.current(tx).get)
+
     def _prepare(self, tx: Tx, grouped: Grouped, now: datetime) -> _Prepared | None:
         """The batch resolved in a read transaction, or None when it needs a window opened."""
         version, teams = self._roster.snapshot(tx)
-        windows: dict[str, window_store.OpenWindow | Rejection] = {}
+        session = IngestSession(tx, now, self._policy, self._ledger, teams.get, peek=True)
         try:
-            resolved = self._resolve(grouped, teams.get,
-                                     lambda when: self.window_for(tx, when, now, windows, peek=True))
+            resolved = session.resolve(grouped)
         except _Unprepared:
             return None
-        return _Prepared(version, {w.record.id: w for w in windows.values()
-                                   if isinstance(w, window_store.OpenWindow)}, resolved)
+        return _Prepared(version, session.open_windows(), resolved)
 
     def _still_holds(self, tx: Tx, prepared: _Prepared) -> bool:
         """Whether nothing the preparation read changed: the roster, and each window's key."""
@@ -308,29 +365,82 @@ class Ingestor:
                                     "bits) for every batch, and the same id only to resend it unchanged")
             return Outcome(accepted=0, duplicate=True)
         if prepared is not None and self._still_holds(tx, prepared):
-            return self._commit(tx, prepared.resolved)
-        return self.count(tx, grouped, now)
+            return _commit(tx, prepared.resolved)
+        return self.session(tx, now).count(grouped)
 
-    def count(self, tx: Tx, contributions: Sequence[Contribution] | Grouped, now: datetime,
-              windows: dict[str, window_store.OpenWindow | Rejection] | None = None) -> Outcome:
-        """Apply the ingest rules to `contributions` in `tx` (a batch, or an OTLP export's points).
+
+class IngestSession:
+    """The ingest rules inside one transaction: the one entrance of `Report` and of OTLP.
+
+    It holds the transaction, the server's time, the roster as the transaction reads it and
+    every window resolved so far, by event time and by window id: a window is looked up (and
+    opened) at most once per transaction, and every contribution of one event time gets the
+    same answer. `window_at` and `team_of` are the rules an entrance checks before it builds
+    contributions (OTLP: per data point); `count` applies every rule to contributions and
+    writes what they add. With `peek` (a read transaction preparing a batch) nothing is
+    written, opened or locked, and a window that does not exist yet raises _Unprepared.
+    """
+
+    __slots__ = ("_by_id", "_by_time", "_ledger", "_now", "_peek", "_policy", "_tx", "team_of")
+
+    def __init__(self, tx: Tx, now: datetime, policy: Policy, ledger: Ledger,
+                 team_of: Callable[[str], str | None], *, peek: bool = False) -> None:
+        self._tx = tx
+        self._now = now
+        self._policy = policy
+        self._ledger = ledger
+        self._peek = peek
+        #: The team of a (normalised) user id on the roster, or None.
+        self.team_of = team_of
+        self._by_time: dict[datetime, window_store.OpenWindow | Rejection] = {}
+        self._by_id: dict[str, window_store.OpenWindow | Rejection] = {}
+
+    def window_at(self, when: datetime) -> window_store.OpenWindow | Rejection:
+        """The open window taking events at `when`, or why none does (index -1).
+
+        An existing window decides by its own frozen close time; the current grace period only
+        decides whether a missing window may still be opened.
+        """
+        found = self._by_time.get(when)
+        if found is not None:
+            return found
+        now = self._now
+        if when > now + FUTURE_TOLERANCE:
+            found = Rejection(-1, Reason.FUTURE, f"event_time {when.isoformat()} is more than "
+                                                 f"{FUTURE_TOLERANCE.seconds // 60} minutes ahead of the server "
+                                                 f"clock {now.isoformat()}")
+        else:
+            span = window_store.span_at(self._tx, when, self._policy.window_length)
+            found = self._by_id.get(span.id)
+            if found is None:
+                if self._peek:
+                    opened = window_store.peek(self._tx, span)
+                    if opened is None:
+                        raise _Unprepared(span.id)
+                else:
+                    may_open = span.end + timedelta(seconds=self._policy.grace_seconds) > now
+                    opened = window_store.open_for_ingest(self._tx, span, self._policy, self._ledger, now,
+                                                          create=may_open)
+                found = self._by_id[span.id] = opened if isinstance(opened, window_store.OpenWindow) \
+                    and opened.record.closes_at > now else _late(span.id, opened)
+        self._by_time[when] = found
+        return found
+
+    def open_windows(self) -> dict[str, window_store.OpenWindow]:
+        """The open windows resolved so far, by id (what a prepared batch depends on)."""
+        return {w.record.id: w for w in self._by_id.values() if isinstance(w, window_store.OpenWindow)}
+
+    def count(self, contributions: Sequence[Contribution] | Grouped) -> Outcome:
+        """Apply the ingest rules to `contributions` and write what they add (not with `peek`)."""
+        assert not self._peek, "a read transaction counts nothing"
+        grouped = contributions if isinstance(contributions, Grouped) else group(contributions)
+        return _commit(self._tx, self.resolve(grouped))
+
+    def resolve(self, grouped: Grouped) -> _Resolved:
+        """The rules applied to a batch: pseudonyms, clamped per-person totals, rejections.
 
         Window, roster lookup and pseudonym are resolved once per (event time, user) group."""
-        grouped = contributions if isinstance(contributions, Grouped) else group(contributions)
-        known = {} if windows is None else windows
-        return self._commit(tx, self._resolve(grouped, self._roster.current(tx).get,
-                                              lambda when: self.window_for(tx, when, now, known)))
-
-    def _commit(self, tx: Tx, resolved: _Resolved) -> Outcome:
-        if resolved.people:
-            self._write(tx, resolved.people)
-        return resolved.outcome
-
-    @staticmethod
-    def _resolve(grouped: Grouped, team_of: Callable[[str], str | None],
-                 window_at: Callable[[datetime], window_store.OpenWindow | Rejection]) -> _Resolved:
-        """The rules applied to a batch: pseudonyms, clamped per-person totals, rejections."""
-        by_time: dict[datetime, window_store.OpenWindow | Rejection] = {}  # batches carry few distinct times
+        window_at, team_of = self.window_at, self.team_of
         slots: dict[str, dict[str, tuple[int, int]]] = {}  # window -> metric -> (slot, bound)
         people: dict[tuple[str, str], _Person] = {}  # by (window, user)
         rejections: list[Rejection] = []
@@ -347,9 +457,7 @@ class Ingestor:
                                                 f"value {value} is negative; counts must be >= 0"))
                     continue
                 if metric_slots is None:  # per group, and only once a value is non-negative
-                    found = by_time.get(when)
-                    if found is None:
-                        found = by_time[when] = window_at(when)
+                    found = window_at(when)
                     if isinstance(found, Rejection):
                         refused, metric_slots = found, {}
                     else:
@@ -389,46 +497,26 @@ class Ingestor:
         accepted = grouped.size - len(rejections)
         return _Resolved(people, Outcome(accepted=accepted, duplicate=False, rejections=rejections, clamped=clamped))
 
-    @staticmethod
-    def _write(tx: Tx, people: dict[tuple[str, str], _Person]) -> None:
-        """Upsert one row per person, in (window, pseudonym) order: every concurrent batch takes
-        row locks in the same order, so none deadlock (PostgreSQL)."""
-        by_bounds: dict[tuple[int, ...], list[tuple]] = {}  # windows of one policy share a statement
-        of_window: dict[str, list[tuple]] = {}
-        for (window_id, _), (pseud, team, policy, totals) in people.items():
-            rows = of_window.get(window_id)
-            if rows is None:
-                bounds = tuple(m.max_per_user for m in policy.metrics)
-                rows = of_window[window_id] = by_bounds.setdefault(bounds, [])
-            rows.append((window_id, pseud, team, *totals))
-        for bounds, group in by_bounds.items():
-            store.usage.add(tx, bounds, sorted(group))
 
-    def window_for(self, tx: Tx, when: datetime, now: datetime,
-                   windows: dict[str, window_store.OpenWindow | Rejection], *,
-                   peek: bool = False) -> window_store.OpenWindow | Rejection:
-        """The open window taking events at `when`, or why none does (index filled in by the caller).
+def _commit(tx: Tx, resolved: _Resolved) -> Outcome:
+    if resolved.people:
+        _write(tx, resolved.people)
+    return resolved.outcome
 
-        An existing window decides by its own frozen close time; the current grace period only
-        decides whether a missing window may still be opened. With `peek` (a read transaction)
-        nothing is locked or created: a missing window raises _Unprepared.
-        """
-        if when > now + FUTURE_TOLERANCE:
-            return Rejection(-1, Reason.FUTURE, f"event_time {when.isoformat()} is more than "
-                                                f"{FUTURE_TOLERANCE.seconds // 60} minutes ahead of the server "
-                                                f"clock {now.isoformat()}")
-        span = window_store.span_at(tx, when, self._policy.window_length)
-        if span.id not in windows:
-            may_open = span.end + timedelta(seconds=self._policy.grace_seconds) > now
-            if peek:
-                opened = window_store.peek(tx, span)
-                if opened is None:
-                    raise _Unprepared(span.id)
-            else:
-                opened = window_store.open_for_ingest(tx, span, self._policy, self._ledger, now, create=may_open)
-            windows[span.id] = opened if isinstance(opened, window_store.OpenWindow) and opened.record.closes_at > now \
-                else _late(span.id, opened)
-        return windows[span.id]
+
+def _write(tx: Tx, people: dict[tuple[str, str], _Person]) -> None:
+    """Upsert one row per person, in (window, pseudonym) order: every concurrent batch takes
+    row locks in the same order, so none deadlock (PostgreSQL)."""
+    by_bounds: dict[tuple[int, ...], list[tuple]] = {}  # windows of one policy share a statement
+    of_window: dict[str, list[tuple]] = {}
+    for (window_id, _), (pseud, team, policy, totals) in people.items():
+        rows = of_window.get(window_id)
+        if rows is None:
+            bounds = tuple(m.max_per_user for m in policy.metrics)
+            rows = of_window[window_id] = by_bounds.setdefault(bounds, [])
+        rows.append((window_id, pseud, team, *totals))
+    for bounds, group in by_bounds.items():
+        store.usage.add(tx, bounds, sorted(group))
 
 
 def _by_index(rejection: Rejection) -> int:

@@ -45,7 +45,7 @@ def admin_servicer(chorus: Chorus) -> AdminServicer:
     """AdminService over the root's domain services: tokens, rosters, windows, counters."""
     return AdminServicer(tokens=chorus.tokens, rosters=chorus.rosters, windows=chorus.windows,
                          closer=chorus.closer, min_team_size=chorus.config.policy.min_team_size,
-                         ingest_stats=chorus.ingestor.stats, otlp_stats=chorus.otlp.stats,
+                         ingest_stats=chorus.ingestor.stats, otlp=chorus.otlp,
                          pending_shreds=chorus.shredder.pending, clock=chorus.clock)
 
 

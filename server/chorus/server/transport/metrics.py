@@ -10,7 +10,8 @@ Invariants:
 * Each `Server` has its own `CollectorRegistry`, so several servers in one process (tests)
   keep separate numbers; nothing is registered in prometheus_client's global registry.
 * The ingest hot path pays nothing extra per contribution: ingest counters are the ones
-  `IngestStats` keeps anyway (the same numbers `chorus stats` shows), read at scrape time,
+  `IngestStats` keeps anyway for every entrance (Report and OTLP; the same numbers `chorus
+  stats` shows), each keyed by an enum, read at scrape time,
   as are rate-limit refusals. Per RPC the interceptor observes one histogram sample, and
   per store transaction the store's observer hook (`Database.observe`) one more. Store-wide
   state (windows, shreds pending, releases, epsilon spent, exhausted budgets) is read in one
@@ -43,7 +44,7 @@ from prometheus_client.registry import Collector
 from chorus.server import store
 from chorus.server.domain import shred
 from chorus.server.domain import windows as window_store
-from chorus.server.domain.ingest import Reason
+from chorus.server.domain.ingest import Entrance, Reason, ReportOutcome
 from chorus.server.privacy.epsilon import Epsilon, Rho
 from chorus.server.store import Tx
 from chorus.server.transport import logs
@@ -247,45 +248,49 @@ class _StateCollector(Collector):
         yield from self._store_state()
 
     def _otlp(self) -> Metric:
-        """OTLP data points by outcome, reason and instrument. Outcomes and reasons are written in
-        the code (domain/otlp/export.py); instrument names are those the configuration or the
-        shipped presets map, any other is "other"."""
+        """OTLP data points by outcome, reason and instrument. Outcomes and reasons are the
+        `PointOutcome` enum's (domain/otlp/points.py); instrument names are those the configuration
+        or the shipped presets map, any other is "other" (and "" for an outcome of an export's
+        summed contributions: clamped, ignored_negative_net)."""
         family = CounterMetricFamily("chorus_otlp_data_points", "OTLP data points by outcome (counted, duplicate, "
-                                     "clamped, ignored_unmapped, ignored_filtered, ignored_negative_net, rejected), "
-                                     "rejection reason and instrument name.",
+                                     "baseline, clamped, ignored_unmapped, ignored_filtered, ignored_negative_net, "
+                                     "rejected), rejection reason and instrument name.",
                                      labels=["outcome", "reason", "instrument"])
-        for (outcome, instrument), n in sorted(self._chorus.otlp.stats.by_instrument().items()):
+        for (outcome, instrument), n in sorted(self._chorus.otlp.points_by_instrument().items()):
             kind, _, reason = outcome.partition(": ")
             family.add_metric([kind, reason, instrument], n)
         return family
 
     def _ingest(self) -> Iterator[Metric]:
-        counts, rejected = self._chorus.ingestor.stats.snapshot()
+        counts = self._chorus.ingestor.stats.snapshot()
         reports = CounterMetricFamily("chorus_ingest_reports", "Ingest Report calls by outcome: applied, "
                                       "duplicate (batch_id seen before, nothing counted), invalid (refused "
                                       "whole), rate_limited (refused by the per-token rate limit).",
                                       labels=["outcome"])
-        duplicate = counts.get("duplicate_batches", 0)
-        reports.add_metric(["applied"], counts.get("batches", 0) - duplicate)
-        reports.add_metric(["duplicate"], duplicate)
-        reports.add_metric(["invalid"], counts.get("invalid_batches", 0))
+        for outcome in ReportOutcome:
+            reports.add_metric([outcome.value], counts.reports.get(outcome, 0))
         reports.add_metric(["rate_limited"], self._limiter.refusals)
         yield reports
-        yield CounterMetricFamily("chorus_ingest_contributions_accepted", "Contributions counted.",
-                                  value=counts.get("contributions_accepted", 0))
+        accepted = CounterMetricFamily("chorus_ingest_contributions_accepted", "Contributions counted, by "
+                                       "entrance: report (IngestService.Report) or otlp (an OTLP export's "
+                                       "points, summed per person, metric and time).", labels=["entrance"])
+        clamped = CounterMetricFamily("chorus_ingest_contributions_clamped", "Accepted contributions whose "
+                                      "value was above the metric's bound, by entrance.", labels=["entrance"])
+        for entrance in Entrance:
+            accepted.add_metric([entrance.value], counts.accepted.get(entrance, 0))
+            clamped.add_metric([entrance.value], counts.clamped.get(entrance, 0))
+        yield accepted
         refused = CounterMetricFamily("chorus_ingest_contributions_rejected",
                                       "Contributions rejected inside applied batches, by reason.",
                                       labels=["reason"])
         for reason in Reason:
-            refused.add_metric([reason.name], rejected.get(reason.name, 0))
+            refused.add_metric([reason.name], counts.rejected.get(reason, 0))
         yield refused
-        yield CounterMetricFamily("chorus_ingest_contributions_clamped",
-                                  "Accepted contributions whose value was above the metric's bound.",
-                                  value=counts.get("contributions_clamped", 0))
+        yield clamped
         yield CounterMetricFamily("chorus_sdk_dropped_contributions",
                                   "Contributions SDK clients report having dropped (memory or spool "
                                   "bounds), from the 'dropped' field of their batches.",
-                                  value=counts.get("client_dropped", 0))
+                                  value=counts.client_dropped)
 
     def _store_state(self) -> Iterator[Metric]:
         now = int(self._chorus.clock.now().timestamp())

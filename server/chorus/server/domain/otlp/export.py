@@ -6,16 +6,18 @@ point its filter leaves out is ignored, not rejected); a countable kind and valu
 on the roster. Then a delta point counts its value once (its exactly-once key is recorded),
 and a cumulative point counts its increase since the series' previous point (the first point
 of a series, or one after a reset, counts in full). What counts becomes an ordinary
-`Contribution`, so pseudonym, clamp, team at first contribution and the usage row are
-exactly `Ingestor.count`'s.
+`Contribution`, counted through the same `IngestSession` as a `Report`'s (the window and
+roster checks above are the session's too), so pseudonym, clamp, team at first contribution
+and the usage row are exactly `Report`'s.
 
-Rejections are summarised by reason with counts; no message names a person or an attribute.
+Every point gets one `PointOutcome`, recorded in the one `IngestStats` (GetStats and
+Prometheus read it). Rejections are summarised by reason with counts; no message names a
+person or an attribute.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import tomllib
 from collections import Counter
 from dataclasses import dataclass
@@ -25,10 +27,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from chorus.server import store
 from chorus.server.domain import windows as window_store
-from chorus.server.domain.ingest import Contribution, Ingestor, Rejection
+from chorus.server.domain.ingest import Contribution, Entrance, Ingestor, IngestSession, Outcome, Reason, Rejection
 from chorus.server.domain.otlp import series
-from chorus.server.domain.otlp.points import InvalidExport, Point, count_points, flatten
-from chorus.server.domain.roster import RosterCache
+from chorus.server.domain.otlp.points import InvalidExport, Point, PointOutcome, count_points, flatten
 from chorus.server.model import config
 from chorus.server.model.clock import Clock
 from chorus.server.model.config import Limits
@@ -48,7 +49,7 @@ class ExportResult:
     counted: int  # points whose value (or increase) went to a metric
     rejected: int  # partial_success.rejected_data_points
     error_message: str  # partial_success.error_message; empty when nothing was rejected
-    outcomes: Counter[str]  # every point's outcome, for the operator's counters
+    outcomes: Counter[PointOutcome]  # every point's outcome
 
 
 #: An instrument label for names neither the configuration nor the shipped presets know: a
@@ -56,6 +57,10 @@ class ExportResult:
 OTHER = "other"
 #: A warning per outcome (ignored or rejected) at most this often.
 LOG_EVERY_SECONDS = 60.0
+#: The ingest rules' rejections as point outcomes (unreachable after the export's own checks).
+_RULES = {Reason.UNKNOWN_USER: PointOutcome.NOT_ON_ROSTER, Reason.UNKNOWN_METRIC: PointOutcome.UNKNOWN_METRIC,
+          Reason.NEGATIVE_VALUE: PointOutcome.NEGATIVE_VALUE, Reason.LATE: PointOutcome.LATE,
+          Reason.FUTURE: PointOutcome.FUTURE}
 
 
 def _preset_instruments() -> frozenset[str]:
@@ -63,47 +68,39 @@ def _preset_instruments() -> frozenset[str]:
     return frozenset(m.name for m in otlp.metrics) if otlp else frozenset()
 
 
-class OtlpStats:
-    """Data points by outcome since start (counted, duplicate, ignored_..., rejected: ...), and by
-    (outcome, instrument) for the operator's counters, with instrument names limited to `known`."""
-
-    def __init__(self, known: frozenset[str] = frozenset()) -> None:
-        self._lock = threading.Lock()
-        self._known = known
-        self._counts: Counter[str] = Counter()
-        self._by_instrument: Counter[tuple[str, str]] = Counter()
-
-    def record(self, outcomes: Counter[str], by_instrument: Counter[tuple[str, str]] | None = None) -> None:
-        with self._lock:
-            self._counts.update(outcomes)
-            for (outcome, name), n in (by_instrument or Counter()).items():
-                self._by_instrument[(outcome, self.label(name))] += n
-
-    def label(self, instrument: str) -> str:
-        return instrument if instrument in self._known else OTHER
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
-    def by_instrument(self) -> dict[tuple[str, str], int]:
-        """(outcome, instrument label) -> data points, for Prometheus."""
-        with self._lock:
-            return dict(self._by_instrument)
-
-
 class OtlpIngestor:
-    def __init__(self, db: Database, policy: Policy, limits: Limits, clock: Clock, roster: RosterCache,
-                 ingestor: Ingestor) -> None:
+    """Counts OTLP exports through the `Ingestor`'s sessions, into its `IngestStats`."""
+
+    def __init__(self, db: Database, policy: Policy, limits: Limits, clock: Clock, ingestor: Ingestor) -> None:
         self._db = db
         self._policy = policy
         self._limits = limits
         self._clock = clock
-        self._roster = roster
         self._ingestor = ingestor
         mapped = frozenset(m.name for m in policy.otlp.metrics) if policy.otlp else frozenset()
-        self.stats = OtlpStats(mapped | _preset_instruments())
-        self._logged: dict[str, float] = {}  # outcome -> when it was last logged (clock seconds)
+        self._known = mapped | _preset_instruments()
+        self._identity = policy.otlp.identity_attributes if policy.otlp else ()
+        self._logged: dict[PointOutcome, float] = {}  # outcome -> when it was last logged (clock seconds)
+
+    def label(self, instrument: str) -> str:
+        """An instrument's Prometheus label: its name if the configuration or a preset maps it."""
+        return instrument if instrument in self._known else OTHER
+
+    def name(self, outcome: PointOutcome) -> str:
+        """An outcome's name in GetStats, Prometheus and the log."""
+        return outcome.name_with(self._identity)
+
+    def points(self) -> dict[str, int]:
+        """OTLP data points by outcome name since start (GetStats' `otlp_points`)."""
+        out: Counter[str] = Counter()
+        for (outcome, _), n in self._ingestor.stats.snapshot().points.items():
+            out[self.name(outcome)] += n  # type: ignore[arg-type]
+        return dict(out)
+
+    def points_by_instrument(self) -> dict[tuple[str, str], int]:
+        """(outcome name, instrument label) -> data points, for Prometheus."""
+        return {(self.name(outcome), instrument): n  # type: ignore[arg-type]
+                for (outcome, instrument), n in self._ingestor.stats.snapshot().points.items()}
 
     def check(self, request: ExportMetricsServiceRequest) -> int:
         """The request's data point count; InvalidExport when it is over the limit."""
@@ -120,82 +117,81 @@ class OtlpIngestor:
         # Cumulative points of a series must be seen in time order.
         points = sorted(flat.points, key=lambda p: p.time_ns)
         now = self._clock.now()
-        outcomes, by_instrument = self._db.run(lambda tx: self._apply(tx, points, now), name="otlp_export")
+        by_instrument, counted = self._db.run(lambda tx: self._apply(self._ingestor.session(tx, now), tx, points),
+                                              name="otlp_export")
         for name, n in flat.unmapped.items():
-            outcomes["ignored_unmapped"] += n
-            by_instrument[("ignored_unmapped", name)] += n
-        self.stats.record(outcomes, by_instrument)
-        self._log_unusual(by_instrument, now.timestamp())
-        rejected = {k.removeprefix("rejected: "): v for k, v in outcomes.items() if k.startswith("rejected: ")}
+            by_instrument[(PointOutcome.IGNORED_UNMAPPED, name)] += n
+        labelled: Counter[tuple[PointOutcome, str]] = Counter()
+        outcomes: Counter[PointOutcome] = Counter()
+        for (outcome, name), n in by_instrument.items():
+            labelled[(outcome, self.label(name))] += n
+            outcomes[outcome] += n
+        self._ingestor.stats.record_points(labelled)  # type: ignore[arg-type]
+        if counted is not None:
+            self._ingestor.stats.record(Entrance.OTLP, counted)
+        self._log_unusual(labelled, now.timestamp())
+        rejected = {self.name(o).removeprefix("rejected: "): n for o, n in outcomes.items() if o.kind == "rejected"}
         total = sum(rejected.values())
         message = ""
         if total:
             message = f"{total} data point(s) rejected: " + "; ".join(
                 f"{n} {reason}" for reason, n in sorted(rejected.items()))
-        return ExportResult(outcomes["counted"], total, message, outcomes)
+        return ExportResult(outcomes[PointOutcome.COUNTED], total, message, outcomes)
 
-    def _log_unusual(self, by_instrument: Counter[tuple[str, str]], now: float) -> None:
+    def _log_unusual(self, by_instrument: Counter[tuple[PointOutcome, str]], now: float) -> None:
         """Warn about ignored and rejected points, at most once a minute per outcome; the
         message names the outcome and instrument names (never an attribute value or person)."""
-        unusual: dict[str, Counter[str]] = {}
+        unusual: dict[PointOutcome, Counter[str]] = {}
         for (outcome, name), n in by_instrument.items():
-            if outcome.startswith(("ignored", "rejected")):
-                unusual.setdefault(outcome, Counter())[self.stats.label(name)] += n
-        for outcome, names in sorted(unusual.items()):
+            if outcome.kind.startswith(("ignored", "rejected")):
+                unusual.setdefault(outcome, Counter())[name] += n
+        for outcome, names in sorted(unusual.items(), key=lambda item: item[0].value):
             if now - self._logged.get(outcome, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
                 self._logged[outcome] = now
                 _log.warning("OTLP: %d data point(s) %s (%s); this warning repeats at most once a minute",
-                             sum(names.values()), outcome.replace(": ", " "),
+                             sum(names.values()), self.name(outcome).replace(": ", " "),
                              ", ".join(f"{name}: {n}" for name, n in sorted(names.items())))
 
-    def _apply(self, tx: Tx, points: list[Point],
-               now: datetime) -> tuple[Counter[str], Counter[tuple[str, str]]]:
-        outcomes: Counter[str] = Counter()
-        by_instrument: Counter[tuple[str, str]] = Counter()
-
-        def note(outcome: str, p: Point) -> None:
-            outcomes[outcome] += 1
-            by_instrument[(outcome, p.instrument)] += 1
-        team_of = self._roster.current(tx).get
-        windows: dict[str, window_store.OpenWindow | Rejection] = {}
+    def _apply(self, session: IngestSession, tx: Tx,
+               points: list[Point]) -> tuple[Counter[tuple[PointOutcome, str]], Outcome | None]:
+        """Each point's outcome by instrument (an instrument-less outcome under ""), and what the
+        ingest rules counted of the points' contributions (None when nothing was left to count)."""
+        by_instrument: Counter[tuple[PointOutcome, str]] = Counter()
         open_keys: list[tuple[str, bytes]] | None = None
         closed_until_ns = 0  # the latest end of a closed window, read with open_keys
         # What counts, summed per (person, metric, time) before the ingest rules: an export often
         # carries several points per person (input and output tokens, several sessions).
         sums: dict[tuple[str, str, datetime], int] = {}
-        counted = 0
         deltas: list[tuple[tuple[str, bytes], Point, tuple[OtlpMapping, ...], datetime]] = []
-        by_time: dict[int, tuple[datetime, window_store.OpenWindow | Rejection]] = {}  # an export's points share times
+        by_time: dict[int, tuple[datetime, window_store.OpenWindow | Rejection] | None] = {}  # points share times
         for p in points:
-            cached = by_time.get(p.time_ns)
-            if cached is None:
+            if p.time_ns in by_time:
+                cached = by_time[p.time_ns]
+            else:
                 try:
                     when = datetime.fromtimestamp(p.time_ns / 1e9, UTC)
-                    cached = by_time[p.time_ns] = (when, self._ingestor.window_for(tx, when, now, windows))
                 except (OverflowError, ValueError, OSError):
-                    note("rejected: with a time_unix_nano outside years 1..9999", p)
-                    continue
+                    cached = None
+                else:
+                    cached = (when, session.window_at(when))
+                by_time[p.time_ns] = cached
+            if cached is None:
+                by_instrument[(PointOutcome.BAD_TIME, p.instrument)] += 1
+                continue
             when, window = cached
             if isinstance(window, Rejection):
-                note(f"rejected: {window.reason.name.lower()} (window not taking contributions)", p)
+                by_instrument[(PointOutcome.FUTURE if window.reason is Reason.FUTURE else PointOutcome.LATE,
+                               p.instrument)] += 1
                 continue
             frozen = window.record.policy.otlp
             mappings = frozen.admitted(p.instrument, p.strings, p.resource) if frozen else ()
-            if not mappings:
-                note("ignored_filtered", p)
+            outcome = _check(p, mappings, session)
+            if outcome is not None:
+                by_instrument[(outcome, p.instrument)] += 1
                 continue
-            if p.problem:
-                note(f"rejected: {p.problem}", p)
-                continue
-            assert frozen is not None  # it admitted the point
-            if p.identity is None:
-                note(f"rejected: without an identity attribute ({', '.join(frozen.identity_attributes)})", p)
-                continue
-            if team_of(p.identity) is None:
-                note("rejected: with an identity not on the roster", p)
-                continue
+            assert frozen is not None and p.identity is not None  # it admitted the point, which has one
             if p.value * frozen.max_scale(p.instrument) > MAX_VALUE:
-                note("rejected: a value too large to be a count", p)
+                by_instrument[(PointOutcome.TOO_LARGE, p.instrument)] += 1
                 continue
             if p.cumulative:
                 if open_keys is None:
@@ -203,41 +199,37 @@ class OtlpIngestor:
                     closed_until_ns = (store.windows.closed_until(tx) or 0) * 10**9
                 increase = self._increase(tx, window, open_keys, closed_until_ns, p)
                 if increase is None:
-                    note("duplicate", p)
+                    by_instrument[(PointOutcome.DUPLICATE, p.instrument)] += 1
                     continue
                 if increase is BASELINE:
-                    note("baseline", p)
+                    by_instrument[(PointOutcome.BASELINE, p.instrument)] += 1
                     continue
                 _add(sums, p.identity, increase, mappings, when)
-                counted += 1
-                by_instrument[("counted", p.instrument)] += 1
+                by_instrument[(PointOutcome.COUNTED, p.instrument)] += 1
             else:
                 deltas.append(((window.record.id, series.point_key(window.key, p.series, p.time_ns)), p, mappings,
                                when))
         fresh = series.first_sights(tx, [pair for pair, *_ in deltas])
         for pair, p, mappings, when in deltas:
             if pair not in fresh:  # recorded by an earlier export, or earlier in this one
-                note("duplicate", p)
+                by_instrument[(PointOutcome.DUPLICATE, p.instrument)] += 1
                 continue
             fresh.discard(pair)
             assert p.identity is not None
             _add(sums, p.identity, p.value, mappings, when)
-            counted += 1
-            by_instrument[("counted", p.instrument)] += 1
-        if counted:
-            outcomes["counted"] += counted
-        if sums:
-            negative = sum(1 for value in sums.values() if value < 0)
-            if negative:  # a subtracted count without its total in the same export: nothing to count
-                outcomes["ignored_negative_net"] += negative
-            contributions = [Contribution(user, metric, value, when) for (user, metric, when), value in sums.items()
-                             if value > 0]
-            outcome = self._ingestor.count(tx, contributions, now, windows)
-            if outcome.clamped:
-                outcomes["clamped"] += outcome.clamped
-            for r in outcome.rejections:  # the checks above make this unreachable; never silent
-                outcomes[f"rejected: {r.reason.name.lower()}"] += 1
-        return outcomes, by_instrument
+            by_instrument[(PointOutcome.COUNTED, p.instrument)] += 1
+        if not sums:
+            return by_instrument, None
+        negative = sum(1 for value in sums.values() if value < 0)
+        if negative:  # a subtracted count without its total in the same export: nothing to count
+            by_instrument[(PointOutcome.IGNORED_NEGATIVE_NET, "")] += negative
+        counted = session.count([Contribution(user, metric, value, when)
+                                 for (user, metric, when), value in sums.items() if value > 0])
+        if counted.clamped:
+            by_instrument[(PointOutcome.CLAMPED, "")] += counted.clamped
+        for r in counted.rejections:  # the checks above make this unreachable; never silent
+            by_instrument[(_RULES[r.reason], "")] += 1
+        return by_instrument, counted
 
     @staticmethod
     def _increase(tx: Tx, window: window_store.OpenWindow, open_keys: list[tuple[str, bytes]],
@@ -257,6 +249,20 @@ class OtlpIngestor:
         if before is None or before.start_ns != p.start_ns or p.value < before.value:
             return p.value  # first point of a series, or a reset: the increase since its start
         return p.value - before.value
+
+
+def _check(p: Point, mappings: tuple[OtlpMapping, ...], session: IngestSession) -> PointOutcome | None:
+    """Why a point in an open window counts nothing, in the order the rules are checked; None
+    when it may count."""
+    if not mappings:
+        return PointOutcome.IGNORED_FILTERED
+    if p.problem:
+        return p.problem
+    if p.identity is None:
+        return PointOutcome.NO_IDENTITY
+    if session.team_of(p.identity) is None:
+        return PointOutcome.NOT_ON_ROSTER
+    return None
 
 
 def _add(sums: dict[tuple[str, str, datetime], int], person: str, increase: float,

@@ -13,6 +13,7 @@ exports many instruments costs little beyond the few that count.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 from collections import Counter
@@ -32,6 +33,47 @@ MAX_ATTRIBUTES = 128
 _CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
 _DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
 _NO_RECORDED_VALUE = metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+
+
+class PointOutcome(enum.Enum):
+    """What became of one OTLP data point: GetStats' `otlp_points` key is the value, Prometheus'
+    `chorus_otlp_data_points_total` labels are `kind` and `reason`. Reasons name a rule, never a
+    person or an attribute value; NO_IDENTITY's names the configured identity attributes."""
+
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"  # a delta point's key, or a cumulative point not newer than its series'
+    BASELINE = "baseline"  # the first point seen of a series that began in a closed window
+    CLAMPED = "clamped"  # a contribution summed from points, above the metric's bound
+    IGNORED_UNMAPPED = "ignored_unmapped"  # no mapping names the instrument
+    IGNORED_FILTERED = "ignored_filtered"  # the window's mapping filter leaves the point out
+    IGNORED_NEGATIVE_NET = "ignored_negative_net"  # a subtracted count without its total
+    GAUGE = "rejected: a gauge cannot be summed (map a monotonic sum or a histogram)"
+    SUMMARY = "rejected: a summary cannot be summed (map a monotonic sum or a histogram)"
+    NON_MONOTONIC = "rejected: a non-monotonic sum cannot be counted (map a monotonic sum)"
+    NO_TEMPORALITY = "rejected: aggregation temporality is unspecified"
+    NO_SUM = "rejected: a histogram point without a sum"
+    NOT_FINITE = "rejected: a value that is NaN or infinite"
+    NEGATIVE = "rejected: a negative value"
+    BAD_TIME = "rejected: with a time_unix_nano outside years 1..9999"
+    LATE = "rejected: late (window not taking contributions)"
+    FUTURE = "rejected: future (window not taking contributions)"
+    NO_IDENTITY = "rejected: without an identity attribute"
+    NOT_ON_ROSTER = "rejected: with an identity not on the roster"
+    TOO_LARGE = "rejected: a value too large to be a count"
+    #: The ingest rules' own rejections: the checks before them make these unreachable; never silent.
+    UNKNOWN_METRIC = "rejected: unknown_metric"
+    NEGATIVE_VALUE = "rejected: negative_value"
+
+    @property
+    def kind(self) -> str:
+        """counted, duplicate, baseline, clamped, ignored_..., or rejected."""
+        return self.value.partition(": ")[0]
+
+    def name_with(self, identity_attributes: Sequence[str]) -> str:
+        """The outcome's name (GetStats key, log and partial_success text)."""
+        if self is PointOutcome.NO_IDENTITY:
+            return f"{self.value} ({', '.join(identity_attributes)})"
+        return self.value
 
 
 class InvalidExport(ValueError):
@@ -55,7 +97,7 @@ class Point(NamedTuple):
     resource: dict[str, str]  # its resource's string attributes, for mapping resource filters
     identity: str | None
     series: bytes  # cumulative: SHA-256 of the series; delta: the bytes naming the point (see _points)
-    problem: str | None
+    problem: PointOutcome | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +150,14 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
             policy: OtlpPolicy, max_string: int) -> Iterable[Point]:
     temporality = getattr(data, "aggregation_temporality", 0)
     problem = None
-    if kind in ("gauge", "summary"):
-        problem = f"a {kind} cannot be summed (map a monotonic sum or a histogram)"
+    if kind == "gauge":
+        problem = PointOutcome.GAUGE
+    elif kind == "summary":
+        problem = PointOutcome.SUMMARY
     elif kind == "sum" and not data.is_monotonic:
-        problem = "a non-monotonic sum cannot be counted (map a monotonic sum)"
+        problem = PointOutcome.NON_MONOTONIC
     elif temporality not in (_CUMULATIVE, _DELTA):
-        problem = "aggregation temporality is unspecified"
+        problem = PointOutcome.NO_TEMPORALITY
     cumulative = temporality == _CUMULATIVE
     prefix = stream.digest()
     sha256 = hashlib.sha256
@@ -137,21 +181,21 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
                     strings, resource, _identity(names, strings, resource, max_string), series, problem or why)
 
 
-def _value(kind: str, point: Any) -> tuple[float, str | None]:
+def _value(kind: str, point: Any) -> tuple[float, PointOutcome | None]:
     """A Number, Histogram or ExponentialHistogram point's countable value, or why it has none."""
     if kind == "sum":
         which = point.WhichOneof("value")
         value = float(point.as_int if which == "as_int" else point.as_double)
     elif kind in ("histogram", "exponential_histogram"):
         if not point.HasField("sum"):
-            return 0.0, "a histogram point without a sum"
+            return 0.0, PointOutcome.NO_SUM
         value = point.sum
     else:
         return 0.0, None
     if not math.isfinite(value):
-        return 0.0, "a value that is NaN or infinite"
+        return 0.0, PointOutcome.NOT_FINITE
     if value < 0:
-        return 0.0, "a negative value"
+        return 0.0, PointOutcome.NEGATIVE
     return value, None
 
 

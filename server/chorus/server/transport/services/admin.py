@@ -10,7 +10,7 @@ from chorus.server.domain import roster
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.closer import WindowCloser
 from chorus.server.domain.ingest import IngestStats
-from chorus.server.domain.otlp.export import OtlpStats
+from chorus.server.domain.otlp.export import OtlpIngestor
 from chorus.server.domain.shred import PendingShred
 from chorus.server.domain.tokens import TokenError, TokenExists, TokenInfo, Tokens
 from chorus.server.model.clock import Clock
@@ -31,7 +31,7 @@ def _token_info(info: TokenInfo) -> admin_pb2.TokenInfo:
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, *, tokens: Tokens, rosters: roster.Rosters, windows: window_store.Windows,
-                 closer: WindowCloser, min_team_size: int, ingest_stats: IngestStats, otlp_stats: OtlpStats,
+                 closer: WindowCloser, min_team_size: int, ingest_stats: IngestStats, otlp: OtlpIngestor,
                  pending_shreds: Callable[[], list[PendingShred]], clock: Clock) -> None:
         self._tokens = tokens
         self._rosters = rosters
@@ -39,7 +39,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._closer = closer
         self._min_team_size = min_team_size
         self._ingest_stats = ingest_stats
-        self._otlp_stats = otlp_stats
+        self._otlp = otlp
         self._pending_shreds = pending_shreds
         self._clock = clock
 
@@ -117,10 +117,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def GetStats(self, request: admin_pb2.GetStatsRequest,
                  context: grpc.ServicerContext) -> admin_pb2.GetStatsResponse:
-        counts, rejected = self._ingest_stats.snapshot()
+        counts = self._ingest_stats.snapshot()
         now = self._clock.now()
         pending = [admin_pb2.PendingShred(subject=p.subject, since=timestamp(p.since),
                                           pending_seconds=max(0, int((now - p.since).total_seconds())))
                    for p in self._pending_shreds()]
-        return admin_pb2.GetStatsResponse(rejected=rejected, pending_shreds=pending,
-                                          otlp_points=self._otlp_stats.snapshot(), **counts)
+        return admin_pb2.GetStatsResponse(rejected={r.name: n for r, n in counts.rejected.items()},
+                                          pending_shreds=pending, otlp_points=self._otlp.points(), **counts.totals())
