@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
 from chorus.server.cli import app
@@ -109,6 +111,12 @@ def test_verify_usage_errors_exit_2_without_a_report(tmp_path: Path) -> None:
     key.write_text("not a key")
     bad_key = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key))
     assert bad_key.exit_code == 2 and "PEM" in bad_key.stderr
+    public = Ed25519PrivateKey.generate().public_key()
+    key.write_bytes(public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    for pin in ("12", "x:" + "0" * 64, "3:abc"):
+        bad_pin = chorus_cli({}, "audit", "verify", str(ledger), "--public-key", str(key), "--expect-head", pin)
+        assert bad_pin.exit_code == 2 and "SEQ:HASH" in bad_pin.stderr, (pin, bad_pin.stderr)
+        assert "entries" not in bad_pin.stdout  # no report
 
 
 @pytest.mark.slow

@@ -334,6 +334,18 @@ def test_a_resigned_release_breaking_one_rule_is_named_by_that_rule(rule: str, r
     assert text in report.violations[0].message, report.violations[0].message
 
 
+def test_a_release_in_a_valid_mechanism_other_than_its_windows_is_named_twice(
+        released: Chorus, entries: Entries, public_key: bytes) -> None:
+    """A forged discrete_gaussian release in a discrete_laplace window: the mechanism is not the
+    frozen one, and its epsilon charge is in the wrong unit for the mechanism it claims."""
+    target, tampered = _resigned_release(released, entries, {"mechanism": "discrete_gaussian"})
+    report = run(tampered, public_key)
+    assert [(v.seq, v.rule) for v in report.violations] == [(target, "mechanism"), (target, "epsilon")]
+    mechanism, unit = (v.message for v in report.violations)
+    assert f"mechanism 'discrete_gaussian' is not the 'discrete_laplace' frozen in the policy of {WINDOW}" in mechanism
+    assert "but discrete_gaussian charges in rho" in unit
+
+
 def test_a_malformed_line_is_named_by_line_number(entries: Entries, public_key: bytes) -> None:
     lines = [line(e) for e in entries]
     lines[2] = lines[2][:-5]

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from chorus.client import RETRYABLE_CODES, Client, TransportError
-from chorus.client._delivery import BACKOFF_CAP, MAX_BATCH_AGE, MAX_SERVER_DELAY, Delivery
+from chorus.client._delivery import BACKOFF_CAP, MAX_BATCH_AGE, MAX_SERVER_DELAY, ClientError, Delivery
 from chorus.v1 import ingest_pb2
 
 from .conftest import LONG_DELAY, T0, FakeTransport, unavailable
@@ -184,14 +184,16 @@ def test_a_batch_the_server_keeps_refusing_does_not_hold_up_the_others(make_clie
 def test_a_batch_older_than_the_age_limit_is_dropped_counted_and_reported() -> None:
     now = [1_000_000.0]
     transport = FakeTransport(default=TransportError(grpc.StatusCode.INTERNAL))
+    errors: list[ClientError] = []
     delivery = Delivery(transport, source="t", source_version="", max_pending=100, timeout=1.0, spool=None,
-                        rng=random.Random(0), wall=lambda: now[0])
+                        rng=random.Random(0), wall=lambda: now[0], on_error=errors.append)
     delivery.add({("user-alice", "ai.tokens", 1.0): 1, ("user-bob", "ai.tokens", 1.0): 1}, 0)
     assert delivery.send() is not None and delivery.pending == 2
     now[0] += MAX_BATCH_AGE + 1
     transport.default = None
     assert delivery.send() is None
     assert (delivery.pending, delivery.dropped, delivery.failed_batches, delivery.accepted) == (0, 2, 0, 0)
+    assert [(e.kind, str(e)) for e in errors][-1] == ("expired", "1 batch(es) dropped: not acknowledged within 14 days")
     delivery.add({("user-alice", "ai.tokens", 2.0): 1}, 0)
     assert delivery.send() is None
     assert transport.requests[-1].dropped == 2  # the server learns of the drop

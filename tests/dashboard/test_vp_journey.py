@@ -21,9 +21,19 @@ from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.wsgi_server import DashboardServer
 from chorus.server.model.roles import Role
 from chorus.server.transport.grpc_server import Server
-from chorus.v1 import audit_pb2, audit_pb2_grpc
+from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
-from .test_browser import LAPTOP, PHONE, Visit, browser, overflowing, table_rows, visit, visits  # noqa: F401
+from .test_browser import (  # noqa: F401
+    LAPTOP,
+    PHONE,
+    Visit,
+    browser,
+    overflowing,
+    shows,
+    table_rows,
+    visit,
+    visits,
+)
 from .vp_data import ORGS, TEAMS, WEEKS, build, org_of
 
 pytestmark = pytest.mark.slow  # a real browser and a gRPC server
@@ -37,6 +47,17 @@ class Company:
         self.server = Server(self.chorus, "127.0.0.1:0")
         self.server.start()
         self.channel = grpc.insecure_channel(self.server.address)
+
+    def edits_accepted(self, window: str, node: str = "/") -> release_pb2.Estimate:
+        """The node's share of edits accepted as the release path answers it (a read)."""
+        ratio = release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_RATIO,
+                                             denominator=["ai.suggestions_accepted", "ai.suggestions_rejected"])
+        request = release_pb2.ReleaseRequest(window=window, nodes=[node], validate_only=True,
+                                             metrics=["ai.suggestions_accepted"], statistics=[ratio])
+        reply = release_pb2_grpc.ReleaseServiceStub(self.channel).Release(
+            request, metadata=(("authorization", f"Bearer {self.tokens[Role.ANALYST]}"),), timeout=30)
+        return next(e for t in reply.teams if t.team == node for e in t.estimates
+                    if e.statistic == common_pb2.STATISTIC_RATIO)
 
     def spent(self) -> list[tuple[str, str, str]]:
         reply = audit_pb2_grpc.AuditServiceStub(self.channel).GetBudget(
@@ -77,12 +98,30 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     assert f"Against {company.weeks[0]}: +" in page.locator(".answer-detail").inner_text()
     assert page.locator("#company-adoption svg[role=img]:visible").count() == 1
     laptop.shot("company-landing-desktop")
+
+    # Is it helping: the share of AI edits accepted next to adoption, with its interval, both as
+    # the release path computed them (the plan released them at close), and last week's beside it.
+    tile = page.locator(".tile", has=page.get_by_role("heading", name="Company edits accepted"))
+    now, earlier = company.edits_accepted(company.weeks[-1]), company.edits_accepted(company.weeks[-2])
+    assert shows(tile.locator(".tile-value").inner_text(), now.value)
+    low, high = re.fullmatch(r"95% interval (\S+) to (\S+)", tile.locator(".tile-interval").first.inner_text()).groups()
+    assert shows(low, max(now.value - now.ci95, 0)) and shows(high, min(now.value + now.ci95, 1))
+    assert tile.locator(".tile-change").inner_text().startswith("was ") and company.weeks[-2] in tile.locator(
+        ".tile-change").inner_text()
+    assert shows(tile.locator(".tile-change").inner_text().split()[1], earlier.value)
+    assert tile.locator(".tile-verdict").inner_text() in ("the two 95% intervals overlap: no clear change",
+                                                          "the two 95% intervals do not overlap: a real change")
+    assert [t.split("\n")[0] for t in page.locator(".tile h3").all_inner_texts()][:2] == [
+        "Company adoption", "Company edits accepted"]
     height = page.evaluate("document.documentElement.scrollHeight")
     assert height <= 3.3 * LAPTOP["height"], height  # about three screens for 35 teams
 
     # Where: the orgs as rows, sorted by adoption (largest first), then by its change.
     rows = table_rows(page, "Adoption per org under Company")
     assert len(rows) == 8
+    landing = {org: row["value"] for org, row in rows.items()}
+    landing["Company"] = page.locator(".tile", has=page.get_by_role("heading", name="Company adoption")).locator(
+        ".tile-value").inner_text()
     shares = [float(r["value"].rstrip("%")) for r in rows.values()]
     assert shares == sorted(shares, reverse=True)
     assert page.locator("#orgs .panel").count() == 8  # small multiples
@@ -141,14 +180,34 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     assert [line.split(":")[0] for line in page.locator("#trend .chart-notes li").all_inner_texts()] == [
         "Too few people for a weekly number, counted in engineering"]
 
+    # The Organisation page: the landing page's numbers (never "not released" for them), the trend
+    # of each org, the trail and the CSV; short.
+    laptop.open("/orgs")
+    shown = {node: row["value"] for node, row in table_rows(page, "Adoption under Company").items()}
+    assert shown == landing
+    assert page.locator("#org-trends .panel").count() == len(ORGS)
+    assert page.locator("#adoption").get_by_text("not released").count() == 0
+    assert page.get_by_role("link", name="Download these numbers as CSV").count() >= 2
+    page.get_by_role("navigation", name="Orgs below Company").get_by_role("link", name="engineering").click()
+    page.wait_for_url(re.compile(r".*node=engineering.*"))
+    assert page.get_by_role("navigation", name="Organisation path").get_by_role("link", name="Company").count() == 1
+    team_bars = table_rows(page, "Adoption under engineering")
+    assert set(team_bars) == {"engineering", *(t for t in TEAMS if org_of(t) == "engineering")}
+
     phone = visit(visits, browser, dashboard, PHONE)
     phone.sign_in(company.tokens[Role.ANALYST])
+    heights: dict[tuple[str, str], int] = {}
     for path in ("/overview", "/overview?org=engineering", "/orgs", "/trends", "/histogram", "/spend"):
         for who, viewport in (("desktop", laptop), ("phone", phone)):
             viewport.open(path)
             name = path.strip("/").replace("?", "-").replace("=", "-")
             viewport.shot(f"company-{name}-{who}")
+            heights[(path, who)] = viewport.page.evaluate("document.documentElement.scrollHeight")
         assert overflowing(phone.page) == [], path
+    # The Organisation page was about 7,700 pixels tall (ten laptop screens): now under four.
+    assert heights[("/orgs", "desktop")] <= 4 * LAPTOP["height"], heights
+    assert heights[("/orgs", "phone")] <= 6 * PHONE["height"], heights
+    assert heights[("/overview", "desktop")] <= 3.3 * LAPTOP["height"], heights
     auditor = visit(visits, browser, dashboard)
     auditor.sign_in(company.tokens[Role.AUDITOR])
     auditor_phone = visit(visits, browser, dashboard, PHONE)

@@ -48,11 +48,12 @@ def test_an_unknown_service_or_method_is_unimplemented_and_its_path_not_logged(
         running: Running, path: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with grpc.insecure_channel(running.address) as channel:
-        for token in (running.ingest_token, running.admin_token):
+        for token, role in ((running.ingest_token, "ingest"), (running.admin_token, "admin")):
             with pytest.raises(grpc.RpcError) as caught:
                 channel.unary_unary(path)(b"", metadata=(("authorization", f"Bearer {token}"),), timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, caught.value.details()
-            assert error_info(caught.value).reason == "UNIMPLEMENTED"
+            info = error_info(caught.value)
+            assert (info.reason, dict(info.metadata)) == ("UNIMPLEMENTED", {"role": role})  # the caller's own
         with pytest.raises(grpc.RpcError) as anonymous:
             channel.unary_unary(path)(b"", timeout=10)
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -69,6 +69,16 @@ def test_load_tls_rejects_mismatched_and_missing_files(tmp_path: Path) -> None:
     assert tls.client_ca == (one / "ca.pem").read_bytes()
 
 
+def test_a_tls_key_readable_by_others_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """security.md: `chorus serve` warns when the key file is readable by others (it still starts)."""
+    certs = make_certs(tmp_path / "certs")
+    load_tls(certs / "server.pem", certs / "server.key", None)  # 0600 as written: no warning
+    assert "readable by group or others" not in caplog.text
+    (certs / "server.key").chmod(0o644)
+    load_tls(certs / "server.pem", certs / "server.key", None)
+    assert f"{certs / 'server.key'} is readable by group or others; chmod 600 it" in caplog.text
+
+
 @pytest.mark.slow
 def test_token_create_writes_0600_and_never_loses_the_secret(secure_server: SecureServer,
                                                              tmp_path: Path) -> None:

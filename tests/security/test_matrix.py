@@ -170,6 +170,23 @@ def test_scheme_is_case_insensitive(shared_server: SecureServer) -> None:
     list_tokens(b"", metadata=metadata, timeout=10)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("role", "path", "needed"), [
+    (Role.INGEST, "/chorus.v1.AdminService/GetStats", "admin"),
+    (Role.ADMIN, "/chorus.v1.ReleaseService/Release", "analyst"),
+    (Role.ANALYST, "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export", "ingest")], ids=str)
+def test_a_denial_names_the_token_its_role_and_the_role_needed(shared_server: SecureServer, role: Role,
+                                                              path: str, needed: str) -> None:
+    """security.md: PERMISSION_DENIED names the token's name and role and the role needed (never the secret)."""
+    assert shared_server.channel is not None
+    method = next(m for m in METHODS if rpc_path(m) == path)
+    token = shared_server.tokens[role]
+    answer = call_raw(shared_server.channel, method, b"", bearer(token))
+    assert answer.code == grpc.StatusCode.PERMISSION_DENIED
+    assert answer.details == f"token 'sec-{role.value}' has role {role.value}; {path} needs role {needed}"
+    assert token not in answer.details
+
+
 def test_the_role_table_of_security_md_lists_every_chorus_rpc_under_its_role() -> None:
     """docs/security.md's table names, per role, every RPC of the chorus.v1 services it may call
     (`IngestService.Report`, or `AdminService`: `ImportRoster`, ...)."""

@@ -105,6 +105,7 @@ def test_over_the_limit_is_resource_exhausted_with_retry_info(
     assert status.details[1].Unpack(retry)  # after the ErrorInfo
     assert error_info(err.value).reason == "RATE_LIMITED"
     assert retry.retry_delay.ToTimedelta() == timedelta(seconds=0.5)
+    assert dict(error_info(err.value).metadata) == {"retry_after_seconds": "0.500"}  # docs/api.md
     assert server.digest() == before  # refused before anything was applied
 
     # Another ingest token has its own bucket.

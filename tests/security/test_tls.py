@@ -68,6 +68,16 @@ def test_certs_dev_files(certs: Path) -> None:
     x509.load_pem_x509_certificate((certs / "client.pem").read_bytes()).verify_directly_issued_by(ca)
 
 
+def test_certs_dev_san_adds_names_to_the_server_certificate(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["certs", "dev", "--out", str(tmp_path / "c"), "--san", "chorus.internal",
+                                      "--san", "10.1.2.3"])
+    assert result.exit_code == 0, result.output
+    server = x509.load_pem_x509_certificate((tmp_path / "c" / "server.pem").read_bytes())
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "chorus.internal"]
+    assert ipaddress.ip_address("10.1.2.3") in names.get_values_for_type(x509.IPAddress)
+
+
 def test_certs_dev_refuses_to_replace(certs: Path) -> None:
     before = (certs / "ca.key").read_bytes()
     result = CliRunner().invoke(app, ["certs", "dev", "--out", str(certs)])

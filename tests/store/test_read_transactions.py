@@ -1,10 +1,10 @@
 """Reads never take the writer lock (docs/architecture.md, "The store"): with every table's write
 lock held by a foreign process (a SQLite write transaction; a PostgreSQL session holding EXCLUSIVE
-locks, which still admit readers), a validate_only release, budget and ledger pages, token and
-window lists are answered at once, while a write is refused UNAVAILABLE by its deadline. A
-validate_only release runs in a read-only transaction, so it cannot write; and a reader process
-re-reading the full report costs an ingesting process about what a process that only burns CPU
-does (bench/bench_read_ingest.py)."""
+locks, which still admit readers), a validate_only release, a release of statistics all released
+already, budget and ledger pages, token and window lists are answered at once, while a write is
+refused UNAVAILABLE by its deadline. A validate_only release runs in a read-only transaction, so
+it cannot write; and a reader process re-reading the full report costs an ingesting process
+about what a process that only burns CPU does (bench/bench_read_ingest.py)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def test_reads_are_answered_while_a_foreign_process_holds_the_write_lock(store: 
         replay = _timed("validate_only release", lambda: chorus.releases.release(
             WINDOW, [], ["ai.tokens"], [StatisticRequest("sum")], "test", validate_only=True))
         assert [(e.release_id, e.value) for t in replay.teams for e in t.estimates] == \
+            [(e.release_id, e.value) for t in released.teams for e in t.estimates]  # type: ignore[attr-defined]
+        # A release request for statistics all released already draws nothing: a read too.
+        again = _timed("replayed release", lambda: chorus.releases.release(
+            WINDOW, [], ["ai.tokens"], [StatisticRequest("sum")], "test"))
+        assert [(e.release_id, e.value) for t in again.teams for e in t.estimates] == \
             [(e.release_id, e.value) for t in released.teams for e in t.estimates]  # type: ignore[attr-defined]
         budgets, _ = _timed("budgets", lambda: chorus.audit_trail.budgets(WINDOW, 100, ""))  # type: ignore[misc]
         assert budgets

@@ -301,7 +301,7 @@ class Delivery:
                 # Its own drop report never reached the server either.
                 self._unreported_drops += lost + batch.request.dropped
         if expired:
-            self._warn_once("expired", "%d batches dropped: not acknowledged within %.0f days",
+            self._warn_once("expired", "%d batch(es) dropped: not acknowledged within %.0f days",
                             len(expired), MAX_BATCH_AGE / 86400)
 
     def _backoff(self, exc: TransportError) -> float:

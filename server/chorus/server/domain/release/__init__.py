@@ -31,7 +31,12 @@ so no early request can take what the plan needs.
 
 A `validate_only` request (AIP-163) reads: it runs the same checks and answers with what is
 already released, plus for each statistic not released yet what releasing it would charge and
-its expected interval. It draws, stores and charges nothing, whatever the budget left.
+its expected interval. It draws, stores and charges nothing, whatever the budget left. Every
+request is first answered that way, in a read transaction (no writer lock); only one that has
+something to draw runs again, from the start, as the write transaction above. A replay's
+stored releases are parsed once per process and its answers built once
+(`postprocess.Replay`), and a window's releases are read again only when their count has
+changed (`postprocess.WindowReleases`: releases are only ever added).
 
 Nodes of the organisation tree (`chorus.server.model.hierarchy`): a request may also name orgs at any
 depth or the company. A node's noisy statistic is computed over every team below it (each

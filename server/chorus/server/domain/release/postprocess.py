@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import threading
 from typing import NamedTuple
 
 from chorus.server import store
@@ -15,14 +17,13 @@ from chorus.server.model.policy import MetricPolicy, Policy
 from chorus.server.model.statistics import ACTIVE, NOISY_PARTS
 from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.epsilon import ZERO, Loss
+from chorus.server.store import Tx
 
-#: A stored release's result (value, ci95, scale, sensitivity), as parsed from its JSON.
-Result = tuple[int | list[int], float, float, int]
-#: Results parsed before, by their JSON text: a stored release never changes, and every replay
-#: of a report reads thousands of them again. Bounded (cleared when full); nothing here is
-#: secret (every stored result is a published release). Never mutated once parsed.
-_PARSED: dict[str, Result] = {}
-_PARSED_MAX = 500_000
+#: (team or node, metric, noisy statistic)
+Key = tuple[str, str, str]
+#: How many parsed rows the caches below hold at most, all windows together (then they start
+#: over): a 2,000-team report is 30,000.
+CACHE_MAX = 500_000
 
 
 class Stored(NamedTuple):
@@ -46,9 +47,11 @@ def result_json(item: Stored) -> str:
 
 
 @functools.cache
-def parts(metric: str, stat: str) -> tuple[tuple[str, str], ...]:
-    """The (metric, noisy statistic) releases a statistic of `metric` is made of."""
-    return tuple((TEAM_LEVEL if need == ACTIVE else metric, need) for need in NOISY_PARTS[stat])
+def parts(metric: str, stat: str, denominator: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """The (metric, noisy statistic) releases a statistic of `metric` is made of (a ratio's: the
+    sums of `metric` and of each metric of its `denominator`)."""
+    names = dict.fromkeys((metric, *denominator)) if stat == "ratio" else (metric,)
+    return tuple((TEAM_LEVEL if need == ACTIVE else name, need) for need in NOISY_PARTS[stat] for name in names)
 
 
 def noisy_estimate(metric: str, histogram_edges: tuple[int, ...], stat: str, item: Stored,
@@ -84,6 +87,27 @@ def mean_estimate(metric: MetricPolicy, total: Stored, count: Stored) -> Estimat
     return _post_processed(metric.name, "mean", value, ci95, (total, count), note)
 
 
+def ratio_estimate(metric: str, denominator: tuple[str, ...], numerator: Stored, others: list[Stored]) -> Estimate:
+    """The sum of `metric` over the sums of `denominator` (which may include `metric`: then a
+    share, within [0, 1]); `others` are the denominator's sums but the numerator's."""
+    assert isinstance(numerator.value, int)
+    sums: list[tuple[int, float]] = []
+    for other in others:
+        assert isinstance(other.value, int)
+        sums.append((other.value, other.scale))
+    nested = metric in denominator
+    value, ci95 = mechanisms.ratio_interval((numerator.value, numerator.scale), sums, nested, numerator.mechanism)
+    below = sum(v for v, _ in sums) + (numerator.value if nested else 0)
+    upper = 1 if nested else math.inf
+    notes = []
+    if below < 1 or not 0 <= numerator.value / below <= upper:
+        notes.append(f"noisy sum {numerator.value} over noisy sum {below} is clamped to [0, {upper}]")
+    if math.isinf(ci95):
+        notes.append("the denominator is within its noise of 0: no upper end can be claimed")
+    estimate = _post_processed(metric, "ratio", value, ci95, (numerator, *others), "; ".join(notes))
+    return estimate._replace(denominator=denominator)
+
+
 def adoption_estimate(active: Stored, roster_size: int) -> Estimate:
     assert isinstance(active.value, int)
     value, ci95 = mechanisms.adoption_interval(active.value, active.scale, roster_size, active.mechanism)
@@ -108,22 +132,128 @@ def consistency_plan(nodes: tuple[consistency.Node, ...], mechanism: str) -> con
     return consistency.plan(nodes, mechanism=mechanism)
 
 
-def stored_of(rows: list[store.releases.Release], policy: Policy) -> dict[tuple[str, str, str], Stored]:
-    """The stored releases of `rows`, keyed (team or node, metric, statistic), amounts in the policy's unit."""
-    known = [_PARSED.get(row.result) for row in rows]
-    unparsed = [row.result for row, r in zip(rows, known, strict=True) if r is None]
-    fresh: dict[str, Result] = {}
-    if unparsed:  # one JSON document for all of them: a full report replays thousands
-        if len(_PARSED) + len(unparsed) > _PARSED_MAX:
-            _PARSED.clear()
-        for text, r in zip(unparsed, json.loads(f"[{','.join(unparsed)}]"), strict=True):
-            fresh[text] = _PARSED[text] = (r["value"], r["ci95"], r["scale"], r["sensitivity"])
-    unit, mechanism = policy.unit, policy.mechanism  # the window's (epsilon or rho)
-    epsilons = {micros: unit(micros) for micros in {row.epsilon_micros for row in rows}}  # a few values
-    out: dict[tuple[str, str, str], Stored] = {}
-    for row, r in zip(rows, known, strict=True):
-        value, ci95, scale, sensitivity = fresh[row.result] if r is None else r
-        out[(row.team, row.metric, row.statistic)] = Stored(row.release_id, value, ci95, scale, sensitivity,
-                                                             epsilons[row.epsilon_micros], ZERO, mechanism)
-    return out
+class Replay:
+    """The stored releases of windows frozen with one mechanism and set of metrics, each parsed
+    once per process, and the answers a replay of them gives (charged nothing now, no consistent
+    estimate: every answer of a flat report asked again), each built once.
 
+    Why: a stored release never changes (its row is immutable once claimed; a row read in a
+    transaction that rolls back is a row nobody reads again), and a report's replay reads
+    thousands of them again; re-parsing their JSON and rebuilding their answers was most of its
+    cost, and its small objects most of the garbage collector's. Every value here is published
+    (a stored release and what is computed from it at no privacy cost): nothing secret is kept.
+    Thread-safe by the interpreter lock: each entry is written whole and never changed, so two
+    threads racing on one store the same value.
+    """
+
+    __slots__ = ("_adoptions", "_means", "_mechanism", "_noisy", "_rows", "_unit")
+
+    def __init__(self, policy: Policy) -> None:
+        self._mechanism, self._unit = policy.mechanism, policy.unit
+        self._rows: dict[store.releases.Row, tuple[Key, Stored]] = {}
+        self._noisy: dict[str, Estimate] = {}  # release id -> its replayed answer
+        self._means: dict[tuple[str, str], Estimate] = {}  # (sum's, count's release id) -> the mean's
+        self._adoptions: dict[tuple[str, int], Estimate] = {}  # (active's release id, roster size)
+
+    def stored(self, rows: list[store.releases.Row]) -> dict[Key, Stored]:
+        """The stored releases of `rows`, keyed (team or node, metric, statistic), amounts in
+        the window's unit, charged nothing."""
+        known = self._rows
+        unparsed = [row for row in rows if row not in known]
+        if unparsed:  # one JSON document for all of them: a first replay parses thousands
+            _make_room(len(unparsed))
+            epsilons = {micros: self._unit(micros) for *_, micros in unparsed}  # a few values
+            results = json.loads(f"[{','.join(row[4] for row in unparsed)}]")
+            for row, r in zip(unparsed, results, strict=True):
+                release_id, team, metric, stat, _, micros = row
+                known[row] = ((team, metric, stat), Stored(release_id, r["value"], r["ci95"], r["scale"],
+                                                           r["sensitivity"], epsilons[micros], ZERO,
+                                                           self._mechanism))
+        return dict(map(known.__getitem__, rows))
+
+    def noisy(self, metric: str, histogram_edges: tuple[int, ...], stat: str, item: Stored,
+              consistent: tuple[float, float] | None) -> Estimate:
+        """`noisy_estimate`, built once per stored release for a replay."""
+        if consistent is not None or item.charged.micros:
+            return noisy_estimate(metric, histogram_edges, stat, item, consistent)
+        found = self._noisy.get(item.release_id)
+        if found is None:
+            found = self._noisy[item.release_id] = noisy_estimate(metric, histogram_edges, stat, item, None)
+        return found
+
+    def mean(self, metric: MetricPolicy, total: Stored, count: Stored) -> Estimate:
+        """`mean_estimate`, built once per pair of stored releases for a replay."""
+        if total.charged.micros or count.charged.micros:
+            return mean_estimate(metric, total, count)
+        key = (total.release_id, count.release_id)
+        found = self._means.get(key)
+        if found is None:
+            found = self._means[key] = mean_estimate(metric, total, count)
+        return found
+
+    def adoption(self, active: Stored, roster_size: int) -> Estimate:
+        """`adoption_estimate`, built once per stored release and roster size for a replay."""
+        if active.charged.micros:
+            return adoption_estimate(active, roster_size)
+        key = (active.release_id, roster_size)
+        found = self._adoptions.get(key)
+        if found is None:
+            found = self._adoptions[key] = adoption_estimate(active, roster_size)
+        return found
+
+    def size(self) -> int:
+        return len(self._rows) + len(self._noisy) + len(self._means) + len(self._adoptions)
+
+
+#: One Replay per frozen (mechanism, metrics): what a stored release's answer depends on.
+_REPLAYS: dict[tuple[str, tuple[MetricPolicy, ...]], Replay] = {}
+
+
+def replay_of(policy: Policy) -> Replay:
+    """The replay cache of windows frozen with `policy`'s mechanism and metrics."""
+    key = (policy.mechanism, policy.metrics)
+    found = _REPLAYS.get(key)
+    if found is None:
+        found = _REPLAYS.setdefault(key, Replay(policy))
+    return found
+
+
+class WindowReleases:
+    """The stored releases of the windows one database's read transactions read last, each
+    reused while the window's count of releases is unchanged: rows are only ever added
+    (`store.releases`), so one count in one database is one set of rows. Owned by the service
+    over that database (chorus.server.domain.release.service.Releases), never shared between two.
+
+    Only for read transactions: a write transaction sees its own claims before it commits or
+    rolls back. A set is kept only when its count and its rows agree (on PostgreSQL each
+    statement has its own snapshot, so a commit in between can add rows). At most
+    WINDOWS_KEPT windows, the least recently read dropped first.
+    """
+
+    WINDOWS_KEPT = 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[int, dict[Key, Stored]]] = {}
+
+    def read(self, tx: Tx, window: str, replay: Replay) -> dict[Key, Stored]:
+        """The window's stored releases as `Replay.stored` gives them; never to be mutated."""
+        count = store.releases.count(tx, window)
+        with self._lock:
+            found = self._windows.pop(window, None)
+            if found is not None and found[0] == count:
+                self._windows[window] = found  # now the most recently read
+                return found[1]
+        stored = replay.stored(store.releases.of_window(tx, window))
+        if len(stored) == count:
+            with self._lock:
+                self._windows[window] = (count, stored)
+                while len(self._windows) > self.WINDOWS_KEPT:
+                    del self._windows[next(iter(self._windows))]
+        return stored
+
+
+def _make_room(rows: int) -> None:
+    """Start the caches over when `rows` more would pass CACHE_MAX entries."""
+    if sum(r.size() for r in list(_REPLAYS.values())) + rows > CACHE_MAX:
+        _REPLAYS.clear()

@@ -11,7 +11,8 @@ from chorus.server.domain import windows as window_store
 from chorus.server.domain.ledger import Ledger
 from chorus.server.domain.release.answers import ReleaseResult, TeamInfo, TeamList, suppression_reason
 from chorus.server.domain.release.errors import BudgetExceeded, InvalidRequest, Refused
-from chorus.server.domain.release.request import StatisticRequest, validated_statistics
+from chorus.server.domain.release.postprocess import WindowReleases
+from chorus.server.domain.release.request import StatisticRequest, denominator_of, validated_statistics
 from chorus.server.domain.release.snapshot import tree_of, window_of
 from chorus.server.domain.release.transaction import RequestTransaction
 from chorus.server.model import hierarchy
@@ -35,6 +36,7 @@ class Releases:
         self._ledger = ledger
         self._clock = clock
         self._policy = policy  # the policy the next window will freeze
+        self._known = WindowReleases()  # for read transactions only
 
     def list_metrics(self, window: str = "") -> tuple[MetricPolicy, ...]:
         """The metrics frozen in `window`, or of the next window when empty."""
@@ -72,7 +74,7 @@ class Releases:
         if not window:
             raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
         return self._release(window, teams, metrics, validated_statistics(statistics), requester, nodes,
-                             validate_only=validate_only, plan=False)
+                             denominator_of(statistics), validate_only=validate_only, plan=False)
 
     def pending_plans(self) -> list[str]:
         """Closed windows, oldest first, whose release plan is not yet complete."""
@@ -97,7 +99,8 @@ class Releases:
                 nodes = {hierarchy.ROOT: [hierarchy.COMPANY], hierarchy.ORG: tree.org_nodes()}.get(entry.level, [])
                 if entry.level != hierarchy.TEAM and not nodes:
                     continue  # org entries in a company without orgs: nothing to release
-                result = RequestTransaction(tx, self._ledger, now, window, PLAN_ACTOR, plan=True).run(
+                result = RequestTransaction(tx, self._ledger, now, window, PLAN_ACTOR, plan=True,
+                                            denominator=entry.denominator).run(
                     (), (entry.metric,) if entry.metric else (), {entry.statistic: entry.charge}, nodes)
                 fresh += _fresh(result)
             return fresh
@@ -111,14 +114,21 @@ class Releases:
         self._db.run(lambda tx: store.windows.mark_plan_released(tx, window, at), name="plan_done")
 
     def _release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                 requested: dict[str, Loss | None], requester: str, nodes: Sequence[str] = (), *,
-                 validate_only: bool, plan: bool) -> ReleaseResult:
+                 requested: dict[str, Loss | None], requester: str, nodes: Sequence[str] = (),
+                 denominator: tuple[str, ...] = (), *, validate_only: bool, plan: bool) -> ReleaseResult:
         now = self._clock.now()
-        # A validate_only request writes nothing, so it runs as a read: no writer lock.
-        result = (self._db.read if validate_only else self._db.run)(
-            lambda tx: RequestTransaction(tx, self._ledger, now, window, requester, plan=plan,
-                                validate_only=validate_only).run(teams, metrics, requested, nodes),
-            name="read_releases" if validate_only else "release")
+
+        def request(tx: Tx, known: WindowReleases | None) -> RequestTransaction:
+            return RequestTransaction(tx, self._ledger, now, window, requester, plan=plan,
+                                      validate_only=validate_only, known=known, denominator=denominator)
+
+        # A request whose releases are all stored (a validate_only one, a replay) writes nothing,
+        # so it is answered in a read transaction: no writer lock. Only one that must draw runs
+        # again as a write transaction, from the start.
+        result = self._db.read(lambda tx: request(tx, self._known).answer_if_stored(teams, metrics, requested,
+                                                                                     nodes), name="read_releases")
+        if result is None:
+            result = self._db.run(lambda tx: request(tx, None).run(teams, metrics, requested, nodes), name="release")
         if not validate_only:  # a read changes nothing worth a log line per page view
             _log.info("release for window %s%s: %d team(s), %d new noisy release(s)", window,
                       " (release plan)" if plan else "", len(result.teams), _fresh(result))

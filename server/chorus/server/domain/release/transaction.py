@@ -31,14 +31,14 @@ from chorus.server.domain.release.errors import (
     overspend,
 )
 from chorus.server.domain.release.postprocess import (
+    Key,
     Stored,
-    adoption_estimate,
+    WindowReleases,
     consistency_plan,
-    mean_estimate,
-    noisy_estimate,
     parts,
+    ratio_estimate,
+    replay_of,
     result_json,
-    stored_of,
 )
 from chorus.server.domain.release.request import TEAM_LEVEL
 from chorus.server.domain.release.snapshot import org_or_name, team_windows, tree_of, when, window_of
@@ -55,15 +55,16 @@ from chorus.server.store import Tx
 NO_BUDGET = Budget(ZERO)
 #: Statistics made consistent across the levels of the tree (scalars; histograms are not).
 CONSISTENT = ("sum", "count", ACTIVE)
-# (team or node, metric, noisy statistic)
-Key = tuple[str, str, str]
 
 
 class RequestTransaction:
     """One release request inside its transaction."""
 
     def __init__(self, tx: Tx, ledger: Ledger, now: datetime, window: str, requester: str, *,
-                 plan: bool = False, validate_only: bool = False) -> None:
+                 plan: bool = False, validate_only: bool = False, known: WindowReleases | None = None,
+                 denominator: tuple[str, ...] = ()) -> None:
+        """`known`: the windows' stored releases read before; only in a read transaction.
+        `denominator`: the metrics of the request's ratio's denominator, () without a ratio."""
         self.plan = plan
         self.validate_only = validate_only
         self.tx = tx
@@ -74,12 +75,30 @@ class RequestTransaction:
         self.window = window
         self.policy = self.record.policy
         self.tree = tree_of(tx, window)
-        self._rows: list[store.releases.Release] | None = None  # read once per request (release_rows)
+        self.replay = replay_of(self.policy)
+        self._known = known
+        self._stored: dict[Key, Stored] | None = None  # read once per request (stored)
+        self.denominator = denominator
 
     def run(self, teams: Sequence[str], metrics: Sequence[str],
             statistics: dict[str, Loss | None], nodes: Sequence[str] = ()) -> ReleaseResult:
+        """Answer the request, drawing, charging and ledgering what is not released yet."""
+        result = self._answer(teams, metrics, statistics, nodes, draw=True)
+        assert result is not None  # it draws what is missing
+        return result
+
+    def answer_if_stored(self, teams: Sequence[str], metrics: Sequence[str],
+                         statistics: dict[str, Loss | None], nodes: Sequence[str] = ()) -> ReleaseResult | None:
+        """The answer `run` gives when every noisy statistic it needs is stored already (it then
+        writes nothing, so this runs in a read transaction); None when one must be drawn. A
+        validate_only request never draws: it always gets its answer here."""
+        return self._answer(teams, metrics, statistics, nodes, draw=False)
+
+    def _answer(self, teams: Sequence[str], metrics: Sequence[str], statistics: dict[str, Loss | None],
+                nodes: Sequence[str], *, draw: bool) -> ReleaseResult | None:
         self.check_releasable()
         chosen_metrics = self.metrics(metrics)
+        self.check_ratio(metrics, statistics)
         wanted = self.wanted(chosen_metrics, statistics)
         tree = self.tree
         chosen = self.teams(teams, tree.sizes) if teams or not nodes else []
@@ -94,15 +113,17 @@ class RequestTransaction:
         # refuse the loser of a race for the very statistics it is about to get as cached. The
         # conditional UPDATE in charge_and_record, not this check, is what enforces the cap.
         budgets = self.budgets()
-        stored = self.stored(eligible)
+        stored = self.stored()
         missing = {t: [key for key in wanted if (t, *key) not in stored] for t in eligible}
         if not self.validate_only:
             if any(missing.values()):
+                if not draw:
+                    return None
                 self.check_plan_done()
             self.check_budgets({t: keys for t, keys in missing.items() if keys}, wanted, budgets)
         charged_to: dict[str, Loss] = {}
         if any(missing.values()) and not self.validate_only:
-            stored.update(self.release_missing(missing, wanted, charged_to))
+            stored = {**stored, **self.release_missing(missing, wanted, charged_to)}
             budgets = self.budgets()
         consistent, remainders = self.consistent(list(missing))
         results = []
@@ -119,7 +140,7 @@ class RequestTransaction:
             required = ZERO
             if subject in missing:
                 estimates = tuple(self.answers(subject, chosen_metrics, statistics, stored, sizes[subject],
-                                               consistent, unreleased, wanted))
+                                               consistent, unreleased, wanted, missing[subject]))
                 required = sum((wanted[key] for key in missing[subject] if (subject, *key) not in stored), ZERO)
                 message = ""
             else:
@@ -165,6 +186,19 @@ class RequestTransaction:
             out.append(metric)
         return out
 
+    def check_ratio(self, metrics: Sequence[str], statistics: dict[str, Loss | None]) -> None:
+        """A ratio's denominator is of the window's metrics, and a ratio names its numerators."""
+        if "ratio" not in statistics:
+            return
+        denominator = self.denominator
+        self.metrics(denominator)  # NotFound for a metric not in the window's policy
+        if not metrics:
+            raise InvalidRequest("metrics is empty: a ratio divides the sum of each requested metric by its "
+                                 f"denominator's ({', '.join(denominator)}); name the numerator metric(s)", "metrics")
+        if len(denominator) == 1 and denominator[0] in metrics:
+            raise InvalidRequest(f"a ratio of {denominator[0]} over itself is 1; name another denominator",
+                                 "statistics.denominator")
+
     def wanted(self, metrics: list[MetricPolicy],
                statistics: dict[str, Loss | None]) -> dict[tuple[str, str], Loss]:
         """(metric, noisy statistic) -> epsilon for everything the answer needs.
@@ -181,9 +215,11 @@ class RequestTransaction:
                                      f"team-window in {self.window}, {cap}", f"statistics[{i}].epsilon")
         wanted: dict[tuple[str, str], Loss] = {}
         explicit: set[tuple[str, str]] = set()
+        names = [m.name for m in metrics]
         for stat, eps in statistics.items():
             for noisy in NOISY_PARTS[stat]:
-                for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else (m.name for m in metrics)):
+                for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else
+                               dict.fromkeys([*names, *self.denominator]) if stat == "ratio" else names):
                     key = (metric, noisy)
                     if key in explicit:
                         continue
@@ -216,16 +252,13 @@ class RequestTransaction:
             out.append(node)
         return out
 
-    def stored(self, teams: list[str]) -> dict[Key, Stored]:
-        """The releases already made for these teams (or nodes) in this window."""
-        wanted = set(teams)
-        return stored_of([row for row in self.release_rows() if row.team in wanted], self.policy)
-
-    def release_rows(self) -> list[store.releases.Release]:
-        """Every release of the window: read once per request, again after it claims some."""
-        if self._rows is None:
-            self._rows = store.releases.of_window(self.tx, self.window)
-        return self._rows
+    def stored(self) -> dict[Key, Stored]:
+        """Every release of the window, keyed (team or node, metric, statistic): read in one
+        query once per request, again after it claims some. Never mutated."""
+        if self._stored is None:
+            self._stored = (self._known.read(self.tx, self.window, self.replay) if self._known is not None
+                            else self.replay.stored(store.releases.of_window(self.tx, self.window)))
+        return self._stored
 
     def budgets(self) -> dict[str, Budget]:
         """team -> its budget in this window."""
@@ -267,7 +300,7 @@ class RequestTransaction:
         store.releases.claim(self.tx, self.window, [
             store.releases.Release(item.release_id, *key, result_json(item), item.epsilon.micros)
             for key, item in drawn.items()], at)
-        self._rows = None
+        self._stored = None
         claimed = store.releases.ids(self.tx, self.window)
         fresh = {key: item for key, item in drawn.items() if item.release_id in claimed}
         needs = self.needs(missing, wanted)
@@ -277,7 +310,7 @@ class RequestTransaction:
             charged_to[team] = charged_to.get(team, ZERO) + item.epsilon
         taken = [key for key in drawn if key not in fresh]
         if taken:
-            theirs = self.stored(sorted({team for team, _, _ in taken}))
+            theirs = self.stored()
             fresh.update({key: theirs[key] for key in taken})
         return fresh
 
@@ -360,10 +393,9 @@ class RequestTransaction:
         """Consistent estimates of the released subjects' sums, counts and active, for every such
         statistic the window holds at nested levels; and the remainders under released nodes
         that hold at least k people. Computed from all of the window's stored releases."""
-        rows = self.release_rows()
-        if not any(self.tree.level(row.team) != hierarchy.TEAM for row in rows):
+        everything = self.stored()
+        if all(self.tree.level(subject) == hierarchy.TEAM for subject in {key[0] for key in everything}):
             return {}, []  # teams only: nothing nested (and a full report's replay stays cheap)
-        everything = stored_of([row for row in rows if row.statistic in CONSISTENT], self.policy)
         by_statistic: dict[tuple[str, str], dict[str, Stored]] = {}
         for (node, metric, stat), item in everything.items():
             if stat in CONSISTENT and node in self.tree:
@@ -401,23 +433,27 @@ class RequestTransaction:
     def answers(self, team: str, metrics: list[MetricPolicy], statistics: dict[str, Loss | None],
                 stored: dict[Key, Stored], roster_size: int,
                 consistent: dict[Key, tuple[float, float]], unreleased: list[Unreleased],
-                wanted: dict[tuple[str, str], Loss]) -> list[Estimate]:
+                wanted: dict[tuple[str, str], Loss], missing: list[tuple[str, str]]) -> list[Estimate]:
         """The team's estimates: every noisy release the request needs, once each, and after
         them the derived statistics naming those they are computed from. A derived statistic
         charges nothing itself, so the estimates' charges add up to the team's. A statistic
-        with a part not stored (only after a validate_only request) goes to `unreleased`."""
+        with a part not stored (only after a validate_only request) goes to `unreleased`.
+        `missing`: what the team lacked before this request drew (nothing: all is stored)."""
         out: list[Estimate] = []
-        shown: set[Key] = set()
+        shown: set[tuple[str, str]] = set()
+        replay = self.replay
 
         def add_noisy(name: str, edges: tuple[int, ...], stat: str) -> None:
-            if (team, name, stat) not in shown:
-                shown.add((team, name, stat))
-                out.append(noisy_estimate(name, edges, stat, stored[(team, name, stat)],
-                                          consistent.get((team, name, stat))))
+            if (name, stat) not in shown:
+                shown.add((name, stat))
+                key = (team, name, stat)
+                out.append(replay.noisy(name, edges, stat, stored[key], consistent.get(key)))
 
         def available(metric: MetricPolicy | None, stat: str) -> bool:
+            if not missing:
+                return True  # every part of every requested statistic is stored
             name = metric.name if metric is not None else TEAM_LEVEL
-            absent = [part for part in parts(name, stat) if (team, *part) not in stored]
+            absent = [part for part in parts(name, stat, self.denominator) if (team, *part) not in stored]
             if absent:
                 cost = sum((wanted[part] for part in absent), ZERO)
                 unreleased.append(Unreleased(name, stat, cost, self.expected_ci95(metric, stat, roster_size,
@@ -431,19 +467,24 @@ class RequestTransaction:
                 for need in NOISY_PARTS[stat]:
                     add_noisy(metric.name, metric.histogram_edges, need)
                 if stat == "mean":
-                    out.append(mean_estimate(metric, stored[(team, metric.name, "sum")],
-                                     stored[(team, metric.name, "count")]))
+                    out.append(replay.mean(metric, stored[(team, metric.name, "sum")],
+                                           stored[(team, metric.name, "count")]))
+                if stat == "ratio":
+                    for name in self.denominator:
+                        add_noisy(name, (), "sum")
+                    out.append(ratio_estimate(metric.name, self.denominator, stored[(team, metric.name, "sum")],
+                                              [stored[(team, d, "sum")] for d in self.denominator if d != metric.name]))
         if "adoption" in statistics and available(None, "adoption"):
             add_noisy(TEAM_LEVEL, (), ACTIVE)
-            out.append(adoption_estimate(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
+            out.append(replay.adoption(stored[(team, TEAM_LEVEL, ACTIVE)], roster_size))
         return out
 
     @staticmethod
     def expected_ci95(metric: MetricPolicy | None, stat: str, roster_size: int,
                       wanted: dict[tuple[str, str], Loss]) -> float:
         """The 95% half-width a statistic will have once released (it depends on no data, except
-        a mean's: 0.0 there)."""
-        if stat == "mean":
+        a mean's and a ratio's: 0.0 there)."""
+        if stat in ("mean", "ratio"):
             return 0.0
         if metric is None:  # adoption: the active count's interval over the public roster size
             return expected_ci95("adoption", None, wanted[(TEAM_LEVEL, ACTIVE)], roster_size)
