@@ -6,7 +6,16 @@ for the policy before it (discrete Laplace, epsilon 3 a week, a team-only plan),
 The synthetic company: `--orgs` orgs of 100 people, each with teams of 5, 10, 25 and 60;
 adoption growing linearly from 30% to 65% over 8 weekly windows (each person active in a week
 with that probability); an active person's weekly tokens lognormal with median 50,000 (sigma 1),
-clamped to the bound of `ai.tokens`.
+clamped to the bound of `ai.tokens`; their AI edits decided lognormal with median 60 (sigma 1),
+each accepted with probability 0.7, each count clamped to the bound of its metric.
+
+Means and ratios, where each policy shows them: the default plan releases edit acceptance
+(`ratio` of accepted edits over accepted plus rejected) at the company and every org; its
+company mean of tokens per person using them is the planned company sum over a company count
+asked for once at the default rho, which is what the plan leaves. The old plan released a mean
+of tokens for every team (its 60-person team is shown) and no ratio (the statistic did not
+exist). A policy that cannot show a figure prints "-". Their intervals are the server's own
+`mechanisms.mean_interval` and `mechanisms.ratio_interval` applied to each simulated release.
 
 How the numbers are made, honestly: each policy's plan is calibrated with the server's own
 `mechanisms.calibrate` (the scales and charges every release draws with), the consistent
@@ -36,10 +45,13 @@ from chorus.server.model.calendar import WindowLength, max_windows_per_year
 from chorus.server.model.policy import Policy
 from chorus.server.privacy import consistency, mechanisms
 from chorus.server.privacy.budget import worst_case
+from chorus.server.privacy.epsilon import Loss
 
 TEAM_SIZES = (5, 10, 25, 60)
 WEEKS = 8
 BOUND = 500_000
+EDIT_BOUND = 500  # ai.suggestions_accepted and ai.suggestions_rejected
+ACCEPTED, REJECTED = "ai.suggestions_accepted", "ai.suggestions_rejected"
 OLD_POLICY_TOML = """
 [privacy]
 mechanism = "discrete_laplace"
@@ -56,6 +68,8 @@ class Figure:
     width_ratio: float | None = None
 
     def cells(self) -> list[str]:
+        if math.isnan(self.value):
+            return ["-", "", ""]  # the policy does not show this figure
         cov = "" if self.coverage is None else f"{self.coverage:.1%}"
         ratio = "" if self.width_ratio is None else f"{self.width_ratio:.2f}x"
         return [f"{self.value:,.2f}{self.unit}", cov, ratio]
@@ -84,9 +98,13 @@ def _noise(rng: np.random.Generator, mechanism: str, scale: float, size: tuple[i
 def _scale(policy: Policy, level: str, statistic: str, metric: str = "") -> float | None:
     for entry in policy.release_plan:
         if entry.level == level and any(part == (metric, statistic) for part in entry.noisy_parts()):
-            sensitivity = BOUND if statistic == "sum" else 1
-            return mechanisms.calibrate(sensitivity, entry.charge).scale
+            return _calibrated(policy, statistic, metric, entry.charge)
     return None
+
+
+def _calibrated(policy: Policy, statistic: str, metric: str, charge: Loss) -> float:
+    bound = policy.metric(metric).max_per_user if metric else 1  # type: ignore[union-attr]
+    return mechanisms.calibrate(bound if statistic == "sum" else 1, charge).scale
 
 
 def simulate(policy: Policy, runs: int, orgs: int, seed: int) -> list[Figure]:
@@ -100,10 +118,16 @@ def simulate(policy: Policy, runs: int, orgs: int, seed: int) -> list[Figure]:
     active = rng.binomial(np.broadcast_to(sizes.astype(int), (runs, WEEKS, len(teams))),
                           adoption[None, :, None])
     tokens = np.zeros(active.shape)
+    accepted = np.zeros(active.shape)
+    rejected = np.zeros(active.shape)
     for idx in np.ndindex(active.shape):
         n = active[idx]
         if n:
             tokens[idx] = np.minimum(rng.lognormal(math.log(50_000), 1.0, n), BOUND).sum()
+            decided = np.rint(rng.lognormal(math.log(60), 1.0, n)).astype(int)
+            yes = rng.binomial(decided, 0.7)
+            accepted[idx] = np.minimum(yes, EDIT_BOUND).sum()
+            rejected[idx] = np.minimum(decided - yes, EDIT_BOUND).sum()
 
     def released(statistic: str, metric: str, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(company, org, team) estimates and their ci95 for each run and week: the consistent ones
@@ -182,13 +206,71 @@ def simulate(policy: Policy, runs: int, orgs: int, seed: int) -> list[Figure]:
     rel = np.abs(company_org[0][:, 0] - truth[:, 0]) / truth[:, 0]
     figures.append(_interval("company token total, one week", "<= 15%", float(np.mean(cis[0] / truth[:, 0])) * 100,
                              rel * 100, "%"))
+    figures += _means(policy, rng, tokens, active, orgs)
+    figures += _ratios(policy, rng, accepted, rejected, orgs)
     return figures
 
 
-def _interval(name: str, target: str, half: float, errors: np.ndarray, unit: str) -> Figure:
+MEAN_TARGET = "coverage >= 95%, width <= 1.5x"
+
+
+def _means(policy: Policy, rng: np.random.Generator, tokens: np.ndarray, active: np.ndarray,
+           orgs: int) -> list[Figure]:
+    """Tokens per person using them, one week (every week of every run), where the policy shows it."""
+    mech = policy.mechanism
+    out = []
+    for name, level, truth_sum, truth_count in (
+            ("company mean of ai.tokens per person using them, one week", "company", tokens.sum(axis=2),
+             active.sum(axis=2)),
+            ("team mean of ai.tokens, 60-person team, one week", "team", tokens[:, :, 3], active[:, :, 3])):
+        sum_scale = _scale(policy, level, "sum", "ai.tokens")
+        count_scale = _scale(policy, level, "count", "ai.tokens")
+        if count_scale is None and level == "company" and sum_scale is not None:  # asked for once, at the default
+            count_scale = _calibrated(policy, "count", "ai.tokens", policy.default_charge["count"])
+        if sum_scale is None or count_scale is None:
+            out.append(Figure(name, MEAN_TARGET, math.nan))
+            continue
+        noisy_sum = truth_sum + _noise(rng, mech, sum_scale, truth_sum.shape)
+        noisy_count = truth_count + _noise(rng, mech, count_scale, truth_count.shape)
+        answers = [mechanisms.mean_interval(int(s), sum_scale, int(c), count_scale, BOUND, mech)
+                   for s, c in zip(noisy_sum.ravel(), noisy_count.ravel(), strict=True)]
+        value, half = (np.array(x) for x in zip(*answers, strict=True))
+        truth = (truth_sum / np.maximum(truth_count, 1)).ravel()
+        out.append(_interval(name, MEAN_TARGET, half, np.abs(value - truth), " tokens"))
+    return out
+
+
+def _ratios(policy: Policy, rng: np.random.Generator, accepted: np.ndarray, rejected: np.ndarray,
+            orgs: int) -> list[Figure]:
+    """Edit acceptance (accepted over accepted plus rejected), one week, at the company and at an org."""
+    mech = policy.mechanism
+    org0 = slice(0, len(TEAM_SIZES))
+    out = []
+    for name, level, yes, no in (
+            ("company edit acceptance (ratio), one week", "company", accepted.sum(axis=2), rejected.sum(axis=2)),
+            ("org edit acceptance (ratio, 100 people), one week", "org", accepted[:, :, org0].sum(axis=2),
+             rejected[:, :, org0].sum(axis=2))):
+        scales = _scale(policy, level, "sum", ACCEPTED), _scale(policy, level, "sum", REJECTED)
+        if scales[0] is None or scales[1] is None:
+            out.append(Figure(name, MEAN_TARGET, math.nan))
+            continue
+        noisy_yes = yes + _noise(rng, mech, scales[0], yes.shape)
+        noisy_no = no + _noise(rng, mech, scales[1], no.shape)
+        answers = [mechanisms.ratio_interval((int(y), scales[0]), [(int(n), scales[1])], True, mech)
+                   for y, n in zip(noisy_yes.ravel(), noisy_no.ravel(), strict=True)]
+        value, half = (np.array(x) * 100 for x in zip(*answers, strict=True))
+        truth = (yes / np.maximum(yes + no, 1)).ravel() * 100
+        out.append(_interval(name, MEAN_TARGET, half, np.abs(value - truth), " points"))
+    return out
+
+
+def _interval(name: str, target: str, half: float | np.ndarray, errors: np.ndarray, unit: str) -> Figure:
+    """A figure's interval against the errors: one half-width, or one per error (a mean's or a
+    ratio's depends on the release; then its median is printed and compared)."""
     errors = np.asarray(errors).ravel()
     exact = float(np.quantile(errors, 0.95))
-    return Figure(name, target, float(half), unit, float(np.mean(errors <= half)), half / exact if exact else None)
+    typical = float(np.median(half))
+    return Figure(name, target, typical, unit, float(np.mean(errors <= half)), typical / exact if exact else None)
 
 
 def main() -> None:

@@ -73,8 +73,14 @@ def test_the_company_page_links_down_to_each_org_and_charges_every_team_below(
     assert f"Organisation: Company, window {LATEST}" in body
     assert f'href="/orgs?window={LATEST}&amp;statistic=sum&amp;node=engineering">engineering</a> (9 people)' in body
     table = rows(org_client, f"/orgs.csv?window={LATEST}&chart=adoption")
-    assert list(table) == ["Company (all)", "engineering", "sales"]
+    assert list(table) == ["Company", "engineering", "sales"]
     assert table["engineering"]["level"] == "org" and table["engineering"]["roster_size"] == "9"
+    # Released at the nodes now: still the overview's numbers (the node's own release).
+    overview = {r["org"]: r for r in csv.DictReader(io.StringIO(org_client.get(
+        f"/overview.csv?window={LATEST}&chart=orgs").get_data(as_text=True)))}
+    for org in ("engineering", "sales"):
+        assert table[org]["outcome"] == "released for the org itself"
+        assert float(table[org]["value"]) == pytest.approx(float(overview[org]["value"]))
     spent = {b.team: b.spent for b in org_stack.budgets(LATEST)}
     assert spent["team-tiny"] != "0"  # below k, never released alone, charged through its org
 
@@ -85,10 +91,11 @@ def test_drilling_into_an_org_shows_its_teams_consistent_and_its_small_team_insi
     body = org_client.get(f"/orgs?window={LATEST}&node=engineering").get_data(as_text=True)
     assert f'<a href="/orgs?window={LATEST}&amp;statistic=sum&amp;node=/">Company</a>' in body
     table = rows(org_client, f"/orgs.csv?window={LATEST}&node=engineering&chart=total-of-ai-tokens")
-    assert list(table) == ["engineering (all)", "team-red", "team-tiny"]
+    assert list(table) == ["engineering", "team-red", "team-tiny"]
     assert table["team-tiny"]["outcome"].startswith("suppressed: team team-tiny has 3 people")
     # team-red, engineering and the company all hold ai.tokens sums: the numbers shown are consistent
-    assert table["team-red"]["consistent"] == table["engineering (all)"]["consistent"] == "yes"
+    assert table["team-red"]["consistent"] == table["engineering"]["consistent"] == "yes"
+    assert table["engineering"]["consistent_value"] and table["engineering"]["raw"]  # both, in the CSV
     again = rows(org_client, f"/orgs.csv?window={LATEST}&node=engineering&chart=total-of-ai-tokens")
     assert again == table  # reads answer the stored releases, identically
 

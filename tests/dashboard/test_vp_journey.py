@@ -83,6 +83,9 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     # Where: the orgs as rows, sorted by adoption (largest first), then by its change.
     rows = table_rows(page, "Adoption per org under Company")
     assert len(rows) == 8
+    landing = {org: row["value"] for org, row in rows.items()}
+    landing["Company"] = page.locator(".tile", has=page.get_by_role("heading", name="Company adoption")).locator(
+        ".tile-value").inner_text()
     shares = [float(r["value"].rstrip("%")) for r in rows.values()]
     assert shares == sorted(shares, reverse=True)
     assert page.locator("#orgs .panel").count() == 8  # small multiples
@@ -141,14 +144,34 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     assert [line.split(":")[0] for line in page.locator("#trend .chart-notes li").all_inner_texts()] == [
         "Too few people for a weekly number, counted in engineering"]
 
+    # The Organisation page: the landing page's numbers (never "not released" for them), the trend
+    # of each org, the trail and the CSV; short.
+    laptop.open("/orgs")
+    shown = {node: row["value"] for node, row in table_rows(page, "Adoption under Company").items()}
+    assert shown == landing
+    assert page.locator("#org-trends .panel").count() == len(ORGS)
+    assert page.locator("#adoption").get_by_text("not released").count() == 0
+    assert page.get_by_role("link", name="Download these numbers as CSV").count() >= 2
+    page.get_by_role("navigation", name="Orgs below Company").get_by_role("link", name="engineering").click()
+    page.wait_for_url(re.compile(r".*node=engineering.*"))
+    assert page.get_by_role("navigation", name="Organisation path").get_by_role("link", name="Company").count() == 1
+    team_bars = table_rows(page, "Adoption under engineering")
+    assert set(team_bars) == {"engineering", *(t for t in TEAMS if org_of(t) == "engineering")}
+
     phone = visit(visits, browser, dashboard, PHONE)
     phone.sign_in(company.tokens[Role.ANALYST])
+    heights: dict[tuple[str, str], int] = {}
     for path in ("/overview", "/overview?org=engineering", "/orgs", "/trends", "/histogram", "/spend"):
         for who, viewport in (("desktop", laptop), ("phone", phone)):
             viewport.open(path)
             name = path.strip("/").replace("?", "-").replace("=", "-")
             viewport.shot(f"company-{name}-{who}")
+            heights[(path, who)] = viewport.page.evaluate("document.documentElement.scrollHeight")
         assert overflowing(phone.page) == [], path
+    # The Organisation page was about 7,700 pixels tall (ten laptop screens): now under four.
+    assert heights[("/orgs", "desktop")] <= 4 * LAPTOP["height"], heights
+    assert heights[("/orgs", "phone")] <= 6 * PHONE["height"], heights
+    assert heights[("/overview", "desktop")] <= 3.3 * LAPTOP["height"], heights
     auditor = visit(visits, browser, dashboard)
     auditor.sign_in(company.tokens[Role.AUDITOR])
     auditor_phone = visit(visits, browser, dashboard, PHONE)

@@ -124,19 +124,22 @@ def test_the_default_plan_releases_company_org_and_team_and_the_ledger_verifies(
         clock.advance(timedelta(days=1))
         assert [r.window.id for r in chorus.closer.tick()] == [WINDOW]
         plan = [e["payload"] for e in ledger(chorus) if e["kind"] == "release"]
-        where = sorted({(p.get("level", "team"), p.get("node", p.get("team")), p["statistic"]) for p in plan})
-        assert where == [("company", "/", "active"), ("company", "/", "count"), ("company", "/", "sum"),
-                         ("org", "engineering", "active"),
-                         ("org", "engineering", "sum"), ("team", "team-blue", "active"),
-                         ("team", "team-red", "active")]  # sales (3 people) and team-tiny are below k
+        where = sorted({(p.get("level", "team"), p.get("node", p.get("team")), p["statistic"], p["metric"])
+                        for p in plan})
+        ratio = [("sum", "ai.suggestions_accepted"), ("sum", "ai.suggestions_rejected")]  # the edit acceptance ratio
+        assert where == [("company", "/", "active", ""), *(("company", "/", *r) for r in ratio),
+                         ("company", "/", "sum", "ai.tokens"), ("org", "engineering", "active", ""),
+                         *(("org", "engineering", *r) for r in ratio), ("org", "engineering", "sum", "ai.tokens"),
+                         ("team", "team-blue", "active", ""),
+                         ("team", "team-red", "active", "")]  # sales (3 people) and team-tiny are below k
         assert {p["mechanism"] for p in plan} == {"discrete_gaussian"}
         assert all("rho" in p and "epsilon" not in p for p in plan)
         report = _verified(chorus)
         assert report.ok, report.violations
         spent = {t.team: t.spent for t in report.totals.values()}
-        assert spent["team-red"] == Rho.parse("0.126")  # company + org + team entries
-        assert report.yearly is not None and report.yearly.rho == Rho.parse("0.126")
-        assert report.yearly.approx_epsilon == pytest.approx(mechanisms.approx_dp(Rho.parse("0.126"), 1e-8))
+        assert spent["team-red"] == Rho.parse("0.128")  # company + org + team entries
+        assert report.yearly is not None and report.yearly.rho == Rho.parse("0.128")
+        assert report.yearly.approx_epsilon == pytest.approx(mechanisms.approx_dp(Rho.parse("0.128"), 1e-8))
         red, = chorus.releases.release(WINDOW, ["team-red"], [], [StatisticRequest("adoption")], "analyst").teams
         assert (red.imprecise, red.counted_in, red.epsilon_charged) == (True, "engineering", Rho(0))
     finally:
@@ -154,10 +157,10 @@ def test_budgets_and_the_scrape_of_a_default_deployment_are_in_rho(tmp_path, clo
         clock.advance(timedelta(days=1))
         chorus.closer.tick()
         chorus.releases.release(WINDOW, ["team-red"], ["ai.tokens"], [StatisticRequest("sum", Epsilon.parse("0.005"))],
-                                "analyst")  # 0.007 left: less than the cheapest default statistic's 0.01
+                                "analyst")  # 0.005 left: less than the cheapest default statistic's 0.01
         budgets, _ = chorus.db.read(lambda tx: audit.budgets(tx, WINDOW), name="test_budgets")
         red = next(b for b in budgets if b.team == "team-red")
-        assert (red.spent, red.remaining) == (Rho.parse("0.131"), Rho.parse("0.007"))
+        assert (red.spent, red.remaining) == (Rho.parse("0.133"), Rho.parse("0.005"))
         text = generate_latest(Metrics(chorus, RateLimiter(1.0, 1, clock)).registry).decode()
     finally:
         chorus.close()
@@ -185,7 +188,7 @@ def test_the_wire_names_the_unit_and_flags_a_team_too_small_for_a_weekly_number(
         api.server.stop(grace=0)  # also closes the Chorus
     red, = answer.teams
     assert (red.unit, red.imprecise, red.counted_in, red.epsilon_charged) == ("rho", True, "engineering", "0")
-    assert red.budget_remaining == "0.012"
+    assert red.budget_remaining == "0.01"
     assert {r["unit"] for r in records([answer])} == {"rho"}  # `chorus report --format json` and the JSON API
 
 
@@ -205,10 +208,10 @@ def test_a_request_on_a_gaussian_window_is_charged_in_rho(
         clock.advance(timedelta(days=1))
         chorus.closer.tick()
         result = chorus.releases.release(WINDOW, ["team-red"], ["ai.requests"],
-                                         [StatisticRequest("sum", Epsilon.parse("0.01"))], "analyst")
+                                         [StatisticRequest("sum", Epsilon.parse("0.004"))], "analyst")
         team, = result.teams
         estimate, = team.estimates
-        assert (estimate.mechanism, estimate.epsilon_charged) == ("discrete_gaussian", Rho.parse("0.01"))
-        assert team.budget_remaining == Rho.parse("0.002")  # 0.138 - the plan's 0.126 - 0.01
+        assert (estimate.mechanism, estimate.epsilon_charged) == ("discrete_gaussian", Rho.parse("0.004"))
+        assert team.budget_remaining == Rho.parse("0.006")  # 0.138 - the plan's 0.128 - 0.004
     finally:
         chorus.close()

@@ -337,3 +337,21 @@ def test_the_jq_example_of_docs_cli_prints_rows_one_can_tell_apart(two_days: tup
     assert len(rows) == len(released) > 4 and len(set(rows)) == len(rows)
     assert {tuple(r.split("\t")[:3]) for r in rows} >= {("team-red", "ai.requests", "sum"),
                                                         ("team-red", "ai.tokens", "sum"), ("team-red", "", "adoption")}
+
+
+@pytest.mark.slow
+def test_a_ratio_is_shown_as_a_share_with_its_denominator_and_records_it(two_days: tuple[Api, list[str]]) -> None:
+    _, base = two_days
+    ratio = ["--statistic", "ratio", "--metric", "ai.requests", "--denominator", "ai.requests",
+             "--denominator", "ai.tasks_completed"]
+    out = run(["report", *base, *ratio])
+    assert "ratio: each metric's sum over the sum of ai.requests + ai.tasks_completed" in " ".join(out.split())
+    assert "% ± " in cells(out, "ai.requests", "team-red")[2]  # a share: numerator within its denominator
+    assert not any(r[0] == "ai.tasks_completed" for r in grid(out))  # a part, not a row of its own
+    records = json.loads(run(["report", *base, *ratio, "--format", "json"]))
+    red = next(r for r in records if r["team"] == "team-red" and r["statistic"] == "ratio")
+    assert red["denominator"] == ["ai.requests", "ai.tasks_completed"] and len(red["derived_from"]) == 2
+    assert red["epsilon_charged"] == "0" and 0 <= red["value"] <= 1
+    assert {r["denominator"] for r in records if r["statistic"] != "ratio"} == {None}
+    missing = run(["report", *base, "--statistic", "ratio", "--metric", "ai.requests"], expect=2)
+    assert "--statistic ratio needs --denominator" in missing

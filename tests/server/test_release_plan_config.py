@@ -17,11 +17,13 @@ from chorus.server.privacy.epsilon import Rho
 def test_the_default_plan_releases_company_org_and_team_leaving_budget_unspent() -> None:
     policy = config.load(None).policy
     assert [(e.level, e.statistic, e.metric) for e in policy.release_plan] == [
-        ("company", "adoption", ""), ("company", "sum", "ai.tokens"), ("company", "count", "ai.suggestions_accepted"),
-        ("org", "adoption", ""),
-        ("org", "sum", "ai.tokens"), ("team", "adoption", "")]
+        ("company", "adoption", ""), ("company", "sum", "ai.tokens"), ("company", "ratio", "ai.suggestions_accepted"),
+        ("org", "adoption", ""), ("org", "sum", "ai.tokens"), ("org", "ratio", "ai.suggestions_accepted"),
+        ("team", "adoption", "")]
+    decided = ("ai.suggestions_accepted", "ai.suggestions_rejected")  # edit acceptance: accepted / decided
+    assert [e.denominator for e in policy.release_plan if e.statistic == "ratio"] == [decided, decided]
     assert policy.mechanism == "discrete_gaussian"
-    assert policy.plan_cost() == Rho.parse("0.126")
+    assert policy.plan_cost() == Rho.parse("0.128")
     assert policy.plan_cost() < policy.budget_per_window == Rho.parse("0.138")
 
 
@@ -32,8 +34,8 @@ def test_default_config_explains_the_plan_with_intervals_for_10_30_and_100_peopl
     start = result.output.index("# Release plan:")
     comment = " ".join(result.output[start:result.output.index("\n\n", start)].split())
     assert start < result.output.index("[[metrics]]")  # next to the plan, before the metrics
-    assert "rho 0.126 of each team-window's 0.138 is spent when the window closes (under one org level); " \
-        "0.012 is left" in comment
+    assert "rho 0.128 of each team-window's 0.138 is spent when the window closes (under one org level); " \
+        "0.01 is left" in comment
     assert all(f"{n} people" in comment for n in EXPLAINED_SIZES)
     for name, cells in planned_intervals(config.load(None).policy):
         assert " ".join([name, *cells]) in comment
@@ -45,8 +47,12 @@ def test_a_file_without_a_plan_gets_the_default_for_its_own_metrics() -> None:
     raw["metrics"] = [m for m in raw["metrics"] if m["name"] != "ai.requests"]
     plan = config.parse(raw).policy.release_plan
     assert [(e.statistic, e.metric) for e in plan] == [("adoption", ""), ("sum", "ai.tokens"),
-                                                       ("count", "ai.suggestions_accepted"), ("adoption", ""),
-                                                       ("sum", "ai.tokens"), ("adoption", "")]
+                                                       ("ratio", "ai.suggestions_accepted"), ("adoption", ""),
+                                                       ("sum", "ai.tokens"), ("ratio", "ai.suggestions_accepted"),
+                                                       ("adoption", "")]
+    # without its denominator's metrics, the ratio is left out
+    raw["metrics"] = [m for m in raw["metrics"] if m["name"] != "ai.suggestions_rejected"]
+    assert "ratio" not in {e.statistic for e in config.parse(raw).policy.release_plan}
 
 
 @pytest.mark.parametrize(("entry", "message"), [
@@ -59,6 +65,16 @@ def test_a_file_without_a_plan_gets_the_default_for_its_own_metrics() -> None:
     ({"statistic": "sum", "metric": "ai.tokens", "level": "division"},
      "privacy.release_plan[0].level = 'division': must be one of team, org, company"),
     ({"statistic": "sum", "metric": "ai.tokens", "epsilonn": "1"}, "unknown key privacy.release_plan[0].epsilonn"),
+    ({"statistic": "ratio", "metric": "ai.tokens"},
+     "privacy.release_plan[0].denominator = None: a ratio needs the metric"),
+    ({"statistic": "ratio", "metric": "ai.tokens", "denominator": ["ai.nope"]},
+     "privacy.release_plan[0].denominator: 'ai.nope' must be one of the [[metrics]]"),
+    ({"statistic": "ratio", "metric": "ai.tokens", "denominator": "ai.tokens"},
+     "privacy.release_plan[0].denominator = ['ai.tokens']: a ratio of ai.tokens over itself is 1"),
+    ({"statistic": "ratio", "metric": "ai.tokens", "denominator": ["ai.sessions", "ai.sessions"]},
+     "privacy.release_plan[0].denominator = ['ai.sessions', 'ai.sessions']: names a metric twice"),
+    ({"statistic": "sum", "metric": "ai.tokens", "denominator": ["ai.sessions"]},
+     "privacy.release_plan[0].denominator: only a ratio has a denominator, not sum"),
 ])
 def test_a_bad_plan_entry_is_named(entry: dict, message: str) -> None:
     raw = tomllib.loads(config.DEFAULT_TOML)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63horus/v1/common.proto\x12\tchorus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n\x06Window\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.chorus.v1.WindowState\x12-\n\tcloses_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*[\n\x0bWindowState\x12\x1c\n\x18WINDOW_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11WINDOW_STATE_OPEN\x10\x01\x12\x17\n\x13WINDOW_STATE_CLOSED\x10\x02*\xa9\x01\n\tStatistic\x12\x19\n\x15STATISTIC_UNSPECIFIED\x10\x00\x12\x11\n\rSTATISTIC_SUM\x10\x01\x12\x13\n\x0fSTATISTIC_COUNT\x10\x02\x12\x12\n\x0eSTATISTIC_MEAN\x10\x03\x12\x17\n\x13STATISTIC_HISTOGRAM\x10\x04\x12\x16\n\x12STATISTIC_ADOPTION\x10\x05\x12\x14\n\x10STATISTIC_ACTIVE\x10\x06\x42V\n\rdev.chorus.v1B\x0b\x43ommonProtoP\x01Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63horus/v1/common.proto\x12\tchorus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n\x06Window\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.chorus.v1.WindowState\x12-\n\tcloses_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*[\n\x0bWindowState\x12\x1c\n\x18WINDOW_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11WINDOW_STATE_OPEN\x10\x01\x12\x17\n\x13WINDOW_STATE_CLOSED\x10\x02*\xbe\x01\n\tStatistic\x12\x19\n\x15STATISTIC_UNSPECIFIED\x10\x00\x12\x11\n\rSTATISTIC_SUM\x10\x01\x12\x13\n\x0fSTATISTIC_COUNT\x10\x02\x12\x12\n\x0eSTATISTIC_MEAN\x10\x03\x12\x17\n\x13STATISTIC_HISTOGRAM\x10\x04\x12\x16\n\x12STATISTIC_ADOPTION\x10\x05\x12\x14\n\x10STATISTIC_ACTIVE\x10\x06\x12\x13\n\x0fSTATISTIC_RATIO\x10\x07\x42V\n\rdev.chorus.v1B\x0b\x43ommonProtoP\x01Z6github.com/chorus-dev/chorus/gen/go/chorus/v1;chorusv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WINDOWSTATE']._serialized_start=310
   _globals['_WINDOWSTATE']._serialized_end=401
   _globals['_STATISTIC']._serialized_start=404
-  _globals['_STATISTIC']._serialized_end=573
+  _globals['_STATISTIC']._serialized_end=594
   _globals['_WINDOW']._serialized_start=71
   _globals['_WINDOW']._serialized_end=308
 # @@protoc_insertion_point(module_scope)

@@ -24,6 +24,7 @@ class Statistic(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATISTIC_HISTOGRAM: _ClassVar[Statistic]
     STATISTIC_ADOPTION: _ClassVar[Statistic]
     STATISTIC_ACTIVE: _ClassVar[Statistic]
+    STATISTIC_RATIO: _ClassVar[Statistic]
 WINDOW_STATE_UNSPECIFIED: WindowState
 WINDOW_STATE_OPEN: WindowState
 WINDOW_STATE_CLOSED: WindowState
@@ -34,6 +35,7 @@ STATISTIC_MEAN: Statistic
 STATISTIC_HISTOGRAM: Statistic
 STATISTIC_ADOPTION: Statistic
 STATISTIC_ACTIVE: Statistic
+STATISTIC_RATIO: Statistic
 
 class Window(_message.Message):
     __slots__ = ("id", "start", "end", "state", "closes_at", "closed_at")

@@ -104,12 +104,14 @@ class ListTeamsResponse(_message.Message):
     def __init__(self, teams: _Optional[_Iterable[_Union[Team, _Mapping]]] = ..., min_team_size: _Optional[int] = ...) -> None: ...
 
 class StatisticRequest(_message.Message):
-    __slots__ = ("statistic", "epsilon")
+    __slots__ = ("statistic", "epsilon", "denominator")
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DENOMINATOR_FIELD_NUMBER: _ClassVar[int]
     statistic: _common_pb2.Statistic
     epsilon: str
-    def __init__(self, statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., epsilon: _Optional[str] = ...) -> None: ...
+    denominator: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., epsilon: _Optional[str] = ..., denominator: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("window", "teams", "metrics", "statistics", "validate_only", "nodes")
@@ -164,7 +166,7 @@ class Remainder(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., children: _Optional[_Iterable[str]] = ..., roster_size: _Optional[int] = ..., metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., estimate: _Optional[_Union[ConsistentEstimate, _Mapping]] = ...) -> None: ...
 
 class Estimate(_message.Message):
-    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note", "derived_from", "consistent", "noisy_value")
+    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note", "derived_from", "consistent", "noisy_value", "denominator")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +184,7 @@ class Estimate(_message.Message):
     DERIVED_FROM_FIELD_NUMBER: _ClassVar[int]
     CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     NOISY_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DENOMINATOR_FIELD_NUMBER: _ClassVar[int]
     metric: str
     statistic: _common_pb2.Statistic
     value: float
@@ -199,7 +202,8 @@ class Estimate(_message.Message):
     derived_from: _containers.RepeatedScalarFieldContainer[str]
     consistent: ConsistentEstimate
     noisy_value: float
-    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ..., consistent: _Optional[_Union[ConsistentEstimate, _Mapping]] = ..., noisy_value: _Optional[float] = ...) -> None: ...
+    denominator: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ..., consistent: _Optional[_Union[ConsistentEstimate, _Mapping]] = ..., noisy_value: _Optional[float] = ..., denominator: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TeamRelease(_message.Message):
     __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged", "unreleased", "epsilon_required", "level", "teams_charged", "unit", "imprecise", "counted_in")

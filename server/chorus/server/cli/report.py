@@ -14,6 +14,7 @@ computed.
 from __future__ import annotations
 
 import enum
+import math
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -78,6 +79,10 @@ def report(
     node: Annotated[list[str] | None, typer.Option("--node", "-n", help="A node of the organisation tree: an "
                                                    "org path (engineering, engineering/platform), / for the "
                                                    "company, or a team; repeat for several.")] = None,
+    denominator: Annotated[list[str] | None, typer.Option(
+        "--denominator", help="For --statistic ratio: a metric whose sum is part of the denominator; repeat for "
+        "several (each --metric is a numerator), e.g. --metric ai.suggestions_accepted --denominator "
+        "ai.suggestions_accepted --denominator ai.suggestions_rejected: the share of AI edits accepted.")] = None,
     epsilon: Annotated[str | None, typer.Option("--epsilon", help="Epsilon per noisy statistic released "
                                                 "now, e.g. 0.1. Default: the window's defaults.")] = None,
     spend: Annotated[bool, typer.Option("--release", help="Release what is not released yet, spending "
@@ -104,6 +109,10 @@ def report(
     The table shows large numbers rounded (7.93M ± 3.00M) when the full ones do not fit; csv and json keep them.
     """
     statistics = list(dict.fromkeys(statistic or [Statistic.SUM]))
+    over = list(dict.fromkeys(denominator or []))
+    if (Statistic.RATIO in statistics) != bool(over):
+        raise fail("--statistic ratio needs --denominator (the metrics whose sums divide each --metric's), and "
+                   "--denominator is only for --statistic ratio", ExitCode.USAGE)
     if epsilon is not None:
         try:
             Epsilon.parse(epsilon)
@@ -131,17 +140,17 @@ def report(
             windows = closed[:trend][::-1]
             if spend:
                 _confirm(_trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, nodes,
-                                True), yes)
+                                over, True), yes)
             replies = _trend(conn, stub, windows, team or [], metric or [], statistics[0], epsilon, nodes,
-                             not spend)
+                             over, not spend)
         else:
             if window is None:
                 window = closed[0]
             if not spend and Statistic.ADOPTION not in statistics:  # a read is free: show adoption too
                 statistics.append(Statistic.ADOPTION)
-            request = _request(window, team or [], metric or [], statistics, epsilon, nodes)
+            request = _request(window, team or [], metric or [], statistics, epsilon, nodes, over)
             if spend:
-                preview = _request(window, team or [], metric or [], statistics, epsilon, nodes,
+                preview = _request(window, team or [], metric or [], statistics, epsilon, nodes, over,
                                    read=True)
                 _confirm([conn.call(stub.Release, preview)], yes)
             else:
@@ -163,22 +172,25 @@ def _orgs(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, window: s
 
 
 def _request(window: str, teams: list[str], metrics: list[str], statistics: list[Statistic],
-             epsilon: str | None, nodes: list[str] | None = None, *,
+             epsilon: str | None, nodes: list[str] | None = None, denominator: list[str] | None = None, *,
              read: bool = False) -> release_pb2.ReleaseRequest:
     return release_pb2.ReleaseRequest(
         window=window, teams=teams, metrics=metrics, nodes=nodes or [], validate_only=read,
-        statistics=[release_pb2.StatisticRequest(statistic=s.proto, epsilon=epsilon or "")
+        statistics=[release_pb2.StatisticRequest(statistic=s.proto, epsilon=epsilon or "",
+                                                 denominator=denominator if s is Statistic.RATIO else [])
                     for s in statistics])
 
 
 def _trend(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub, windows: list[str],
            teams: list[str], metrics: list[str], statistic: Statistic,
-           epsilon: str | None, nodes: list[str], read: bool) -> list[release_pb2.ReleaseResponse]:
+           epsilon: str | None, nodes: list[str], denominator: list[str],
+           read: bool) -> list[release_pb2.ReleaseResponse]:
     """One release (or read) per window, oldest first; a window past retention is shown as unavailable."""
     replies = []
     for window in windows:
         try:
-            replies.append(stub.Release(_request(window, teams, metrics, [statistic], epsilon, nodes, read=read),
+            replies.append(stub.Release(_request(window, teams, metrics, [statistic], epsilon, nodes, denominator,
+                                                 read=read),
                                         metadata=conn.metadata, timeout=60))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
@@ -228,8 +240,10 @@ def _parts(e: release_pb2.Estimate, compact: bool) -> Parts:
     stat = Statistic.of(e.statistic)
     if stat is Statistic.HISTOGRAM:
         return "·".join(_number(c, 0, compact) for c in e.bucket_counts), _number(e.ci95, 0, compact), mark
-    if stat is Statistic.ADOPTION:
+    if stat is Statistic.ADOPTION or (stat is Statistic.RATIO and e.metric in e.denominator):  # a share
         return f"{e.value:.0%}", f"{e.ci95:.0%}", mark
+    if stat is Statistic.RATIO:
+        return _number(e.value, 2, compact), "∞" if math.isinf(e.ci95) else _number(e.ci95, 2, compact), mark
     decimals = 1 if stat is Statistic.MEAN else 0
     return _number(e.value, decimals, compact), _number(e.ci95, decimals, compact), mark
 
@@ -306,13 +320,15 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
     estimates = {(t.team, e.metric, Statistic.of(e.statistic)): e for t in released for e in t.estimates
                  if e.statistic != common_pb2.STATISTIC_ACTIVE}  # shown through adoption
     stats = list(dict.fromkeys(s for _, _, s in estimates if s is not Statistic.ADOPTION and s in requested))
-    metrics = list(dict.fromkeys(m for _, m, s in estimates if s is not Statistic.ADOPTION))
+    metrics = list(dict.fromkeys(m for _, m, s in estimates if s is not Statistic.ADOPTION and s in requested))
+    ratio = next((e for e in estimates.values() if e.statistic == common_pb2.STATISTIC_RATIO), None)
+    over = f"; ratio: each metric's sum over the sum of {' + '.join(ratio.denominator)}" if ratio else ""
 
     unit = "team" if all(t.level in (release_pb2.NODE_LEVEL_TEAM, 0) for t in reply.teams) else "node"
 
     def per_metric(compact: bool) -> Table:
         what = ", ".join(s.value for s in stats)
-        table = Table(title=f"Window {reply.window}: {what} per {unit} (value ± 95% interval)")
+        table = Table(title=f"Window {reply.window}: {what} per {unit} (value ± 95% interval{over})")
         table.add_column("metric", no_wrap=True)
         table.add_column(unit, no_wrap=True)
         keys = [(t.team, m) for m in metrics for t in released]
@@ -351,8 +367,9 @@ def _print_report(reply: release_pb2.ReleaseResponse, requested: list[Statistic]
             _print_fitted(per_metric)
         _print_fitted(per_team)
     for r in reply.remainders:
-        if r.statistic != common_pb2.STATISTIC_ACTIVE and Statistic.of(r.statistic) not in requested:
-            continue
+        if r.statistic != common_pb2.STATISTIC_ACTIVE and (Statistic.of(r.statistic) not in requested
+                                                           or r.metric not in metrics):
+            continue  # the parts of a ratio are in csv and json
         what = f"{name_of(r.statistic)} of {r.metric}" if r.metric else "active people"
         console.print(f"{OTHER} under {'the company' if r.parent == hierarchy.COMPANY else r.parent}: {what} "
                       f"{_number(r.estimate.value, 0, False)} ± {_number(r.estimate.ci95, 0, False)}† "

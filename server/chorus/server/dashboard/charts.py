@@ -27,7 +27,7 @@ _LABEL_RIGHT = 112  # team or bucket labels end here
 _PLOT_LEFT = 120
 _ROW = 30
 _AXIS = 28
-_MAX_LABEL = 15
+_MAX_LABEL = 14  # 14px text: 14 characters fit the 112 pixels left of the bars
 _MAX_NOTE = 42
 
 

@@ -301,6 +301,14 @@ def _with_nodes(api: Api, window: str, reply: release_pb2.ReleaseResponse | None
                                        remainders=reply.remainders)
 
 
+def _recent_reads(api: Api, recent: Sequence[common_pb2.Window],
+                  nodes: Sequence[str]) -> list[release_pb2.ReleaseResponse | None]:
+    """Each window's released adoption and sums, for the teams and at `nodes` (None for a window
+    that cannot be read any more): what the adoption trends and org rows add up."""
+    both: list[int] = [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM]
+    return [_with_nodes(api, w.id, _read_or_none(api, w.id, both), nodes) for w in recent]
+
+
 def _org_filter(args: Args, tree: hierarchy.Hierarchy) -> str:
     """The ?org= filter: an org of the window's tree, or the company (empty)."""
     org = _choice(args, "org", [hierarchy.COMPANY, *tree.org_nodes()], hierarchy.COMPANY)
@@ -348,7 +356,7 @@ def overview(api: Api, args: Args) -> Page:
     wanted = list(dict.fromkeys([common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM, code]))
     both: list[int] = [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM]
     nodes = [hierarchy.COMPANY, *tree.org_nodes()]
-    reads = [_with_nodes(api, w.id, _read_or_none(api, w.id, both), nodes) for w in recent[:-1]]
+    reads = _recent_reads(api, recent[:-1], nodes)
     reply = api.read(window, wanted)
     current = _with_nodes(api, window, reply, nodes) or reply
     reads.append(current)

@@ -184,7 +184,8 @@ class _Demo:
             "the operator included, can tell individuals apart in this window.")
         by_level: dict[str, list[str]] = {}
         for e in self.policy.release_plan:
-            by_level.setdefault(e.level, []).append(f"{e.statistic} of {e.metric}" if e.metric else e.statistic)
+            over = f" over {' + '.join(e.denominator)}" if e.denominator else ""
+            by_level.setdefault(e.level, []).append(f"{e.statistic} of {e.metric}{over}" if e.metric else e.statistic)
         where = {ROOT: "for the company", ORG: "for every org", TEAM: "for every team of at least k people"}
         plan = "; ".join(f"{', '.join(what)} {where[level]}" for level, what in sorted(
             by_level.items(), key=lambda item: (ROOT, ORG, TEAM).index(item[0])))

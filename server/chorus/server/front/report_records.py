@@ -8,6 +8,7 @@ that does not apply is None (null), never "".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -27,11 +28,14 @@ LEVEL_NAMES = {release_pb2.NODE_LEVEL_TEAM: "team", release_pb2.NODE_LEVEL_ORG: 
 #: included): what a BI tool must add up, where `value` shows a negative one as 0. `unit` names
 #: the unit of every privacy amount of the record (`epsilon`, `epsilon_charged`, `budget_cap`,
 #: `budget_remaining`, `team_epsilon_charged`): "epsilon" for a discrete-Laplace window, "rho"
-#: (zero-concentrated DP) for a discrete-Gaussian one, as `TeamRelease.unit` says.
+#: (zero-concentrated DP) for a discrete-Gaussian one, as `TeamRelease.unit` says. `denominator`
+#: lists a ratio's denominator metrics (`metric` is its numerator); its `ci95` is null when the
+#: interval has no upper end (a denominator within its noise of 0).
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
           "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged", "level",
-          "teams_charged", "consistent_value", "consistent_ci95", "parent", "children", "noisy_value", "unit")
+          "teams_charged", "consistent_value", "consistent_ci95", "parent", "children", "noisy_value", "unit",
+          "denominator")
 
 
 def _text(value: str) -> str | None:
@@ -64,14 +68,16 @@ def records(replies: Sequence[release_pb2.ReleaseResponse]) -> Iterator[dict[str
                 histogram = name == Statistic.HISTOGRAM.value
                 noisy = e.release_id and not histogram
                 yield {**base, "metric": _text(e.metric), "statistic": name, "value": e.value,
-                       "ci95": e.ci95, "bucket_counts": list(e.bucket_counts) if histogram else None,
+                       "ci95": e.ci95 if math.isfinite(e.ci95) else None,
+                       "bucket_counts": list(e.bucket_counts) if histogram else None,
                        "histogram_edges": list(e.histogram_edges) if histogram else None,
                        "epsilon": e.epsilon, "epsilon_charged": e.epsilon_charged, "cached": e.cached,
                        "mechanism": e.mechanism, "note": _text(e.note),
                        "release_id": _text(e.release_id), "derived_from": list(e.derived_from),
                        "consistent_value": e.consistent.value if e.HasField("consistent") else None,
                        "consistent_ci95": e.consistent.ci95 if e.HasField("consistent") else None,
-                       "parent": None, "children": None, "noisy_value": e.noisy_value if noisy else None}
+                       "parent": None, "children": None, "noisy_value": e.noisy_value if noisy else None,
+                       "denominator": list(e.denominator) if name == Statistic.RATIO.value else None}
         for r in reply.remainders:
             yield {f: None for f in FIELDS} | {
                 "window": reply.window, "outcome": "remainder", "parent": r.parent,

@@ -171,7 +171,7 @@ PLAN_LEVELS = (hierarchy.TEAM, hierarchy.ORG, hierarchy.ROOT)
 TABLE_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"metrics", "otlp", "oidc"}),
     "privacy": frozenset({"release_plan"}),
-    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon"}) | PLAN_LEVEL_KEYS,
+    "privacy.release_plan": frozenset({"statistic", "metric", "epsilon", "denominator"}) | PLAN_LEVEL_KEYS,
     "metrics": frozenset({"name", "description", "max_per_user", "histogram_edges"}),
     "otlp": otlp_mapping.KNOWN_KEYS,
     "otlp.metrics": otlp_mapping.KNOWN_MAPPING_KEYS,  # `attributes` is a free table: attribute -> values
@@ -301,13 +301,15 @@ _DEFAULT_TEMPLATE = """\
 # numbers never spends budget. Designed for leadership's questions (is adoption growing,
 # where, how much is used, does it turn into work): the company and every org are released
 # directly, which is precise, and every team of at least k people too, which for a small team
-# only says something averaged over several weeks; the company's count of people who accepted
-# AI suggestions is an outcome. A team's budget pays for its own releases and for those of
-# every node above it: here 0.03 (team) + 0.045 (org) + 0.051 (company) = 0.126 of its 0.138,
-# leaving 0.012 for questions nobody planned (`chorus report --release`). An
-# entry's rho defaults to [privacy.default_rho] and applies to each noisy part (a mean is a
-# sum and a count); level is "team" (the default), "org" (every org node) or "company". The
-# end of `chorus default-config` lists the 95% intervals it gives.
+# only says something averaged over several weeks; the share of AI edits people accepted
+# (a ratio: the sum of accepted edits over the sums of accepted and rejected) is an outcome.
+# A team's budget pays for its own releases and for those of every node above it: here
+# 0.03 (team) + 0.044 (org) + 0.054 (company) = 0.128 of its 0.138, leaving 0.01 for
+# questions nobody planned (`chorus report --release`). An entry's rho defaults to
+# [privacy.default_rho] and applies to each noisy part (a mean is a sum and a count, a ratio
+# the sums of its metric and of each metric of its denominator); level is "team" (the
+# default), "org" (every org node) or "company". The end of `chorus default-config` lists
+# the 95% intervals it gives.
 [[privacy.release_plan]]
 statistic = "adoption"
 level = "company"
@@ -320,21 +322,29 @@ level = "company"
 rho = "0.04"
 
 [[privacy.release_plan]]
-statistic = "count"
+statistic = "ratio"
 metric = "ai.suggestions_accepted"
+denominator = ["ai.suggestions_accepted", "ai.suggestions_rejected"]
 level = "company"
-rho = "0.005"
+rho = "0.004"
 
 [[privacy.release_plan]]
 statistic = "adoption"
 level = "org"
-rho = "0.025"
+rho = "0.02"
 
 [[privacy.release_plan]]
 statistic = "sum"
 metric = "ai.tokens"
 level = "org"
 rho = "0.02"
+
+[[privacy.release_plan]]
+statistic = "ratio"
+metric = "ai.suggestions_accepted"
+denominator = ["ai.suggestions_accepted", "ai.suggestions_rejected"]
+level = "org"
+rho = "0.002"
 
 [[privacy.release_plan]]
 statistic = "adoption"
@@ -632,7 +642,7 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Conf
     # amounts are rho: under another mechanism its entries take that mechanism's defaults.
     plan_raw = privacy.get("release_plan", [
         {k: v for k, v in e.items() if mechanism == GAUSSIAN or k != "rho"}
-        for e in _DEFAULT_PLAN if e.get("metric", "") in {"", *names}])
+        for e in _DEFAULT_PLAN if {e.get("metric", ""), *e.get("denominator", ())} <= {"", *names}])
     if not isinstance(plan_raw, list):
         raise ConfigError("privacy.release_plan must be an array of tables ([[privacy.release_plan]])")
     plan = _plan(plan_raw, metrics, defaults, budget, unit)
@@ -775,6 +785,7 @@ def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str,
         elif metric not in names:
             raise ConfigError(f"{where}.metric = {metric!r}: must be one of the [[metrics]]: "
                               f"{', '.join(sorted(names))}")
+        denominator = _denominator(item.get("denominator"), stat, metric, names, where)
         name = unit.UNIT
         other = next((u.UNIT for u in UNITS.values() if u is not unit and u.UNIT in item), None)
         if other is not None:
@@ -784,7 +795,7 @@ def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str,
         level = item.get("level", hierarchy.TEAM)
         if level not in PLAN_LEVELS:
             raise ConfigError(f"{where}.level = {level!r}: must be one of {', '.join(PLAN_LEVELS)}")
-        entry = PlanEntry(stat, metric, eps, level)
+        entry = PlanEntry(stat, metric, eps, level, denominator)
         if entry in entries:
             raise ConfigError(f"{where}: {stat} of {metric or 'activity'} is planned twice")
         for part in entry.noisy_parts():
@@ -799,3 +810,25 @@ def _plan(raw: list[Any], metrics: tuple[MetricPolicy, ...], defaults: dict[str,
         raise ConfigError(f"privacy.release_plan charges each team-window {cost}, more than "
                           f"privacy.{unit.UNIT}_per_window = {budget}")
     return tuple(entries)
+
+
+def _denominator(raw: object, stat: str, metric: str, names: set[str], where: str) -> tuple[str, ...]:
+    """A ratio's denominator: one metric name or a list of them, each of the [[metrics]], not the
+    numerator alone; no other statistic takes one."""
+    if stat != "ratio":
+        if raw is not None:
+            raise ConfigError(f"{where}.denominator: only a ratio has a denominator, not {stat}")
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(m, str) for m in items):
+        raise ConfigError(f"{where}.denominator = {raw!r}: a ratio needs the metric (or list of metrics) whose "
+                          f"sum divides {metric or 'its metric'}, e.g. [\"ai.suggestions_accepted\", "
+                          "\"ai.suggestions_rejected\"]")
+    for m in items:
+        if m not in names:
+            raise ConfigError(f"{where}.denominator: {m!r} must be one of the [[metrics]]: {', '.join(sorted(names))}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{where}.denominator = {items}: names a metric twice")
+    if items == [metric]:
+        raise ConfigError(f"{where}.denominator = {items}: a ratio of {metric} over itself is 1")
+    return tuple(items)

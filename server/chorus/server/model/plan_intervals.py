@@ -3,7 +3,8 @@
 Intervals of releases depend only on the mechanism, the charge and sensitivity, so they are known
 before any data arrives; adoption's is divided by the (public) roster size. A mean's depends on
 the released count: it is computed for a team where everyone is active at half the metric's
-bound, the case a weekly review of an adopted tool looks at.
+bound, the case a weekly review of an adopted tool looks at; a ratio's, likewise, on its sums:
+computed with everyone at half of each metric's bound.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from chorus.server.model.config import Policy
 from chorus.server.model.hierarchy import TEAM
 from chorus.server.model.policy import expected_ci95, sensitivity
 from chorus.server.privacy import mechanisms
+from chorus.server.privacy.epsilon import Loss
 
 #: Team sizes `chorus default-config` explains the plan for.
 EXPLAINED_SIZES = (10, 30, 100, 1000)
@@ -40,10 +42,26 @@ def planned_intervals(policy: Policy, sizes: Sequence[int] = EXPLAINED_SIZES) ->
                                                      metric.max_per_user, total.mechanism)
                 cells.append(f"{value:,.0f} ±{ci:,.0f}")
             rows.append((name, cells))
+        elif entry.statistic == "ratio":
+            rows.append((f"ratio of {metric.name} over {' + '.join(entry.denominator)}{where}",
+                         [_ratio_cell(policy, entry.metric, entry.denominator, entry.charge, n) for n in sizes]))
         else:
             ci = expected_ci95(entry.statistic, metric, entry.charge, 0)
             rows.append((name, [f"±{ci:,.0f}"] * len(sizes)))
     return rows
+
+
+def _ratio_cell(policy: Policy, numerator: str, denominator: tuple[str, ...], charge: Loss, size: int) -> str:
+    """A ratio's interval when everyone has half of each metric's bound (a share: in points)."""
+    def release(name: str) -> tuple[int, float]:
+        metric = policy.metric(name)
+        assert metric is not None
+        return size * metric.max_per_user // 2, mechanisms.calibrate(sensitivity("sum", metric), charge).scale
+
+    nested = numerator in denominator
+    value, ci = mechanisms.ratio_interval(release(numerator), [release(d) for d in denominator if d != numerator],
+                                          nested, policy.mechanism)
+    return f"{value:.0%} ±{ci * 100:.1f} points" if nested else f"{value:,.2f} ±{ci:,.2f}"
 
 
 def explain(policy: Policy, sizes: Sequence[int] = EXPLAINED_SIZES) -> str:
@@ -53,8 +71,8 @@ def explain(policy: Policy, sizes: Sequence[int] = EXPLAINED_SIZES) -> str:
     lines = [f"Release plan: {unit} {policy.plan_cost()} of each team-window's {policy.budget_per_window} is "
              f"spent when the window closes (under one org level); {policy.budget_per_window - policy.plan_cost()} "
              "is left for questions nobody planned.",
-             "95% intervals it gives for a team, org or company of each size (a mean: everyone active at "
-             "half the bound):",
+             "95% intervals it gives for a team, org or company of each size (a mean or a ratio: everyone "
+             "active at half of each bound):",
              f"{'':<{width}}" + "".join(f"{f'{n} people':>22}" for n in sizes)]
     lines += [f"{name:<{width}}" + "".join(f"{cell:>22}" for cell in cells)
               for name, cells in planned_intervals(policy, sizes)]

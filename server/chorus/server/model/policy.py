@@ -62,7 +62,8 @@ def sensitivity(statistic: str, metric: MetricPolicy | None) -> int:
 def expected_ci95(statistic: str, metric: MetricPolicy | None, charge: Loss, size: int) -> float:
     """The 95% half-width a noisy statistic (or adoption) will have once released at `charge`, for a
     node of `size` people: it depends on no data (adoption divides the active count's by the public
-    size, capped at 1). A mean's depends on the count it will be divided by: see `mean_interval`."""
+    size, capped at 1). A mean's depends on the count it will be divided by (`mean_interval`), a
+    ratio's on both its sums (`ratio_interval`)."""
     if statistic == "adoption":
         return min(mechanisms.calibrate(1, charge).ci95 / max(size, 1), 1.0)
     return mechanisms.calibrate(sensitivity(statistic, metric), charge, statistic == "histogram").ci95
@@ -73,7 +74,8 @@ class PlanEntry:
     """One statistic the release plan publishes when a window closes, for every team of at least k.
 
     `metric` is "" for adoption (a team-level statistic); `charge` (epsilon or rho, the
-    policy's unit) applies to each noisy statistic it needs (sum and count for a mean). A later
+    policy's unit) applies to each noisy statistic it needs (sum and count for a mean; for a
+    ratio the sum of `metric`, its numerator, and of each metric of `denominator`). A later
     entry releases at every team, every org node or the company (`level`); a team's budget pays
     for the entries of its own level and of every node above it.
     """
@@ -83,15 +85,19 @@ class PlanEntry:
     charge: Loss
     #: hierarchy.TEAM (every team), ORG (every org node) or ROOT (the company).
     level: str = TEAM
+    #: For a ratio: the metrics whose sums add up to its denominator; () for other statistics.
+    denominator: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         # A team entry has no level key, as entries frozen before levels existed.
         return {"statistic": self.statistic, "metric": self.metric, self.charge.UNIT: str(self.charge),
-                **({"level": self.level} if self.level != TEAM else {})}
+                **({"level": self.level} if self.level != TEAM else {}),
+                **({"denominator": list(self.denominator)} if self.denominator else {})}
 
     def noisy_parts(self) -> list[tuple[str, str]]:
         """(metric, noisy statistic) pairs this entry releases; "" is the metric of active."""
-        return [("" if part == "active" else self.metric, part) for part in NOISY_PARTS[self.statistic]]
+        return [("" if part == "active" else metric, part) for part in NOISY_PARTS[self.statistic]
+                for metric in dict.fromkeys((self.metric, *self.denominator))]
 
 
 def plan_parts(plan: tuple[PlanEntry, ...]) -> dict[tuple[str, str, str], Loss]:
@@ -197,7 +203,7 @@ class Policy:
             min_team_size=int(data["min_team_size"]),
             retention_windows=int(data["retention_windows"]),
             release_plan=tuple(PlanEntry(str(e["statistic"]), str(e["metric"]), unit.parse(e[name]),
-                                         str(e.get("level", TEAM)))
+                                         str(e.get("level", TEAM)), tuple(str(m) for m in e.get("denominator", ())))
                                for e in data.get("release_plan", ())),
             otlp=OtlpPolicy.from_json(data["otlp"]) if "otlp" in data else None,
             mechanism=mechanism,

@@ -20,6 +20,7 @@ class Statistic(enum.StrEnum):
     MEAN = "mean"
     HISTOGRAM = "histogram"
     ADOPTION = "adoption"
+    RATIO = "ratio"
 
     @property
     def proto(self) -> common_pb2.Statistic:
@@ -34,14 +35,18 @@ class Statistic(enum.StrEnum):
 
 #: The noisy count of people active in any metric: released (the basis of adoption), never requested.
 ACTIVE = "active"
-#: What an analyst may request, in the order "all of them" means.
+#: What an analyst may request.
 REQUESTABLE: tuple[str, ...] = tuple(s.value for s in Statistic)
-#: Statistics that have their own noisy release (and default epsilon); mean and adoption are
-#: post-processing of them.
+#: What a request naming no statistic means, in order: every requestable one but the ratio,
+#: which needs its denominator named.
+EVERY: tuple[str, ...] = tuple(s for s in REQUESTABLE if s != Statistic.RATIO)
+#: Statistics that have their own noisy release (and default epsilon); mean, adoption and ratio
+#: are post-processing of them.
 NOISY: tuple[str, ...] = (Statistic.SUM.value, Statistic.COUNT.value, Statistic.HISTOGRAM.value, ACTIVE)
 #: The noisy statistics each requestable statistic is computed from; "active" is team-level (metric "").
+#: A ratio's are the sums of its numerator metric and of each metric of its denominator.
 NOISY_PARTS: dict[str, tuple[str, ...]] = {"sum": ("sum",), "count": ("count",), "histogram": ("histogram",),
-                                           "mean": ("sum", "count"), "adoption": (ACTIVE,)}
+                                           "mean": ("sum", "count"), "adoption": (ACTIVE,), "ratio": ("sum",)}
 
 
 def to_proto(name: str) -> common_pb2.Statistic:

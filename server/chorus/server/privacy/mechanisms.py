@@ -14,7 +14,7 @@ Calibration: scale = sensitivity / epsilon (Laplace) or sensitivity / sqrt(2 rho
 privacy map at the sensitivity, rounded up to whole micro-units, is within the request.
 That rounded map value is what the budget is charged.
 
-Mean and adoption are post-processing of released values; their intervals are derived
+Mean, adoption and ratio are post-processing of released values; their intervals are derived
 here from the released values' noise scales, deterministically.
 """
 
@@ -30,6 +30,7 @@ from statistics import NormalDist
 import opendp.prelude as dp
 
 from chorus.server.privacy.epsilon import Epsilon, Loss, Rho
+from chorus.server.privacy.sums import noise_std
 
 dp.enable_features("contrib")
 
@@ -205,6 +206,52 @@ def adoption_interval(noisy_active: int, active_scale: float, roster_size: int,
     """
     value = min(1.0, max(0.0, noisy_active / roster_size))
     return value, min(accuracy(active_scale, ALPHA, mechanism) / roster_size, max(value, 1.0 - value))
+
+
+def ratio_interval(numerator: tuple[int, float], others: Sequence[tuple[int, float]], nested: bool,
+                   mechanism: str = LAPLACE) -> tuple[float, float]:
+    """Ratio = released sum N over released sum D, and its 95% half-width (Fieller's interval).
+
+    `numerator` and `others` are (noisy value, scale) of independent releases of sums: D is the
+    sum of `others`, plus the numerator's when `nested` (edits accepted over edits accepted
+    plus rejected), in which case the true ratio lies in [0, 1]; otherwise in [0, inf).
+
+    For the true ratio r0 = N0 / D0, N - r0 D is a weighted sum of the releases' noises alone
+    (N0 - r0 D0 = 0), with standard deviation sd(r0) known from the scales. So the set of r with
+    |N - r D| <= z sd(r) holds r0 whenever that noise is within z of its standard deviations:
+    a quadratic inequality in r, solved exactly. z is the larger of the normal 97.5% quantile
+    and each release's own 95% accuracy over its standard deviation (2.12 for a Laplace,
+    whose tails are heavier than a normal's); a weighted sum of such noises is closer to normal
+    than its parts, so its 95% quantile is within z standard deviations. That last step is
+    measured (tests/release/test_ratio.py, bench/bench_accuracy.py), not proved.
+
+    The set is intersected with the ratio's range; when D is within its noise of 0 the set is
+    unbounded and nothing beyond the range is claimed (an infinite half-width when the range
+    has no upper end). The half-width returned is the larger distance from the reported ratio,
+    N / D clamped to the range, to either end.
+    """
+    n, n_scale = numerator
+    parts = [numerator, *others] if nested else list(others)
+    d = sum(value for value, _ in parts)
+    sd = {scale: noise_std(scale, mechanism) for scale in {n_scale, *(scale for _, scale in others)}}
+    z = max([NormalDist().inv_cdf(1 - ALPHA / 2), *(accuracy(s, ALPHA, mechanism) / sd[s] for s in sd)])
+    v_nn = sd[n_scale] ** 2
+    v_dd = sum(sd[scale] ** 2 for _, scale in parts)
+    v_nd = v_nn if nested else 0.0
+    upper = 1.0 if nested else math.inf
+    value = min(upper, max(0.0, n / d)) if d > 0 else 0.0
+    # (N - r D)^2 <= z^2 (v_nn - 2 r v_nd + r^2 v_dd)  <=>  a r^2 - 2 b r + c <= 0
+    a = d * d - z * z * v_dd
+    b = n * d - z * z * v_nd
+    c = n * n - z * z * v_nn
+    if a <= 0:  # D within its noise of 0: the set is unbounded, its hull the whole range
+        low, high = 0.0, upper
+    else:
+        root = math.sqrt(max(b * b - a * c, 0.0))
+        low, high = max(0.0, (b - root) / a), min(upper, (b + root) / a)
+        if low > high:  # the set lies outside the range: claim nothing beyond the range
+            low, high = 0.0, upper
+    return value, max(value - low, high - value)
 
 
 def combined_ci95(terms: Sequence[tuple[float, float]], alpha: float = ALPHA, mechanism: str = LAPLACE) -> float:

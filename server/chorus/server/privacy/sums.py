@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DISCRETE_GAUSSIAN", "DISCRETE_LAPLACE", "Term", "ci95"]
+__all__ = ["DISCRETE_GAUSSIAN", "DISCRETE_LAPLACE", "Term", "ci95", "noise_std"]
 
 DISCRETE_LAPLACE = "discrete_laplace"
 DISCRETE_GAUSSIAN = "discrete_gaussian"
@@ -42,7 +42,7 @@ _FINE_POINTS = 1 << 16
 _TAIL = 36.0
 
 
-def _std(scale: float, mechanism: str) -> float:
+def noise_std(scale: float, mechanism: str) -> float:
     """The noise's standard deviation: discrete Laplace with p = exp(-1/scale) has variance
     2p / (1 - p)^2; the discrete Gaussian's scale is its sigma (to within 1e-9 from sigma 1 up)."""
     if mechanism == DISCRETE_LAPLACE:
@@ -83,7 +83,7 @@ def _half_width(counted: tuple[tuple[tuple[float, float, str], int], ...], cover
     """ci95 of the terms, each with how many times it occurs (cached: a page asks for the same
     figures again, and every window of a stable roster has the same terms)."""
     live = [term for term, _ in counted]
-    stds = [w * _std(s, m) for (s, w, m), n in counted for _ in range(n)]
+    stds = [w * noise_std(s, m) for (s, w, m), n in counted for _ in range(n)]
     reach = _TAIL * max(stds) + 12 * math.sqrt(sum(x * x for x in stds))
     weights = {w for _, w, _ in live}
     lattice = len(weights) == 1 and 2 * reach / next(iter(weights)) <= _MAX_POINTS
@@ -94,7 +94,7 @@ def _half_width(counted: tuple[tuple[tuple[float, float, str], int], ...], cover
     spectrum = np.ones(size // 2 + 1, dtype=complex)
     for (scale, weight, mechanism), count in counted:
         pmf = (_lattice_pmf(scale, mechanism, k) if lattice
-               else _cell_pmf(weight * _std(scale, mechanism), mechanism, k, step))
+               else _cell_pmf(weight * noise_std(scale, mechanism), mechanism, k, step))
         placed = np.zeros(size)
         placed[k % size] = pmf  # centred at index 0, negative offsets wrapped to the end
         spectrum *= np.fft.rfft(placed) ** count

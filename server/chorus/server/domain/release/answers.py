@@ -40,6 +40,8 @@ class Estimate(NamedTuple):
     #: For a sum, count or active: the noisy value as released, before a negative one is shown as
     #: 0 in `value` (what derived figures must add up); None when `value` is it.
     noisy_value: float | None = None
+    #: For a ratio: the metrics whose sums make its denominator (`metric` is its numerator).
+    denominator: tuple[str, ...] = ()
 
 
 class Unreleased(NamedTuple):

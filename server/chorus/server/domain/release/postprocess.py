@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -49,9 +50,11 @@ def result_json(item: Stored) -> str:
 
 
 @functools.cache
-def parts(metric: str, stat: str) -> tuple[tuple[str, str], ...]:
-    """The (metric, noisy statistic) releases a statistic of `metric` is made of."""
-    return tuple((TEAM_LEVEL if need == ACTIVE else metric, need) for need in NOISY_PARTS[stat])
+def parts(metric: str, stat: str, denominator: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """The (metric, noisy statistic) releases a statistic of `metric` is made of (a ratio's: the
+    sums of `metric` and of each metric of its `denominator`)."""
+    names = dict.fromkeys((metric, *denominator)) if stat == "ratio" else (metric,)
+    return tuple((TEAM_LEVEL if need == ACTIVE else name, need) for need in NOISY_PARTS[stat] for name in names)
 
 
 def noisy_estimate(metric: str, histogram_edges: tuple[int, ...], stat: str, item: Stored,
@@ -85,6 +88,27 @@ def mean_estimate(metric: MetricPolicy, total: Stored, count: Stored) -> Estimat
         note = (f"noisy sum {total.value} over noisy count {count.value} (at least 1) is clamped to "
                 f"[0, {metric.max_per_user}]")
     return _post_processed(metric.name, "mean", value, ci95, (total, count), note)
+
+
+def ratio_estimate(metric: str, denominator: tuple[str, ...], numerator: Stored, others: list[Stored]) -> Estimate:
+    """The sum of `metric` over the sums of `denominator` (which may include `metric`: then a
+    share, within [0, 1]); `others` are the denominator's sums but the numerator's."""
+    assert isinstance(numerator.value, int)
+    sums: list[tuple[int, float]] = []
+    for other in others:
+        assert isinstance(other.value, int)
+        sums.append((other.value, other.scale))
+    nested = metric in denominator
+    value, ci95 = mechanisms.ratio_interval((numerator.value, numerator.scale), sums, nested, numerator.mechanism)
+    below = sum(v for v, _ in sums) + (numerator.value if nested else 0)
+    upper = 1 if nested else math.inf
+    notes = []
+    if below < 1 or not 0 <= numerator.value / below <= upper:
+        notes.append(f"noisy sum {numerator.value} over noisy sum {below} is clamped to [0, {upper}]")
+    if math.isinf(ci95):
+        notes.append("the denominator is within its noise of 0: no upper end can be claimed")
+    estimate = _post_processed(metric, "ratio", value, ci95, (numerator, *others), "; ".join(notes))
+    return estimate._replace(denominator=denominator)
 
 
 def adoption_estimate(active: Stored, roster_size: int) -> Estimate:

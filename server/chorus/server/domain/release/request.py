@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from chorus.server.domain.release.errors import InvalidRequest
+from chorus.server.model.statistics import EVERY
 from chorus.server.model.statistics import REQUESTABLE as STATISTICS
 from chorus.server.privacy.epsilon import Loss
 
@@ -20,6 +21,9 @@ class StatisticRequest:
     statistic: str
     #: None: the window's default epsilon for each noisy statistic it needs.
     epsilon: Loss | None = None
+    #: For a ratio: the metrics whose sums add up to its denominator (each requested metric is a
+    #: numerator); () for any other statistic.
+    denominator: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +45,14 @@ class Request:
     validate_only: bool = False
     #: An entry of the window's release plan (the only spending allowed before it is complete).
     plan: bool = False
+    #: For a ratio: the metrics whose sums add up to its denominator (`denominator_of`); ().
+    denominator: tuple[str, ...] = ()
 
 
 def validated_statistics(requests: Sequence[StatisticRequest]) -> dict[str, Loss | None]:
-    """Requested statistics in order, validated; empty means all at their defaults."""
+    """Requested statistics in order, validated; empty means all (but the ratio) at their defaults."""
     if not requests:
-        return dict.fromkeys(STATISTICS)
+        return dict.fromkeys(EVERY)
     out: dict[str, Loss | None] = {}
     for i, r in enumerate(requests):
         if r.statistic not in STATISTICS:
@@ -61,7 +67,18 @@ def validated_statistics(requests: Sequence[StatisticRequest]) -> dict[str, Loss
             raise InvalidRequest(f"statistics[{i}].epsilon is 0 for {r.statistic}; a release needs an epsilon "
                                  f"greater than 0 (at least 0.000001; empty: the window's default)",
                                  f"statistics[{i}].epsilon")
+        field = f"statistics[{i}].denominator"
+        if r.denominator and r.statistic != "ratio":
+            raise InvalidRequest(f"{field} is for a ratio; {r.statistic} takes none", field)
+        if r.statistic == "ratio" and not r.denominator:
+            raise InvalidRequest(f"{field} is empty: a ratio names the metrics whose sums divide each requested "
+                                 "metric's sum, e.g. ai.suggestions_accepted and ai.suggestions_rejected", field)
         out[r.statistic] = r.epsilon
     return out
+
+
+def denominator_of(requests: Sequence[StatisticRequest]) -> tuple[str, ...]:
+    """The denominator of the request's ratio, () when it asks for none (validated_statistics first)."""
+    return next((tuple(dict.fromkeys(r.denominator)) for r in requests if r.statistic == "ratio"), ())
 
 

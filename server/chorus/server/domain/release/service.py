@@ -14,7 +14,7 @@ from chorus.server.domain.release import transaction
 from chorus.server.domain.release.answers import ReleaseResult, TeamInfo, TeamList, suppression_reason
 from chorus.server.domain.release.errors import BudgetExceeded, InvalidRequest, Refused
 from chorus.server.domain.release.postprocess import WindowReleases
-from chorus.server.domain.release.request import Request, StatisticRequest, validated_statistics
+from chorus.server.domain.release.request import Request, StatisticRequest, denominator_of, validated_statistics
 from chorus.server.domain.release.snapshot import tree_of, window_of
 from chorus.server.domain.release.transaction import PLAN_ACTOR, drawn_now, respond
 from chorus.server.model.clock import Clock
@@ -73,7 +73,7 @@ class Releases:
         if not window:
             raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
         request = Request(window, tuple(teams), tuple(metrics), validated_statistics(statistics), tuple(nodes),
-                          requester, validate_only=validate_only)
+                          requester, validate_only=validate_only, denominator=denominator_of(statistics))
         now = self._clock.now()
         # A request whose releases are all stored (a validate_only one, a replay) writes nothing,
         # so it is answered in a read transaction: no writer lock. Only one that must draw runs

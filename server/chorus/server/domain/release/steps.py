@@ -34,7 +34,14 @@ from chorus.server.domain.release.errors import (
     Refused,
     overspend,
 )
-from chorus.server.domain.release.postprocess import Key, Stored, consistent_estimates, parts, result_json
+from chorus.server.domain.release.postprocess import (
+    Key,
+    Stored,
+    consistent_estimates,
+    parts,
+    ratio_estimate,
+    result_json,
+)
 from chorus.server.domain.release.request import TEAM_LEVEL, Request
 from chorus.server.domain.release.snapshot import Snapshot, org_or_name, team_windows, when
 from chorus.server.model import hierarchy
@@ -68,6 +75,8 @@ class Selection:
     sizes: Mapping[str, int]
     #: Each subject of at least k people -> its wanted parts not stored yet, in `wanted`'s order.
     missing: Mapping[str, tuple[Part, ...]]
+    #: A ratio's denominator (metrics of the window), () without a ratio.
+    denominator: tuple[str, ...] = ()
 
     @property
     def to_draw(self) -> dict[str, tuple[Part, ...]]:
@@ -82,7 +91,8 @@ def select(request: Request, snapshot: Snapshot, now: datetime) -> Selection:
     that order of checks) naming the value and the rule."""
     _check_releasable(snapshot.record, now)
     metrics = _metrics(snapshot, request.metrics)
-    wanted = _wanted(snapshot, metrics, request.statistics)
+    _check_ratio(snapshot, request)
+    wanted = _wanted(snapshot, metrics, request.statistics, request.denominator)
     tree = snapshot.tree
     chosen = _teams(snapshot, request.teams) if request.teams or not request.nodes else []
     chosen += [n for n in _nodes(snapshot, request.nodes) if n not in chosen]
@@ -90,7 +100,7 @@ def select(request: Request, snapshot: Snapshot, now: datetime) -> Selection:
     k = snapshot.policy.min_team_size
     stored = snapshot.stored
     missing = {s: tuple(key for key in wanted if (s, *key) not in stored) for s in chosen if sizes[s] >= k}
-    return Selection(tuple(metrics), request.statistics, wanted, tuple(chosen), sizes, missing)
+    return Selection(tuple(metrics), request.statistics, wanted, tuple(chosen), sizes, missing, request.denominator)
 
 
 def _check_releasable(record: window_store.WindowRecord, now: datetime) -> None:
@@ -119,8 +129,24 @@ def _metrics(snapshot: Snapshot, names: Sequence[str]) -> list[MetricPolicy]:
     return out
 
 
-def _wanted(snapshot: Snapshot, metrics: list[MetricPolicy], statistics: Mapping[str, Loss | None]) -> dict[Part, Loss]:
-    """(metric, noisy statistic) -> epsilon for everything the answer needs.
+def _check_ratio(snapshot: Snapshot, request: Request) -> None:
+    """A ratio's denominator is of the window's metrics, and a ratio names its numerators."""
+    if "ratio" not in request.statistics:
+        return
+    denominator = request.denominator
+    _metrics(snapshot, denominator)  # NotFound for a metric not in the window's policy
+    if not request.metrics:
+        raise InvalidRequest("metrics is empty: a ratio divides the sum of each requested metric by its "
+                             f"denominator's ({', '.join(denominator)}); name the numerator metric(s)", "metrics")
+    if list(dict.fromkeys(request.metrics)) == list(denominator):
+        raise InvalidRequest(f"a ratio of {denominator[0]} over itself is 1; name another denominator",
+                             "statistics.denominator")
+
+
+def _wanted(snapshot: Snapshot, metrics: list[MetricPolicy], statistics: Mapping[str, Loss | None],
+            denominator: tuple[str, ...]) -> dict[Part, Loss]:
+    """(metric, noisy statistic) -> epsilon for everything the answer needs (a ratio's: the sums
+    of its numerators and of its denominator's metrics).
 
     An epsilon given for a statistic itself wins over one given for mean or adoption (which
     applies to each noisy statistic they need), which wins over the default.
@@ -135,9 +161,11 @@ def _wanted(snapshot: Snapshot, metrics: list[MetricPolicy], statistics: Mapping
                                  f"team-window in {snapshot.window}, {cap}", f"statistics[{i}].epsilon")
     wanted: dict[Part, Loss] = {}
     explicit: set[Part] = set()
+    names = [m.name for m in metrics]
     for stat, eps in amounts.items():
         for noisy in NOISY_PARTS[stat]:
-            for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else (m.name for m in metrics)):
+            for metric in ((TEAM_LEVEL,) if noisy == ACTIVE else
+                           dict.fromkeys([*names, *denominator]) if stat == "ratio" else names):
                 key = (metric, noisy)
                 if key in explicit:
                     continue
@@ -385,7 +413,7 @@ def _estimates(subject: str, selection: Selection, snapshot: Snapshot, stored: M
         if not missing:
             return True  # every part of every requested statistic is stored
         name = metric.name if metric is not None else TEAM_LEVEL
-        absent = [part for part in parts(name, stat) if (subject, *part) not in stored]
+        absent = [part for part in parts(name, stat, selection.denominator) if (subject, *part) not in stored]
         if absent:
             cost = sum((selection.wanted[part] for part in absent), ZERO)
             unreleased.append(Unreleased(name, stat, cost,
@@ -401,6 +429,12 @@ def _estimates(subject: str, selection: Selection, snapshot: Snapshot, stored: M
             if stat == "mean":
                 out.append(replay.mean(metric, stored[(subject, metric.name, "sum")],
                                        stored[(subject, metric.name, "count")]))
+            if stat == "ratio":
+                for name in selection.denominator:
+                    add_noisy(name, (), "sum")
+                out.append(ratio_estimate(metric.name, selection.denominator, stored[(subject, metric.name, "sum")],
+                                          [stored[(subject, d, "sum")] for d in selection.denominator
+                                           if d != metric.name]))
     if "adoption" in selection.statistics and available(None, "adoption"):
         add_noisy(TEAM_LEVEL, (), ACTIVE)
         out.append(replay.adoption(stored[(subject, TEAM_LEVEL, ACTIVE)], size))
@@ -409,8 +443,8 @@ def _estimates(subject: str, selection: Selection, snapshot: Snapshot, stored: M
 
 def _expected_ci95(metric: MetricPolicy | None, stat: str, roster_size: int, wanted: Mapping[Part, Loss]) -> float:
     """The 95% half-width a statistic will have once released (it depends on no data, except a
-    mean's: 0.0 there)."""
-    if stat == "mean":
+    mean's and a ratio's: 0.0 there)."""
+    if stat in ("mean", "ratio"):
         return 0.0
     if metric is None:  # adoption: the active count's interval over the public roster size
         return expected_ci95("adoption", None, wanted[(TEAM_LEVEL, ACTIVE)], roster_size)

@@ -56,7 +56,7 @@ def release_plan(tx: Tx, ledger: Ledger, now: datetime, window: str) -> int:
         if entry.level != hierarchy.TEAM and not nodes:
             continue  # org entries in a company without orgs: nothing to release
         request = Request(window, (), (entry.metric,) if entry.metric else (), {entry.statistic: entry.charge},
-                          tuple(nodes), PLAN_ACTOR, plan=True)
+                          tuple(nodes), PLAN_ACTOR, plan=True, denominator=entry.denominator)
         answered = respond(tx, ledger, now, request, snapshot)
         assert answered is not None  # it draws what is missing
         result, snapshot = answered

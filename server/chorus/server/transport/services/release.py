@@ -71,10 +71,11 @@ def _statistic(index: int, s: release_pb2.StatisticRequest,
     if name is None:
         invalid_argument(context, f"statistics[{index}].statistic must be one of "
                                   f"{', '.join(REQUESTABLE)}", f"statistics[{index}].statistic")
+    denominator = tuple(s.denominator)
     if not s.epsilon:
-        return release.StatisticRequest(name)
+        return release.StatisticRequest(name, None, denominator)
     try:
-        return release.StatisticRequest(name, Epsilon.parse(s.epsilon))
+        return release.StatisticRequest(name, Epsilon.parse(s.epsilon), denominator)
     except ValueError as exc:
         invalid_argument(context, f"statistics[{index}].epsilon: {exc}", f"statistics[{index}].epsilon")
 
@@ -105,6 +106,7 @@ def _estimate(e: release.Estimate) -> release_pb2.Estimate:
         epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
         sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note,
         derived_from=e.derived_from, noisy_value=e.value if e.noisy_value is None else e.noisy_value,
+        denominator=e.denominator,
         consistent=None if e.consistent is None else release_pb2.ConsistentEstimate(
             value=e.consistent[0], ci95=e.consistent[1]))
 
