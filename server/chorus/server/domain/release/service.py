@@ -84,8 +84,8 @@ class Releases:
         if answered is None:
             answered = self._db.run(lambda tx: respond(tx, self._ledger, now, request, snapshots.read(tx, window)),
                                     name="release")
-        result = answered[0] if answered is not None else None
-        assert result is not None  # a write transaction draws what is missing
+        assert answered is not None  # a write transaction draws what is missing
+        result = answered[0]
         if not validate_only:  # a read changes nothing worth a log line per page view
             _log.info("release for window %s: %d team(s), %d new noisy release(s)", window, len(result.teams),
                       drawn_now(result))

@@ -36,6 +36,7 @@ from chorus.server.domain.release.errors import (
 )
 from chorus.server.domain.release.postprocess import (
     Key,
+    Replay,
     Stored,
     consistent_estimates,
     parts,
@@ -361,6 +362,7 @@ def answer(selection: Selection, snapshot: Snapshot, stored: Mapping[Key, Stored
     tree, policy = snapshot.tree, snapshot.policy
     consistent, remainders = consistent_estimates(tree, policy, snapshot.stored, list(selection.missing))
     k = policy.min_team_size
+    replay = snapshot.replay
     results = []
     for subject in selection.subjects:
         level = tree.level(subject)
@@ -376,7 +378,7 @@ def answer(selection: Selection, snapshot: Snapshot, stored: Mapping[Key, Stored
         required = ZERO
         if subject in selection.missing:
             missing = selection.missing[subject]
-            estimates, unreleased = _estimates(subject, selection, snapshot, stored, consistent, missing)
+            estimates, unreleased = _estimates(subject, selection, replay, stored, consistent, missing)
             required = sum((selection.wanted[key] for key in missing if (subject, *key) not in stored), ZERO)
             message = ""
         else:
@@ -389,7 +391,7 @@ def answer(selection: Selection, snapshot: Snapshot, stored: Mapping[Key, Stored
     return ReleaseResult(snapshot.window, tuple(results), tuple(remainders))
 
 
-def _estimates(subject: str, selection: Selection, snapshot: Snapshot, stored: Mapping[Key, Stored],
+def _estimates(subject: str, selection: Selection, replay: Replay, stored: Mapping[Key, Stored],
                consistent: Mapping[Key, tuple[float, float]],
                missing: tuple[Part, ...]) -> tuple[tuple[Estimate, ...], tuple[Unreleased, ...]]:
     """The subject's estimates: every noisy release the request needs, once each, and after them
@@ -400,7 +402,6 @@ def _estimates(subject: str, selection: Selection, snapshot: Snapshot, stored: M
     out: list[Estimate] = []
     unreleased: list[Unreleased] = []
     shown: set[Part] = set()
-    replay = snapshot.replay
     size = selection.sizes[subject]
 
     def add_noisy(name: str, edges: tuple[int, ...], stat: str) -> None:
