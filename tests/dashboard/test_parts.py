@@ -216,3 +216,17 @@ def test_too_few_people_are_named_once_per_org_they_are_counted_in() -> None:
         "Too few people for a weekly number, counted in the company: c",
         "Too few people for a weekly number, counted in eng: a-1, a-2",
         "Too few people for a weekly number, counted in sales: b-1"]
+
+
+def test_an_outcome_tile_draws_the_released_ratio_and_compares_intervals_only() -> None:
+    edits = answers.OUTCOMES[0]
+    ratio = common_pb2.STATISTIC_RATIO
+    now = release_pb2.Estimate(statistic=ratio, value=0.45, ci95=0.05)
+    tile = answers.outcome_tile(edits, now, release_pb2.Estimate(statistic=ratio, value=0.30, ci95=0.05), "W1", "x")
+    assert tile is not None and (tile.value, tile.interval) == ("45.0%", "95% interval 40.0% to 50.0%")
+    assert (tile.change, tile.verdict) == ("was 30.0% in W1", "the two 95% intervals do not overlap: a real change")
+    close = answers.outcome_tile(edits, now, release_pb2.Estimate(statistic=ratio, value=0.42, ci95=0.05), "W1", "x")
+    assert close is not None and close.verdict == "the two 95% intervals overlap: no clear change"
+    wide = answers.outcome_tile(edits, release_pb2.Estimate(statistic=ratio, value=0.2, ci95=0.9), None, "", "x")
+    assert wide is not None and wide.interval == "95% interval 0.0% to 100.0%: this says nothing yet"
+    assert answers.outcome_tile(edits, None, now, "W1", "x") is None
