@@ -139,7 +139,7 @@ def _check_ratio(snapshot: Snapshot, request: Request) -> None:
     if not request.metrics:
         raise InvalidRequest("metrics is empty: a ratio divides the sum of each requested metric by its "
                              f"denominator's ({', '.join(denominator)}); name the numerator metric(s)", "metrics")
-    if list(dict.fromkeys(request.metrics)) == list(denominator):
+    if len(denominator) == 1 and denominator[0] in request.metrics:
         raise InvalidRequest(f"a ratio of {denominator[0]} over itself is 1; name another denominator",
                              "statistics.denominator")
 
