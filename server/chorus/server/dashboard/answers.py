@@ -45,7 +45,7 @@ def shown(found: headline.Figure, share: bool = True) -> Interval:
 
 def span(statistic: int, roster: int, metric: release_pb2.Metric | None) -> float:
     """The range one team's number can take in a window, which its interval is judged against."""
-    if statistic == common_pb2.STATISTIC_ADOPTION:
+    if statistic in (common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_RATIO):  # shares (OUTCOMES)
         return 1.0
     if statistic == common_pb2.STATISTIC_COUNT:
         return float(roster)
@@ -127,7 +127,8 @@ def points(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse
     out: list[Interval | None] = []
     for reply in replies:
         own = next((e for t in (reply.teams if reply else ()) if t.team == node and t.level in headline.NODES
-                    for e in t.estimates if e.statistic == statistic and e.metric == metric and e.release_id), None)
+                    for e in t.estimates if e.statistic == statistic and e.metric == metric
+                    and (e.release_id or e.derived_from)), None)  # a mean or ratio is derived: no id of its own
         out.append(Interval(max(own.value, 0.0), own.ci95, ceiling) if own else None)
     return out
 
