@@ -168,6 +168,17 @@ def test_the_interval_of_a_total_or_a_change_covers_at_least_95_percent() -> Non
     assert mechanisms.combined_ci95([(mech.scale, 1.0)]) == mech.ci95  # one release: its own interval
 
 
+def test_a_released_company_mean_is_a_point_of_its_trend() -> None:
+    """A mean is post-processing (no release id of its own): the company's is drawn where it is released."""
+    company = release_pb2.TeamRelease(team=hierarchy.COMPANY, level=release_pb2.NODE_LEVEL_COMPANY, estimates=[
+        release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_MEAN, value=5200.0, ci95=300.0,
+                             derived_from=["sum-id", "count-id"])])
+    replies = [release_pb2.ReleaseResponse(window="W1", teams=[company]), None]
+    found = answers.points(["W1", "W2"], replies, hierarchy.COMPANY, None, common_pb2.STATISTIC_MEAN, "ai.tokens",
+                           500_000.0)
+    assert found == [Interval(5200.0, 300.0, 500_000.0), None]
+
+
 def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     from chorus.server.dashboard import headline
     from chorus.server.privacy import sums

@@ -45,7 +45,7 @@ def shown(found: headline.Figure, share: bool = True) -> Interval:
 
 def span(statistic: int, roster: int, metric: release_pb2.Metric | None) -> float:
     """The range one team's number can take in a window, which its interval is judged against."""
-    if statistic in (common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_RATIO):  # shares (OUTCOMES)
+    if statistic == common_pb2.STATISTIC_ADOPTION:
         return 1.0
     if statistic == common_pb2.STATISTIC_COUNT:
         return float(roster)
@@ -119,7 +119,8 @@ def team_parts(replies: Sequence[release_pb2.ReleaseResponse | None], statistic:
 def points(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse | None], node: str,
            teams: set[str] | None, statistic: int, metric: str, ceiling: float) -> list[Interval | None]:
     """A scope's value per window for display: an additive statistic from its own release or its
-    teams' added up; a mean only where the scope itself is released (a mean does not add up)."""
+    teams' added up; a mean only where the scope itself is released (a mean does not add up; it is
+    post-processing of the scope's released sum and count, with no release id of its own)."""
     if headline.additive(statistic) is not None:
         share = statistic == common_pb2.STATISTIC_ADOPTION
         found = series(windows, replies, node, teams, statistic, metric).parts
@@ -127,8 +128,7 @@ def points(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse
     out: list[Interval | None] = []
     for reply in replies:
         own = next((e for t in (reply.teams if reply else ()) if t.team == node and t.level in headline.NODES
-                    for e in t.estimates if e.statistic == statistic and e.metric == metric
-                    and (e.release_id or e.derived_from)), None)  # a mean or ratio is derived: no id of its own
+                    for e in t.estimates if e.statistic == statistic and e.metric == metric), None)
         out.append(Interval(max(own.value, 0.0), own.ci95, ceiling) if own else None)
     return out
 
