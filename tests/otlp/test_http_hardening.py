@@ -1,6 +1,7 @@
 """The OTLP/HTTP listener under the two failures issue 22 measured: a restart with exporters
 connected (SIGKILL or SIGTERM) binds again at once, and connections dribbling bytes from one
-host neither hold a slot past the whole-request deadline nor keep other hosts' exports out."""
+host neither hold a slot past the whole-request deadline nor keep other hosts' exports out;
+and the caps at accept: unauthenticated connections per address, all connections at once."""
 
 from __future__ import annotations
 
@@ -84,6 +85,85 @@ def test_dribbling_connections_are_cut_at_the_deadline_and_leave_other_hosts_ser
     status, conn = _export(host, int(port), otlp_server.ingest_token)  # the same host again, once they are gone
     conn.close()
     assert status == 200
+
+
+def _cut_within(s: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `s` within `seconds` (reading whatever it sends first)."""
+    s.settimeout(seconds)
+    try:
+        while s.recv(1024):
+            pass
+        return True
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _host_port(server: OtlpServer) -> tuple[str, int]:
+    host, port = server.http_url.split("//")[1].split("/")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+def test_a_collector_keeping_many_connections_from_one_address_is_served(otlp_server: OtlpServer) -> None:
+    """Only connections that never carried an admitted request count against the per-address cap."""
+    host, port = _host_port(otlp_server)
+    kept = []
+    for _ in range(3 * otlp_http.MAX_UNAUTHENTICATED_PER_PEER):
+        status, conn = _export(host, port, otlp_server.ingest_token)
+        assert status == 200
+        kept.append(conn)
+    idle = [socket.create_connection((host, port), timeout=10)
+            for _ in range(otlp_http.MAX_UNAUTHENTICATED_PER_PEER)]
+    try:
+        time.sleep(0.5)
+        with socket.create_connection((host, port), timeout=10) as extra:  # one unauthenticated too many
+            assert extra.recv(100).startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1")
+        assert [_export(host, port, otlp_server.ingest_token, conn=c)[0] for c in kept] == [200] * len(kept)
+        status, conn = _export(host, port, otlp_server.ingest_token, source="127.0.0.2")
+        conn.close()
+        assert status == 200
+    finally:
+        for c in kept:
+            c.close()
+        for s in idle:
+            s.close()
+
+
+def test_the_connection_cap_refuses_at_once_whatever_the_address(otlp_server: OtlpServer) -> None:
+    host, port = _host_port(otlp_server)
+    per = otlp_http.MAX_UNAUTHENTICATED_PER_PEER
+    idle = [socket.create_connection((host, port), timeout=10, source_address=(f"127.0.1.{i // per + 1}", 0))
+            for i in range(otlp_http.MAX_CONNECTIONS)]
+    try:
+        time.sleep(1)  # let the server take them all
+        with socket.create_connection((host, port), timeout=10, source_address=("127.0.2.1", 0)) as extra:
+            assert extra.recv(100).startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1")
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(1)
+    status, conn = _export(host, port, otlp_server.ingest_token)
+    conn.close()
+    assert status == 200
+
+
+def test_an_authenticated_connection_dribbling_its_next_request_is_cut_too(
+        otlp_server: OtlpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_http, "REQUEST_SECONDS", 2.0)
+    host, port = _host_port(otlp_server)
+    status, conn = _export(host, port, otlp_server.ingest_token)
+    assert status == 200 and conn.sock is not None
+    started = time.monotonic()
+    for byte in b"POST /v1/metrics HTTP/1.1\r\n":
+        try:
+            conn.sock.sendall(bytes([byte]))
+        except OSError:
+            break
+        time.sleep(0.2)
+    assert _cut_within(conn.sock, 5)
+    assert time.monotonic() - started < otlp_http.REQUEST_SECONDS + 3
+    conn.close()
 
 
 def _free_port() -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -13,6 +16,7 @@ from opentelemetry.sdk.metrics.export import MetricExportResult
 
 from chorus.server.model.roles import Role
 from chorus.server.root import Chorus
+from chorus.server.transport import otlp_http
 from chorus.server.transport.grpc_server import Server, TlsConfig
 from tests._certs import make_certs
 
@@ -92,6 +96,24 @@ def test_otlp_http_with_mtls_needs_a_client_certificate(tmp_path: Path, certs: P
         server.stop(grace=1)
 
 
+def test_a_stalled_tls_handshake_is_cut_at_the_deadline(tmp_path: Path, certs: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_http, "REQUEST_SECONDS", 2.0)
+    server, token = tls_server(tmp_path / "data", certs, mtls=False)
+    try:
+        assert server.otlp_http is not None
+        with socket.create_connection(("127.0.0.1", server.otlp_http.port), timeout=10) as stalled:
+            stalled.sendall(b"\x16\x03\x01")  # the start of a ClientHello, never finished
+            stalled.settimeout(6)
+            started = time.monotonic()
+            with contextlib.suppress(ConnectionError):
+                assert stalled.recv(1024) == b""
+            assert time.monotonic() - started < 5
+        assert export_over_https(server, token, certs, client_cert=False) is MetricExportResult.SUCCESS
+    finally:
+        server.stop(grace=1)
+
+
 def test_plaintext_otlp_http_on_a_public_address_is_refused(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(tmp_path / "d"),
                              "--otlp-http-listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=60,
@@ -102,7 +124,7 @@ def test_plaintext_otlp_http_on_a_public_address_is_refused(tmp_path: Path) -> N
 
 def test_grpc_and_http_share_the_tokens_rate_limit(otlp_server: OtlpServer) -> None:
     assert otlp_server.server.otlp_http is not None
-    limiter = otlp_server.server.otlp_http._httpd.RequestHandlerClass.limiter  # type: ignore[attr-defined]
+    limiter = otlp_server.server.otlp_http.app.limiter
     limiter.rate, limiter.burst = 0.001, 2
     t = now_ns() - MIN
     two = request([sum_metric("tool.requests", [point(1, t - MIN, t, user__email=RED0),

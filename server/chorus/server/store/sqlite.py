@@ -9,8 +9,9 @@ busy handler would sleep up to 100 ms a time. The kernel drops the lock of a kil
 Other programs on the file (a `sqlite3` shell, a backup) are serialised by SQLite's busy
 handler, for what is left of the deadline. Every wait is bounded by the transaction's
 deadline (store/_db.py); while this process's writer has waited more than STALL_SECONDS for
-a lock that another program or worker holds, the process's other writers are refused at once,
-so the RPC threads stay free for reads and health checks.
+a lock that another program or worker holds, the process's other writers with a deadline (RPCs)
+are refused at once (StoreUnavailable, not retried), so the RPC threads stay free for reads and
+health checks; background writers (the closer, a plan release, OTLP/HTTP) wait within their budget.
 
 Reads (`Database.read`): a deferred WAL read transaction on a connection of the calling
 thread with `query_only=ON`: no thread lock, no flock, no BEGIN IMMEDIATE. It reads one
@@ -150,18 +151,19 @@ class SqliteDatabase(Database):
             conn = self._reader()
             conn.execute("BEGIN")  # deferred: a WAL snapshot at the first read, no lock
             return _SqliteTx(conn, writer=False)
-        return self._begin_write(until)
+        return self._begin_write(until, refuse_when_stalled=limit is not None)
 
-    def _begin_write(self, until: float) -> _SqliteTx:
+    def _begin_write(self, until: float, *, refuse_when_stalled: bool) -> _SqliteTx:
         """The thread lock, the cross-process writer flock, then BEGIN IMMEDIATE, each waited
         for until `until` at most. While this process's writer waits for a lock that another
-        holds, for more than STALL_SECONDS, other writers of the process are refused at once
-        (LockTimeout) instead of queueing: they would only time out later, holding the RPC
-        threads that reads and health checks need meanwhile."""
+        holds, for more than STALL_SECONDS, other writers of the process with a deadline
+        (`refuse_when_stalled`) are refused at once, as StoreUnavailable so that the retry loop
+        does not wait on: they would only time out later, holding the RPC threads that reads and
+        health checks need meanwhile."""
         waiting = self._waiting_since
-        if waiting is not None and time.monotonic() - waiting > STALL_SECONDS:
-            raise LockTimeout(f"the write lock has been held by another program or worker for "
-                              f"{time.monotonic() - waiting:.1f} s")
+        if refuse_when_stalled and waiting is not None and time.monotonic() - waiting > STALL_SECONDS:
+            raise StoreUnavailable(f"{self.where}: the write lock has been held by another program or worker "
+                                   f"for {time.monotonic() - waiting:.1f} s; refused at once")
         if not self._lock.acquire(timeout=max(0.0, until - time.monotonic())):
             raise LockTimeout("another transaction of this process held the write lock past the deadline")
         try:

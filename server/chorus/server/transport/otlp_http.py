@@ -6,16 +6,33 @@ Answers follow the OTLP/HTTP specification: 200 with an `ExportMetricsServiceRes
 (`partial_success` when points were rejected) in the request's encoding; 400 with a
 `google.rpc.Status` for a body that cannot be decoded or is over the point or attribute
 limits; 401 without a valid token, 403 for a token of another role (both decided by
-`admission.py`, as for gRPC); 413 for a body over
-`limits.max_message_bytes` (before or after gzip); 415 for another content type or encoding;
-429 (rate limit) and 503 (store unavailable) with `Retry-After`. The bearer token is checked
-from the headers before the body is read, so a refused request costs no parsing.
+`admission.py`, as for gRPC); 413 for a body over `limits.max_message_bytes` (before or after
+gzip); 415 for another content type or encoding; 429 (rate limit) and 503 (store unavailable)
+with `Retry-After`. Every refusal is a `google.rpc.Status` in the request's encoding, those
+waitress itself makes (a malformed request, headers or body over its limits) included, and
+closes the connection. The token is checked before the body is decoded, so a refused request
+costs no parsing.
 
-Plain stdlib `http.server`, one thread per connection, at most `MAX_CONNECTIONS` of them and
-`MAX_PER_PEER` from one address, each request under a whole-request deadline
-(`REQUEST_SECONDS`), and `SO_REUSEADDR` so that a restart binds at once;
-TLS (and mTLS) as for gRPC, with the handshake done on the connection's own thread so a slow
-client cannot stall the others.
+Served by waitress (a maintained pure-Python WSGI server; the dashboard uses it too): one
+thread reads every connection without blocking and hands a request to one of `THREADS` worker
+threads only once it has arrived whole, so a slow client holds a socket, never a thread.
+Around it, what waitress does not do itself:
+
+* a whole-request deadline: a connection must deliver each request (the TLS handshake
+  included, for the first) within `REQUEST_SECONDS` of when the server starts waiting for it,
+  checked every second; waitress's own `channel_timeout` restarts on every byte, so a client
+  dribbling one byte at a time would otherwise hold its connection forever;
+* caps at accept: at most `MAX_CONNECTIONS` at once, and at most `MAX_UNAUTHENTICATED_PER_PEER`
+  from one address that have not yet carried a request with an admitted token; more are
+  answered 503 and closed at once (not queued). A connection counts as authenticated from
+  its first admitted request on, so a collector keeping many connections alive from one
+  address is capped only by `MAX_CONNECTIONS`, while connections that never authenticate
+  (dribbling, idle, or refused) from one address cannot take more than their share;
+* TLS and mTLS (waitress has none): each accepted socket is wrapped without blocking, its
+  handshake driven by the same loop (`_Channel`), and only the loop's thread reads or writes
+  it (an OpenSSL connection is not to be used by two threads at once);
+* `SO_REUSEADDR` (waitress sets it on its listening socket), so a restart binds at once
+  although the old process's connections linger in TIME_WAIT.
 """
 
 from __future__ import annotations
@@ -28,12 +45,18 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, WSGITask
 
 from chorus.server.domain.otlp.export import OtlpIngestor
 from chorus.server.domain.otlp.points import InvalidExport
@@ -49,17 +72,17 @@ PATH = "/v1/metrics"
 #: Accepted from role ingest and discarded unread (services/otlp.py says why): the body is read
 #: within the same limits as metrics, never decoded, and answered with an empty success.
 DISCARDED_PATHS = frozenset({"/v1/traces", "/v1/logs"})
-#: Seconds a connection may sit idle or take to send its request.
-SOCKET_TIMEOUT = 30.0
-#: Seconds a request may take as a whole, from when the handler starts waiting for it to its
-#: answer: the socket timeout restarts on every byte, so a client dribbling one byte at a time
-#: would hold a slot forever without this deadline. The connection is shut down when it passes.
+#: Seconds a connection may take to deliver a request, from when the server starts waiting for
+#: it (accept, or the previous answer) to its last byte, idle time and TLS handshake included.
+#: Checked every second; a connection past it is closed.
 REQUEST_SECONDS = 30.0
-#: Connections served at once (one thread each); more are answered 503 and closed at once, so a
-#: flood of idle connections cannot exhaust the process's threads.
-MAX_CONNECTIONS = 64
-#: Connections from one peer address at once: one host cannot take every slot.
-MAX_PER_PEER = 16
+#: Connections open at once; more are answered 503 and closed at once.
+MAX_CONNECTIONS = 256
+#: Connections from one address that have not yet carried an admitted request; more from that
+#: address are answered 503 and closed at once.
+MAX_UNAUTHENTICATED_PER_PEER = 16
+#: Worker threads running exports (decoding, the store); connections cost none.
+THREADS = 8
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
          b"Connection: close\r\n\r\n")
 STORE_RETRY_SECONDS = 1
@@ -68,7 +91,10 @@ MISSING = "send the header 'Authorization: Bearer <token>' once"
 _CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
           404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED, 411: code_pb2.INVALID_ARGUMENT,
           413: code_pb2.INVALID_ARGUMENT, 415: code_pb2.INVALID_ARGUMENT, 429: code_pb2.RESOURCE_EXHAUSTED,
-          500: code_pb2.INTERNAL, 503: code_pb2.UNAVAILABLE}
+          431: code_pb2.INVALID_ARGUMENT, 500: code_pb2.INTERNAL, 501: code_pb2.UNIMPLEMENTED,
+          503: code_pb2.UNAVAILABLE}
+#: Keys the task adds to each request's WSGI environment: the connection's callbacks.
+_ADMITTED, _CLOSE = "chorus.admitted", "chorus.close"
 
 
 class _Refused(Exception):
@@ -95,132 +121,59 @@ def tls_context(cert_chain: bytes, private_key: bytes, client_ca: bytes | None) 
     return context
 
 
-class OtlpHttpServer:
-    """`POST /v1/metrics` on its own address, in background threads."""
-
-    def __init__(self, listen: str, otlp: OtlpIngestor, admission: Admission, limiter: RateLimiter,
-                 max_body: int, tls: ssl.SSLContext | None = None) -> None:
-        host, _, port = listen.rpartition(":")
-        handler = type("Handler", (_Handler,), {"otlp": otlp, "admission": admission,
-                                                "limiter": limiter, "max_body": max_body})
-        self._httpd = _Server((host.strip("[]"), int(port)), handler, tls)
-        self.port = self._httpd.server_address[1]
-        self.address = f"{host}:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="chorus-otlp-http", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+def _kind(content_type: str | None) -> str:
+    """The encoding of the answer: the request's, protobuf unless it says JSON."""
+    return otlp_decode.JSON if "json" in (content_type or "").lower() else otlp_decode.PROTOBUF
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # SO_REUSEADDR: a restart binds at once although the killed process's connections linger in
-    # TIME_WAIT. On Linux it still refuses a second listener on an address in use.
-    allow_reuse_address = True
+def _status_body(status: int, message: str, kind: str) -> bytes:
+    return otlp_decode.response_body(status_pb2.Status(code=_CODES.get(status, code_pb2.UNKNOWN),
+                                                       message=message), kind)
 
-    def __init__(self, address: tuple[str, int], handler: type, tls: ssl.SSLContext | None) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self._tls = tls
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._peers: Counter[str] = Counter()
-        self._peers_lock = threading.Lock()
-        super().__init__(address, handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        peer = str(client_address[0])
-        with self._peers_lock:
-            admitted = self._peers[peer] < MAX_PER_PEER and self._slots.acquire(blocking=False)
-            if admitted:
-                self._peers[peer] += 1
-        if not admitted:
-            with contextlib.suppress(OSError):
-                request.sendall(_BUSY)  # plaintext even on a TLS port: the client sees a closed connection
-            self.shutdown_request(request)
-            return
+class OtlpExportApp:
+    """The WSGI application: one OTLP/HTTP request to one answer."""
+
+    def __init__(self, otlp: OtlpIngestor, admission: Admission, limiter: RateLimiter, max_body: int) -> None:
+        self.otlp = otlp
+        self.admission = admission
+        self.limiter = limiter
+        self.max_body = max_body
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        kind = _kind(environ.get("CONTENT_TYPE"))
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(peer)
-            raise
+            status, body, kind = self._answer(environ, kind)
+            headers: dict[str, str] = {}
+        except _Refused as refused:
+            status, headers = refused.status, {}
+            if refused.retry_after is not None:
+                headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after)))
+            if refused.status == 401:
+                headers["WWW-Authenticate"] = "Bearer"
+            body = _status_body(refused.status, str(refused), kind)
+            environ[_CLOSE]()
+        start_response(f"{status} {HTTPStatus(status).phrase}",
+                       [("Content-Type", kind), ("Content-Length", str(len(body))), *headers.items()])
+        return [body]
 
-    def _release(self, peer: str) -> None:
-        with self._peers_lock:
-            self._peers[peer] -= 1
-            if not self._peers[peer]:
-                del self._peers[peer]
-        self._slots.release()
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _answer(self, environ: dict[str, Any], kind: str) -> tuple[int, bytes, str]:
+        """(status, body, encoding) of a served request; `_Refused` for every refusal."""
+        path = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] != "POST":
+            raise _Refused(405 if path == PATH else 404, f"use POST {PATH}")
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(str(client_address[0]))
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(SOCKET_TIMEOUT)
-        if self._tls is not None:
-            try:
-                request = self._tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                _log.debug("OTLP/HTTP TLS handshake failed: %s", type(exc).__name__)
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        _log.debug("OTLP/HTTP connection ended with an error", exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "chorus-otlp"
-    sys_version = ""
-    timeout = SOCKET_TIMEOUT
-    otlp: OtlpIngestor
-    admission: Admission
-    limiter: RateLimiter
-    max_body: int
-
-    def handle_one_request(self) -> None:
-        """One request under the whole-request deadline (REQUEST_SECONDS)."""
-        deadline = threading.Timer(REQUEST_SECONDS, self._cut)
-        deadline.daemon = True
-        deadline.start()
-        try:
-            super().handle_one_request()
-        finally:
-            deadline.cancel()
-
-    def _cut(self) -> None:
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)  # wakes the blocked read; the thread ends
-
-    def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("OTLP/HTTP %s", self.requestline[:80])  # never the headers (they hold the token)
-
-    def do_GET(self) -> None:
-        self._refuse(_Refused(405 if self.path == PATH else 404, f"use POST {PATH}"), otlp_decode.PROTOBUF)
-
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
-
-    def do_POST(self) -> None:
-        kind = otlp_decode.JSON if "json" in (self.headers.get("Content-Type") or "").lower() else otlp_decode.PROTOBUF
-        try:
-            path = self.path.split("?", 1)[0]
             if path != PATH and path not in DISCARDED_PATHS:
                 raise _Refused(404, f"no such path; OTLP metrics go to POST {PATH}")
-            who = self._admit()
-            kind = self._media()
+            who = self._admit(environ.get("HTTP_AUTHORIZATION"))
+            environ[_ADMITTED]()
+            kind = otlp_decode.media_type(environ.get("CONTENT_TYPE"))
+            if "CONTENT_LENGTH" not in environ:
+                raise _Refused(411, "send Content-Length or Transfer-Encoding: chunked")
+            raw = environ["wsgi.input"].read()  # whole already: waitress read it within max_body
             if path in DISCARDED_PATHS:
-                self._body()  # read (so the connection can carry the next request), then dropped
-                self._send(200, b"{}" if kind == otlp_decode.JSON else b"", kind)
-                return
-            body = otlp_decode.inflate(self._body(), self.headers.get("Content-Encoding"), self.max_body)
+                return 200, b"{}" if kind == otlp_decode.JSON else b"", kind
+            body = otlp_decode.inflate(raw, environ.get("HTTP_CONTENT_ENCODING"), self.max_body)
             request = otlp_decode.parse(body, kind)
             points = self.otlp.check(request)
             try:
@@ -228,25 +181,24 @@ class _Handler(BaseHTTPRequestHandler):
             except RateLimited as exc:
                 raise _Refused(429, str(exc), exc.retry_after) from None
             result = self.otlp.export(request)
-        except _Refused as refused:
-            self._refuse(refused, kind)
+        except _Refused:
+            raise
         except otlp_decode.UnsupportedMedia as exc:
-            self._refuse(_Refused(415, str(exc)), kind)
+            raise _Refused(415, str(exc)) from None
         except otlp_decode.TooLarge as exc:
-            self._refuse(_Refused(413, str(exc)), kind)
+            raise _Refused(413, str(exc)) from None
         except (otlp_decode.BadPayload, InvalidExport) as exc:
-            self._refuse(_Refused(400, str(exc)), kind)
+            raise _Refused(400, str(exc)) from None
         except StoreUnavailable:
             _log.warning("OTLP/HTTP export: store unavailable", exc_info=True)
-            self._refuse(_Refused(503, "the store is busy or unreachable; retry later", STORE_RETRY_SECONDS), kind)
+            raise _Refused(503, "the store is busy or unreachable; retry later", STORE_RETRY_SECONDS) from None
         except Exception:
             _log.exception("OTLP/HTTP export failed")
-            self._refuse(_Refused(500, "the export failed on the server; the server log has the details"), kind)
-        else:
-            self._send(200, otlp_decode.response_body(response(result.rejected, result.error_message), kind), kind)
+            raise _Refused(500, "the export failed on the server; the server log has the details") from None
+        return 200, otlp_decode.response_body(response(result.rejected, result.error_message), kind), kind
 
-    def _admit(self) -> Principal:
-        token = bearer_token(self.headers.get_all("Authorization") or [])
+    def _admit(self, authorization: str | None) -> Principal:
+        token = bearer_token([authorization] if authorization is not None else [])
         try:
             return self.admission.admit(token, SERVICE, "OTLP export", missing=MISSING)
         except Refused as refused:
@@ -254,62 +206,246 @@ class _Handler(BaseHTTPRequestHandler):
         except StoreUnavailable:
             raise _Refused(503, "the store is busy or unreachable; retry later", STORE_RETRY_SECONDS) from None
 
-    def _media(self) -> str:
-        return otlp_decode.media_type(self.headers.get("Content-Type"))
 
-    def _body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return self._chunked()
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise _Refused(411, "send Content-Length or Transfer-Encoding: chunked")
+class _Task(WSGITask):
+    """Gives the application the connection's callbacks: admitted (no longer counted as
+    unauthenticated) and close (after this answer)."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ[_ADMITTED] = self.channel.admitted
+        environ[_CLOSE] = self._close_after
+        return environ
+
+    def _close_after(self) -> None:
+        self.request.headers["CONNECTION"] = "close"  # read when the answer's headers are built
+
+
+class _ErrorTask(ErrorTask):
+    """A refusal waitress makes itself (malformed request, headers or body over its limits),
+    as a `google.rpc.Status` like every other refusal."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        limit = self.channel.server.max_body
+        message = (f"the body is over the limit of {limit} bytes" if error.code == 413
+                   else f"{error.reason}: {error.body}")
+        body = _status_body(error.code, message, _kind(self.request.headers.get("CONTENT_TYPE")))
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", _kind(self.request.headers.get("CONTENT_TYPE"))))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    """One connection: its deadline clock, whether it authenticated, and TLS when configured."""
+
+    task_class = _Task
+    error_task_class = _ErrorTask
+    server: _Server
+
+    def __init__(self, server: _Server, sock: socket.socket, addr: Any, adj: Adjustments,
+                 map: dict[int, Any] | None = None) -> None:
+        #: monotonic time since which the server waits for this connection's next request.
+        self.waiting_since = time.monotonic()
+        self.authenticated = False
+        self.peer = str(addr[0])
+        self._handshaking = isinstance(sock, ssl.SSLSocket)
+        self._handshake_wants_write = False
+        super().__init__(server, sock, addr, adj, map)
+
+    # -- the deadline and the per-peer count ---------------------------------------------------
+
+    def overdue(self, now: float) -> bool:
+        """Past the whole-request deadline: waiting for a request (none being served) too long."""
+        return not self.requests and now - self.waiting_since > REQUEST_SECONDS
+
+    def admitted(self) -> None:
+        """A request on this connection carried an admitted token (called from a worker thread)."""
+        self.server.authenticated(self)
+
+    def service(self) -> None:
+        super().service()
+        self.waiting_since = time.monotonic()  # the answer is out: the clock starts for the next
+
+    def del_channel(self, map: dict[int, Any] | None = None) -> None:
+        self.server.authenticated(self)  # closed: no longer counted either way
+        super().del_channel(map)
+
+    # -- TLS: the handshake and reads driven by the loop without blocking -----------------------
+
+    def readable(self) -> bool:
+        return True if self._handshaking else bool(super().readable())
+
+    def writable(self) -> bool:
+        if self._handshaking:
+            return self._handshake_wants_write or self.will_close
+        return bool(super().writable())
+
+    def handle_read(self) -> None:
+        if self._handshaking:
+            self._handshake()
+        elif isinstance(self.socket, ssl.SSLSocket):
+            self._read_tls()
+        else:
+            super().handle_read()
+
+    def handle_write(self) -> None:
+        if self._handshaking and self.will_close:  # past the deadline mid-handshake
+            self.handle_close()
+        elif self._handshaking:
+            self._handshake()
+        else:
+            super().handle_write()
+
+    def _handshake(self) -> None:
         try:
-            size = int(length)
-        except ValueError:
-            raise _Refused(400, "Content-Length is not a number") from None
-        if size < 0:
-            raise _Refused(400, "Content-Length is negative")
-        if size > self.max_body:
-            raise _Refused(413, f"the body is {size} bytes; the limit is {self.max_body}")
-        return self.rfile.read(size)
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            self._handshake_wants_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self._handshake_wants_write = True
+            return
+        except OSError as exc:  # ssl.SSLError included: no certificate, wrong protocol, reset
+            _log.debug("OTLP/HTTP TLS handshake failed: %s", type(exc).__name__)
+            self.handle_close()
+            return
+        self._handshaking = False
+        self._read_tls()  # the client's first request may have come with its last handshake record
 
-    def _chunked(self) -> bytes:
-        parts: list[bytes] = []
-        total = 0
+    def _read_tls(self) -> None:
+        """Everything decrypted so far: the TLS layer may hold data the socket no longer signals."""
         while True:
-            line = self.rfile.readline(1024)
             try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _Refused(400, "malformed chunked body") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers, ignored
-                return b"".join(parts)
-            total += size
-            if total > self.max_body:
-                raise _Refused(413, f"the chunked body exceeds the limit of {self.max_body} bytes")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)
+                data = self.socket.recv(self.adj.recv_bytes)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except OSError:  # a TLS alert or close_notify, a reset
+                self.handle_close()
+                return
+            if not data:
+                self.handle_close()
+                return
+            self.last_activity = time.time()
+            self.received(data)
+            if not self.socket.pending():
+                return
 
-    def _refuse(self, refused: _Refused, kind: str) -> None:
-        self.close_connection = True  # the body may be unread: never parse it as the next request
-        status = status_pb2.Status(code=_CODES.get(refused.status, code_pb2.UNKNOWN), message=str(refused))
-        headers = {}
-        if refused.retry_after is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after)))
-        if refused.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        self._send(refused.status, otlp_decode.response_body(status, kind), kind, headers)
+    def send(self, data: bytes, do_close: bool = True) -> int:
+        if not isinstance(self.socket, ssl.SSLSocket):
+            return int(super().send(data, do_close=do_close))
+        if threading.current_thread() is not self.server.loop_thread:
+            return 0  # one TLS connection is never used by two threads at once: the loop writes it
+        try:
+            return int(self.socket.send(data))
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+        except OSError:
+            if do_close:
+                self.handle_close()
+            return 0
 
-    def _send(self, status: int, body: bytes, kind: str, headers: dict[str, str] | None = None) -> None:
-        with contextlib.suppress(OSError):
-            self.send_response(status, HTTPStatus(status).phrase)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
+
+class _Server(TcpWSGIServer):
+    """waitress's TCP server with the caps at accept and the deadline in its maintenance pass."""
+
+    channel_class = _Channel
+
+    def __init__(self, app: OtlpExportApp, sockinfo: tuple[Any, ...], adj: Adjustments,
+                 map: dict[int, Any], tls: ssl.SSLContext | None) -> None:
+        self._tls = tls
+        self.max_body = app.max_body
+        #: The thread running the loop: the only one that reads or writes a TLS connection.
+        self.loop_thread: threading.Thread | None = None
+        self._unauthenticated: Counter[str] = Counter()
+        self._count_lock = threading.Lock()  # accept and close run in the loop, admission in workers
+        super().__init__(app, map=map, adj=adj, sockinfo=sockinfo)
+
+    def run(self) -> None:
+        self.loop_thread = threading.current_thread()
+        super().run()
+
+    def handle_accept(self) -> None:
+        try:
+            pair = self.accept()
+            if pair is None:
+                return
+            conn, addr = pair
+            self.set_socket_options(conn)
+        except OSError:
+            return
+        peer = str(addr[0])
+        with self._count_lock:
+            admitted = (len(self.active_channels) < MAX_CONNECTIONS
+                        and self._unauthenticated[peer] < MAX_UNAUTHENTICATED_PER_PEER)
+            if admitted:
+                self._unauthenticated[peer] += 1
+        if not admitted:
+            with contextlib.suppress(OSError):
+                conn.setblocking(False)
+                conn.send(_BUSY)  # plaintext even on a TLS port: the client sees a closed connection
+            conn.close()
+            return
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            self.channel_class(self, conn, addr, self.adj, map=self._map)
+        except OSError:
+            with self._count_lock:
+                self._forget(peer)
+            conn.close()
+
+    def authenticated(self, channel: _Channel) -> None:
+        """`channel` no longer counts as unauthenticated (admitted, or closed); once."""
+        with self._count_lock:
+            if not channel.authenticated:
+                channel.authenticated = True
+                self._forget(channel.peer)
+
+    def _forget(self, peer: str) -> None:
+        self._unauthenticated[peer] -= 1
+        if self._unauthenticated[peer] <= 0:
+            del self._unauthenticated[peer]
+
+    def maintenance(self, now: float) -> None:
+        """waitress's idle cut, then the whole-request deadline (every `cleanup_interval`)."""
+        super().maintenance(now)
+        mono = time.monotonic()
+        for channel in list(self.active_channels.values()):
+            if channel.overdue(mono):
+                channel.will_close = True  # the loop closes it at its next pass
+
+
+class OtlpHttpServer:
+    """`POST /v1/metrics` on its own address, served by waitress in background threads."""
+
+    def __init__(self, listen: str, otlp: OtlpIngestor, admission: Admission, limiter: RateLimiter,
+                 max_body: int, tls: ssl.SSLContext | None = None) -> None:
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sockaddr = (host, int(port), 0, 0) if family == socket.AF_INET6 else (host, int(port))
+        #: The WSGI application (its `limiter` is the one shared with gRPC).
+        self.app = OtlpExportApp(otlp, admission, limiter, max_body)
+        adj = Adjustments(threads=THREADS, ident="chorus-otlp", asyncore_use_poll=True,
+                          max_request_body_size=max_body + 1,  # waitress refuses a body of this size
+                          channel_timeout=int(REQUEST_SECONDS), cleanup_interval=1,
+                          connection_limit=MAX_CONNECTIONS + 16,  # ours refuses first, at accept
+                          expose_tracebacks=False, clear_untrusted_proxy_headers=False)
+        self._map: dict[int, Any] = {}
+        self._server = _Server(self.app, (family, socket.SOCK_STREAM, 0, sockaddr), adj, self._map, tls)
+        self.port: int = int(self._server.effective_port)
+        self.address = f"{listen.rpartition(':')[0]}:{self.port}"
+        self._thread = threading.Thread(target=self._server.run, name="chorus-otlp-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the exports in flight (up to 5 s), then close every connection and the port."""
+        self._server.task_dispatcher.shutdown()
+        wasyncore.close_all(self._map)  # an empty map ends waitress's loop within its 1 s poll
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
