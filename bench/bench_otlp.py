@@ -1,4 +1,4 @@
-"""OTLP/gRPC ingest throughput against native `Report`, measured on the same server in the same run.
+"""OTLP ingest throughput (gRPC and HTTP) against native `Report`, measured on the same server in the same run.
 
     python bench/bench_otlp.py [--users 10000] [--rounds 10] [--clients 4] [--repeats 5]
 
@@ -13,16 +13,20 @@ machine is shared; the median ratio is the figure):
 * OTLP: `MetricsService.Export` requests of `claude_code.token.usage` delta data points shaped
   like Claude Code's (identity, session id, model and type attributes): by default two per
   person and export, input and output tokens, as Claude Code sends them (`--points-per-person 1`
-  for one).
+  for one);
+* OTLP/HTTP: the same requests, serialised, as `POST /v1/metrics` (`application/x-protobuf`)
+  on the server's `--otlp-http-listen` (waitress), each client thread on one keep-alive
+  connection.
 
 Every OTLP point is its own series with its own exactly-once key, so this includes the cost of
 OTLP's per-point de-duplication over Report's per-batch id. Target: OTLP data points per second
->= 0.5 of native contributions per second.
+>= 0.5 of native contributions per second, over each transport.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import re
 import statistics
@@ -48,19 +52,25 @@ from chorus.server.model import config
 from chorus.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 READY = re.compile(r"serving on (127\.0\.0\.1:\d+)")
+HTTP_READY = re.compile(r"OTLP/HTTP on http://(127\.0\.0\.1:\d+)/v1/metrics")
 #: What a tool counting tokens and requests reports through the SDK per person and flush.
 NATIVE_METRICS = ("ai.tokens", "ai.requests")
 
 
-def start(data: Path, config_file: Path) -> tuple[subprocess.Popen[str], str]:
+def start(data: Path, config_file: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """The server process, its gRPC address and its OTLP/HTTP address."""
     proc = subprocess.Popen([sys.executable, "-m", "chorus.server.cli", "serve", "--data-dir", str(data),
-                             "--config", str(config_file), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
+                             "--config", str(config_file), "--listen", "127.0.0.1:0", "--log-level", "WARNING",
+                             "--otlp-http-listen", "127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
     assert proc.stdout is not None
+    http = None
     for line in proc.stdout:
-        if m := READY.search(line):
-            return proc, m[1]
+        if m := HTTP_READY.search(line):
+            http = m[1]
+        if (m := READY.search(line)) and http:
+            return proc, m[1], http
     raise RuntimeError("server did not start")
 
 
@@ -88,13 +98,14 @@ def report_requests(users: Sequence[str], rounds: int, batch: int,
 
 
 def otlp_requests(users: Sequence[str], rounds: int, batch: int, types: Sequence[str],
-                  offset: int = 0) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
+                  offset: int = 0, span: int = 60) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
     """Requests of `rounds` one-minute delta intervals per person (an exporter's default period),
-    one point per token type, `batch` points per request; `offset` (in rounds) shifts the
-    intervals so repeats never collide. Intervals end in the past hour: the bench fails in the
-    first hour of an ISO week, when they would fall in the previous, closed window."""
+    one point per token type, `batch` points per request; `offset` (in minutes) shifts the
+    intervals so measurements never collide. Intervals end in the past `span` minutes: the bench
+    fails in the first `span` minutes of an ISO week, when they would fall in the previous,
+    closed window."""
     minute = 60_000_000_000
-    first = time.time_ns() - 60 * minute
+    first = time.time_ns() - span * minute
     per_request = max(1, batch // len(types))
     out = []
     for r in range(rounds):
@@ -141,6 +152,38 @@ def send_all(address: str, token: str, requests: Sequence[Message], stub_of: Cal
     return time.perf_counter() - started
 
 
+def post_all(address: str, token: str, bodies: Sequence[bytes], clients: int) -> float:
+    """Seconds to POST every body to /v1/metrics from `clients` threads, each on one keep-alive
+    connection; every answer must be 200 without a partial success."""
+    host, port = address.rsplit(":", 1)
+    shards = [bodies[i::clients] for i in range(clients)]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-protobuf"}
+    errors: list[BaseException] = []
+
+    def run(shard: Sequence[bytes]) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=300)
+        try:
+            for body in shard:
+                conn.request("POST", "/v1/metrics", body, headers)
+                reply = conn.getresponse()
+                answer = metrics_service_pb2.ExportMetricsServiceResponse.FromString(reply.read())
+                assert reply.status == 200 and not answer.HasField("partial_success"), (reply.status, answer)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in shards]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"post failed: {errors[0]!r}")
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=10_000)
@@ -159,7 +202,7 @@ def main() -> None:
         config_file = Path(tmp) / "chorus.toml"
         config_file.write_text(config.with_otlp_enabled(config.DEFAULT_TOML).replace(
             "max_per_user = 500000", "max_per_user = 1000000000000"))  # never clamp: every unit is counted
-        proc, address = start(data, config_file)
+        proc, address, http_address = start(data, config_file)
         try:
             admin = (("authorization", f"Bearer {(data / 'admin.token').read_text().strip()}"),)
             with grpc.insecure_channel(address) as channel:
@@ -180,9 +223,10 @@ def main() -> None:
             def otlp_ok(reply: Message) -> None:
                 assert not reply.HasField("partial_success"), reply
 
-            rates: list[tuple[float, float]] = []
-            cpus: list[tuple[float, float]] = []  # server CPU seconds per contribution, per point
+            rates: list[tuple[float, float, float]] = []  # native, OTLP/gRPC, OTLP/HTTP per second
+            cpus: list[tuple[float, float, float]] = []  # server CPU seconds per item, the same three
             items = total * len(types)
+            span = 2 * args.repeats * args.rounds + 1  # minutes: one block of intervals per OTLP measurement
             for repeat in range(args.repeats):  # alternated, so a noisy neighbour hits both alike
                 native_requests = report_requests(users, args.rounds, args.batch, NATIVE_METRICS[:len(types)])
                 cpu = process_cpu_seconds(proc.pid)
@@ -190,29 +234,40 @@ def main() -> None:
                                           lambda ch: ingest_pb2_grpc.IngestServiceStub(ch).Report, args.clients,
                                           report_ok)
                 native_cpu = (process_cpu_seconds(proc.pid) - cpu) / items
-                otlp_reqs = otlp_requests(users, args.rounds, args.batch, types, offset=repeat * args.rounds)
+                otlp_reqs = otlp_requests(users, args.rounds, args.batch, types, offset=2 * repeat * args.rounds,
+                                          span=span)
                 cpu = process_cpu_seconds(proc.pid)
                 otlp = items / send_all(address, token, otlp_reqs,
                                         lambda ch: metrics_service_pb2_grpc.MetricsServiceStub(ch).Export,
                                         args.clients, otlp_ok)
                 otlp_cpu = (process_cpu_seconds(proc.pid) - cpu) / items
-                rates.append((native, otlp))
-                cpus.append((native_cpu, otlp_cpu))
+                bodies = [r.SerializeToString() for r in otlp_requests(
+                    users, args.rounds, args.batch, types, offset=(2 * repeat + 1) * args.rounds, span=span)]
+                cpu = process_cpu_seconds(proc.pid)
+                over_http = items / post_all(http_address, token, bodies, args.clients)
+                http_cpu = (process_cpu_seconds(proc.pid) - cpu) / items
+                rates.append((native, otlp, over_http))
+                cpus.append((native_cpu, otlp_cpu, http_cpu))
                 print(f"  repeat {repeat + 1}: native Report {native:10,.0f} contributions/s "
                       f"({native_cpu * 1e6:.1f} us server CPU each), OTLP/gRPC {otlp:10,.0f} data points/s "
-                      f"({otlp_cpu * 1e6:.1f} us each), ratio {otlp / native:.2f}   {load_average()}", flush=True)
+                      f"({otlp_cpu * 1e6:.1f} us each), ratio {otlp / native:.2f}; OTLP/HTTP {over_http:10,.0f} "
+                      f"({http_cpu * 1e6:.1f} us each), ratio {over_http / native:.2f}   {load_average()}",
+                      flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
-    native, otlp = (statistics.median(r[i] for r in rates) for i in (0, 1))
-    ratio = statistics.median(o / n for n, o in rates)
+    native, otlp, over_http = (statistics.median(r[i] for r in rates) for i in (0, 1, 2))
     print(f"  median native Report (anchor): {native:12,.0f} contributions/s")
     print(f"  median OTLP/gRPC Export      : {otlp:12,.0f} data points/s")
-    print(f"  median ratio OTLP / native   : {ratio:12.2f}   (target >= 0.5; ranges "
-          f"{min(o / n for n, o in rates):.2f}-{max(o / n for n, o in rates):.2f})")
-    native_cpu, otlp_cpu = (statistics.median(c[i] for c in cpus) * 1e6 for i in (0, 1))
-    print(f"  median server CPU            : native {native_cpu:.1f} us per contribution, OTLP "
-          f"{otlp_cpu:.1f} us per data point (target <= 8; {otlp_cpu / native_cpu:.2f} x native)")
+    print(f"  median OTLP/HTTP POST        : {over_http:12,.0f} data points/s")
+    for name, i in (("OTLP/gRPC", 1), ("OTLP/HTTP", 2)):
+        ratios = [r[i] / r[0] for r in rates]
+        print(f"  median ratio {name} / native: {statistics.median(ratios):8.2f}   (target >= 0.5; ranges "
+              f"{min(ratios):.2f}-{max(ratios):.2f})")
+    native_cpu, otlp_cpu, http_cpu = (statistics.median(c[i] for c in cpus) * 1e6 for i in (0, 1, 2))
+    print(f"  median server CPU            : native {native_cpu:.1f} us per contribution, OTLP/gRPC "
+          f"{otlp_cpu:.1f} us per data point (target <= 8; {otlp_cpu / native_cpu:.2f} x native), OTLP/HTTP "
+          f"{http_cpu:.1f} us ({http_cpu / native_cpu:.2f} x native)")
 
 
 if __name__ == "__main__":

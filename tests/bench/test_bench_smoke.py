@@ -27,7 +27,8 @@ SCRIPTS = sorted(p.name for p in BENCH.glob("bench_*.py"))
 RATIO = {"bench_accuracy.py": "width", "bench_count.py": "count() / Counter.add", "bench_auth.py": "ratio",
          "bench_close.py": "ratio",
          "bench_consistency.py": "x anchor", "bench_ingest.py": "/ bare random", "bench_ingest_pg.py": "x the bulk",
-         "bench_metrics.py": "ratio", "bench_otlp.py": "ratio OTLP / native", "bench_read_ingest.py": "median ratio",
+         "bench_metrics.py": "ratio", "bench_otlp.py": "ratio OTLP/HTTP / native",
+         "bench_read_ingest.py": "median ratio",
          "bench_release.py": "x anchor",
          "bench_verify.py": "ratio"}
 #: Seconds a smoke run may take on the shared 2-core machine (about 20 s when it is quiet).

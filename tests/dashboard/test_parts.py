@@ -168,6 +168,17 @@ def test_the_interval_of_a_total_or_a_change_covers_at_least_95_percent() -> Non
     assert mechanisms.combined_ci95([(mech.scale, 1.0)]) == mech.ci95  # one release: its own interval
 
 
+def test_a_released_company_mean_is_a_point_of_its_trend() -> None:
+    """A mean is post-processing (no release id of its own): the company's is drawn where it is released."""
+    company = release_pb2.TeamRelease(team=hierarchy.COMPANY, level=release_pb2.NODE_LEVEL_COMPANY, estimates=[
+        release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_MEAN, value=5200.0, ci95=300.0,
+                             derived_from=["sum-id", "count-id"])])
+    replies = [release_pb2.ReleaseResponse(window="W1", teams=[company]), None]
+    found = answers.points(["W1", "W2"], replies, hierarchy.COMPANY, None, common_pb2.STATISTIC_MEAN, "ai.tokens",
+                           500_000.0)
+    assert found == [Interval(5200.0, 300.0, 500_000.0), None]
+
+
 def test_headline_change_compares_the_teams_released_in_both_windows() -> None:
     from chorus.server.dashboard import headline
     from chorus.server.privacy import sums
@@ -216,3 +227,17 @@ def test_too_few_people_are_named_once_per_org_they_are_counted_in() -> None:
         "Too few people for a weekly number, counted in the company: c",
         "Too few people for a weekly number, counted in eng: a-1, a-2",
         "Too few people for a weekly number, counted in sales: b-1"]
+
+
+def test_an_outcome_tile_draws_the_released_ratio_and_compares_intervals_only() -> None:
+    edits = answers.OUTCOMES[0]
+    ratio = common_pb2.STATISTIC_RATIO
+    now = release_pb2.Estimate(statistic=ratio, value=0.45, ci95=0.05)
+    tile = answers.outcome_tile(edits, now, release_pb2.Estimate(statistic=ratio, value=0.30, ci95=0.05), "W1", "x")
+    assert tile is not None and (tile.value, tile.interval) == ("45.0%", "95% interval 40.0% to 50.0%")
+    assert (tile.change, tile.verdict) == ("was 30.0% in W1", "the two 95% intervals do not overlap: a real change")
+    close = answers.outcome_tile(edits, now, release_pb2.Estimate(statistic=ratio, value=0.42, ci95=0.05), "W1", "x")
+    assert close is not None and close.verdict == "the two 95% intervals overlap: no clear change"
+    wide = answers.outcome_tile(edits, release_pb2.Estimate(statistic=ratio, value=0.2, ci95=0.9), None, "", "x")
+    assert wide is not None and wide.interval == "95% interval 0.0% to 100.0%: this says nothing yet"
+    assert answers.outcome_tile(edits, None, now, "W1", "x") is None

@@ -21,9 +21,19 @@ from chorus.server.dashboard import Gateway, create_app
 from chorus.server.dashboard.wsgi_server import DashboardServer
 from chorus.server.model.roles import Role
 from chorus.server.transport.grpc_server import Server
-from chorus.v1 import audit_pb2, audit_pb2_grpc
+from chorus.v1 import audit_pb2, audit_pb2_grpc, common_pb2, release_pb2, release_pb2_grpc
 
-from .test_browser import LAPTOP, PHONE, Visit, browser, overflowing, table_rows, visit, visits  # noqa: F401
+from .test_browser import (  # noqa: F401
+    LAPTOP,
+    PHONE,
+    Visit,
+    browser,
+    overflowing,
+    shows,
+    table_rows,
+    visit,
+    visits,
+)
 from .vp_data import ORGS, TEAMS, WEEKS, build, org_of
 
 pytestmark = pytest.mark.slow  # a real browser and a gRPC server
@@ -37,6 +47,17 @@ class Company:
         self.server = Server(self.chorus, "127.0.0.1:0")
         self.server.start()
         self.channel = grpc.insecure_channel(self.server.address)
+
+    def edits_accepted(self, window: str, node: str = "/") -> release_pb2.Estimate:
+        """The node's share of edits accepted as the release path answers it (a read)."""
+        ratio = release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_RATIO,
+                                             denominator=["ai.suggestions_accepted", "ai.suggestions_rejected"])
+        request = release_pb2.ReleaseRequest(window=window, nodes=[node], validate_only=True,
+                                             metrics=["ai.suggestions_accepted"], statistics=[ratio])
+        reply = release_pb2_grpc.ReleaseServiceStub(self.channel).Release(
+            request, metadata=(("authorization", f"Bearer {self.tokens[Role.ANALYST]}"),), timeout=30)
+        return next(e for t in reply.teams if t.team == node for e in t.estimates
+                    if e.statistic == common_pb2.STATISTIC_RATIO)
 
     def spent(self) -> list[tuple[str, str, str]]:
         reply = audit_pb2_grpc.AuditServiceStub(self.channel).GetBudget(
@@ -77,6 +98,21 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
     assert f"Against {company.weeks[0]}: +" in page.locator(".answer-detail").inner_text()
     assert page.locator("#company-adoption svg[role=img]:visible").count() == 1
     laptop.shot("company-landing-desktop")
+
+    # Is it helping: the share of AI edits accepted next to adoption, with its interval, both as
+    # the release path computed them (the plan released them at close), and last week's beside it.
+    tile = page.locator(".tile", has=page.get_by_role("heading", name="Company edits accepted"))
+    now, earlier = company.edits_accepted(company.weeks[-1]), company.edits_accepted(company.weeks[-2])
+    assert shows(tile.locator(".tile-value").inner_text(), now.value)
+    low, high = re.fullmatch(r"95% interval (\S+) to (\S+)", tile.locator(".tile-interval").first.inner_text()).groups()
+    assert shows(low, max(now.value - now.ci95, 0)) and shows(high, min(now.value + now.ci95, 1))
+    assert tile.locator(".tile-change").inner_text().startswith("was ") and company.weeks[-2] in tile.locator(
+        ".tile-change").inner_text()
+    assert shows(tile.locator(".tile-change").inner_text().split()[1], earlier.value)
+    assert tile.locator(".tile-verdict").inner_text() in ("the two 95% intervals overlap: no clear change",
+                                                          "the two 95% intervals do not overlap: a real change")
+    assert [t.split("\n")[0] for t in page.locator(".tile h3").all_inner_texts()][:2] == [
+        "Company adoption", "Company edits accepted"]
     height = page.evaluate("document.documentElement.scrollHeight")
     assert height <= 3.3 * LAPTOP["height"], height  # about three screens for 35 teams
 

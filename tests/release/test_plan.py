@@ -104,6 +104,24 @@ def test_a_forced_close_releases_the_plan(make_chorus: Callable[..., Chorus]) ->
     assert len(plan_entries(chorus)) == 3 * len(ELIGIBLE)
 
 
+def test_a_forced_close_publishes_its_own_plan_and_leaves_another_pending_one_to_the_tick(
+        make_chorus: Callable[..., Chorus], clock: FakeClock) -> None:
+    """CloseWindow runs under its RPC's deadline: it releases its window's plan only."""
+    chorus = with_usage(make_chorus(PLAN_TOML))
+    clock.advance(timedelta(days=1))
+    publish, chorus.releases.release_plan = chorus.releases.release_plan, lambda window: None  # type: ignore[method-assign]
+    assert [r.window.id for r in chorus.closer.tick()] == [WINDOW]  # closed; its plan left pending
+    chorus.releases.release_plan = publish  # type: ignore[method-assign]
+    today = next(w.id for w in chorus.windows.list() if w.state == "open")
+    contribute(chorus, *[(f"user-{team}-{i}", "ai.tokens", 10) for team, size in TEAMS.items() for i in range(size)])
+    assert chorus.close_window(today, actor="admin").closed_now
+    assert chorus.releases.pending_plans() == [WINDOW]
+    assert {p["window"] for p in plan_entries(chorus)} == {today}
+    chorus.closer.tick()  # the tick catches up
+    assert chorus.releases.pending_plans() == []
+    assert {p["window"] for p in plan_entries(chorus)} == {today, WINDOW}
+
+
 _KILLED_CLOSER = """
 import os, signal, sys
 from datetime import datetime

@@ -157,9 +157,28 @@ BAD_REQUESTS: list[tuple[list[str], list[StatisticRequest], type[Exception], str
      r"metric 'ai.nope' is not in the policy of window"),
     ([ACCEPTED], [StatisticRequest("ratio", None, (ACCEPTED,))], InvalidRequest,
      r"a ratio of ai.suggestions_accepted over itself is 1"),
+    (list(DECIDED), [StatisticRequest("ratio", None, (ACCEPTED,))], InvalidRequest,  # one of several numerators
+     r"a ratio of ai.suggestions_accepted over itself is 1"),
     ([], [StatisticRequest("ratio", None, DECIDED)], InvalidRequest,
      r"metrics is empty: a ratio divides the sum of each requested"),
 ]
+
+
+def test_each_of_several_numerators_over_their_sum_is_a_share_charging_each_sum_once(
+        tmp_path, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
+    """accepted and rejected, each over accepted + rejected: two shares, from two sums."""
+    chorus = _chorus(tmp_path, clock)
+    try:
+        rho = Rho.parse("0.004")
+        team, = chorus.releases.release(WINDOW, ["team-red"], list(DECIDED), [StatisticRequest("ratio", rho, DECIDED)],
+                                        "analyst").teams
+        sums = [e for e in team.estimates if e.statistic == "sum"]
+        shares = [e for e in team.estimates if e.statistic == "ratio"]
+        assert sorted(e.metric for e in sums) == sorted(DECIDED) and [e.metric for e in shares] == list(DECIDED)
+        assert team.epsilon_charged == sum((e.epsilon_charged for e in sums), Rho(0))  # each sum once
+        assert all(e.denominator == DECIDED and 0 <= e.value <= 1 for e in shares)
+    finally:
+        chorus.close()
 
 
 def test_a_bad_ratio_request_is_refused_naming_the_field(tmp_path, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]

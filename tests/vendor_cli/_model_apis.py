@@ -199,11 +199,17 @@ class ModelApis:
                          for i in items)
         tools = {t.get("name") for t in request.get("tools", []) if isinstance(t, dict)}
         self.tools_seen["openai"] = sorted(str(t) for t in tools)
+        patch = (f"*** Begin Patch\n*** Add File: {EDIT_FILE}\n"
+                 + "".join(f"+{line}\n" for line in EDIT_TEXT.splitlines()) + "*** End Patch\n")
+        item: dict[str, Any]
         if self.edit and not has_result and "apply_patch" in tools:
-            patch = (f"*** Begin Patch\n*** Add File: {EDIT_FILE}\n"
-                     + "".join(f"+{line}\n" for line in EDIT_TEXT.splitlines()) + "*** End Patch\n")
-            item: dict[str, Any] = {"type": "custom_tool_call", "id": "ctc_standin", "call_id": "call_standin",
-                                    "name": "apply_patch", "input": patch, "status": "completed"}
+            item = {"type": "custom_tool_call", "id": "ctc_standin", "call_id": "call_standin",
+                    "name": "apply_patch", "input": patch, "status": "completed"}
+        elif self.edit and not has_result and "exec_command" in tools:
+            # Codex offers no apply_patch tool to a model it does not know; it intercepts an
+            # `apply_patch` heredoc run through its shell tool and applies it as a patch.
+            item = {"type": "function_call", "id": "fc_standin", "call_id": "call_standin", "name": "exec_command",
+                    "arguments": json.dumps({"cmd": f"apply_patch <<'EOF'\n{patch}EOF\n"}), "status": "completed"}
         else:
             item = {"type": "message", "id": "msg_standin", "role": "assistant", "status": "completed",
                     "content": [{"type": "output_text", "text": "Done.", "annotations": []}]}

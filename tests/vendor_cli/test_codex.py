@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ._model_apis import USAGE, ModelApis
+from ._model_apis import EDIT_FILE, EDIT_TEXT, USAGE, ModelApis
 from .conftest import PERSON, VERSIONS, Chorus, export_errors, run_tool, tool
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,8 @@ EXPORTERS = {
 }
 
 
-def codex(chorus: Chorus, apis: ModelApis, home: Path, work: Path, protocol: str, temporality: str) -> str:
+def codex(chorus: Chorus, apis: ModelApis, home: Path, work: Path, protocol: str, temporality: str,
+          sandbox: str = "read-only") -> str:
     def exporter(signal: str) -> str:
         return "{ " + EXPORTERS[protocol].format(grpc=chorus.grpc_address, http=chorus.http_address,
                                                  token=chorus.ingest_token, signal=signal) + " }"
@@ -48,7 +49,7 @@ exporter = {exporter("logs")}
 trace_exporter = {exporter("traces")}
 metrics_exporter = {exporter("metrics")}
 ''')
-    done = run_tool([tool("codex"), "exec", "--skip-git-repo-check", "-s", "read-only", PROMPT], home, work, {
+    done = run_tool([tool("codex"), "exec", "--skip-git-repo-check", "-s", sandbox, PROMPT], home, work, {
         "STANDIN_API_KEY": "standin", "OTEL_RESOURCE_ATTRIBUTES": f"user.email={PERSON}",
         "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": temporality})
     assert done.returncode == 0, done.stderr
@@ -71,6 +72,24 @@ def test_a_headless_run_is_counted_exactly(chorus_server: Chorus, tmp_path: Path
                                       "ai.tasks_completed": 1}
     assert chorus_server.disk_holds({"session id": session, "prompt": PROMPT, "work dir": str(work),
                                      "home": str(home), "model": "gpt-standin", "service": "codex_exec"}) == []
+
+
+def test_an_edit_run_applies_the_patch_and_counts_exactly(chorus_server: Chorus, tmp_path: Path) -> None:
+    """The stand-in answers with a patch that adds a file (an `apply_patch` heredoc through Codex's
+    shell tool: Codex offers no apply_patch tool to a model it does not know); Codex applies it
+    in its workspace-write sandbox and sends the result back (a second model answer)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    with ModelApis(edit=True, workdir=work) as apis:
+        session = codex(chorus_server, apis, home, work, "http-binary", "delta", sandbox="workspace-write")
+    assert (work / EDIT_FILE).read_text().splitlines() == EDIT_TEXT.splitlines()
+    answers = apis.served["openai"]
+    assert answers >= 2 and session  # the patch, then the answer to its result
+    assert chorus_server.totals() == {"ai.tokens": answers * PER_ANSWER, "ai.requests": answers,
+                                      "ai.tasks_completed": 1}
+    assert chorus_server.disk_holds({"session id": session, "prompt": PROMPT, "work dir": str(work),
+                                     "home": str(home), "model": "gpt-standin", "service": "codex_exec",
+                                     "file": EDIT_FILE, "patch": "*** Begin Patch"}) == []
 
 
 def test_the_pinned_version_is_the_one_run(tmp_path: Path) -> None:

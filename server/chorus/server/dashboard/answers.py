@@ -119,7 +119,8 @@ def team_parts(replies: Sequence[release_pb2.ReleaseResponse | None], statistic:
 def points(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse | None], node: str,
            teams: set[str] | None, statistic: int, metric: str, ceiling: float) -> list[Interval | None]:
     """A scope's value per window for display: an additive statistic from its own release or its
-    teams' added up; a mean only where the scope itself is released (a mean does not add up)."""
+    teams' added up; a mean only where the scope itself is released (a mean does not add up; it is
+    post-processing of the scope's released sum and count, with no release id of its own)."""
     if headline.additive(statistic) is not None:
         share = statistic == common_pb2.STATISTIC_ADOPTION
         found = series(windows, replies, node, teams, statistic, metric).parts
@@ -127,7 +128,7 @@ def points(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse
     out: list[Interval | None] = []
     for reply in replies:
         own = next((e for t in (reply.teams if reply else ()) if t.team == node and t.level in headline.NODES
-                    for e in t.estimates if e.statistic == statistic and e.metric == metric and e.release_id), None)
+                    for e in t.estimates if e.statistic == statistic and e.metric == metric), None)
         out.append(Interval(max(own.value, 0.0), own.ci95, ceiling) if own else None)
     return out
 
@@ -286,3 +287,63 @@ def averaged(data: Sequence[headline.Parts | None], teams: Sequence[str], *, sha
 
 def _slug(text_: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text_.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An "is it helping" figure: a ratio of released sums, value and 95% interval both computed
+    by the release path (`STATISTIC_RATIO`, Fieller's interval); the dashboard only draws it."""
+
+    label: str
+    metric: str
+    denominator: tuple[str, ...]
+    meaning: str
+
+    @property
+    def share(self) -> bool:
+        """A numerator inside its denominator makes a share, within [0, 1]."""
+        return self.metric in self.denominator
+
+
+#: The outcomes the landing page asks for next to adoption (where the window defines their
+#: metrics). The default release plan releases edit acceptance for the company and every org,
+#: so reading it is free; a scope the plan left out shows no tile.
+OUTCOMES = (Outcome("Edits accepted", "ai.suggestions_accepted", ("ai.suggestions_accepted", "ai.suggestions_rejected"),
+                    "share of the AI edits people decided on that they kept"),)
+
+
+def ratio_of(reply: release_pb2.ReleaseResponse | None, node: str, outcome: Outcome) -> release_pb2.Estimate | None:
+    """The node's own released ratio for `outcome` in a read, if any."""
+    return next((e for t in (reply.teams if reply is not None else ()) if t.team == node
+                 for e in t.estimates if e.statistic == common_pb2.STATISTIC_RATIO and e.metric == outcome.metric
+                 and tuple(e.denominator) == outcome.denominator), None)
+
+
+def outcome_tile(outcome: Outcome, now: release_pb2.Estimate | None, before: release_pb2.Estimate | None,
+                 previous: str, where: str) -> headline.Tile | None:
+    """The outcome's tile: this window's ratio with its interval and, beside the previous window's,
+    whether the two intervals are apart (two 95% intervals that do not overlap differ for real;
+    no interval of the change is claimed, none comes from the release path)."""
+    if now is None:
+        return None
+    ceiling = 1.0 if outcome.share else math.inf
+    fmt = format_percent if outcome.share else charts.format_number
+
+    def interval(e: release_pb2.Estimate) -> tuple[Interval, str]:
+        i = Interval(e.value, e.ci95, ceiling)
+        if not math.isfinite(i.high):
+            return i, "95% interval unbounded: this says nothing yet"
+        whole = i.low <= 0 and i.high >= ceiling  # the interval is the whole range
+        return i, f"95% interval {fmt(i.low)} to {fmt(i.high)}" + (": this says nothing yet" if whole else "")
+
+    shown, words = interval(now)
+    parts = " and ".join(dict.fromkeys((outcome.metric, *outcome.denominator)))
+    tile = headline.Tile(f"Company {outcome.label.lower()}", fmt(shown.value), words,
+                         basis=f"{outcome.meaning}, from the released totals of {parts}; released for {where}")
+    if before is None:
+        return tile
+    earlier, earlier_words = interval(before)
+    apart = shown.low > earlier.high or earlier.low > shown.high
+    return headline.Tile(tile.label, tile.value, tile.interval, f"was {fmt(earlier.value)} in {previous}",
+                         earlier_words, "the two 95% intervals do not overlap: a real change" if apart else
+                         "the two 95% intervals overlap: no clear change", tile.basis)

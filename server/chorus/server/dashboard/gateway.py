@@ -81,11 +81,13 @@ def _translate(exc: grpc.RpcError, server: str) -> GatewayError:
 
 
 def _request(window: str, statistics: Sequence[int], teams: Sequence[str], metrics: Sequence[str],
-             epsilon: str, read: bool, nodes: Sequence[str] = ()) -> release_pb2.ReleaseRequest:
+             epsilon: str, read: bool, nodes: Sequence[str] = (),
+             denominator: Sequence[str] = ()) -> release_pb2.ReleaseRequest:
     return release_pb2.ReleaseRequest(
         window=window, teams=list(teams), metrics=list(metrics), nodes=list(nodes), validate_only=read,
-        statistics=[release_pb2.StatisticRequest(statistic=s, epsilon=epsilon)  # type: ignore[arg-type]
-                    for s in statistics])
+        statistics=[release_pb2.StatisticRequest(
+            statistic=s, epsilon=epsilon,  # type: ignore[arg-type]
+            denominator=list(denominator) if s == common_pb2.STATISTIC_RATIO else []) for s in statistics])
 
 
 class Gateway:
@@ -194,11 +196,12 @@ class Api:
         return self._call(self._release.ListTeams, release_pb2.ListTeamsRequest(window=window))
 
     def read(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
-             metrics: Sequence[str] = (), nodes: Sequence[str] = (), epsilon: str = "") -> release_pb2.ReleaseResponse:
-        """What is released of `statistics` for teams and at `nodes`, and what the rest would cost:
-        never spends (validate_only)."""
+             metrics: Sequence[str] = (), nodes: Sequence[str] = (), epsilon: str = "",
+             denominator: Sequence[str] = ()) -> release_pb2.ReleaseResponse:
+        """What is released of `statistics` for teams and at `nodes` (a ratio's over the sums of
+        `denominator`), and what the rest would cost: never spends (validate_only)."""
         return self._call(self._release.Release, _request(window, statistics, teams, metrics, epsilon, True,
-                                                          nodes))
+                                                          nodes, denominator))
 
     def release(self, window: str, statistics: Sequence[int], *, teams: Sequence[str] = (),
                 metrics: Sequence[str] = (), nodes: Sequence[str] = (),

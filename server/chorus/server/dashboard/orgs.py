@@ -206,7 +206,8 @@ def _chart(window: str, node: str, rows: list[release_pb2.TeamRelease],
     svg = charts.responsive(charts.interval_bars, f"chart-{_slug(title)}", title, description, bars,
                             fmt=fmt if adoption else charts.format_compact,
                             include=(0.0, 1.0) if adoption else (0.0,))
-    return Chart(_slug(title), title, description, [("", svg)], table)
+    # Adoption is the page's question; each metric's chart waits behind its title.
+    return Chart(_slug(title), title, description, [("", svg)], table, collapsed=not adoption)
 
 
 def release_state(estimate: release_pb2.Estimate) -> str:

@@ -364,9 +364,13 @@ def overview(api: Api, args: Args) -> Page:
     before = reads[-2] if len(reads) > 1 and recent[-2].id == previous else _with_nodes(
         api, previous or "", _read_or_none(api, previous, both), nodes)
     page.context["previous"] = previous
-    tiles = [headline.company(current.teams, before.teams if before else None, previous or "", "", org, inside)]
+    # Adoption, then is it helping (the outcomes), then the usage totals but those an outcome shows.
+    outcomes = _outcomes(api, window, previous, org, {m.name for m in metrics})
+    shown = {name for o, _ in outcomes for name in (o.metric, *o.denominator)}
+    tiles = [headline.company(current.teams, before.teams if before else None, previous or "", "", org, inside),
+             *(tile for _, tile in outcomes)]
     tiles += [headline.company(current.teams, before.teams if before else None, previous or "", m.name, org,
-                               inside) for m in metrics]
+                               inside) for m in metrics if m.name not in shown]
     if inside is not None:
         tiles = [replace(t, label=t.label.replace("Company", scope, 1)) if t else None for t in tiles]
     page.context["tiles"] = [t for t in tiles if t is not None]
@@ -420,6 +424,28 @@ def overview(api: Api, args: Args) -> Page:
         page.charts.append(Chart(_slug(metric.name), title, description, [("", svg)], table,
                                  headline.ranking(ranked), headline.overlapping_pairs(ranked), collapsed=True))
     return page
+
+
+def _outcomes(api: Api, window: str, previous: str | None, org: str,
+              metrics: set[str]) -> list[tuple[answers.Outcome, headline.Tile]]:
+    """Is it helping: each outcome's ratio for the scope itself, this window and the previous one,
+    as released (a read: the plan releases them at close)."""
+    where = "the company itself" if org == hierarchy.COMPANY else f"org {org} itself"
+
+    def read(at: str | None, outcome: answers.Outcome) -> release_pb2.Estimate | None:
+        if at is None:
+            return None
+        try:
+            reply = api.read(at, [common_pb2.STATISTIC_RATIO], metrics=[outcome.metric], nodes=[org],
+                             denominator=outcome.denominator)
+        except GatewayError as exc:  # a window past retention, or one whose policy lacks the metrics
+            if exc.code not in (*_PER_WINDOW_FAILURES, grpc.StatusCode.INVALID_ARGUMENT):
+                raise
+            return None
+        return answers.ratio_of(reply, org, outcome)
+    found = [(o, answers.outcome_tile(o, read(window, o), read(previous, o), previous or "", where))
+             for o in answers.OUTCOMES if {o.metric, *o.denominator} <= metrics]
+    return [(o, t) for o, t in found if t is not None]
 
 
 def _averaged_chart(data: Sequence[headline.Parts | None], ids: Sequence[str], teams: Sequence[str], subject: str,

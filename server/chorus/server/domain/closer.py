@@ -146,11 +146,11 @@ class WindowCloser:
             self._log_policy_change(current)
         closing = min(now, self.guard.close_time())
         due = self._db.read(lambda tx: window_store.due(tx, closing), name="due_windows")
-        closed = [r for r in self._close_then_publish(due, now, ACTOR, exclusive=True) if r.closed_now]
+        closed = [r for r in self._close_then_publish(due, now, ACTOR, exclusive=True, every_plan=True)
+                  if r.closed_now]
         purged = self._db.run(lambda tx: window_store.purge_expired(tx, self._ledger, now, ACTOR), name="purge")
         if purged:
             _log.info("purged the exact team statistics of %d window(s) past retention", len(purged))
-        if purged:
             self._shredder.attempt()  # at once: these deletions have just been committed
         elif not closed:
             self._shredder.tick()  # a retry, when one is pending and its backoff has passed
@@ -158,16 +158,18 @@ class WindowCloser:
 
     def close(self, window_id: str, actor: str) -> window_store.CloseResult:
         """Force-close a window now, whatever its scheduled close time (an operator's CloseWindow),
-        then release its plan; raises WindowNotFound. A no-op returning the record when closed."""
-        result, = self._close_then_publish([window_id], self._clock.now(), actor, exclusive=False)
+        then release its plan if it is pending; raises WindowNotFound. A no-op returning the record
+        when closed. Only this window's plan: the call runs under its RPC's deadline, and the
+        periodic tick catches up on any other (a retried call publishes this one's)."""
+        result, = self._close_then_publish([window_id], self._clock.now(), actor, exclusive=False, every_plan=False)
         return result
 
     def _close_then_publish(self, window_ids: list[str], now: datetime, actor: str, *,
-                            exclusive: bool) -> list[window_store.CloseResult]:
+                            exclusive: bool, every_plan: bool) -> list[window_store.CloseResult]:
         """The one owner of "close, then publish the plan": close each window in its own transaction
         (fold, delete the per-person rows and the key, record the shred), checkpoint the shreds at
-        once when one closed, then release every closed window's plan not yet complete (those
-        closed here, and any a crash between a close and its plan left).
+        once when one closed, then release the plans not yet complete: of `window_ids`, or with
+        `every_plan` of every closed window (also any a crash between a close and its plan left).
 
         `exclusive` (the periodic tick): skip the windows when another replica holds the closer
         lock; a forced close instead waits on the window row's lock (`window_store.close`)."""
@@ -183,7 +185,8 @@ class WindowCloser:
         if any(r.closed_now for r in results):
             self._shredder.attempt()  # at once: these deletions have just been committed
         for window_id in self._releases.pending_plans():
-            self._releases.release_plan(window_id)
+            if every_plan or window_id in window_ids:
+                self._releases.release_plan(window_id)
         return results
 
     def _log_policy_change(self, current: window_store.WindowRecord) -> None:

@@ -83,6 +83,8 @@ MAX_CONNECTIONS = 256
 MAX_UNAUTHENTICATED_PER_PEER = 16
 #: Worker threads running exports (decoding, the store); connections cost none.
 THREADS = 8
+#: Bytes one read of a connection may take.
+RECV_BYTES = 1 << 18
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
          b"Connection: close\r\n\r\n")
 STORE_RETRY_SECONDS = 1
@@ -429,7 +431,9 @@ class OtlpHttpServer:
         sockaddr = (host, int(port), 0, 0) if family == socket.AF_INET6 else (host, int(port))
         #: The WSGI application (its `limiter` is the one shared with gRPC).
         self.app = OtlpExportApp(otlp, admission, limiter, max_body)
-        adj = Adjustments(threads=THREADS, ident="chorus-otlp", asyncore_use_poll=True,
+        # recv_bytes: one read takes what the socket holds (waitress's 8 KiB would need ~90 reads,
+        # each waiting for the GIL behind the exports, for a 5,000-point body).
+        adj = Adjustments(threads=THREADS, ident="chorus-otlp", asyncore_use_poll=True, recv_bytes=RECV_BYTES,
                           max_request_body_size=max_body + 1,  # waitress refuses a body of this size
                           channel_timeout=int(REQUEST_SECONDS), cleanup_interval=1,
                           connection_limit=MAX_CONNECTIONS + 16,  # ours refuses first, at accept

@@ -195,7 +195,7 @@ class RequestTransaction:
         if not metrics:
             raise InvalidRequest("metrics is empty: a ratio divides the sum of each requested metric by its "
                                  f"denominator's ({', '.join(denominator)}); name the numerator metric(s)", "metrics")
-        if list(dict.fromkeys(metrics)) == list(denominator):
+        if len(denominator) == 1 and denominator[0] in metrics:
             raise InvalidRequest(f"a ratio of {denominator[0]} over itself is 1; name another denominator",
                                  "statistics.denominator")
 
