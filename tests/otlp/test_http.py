@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import urllib.parse
 
 import pytest
 from google.protobuf import json_format
@@ -183,3 +185,32 @@ def test_cumulative_json_from_a_javascript_sdk_counts_doubles(otlp_server: OtlpS
                           headers(otlp_server, "application/json"))
         assert code == 200
     assert otlp_server.totals() == {(RED0, "ai.tokens"): 2500}
+
+
+def _raw(server: OtlpServer, request_bytes: bytes) -> tuple[int, bytes]:
+    """Send bytes as they are on one connection; (status, body) of the answer."""
+    host, port = urllib.parse.urlsplit(server.http_url).netloc.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request_bytes)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), rest
+
+
+def test_a_post_without_length_or_chunks_is_411(otlp_server: OtlpServer) -> None:
+    code, raw = _raw(otlp_server, (f"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: {PROTOBUF}\r\n"
+                                   f"Authorization: Bearer {otlp_server.ingest_token}\r\nConnection: close\r\n\r\n"
+                                   ).encode())
+    assert code == 411 and "send Content-Length or Transfer-Encoding: chunked" in status_of(raw).message
+    assert otlp_server.stored_nothing()
+
+
+def test_what_waitress_refuses_itself_is_a_status_too(otlp_server: OtlpServer) -> None:
+    """A malformed request, refused by waitress before any of ours runs: a google.rpc.Status body
+    as for every refusal, not waitress's text page."""
+    code, raw = _raw(otlp_server, b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: many\r\n\r\n")
+    assert code == 400
+    assert status_of(raw).code == 3  # INVALID_ARGUMENT
+    assert otlp_server.stored_nothing()

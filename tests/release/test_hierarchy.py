@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from chorus.server.cli import app
 from chorus.server.domain import roster
 from chorus.server.domain.ledger import read_entries
-from chorus.server.domain.release.transaction import RequestTransaction
+from chorus.server.domain.release import snapshot, steps
 from chorus.server.model import hierarchy
 from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
@@ -185,9 +185,8 @@ def test_a_node_below_k_is_suppressed_and_its_people_count_in_every_ancestor(api
     assert legal.outcome == release_pb2.TEAM_OUTCOME_SUPPRESSED and legal.level == release_pb2.NODE_LEVEL_ORG
     assert legal.message == "org legal has 4 people on the roster; releases need at least 5"
     assert not any(e.micros for e in budgets(api.chorus).values())
-    inputs = api.chorus.db.run(lambda tx: RequestTransaction(tx, api.chorus.ledger, api.chorus.clock.now(), WINDOW,
-                                                           "test").inputs(["/", "engineering", "sales"])[0],
-                               name="test")
+    inputs = api.chorus.db.read(
+        lambda tx: steps.inputs(tx, snapshot.read(tx, WINDOW), ["/", "engineering", "sales"])[0], name="test")
     everyone = sum(size for _, size in COMPANY.values())
     assert inputs[("/", "ai.tokens", "count")] == everyone  # team-law, team-tiny, ops-1, ops-2 included
     assert inputs[("/", "ai.tokens", "sum")] == 1_000 * everyone

@@ -1,6 +1,6 @@
 """The release plan: frozen per window, released by the closer right after the close through the
-release path (charged, ledgered as the plan's, k applied), once, also after a crash in between;
-reading (validate_only) never spends."""
+release path (charged, ledgered as the plan's, k applied), once, in one transaction over one
+snapshot of the window, also after a crash in between; reading (validate_only) never spends."""
 
 from __future__ import annotations
 
@@ -102,6 +102,31 @@ def test_a_forced_close_releases_the_plan(make_chorus: Callable[..., Chorus]) ->
     chorus.closer.tick()
     chorus.close_window(WINDOW, actor="admin")
     assert len(plan_entries(chorus)) == 3 * len(ELIGIBLE)
+
+
+def test_the_whole_plan_is_one_transaction_that_reads_the_window_once(
+        make_chorus: Callable[..., Chorus], monkeypatch: pytest.MonkeyPatch) -> None:
+    chorus = with_usage(make_chorus(PLAN_TOML))
+    chorus.closer.tick()  # opens the window
+    transactions: list[str] = []
+    reads: list[str] = []
+    real_run, real_get = chorus.db.run, window_store.get
+
+    def run(fn, *, name):  # type: ignore[no-untyped-def]
+        transactions.append(name)
+        return real_run(fn, name=name)
+
+    def get(tx, window):  # type: ignore[no-untyped-def]
+        if transactions[-1:] == ["release_plan"]:
+            reads.append(window)
+        return real_get(tx, window)
+
+    monkeypatch.setattr(chorus.db, "run", run)
+    monkeypatch.setattr(window_store, "get", get)
+    chorus.close_window(WINDOW, actor="admin")
+    assert len(plan_entries(chorus)) == 3 * len(ELIGIBLE)  # three entries, each for every eligible team
+    assert transactions.count("release_plan") == 1
+    assert reads == [WINDOW]  # one snapshot of the window for the whole plan
 
 
 def test_a_forced_close_publishes_its_own_plan_and_leaves_another_pending_one_to_the_tick(

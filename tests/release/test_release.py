@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 
 from chorus.server.domain import ingest
 from chorus.server.domain.ledger import read_entries
-from chorus.server.domain.release.transaction import RequestTransaction
+from chorus.server.domain.release import steps
 from chorus.server.model.clock import FakeClock
 from chorus.server.model.roles import Role
 from chorus.server.privacy.epsilon import Epsilon
@@ -420,14 +420,14 @@ def test_release_needs_the_analyst_role(api: Api) -> None:
 def test_a_charge_that_loses_a_race_refuses_the_whole_request(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another replica spends the budget between our check and our charge: nothing is released,
     and the error names what this request needed."""
-    real_check = RequestTransaction.check_budgets
+    real_check = steps.check_spending
 
-    def check_then_lose_the_race(self, missing, wanted, budgets):  # type: ignore[no-untyped-def]
-        real_check(self, missing, wanted, budgets)
-        self.tx.execute("UPDATE budgets SET spent_micros = cap_micros - 100000 WHERE window_id = ? AND team = ?",
-                        (WINDOW, "team-red"))
+    def check_then_lose_the_race(tx, request, selection, snapshot):  # type: ignore[no-untyped-def]
+        real_check(tx, request, selection, snapshot)
+        tx.execute("UPDATE budgets SET spent_micros = cap_micros - 100000 WHERE window_id = ? AND team = ?",
+                   (WINDOW, "team-red"))
 
-    monkeypatch.setattr(RequestTransaction, "check_budgets", check_then_lose_the_race)
+    monkeypatch.setattr(steps, "check_spending", check_then_lose_the_race)
     before = state(api.chorus)
     with pytest.raises(grpc.RpcError) as caught:
         api.release(teams=("team-red",), metrics=("ai.requests",), statistics=((SUM, "0.3"), (COUNT, "0.3")))

@@ -16,7 +16,7 @@ from chorus.server.domain import windows as window_store
 from chorus.server.domain.ingest import BatchIdReused, Reason
 from chorus.server.domain.ledger import read_entries
 from chorus.server.domain.release import BudgetExceeded, Releases, StatisticRequest
-from chorus.server.domain.release.transaction import RequestTransaction
+from chorus.server.domain.release import snapshot as snapshots
 from chorus.server.domain.tokens import TokenError
 from chorus.server.model import config
 from chorus.server.model.ledger_format import entry_hash
@@ -375,18 +375,21 @@ def test_a_release_whose_twin_commits_between_its_reads_gets_the_twins_answer(
     twin = store.chorus()
     winner: dict[tuple[str, str, str], tuple[str, bool]] = {}
 
-    def after_first_read(name: str):  # type: ignore[no-untyped-def]
-        real = getattr(RequestTransaction, name)
+    racing: list[bool] = []
 
-        def read(self, *args):  # type: ignore[no-untyped-def]
-            out = real(self, *args)
-            if not winner and self.requester == "loser":
+    def after_first_read(name: str):  # type: ignore[no-untyped-def]
+        real = getattr(snapshots, name)
+
+        def read(*args):  # type: ignore[no-untyped-def]
+            out = real(*args)
+            if not winner and not racing:  # the loser's first read (the twin's reads pass through)
+                racing.append(True)
                 winner.update(_full_report(twin))  # another connection: commits now
             return out
         return read
 
-    for name in ("budgets", "stored"):
-        monkeypatch.setattr(RequestTransaction, name, after_first_read(name))
+    for name in ("read_budgets", "read_stored"):
+        monkeypatch.setattr(snapshots, name, after_first_read(name))
     loser = Releases(chorus.db, chorus.ledger, chorus.clock, chorus.config.policy).release(
         WINDOW, [], [], [], requester="loser")
 

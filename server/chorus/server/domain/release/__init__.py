@@ -22,8 +22,8 @@ nothing.
 
 The release plan frozen in a window's policy is released by the closer right after the window
 closes (`release_plan`), through this same path: every entry one request (at every team,
-every org node or the company, as its `level` says), all of them in one transaction, each
-ledger entry marked `"plan": true`. The window's `plan_released_at` is set after that
+every org node or the company, as its `level` says), all of them in one transaction over one
+snapshot of the window, each ledger entry marked `"plan": true`. The window's `plan_released_at` is set after that
 transaction, so a crash in between is completed by the next tick, and repeats are answered from
 storage: the plan is charged once. Until then only the plan may spend the window's budget
 (a request at a team or at any node of the tree is refused),
@@ -49,11 +49,14 @@ nested levels, answers also carry the consistent estimates (`privacy.consistency
 deterministic function of the stored releases and the frozen tree, so a repeated request
 gets identical numbers until another level of the same statistic is released.
 
-The package by step: `request` (the validated statistics and what each part charges),
-`snapshot` (the window, its frozen policy and tree), `transaction` (one request in its
-transaction: plan, draw, claim, charge, ledger, answer), `postprocess` (stored releases read
-back; mean, adoption and the consistent estimates, at no privacy cost), `answers` (the frozen
-values returned), `errors`, and `service` (`Releases`, which the composition root builds).
+The package by step: `request` (the validated request, a frozen `Request`), `snapshot` (what
+one transaction reads of the window, once: its record and frozen policy, tree, budgets and
+stored releases), `steps` (functions of the snapshot returning values: select what to answer
+and draw, check the spending, draw, claim-charge-ledger, answer), `transaction` (the steps
+composed: one request, or a window's whole release plan, in one transaction), `postprocess`
+(stored releases read back; mean, adoption, ratio and the consistent estimates, at no privacy
+cost; the replay caches), `answers` (the frozen values returned), `errors`, and `service`
+(`Releases`, which the composition root builds).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Stored releases read back, and what is computed from them at no privacy cost: the answer
 of a noisy release, the mean (sum over count), adoption (active over the public roster) and
-the consistent estimates across the tree's levels (`privacy.consistency`)."""
+the consistent estimates across the tree's levels (`privacy.consistency`). Functions of stored
+values only: nothing here draws, charges or writes."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import functools
 import json
 import math
 import threading
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from chorus.server import store
-from chorus.server.domain.release.answers import Estimate
+from chorus.server.domain.release.answers import Estimate, RemainderResult
 from chorus.server.domain.release.request import TEAM_LEVEL
+from chorus.server.model import hierarchy
 from chorus.server.model.policy import MetricPolicy, Policy
 from chorus.server.model.statistics import ACTIVE, NOISY_PARTS
 from chorus.server.privacy import consistency, mechanisms
@@ -124,6 +127,53 @@ def _post_processed(metric: str, stat: str, value: float, ci95: float, parts: tu
     return Estimate(metric, stat, value, ci95, (), (), ZERO, ZERO, mechanisms.POST_PROCESSING, 0, 0.0,
                     all(not p.charged.micros for p in parts), "", note, tuple(p.release_id for p in parts))
 
+
+
+#: Statistics made consistent across the levels of the tree (scalars; histograms are not).
+CONSISTENT = ("sum", "count", ACTIVE)
+
+
+def consistent_estimates(tree: hierarchy.Hierarchy, policy: Policy, stored: Mapping[Key, Stored],
+                         released: Sequence[str]) -> tuple[dict[Key, tuple[float, float]], list[RemainderResult]]:
+    """Consistent estimates of the released subjects' sums, counts and active, for every such
+    statistic the window holds at nested levels; and the remainders under released nodes that
+    hold at least k people. Computed from all of the window's stored releases and its tree."""
+    if all(tree.level(subject) == hierarchy.TEAM for subject in {key[0] for key in stored}):
+        return {}, []  # teams only: nothing nested (and a full report's replay stays cheap)
+    by_statistic: dict[tuple[str, str], dict[str, Stored]] = {}
+    for (node, metric, stat), item in stored.items():
+        if stat in CONSISTENT and node in tree:
+            by_statistic.setdefault((metric, stat), {})[node] = item
+    out: dict[Key, tuple[float, float]] = {}
+    remainders: list[RemainderResult] = []
+    k = policy.min_team_size
+    for (metric, stat), items in sorted(by_statistic.items()):
+        if not any(_released_above(tree, node, items) for node in items):
+            continue  # one level only: the raw releases are already consistent
+        plan = consistency_plan(tuple(consistency.Node(n, p, items[n].scale if n in items else None)
+                                      for n, p in tree.nodes()), policy.mechanism)
+        result = plan.estimate({n: int(item.value) for n, item in items.items()  # type: ignore[arg-type]
+                                if n in plan.released})
+        for subject in released:
+            if subject in result.estimates and subject in items:
+                e = result.estimates[subject]
+                out[(subject, metric, stat)] = (float(e.value), e.ci95)
+            rest = result.remainders.get(subject)
+            if rest is not None and subject in items:
+                size = sum(tree.size(m) for m in rest.members)
+                if size >= k:
+                    remainders.append(RemainderResult(subject, rest.members, size, metric, stat,
+                                                      float(rest.estimate.value), rest.estimate.ci95))
+    return out, remainders
+
+
+def _released_above(tree: hierarchy.Hierarchy, node: str, items: Mapping[str, Stored]) -> bool:
+    parent = tree.parent(node)
+    while parent is not None:
+        if parent in items:
+            return True
+        parent = tree.parent(parent)
+    return False
 
 
 @functools.lru_cache(maxsize=64)

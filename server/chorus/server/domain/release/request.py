@@ -1,8 +1,10 @@
-"""A release request as validated values: the statistics asked for and what each part charges."""
+"""A release request as validated values (`Request`): what is asked of which window, by whom,
+and what each statistic charges. Validated here against the grammar; against the window (its
+metrics, teams, tree and cap) by `steps.select`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from chorus.server.domain.release.errors import InvalidRequest
@@ -21,6 +23,29 @@ class StatisticRequest:
     epsilon: Loss | None = None
     #: For a ratio: the metrics whose sums add up to its denominator (each requested metric is a
     #: numerator); () for any other statistic.
+    denominator: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One release request. Empty `teams`, `metrics` mean all of them, except that with `nodes`
+    and no teams only the nodes are answered."""
+
+    window: str
+    teams: tuple[str, ...]
+    metrics: tuple[str, ...]
+    #: statistic -> its epsilon (None: the window's default), validated, in request order
+    #: (`validated_statistics`; never mutated).
+    statistics: Mapping[str, Loss | None]
+    #: Org paths, hierarchy.COMPANY or team names.
+    nodes: tuple[str, ...]
+    #: Who asks, as the ledger's `by` names them.
+    requester: str
+    #: Read only: answer with what is released and what the rest would charge.
+    validate_only: bool = False
+    #: An entry of the window's release plan (the only spending allowed before it is complete).
+    plan: bool = False
+    #: For a ratio: the metrics whose sums add up to its denominator (`denominator_of`); ().
     denominator: tuple[str, ...] = ()
 
 

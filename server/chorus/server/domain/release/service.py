@@ -9,22 +9,21 @@ from chorus.server import store
 from chorus.server.domain import roster
 from chorus.server.domain import windows as window_store
 from chorus.server.domain.ledger import Ledger
+from chorus.server.domain.release import snapshot as snapshots
+from chorus.server.domain.release import transaction
 from chorus.server.domain.release.answers import ReleaseResult, TeamInfo, TeamList, suppression_reason
 from chorus.server.domain.release.errors import BudgetExceeded, InvalidRequest, Refused
 from chorus.server.domain.release.postprocess import WindowReleases
-from chorus.server.domain.release.request import StatisticRequest, denominator_of, validated_statistics
+from chorus.server.domain.release.request import Request, StatisticRequest, denominator_of, validated_statistics
 from chorus.server.domain.release.snapshot import tree_of, window_of
-from chorus.server.domain.release.transaction import RequestTransaction
-from chorus.server.model import hierarchy
+from chorus.server.domain.release.transaction import PLAN_ACTOR, drawn_now, respond
 from chorus.server.model.clock import Clock
 from chorus.server.model.policy import MetricPolicy, Policy
-from chorus.server.privacy import mechanisms
-from chorus.server.privacy.epsilon import Loss
 from chorus.server.store import Database, Tx
 
+__all__ = ["PLAN_ACTOR", "Releases"]
+
 _log = logging.getLogger(__name__)
-#: Who releases the plan, as the ledger's `by` names it.
-PLAN_ACTOR = "closer"
 
 
 class Releases:
@@ -73,8 +72,24 @@ class Releases:
         """
         if not window:
             raise InvalidRequest("window is required, e.g. 2026-11-25 or 2026-W48", "window")
-        return self._release(window, teams, metrics, validated_statistics(statistics), requester, nodes,
-                             denominator_of(statistics), validate_only=validate_only, plan=False)
+        request = Request(window, tuple(teams), tuple(metrics), validated_statistics(statistics), tuple(nodes),
+                          requester, validate_only=validate_only, denominator=denominator_of(statistics))
+        now = self._clock.now()
+        # A request whose releases are all stored (a validate_only one, a replay) writes nothing,
+        # so it is answered in a read transaction: no writer lock. Only one that must draw runs
+        # again as a write transaction, from the start.
+        answered = self._db.read(lambda tx: respond(tx, self._ledger, now, request,
+                                                    snapshots.read(tx, window, self._known), draw=False),
+                                 name="read_releases")
+        if answered is None:
+            answered = self._db.run(lambda tx: respond(tx, self._ledger, now, request, snapshots.read(tx, window)),
+                                    name="release")
+        assert answered is not None  # a write transaction draws what is missing
+        result = answered[0]
+        if not validate_only:  # a read changes nothing worth a log line per page view
+            _log.info("release for window %s: %d team(s), %d new noisy release(s)", window, len(result.teams),
+                      drawn_now(result))
+        return result
 
     def pending_plans(self) -> list[str]:
         """Closed windows, oldest first, whose release plan is not yet complete."""
@@ -82,7 +97,7 @@ class Releases:
 
     def release_plan(self, window: str) -> None:
         """Release the plan frozen in `window`'s policy, every entry in one transaction (each
-        entry one request inside it), then mark it done.
+        entry one request inside it, over one snapshot of the window), then mark it done.
 
         Safe to repeat and to run on several replicas at once: entries already released are
         answered from storage, uncharged; a crash or a refusal rolls the whole plan back, and the
@@ -91,53 +106,11 @@ class Releases:
         marked done with what was released, and the reason logged.
         """
         now = self._clock.now()
-
-        def release_all(tx: Tx) -> int:
-            record, tree = window_of(tx, window), tree_of(tx, window)
-            fresh = 0
-            for entry in record.policy.release_plan:
-                nodes = {hierarchy.ROOT: [hierarchy.COMPANY], hierarchy.ORG: tree.org_nodes()}.get(entry.level, [])
-                if entry.level != hierarchy.TEAM and not nodes:
-                    continue  # org entries in a company without orgs: nothing to release
-                result = RequestTransaction(tx, self._ledger, now, window, PLAN_ACTOR, plan=True,
-                                            denominator=entry.denominator).run(
-                    (), (entry.metric,) if entry.metric else (), {entry.statistic: entry.charge}, nodes)
-                fresh += _fresh(result)
-            return fresh
-
         try:
-            fresh = self._db.run(release_all, name="release_plan")
+            fresh = self._db.run(lambda tx: transaction.release_plan(tx, self._ledger, now, window),
+                                 name="release_plan")
             _log.info("release plan of window %s: %d new noisy release(s)", window, fresh)
         except (Refused, BudgetExceeded) as exc:
             _log.error("release plan of window %s stopped: %s", window, exc)
         at = int(self._clock.now().timestamp())
         self._db.run(lambda tx: store.windows.mark_plan_released(tx, window, at), name="plan_done")
-
-    def _release(self, window: str, teams: Sequence[str], metrics: Sequence[str],
-                 requested: dict[str, Loss | None], requester: str, nodes: Sequence[str] = (),
-                 denominator: tuple[str, ...] = (), *, validate_only: bool, plan: bool) -> ReleaseResult:
-        now = self._clock.now()
-
-        def request(tx: Tx, known: WindowReleases | None) -> RequestTransaction:
-            return RequestTransaction(tx, self._ledger, now, window, requester, plan=plan,
-                                      validate_only=validate_only, known=known, denominator=denominator)
-
-        # A request whose releases are all stored (a validate_only one, a replay) writes nothing,
-        # so it is answered in a read transaction: no writer lock. Only one that must draw runs
-        # again as a write transaction, from the start.
-        result = self._db.read(lambda tx: request(tx, self._known).answer_if_stored(teams, metrics, requested,
-                                                                                     nodes), name="read_releases")
-        if result is None:
-            result = self._db.run(lambda tx: request(tx, None).run(teams, metrics, requested, nodes), name="release")
-        if not validate_only:  # a read changes nothing worth a log line per page view
-            _log.info("release for window %s%s: %d team(s), %d new noisy release(s)", window,
-                      " (release plan)" if plan else "", len(result.teams), _fresh(result))
-        return result
-
-
-def _fresh(result: ReleaseResult) -> int:
-    """How many noisy releases a result drew now (not cached, not post-processing)."""
-    return sum(1 for t in result.teams for e in t.estimates
-               if not e.cached and e.mechanism != mechanisms.POST_PROCESSING)
-
-
