@@ -174,6 +174,14 @@ def test_the_vp_sees_growth_where_it_happens_and_spends_nothing(
               "(delta 1e-08) about any one person: 54 weeks at rho 0.138 each, every budget spent in full.")
     assert page.locator("#yearly-bound").inner_text() == yearly  # the default policy's (README)
     laptop.shot("company-trends-desktop")
+    # Is it helping, over time: the same released ratio per window, for the company and each org.
+    laptop.open("/trends?statistic=ratio")
+    assert page.get_by_role("heading", name=f"Company edits accepted over the last {WEEKS} windows").count() == 1
+    per_window = table_rows(page, "Company: Edits accepted per window")
+    assert all(shows(per_window[w]["value"], company.edits_accepted(w).value) for w in company.weeks)
+    assert page.locator("#trend-orgs .panel").count() == len(ORGS)
+    assert page.get_by_text("Not released for any team in these windows.").count() == 1
+    laptop.shot("company-trends-edits-accepted-desktop")
     laptop.open("/trends?org=engineering")
     assert page.get_by_role("heading", name=f"Org engineering adoption over the last {WEEKS} windows").count() == 1
     assert page.locator("#trend-orgs").count() == 0  # an org has no orgs below it here

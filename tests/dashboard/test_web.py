@@ -531,3 +531,15 @@ def test_trends_and_the_statement_state_the_yearly_bound_the_statement_computes(
     login(auditor, stack.tokens[Role.AUDITOR])
     statement = auditor.get("/statement").get_data(as_text=True)
     assert expected in statement and "367 days at epsilon 1 each" in html.unescape(statement)
+
+
+def test_a_mean_released_for_the_company_is_its_trend(client: FlaskClient, stack: Stack) -> None:
+    """A mean does not add up from teams: the company's line is its own release (a derived
+    estimate, without a release id of its own), and only where there is one."""
+    mean = stack.release(LATEST, [common_pb2.STATISTIC_MEAN], nodes=("/",), metrics=("ai.tokens",)).teams[0]
+    released = next(e for e in mean.estimates if e.statistic == common_pb2.STATISTIC_MEAN)
+    login(client, stack.tokens[Role.ANALYST])
+    rows = {r["window"]: r for r in csv_rows(client.get(
+        "/trends.csv?chart=trend-scope&statistic=mean&metric=ai.tokens&n=3").get_data(as_text=True))}
+    assert float(rows[LATEST]["value"]) == pytest.approx(max(released.value, 0.0))
+    assert rows[DAYS[0]]["value"] == ""  # nothing released for the company then

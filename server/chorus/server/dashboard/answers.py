@@ -45,7 +45,7 @@ def shown(found: headline.Figure, share: bool = True) -> Interval:
 
 def span(statistic: int, roster: int, metric: release_pb2.Metric | None) -> float:
     """The range one team's number can take in a window, which its interval is judged against."""
-    if statistic == common_pb2.STATISTIC_ADOPTION:
+    if statistic in (common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_RATIO):  # shares (OUTCOMES)
         return 1.0
     if statistic == common_pb2.STATISTIC_COUNT:
         return float(roster)

@@ -288,13 +288,13 @@ N_CHOICES = (4, 8, 12, 26, 52)
 
 def _with_nodes(api: Api, window: str, reply: release_pb2.ReleaseResponse | None, nodes: Sequence[str],
                 statistics: Sequence[int] = (common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM),
-                metrics: Sequence[str] = ()) -> release_pb2.ReleaseResponse | None:
+                metrics: Sequence[str] = (), denominator: Sequence[str] = ()) -> release_pb2.ReleaseResponse | None:
     """A window's team answers with what is released at the company and each org (the plan may
     release them directly); the teams alone where the window's tree has not these orgs."""
     if reply is None:
         return None
     try:
-        extra = api.read(window, list(statistics), nodes=nodes, metrics=metrics)
+        extra = api.read(window, list(statistics), nodes=nodes, metrics=metrics, denominator=denominator)
     except GatewayError:
         return reply
     return release_pb2.ReleaseResponse(window=reply.window, teams=[*reply.teams, *extra.teams],
@@ -515,14 +515,18 @@ def trends(api: Api, args: Args) -> Page:
     windows = closed_windows(api)
     count = _int(args, "n", 8, 2, MAX_TREND_WINDOWS)
     recent = list(reversed(windows[:count]))
-    statistic = _choice(args, "statistic", TREND_STATISTICS, Statistic.ADOPTION)
-    assert statistic is not None
     metrics = {m.name: m for m in api.list_metrics(recent[-1].id)} if recent else {}
     names = list(metrics)
+    # Is it helping, over time: the landing page's outcome, where the window defines its metrics.
+    outcome = next((o for o in answers.OUTCOMES if {o.metric, *o.denominator} <= set(names)), None)
+    offered = [(s, STATISTICS[s][1]) for s in TREND_STATISTICS]
+    offered += [(Statistic.RATIO, outcome.label)] if outcome else []
+    statistic = _choice(args, "statistic", [s for s, _ in offered], Statistic.ADOPTION)
+    assert statistic is not None
     metric = _choice(args, "metric", names, names[0] if names else None)
     page = Page("trends.html", "Trends", context={
         "n": count, "statistic": statistic, "metric": metric, "metrics": names, "problems": [],
-        "not_released": [], "statistics": [(s, STATISTICS[s][1]) for s in TREND_STATISTICS],
+        "not_released": [], "statistics": offered,
         "org": hierarchy.COMPANY, "org_options": [(hierarchy.COMPANY, "The whole company")]})
     if not recent:
         return page
@@ -532,28 +536,32 @@ def trends(api: Api, args: Args) -> Page:
     scope = _scope_name(org)
     page.context.update(org=org, scope=scope, org_options=[(hierarchy.COMPANY, "The whole company"),
                                                            *((o, o) for o in tree.org_nodes())])
-    code, label = STATISTICS[statistic]
+    ratio = statistic == Statistic.RATIO and outcome is not None
+    code, label = (common_pb2.STATISTIC_RATIO, outcome.label) if ratio and outcome else STATISTICS[statistic]
     adoption = statistic == Statistic.ADOPTION
-    name = "" if adoption else metric or ""
+    share = adoption or ratio  # the outcome is a share (answers.Outcome.share)
+    name = outcome.metric if ratio and outcome else "" if adoption else metric or ""
+    denominator = outcome.denominator if ratio and outcome else ()
     spec = metrics.get(name)
-    ceiling = _ceiling(code, spec)
-    fmt, chart_fmt = (format_percent, format_percent) if adoption else (format_number, format_compact)
-    subject = label if adoption else f"{label} of {metric}"
+    ceiling = 1.0 if share else _ceiling(code, spec)
+    fmt, chart_fmt = (format_percent, format_percent) if share else (format_number, format_compact)
+    subject = label if share else f"{label} of {metric}"
     ids = [w.id for w in recent]
     nodes = [hierarchy.COMPANY, *tree.org_nodes()]
     replies: list[release_pb2.ReleaseResponse | None] = []
     for window in recent:
         try:
-            reply = api.read(window.id, [code], metrics=[name] if name else [])
+            reply = api.read(window.id, [code], metrics=[name] if name else [], denominator=denominator)
         except GatewayError as exc:
             if exc.code not in _PER_WINDOW_FAILURES:
                 raise
             page.context["problems"].append((window.id, exc.message))
             replies.append(None)
             continue
-        page.context["not_released"] += _not_released(
-            window.id, [t for t in reply.teams if inside is None or t.team in inside])
-        replies.append(_with_nodes(api, window.id, reply, nodes, [code], [name] if name else []))
+        if not ratio:  # a ratio is released through its sums: the release page does not offer it
+            page.context["not_released"] += _not_released(
+                window.id, [t for t in reply.teams if inside is None or t.team in inside])
+        replies.append(_with_nodes(api, window.id, reply, nodes, [code], [name] if name else [], denominator))
     page.context["yearly"] = _yearly(recent[-1], replies[-1])
     page.charts.append(_scope_trend(scope, org, inside, subject, ids, replies, code, name, ceiling, chart_fmt, fmt))
     orgs = [o for o in tree.children(org) if tree.level(o) == hierarchy.ORG]
@@ -593,9 +601,10 @@ def _scope_trend(scope: str, org: str, inside: set[str] | None, subject: str, id
     for window, point in zip(ids, found, strict=True):
         table.add(window, *((point.value, point.ci95, point.low, point.high) if point else (None,) * 4))
     title = f"{scope} {subject[0].lower()}{subject[1:]} over the last {len(ids)} windows"
+    how = ("its own release where there is one, else its released teams added up" if headline.additive(code)
+           else "its own release (it does not add up from its teams)")
     description = (f"{subject} of {'the company' if org == hierarchy.COMPANY else 'org ' + org} per window, "
-                   f"{ids[0]} to {ids[-1]}, in its 95% band: its own release where there is one, else its "
-                   "released teams added up.")
+                   f"{ids[0]} to {ids[-1]}, in its 95% band: {how}.")
     svg = answers.grid([("", title, description, found)], ids, "chart-scope", chart_fmt,
                        ["nothing released in these windows"])[0][1]
     return Chart("trend-scope", title, description, [("", svg)], table)

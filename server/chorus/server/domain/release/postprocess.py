@@ -24,9 +24,10 @@ from chorus.server.store import Tx
 
 #: (team or node, metric, noisy statistic)
 Key = tuple[str, str, str]
-#: How many parsed rows the caches below hold at most, all windows together (then they start
-#: over): a 2,000-team report is 30,000.
-CACHE_MAX = 500_000
+#: How many entries (parsed rows and built answers) the replay caches hold at most, all windows
+#: together, before they start over: a full 2,000-team report is 70,000 (30,000 releases, their
+#: answers, 10,000 means), about 42 MB; the bound holds about 120 MB.
+CACHE_MAX = 200_000
 
 
 class Stored(NamedTuple):
