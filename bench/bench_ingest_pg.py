@@ -164,8 +164,7 @@ class RowByRowTx(_PostgresTx):
     """The engine's Tx with the bulk path switched off: psycopg's pipelined executemany only."""
 
     def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Any]) -> None:
-        params = [b for bound in bounds for b in (bound, bound)]
-        self._cur.executemany(placeholders(usage.upsert_sql(len(bounds))), [(*row, *params) for row in rows])
+        self._cur.executemany(placeholders(usage.upsert_sql(bounds)), rows)
 
 
 def concurrently(workers: int, jobs: list, work: Callable[[object], None]) -> float:

@@ -69,6 +69,9 @@ class OtlpPolicy:
     _by_name: dict[str, tuple[OtlpMapping, ...]] = field(init=False, repr=False, compare=False)
     _unfiltered: frozenset[str] = field(init=False, repr=False, compare=False)
     _max_scale: dict[str, int] = field(init=False, repr=False, compare=False)
+    #: Every point attribute the policy reads: the identity attributes and the filters' keys.
+    named_attributes: frozenset[str] = field(init=False, repr=False, compare=False)
+    _filter_keys: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_name: dict[str, list[OtlpMapping]] = {}
@@ -78,6 +81,10 @@ class OtlpPolicy:
         object.__setattr__(self, "_unfiltered", frozenset(
             name for name, ms in by_name.items() if not any(m.attributes or m.resource for m in ms)))
         object.__setattr__(self, "_max_scale", {name: max(m.scale for m in ms) for name, ms in by_name.items()})
+        object.__setattr__(self, "_filter_keys", {name: tuple(sorted({k for m in ms for k, _ in m.attributes}))
+                                                  for name, ms in by_name.items()})
+        object.__setattr__(self, "named_attributes", frozenset(self.identity_attributes).union(
+            *self._filter_keys.values()))
 
     def mappings(self, instrument: str) -> tuple[OtlpMapping, ...]:
         """The mappings of an instrument; empty when it is not mapped."""
@@ -91,6 +98,11 @@ class OtlpPolicy:
         if instrument in self._unfiltered:
             return mappings
         return tuple(m for m in mappings if m.passes(strings, resource))
+
+    def filter_keys(self, instrument: str) -> tuple[str, ...]:
+        """The point attributes the mappings of `instrument` filter on: `admitted` depends on a
+        point only through their values (and its resource)."""
+        return self._filter_keys.get(instrument, ())
 
     def max_scale(self, instrument: str) -> int:
         """The largest scale among a mapped instrument's mappings."""

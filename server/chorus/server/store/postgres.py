@@ -147,12 +147,11 @@ class _PostgresTx:
 
     def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
         self.bound()
-        params = [b for bound in bounds for b in (bound, bound)]
         if len(rows) < BULK_MIN_ROWS or len({(r[0], r[1]) for r in rows}) != len(rows):
             # Few rows, or a person twice (DO UPDATE cannot touch a row twice in one statement).
-            self._cur.executemany(placeholders(usage.upsert_sql(len(bounds))), [(*row, *params) for row in rows])
+            self._cur.executemany(placeholders(usage.upsert_sql(bounds)), rows)
             return
-        _copy_usage(self._cur, len(bounds), rows, params)
+        _copy_usage(self._cur, bounds, rows)
 
     def lock_closer(self) -> bool:
         (locked,), = self.query("SELECT pg_try_advisory_xact_lock(?)", (_CLOSER_LOCK,))
@@ -169,7 +168,7 @@ class _PostgresTx:
 BULK_MIN_ROWS = 128
 
 
-def _copy_usage(cur: psycopg.Cursor[Any], metrics: int, rows: Sequence[Row], params: list[int]) -> None:
+def _copy_usage(cur: psycopg.Cursor[Any], bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
     """store.usage.add for many rows: COPY them into a staging table, then merge them in one
     statement with the same ON CONFLICT clause as the row-by-row upsert.
 
@@ -177,16 +176,15 @@ def _copy_usage(cur: psycopg.Cursor[Any], metrics: int, rows: Sequence[Row], par
     of metric slots) and has an ordinal column, so the merge takes row locks in the caller's
     (window, pseudonym) order and concurrent batches cannot deadlock.
     """
-    stage = f"chorus_stage_usage_{metrics}"
-    cols = usage.columns(metrics)
+    stage = f"chorus_stage_usage_{len(bounds)}"
+    cols = usage.columns(len(bounds))
     cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
                 f"SELECT 0::BIGINT AS chorus_ord, {cols} FROM usage WITH NO DATA")
     with cur.copy(f"COPY {stage} (chorus_ord, {cols}) FROM STDIN") as copy:
         for i, row in enumerate(rows):
             copy.write_row((i, *row))
     cur.execute(f"INSERT INTO usage ({cols}) SELECT {cols} FROM {stage} ORDER BY chorus_ord "
-                f"ON CONFLICT (window_id, pseudonym) DO UPDATE SET {placeholders(usage.set_clause(metrics))}",
-                params)
+                f"ON CONFLICT (window_id, pseudonym) DO UPDATE SET {placeholders(usage.set_clause(bounds))}")
     cur.execute(f"DELETE FROM {stage}")  # the operation may run again in this transaction
 
 

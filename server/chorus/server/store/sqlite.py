@@ -87,8 +87,7 @@ class _SqliteTx:
                                rows)
 
     def add_usage(self, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:
-        params = [b for bound in bounds for b in (bound, bound)]
-        self._conn.executemany(usage.upsert_sql(len(bounds)), [(*row, *params) for row in rows])
+        self._conn.executemany(usage.upsert_sql(bounds), rows)
 
     def lock_closer(self) -> bool:
         return True  # BEGIN IMMEDIATE already excludes every other writer

@@ -28,18 +28,20 @@ def columns(metrics: int) -> str:
     return ", ".join(["window_id", "pseudonym", "team", *(f"t{i}" for i in range(metrics))])
 
 
-@functools.cache
-def set_clause(metrics: int) -> str:
-    """ON CONFLICT's update: add to each slot, clamped to its bound (two `?` per slot: bound, bound)."""
-    return ", ".join(f"t{i} = CASE WHEN usage.t{i} + excluded.t{i} > ? THEN ? ELSE usage.t{i} + excluded.t{i} END"
-                     for i in range(metrics))
+@functools.lru_cache(maxsize=64)
+def set_clause(bounds: tuple[int, ...]) -> str:
+    """ON CONFLICT's update: add to each slot, clamped to its bound. The bounds are written into
+    the statement (integers of the validated policy, one statement per policy): a row binds
+    only its own values."""
+    return ", ".join(f"t{i} = CASE WHEN usage.t{i} + excluded.t{i} > {int(bound)} THEN {int(bound)} "
+                     f"ELSE usage.t{i} + excluded.t{i} END" for i, bound in enumerate(bounds))
 
 
-@functools.cache
-def upsert_sql(metrics: int) -> str:
-    """One row's upsert: (window, pseudonym, team, totals...) then (bound, bound) per slot."""
-    return (f"INSERT INTO usage ({columns(metrics)}) VALUES (?, ?, ?{', ?' * metrics}) "
-            f"ON CONFLICT (window_id, pseudonym) DO UPDATE SET {set_clause(metrics)}")
+@functools.lru_cache(maxsize=64)
+def upsert_sql(bounds: tuple[int, ...]) -> str:
+    """One row's upsert: (window, pseudonym, team, totals...), each total clamped to its bound."""
+    return (f"INSERT INTO usage ({columns(len(bounds))}) VALUES (?, ?, ?{', ?' * len(bounds)}) "
+            f"ON CONFLICT (window_id, pseudonym) DO UPDATE SET {set_clause(bounds)}")
 
 
 def add(tx: Tx, bounds: tuple[int, ...], rows: Sequence[Row]) -> None:

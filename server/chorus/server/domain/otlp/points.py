@@ -85,16 +85,28 @@ class InvalidExport(ValueError):
         self.field = field
 
 
-class Point(NamedTuple):
-    """One data point of a mapped instrument. `problem` says why it cannot count, if it cannot."""
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """What the points of one metric in one export share, resolved once per metric."""
 
     instrument: str
     cumulative: bool
+    problem: PointOutcome | None  # why none of its points can count (its kind or temporality)
+    resource: dict[str, str]  # its resource's string attributes, for mapping resource filters
+    resource_identity: str | None  # the identity its resource names, for points that name none
+
+
+class Point(NamedTuple):
+    """One data point of a mapped instrument. `problem` says why it cannot count, if it cannot."""
+
+    stream: Stream
     value: float
     start_ns: int
     time_ns: int
-    strings: dict[str, str]  # the point's string attributes, for mapping filters
-    resource: dict[str, str]  # its resource's string attributes, for mapping resource filters
+    #: The point's string attributes that the configuration's filters or identity name (by the
+    #: current configuration; `attributes` has the rest for a window whose frozen filters differ).
+    strings: dict[str, str]
+    attributes: Sequence[KeyValue]
     identity: str | None
     series: bytes  # cumulative: SHA-256 of the series; delta: the bytes naming the point (see _points)
     problem: PointOutcome | None
@@ -104,6 +116,7 @@ class Point(NamedTuple):
 class Flattened:
     points: list[Point]
     unmapped: Counter[str]  # data points of instruments no mapping names, by instrument name
+    cumulative: bool  # whether any point is cumulative (their series need time order)
 
 
 def count_points(request: ExportMetricsServiceRequest) -> int:
@@ -119,13 +132,19 @@ def count_points(request: ExportMetricsServiceRequest) -> int:
 
 
 def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max_string: int) -> Flattened:
-    """The points of mapped instruments (by `policy`, the current configuration's mapping)."""
+    """The points of mapped instruments (by `policy`, the current configuration's mapping).
+
+    One pass over the decoded message: of a point's attributes only the keys are read, and the
+    values of those the configuration names (identity and filter attributes)."""
     points: list[Point] = []
     unmapped: Counter[str] = Counter()
+    identities: dict[str, str | None] = {}  # raw -> normalised identity, once per distinct value
+    cumulative = False
     for resource_metrics in request.resource_metrics:
         resource_attrs = resource_metrics.resource.attributes
         resource_digest: bytes | None = None
-        resource_strings: dict[str, str] | None = None
+        resource_strings: dict[str, str] = {}
+        resource_identity: str | None = None
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 kind = metric.WhichOneof("data")
@@ -139,15 +158,19 @@ def flatten(request: ExportMetricsServiceRequest, policy: OtlpPolicy | None, max
                     _check_bomb(resource_attrs, "resource")
                     resource_strings = {kv.key: kv.value.string_value for kv in resource_attrs}
                     resource_digest = _attribute_digest(resource_attrs)
-                assert resource_strings is not None
+                    resource_identity = _identity(policy.identity_attributes, resource_strings, max_string,
+                                                  identities)
                 stream = hashlib.sha256(resource_digest)
                 stream.update(b"\0scope\0" + scope_metrics.scope.name.encode() + b"\0metric\0" + metric.name.encode())
-                points.extend(_points(metric.name, kind, data, stream, resource_strings, policy, max_string))
-    return Flattened(points, unmapped)
+                points.extend(_points(metric.name, kind, data, stream.digest(), resource_strings, resource_identity,
+                                      policy, max_string, identities))
+                cumulative = cumulative or getattr(data, "aggregation_temporality", 0) == _CUMULATIVE
+    return Flattened(points, unmapped, cumulative)
 
 
-def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, resource: dict[str, str],
-            policy: OtlpPolicy, max_string: int) -> Iterable[Point]:
+def _points(name: str, kind: str, data: metrics_pb2.Sum, prefix: bytes, resource: dict[str, str],
+            resource_identity: str | None, policy: OtlpPolicy, max_string: int,
+            identities: dict[str, str | None]) -> Iterable[Point]:
     temporality = getattr(data, "aggregation_temporality", 0)
     problem = None
     if kind == "gauge":
@@ -159,16 +182,23 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
     elif temporality not in (_CUMULATIVE, _DELTA):
         problem = PointOutcome.NO_TEMPORALITY
     cumulative = temporality == _CUMULATIVE
-    prefix = stream.digest()
+    stream = Stream(name, cumulative, problem, resource, resource_identity)
     sha256 = hashlib.sha256
     names = policy.identity_attributes
+    wanted = policy.named_attributes
+    value_of = _VALUE.get(kind, _no_value)
     for point in data.data_points:
         if point.flags & _NO_RECORDED_VALUE:
             continue  # a staleness marker, not a value
         attrs = point.attributes
-        _check_bomb(attrs, "data point")
+        if len(attrs) > MAX_ATTRIBUTES:
+            _check_bomb(attrs, "data point")
         # Non-string values read as "": they match no filter and are no identity.
-        strings = {kv.key: kv.value.string_value for kv in attrs}
+        strings = {}
+        for kv in attrs:
+            key = kv.key
+            if key in wanted:
+                strings[key] = kv.value.string_value
         if cumulative:  # the series: its whole attribute set, in any order
             series = sha256(prefix + _attribute_digest(attrs)).digest()
         else:
@@ -176,22 +206,18 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, stream: hashlib._Hash, 
             # an exporter's retry resends them unchanged. They are only ever hashed under the
             # window key (series.point_key), so they are not digested here.
             series = prefix + point.SerializeToString(deterministic=True)
-        value, why = _value(kind, point)
-        yield Point(name, cumulative, value, point.start_time_unix_nano, point.time_unix_nano,
-                    strings, resource, _identity(names, strings, resource, max_string), series, problem or why)
+        identity = resource_identity
+        for attribute in names:
+            raw = strings.get(attribute)
+            if raw is not None:
+                identity = identities[raw] if raw in identities else _normalised(raw, max_string, identities)
+                break
+        value, why = value_of(point)
+        yield Point(stream, value, point.start_time_unix_nano, point.time_unix_nano, strings, attrs, identity,
+                    series, problem or why)
 
 
-def _value(kind: str, point: Any) -> tuple[float, PointOutcome | None]:
-    """A Number, Histogram or ExponentialHistogram point's countable value, or why it has none."""
-    if kind == "sum":
-        which = point.WhichOneof("value")
-        value = float(point.as_int if which == "as_int" else point.as_double)
-    elif kind in ("histogram", "exponential_histogram"):
-        if not point.HasField("sum"):
-            return 0.0, PointOutcome.NO_SUM
-        value = point.sum
-    else:
-        return 0.0, None
+def _checked(value: float) -> tuple[float, PointOutcome | None]:
     if not math.isfinite(value):
         return 0.0, PointOutcome.NOT_FINITE
     if value < 0:
@@ -199,15 +225,40 @@ def _value(kind: str, point: Any) -> tuple[float, PointOutcome | None]:
     return value, None
 
 
-def _identity(names: Sequence[str], point: dict[str, str], resource: dict[str, str], limit: int) -> str | None:
-    """The first identity attribute present on the point, else on the resource."""
-    for source in (point, resource):
-        for name in names:
-            value = source.get(name)
-            if value is not None:
-                value = user_ids.normalise(value)
-                return value if 0 < len(value) <= limit and value.isprintable() else None
+def _number(point: Any) -> tuple[float, PointOutcome | None]:
+    """A Number point's value: as_double, else as_int (an unset oneof reads 0 either way)."""
+    value = point.as_double or float(point.as_int)
+    return (value, None) if 0 <= value < math.inf else _checked(value)
+
+
+def _histogram(point: Any) -> tuple[float, PointOutcome | None]:
+    """A Histogram or ExponentialHistogram point's countable value: its sum."""
+    if not point.HasField("sum"):
+        return 0.0, PointOutcome.NO_SUM
+    return _checked(point.sum)
+
+
+def _no_value(point: Any) -> tuple[float, PointOutcome | None]:
+    return 0.0, None  # a gauge or summary: its stream's problem says why
+
+
+_VALUE = {"sum": _number, "histogram": _histogram, "exponential_histogram": _histogram}
+
+
+def _identity(names: Sequence[str], strings: dict[str, str], limit: int,
+              identities: dict[str, str | None]) -> str | None:
+    """The first identity attribute present in `strings`, normalised (None if none or not a valid id)."""
+    for name in names:
+        raw = strings.get(name)
+        if raw is not None:
+            return identities[raw] if raw in identities else _normalised(raw, limit, identities)
     return None
+
+
+def _normalised(raw: str, limit: int, identities: dict[str, str | None]) -> str | None:
+    value = user_ids.normalise(raw)
+    identity = identities[raw] = value if 0 < len(value) <= limit and value.isprintable() else None
+    return identity
 
 
 def _attribute_digest(attrs: Sequence[KeyValue]) -> bytes:
