@@ -256,7 +256,7 @@ def _ratios(policy: Policy, rng: np.random.Generator, accepted: np.ndarray, reje
             continue
         noisy_yes = yes + _noise(rng, mech, scales[0], yes.shape)
         noisy_no = no + _noise(rng, mech, scales[1], no.shape)
-        answers = [mechanisms.ratio_interval((int(y), scales[0]), [(int(n), scales[1])], True, mech)
+        answers = [mechanisms.ratio_interval([(int(y), scales[0])], [(int(n), scales[1])], True, mech)
                    for y, n in zip(noisy_yes.ravel(), noisy_no.ravel(), strict=True)]
         value, half = (np.array(x) * 100 for x in zip(*answers, strict=True))
         truth = (yes / np.maximum(yes + no, 1)).ravel() * 100

@@ -29,7 +29,8 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     story = " ".join(out.split())
     ratio = "ratio of ai.suggestions_accepted over ai.suggestions_accepted + ai.suggestions_rejected"
     assert ("Right after closing, the server released the window's release plan, once: adoption, sum of ai.tokens, "
-            f"{ratio} for the company; adoption, sum of ai.tokens, {ratio} for every org; adoption "
+            f"{ratio}, histogram of ai.tokens, histogram of ai.suggestions_accepted, histogram of "
+            f"ai.suggestions_rejected for the company; adoption, sum of ai.tokens, {ratio} for every org; adoption "
             "for every team of at least k people") in story
     # A discrete-Gaussian window names its amounts in rho, never in epsilon.
     assert "(rho 0.01 per team)" in story and "(epsilon " not in story
@@ -40,7 +41,7 @@ def test_demo_runs_and_tells_the_story(tmp_path) -> None:
     # Two orgs; design, below k, is not released alone but counted in product.
     assert "no: below k=5, counted in product" in out and "sum per node" in out
     assert "Charged now" not in out  # the org numbers were in the plan: --release finds them released
-    assert "│ 2026-" in out and "│ design   │ 8        │ 0.098" in out  # charged by product's and the company's
+    assert "│ 2026-" in out and "│ design   │ 11       │ 0.098" in out  # charged by product's and the company's
     # The kept data directory holds no per-person rows and no window key after the demo closed the window.
     conn = sqlite3.connect(tmp_path / "data" / "chorus.db")
     assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (0,)

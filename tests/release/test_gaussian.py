@@ -127,7 +127,9 @@ def test_the_default_plan_releases_company_org_and_team_and_the_ledger_verifies(
         where = sorted({(p.get("level", "team"), p.get("node", p.get("team")), p["statistic"], p["metric"])
                         for p in plan})
         ratio = [("sum", "ai.suggestions_accepted"), ("sum", "ai.suggestions_rejected")]  # the edit acceptance ratio
-        assert where == [("company", "/", "active", ""), *(("company", "/", *r) for r in ratio),
+        histograms = [("histogram", m) for m in ("ai.suggestions_accepted", "ai.suggestions_rejected", "ai.tokens")]
+        assert where == [("company", "/", "active", ""), *(("company", "/", *h) for h in histograms),
+                         *(("company", "/", *r) for r in ratio),
                          ("company", "/", "sum", "ai.tokens"), ("org", "engineering", "active", ""),
                          *(("org", "engineering", *r) for r in ratio), ("org", "engineering", "sum", "ai.tokens"),
                          ("team", "team-blue", "active", ""),

@@ -34,7 +34,7 @@ def _draws(charge: Loss, accepted: int, other: int, nested: bool) -> tuple[float
     truth = accepted / (accepted + other) if nested else accepted / other
     values, widths = [], []
     for x, y in zip(mech.release([accepted] * DRAWS), mech.release([other] * DRAWS), strict=True):
-        value, ci95 = mechanisms.ratio_interval((x, mech.scale), [(y, mech.scale)], nested, mech.mechanism)
+        value, ci95 = mechanisms.ratio_interval([(x, mech.scale)], [(y, mech.scale)], nested, mech.mechanism)
         values.append(value)
         widths.append(ci95)
     return truth, np.array(values), np.array(widths)
@@ -64,11 +64,11 @@ def test_a_share_is_at_most_1_5_times_the_exact_simulated_interval(charge: Loss)
 
 def test_a_denominator_within_its_noise_of_zero_claims_only_the_range() -> None:
     scale = mechanisms.calibrate(500, Rho.parse("0.004")).scale  # about 5,600
-    assert mechanisms.ratio_interval((300, scale), [(100, scale)], True, mechanisms.GAUSSIAN) == (0.75, 0.75)
-    value, ci95 = mechanisms.ratio_interval((300, scale), [(100, scale)], False, mechanisms.GAUSSIAN)
+    assert mechanisms.ratio_interval([(300, scale)], [(100, scale)], True, mechanisms.GAUSSIAN) == (0.75, 0.75)
+    value, ci95 = mechanisms.ratio_interval([(300, scale)], [(100, scale)], False, mechanisms.GAUSSIAN)
     assert value == 3.0 and ci95 == float("inf")
     # a negative noisy denominator: the ratio is shown as 0, still claiming the whole range
-    assert mechanisms.ratio_interval((-50, scale), [(-900, scale)], True, mechanisms.GAUSSIAN) == (0.0, 1.0)
+    assert mechanisms.ratio_interval([(-50, scale)], [(-900, scale)], True, mechanisms.GAUSSIAN) == (0.0, 1.0)
 
 
 def test_a_ratio_entry_is_frozen_with_its_denominator_and_read_back() -> None:
@@ -117,7 +117,7 @@ def test_a_ratio_charges_exactly_its_sums_and_names_them(tmp_path, clock: FakeCl
         assert ratio.derived_from == (lines.release_id, sessions.release_id)
         assert ratio.denominator == ("ai.sessions",)
         assert (ratio.value, ratio.ci95) == mechanisms.ratio_interval(
-            (int(lines.noisy_value), lines.scale), [(int(sessions.noisy_value), sessions.scale)], False,  # type: ignore[arg-type]
+            [(int(lines.noisy_value), lines.scale)], [(int(sessions.noisy_value), sessions.scale)], False,  # type: ignore[arg-type]
             mechanisms.GAUSSIAN)
         # asking again is free and identical; the sum it shares is already released
         again, = chorus.releases.release(WINDOW, ["team-red"], ["ai.lines_added"], ask, "analyst").teams

@@ -18,6 +18,7 @@ def test_the_default_plan_releases_company_org_and_team_leaving_budget_unspent()
     policy = config.load(None).policy
     assert [(e.level, e.statistic, e.metric) for e in policy.release_plan] == [
         ("company", "adoption", ""), ("company", "sum", "ai.tokens"), ("company", "ratio", "ai.suggestions_accepted"),
+        *(("company", "histogram", m) for m in ("ai.tokens", "ai.suggestions_accepted", "ai.suggestions_rejected")),
         ("org", "adoption", ""), ("org", "sum", "ai.tokens"), ("org", "ratio", "ai.suggestions_accepted"),
         ("team", "adoption", "")]
     decided = ("ai.suggestions_accepted", "ai.suggestions_rejected")  # edit acceptance: accepted / decided
@@ -47,7 +48,10 @@ def test_a_file_without_a_plan_gets_the_default_for_its_own_metrics() -> None:
     raw["metrics"] = [m for m in raw["metrics"] if m["name"] != "ai.requests"]
     plan = config.parse(raw).policy.release_plan
     assert [(e.statistic, e.metric) for e in plan] == [("adoption", ""), ("sum", "ai.tokens"),
-                                                       ("ratio", "ai.suggestions_accepted"), ("adoption", ""),
+                                                       ("ratio", "ai.suggestions_accepted"),
+                                                       ("histogram", "ai.tokens"),
+                                                       ("histogram", "ai.suggestions_accepted"),
+                                                       ("histogram", "ai.suggestions_rejected"), ("adoption", ""),
                                                        ("sum", "ai.tokens"), ("ratio", "ai.suggestions_accepted"),
                                                        ("adoption", "")]
     # without its denominator's metrics, the ratio is left out

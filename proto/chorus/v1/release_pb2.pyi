@@ -166,7 +166,7 @@ class Remainder(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., children: _Optional[_Iterable[str]] = ..., roster_size: _Optional[int] = ..., metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., estimate: _Optional[_Union[ConsistentEstimate, _Mapping]] = ...) -> None: ...
 
 class Estimate(_message.Message):
-    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note", "derived_from", "consistent", "noisy_value", "denominator")
+    __slots__ = ("metric", "statistic", "value", "ci95", "bucket_counts", "histogram_edges", "epsilon_charged", "epsilon", "mechanism", "sensitivity", "scale", "cached", "release_id", "note", "derived_from", "consistent", "noisy_value", "denominator", "noisy_bucket_counts")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,7 @@ class Estimate(_message.Message):
     CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     NOISY_VALUE_FIELD_NUMBER: _ClassVar[int]
     DENOMINATOR_FIELD_NUMBER: _ClassVar[int]
+    NOISY_BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
     metric: str
     statistic: _common_pb2.Statistic
     value: float
@@ -203,7 +204,8 @@ class Estimate(_message.Message):
     consistent: ConsistentEstimate
     noisy_value: float
     denominator: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ..., consistent: _Optional[_Union[ConsistentEstimate, _Mapping]] = ..., noisy_value: _Optional[float] = ..., denominator: _Optional[_Iterable[str]] = ...) -> None: ...
+    noisy_bucket_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, metric: _Optional[str] = ..., statistic: _Optional[_Union[_common_pb2.Statistic, str]] = ..., value: _Optional[float] = ..., ci95: _Optional[float] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., histogram_edges: _Optional[_Iterable[int]] = ..., epsilon_charged: _Optional[str] = ..., epsilon: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., cached: _Optional[bool] = ..., release_id: _Optional[str] = ..., note: _Optional[str] = ..., derived_from: _Optional[_Iterable[str]] = ..., consistent: _Optional[_Union[ConsistentEstimate, _Mapping]] = ..., noisy_value: _Optional[float] = ..., denominator: _Optional[_Iterable[str]] = ..., noisy_bucket_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TeamRelease(_message.Message):
     __slots__ = ("team", "outcome", "message", "estimates", "budget_cap", "budget_remaining", "roster_size", "epsilon_charged", "unreleased", "epsilon_required", "level", "teams_charged", "unit", "imprecise", "counted_in")

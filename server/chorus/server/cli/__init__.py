@@ -12,6 +12,7 @@ from chorus.server.cli import (
     admin,
     audit,
     backup,
+    bounds,
     certs,
     completion,
     contexts,
@@ -65,6 +66,7 @@ app.command("budget")(audit.budget)
 app.command("privacy-statement")(audit.privacy_statement)
 app.command("dashboard")(dashboard.dashboard)
 app.command("report")(report.report)
+app.command("bounds")(bounds.bounds)
 app.command("digest")(digest.digest)
 app.command("login")(login.login)
 app.add_typer(contexts.context_app, name="context")

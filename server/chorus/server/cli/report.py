@@ -125,7 +125,7 @@ def report(
     nodes = list(node or [])
     with connect(server, token, token_file, ca, client_cert, client_key) as conn:
         stub = release_pb2_grpc.ReleaseServiceStub(conn.channel)
-        closed = _closed_windows(conn, stub)
+        closed = closed_windows(conn, stub)
         if not closed and (trend is not None or window is None):
             raise fail("no closed window yet: a window is released only after it closes "
                        "(its end plus the grace period)", ExitCode.FAILED_PRECONDITION)
@@ -160,7 +160,7 @@ def report(
          lambda: _print_trend(replies, statistics[0]) if trend is not None else _print_report(replies[0], statistics))
 
 
-def _closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub) -> list[str]:
+def closed_windows(conn: Connection, stub: release_pb2_grpc.ReleaseServiceStub) -> list[str]:
     """Closed window ids, newest first."""
     windows = every_page(lambda r: conn.call(stub.ListWindows, r), release_pb2.ListWindowsRequest(), "windows")
     return [w.id for w in windows if w.state == common_pb2.WINDOW_STATE_CLOSED]

@@ -30,12 +30,13 @@ LEVEL_NAMES = {release_pb2.NODE_LEVEL_TEAM: "team", release_pb2.NODE_LEVEL_ORG: 
 #: `budget_remaining`, `team_epsilon_charged`): "epsilon" for a discrete-Laplace window, "rho"
 #: (zero-concentrated DP) for a discrete-Gaussian one, as `TeamRelease.unit` says. `denominator`
 #: lists a ratio's denominator metrics (`metric` is its numerator); its `ci95` is null when the
-#: interval has no upper end (a denominator within its noise of 0).
+#: interval has no upper end (a denominator within its noise of 0). `noisy_bucket_counts` are a
+#: histogram's buckets as released (negative ones included, where `bucket_counts` shows 0).
 FIELDS = ("window", "team", "roster_size", "outcome", "message", "metric", "statistic", "value", "ci95",
           "bucket_counts", "histogram_edges", "epsilon", "epsilon_charged", "cached", "mechanism", "note",
           "release_id", "derived_from", "budget_cap", "budget_remaining", "team_epsilon_charged", "level",
           "teams_charged", "consistent_value", "consistent_ci95", "parent", "children", "noisy_value", "unit",
-          "denominator")
+          "denominator", "noisy_bucket_counts")
 
 
 def _text(value: str) -> str | None:
@@ -77,7 +78,8 @@ def records(replies: Sequence[release_pb2.ReleaseResponse]) -> Iterator[dict[str
                        "consistent_value": e.consistent.value if e.HasField("consistent") else None,
                        "consistent_ci95": e.consistent.ci95 if e.HasField("consistent") else None,
                        "parent": None, "children": None, "noisy_value": e.noisy_value if noisy else None,
-                       "denominator": list(e.denominator) if name == Statistic.RATIO.value else None}
+                       "denominator": list(e.denominator) if name == Statistic.RATIO.value else None,
+                       "noisy_bucket_counts": list(e.noisy_bucket_counts) if histogram else None}
         for r in reply.remainders:
             yield {f: None for f in FIELDS} | {
                 "window": reply.window, "outcome": "remainder", "parent": r.parent,

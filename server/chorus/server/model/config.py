@@ -302,9 +302,10 @@ _DEFAULT_TEMPLATE = """\
 # where, how much is used, does it turn into work): the company and every org are released
 # directly, which is precise, and every team of at least k people too, which for a small team
 # only says something averaged over several weeks; the share of AI edits people accepted
-# (a ratio: the sum of accepted edits over the sums of accepted and rejected) is an outcome.
-# A team's budget pays for its own releases and for those of every node above it: here
-# 0.03 (team) + 0.044 (org) + 0.054 (company) = 0.128 of its 0.138, leaving 0.01 for
+# (a ratio: the sum of accepted edits over the sums of accepted and rejected) is an outcome;
+# the company histograms of the summed metrics show whether their bounds bite (`chorus
+# bounds`). A team's budget pays for its own releases and for those of every node above it:
+# here 0.03 (team) + 0.041 (org) + 0.057 (company) = 0.128 of its 0.138, leaving 0.01 for
 # questions nobody planned (`chorus report --release`). An entry's rho defaults to
 # [privacy.default_rho] and applies to each noisy part (a mean is a sum and a count, a ratio
 # the sums of its metric and of each metric of its denominator); level is "team" (the
@@ -329,6 +330,24 @@ level = "company"
 rho = "0.004"
 
 [[privacy.release_plan]]
+statistic = "histogram"
+metric = "ai.tokens"
+level = "company"
+rho = "0.001"
+
+[[privacy.release_plan]]
+statistic = "histogram"
+metric = "ai.suggestions_accepted"
+level = "company"
+rho = "0.001"
+
+[[privacy.release_plan]]
+statistic = "histogram"
+metric = "ai.suggestions_rejected"
+level = "company"
+rho = "0.001"
+
+[[privacy.release_plan]]
 statistic = "adoption"
 level = "org"
 rho = "0.02"
@@ -337,14 +356,14 @@ rho = "0.02"
 statistic = "sum"
 metric = "ai.tokens"
 level = "org"
-rho = "0.02"
+rho = "0.019"
 
 [[privacy.release_plan]]
 statistic = "ratio"
 metric = "ai.suggestions_accepted"
 denominator = ["ai.suggestions_accepted", "ai.suggestions_rejected"]
 level = "org"
-rho = "0.002"
+rho = "0.001"
 
 [[privacy.release_plan]]
 statistic = "adoption"
@@ -352,12 +371,15 @@ rho = "0.03"
 
 # Bounds are per person and week. A sum's noise grows in proportion to its bound (the
 # intervals listed above are at these bounds), so pick a bound near heavy-but-real weekly
-# usage: anything above it is clamped and buys nothing.
+# usage: anything above it is clamped and buys nothing, which is also what makes burning
+# tokens pointless. The histogram edges of the metrics the plan sums halve from the bound
+# down, the last edge being the bound itself: the company histogram then says how many people
+# are at the bound and above which edge 95% of them stay (`chorus bounds`).
 [[metrics]]
 name = "ai.tokens"
 description = "Tokens consumed by AI assistants"
 max_per_user = 500000
-histogram_edges = [25000, 100000, 250000, 400000]
+histogram_edges = [1953, 3906, 7813, 15625, 31250, 62500, 125000, 250000, 500000]
 
 [[metrics]]
 name = "ai.requests"
@@ -369,7 +391,7 @@ histogram_edges = [25, 100, 250, 400]
 name = "ai.suggestions_accepted"
 description = "AI suggestions accepted into code or documents"
 max_per_user = 500
-histogram_edges = [10, 50, 150, 300]
+histogram_edges = [2, 4, 8, 16, 31, 63, 125, 250, 500]
 
 [[metrics]]
 name = "ai.tasks_completed"
@@ -383,7 +405,7 @@ histogram_edges = [2, 5, 15, 30]
 name = "ai.suggestions_rejected"
 description = "AI edits rejected by a person"
 max_per_user = 500
-histogram_edges = [10, 50, 150, 300]
+histogram_edges = [2, 4, 8, 16, 31, 63, 125, 250, 500]
 
 [[metrics]]
 name = "ai.lines_added"

@@ -59,7 +59,7 @@ def _ratio_cell(policy: Policy, numerator: str, denominator: tuple[str, ...], ch
         return size * metric.max_per_user // 2, mechanisms.calibrate(sensitivity("sum", metric), charge).scale
 
     nested = numerator in denominator
-    value, ci = mechanisms.ratio_interval(release(numerator), [release(d) for d in denominator if d != numerator],
+    value, ci = mechanisms.ratio_interval([release(numerator)], [release(d) for d in denominator if d != numerator],
                                           nested, policy.mechanism)
     return f"{value:.0%} ±{ci * 100:.1f} points" if nested else f"{value:,.2f} ±{ci:,.2f}"
 

@@ -208,13 +208,14 @@ def adoption_interval(noisy_active: int, active_scale: float, roster_size: int,
     return value, min(accuracy(active_scale, ALPHA, mechanism) / roster_size, max(value, 1.0 - value))
 
 
-def ratio_interval(numerator: tuple[int, float], others: Sequence[tuple[int, float]], nested: bool,
+def ratio_interval(numerator: Sequence[tuple[int, float]], others: Sequence[tuple[int, float]], nested: bool,
                    mechanism: str = LAPLACE) -> tuple[float, float]:
     """Ratio = released sum N over released sum D, and its 95% half-width (Fieller's interval).
 
-    `numerator` and `others` are (noisy value, scale) of independent releases of sums: D is the
-    sum of `others`, plus the numerator's when `nested` (edits accepted over edits accepted
-    plus rejected), in which case the true ratio lies in [0, 1]; otherwise in [0, inf).
+    `numerator` and `others` are (noisy value, scale) of independent releases: N is the sum of
+    `numerator` (one release, or one per window when windows are added up), D the sum of
+    `others` plus, when `nested`, N (edits accepted over edits accepted plus rejected), in
+    which case the true ratio lies in [0, 1]; otherwise in [0, inf).
 
     For the true ratio r0 = N0 / D0, N - r0 D is a weighted sum of the releases' noises alone
     (N0 - r0 D0 = 0), with standard deviation sd(r0) known from the scales. So the set of r with
@@ -230,12 +231,12 @@ def ratio_interval(numerator: tuple[int, float], others: Sequence[tuple[int, flo
     has no upper end). The half-width returned is the larger distance from the reported ratio,
     N / D clamped to the range, to either end.
     """
-    n, n_scale = numerator
-    parts = [numerator, *others] if nested else list(others)
+    parts = [*numerator, *others] if nested else list(others)
+    n = sum(value for value, _ in numerator)
     d = sum(value for value, _ in parts)
-    sd = {scale: noise_std(scale, mechanism) for scale in {n_scale, *(scale for _, scale in others)}}
+    sd = {scale: noise_std(scale, mechanism) for _, scale in (*numerator, *others)}
     z = max([NormalDist().inv_cdf(1 - ALPHA / 2), *(accuracy(s, ALPHA, mechanism) / sd[s] for s in sd)])
-    v_nn = sd[n_scale] ** 2
+    v_nn = sum(sd[scale] ** 2 for _, scale in numerator)
     v_dd = sum(sd[scale] ** 2 for _, scale in parts)
     v_nd = v_nn if nested else 0.0
     upper = 1.0 if nested else math.inf

@@ -42,6 +42,8 @@ class Estimate(NamedTuple):
     noisy_value: float | None = None
     #: For a ratio: the metrics whose sums make its denominator (`metric` is its numerator).
     denominator: tuple[str, ...] = ()
+    #: For a histogram: the noisy people per bucket as released, negative ones included.
+    noisy_buckets: tuple[int, ...] = ()
 
 
 class Unreleased(NamedTuple):

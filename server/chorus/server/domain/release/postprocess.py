@@ -76,7 +76,8 @@ def noisy_estimate(metric: str, histogram_edges: tuple[int, ...], stat: str, ite
     return Estimate(metric, stat, value, item.ci95, buckets, edges, item.charged, item.epsilon,
                     item.mechanism, item.sensitivity, item.scale, not item.charged.micros,
                     item.release_id, note, (), consistent,
-                    noisy_value=None if isinstance(item.value, list) else float(item.value))
+                    noisy_value=None if isinstance(item.value, list) else float(item.value),
+                    noisy_buckets=tuple(item.value) if isinstance(item.value, list) else ())
 
 
 def mean_estimate(metric: MetricPolicy, total: Stored, count: Stored) -> Estimate:
@@ -100,7 +101,7 @@ def ratio_estimate(metric: str, denominator: tuple[str, ...], numerator: Stored,
         assert isinstance(other.value, int)
         sums.append((other.value, other.scale))
     nested = metric in denominator
-    value, ci95 = mechanisms.ratio_interval((numerator.value, numerator.scale), sums, nested, numerator.mechanism)
+    value, ci95 = mechanisms.ratio_interval([(numerator.value, numerator.scale)], sums, nested, numerator.mechanism)
     below = sum(v for v, _ in sums) + (numerator.value if nested else 0)
     upper = 1 if nested else math.inf
     notes = []

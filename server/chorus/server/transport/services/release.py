@@ -106,7 +106,7 @@ def _estimate(e: release.Estimate) -> release_pb2.Estimate:
         epsilon_charged=str(e.epsilon_charged), epsilon=str(e.epsilon), mechanism=e.mechanism,
         sensitivity=e.sensitivity, scale=e.scale, cached=e.cached, release_id=e.release_id, note=e.note,
         derived_from=e.derived_from, noisy_value=e.value if e.noisy_value is None else e.noisy_value,
-        denominator=e.denominator,
+        denominator=e.denominator, noisy_bucket_counts=e.noisy_buckets,
         consistent=None if e.consistent is None else release_pb2.ConsistentEstimate(
             value=e.consistent[0], ci95=e.consistent[1]))
 
