@@ -545,7 +545,9 @@ def trends(api: Api, args: Args) -> Page:
     spec = metrics.get(name)
     ceiling = 1.0 if share else _ceiling(code, spec)
     fmt, chart_fmt = (format_percent, format_percent) if share else (format_number, format_compact)
-    subject = label if share else f"{label} of {metric}"
+    worded: dict[str, str] = {Statistic.COUNT: f"People using {metric}",
+                              Statistic.MEAN: f"Mean {metric} per person using it"}
+    subject = label if share else worded.get(statistic, f"{label} of {metric}")
     ids = [w.id for w in recent]
     nodes = [hierarchy.COMPANY, *tree.org_nodes()]
     replies: list[release_pb2.ReleaseResponse | None] = []
