@@ -437,7 +437,10 @@ class OtlpHttpServer:
                           max_request_body_size=max_body + 1,  # waitress refuses a body of this size
                           channel_timeout=int(REQUEST_SECONDS), cleanup_interval=1,
                           connection_limit=MAX_CONNECTIONS + 16,  # ours refuses first, at accept
-                          expose_tracebacks=False, clear_untrusted_proxy_headers=False)
+                          expose_tracebacks=False, clear_untrusted_proxy_headers=False,
+                          # A client that resets its connection is no server error: logged, a
+                          # traceback each, it would let any peer flood the log.
+                          log_socket_errors=False)
         self._map: dict[int, Any] = {}
         self._server = _Server(self.app, (family, socket.SOCK_STREAM, 0, sockaddr), adj, self._map, tls)
         self.port: int = int(self._server.effective_port)
