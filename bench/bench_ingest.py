@@ -4,8 +4,8 @@
     python bench/bench_ingest.py [--people 10000 100000 1000000] [--rounds N] [--workers 1 2]
                                  [--repeats 2] [--clients 2] [--channels 4]
 
-* the bare store: the same rows upserted straight into SQLite (synchronous=FULL, 1,250 people
-  x 4 metrics per transaction, no gRPC, no rules), once in **random** pseudonym order, as real
+* the bare store: the same rows upserted straight into SQLite (synchronous=FULL, one batch's
+  people x the default config's metrics per transaction, no gRPC, no rules), once in **random** pseudonym order, as real
   batches arrive (a batch's people are spread over HMAC space; each batch sorted as the server
   sorts it), and once in globally **sorted** order (consecutive batches hit neighbouring
   B-tree pages: a rate real traffic never reaches, printed beside it);
@@ -16,8 +16,8 @@
 
 Chorus and the no-op server are fed by the same load generator: `--clients` processes with
 `--channels` connections each (one request in flight per connection, so SO_REUSEPORT spreads
-them over the workers), sending pre-serialised 5,000-contribution Reports (1,250 people x 4
-metrics, the SDK's largest batch) whose only per-request work is prefixing a fresh batch id;
+them over the workers), sending pre-serialised Reports of at most 5,000 contributions (the SDK's
+largest batch: 454 people x the default config's 11 metrics) whose only per-request work is prefixing a fresh batch id;
 that costs almost nothing, so the figures are the server's. Each person is on the roster; one
 round sends one contribution per (person, metric). Measurements are alternated `--repeats`
 times (the machine is shared) and each prints the load average.
