@@ -13,6 +13,7 @@ replaces a newer), keyed with the window's key by the domain
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 from chorus.server.store._db import Tx
 
@@ -36,7 +37,7 @@ def record_points(tx: Tx, keys: Sequence[tuple[str, bytes]]) -> set[tuple[str, b
                             + " ON CONFLICT (window_id, point_key) DO NOTHING RETURNING point_key",
                             _pairs(window, chunk))
             if len(rows) == len(chunk):  # usually every key is new: then the rows need no reading
-                fresh.update((window, key) for key in chunk)
+                fresh.update(zip(repeat(window), chunk))
             else:
                 fresh.update((window, bytes(key)) for key, in rows)
     return fresh

@@ -177,7 +177,7 @@ class OtlpIngestor:
         by_time: dict[int, _At] = {}  # an export's points share a few end times
         windows: dict[str, _Window] = {}
         # (window, stream) -> (the keys its mappings filter on, mappings admitted by their values)
-        admitted: dict[tuple[str, int], tuple[tuple[str, ...], dict[tuple[str | None, ...], _Admitted]]] = {}
+        admitted: dict[tuple[str, int], tuple[tuple[str, ...], dict[object, _Admitted]]] = {}
         team_of = session.team_of
         for p in points:
             at = by_time.get(p.time_ns)
@@ -200,7 +200,8 @@ class OtlpIngestor:
             if of_stream is None:
                 of_stream = admitted[(w.id, id(stream))] = (frozen.filter_keys(instrument), {})
             filter_keys, by_values = of_stream
-            values = tuple(map(strings.get, filter_keys))
+            # Mappings usually filter on one attribute: its value alone is the cache key.
+            values = strings.get(filter_keys[0]) if len(filter_keys) == 1 else tuple(map(strings.get, filter_keys))
             found = by_values.get(values)
             if found is None:
                 mappings = frozen.admitted(instrument, strings, stream.resource)

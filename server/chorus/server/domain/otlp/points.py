@@ -187,6 +187,7 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, prefix: bytes, resource
     names = policy.identity_attributes
     wanted = policy.named_attributes
     value_of = _VALUE.get(kind, _no_value)
+    new = tuple.__new__  # a Point without NamedTuple's Python-level __new__, per point
     for point in data.data_points:
         if point.flags & _NO_RECORDED_VALUE:
             continue  # a staleness marker, not a value
@@ -213,8 +214,8 @@ def _points(name: str, kind: str, data: metrics_pb2.Sum, prefix: bytes, resource
                 identity = identities[raw] if raw in identities else _normalised(raw, max_string, identities)
                 break
         value, why = value_of(point)
-        yield Point(stream, value, point.start_time_unix_nano, point.time_unix_nano, strings, attrs, identity,
-                    series, problem or why)
+        yield new(Point, (stream, value, point.start_time_unix_nano, point.time_unix_nano, strings, attrs, identity,
+                          series, problem or why))
 
 
 def _checked(value: float) -> tuple[float, PointOutcome | None]:
