@@ -241,3 +241,9 @@ def test_an_outcome_tile_draws_the_released_ratio_and_compares_intervals_only() 
     wide = answers.outcome_tile(edits, release_pb2.Estimate(statistic=ratio, value=0.2, ci95=0.9), None, "", "x")
     assert wide is not None and wide.interval == "95% interval 0.0% to 100.0%: this says nothing yet"
     assert answers.outcome_tile(edits, None, now, "W1", "x") is None
+
+
+def test_a_title_counts_its_windows_in_words() -> None:
+    assert answers.last_windows(8) == "the last 8 windows"
+    assert answers.last_windows(1) == "the last window"
+    assert answers.last_windows(1, "closed windows") == "the last closed window"

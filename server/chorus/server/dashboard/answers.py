@@ -133,6 +133,11 @@ def points(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse
     return out
 
 
+def last_windows(n: int, kind: str = "windows") -> str:
+    """"the last 8 windows", or "the last window" for one (a title a VP reads)."""
+    return f"the last {kind[:-1]}" if n == 1 else f"the last {n} {kind}"
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The headline sentence and the figures behind it, for the company or one org."""
@@ -168,7 +173,7 @@ def company_chart(scope: str, data: Series) -> tuple[str, str, Markup, DataTable
             table.add(window, point.value, point.low, point.high, len(parts), sum(p.roster for p in parts.values()))
         else:
             table.add(window, None, None, None, 0, 0)
-    title = f"{scope} adoption over the last {len(data.windows)} windows"
+    title = f"{scope} adoption over {last_windows(len(data.windows))}"
     description = (f"Share of the people on the released teams' rosters active with AI tools, per window, "
                    f"{data.windows[0]} to {data.windows[-1]}; the band is the 95% interval.")
     domain = [v for p in points if p for v in (p.low, p.high)] + [0.0]

@@ -119,7 +119,7 @@ def _trend(tree: hierarchy.Hierarchy, node: str, orgs: Sequence[str], ids: Seque
     if orgs:
         found = answers.org_rows(tree, node, ids, reads, "name")
         table = answers.org_table(found, label(node), ids[-1])
-        return Chart("org-trends", f"Adoption per org over the last {len(ids)} windows",
+        return Chart("org-trends", f"Adoption per org over {answers.last_windows(len(ids))}",
                      f"Each org under {label(node)}: its adoption per window with its 95% band, and in each "
                      "panel's title its latest adoption and its change over the windows shown.",
                      answers.small_multiples(found), table)

@@ -602,7 +602,7 @@ def _scope_trend(scope: str, org: str, inside: set[str] | None, subject: str, id
     table = DataTable(f"{scope}: {subject} per window", [_WINDOW, *_estimate_columns(fmt)[:4]])
     for window, point in zip(ids, found, strict=True):
         table.add(window, *((point.value, point.ci95, point.low, point.high) if point else (None,) * 4))
-    title = f"{scope} {subject[0].lower()}{subject[1:]} over the last {len(ids)} windows"
+    title = f"{scope} {subject[0].lower()}{subject[1:]} over {answers.last_windows(len(ids))}"
     how = ("its own release where there is one, else its released teams added up" if headline.additive(code)
            else "its own release (it does not add up from its teams)")
     description = (f"{subject} of {'the company' if org == hierarchy.COMPANY else 'org ' + org} per window, "
@@ -617,7 +617,7 @@ def _org_trends(tree: hierarchy.Hierarchy, orgs: Sequence[str], subject: str, id
                 chart_fmt: Formatter, fmt: Formatter) -> Chart | None:
     """Each org's statistic per window, small multiples on one scale (None: nothing released for
     any org; an org with nothing released is left out)."""
-    table = DataTable(f"{subject} per org over the last {len(ids)} windows",
+    table = DataTable(f"{subject} per org over {answers.last_windows(len(ids))}",
                       [text("org", "Org"), _WINDOW, *_estimate_columns(fmt)[:4]])
     panels, shown = [], set()
     for org in orgs:
@@ -648,7 +648,7 @@ def _team_trends(teams: Sequence[str], subject: str, ids: list[str],
     """One panel per team whose latest released number says something (and per suppressed team,
     with its reason); the teams with too few people for a weekly number, not drawn."""
     ceiling = _ceiling(code, spec)
-    table = DataTable(f"{subject} per team over the last {len(ids)} closed windows",
+    table = DataTable(f"{subject} per team over {answers.last_windows(len(ids), 'closed windows')}",
                       [_WINDOW, _TEAM, _OUTCOME, *_estimate_columns(fmt)])
     series: dict[str, list[Interval | None]] = {}
     latest: dict[str, tuple[release_pb2.TeamRelease, release_pb2.Estimate]] = {}
