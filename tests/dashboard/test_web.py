@@ -329,6 +329,8 @@ def test_auditor_pages_show_budgets_policies_the_verified_ledger_and_the_stateme
     assert {t: (r["cap"], r["spent"], r["remaining"], r["releases"]) for t, r in budget.items()} == {
         t: (b.cap, b.spent, b.remaining, str(b.releases)) for t, b in api.items()}
     assert budget["team-red"]["spent"] == PLAN_COST
+    page = client.get(f"/budget?window={LATEST}").get_data(as_text=True)
+    assert "the epsilon spent on releases so far" in page  # GetBudget's unit: this stack's policy is Laplace
     ledger = client.get("/ledger").get_data(as_text=True)
     assert "Chain verification: verified" in ledger
     assert f"All {stack.ledger_size()} entries verified" in ledger

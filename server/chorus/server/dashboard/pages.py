@@ -858,7 +858,7 @@ _BUDGET_FIELDS = ("cap", "spent", "remaining")
 
 
 def budget(api: Api, args: Args) -> Page:
-    """Cap, spent and remaining epsilon per team for one window."""
+    """Cap, spent and remaining budget per team for one window, in the window's unit (rho or epsilon)."""
     budgets = api.get_budget()
     windows = sorted({b.window for b in budgets}, reverse=True)
     window = _choice(args, "window", windows, windows[0] if windows else None)
@@ -869,12 +869,14 @@ def budget(api: Api, args: Args) -> Page:
                       [_TEAM, _WINDOW, *(Column(name, None, label=name.title()) for name in _BUDGET_FIELDS),
                        Column("releases", label="Releases")])
     bars = []
-    for row in (b for b in budgets if b.window == window):
+    rows = [b for b in budgets if b.window == window]
+    unit = (rows[0].unit or "epsilon") if rows else "epsilon"  # servers before the discrete Gaussian named none
+    for row in rows:
         table.add(row.team, row.window, row.cap, row.spent, row.remaining, row.releases)
         bars.append(BudgetBar(row.team, float(Decimal(row.cap)), float(Decimal(row.spent)),
-                              f"{row.spent} of {row.cap} spent"))
+                              f"{unit} {row.spent} of {row.cap} spent"))
     title = f"Budget spent per team, window {window}"
-    description = ("For each team, the filled part of the bar is the epsilon spent on releases so far and "
+    description = (f"For each team, the filled part of the bar is the {unit} spent on releases so far and "
                    "the outline is the team-window's cap; nothing more can be released once it is full.")
     svg = charts.responsive(charts.budget_bars, "chart-budget", title, description, bars)
     page.charts.append(Chart("budget", title, description, [("", svg)], table))
