@@ -85,17 +85,17 @@ def org_view(api: Api, args: Args) -> Page:
     # (or --node), never by opening this page.
     reply = api.read(window, [common_pb2.STATISTIC_ADOPTION, code], nodes=[node, *children])
     rows = list(reply.teams)
+    ids = [w.id for w in windows]
+    recent = list(reversed(windows[ids.index(window):ids.index(window) + count]))
+    reads = _recent_reads(api, recent, [hierarchy.COMPANY, *tree.org_nodes()])  # the last is this window's
     # The overview's figures for the orgs and the company: their own releases, else their teams'.
-    every = [*rows, *api.read(window, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM]).teams]
-    figure = _Figures(tree, every)
+    this_window = reads[-1] or api.read(window, [common_pb2.STATISTIC_ADOPTION, common_pb2.STATISTIC_SUM])
+    figure = _Figures(tree, [*rows, *this_window.teams])
     adoption = _chart(window, node, rows, reply.remainders, common_pb2.STATISTIC_ADOPTION, "", "Adoption",
                       format_percent, None, figure)
     if adoption is not None:
         page.charts.append(adoption)
-    ids = [w.id for w in windows]
-    recent = list(reversed(windows[ids.index(window):ids.index(window) + count]))
-    trend = _trend(tree, node, orgs, [w.id for w in recent],
-                   _recent_reads(api, recent, [hierarchy.COMPANY, *tree.org_nodes()]))
+    trend = _trend(tree, node, orgs, [w.id for w in recent], reads)
     if trend is not None:
         page.charts.append(trend)
     for metric in api.list_metrics(window):
