@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from chorus.server import store
 from chorus.server.domain import windows as window_store
@@ -57,6 +57,9 @@ from chorus.server.model.clock import Clock
 from chorus.server.model.config import Limits
 from chorus.server.model.policy import Policy
 from chorus.server.store import Database, Tx
+
+if TYPE_CHECKING:  # the OTLP entrance imports this module; its outcome enum is only named here
+    from chorus.server.domain.otlp.points import PointOutcome
 
 FUTURE_TOLERANCE = window_store.FUTURE_TOLERANCE
 #: A client reports drops since its previous batch; more than this is not a real count, and
@@ -224,7 +227,7 @@ class IngestCounts:
     rejected: dict[Reason, int]  # contributions rejected inside applied batches
     client_dropped: int  # what SDK clients report having dropped (a duplicate's not twice)
     #: OTLP data points by (outcome, instrument label); the outcome is the OTLP entrance's enum.
-    points: dict[tuple[enum.Enum, str], int]
+    points: dict[tuple[PointOutcome, str], int]
 
     def totals(self) -> dict[str, int]:
         """The scalar counters under their GetStats names (chorus.v1.GetStatsResponse)."""
@@ -246,7 +249,7 @@ class IngestStats:
         self._clamped: Counter[Entrance] = Counter()
         self._rejected: Counter[Reason] = Counter()
         self._dropped = 0
-        self._points: Counter[tuple[enum.Enum, str]] = Counter()
+        self._points: Counter[tuple[PointOutcome, str]] = Counter()
 
     def record(self, entrance: Entrance, outcome: Outcome, dropped: int = 0) -> None:
         """What one batch (a `Report`, or an OTLP export's contributions) counted."""
@@ -263,7 +266,7 @@ class IngestStats:
         with self._lock:
             self._reports[ReportOutcome.INVALID] += 1
 
-    def record_points(self, points: Counter[tuple[enum.Enum, str]]) -> None:
+    def record_points(self, points: Counter[tuple[PointOutcome, str]]) -> None:
         """OTLP data points by (outcome, instrument label)."""
         with self._lock:
             self._points.update(points)

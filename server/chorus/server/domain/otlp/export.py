@@ -96,12 +96,12 @@ class OtlpIngestor:
         """OTLP data points by outcome name since start (GetStats' `otlp_points`)."""
         out: Counter[str] = Counter()
         for (outcome, _), n in self._ingestor.stats.snapshot().points.items():
-            out[self.name(outcome)] += n  # type: ignore[arg-type]
+            out[self.name(outcome)] += n
         return dict(out)
 
     def points_by_instrument(self) -> dict[tuple[str, str], int]:
         """(outcome name, instrument label) -> data points, for Prometheus."""
-        return {(self.name(outcome), instrument): n  # type: ignore[arg-type]
+        return {(self.name(outcome), instrument): n
                 for (outcome, instrument), n in self._ingestor.stats.snapshot().points.items()}
 
     def check(self, request: ExportMetricsServiceRequest) -> int:
@@ -128,7 +128,7 @@ class OtlpIngestor:
         for (outcome, name), n in by_instrument.items():
             labelled[(outcome, self.label(name))] += n
             outcomes[outcome] += n
-        self._ingestor.stats.record_points(labelled)  # type: ignore[arg-type]
+        self._ingestor.stats.record_points(labelled)
         if counted is not None:
             self._ingestor.stats.record(Entrance.OTLP, counted)
         self._log_unusual(labelled, now.timestamp())
