@@ -247,3 +247,12 @@ def test_a_title_counts_its_windows_in_words() -> None:
     assert answers.last_windows(8) == "the last 8 windows"
     assert answers.last_windows(1) == "the last window"
     assert answers.last_windows(1, "closed windows") == "the last closed window"
+
+
+def test_the_adoption_table_says_whether_a_window_is_the_scope_s_own_release_or_its_teams() -> None:
+    from chorus.server.dashboard import headline
+    part = headline.Part(value=80.0, scale=3.0, roster=100, mechanism="discrete_gaussian")
+    data = answers.Series(["W1", "W2", "W3"], [{hierarchy.COMPANY: part}, {"red": part, "blue": part}, None])
+    *_, table = answers.company_chart("Company", data)
+    assert [row[4:] for row in table.display_rows()] == [["its own release", "100"], ["2 team(s) added up", "200"],
+                                                        ["not released", "0"]]

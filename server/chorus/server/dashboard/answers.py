@@ -87,6 +87,8 @@ class Series:
 
     windows: list[str]
     parts: list[headline.Parts | None]
+    #: The scope: the company or an org path (a window's parts are its own release, or its teams').
+    node: str = hierarchy.COMPANY
 
     def figures(self) -> list[headline.Figure | None]:
         return [headline.figure(p, share=True) if p else None for p in self.parts]
@@ -107,7 +109,7 @@ def series(windows: Sequence[str], replies: Sequence[release_pb2.ReleaseResponse
     """A scope's parts of an additive statistic (adoption by default) per window: its own release
     where there is one, else its teams' (`teams`, all when None)."""
     return Series(list(windows), [headline.scoped(r.teams, node, teams, metric, statistic) or None if r else None
-                                  for r in replies])
+                                  for r in replies], node)
 
 
 def team_parts(replies: Sequence[release_pb2.ReleaseResponse | None], statistic: int = common_pb2.STATISTIC_ADOPTION,
@@ -167,12 +169,13 @@ def company_chart(scope: str, data: Series) -> tuple[str, str, Markup, DataTable
     table = DataTable(f"{scope} adoption per window", [
         text("window", "Window"), Column("value", format_percent, label="Adoption"),
         Column("low", format_percent, label="95% low"), Column("high", format_percent, label="95% high"),
-        Column("teams", label="Teams released"), Column("people", label="People on their rosters")])
+        text("released", "Released as"), Column("people", label="People on their rosters")])
     for window, parts, point in zip(data.windows, data.parts, points, strict=True):
         if parts and point:
-            table.add(window, point.value, point.low, point.high, len(parts), sum(p.roster for p in parts.values()))
+            released = "its own release" if list(parts) == [data.node] else f"{len(parts)} team(s) added up"
+            table.add(window, point.value, point.low, point.high, released, sum(p.roster for p in parts.values()))
         else:
-            table.add(window, None, None, None, 0, 0)
+            table.add(window, None, None, None, "not released", 0)
     title = f"{scope} adoption over {last_windows(len(data.windows))}"
     description = (f"Share of the people on the released teams' rosters active with AI tools, per window, "
                    f"{data.windows[0]} to {data.windows[-1]}; the band is the 95% interval.")
