@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from _bench import load_average, parse
@@ -125,40 +126,46 @@ def otlp_requests(users: Sequence[str], rounds: int, batch: int, types: Sequence
     return out
 
 
-def send_all(address: str, token: str, requests: Sequence[Message], stub_of: Callable[[grpc.Channel], Callable],
-             clients: int, check: Callable[[Message], None]) -> float:
-    """Seconds to send every request from `clients` threads, each on its own channel."""
-    shards = [requests[i::clients] for i in range(clients)]
-    metadata = (("authorization", f"Bearer {token}"),)
+def _timed(shards: Sequence[Sequence[Any]], run: Callable[[Sequence[Any]], None], what: str) -> float:
+    """Seconds for one thread per shard to `run` it; the first error of any thread is raised."""
     errors: list[BaseException] = []
 
-    def run(shard: Sequence[Message]) -> None:
-        with grpc.insecure_channel(address) as channel:
-            call = stub_of(channel)
-            try:
-                for request in shard:
-                    check(call(request, metadata=metadata, timeout=300))
-            except BaseException as exc:
-                errors.append(exc)
+    def guarded(shard: Sequence[Any]) -> None:
+        try:
+            run(shard)
+        except BaseException as exc:
+            errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in shards]
+    threads = [threading.Thread(target=guarded, args=(s,)) for s in shards]
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
-        raise RuntimeError(f"send failed: {errors[0]!r}")
+        raise RuntimeError(f"{what} failed: {errors[0]!r}")
     return time.perf_counter() - started
+
+
+def send_all(address: str, token: str, requests: Sequence[Message], stub_of: Callable[[grpc.Channel], Callable],
+             clients: int, check: Callable[[Message], None]) -> float:
+    """Seconds to send every request from `clients` threads, each on its own channel."""
+    metadata = (("authorization", f"Bearer {token}"),)
+
+    def run(shard: Sequence[Message]) -> None:
+        with grpc.insecure_channel(address) as channel:
+            call = stub_of(channel)
+            for request in shard:
+                check(call(request, metadata=metadata, timeout=300))
+
+    return _timed([requests[i::clients] for i in range(clients)], run, "send")
 
 
 def post_all(address: str, token: str, bodies: Sequence[bytes], clients: int) -> float:
     """Seconds to POST every body to /v1/metrics from `clients` threads, each on one keep-alive
     connection; every answer must be 200 without a partial success."""
     host, port = address.rsplit(":", 1)
-    shards = [bodies[i::clients] for i in range(clients)]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-protobuf"}
-    errors: list[BaseException] = []
 
     def run(shard: Sequence[bytes]) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=300)
@@ -168,20 +175,10 @@ def post_all(address: str, token: str, bodies: Sequence[bytes], clients: int) ->
                 reply = conn.getresponse()
                 answer = metrics_service_pb2.ExportMetricsServiceResponse.FromString(reply.read())
                 assert reply.status == 200 and not answer.HasField("partial_success"), (reply.status, answer)
-        except BaseException as exc:
-            errors.append(exc)
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in shards]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(f"post failed: {errors[0]!r}")
-    return time.perf_counter() - started
+    return _timed([bodies[i::clients] for i in range(clients)], run, "post")
 
 
 def main() -> None:
