@@ -9,8 +9,8 @@ import functools
 import json
 import math
 import threading
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import NamedTuple, TypeVar
 
 from chorus.server import store
 from chorus.server.domain.release.answers import Estimate, RemainderResult
@@ -228,33 +228,34 @@ class Replay:
         """`noisy_estimate`, built once per stored release for a replay."""
         if consistent is not None or item.charged.micros:
             return noisy_estimate(metric, histogram_edges, stat, item, consistent)
-        found = self._noisy.get(item.release_id)
-        if found is None:
-            found = self._noisy[item.release_id] = noisy_estimate(metric, histogram_edges, stat, item, None)
-        return found
+        return _memo(self._noisy, item.release_id,
+                     lambda: noisy_estimate(metric, histogram_edges, stat, item, None))
 
     def mean(self, metric: MetricPolicy, total: Stored, count: Stored) -> Estimate:
         """`mean_estimate`, built once per pair of stored releases for a replay."""
         if total.charged.micros or count.charged.micros:
             return mean_estimate(metric, total, count)
-        key = (total.release_id, count.release_id)
-        found = self._means.get(key)
-        if found is None:
-            found = self._means[key] = mean_estimate(metric, total, count)
-        return found
+        return _memo(self._means, (total.release_id, count.release_id), lambda: mean_estimate(metric, total, count))
 
     def adoption(self, active: Stored, roster_size: int) -> Estimate:
         """`adoption_estimate`, built once per stored release and roster size for a replay."""
         if active.charged.micros:
             return adoption_estimate(active, roster_size)
-        key = (active.release_id, roster_size)
-        found = self._adoptions.get(key)
-        if found is None:
-            found = self._adoptions[key] = adoption_estimate(active, roster_size)
-        return found
+        return _memo(self._adoptions, (active.release_id, roster_size), lambda: adoption_estimate(active, roster_size))
 
     def size(self) -> int:
         return len(self._rows) + len(self._noisy) + len(self._means) + len(self._adoptions)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def _memo(cache: dict[K, Estimate], key: K, build: Callable[[], Estimate]) -> Estimate:
+    """The answer kept under `key`, built (and kept) the first time."""
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = build()
+    return found
 
 
 #: One Replay per frozen (mechanism, metrics): what a stored release's answer depends on.
