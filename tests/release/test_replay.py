@@ -80,3 +80,60 @@ def test_cached_answers_are_the_answers_computed_afresh(chorus: Chorus) -> None:
     cached = chorus.releases.release(WINDOW, [], [], REPORT, "test")  # from the caches
     assert answers(afresh) == answers(first) == answers(cached)
     assert cached.teams[0].estimates[0] is afresh.teams[0].estimates[0]  # built once
+
+
+class _Rows:
+    """store.releases as WindowReleases reads it: a count, and the rows, counted per call."""
+
+    def __init__(self, rows: dict[str, list[Any]]) -> None:
+        self.rows, self.reads = rows, 0
+        self.extra = 0  # rows committed between the count and the rows (PostgreSQL's per-statement snapshots)
+
+    def count(self, tx: Any, window: str) -> int:
+        return len(self.rows[window])
+
+    def of_window(self, tx: Any, window: str) -> list[Any]:
+        self.reads += 1
+        return self.rows[window] + [("late", window, i) for i in range(self.extra)]
+
+
+class _Replay:
+    def stored(self, rows: list[Any]) -> dict[Any, Any]:
+        return {row: row for row in rows}
+
+
+def test_window_releases_are_kept_only_when_count_and_rows_agree_and_at_most_sixteen(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    fake = _Rows({f"w{i}": [("r", f"w{i}", 0)] for i in range(20)})
+    monkeypatch.setattr(postprocess.store.releases, "count", fake.count)
+    monkeypatch.setattr(postprocess.store.releases, "of_window", fake.of_window)
+    kept = postprocess.WindowReleases()
+    replay: Any = _Replay()
+    fake.extra = 1  # a commit between the two statements: not kept
+    assert len(kept.read(None, "w0", replay)) == 2  # type: ignore[arg-type]
+    fake.extra = 0
+    kept.read(None, "w0", replay)  # type: ignore[arg-type]
+    assert fake.reads == 2  # read again, then kept
+    kept.read(None, "w0", replay)  # type: ignore[arg-type]
+    assert fake.reads == 2
+    for i in range(1, 17):  # 16 more windows, w0 read again in between: w1 is the least recently read
+        kept.read(None, f"w{i}", replay)  # type: ignore[arg-type]
+        if i == 8:
+            kept.read(None, "w0", replay)  # type: ignore[arg-type]
+    reads = fake.reads
+    kept.read(None, "w0", replay)  # type: ignore[arg-type]
+    assert fake.reads == reads  # still kept
+    kept.read(None, "w1", replay)  # type: ignore[arg-type]
+    assert fake.reads == reads + 1  # dropped: read again
+    fake.rows["w2"].append(("r", "w2", 1))  # a new release: the count changed
+    kept.read(None, "w2", replay)  # type: ignore[arg-type]
+    assert fake.reads == reads + 2
+
+
+def test_the_replay_caches_start_over_past_their_cap(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sized = type("Sized", (), {"size": lambda self: 8})()
+    monkeypatch.setattr(postprocess, "CACHE_MAX", 10)
+    monkeypatch.setattr(postprocess, "_REPLAYS", {("discrete_gaussian", ()): sized})
+    postprocess._make_room(2)  # 8 + 2 entries: within the cap
+    assert list(postprocess._REPLAYS.values()) == [sized]
+    postprocess._make_room(3)  # 8 + 3: past it, every cache starts over
+    assert postprocess._REPLAYS == {}
