@@ -152,3 +152,23 @@ def test_privacy_md_states_the_plans_histogram_charge_and_its_bucket_interval() 
     assert charges == {"0.001"} and round(half) == 45
     assert f"At rho 0.001 a bucket is known to about ±{round(half)} people a week" in doc
     assert "the last closed windows (8 by default)" in doc and command.__defaults__[0] == 8  # type: ignore[index]
+
+
+def test_windows_of_another_mechanism_or_other_buckets_are_not_added_up() -> None:
+    """One interval is never computed over two kinds of noise (a policy switched mechanism within
+    the windows read) nor over different buckets: only the newest window's kind is kept."""
+    from chorus.server.cli.bounds import histograms
+    from chorus.v1 import common_pb2, release_pb2
+
+    def reply(mechanism: str, edges: list[int], counts: list[int]) -> release_pb2.ReleaseResponse:
+        estimate = release_pb2.Estimate(metric="ai.tokens", statistic=common_pb2.STATISTIC_HISTOGRAM,
+                                        histogram_edges=edges, noisy_bucket_counts=counts, scale=2.0,
+                                        mechanism=mechanism)
+        return release_pb2.ReleaseResponse(teams=[release_pb2.TeamRelease(team="/", estimates=[estimate])])
+
+    metric = release_pb2.Metric(name="ai.tokens", max_per_user=100, histogram_edges=[50, 100])
+    replies = [reply("discrete_gaussian", [50, 100], [5, 3, 1]), reply("discrete_laplace", [50, 100], [9, 9, 9]),
+               reply("discrete_gaussian", [10, 100], [7, 7, 7]), reply("discrete_gaussian", [50, 100], [4, 2, 2])]
+    kept, mechanism = histograms(replies, {"ai.tokens": metric})["ai.tokens"]
+    assert mechanism == "discrete_gaussian"
+    assert [h.buckets for h in kept] == [(5, 3, 1), (4, 2, 2)]

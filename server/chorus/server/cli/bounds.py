@@ -8,6 +8,7 @@ company histogram in those windows is listed as such.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -37,6 +38,22 @@ FIELDS = ("metric", "bound", "windows", "people", "at_bound", "at_bound_ci95", "
           "suggested_bound", "above_suggested", "above_suggested_ci95")
 
 
+def histograms(replies: Sequence[release_pb2.ReleaseResponse], metrics: dict[str, release_pb2.Metric],
+               ) -> dict[str, tuple[list[bound_reading.Histogram], str]]:
+    """metric -> its company histograms (newest window first) and their mechanism: only those with
+    the newest window's buckets and the mechanism of its newest histogram, so that one interval
+    is never computed over two kinds of noise."""
+    found: dict[str, tuple[list[bound_reading.Histogram], str]] = {}
+    for e in (e for reply in replies for t in reply.teams for e in t.estimates):
+        m = metrics.get(e.metric)
+        if m is None or list(e.histogram_edges) != list(m.histogram_edges):  # other buckets
+            continue
+        kept, mechanism = found.setdefault(e.metric, ([], e.mechanism))
+        if e.mechanism == mechanism:
+            kept.append(bound_reading.Histogram(tuple(e.noisy_bucket_counts), e.scale))
+    return found
+
+
 def bounds(
     windows: Annotated[int, typer.Option("--windows", min=1, max=520, help="Add up the company histograms of "
                                          "the last N closed windows (a bound is a slow choice; more windows, "
@@ -59,20 +76,12 @@ def bounds(
                        ExitCode.FAILED_PRECONDITION)
         listed = conn.call(stub.ListMetrics, release_pb2.ListMetricsRequest(window=closed[0]))
         metrics = {m.name: m for m in listed.metrics}
-        found: dict[str, list[bound_reading.Histogram]] = {}
-        mechanism = ""
-        for window in closed:
-            reply = conn.call(stub.Release, release_pb2.ReleaseRequest(
-                window=window, nodes=[hierarchy.COMPANY], validate_only=True,
-                statistics=[release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_HISTOGRAM)]))
-            for e in (e for t in reply.teams for e in t.estimates):
-                m = metrics.get(e.metric)
-                if m is not None and list(e.histogram_edges) == list(m.histogram_edges):  # the same buckets
-                    found.setdefault(e.metric, []).append(bound_reading.Histogram(tuple(e.noisy_bucket_counts),
-                                                                                  e.scale))
-                    mechanism = e.mechanism
+        replies = [conn.call(stub.Release, release_pb2.ReleaseRequest(
+            window=window, nodes=[hierarchy.COMPANY], validate_only=True,
+            statistics=[release_pb2.StatisticRequest(statistic=common_pb2.STATISTIC_HISTOGRAM)])) for window in closed]
+    found = histograms(replies, metrics)
     readings = [bound_reading.read(name, metrics[name].max_per_user, list(metrics[name].histogram_edges),
-                                   found[name], mechanism) for name in metrics if name in found]
+                                   *found[name]) for name in metrics if name in found]
     missing = [name for name in metrics if name not in found]
 
     def table() -> None:
