@@ -151,7 +151,8 @@ def test_privacy_md_states_the_plans_histogram_charge_and_its_bucket_interval() 
     half = expected_ci95("histogram", TOKENS, Rho.parse("0.001"), 0)
     assert charges == {"0.001"} and round(half) == 45
     assert f"At rho 0.001 a bucket is known to about ±{round(half)} people a week" in doc
-    assert "the last closed windows (8 by default)" in doc and command.__defaults__[0] == 8  # type: ignore[index]
+    assert "the last closed windows (8 by default;" in doc and command.__defaults__[0] == 8  # type: ignore[index]
+    assert "only those with the newest window's buckets and mechanism" in doc  # the test above
 
 
 def test_windows_of_another_mechanism_or_other_buckets_are_not_added_up() -> None:
